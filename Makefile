@@ -1,0 +1,107 @@
+# vsnapfs: one non-recursive GNU Makefile.  Everything is built under $(B).
+#
+#   make            build the daemon and vsnapctl
+#   make check      install missing Debian packages (as root), build, run every test
+#   make asan       the same tests with AddressSanitizer + UBSan (in build-asan/)
+#   make bench      benchmark (see docs/performance.md)
+#   make demo       create ./demo-store and mount it on ./demo-mnt
+#   make install    PREFIX=/usr/local DESTDIR=
+
+PREFIX   ?= /usr/local
+DESTDIR  ?=
+B        ?= build
+SAN      ?=
+
+PKGS     := fuse3 sqlite3 libxxhash
+CC       ?= cc
+CFLAGS   ?= -O2 -g
+override CFLAGS += -std=gnu11 -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter \
+	    -D_FILE_OFFSET_BITS=64 -D_GNU_SOURCE -Iinclude -Isrc $(SAN) \
+	    $(shell pkg-config --cflags $(PKGS))
+LDLIBS   += $(shell pkg-config --libs $(PKGS)) -lpthread
+override LDFLAGS += $(SAN)
+
+VERSION  := 0.1.0
+override CFLAGS += -DVSNAPFS_VERSION='"$(VERSION)"'
+
+LIB_SRC  := $(sort $(wildcard src/*/*.c))
+LIB_SRC  := $(filter-out src/ctl/%,$(LIB_SRC))
+LIB_OBJ  := $(LIB_SRC:%.c=$(B)/%.o)
+LIB      := $(B)/libvsnapfs.a
+
+DAEMON   := $(B)/vsnapfs
+CTL      := $(B)/vsnapctl
+CTL_SRC  := $(sort $(wildcard src/ctl/*.c))
+
+UNIT_SRC := $(sort $(wildcard tests/unit/test_*.c))
+UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(B)/tests/%)
+TOOL_SRC := $(sort $(wildcard tests/tools/*.c))
+TOOL_BIN := $(TOOL_SRC:tests/tools/%.c=$(B)/tools/%)
+
+all: $(DAEMON) $(CTL) $(B)/mount.vsnapfs
+
+$(B)/%.o: %.c
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
+
+$(LIB): $(LIB_OBJ)
+	@mkdir -p $(@D)
+	$(AR) rcs $@ $^
+
+$(DAEMON): $(B)/src/main.o $(LIB)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(CTL): $(CTL_SRC:%.c=$(B)/%.o) $(LIB)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(B)/mount.vsnapfs: contrib/mount.vsnapfs
+	@mkdir -p $(@D)
+	cp $< $@ && chmod 755 $@
+
+$(B)/tests/%: tests/unit/%.c $(LIB)
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(LIB) $(LDLIBS) -lcriterion
+
+$(B)/tools/%: tests/tools/%.c $(LIB)
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(LIB) $(LDLIBS)
+
+# --- tests ------------------------------------------------------------------
+
+deps:
+	@tests/install-deps.sh
+
+unit: $(UNIT_BIN)
+	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; $$t --jobs 2; done
+
+e2e: all $(TOOL_BIN)
+	@tests/e2e/run-all.sh $(B)
+
+check: deps
+	@$(MAKE) --no-print-directory all $(UNIT_BIN) $(TOOL_BIN)
+	@$(MAKE) --no-print-directory unit
+	@$(MAKE) --no-print-directory e2e
+
+asan:
+	@$(MAKE) --no-print-directory B=build-asan CFLAGS="-O1 -g -fno-omit-frame-pointer" \
+		SAN="-fsanitize=address,undefined -fno-sanitize-recover=all" check
+
+bench: all
+	@tests/bench/run.sh $(B)
+
+demo: all
+	@tests/demo.sh $(B)
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/sbin $(DESTDIR)$(PREFIX)/share/man/man8
+	install -m 755 $(DAEMON) $(CTL) $(DESTDIR)$(PREFIX)/bin/
+	install -m 755 $(B)/mount.vsnapfs $(DESTDIR)$(PREFIX)/sbin/mount.vsnapfs
+	install -m 644 docs/vsnapfs.8 $(DESTDIR)$(PREFIX)/share/man/man8/
+
+clean:
+	rm -rf build build-asan
+
+.PHONY: all deps unit e2e check asan bench demo install clean
+.SECONDARY:
+
+-include $(LIB_OBJ:.o=.d) $(B)/src/main.d

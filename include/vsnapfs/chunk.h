@@ -1,0 +1,105 @@
+/*
+ * chunk store: block payloads in append-only chunk files.
+ *
+ * A store directory holds chunk files named "%016llx.chunk" (lower-case hex
+ * chunk id).  A chunk file is a 4096-byte header followed by up to
+ * CHUNK_NSLOTS(block_size) slots of exactly block_size bytes each; slot i
+ * starts at byte 4096 + i * block_size.  The header format is drawn in
+ * docs/on-disk-format.md.  A chunk id is never reused.
+ *
+ * Every open of the store starts a new chunk for appends: a chunk written by
+ * an earlier daemon is never appended to again, so a torn tail left by a
+ * crash is simply never referenced by the index and is ignored.
+ *
+ * Errors:     calls returning int return 0 or a negative errno.
+ * Ownership:  buffers stay the caller's; nothing is kept after return.
+ * Threads:    every call may run concurrently on one store, except
+ *             chunk_store_close().
+ * Durability: an append is durable once a chunk_sync() that started after
+ *             the append returned has returned 0.  The block map must not
+ *             point at a block before that (see docs/design.md).
+ */
+#ifndef VSNAPFS_CHUNK_H
+#define VSNAPFS_CHUNK_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define CHUNK_HEADER_BYTES 4096u
+#define CHUNK_MAX_BYTES    (64u << 20)  /* payload bytes per chunk file */
+#define CHUNK_NSLOTS(bs)   (CHUNK_MAX_BYTES / (bs))
+
+struct chunk_store;                     /* opaque */
+
+struct chunk_loc {                      /* where one block lives; a plain value */
+	uint64_t chunk_id;              /* chunk file number, >= 1; 0 = no block */
+	uint32_t slot;                  /* block index inside that file */
+	uint64_t cksum;                 /* cksum_buf() of the payload */
+};
+
+/*
+ * Open (creating "dir" if missing) a chunk store of blocks of block_size
+ * bytes (a power of two, 4 KiB to 1 MiB).  The first chunk this store
+ * creates gets an id >= min_next_id and greater than any chunk file already
+ * in dir.  No chunk file is created until the first append.
+ */
+int chunk_store_open(const char *dir, uint32_t block_size, uint64_t min_next_id,
+		     struct chunk_store **out);
+
+/* Close every file; does not sync.  NULL is fine. */
+void chunk_store_close(struct chunk_store *cs);
+
+/*
+ * Append nblocks blocks (nblocks * block_size bytes from buf) and fill
+ * locs[0..nblocks-1], checksums included.  Consecutive blocks land in
+ * consecutive slots of one chunk whenever they fit; a run that crosses the
+ * end of the active chunk continues at slot 0 of a new chunk.  On error no
+ * loc is valid (slots already reserved are wasted, which is harmless).
+ * -ENOSPC when the file system is full, -EIO on a short or failed write.
+ */
+int chunk_append(struct chunk_store *cs, const void *buf, uint32_t nblocks,
+		 struct chunk_loc *locs);
+
+/*
+ * Read nblocks blocks stored in consecutive slots of one chunk, starting at
+ * locs[0] (locs[i].chunk_id == locs[0].chunk_id and locs[i].slot ==
+ * locs[0].slot + i), into buf, and verify each block's checksum against
+ * locs[i].cksum.  Returns 0, -EBADMSG if a block's data does not match its
+ * checksum (*bad_index, if not NULL, is set to the first bad i), -ENOENT if
+ * the chunk file is missing, -EIO if the file is too short or a read fails.
+ */
+int chunk_read(struct chunk_store *cs, const struct chunk_loc *locs, uint32_t nblocks,
+	       void *buf, uint32_t *bad_index);
+
+/* fdatasync every chunk file appended to since the last successful sync, and
+ * the chunk directory if a chunk file was created since then. */
+int chunk_sync(struct chunk_store *cs);
+
+/* The id of the chunk currently taking appends, or 0 if none yet. */
+uint64_t chunk_active_id(struct chunk_store *cs);
+
+/* The next id this store will give a new chunk (persist it so ids are never
+ * reused after the newest chunk file is deleted). */
+uint64_t chunk_next_id(struct chunk_store *cs);
+
+/*
+ * Call fn(ctx, chunk_id, nslots) for every chunk file in the directory, in
+ * increasing id order; nslots is the number of whole slots the file holds.
+ * Stops and returns fn's value if fn returns non-zero.
+ */
+int chunk_foreach(struct chunk_store *cs,
+		  int (*fn)(void *ctx, uint64_t chunk_id, uint32_t nslots), void *ctx);
+
+/* Delete a chunk file (never the active one: -EBUSY).  Readers that already
+ * hold it open finish their read first. */
+int chunk_remove(struct chunk_store *cs, uint64_t chunk_id);
+
+/*
+ * Fault injection for tests: the next "after" calls of op succeed, then every
+ * call fails with -err until cleared with err == 0.  op is one of the
+ * CHUNK_FAULT_* values.
+ */
+enum { CHUNK_FAULT_APPEND = 0, CHUNK_FAULT_READ = 1, CHUNK_FAULT_SYNC = 2, CHUNK_FAULT_NOPS };
+void chunk_fault_set(struct chunk_store *cs, int op, uint32_t after, int err);
+
+#endif

@@ -1,0 +1,1037 @@
+/*
+ * chunk store: append-only chunk files that hold block payloads.
+ *
+ * What it is for.  The volume layer appends every new block version here,
+ * calls chunk_sync(), and only then records the returned (chunk, slot,
+ * cksum) in the block map; reads come back through chunk_read() with that
+ * loc.  Nothing here knows about volumes or the index.
+ *
+ * Files.  <dir>/%016llx.chunk: a 4096-byte header (drawn in
+ * docs/on-disk-format.md) then slots of block_size bytes.  A file is created
+ * O_EXCL and its header is written before any of its slots is handed out, so
+ * a reader that finds the file also finds a whole header (in the page cache;
+ * on disk once chunk_sync() has run, which fsyncs the directory too).
+ *
+ * Invariants.
+ *  - Ids only grow: next_id is above every id this store created or saw in
+ *    the directory at open.  An id is spent as soon as we try to create it.
+ *  - Only the active chunk hands out slots.  A chunk that stops being active
+ *    never becomes active again, and each open starts a new one, so a chunk
+ *    written by an earlier process (maybe with a torn tail) is never touched.
+ *  - A slot goes to exactly one append: nused only grows, under mu.
+ *  - A writer is marked dirty only after its pwrite returned, and the mark
+ *    is set under mu before chunk_append() returns.  chunk_sync() clears
+ *    marks under mu and fdatasyncs afterwards, so a sync that starts after an
+ *    append returned either sees the mark or runs after a sync that cleared
+ *    it -- and sync_mu makes us wait for that one to finish.
+ *  - A writer (struct chunk_w and its O_RDWR fd) lives while it is active,
+ *    dirty, or pinned (refs: appends writing into it, syncs syncing it).
+ *    pwrite and fdatasync run without mu on a pinned writer, so its fd can
+ *    not be closed under them.
+ *
+ * Reads go through a separate cache of O_RDONLY fds (a sorted array, id ->
+ * fd) under an rwlock: readers hold it shared across their pread;
+ * chunk_remove() holds it exclusive to close and unlink, so no fd is closed
+ * (and its number reused) under a reader.  Writers' fds are not shared with
+ * the cache: keeping the two lifetimes apart costs one fd per recent chunk
+ * and saves a reference count.  The cache is bounded by half the fd limit
+ * and evicts round-robin.
+ *
+ * Lock order: sync_mu -> mu.  fd_lock is never held together with another
+ * lock.  Slow I/O runs with no mutex held; the exception is creating a chunk
+ * file (an open and one 4 KiB write per 64 MiB of data), done under mu so
+ * that appenders queued behind a full chunk wait for one new chunk instead of
+ * racing to create several.
+ */
+#include <assert.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "vsnapfs/chunk.h"
+#include "vsnapfs/cksum.h"
+
+#define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+
+/* Header layout, byte offsets; see docs/on-disk-format.md. */
+#define CHUNK_MAGIC          "VSNAPCHK"
+#define CHUNK_MAGIC_LEN      8u
+#define CHUNK_VERSION        1u
+#define HDR_OFF_MAGIC        0u
+#define HDR_OFF_VERSION      8u
+#define HDR_OFF_BLOCK_SIZE   12u
+#define HDR_OFF_CHUNK_ID     16u
+#define HDR_OFF_CREATED      24u
+#define HDR_OFF_RESERVED     32u
+#define HDR_OFF_CKSUM        (CHUNK_HEADER_BYTES - 8u)
+
+#define CHUNK_NAME_HEX       16u
+#define CHUNK_NAME_SUFFIX    ".chunk"
+#define CHUNK_NAME_LEN       (CHUNK_NAME_HEX + sizeof(CHUNK_NAME_SUFFIX) - 1)
+
+#define BLOCK_SIZE_MIN       4096u
+#define BLOCK_SIZE_MAX       (1u << 20)
+
+/* Read cache bounds: never fewer than this many fds, never more than this. */
+#define RFD_OPEN_MIN         8u
+#define RFD_OPEN_MAX         (1u << 20)
+
+struct chunk_w {                        /* a chunk this store has written */
+	struct chunk_w *next;           /* mu: list of cs->writers */
+	uint64_t id;                    /* const */
+	int fd;                         /* const; O_RDWR, closed when freed */
+	uint32_t nused;                 /* mu: slots handed out, <= nslots */
+	uint32_t refs;                  /* mu: appends writing + syncs syncing */
+	bool dirty;                     /* mu: written since its last good sync */
+};
+
+struct chunk_rfd {                      /* one entry of the read cache */
+	uint64_t id;
+	int fd;                         /* O_RDONLY; -1 when bad */
+	bool bad;                       /* header failed validation: -EIO for good */
+};
+
+struct chunk_fault {                    /* test hook; atomics, no lock */
+	atomic_int err;                 /* positive errno to fail with; 0 = off */
+	atomic_llong left;              /* calls still allowed to succeed */
+};
+
+struct chunk_store {
+	int dirfd;                      /* const: the chunk directory */
+	uint32_t block_size;            /* const */
+	uint32_t nslots;                /* const: CHUNK_NSLOTS(block_size) */
+	size_t rfd_open_max;            /* const: read cache size that triggers eviction */
+
+	pthread_mutex_t sync_mu;        /* one chunk_sync() at a time */
+
+	pthread_mutex_t mu;             /* appends: the fields down to fd_lock */
+	struct chunk_w *writers;        /* mu: active, dirty or pinned chunks */
+	struct chunk_w *active;         /* mu: takes new slots; NULL before the first append */
+	uint64_t next_id;               /* mu: id of the next chunk to create */
+	bool dir_dirty;                 /* mu: a chunk file was created since the last good sync */
+
+	pthread_rwlock_t fd_lock;       /* the read cache; held shared across pread */
+	struct chunk_rfd *rfds;         /* fd_lock: sorted by id */
+	size_t nrfds;                   /* fd_lock: entries in use */
+	size_t rfds_cap;                /* fd_lock: entries allocated */
+	size_t rfd_nopen;               /* fd_lock: entries with fd >= 0 */
+	size_t rfd_evict_pos;           /* fd_lock (exclusive): round-robin eviction cursor */
+	uint64_t rfd_gen;               /* fd_lock: bumped by every chunk_remove() */
+
+	struct chunk_fault fault[CHUNK_FAULT_NOPS];
+};
+
+struct chunk_run {                      /* part of one append that lands in one chunk */
+	struct chunk_w *w;              /* pinned until the append is done */
+	uint32_t slot;                  /* first slot in w */
+	uint32_t first;                 /* index of its first block in the append */
+	uint32_t nblocks;
+};
+
+/* --- little-endian helpers ------------------------------------------------ */
+
+static void le32_put(uint8_t *p, uint32_t v)
+{
+	for (unsigned i = 0; i < 4; i++)
+		p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static void le64_put(uint8_t *p, uint64_t v)
+{
+	for (unsigned i = 0; i < 8; i++)
+		p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static uint32_t le32_get(const uint8_t *p)
+{
+	uint32_t v = 0;
+
+	for (unsigned i = 0; i < 4; i++)
+		v |= (uint32_t)p[i] << (8 * i);
+	return v;
+}
+
+static uint64_t le64_get(const uint8_t *p)
+{
+	uint64_t v = 0;
+
+	for (unsigned i = 0; i < 8; i++)
+		v |= (uint64_t)p[i] << (8 * i);
+	return v;
+}
+
+/* --- names, header, whole-buffer I/O --------------------------------------- */
+
+static void chunk_name(char name[CHUNK_NAME_LEN + 1], uint64_t id)
+{
+	snprintf(name, CHUNK_NAME_LEN + 1, "%016" PRIx64 CHUNK_NAME_SUFFIX, id);
+}
+
+/* Only the exact form we create counts: 16 lower-case hex digits, ".chunk",
+ * and an id >= 1.  Anything else in the directory is not ours to list. */
+static bool chunk_name_parse(const char *name, uint64_t *id)
+{
+	uint64_t v = 0;
+
+	if (strlen(name) != CHUNK_NAME_LEN ||
+	    strcmp(name + CHUNK_NAME_HEX, CHUNK_NAME_SUFFIX) != 0)
+		return false;
+	for (unsigned i = 0; i < CHUNK_NAME_HEX; i++) {
+		char c = name[i];
+		unsigned d;
+
+		if (c >= '0' && c <= '9')
+			d = (unsigned)(c - '0');
+		else if (c >= 'a' && c <= 'f')
+			d = (unsigned)(c - 'a' + 10);
+		else
+			return false;
+		v = v << 4 | d;
+	}
+	if (v == 0)
+		return false;
+	*id = v;
+	return true;
+}
+
+static void chunk_hdr_encode(uint8_t hdr[CHUNK_HEADER_BYTES], uint32_t block_size,
+			     uint64_t id)
+{
+	struct timespec ts;
+	uint64_t now_ns = 0;
+
+	/* CLOCK_REALTIME can not fail with a valid clock id; 0 would do anyway,
+	 * "created" is for people reading a dump, nothing depends on it. */
+	if (clock_gettime(CLOCK_REALTIME, &ts) == 0)
+		now_ns = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+
+	memset(hdr, 0, CHUNK_HEADER_BYTES);
+	memcpy(hdr + HDR_OFF_MAGIC, CHUNK_MAGIC, CHUNK_MAGIC_LEN);
+	le32_put(hdr + HDR_OFF_VERSION, CHUNK_VERSION);
+	le32_put(hdr + HDR_OFF_BLOCK_SIZE, block_size);
+	le64_put(hdr + HDR_OFF_CHUNK_ID, id);
+	le64_put(hdr + HDR_OFF_CREATED, now_ns);
+	le64_put(hdr + HDR_OFF_CKSUM, cksum_buf(hdr, HDR_OFF_CKSUM));
+}
+
+/* Reserved bytes are not checked: a later version that uses them bumps the
+ * version, and a reader must not reject its own format for spare bytes. */
+static bool chunk_hdr_valid(const uint8_t hdr[CHUNK_HEADER_BYTES], uint32_t block_size,
+			    uint64_t id)
+{
+	return memcmp(hdr + HDR_OFF_MAGIC, CHUNK_MAGIC, CHUNK_MAGIC_LEN) == 0 &&
+	       le64_get(hdr + HDR_OFF_CKSUM) == cksum_buf(hdr, HDR_OFF_CKSUM) &&
+	       le32_get(hdr + HDR_OFF_VERSION) == CHUNK_VERSION &&
+	       le32_get(hdr + HDR_OFF_BLOCK_SIZE) == block_size &&
+	       le64_get(hdr + HDR_OFF_CHUNK_ID) == id;
+}
+
+/* Write all of buf.  0, -ENOSPC when the file system (or quota) is full,
+ * else -EIO.  A short write is retried so the kernel tells us why. */
+static int pwrite_full(int fd, const void *buf, size_t len, off_t off)
+{
+	const uint8_t *p = buf;
+
+	while (len > 0) {
+		ssize_t n = pwrite(fd, p, len, off);
+
+		if (n < 0) {
+			int err = errno;
+
+			if (err == EINTR)
+				continue;
+			return (err == ENOSPC || err == EDQUOT) ? -ENOSPC : -EIO;
+		}
+		if (n == 0)
+			return -EIO;
+		p += n;
+		len -= (size_t)n;
+		off += n;
+	}
+	return 0;
+}
+
+/* Read up to len bytes; returns the count (short only at end of file) or
+ * -EIO. */
+static ssize_t pread_full(int fd, void *buf, size_t len, off_t off)
+{
+	uint8_t *p = buf;
+	size_t done = 0;
+
+	while (done < len) {
+		ssize_t n = pread(fd, p + done, len - done, off + (off_t)done);
+
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return -EIO;
+		}
+		if (n == 0)
+			break;
+		done += (size_t)n;
+	}
+	return (ssize_t)done;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+
+	return (x > y) - (x < y);
+}
+
+/* The ids of every chunk file in the directory, sorted; *idsp is the
+ * caller's to free (NULL when there are none). */
+static int chunk_dir_list(int dirfd, uint64_t **idsp, size_t *np)
+{
+	uint64_t *ids = NULL, id;
+	size_t n = 0, cap = 0;
+	struct dirent *de;
+	DIR *d;
+	int fd, rc = 0;
+
+	/* A DIR of our own: the store's dirfd is shared and its offset is not. */
+	fd = openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	d = fdopendir(fd);
+	if (!d) {
+		rc = -errno;
+		close(fd);
+		return rc;
+	}
+	for (;;) {
+		errno = 0;
+		de = readdir(d);
+		if (!de) {
+			rc = -errno;
+			break;
+		}
+		if (!chunk_name_parse(de->d_name, &id))
+			continue;
+		if (n == cap) {
+			size_t ncap = cap ? 2 * cap : 64;
+			uint64_t *nids = realloc(ids, ncap * sizeof(*ids));
+
+			if (!nids) {
+				rc = -ENOMEM;
+				break;
+			}
+			ids = nids;
+			cap = ncap;
+		}
+		ids[n++] = id;
+	}
+	closedir(d);
+	if (rc) {
+		free(ids);
+		return rc;
+	}
+	if (n > 1)
+		qsort(ids, n, sizeof(*ids), cmp_u64);
+	*idsp = ids;
+	*np = n;
+	return 0;
+}
+
+/* --- fault injection ------------------------------------------------------- */
+
+/* 0, or the injected error.  The two atomics are read separately: a call
+ * racing with chunk_fault_set() may see the old or the new setting, which
+ * is all a test can ask for. */
+static int chunk_fault_hit(struct chunk_store *cs, int op)
+{
+	struct chunk_fault *f = &cs->fault[op];
+	int err = atomic_load_explicit(&f->err, memory_order_acquire);
+
+	if (err == 0)
+		return 0;
+	if (atomic_fetch_sub_explicit(&f->left, 1, memory_order_relaxed) > 0)
+		return 0;
+	return -err;
+}
+
+void chunk_fault_set(struct chunk_store *cs, int op, uint32_t after, int err)
+{
+	struct chunk_fault *f;
+
+	if (op < 0 || op >= CHUNK_FAULT_NOPS)
+		return;
+	f = &cs->fault[op];
+	/* Off first, so no call counts against a half-written setting. */
+	atomic_store_explicit(&f->err, 0, memory_order_release);
+	atomic_store_explicit(&f->left, (long long)after, memory_order_relaxed);
+	atomic_store_explicit(&f->err, err < 0 ? -err : err, memory_order_release);
+}
+
+/* --- writers (all under mu) ------------------------------------------------ */
+
+/* Free w if nothing needs it any more.  Assumes mu is held. */
+static void chunk_w_reap_locked(struct chunk_store *cs, struct chunk_w *w)
+{
+	struct chunk_w **pp;
+
+	if (w == cs->active || w->refs > 0 || w->dirty)
+		return;
+	for (pp = &cs->writers; *pp != w; pp = &(*pp)->next)
+		assert(*pp);
+	*pp = w->next;
+	close(w->fd);
+	free(w);
+}
+
+/* Drop a pin taken under mu.  Assumes mu is held. */
+static void chunk_w_put_locked(struct chunk_store *cs, struct chunk_w *w)
+{
+	assert(w->refs > 0);
+	w->refs--;
+	chunk_w_reap_locked(cs, w);
+}
+
+/* Create the next chunk file and make it active.  Assumes mu is held. */
+static int chunk_w_create_locked(struct chunk_store *cs)
+{
+	uint8_t hdr[CHUNK_HEADER_BYTES];
+	char name[CHUNK_NAME_LEN + 1];
+	struct chunk_w *w, *old;
+	uint64_t id = cs->next_id;
+	int fd, rc;
+
+	if (id == 0)                    /* next_id wrapped: ids are used up */
+		return -EOVERFLOW;
+	w = calloc(1, sizeof(*w));
+	if (!w)
+		return -ENOMEM;
+	chunk_name(name, id);
+	/* Spent whatever happens next: a file may now exist under this id. */
+	cs->next_id = id + 1;
+
+	fd = openat(cs->dirfd, name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	if (fd < 0) {
+		rc = -errno;
+		goto fail_free;
+	}
+	chunk_hdr_encode(hdr, cs->block_size, id);
+	rc = pwrite_full(fd, hdr, sizeof(hdr), 0);
+	if (rc)
+		goto fail_unlink;
+
+	w->id = id;
+	w->fd = fd;
+	w->dirty = true;                /* the header needs syncing too */
+	w->next = cs->writers;
+	cs->writers = w;
+	old = cs->active;
+	cs->active = w;
+	cs->dir_dirty = true;
+	if (old)
+		chunk_w_reap_locked(cs, old);
+	return 0;
+
+fail_unlink:
+	/* Best effort: nothing refers to this file, and a leftover one is only
+	 * a chunk with a bad header that GC will find unreferenced. */
+	unlinkat(cs->dirfd, name, 0);
+	close(fd);
+fail_free:
+	free(w);
+	return rc;
+}
+
+/* --- read cache (under fd_lock) -------------------------------------------- */
+
+/* Index of the first entry with id >= id.  Assumes fd_lock is held. */
+static size_t rfd_lower_bound(const struct chunk_store *cs, uint64_t id)
+{
+	size_t lo = 0, hi = cs->nrfds;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+
+		if (cs->rfds[mid].id < id)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
+/* Assumes fd_lock is held. */
+static struct chunk_rfd *rfd_find(struct chunk_store *cs, uint64_t id)
+{
+	size_t i = rfd_lower_bound(cs, id);
+
+	return (i < cs->nrfds && cs->rfds[i].id == id) ? &cs->rfds[i] : NULL;
+}
+
+/* Close and forget entry i.  Assumes fd_lock is held exclusive. */
+static void rfd_delete(struct chunk_store *cs, size_t i)
+{
+	if (cs->rfds[i].fd >= 0) {
+		close(cs->rfds[i].fd);
+		cs->rfd_nopen--;
+	}
+	memmove(&cs->rfds[i], &cs->rfds[i + 1], (cs->nrfds - i - 1) * sizeof(cs->rfds[0]));
+	cs->nrfds--;
+}
+
+/* Close one cached fd to stay under the fd limit.  Round-robin rather than
+ * LRU: an LRU would need a write under the shared lock on every read.  Bad
+ * entries hold no fd and stay.  Assumes fd_lock is held exclusive. */
+static void rfd_evict_one(struct chunk_store *cs)
+{
+	for (size_t k = 0; k < cs->nrfds; k++) {
+		size_t i = (cs->rfd_evict_pos + k) % cs->nrfds;
+
+		if (cs->rfds[i].fd >= 0) {
+			rfd_delete(cs, i);
+			cs->rfd_evict_pos = i;
+			return;
+		}
+	}
+}
+
+/* Add an entry that owns fd (-1 for a bad chunk).  Assumes fd_lock is held
+ * exclusive and id is not in the cache. */
+static int rfd_insert(struct chunk_store *cs, uint64_t id, int fd, bool bad)
+{
+	size_t i;
+
+	if (fd >= 0 && cs->rfd_nopen >= cs->rfd_open_max)
+		rfd_evict_one(cs);
+	if (cs->nrfds == cs->rfds_cap) {
+		size_t ncap = cs->rfds_cap ? 2 * cs->rfds_cap : 64;
+		struct chunk_rfd *n = realloc(cs->rfds, ncap * sizeof(*n));
+
+		if (!n)
+			return -ENOMEM;
+		cs->rfds = n;
+		cs->rfds_cap = ncap;
+	}
+	i = rfd_lower_bound(cs, id);
+	memmove(&cs->rfds[i + 1], &cs->rfds[i], (cs->nrfds - i) * sizeof(cs->rfds[0]));
+	cs->rfds[i] = (struct chunk_rfd){ .id = id, .fd = fd, .bad = bad };
+	cs->nrfds++;
+	if (fd >= 0)
+		cs->rfd_nopen++;
+	return 0;
+}
+
+/* Open a chunk for reading and check its header.  0 with *fdp set; 1 if the
+ * header is bad (*fdp = -1: remember, do not retry); or a negative errno
+ * that may be transient (-ENOENT, -EMFILE, -EIO on a failed read). */
+static int chunk_open_ro(struct chunk_store *cs, uint64_t id, int *fdp)
+{
+	uint8_t hdr[CHUNK_HEADER_BYTES];
+	char name[CHUNK_NAME_LEN + 1];
+	ssize_t n;
+	int fd;
+
+	*fdp = -1;
+	chunk_name(name, id);
+	fd = openat(cs->dirfd, name, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	n = pread_full(fd, hdr, sizeof(hdr), 0);
+	if (n < 0) {
+		close(fd);
+		return (int)n;
+	}
+	if ((size_t)n < sizeof(hdr) || !chunk_hdr_valid(hdr, cs->block_size, id)) {
+		close(fd);
+		return 1;
+	}
+	*fdp = fd;
+	return 0;
+}
+
+/*
+ * Find (opening it on first use) the read fd of chunk id.  On 0, fd_lock is
+ * held shared and the caller releases it after its pread.  -EIO for a chunk
+ * with a bad header, -ENOENT when its file is missing.
+ *
+ * The open happens without the lock so readers of other chunks do not wait
+ * on it.  If a chunk_remove() ran meanwhile (rfd_gen moved), the fd may be of
+ * an unlinked file and is dropped; looking again then finds no file.
+ */
+static int chunk_rfd_acquire(struct chunk_store *cs, uint64_t id, int *fdp)
+{
+	for (;;) {
+		struct chunk_rfd *e;
+		uint64_t gen;
+		int fd, rc;
+
+		pthread_rwlock_rdlock(&cs->fd_lock);
+		e = rfd_find(cs, id);
+		if (e && !e->bad) {
+			*fdp = e->fd;
+			return 0;
+		}
+		gen = cs->rfd_gen;
+		pthread_rwlock_unlock(&cs->fd_lock);
+		if (e)
+			return -EIO;
+
+		rc = chunk_open_ro(cs, id, &fd);
+		if (rc < 0)
+			return rc;
+
+		pthread_rwlock_wrlock(&cs->fd_lock);
+		if (cs->rfd_gen == gen && !rfd_find(cs, id))
+			rc = rfd_insert(cs, id, fd, rc == 1);
+		else
+			rc = -EAGAIN;           /* lost a race: look again */
+		pthread_rwlock_unlock(&cs->fd_lock);
+		if (rc < 0 && fd >= 0)
+			close(fd);
+		if (rc < 0 && rc != -EAGAIN)
+			return rc;
+	}
+}
+
+/* --- open / close ---------------------------------------------------------- */
+
+static pthread_once_t chunk_nofile_once = PTHREAD_ONCE_INIT;
+
+/* A big store has thousands of chunk files and the read cache keeps them
+ * open.  Best effort: on failure the cache sizes itself to the old limit. */
+static void chunk_nofile_raise(void)
+{
+	struct rlimit rl;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		(void)setrlimit(RLIMIT_NOFILE, &rl);
+	}
+}
+
+/* Half the fd limit: the rest is for writers, FUSE, SQLite and the caller. */
+static size_t chunk_rfd_open_max(void)
+{
+	struct rlimit rl;
+	rlim_t max = RFD_OPEN_MAX;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
+	    rl.rlim_cur / 2 < max)
+		max = rl.rlim_cur / 2;
+	return max < RFD_OPEN_MIN ? RFD_OPEN_MIN : (size_t)max;
+}
+
+int chunk_store_open(const char *dir, uint32_t block_size, uint64_t min_next_id,
+		     struct chunk_store **out)
+{
+	pthread_rwlockattr_t rwattr;
+	struct chunk_store *cs;
+	uint64_t *ids = NULL;
+	size_t nids = 0;
+	int rc;
+
+	*out = NULL;
+	if (block_size < BLOCK_SIZE_MIN || block_size > BLOCK_SIZE_MAX ||
+	    (block_size & (block_size - 1)) != 0)
+		return -EINVAL;
+	pthread_once(&chunk_nofile_once, chunk_nofile_raise);
+
+	if (mkdir(dir, 0700) != 0 && errno != EEXIST)
+		return -errno;
+	cs = calloc(1, sizeof(*cs));
+	if (!cs)
+		return -ENOMEM;
+	cs->block_size = block_size;
+	cs->nslots = CHUNK_NSLOTS(block_size);
+	cs->rfd_open_max = chunk_rfd_open_max();
+	for (int op = 0; op < CHUNK_FAULT_NOPS; op++) {
+		atomic_init(&cs->fault[op].err, 0);
+		atomic_init(&cs->fault[op].left, 0);
+	}
+
+	cs->dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (cs->dirfd < 0) {
+		rc = -errno;
+		goto fail_free;
+	}
+	rc = chunk_dir_list(cs->dirfd, &ids, &nids);
+	if (rc)
+		goto fail_close;
+	cs->next_id = min_next_id ? min_next_id : 1;
+	/* If the newest id is UINT64_MAX this wraps to 0, and the first append
+	 * fails with -EOVERFLOW rather than reuse an id. */
+	if (nids > 0 && ids[nids - 1] >= cs->next_id)
+		cs->next_id = ids[nids - 1] + 1;
+	free(ids);
+
+	rc = -pthread_mutex_init(&cs->sync_mu, NULL);
+	if (rc)
+		goto fail_close;
+	rc = -pthread_mutex_init(&cs->mu, NULL);
+	if (rc)
+		goto fail_sync_mu;
+	rc = -pthread_rwlockattr_init(&rwattr);
+	if (rc)
+		goto fail_mu;
+	/* glibc's default lets a steady stream of readers starve chunk_remove()
+	 * and first opens; prefer the writer. */
+	pthread_rwlockattr_setkind_np(&rwattr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+	rc = -pthread_rwlock_init(&cs->fd_lock, &rwattr);
+	pthread_rwlockattr_destroy(&rwattr);
+	if (rc)
+		goto fail_mu;
+
+	*out = cs;
+	return 0;
+
+fail_mu:
+	pthread_mutex_destroy(&cs->mu);
+fail_sync_mu:
+	pthread_mutex_destroy(&cs->sync_mu);
+fail_close:
+	close(cs->dirfd);
+fail_free:
+	free(cs);
+	return rc;
+}
+
+void chunk_store_close(struct chunk_store *cs)
+{
+	if (!cs)
+		return;
+	while (cs->writers) {
+		struct chunk_w *w = cs->writers;
+
+		assert(w->refs == 0);   /* no call may run during close */
+		cs->writers = w->next;
+		close(w->fd);
+		free(w);
+	}
+	for (size_t i = 0; i < cs->nrfds; i++)
+		if (cs->rfds[i].fd >= 0)
+			close(cs->rfds[i].fd);
+	free(cs->rfds);
+	close(cs->dirfd);
+	pthread_rwlock_destroy(&cs->fd_lock);
+	pthread_mutex_destroy(&cs->mu);
+	pthread_mutex_destroy(&cs->sync_mu);
+	free(cs);
+}
+
+/* --- append / read / sync -------------------------------------------------- */
+
+int chunk_append(struct chunk_store *cs, const void *buf, uint32_t nblocks,
+		 struct chunk_loc *locs)
+{
+	const uint8_t *p = buf;
+	const size_t bs = cs->block_size;
+	struct chunk_run stack_runs[4], *runs = stack_runs;
+	/* One run for the rest of the active chunk, then one per new chunk. */
+	size_t max_runs = 2 + (size_t)nblocks / cs->nslots, nruns = 0;
+	uint32_t done = 0;
+	int rc = 0;
+
+	if (nblocks == 0)
+		return 0;
+	if (max_runs > ARRAY_SIZE(stack_runs)) {
+		runs = calloc(max_runs, sizeof(*runs));
+		if (!runs)
+			return -ENOMEM;
+	}
+
+	/* Checksums before the lock: they are the CPU-heavy part. */
+	for (uint32_t i = 0; i < nblocks; i++)
+		locs[i].cksum = cksum_buf(p + i * bs, bs);
+
+	/* Reserve every slot in one go, so that the run continues at slot 0 of
+	 * the chunk created for it and not behind another thread's blocks. */
+	pthread_mutex_lock(&cs->mu);
+	while (done < nblocks) {
+		struct chunk_w *w = cs->active;
+		uint32_t n;
+
+		if (!w || w->nused == cs->nslots) {
+			rc = chunk_w_create_locked(cs);
+			if (rc)
+				break;
+			w = cs->active;
+		}
+		n = cs->nslots - w->nused;
+		if (n > nblocks - done)
+			n = nblocks - done;
+		assert(nruns < max_runs);
+		runs[nruns++] = (struct chunk_run){
+			.w = w, .slot = w->nused, .first = done, .nblocks = n,
+		};
+		w->nused += n;
+		w->refs++;
+		done += n;
+	}
+	pthread_mutex_unlock(&cs->mu);
+
+	if (rc == 0)
+		rc = chunk_fault_hit(cs, CHUNK_FAULT_APPEND);
+	for (size_t r = 0; r < nruns && rc == 0; r++) {
+		const struct chunk_run *run = &runs[r];
+
+		rc = pwrite_full(run->w->fd, p + run->first * bs, run->nblocks * bs,
+				 (off_t)CHUNK_HEADER_BYTES + (off_t)run->slot * (off_t)bs);
+		for (uint32_t i = 0; i < run->nblocks; i++) {
+			locs[run->first + i].chunk_id = run->w->id;
+			locs[run->first + i].slot = run->slot + i;
+		}
+	}
+
+	pthread_mutex_lock(&cs->mu);
+	for (size_t r = 0; r < nruns; r++) {
+		/* A failed append's blocks are referenced by nothing: no need
+		 * to sync them. */
+		if (rc == 0)
+			runs[r].w->dirty = true;
+		chunk_w_put_locked(cs, runs[r].w);
+	}
+	pthread_mutex_unlock(&cs->mu);
+
+	if (rc)
+		memset(locs, 0, nblocks * sizeof(*locs));
+	if (runs != stack_runs)
+		free(runs);
+	return rc;
+}
+
+int chunk_read(struct chunk_store *cs, const struct chunk_loc *locs, uint32_t nblocks,
+	       void *buf, uint32_t *bad_index)
+{
+	const size_t bs = cs->block_size;
+	uint64_t id;
+	uint32_t slot;
+	uint8_t *p = buf;
+	ssize_t n;
+	int fd, rc;
+
+	if (nblocks == 0)
+		return 0;
+	id = locs[0].chunk_id;
+	slot = locs[0].slot;
+	/* locs come from the index, so they are input: refuse, do not assert. */
+	if (id == 0 || (uint64_t)slot + nblocks > cs->nslots)
+		return -EINVAL;
+	for (uint32_t i = 1; i < nblocks; i++)
+		if (locs[i].chunk_id != id || locs[i].slot != slot + i)
+			return -EINVAL;
+
+	rc = chunk_fault_hit(cs, CHUNK_FAULT_READ);
+	if (rc)
+		return rc;
+	rc = chunk_rfd_acquire(cs, id, &fd);
+	if (rc)
+		return rc;
+	n = pread_full(fd, p, nblocks * bs,
+		       (off_t)CHUNK_HEADER_BYTES + (off_t)slot * (off_t)bs);
+	pthread_rwlock_unlock(&cs->fd_lock);
+	if (n < 0 || (size_t)n != nblocks * bs)
+		return -EIO;
+
+	for (uint32_t i = 0; i < nblocks; i++) {
+		if (cksum_buf(p + i * bs, bs) != locs[i].cksum) {
+			if (bad_index)
+				*bad_index = i;
+			return -EBADMSG;
+		}
+	}
+	return 0;
+}
+
+struct chunk_sync_item {
+	struct chunk_w *w;
+	int rc;
+};
+
+/*
+ * Snapshot and clear the dirty set under mu, sync without it, and put back
+ * what failed.  Note: after a failed fdatasync Linux may have dropped the
+ * dirty pages, so a later sync that succeeds does not prove those blocks
+ * reached the disk; the caller must not commit blocks whose sync failed.
+ */
+int chunk_sync(struct chunk_store *cs)
+{
+	struct chunk_sync_item *items = NULL;
+	size_t n = 0, ndirty = 0;
+	struct chunk_w *w;
+	bool dir;
+	int rc, dir_rc = 0;
+
+	pthread_mutex_lock(&cs->sync_mu);
+
+	pthread_mutex_lock(&cs->mu);
+	for (w = cs->writers; w; w = w->next)
+		ndirty += w->dirty;
+	if (ndirty > 0) {
+		items = calloc(ndirty, sizeof(*items));
+		if (!items) {
+			pthread_mutex_unlock(&cs->mu);
+			rc = -ENOMEM;
+			goto out;
+		}
+	}
+	for (w = cs->writers; w; w = w->next) {
+		if (!w->dirty)
+			continue;
+		w->dirty = false;
+		w->refs++;
+		items[n++].w = w;
+	}
+	dir = cs->dir_dirty;
+	cs->dir_dirty = false;
+	pthread_mutex_unlock(&cs->mu);
+
+	rc = chunk_fault_hit(cs, CHUNK_FAULT_SYNC);
+	for (size_t i = 0; i < n; i++) {
+		items[i].rc = rc;
+		if (rc == 0 && fdatasync(items[i].w->fd) != 0)
+			items[i].rc = -errno;
+	}
+	if (dir) {
+		dir_rc = rc;
+		if (rc == 0 && fsync(cs->dirfd) != 0)
+			dir_rc = -errno;
+	}
+	for (size_t i = 0; i < n && rc == 0; i++)
+		rc = items[i].rc;
+	if (rc == 0)
+		rc = dir_rc;
+
+	pthread_mutex_lock(&cs->mu);
+	for (size_t i = 0; i < n; i++) {
+		if (items[i].rc)
+			items[i].w->dirty = true;
+		chunk_w_put_locked(cs, items[i].w);
+	}
+	if (dir_rc)
+		cs->dir_dirty = true;
+	pthread_mutex_unlock(&cs->mu);
+out:
+	pthread_mutex_unlock(&cs->sync_mu);
+	free(items);
+	return rc;
+}
+
+/* --- ids, listing, removal ------------------------------------------------- */
+
+uint64_t chunk_active_id(struct chunk_store *cs)
+{
+	uint64_t id;
+
+	pthread_mutex_lock(&cs->mu);
+	id = cs->active ? cs->active->id : 0;
+	pthread_mutex_unlock(&cs->mu);
+	return id;
+}
+
+uint64_t chunk_next_id(struct chunk_store *cs)
+{
+	uint64_t id;
+
+	pthread_mutex_lock(&cs->mu);
+	id = cs->next_id;
+	pthread_mutex_unlock(&cs->mu);
+	return id;
+}
+
+/* fn runs with no lock held: a garbage collector calls chunk_remove() from
+ * it. */
+int chunk_foreach(struct chunk_store *cs,
+		  int (*fn)(void *ctx, uint64_t chunk_id, uint32_t nslots), void *ctx)
+{
+	char name[CHUNK_NAME_LEN + 1];
+	uint64_t *ids = NULL;
+	size_t nids = 0;
+	int rc;
+
+	rc = chunk_dir_list(cs->dirfd, &ids, &nids);
+	if (rc)
+		return rc;
+	for (size_t i = 0; i < nids; i++) {
+		struct stat st;
+		uint64_t nslots = 0;
+
+		chunk_name(name, ids[i]);
+		if (fstatat(cs->dirfd, name, &st, 0) != 0) {
+			rc = -errno;
+			if (rc == -ENOENT) {    /* removed since we listed it */
+				rc = 0;
+				continue;
+			}
+			break;
+		}
+		if (!S_ISREG(st.st_mode))
+			continue;
+		if (st.st_size > (off_t)CHUNK_HEADER_BYTES)
+			nslots = ((uint64_t)st.st_size - CHUNK_HEADER_BYTES) / cs->block_size;
+		if (nslots > UINT32_MAX)
+			nslots = UINT32_MAX;
+		rc = fn(ctx, ids[i], (uint32_t)nslots);
+		if (rc)
+			break;
+	}
+	free(ids);
+	return rc;
+}
+
+/*
+ * -EBUSY also for a sealed chunk that an append is still writing or a sync
+ * is still syncing: closing its fd under them would be a use after close.
+ * A dirty but idle writer is dropped with its file: nothing is left to sync.
+ * The unlink is not made durable: a file that comes back after a crash is
+ * only unreferenced garbage for the next collection.
+ */
+int chunk_remove(struct chunk_store *cs, uint64_t chunk_id)
+{
+	char name[CHUNK_NAME_LEN + 1];
+	struct chunk_w **pp, *w = NULL;
+	size_t i;
+	int rc = 0;
+
+	if (chunk_id == 0)
+		return -EINVAL;
+
+	pthread_mutex_lock(&cs->mu);
+	for (pp = &cs->writers; *pp; pp = &(*pp)->next)
+		if ((*pp)->id == chunk_id)
+			break;
+	if (*pp) {
+		if (*pp == cs->active || (*pp)->refs > 0) {
+			rc = -EBUSY;
+		} else {
+			w = *pp;
+			*pp = w->next;
+		}
+	}
+	pthread_mutex_unlock(&cs->mu);
+	if (rc)
+		return rc;
+	if (w) {
+		close(w->fd);
+		free(w);
+	}
+
+	/* Exclusive: no reader is inside a pread on the fd we close, and an
+	 * opener that raced with us sees rfd_gen move and drops its fd. */
+	chunk_name(name, chunk_id);
+	pthread_rwlock_wrlock(&cs->fd_lock);
+	i = rfd_lower_bound(cs, chunk_id);
+	if (i < cs->nrfds && cs->rfds[i].id == chunk_id)
+		rfd_delete(cs, i);
+	if (unlinkat(cs->dirfd, name, 0) != 0)
+		rc = -errno;
+	cs->rfd_gen++;
+	pthread_rwlock_unlock(&cs->fd_lock);
+	return rc;
+}
