@@ -1,0 +1,125 @@
+/*
+ * namespace: the store as a tree of directories and volumes, by inode
+ * number.  It owns the store directory (index, chunks, lock file), the open
+ * volumes, flushing the index, and the background thread that flushes,
+ * reaps unlinked volumes and collects garbage.  The FUSE front end
+ * (src/fs) maps each request to one call here.
+ *
+ * Inode numbers are the index's and stay the same across mounts; the root
+ * is NS_ROOT_INO.  Every directory D also has D/.snapshots, whose entries
+ * are snapshots: mkdir, rmdir and rename there take, delete and rename
+ * them; their contents are read-only (EROFS).  Those inodes have numbers of
+ * their own (see src/ns/ns_int.h).  Names are 1..255 bytes of valid UTF-8
+ * without control characters or '/', not "." or ".." (EINVAL).
+ *
+ * Errors:     0 / count or a negative errno, as the FUSE reply should carry.
+ * Ownership:  strings and buffers stay the caller's.
+ * Threads:    every call but ns_open/ns_start/ns_close may run concurrently.
+ *             Lock order: ns.flush_mu -> ns.db_mu -> ns.files_mu -> vol lock.
+ * Durability: ns_fsync() makes every write to the file that returned before
+ *             it durable, with its size; metadata changes (create, mkdir,
+ *             rename, unlink, chmod of a closed file) are durable when they
+ *             return.  Everything else within a second (the flusher).
+ */
+#ifndef VSNAPFS_NS_H
+#define VSNAPFS_NS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/statvfs.h>
+#include <sys/types.h>
+
+#define NS_ROOT_INO 1
+
+struct ns;                              /* opaque */
+
+struct ns_opts {
+	uint32_t block_size;            /* for a new store; 0: the default */
+	uint32_t flush_interval_ms;     /* 0: the default (1000) */
+	bool readonly;
+};
+
+#define NS_DEFAULT_BLOCK_SIZE 4096u
+
+struct ns_attr {
+	uint64_t ino;
+	uint32_t mode;                  /* S_IFDIR or S_IFREG | permissions */
+	uint32_t nlink, uid, gid;
+	uint64_t size;
+	uint64_t blocks;                /* 512-byte units actually allocated */
+	uint32_t blksize;               /* preferred I/O size */
+	int64_t atime_ns, mtime_ns, ctime_ns;
+};
+
+/* setattr: which fields of struct ns_attr to apply */
+enum {
+	NS_SET_MODE = 1, NS_SET_UID = 2, NS_SET_GID = 4, NS_SET_SIZE = 8,
+	NS_SET_ATIME = 16, NS_SET_MTIME = 32,
+};
+
+/*
+ * Open the store at dir: create it when dir is missing or empty (*created
+ * set), else check it is a store of a known version with a sound index, and
+ * take its lock.  On refusal nothing is written and msg gets one line
+ * saying why (-EEXIST: another daemon holds it, with its pid; -ENOTDIR /
+ * -EINVAL: not a store; -EPROTONOSUPPORT: unknown version; -EUCLEAN: damaged).
+ */
+int ns_open(const char *dir, const struct ns_opts *opts, struct ns **out, bool *created,
+	    char *msg, size_t msglen);
+/* Start the background thread (after daemonizing). */
+int ns_start(struct ns *ns);
+/* Stop the thread, flush everything, release the lock.  NULL is fine. */
+int ns_close(struct ns *ns);
+/* Write the daemon's pid into the lock file (after daemonizing). */
+void ns_set_pid(struct ns *ns, pid_t pid);
+
+uint32_t ns_block_size(struct ns *ns);
+
+int ns_lookup(struct ns *ns, uint64_t dir, const char *name, struct ns_attr *out);
+int ns_getattr(struct ns *ns, uint64_t ino, struct ns_attr *out);
+int ns_setattr(struct ns *ns, uint64_t ino, const struct ns_attr *in, int which,
+	       struct ns_attr *out);
+int ns_mkdir(struct ns *ns, uint64_t dir, const char *name, uint32_t mode, uint32_t uid,
+	     uint32_t gid, struct ns_attr *out);
+/* Create a volume (mode: permission bits). */
+int ns_create(struct ns *ns, uint64_t dir, const char *name, uint32_t mode, uint32_t uid,
+	      uint32_t gid, struct ns_attr *out);
+int ns_unlink(struct ns *ns, uint64_t dir, const char *name);
+int ns_rmdir(struct ns *ns, uint64_t dir, const char *name);
+/* flags: RENAME_NOREPLACE, RENAME_EXCHANGE (-EINVAL) */
+int ns_rename(struct ns *ns, uint64_t dir, const char *name, uint64_t newdir,
+	      const char *newname, unsigned flags);
+
+/* One directory entry; fn returns non-zero to stop (the entry is not
+ * consumed).  cookie: pass it back as "after" to continue past the entry. */
+typedef int (*ns_dirent_fn)(void *ctx, const char *name, const struct ns_attr *attr,
+			    uint64_t cookie);
+/* Entries after cookie "after" (0: from the start, "." and ".." included). */
+int ns_readdir(struct ns *ns, uint64_t dir, uint64_t after, ns_dirent_fn fn, void *ctx);
+
+/* Open volumes.  A handle is valid until ns_release(). */
+struct ns_file;
+int ns_open_file(struct ns *ns, uint64_t ino, int flags, struct ns_file **out);
+void ns_release(struct ns *ns, struct ns_file *f);
+ssize_t ns_read(struct ns *ns, struct ns_file *f, void *buf, size_t len, uint64_t off);
+ssize_t ns_write(struct ns *ns, struct ns_file *f, const void *buf, size_t len, uint64_t off);
+/* mode: fallocate(2) flags; supports 0 (allocate: only grows the size unless
+ * FALLOC_FL_KEEP_SIZE), PUNCH_HOLE|KEEP_SIZE and ZERO_RANGE. */
+int ns_fallocate(struct ns *ns, struct ns_file *f, int mode, uint64_t off, uint64_t len);
+int ns_lseek(struct ns *ns, struct ns_file *f, uint64_t off, int whence, uint64_t *out);
+int ns_fsync(struct ns *ns, struct ns_file *f);
+
+/*
+ * copy_file_range: block-aligned ranges at the same offset into a blank
+ * destination share blocks (a linked clone, constant cost); the rest is
+ * copied.  Returns the bytes copied.
+ */
+ssize_t ns_copy_range(struct ns *ns, struct ns_file *src, uint64_t off_in, struct ns_file *dst,
+		      uint64_t off_out, uint64_t len);
+
+/* Flush every volume's pending changes (sync data, commit the index). */
+int ns_flush(struct ns *ns);
+
+int ns_statfs(struct ns *ns, struct statvfs *out);
+
+#endif

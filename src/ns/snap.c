@@ -1,0 +1,629 @@
+/*
+ * snapshots, linked clones and truncate-to-zero: the operations that move
+ * volumes between map nodes instead of copying data.
+ *
+ * Taking a snapshot of directory D (or of one volume in it):
+ *   1. under flush_mu and db_mu, list the inodes below D;
+ *   2. close the write gate of every one of them that is open (in inode
+ *      order), so that no write is half done, and collect their changes;
+ *   3. chunk_sync(), then one transaction: their rows, the snapshot, a copy
+ *      of every inode row, and for every volume a new node (child of its
+ *      current one, which the snapshot now names);
+ *   4. switch the open volumes to their new nodes and open the gates.
+ * All volumes are frozen at one instant: every write that returned before
+ * the mkdir is in, none that started after it returned.  Nothing is copied
+ * but inode rows, so the cost is the number of inodes, not their data.
+ *
+ * A linked clone (copy_file_range from a snapshot or volume into a fresh
+ * volume, block-aligned, same offset) makes the destination's empty node a
+ * child of the source's frozen node.  A live source is frozen first, like a
+ * snapshot without a name.  The kernel splits a large copy_file_range into
+ * several FUSE requests (the reply carries a 32-bit count), so a later call
+ * may extend the clone where the previous one stopped.  Anything else is
+ * copied with read and write.
+ *
+ * Truncating a volume to zero gives it a new, empty node and releases the
+ * old one in the background, so that a revert (cp with O_TRUNC, then a
+ * clone) costs the same whatever the volume held.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "ns/ns_int.h"
+#include "vsnapfs/log.h"
+
+/* ---- names ---------------------------------------------------------------- */
+
+static bool snap_char(char c)
+{
+	return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+	       strchr("._-+:,", c) != NULL;
+}
+
+/*
+ * Split "NAME" or "FILE@NAME" (at the last '@').  NAME: 1..255 bytes of
+ * A-Z a-z 0-9 . _ - + : , not starting with '.'.  *file is set to NULL for
+ * a directory snapshot, else to FILE (inside a copy the caller frees).
+ */
+static int parse_snap_name(const char *name, char **file)
+{
+	const char *at = strrchr(name, '@');
+	const char *snap = at ? at + 1 : name;
+
+	*file = NULL;
+	if (strlen(name) > BMAP_NAME_MAX)
+		return -ENAMETOOLONG;
+	if (!*snap || *snap == '.')
+		return -EINVAL;
+	for (const char *p = snap; *p; p++)
+		if (!snap_char(*p))
+			return -EINVAL;
+	if (!at)
+		return 0;
+	if (at == name)
+		return -EINVAL;
+	*file = strndup(name, at - name);
+	return *file ? 0 : -ENOMEM;
+}
+
+/* ---- holding open volumes --------------------------------------------------- */
+
+struct holdset {
+	struct held *h;
+	size_t n, cap;
+};
+
+static int cmp_held(const void *a, const void *b)
+{
+	uint64_t x = ((const struct held *)a)->f->ino, y = ((const struct held *)b)->f->ino;
+
+	return x < y ? -1 : x > y;
+}
+
+/* Take a reference on the open volume ino, if it is open; assumes files_mu. */
+static int hold_if_open(struct ns *ns, struct holdset *hs, uint64_t ino)
+{
+	struct ns_file *f = ns_file_find(ns, ino);
+
+	if (!f)
+		return 0;
+	if (hs->n == hs->cap) {
+		size_t cap = hs->cap ? hs->cap * 2 : 8;
+		struct held *h = realloc(hs->h, cap * sizeof(*h));
+
+		if (!h)
+			return -ENOMEM;
+		hs->h = h;
+		hs->cap = cap;
+	}
+	memset(&hs->h[hs->n], 0, sizeof(hs->h[0]));
+	hs->h[hs->n++].f = f;
+	f->refs++;
+	return 0;
+}
+
+static struct held *held_find(struct holdset *hs, uint64_t ino)
+{
+	for (size_t i = 0; i < hs->n; i++)
+		if (hs->h[i].f->ino == ino)
+			return &hs->h[i];
+	return NULL;
+}
+
+/* Close the gates (inode order) and collect. */
+static int hold_freeze(struct ns *ns, struct holdset *hs)
+{
+	int rc = 0;
+
+	qsort(hs->h, hs->n, sizeof(hs->h[0]), cmp_held);
+	for (size_t i = 0; i < hs->n; i++)
+		vol_gate_close(hs->h[i].f->v);
+	for (size_t i = 0; i < hs->n && !rc; i++)
+		rc = ns_held_collect(ns, &hs->h[i]);
+	return rc;
+}
+
+static void hold_thaw(struct ns *ns, struct holdset *hs, int rc)
+{
+	ns_held_done(ns, hs->h, hs->n, rc);
+	for (size_t i = 0; i < hs->n; i++)
+		vol_gate_open(hs->h[i].f->v);
+}
+
+/* Drop the references; call without db_mu. */
+static void hold_release(struct ns *ns, struct holdset *hs)
+{
+	for (size_t i = 0; i < hs->n; i++)
+		ns_file_unref(ns, hs->h[i].f);
+	free(hs->h);
+}
+
+/* ---- snapshot create ---------------------------------------------------------- */
+
+struct inodes {
+	struct bmap_inode *v;
+	size_t n, cap;
+	int rc;
+};
+
+static int inodes_add(void *ctx, const struct bmap_inode *in)
+{
+	struct inodes *l = ctx;
+
+	if (l->n == l->cap) {
+		size_t cap = l->cap ? l->cap * 2 : 16;
+		struct bmap_inode *v = realloc(l->v, cap * sizeof(*v));
+
+		if (!v)
+			return l->rc = -ENOMEM;
+		l->v = v;
+		l->cap = cap;
+	}
+	l->v[l->n++] = *in;
+	return 0;
+}
+
+/* New nodes for the frozen volumes, filled in the transaction, used after. */
+struct switched {
+	struct held *h;
+	uint64_t node, inherit;
+};
+
+static uint64_t nblocks(struct ns *ns, uint64_t size)
+{
+	return (size + ns->bs - 1) / ns->bs;
+}
+
+/*
+ * Step 3 for each inode: copy it into the snapshot and, for a volume, give
+ * the live inode a new node below the one the snapshot keeps.  Assumes
+ * db_mu and an open transaction.
+ */
+static int freeze_inodes(struct ns *ns, uint64_t snap, struct inodes *l, struct holdset *hs,
+			 struct switched *sw)
+{
+	int rc = 0;
+
+	for (size_t i = 0; i < l->n && !rc; i++) {
+		struct bmap_inode in = l->v[i];
+		struct held *h = in.kind == BMAP_VOL ? held_find(hs, in.ino) : NULL;
+		struct bmap_node n = { 0 };
+
+		if (in.ino >= 1ULL << INO_BITS_SNAPINO)
+			return -EOVERFLOW;
+		if (h)
+			in = h->in;             /* the live size and times, as collected */
+		rc = bmap_sinode_insert(ns->bm, snap, &in);
+		if (rc || in.kind != BMAP_VOL)
+			continue;
+		n.parent = in.node;
+		n.inherit = nblocks(ns, in.size);
+		rc = bmap_node_create(ns->bm, &n);
+		if (rc)
+			break;
+		in.node = n.id;
+		rc = bmap_inode_update(ns->bm, &in);
+		if (h) {
+			sw[h - hs->h] = (struct switched){ h, n.id, n.inherit };
+			h->in.node = n.id;
+		}
+	}
+	return rc;
+}
+
+int ns_snap_create(struct ns *ns, uint64_t dir, const char *name, struct ns_attr *out)
+{
+	struct inodes l = { 0 };
+	struct holdset hs = { 0 };
+	struct switched *sw = NULL;
+	struct bmap_snap s = { .dir = dir };
+	struct bmap_inode d, one;
+	char *file;
+	int rc;
+
+	if (ns->readonly)
+		return -EROFS;
+	rc = parse_snap_name(name, &file);
+	if (rc)
+		return rc;
+	snprintf(s.name, sizeof(s.name), "%s", name);
+
+	pthread_mutex_lock(&ns->flush_mu);
+	pthread_mutex_lock(&ns->db_mu);
+	rc = bmap_inode_get(ns->bm, dir, &d);
+	if (!rc && d.kind != BMAP_DIR)
+		rc = -ENOTDIR;
+	if (!rc && bmap_snap_lookup(ns->bm, dir, name, &s) == 0)
+		rc = -EEXIST;
+	if (rc)
+		goto unlock;
+	if (file) {
+		rc = bmap_inode_lookup(ns->bm, dir, file, &one);
+		if (!rc && one.kind != BMAP_VOL)
+			rc = -EINVAL;           /* FILE@NAME names one volume */
+		if (!rc)
+			rc = inodes_add(&l, &one);
+	} else {
+		rc = bmap_subtree(ns->bm, dir, inodes_add, &l);
+		if (!rc)
+			rc = l.rc;
+	}
+	if (rc)
+		goto unlock;
+
+	pthread_mutex_lock(&ns->files_mu);
+	for (size_t i = 0; i < l.n && !rc; i++)
+		if (l.v[i].kind == BMAP_VOL)
+			rc = hold_if_open(ns, &hs, l.v[i].ino);
+	pthread_mutex_unlock(&ns->files_mu);
+	if (!rc && hs.n && !(sw = calloc(hs.n, sizeof(*sw))))
+		rc = -ENOMEM;
+	if (rc)
+		goto unlock;
+
+	rc = hold_freeze(ns, &hs);
+	if (!rc && hs.n)
+		rc = chunk_sync(ns->cs);
+	if (!rc)
+		rc = bmap_begin(ns->bm);
+	if (!rc) {
+		rc = ns_held_apply(ns, hs.h, hs.n);
+		s.created_ns = ns_now_ns();
+		if (!rc)
+			rc = bmap_snap_insert(ns->bm, &s);
+		if (!rc && s.id >= 1ULL << INO_BITS_SNAPID)
+			rc = -EOVERFLOW;
+		if (!rc)
+			rc = freeze_inodes(ns, s.id, &l, &hs, sw);
+		if (!rc)
+			rc = bmap_commit(ns->bm);
+		if (rc)
+			bmap_rollback(ns->bm);
+	}
+	if (!rc) {
+		for (size_t i = 0; i < hs.n; i++) {
+			/* cannot fail: the gate is closed and everything collected */
+			int src = vol_switch_node(sw[i].h->f->v, sw[i].node, sw[i].inherit);
+
+			if (src)
+				vlog(LOG_CRIT, "snapshot %s: switching a volume failed: %s", name,
+				     strerror(-src));
+			pthread_mutex_lock(&ns->files_mu);
+			sw[i].h->f->in.node = sw[i].node;
+			pthread_mutex_unlock(&ns->files_mu);
+		}
+		memset(out, 0, sizeof(*out));
+		out->ino = ino_sroot(s.id);
+		out->mode = S_IFDIR | 0555;
+		out->nlink = 2;
+		out->uid = d.uid;
+		out->gid = d.gid;
+		out->blksize = 65536;
+		out->atime_ns = out->mtime_ns = out->ctime_ns = s.created_ns;
+	} else {
+		/* the collected nodes stay the live ones: undo the bookkeeping */
+		for (size_t i = 0; i < hs.n; i++) {
+			pthread_mutex_lock(&ns->files_mu);
+			hs.h[i].f->in.node = vol_node(hs.h[i].f->v);
+			pthread_mutex_unlock(&ns->files_mu);
+		}
+	}
+	hold_thaw(ns, &hs, rc);
+unlock:
+	pthread_mutex_unlock(&ns->db_mu);
+	pthread_mutex_unlock(&ns->flush_mu);
+	hold_release(ns, &hs);
+	free(sw);
+	free(l.v);
+	free(file);
+	return rc;
+}
+
+/* ---- snapshot delete and rename ---------------------------------------------- */
+
+static int node_of(void *ctx, const struct bmap_inode *in)
+{
+	struct inodes *l = ctx;
+
+	return in->kind == BMAP_VOL ? inodes_add(l, in) : 0;
+}
+
+int ns_snap_delete(struct ns *ns, uint64_t dir, const char *name)
+{
+	struct bmap_snap s;
+	struct inodes l = { 0 };
+	struct ns_file *dead = NULL;
+	bool busy = false;
+	int rc;
+
+	if (ns->readonly)
+		return -EROFS;
+	pthread_mutex_lock(&ns->db_mu);
+	rc = bmap_snap_lookup(ns->bm, dir, name, &s);
+	if (rc)
+		goto out;
+
+	/* open files of it: EBUSY; cached but closed ones: drop */
+	pthread_mutex_lock(&ns->files_mu);
+	for (unsigned i = 0; i < NS_FILE_BUCKETS && !busy; i++)
+		for (struct ns_file *f = ns->files[i]; f; f = f->next)
+			if (ino_kind(f->ino) == INO_SNAP && ino_snap_id(f->ino) == s.id && f->refs)
+				busy = true;
+	for (unsigned i = 0; i < NS_FILE_BUCKETS && !busy; i++) {
+		struct ns_file **pp = &ns->files[i];
+
+		while (*pp) {
+			struct ns_file *f = *pp;
+
+			if (ino_kind(f->ino) == INO_SNAP && ino_snap_id(f->ino) == s.id) {
+				*pp = f->next;
+				f->next = dead;
+				dead = f;
+			} else {
+				pp = &f->next;
+			}
+		}
+	}
+	pthread_mutex_unlock(&ns->files_mu);
+	if (busy) {
+		rc = -EBUSY;
+		goto out;
+	}
+
+	rc = bmap_sinode_all(ns->bm, s.id, node_of, &l);
+	if (!rc)
+		rc = l.rc;
+	if (!rc)
+		rc = bmap_begin(ns->bm);
+	if (!rc) {
+		rc = bmap_snap_delete(ns->bm, s.id);
+		if (!rc)
+			rc = bmap_commit(ns->bm);
+		if (rc)
+			bmap_rollback(ns->bm);
+	}
+	/* its nodes go in the background; a crash before that leaves nodes
+	 * that nothing names, released at the next mount */
+	for (size_t i = 0; i < l.n && !rc; i++)
+		if (ns_release_queue(ns, l.v[i].node))
+			vlog(LOG_ERR, "out of memory: node %llu is released at next mount",
+			     (unsigned long long)l.v[i].node);
+out:
+	pthread_mutex_unlock(&ns->db_mu);
+	while (dead) {
+		struct ns_file *f = dead;
+
+		dead = f->next;
+		vol_close(f->v);
+		free(f);
+	}
+	free(l.v);
+	if (!rc)
+		pthread_cond_signal(&ns->bg_cond);
+	return rc;
+}
+
+int ns_snap_rename(struct ns *ns, uint64_t dir, const char *name, const char *newname,
+		   unsigned flags)
+{
+	struct bmap_snap s, t;
+	char *f1 = NULL, *f2 = NULL;
+	int rc;
+
+	if (ns->readonly)
+		return -EROFS;
+	rc = parse_snap_name(newname, &f2);
+	if (!rc)
+		rc = parse_snap_name(name, &f1);
+	/* a volume snapshot stays one, of the same volume */
+	if (!rc && ((f1 == NULL) != (f2 == NULL) || (f1 && strcmp(f1, f2))))
+		rc = -EINVAL;
+	free(f1);
+	free(f2);
+	if (rc)
+		return rc;
+	pthread_mutex_lock(&ns->db_mu);
+	rc = bmap_snap_lookup(ns->bm, dir, name, &s);
+	if (!rc && bmap_snap_lookup(ns->bm, dir, newname, &t) == 0)
+		rc = t.id == s.id ? 0 : -EEXIST;        /* never replace a snapshot */
+	else if (!rc)
+		rc = bmap_snap_rename(ns->bm, s.id, newname);
+	pthread_mutex_unlock(&ns->db_mu);
+	return rc;
+}
+
+/* ---- truncate to zero -------------------------------------------------------- */
+
+int ns_truncate_zero(struct ns *ns, struct ns_file *f)
+{
+	struct bmap_node n = { 0 }, cur;
+	struct bmap_inode in;
+	uint64_t old;
+	int rc;
+
+	pthread_mutex_lock(&ns->flush_mu);
+	pthread_mutex_lock(&ns->db_mu);
+	vol_gate_close(f->v);
+	old = vol_node(f->v);
+	rc = bmap_node_get(ns->bm, old, &cur);
+	if (!rc && cur.parent == 0 && !vol_maps_from(f->v, 0)) {
+		/* nothing to drop: an ordinary truncate is as cheap */
+		vol_gate_open(f->v);
+		pthread_mutex_unlock(&ns->db_mu);
+		pthread_mutex_unlock(&ns->flush_mu);
+		return vol_truncate(f->v, 0);
+	}
+	if (!rc)
+		rc = bmap_begin(ns->bm);
+	if (!rc) {
+		rc = bmap_node_create(ns->bm, &n);
+		pthread_mutex_lock(&ns->files_mu);
+		in = f->in;
+		pthread_mutex_unlock(&ns->files_mu);
+		in.node = n.id;
+		in.size = 0;
+		in.mtime_ns = in.ctime_ns = ns_now_ns();
+		if (!rc)
+			rc = bmap_inode_update(ns->bm, &in);
+		if (!rc)
+			rc = bmap_commit(ns->bm);
+		if (rc)
+			bmap_rollback(ns->bm);
+	}
+	if (!rc) {
+		vol_reset(f->v, n.id);
+		pthread_mutex_lock(&ns->files_mu);
+		f->in = in;
+		pthread_mutex_unlock(&ns->files_mu);
+		atomic_store(&f->wtime_ns, 0);
+		if (ns_release_queue(ns, old))
+			vlog(LOG_ERR, "out of memory: node %llu is released at next mount",
+			     (unsigned long long)old);
+	}
+	vol_gate_open(f->v);
+	pthread_mutex_unlock(&ns->db_mu);
+	pthread_mutex_unlock(&ns->flush_mu);
+	if (!rc)
+		pthread_cond_signal(&ns->bg_cond);
+	return rc;
+}
+
+/* ---- copy_file_range ---------------------------------------------------------- */
+
+/*
+ * Share [off, off + len) of src with dst if dst is a blank continuation:
+ * either empty (no parent, nothing mapped, size 0, off 0) or a clone of
+ * the same frozen node that ends exactly at off.  Returns the bytes shared
+ * (whole blocks, and the last partial block when the range ends at the
+ * source's end), 0 when sharing does not apply, or a negative errno.
+ */
+static ssize_t share_range(struct ns *ns, struct ns_file *src, struct ns_file *dst,
+			   uint64_t off, uint64_t len)
+{
+	struct holdset hs = { 0 };
+	struct bmap_node dn, sn = { 0 };
+	uint64_t src_size = vol_size(src->v), end = off + len, nb_end, frozen;
+	bool live_src = ino_kind(src->ino) == INO_LIVE;
+	ssize_t shared = 0;
+	int rc;
+
+	nb_end = end == src_size ? nblocks(ns, end) : end / ns->bs;
+	if (nb_end <= off / ns->bs)
+		return 0;
+
+	pthread_mutex_lock(&ns->flush_mu);
+	pthread_mutex_lock(&ns->db_mu);
+	frozen = vol_node(src->v);
+	rc = bmap_node_get(ns->bm, vol_node(dst->v), &dn);
+	if (rc)
+		goto unlock;
+	if (off == 0 ? dn.parent || vol_size(dst->v) || vol_maps_from(dst->v, 0)
+		     : dn.parent != frozen || dn.inherit * ns->bs != off ||
+		       vol_size(dst->v) != off || vol_maps_from(dst->v, off / ns->bs))
+		goto unlock;            /* not blank: copy the data instead */
+
+	pthread_mutex_lock(&ns->files_mu);
+	rc = hold_if_open(ns, &hs, dst->ino);
+	if (!rc && live_src)
+		rc = hold_if_open(ns, &hs, src->ino);
+	pthread_mutex_unlock(&ns->files_mu);
+	if (!rc)
+		rc = hold_freeze(ns, &hs);
+	if (!rc)
+		rc = chunk_sync(ns->cs);
+	if (!rc)
+		rc = bmap_begin(ns->bm);
+	if (rc)
+		goto thaw;
+	rc = ns_held_apply(ns, hs.h, hs.n);
+	if (!rc && live_src) {
+		/* freeze the source: it continues in a new child node */
+		struct held *h = held_find(&hs, src->ino);
+
+		sn.parent = frozen;
+		sn.inherit = nblocks(ns, h->in.size);
+		rc = bmap_node_create(ns->bm, &sn);
+		h->in.node = sn.id;
+		if (!rc)
+			rc = bmap_inode_update(ns->bm, &h->in);
+	}
+	if (!rc) {
+		struct held *h = held_find(&hs, dst->ino);
+
+		dn.parent = frozen;
+		dn.inherit = nb_end;
+		shared = (nb_end * ns->bs < src_size ? nb_end * ns->bs : src_size) - off;
+		h->in.size = off + shared;
+		rc = bmap_node_update(ns->bm, &dn);
+		if (!rc)
+			rc = bmap_inode_update(ns->bm, &h->in);
+	}
+	if (!rc)
+		rc = bmap_commit(ns->bm);
+	if (rc)
+		bmap_rollback(ns->bm);
+thaw:
+	if (!rc) {
+		if (live_src)
+			rc = vol_switch_node(src->v, sn.id, sn.inherit);
+		if (!rc)
+			rc = vol_attach(dst->v, nb_end, off + shared);
+		if (rc)
+			vlog(LOG_CRIT, "clone: switching volumes failed: %s", strerror(-rc));
+	}
+	for (size_t i = 0; i < hs.n; i++) {
+		struct ns_file *f = hs.h[i].f;
+
+		pthread_mutex_lock(&ns->files_mu);
+		f->in.node = vol_node(f->v);
+		if (!rc)
+			f->in.size = hs.h[i].in.size;
+		pthread_mutex_unlock(&ns->files_mu);
+	}
+	hold_thaw(ns, &hs, rc);
+unlock:
+	pthread_mutex_unlock(&ns->db_mu);
+	pthread_mutex_unlock(&ns->flush_mu);
+	hold_release(ns, &hs);
+	return rc ? rc : shared;
+}
+
+ssize_t ns_copy_range(struct ns *ns, struct ns_file *src, uint64_t off_in, struct ns_file *dst,
+		      uint64_t off_out, uint64_t len)
+{
+	uint64_t size = vol_size(src->v), done = 0;
+	ssize_t n = 0;
+	uint8_t *buf = NULL;
+
+	if (ns->readonly || ino_kind(dst->ino) != INO_LIVE)
+		return -EROFS;
+	if (off_in >= size)
+		return 0;
+	if (len > size - off_in)
+		len = size - off_in;
+	if (src != dst && off_in == off_out && off_in % ns->bs == 0) {
+		n = share_range(ns, src, dst, off_in, len);
+		if (n < 0)
+			return n;
+		done = n;
+	}
+	/* the rest, byte by byte as the kernel would */
+	while (done < len) {
+		uint64_t step = len - done < (1u << 20) ? len - done : (1u << 20);
+
+		if (!buf && !(buf = malloc(1u << 20)))
+			return done ? (ssize_t)done : -ENOMEM;
+		n = vol_read(src->v, buf, step, off_in + done);
+		if (n > 0)
+			n = ns_write(ns, dst, buf, n, off_out + done);
+		if (n <= 0)
+			break;
+		done += n;
+	}
+	free(buf);
+	return done ? (ssize_t)done : n;
+}

@@ -1,0 +1,353 @@
+/*
+ * store: the store directory as a whole, opened or created, and locked.
+ *
+ *   STORE/index.sqlite   the index (src/bmap)
+ *   STORE/chunks/        chunk files (src/chunk)
+ *   STORE/lock           flock()ed by the mounted daemon, holds its pid
+ *
+ * Refusals write nothing: the checks that decide whether a directory is a
+ * store we may use are all reads, and the lock file is only written (with
+ * our pid) once the mount is going ahead.  A directory is created as a
+ * store only when it is missing or empty.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "ns/ns_int.h"
+#include "vsnapfs/log.h"
+
+int64_t ns_now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* 1: dir has no entries, 0: it has some, negative errno: cannot tell. */
+static int dir_is_empty(const char *dir)
+{
+	DIR *d = opendir(dir);
+	struct dirent *de;
+	int rc = 1;
+
+	if (!d)
+		return -errno;
+	while ((de = readdir(d))) {
+		if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..")) {
+			rc = 0;
+			break;
+		}
+	}
+	closedir(d);
+	return rc;
+}
+
+static int take_lock(struct ns *ns, char *msg, size_t msglen)
+{
+	char path[PATH_MAX], pid[32] = "";
+	ssize_t n;
+	int rc;
+
+	snprintf(path, sizeof(path), "%s/lock", ns->dir);
+	ns->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	if (ns->lock_fd < 0) {
+		rc = -errno;
+		snprintf(msg, msglen, "cannot open %s: %s", path, strerror(-rc));
+		return rc;
+	}
+	if (flock(ns->lock_fd, LOCK_EX | LOCK_NB) == 0)
+		return 0;
+	rc = -errno;
+	if (rc != -EWOULDBLOCK) {
+		snprintf(msg, msglen, "cannot lock %s: %s", path, strerror(-rc));
+		return rc;
+	}
+	n = pread(ns->lock_fd, pid, sizeof(pid) - 1, 0);
+	pid[n > 0 ? n : 0] = 0;
+	pid[strcspn(pid, "\n")] = 0;
+	snprintf(msg, msglen, "store %s is already mounted by vsnapfs pid %s", ns->dir,
+		 pid[0] ? pid : "(unknown)");
+	return -EEXIST;
+}
+
+void ns_set_pid(struct ns *ns, pid_t pid)
+{
+	char buf[32];
+	int n = snprintf(buf, sizeof(buf), "%d\n", (int)pid);
+
+	if (ftruncate(ns->lock_fd, 0) || pwrite(ns->lock_fd, buf, n, 0) != n)
+		vlog(LOG_WARNING, "cannot write pid to %s/lock: %s", ns->dir, strerror(errno));
+}
+
+static int create_store(struct ns *ns, uint32_t bs, char *msg, size_t msglen)
+{
+	char path[PATH_MAX];
+	int rc;
+
+	snprintf(path, sizeof(path), "%s/chunks", ns->dir);
+	if (mkdir(path, 0700) && errno != EEXIST) {
+		rc = -errno;
+		snprintf(msg, msglen, "cannot create %s: %s", path, strerror(-rc));
+		return rc;
+	}
+	snprintf(path, sizeof(path), "%s/index.sqlite", ns->dir);
+	rc = bmap_create(path, bs, getuid(), getgid());
+	if (rc)
+		snprintf(msg, msglen, "cannot create %s: %s", path, strerror(-rc));
+	return rc;
+}
+
+static int open_index(struct ns *ns, char *msg, size_t msglen)
+{
+	char path[PATH_MAX];
+	int rc;
+
+	snprintf(path, sizeof(path), "%s/index.sqlite", ns->dir);
+	rc = bmap_open(path, ns->readonly, &ns->bm);
+	switch (rc) {
+	case 0:
+		break;
+	case -EPROTONOSUPPORT:
+		snprintf(msg, msglen, "%s: unknown store format version (this vsnapfs reads version %d)",
+			 path, BMAP_FORMAT_VERSION);
+		break;
+	case -EUCLEAN:
+		snprintf(msg, msglen, "%s: damaged or not a vsnapfs index; refusing to mount", path);
+		break;
+	default:
+		snprintf(msg, msglen, "%s: cannot open: %s", path, strerror(-rc));
+	}
+	return rc;
+}
+
+/* single-threaded here: ns_open runs before any other thread exists */
+static int queue_orphan(void *ctx, const struct bmap_inode *in)
+{
+	return ns_reap_queue(ctx, in->ino);
+}
+
+static int queue_node(void *ctx, const struct bmap_node *n)
+{
+	return ns_release_queue(ctx, n->id);
+}
+
+/*
+ * Queue for release every node that no inode or snapshot inode names: a
+ * daemon that stopped between deleting a snapshot or volume and releasing
+ * its node leaves such nodes (release keeps those that still have several
+ * children).  Costs one query per node, at mount only.
+ */
+static int queue_unnamed_nodes(struct ns *ns)
+{
+	size_t n;
+	int rc = bmap_node_list(ns->bm, queue_node, ns);
+
+	for (n = 0; !rc && n < ns->nrel;) {
+		uint64_t refs;
+
+		rc = bmap_node_refs(ns->bm, ns->rel[n], &refs);
+		if (!rc && refs)
+			ns->rel[n] = ns->rel[--ns->nrel];       /* named: keep it */
+		else
+			n++;
+	}
+	return rc;
+}
+
+int ns_open(const char *dir, const struct ns_opts *opts, struct ns **out, bool *created,
+	    char *msg, size_t msglen)
+{
+	struct ns *ns;
+	struct stat st;
+	char path[PATH_MAX];
+	uint64_t next_chunk = 1;
+	bool create = false;
+	int rc;
+
+	*created = false;
+	msg[0] = 0;
+	ns = calloc(1, sizeof(*ns));
+	if (!ns)
+		return -ENOMEM;
+	ns->lock_fd = -1;
+	ns->readonly = opts->readonly;
+	ns->flush_ms = opts->flush_interval_ms ? opts->flush_interval_ms : 1000;
+	pthread_mutex_init(&ns->db_mu, NULL);
+	pthread_mutex_init(&ns->files_mu, NULL);
+	pthread_mutex_init(&ns->flush_mu, NULL);
+	pthread_mutex_init(&ns->seq_mu, NULL);
+	pthread_mutex_init(&ns->bg_mu, NULL);
+	pthread_cond_init(&ns->bg_cond, NULL);
+	ns->dir = realpath(dir, NULL);
+
+	if (!ns->dir) {
+		rc = -errno;
+		if (rc != -ENOENT || opts->readonly) {
+			snprintf(msg, msglen, "%s: %s", dir, strerror(-rc));
+			goto fail;
+		}
+		if (mkdir(dir, 0700)) {
+			rc = -errno;
+			snprintf(msg, msglen, "cannot create %s: %s", dir, strerror(-rc));
+			goto fail;
+		}
+		ns->dir = realpath(dir, NULL);
+		create = true;
+		if (!ns->dir) {
+			rc = -errno;
+			goto fail;
+		}
+	} else if (stat(ns->dir, &st) || !S_ISDIR(st.st_mode)) {
+		rc = -ENOTDIR;
+		snprintf(msg, msglen, "%s is not a directory", dir);
+		goto fail;
+	} else {
+		snprintf(path, sizeof(path), "%s/index.sqlite", ns->dir);
+		if (access(path, F_OK)) {
+			rc = dir_is_empty(ns->dir);
+			if (rc < 0) {
+				snprintf(msg, msglen, "%s: %s", dir, strerror(-rc));
+				goto fail;
+			}
+			if (rc == 0) {
+				rc = -EINVAL;
+				snprintf(msg, msglen,
+					 "%s is not a vsnapfs store (no index.sqlite) and not empty; "
+					 "refusing to touch it", dir);
+				goto fail;
+			}
+			create = true;
+		}
+	}
+	if (create && opts->readonly) {
+		rc = -EROFS;
+		snprintf(msg, msglen, "%s is empty: nothing to mount read-only", dir);
+		goto fail;
+	}
+
+	rc = take_lock(ns, msg, msglen);
+	if (rc)
+		goto fail;
+	if (create) {
+		rc = create_store(ns, opts->block_size ? opts->block_size : NS_DEFAULT_BLOCK_SIZE,
+				  msg, msglen);
+		if (rc)
+			goto fail;
+	}
+	rc = open_index(ns, msg, msglen);
+	if (rc)
+		goto fail;
+	ns->bs = bmap_block_size(ns->bm);
+	{
+		struct statvfs sv;
+		int64_t fs_bytes = 0;
+
+		if (statvfs(ns->dir, &sv) == 0)
+			fs_bytes = (int64_t)(sv.f_blocks * sv.f_frsize);
+		/* 1% of the file system, at least 16 MiB, at most 1 GiB */
+		ns->space_reserve = fs_bytes / 100;
+		if (ns->space_reserve < (16 << 20))
+			ns->space_reserve = 16 << 20;
+		if (ns->space_reserve > (1 << 30))
+			ns->space_reserve = 1 << 30;
+	}
+	if (bmap_meta_get(ns->bm, "next_chunk_id", &next_chunk) == 0 && next_chunk == 0)
+		next_chunk = 1;
+
+	snprintf(path, sizeof(path), "%s/chunks", ns->dir);
+	rc = chunk_store_open(path, ns->bs, next_chunk, &ns->cs);
+	if (rc) {
+		snprintf(msg, msglen, "%s: cannot open chunk store: %s", path, strerror(-rc));
+		goto fail;
+	}
+	/* volumes unlinked while open when the last daemon stopped */
+	if (!ns->readonly) {
+		rc = bmap_orphan_list(ns->bm, queue_orphan, ns);
+		if (!rc)
+			rc = queue_unnamed_nodes(ns);
+		if (rc) {
+			snprintf(msg, msglen, "cannot list unlinked volumes and unused map nodes: %s", strerror(-rc));
+			goto fail;
+		}
+	}
+	*created = create;
+	*out = ns;
+	return 0;
+fail:
+	ns_close(ns);
+	return rc;
+}
+
+int ns_start(struct ns *ns)
+{
+	int rc;
+
+	if (ns->readonly)
+		return 0;
+	rc = -pthread_create(&ns->bg_thread, NULL, ns_bg_main, ns);
+	if (!rc)
+		ns->bg_running = true;
+	return rc;
+}
+
+int ns_close(struct ns *ns)
+{
+	int rc = 0;
+
+	if (!ns)
+		return 0;
+	if (ns->bg_running) {
+		pthread_mutex_lock(&ns->bg_mu);
+		ns->bg_stop = true;
+		pthread_cond_signal(&ns->bg_cond);
+		pthread_mutex_unlock(&ns->bg_mu);
+		pthread_join(ns->bg_thread, NULL);
+		ns->bg_running = false;
+	}
+	if (ns->bm && ns->cs && !ns->readonly) {
+		rc = ns_flush(ns);
+		if (rc)
+			vlog(LOG_ERR, "final flush failed: %s; unsynced writes are lost", strerror(-rc));
+	}
+	for (unsigned i = 0; i < NS_FILE_BUCKETS; i++) {
+		while (ns->files[i]) {
+			struct ns_file *f = ns->files[i];
+
+			ns->files[i] = f->next;
+			vol_close(f->v);
+			free(f);
+		}
+	}
+	chunk_store_close(ns->cs);
+	bmap_close(ns->bm);
+	if (ns->lock_fd >= 0)
+		close(ns->lock_fd);
+	free(ns->reap);
+	free(ns->rel);
+	free(ns->dir);
+	pthread_mutex_destroy(&ns->db_mu);
+	pthread_mutex_destroy(&ns->files_mu);
+	pthread_mutex_destroy(&ns->flush_mu);
+	pthread_mutex_destroy(&ns->seq_mu);
+	pthread_mutex_destroy(&ns->bg_mu);
+	pthread_cond_destroy(&ns->bg_cond);
+	free(ns);
+	return rc;
+}
+
+uint32_t ns_block_size(struct ns *ns)
+{
+	return ns->bs;
+}
