@@ -1,0 +1,82 @@
+#!/bin/bash
+# Crash consistency: a writer (tests/tools/crashwriter.c) writes versioned
+# blocks and logs what each fdatasync made durable; the daemon is killed with
+# SIGKILL at a random moment; after a remount every durable block must hold
+# its durable version or a later one -- never an older one, never garbage.
+. "$(dirname "$0")/lib.sh"
+
+CW=$TOOLS/crashwriter
+[ -x "$CW" ] || fail "$CW not built (make $B/tools/crashwriter)"
+
+STORE=$T/store
+MNT=$T/mnt
+VOL=$MNT/vol.img
+JOURNAL=$T/journal
+NBLOCKS=4096                       # 16 MiB of 4 KiB blocks
+CYCLES=${CYCLES:-12}
+SEED=${SEED:-$((RANDOM * 32768 + RANDOM))}
+note "seed $SEED (rerun with SEED=$SEED)"
+RANDOM=$SEED
+
+have_ctl=1
+if [ ! -x "$VSNAPCTL" ]; then
+	have_ctl=0
+	note "$VSNAPCTL not built: the 'vsnapctl check' steps are skipped"
+fi
+ctl_check() {
+	[ $have_ctl = 1 ] || return 0
+	with_deadline 60 "$VSNAPCTL" check "$STORE" >"$T/check.out" 2>&1 ||
+		fail "vsnapctl check $STORE ($1) failed: $(tail -n 20 "$T/check.out")"
+}
+
+verify() {
+	if ! with_deadline 60 "$CW" verify -s "$SEED" -b $NBLOCKS "$VOL" "$JOURNAL" >"$T/verify.out" 2>&1; then
+		cat "$T/verify.out" | head -n 40
+		_vs_show_log "$(vs_log "$MNT")"
+		fail "$1: durable data lost or damaged (see above)"
+	fi
+	note "$1: $(tail -n 1 "$T/verify.out")"
+	# another volume, fsynced once at the start, never changes
+	sha256sum <"$MNT/other.img" | cmp -s - "$T/other.sha" ||
+		fail "$1: other.img changed"
+}
+
+vs_mount "$STORE" "$MNT"
+truncate -s $((NBLOCKS * 4096)) "$VOL"
+head -c $((4 << 20)) /dev/urandom >"$T/other"
+sha256sum <"$T/other" >"$T/other.sha"
+dd if="$T/other" of="$MNT/other.img" bs=1M conv=fsync status=none
+
+for ((c = 1; c <= CYCLES; c++)); do
+	direct=
+	[ $((c % 2)) = 0 ] && direct=-d
+	"$CW" write $direct -s "$SEED" -g $c -b $NBLOCKS "$VOL" "$JOURNAL" >"$T/writer.$c.log" 2>&1 &
+	wpid=$!
+	vs_track_pid $wpid
+	ms=$((200 + RANDOM % 1300))
+	sleep "$((ms / 1000)).$(printf %03d $((ms % 1000)))"
+	if ! _vs_alive $wpid; then
+		vs_wait_pid $wpid 1 || true
+		cat "$T/writer.$c.log"
+		_vs_show_log "$(vs_log "$MNT")"
+		fail "cycle $c: writer exited (status $VS_STATUS) before the daemon was killed"
+	fi
+	vs_kill9 "$MNT"
+	if ! vs_wait_pid $wpid 10; then
+		fail "cycle $c: writer still blocked 10 s after the daemon was killed"
+	fi
+	[ "$VS_STATUS" = 3 ] || { cat "$T/writer.$c.log"; fail "cycle $c: writer failed (status $VS_STATUS)"; }
+	note "cycle $c: killed after ${ms} ms ${direct:+(O_DIRECT) }with $(wc -l <"$JOURNAL") journal lines"
+
+	vs_mount "$STORE" "$MNT"
+	verify "cycle $c"
+	ctl_check "mounted, after crash $c"
+done
+
+# a clean unmount after all that: the same data, and a consistent store
+vs_umount "$MNT"
+ctl_check "unmounted"
+vs_mount "$STORE" "$MNT"
+verify "after a clean remount"
+vs_umount "$MNT"
+pass "$CYCLES crashes, seed $SEED"
