@@ -63,7 +63,7 @@ struct cmdline {
 };
 
 enum {
-	KEY_BLOCK_SIZE, KEY_FLUSH_MS, KEY_THREADS,
+	KEY_BLOCK_SIZE, KEY_FLUSH_MS, KEY_GC_INTERVAL, KEY_THREADS,
 	KEY_FOREGROUND, KEY_DEBUG, KEY_SINGLE, KEY_HELP, KEY_VERSION,
 	KEY_RO, KEY_OURS,
 };
@@ -71,6 +71,7 @@ enum {
 static const struct fuse_opt opt_spec[] = {
 	FUSE_OPT_KEY("block_size=", KEY_BLOCK_SIZE),
 	FUSE_OPT_KEY("flush_ms=", KEY_FLUSH_MS),
+	FUSE_OPT_KEY("gc_interval=", KEY_GC_INTERVAL),
 	FUSE_OPT_KEY("threads=", KEY_THREADS),
 	/* libfuse's fuse_parse_cmdline() spellings, which we do not use:
 	 * take them rather than have fuse_session_new() call them unknown. */
@@ -119,6 +120,9 @@ static void help(void)
 	       "                           (default %u); ignored for an existing store\n"
 	       "    -o flush_ms=N          interval of the background flusher in ms\n"
 	       "                           (default 1000)\n"
+	       "    -o gc_interval=S       run garbage collection at least every S\n"
+	       "                           seconds (default 30; also after deletions\n"
+	       "                           and when space runs low)\n"
 	       "    -o threads=N           at most N FUSE worker threads (default %u);\n"
 	       "                           max_threads=N is the same\n"
 	       "    -o ro                  mount read-only\n"
@@ -202,6 +206,12 @@ static int opt_proc(void *data, const char *arg, int key, struct fuse_args *outa
 		if (parse_uint(val, 1, FLUSH_MS_MAX, &cl->ns.flush_interval_ms) < 0) {
 			fprintf(stderr, PROG ": flush_ms=%s: must be 1 to %u\n", val,
 				FLUSH_MS_MAX);
+			cl->bad = true;
+		}
+		return 0;
+	case KEY_GC_INTERVAL:
+		if (parse_uint(val, 1, 86400, &cl->ns.gc_interval_s) < 0) {
+			fprintf(stderr, PROG ": gc_interval=%s: must be 1 to 86400\n", val);
 			cl->bad = true;
 		}
 		return 0;

@@ -206,6 +206,10 @@ int bmap_node_only_child(struct bmap *b, uint64_t node, uint64_t *child);
 int bmap_node_merge(struct bmap *b, uint64_t node, uint64_t child);
 /* Every node, increasing id (for check and tree). */
 int bmap_node_list(struct bmap *b, int (*fn)(void *ctx, const struct bmap_node *n), void *ctx);
+/* Point row (node, lblock) at to if it still points at from (garbage
+ * collection moved the block); -ENOENT if the row changed meanwhile. */
+int bmap_row_relocate(struct bmap *b, uint64_t node, uint64_t lblock,
+		      const struct chunk_loc *from, const struct chunk_loc *to);
 /* Every data row of every node (check, scrub): one scan, in no order. */
 int bmap_rows_all(struct bmap *b,
 		  int (*fn)(void *ctx, uint64_t node, uint64_t lblock, const struct chunk_loc *loc),

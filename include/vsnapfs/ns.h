@@ -36,6 +36,7 @@ struct ns;                              /* opaque */
 struct ns_opts {
 	uint32_t block_size;            /* for a new store; 0: the default */
 	uint32_t flush_interval_ms;     /* 0: the default (1000) */
+	uint32_t gc_interval_s;         /* 0: the default (30) */
 	bool readonly;
 };
 

@@ -108,6 +108,11 @@ void vol_reset(struct vol *v, uint64_t node);
  */
 int vol_attach(struct vol *v, uint64_t inherit, uint64_t size);
 
+/* Garbage collection moved a block: if v sees lblock at from, it now reads
+ * it at to (same content, same checksum).  Any thread. */
+void vol_relocate(struct vol *v, uint64_t lblock, const struct chunk_loc *from,
+		  const struct chunk_loc *to);
+
 /* The index lowered the inherit limit of v's node (a merge): follow it. */
 void vol_inherit_lower(struct vol *v, uint64_t limit);
 

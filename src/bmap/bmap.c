@@ -186,6 +186,7 @@ enum bmap_st {
 	ST_CHUNK_SCAN,
 	ST_CHUNK_ROWS,
 	ST_ROWS_ALL,
+	ST_ROW_RELOCATE,
 	ST_ROW_RANGE,
 	ST_SNAP_INSERT,
 	ST_SNAP_GET,
@@ -268,6 +269,8 @@ static const char *const bmap_st_sql[ST_COUNT] = {
 	[ST_CHUNK_SCAN]       = "SELECT chunk FROM bmap WHERE chunk <> 0",
 	[ST_CHUNK_ROWS]       = "SELECT node, lblock, chunk, slot, cksum FROM bmap WHERE chunk = ?1",
 	[ST_ROWS_ALL]         = "SELECT node, lblock, chunk, slot, cksum FROM bmap WHERE chunk <> 0",
+	[ST_ROW_RELOCATE]     = "UPDATE bmap SET chunk = ?5, slot = ?6"
+				" WHERE node = ?1 AND lblock = ?2 AND chunk = ?3 AND slot = ?4",
 	[ST_ROW_RANGE]        = "SELECT lblock, chunk, slot, cksum FROM bmap"
 				" WHERE node = ?1 AND lblock >= ?2 AND lblock < ?3 ORDER BY lblock",
 
@@ -1743,5 +1746,25 @@ int bmap_node_list(struct bmap *b, int (*fn)(void *ctx, const struct bmap_node *
 	if (rc == 0 && src != SQLITE_DONE)
 		rc = bmap_errno(b, src);
 	sqlite3_reset(s);
+	return rc;
+}
+
+int bmap_row_relocate(struct bmap *b, uint64_t node, uint64_t lblock,
+		      const struct chunk_loc *from, const struct chunk_loc *to)
+{
+	sqlite3_stmt *s = bmap_stmt(b, ST_ROW_RELOCATE);
+	int rc;
+
+	if (to->chunk_id == 0 || to->chunk_id > (uint64_t)INT64_MAX || to->cksum != from->cksum)
+		return -EINVAL;
+	bind_i64(s, 1, u64_bits(node));
+	bind_i64(s, 2, u64_bits(lblock));
+	bind_i64(s, 3, u64_bits(from->chunk_id));
+	bind_i64(s, 4, from->slot);
+	bind_i64(s, 5, (sqlite3_int64)to->chunk_id);
+	bind_i64(s, 6, to->slot);
+	rc = stmt_run(b, s);
+	if (rc == 0 && sqlite3_changes(b->db) == 0)
+		rc = -ENOENT;
 	return rc;
 }

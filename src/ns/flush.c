@@ -17,11 +17,9 @@
  * started after their arrival has finished meanwhile, they are done.
  *
  * The background thread flushes every flush_ms, evicts clean volumes
- * nobody has open, deletes unlinked volumes (their inode, node and rows)
- * and collects garbage: a chunk file that no row references is removed.
- * Chunk GC runs only when nothing is in flight (no dirty block, no write
- * between append and map update), so the index then names every block in
- * use; the active chunk is never removed.
+ * nobody has open, deletes unlinked volumes, releases map nodes nothing
+ * needs, and runs garbage collection (src/ns/gc.c) after deletions, when
+ * space runs low, and every gc_interval seconds (30 by default).
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -341,92 +339,6 @@ int ns_reap_all(struct ns *ns)
 	return rc;
 }
 
-/* ---- chunk garbage collection ----------------------------------------------- */
-
-struct refs {
-	uint64_t *ids;
-	size_t n, cap;
-	int rc;
-};
-
-static int ref_add(void *ctx, uint64_t chunk_id, uint64_t nrefs)
-{
-	struct refs *r = ctx;
-
-	if (r->n == r->cap) {
-		size_t cap = r->cap ? r->cap * 2 : 256;
-		uint64_t *ids = realloc(r->ids, cap * sizeof(*ids));
-
-		if (!ids)
-			return r->rc = -ENOMEM;
-		r->ids = ids;
-		r->cap = cap;
-	}
-	r->ids[r->n++] = chunk_id;
-	return 0;
-}
-
-struct sweep {
-	struct ns *ns;
-	struct refs *refs;
-	size_t pos;                     /* refs->ids is sorted: walk it alongside */
-	uint64_t active;
-	uint64_t removed;
-};
-
-static int sweep_chunk(void *ctx, uint64_t chunk_id, uint32_t nslots)
-{
-	struct sweep *s = ctx;
-
-	while (s->pos < s->refs->n && s->refs->ids[s->pos] < chunk_id)
-		s->pos++;
-	if (s->pos < s->refs->n && s->refs->ids[s->pos] == chunk_id)
-		return 0;
-	if (s->active && chunk_id >= s->active)
-		return 0;
-	if (chunk_remove(s->ns->cs, chunk_id) == 0)
-		s->removed++;
-	return 0;
-}
-
-static bool anything_in_flight(struct ns *ns)
-{
-	bool busy = atomic_load(&ns->inflight) != 0;
-
-	pthread_mutex_lock(&ns->files_mu);
-	for (unsigned i = 0; i < NS_FILE_BUCKETS && !busy; i++)
-		for (struct ns_file *f = ns->files[i]; f && !busy; f = f->next)
-			busy = vol_is_dirty(f->v);
-	pthread_mutex_unlock(&ns->files_mu);
-	return busy;
-}
-
-int ns_gc(struct ns *ns)
-{
-	struct refs refs = { 0 };
-	struct sweep s = { .ns = ns, .refs = &refs };
-	int rc;
-
-	pthread_mutex_lock(&ns->flush_mu);
-	if (anything_in_flight(ns)) {
-		pthread_mutex_unlock(&ns->flush_mu);
-		return -EAGAIN;
-	}
-	s.active = chunk_active_id(ns->cs);
-	pthread_mutex_lock(&ns->db_mu);
-	rc = bmap_chunk_refs(ns->bm, ref_add, &refs);
-	pthread_mutex_unlock(&ns->db_mu);
-	if (refs.rc)
-		rc = refs.rc;
-	if (!rc)
-		rc = chunk_foreach(ns->cs, sweep_chunk, &s);
-	pthread_mutex_unlock(&ns->flush_mu);
-	if (s.removed)
-		vlog(LOG_INFO, "gc: removed %" PRIu64 " unreferenced chunk file(s)", s.removed);
-	free(refs.ids);
-	return rc;
-}
-
 /* ---- the background thread --------------------------------------------------- */
 
 void *ns_bg_main(void *arg)
@@ -453,11 +365,15 @@ void *ns_bg_main(void *arg)
 		ns_reap_all(ns);
 		now = ns_now_ns();
 		/* after deletions at once, otherwise every 30 s for overwritten chunks */
-		if (atomic_load(&ns->gc_wanted) || now - last_gc > 30000000000LL) {
-			if (ns_gc(ns) == 0) {
-				atomic_store(&ns->gc_wanted, false);
-				last_gc = now;
-			}
+		if (atomic_load(&ns->gc_wanted) || now - last_gc > (int64_t)ns->gc_interval_s * 1000000000) {
+			int rc;
+
+			atomic_store(&ns->gc_wanted, false);
+			rc = ns_gc(ns);
+			/* did work: there may be more, go on at the next tick */
+			if (rc > 0 || rc == -EAGAIN)
+				atomic_store(&ns->gc_wanted, true);
+			last_gc = now;
 		}
 		pthread_mutex_lock(&ns->bg_mu);
 	}

@@ -915,14 +915,19 @@ static bool space_ok(struct ns *ns, size_t len)
 ssize_t ns_write(struct ns *ns, struct ns_file *f, const void *buf, size_t len, uint64_t off)
 {
 	ssize_t n;
+	int e;
 
 	if (ns->readonly || ino_kind(f->ino) != INO_LIVE)
 		return -EROFS;
-	if (!space_ok(ns, len))
+	if (!space_ok(ns, len)) {
+		/* maybe garbage collection can give some back */
+		atomic_store(&ns->gc_wanted, true);
+		pthread_cond_signal(&ns->bg_cond);
 		return -ENOSPC;
-	atomic_fetch_add(&ns->inflight, 1);
+	}
+	e = ns_change_begin(ns);
 	n = vol_write(f->v, buf, len, off);
-	atomic_fetch_sub(&ns->inflight, 1);
+	ns_change_end(ns, e);
 	if (n > 0)
 		atomic_store(&f->wtime_ns, ns_now_ns());
 	return n;
@@ -932,14 +937,14 @@ int ns_fallocate(struct ns *ns, struct ns_file *f, int mode, uint64_t off, uint6
 {
 	bool keep = mode & FALLOC_FL_KEEP_SIZE;
 	uint64_t end;
-	int rc = 0;
+	int rc = 0, e;
 
 	if (ns->readonly || ino_kind(f->ino) != INO_LIVE)
 		return -EROFS;
 	if (off > VOL_MAX_BYTES || len > VOL_MAX_BYTES - off)
 		return -EFBIG;
 	end = off + len;
-	atomic_fetch_add(&ns->inflight, 1);
+	e = ns_change_begin(ns);
 	switch (mode & ~FALLOC_FL_KEEP_SIZE) {
 	case 0:
 		/* thin volumes: allocating only reserves the size */
@@ -958,7 +963,7 @@ int ns_fallocate(struct ns *ns, struct ns_file *f, int mode, uint64_t off, uint6
 	}
 	if (!rc && !keep && end > vol_size(f->v))
 		rc = vol_truncate(f->v, end);
-	atomic_fetch_sub(&ns->inflight, 1);
+	ns_change_end(ns, e);
 	if (!rc && (mode & ~FALLOC_FL_KEEP_SIZE))
 		atomic_store(&f->wtime_ns, ns_now_ns());
 	return rc;

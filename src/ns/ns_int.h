@@ -42,6 +42,7 @@ struct ns {
 	uint32_t bs;                    /* constant */
 	bool readonly;                  /* constant */
 	uint32_t flush_ms;              /* constant */
+	uint32_t gc_interval_s;         /* constant */
 	struct chunk_store *cs;         /* thread-safe by itself */
 
 	pthread_mutex_t db_mu;
@@ -60,7 +61,12 @@ struct ns {
 	uint64_t flush_done;            /* (seq_mu) the latest finished flush's number */
 	int flush_rc;                   /* (seq_mu) and its result */
 
-	atomic_long inflight;           /* writes between chunk append and map update */
+	/* Writes in progress, counted in the epoch they started in.  GC flips
+	 * the epoch and waits for the old one to drain: after that, every
+	 * write that is not yet in the index appends to a chunk at or past
+	 * the one active at the flip (see src/ns/gc.c). */
+	atomic_int write_epoch;
+	atomic_long inflight[2];
 
 	/* Free space of the store's file system, as last measured, minus what
 	 * was written since: data writes stop at the reserve, so that the
@@ -108,6 +114,20 @@ static inline uint64_t ino_snap_ino(uint64_t ino) { return ino & ((1ULL << INO_B
 
 int64_t ns_now_ns(void);
 
+/* Bracket every change that may append data (see write_epoch). */
+static inline int ns_change_begin(struct ns *ns)
+{
+	int e = atomic_load(&ns->write_epoch);
+
+	atomic_fetch_add(&ns->inflight[e], 1);
+	return e;
+}
+
+static inline void ns_change_end(struct ns *ns, int e)
+{
+	atomic_fetch_sub(&ns->inflight[e], 1);
+}
+
 /* One volume taken into a flush or a snapshot. */
 struct held {
 	struct ns_file *f;
@@ -142,6 +162,9 @@ void ns_held_done(struct ns *ns, struct held *h, size_t n, int rc);
 int ns_release_queue(struct ns *ns, uint64_t node);
 void *ns_bg_main(void *arg);
 int ns_reap_all(struct ns *ns);
+
+/* gc.c: one garbage-collection pass (background thread only): 1 if it
+ * moved or removed something (there may be more), 0 if not, or -errno. */
 int ns_gc(struct ns *ns);
 
 #endif

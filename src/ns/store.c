@@ -184,6 +184,7 @@ int ns_open(const char *dir, const struct ns_opts *opts, struct ns **out, bool *
 	ns->lock_fd = -1;
 	ns->readonly = opts->readonly;
 	ns->flush_ms = opts->flush_interval_ms ? opts->flush_interval_ms : 1000;
+	ns->gc_interval_s = opts->gc_interval_s ? opts->gc_interval_s : 30;
 	pthread_mutex_init(&ns->db_mu, NULL);
 	pthread_mutex_init(&ns->files_mu, NULL);
 	pthread_mutex_init(&ns->flush_mu, NULL);

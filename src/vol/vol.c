@@ -878,6 +878,20 @@ int vol_attach(struct vol *v, uint64_t inherit, uint64_t size)
 	return rc;
 }
 
+void vol_relocate(struct vol *v, uint64_t lblock, const struct chunk_loc *from,
+		  const struct chunk_loc *to)
+{
+	struct vmap_ent *e;
+
+	pthread_rwlock_wrlock(&v->lock);
+	e = vmap_get(v->map, lblock);
+	if (e && e->chunk == from->chunk_id && e->slot == from->slot) {
+		e->chunk = to->chunk_id;
+		e->slot = to->slot;
+	}
+	pthread_rwlock_unlock(&v->lock);
+}
+
 void vol_inherit_lower(struct vol *v, uint64_t limit)
 {
 	pthread_rwlock_wrlock(&v->lock);

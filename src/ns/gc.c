@@ -1,0 +1,343 @@
+/*
+ * garbage collection: give back the space of blocks nothing uses.
+ *
+ * A block is in use while a row points at it.  A chunk file whose blocks
+ * no row points at is removed; a chunk file mostly unused is compacted:
+ * its live blocks are copied to the active chunk, their rows repointed,
+ * and the file removed.  Nothing else ever deletes block data.
+ *
+ * THE HARD PART is blocks written but not yet in the index: a dirty map
+ * entry points at a block no row names yet.  A pass therefore starts with a
+ * barrier:
+ *   1. flip the write epoch and note F, the chunk active after the flip;
+ *   2. wait for the writes of the old epoch to finish (they are short);
+ *   3. flush: every write that started before the flip is now in the index.
+ * A write that starts after the flip appends at or past F, since the
+ * active chunk only moves forward.  So for every chunk below F, the index
+ * names every block in use, and only chunks below F are touched.
+ *
+ * Compaction repoints a row only if it still points where it did
+ * (bmap_row_relocate), so it needs no lock against flushes: a flush that
+ * rewrote the row meanwhile wins, and the chunk is kept until a later
+ * pass.  The new locations are committed, then given to every open
+ * volume's map (holding db_mu, so no volume loads its map in between), and
+ * only then is the old file removed.  A reader that copied an old location
+ * just before finds the file gone and looks again (vol_read).
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "ns/ns_int.h"
+#include "vsnapfs/log.h"
+
+#define GC_COMPACT_BELOW_PCT 50         /* compact chunks less than half live */
+#define GC_MOVE_MAX_BYTES    (64u << 20) /* live data moved per pass */
+#define GC_DRAIN_MS          10000
+
+struct chunk_info {
+	uint64_t id;
+	uint32_t nslots;
+	uint64_t refs;
+};
+
+struct gc {
+	struct ns *ns;
+	struct chunk_info *c;
+	size_t n, cap;
+	uint64_t floor;                 /* chunks below it are fully indexed */
+	int rc;
+};
+
+static int gc_add_chunk(void *ctx, uint64_t id, uint32_t nslots)
+{
+	struct gc *g = ctx;
+
+	if (g->n == g->cap) {
+		size_t cap = g->cap ? g->cap * 2 : 64;
+		struct chunk_info *c = realloc(g->c, cap * sizeof(*c));
+
+		if (!c)
+			return g->rc = -ENOMEM;
+		g->c = c;
+		g->cap = cap;
+	}
+	g->c[g->n++] = (struct chunk_info){ .id = id, .nslots = nslots };
+	return 0;
+}
+
+static struct chunk_info *gc_find(struct gc *g, uint64_t id)
+{
+	size_t lo = 0, hi = g->n;
+
+	while (lo < hi) {
+		size_t mid = (lo + hi) / 2;
+
+		if (g->c[mid].id == id)
+			return &g->c[mid];
+		if (g->c[mid].id < id)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return NULL;
+}
+
+static int gc_add_refs(void *ctx, uint64_t id, uint64_t nrefs)
+{
+	struct chunk_info *c = gc_find(ctx, id);
+
+	if (c)
+		c->refs = nrefs;
+	return 0;
+}
+
+/* Steps 1-3 of the barrier; sets g->floor. */
+static int barrier(struct ns *ns, struct gc *g)
+{
+	int old = atomic_load(&ns->write_epoch);
+	uint64_t active;
+
+	atomic_store(&ns->write_epoch, !old);
+	active = chunk_active_id(ns->cs);
+	/* no chunk written by this daemon yet: every existing one is older */
+	g->floor = active ? active : chunk_next_id(ns->cs);
+	for (int ms = 0; atomic_load(&ns->inflight[old]); ms++) {
+		struct timespec ts = { 0, 1000000 };
+
+		if (ms > GC_DRAIN_MS)
+			return -EAGAIN;
+		nanosleep(&ts, NULL);
+	}
+	return ns_flush(ns);
+}
+
+/* ---- compaction ------------------------------------------------------------ */
+
+struct move {
+	uint64_t node, lblock;
+	struct chunk_loc from, to;
+};
+
+struct moves {
+	struct gc *g;
+	struct move *m;
+	size_t n, cap;
+	int rc;
+};
+
+static bool is_victim(struct gc *g, uint64_t id)
+{
+	struct chunk_info *c = gc_find(g, id);
+
+	return c && c->nslots == UINT32_MAX;   /* marked in pick_victims */
+}
+
+static int gather_row(void *ctx, uint64_t node, uint64_t lblock, const struct chunk_loc *loc)
+{
+	struct moves *mv = ctx;
+
+	if (!is_victim(mv->g, loc->chunk_id))
+		return 0;
+	if (mv->n == mv->cap) {
+		size_t cap = mv->cap ? mv->cap * 2 : 1024;
+		struct move *m = realloc(mv->m, cap * sizeof(*m));
+
+		if (!m)
+			return mv->rc = -ENOMEM;
+		mv->m = m;
+		mv->cap = cap;
+	}
+	mv->m[mv->n++] = (struct move){ .node = node, .lblock = lblock, .from = *loc };
+	return 0;
+}
+
+static int cmp_move(const void *a, const void *b)
+{
+	const struct move *x = a, *y = b;
+
+	if (x->from.chunk_id != y->from.chunk_id)
+		return x->from.chunk_id < y->from.chunk_id ? -1 : 1;
+	return x->from.slot < y->from.slot ? -1 : x->from.slot > y->from.slot;
+}
+
+/* Mark the chunks worth compacting (nslots = UINT32_MAX), fewest live first,
+ * up to the per-pass budget.  Returns how many. */
+static size_t pick_victims(struct ns *ns, struct gc *g)
+{
+	uint64_t budget = GC_MOVE_MAX_BYTES / ns->bs, picked = 0;
+
+	for (;;) {
+		struct chunk_info *best = NULL;
+
+		for (size_t i = 0; i < g->n; i++) {
+			struct chunk_info *c = &g->c[i];
+
+			if (c->id >= g->floor || c->refs == 0 || c->nslots == UINT32_MAX ||
+			    c->refs * 100 >= (uint64_t)c->nslots * GC_COMPACT_BELOW_PCT)
+				continue;
+			if (!best || c->refs * best->nslots < best->refs * c->nslots)
+				best = c;
+		}
+		if (!best || best->refs > budget)
+			return picked;
+		budget -= best->refs;
+		best->nslots = UINT32_MAX;
+		picked++;
+	}
+}
+
+/* Copy the live blocks of the victims to the active chunk. */
+static int copy_blocks(struct ns *ns, struct moves *mv)
+{
+	enum { RUN = 256 };
+	uint8_t *buf = malloc((size_t)RUN * ns->bs);
+	struct chunk_loc locs[RUN];
+	size_t i = 0;
+	int rc = 0;
+
+	if (!buf)
+		return -ENOMEM;
+	qsort(mv->m, mv->n, sizeof(mv->m[0]), cmp_move);
+	while (i < mv->n && !rc) {
+		size_t n = 0, first = i;
+
+		for (; i < mv->n && n < RUN; i++) {
+			struct move *m = &mv->m[i];
+
+			rc = chunk_read(ns->cs, &m->from, 1, buf + n * ns->bs, NULL);
+			if (rc) {
+				/* damaged or unreadable: leave it where it is */
+				vlog(LOG_ERR, "gc: chunk %016" PRIx64 " slot %u: %s; not moved",
+				     m->from.chunk_id, m->from.slot, strerror(-rc));
+				m->to.chunk_id = 0;
+				rc = 0;
+				continue;
+			}
+			m->to.chunk_id = 1;     /* placeholder: filled below */
+			n++;
+		}
+		if (n)
+			rc = chunk_append(ns->cs, buf, n, locs);
+		for (size_t j = first, k = 0; !rc && j < i; j++)
+			if (mv->m[j].to.chunk_id)
+				mv->m[j].to = locs[k++];
+	}
+	free(buf);
+	if (rc)
+		for (size_t j = 0; j < mv->n; j++)
+			mv->m[j].to.chunk_id = 0;
+	return rc;
+}
+
+/*
+ * Repoint rows, then every open volume's map.  Assumes db_mu.  Returns the
+ * number of rows moved, with moved victims' refs lowered accordingly.
+ */
+static int repoint(struct ns *ns, struct gc *g, struct moves *mv)
+{
+	int rc = bmap_begin(ns->bm);
+
+	for (size_t i = 0; i < mv->n && !rc; i++) {
+		struct move *m = &mv->m[i];
+
+		if (!m->to.chunk_id)
+			continue;
+		rc = bmap_row_relocate(ns->bm, m->node, m->lblock, &m->from, &m->to);
+		if (rc == -ENOENT) {
+			m->to.chunk_id = 0;     /* rewritten or merged meanwhile */
+			rc = 0;
+		}
+	}
+	if (!rc)
+		rc = bmap_commit(ns->bm);
+	if (rc) {
+		bmap_rollback(ns->bm);
+		return rc;
+	}
+	pthread_mutex_lock(&ns->files_mu);
+	for (unsigned b = 0; b < NS_FILE_BUCKETS; b++)
+		for (struct ns_file *f = ns->files[b]; f; f = f->next)
+			for (size_t i = 0; i < mv->n; i++)
+				if (mv->m[i].to.chunk_id)
+					vol_relocate(f->v, mv->m[i].lblock, &mv->m[i].from,
+						     &mv->m[i].to);
+	pthread_mutex_unlock(&ns->files_mu);
+	for (size_t i = 0; i < mv->n; i++)
+		if (mv->m[i].to.chunk_id)
+			gc_find(g, mv->m[i].from.chunk_id)->refs--;
+	return 0;
+}
+
+static int compact(struct ns *ns, struct gc *g, uint64_t *moved)
+{
+	struct moves mv = { .g = g };
+	int rc;
+
+	*moved = 0;
+	if (!pick_victims(ns, g))
+		return 0;
+	pthread_mutex_lock(&ns->db_mu);
+	rc = bmap_rows_all(ns->bm, gather_row, &mv);
+	pthread_mutex_unlock(&ns->db_mu);
+	if (!rc)
+		rc = mv.rc;
+	/* the rows now are all the refs there are (none can appear below the
+	 * floor); a victim with rows gone since the count has fewer */
+	for (size_t i = 0; i < g->n && !rc; i++)
+		if (g->c[i].nslots == UINT32_MAX)
+			g->c[i].refs = 0;
+	for (size_t i = 0; i < mv.n && !rc; i++)
+		gc_find(g, mv.m[i].from.chunk_id)->refs++;
+	if (!rc)
+		rc = copy_blocks(ns, &mv);
+	if (!rc)
+		rc = chunk_sync(ns->cs);
+	if (!rc) {
+		pthread_mutex_lock(&ns->db_mu);
+		rc = repoint(ns, g, &mv);
+		pthread_mutex_unlock(&ns->db_mu);
+	}
+	for (size_t i = 0; !rc && i < mv.n; i++)
+		*moved += mv.m[i].to.chunk_id != 0;
+	free(mv.m);
+	return rc;
+}
+
+/* ---- a pass ------------------------------------------------------------------ */
+
+int ns_gc(struct ns *ns)
+{
+	struct gc g = { .ns = ns };
+	uint64_t removed = 0, moved = 0;
+	int rc;
+
+	rc = barrier(ns, &g);
+	if (rc)
+		return rc;
+	rc = chunk_foreach(ns->cs, gc_add_chunk, &g);
+	if (!rc)
+		rc = g.rc;
+	if (!rc) {
+		pthread_mutex_lock(&ns->db_mu);
+		rc = bmap_chunk_refs(ns->bm, gc_add_refs, &g);
+		pthread_mutex_unlock(&ns->db_mu);
+	}
+	if (!rc)
+		rc = compact(ns, &g, &moved);
+	for (size_t i = 0; i < g.n && !rc; i++) {
+		struct chunk_info *c = &g.c[i];
+
+		if (c->id < g.floor && c->refs == 0 && chunk_remove(ns->cs, c->id) == 0)
+			removed++;
+	}
+	if (removed || moved)
+		vlog(LOG_INFO, "gc: moved %" PRIu64 " live block(s), removed %" PRIu64
+		     " chunk file(s)", moved, removed);
+	if (rc && rc != -EAGAIN)
+		vlog(LOG_ERR, "gc: %s", strerror(-rc));
+	free(g.c);
+	return rc ? rc : (removed || moved);
+}
