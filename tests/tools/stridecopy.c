@@ -49,5 +49,9 @@ int main(int argc, char **argv)
 		perror("stridecopy: fsync");
 		return 1;
 	}
+	free(buf);
+	close(src);
+	close(dst);
+	close(model);
 	return 0;
 }
