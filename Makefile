@@ -3,6 +3,7 @@
 #   make            build the daemon and vsnapctl
 #   make check      install missing Debian packages (as root), build, run every test
 #   make asan       the same tests with AddressSanitizer + UBSan (in build-asan/)
+#   make tsan       the daemon under ThreadSanitizer, driven by the e2e tests
 #   make bench      benchmark (see docs/performance.md)
 #   make demo       create ./demo-store and mount it on ./demo-mnt
 #   make install    PREFIX=/usr/local DESTDIR=
@@ -88,6 +89,13 @@ asan:
 	@$(MAKE) --no-print-directory B=build-asan CFLAGS="-O1 -g -fno-omit-frame-pointer" \
 		SAN="-fsanitize=address,undefined -fno-sanitize-recover=all" check
 
+# The daemon under ThreadSanitizer, driven by the end-to-end tests (Criterion
+# does not start under TSan; the unit tests run under asan instead).
+tsan:
+	@$(MAKE) --no-print-directory B=build-tsan CFLAGS="-O1 -g -fno-omit-frame-pointer" \
+		SAN="-fsanitize=thread" all $(TOOL_SRC:tests/tools/%.c=build-tsan/tools/%)
+	@TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" tests/e2e/run-all.sh build-tsan
+
 bench: all
 	@tests/bench/run.sh $(B)
 
@@ -101,9 +109,9 @@ install: all
 	install -m 644 docs/vsnapfs.8 $(DESTDIR)$(PREFIX)/share/man/man8/
 
 clean:
-	rm -rf build build-asan
+	rm -rf build build-asan build-tsan
 
-.PHONY: all deps unit e2e check asan bench demo install clean
+.PHONY: all deps unit e2e check asan tsan bench demo install clean
 .SECONDARY:
 
 -include $(LIB_OBJ:.o=.d) $(B)/src/main.d

@@ -1901,14 +1901,22 @@ static void index_state(struct bmap *b, struct index_state *st)
 
 static void assert_same_state(const struct index_state *x, const struct index_state *y)
 {
-	int i;
+	const struct seen *rx, *ry;
+	int i, j;
 
 	cr_assert_eq(x->nn, y->nn);
 	for (i = 0; i < x->nn; i++) {
 		cr_assert_eq(memcmp(&x->n[i], &y->n[i], sizeof(x->n[i])), 0, "node %" PRIu64, x->n[i].id);
-		cr_assert_eq(x->rows[i].n, y->rows[i].n, "rows of node %" PRIu64, x->n[i].id);
-		cr_assert_eq(memcmp(x->rows[i].a, y->rows[i].a, sizeof(x->rows[i].a)), 0);
-		cr_assert_eq(memcmp(x->rows[i].l, y->rows[i].l, sizeof(x->rows[i].l)), 0);
+		rx = &x->rows[i];
+		ry = &y->rows[i];
+		cr_assert_eq(rx->n, ry->n, "rows of node %" PRIu64, x->n[i].id);
+		/* field by field: struct chunk_loc has padding */
+		for (j = 0; j < rx->n; j++) {
+			cr_assert_eq(rx->a[j], ry->a[j]);
+			cr_assert_eq(rx->l[j].chunk_id, ry->l[j].chunk_id);
+			cr_assert_eq(rx->l[j].slot, ry->l[j].slot);
+			cr_assert_eq(rx->l[j].cksum, ry->l[j].cksum);
+		}
 	}
 }
 

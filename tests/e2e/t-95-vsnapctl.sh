@@ -1,0 +1,274 @@
+#!/bin/bash
+# vsnapctl: list (sizes, allocated and exclusive bytes, origin of clones),
+# tree (the genealogy of map nodes), check (clean on a mounted and an
+# unmounted store; a damaged chunk file or index is found and named) and
+# scrub (a flipped byte is named by file and offset).  Exit codes: 0 clean,
+# 1 problems, 2 usage or I/O error.
+. "$(dirname "$0")/lib.sh"
+
+[ -x "$VSNAPCTL" ] || fail "$VSNAPCTL not built"
+command -v sqlite3 >/dev/null || skip "sqlite3 missing (tests/install-deps.sh installs it)"
+
+BS=4096
+STORE=$T/store
+MNT=$T/mnt
+GOLDEN=/.snapshots/vm1.img@golden/vm1.img
+
+# ctl EXPECTED_RC OUT ARGS...: run vsnapctl, stdout to OUT, stderr to OUT.err
+ctl() {
+	local want=$1 out=$2 rc=0
+	shift 2
+	with_deadline 60 "$VSNAPCTL" "$@" >"$out" 2>"$out.err" || rc=$?
+	[ $rc -eq "$want" ] ||
+		fail "vsnapctl $* exited $rc, expected $want: $(head -c 1500 "$out") $(head -c 500 "$out.err")"
+}
+
+# json_entry FILE PATH: the object of a list --json array whose path is PATH
+json_entry() {
+	tr -d '\n' <"$1" | sed 's/},{/}\n{/g' | grep -F "{\"path\":\"$2\"," || true
+}
+json_num() { sed -n "s/.*\"$1\":\([0-9]*\).*/\1/p"; }
+json_text() { sed -n "s/.*\"$1\":\(\"[^\"]*\"\|null\).*/\1/p"; }
+
+# expect_entry PATH KIND SIZE ALLOCATED EXCLUSIVE ORIGIN (ORIGIN: null or "path")
+expect_entry() {
+	local e
+	e=$(json_entry "$T/list.json" "$1")
+	[ -n "$e" ] || fail "list --json has no entry for $1: $(cat "$T/list.json")"
+	assert_eq "$(echo "$e" | json_text kind)" "\"$2\"" "kind of $1"
+	assert_eq "$(echo "$e" | json_num size)" "$3" "size of $1"
+	assert_eq "$(echo "$e" | json_num allocated)" "$4" "allocated bytes of $1"
+	assert_eq "$(echo "$e" | json_num exclusive)" "$5" "exclusive bytes of $1"
+	assert_eq "$(echo "$e" | json_text origin)" "$6" "origin of $1"
+}
+
+# blk FILE N: block N of FILE
+blk() { dd if="$1" bs=$BS skip="$2" count=1 status=none; }
+
+# flip_block STORE DATAFILE N: flip a byte in the chunk slot that holds block
+# N of DATAFILE (found by content, so every block written must be distinct)
+flip_block() {
+	local store=$1 c n i chunk= slot= off b
+	blk "$2" "$3" >"$T/needle"
+	for c in "$store"/chunks/*.chunk; do
+		n=$((($(stat -c %s "$c") - 4096) / BS))
+		for ((i = 0; i < n; i++)); do
+			if dd if="$c" bs=$BS skip=$((1 + i)) count=1 status=none | cmp -s - "$T/needle"; then
+				chunk=$c slot=$i
+			fi
+		done
+	done
+	[ -n "$chunk" ] || fail "block $3 of $2 not found in the chunk files of $store"
+	off=$((4096 + slot * BS + 100))
+	b=$(od -An -tu1 -j $off -N1 "$chunk" | tr -d ' ')
+	printf "\\$(printf '%03o' $((b ^ 255)))" | dd of="$chunk" bs=1 seek=$off conv=notrunc status=none
+}
+
+# damaged_copy NAME: a copy of the (unmounted) store to break
+damaged_copy() {
+	rm -rf "${T:?}/$1"
+	cp -a "$STORE" "$T/$1"
+}
+
+# ---- volumes, snapshots (FILE@NAME and directory), clones ---------------------------
+vs_mount "$STORE" "$MNT" -o block_size=$BS
+head -c $((16 * BS)) /dev/urandom >"$T/vm1.bin"
+head -c $((8 * BS)) /dev/urandom >"$T/root.bin"
+head -c $((2 * BS)) /dev/urandom >"$T/vm1-new.bin"
+head -c $((2 * BS)) /dev/urandom >"$T/clone-new.bin"
+head -c $((8 * BS)) /dev/urandom >"$T/root-new.bin"
+head -c $((4 * BS)) /dev/urandom >"$T/base.bin"
+mkdir "$MNT/web"
+dd if="$T/vm1.bin" of="$MNT/vm1.img" bs=$BS conv=fsync status=none
+dd if="$T/root.bin" of="$MNT/web/root.img" bs=$BS conv=fsync status=none
+truncate -s 1M "$MNT/web/data.img"
+mkdir "$MNT/.snapshots/vm1.img@golden"
+mkdir "$MNT/web/.snapshots/nightly"
+# vm1 overrides blocks 0-1 of the snapshot, the clone blocks 0 and 5: only
+# block 0 is hidden from both, so deleting the snapshot frees one block
+dd if="$T/vm1-new.bin" of="$MNT/vm1.img" bs=$BS conv=notrunc,fsync status=none
+cp "$MNT$GOLDEN" "$MNT/clone.img"
+cmp "$MNT$GOLDEN" "$MNT/clone.img" || fail "clone.img differs from the snapshot"
+dd if="$T/clone-new.bin" of="$MNT/clone.img" bs=$BS count=1 conv=notrunc,fsync status=none
+dd if="$T/clone-new.bin" of="$MNT/clone.img" bs=$BS skip=1 seek=5 count=1 conv=notrunc,fsync status=none
+# root.img rewritten whole: the snapshot's blocks are all its own now
+dd if="$T/root-new.bin" of="$MNT/web/root.img" bs=$BS conv=notrunc,fsync status=none
+
+# ---- list ------------------------------------------------------------------------------
+ctl 0 "$T/list.json" list --json "$MNT"
+expect_entry /vm1.img volume $((16 * BS)) $((2 * BS)) $((2 * BS)) null
+expect_entry "$GOLDEN" snapshot $((16 * BS)) $((16 * BS)) $BS null
+expect_entry /clone.img volume $((16 * BS)) $((2 * BS)) $((2 * BS)) "\"$GOLDEN\""
+expect_entry /web/root.img volume $((8 * BS)) $((8 * BS)) $((8 * BS)) null
+expect_entry /web/.snapshots/nightly/root.img snapshot $((8 * BS)) $((8 * BS)) $((8 * BS)) null
+expect_entry /web/.snapshots/nightly/data.img snapshot 1048576 0 0 null
+expect_entry /web/data.img volume 1048576 0 0 null
+n=$(tr -d '\n' <"$T/list.json" | sed 's/},{/}\n{/g' | grep -c '"path"')
+assert_eq "$n" 7 "entries of list --json"
+# the same from the store directory, and --json before the command
+ctl 0 "$T/list2.json" --json list "$STORE"
+cmp -s "$T/list.json" "$T/list2.json" || fail "list of the store and of the mount point differ"
+
+ctl 0 "$T/list.txt" list "$MNT"
+head -n 1 "$T/list.txt" | grep -qE '^PATH +KIND +SIZE +ALLOCATED +EXCLUSIVE +ORIGIN$' ||
+	fail "list has no header: $(cat "$T/list.txt")"
+grep -qE "^/clone\.img +volume +64\.0K +8\.0K +8\.0K +/\.snapshots/vm1\.img@golden/vm1\.img$" \
+	"$T/list.txt" || fail "list: wrong line for clone.img: $(cat "$T/list.txt")"
+grep -qE "^/\.snapshots/vm1\.img@golden/vm1\.img +snapshot +64\.0K +64\.0K +4\.0K +-$" \
+	"$T/list.txt" || fail "list: wrong line for the golden snapshot: $(cat "$T/list.txt")"
+# a path inside the mount lists what is below it
+ctl 0 "$T/list-web.txt" list "$MNT/web"
+assert_eq "$(tail -n +2 "$T/list-web.txt" | wc -l)" 4 "entries of list MNT/web"
+grep -q '^/vm1\.img ' "$T/list-web.txt" && fail "list MNT/web shows /vm1.img: $(cat "$T/list-web.txt")"
+grep -q '^/web/\.snapshots/nightly/root\.img ' "$T/list-web.txt" ||
+	fail "list MNT/web misses the snapshot of web: $(cat "$T/list-web.txt")"
+
+# ---- a clone of a live volume: an unnamed frozen node with two children ----------------
+dd if="$T/base.bin" of="$MNT/base.img" bs=$BS conv=fsync status=none
+cp "$MNT/base.img" "$MNT/base-copy.img"
+cmp "$T/base.bin" "$MNT/base-copy.img" || fail "base-copy.img differs from base.img"
+ctl 0 "$T/list.json" list --json "$MNT"
+cloned=1
+if [ "$(json_entry "$T/list.json" /base-copy.img | json_num allocated)" != 0 ]; then
+	note "cp of a live volume copied its data instead of cloning it: no internal node to show"
+	cloned=0
+fi
+
+# ---- tree ------------------------------------------------------------------------------
+ctl 0 "$T/tree.txt" tree "$MNT"
+grep -A2 -xE '/\.snapshots/vm1\.img@golden/vm1\.img  \[snapshot, node [0-9]+, 64\.0K allocated\]' \
+	"$T/tree.txt" >"$T/tree.golden" || fail "tree: no root line for the golden snapshot: $(cat "$T/tree.txt")"
+grep -qxE '\|-- /vm1\.img  \[volume, node [0-9]+, 8\.0K allocated\]' "$T/tree.golden" ||
+	fail "tree: /vm1.img is not the first child of the golden snapshot: $(cat "$T/tree.txt")"
+grep -qxE '`-- /clone\.img  \[volume, node [0-9]+, 8\.0K allocated\]' "$T/tree.golden" ||
+	fail "tree: /clone.img is not the last child of the golden snapshot: $(cat "$T/tree.txt")"
+grep -A1 -xE '/web/\.snapshots/nightly/root\.img  \[snapshot, node [0-9]+, 32\.0K allocated\]' \
+	"$T/tree.txt" | grep -qxE '`-- /web/root\.img  \[volume, node [0-9]+, 32\.0K allocated\]' ||
+	fail "tree: /web/root.img is not below its snapshot: $(cat "$T/tree.txt")"
+if [ $cloned = 1 ]; then
+	grep -A2 -xE '\(internal\)  \[node [0-9]+, 16\.0K allocated\]' "$T/tree.txt" >"$T/tree.int" ||
+		fail "tree: no internal node for the clone of base.img: $(cat "$T/tree.txt")"
+	grep -qE '^(\||`)-- /base\.img  \[volume' "$T/tree.int" &&
+		grep -qE '^(\||`)-- /base-copy\.img  \[volume' "$T/tree.int" ||
+		fail "tree: base.img and base-copy.img are not below their internal node: $(cat "$T/tree.txt")"
+fi
+ctl 0 "$T/tree.json" tree --json "$STORE"
+grep -qF "\"kind\":\"snapshot\",\"names\":[\"$GOLDEN\"],\"allocated\":$((16 * BS)),\"inherit\":0,\"children\":[{" \
+	"$T/tree.json" || fail "tree --json: no golden snapshot with children: $(cat "$T/tree.json")"
+grep -qF '"names":["/clone.img"]' "$T/tree.json" || fail "tree --json misses clone.img"
+[ $cloned = 0 ] || grep -qF '"kind":"internal","names":[]' "$T/tree.json" ||
+	fail "tree --json has no internal node: $(cat "$T/tree.json")"
+
+# ---- check, mounted and not ---------------------------------------------------------------
+SDIR=$(realpath "$STORE")
+summary_re="^$SDIR: [0-9]+ block\(s\) in [0-9]+ chunk file\(s\), [0-9]+ inode\(s\): "
+ctl 0 "$T/check.txt" check "$MNT"
+grep -qE "${summary_re}clean$" "$T/check.txt" || fail "check of the mount: $(cat "$T/check.txt")"
+[ -s "$T/check.txt.err" ] && fail "check wrote to stderr (not a TTY): $(cat "$T/check.txt.err")"
+ctl 0 "$T/scrub.txt" scrub "$MNT"
+vs_umount "$MNT"
+ctl 0 "$T/check.txt" check "$STORE"
+grep -qE "${summary_re}clean$" "$T/check.txt" || fail "check of the store: $(cat "$T/check.txt")"
+ctl 0 "$T/check.json" check --json "$STORE"
+grep -qF '"clean":true,"problems":[]' "$T/check.json" || fail "check --json: $(cat "$T/check.json")"
+
+# a second mount writes into a new chunk file: rows of several chunks
+vs_mount "$STORE" "$MNT"
+head -c $((24 * BS)) /dev/urandom >"$T/scrub.bin"
+dd if="$T/scrub.bin" of="$MNT/scrub.img" bs=$BS conv=fsync status=none
+vs_umount "$MNT"
+nchunks=$(ls "$STORE"/chunks/*.chunk | wc -l)
+[ "$nchunks" -ge 2 ] || fail "expected 2 chunk files after a second mount, found $nchunks"
+ctl 0 "$T/check.txt" check "$STORE"
+grep -qE "^$SDIR: [0-9]+ block\(s\) in $nchunks chunk file\(s\), 8 inode\(s\): clean$" "$T/check.txt" ||
+	fail "check after the second mount: $(cat "$T/check.txt")"
+# bounded memory: a few rows per pass give the same answer in several scans
+VSNAPCTL_ROWS_PER_PASS=16 ctl 0 "$T/check16.txt" check "$STORE"
+cmp -s "$T/check.txt" "$T/check16.txt" || fail "check with 16 rows per pass: $(cat "$T/check16.txt")"
+
+# progress bar on a TTY only
+if script -qec "true" /dev/null >/dev/null 2>&1; then
+	script -qec "$VSNAPCTL check $STORE" /dev/null >"$T/tty.out" 2>&1 ||
+		fail "check on a TTY failed: $(cat "$T/tty.out")"
+	grep -qF 'check [' "$T/tty.out" && grep -qF '100%' "$T/tty.out" ||
+		fail "no progress bar on a TTY: $(cat -A "$T/tty.out" | head -c 600)"
+else
+	note "script(1) cannot make a TTY here: progress bar not checked"
+fi
+
+# ---- a truncated chunk file, a missing one ---------------------------------------------------
+first=$(ls "$STORE"/chunks/*.chunk | head -n 1)
+second=$(ls "$STORE"/chunks/*.chunk | sed -n 2p)
+damaged_copy short
+truncate -s $((4096 + 2 * BS)) "$T/short/chunks/$(basename "$first")"
+ctl 1 "$T/c.txt" check "$T/short"
+grep -qE "^problem: chunks/$(basename "$first"): [0-9]+ block\(s\) point past its end" "$T/c.txt" ||
+	fail "check does not name the truncated chunk file: $(cat "$T/c.txt")"
+grep -qE "PROBLEMS FOUND$" "$T/c.txt" || fail "check summary: $(cat "$T/c.txt")"
+damaged_copy gone
+rm "$T/gone/chunks/$(basename "$second")"
+ctl 1 "$T/c.txt" check "$T/gone"
+grep -qE "^problem: chunks/$(basename "$second"): file missing; 24 block\(s\) point into it \(first: /scrub\.img offset 0\)$" \
+	"$T/c.txt" || fail "check does not name the missing chunk file: $(cat "$T/c.txt")"
+ctl 1 "$T/c.json" check --json "$T/gone"
+grep -qF '"clean":false' "$T/c.json" || fail "check --json of a broken store: $(cat "$T/c.json")"
+ctl 1 "$T/s.txt" scrub "$T/gone"
+grep -qF "damaged: /scrub.img offset $((23 * BS)): chunks/$(basename "$second") slot " "$T/s.txt" ||
+	fail "scrub does not name the blocks of the missing chunk file: $(tail "$T/s.txt")"
+
+# ---- flipped bytes: scrub names the file and the offset ------------------------------------
+damaged_copy flip
+flip_block "$T/flip" "$T/scrub.bin" 3
+flip_block "$T/flip" "$T/vm1.bin" 7
+ctl 0 "$T/c.txt" check "$T/flip"                # check reads no data
+ctl 1 "$T/s.txt" scrub "$T/flip"
+grep -qE "^damaged: /scrub\.img offset $((3 * BS)): chunks/[0-9a-f]{16}\.chunk slot [0-9]+: checksum mismatch$" \
+	"$T/s.txt" || fail "scrub does not name /scrub.img offset $((3 * BS)): $(cat "$T/s.txt")"
+grep -qE "^damaged: $GOLDEN offset $((7 * BS)): .*checksum mismatch \(also seen by /vm1\.img, /clone\.img\)$" \
+	"$T/s.txt" || fail "scrub does not name the snapshot block and who sees it: $(cat "$T/s.txt")"
+grep -qE "verified, 2 damaged$" "$T/s.txt" || fail "scrub summary: $(cat "$T/s.txt")"
+ctl 1 "$T/s.json" scrub --json "$T/flip"
+grep -qF "{\"path\":\"/scrub.img\",\"offset\":$((3 * BS))," "$T/s.json" ||
+	fail "scrub --json does not name /scrub.img: $(cat "$T/s.json")"
+grep -qF '"damaged":2}' "$T/s.json" || fail "scrub --json count: $(cat "$T/s.json")"
+VSNAPCTL_ROWS_PER_PASS=16 ctl 1 "$T/s16.txt" scrub "$T/flip"
+cmp -s "$T/s.txt" "$T/s16.txt" || fail "scrub with 16 rows per pass differs: $(cat "$T/s16.txt")"
+
+# ---- a damaged index (written with sqlite3; blobs compare as blobs) ---------------------------
+# broken SQL...: apply SQL to a fresh copy, check must exit 1
+broken() {
+	damaged_copy idx
+	sqlite3 "$T/idx/index.sqlite" "$1" || fail "sqlite3: $1"
+	ctl "${3:-1}" "$T/c.txt" check "$T/idx"
+	grep -qE "$2" "$T/c.txt" || fail "check after '$1' does not say /$2/: $(cat "$T/c.txt")"
+}
+node_of() { echo "(SELECT node FROM inode WHERE name = CAST('$1' AS BLOB))"; }
+broken "UPDATE node SET parent = 9999 WHERE id = $(node_of clone.img)" \
+	'^problem: map node [0-9]+ \(/clone\.img\): its parent 9999 does not exist$'
+broken "UPDATE node SET parent = $(node_of vm1.img) WHERE id = (SELECT parent FROM node WHERE id = $(node_of vm1.img))" \
+	'^problem: map nodes form a parent loop: '
+broken "UPDATE inode SET node = 9999 WHERE name = CAST('vm1.img' AS BLOB)" \
+	'^problem: /vm1\.img: names map node 9999, which does not exist$'
+broken "UPDATE snapshot SET dir = 9999 WHERE name = CAST('nightly' AS BLOB)" \
+	'^problem: snapshot nightly \(id [0-9]+\) belongs to directory inode 9999, which does not exist$'
+broken "UPDATE snapshot SET dir = (SELECT ino FROM inode WHERE name = CAST('vm1.img' AS BLOB)) WHERE name = CAST('nightly' AS BLOB)" \
+	'^problem: snapshot nightly \(id [0-9]+\) belongs to directory inode [0-9]+, which is not a directory$'
+broken "INSERT INTO bmap VALUES (9999, 0, 999, 0, 0)" \
+	'^problem: 1 block\(s\) belong to map node 9999, which does not exist$'
+broken "INSERT INTO node(parent, inherit) VALUES (9999, 0), (0, 0)" \
+	'^problem: map node [0-9]+: its parent 9999 does not exist$'
+# a node nothing names is released by the daemon: a warning, not a problem
+broken "INSERT INTO node(parent, inherit) VALUES (0, 0)" \
+	'^warning: map node [0-9]+ is named by no file and has no child' 0
+grep -qE "clean$" "$T/c.txt" || fail "an unnamed node makes check unclean: $(cat "$T/c.txt")"
+
+# ---- usage and I/O errors: exit 2 ---------------------------------------------------------
+ctl 2 "$T/u.txt" frobnicate "$STORE"
+ctl 2 "$T/u.txt" check --frob "$STORE"
+ctl 2 "$T/u.txt" check "$STORE" extra
+ctl 2 "$T/u.txt" check "$T/no-such-store"
+mkdir "$T/notastore"
+ctl 2 "$T/u.txt" list "$T/notastore"
+grep -q 'neither a vsnapfs store' "$T/u.txt.err" || fail "no reason given: $(cat "$T/u.txt.err")"
+ctl 0 "$T/u.txt" --help
+pass
