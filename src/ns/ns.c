@@ -478,8 +478,23 @@ static int remove_entry(struct ns *ns, uint64_t dir, const char *name, bool want
 		return -EROFS;
 	if (ino_kind(dir) == INO_CTL)
 		return want_dir ? ns_snap_delete(ns, ino_payload(dir), name) : -EISDIR;
-	if (!strcmp(name, ".snapshots"))
-		return -EPERM;
+	if (!strcmp(name, ".snapshots")) {
+		/*
+		 * It cannot go away, but an empty one may be "removed" (it stays):
+		 * otherwise rm -r of any directory would fail on it.  With
+		 * snapshots in it, it is not empty.
+		 */
+		uint64_t nsnap = 0;
+
+		if (!want_dir)
+			return -EISDIR;
+		pthread_mutex_lock(&ns->db_mu);
+		rc = get_dir(ns, dir, &in);
+		if (!rc)
+			rc = bmap_snap_count(ns->bm, dir, &nsnap);
+		pthread_mutex_unlock(&ns->db_mu);
+		return rc ? rc : nsnap ? -ENOTEMPTY : 0;
+	}
 	pthread_mutex_lock(&ns->db_mu);
 	rc = bmap_inode_lookup(ns->bm, dir, name, &in);
 	if (rc)
