@@ -14,6 +14,9 @@
 #   vs_track_pid PID, vs_wait_pid PID SECS   other background processes
 #   fail MSG, pass, skip MSG, note MSG, assert_eq, expect_errno, with_deadline
 #
+# Environment: VS_KEEP=1 keeps $T after the test; VS_TIME_SCALE=N multiplies
+# every deadline (for sanitizer builds).
+#
 # Every mount, process, loop device and block mount made through these is
 # undone by the EXIT trap, whatever way the test ends.  Processes are only
 # ever killed by the pid we started them with, never by name.
@@ -32,7 +35,8 @@ B=$(cd "$B" 2>/dev/null && pwd) || { echo "FAIL $TEST_NAME: build dir $B missing
 : "${VSNAPFS:=$B/vsnapfs}"
 : "${VSNAPCTL:=$B/vsnapctl}"
 : "${TOOLS:=$B/tools}"
-export B VSNAPFS VSNAPCTL TOOLS
+: "${VS_TIME_SCALE:=1}"          # multiply every deadline (slow sanitizer builds)
+export B VSNAPFS VSNAPCTL TOOLS VS_TIME_SCALE
 
 declare -A _VS_PID=()          # mountpoint -> daemon pid
 declare -A _VS_LOG=()          # mountpoint -> daemon log
@@ -85,8 +89,9 @@ expect_errno() {
 }
 
 # with_deadline SECS CMD...: run CMD, fail the test if it takes longer.
+# (SECS times VS_TIME_SCALE, for sanitizer builds.)
 with_deadline() {
-	local secs=$1 rc=0
+	local secs=$(($1 * VS_TIME_SCALE)) rc=0
 	shift
 	timeout -k 5 "$secs" "$@" || rc=$?
 	if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
@@ -180,7 +185,7 @@ vs_mount() {
 	_VS_MNTS+=("$mnt")
 	_VS_PID[$mnt]=$pid
 	_VS_LOG[$mnt]=$log
-	for ((i = 0; i < 200; i++)); do
+	for ((i = 0; i < 200 * VS_TIME_SCALE; i++)); do
 		if mountpoint -q "$mnt"; then
 			return 0
 		fi
@@ -192,7 +197,7 @@ vs_mount() {
 		sleep 0.05
 	done
 	_vs_show_log "$log"
-	fail "vsnapfs $store $mnt: not mounted after 10 s"
+	fail "vsnapfs $store $mnt: not mounted after $((10 * VS_TIME_SCALE)) s"
 }
 
 # vs_umount MNT: clean unmount; the daemon must exit with status 0.
@@ -210,12 +215,12 @@ vs_umount() {
 		fi
 		sleep 0.1
 	done
-	if ! _vs_wait_pid "$pid" 30; then
+	if ! _vs_wait_pid "$pid" $((30 * VS_TIME_SCALE)); then
 		kill -9 "$pid" 2>/dev/null || true
 		_vs_wait_pid "$pid" 5 || true
 		_vs_forget_pid "$pid"
 		_vs_show_log "$(vs_log "$mnt")"
-		fail "vsnapfs (pid $pid) still running 30 s after fusermount3 -u $mnt; killed"
+		fail "vsnapfs (pid $pid) still running $((30 * VS_TIME_SCALE)) s after fusermount3 -u $mnt; killed"
 	fi
 	_vs_forget_pid "$pid"
 	if [ "$_VS_STATUS" -ne 0 ]; then
@@ -296,10 +301,10 @@ _vs_cleanup() {
 	for x in "${_VS_LOOPS[@]}"; do
 		losetup -d "$x" 2>/dev/null
 	done
+	# unconditionally: the mount of a daemon that died fails mountpoint -q
+	# (ENOTCONN) but must still go
 	for x in "${_VS_MNTS[@]}"; do
-		if mountpoint -q "$x" 2>/dev/null; then
-			fusermount3 -u -z "$x" 2>/dev/null
-		fi
+		fusermount3 -u -z "$x" 2>/dev/null
 	done
 	for pid in "${_VS_PIDS[@]}"; do
 		if ! _vs_wait_pid "$pid" 5; then
@@ -307,6 +312,14 @@ _vs_cleanup() {
 			_vs_wait_pid "$pid" 5
 		fi
 	done
+	if [ $rc -ne 0 ] && [ $rc -ne 77 ] && [ $_VS_NLOG -gt 0 ]; then
+		# the last daemons' logs, for the report of a failure
+		for ((x = _VS_NLOG > 2 ? _VS_NLOG - 1 : 1; x <= _VS_NLOG; x++)); do
+			echo "---- stderr of daemon $x (of $_VS_NLOG) ----"
+			tail -n 20 "$T/vsnapfs.$x.log" 2>/dev/null
+		done
+		echo "----"
+	fi
 	if [ -n "${T:-}" ] && [ -d "$T" ]; then
 		if [ -n "${VS_KEEP:-}" ]; then
 			echo "# VS_KEEP set: leaving $T"

@@ -3,7 +3,8 @@
 #
 #   tests/e2e/run-all.sh BUILD_DIR [PATTERN]
 #
-# Each test runs under `timeout 600`, its output goes to a log that is
+# Each test runs under `timeout 600` (times VS_TIME_SCALE, for sanitizer
+# builds), its output goes to a log that is
 # printed when it fails.  Exit status 77 means skipped.  The last line is
 # "N passed, M failed, K skipped"; the exit status is non-zero if any failed.
 set -uo pipefail
@@ -28,7 +29,7 @@ for t in "$here"/t-*.sh; do
 	fi
 	log=$logdir/$name.log
 	start=$SECONDS
-	timeout -k 15 600 bash "$t" >"$log" 2>&1 </dev/null
+	timeout -k 15 $((600 * ${VS_TIME_SCALE:-1})) bash "$t" >"$log" 2>&1 </dev/null
 	rc=$?
 	secs=$((SECONDS - start))
 	result=$(grep -E "^(PASS|FAIL|SKIP) $name" "$log" | tail -n 1)
@@ -44,7 +45,7 @@ for t in "$here"/t-*.sh; do
 	*)
 		nfail=$((nfail + 1))
 		failed+=("$name")
-		[ $rc -eq 124 ] && result="FAIL $name: timed out after 600 s"
+		[ $rc -eq 124 ] && result="FAIL $name: timed out after $((600 * ${VS_TIME_SCALE:-1})) s"
 		echo "${result:-FAIL $name: exit status $rc} (${secs}s)"
 		echo "------ log of $name (exit status $rc) ------"
 		cat "$log"

@@ -76,7 +76,7 @@ vs_umount "$M1"
 # find the chunk slot that holds block K (slot i starts at 4096 + i * BS)
 K=37
 dd if="$T/blocks" of="$T/blockK" bs=$BS skip=$K count=1 status=none
-chunk= slot=
+chunk='' slot=''
 for c in "$S1"/chunks/*.chunk; do
 	n=$((($(stat -c %s "$c") - 4096) / BS))
 	for ((i = 0; i < n; i++)); do
