@@ -81,6 +81,7 @@ struct ns {
 	pthread_cond_t bg_cond;         /* wakes the background thread */
 	bool bg_stop;                   /* (bg_mu) */
 	bool bg_running;                /* set/cleared by ns_start/ns_close only */
+	bool marked_in_use;             /* "clean" is 0 in the index: set it back at close */
 	pthread_t bg_thread;
 };
 

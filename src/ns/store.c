@@ -166,6 +166,32 @@ static int queue_unnamed_nodes(struct ns *ns)
 	return rc;
 }
 
+/*
+ * "clean" in the index is 1 only between a clean unmount and the next
+ * mount.  Mounting a store that was not cleanly unmounted says, in one
+ * line, what recovery does: SQLite has already rolled its log forward to
+ * the last commit; unlinked volumes and map nodes nothing names are
+ * deleted in the background; chunk data never indexed is left to GC.
+ */
+static int note_recovery(struct ns *ns, bool created)
+{
+	uint64_t clean = 1;
+	int rc = bmap_meta_get(ns->bm, "clean", &clean);
+
+	if (rc == -ENOENT)
+		clean = 1;              /* never mounted before */
+	else if (rc)
+		return rc;
+	if (!clean && !created)
+		vlog(LOG_WARNING, "%s was not cleanly unmounted: recovered to the last index "
+		     "commit (every fsync'ed write); deleting %zu unlinked volume(s) and %zu unused "
+		     "map node(s); unindexed chunk data goes to garbage collection",
+		     ns->dir, ns->nreap, ns->nrel);
+	rc = bmap_meta_set(ns->bm, "clean", 0);
+	ns->marked_in_use = rc == 0;
+	return rc;
+}
+
 int ns_open(const char *dir, const struct ns_opts *opts, struct ns **out, bool *created,
 	    char *msg, size_t msglen)
 {
@@ -283,6 +309,13 @@ int ns_open(const char *dir, const struct ns_opts *opts, struct ns **out, bool *
 			goto fail;
 		}
 	}
+	if (!ns->readonly) {
+		rc = note_recovery(ns, create);
+		if (rc) {
+			snprintf(msg, msglen, "cannot update the index: %s", strerror(-rc));
+			goto fail;
+		}
+	}
 	*created = create;
 	*out = ns;
 	return 0;
@@ -317,8 +350,12 @@ int ns_close(struct ns *ns)
 		pthread_join(ns->bg_thread, NULL);
 		ns->bg_running = false;
 	}
-	if (ns->bm && ns->cs && !ns->readonly) {
+	if (ns->bm && ns->cs && !ns->readonly && ns->marked_in_use) {
 		rc = ns_flush(ns);
+		if (!rc)
+			rc = ns_reap_all(ns);
+		if (!rc)
+			rc = bmap_meta_set(ns->bm, "clean", 1);
 		if (rc)
 			vlog(LOG_ERR, "final flush failed: %s; unsynced writes are lost", strerror(-rc));
 	}

@@ -85,6 +85,8 @@ for ((c = 1; c <= CYCLES; c++)); do
 	fi
 	verify "cycle $c"
 	ctl_check "mounted, after crash $c"
+	grep -q "was not cleanly unmounted" "$(vs_log "$MNT")" ||
+		fail "cycle $c: the mount after a crash did not say it recovered"
 done
 
 # a clean unmount after all that: the same data, and a consistent store
@@ -92,5 +94,7 @@ vs_umount "$MNT"
 ctl_check "unmounted"
 vs_mount "$STORE" "$MNT"
 verify "after a clean remount"
+! grep -q "not cleanly unmounted" "$(vs_log "$MNT")" ||
+	fail "a mount after a clean unmount claims a recovery"
 vs_umount "$MNT"
 pass "$CYCLES crashes, seed $SEED"
