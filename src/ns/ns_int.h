@@ -38,7 +38,8 @@ struct ns_file {
 
 struct ns {
 	char *dir;                      /* constant: absolute store path */
-	int lock_fd;                    /* constant: flock()ed for our lifetime */
+	int dir_fd;                     /* constant: the store dir, flock()ed for our lifetime */
+	int lock_fd;                    /* constant: STORE/lock, where our pid is written */
 	uint32_t bs;                    /* constant */
 	bool readonly;                  /* constant */
 	uint32_t flush_ms;              /* constant */

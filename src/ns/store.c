@@ -54,31 +54,46 @@ static int dir_is_empty(const char *dir)
 	return rc;
 }
 
+/*
+ * One daemon per store: flock() on the store directory itself, so that
+ * deleting or replacing STORE/lock while mounted cannot let a second daemon
+ * in.  STORE/lock only carries the holder's pid, for the refusal message.
+ */
 static int take_lock(struct ns *ns, char *msg, size_t msglen)
 {
 	char path[PATH_MAX], pid[32] = "";
 	ssize_t n;
-	int rc;
+	int rc, fd;
 
-	snprintf(path, sizeof(path), "%s/lock", ns->dir);
-	ns->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-	if (ns->lock_fd < 0) {
+	ns->dir_fd = open(ns->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (ns->dir_fd < 0) {
 		rc = -errno;
-		snprintf(msg, msglen, "cannot open %s: %s", path, strerror(-rc));
+		snprintf(msg, msglen, "cannot open %s: %s", ns->dir, strerror(-rc));
 		return rc;
 	}
-	if (flock(ns->lock_fd, LOCK_EX | LOCK_NB) == 0)
+	snprintf(path, sizeof(path), "%s/lock", ns->dir);
+	if (flock(ns->dir_fd, LOCK_EX | LOCK_NB) == 0) {
+		ns->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+		if (ns->lock_fd < 0) {
+			rc = -errno;
+			snprintf(msg, msglen, "cannot open %s: %s", path, strerror(-rc));
+			return rc;
+		}
 		return 0;
+	}
 	rc = -errno;
 	if (rc != -EWOULDBLOCK) {
-		snprintf(msg, msglen, "cannot lock %s: %s", path, strerror(-rc));
+		snprintf(msg, msglen, "cannot lock %s: %s", ns->dir, strerror(-rc));
 		return rc;
 	}
-	n = pread(ns->lock_fd, pid, sizeof(pid) - 1, 0);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	n = fd >= 0 ? pread(fd, pid, sizeof(pid) - 1, 0) : -1;
+	if (fd >= 0)
+		close(fd);
 	pid[n > 0 ? n : 0] = 0;
 	pid[strcspn(pid, "\n")] = 0;
 	snprintf(msg, msglen, "store %s is already mounted by vsnapfs pid %s", ns->dir,
-		 pid[0] ? pid : "(unknown)");
+		 pid[0] ? pid : "(unknown: its lock file is gone)");
 	return -EEXIST;
 }
 
@@ -208,6 +223,7 @@ int ns_open(const char *dir, const struct ns_opts *opts, struct ns **out, bool *
 	if (!ns)
 		return -ENOMEM;
 	ns->lock_fd = -1;
+	ns->dir_fd = -1;
 	ns->readonly = opts->readonly;
 	ns->flush_ms = opts->flush_interval_ms ? opts->flush_interval_ms : 1000;
 	ns->gc_interval_s = opts->gc_interval_s ? opts->gc_interval_s : 30;
@@ -372,6 +388,8 @@ int ns_close(struct ns *ns)
 	bmap_close(ns->bm);
 	if (ns->lock_fd >= 0)
 		close(ns->lock_fd);
+	if (ns->dir_fd >= 0)
+		close(ns->dir_fd);
 	free(ns->reap);
 	free(ns->rel);
 	free(ns->dir);
