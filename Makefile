@@ -4,6 +4,7 @@
 #   make check      install missing Debian packages (as root), build, run every test
 #   make asan       the same tests with AddressSanitizer + UBSan (in build-asan/)
 #   make tsan       the daemon under ThreadSanitizer, driven by the e2e tests
+#   make torture    the crash torture with 1000 SIGKILL cycles (TORTURE_CYCLES=N)
 #   make bench      benchmark (see docs/performance.md)
 #   make demo       create ./demo-store and mount it on ./demo-mnt
 #   make install    PREFIX=/usr/local DESTDIR=
@@ -89,6 +90,11 @@ asan:
 	@$(MAKE) --no-print-directory B=build-asan CFLAGS="-O1 -g -fno-omit-frame-pointer" \
 		SAN="-fsanitize=address,undefined -fno-sanitize-recover=all" check
 
+# The crash torture of make check (50 cycles), much longer.
+torture: all $(TOOL_BIN)
+	@TORTURE_CYCLES=$${TORTURE_CYCLES:-1000} VS_TIME_SCALE=$${VS_TIME_SCALE:-10} \
+		tests/e2e/run-all.sh $(B) t-100-torture
+
 # The daemon under ThreadSanitizer, driven by the end-to-end tests (Criterion
 # does not start under TSan; the unit tests run under asan instead).
 tsan:
@@ -111,7 +117,7 @@ install: all
 clean:
 	rm -rf build build-asan build-tsan
 
-.PHONY: all deps unit e2e check asan tsan bench demo install clean
+.PHONY: all deps unit e2e check asan tsan torture bench demo install clean
 .SECONDARY:
 
 -include $(LIB_OBJ:.o=.d) $(B)/src/main.d
