@@ -1219,16 +1219,14 @@ int bmap_row_del_from(struct bmap *b, uint64_t node, uint64_t from)
 	return stmt_run(b, s);
 }
 
-int bmap_row_foreach(struct bmap *b, uint64_t node, uint64_t below,
+/* Call fn(lblock, loc) for every row s returns as (lblock, chunk, slot,
+ * cksum); see "Walks" at the top. */
+static int walk_rows(struct bmap *b, sqlite3_stmt *s,
 		     int (*fn)(void *ctx, uint64_t lblock, const struct chunk_loc *loc), void *ctx)
 {
-	sqlite3_stmt *s = bmap_stmt(b, ST_ROW_FOREACH);
 	struct chunk_loc loc;
 	int src, rc = 0;
 
-	/* below = UINT64_MAX, "every row", must not turn into -1. */
-	bind_i64(s, 1, u64_bits(node));
-	bind_i64(s, 2, clamp_i64(below));
 	while ((src = sqlite3_step(s)) == SQLITE_ROW) {
 		loc_from_cols(s, 1, &loc);
 		b->walking = 1;
@@ -1241,6 +1239,41 @@ int bmap_row_foreach(struct bmap *b, uint64_t node, uint64_t below,
 		rc = bmap_errno(b, src);
 	sqlite3_reset(s);
 	return rc;
+}
+
+/* The same for rows returned as (node, lblock, chunk, slot, cksum). */
+static int walk_node_rows(struct bmap *b, sqlite3_stmt *s,
+			  int (*fn)(void *ctx, uint64_t node, uint64_t lblock,
+				    const struct chunk_loc *loc),
+			  void *ctx)
+{
+	struct chunk_loc loc;
+	int src, rc = 0;
+
+	while ((src = sqlite3_step(s)) == SQLITE_ROW) {
+		loc_from_cols(s, 2, &loc);
+		b->walking = 1;
+		rc = fn(ctx, (uint64_t)sqlite3_column_int64(s, 0),
+			(uint64_t)sqlite3_column_int64(s, 1), &loc);
+		b->walking = 0;
+		if (rc)
+			break;
+	}
+	if (rc == 0 && src != SQLITE_DONE)
+		rc = bmap_errno(b, src);
+	sqlite3_reset(s);
+	return rc;
+}
+
+int bmap_row_foreach(struct bmap *b, uint64_t node, uint64_t below,
+		     int (*fn)(void *ctx, uint64_t lblock, const struct chunk_loc *loc), void *ctx)
+{
+	sqlite3_stmt *s = bmap_stmt(b, ST_ROW_FOREACH);
+
+	/* below = UINT64_MAX, "every row", must not turn into -1. */
+	bind_i64(s, 1, u64_bits(node));
+	bind_i64(s, 2, clamp_i64(below));
+	return walk_rows(b, s, fn, ctx);
 }
 
 int bmap_row_count(struct bmap *b, uint64_t node, uint64_t *count)
@@ -1372,70 +1405,27 @@ int bmap_chunk_rows(struct bmap *b, uint64_t chunk_id,
 		    void *ctx)
 {
 	sqlite3_stmt *s = bmap_stmt(b, ST_CHUNK_ROWS);
-	struct chunk_loc loc;
-	int src, rc = 0;
 
 	bind_i64(s, 1, u64_bits(chunk_id));
-	while ((src = sqlite3_step(s)) == SQLITE_ROW) {
-		loc_from_cols(s, 2, &loc);
-		b->walking = 1;
-		rc = fn(ctx, (uint64_t)sqlite3_column_int64(s, 0),
-			(uint64_t)sqlite3_column_int64(s, 1), &loc);
-		b->walking = 0;
-		if (rc)
-			break;
-	}
-	if (rc == 0 && src != SQLITE_DONE)
-		rc = bmap_errno(b, src);
-	sqlite3_reset(s);
-	return rc;
+	return walk_node_rows(b, s, fn, ctx);
 }
 
 int bmap_rows_all(struct bmap *b,
 		  int (*fn)(void *ctx, uint64_t node, uint64_t lblock, const struct chunk_loc *loc),
 		  void *ctx)
 {
-	sqlite3_stmt *s = bmap_stmt(b, ST_ROWS_ALL);
-	struct chunk_loc loc;
-	int src, rc = 0;
-
-	while ((src = sqlite3_step(s)) == SQLITE_ROW) {
-		loc_from_cols(s, 2, &loc);
-		b->walking = 1;
-		rc = fn(ctx, (uint64_t)sqlite3_column_int64(s, 0),
-			(uint64_t)sqlite3_column_int64(s, 1), &loc);
-		b->walking = 0;
-		if (rc)
-			break;
-	}
-	if (rc == 0 && src != SQLITE_DONE)
-		rc = bmap_errno(b, src);
-	sqlite3_reset(s);
-	return rc;
+	return walk_node_rows(b, bmap_stmt(b, ST_ROWS_ALL), fn, ctx);
 }
 
 int bmap_row_range(struct bmap *b, uint64_t node, uint64_t from, uint64_t below,
 		   int (*fn)(void *ctx, uint64_t lblock, const struct chunk_loc *loc), void *ctx)
 {
 	sqlite3_stmt *s = bmap_stmt(b, ST_ROW_RANGE);
-	struct chunk_loc loc;
-	int src, rc = 0;
 
 	bind_i64(s, 1, u64_bits(node));
 	bind_i64(s, 2, clamp_i64(from));
 	bind_i64(s, 3, clamp_i64(below));
-	while ((src = sqlite3_step(s)) == SQLITE_ROW) {
-		loc_from_cols(s, 1, &loc);
-		b->walking = 1;
-		rc = fn(ctx, (uint64_t)sqlite3_column_int64(s, 0), &loc);
-		b->walking = 0;
-		if (rc)
-			break;
-	}
-	if (rc == 0 && src != SQLITE_DONE)
-		rc = bmap_errno(b, src);
-	sqlite3_reset(s);
-	return rc;
+	return walk_rows(b, s, fn, ctx);
 }
 
 /* ---- snapshots ------------------------------------------------------------- */
