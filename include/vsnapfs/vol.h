@@ -43,8 +43,8 @@
 struct vol;                                     /* opaque */
 
 /*
- * Load the map of node (its rows and its ancestors') and return a vol of the
- * given size.  readonly vols refuse every change with -EROFS.  label names
+ * A vol of node with the given size; its map (its rows and its ancestors')
+ * is loaded from bm at first use, under the lock given to vol_set_db_lock.  readonly vols refuse every change with -EROFS.  label names
  * the volume in log lines (copied).
  */
 int vol_open(struct chunk_store *cs, struct bmap *bm, uint64_t node, uint64_t size,
@@ -65,7 +65,10 @@ int vol_seek(struct vol *v, uint64_t off, int whence, uint64_t *out);
 
 uint64_t vol_size(struct vol *v);
 uint64_t vol_node(struct vol *v);
-uint64_t vol_own_blocks(struct vol *v);         /* blocks held by its own node */
+/* Blocks held by its own node; meaningful only once vol_loaded(). */
+uint64_t vol_own_blocks(struct vol *v);
+/* The map is loaded at the first read, change or seek, not by vol_open. */
+bool vol_loaded(struct vol *v);
 bool vol_is_dirty(struct vol *v);               /* anything not yet collected */
 
 /* ---- snapshots ---------------------------------------------------------- */

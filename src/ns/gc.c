@@ -16,6 +16,11 @@
  * active chunk only moves forward.  So for every chunk below F, the index
  * names every block in use, and only chunks below F are touched.
  *
+ * The scans (reference counts, the rows of the chunks to compact) run on
+ * a read-only connection of their own (ns->bm_scan): SQLite's WAL gives it
+ * the last committed state, which after the barrier names every block in
+ * use below F, without holding db_mu for the length of a full scan.
+ *
  * Compaction repoints a row only if it still points where it did
  * (bmap_row_relocate), so it needs no lock against flushes: a flush that
  * rewrote the row meanwhile wins, and the chunk is kept until a later
@@ -279,9 +284,7 @@ static int compact(struct ns *ns, struct gc *g, uint64_t *moved)
 	*moved = 0;
 	if (!pick_victims(ns, g))
 		return 0;
-	pthread_mutex_lock(&ns->db_mu);
-	rc = bmap_rows_all(ns->bm, gather_row, &mv);
-	pthread_mutex_unlock(&ns->db_mu);
+	rc = bmap_rows_all(ns->bm_scan, gather_row, &mv);
 	if (!rc)
 		rc = mv.rc;
 	/* the rows now are all the refs there are (none can appear below the
@@ -320,11 +323,8 @@ int ns_gc(struct ns *ns)
 	rc = chunk_foreach(ns->cs, gc_add_chunk, &g);
 	if (!rc)
 		rc = g.rc;
-	if (!rc) {
-		pthread_mutex_lock(&ns->db_mu);
-		rc = bmap_chunk_refs(ns->bm, gc_add_refs, &g);
-		pthread_mutex_unlock(&ns->db_mu);
-	}
+	if (!rc)
+		rc = bmap_chunk_refs(ns->bm_scan, gc_add_refs, &g);
 	if (!rc)
 		rc = compact(ns, &g, &moved);
 	for (size_t i = 0; i < g.n && !rc; i++) {

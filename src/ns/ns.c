@@ -112,6 +112,7 @@ void ns_attr_fill(struct ns *ns, const struct bmap_inode *in, struct ns_file *f,
 		int64_t w = atomic_load(&f->wtime_ns);
 
 		out->size = vol_size(f->v);
+		/* not loaded yet: the caller counts in the index (attr_of) */
 		out->blocks = vol_own_blocks(f->v) * (ns->bs / 512);
 		if (w > out->mtime_ns)
 			out->mtime_ns = out->ctime_ns = w;
@@ -188,12 +189,16 @@ static int attr_of(struct ns *ns, const struct bmap_inode *in, struct ns_attr *o
 	uint64_t nrows = 0;
 	int rc = 0;
 
+	uint64_t node = in->node;
+
 	pthread_mutex_lock(&ns->files_mu);
 	f = in->kind == BMAP_VOL ? ns_file_find(ns, in->ino) : NULL;
 	ns_attr_fill(ns, f ? &f->in : in, f, out);
+	if (f && !vol_loaded(f->v))
+		node = vol_node(f->v);
 	pthread_mutex_unlock(&ns->files_mu);
-	if (!f && in->kind == BMAP_VOL) {
-		rc = bmap_row_count(ns->bm, in->node, &nrows);
+	if (in->kind == BMAP_VOL && (!f || !vol_loaded(f->v))) {
+		rc = bmap_row_count(ns->bm, node, &nrows);
 		out->blocks = nrows * (ns->bs / 512);
 	}
 	return rc;
@@ -348,6 +353,8 @@ int ns_getattr(struct ns *ns, uint64_t ino, struct ns_attr *out)
 
 	pthread_mutex_lock(&ns->files_mu);
 	f = ino_kind(ino) == INO_LIVE ? ns_file_find(ns, ino) : NULL;
+	if (f && !vol_loaded(f->v))
+		f = NULL;               /* its allocation is counted in the index */
 	if (f)
 		ns_attr_fill(ns, &f->in, f, out);
 	pthread_mutex_unlock(&ns->files_mu);

@@ -48,6 +48,10 @@ struct ns {
 
 	pthread_mutex_t db_mu;
 	struct bmap *bm;                /* (db_mu) */
+	/* A read-only connection of the background thread's own, for GC's
+	 * full scans: WAL gives it a consistent snapshot without db_mu, so a
+	 * scan of millions of rows does not hold up the namespace. */
+	struct bmap *bm_scan;           /* background thread only */
 	uint64_t *reap;                 /* (db_mu) inos to delete in the background */
 	size_t nreap, reap_cap;         /* (db_mu) */
 	uint64_t *rel;                  /* (db_mu) map nodes to release in the background */

@@ -450,7 +450,7 @@ int ns_truncate_zero(struct ns *ns, struct ns_file *f)
 	vol_gate_close(f->v);
 	old = vol_node(f->v);
 	rc = bmap_node_get(ns->bm, old, &cur);
-	if (!rc && cur.parent == 0 && !vol_maps_from(f->v, 0)) {
+	if (!rc && cur.parent == 0 && vol_size(f->v) == 0) {
 		/* nothing to drop: an ordinary truncate is as cheap */
 		vol_gate_open(f->v);
 		pthread_mutex_unlock(&ns->db_mu);

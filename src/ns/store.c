@@ -293,6 +293,15 @@ int ns_open(const char *dir, const struct ns_opts *opts, struct ns **out, bool *
 	if (rc)
 		goto fail;
 	ns->bs = bmap_block_size(ns->bm);
+	if (!ns->readonly) {
+		snprintf(path, sizeof(path), "%s/index.sqlite", ns->dir);
+		rc = bmap_open(path, 1, &ns->bm_scan);
+		if (rc) {
+			snprintf(msg, msglen, "%s: cannot open a second connection: %s", path,
+				 strerror(-rc));
+			goto fail;
+		}
+	}
 	{
 		struct statvfs sv;
 		int64_t fs_bytes = 0;
@@ -385,6 +394,7 @@ int ns_close(struct ns *ns)
 		}
 	}
 	chunk_store_close(ns->cs);
+	bmap_close(ns->bm_scan);
 	bmap_close(ns->bm);
 	if (ns->lock_fd >= 0)
 		close(ns->lock_fd);

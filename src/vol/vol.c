@@ -67,8 +67,9 @@ struct vol {
 	 * done.  Writer-preferring, so a stream of writes cannot starve it. */
 	pthread_rwlock_t gate;
 
-	/* Set by vol_attach (gate closed): the map no longer matches the index
-	 * and is rebuilt by the next read or change, under *db_mu. */
+	/* The map does not match the index: not loaded yet (vol_open), or
+	 * vol_attach changed the node's parent.  The next read, change or
+	 * seek (re)builds it, under *db_mu. */
 	atomic_bool stale;
 	struct bmap *bm;                /* for reloading; used under *db_mu */
 	pthread_mutex_t *db_mu;         /* the caller's index lock, or NULL */
@@ -296,7 +297,6 @@ int vol_open(struct chunk_store *cs, struct bmap *bm, uint64_t node, uint64_t si
 	     bool readonly, const char *label, struct vol **out)
 {
 	struct vol *v;
-	struct load ld;
 	struct bmap_node n;
 	uint32_t bs = bmap_block_size(bm);
 	int rc;
@@ -320,11 +320,14 @@ int vol_open(struct chunk_store *cs, struct bmap *bm, uint64_t node, uint64_t si
 	pthread_rwlock_init(&v->gate, &ga);
 	pthread_rwlockattr_destroy(&ga);
 	v->bm = bm;
-	rc = load_map(v, bm, &ld);
-	if (rc)
+	/* the map is loaded at first use: opening a volume only to clone it
+	 * or to truncate it (cp) must not cost its allocated size */
+	v->map = vmap_new();
+	if (!v->map) {
+		rc = -ENOMEM;
 		goto fail;
-	v->map = ld.map;
-	v->own_blocks = ld.own_blocks;
+	}
+	atomic_store(&v->stale, true);
 	rc = bmap_node_get(bm, node, &n);
 	if (rc)
 		goto fail;
@@ -792,6 +795,7 @@ int vol_seek(struct vol *v, uint64_t off, int whence, uint64_t *out)
 uint64_t vol_size(struct vol *v) { return LOCKED_GET(v, v->size); }
 uint64_t vol_node(struct vol *v) { return LOCKED_GET(v, v->node); }
 uint64_t vol_own_blocks(struct vol *v) { return LOCKED_GET(v, v->own_blocks); }
+bool vol_loaded(struct vol *v) { return !atomic_load(&v->stale); }
 
 bool vol_is_dirty(struct vol *v)
 {
