@@ -5,6 +5,7 @@
 #   make asan       the same tests with AddressSanitizer + UBSan (in build-asan/)
 #   make tsan       the daemon under ThreadSanitizer, driven by the e2e tests
 #   make torture    the crash torture with 1000 SIGKILL cycles (TORTURE_CYCLES=N)
+#   make fuzz       libFuzzer on the name parsers (FUZZ_SECONDS=60)
 #   make bench      benchmark (see docs/performance.md)
 #   make demo       create ./demo-store and mount it on ./demo-mnt
 #   make install    PREFIX=/usr/local DESTDIR=
@@ -90,6 +91,14 @@ asan:
 	@$(MAKE) --no-print-directory B=build-asan CFLAGS="-O1 -g -fno-omit-frame-pointer" \
 		SAN="-fsanitize=address,undefined -fno-sanitize-recover=all" check
 
+# libFuzzer targets (clang) for the parsers of untrusted bytes.
+FUZZ_SECONDS ?= 60
+fuzz:
+	@mkdir -p build-fuzz/corpus
+	clang -g -O1 -fsanitize=fuzzer,address,undefined -std=gnu11 -D_GNU_SOURCE -Iinclude -Isrc \
+		-o build-fuzz/fuzz_names tests/fuzz/fuzz_names.c src/ns/names.c
+	build-fuzz/fuzz_names -max_total_time=$(FUZZ_SECONDS) -max_len=600 build-fuzz/corpus
+
 # The crash torture of make check (50 cycles), much longer.
 torture: all $(TOOL_BIN)
 	@TORTURE_CYCLES=$${TORTURE_CYCLES:-1000} VS_TIME_SCALE=$${VS_TIME_SCALE:-10} \
@@ -115,9 +124,9 @@ install: all
 	install -m 644 docs/vsnapfs.8 $(DESTDIR)$(PREFIX)/share/man/man8/
 
 clean:
-	rm -rf build build-asan build-tsan
+	rm -rf build build-asan build-tsan build-fuzz
 
-.PHONY: all deps unit e2e check asan tsan torture bench demo install clean
+.PHONY: all deps unit e2e check asan tsan torture fuzz bench demo install clean
 .SECONDARY:
 
 -include $(LIB_OBJ:.o=.d) $(B)/src/main.d

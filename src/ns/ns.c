@@ -26,66 +26,9 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 
+#include "ns/names.h"
 #include "ns/ns_int.h"
 #include "vsnapfs/log.h"
-
-/* ---- names -------------------------------------------------------------- */
-
-/*
- * A name we accept: 1..255 bytes of valid UTF-8 without control characters
- * or '/', not "." or "..".  Hypervisor tooling never needs more, and
- * refusing the rest keeps every name printable in logs and tables.
- * ".snapshots" is taken in every directory.
- */
-static int check_name(const char *name)
-{
-	const unsigned char *p = (const unsigned char *)name;
-	size_t len = strlen(name);
-
-	if (len == 0)
-		return -EINVAL;
-	if (len > BMAP_NAME_MAX)
-		return -ENAMETOOLONG;
-	if (!strcmp(name, ".") || !strcmp(name, ".."))
-		return -EINVAL;
-	if (!strcmp(name, ".snapshots"))
-		return -EEXIST;
-	while (*p) {
-		int extra;
-		uint32_t cp;
-
-		if (*p < 0x20 || *p == 0x7f || *p == '/')
-			return -EINVAL;
-		if (*p < 0x80) {
-			p++;
-			continue;
-		}
-		if ((*p & 0xe0) == 0xc0) {
-			extra = 1;
-			cp = *p & 0x1f;
-		} else if ((*p & 0xf0) == 0xe0) {
-			extra = 2;
-			cp = *p & 0x0f;
-		} else if ((*p & 0xf8) == 0xf0) {
-			extra = 3;
-			cp = *p & 0x07;
-		} else {
-			return -EINVAL;
-		}
-		p++;
-		for (int i = 0; i < extra; i++, p++) {
-			if ((*p & 0xc0) != 0x80)
-				return -EINVAL;
-			cp = cp << 6 | (*p & 0x3f);
-		}
-		/* overlong forms, surrogates, past U+10FFFF, C1 controls */
-		if ((extra == 1 && cp < 0x80) || (extra == 2 && cp < 0x800) ||
-		    (extra == 3 && cp < 0x10000) || (cp >= 0xd800 && cp <= 0xdfff) ||
-		    cp > 0x10ffff || (cp >= 0x80 && cp < 0xa0))
-			return -EINVAL;
-	}
-	return 0;
-}
 
 /* ---- attributes and the file table -------------------------------------- */
 
@@ -381,7 +324,7 @@ static int make_inode(struct ns *ns, uint64_t dir, const char *name, uint32_t ki
 		return -EROFS;
 	if (ino_kind(dir) == INO_CTL)
 		return kind == BMAP_DIR ? ns_snap_create(ns, ino_payload(dir), name, out) : -EPERM;
-	rc = check_name(name);
+	rc = ns_name_check(name);
 	if (rc)
 		return rc;
 	in.atime_ns = in.mtime_ns = in.ctime_ns = ns_now_ns();
@@ -592,7 +535,7 @@ int ns_rename(struct ns *ns, uint64_t dir, const char *name, uint64_t newdir,
 	}
 	if (!strcmp(name, ".snapshots"))
 		return -EPERM;
-	rc = check_name(newname);
+	rc = ns_name_check(newname);
 	if (rc)
 		return rc;
 

@@ -33,42 +33,9 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "ns/names.h"
 #include "ns/ns_int.h"
 #include "vsnapfs/log.h"
-
-/* ---- names ---------------------------------------------------------------- */
-
-static bool snap_char(char c)
-{
-	return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-	       strchr("._-+:,", c) != NULL;
-}
-
-/*
- * Split "NAME" or "FILE@NAME" (at the last '@').  NAME: 1..255 bytes of
- * A-Z a-z 0-9 . _ - + : , not starting with '.'.  *file is set to NULL for
- * a directory snapshot, else to FILE (inside a copy the caller frees).
- */
-static int parse_snap_name(const char *name, char **file)
-{
-	const char *at = strrchr(name, '@');
-	const char *snap = at ? at + 1 : name;
-
-	*file = NULL;
-	if (strlen(name) > BMAP_NAME_MAX)
-		return -ENAMETOOLONG;
-	if (!*snap || *snap == '.')
-		return -EINVAL;
-	for (const char *p = snap; *p; p++)
-		if (!snap_char(*p))
-			return -EINVAL;
-	if (!at)
-		return 0;
-	if (at == name)
-		return -EINVAL;
-	*file = strndup(name, at - name);
-	return *file ? 0 : -ENOMEM;
-}
 
 /* ---- holding open volumes --------------------------------------------------- */
 
@@ -227,7 +194,7 @@ int ns_snap_create(struct ns *ns, uint64_t dir, const char *name, struct ns_attr
 
 	if (ns->readonly)
 		return -EROFS;
-	rc = parse_snap_name(name, &file);
+	rc = ns_snap_name_parse(name, &file);
 	if (rc)
 		return rc;
 	snprintf(s.name, sizeof(s.name), "%s", name);
@@ -416,9 +383,9 @@ int ns_snap_rename(struct ns *ns, uint64_t dir, const char *name, const char *ne
 
 	if (ns->readonly)
 		return -EROFS;
-	rc = parse_snap_name(newname, &f2);
+	rc = ns_snap_name_parse(newname, &f2);
 	if (!rc)
-		rc = parse_snap_name(name, &f1);
+		rc = ns_snap_name_parse(name, &f1);
 	/* a volume snapshot stays one, of the same volume */
 	if (!rc && ((f1 == NULL) != (f2 == NULL) || (f1 && strcmp(f1, f2))))
 		rc = -EINVAL;
