@@ -21,8 +21,7 @@
 
 enum {
 	VE_DIRTY = 1u << 0,     /* changed since the last vol_collect() */
-	VE_ANC   = 1u << 1,     /* own entry: an ancestor's view holds data here */
-	VE_SEEN  = 1u << 2,     /* load only: the ancestor view was already decided */
+	VE_ANC   = 1u << 1,     /* own zero entry: its row must stay as a tombstone */
 	VE_FLAG_BITS = 3,
 };
 

@@ -25,9 +25,13 @@
  * generation of the node that holds it: an entry is the vol's own when its
  * generation is v->gen, inherited otherwise.  Taking a snapshot therefore
  * turns every entry into an inherited one by bumping v->gen, in constant
- * time.  An own entry also remembers whether an ancestor shows data at that
- * block (VE_ANC): zeroing it must then leave a tombstone row that masks the
- * ancestor; otherwise the row is simply deleted.
+ * time.  Zeroing a block whose row an ancestor might show through must
+ * leave a tombstone row; otherwise the row can simply be deleted.  "Might"
+ * is decided from the node alone: it has a parent and the block is below
+ * its inherit limit (may_inherit).  Asking whether the nearest ancestor
+ * holds data at that block is not safe: a background merge can move an
+ * ancestor's tombstone into this node, this volume then overwrites that
+ * row, and deleting it later would uncover an older ancestor's data.
  *
  * CONCURRENCY
  * v->lock (a rwlock) protects every field marked (L).  Readers copy the
@@ -81,6 +85,7 @@ struct vol {
 	uint64_t node;                  /* (L) node that own entries belong to */
 	uint32_t gen;                   /* (L) generation of own entries, >= 1 */
 	uint64_t inherit;               /* (L) node's inherit limit, blocks */
+	bool has_parent;                /* (L) node has a parent (or may have) */
 	bool inherit_changed;           /* (L) not yet collected */
 	bool size_changed;              /* (L) not yet collected */
 	uint64_t own_blocks;            /* (L) own entries holding data */
@@ -118,6 +123,16 @@ static struct chunk_loc ent_loc(const struct vmap_ent *e)
 	return (struct chunk_loc){ .chunk_id = e->chunk, .slot = e->slot, .cksum = e->cksum };
 }
 
+/*
+ * Could an ancestor show data at lblock, if v's node had no row for it?
+ * Merges only ever lower the inherit limit or drop the parent, so this
+ * can be stale only on the safe side.  Assumes v->lock.
+ */
+static bool may_inherit(const struct vol *v, uint64_t lblock)
+{
+	return v->has_parent && lblock < v->inherit;
+}
+
 /* Assumes v->lock is held for writing. */
 static int mark_dirty(struct vol *v, uint64_t lblock, struct vmap_ent *e)
 {
@@ -145,18 +160,13 @@ static int set_block(struct vol *v, uint64_t lblock, const struct chunk_loc *loc
 {
 	struct vmap_ent *cur = vmap_get(v->map, lblock);
 	struct vmap_ent ne = { .cksum = loc->cksum, .chunk = loc->chunk_id, .slot = loc->slot };
-	bool anc, was_dirty = cur && (ve_flags(cur) & VE_DIRTY);
+	bool anc = may_inherit(v, lblock), was_dirty = cur && (ve_flags(cur) & VE_DIRTY);
 	int rc;
 
 	if (!loc->chunk_id && !ent_has_data(cur))
 		return 0;               /* already reads as zeros */
-	if (cur && ent_own(v, cur)) {
-		anc = ve_flags(cur) & VE_ANC;
-		if (cur->chunk)
-			v->own_blocks--;
-	} else {
-		anc = ent_has_data(cur);
-	}
+	if (cur && ent_own(v, cur) && cur->chunk)
+		v->own_blocks--;
 	ne.gf = v->gen << VE_FLAG_BITS | (anc ? VE_ANC : 0) | (was_dirty ? VE_DIRTY : 0);
 	rc = vmap_put(v->map, lblock, &ne);
 	if (rc)
@@ -193,22 +203,17 @@ static int load_row(void *ctx, uint64_t lblock, const struct chunk_loc *loc)
 {
 	struct load *ld = ctx;
 	struct vol *v = ld->v;
-	struct vmap_ent *e, ne = { .cksum = loc->cksum, .chunk = loc->chunk_id, .slot = loc->slot };
+	struct vmap_ent ne = { .cksum = loc->cksum, .chunk = loc->chunk_id, .slot = loc->slot };
 
 	if (ld->own) {
 		ne.gf = v->gen << VE_FLAG_BITS;
 		if (loc->chunk_id)
 			ld->own_blocks++;
 	} else {
-		e = vmap_get(ld->map, lblock);
-		if (e) {
-			/* the nearest ancestor decides what an own entry masks */
-			if (ent_own(v, e) && !(ve_flags(e) & VE_SEEN))
-				e->gf |= VE_SEEN | (loc->chunk_id ? VE_ANC : 0);
-			return 0;
-		}
+		if (vmap_get(ld->map, lblock))
+			return 0;       /* a nearer node already decided this block */
 		/* inherited; a tombstone is kept too, it masks older ancestors */
-		ne.gf = VE_SEEN;
+		ne.gf = 0;
 	}
 	ld->rc = vmap_put(ld->map, lblock, &ne);
 	return ld->rc;
@@ -282,6 +287,7 @@ static int ensure_fresh(struct vol *v)
 			v->map = ld.map;
 			v->own_blocks = ld.own_blocks;
 			v->inherit = n.inherit;
+			v->has_parent = n.parent != 0;
 			atomic_store(&v->stale, false);
 		} else {
 			vlog(LOG_ERR, "%s: reloading the block map: %s", v->label, strerror(-rc));
@@ -332,6 +338,7 @@ int vol_open(struct chunk_store *cs, struct bmap *bm, uint64_t node, uint64_t si
 	if (rc)
 		goto fail;
 	v->inherit = n.inherit;
+	v->has_parent = n.parent != 0;
 	*out = v;
 	return 0;
 fail:
@@ -505,7 +512,7 @@ static int rmw_block(struct vol *v, uint64_t lblock, uint32_t boff, const void *
 
 	if (!blk)
 		return -ENOMEM;
-	for (;;) {
+	for (int gone = 0;;) {
 		struct chunk_loc old = { 0 }, nl = { 0 };
 		struct vmap_ent *e;
 		bool same;
@@ -518,6 +525,8 @@ static int rmw_block(struct vol *v, uint64_t lblock, uint32_t boff, const void *
 
 		if (old.chunk_id) {
 			rc = chunk_read(v->cs, &old, 1, blk, NULL);
+			if (rc == -ENOENT && !gone++)
+				continue;       /* GC moved it and removed the chunk: look again */
 			if (rc) {
 				log_bad_block(v, lblock, &old, rc);
 				rc = -EIO;
@@ -827,6 +836,7 @@ int vol_switch_node(struct vol *v, uint64_t node, uint64_t inherit)
 		v->node = node;
 		v->gen++;
 		v->inherit = inherit;
+		v->has_parent = true;
 		v->own_blocks = 0;
 	}
 	pthread_rwlock_unlock(&v->lock);
@@ -856,6 +866,7 @@ void vol_reset(struct vol *v, uint64_t node)
 	v->node = node;
 	v->gen++;
 	v->inherit = 0;
+	v->has_parent = false;
 	v->own_blocks = 0;
 	v->size = 0;
 	v->ndirty = 0;
@@ -875,6 +886,7 @@ int vol_attach(struct vol *v, uint64_t inherit, uint64_t size)
 		rc = -EBUSY;
 	} else {
 		v->inherit = inherit;
+		v->has_parent = true;
 		v->size = size;
 		atomic_store(&v->stale, true);
 	}

@@ -441,3 +441,47 @@ Test(vol, concurrent_partial_writes_into_one_block_lose_nothing, .timeout = 60)
 		cr_assert_eq(out[i], 'A' + (i / 512) % 4, "byte %d", i);
 	vol_close(v);
 }
+
+/*
+ * A block zeroed, the node's parent merged into it (a snapshot deleted in
+ * the background), then rewritten and zeroed again must read as zeros, not
+ * as an older ancestor's data: the zeroing must leave a tombstone.
+ */
+Test(vol, zeroing_after_a_merge_into_the_volume_never_uncovers_older_data)
+{
+	struct vol *v;
+	uint64_t n0 = new_node(0, 0), n1, n2;
+	uint8_t data[4096], zero[4096] = { 0 }, out[4096];
+
+	memset(data, 'o', sizeof(data));
+	cr_assert_eq(vol_open(cs, bm, n0, 0, false, "t", &v), 0);
+	cr_assert_eq(vol_write(v, data, 4096, 5 * 4096), 4096);   /* the old data */
+	vol_gate_close(v);
+	flush(v);
+	n1 = new_node(n0, 6);
+	cr_assert_eq(vol_switch_node(v, n1, 6), 0);              /* snapshot s1 keeps n0 */
+	vol_gate_open(v);
+	cr_assert_eq(vol_write(v, zero, 4096, 5 * 4096), 4096);   /* tombstone in n1 */
+	vol_gate_close(v);
+	flush(v);
+	n2 = new_node(n1, 6);
+	cr_assert_eq(vol_switch_node(v, n2, 6), 0);              /* snapshot s2 keeps n1 */
+	vol_gate_open(v);
+
+	/* s2 deleted: n1 folds into n2, its tombstone becomes n2's row */
+	cr_assert_eq(bmap_begin(bm), 0);
+	cr_assert_eq(bmap_node_merge(bm, n1, n2), 0);
+	cr_assert_eq(bmap_commit(bm), 0);
+
+	memset(data, 'n', sizeof(data));
+	cr_assert_eq(vol_write(v, data, 4096, 5 * 4096), 4096);   /* replaces that row */
+	flush(v);
+	cr_assert_eq(vol_punch(v, 5 * 4096, 4096), 0);
+	flush(v);
+	vol_close(v);
+
+	cr_assert_eq(vol_open(cs, bm, n2, 6 * 4096, false, "t", &v), 0);
+	cr_assert_eq(vol_read(v, out, 4096, 5 * 4096), 4096);
+	cr_assert_eq(memcmp(out, zero, 4096), 0, "block 5 shows '%c', an ancestor's data", out[0]);
+	vol_close(v);
+}
