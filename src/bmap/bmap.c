@@ -55,6 +55,7 @@
 #include <inttypes.h>
 #include <libgen.h>
 #include <limits.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -749,12 +750,17 @@ int bmap_open(const char *path, int readonly, struct bmap **out)
 	struct bmap *b;
 	sqlite3_int64 bs;
 	int flags, src, match, rc, i;
+	bool had_wal, had_shm;
 
 	*out = NULL;
 	b = calloc(1, sizeof(*b));
 	if (!b)
 		return -ENOMEM;
 	b->readonly = !!readonly;
+	/* What a refusal must leave as it found: a log left by a crash is
+	 * recovery data, and the checks below must not fold it in. */
+	had_wal = sidecar_exists(path, "-wal");
+	had_shm = sidecar_exists(path, "-shm");
 
 	/* Never SQLITE_OPEN_CREATE: a missing index is -ENOENT. */
 	flags = (readonly ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE) | SQLITE_OPEN_NOMUTEX;
@@ -763,6 +769,9 @@ int bmap_open(const char *path, int readonly, struct bmap **out)
 		rc = bmap_errno(b, src);
 		goto fail;
 	}
+	/* Until the checks pass, closing must not checkpoint the log into
+	 * the database (SQLite does that on the last close in WAL mode). */
+	sqlite3_db_config(b->db, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, NULL);
 	/* SQLite quietly falls back to read-only when the file is not
 	 * writable; we would only learn it at the first write. */
 	if (!readonly && sqlite3_db_readonly(b->db, "main") == 1) {
@@ -776,6 +785,7 @@ int bmap_open(const char *path, int readonly, struct bmap **out)
 		goto fail;
 
 	/* From here on we may write: the file is ours. */
+	sqlite3_db_config(b->db, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 0, NULL);
 	if (!readonly) {
 		rc = oneoff_text_is(b, "PRAGMA journal_mode = WAL", "wal", &match);
 		if (rc)
@@ -812,6 +822,11 @@ int bmap_open(const char *path, int readonly, struct bmap **out)
 
 fail:
 	bmap_free(b);
+	/* reading a WAL database creates these; a refusal leaves no trace */
+	if (!had_wal)
+		sidecar_unlink(path, "-wal");
+	if (!had_shm)
+		sidecar_unlink(path, "-shm");
 	return rc;
 }
 

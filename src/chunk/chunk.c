@@ -61,6 +61,7 @@
 
 #include "vsnapfs/chunk.h"
 #include "vsnapfs/cksum.h"
+#include "vsnapfs/log.h"
 
 #define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 
@@ -852,6 +853,7 @@ int chunk_read(struct chunk_store *cs, const struct chunk_loc *locs, uint32_t nb
 struct chunk_sync_item {
 	struct chunk_w *w;
 	int rc;
+	bool gone;                      /* the file was deleted under us */
 };
 
 /*
@@ -894,9 +896,20 @@ int chunk_sync(struct chunk_store *cs)
 
 	rc = chunk_fault_hit(cs, CHUNK_FAULT_SYNC);
 	for (size_t i = 0; i < n; i++) {
+		struct stat st;
+
 		items[i].rc = rc;
 		if (rc == 0 && fdatasync(items[i].w->fd) != 0)
 			items[i].rc = -errno;
+		/* Someone deleted the file under us: what it held is lost, and
+		 * syncing it again cannot help.  Fail this sync once, and let the
+		 * next appends go to a new file (see below). */
+		if (rc == 0 && !fstat(items[i].w->fd, &st) && st.st_nlink == 0) {
+			vlog(LOG_ERR, "chunk %016" PRIx64 " was deleted while in use: its blocks "
+			     "are lost; new data goes to a new chunk file", items[i].w->id);
+			items[i].rc = -EIO;
+			items[i].gone = true;
+		}
 	}
 	if (dir) {
 		dir_rc = rc;
@@ -910,7 +923,9 @@ int chunk_sync(struct chunk_store *cs)
 
 	pthread_mutex_lock(&cs->mu);
 	for (size_t i = 0; i < n; i++) {
-		if (items[i].rc)
+		if (items[i].gone)
+			items[i].w->nused = cs->nslots;    /* sealed: no more appends */
+		else if (items[i].rc)
 			items[i].w->dirty = true;
 		chunk_w_put_locked(cs, items[i].w);
 	}

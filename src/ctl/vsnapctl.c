@@ -1278,6 +1278,28 @@ static void check_nodes(struct model *m, struct report *r)
 	}
 }
 
+/*
+ * A chunk file's header (magic, version, block size, its own id, checksum)
+ * is checked when the chunk store first opens it for reading: read one
+ * block it holds.  A checksum mismatch of that block's data is scrub's to
+ * report; anything else means the file as a whole cannot be trusted.
+ */
+static void check_header(struct store *st, const struct rowref *row, struct report *r)
+{
+	struct chunk_loc loc = { .chunk_id = row->chunk, .slot = row->slot, .cksum = row->cksum };
+	uint8_t *buf = malloc(st->bs);
+	int rc;
+
+	if (!buf)
+		return;
+	rc = chunk_read(st->cs, &loc, 1, buf, NULL);
+	if (rc && rc != -EBADMSG)
+		PROBLEM(r, "chunks/%016" PRIx64 ".chunk: unreadable: %s", row->chunk,
+			rc == -EIO ? "damaged header (magic, version, block size, id or checksum) "
+				     "or a read error" : strerror(-rc));
+	free(buf);
+}
+
 /* The rows of one pass against the chunk files. */
 static void check_rows(struct model *m, const struct rowset *rs, const struct chunkfiles *cf,
 		       struct store *st, struct report *r)
@@ -1316,6 +1338,8 @@ static void check_rows(struct model *m, const struct rowset *rs, const struct ch
 				f->nslots, v[first_past].slot,
 				node_label(m, node_find(m, v[first_past].node), b1, sizeof(b1)),
 				v[first_past].lblock * st->bs);
+		if (a < z && v[a].slot < f->nslots)
+			check_header(st, &v[a], r);
 	}
 }
 
@@ -1567,7 +1591,7 @@ static int scrub_damaged(struct scrub *s, const struct rowref *row, int err)
 		}
 	}
 	why = err == -EBADMSG ? "checksum mismatch" : err == -ENOENT ? "chunk file missing" :
-	      err == -EIO ? "short chunk file or read error" : strerror(-err);
+	      err == -EIO ? "chunk file short, its header damaged, or a read error" : strerror(-err);
 	s->bad++;
 	if (json) {
 		printf("%s\n{\"path\":", s->bad > 1 ? "," : "");

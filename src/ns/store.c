@@ -20,6 +20,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
@@ -54,6 +55,33 @@ static int dir_is_empty(const char *dir)
 	return rc;
 }
 
+/* The pid holding an flock() on fd's file, from /proc/locks ("" if none). */
+static void lock_holder(int fd, char *pid, size_t len)
+{
+	char line[256];
+	struct stat st;
+	FILE *f;
+
+	pid[0] = 0;
+	if (fstat(fd, &st) || !(f = fopen("/proc/locks", "re")))
+		return;
+	while (fgets(line, sizeof(line), f)) {
+		unsigned maj, min;
+		unsigned long long ino;
+		char kind[16];
+		long p;
+
+		/* "1: FLOCK  ADVISORY  WRITE 1234 fd:00:5678 0 EOF" */
+		if (sscanf(line, "%*d: %15s %*s %*s %ld %x:%x:%llu", kind, &p, &maj, &min, &ino) == 5 &&
+		    !strcmp(kind, "FLOCK") && ino == st.st_ino && maj == major(st.st_dev) &&
+		    min == minor(st.st_dev)) {
+			snprintf(pid, len, "%ld", p);
+			break;
+		}
+	}
+	fclose(f);
+}
+
 /*
  * One daemon per store: flock() on the store directory itself, so that
  * deleting or replacing STORE/lock while mounted cannot let a second daemon
@@ -72,6 +100,10 @@ static int take_lock(struct ns *ns, char *msg, size_t msglen)
 		return rc;
 	}
 	snprintf(path, sizeof(path), "%s/lock", ns->dir);
+	/* a daemon that was just unmounted may still be closing the store:
+	 * give it a moment before calling the store taken */
+	for (int i = 0; i < 60 && flock(ns->dir_fd, LOCK_EX | LOCK_NB) && errno == EWOULDBLOCK; i++)
+		usleep(50000);
 	if (flock(ns->dir_fd, LOCK_EX | LOCK_NB) == 0) {
 		ns->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
 		if (ns->lock_fd < 0) {
@@ -92,8 +124,10 @@ static int take_lock(struct ns *ns, char *msg, size_t msglen)
 		close(fd);
 	pid[n > 0 ? n : 0] = 0;
 	pid[strcspn(pid, "\n")] = 0;
+	if (!pid[0])
+		lock_holder(ns->dir_fd, pid, sizeof(pid));
 	snprintf(msg, msglen, "store %s is already mounted by vsnapfs pid %s", ns->dir,
-		 pid[0] ? pid : "(unknown: its lock file is gone)");
+		 pid[0] ? pid : "(unknown)");
 	return -EEXIST;
 }
 
