@@ -1137,7 +1137,7 @@ static int rowset_scan(struct bmap *bm, struct rowset *rs, uint64_t lo)
 	rs->n = 0;
 	rs->seen = 0;
 	rc = bmap_rows_all(bm, rowset_add, rs);
-	if (!rc)
+	if (!rc && rs->n)               /* qsort(NULL, 0) is undefined */
 		qsort(rs->v, rs->n, sizeof(*rs->v), cmp_row);
 	return rc;
 }

@@ -205,7 +205,8 @@ static int copy_blocks(struct ns *ns, struct moves *mv)
 
 	if (!buf)
 		return -ENOMEM;
-	qsort(mv->m, mv->n, sizeof(mv->m[0]), cmp_move);
+	if (mv->n)                      /* qsort(NULL, 0) is undefined */
+		qsort(mv->m, mv->n, sizeof(mv->m[0]), cmp_move);
 	while (i < mv->n && !rc) {
 		size_t n = 0, first = i;
 

@@ -86,7 +86,8 @@ static int hold_freeze(struct ns *ns, struct holdset *hs)
 {
 	int rc = 0;
 
-	qsort(hs->h, hs->n, sizeof(hs->h[0]), cmp_held);
+	if (hs->n)                      /* qsort(NULL, 0) is undefined */
+		qsort(hs->h, hs->n, sizeof(hs->h[0]), cmp_held);
 	for (size_t i = 0; i < hs->n; i++)
 		vol_gate_close(hs->h[i].f->v);
 	for (size_t i = 0; i < hs->n && !rc; i++)
