@@ -1,0 +1,885 @@
+#!/bin/bash
+# vsnapfs benchmark: `make bench`, or tests/bench/run.sh [BUILD_DIR].
+# What it measures and how to read it: docs/performance.md.
+#
+# One run measures every target against the same fio jobs on the same
+# 4 GiB disk, one target after the other, so that the ratios come from one
+# machine state:
+#
+#   raw               a plain file, O_DIRECT                  (the disk)
+#   fuse-passthrough  build/bench/passthrough over that file  (FUSE ceiling)
+#   qsd-qcow2         qemu-storage-daemon FUSE export of a qcow2 overlay
+#                     over a fully written qcow2 base
+#   qsd-chain32       the same, top of a 32-deep chain, each layer owning a
+#                     different random 1/32 of the disk
+#   vsnapfs           a volume in a fresh store
+#   vsnapfs-depth64   a volume with 64 snapshots in its history, each
+#                     generation having written a different random 1/64
+#
+# then snapshot/clone/rmdir times, the daemon's memory on a 1 TiB volume
+# and the index size per GiB written.  Results: stdout, and
+# BUILD_DIR/bench/{results.md,results.json,chart.png,logs/}.
+#
+# Environment:
+#   BENCH_RUNTIME=15     seconds per fio job (the full run: 11-12 min)
+#   BENCH_DISK_GIB=4     disk size; ratios are only comparable at 4
+#   BENCH_BIG_GIB=8      the larger volume of the snapshot timings
+#   BENCH_SCATTER_GIB=4  data written at random over the 1 TiB volume
+#   BENCH_SETTLE_S=20    before each target, wait up to this long for a
+#                        quiet second on the (shared) host
+#   BENCH_TMPDIR=/var/tmp  where the disks go (not tmpfs: the page cache of
+#                        a tmpfs would be the "disk")
+#   BENCH_KEEP=1         keep the temp dir (several GiB) for inspection
+#
+# Every daemon runs in the foreground as our child; we keep its pid, stop
+# it with fusermount3 -u (SIGTERM for qemu-storage-daemon) and, from the
+# EXIT trap, kill only pids we started.  A job that fails, a daemon that
+# dies or exits non-zero, and every warning or error a daemon logs are
+# reported in the results ("Problems") and make the exit status 1.
+set -eEuo pipefail
+export LC_ALL=C
+
+T_START=$(date +%s)
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+B=${1:-$ROOT/build}
+B=$(cd "$B" && pwd)
+OUT=$B/bench
+RT=${BENCH_RUNTIME:-15}
+DISK_GIB=${BENCH_DISK_GIB:-4}
+BIG_GIB=${BENCH_BIG_GIB:-8}
+SCATTER_GIB=${BENCH_SCATTER_GIB:-4}
+SETTLE_S=${BENCH_SETTLE_S:-20}
+TMPBASE=${BENCH_TMPDIR:-/var/tmp}
+GIB=$((1 << 30))
+DISK=$((DISK_GIB * GIB))
+UNIT=65536                      # granularity of the layers' random pieces
+JOBS=(seqread seqwrite randread randwrite fsyncwrite)
+TARGETS=(raw fuse-passthrough qsd-qcow2 qsd-chain32 vsnapfs vsnapfs-depth64)
+
+log() { printf '[bench %4ss] %s\n' "$(($(date +%s) - T_START))" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+for v in RT DISK_GIB BIG_GIB SCATTER_GIB; do
+	[[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer, not '${!v}'"
+done
+[[ $SETTLE_S =~ ^[0-9]+$ ]] || die "BENCH_SETTLE_S must be a number of seconds, not '$SETTLE_S'"
+
+# ---- packages ----------------------------------------------------------------
+
+# What the bench needs beyond `make all`: fio (every job), qemu-utils
+# (qemu-img, qemu-io), qemu-system-common (qemu-storage-daemon),
+# gnuplot-nox (the chart), jq (fio's JSON), and a compiler and libfuse3's
+# headers for the pass-through.
+install_deps() {
+	local pkgs=(fio qemu-utils qemu-system-common gnuplot-nox jq fuse3 libfuse3-dev
+		    pkg-config build-essential) missing=() p st
+	for p in "${pkgs[@]}"; do
+		st=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null) || st=
+		[ "$st" = "install ok installed" ] || missing+=("$p")
+	done
+	[ ${#missing[@]} -eq 0 ] && return 0
+	if [ "$(id -u)" -ne 0 ]; then
+		die "missing Debian packages: ${missing[*]}; as root: apt-get install --no-install-recommends ${missing[*]}"
+	fi
+	log "installing ${missing[*]}"
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+}
+install_deps
+[ -c /dev/fuse ] || die "/dev/fuse is missing (modprobe fuse)"
+[ -x "$B/vsnapfs" ] || die "$B/vsnapfs is not built (make)"
+CLK_TCK=$(getconf CLK_TCK)
+
+mkdir -p "$OUT"
+PT=$OUT/passthrough
+if [ ! -x "$PT" ] || [ "$HERE/passthrough.c" -nt "$PT" ]; then
+	log "building $PT"
+	# shellcheck disable=SC2046
+	cc -O2 -g -std=gnu11 -Wall -Wextra -Werror -Wno-unused-parameter -D_FILE_OFFSET_BITS=64 \
+		$(pkg-config --cflags fuse3) -o "$PT" "$HERE/passthrough.c" \
+		$(pkg-config --libs fuse3) -lpthread
+fi
+
+# ---- state, cleanup ------------------------------------------------------------
+
+W=                      # the temp dir
+CHILD=                  # the foreground command running now (fio, cp, ...)
+HOLD=                   # fd holding a volume open, if any
+declare -A D_PID=()     # daemon name -> pid
+declare -A D_MNT=()     # daemon name -> mount point (a directory, or a file for qsd)
+declare -A D_KIND=()    # daemon name -> vsnapfs | passthrough | qsd
+declare -A D_LOG=()     # daemon name -> its stderr
+PROBLEMS=()
+FAILED=0
+
+problem() { log "PROBLEM: $*"; PROBLEMS+=("$*"); FAILED=1; }
+
+# True while pid is a live child of this shell (not a zombie, not a
+# stranger that reused the number).
+alive() {
+	local s
+	s=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+	s=${s##*) }
+	set -- $s
+	[ "$1" != Z ] && [ "$2" = "$$" ]
+}
+
+# wait_exit PID SECS: 0 once PID exited (status in WAIT_STATUS), 1 if not.
+wait_exit() {
+	local pid=$1 i
+	for ((i = 0; i < $2 * 10; i++)); do
+		alive "$pid" || break
+		sleep 0.1
+	done
+	alive "$pid" && return 1
+	WAIT_STATUS=0
+	wait "$pid" 2>/dev/null || WAIT_STATUS=$?
+	return 0
+}
+
+is_mounted() { findmnt -rn --mountpoint "$1" >/dev/null 2>&1; }
+
+cleanup() {
+	local rc=$? n pid
+	set +e
+	trap - EXIT INT TERM HUP
+	if [ -n "$CHILD" ] && alive "$CHILD"; then
+		kill -TERM "$CHILD" 2>/dev/null
+		wait_exit "$CHILD" 10 || { kill -KILL "$CHILD" 2>/dev/null; wait_exit "$CHILD" 5; }
+	fi
+	[ -n "$HOLD" ] && exec {HOLD}<&-
+	for n in "${!D_PID[@]}"; do
+		pid=${D_PID[$n]}
+		if [ "${D_KIND[$n]}" = qsd ] && alive "$pid"; then
+			kill -TERM "$pid" 2>/dev/null
+			wait_exit "$pid" 20
+		fi
+		if is_mounted "${D_MNT[$n]}"; then
+			timeout 30 fusermount3 -u "${D_MNT[$n]}" 2>/dev/null ||
+				fusermount3 -u -z "${D_MNT[$n]}" 2>/dev/null
+		fi
+		if ! wait_exit "$pid" 30; then
+			log "cleanup: $n (pid $pid) still running; SIGKILL"
+			kill -KILL "$pid" 2>/dev/null
+			wait_exit "$pid" 5
+		fi
+		is_mounted "${D_MNT[$n]}" && fusermount3 -u -z "${D_MNT[$n]}" 2>/dev/null
+	done
+	if [ -n "$W" ] && [ -d "$W" ]; then
+		mkdir -p "$OUT/logs"
+		cp "$W"/logs/* "$OUT/logs/" 2>/dev/null
+		if [ -n "${BENCH_KEEP:-}" ]; then
+			log "BENCH_KEEP set: leaving $W"
+		else
+			rm -rf --one-file-system "$W"
+		fi
+	fi
+	[ $rc -ne 0 ] && log "exit status $rc"
+	exit $rc
+}
+# Say which command failed when set -e ends the run.
+trap 'log "failed: line $LINENO: $BASH_COMMAND"' ERR
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+trap 'exit 129' HUP
+
+# fg [-q | -o FILE] CMD...: run CMD as a tracked child (so that a signal
+# ends it too), in the foreground; -q sends its stdout to /dev/null, -o
+# both its stdout and stderr to FILE.  Returns its status.  (Redirecting
+# the call instead would redirect this shell too, and so the messages of
+# a trap that runs meanwhile.)
+fg() {
+	local rc=0 out=
+	case $1 in
+	-q) out=/dev/null; shift ;;
+	-o) out=$2; shift 2 ;;
+	esac
+	if [ -z "$out" ]; then
+		"$@" &
+	elif [ "$out" = /dev/null ]; then
+		"$@" >/dev/null &
+	else
+		"$@" >"$out" 2>&1 &
+	fi
+	CHILD=$!
+	wait "$CHILD" || rc=$?
+	CHILD=
+	return $rc
+}
+
+now_ms() { echo $(($(date +%s%N) / 1000000)); }
+
+# ---- the temp dir ----------------------------------------------------------------
+
+mkdir -p "$TMPBASE"
+case $(stat -f -c %T "$TMPBASE") in
+tmpfs | ramfs) die "$TMPBASE is $(stat -f -c %T "$TMPBASE"); set BENCH_TMPDIR to a disk file system" ;;
+esac
+W=$(mktemp -d "$TMPBASE/vsnapfs-bench.XXXXXX")
+mkdir -p "$W/logs" "$W/json" "$W/bin"
+# Run a private copy of the daemon: a rebuild during the run (make in
+# another shell) must not change what is measured half-way.
+cp "$B/vsnapfs" "$W/bin/vsnapfs"
+VSNAPFS=$W/bin/vsnapfs
+BUILD="vsnapfs $("$VSNAPFS" --version 2>&1 | awk 'NR == 1 { print $2 }')"
+BUILD="$BUILD, binary sha256 $(sha256sum "$VSNAPFS" | cut -c1-12)"
+if rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null); then
+	BUILD="$BUILD, built from $rev"
+	if [ -n "$(git -C "$ROOT" status --porcelain -- src include Makefile 2>/dev/null)" ]; then
+		BUILD="$BUILD + uncommitted changes in src/include/Makefile"
+	fi
+fi
+log "$BUILD"
+# No stale results if this run fails half-way.
+rm -rf "$OUT/logs" "$OUT/results.md" "$OUT/results.json" "$OUT/chart.png" "$OUT/chart.dat"
+JOBS_TSV=$W/jobs.tsv    # target job status mb_s iops p99_ms sync_p99_ms cpu_s ios runtime_s
+			#   writeback_s other_cpus kthread_cpus
+KV_TSV=$W/kv.tsv        # table row column value
+: >"$JOBS_TSV"
+: >"$KV_TSV"
+: >"$W/joblog.tsv"      # target job line: what a daemon logged during a job
+kv() { printf '%s\t%s\t%s\t%s\n' "$@" >>"$KV_TSV"; }
+
+avail_gib() { echo $(($(df -B1 --output=avail "$W" | tail -n 1) / GIB)); }
+NEED=$((DISK_GIB * 5))
+[ "$(avail_gib)" -ge "$NEED" ] ||
+	die "$W: $(avail_gib) GiB free; the bench needs $NEED GiB (BENCH_DISK_GIB=$DISK_GIB)"
+log "work dir $W ($(stat -f -c %T "$W"), $(avail_gib) GiB free); $RT s per job," \
+    "${#TARGETS[@]} targets x ${#JOBS[@]} jobs"
+
+# ---- daemons -------------------------------------------------------------------
+
+# start NAME KIND MNT CMD...: start CMD (which must stay in the foreground)
+# and wait, 60 s at most, until MNT is mounted.  Sets MOUNT_MS.
+start() {
+	local name=$1 kind=$2 mnt=$3 t0 pid i
+	shift 3
+	D_LOG[$name]=$W/logs/$name.log
+	t0=$(now_ms)
+	"$@" >>"${D_LOG[$name]}" 2>&1 &
+	pid=$!
+	D_PID[$name]=$pid
+	D_MNT[$name]=$mnt
+	D_KIND[$name]=$kind
+	for ((i = 0; i < 3000; i++)); do
+		is_mounted "$mnt" && break
+		if ! alive "$pid"; then
+			wait_exit "$pid" 1
+			tail -n 20 "${D_LOG[$name]}" >&2
+			die "$name: $1 exited (status $WAIT_STATUS) before mounting $mnt"
+		fi
+		sleep 0.02
+	done
+	is_mounted "$mnt" || die "$name: $mnt not mounted after 60 s"
+	MOUNT_MS=$(($(now_ms) - t0))
+}
+
+# stop NAME: unmount, wait for the daemon to exit, check its status.
+stop() {
+	local name=$1 pid=${D_PID[$1]} mnt=${D_MNT[$1]} i err=
+	if ! alive "$pid"; then
+		wait_exit "$pid" 1
+		problem "$name: daemon pid $pid had died before unmount (status $WAIT_STATUS; log: logs/$name.log)"
+		fusermount3 -u -z "$mnt" 2>/dev/null || true
+	else
+		if [ "${D_KIND[$name]}" = qsd ]; then
+			kill -TERM "$pid"
+		else
+			for ((i = 0; ; i++)); do
+				err=$(timeout 30 fusermount3 -u "$mnt" 2>&1) && break
+				[ $i -lt 50 ] || { problem "$name: fusermount3 -u $mnt: $err"; break; }
+				sleep 0.1        # EBUSY right after the last close is transient
+			done
+		fi
+		stop_wait "$name" "$pid"
+	fi
+	is_mounted "$mnt" && fusermount3 -u -z "$mnt" 2>/dev/null
+	unset "D_PID[$name]" "D_MNT[$name]" "D_KIND[$name]"
+	return 0
+}
+
+stop_wait() {   # stop_wait NAME PID: the end of stop()
+	local name=$1 pid=$2
+	if ! wait_exit "$pid" 120; then
+		problem "$name: pid $pid still running 120 s after unmount; killed"
+		kill -KILL "$pid"
+		wait_exit "$pid" 10 || true
+	elif [ "$WAIT_STATUS" -ne 0 ]; then
+		problem "$name: daemon exited with status $WAIT_STATUS after unmount (log: logs/$name.log)"
+	fi
+	return 0
+}
+
+cpu_ticks() {
+	local s
+	s=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+	s=${s##*) }
+	set -- $s
+	echo $((${12} + ${13}))
+}
+
+rss_mib() {   # rss_mib PID FIELD (VmHWM, VmRSS)
+	awk -v f="$2:" '$1 == f { printf "%.1f", $2 / 1024 }' "/proc/$1/status"
+}
+
+# warm FILE...: read the backing files once, buffered, so that every FUSE
+# target starts with its data in the host page cache, as right after a fill;
+# then write back whatever the set-up left dirty (qemu-img convert does not
+# sync), so that no target's jobs pay for its own or a previous set-up.
+warm() {
+	fg -q cat "$@"
+	fg sync -f "$W"
+}
+
+# fill FILE SIZE: write FILE sequentially, 1 MiB O_DIRECT at QD8.
+fill() {
+	fg -q fio --name=fill --filename="$1" --size="$2" --bs=1m --rw=write --iodepth=8 \
+		--direct=1 --ioengine=libaio --fallocate=none --end_fsync=1 \
+		--output-format=terse
+}
+
+# first_read NAME FILE: time a cold open + one 4 KiB O_DIRECT read.
+first_read() {
+	local t0
+	t0=$(now_ms)
+	if fg timeout -k 5 300 dd if="$2" of=/dev/null bs=4k count=1 iflag=direct status=none; then
+		kv startup "$1" "first open + 4 KiB read, ms" "$(($(now_ms) - t0))"
+	else
+		problem "$1: the first open + 4 KiB O_DIRECT read of $2 failed"
+		kv startup "$1" "first open + 4 KiB read, ms" failed
+	fi
+}
+
+# ---- fio jobs ------------------------------------------------------------------
+
+job_args() {
+	case $1 in
+	seqread) echo "--rw=read --bs=1m --iodepth=1" ;;
+	seqwrite) echo "--rw=write --bs=1m --iodepth=1" ;;
+	randread) echo "--rw=randread --bs=4k --iodepth=16" ;;
+	randwrite) echo "--rw=randwrite --bs=4k --iodepth=16" ;;
+	fsyncwrite) echo "--rw=randwrite --bs=4k --iodepth=1 --fdatasync=1" ;;
+	esac
+}
+
+host_busy_ticks() {   # every CPU's non-idle time (user nice system irq softirq steal)
+	awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 + $9; exit }' /proc/stat
+}
+
+# kthread_snap FILE: CPU ticks of each of the kernel's threads (kthreadd
+# and its children: writeback, the file system's journal, kworkers), as
+# "pid starttime ticks".  kthread_ticks BEFORE AFTER: what they used in
+# between, thread by thread (kworkers come and go; a sum over whoever is
+# alive would go backwards when one exits).  A thread that exits in between
+# is lost, and its time lands in "other processes".
+kthread_snap() {
+	{ cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk '{
+		s = $0; sub(/^.*\) /, "", s); split(s, a, " ")
+		if (a[2] == 2 || $1 == 2) print $1, a[20], a[12] + a[13]
+	}' >"$1"
+}
+kthread_ticks() {
+	awk 'NR == FNR { t[$1 " " $2] = $3; next }
+	     { d += $3 - ((($1 " " $2) in t) ? t[$1 " " $2] : 0) }
+	     END { print d + 0 }' "$1" "$2"
+}
+
+# settle TARGET: the machine is shared; before a target's jobs, wait (at
+# most BENCH_SETTLE_S seconds) for a second in which the host's CPUs are
+# less than half busy, and record how long that took.
+settle() {
+	local t0 h0 h1 busy
+	t0=$(now_ms)
+	while [ "$SETTLE_S" -gt 0 ]; do
+		h0=$(host_busy_ticks)
+		sleep 1
+		h1=$(host_busy_ticks)
+		busy=$(awk -v h=$((h1 - h0)) -v t="$CLK_TCK" 'BEGIN { printf "%.2f", h / t }')
+		awk -v b="$busy" -v n="$(nproc)" 'BEGIN { exit !(b < n / 2) }' && break
+		if [ $(($(now_ms) - t0)) -ge $((SETTLE_S * 1000)) ]; then
+			log "$1: host still busy ($busy CPUs) after ${SETTLE_S} s; going on"
+			break
+		fi
+	done
+	kv startup "$1" "wait for a quiet host, s" "$(((($(now_ms) - t0) + 500) / 1000))"
+}
+
+# bench TARGET FILE [DAEMON]: the five jobs on FILE.  Around each job:
+# DAEMON's CPU time from /proc/PID/stat, the whole host's busy time from
+# /proc/stat, the kernel threads' (writeback and journal work, much of it
+# caused by the target), and the lines DAEMON logged meanwhile.  What
+# neither the daemon, fio nor a kernel thread used is "other processes":
+# the noise of a shared machine.
+bench() {
+	local target=$1 file=$2 name=${3:-} pid= log= job out c0 c1 h0 h1 t0 t1 l0 cpu dir rc wb
+	local mb iops p99 sp99 ios rts fio_cpu other kth
+	if [ -n "$name" ]; then
+		pid=${D_PID[$name]}
+		log=${D_LOG[$name]}
+	fi
+	settle "$target"
+	for job in "${JOBS[@]}"; do
+		out=$W/json/$target.$job.json
+		if [ -n "$pid" ] && ! alive "$pid"; then
+			problem "$target/$job: not run, the daemon (pid $pid) is gone"
+			printf '%s\t%s\tfailed\n' "$target" "$job" >>"$JOBS_TSV"
+			continue
+		fi
+		log "$target: $job (${RT} s)"
+		c0=0
+		if [ -n "$pid" ]; then c0=$(cpu_ticks "$pid"); fi
+		l0=0
+		if [ -n "$log" ]; then l0=$(wc -l <"$log"); fi
+		h0=$(host_busy_ticks)
+		kthread_snap "$W/kthreads.0"
+		t0=$(now_ms)
+		rc=0
+		# shellcheck disable=SC2046
+		fg -o "$out.stderr" timeout -k 10 $((RT + 300)) fio --name="$job" --filename="$file" \
+			--size="$DISK" --ioengine=libaio --direct=1 --time_based \
+			--runtime="$RT" --fallocate=none --lat_percentiles=1 \
+			$(job_args "$job") --output-format=json --output="$out" || rc=$?
+		t1=$(now_ms)
+		h1=$(host_busy_ticks)
+		kthread_snap "$W/kthreads.1"
+		c1=0
+		if [ -n "$pid" ]; then
+			c1=$(cpu_ticks "$pid") || {
+				problem "$target/$job: the daemon (pid $pid) died during the job"
+				c1=$c0
+			}
+		fi
+		if [ -n "$log" ]; then
+			tail -n +$((l0 + 1)) "$log" | while IFS= read -r l; do
+				printf '%s\t%s\t%s\n' "$target" "$job" "$l"
+			done >>"$W/joblog.tsv"
+		fi
+		# Write back what the job left dirty in the host page cache
+		# before the next job starts, and say how long that took: a
+		# target that defers its writes to the kernel pays here.
+		wb=$(now_ms)
+		fg sync -f "$W"
+		wb=$(awk -v ms=$(($(now_ms) - wb)) 'BEGIN { printf "%.1f", ms / 1000 }')
+		if [ $rc -ne 0 ]; then
+			problem "$target/$job: fio failed (status $rc): $(tail -n 3 "$out.stderr" | tr '\n' ' ')"
+			printf '%s\t%s\tfailed\n' "$target" "$job" >>"$JOBS_TSV"
+			continue
+		fi
+		cpu=
+		if [ -n "$pid" ]; then
+			cpu=$(awk -v a="$c0" -v b="$c1" -v t="$CLK_TCK" 'BEGIN { printf "%.2f", (b - a) / t }')
+		fi
+		case $job in *read) dir=read ;; *) dir=write ;; esac
+		# p99 of the whole I/O (lat_ns); for fsyncwrite also that of
+		# the fdatasync that follows each write.
+		read -r mb iops p99 sp99 ios rts fio_cpu < <(jq -r --arg d "$dir" --arg job "$job" '
+			.jobs[0] as $j | $j[$d] as $s |
+			(if $job == "fsyncwrite" then $j.sync.lat_ns.percentile["99.000000"]
+			 else null end) as $sp |
+			[ $s.bw_bytes / 1e6, $s.iops, $s.lat_ns.percentile["99.000000"] / 1e6,
+			  (if $sp == null then "-" else $sp / 1e6 end),
+			  $s.total_ios, $j.job_runtime / 1000,
+			  ($j.usr_cpu + $j.sys_cpu) / 100 * $j.job_runtime / 1000 ] | @tsv' "$out")
+		kth=$(kthread_ticks "$W/kthreads.0" "$W/kthreads.1")
+		read -r kth other < <(awk -v h=$((h1 - h0)) -v k="$kth" -v t="$CLK_TCK" \
+			-v d="${cpu:-0}" -v f="$fio_cpu" -v ms=$((t1 - t0)) 'BEGIN {
+			s = ms / 1000; o = (h - k) / t - d - f
+			printf "%.2f %.2f\n", k / t / s, (o < 0 ? 0 : o) / s }')
+		printf '%s\t%s\tok\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$target" "$job" \
+			"$mb" "$iops" "$p99" "$sp99" "${cpu:--}" "$ios" "$rts" "$wb" "$other" "$kth" \
+			>>"$JOBS_TSV"
+	done
+}
+
+# daemon_done NAME TABLE ROW: record the daemon's peak RSS, then stop it.
+daemon_done() {
+	local pid=${D_PID[$1]}
+	if alive "$pid"; then
+		kv "$2" "$3" "peak RSS (VmHWM), MiB" "$(rss_mib "$pid" VmHWM)"
+	fi
+	stop "$1"
+}
+
+# layout L SEED FILE: a random permutation of the disk's UNIT-sized pieces,
+# dealt to L layers: lines "layer piece", sorted.  mawk's printf %d stops at
+# 2^31, hence %.0f.
+layout() {
+	awk -v n=$((DISK / UNIT)) -v l="$1" -v seed="$2" 'BEGIN {
+		srand(seed)
+		for (i = 0; i < n; i++) a[i] = i
+		for (i = n - 1; i > 0; i--) { j = int(rand() * (i + 1)); t = a[i]; a[i] = a[j]; a[j] = t }
+		for (p = 0; p < n; p++) printf "%d %.0f\n", int(p / (n / l)), a[p]
+	}' | sort -k1,1n -k2,2n >"$3"
+}
+
+# index_kv ROW STORE GIB_WRITTEN: record the size of index.sqlite (+ its
+# WAL, if the daemon left one) per GiB written and per 4 KiB block written.
+index_kv() {
+	local f sum=0
+	for f in "$2/index.sqlite" "$2/index.sqlite-wal"; do
+		if [ -f "$f" ]; then sum=$((sum + $(stat -c %s "$f"))); fi
+	done
+	kv index "$1" "index size, MiB" "$(awk -v b=$sum 'BEGIN { printf "%.1f", b / 1048576 }')"
+	kv index "$1" "MiB per GiB written" "$(awk -v b=$sum -v g="$3" 'BEGIN { printf "%.2f", b / 1048576 / g }')"
+	kv index "$1" "bytes per 4 KiB block written" "$(awk -v b=$sum -v g="$3" 'BEGIN { printf "%.1f", b / (g * 262144) }')"
+}
+
+# ============================================================================
+# raw and fuse-passthrough: one plain file
+# ============================================================================
+
+mkdir -p "$W/raw"
+RAW=$W/raw/disk.raw
+log "raw: writing the $DISK_GIB GiB disk"
+t0=$(now_ms)
+truncate -s "$DISK" "$RAW"
+fill "$RAW" "$DISK"
+kv startup raw "setup, s" "$(((($(now_ms) - t0) + 500) / 1000))"
+bench raw "$RAW"
+
+log "fuse-passthrough: mounting $RAW"
+mkdir -p "$W/pt"
+t0=$(now_ms)
+warm "$RAW"
+start pt passthrough "$W/pt" "$PT" "$RAW" "$W/pt"
+kv startup fuse-passthrough "setup, s" "$(((($(now_ms) - t0) + 500) / 1000))"
+kv startup fuse-passthrough "mount, ms" "$MOUNT_MS"
+first_read fuse-passthrough "$W/pt/disk"
+exec {HOLD}<"$W/pt/disk"
+bench fuse-passthrough "$W/pt/disk" pt
+exec {HOLD}<&-
+HOLD=
+daemon_done pt startup fuse-passthrough
+
+# ============================================================================
+# qemu-storage-daemon: a qcow2 overlay over a full base, and a 32-deep chain
+# ============================================================================
+
+# qsd NAME DIR TOP: export DIR/TOP (qcow2, backing chain from its header)
+# on the regular file DIR/disk, the way the man page shows.
+qsd() {
+	: >"$2/disk"
+	start "$1" qsd "$2/disk" qemu-storage-daemon \
+		--blockdev "driver=file,node-name=f,filename=$2/$3" \
+		--blockdev driver=qcow2,node-name=q,file=f \
+		--export "type=fuse,id=e,node-name=q,mountpoint=$2/disk,writable=on"
+}
+
+log "qsd-qcow2: converting the disk into a qcow2 base, creating the overlay"
+mkdir -p "$W/qcow2"
+t0=$(now_ms)
+fg qemu-img convert -f raw -O qcow2 "$RAW" "$W/qcow2/base.qcow2"
+rm -f "$RAW"
+qemu-img create -q -f qcow2 -b "$W/qcow2/base.qcow2" -F qcow2 "$W/qcow2/top.qcow2"
+warm "$W/qcow2/base.qcow2"
+qsd qsd1 "$W/qcow2" top.qcow2
+kv startup qsd-qcow2 "setup, s" "$(((($(now_ms) - t0) + 500) / 1000))"
+kv startup qsd-qcow2 "mount, ms" "$MOUNT_MS"
+first_read qsd-qcow2 "$W/qcow2/disk"
+exec {HOLD}<"$W/qcow2/disk"
+bench qsd-qcow2 "$W/qcow2/disk" qsd1
+exec {HOLD}<&-
+HOLD=
+daemon_done qsd1 startup qsd-qcow2
+rm -rf "$W/qcow2"
+
+log "qsd-chain32: building 32 layers with qemu-img create -b and qemu-io"
+mkdir -p "$W/chain"
+t0=$(now_ms)
+layout 32 32 "$W/chain/layout"
+# One file of qemu-io commands per layer; each layer writes its own byte.
+awk -v u=$UNIT -v d="$W/chain" '{
+	printf "write -q -P %d %.0f %d\n", ($1 % 250) + 1, $2 * u, u > (d "/cmds." $1)
+}' "$W/chain/layout"
+prev=
+for ((g = 0; g < 32; g++)); do
+	f=$W/chain/l$g.qcow2
+	if [ -z "$prev" ]; then
+		qemu-img create -q -f qcow2 "$f" "$DISK"
+	else
+		qemu-img create -q -f qcow2 -b "$prev" -F qcow2 "$f"
+	fi
+	args=()
+	while IFS= read -r c; do args+=(-c "$c"); done <"$W/chain/cmds.$g"
+	fg -q qemu-io -t writeback -f qcow2 "${args[@]}" "$f"
+	prev=$f
+done
+depth=$(qemu-img info --backing-chain "$prev" | grep -c '^image:')
+[ "$depth" -eq 32 ] || die "qsd-chain32: the chain has $depth images, not 32"
+warm "$W"/chain/l*.qcow2
+qsd qsd32 "$W/chain" l31.qcow2
+kv startup qsd-chain32 "setup, s" "$(((($(now_ms) - t0) + 500) / 1000))"
+kv startup qsd-chain32 "mount, ms" "$MOUNT_MS"
+first_read qsd-chain32 "$W/chain/disk"
+exec {HOLD}<"$W/chain/disk"
+bench qsd-chain32 "$W/chain/disk" qsd32
+exec {HOLD}<&-
+HOLD=
+daemon_done qsd32 startup qsd-chain32
+rm -rf "$W/chain"
+
+# ============================================================================
+# vsnapfs: a fresh store, and a volume 64 snapshots deep
+# ============================================================================
+
+vs() { start "$1" vsnapfs "$3" "$VSNAPFS" -f "$2" "$3"; }
+
+log "vsnapfs: fresh store, writing the $DISK_GIB GiB volume"
+mkdir -p "$W/vs/mnt"
+t0=$(now_ms)
+vs vs1 "$W/vs/store" "$W/vs/mnt"
+truncate -s "$DISK" "$W/vs/mnt/vol"
+fill "$W/vs/mnt/vol" "$DISK"
+stop vs1                        # remount: the jobs start from a clean daemon
+warm "$W"/vs/store/chunks/*
+vs vs1 "$W/vs/store" "$W/vs/mnt"
+kv startup vsnapfs "setup, s" "$(((($(now_ms) - t0) + 500) / 1000))"
+kv startup vsnapfs "mount, ms" "$MOUNT_MS"
+first_read vsnapfs "$W/vs/mnt/vol"
+exec {HOLD}<"$W/vs/mnt/vol"
+bench vsnapfs "$W/vs/mnt/vol" vs1
+exec {HOLD}<&-
+HOLD=
+daemon_done vs1 startup vsnapfs
+rm -rf "$W/vs"
+
+log "vsnapfs-depth64: 64 generations of 1/64 of the disk, a snapshot after each"
+mkdir -p "$W/d64/mnt" "$W/d64/log"
+t0=$(now_ms)
+layout 64 64 "$W/d64/layout"
+V=$W/d64/mnt/vol
+awk -v u=$UNIT -v d="$W/d64/log" -v f="$V" '{
+	o = d "/gen." $1
+	if (!(o in seen)) { seen[o] = 1; print "fio version 2 iolog\n" f " add\n" f " open" > o }
+	printf "%s write %.0f %d\n", f, $2 * u, u > o
+} END { for (o in seen) print f " close" > o }' "$W/d64/layout"
+vs d64 "$W/d64/store" "$W/d64/mnt"
+truncate -s "$DISK" "$V"
+exec {HOLD}<"$V"                # a running VM keeps its disk open
+for ((g = 1; g <= 64; g++)); do
+	if ! fg -q fio --name="gen$g" --read_iolog="$W/d64/log/gen.$((g - 1))" \
+		--replay_no_stall=1 --ioengine=libaio --iodepth=16 --direct=1 --output-format=terse; then
+		problem "vsnapfs-depth64: the writes of generation $g failed; measured with $((g - 1)) snapshots"
+		break
+	fi
+	if ! mkdir "$W/d64/mnt/.snapshots/vol@g$g"; then
+		problem "vsnapfs-depth64: mkdir .snapshots/vol@g$g failed; measured with $((g - 1)) snapshots"
+		break
+	fi
+	if [ $((g % 16)) -eq 0 ]; then log "vsnapfs-depth64: $g generations"; fi
+done
+exec {HOLD}<&-
+HOLD=
+nsnap=$(find "$W/d64/mnt/.snapshots" -mindepth 1 -maxdepth 1 -name 'vol@g*' | wc -l)
+[ "$nsnap" -eq 64 ] || problem "vsnapfs-depth64: $nsnap snapshots listed, not 64"
+stop d64
+index_kv "64 generations of 1/64 of $DISK_GIB GiB, 64 snapshots" "$W/d64/store" "$DISK_GIB"
+warm "$W"/d64/store/chunks/*
+vs d64 "$W/d64/store" "$W/d64/mnt"
+kv startup vsnapfs-depth64 "setup, s" "$(((($(now_ms) - t0) + 500) / 1000))"
+kv startup vsnapfs-depth64 "mount, ms" "$MOUNT_MS"
+first_read vsnapfs-depth64 "$V"
+exec {HOLD}<"$V"
+bench vsnapfs-depth64 "$V" d64
+exec {HOLD}<&-
+HOLD=
+daemon_done d64 startup vsnapfs-depth64
+rm -rf "$W/d64"
+
+# ============================================================================
+# snapshot, clone and rmdir times; index size
+# ============================================================================
+
+# timed TABLE ROW COL CMD...: run CMD (120 s at most), record its time in ms.
+timed() {
+	local t0 rc=0 table=$1 row=$2 col=$3
+	shift 3
+	t0=$(now_ms)
+	fg timeout -k 5 120 "$@" || rc=$?
+	if [ $rc -ne 0 ]; then
+		problem "snapshot ops: '$*' failed (status $rc)"
+		kv "$table" "$row" "$col" failed
+		return 0
+	fi
+	kv "$table" "$row" "$col" "$(($(now_ms) - t0))"
+}
+
+chunks_mib() { du -sm "$1/chunks" | cut -f1; }
+
+log "snapshot ops: fresh store, 1 GiB and $BIG_GIB GiB volumes"
+mkdir -p "$W/ops/mnt"
+M=$W/ops/mnt
+vs ops "$W/ops/store" "$M"
+sizes=(1)
+if [ "$(avail_gib)" -ge $((BIG_GIB + 3)) ]; then
+	sizes+=("$BIG_GIB")
+else
+	problem "snapshot ops: $BIG_GIB GiB volume skipped, only $(avail_gib) GiB free"
+fi
+written=0
+for s in "${sizes[@]}"; do
+	truncate -s "${s}G" "$M/v$s"
+	fill "$M/v$s" "${s}g"
+	written=$((written + s))
+done
+stop ops
+index_kv "sequential 1 MiB writes ($(IFS=+; echo "${sizes[*]}") GiB)" "$W/ops/store" "$written"
+vs ops "$W/ops/store" "$M"
+for s in "${sizes[@]}"; do
+	col="$s GiB allocated"
+	t0=$(now_ms)
+	exec {HOLD}<"$M/v$s"        # the volume is in use, as by a running VM
+	kv ops "open the volume (map load), ms" "$col" "$(($(now_ms) - t0))"
+	timed ops "mkdir .snapshots/v@s, ms" "$col" mkdir "$M/.snapshots/v$s@s"
+	c0=$(chunks_mib "$W/ops/store")
+	timed ops "cp snapshot to clone (linked), ms" "$col" cp "$M/.snapshots/v$s@s/v$s" "$M/c$s"
+	grown=$(($(chunks_mib "$W/ops/store") - c0))
+	kv ops "store growth from the cp, MiB" "$col" "$grown"
+	if [ "$grown" -gt $((s * 1024 / 100 + 8)) ]; then
+		problem "snapshot ops: cp of a $s GiB snapshot grew the store by $grown MiB: a full copy, not a linked clone"
+	fi
+	timed ops "rm clone, ms" "$col" rm "$M/c$s"
+	timed ops "rmdir snapshot (merge into the volume), ms" "$col" rmdir "$M/.snapshots/v$s@s"
+	exec {HOLD}<&-
+	HOLD=
+	log "snapshot ops: $s GiB done"
+done
+daemon_done ops memory "snapshot-ops daemon (1 + $BIG_GIB GiB volumes open, snapshot, clone)"
+rm -rf "$W/ops"
+
+# ============================================================================
+# memory: a 1 TiB volume with 4 GiB written at scattered offsets
+# ============================================================================
+
+log "memory: 1 TiB volume, $SCATTER_GIB GiB of 4 KiB writes at random offsets"
+mkdir -p "$W/mem/mnt"
+M=$W/mem/mnt
+vs mem "$W/mem/store" "$M"
+truncate -s 1T "$M/big"
+t0=$(now_ms)
+fg -q fio --name=scatter --filename="$M/big" --size=1t --io_size="${SCATTER_GIB}g" --bs=4k --rw=randwrite \
+	--norandommap --randrepeat=1 --iodepth=16 --direct=1 --ioengine=libaio \
+	--fallocate=none --end_fsync=1 --output-format=terse
+kv memory "1 TiB volume: writing daemon, after $SCATTER_GIB GiB scattered" "peak RSS (VmHWM), MiB" \
+	"$(rss_mib "${D_PID[mem]}" VmHWM)"
+log "memory: scattered writes took $((($(now_ms) - t0) / 1000)) s"
+stop mem
+index_kv "4 KiB writes scattered over 1 TiB ($SCATTER_GIB GiB)" "$W/mem/store" "$SCATTER_GIB"
+vs mem "$W/mem/store" "$M"
+t0=$(now_ms)
+exec {HOLD}<"$M/big"
+row="1 TiB volume: fresh daemon, after open + ${RT} s of random 4 KiB reads"
+kv memory "$row" "open (map load), ms" "$(($(now_ms) - t0))"
+fg -q fio --name=readback --filename="$M/big" --size=1t --bs=4k --rw=randread --iodepth=16 \
+	--direct=1 --ioengine=libaio --time_based --runtime="$RT" --output-format=terse
+kv memory "$row" "peak RSS (VmHWM), MiB" "$(rss_mib "${D_PID[mem]}" VmHWM)"
+kv memory "$row" "RSS now, MiB" "$(rss_mib "${D_PID[mem]}" VmRSS)"
+exec {HOLD}<&-
+HOLD=
+stop mem
+rm -rf "$W/mem"
+
+# ============================================================================
+# report
+# ============================================================================
+
+# Everything a daemon said at warning level or worse is worth a look.
+for f in "$W"/logs/*.log; do
+	{ grep -iE 'warn|error|crit|fail|abort|assert|sanitizer|corrupt' "$f" || true; } |
+		head -n 5 | while IFS= read -r l; do echo "$(basename "$f" .log): $l"; done
+done >"$W/daemon-warnings"
+while IFS= read -r l; do problem "daemon log: $l"; done <"$W/daemon-warnings"
+
+ELAPSED=$(($(date +%s) - T_START))
+DATE=$(date -u '+%Y-%m-%d %H:%M UTC')
+printf '%s\n' "${PROBLEMS[@]}" | sed '/^$/d' >"$W/problems"
+HOST="$(nproc) CPUs, $(awk '/MemTotal/ { printf "%.0f GiB RAM", $2 / 1048576 }' /proc/meminfo)"
+HOST="$HOST, kernel $(uname -r), $(stat -f -c %T "$W") on $(df --output=source "$W" | tail -n 1)"
+
+awk -v date="$DATE" -v elapsed="$ELAPSED" -v rt="$RT" -v disk="$DISK_GIB" -v host="$HOST" \
+    -v build="$BUILD" \
+    -v targets="${TARGETS[*]}" -v jobs="${JOBS[*]}" -v ratios_out="$W/ratios.tsv" \
+    -v problems="$W/problems" -f "$HERE/report.awk" \
+    "$JOBS_TSV" "$KV_TSV" "$W/joblog.tsv" >"$OUT/results.md"
+
+# results.json: the same numbers, unformatted.
+jq -n --arg date "$DATE" --argjson elapsed "$ELAPSED" --argjson rt "$RT" \
+      --argjson disk "$DISK_GIB" --arg host "$HOST" --arg build "$BUILD" \
+      --rawfile jobs "$JOBS_TSV" --rawfile kv "$KV_TSV" --rawfile ratios "$W/ratios.tsv" \
+      --rawfile problems "$W/problems" --rawfile joblog "$W/joblog.tsv" '
+	def rows($s): $s | split("\n") | map(select(length > 0) | split("\t"));
+	def num: if . == null or . == "" or . == "-" then null else (tonumber? // .) end;
+	{ date: $date, command: "make bench", runtime_per_job_s: $rt, disk_gib: $disk,
+	  host: $host, build: $build, elapsed_s: $elapsed,
+	  units: { mb_s: "10^6 bytes/s", p99_ms: "ms, fio completion latency (lat_ns) p99",
+		   sync_p99_ms: "ms, p99 of fdatasync (fsyncwrite only)",
+		   cpu_s: "daemon utime+stime during the job",
+		   writeback_s: "syncfs of the host file system right after the job",
+		   other_cpus: "CPUs used by processes other than the daemon, fio and kernel threads during the job (noise)",
+		   kthread_cpus: "CPUs used by kernel threads (writeback, journal, kworkers) during the job" },
+	  jobs: [ rows($jobs)[] | { target: .[0], job: .[1], status: .[2],
+		  mb_s: (.[3] | num), iops: (.[4] | num), p99_ms: (.[5] | num),
+		  sync_p99_ms: (.[6] | num), cpu_s: (.[7] | num), ios: (.[8] | num),
+		  runtime_s: (.[9] | num), writeback_s: (.[10] | num),
+		  other_cpus: (.[11] | num), kthread_cpus: (.[12] | num) } ],
+	  daemon_log_during_jobs: [ rows($joblog)[] | { target: .[0], job: .[1], line: .[2] } ],
+	  ratios: [ rows($ratios)[] | { job: .[0], ratio: .[1], throughput: (.[2] | num),
+		    p99: (.[3] | num), cpu_per_io: (.[4] | num) } ],
+	  tables: (reduce rows($kv)[] as $r ({}; .[$r[0]][$r[1]][$r[2]] = ($r[3] | num))),
+	  problems: (rows($problems) | map(.[0])) }' >"$OUT/results.json"
+
+# chart.png: MB/s of the sequential jobs, IOPS of the random ones, log scale.
+awk -F'\t' -v targets="${TARGETS[*]}" -v jobs="${JOBS[*]}" '
+	$3 == "ok" { v[$1, $2] = ($2 ~ /^seq/) ? $4 : $5 }
+	END {
+		nt = split(targets, t, " "); nj = split(jobs, j, " ")
+		printf "job"; for (i = 1; i <= nt; i++) printf "\t%s", t[i]; print ""
+		for (k = 1; k <= nj; k++) {
+			printf "%s", j[k]
+			for (i = 1; i <= nt; i++) printf "\t%s", ((t[i], j[k]) in v) ? v[t[i], j[k]] : "?"
+			print ""
+		}
+	}' "$JOBS_TSV" >"$OUT/chart.dat"
+head -n 3 "$OUT/chart.dat" >"$W/seq.dat"
+{ head -n 1 "$OUT/chart.dat"; tail -n +4 "$OUT/chart.dat"; } >"$W/rand.dat"
+# Bar k of 6 in a cluster sits at x + (k - 2.5) / 7 (cluster gap 1); the
+# value is printed above each bar.
+gnuplot <<EOF
+set terminal pngcairo size 1500,650 font "DejaVu Sans,11"
+set output "$OUT/chart.png"
+set datafile separator "\t"
+set datafile missing "?"
+set style data histogram
+set style histogram cluster gap 1
+set style fill solid 0.9 border rgb "#333333"
+set boxwidth 0.95
+set logscale y
+set format y "%.0f"
+set grid ytics
+set key outside bottom center horizontal
+set xtics scale 0
+array C[6] = ["#9e9e9e", "#4d4d4d", "#9ecae1", "#2171b5", "#fdae6b", "#d94801"]
+set multiplot layout 1,2 title "vsnapfs bench, ${DATE}: ${DISK_GIB} GiB disk, ${RT} s per job, log scale, higher is better"
+set title "sequential 1 MiB, QD1"
+set ylabel "MB/s"
+set xrange [-0.55:1.55]
+set yrange [10:20000]
+plot for [i=2:7] "$W/seq.dat" using i:xtic(1) title columnheader(i) lc rgb C[i-1], \
+     for [i=2:7] "$W/seq.dat" using (\$0 + (i - 4.5) / 7.0):i:(sprintf("%.0f", column(i))) \
+	 every ::1 with labels rotate by 90 left offset 0,0.4 font ",8" notitle
+set title "random 4 KiB, QD16 (fsyncwrite: QD1, fdatasync after each)"
+set ylabel "IOPS"
+set xrange [-0.55:2.55]
+set yrange [100:1000000]
+plot for [i=2:7] "$W/rand.dat" using i:xtic(1) title columnheader(i) lc rgb C[i-1], \
+     for [i=2:7] "$W/rand.dat" using (\$0 + (i - 4.5) / 7.0):i:(sprintf("%.0f", column(i))) \
+	 every ::1 with labels rotate by 90 left offset 0,0.4 font ",8" notitle
+unset multiplot
+EOF
+
+cat "$OUT/results.md"
+log "done in $((ELAPSED / 60)) min $((ELAPSED % 60)) s; results in $OUT/results.md, results.json, chart.png"
+[ $FAILED -eq 0 ] || log "there were problems: see \"Problems\" in $OUT/results.md"
+exit $FAILED
