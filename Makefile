@@ -114,7 +114,8 @@ tsan:
 bench: all
 	@tests/bench/run.sh $(B)
 
-demo: all
+demo: deps
+	@$(MAKE) --no-print-directory all
 	@tests/demo.sh $(B)
 
 install: all
