@@ -24,9 +24,9 @@
  * Threads:    a struct bmap is NOT thread-safe: the caller serializes every
  *             call on one handle (the namespace layer holds its mutex).
  *             Several processes may open one index (one writer, readers).
- * Callbacks:  fn of dir_list, orphan_list, row_foreach, chunk_refs and
- *             chunk_rows runs while the walk is under way: it must not call
- *             bmap_* on the same handle (an assert stops the process).
+ * Callbacks:  the fn of every call that takes one (the list, walk and
+ *             scan calls) runs while the walk is under way: it must not
+ *             call bmap_* on the same handle (an assert stops the process).
  * Durability: a change is durable when bmap_commit() returns 0
  *             (synchronous=FULL).  Outside bmap_begin()/bmap_commit() every
  *             call is its own transaction.
@@ -138,10 +138,6 @@ int bmap_row_count(struct bmap *b, uint64_t node, uint64_t *count);
 /* For garbage collection and check: fn(ctx, chunk_id, nrefs) for every chunk
  * referenced by at least one row, increasing chunk_id. */
 int bmap_chunk_refs(struct bmap *b, int (*fn)(void *ctx, uint64_t chunk_id, uint64_t nrefs),
-		    void *ctx);
-/* Every row pointing into chunk_id: fn(ctx, node, lblock, loc). */
-int bmap_chunk_rows(struct bmap *b, uint64_t chunk_id,
-		    int (*fn)(void *ctx, uint64_t node, uint64_t lblock, const struct chunk_loc *loc),
 		    void *ctx);
 
 /* ---- snapshots (format 1 includes these tables) --------------------------

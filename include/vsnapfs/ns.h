@@ -18,8 +18,8 @@
  *             Lock order: ns.flush_mu -> ns.db_mu -> ns.files_mu -> vol lock.
  * Durability: ns_fsync() makes every write to the file that returned before
  *             it durable, with its size; metadata changes (create, mkdir,
- *             rename, unlink, chmod of a closed file) are durable when they
- *             return.  Everything else within a second (the flusher).
+ *             rename, unlink, chmod, chown, utimens, snapshots, clones) are
+ *             durable when they return.  Everything else within a second (the flusher).
  */
 #ifndef VSNAPFS_NS_H
 #define VSNAPFS_NS_H

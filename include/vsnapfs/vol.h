@@ -119,7 +119,6 @@ void vol_relocate(struct vol *v, uint64_t lblock, const struct chunk_loc *from,
 /* The index lowered the inherit limit of v's node (a merge): follow it. */
 void vol_inherit_lower(struct vol *v, uint64_t limit);
 
-uint64_t vol_inherit(struct vol *v);
 /* Does v map any block (own or inherited) at lblock >= from? */
 bool vol_maps_from(struct vol *v, uint64_t from);
 

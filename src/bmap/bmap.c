@@ -12,7 +12,7 @@
  * transaction: it is one bind/step/reset of a cached UPSERT, nothing else.
  *
  * Walks.  bmap_dir_list(), bmap_orphan_list(), bmap_row_foreach() and
- * bmap_chunk_rows() call fn while their statement is active.  fn must not
+ * bmap_rows_all() call fn while their statement is active.  fn must not
  * call into the same handle; b->walking turns that mistake into an assert
  * failure instead of a silently reset cursor.  bmap_chunk_refs() calls fn
  * after its scan, but keeps the same rule so that callers need only one.
@@ -32,7 +32,8 @@
  * with 1,000,000 rows in one transaction).  bmap_chunk_refs()
  * therefore scans the table once and counts in a small hash table keyed by
  * chunk id (memory grows with the number of chunks, not of rows; a GROUP BY
- * would sort every row), and bmap_chunk_rows() is a full scan.
+ * would sort every row), and the rows of given chunks come from one scan
+ * of every row (bmap_rows_all()), never from a scan per chunk.
  *
  * Opening without writing.  bmap_open() reads application_id, user_version
  * and quick_check before it runs any pragma that could write (journal_mode),
@@ -185,7 +186,6 @@ enum bmap_st {
 	ST_ROW_FOREACH,
 	ST_ROW_COUNT,
 	ST_CHUNK_SCAN,
-	ST_CHUNK_ROWS,
 	ST_ROWS_ALL,
 	ST_ROW_RELOCATE,
 	ST_ROW_RANGE,
@@ -268,7 +268,6 @@ static const char *const bmap_st_sql[ST_COUNT] = {
 				" WHERE node = ?1 AND lblock < ?2 ORDER BY lblock",
 	[ST_ROW_COUNT]        = "SELECT count(*) FROM bmap WHERE node = ?1 AND chunk <> 0",
 	[ST_CHUNK_SCAN]       = "SELECT chunk FROM bmap WHERE chunk <> 0",
-	[ST_CHUNK_ROWS]       = "SELECT node, lblock, chunk, slot, cksum FROM bmap WHERE chunk = ?1",
 	[ST_ROWS_ALL]         = "SELECT node, lblock, chunk, slot, cksum FROM bmap WHERE chunk <> 0",
 	[ST_ROW_RELOCATE]     = "UPDATE bmap SET chunk = ?5, slot = ?6"
 				" WHERE node = ?1 AND lblock = ?2 AND chunk = ?3 AND slot = ?4",
@@ -1413,16 +1412,6 @@ int bmap_chunk_refs(struct bmap *b, int (*fn)(void *ctx, uint64_t chunk_id, uint
 out:
 	free(t.e);
 	return rc;
-}
-
-int bmap_chunk_rows(struct bmap *b, uint64_t chunk_id,
-		    int (*fn)(void *ctx, uint64_t node, uint64_t lblock, const struct chunk_loc *loc),
-		    void *ctx)
-{
-	sqlite3_stmt *s = bmap_stmt(b, ST_CHUNK_ROWS);
-
-	bind_i64(s, 1, u64_bits(chunk_id));
-	return walk_node_rows(b, s, fn, ctx);
 }
 
 int bmap_rows_all(struct bmap *b,

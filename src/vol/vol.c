@@ -916,8 +916,6 @@ void vol_inherit_lower(struct vol *v, uint64_t limit)
 	pthread_rwlock_unlock(&v->lock);
 }
 
-uint64_t vol_inherit(struct vol *v) { return LOCKED_GET(v, v->inherit); }
-
 bool vol_maps_from(struct vol *v, uint64_t from)
 {
 	uint64_t key;

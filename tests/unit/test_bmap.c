@@ -1055,37 +1055,6 @@ Test(bmap, chunk_refs_handles_many_chunks)
 	bmap_close(b);
 }
 
-Test(bmap, chunk_rows_lists_every_row_of_one_chunk)
-{
-	struct bmap *b = make_index(4096);
-	struct chunk_loc l;
-	struct seen s = { .n = 0 };
-
-	l = loc(4, 0, 0xaaaaaaaaaaaaaaaaull);
-	cr_assert_eq(bmap_row_put(b, 1, 10, &l), 0);
-	l = loc(4, 1, 2);
-	cr_assert_eq(bmap_row_put(b, 2, 20, &l), 0);
-	l = loc(5, 0, 3);
-	cr_assert_eq(bmap_row_put(b, 1, 11, &l), 0);
-
-	cr_assert_eq(bmap_chunk_rows(b, 4, collect_chunk_row, &s), 0);
-	cr_assert_eq(s.n, 2);
-	/* A full scan returns rows in (node, lblock) order. */
-	cr_assert_eq(s.a[0], 1);
-	cr_assert_eq(s.b[0], 10);
-	cr_assert_eq(s.l[0].chunk_id, 4);
-	cr_assert_eq(s.l[0].slot, 0);
-	cr_assert_eq(s.l[0].cksum, 0xaaaaaaaaaaaaaaaaull);
-	cr_assert_eq(s.a[1], 2);
-	cr_assert_eq(s.b[1], 20);
-	cr_assert_eq(s.l[1].slot, 1);
-
-	memset(&s, 0, sizeof(s));
-	cr_assert_eq(bmap_chunk_rows(b, 77, collect_chunk_row, &s), 0);
-	cr_assert_eq(s.n, 0);
-	bmap_close(b);
-}
-
 /* ---- snapshots ---------------------------------------------------------- */
 
 static struct bmap_snap make_snap(uint64_t sdir, const char *name, int64_t created_ns)
