@@ -9,7 +9,8 @@
  *
  * Every open of the store starts a new chunk for appends: a chunk written by
  * an earlier daemon is never appended to again, so a torn tail left by a
- * crash is simply never referenced by the index and is ignored.
+ * crash is simply never referenced by the index and is ignored.  A new
+ * chunk may be made from a spare: a removed chunk file kept for reuse.
  *
  * Errors:     calls returning int return 0 or a negative errno.
  * Ownership:  buffers stay the caller's; nothing is kept after return.
@@ -90,9 +91,22 @@ uint64_t chunk_next_id(struct chunk_store *cs);
 int chunk_foreach(struct chunk_store *cs,
 		  int (*fn)(void *ctx, uint64_t chunk_id, uint32_t nslots), void *ctx);
 
-/* Delete a chunk file (never the active one: -EBUSY).  Readers that already
+/* Delete a chunk file (never the active one: -EBUSY), or keep it as a spare
+ * (chunk_spares_enable); its id is gone either way.  Readers that already
  * hold it open finish their read first. */
 int chunk_remove(struct chunk_store *cs, uint64_t chunk_id);
+
+/*
+ * Keep up to max removed chunk files in dir (created if missing) as spares,
+ * and make new chunk files from them (see "Spares" in src/chunk/chunk.c).
+ * Spares an earlier open left in dir are adopted, up to max; the rest are
+ * deleted.  Call at most once, right after chunk_store_open(); without it
+ * chunk_remove() unlinks.  max == 0 does nothing.
+ */
+int chunk_spares_enable(struct chunk_store *cs, const char *dir, uint32_t max);
+
+/* Bytes held by spare files: space the store will fill before it grows. */
+uint64_t chunk_spare_bytes(struct chunk_store *cs);
 
 /*
  * Fault injection for tests: the next "after" calls of op succeed, then every

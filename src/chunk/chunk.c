@@ -37,6 +37,17 @@
  * and saves a reference count.  The cache is bounded by half the fd limit
  * and evicts round-robin.
  *
+ * Spares.  A removed chunk file may be kept, renamed to <spare_dir>/%016llx.spare,
+ * instead of unlinked, and the next new chunk is then made from it: renamed
+ * to the new id and given a new header before its first slot is handed out.
+ * Its old slots are never read again: rows name chunks by id, and ids are
+ * never reused.  Overwriting the pages of a file that has them costs the
+ * host file system no block allocation, no page-cache allocation and no
+ * journal commit at fdatasync; appending to a new file costs all three (see
+ * docs/design.md, "Spare chunk files").  A crash leaves a spare either where
+ * it was or under its new name with whatever header; no row names it, and
+ * garbage collection removes it like any unreferenced chunk.
+ *
  * Lock order: sync_mu -> mu.  fd_lock is never held together with another
  * lock.  Slow I/O runs with no mutex held; the exception is creating a chunk
  * file (an open and one 4 KiB write per 64 MiB of data), done under mu so
@@ -80,6 +91,7 @@
 #define CHUNK_NAME_HEX       16u
 #define CHUNK_NAME_SUFFIX    ".chunk"
 #define CHUNK_NAME_LEN       (CHUNK_NAME_HEX + sizeof(CHUNK_NAME_SUFFIX) - 1)
+#define SPARE_NAME_SUFFIX    ".spare"   /* as long as CHUNK_NAME_SUFFIX */
 
 #define BLOCK_SIZE_MIN       4096u
 #define BLOCK_SIZE_MAX       (1u << 20)
@@ -130,7 +142,20 @@ struct chunk_store {
 	size_t rfd_evict_pos;           /* fd_lock (exclusive): round-robin eviction cursor */
 	uint64_t rfd_gen;               /* fd_lock: bumped by every chunk_remove() */
 
+	int spare_dirfd;                /* const after chunk_spares_enable(); -1: no spares */
+	uint32_t spare_max;             /* const after chunk_spares_enable() */
+	struct chunk_spare *spares;     /* mu: a stack, newest last; spare_max entries */
+	uint32_t nspares;               /* mu: entries in use */
+	uint32_t spare_pending;         /* mu: removals renaming a file into a spare */
+	uint64_t spare_seq;             /* mu: number of the next spare file */
+	uint64_t spare_bytes;           /* mu: sum of the spares' sizes */
+
 	struct chunk_fault fault[CHUNK_FAULT_NOPS];
+};
+
+struct chunk_spare {                    /* a removed chunk file kept for reuse */
+	uint64_t seq;                   /* its name: %016llx.spare */
+	uint64_t bytes;                 /* its size */
 };
 
 struct chunk_run {                      /* part of one append that lands in one chunk */
@@ -177,6 +202,11 @@ static uint64_t le64_get(const uint8_t *p)
 static void chunk_name(char name[CHUNK_NAME_LEN + 1], uint64_t id)
 {
 	snprintf(name, CHUNK_NAME_LEN + 1, "%016" PRIx64 CHUNK_NAME_SUFFIX, id);
+}
+
+static void spare_name(char name[CHUNK_NAME_LEN + 1], uint64_t seq)
+{
+	snprintf(name, CHUNK_NAME_LEN + 1, "%016" PRIx64 SPARE_NAME_SUFFIX, seq);
 }
 
 /* Only the exact form we create counts: 16 lower-case hex digits, ".chunk",
@@ -400,6 +430,37 @@ static void chunk_w_put_locked(struct chunk_store *cs, struct chunk_w *w)
 	chunk_w_reap_locked(cs, w);
 }
 
+/*
+ * Turn the newest spare into chunk file "name" and open it for writing: its
+ * fd, or -1 (errno set) when there is no spare or the rename failed; the
+ * caller then creates the file.  A spare whose rename failed is forgotten
+ * (it stays in the spare directory until the next open adopts it).  Assumes
+ * mu is held.
+ */
+static int spare_take_locked(struct chunk_store *cs, const char *name)
+{
+	char sname[CHUNK_NAME_LEN + 1];
+	struct chunk_spare sp;
+	int fd;
+
+	if (cs->nspares == 0) {
+		errno = ENOENT;
+		return -1;
+	}
+	sp = cs->spares[--cs->nspares];
+	cs->spare_bytes -= sp.bytes;
+	spare_name(sname, sp.seq);
+	if (renameat2(cs->spare_dirfd, sname, cs->dirfd, name, RENAME_NOREPLACE) != 0) {
+		vlog(LOG_WARNING, "spare chunk file %s: cannot reuse it: %s", sname,
+		     strerror(errno));
+		return -1;
+	}
+	fd = openat(cs->dirfd, name, O_RDWR | O_CLOEXEC);
+	if (fd < 0)             /* leave it: unreferenced, GC removes it */
+		vlog(LOG_WARNING, "chunk %s: cannot open it: %s", name, strerror(errno));
+	return fd;
+}
+
 /* Create the next chunk file and make it active.  Assumes mu is held. */
 static int chunk_w_create_locked(struct chunk_store *cs)
 {
@@ -418,7 +479,9 @@ static int chunk_w_create_locked(struct chunk_store *cs)
 	/* Spent whatever happens next: a file may now exist under this id. */
 	cs->next_id = id + 1;
 
-	fd = openat(cs->dirfd, name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	fd = spare_take_locked(cs, name);
+	if (fd < 0)
+		fd = openat(cs->dirfd, name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
 	if (fd < 0) {
 		rc = -errno;
 		goto fail_free;
@@ -652,6 +715,7 @@ int chunk_store_open(const char *dir, uint32_t block_size, uint64_t min_next_id,
 	cs->block_size = block_size;
 	cs->nslots = CHUNK_NSLOTS(block_size);
 	cs->rfd_open_max = chunk_rfd_open_max();
+	cs->spare_dirfd = -1;
 	for (int op = 0; op < CHUNK_FAULT_NOPS; op++) {
 		atomic_init(&cs->fault[op].err, 0);
 		atomic_init(&cs->fault[op].left, 0);
@@ -719,11 +783,118 @@ void chunk_store_close(struct chunk_store *cs)
 		if (cs->rfds[i].fd >= 0)
 			close(cs->rfds[i].fd);
 	free(cs->rfds);
+	if (cs->spare_dirfd >= 0)
+		close(cs->spare_dirfd);
+	free(cs->spares);
 	close(cs->dirfd);
 	pthread_rwlock_destroy(&cs->fd_lock);
 	pthread_mutex_destroy(&cs->mu);
 	pthread_mutex_destroy(&cs->sync_mu);
 	free(cs);
+}
+
+/* --- spares ---------------------------------------------------------------- */
+
+/* Parse "%016llx.spare"; like chunk_name_parse, only the exact form counts. */
+static bool spare_name_parse(const char *name, uint64_t *seq)
+{
+	char buf[CHUNK_NAME_LEN + 1];
+	size_t len = strlen(name);
+
+	if (len != CHUNK_NAME_LEN || strcmp(name + CHUNK_NAME_HEX, SPARE_NAME_SUFFIX) != 0)
+		return false;
+	memcpy(buf, name, CHUNK_NAME_HEX);
+	memcpy(buf + CHUNK_NAME_HEX, CHUNK_NAME_SUFFIX, sizeof(CHUNK_NAME_SUFFIX));
+	return chunk_name_parse(buf, seq);
+}
+
+/* Adopt the spares an earlier daemon left, up to spare_max; delete the
+ * rest.  Assumes nothing else uses cs yet. */
+static int spare_adopt(struct chunk_store *cs)
+{
+	struct dirent *de;
+	int fd, rc = 0;
+	DIR *d;
+
+	fd = openat(cs->spare_dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	d = fdopendir(fd);
+	if (!d) {
+		rc = -errno;
+		close(fd);
+		return rc;
+	}
+	while ((errno = 0, de = readdir(d))) {
+		struct stat st;
+		uint64_t seq;
+
+		if (!spare_name_parse(de->d_name, &seq) ||
+		    fstatat(cs->spare_dirfd, de->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0 ||
+		    !S_ISREG(st.st_mode))
+			continue;
+		if (seq >= cs->spare_seq)
+			cs->spare_seq = seq + 1;
+		if (cs->nspares == cs->spare_max || st.st_size <= (off_t)CHUNK_HEADER_BYTES) {
+			unlinkat(cs->spare_dirfd, de->d_name, 0);
+			continue;
+		}
+		cs->spares[cs->nspares++] = (struct chunk_spare){ seq, (uint64_t)st.st_size };
+		cs->spare_bytes += (uint64_t)st.st_size;
+	}
+	if (errno)
+		rc = -errno;
+	closedir(d);
+	return rc;
+}
+
+int chunk_spares_enable(struct chunk_store *cs, const char *dir, uint32_t max)
+{
+	int rc;
+
+	if (cs->spare_dirfd >= 0)
+		return -EBUSY;
+	if (max == 0)
+		return 0;
+	if (mkdir(dir, 0700) != 0 && errno != EEXIST)
+		return -errno;
+	cs->spares = calloc(max, sizeof(*cs->spares));
+	if (!cs->spares)
+		return -ENOMEM;
+	cs->spare_dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (cs->spare_dirfd < 0) {
+		rc = -errno;
+		goto fail;
+	}
+	cs->spare_max = max;
+	cs->spare_seq = 1;
+	rc = spare_adopt(cs);
+	if (rc == 0)
+		return 0;
+	close(cs->spare_dirfd);
+	cs->spare_dirfd = -1;
+fail:
+	free(cs->spares);
+	cs->spares = NULL;
+	cs->nspares = 0;
+	cs->spare_bytes = 0;
+	return rc;
+}
+
+/* *field, read under mu. */
+static uint64_t mu_get(struct chunk_store *cs, const uint64_t *field)
+{
+	uint64_t v;
+
+	pthread_mutex_lock(&cs->mu);
+	v = *field;
+	pthread_mutex_unlock(&cs->mu);
+	return v;
+}
+
+uint64_t chunk_spare_bytes(struct chunk_store *cs)
+{
+	return mu_get(cs, &cs->spare_bytes);
 }
 
 /* --- append / read / sync -------------------------------------------------- */
@@ -952,12 +1123,7 @@ uint64_t chunk_active_id(struct chunk_store *cs)
 
 uint64_t chunk_next_id(struct chunk_store *cs)
 {
-	uint64_t id;
-
-	pthread_mutex_lock(&cs->mu);
-	id = cs->next_id;
-	pthread_mutex_unlock(&cs->mu);
-	return id;
+	return mu_get(cs, &cs->next_id);
 }
 
 /* fn runs with no lock held: a garbage collector calls chunk_remove() from
@@ -1001,6 +1167,27 @@ int chunk_foreach(struct chunk_store *cs,
 }
 
 /*
+ * Rename chunk file "name" to spare sp->seq and set sp->bytes to its size
+ * (0 when it was not kept).  0, or a negative errno (-ENOENT: no such
+ * chunk).  Assumes fd_lock is held exclusive.
+ */
+static int spare_keep(struct chunk_store *cs, const char *name, struct chunk_spare *sp)
+{
+	char sname[CHUNK_NAME_LEN + 1];
+	struct stat st;
+
+	if (fstatat(cs->dirfd, name, &st, AT_SYMLINK_NOFOLLOW) != 0)
+		return -errno;
+	if (!S_ISREG(st.st_mode) || st.st_size <= (off_t)CHUNK_HEADER_BYTES)
+		return -EINVAL;         /* nothing worth keeping: unlink it */
+	spare_name(sname, sp->seq);
+	if (renameat2(cs->dirfd, name, cs->spare_dirfd, sname, RENAME_NOREPLACE) != 0)
+		return -errno;
+	sp->bytes = (uint64_t)st.st_size;
+	return 0;
+}
+
+/*
  * -EBUSY also for a sealed chunk that an append is still writing or a sync
  * is still syncing: closing its fd under them would be a use after close.
  * A dirty but idle writer is dropped with its file: nothing is left to sync.
@@ -1011,6 +1198,8 @@ int chunk_remove(struct chunk_store *cs, uint64_t chunk_id)
 {
 	char name[CHUNK_NAME_LEN + 1];
 	struct chunk_w **pp, *w = NULL;
+	struct chunk_spare sp = { 0 };
+	bool keep;
 	size_t i;
 	int rc = 0;
 
@@ -1029,6 +1218,13 @@ int chunk_remove(struct chunk_store *cs, uint64_t chunk_id)
 			*pp = w->next;
 		}
 	}
+	/* A place among the spares is taken now, as mu and fd_lock are never
+	 * held together. */
+	keep = !rc && cs->spare_dirfd >= 0 && cs->nspares + cs->spare_pending < cs->spare_max;
+	if (keep) {
+		cs->spare_pending++;
+		sp.seq = cs->spare_seq++;
+	}
 	pthread_mutex_unlock(&cs->mu);
 	if (rc)
 		return rc;
@@ -1044,9 +1240,24 @@ int chunk_remove(struct chunk_store *cs, uint64_t chunk_id)
 	i = rfd_lower_bound(cs, chunk_id);
 	if (i < cs->nrfds && cs->rfds[i].id == chunk_id)
 		rfd_delete(cs, i);
-	if (unlinkat(cs->dirfd, name, 0) != 0)
-		rc = -errno;
+	if (keep)
+		rc = spare_keep(cs, name, &sp);
+	if (!keep || (rc && rc != -ENOENT)) {
+		rc = 0;
+		if (unlinkat(cs->dirfd, name, 0) != 0)
+			rc = -errno;
+	}
 	cs->rfd_gen++;
 	pthread_rwlock_unlock(&cs->fd_lock);
+
+	if (keep) {
+		pthread_mutex_lock(&cs->mu);
+		cs->spare_pending--;
+		if (sp.bytes) {
+			cs->spares[cs->nspares++] = sp;
+			cs->spare_bytes += sp.bytes;
+		}
+		pthread_mutex_unlock(&cs->mu);
+	}
 	return rc;
 }

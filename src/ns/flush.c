@@ -19,7 +19,12 @@
  * The background thread flushes every flush_ms, evicts clean volumes
  * nobody has open, deletes unlinked volumes, releases map nodes nothing
  * needs, and runs garbage collection (src/ns/gc.c) after deletions, when
- * space runs low, and every gc_interval seconds (30 by default).
+ * space runs low, every gc_interval seconds (30 by default), and after
+ * every GC_AFTER_CHUNKS new chunk files, since overwrites make garbage as
+ * fast as they write.  That last trigger is paced: a pass scans the whole
+ * index, so the next one waits GC_PACE times as long as that scan took,
+ * and so do the passes that follow one that found work; this keeps a big
+ * store's collector to a fraction of one CPU.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -30,6 +35,8 @@
 #include "ns/ns_int.h"
 #include "vsnapfs/log.h"
 
+#define GC_AFTER_CHUNKS 4               /* new chunk files (256 MiB) that call for a pass */
+#define GC_PACE         3               /* wait after a paced pass, in units of its scan time */
 
 /* Files with anything to write, each with a reference taken. */
 static int gather(struct ns *ns, struct held **out, size_t *n)
@@ -344,7 +351,9 @@ int ns_reap_all(struct ns *ns)
 void *ns_bg_main(void *arg)
 {
 	struct ns *ns = arg;
-	int64_t last_gc = 0;
+	int64_t last_gc = 0, gc_ns = 0;     /* start and scan time of the last pass */
+	uint64_t gc_chunk = 0;              /* next chunk id at its start */
+	bool more = false;                  /* it did work: there may be more */
 
 	pthread_mutex_lock(&ns->bg_mu);
 	while (!ns->bg_stop) {
@@ -364,15 +373,17 @@ void *ns_bg_main(void *arg)
 		evict_clean(ns);
 		ns_reap_all(ns);
 		now = ns_now_ns();
-		/* after deletions at once, otherwise every 30 s for overwritten chunks */
-		if (atomic_load(&ns->gc_wanted) || now - last_gc > (int64_t)ns->gc_interval_s * 1000000000) {
+		if (atomic_load(&ns->gc_wanted) ||
+		    now - last_gc > (int64_t)ns->gc_interval_s * 1000000000 ||
+		    ((more || chunk_next_id(ns->cs) - gc_chunk >= GC_AFTER_CHUNKS) &&
+		     now - last_gc - gc_ns >= GC_PACE * gc_ns)) {
 			int rc;
 
 			atomic_store(&ns->gc_wanted, false);
-			rc = ns_gc(ns);
-			/* did work: there may be more, go on at the next tick */
-			if (rc > 0 || rc == -EAGAIN)
-				atomic_store(&ns->gc_wanted, true);
+			gc_chunk = chunk_next_id(ns->cs);
+			rc = ns_gc(ns, &gc_ns);
+			/* did work: there may be more, go on when the pace allows */
+			more = rc > 0 || rc == -EAGAIN;
 			last_gc = now;
 		}
 		pthread_mutex_lock(&ns->bg_mu);

@@ -312,20 +312,24 @@ static int compact(struct ns *ns, struct gc *g, uint64_t *moved)
 
 /* ---- a pass ------------------------------------------------------------------ */
 
-int ns_gc(struct ns *ns)
+int ns_gc(struct ns *ns, int64_t *work_ns)
 {
 	struct gc g = { .ns = ns };
 	uint64_t removed = 0, moved = 0;
+	int64_t start;
 	int rc;
 
+	*work_ns = 0;
 	rc = barrier(ns, &g);
 	if (rc)
 		return rc;
+	start = ns_now_ns();
 	rc = chunk_foreach(ns->cs, gc_add_chunk, &g);
 	if (!rc)
 		rc = g.rc;
 	if (!rc)
 		rc = bmap_chunk_refs(ns->bm_scan, gc_add_refs, &g);
+	*work_ns = ns_now_ns() - start;
 	if (!rc)
 		rc = compact(ns, &g, &moved);
 	for (size_t i = 0; i < g.n && !rc; i++) {
@@ -336,7 +340,7 @@ int ns_gc(struct ns *ns)
 	}
 	if (removed || moved)
 		vlog(LOG_INFO, "gc: moved %" PRIu64 " live block(s), removed %" PRIu64
-		     " chunk file(s)", moved, removed);
+		     " chunk file(s) in %.2f s", moved, removed, (ns_now_ns() - start) / 1e9);
 	if (rc && rc != -EAGAIN)
 		vlog(LOG_ERR, "gc: %s", strerror(-rc));
 	free(g.c);

@@ -854,7 +854,8 @@ ssize_t ns_read(struct ns *ns, struct ns_file *f, void *buf, size_t len, uint64_
 }
 
 /*
- * May len more bytes of data be written?  Free space is measured at most
+ * May len more bytes of data be written?  Free space (spare chunk files
+ * included: they are filled first) is measured at most
  * every 100 ms or 8 MiB of writes; in between, what was written counts as
  * used.  Below the reserve data writes get ENOSPC while the index, which
  * needs the room to record deletions, keeps working.
@@ -868,7 +869,8 @@ static bool space_ok(struct ns *ns, size_t len)
 		struct statvfs st;
 
 		if (statvfs(ns->dir, &st) == 0) {
-			atomic_store(&ns->space_free, (int64_t)(st.f_bavail * st.f_frsize));
+			atomic_store(&ns->space_free, (int64_t)(st.f_bavail * st.f_frsize +
+								chunk_spare_bytes(ns->cs)));
 			atomic_store(&ns->space_used, 0);
 			atomic_store(&ns->space_when_ns, now);
 			used = 0;
@@ -948,8 +950,14 @@ int ns_fsync(struct ns *ns, struct ns_file *f)
 
 int ns_statfs(struct ns *ns, struct statvfs *out)
 {
+	uint64_t spare;
+
 	if (statvfs(ns->dir, out))
 		return -errno;
+	/* spare chunk files are filled before the store grows: free space */
+	spare = ns->cs ? chunk_spare_bytes(ns->cs) / out->f_frsize : 0;
+	out->f_bfree += spare;
+	out->f_bavail += spare;
 	out->f_namemax = BMAP_NAME_MAX;
 	return 0;
 }

@@ -18,6 +18,7 @@
 #include "vsnapfs/vol.h"
 
 #define NS_FILE_BUCKETS 1024
+#define NS_SPARE_CHUNKS 64      /* removed chunk files kept for reuse, at most */
 
 /*
  * One volume in use: shared by every open handle of it, and kept after the
@@ -170,7 +171,8 @@ void *ns_bg_main(void *arg);
 int ns_reap_all(struct ns *ns);
 
 /* gc.c: one garbage-collection pass (background thread only): 1 if it
- * moved or removed something (there may be more), 0 if not, or -errno. */
-int ns_gc(struct ns *ns);
+ * moved or removed something (there may be more), 0 if not, or -errno.
+ * *work_ns: how long its scans of the index and the chunk files took. */
+int ns_gc(struct ns *ns, int64_t *work_ns);
 
 #endif

@@ -241,6 +241,27 @@ static int note_recovery(struct ns *ns, bool created)
 	return rc;
 }
 
+/* Size of the file system the store is on; 0 if unknown. */
+static uint64_t fs_bytes(const struct ns *ns)
+{
+	struct statvfs sv;
+
+	return statvfs(ns->dir, &sv) == 0 ? (uint64_t)sv.f_blocks * sv.f_frsize : 0;
+}
+
+/*
+ * How many removed chunk files to keep for reuse (see src/chunk/chunk.c):
+ * enough for the seconds of sequential writing between two garbage
+ * collection passes, but never more than 1/64 of the file system, so that
+ * one under 4 GiB keeps none.
+ */
+static uint32_t spare_max(const struct ns *ns)
+{
+	uint64_t n = fs_bytes(ns) / 64 / (CHUNK_HEADER_BYTES + CHUNK_MAX_BYTES);
+
+	return n < NS_SPARE_CHUNKS ? (uint32_t)n : NS_SPARE_CHUNKS;
+}
+
 int ns_open(const char *dir, const struct ns_opts *opts, struct ns **out, bool *created,
 	    char *msg, size_t msglen)
 {
@@ -336,19 +357,12 @@ int ns_open(const char *dir, const struct ns_opts *opts, struct ns **out, bool *
 			goto fail;
 		}
 	}
-	{
-		struct statvfs sv;
-		int64_t fs_bytes = 0;
-
-		if (statvfs(ns->dir, &sv) == 0)
-			fs_bytes = (int64_t)(sv.f_blocks * sv.f_frsize);
-		/* 1% of the file system, at least 16 MiB, at most 1 GiB */
-		ns->space_reserve = fs_bytes / 100;
-		if (ns->space_reserve < (16 << 20))
-			ns->space_reserve = 16 << 20;
-		if (ns->space_reserve > (1 << 30))
-			ns->space_reserve = 1 << 30;
-	}
+	/* 1% of the file system, at least 16 MiB, at most 1 GiB */
+	ns->space_reserve = (int64_t)(fs_bytes(ns) / 100);
+	if (ns->space_reserve < (16 << 20))
+		ns->space_reserve = 16 << 20;
+	if (ns->space_reserve > (1 << 30))
+		ns->space_reserve = 1 << 30;
 	if (bmap_meta_get(ns->bm, "next_chunk_id", &next_chunk) == 0 && next_chunk == 0)
 		next_chunk = 1;
 
@@ -357,6 +371,14 @@ int ns_open(const char *dir, const struct ns_opts *opts, struct ns **out, bool *
 	if (rc) {
 		snprintf(msg, msglen, "%s: cannot open chunk store: %s", path, strerror(-rc));
 		goto fail;
+	}
+	if (!ns->readonly) {
+		snprintf(path, sizeof(path), "%s/spare", ns->dir);
+		rc = chunk_spares_enable(ns->cs, path, spare_max(ns));
+		if (rc) {
+			snprintf(msg, msglen, "%s: %s", path, strerror(-rc));
+			goto fail;
+		}
 	}
 	/* volumes unlinked while open when the last daemon stopped */
 	if (!ns->readonly) {

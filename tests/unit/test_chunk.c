@@ -790,3 +790,123 @@ Test(chunk, reads_of_more_chunks_than_the_fd_limit_allows_still_succeed)
 			assert_reads(cs, bs, &locs[i], i);
 	chunk_store_close(cs);
 }
+
+/* --- spares ------------------------------------------------------------------ */
+
+static ino_t file_ino(const char *path)
+{
+	struct stat st;
+
+	cr_assert_eq(stat(path, &st), 0, "stat %s: %s", path, strerror(errno));
+	return st.st_ino;
+}
+
+static int count_spares(const char *dir)
+{
+	char path[512];
+	int n = 0;
+
+	for (uint64_t seq = 1; seq < 64; seq++) {
+		snprintf(path, sizeof(path), "%s/%016" PRIx64 ".spare", dir, seq);
+		n += access(path, F_OK) == 0;
+	}
+	return n;
+}
+
+/* Fill chunk files with MiB blocks (64 per chunk) until the active one is
+ * chunk "upto"; returns the loc of the last block, seeded with seed0 + i. */
+static struct chunk_loc fill_until(struct chunk_store *cs, uint64_t upto, uint64_t seed0)
+{
+	struct chunk_loc last = { 0 };
+
+	for (uint64_t i = 0; last.chunk_id < upto; i++)
+		last = append_one(cs, MiB, seed0 + i);
+	return last;
+}
+
+Test(chunk, a_removed_chunk_becomes_a_spare_and_the_next_chunk_reuses_its_file)
+{
+	const uint32_t bs = MiB;
+	char spare_dir[256], path[256];
+	struct chunk_store *cs = open_store(bs, 0);
+	struct chunk_loc a, b, c;
+	uint8_t *back = malloc(bs);
+	ino_t ino1;
+
+	snprintf(spare_dir, sizeof(spare_dir), "%s/spare", g_tmp);
+	cr_assert_eq(chunk_spares_enable(cs, spare_dir, 1), 0);
+	cr_assert_eq(chunk_spare_bytes(cs), 0);
+	a = append_one(cs, bs, 1);
+	cr_assert_eq(a.chunk_id, 1);
+	fill_until(cs, 2, 100);                 /* chunk 1 full, chunk 2 active */
+	b = append_one(cs, bs, 7);
+	cr_assert_eq(chunk_sync(cs), 0);
+	chunk_path(path, sizeof(path), 1);
+	ino1 = file_ino(path);
+
+	/* removal keeps the file (one spare allowed), under a spare name */
+	cr_assert_eq(chunk_remove(cs, 1), 0);
+	cr_assert_not(chunk_file_exists(1));
+	cr_assert_eq(chunk_read(cs, &a, 1, back, NULL), -ENOENT);
+	cr_assert_eq(chunk_remove(cs, 1), -ENOENT);
+	cr_assert_eq(count_spares(spare_dir), 1);
+	cr_assert_eq(chunk_spare_bytes(cs), CHUNK_HEADER_BYTES + CHUNK_MAX_BYTES);
+
+	/* the next chunk is that file, with its own id and header */
+	fill_until(cs, 3, 1000);
+	c = append_one(cs, bs, 9);
+	cr_assert_eq(c.chunk_id, 3);
+	chunk_path(path, sizeof(path), 3);
+	cr_assert_eq(file_ino(path), ino1, "chunk 3 was not made from the spare");
+	cr_assert_eq(count_spares(spare_dir), 0);
+	cr_assert_eq(chunk_spare_bytes(cs), 0);
+	cr_assert_eq(chunk_sync(cs), 0);
+	assert_reads(cs, bs, &c, 9);            /* also checks the header names id 3 */
+	assert_reads(cs, bs, &b, 7);
+	cr_assert_eq(chunk_read(cs, &a, 1, back, NULL), -ENOENT);
+
+	/* and it stays readable from a new open, which validates the header */
+	chunk_store_close(cs);
+	cs = open_store(bs, 0);
+	assert_reads(cs, bs, &c, 9);
+	free(back);
+	chunk_store_close(cs);
+}
+
+Test(chunk, spares_are_bounded_and_adopted_by_the_next_open)
+{
+	const uint32_t bs = MiB;
+	char spare_dir[256];
+	struct chunk_store *cs = open_store(bs, 0);
+
+	snprintf(spare_dir, sizeof(spare_dir), "%s/spare", g_tmp);
+	cr_assert_eq(chunk_spares_enable(cs, spare_dir, 2), 0);
+	cr_assert_eq(chunk_spares_enable(cs, spare_dir, 2), -EBUSY);
+	fill_until(cs, 4, 0);
+	cr_assert_eq(chunk_sync(cs), 0);
+	for (uint64_t id = 1; id <= 3; id++) {
+		cr_assert_eq(chunk_remove(cs, id), 0);
+		cr_assert_not(chunk_file_exists(id));
+	}
+	cr_assert_eq(count_spares(spare_dir), 2, "the third removal must unlink");
+	cr_assert_eq(chunk_spare_bytes(cs), 2 * (uint64_t)(CHUNK_HEADER_BYTES + CHUNK_MAX_BYTES));
+	chunk_store_close(cs);
+
+	/* a smaller limit next time: one is adopted, the other deleted */
+	cs = open_store(bs, 0);
+	cr_assert_eq(chunk_spares_enable(cs, spare_dir, 1), 0);
+	cr_assert_eq(count_spares(spare_dir), 1);
+	cr_assert_eq(chunk_spare_bytes(cs), CHUNK_HEADER_BYTES + CHUNK_MAX_BYTES);
+	fill_until(cs, 5, 0);                   /* chunk 5, the first of this open */
+	cr_assert_eq(count_spares(spare_dir), 0);
+	cr_assert(chunk_file_exists(5));
+	chunk_store_close(cs);
+
+	/* without chunk_spares_enable, removal unlinks as before */
+	cs = open_store(bs, 0);
+	fill_until(cs, 7, 0);
+	cr_assert_eq(chunk_remove(cs, 5), 0);
+	cr_assert_not(chunk_file_exists(5));
+	cr_assert_eq(count_spares(spare_dir), 0);
+	chunk_store_close(cs);
+}
