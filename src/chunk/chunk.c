@@ -322,6 +322,23 @@ static int cmp_u64(const void *a, const void *b)
 	return (x > y) - (x < y);
 }
 
+/* A DIR of our own on dirfd's directory: the store's dirfds are shared and
+ * a DIR's offset is not. */
+static int dir_stream(int dirfd, DIR **out)
+{
+	int fd = openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC), rc;
+
+	if (fd < 0)
+		return -errno;
+	*out = fdopendir(fd);
+	if (!*out) {
+		rc = -errno;
+		close(fd);
+		return rc;
+	}
+	return 0;
+}
+
 /* The ids of every chunk file in the directory, sorted; *idsp is the
  * caller's to free (NULL when there are none). */
 static int chunk_dir_list(int dirfd, uint64_t **idsp, size_t *np)
@@ -330,18 +347,11 @@ static int chunk_dir_list(int dirfd, uint64_t **idsp, size_t *np)
 	size_t n = 0, cap = 0;
 	struct dirent *de;
 	DIR *d;
-	int fd, rc = 0;
+	int rc;
 
-	/* A DIR of our own: the store's dirfd is shared and its offset is not. */
-	fd = openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (fd < 0)
-		return -errno;
-	d = fdopendir(fd);
-	if (!d) {
-		rc = -errno;
-		close(fd);
+	rc = dir_stream(dirfd, &d);
+	if (rc)
 		return rc;
-	}
 	for (;;) {
 		errno = 0;
 		de = readdir(d);
@@ -813,18 +823,12 @@ static bool spare_name_parse(const char *name, uint64_t *seq)
 static int spare_adopt(struct chunk_store *cs)
 {
 	struct dirent *de;
-	int fd, rc = 0;
 	DIR *d;
+	int rc;
 
-	fd = openat(cs->spare_dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (fd < 0)
-		return -errno;
-	d = fdopendir(fd);
-	if (!d) {
-		rc = -errno;
-		close(fd);
+	rc = dir_stream(cs->spare_dirfd, &d);
+	if (rc)
 		return rc;
-	}
 	while ((errno = 0, de = readdir(d))) {
 		struct stat st;
 		uint64_t seq;
