@@ -34,6 +34,7 @@
 #ifndef VSNAPFS_BMAP_H
 #define VSNAPFS_BMAP_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "vsnapfs/chunk.h"
@@ -200,6 +201,17 @@ int bmap_node_only_child(struct bmap *b, uint64_t node, uint64_t *child);
  * bmap_begin() and has checked that node has exactly this one child.
  */
 int bmap_node_merge(struct bmap *b, uint64_t node, uint64_t child);
+/*
+ * The same in steps that each hold the index for a bounded time: move or
+ * drop the node's max_rows lowest rows; the step that finds no more than
+ * that does the rest and sets *done.  Between two steps the child sees
+ * exactly what it saw before the first (each of its blocks is in its own
+ * row or, still, in the node's), so each step can be its own transaction,
+ * and a crash between two leaves a node that the next release merges on.
+ * Each step checks that child is still node's child.
+ */
+int bmap_node_merge_some(struct bmap *b, uint64_t node, uint64_t child, uint64_t max_rows,
+			 bool *done);
 /* Every node, increasing id (for check and tree). */
 int bmap_node_list(struct bmap *b, int (*fn)(void *ctx, const struct bmap_node *n), void *ctx);
 /* Point row (node, lblock) at to if it still points at from (garbage

@@ -208,6 +208,7 @@ enum bmap_st {
 	ST_NODE_ONLY_CHILD,
 	ST_NODE_MERGE_DROP,
 	ST_NODE_MERGE_MOVE,
+	ST_NODE_ROW_NTH,
 	ST_NODE_LIST,
 	ST_COUNT
 };
@@ -305,12 +306,17 @@ static const char *const bmap_st_sql[ST_COUNT] = {
 	[ST_NODE_REFS]        = "SELECT (SELECT count(*) FROM inode WHERE node = ?1)"
 				" + (SELECT count(*) FROM sinode WHERE node = ?1)",
 	[ST_NODE_ONLY_CHILD]  = "SELECT id FROM node WHERE parent = ?1 ORDER BY id LIMIT 1",
-	/* merge, step 1: rows the child cannot see (at or past its inherit
-	 * limit ?3) or overrides (it has its own row) go */
-	[ST_NODE_MERGE_DROP]  = "DELETE FROM bmap WHERE node = ?1 AND (lblock >= ?3 OR EXISTS"
-				" (SELECT 1 FROM bmap c WHERE c.node = ?2 AND c.lblock = bmap.lblock))",
+	/* merge, rows of the node below lblock ?4 only; step 1: rows the
+	 * child cannot see (at or past its inherit limit ?3) or overrides (it
+	 * has its own row) go */
+	[ST_NODE_MERGE_DROP]  = "DELETE FROM bmap WHERE node = ?1 AND lblock < ?4 AND (lblock >= ?3"
+				" OR EXISTS (SELECT 1 FROM bmap c WHERE c.node = ?2"
+				" AND c.lblock = bmap.lblock))",
 	/* step 2: the rest become the child's */
-	[ST_NODE_MERGE_MOVE]  = "UPDATE bmap SET node = ?2 WHERE node = ?1",
+	[ST_NODE_MERGE_MOVE]  = "UPDATE bmap SET node = ?2 WHERE node = ?1 AND lblock < ?3",
+	/* where a batch of ?2 rows of a node ends */
+	[ST_NODE_ROW_NTH]     = "SELECT lblock FROM bmap WHERE node = ?1 ORDER BY lblock"
+				" LIMIT 1 OFFSET ?2",
 	[ST_NODE_LIST]        = "SELECT id, parent, inherit FROM node ORDER BY id",
 };
 
@@ -1679,17 +1685,30 @@ int bmap_node_only_child(struct bmap *b, uint64_t node, uint64_t *child)
 	return stmt_u64(b, s, child);
 }
 
-int bmap_node_merge(struct bmap *b, uint64_t node, uint64_t child)
+int bmap_node_merge_some(struct bmap *b, uint64_t node, uint64_t child, uint64_t max_rows,
+			 bool *done)
 {
 	struct bmap_node n, c;
+	uint64_t end = INT64_MAX;       /* this batch: the node's rows below end */
 	sqlite3_stmt *s;
 	int rc;
 
+	*done = false;
 	rc = bmap_node_get(b, node, &n);
 	if (!rc)
 		rc = bmap_node_get(b, child, &c);
 	if (!rc && c.parent != node)
 		rc = -EINVAL;
+	if (!rc && max_rows < INT64_MAX) {
+		s = bmap_stmt(b, ST_NODE_ROW_NTH);
+		bind_i64(s, 1, u64_bits(node));
+		bind_i64(s, 2, (int64_t)max_rows);
+		rc = stmt_u64(b, s, &end);
+		if (rc == -ENOENT) {    /* fewer rows than that: the last batch */
+			end = INT64_MAX;
+			rc = 0;
+		}
+	}
 	if (rc)
 		return rc;
 	rc = op_begin(b);
@@ -1699,26 +1718,36 @@ int bmap_node_merge(struct bmap *b, uint64_t node, uint64_t child)
 	bind_i64(s, 1, u64_bits(node));
 	bind_i64(s, 2, u64_bits(child));
 	bind_i64(s, 3, clamp_i64(c.inherit));
+	bind_i64(s, 4, clamp_i64(end));
 	rc = stmt_run(b, s);
 	if (!rc) {
 		s = bmap_stmt(b, ST_NODE_MERGE_MOVE);
 		bind_i64(s, 1, u64_bits(node));
 		bind_i64(s, 2, u64_bits(child));
+		bind_i64(s, 3, clamp_i64(end));
 		rc = stmt_run(b, s);
 	}
-	if (!rc) {
+	if (!rc && end == INT64_MAX) {
 		/* blocks the node itself could not see stay invisible */
 		c.parent = n.parent;
 		if (n.inherit < c.inherit)
 			c.inherit = n.inherit;
 		rc = bmap_node_update(b, &c);
-	}
-	if (!rc) {
-		s = bmap_stmt(b, ST_NODE_DELETE);
-		bind_i64(s, 1, u64_bits(node));
-		rc = stmt_run(b, s);
+		if (!rc) {
+			s = bmap_stmt(b, ST_NODE_DELETE);
+			bind_i64(s, 1, u64_bits(node));
+			rc = stmt_run(b, s);
+		}
+		*done = !rc;
 	}
 	return op_end(b, rc);
+}
+
+int bmap_node_merge(struct bmap *b, uint64_t node, uint64_t child)
+{
+	bool done;
+
+	return bmap_node_merge_some(b, node, child, INT64_MAX, &done);
 }
 
 int bmap_node_list(struct bmap *b, int (*fn)(void *ctx, const struct bmap_node *n), void *ctx)

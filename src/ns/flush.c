@@ -229,11 +229,57 @@ static void evict_clean(struct ns *ns)
 }
 
 /*
+ * Fold node into its only child, NS_MERGE_ROWS rows per transaction, letting
+ * go of db_mu between two so that namespace calls and flushes do not wait
+ * for a merge of millions of rows.  In between the index is consistent (see
+ * bmap_node_merge_some), but things may change: the merge goes on only
+ * while nothing names the node and child is still its only child, and
+ * returns 0 otherwise (whoever changed that queues the node again if need
+ * be).  Assumes db_mu; background thread only, which also runs every other
+ * release and GC, so no other merge or deletion of these nodes runs
+ * meanwhile.
+ */
+static int merge_node(struct ns *ns, uint64_t id, uint64_t child)
+{
+	for (;;) {
+		uint64_t refs, kids, only;
+		bool done;
+		int rc;
+
+		rc = bmap_begin(ns->bm);
+		if (!rc)
+			rc = bmap_node_merge_some(ns->bm, id, child, NS_MERGE_ROWS, &done);
+		if (!rc)
+			rc = bmap_commit(ns->bm);
+		if (rc) {
+			bmap_rollback(ns->bm);
+			return rc;
+		}
+		if (done)
+			return 0;
+		/* a mutex is not fair: give a waiting caller the time to get it */
+		pthread_mutex_unlock(&ns->db_mu);
+		nanosleep(&(struct timespec){ .tv_nsec = 1000000 }, NULL);
+		pthread_mutex_lock(&ns->db_mu);
+		rc = bmap_node_refs(ns->bm, id, &refs);
+		if (!rc)
+			rc = bmap_node_children(ns->bm, id, &kids);
+		if (!rc && kids == 1)
+			rc = bmap_node_only_child(ns->bm, id, &only);
+		if (rc == -ENOENT || (!rc && (refs || kids != 1 || only != child)))
+			return 0;
+		if (rc)
+			return rc;
+	}
+}
+
+/*
  * Release a map node that may no longer be needed (assumes db_mu).  A node
  * that an inode or a snapshot inode names stays.  Otherwise: with no
  * children it is deleted with its rows, and its parent is looked at next;
- * with one child it is folded into it (bmap_node_merge); with more it stays
- * until it has one.  Each step is one transaction.
+ * with one child it is folded into it (merge_node, which lets go of db_mu
+ * between its transactions); with more it stays until it has one.  Each
+ * step is one transaction or more.
  */
 static int release_node(struct ns *ns, uint64_t id)
 {
@@ -252,23 +298,21 @@ static int release_node(struct ns *ns, uint64_t id)
 			return 0;               /* already gone */
 		if (rc || refs || kids > 1)
 			break;
-		rc = bmap_begin(ns->bm);
-		if (rc)
-			break;
 		if (kids == 0) {
-			rc = bmap_node_delete(ns->bm, id);
-			child = 0;
+			rc = bmap_begin(ns->bm);
+			if (!rc)
+				rc = bmap_node_delete(ns->bm, id);
+			if (!rc)
+				rc = bmap_commit(ns->bm);
+			if (rc)
+				bmap_rollback(ns->bm);
 		} else {
 			rc = bmap_node_only_child(ns->bm, id, &child);
 			if (!rc)
-				rc = bmap_node_merge(ns->bm, id, child);
+				rc = merge_node(ns, id, child);
 		}
-		if (!rc)
-			rc = bmap_commit(ns->bm);
-		if (rc) {
-			bmap_rollback(ns->bm);
+		if (rc)
 			break;
-		}
 		atomic_store(&ns->gc_wanted, true);
 		if (kids == 0) {
 			id = n.parent;          /* it may have lost its last user */
@@ -337,10 +381,13 @@ int ns_reap_all(struct ns *ns)
 		}
 		ns->nreap--;
 	}
+	/* popped first: release_node lets go of db_mu, and others push */
 	while (ns->nrel && !rc) {
-		rc = release_node(ns, ns->rel[ns->nrel - 1]);
-		if (!rc)
-			ns->nrel--;
+		uint64_t id = ns->rel[--ns->nrel];
+
+		rc = release_node(ns, id);
+		if (rc && ns_release_queue(ns, id))
+			vlog(LOG_ERR, "out of memory: node %" PRIu64 " is released at next mount", id);
 	}
 	pthread_mutex_unlock(&ns->db_mu);
 	return rc;

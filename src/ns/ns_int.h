@@ -19,6 +19,7 @@
 
 #define NS_FILE_BUCKETS 1024
 #define NS_SPARE_CHUNKS 64      /* removed chunk files kept for reuse, at most */
+#define NS_MERGE_ROWS   8192    /* rows per transaction of a background node merge */
 
 /*
  * One volume in use: shared by every open handle of it, and kept after the

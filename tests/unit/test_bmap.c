@@ -1819,6 +1819,68 @@ Test(bmap, node_merge_moves_the_parent_rows_the_child_sees_and_drops_the_rest)
 	bmap_close(b);
 }
 
+/* In steps of 2 rows: P's rows {0, 1} (0 moves, 1 is the child's), then
+ * {2, 5} (2 is the child's tombstone, 5 moves), then {9}, past the inherit
+ * limit, which is the last step as it finds fewer than 2.  Between
+ * steps P and C are both still there, P still C's parent, and what C sees
+ * through itself and P is what it saw before. */
+Test(bmap, node_merge_in_steps_ends_as_one_merge_and_keeps_the_view_between_steps)
+{
+	struct bmap *b = make_index(4096);
+	struct merge_case m = merge_setup(b, 100);
+	struct bmap_node out;
+	struct seen s;
+	bool done;
+	int steps = 0;
+
+	do {
+		cr_assert_eq(bmap_begin(b), 0);
+		cr_assert_eq(bmap_node_merge_some(b, m.p.id, m.c.id, 2, &done), 0);
+		cr_assert_eq(bmap_commit(b), 0);
+		steps++;
+		if (done)
+			break;
+		cr_assert_eq(bmap_node_get(b, m.c.id, &out), 0);
+		cr_assert_eq(out.parent, m.p.id, "step %d: the child keeps its parent until the end", steps);
+		cr_assert_eq(out.inherit, 6);
+		if (steps == 1) {
+			node_rows(b, m.p.id, &s);
+			cr_assert_eq(s.n, 3, "after one step P keeps its rows 2, 5 and 9");
+			assert_row(&s, 0, 2, 1, 2);
+			assert_row(&s, 1, 5, 1, 5);
+			assert_row(&s, 2, 9, 1, 9);
+			node_rows(b, m.c.id, &s);
+			cr_assert_eq(s.n, 3);
+			assert_row(&s, 0, 0, 1, 0);     /* moved */
+			assert_row(&s, 1, 1, 2, 1);
+			assert_row(&s, 2, 2, 0, 0);
+		}
+	} while (steps < 10);
+	cr_assert(done);
+	cr_assert_eq(steps, 3, "5 rows in steps of 2 (%d)", steps);
+
+	/* the same end state as node_merge_moves_... */
+	cr_assert_eq(bmap_node_get(b, m.p.id, &out), -ENOENT, "the parent is gone");
+	node_rows(b, m.p.id, &s);
+	cr_assert_eq(s.n, 0);
+	node_rows(b, m.c.id, &s);
+	cr_assert_eq(s.n, 4);
+	assert_row(&s, 0, 0, 1, 0);
+	assert_row(&s, 1, 1, 2, 1);
+	assert_row(&s, 2, 2, 0, 0);
+	assert_row(&s, 3, 5, 1, 5);
+	cr_assert_eq(bmap_node_get(b, m.c.id, &out), 0);
+	cr_assert_eq(out.parent, m.g.id);
+	cr_assert_eq(out.inherit, 6);
+	cr_assert_eq(row_count(b, m.g.id), 1, "the grandparent is untouched");
+	cr_assert_eq(row_count(b, m.other.id), 1, "a sibling is untouched");
+
+	/* and a step on nodes that are not parent and child changes nothing */
+	cr_assert_eq(bmap_node_merge_some(b, m.other.id, m.c.id, 2, &done), -EINVAL);
+	cr_assert_not(done);
+	bmap_close(b);
+}
+
 Test(bmap, node_merge_gives_the_child_the_smaller_inherit_limit)
 {
 	struct bmap *b = make_index(4096);
