@@ -72,6 +72,15 @@ int chunk_append(struct chunk_store *cs, const void *buf, uint32_t nblocks,
 int chunk_read(struct chunk_store *cs, const struct chunk_loc *locs, uint32_t nblocks,
 	       void *buf, uint32_t *bad_index);
 
+/*
+ * Hint that nblocks blocks in consecutive slots from loc will be read soon:
+ * the kernel starts reading what it does not have cached, without waiting.
+ * A caller about to read several runs scattered over chunk files calls it
+ * for each first, so the disk gets them all at once instead of one at a
+ * time.  Errors are ignored (chunk_read reports them).
+ */
+void chunk_prefetch(struct chunk_store *cs, const struct chunk_loc *loc, uint32_t nblocks);
+
 /* fdatasync every chunk file appended to since the last successful sync, and
  * the chunk directory if a chunk file was created since then. */
 int chunk_sync(struct chunk_store *cs);

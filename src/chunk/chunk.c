@@ -1025,6 +1025,18 @@ int chunk_read(struct chunk_store *cs, const struct chunk_loc *locs, uint32_t nb
 	return 0;
 }
 
+void chunk_prefetch(struct chunk_store *cs, const struct chunk_loc *loc, uint32_t nblocks)
+{
+	int fd;
+
+	if (nblocks == 0 || loc->chunk_id == 0 || (uint64_t)loc->slot + nblocks > cs->nslots ||
+	    chunk_rfd_acquire(cs, loc->chunk_id, &fd) != 0)
+		return;                 /* only a hint: chunk_read reports errors */
+	(void)posix_fadvise(fd, (off_t)CHUNK_HEADER_BYTES + (off_t)loc->slot * cs->block_size,
+			    (off_t)nblocks * cs->block_size, POSIX_FADV_WILLNEED);
+	pthread_rwlock_unlock(&cs->fd_lock);
+}
+
 struct chunk_sync_item {
 	struct chunk_w *w;
 	int rc;

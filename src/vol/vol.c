@@ -366,6 +366,43 @@ void vol_set_label(struct vol *v, const char *label)
 
 /* ---- read --------------------------------------------------------------- */
 
+/* Length of the run of blocks in consecutive slots of one chunk that starts
+ * at i (0 if block i has no data). */
+static uint32_t run_at(const struct chunk_loc *locs, const bool *has, uint32_t i, uint32_t n)
+{
+	uint32_t run = 0;
+
+	while (i + run < n && has[i + run] && locs[i + run].chunk_id == locs[i].chunk_id &&
+	       locs[i + run].slot == locs[i].slot + run)
+		run++;
+	return run;
+}
+
+/*
+ * A window whose blocks lie in several runs (a volume with history, a
+ * clone, a disk overwritten at random) would read them one after the other,
+ * each a wait on the disk when it is not cached.  Ask for all of them first,
+ * so the disk reads them at once.  Costs a few page-cache lookups when they
+ * are cached.
+ */
+static void prefetch_runs(struct vol *v, const struct chunk_loc *locs, const bool *has, uint32_t n)
+{
+	uint32_t runs = 0;
+
+	for (uint32_t i = 0; i < n && runs < 2; i++)
+		runs += has[i] && (i == 0 || !has[i - 1] || locs[i - 1].chunk_id != locs[i].chunk_id ||
+				   locs[i - 1].slot + 1 != locs[i].slot);
+	if (runs < 2)
+		return;
+	for (uint32_t i = 0; i < n;) {
+		uint32_t run = run_at(locs, has, i, n);
+
+		if (run)
+			chunk_prefetch(v->cs, &locs[i], run);
+		i += run ? run : 1;
+	}
+}
+
 /*
  * Read blocks [first, first + n) of which the request wants bytes
  * [lo, lo + len) counted from the start of block first, into dst.  Runs of
@@ -396,6 +433,7 @@ static int read_window(struct vol *v, uint64_t first, uint32_t n, uint32_t lo, s
 	}
 	pthread_rwlock_unlock(&v->lock);
 
+	prefetch_runs(v, locs, has, n);
 	for (uint32_t i = 0; i < n;) {
 		uint64_t bstart = (uint64_t)i << v->bshift;          /* window-relative */
 		uint64_t from = bstart > lo ? bstart : lo;
