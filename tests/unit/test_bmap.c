@@ -1776,23 +1776,18 @@ static struct merge_case merge_setup(struct bmap *b, uint64_t p_inherit)
 	return m;
 }
 
-Test(bmap, node_merge_moves_the_parent_rows_the_child_sees_and_drops_the_rest)
+/* The state node_merge leaves merge_setup(b, 100) in. */
+static void assert_merged(struct bmap *b, const struct merge_case *m)
 {
-	struct bmap *b = make_index(4096);
-	struct merge_case m = merge_setup(b, 100);
 	struct bmap_node out;
 	struct seen s;
 	uint64_t child;
 
-	cr_assert_eq(bmap_begin(b), 0);
-	cr_assert_eq(bmap_node_merge(b, m.p.id, m.c.id), 0);
-	cr_assert_eq(bmap_commit(b), 0);
-
-	cr_assert_eq(bmap_node_get(b, m.p.id, &out), -ENOENT, "the parent is gone");
-	node_rows(b, m.p.id, &s);
+	cr_assert_eq(bmap_node_get(b, m->p.id, &out), -ENOENT, "the parent is gone");
+	node_rows(b, m->p.id, &s);
 	cr_assert_eq(s.n, 0, "with all its rows");
 
-	node_rows(b, m.c.id, &s);
+	node_rows(b, m->c.id, &s);
 	cr_assert_eq(s.n, 4);
 	assert_row(&s, 0, 0, 1, 0);     /* P's: the child had none */
 	assert_row(&s, 1, 1, 2, 1);     /* the child's own data wins */
@@ -1800,11 +1795,11 @@ Test(bmap, node_merge_moves_the_parent_rows_the_child_sees_and_drops_the_rest)
 	assert_row(&s, 3, 5, 1, 5);     /* P's, below the inherit limit */
 	/* 9 >= C.inherit: the child never saw it; dropped */
 
-	cr_assert_eq(bmap_node_get(b, m.c.id, &out), 0);
-	cr_assert_eq(out.parent, m.g.id, "the child takes the parent's parent");
+	cr_assert_eq(bmap_node_get(b, m->c.id, &out), 0);
+	cr_assert_eq(out.parent, m->g.id, "the child takes the parent's parent");
 	cr_assert_eq(out.inherit, 6, "min(6, 100)");
-	cr_assert_eq(bmap_node_only_child(b, m.g.id, &child), 0);
-	cr_assert_eq(child, m.c.id);
+	cr_assert_eq(bmap_node_only_child(b, m->g.id, &child), 0);
+	cr_assert_eq(child, m->c.id);
 
 	/* P's dropped rows (1, 2, 9) no longer reference chunk 1. */
 	memset(&s, 0, sizeof(s));
@@ -1812,10 +1807,21 @@ Test(bmap, node_merge_moves_the_parent_rows_the_child_sees_and_drops_the_rest)
 	cr_assert_eq(s.n, 4);
 	cr_assert_eq(s.a[0], 1);
 	cr_assert_eq(s.b[0], 2);
-	cr_assert_eq(row_count(b, m.g.id), 1, "the grandparent is untouched");
-	cr_assert_eq(row_count(b, m.other.id), 1, "a sibling is untouched");
-	cr_assert_eq(bmap_node_get(b, m.other.id, &out), 0);
-	cr_assert_eq(out.parent, m.g.id);
+	cr_assert_eq(row_count(b, m->g.id), 1, "the grandparent is untouched");
+	cr_assert_eq(row_count(b, m->other.id), 1, "a sibling is untouched");
+	cr_assert_eq(bmap_node_get(b, m->other.id, &out), 0);
+	cr_assert_eq(out.parent, m->g.id);
+}
+
+Test(bmap, node_merge_moves_the_parent_rows_the_child_sees_and_drops_the_rest)
+{
+	struct bmap *b = make_index(4096);
+	struct merge_case m = merge_setup(b, 100);
+
+	cr_assert_eq(bmap_begin(b), 0);
+	cr_assert_eq(bmap_node_merge(b, m.p.id, m.c.id), 0);
+	cr_assert_eq(bmap_commit(b), 0);
+	assert_merged(b, &m);
 	bmap_close(b);
 }
 
@@ -1858,22 +1864,7 @@ Test(bmap, node_merge_in_steps_ends_as_one_merge_and_keeps_the_view_between_step
 	} while (steps < 10);
 	cr_assert(done);
 	cr_assert_eq(steps, 3, "5 rows in steps of 2 (%d)", steps);
-
-	/* the same end state as node_merge_moves_... */
-	cr_assert_eq(bmap_node_get(b, m.p.id, &out), -ENOENT, "the parent is gone");
-	node_rows(b, m.p.id, &s);
-	cr_assert_eq(s.n, 0);
-	node_rows(b, m.c.id, &s);
-	cr_assert_eq(s.n, 4);
-	assert_row(&s, 0, 0, 1, 0);
-	assert_row(&s, 1, 1, 2, 1);
-	assert_row(&s, 2, 2, 0, 0);
-	assert_row(&s, 3, 5, 1, 5);
-	cr_assert_eq(bmap_node_get(b, m.c.id, &out), 0);
-	cr_assert_eq(out.parent, m.g.id);
-	cr_assert_eq(out.inherit, 6);
-	cr_assert_eq(row_count(b, m.g.id), 1, "the grandparent is untouched");
-	cr_assert_eq(row_count(b, m.other.id), 1, "a sibling is untouched");
+	assert_merged(b, &m);
 
 	/* and a step on nodes that are not parent and child changes nothing */
 	cr_assert_eq(bmap_node_merge_some(b, m.other.id, m.c.id, 2, &done), -EINVAL);
