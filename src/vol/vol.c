@@ -980,6 +980,13 @@ static int batch_push(struct vol_batch *b, const struct vol_rec *r)
 	return 0;
 }
 
+static int cmp_rec(const void *a, const void *b)
+{
+	const struct vol_rec *x = a, *y = b;
+
+	return (x->lblock > y->lblock) - (x->lblock < y->lblock);
+}
+
 int vol_collect(struct vol *v, struct vol_batch *b)
 {
 	int rc = 0;
@@ -1017,6 +1024,11 @@ int vol_collect(struct vol *v, struct vol_batch *b)
 		v->size_changed = false;
 	}
 	pthread_rwlock_unlock(&v->lock);
+	/* in index order: the flush's upserts then walk the B-tree forwards
+	 * (overwrites in order: 626-977 k rows/s, scattered: 288-368 k rows/s,
+	 * test_bmap's row_put_rate) */
+	if (b->nrecs > 1)
+		qsort(b->recs, b->nrecs, sizeof(b->recs[0]), cmp_rec);
 	return rc;
 }
 

@@ -2133,16 +2133,17 @@ Test(bmap, row_put_rate_of_one_million_rows_in_one_transaction, .timeout = 600)
 	struct bmap *b = make_index(4096);
 	const char *env = getenv("VSNAPFS_BENCH_ROWS");
 	uint64_t nrows = env ? strtoull(env, NULL, 10) : 1000000;
-	double seq, scat, over;
+	double seq, scat, over, over_seq;
 
 	if (nrows > (1u << 20))
 		nrows = 1u << 20;       /* the scattered order is a permutation of 2^20 */
 	seq = put_rate(b, 1, nrows, 0);
 	scat = put_rate(b, 2, nrows, 1);
 	over = put_rate(b, 2, nrows, 1);
+	over_seq = put_rate(b, 1, nrows, 0);    /* what a flush of sorted rows does */
 	cr_assert_eq(row_count(b, 1), nrows);
 	fprintf(stderr, "bmap_row_put, %" PRIu64 " rows in one transaction (commit included):"
-		" sequential %.0f rows/s, scattered %.0f rows/s, overwrite %.0f rows/s\n",
-		nrows, seq, scat, over);
+		" sequential %.0f rows/s, scattered %.0f rows/s, overwrite scattered %.0f rows/s,"
+		" overwrite in order %.0f rows/s\n", nrows, seq, scat, over, over_seq);
 	bmap_close(b);
 }
