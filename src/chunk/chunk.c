@@ -442,10 +442,11 @@ static void chunk_w_put_locked(struct chunk_store *cs, struct chunk_w *w)
 
 /*
  * Turn the newest spare into chunk file "name" and open it for writing: its
- * fd, or -1 (errno set) when there is no spare or the rename failed; the
- * caller then creates the file.  A spare whose rename failed is forgotten
- * (it stays in the spare directory until the next open adopts it).  Assumes
- * mu is held.
+ * fd, or -1 (errno set) when there is no spare, the rename failed or the
+ * open did; the caller then creates the file.  A spare whose rename failed
+ * is forgotten (it stays in the spare directory until the next open adopts
+ * it); one that was renamed but could not be opened is deleted.  Assumes mu
+ * is held.
  */
 static int spare_take_locked(struct chunk_store *cs, const char *name)
 {
@@ -466,8 +467,15 @@ static int spare_take_locked(struct chunk_store *cs, const char *name)
 		return -1;
 	}
 	fd = openat(cs->dirfd, name, O_RDWR | O_CLOEXEC);
-	if (fd < 0)             /* leave it: unreferenced, GC removes it */
-		vlog(LOG_WARNING, "chunk %s: cannot open it: %s", name, strerror(errno));
+	if (fd < 0) {
+		int err = errno;
+
+		/* nothing refers to it: drop it, so that the caller can create
+		 * the file under this name */
+		vlog(LOG_WARNING, "chunk %s: cannot open it: %s", name, strerror(err));
+		unlinkat(cs->dirfd, name, 0);
+		errno = err;
+	}
 	return fd;
 }
 

@@ -19,7 +19,7 @@
 
 #define NS_FILE_BUCKETS 1024
 #define NS_SPARE_CHUNKS 64      /* removed chunk files kept for reuse, at most */
-#define NS_MERGE_ROWS   8192    /* rows per transaction of a background node merge */
+#define NS_MERGE_ROWS   2048    /* rows per transaction of a background node merge */
 #define NS_ROWCOUNT_SLOTS 64    /* node row counts remembered for st_blocks */
 
 /*
