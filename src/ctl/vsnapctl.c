@@ -92,7 +92,7 @@ struct store {
 	struct bmap *bm;
 	struct chunk_store *cs;         /* check and scrub only */
 	uint32_t bs;
-	bool in_use;                    /* a daemon holds STORE/lock */
+	bool in_use;                    /* a daemon holds the store (its directory's flock) */
 };
 
 /* ---- small helpers ---------------------------------------------------------- */
@@ -236,18 +236,18 @@ static int resolve_store(const char *arg, char *out, size_t outlen, char *rel, s
 	return rc;
 }
 
-/* Whether some process holds a flock on STORE/lock (a mounted daemon), from
- * /proc/locks: taking the lock ourselves, even briefly, could make a
- * daemon starting at that moment refuse.  When unsure, say yes. */
+/* Whether some process holds a flock on the store directory (a mounted
+ * daemon: src/ns/store.c locks the directory itself; STORE/lock only holds
+ * its pid), from /proc/locks: taking the lock ourselves, even briefly, could
+ * make a daemon starting at that moment refuse.  When unsure, say yes. */
 static bool store_in_use(const char *dir)
 {
-	char path[PATH_MAX + 8], line[256];
+	char line[256];
 	struct stat sb;
 	bool found = false;
 	FILE *f;
 
-	snprintf(path, sizeof(path), "%s/lock", dir);
-	if (stat(path, &sb))
+	if (stat(dir, &sb))
 		return errno != ENOENT;
 	f = fopen("/proc/locks", "r");
 	if (!f)
