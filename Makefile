@@ -67,7 +67,7 @@ $(B)/tests/%: tests/unit/%.c $(LIB)
 
 # Test drivers, not code under test: built without the sanitizers, whose
 # leak report at exit would replace the exit status the tests check.
-$(B)/tools/%: tests/tools/%.c
+$(B)/tools/%: tests/tools/%.c tests/tools/rng.h
 	@mkdir -p $(@D)
 	$(CC) $(filter-out $(SAN),$(CFLAGS)) -o $@ $< -lpthread
 

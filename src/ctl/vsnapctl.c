@@ -1461,6 +1461,8 @@ static int cmd_check(struct store *st)
 	if (json) {
 		printf("{\"store\":");
 		json_str(stdout, st->dir);
+		/* in use: checked twice, only problems both runs found reported */
+		printf(",\"in_use\":%s", st->in_use ? "true" : "false");
 		printf(",\"clean\":%s,\"problems\":[", r->problems.total ? "false" : "true");
 		for (size_t i = 0; i < r->problems.n; i++) {
 			printf("%s", i ? "," : "");

@@ -387,19 +387,22 @@ static uint32_t run_at(const struct chunk_loc *locs, const bool *has, uint32_t i
  */
 static void prefetch_runs(struct vol *v, const struct chunk_loc *locs, const bool *has, uint32_t n)
 {
-	uint32_t runs = 0;
+	uint32_t first = n, first_run = 0, run;
 
-	for (uint32_t i = 0; i < n && runs < 2; i++)
-		runs += has[i] && (i == 0 || !has[i - 1] || locs[i - 1].chunk_id != locs[i].chunk_id ||
-				   locs[i - 1].slot + 1 != locs[i].slot);
-	if (runs < 2)
-		return;
-	for (uint32_t i = 0; i < n;) {
-		uint32_t run = run_at(locs, has, i, n);
-
-		if (run)
-			chunk_prefetch(v->cs, &locs[i], run);
-		i += run ? run : 1;
+	for (uint32_t i = 0; i < n; i += run ? run : 1) {
+		run = run_at(locs, has, i, n);
+		if (!run)
+			continue;
+		if (first == n) {       /* one run alone is one pread: no hint */
+			first = i;
+			first_run = run;
+			continue;
+		}
+		if (first_run) {
+			chunk_prefetch(v->cs, &locs[first], first_run);
+			first_run = 0;
+		}
+		chunk_prefetch(v->cs, &locs[i], run);
 	}
 }
 
@@ -447,12 +450,11 @@ static int read_window(struct vol *v, uint64_t first, uint32_t n, uint32_t lo, s
 			continue;
 		}
 		if (from == bstart && to == bstart + v->bs) {
-			/* whole blocks: extend over consecutive slots of one chunk */
-			while (i + run < n && has[i + run] &&
-			       locs[i + run].chunk_id == locs[i].chunk_id &&
-			       locs[i + run].slot == locs[i].slot + run &&
-			       ((uint64_t)(i + run + 1) << v->bshift) <= lo + len)
-				run++;
+			/* whole blocks: consecutive slots of one chunk, up to the
+			 * last whole block the request wants */
+			run = run_at(locs, has, i, n);
+			while (((uint64_t)(i + run) << v->bshift) > lo + len)
+				run--;
 			rc = chunk_read(v->cs, &locs[i], run, d, &bad);
 		} else {
 			if (!bounce && !(bounce = malloc(v->bs))) {

@@ -165,12 +165,16 @@ summary_re="^$SDIR: [0-9]+ block\(s\) in [0-9]+ chunk file\(s\), [0-9]+ inode\(s
 ctl 0 "$T/check.txt" check "$MNT"
 grep -qE "${summary_re}clean$" "$T/check.txt" || fail "check of the mount: $(cat "$T/check.txt")"
 [ -s "$T/check.txt.err" ] && fail "check wrote to stderr (not a TTY): $(cat "$T/check.txt.err")"
+# a mounted store is seen as in use (the daemon flock()s the store
+# directory), so check runs twice and reports only what both runs find
+ctl 0 "$T/check.json" check --json "$MNT"
+grep -qF '"in_use":true,' "$T/check.json" || fail "check --json of the mount: not in use: $(cat "$T/check.json")"
 ctl 0 "$T/scrub.txt" scrub "$MNT"
 vs_umount "$MNT"
 ctl 0 "$T/check.txt" check "$STORE"
 grep -qE "${summary_re}clean$" "$T/check.txt" || fail "check of the store: $(cat "$T/check.txt")"
 ctl 0 "$T/check.json" check --json "$STORE"
-grep -qF '"clean":true,"problems":[]' "$T/check.json" || fail "check --json: $(cat "$T/check.json")"
+grep -qF '"in_use":false,"clean":true,"problems":[]' "$T/check.json" || fail "check --json: $(cat "$T/check.json")"
 
 # a second mount writes into a new chunk file: rows of several chunks
 vs_mount "$STORE" "$MNT"

@@ -41,21 +41,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "rng.h"
+
 #define BLK        4096u
 #define MAX_RUN    8u
 #define MAGIC      "VSCWBLK1"
-
-static uint64_t mix(uint64_t z)
-{
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	return z ^ (z >> 31);
-}
-
-static uint64_t rng_next(uint64_t *s)
-{
-	return mix(*s += 0x9e3779b97f4a7c15ull);
-}
 
 /* FNV-1a 64 over len bytes */
 static uint64_t fnv(const unsigned char *p, size_t len)

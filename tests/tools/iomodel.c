@@ -46,6 +46,8 @@
 #include <unistd.h>
 #include <linux/falloc.h>
 
+#include "rng.h"
+
 #define MAX_THREADS 64
 #define RING        32          /* operations remembered per thread */
 #define RING_TEXT   160
@@ -73,15 +75,6 @@ static struct {
 	struct worker w[MAX_THREADS];
 	pthread_mutex_t report_mu;
 } g;
-
-static uint64_t rng_next(uint64_t *s)
-{
-	/* splitmix64 */
-	uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	return z ^ (z >> 31);
-}
 
 static uint64_t rng_below(uint64_t *s, uint64_t n)
 {

@@ -60,6 +60,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "rng.h"
+
 #define BLK     4096u
 #define MAGIC   "VSSNAPW1"
 #define MAXF    8
@@ -72,18 +74,6 @@ struct hdr {
 	uint64_t gen;
 	uint64_t idx;
 };
-
-static uint64_t mix(uint64_t z)
-{
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	return z ^ (z >> 31);
-}
-
-static uint64_t rng_next(uint64_t *s)
-{
-	return mix(*s += 0x9e3779b97f4a7c15ull);
-}
 
 static void make_block(uint8_t *buf, uint64_t seed, uint32_t file, uint32_t block, uint64_t gen,
 		       uint64_t idx)

@@ -91,6 +91,8 @@
 #include <unistd.h>
 #include <linux/falloc.h>
 
+#include "rng.h"
+
 #define BLK            4096u
 #define MAX_WRITE      (256u * 1024)
 #define MAX_LIVE_SNAPS 6
@@ -145,18 +147,6 @@ static void die(const char *fmt, ...)
 	va_end(ap);
 	fprintf(stderr, "\n");
 	exit(1);
-}
-
-static uint64_t mix(uint64_t z)
-{
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	return z ^ (z >> 31);
-}
-
-static uint64_t rng_next(uint64_t *s)
-{
-	return mix(*s += 0x9e3779b97f4a7c15ull);
 }
 
 static uint64_t rng;
