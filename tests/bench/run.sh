@@ -235,7 +235,7 @@ log "$BUILD"
 # No stale results if this run fails half-way.
 rm -rf "$OUT/logs" "$OUT/results.md" "$OUT/results.json" "$OUT/chart.png" "$OUT/chart.dat"
 JOBS_TSV=$W/jobs.tsv    # target job status mb_s iops p99_ms sync_p99_ms cpu_s ios runtime_s
-			#   writeback_s other_cpus kthread_cpus
+			#   writeback_s other_cpus kthread_cpus dev_reads
 KV_TSV=$W/kv.tsv        # table row column value
 : >"$JOBS_TSV"
 : >"$KV_TSV"
@@ -318,6 +318,18 @@ cpu_ticks() {
 	s=${s##*) }
 	set -- $s
 	echo $((${12} + ${13}))
+}
+
+# dev_reads: read requests completed so far by the block device that holds
+# $W (field 1 of /sys/dev/block/MAJ:MIN/stat), or "-" when $W is not on one.
+# Around a job of a page-cache target (the FUSE daemons read through the
+# host page cache), the difference is how many of its reads missed that
+# cache: the memory state of the host, which no target controls.
+dev_reads() {
+	local d
+	d=$(stat -c %d "$W") || { echo -; return; }
+	awk '{ print $1 }' "/sys/dev/block/$((d >> 8 & 0xfff)):$(((d & 0xff) | (d >> 12 & 0xfff00)))/stat" \
+		2>/dev/null || echo -
 }
 
 rss_mib() {   # rss_mib PID FIELD (VmHWM, VmRSS)
@@ -414,7 +426,7 @@ settle() {
 # the noise of a shared machine.
 bench() {
 	local target=$1 file=$2 name=${3:-} pid= log= job out c0 c1 h0 h1 t0 t1 l0 cpu dir rc wb
-	local mb iops p99 sp99 ios rts fio_cpu other kth
+	local mb iops p99 sp99 ios rts fio_cpu other kth r0 r1 devr
 	if [ -n "$name" ]; then
 		pid=${D_PID[$name]}
 		log=${D_LOG[$name]}
@@ -434,6 +446,7 @@ bench() {
 		if [ -n "$log" ]; then l0=$(wc -l <"$log"); fi
 		h0=$(host_busy_ticks)
 		kthread_snap "$W/kthreads.0"
+		r0=$(dev_reads)
 		t0=$(now_ms)
 		rc=0
 		# shellcheck disable=SC2046
@@ -442,6 +455,7 @@ bench() {
 			--runtime="$RT" --fallocate=none --lat_percentiles=1 \
 			$(job_args "$job") --output-format=json --output="$out" || rc=$?
 		t1=$(now_ms)
+		r1=$(dev_reads)
 		h1=$(host_busy_ticks)
 		kthread_snap "$W/kthreads.1"
 		c1=0
@@ -487,9 +501,11 @@ bench() {
 			-v d="${cpu:-0}" -v f="$fio_cpu" -v ms=$((t1 - t0)) 'BEGIN {
 			s = ms / 1000; o = (h - k) / t - d - f
 			printf "%.2f %.2f\n", k / t / s, (o < 0 ? 0 : o) / s }')
-		printf '%s\t%s\tok\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$target" "$job" \
+		devr=-
+		if [ "$r0" != - ] && [ "$r1" != - ]; then devr=$((r1 - r0)); fi
+		printf '%s\t%s\tok\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$target" "$job" \
 			"$mb" "$iops" "$p99" "$sp99" "${cpu:--}" "$ios" "$rts" "$wb" "$other" "$kth" \
-			>>"$JOBS_TSV"
+			"$devr" >>"$JOBS_TSV"
 	done
 }
 
