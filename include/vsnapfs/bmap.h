@@ -39,7 +39,7 @@
 
 #include "vsnapfs/chunk.h"
 
-#define BMAP_FORMAT_VERSION 1
+#define BMAP_FORMAT_VERSION 2
 #define BMAP_NAME_MAX       255
 #define BMAP_ROOT_INO       1
 
@@ -133,8 +133,12 @@ int bmap_row_del_from(struct bmap *b, uint64_t node, uint64_t from);
 /* Rows of node with lblock < below, increasing lblock order. */
 int bmap_row_foreach(struct bmap *b, uint64_t node, uint64_t below,
 		     int (*fn)(void *ctx, uint64_t lblock, const struct chunk_loc *loc), void *ctx);
-/* Number of non-tombstone rows of a node. */
+/* Number of non-tombstone rows of a node (0 for a node that does not
+ * exist): node.nrows, which every call that adds, removes or moves rows
+ * keeps, so O(1); a scan on a read-only index of format 1.  _scan counts
+ * the rows themselves, O(rows): check compares the two. */
 int bmap_row_count(struct bmap *b, uint64_t node, uint64_t *count);
+int bmap_row_count_scan(struct bmap *b, uint64_t node, uint64_t *count);
 
 /* For garbage collection and check: fn(ctx, chunk_id, nrefs) for every chunk
  * referenced by at least one row, increasing chunk_id. */

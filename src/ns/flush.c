@@ -97,7 +97,6 @@ int ns_held_apply(struct ns *ns, struct held *h, size_t n)
 	int rc = 0;
 
 	for (size_t i = 0; i < n && !rc; i++) {
-		ns_rowcount_forget(ns, h[i].b.node);
 		rc = vol_batch_apply(&h[i].b, ns->bm);
 		if (!rc)
 			rc = bmap_inode_update(ns->bm, &h[i].in);
@@ -247,8 +246,6 @@ static int merge_node(struct ns *ns, uint64_t id, uint64_t child)
 		bool done;
 		int rc;
 
-		ns_rowcount_forget(ns, id);
-		ns_rowcount_forget(ns, child);
 		rc = bmap_begin(ns->bm);
 		if (!rc)
 			rc = bmap_node_merge_some(ns->bm, id, child, NS_MERGE_ROWS, &done);
@@ -302,7 +299,6 @@ static int release_node(struct ns *ns, uint64_t id)
 		if (rc || refs || kids > 1)
 			break;
 		if (kids == 0) {
-			ns_rowcount_forget(ns, id);
 			rc = bmap_begin(ns->bm);
 			if (!rc)
 				rc = bmap_node_delete(ns->bm, id);

@@ -121,34 +121,9 @@ void ns_file_unref(struct ns *ns, struct ns_file *f)
 	}
 }
 
-void ns_rowcount_forget(struct ns *ns, uint64_t node)
-{
-	if (ns->rowcount[node % NS_ROWCOUNT_SLOTS].node == node)
-		ns->rowcount[node % NS_ROWCOUNT_SLOTS].node = 0;
-}
-
-/* Rows of node holding data: a range scan of the index (150-450 ms for two
- * million rows), remembered until they change.  Assumes db_mu. */
-static int node_nrows(struct ns *ns, uint64_t node, uint64_t *out)
-{
-	typeof(ns->rowcount[0]) *slot = &ns->rowcount[node % NS_ROWCOUNT_SLOTS];
-	int rc;
-
-	if (node && slot->node == node) {
-		*out = slot->nrows;
-		return 0;
-	}
-	rc = bmap_row_count(ns->bm, node, out);
-	if (!rc && node) {
-		slot->node = node;
-		slot->nrows = *out;
-	}
-	return rc;
-}
-
 /*
  * Attributes of ino from the index, with the live state of an open volume.
- * A closed volume's allocation is counted in the index (node_nrows).
+ * A closed volume's allocation is its node's row count in the index.
  * Assumes db_mu.
  */
 static int attr_of(struct ns *ns, const struct bmap_inode *in, struct ns_attr *out)
@@ -166,7 +141,7 @@ static int attr_of(struct ns *ns, const struct bmap_inode *in, struct ns_attr *o
 		node = vol_node(f->v);
 	pthread_mutex_unlock(&ns->files_mu);
 	if (in->kind == BMAP_VOL && (!f || !vol_loaded(f->v))) {
-		rc = node_nrows(ns, node, &nrows);
+		rc = bmap_row_count(ns->bm, node, &nrows);
 		out->blocks = nrows * (ns->bs / 512);
 	}
 	return rc;

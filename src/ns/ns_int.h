@@ -20,7 +20,6 @@
 #define NS_FILE_BUCKETS 1024
 #define NS_SPARE_CHUNKS 64      /* removed chunk files kept for reuse, at most */
 #define NS_MERGE_ROWS   2048    /* rows per transaction of a background node merge */
-#define NS_ROWCOUNT_SLOTS 64    /* node row counts remembered for st_blocks */
 
 /*
  * One volume in use: shared by every open handle of it, and kept after the
@@ -51,10 +50,6 @@ struct ns {
 
 	pthread_mutex_t db_mu;
 	struct bmap *bm;                /* (db_mu) */
-	/* Row counts of nodes, for st_blocks of volumes whose map is not
-	 * loaded; a slot is a node's by id % NS_ROWCOUNT_SLOTS, node 0 free.
-	 * Forgotten wherever rows of a node are added or removed. */
-	struct { uint64_t node, nrows; } rowcount[NS_ROWCOUNT_SLOTS];   /* (db_mu) */
 	/* A read-only connection of the background thread's own, for GC's
 	 * full scans: WAL gives it a consistent snapshot without db_mu, so a
 	 * scan of millions of rows does not hold up the namespace. */
@@ -181,8 +176,5 @@ int ns_reap_all(struct ns *ns);
  * *work_ns: how long its scans of the index and the chunk files took. */
 int ns_gc(struct ns *ns, int64_t *work_ns);
 
-/* ns.c: rows of node were added or removed: count them again next time.
- * Assumes db_mu. */
-void ns_rowcount_forget(struct ns *ns, uint64_t node);
 
 #endif

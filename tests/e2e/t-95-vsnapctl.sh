@@ -180,6 +180,8 @@ grep -qF '"in_use":false,"clean":true,"problems":[]' "$T/check.json" || fail "ch
 vs_mount "$STORE" "$MNT"
 head -c $((24 * BS)) /dev/urandom >"$T/scrub.bin"
 dd if="$T/scrub.bin" of="$MNT/scrub.img" bs=$BS conv=fsync status=none
+VM1_BLOCKS=$(stat -c %b "$MNT/vm1.img")
+[ "$VM1_BLOCKS" -gt 0 ] || fail "st_blocks of vm1.img is $VM1_BLOCKS"
 vs_umount "$MNT"
 nchunks=$(ls "$STORE"/chunks/*.chunk | wc -l)
 [ "$nchunks" -ge 2 ] || fail "expected 2 chunk files after a second mount, found $nchunks"
@@ -261,10 +263,32 @@ broken "INSERT INTO bmap VALUES (9999, 0, 999, 0, 0)" \
 	'^problem: 1 block\(s\) belong to map node 9999, which does not exist$'
 broken "INSERT INTO node(parent, inherit) VALUES (9999, 0), (0, 0)" \
 	'^problem: map node [0-9]+: its parent 9999 does not exist$'
+broken "UPDATE node SET nrows = nrows + 5 WHERE id = $(node_of vm1.img)" \
+	'^problem: map node [0-9]+ \(/vm1\.img\): the index counts [0-9]+ block\(s\), its rows are [0-9]+: its st_blocks is off, its data are not$'
 # a node nothing names is released by the daemon: a warning, not a problem
 broken "INSERT INTO node(parent, inherit) VALUES (0, 0)" \
 	'^warning: map node [0-9]+ is named by no file and has no child' 0
 grep -qE "clean$" "$T/c.txt" || fail "an unnamed node makes check unclean: $(cat "$T/c.txt")"
+
+# ---- an index of format 1 (no node.nrows): read as it is, upgraded by a mount ---------------
+damaged_copy v1
+sqlite3 "$T/v1/index.sqlite" "BEGIN;
+	CREATE TABLE node_v1 (id INTEGER PRIMARY KEY AUTOINCREMENT, parent INTEGER NOT NULL DEFAULT 0,
+	                      inherit INTEGER NOT NULL);
+	INSERT INTO node_v1 SELECT id, parent, inherit FROM node;
+	DROP TABLE node; ALTER TABLE node_v1 RENAME TO node; CREATE INDEX node_parent ON node(parent);
+	UPDATE meta SET value = 1 WHERE key = 'format_version'; PRAGMA user_version = 1; COMMIT;" ||
+	fail "sqlite3: could not write a format 1 index"
+ctl 0 "$T/v1list.json" list --json "$T/v1"
+ctl 0 "$T/list.json" list --json "$STORE"
+cmp -s "$T/v1list.json" "$T/list.json" ||
+	fail "list of the format 1 copy differs: $(cat "$T/v1list.json") / $(cat "$T/list.json")"
+assert_eq "$(sqlite3 "$T/v1/index.sqlite" 'PRAGMA user_version')" 1 "a read-only vsnapctl upgrades nothing"
+vs_mount "$T/v1" "$MNT"
+assert_eq "$(stat -c %b "$MNT/vm1.img")" "$VM1_BLOCKS" "st_blocks of vm1.img after the upgrade"
+vs_umount "$MNT"
+assert_eq "$(sqlite3 "$T/v1/index.sqlite" 'PRAGMA user_version')" 2 "the mount upgraded the index"
+ctl 0 "$T/c.txt" check "$T/v1"
 
 # ---- usage and I/O errors: exit 2 ---------------------------------------------------------
 ctl 2 "$T/u.txt" frobnicate "$STORE"

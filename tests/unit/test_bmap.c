@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include <criterion/criterion.h>
+#include <sqlite3.h>
 
 #include "vsnapfs/bmap.h"
 
@@ -66,6 +67,21 @@ static struct bmap *make_index(uint32_t block_size)
 	cr_assert_eq(bmap_create(path, block_size, 1000, 1000), 0);
 	cr_assert_eq(bmap_open(path, 0, &b), 0);
 	cr_assert_not_null(b);
+	return b;
+}
+
+/* An index whose nodes 1..n exist, for tests of rows: a row's node is
+ * where its count (node.nrows) is kept. */
+static struct bmap *make_index_with_nodes(uint64_t n)
+{
+	struct bmap *b = make_index(4096);
+
+	for (uint64_t i = 1; i <= n; i++) {
+		struct bmap_node nd = { .inherit = 0 };
+
+		cr_assert_eq(bmap_node_create(b, &nd), 0);
+		cr_assert_eq(nd.id, i);
+	}
 	return b;
 }
 
@@ -210,11 +226,16 @@ static int collect_chunk_row(void *ctx, uint64_t node, uint64_t lblock, const st
 	return 0;
 }
 
+/* A node's data rows, as kept in node.nrows, which must be what a scan
+ * of its rows counts. */
 static uint64_t row_count(struct bmap *b, uint64_t node)
 {
-	uint64_t n = 99;
+	uint64_t n = 99, scanned = 98;
 
 	cr_assert_eq(bmap_row_count(b, node, &n), 0);
+	cr_assert_eq(bmap_row_count_scan(b, node, &scanned), 0);
+	cr_assert_eq(n, scanned, "node %" PRIu64 ": node.nrows says %" PRIu64 ", its rows are %"
+		     PRIu64, node, n, scanned);
 	return n;
 }
 
@@ -339,6 +360,110 @@ Test(bmap, open_of_other_format_version_is_eprotonosupport)
 	assert_open_refused_unchanged(-EPROTONOSUPPORT);
 }
 
+/* Turn the index at path back into format 1: its node table as an older
+ * vsnapfs created it, comments included (ALTER TABLE edits that text). */
+static void downgrade_to_format_1(void)
+{
+	sqlite3 *db;
+
+	cr_assert_eq(sqlite3_open(path, &db), SQLITE_OK);
+	cr_assert_eq(sqlite3_exec(db, "BEGIN;"
+		"CREATE TABLE node_v1 (\n"
+		"  id      INTEGER PRIMARY KEY AUTOINCREMENT, -- never reused\n"
+		"  parent  INTEGER NOT NULL DEFAULT 0, -- node blocks are inherited from; 0: none\n"
+		"  inherit INTEGER NOT NULL            -- blocks [0, inherit) come from parent (uint64 bits)\n"
+		");\n"
+		"INSERT INTO node_v1 SELECT id, parent, inherit FROM node;"
+		"DROP TABLE node;"
+		"ALTER TABLE node_v1 RENAME TO node;"
+		"CREATE INDEX node_parent ON node(parent);"
+		"UPDATE meta SET value = 1 WHERE key = 'format_version';"
+		"PRAGMA user_version = 1;"
+		"COMMIT;", NULL, NULL, NULL), SQLITE_OK, "%s", sqlite3_errmsg(db));
+	cr_assert_eq(sqlite3_close(db), SQLITE_OK);
+}
+
+Test(bmap, open_upgrades_a_format_1_index_and_counts_its_rows_once)
+{
+	struct bmap *b = make_index_with_nodes(3), *ro = NULL;
+	struct chunk_loc l = loc(4, 0, 0), tomb = loc(0, 0, 0);
+	uint64_t v;
+
+	for (uint64_t i = 0; i < 50; i++)
+		cr_assert_eq(bmap_row_put(b, 1 + i % 2, i, &l), 0);
+	cr_assert_eq(bmap_row_put(b, 1, 100, &tomb), 0);
+	bmap_close(b);
+	downgrade_to_format_1();
+
+	/* read-only: the file stays format 1, counts come from a scan */
+	cr_assert_eq(bmap_open(path, 1, &ro), 0);
+	cr_assert_eq(row_count(ro, 1), 25);
+	cr_assert_eq(bmap_meta_get(ro, "format_version", &v), 0);
+	cr_assert_eq(v, 1);
+	bmap_close(ro);
+
+	/* writable: upgraded in place, counted once, kept from then on */
+	cr_assert_eq(bmap_open(path, 0, &b), 0);
+	cr_assert_eq(bmap_meta_get(b, "format_version", &v), 0);
+	cr_assert_eq(v, BMAP_FORMAT_VERSION);
+	cr_assert_eq(row_count(b, 1), 25, "the tombstone is not counted");
+	cr_assert_eq(row_count(b, 2), 25);
+	cr_assert_eq(row_count(b, 3), 0);
+	cr_assert_eq(bmap_row_put(b, 3, 0, &l), 0);
+	cr_assert_eq(bmap_row_put(b, 1, 100, &l), 0);
+	cr_assert_eq(row_count(b, 3), 1);
+	cr_assert_eq(row_count(b, 1), 26);
+	bmap_close(b);
+	cr_assert_eq(bmap_open(path, 1, &ro), 0);
+	cr_assert_eq(bmap_meta_get(ro, "format_version", &v), 0);
+	cr_assert_eq(v, BMAP_FORMAT_VERSION, "a reader sees the upgrade");
+	bmap_close(ro);
+}
+
+/* Every way of changing rows keeps node.nrows equal to a count of the
+ * rows (row_count asserts it), in and out of transactions, and a rollback
+ * takes the counts back with the rows. */
+Test(bmap, node_row_counts_follow_every_change_and_every_rollback)
+{
+	struct bmap *b = make_index_with_nodes(2);
+	struct chunk_loc l = loc(4, 0, 0), l2 = loc(5, 1, 1), tomb = loc(0, 0, 0);
+
+	/* fresh rows, then overwrites, then fresh again: both first tries */
+	cr_assert_eq(bmap_begin(b), 0);
+	for (uint64_t i = 0; i < 20; i++)
+		cr_assert_eq(bmap_row_put(b, 1, i, &l), 0);
+	for (uint64_t i = 0; i < 30; i++)
+		cr_assert_eq(bmap_row_put(b, 1, i, &l2), 0);
+	cr_assert_eq(bmap_row_put(b, 2, 7, &l), 0);     /* another node midway */
+	cr_assert_eq(bmap_row_put(b, 1, 40, &tomb), 0);
+	cr_assert_eq(bmap_row_put(b, 1, 3, &tomb), 0);  /* data -> tombstone */
+	cr_assert_eq(bmap_row_put(b, 1, 40, &l), 0);    /* tombstone -> data */
+	cr_assert_eq(bmap_row_del(b, 1, 4), 0);
+	cr_assert_eq(bmap_row_del(b, 1, 3), 0);         /* a tombstone: no count */
+	cr_assert_eq(bmap_commit(b), 0);
+	cr_assert_eq(row_count(b, 1), 30 - 2 + 1);
+	cr_assert_eq(row_count(b, 2), 1);
+
+	cr_assert_eq(bmap_begin(b), 0);
+	cr_assert_eq(bmap_row_del_from(b, 1, 10), 0);
+	cr_assert_eq(bmap_row_put(b, 2, 8, &l), 0);
+	cr_assert_eq(row_count(b, 1), 8, "0..9 without 3 and 4");
+	bmap_rollback(b);
+	cr_assert_eq(row_count(b, 1), 29, "a rollback takes the counts back");
+	cr_assert_eq(row_count(b, 2), 1);
+
+	/* without a transaction each call commits its count with its rows */
+	cr_assert_eq(bmap_row_put(b, 2, 9, &l), 0);
+	cr_assert_eq(bmap_row_del_from(b, 1, 10), 0);
+	bmap_close(b);
+	cr_assert_eq(bmap_open(path, 0, &b), 0);
+	cr_assert_eq(row_count(b, 1), 8);
+	cr_assert_eq(row_count(b, 2), 2);
+	cr_assert_eq(bmap_node_delete(b, 2), 0);
+	cr_assert_eq(row_count(b, 2), 0, "a deleted node has no rows");
+	bmap_close(b);
+}
+
 Test(bmap, open_of_index_with_damaged_page_is_euclean)
 {
 	unsigned char junk[4096];
@@ -358,7 +483,7 @@ Test(bmap, open_of_index_with_damaged_page_is_euclean)
 
 Test(bmap, readonly_open_reads_and_refuses_writes)
 {
-	struct bmap *b = make_index(4096), *ro = NULL;
+	struct bmap *b = make_index_with_nodes(2), *ro = NULL;
 	struct bmap_inode in;
 	struct chunk_loc l = loc(3, 4, 5);
 
@@ -801,7 +926,7 @@ Test(bmap, node_delete_inside_a_transaction_is_undone_by_rollback)
 
 Test(bmap, row_put_replace_del_foreach_count_with_tombstones)
 {
-	struct bmap *b = make_index(4096);
+	struct bmap *b = make_index_with_nodes(2);
 	struct chunk_loc l;
 	struct seen s = { .n = 0 };
 
@@ -864,7 +989,7 @@ Test(bmap, row_put_replace_del_foreach_count_with_tombstones)
 
 Test(bmap, row_foreach_stops_when_fn_returns_nonzero)
 {
-	struct bmap *b = make_index(4096);
+	struct bmap *b = make_index_with_nodes(2);
 	struct chunk_loc l = loc(1, 0, 0);
 	struct seen s = { .stop_at = 3 };
 	uint64_t i;
@@ -880,7 +1005,7 @@ Test(bmap, row_foreach_stops_when_fn_returns_nonzero)
 
 Test(bmap, row_put_refuses_values_sql_cannot_order)
 {
-	struct bmap *b = make_index(4096);
+	struct bmap *b = make_index_with_nodes(2);
 	struct chunk_loc l = loc(1, 0, 0), big = loc(1ull << 63, 0, 0);
 
 	cr_assert_eq(bmap_row_put(b, 1, (uint64_t)INT64_MAX, &l), -EINVAL);
@@ -921,7 +1046,7 @@ Test(bmap, cksum_with_top_bit_set_roundtrips_exactly)
 
 Test(bmap, transaction_rollback_discards_rows)
 {
-	struct bmap *b = make_index(4096);
+	struct bmap *b = make_index_with_nodes(2);
 	struct chunk_loc l = loc(1, 0, 0);
 	struct bmap_inode v = make_inode(BMAP_ROOT_INO, "v", BMAP_VOL), out;
 	uint64_t i, val;
@@ -946,7 +1071,7 @@ Test(bmap, transaction_rollback_discards_rows)
 
 Test(bmap, transaction_commit_keeps_rows_across_reopen)
 {
-	struct bmap *b = make_index(4096);
+	struct bmap *b = make_index_with_nodes(2);
 	struct chunk_loc l = loc(1, 0, 0);
 	uint64_t i;
 
@@ -1794,6 +1919,8 @@ static void assert_merged(struct bmap *b, const struct merge_case *m)
 	assert_row(&s, 2, 2, 0, 0);     /* the child's tombstone wins */
 	assert_row(&s, 3, 5, 1, 5);     /* P's, below the inherit limit */
 	/* 9 >= C.inherit: the child never saw it; dropped */
+	cr_assert_eq(row_count(b, m->c.id), 3, "node.nrows follows: 0, 1 and 5 hold data");
+	cr_assert_eq(row_count(b, m->p.id), 0);
 
 	cr_assert_eq(bmap_node_get(b, m->c.id, &out), 0);
 	cr_assert_eq(out.parent, m->g.id, "the child takes the parent's parent");
@@ -1860,6 +1987,8 @@ Test(bmap, node_merge_in_steps_ends_as_one_merge_and_keeps_the_view_between_step
 			assert_row(&s, 0, 0, 1, 0);     /* moved */
 			assert_row(&s, 1, 1, 2, 1);
 			assert_row(&s, 2, 2, 0, 0);
+			cr_assert_eq(row_count(b, m.p.id), 3, "node.nrows between steps");
+			cr_assert_eq(row_count(b, m.c.id), 2, "0 and 1; 2 is a tombstone");
 		}
 	} while (steps < 10);
 	cr_assert(done);
@@ -2130,7 +2259,7 @@ static double put_rate(struct bmap *b, uint64_t node, uint64_t nrows, int scatte
 
 Test(bmap, row_put_rate_of_one_million_rows_in_one_transaction, .timeout = 600)
 {
-	struct bmap *b = make_index(4096);
+	struct bmap *b = make_index_with_nodes(2);
 	const char *env = getenv("VSNAPFS_BENCH_ROWS");
 	uint64_t nrows = env ? strtoull(env, NULL, 10) : 1000000;
 	double seq, scat, over, over_seq;
