@@ -76,6 +76,9 @@ int bmap_create(const char *path, uint32_t block_size, uint32_t uid, uint32_t gi
  * -ENOENT if path does not exist.  readonly opens without write access.
  */
 int bmap_open(const char *path, int readonly, struct bmap **out);
+/* The format version the open upgraded the index from (a writable open of
+ * an older index upgrades it, docs/on-disk-format.md), or 0. */
+int bmap_upgraded_from(struct bmap *b);
 void bmap_close(struct bmap *b);        /* NULL is fine */
 
 uint32_t bmap_block_size(struct bmap *b);

@@ -359,6 +359,7 @@ struct bmap {
 	uint32_t block_size;            /* from meta, checked at open */
 	int readonly;
 	int format;                     /* user_version: BMAP_FORMAT_VERSION, or 1 read-only */
+	int upgraded_from;              /* the format bmap_open upgraded, or 0 */
 	int walking;                    /* a walk's fn is running: no call may enter */
 	/* node.nrows changes of bmap_row_put/del not yet written: a flush
 	 * puts thousands of rows of one node, and one UPDATE of its count at
@@ -817,8 +818,14 @@ static int bmap_upgrade(struct bmap *b)
 		exec_sql(b, "ROLLBACK");
 		return rc;
 	}
+	b->upgraded_from = b->format;
 	b->format = BMAP_FORMAT_VERSION;
 	return 0;
+}
+
+int bmap_upgraded_from(struct bmap *b)
+{
+	return b->upgraded_from;
 }
 
 int bmap_open(const char *path, int readonly, struct bmap **out)
@@ -979,12 +986,8 @@ static int nrows_apply(struct bmap *b)
 	return nrows_add_now(b, b->pend_node, d);
 }
 
-/*
- * Count a row of node in or out, at the latest when the transaction
- * commits.  Outside a transaction the statement just run has committed, so
- * its count goes with it, in a transaction of its own: a crash in between
- * leaves the count one off, which check reports (see bmap.h).
- */
+/* Count a row of node in or out when the transaction commits (or the
+ * savepoint of a call made outside one, see in_own_savepoint). */
 static int nrows_add(struct bmap *b, uint64_t node, int64_t delta)
 {
 	int rc = 0;
@@ -994,8 +997,6 @@ static int nrows_add(struct bmap *b, uint64_t node, int64_t delta)
 		b->pend_node = node;
 	}
 	b->pend_delta += delta;
-	if (!rc && sqlite3_get_autocommit(b->db))
-		rc = nrows_apply(b);
 	return rc;
 }
 
@@ -1341,16 +1342,10 @@ static int row_del_data(struct bmap *b, uint64_t node, uint64_t lblock)
 	return rc;
 }
 
-int bmap_row_put(struct bmap *b, uint64_t node, uint64_t lblock, const struct chunk_loc *loc)
+static int row_put(struct bmap *b, uint64_t node, uint64_t lblock, const struct chunk_loc *loc)
 {
 	sqlite3_stmt *s = bmap_stmt(b, ST_ROW_PUT);
 	int tomb = loc->chunk_id == 0, rc;
-
-	/* Ordered by SQL as signed integers; lblock INT64_MAX is kept free
-	 * so that the clamped bounds of foreach and del_from are exact. */
-	if (node > (uint64_t)INT64_MAX || lblock >= (uint64_t)INT64_MAX ||
-	    loc->chunk_id > (uint64_t)INT64_MAX)
-		return -EINVAL;
 	/* node.nrows: data over data changes no count, data over nothing
 	 * counts one in.  Which one to try first: what the last put found,
 	 * as a flush puts runs of rows in order, fresh (after a snapshot)
@@ -1391,7 +1386,7 @@ int bmap_row_put(struct bmap *b, uint64_t node, uint64_t lblock, const struct ch
 	return rc;
 }
 
-int bmap_row_del(struct bmap *b, uint64_t node, uint64_t lblock)
+static int row_del(struct bmap *b, uint64_t node, uint64_t lblock)
 {
 	sqlite3_stmt *s = bmap_stmt(b, ST_ROW_DEL);
 	int rc = row_del_data(b, node, lblock);
@@ -1401,6 +1396,57 @@ int bmap_row_del(struct bmap *b, uint64_t node, uint64_t lblock)
 	bind_i64(s, 1, u64_bits(node));
 	bind_i64(s, 2, u64_bits(lblock));
 	return stmt_run(b, s);          /* a tombstone, if any */
+}
+
+/*
+ * put and del run two statements or more and count at commit.  Called
+ * outside a transaction (the tests do), they take a savepoint of their
+ * own, so that the rows and the count commit together, at its release.
+ */
+static bool in_own_savepoint(struct bmap *b, int *rc)
+{
+	*rc = 0;
+	if (!sqlite3_get_autocommit(b->db))
+		return false;
+	*rc = op_begin(b);
+	return true;
+}
+
+static int own_savepoint_end(struct bmap *b, int rc)
+{
+	if (!rc)
+		rc = nrows_apply(b);
+	b->pend_delta = 0;              /* rolled back if rc, written if not */
+	return op_end(b, rc);
+}
+
+int bmap_row_put(struct bmap *b, uint64_t node, uint64_t lblock, const struct chunk_loc *loc)
+{
+	bool own;
+	int rc;
+
+	/* Ordered by SQL as signed integers; lblock INT64_MAX is kept free
+	 * so that the clamped bounds of foreach and del_from are exact. */
+	if (node > (uint64_t)INT64_MAX || lblock >= (uint64_t)INT64_MAX ||
+	    loc->chunk_id > (uint64_t)INT64_MAX)
+		return -EINVAL;
+	own = in_own_savepoint(b, &rc);
+	if (rc)
+		return rc;
+	rc = row_put(b, node, lblock, loc);
+	return own ? own_savepoint_end(b, rc) : rc;
+}
+
+int bmap_row_del(struct bmap *b, uint64_t node, uint64_t lblock)
+{
+	bool own;
+	int rc;
+
+	own = in_own_savepoint(b, &rc);
+	if (rc)
+		return rc;
+	rc = row_del(b, node, lblock);
+	return own ? own_savepoint_end(b, rc) : rc;
 }
 
 /* The data rows of node in [from, below): node.nrows moves by these. */

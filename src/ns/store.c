@@ -167,10 +167,14 @@ static int open_index(struct ns *ns, char *msg, size_t msglen)
 	rc = bmap_open(path, ns->readonly, &ns->bm);
 	switch (rc) {
 	case 0:
+		if (bmap_upgraded_from(ns->bm))
+			vlog(LOG_NOTICE, "%s: upgraded from format version %d to %d; older vsnapfs "
+			     "versions cannot mount this store any more", path,
+			     bmap_upgraded_from(ns->bm), BMAP_FORMAT_VERSION);
 		break;
 	case -EPROTONOSUPPORT:
-		snprintf(msg, msglen, "%s: unknown store format version (this vsnapfs reads version %d)",
-			 path, BMAP_FORMAT_VERSION);
+		snprintf(msg, msglen, "%s: unknown store format version (this vsnapfs reads versions "
+			 "1 to %d)", path, BMAP_FORMAT_VERSION);
 		break;
 	case -EUCLEAN:
 		snprintf(msg, msglen, "%s: damaged or not a vsnapfs index; refusing to mount", path);

@@ -285,6 +285,8 @@ cmp -s "$T/v1list.json" "$T/list.json" ||
 	fail "list of the format 1 copy differs: $(cat "$T/v1list.json") / $(cat "$T/list.json")"
 assert_eq "$(sqlite3 "$T/v1/index.sqlite" 'PRAGMA user_version')" 1 "a read-only vsnapctl upgrades nothing"
 vs_mount "$T/v1" "$MNT"
+grep -q "index.sqlite: upgraded from format version 1 to 2" "$(vs_log "$MNT")" ||
+	fail "the mount did not say it upgraded the index: $(cat "$(vs_log "$MNT")")"
 assert_eq "$(stat -c %b "$MNT/vm1.img")" "$VM1_BLOCKS" "st_blocks of vm1.img after the upgrade"
 vs_umount "$MNT"
 assert_eq "$(sqlite3 "$T/v1/index.sqlite" 'PRAGMA user_version')" 2 "the mount upgraded the index"
