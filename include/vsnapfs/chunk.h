@@ -82,8 +82,12 @@ int chunk_read(struct chunk_store *cs, const struct chunk_loc *locs, uint32_t nb
 void chunk_prefetch(struct chunk_store *cs, const struct chunk_loc *loc, uint32_t nblocks);
 
 /* fdatasync every chunk file appended to since the last successful sync, and
- * the chunk directory if a chunk file was created since then. */
+ * the chunk directory if a chunk file was created since then.  The first
+ * failure poisons the store: from then on chunk_sync() and chunk_append()
+ * fail with -EIO (a retried fdatasync proves nothing about the pages the
+ * failed one could not write); reads go on.  Only a new open clears it. */
 int chunk_sync(struct chunk_store *cs);
+bool chunk_poisoned(struct chunk_store *cs);
 
 /* The id of the chunk currently taking appends, or 0 if none yet. */
 uint64_t chunk_active_id(struct chunk_store *cs);

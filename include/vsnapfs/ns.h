@@ -120,6 +120,9 @@ ssize_t ns_copy_range(struct ns *ns, struct ns_file *src, uint64_t off_in, struc
 
 /* Flush every volume's pending changes (sync data, commit the index). */
 int ns_flush(struct ns *ns);
+/* A sync of the chunk files failed: from then on every write and fsync
+ * fails with EIO until the store is opened again (chunk_sync). */
+bool ns_sync_failed(struct ns *ns);
 
 int ns_statfs(struct ns *ns, struct statvfs *out);
 

@@ -37,6 +37,15 @@
  * and saves a reference count.  The cache is bounded by half the fd limit
  * and evicts round-robin.
  *
+ * A failed sync poisons the store (cs->poisoned): once fdatasync has
+ * failed, Linux may have marked the pages it could not write clean, or
+ * dropped them, and a later fdatasync that succeeds proves nothing about
+ * them.  Syncing again and committing rows that point at those slots would
+ * tell a client that data is durable when it may be gone.  So every later
+ * chunk_sync() and chunk_append() fails with -EIO, reads go on, and the next
+ * open (a new mount) starts from what the index committed before.  The same
+ * for a chunk file deleted under us and a failed fsync of the directory.
+ *
  * Spares.  A removed chunk file may be kept, renamed to <spare_dir>/%016llx.spare,
  * instead of unlinked, and the next new chunk is then made from it: renamed
  * to the new id and given a new header before its first slot is handed out.
@@ -151,6 +160,7 @@ struct chunk_store {
 	uint64_t spare_bytes;           /* mu: sum of the spares' sizes */
 
 	struct chunk_fault fault[CHUNK_FAULT_NOPS];
+	atomic_bool poisoned;           /* a sync failed: see "A failed sync" above */
 };
 
 struct chunk_spare {                    /* a removed chunk file kept for reuse */
@@ -924,6 +934,8 @@ int chunk_append(struct chunk_store *cs, const void *buf, uint32_t nblocks,
 
 	if (nblocks == 0)
 		return 0;
+	if (atomic_load(&cs->poisoned))
+		return -EIO;
 	if (max_runs > ARRAY_SIZE(stack_runs)) {
 		runs = calloc(max_runs, sizeof(*runs));
 		if (!runs)
@@ -1052,10 +1064,9 @@ struct chunk_sync_item {
 };
 
 /*
- * Snapshot and clear the dirty set under mu, sync without it, and put back
- * what failed.  Note: after a failed fdatasync Linux may have dropped the
- * dirty pages, so a later sync that succeeds does not prove those blocks
- * reached the disk; the caller must not commit blocks whose sync failed.
+ * Snapshot and clear the dirty set under mu and sync without it.  A failure
+ * poisons the store (see "A failed sync" at the top): this call returns
+ * what failed, every later one -EIO.
  */
 int chunk_sync(struct chunk_store *cs)
 {
@@ -1066,6 +1077,10 @@ int chunk_sync(struct chunk_store *cs)
 	int rc, dir_rc = 0;
 
 	pthread_mutex_lock(&cs->sync_mu);
+	if (atomic_load(&cs->poisoned)) {
+		rc = -EIO;
+		goto out;
+	}
 
 	pthread_mutex_lock(&cs->mu);
 	for (w = cs->writers; w; w = w->next)
@@ -1096,14 +1111,11 @@ int chunk_sync(struct chunk_store *cs)
 		items[i].rc = rc;
 		if (rc == 0 && fdatasync(items[i].w->fd) != 0)
 			items[i].rc = -errno;
-		/* Someone deleted the file under us: what it held is lost, and
-		 * syncing it again cannot help.  Fail this sync once, and let the
-		 * next appends go to a new file (see below). */
+		/* Someone deleted the file under us: what it held is lost. */
 		if (rc == 0 && !fstat(items[i].w->fd, &st) && st.st_nlink == 0) {
-			vlog(LOG_ERR, "chunk %016" PRIx64 " was deleted while in use: its blocks "
-			     "are lost; new data goes to a new chunk file", items[i].w->id);
+			vlog(LOG_ERR, "chunk %016" PRIx64 " was deleted while in use: its "
+			     "blocks are lost", items[i].w->id);
 			items[i].rc = -EIO;
-			items[i].gone = true;
 		}
 	}
 	if (dir) {
@@ -1116,16 +1128,15 @@ int chunk_sync(struct chunk_store *cs)
 	if (rc == 0)
 		rc = dir_rc;
 
+	if (rc && !atomic_exchange(&cs->poisoned, true))
+		vlog(LOG_CRIT, "syncing chunk files failed (%s): writes since the last successful "
+		     "fsync may be lost, and a retry could not prove them durable. No more writes "
+		     "are accepted and every fsync fails; reads go on. Unmount and mount again to "
+		     "go back to the last durable state", strerror(-rc));
+
 	pthread_mutex_lock(&cs->mu);
-	for (size_t i = 0; i < n; i++) {
-		if (items[i].gone)
-			items[i].w->nused = cs->nslots;    /* sealed: no more appends */
-		else if (items[i].rc)
-			items[i].w->dirty = true;
+	for (size_t i = 0; i < n; i++)
 		chunk_w_put_locked(cs, items[i].w);
-	}
-	if (dir_rc)
-		cs->dir_dirty = true;
 	pthread_mutex_unlock(&cs->mu);
 out:
 	pthread_mutex_unlock(&cs->sync_mu);
@@ -1134,6 +1145,11 @@ out:
 }
 
 /* --- ids, listing, removal ------------------------------------------------- */
+
+bool chunk_poisoned(struct chunk_store *cs)
+{
+	return atomic_load(&cs->poisoned);
+}
 
 uint64_t chunk_active_id(struct chunk_store *cs)
 {

@@ -139,7 +139,8 @@ static void reply_fail(fuse_req_t req, int rc, const char *op, uint64_t ino)
 		vlog(LOG_ERR, "%s ino %" PRIu64 ": ns returned %d where an error was due",
 		     op, ino, rc);
 		err = EIO;
-	} else if (err_is_unexpected(err)) {
+	} else if (err_is_unexpected(err) && !(err == EIO && ns_sync_failed(req_ns(req)))) {
+		/* (after a failed sync every write and fsync fails: said once) */
 		vlog(LOG_ERR, "%s ino %" PRIu64 ": %s", op, ino,
 		     strerror_r(err, buf, sizeof(buf)));
 	}

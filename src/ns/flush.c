@@ -124,11 +124,11 @@ static int commit(struct ns *ns, struct held *h, size_t n)
 {
 	int rc;
 
+	if (chunk_poisoned(ns->cs))
+		return -EIO;            /* said once, by chunk_sync */
 	rc = chunk_sync(ns->cs);
-	if (rc) {
-		vlog(LOG_ERR, "syncing chunk files: %s", strerror(-rc));
+	if (rc)
 		return rc;
-	}
 	pthread_mutex_lock(&ns->db_mu);
 	rc = bmap_begin(ns->bm);
 	if (!rc)
@@ -420,10 +420,12 @@ void *ns_bg_main(void *arg)
 		evict_clean(ns);
 		ns_reap_all(ns);
 		now = ns_now_ns();
-		if (atomic_load(&ns->gc_wanted) ||
-		    now - last_gc > (int64_t)ns->gc_interval_s * 1000000000 ||
-		    ((more || chunk_next_id(ns->cs) - gc_chunk >= GC_AFTER_CHUNKS) &&
-		     now - last_gc - gc_ns >= GC_PACE * gc_ns)) {
+		/* no GC in a poisoned store: nothing may be moved (chunk_sync) */
+		if (!chunk_poisoned(ns->cs) &&
+		    (atomic_load(&ns->gc_wanted) ||
+		     now - last_gc > (int64_t)ns->gc_interval_s * 1000000000 ||
+		     ((more || chunk_next_id(ns->cs) - gc_chunk >= GC_AFTER_CHUNKS) &&
+		      now - last_gc - gc_ns >= GC_PACE * gc_ns))) {
 			int rc;
 
 			atomic_store(&ns->gc_wanted, false);

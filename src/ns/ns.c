@@ -879,6 +879,11 @@ static bool space_ok(struct ns *ns, size_t len)
 	return atomic_load(&ns->space_free) - used > ns->space_reserve;
 }
 
+bool ns_sync_failed(struct ns *ns)
+{
+	return chunk_poisoned(ns->cs);
+}
+
 ssize_t ns_write(struct ns *ns, struct ns_file *f, const void *buf, size_t len, uint64_t off)
 {
 	ssize_t n;
@@ -886,6 +891,8 @@ ssize_t ns_write(struct ns *ns, struct ns_file *f, const void *buf, size_t len, 
 
 	if (ns->readonly || ino_kind(f->ino) != INO_LIVE)
 		return -EROFS;
+	if (chunk_poisoned(ns->cs))
+		return -EIO;            /* zeros too: nothing can be made durable */
 	if (!space_ok(ns, len)) {
 		/* maybe garbage collection can give some back */
 		atomic_store(&ns->gc_wanted, true);

@@ -601,13 +601,45 @@ Test(chunk, injected_read_and_sync_faults_fail_then_clear)
 	chunk_fault_set(cs, CHUNK_FAULT_READ, 0, 0);
 	assert_reads(cs, bs, &loc, 8);
 
-	chunk_fault_set(cs, CHUNK_FAULT_SYNC, 0, EIO);
-	cr_assert_eq(chunk_sync(cs), -EIO);
-	cr_assert_eq(chunk_sync(cs), -EIO);
-	chunk_fault_set(cs, CHUNK_FAULT_SYNC, 0, 0);
-	cr_assert_eq(chunk_sync(cs), 0);        /* the failed ones were put back */
-
 	free(back);
+	chunk_store_close(cs);
+}
+
+/*
+ * A failed sync poisons the store: Linux may have dropped the pages it could
+ * not write, so a later fdatasync that succeeds would prove nothing.  Every
+ * later sync and append fails with EIO, even with the fault gone; reads go
+ * on; a new open starts clean.
+ */
+Test(chunk, a_failed_sync_poisons_the_store_until_it_is_opened_again)
+{
+	const uint32_t bs = 4096;
+	struct chunk_store *cs = open_store(bs, 0);
+	struct chunk_loc synced = append_one(cs, bs, 1), unsynced, loc;
+	uint8_t *buf = malloc(bs);
+
+	cr_assert_eq(chunk_sync(cs), 0);
+	unsynced = append_one(cs, bs, 2);
+	cr_assert_not(chunk_poisoned(cs));
+	chunk_fault_set(cs, CHUNK_FAULT_SYNC, 0, ENOSPC);
+	cr_assert_eq(chunk_sync(cs), -ENOSPC, "the first failure says what failed");
+	cr_assert(chunk_poisoned(cs));
+	chunk_fault_set(cs, CHUNK_FAULT_SYNC, 0, 0);
+	cr_assert_eq(chunk_sync(cs), -EIO, "a retry that would succeed must not");
+	fill_block(buf, bs, 3);
+	cr_assert_eq(chunk_append(cs, buf, 1, &loc), -EIO);
+	cr_assert_eq(chunk_sync(cs), -EIO);
+	assert_reads(cs, bs, &synced, 1);
+	assert_reads(cs, bs, &unsynced, 2);     /* still in the page cache here */
+	chunk_store_close(cs);
+
+	cs = open_store(bs, 0);
+	cr_assert_not(chunk_poisoned(cs));
+	loc = append_one(cs, bs, 4);
+	cr_assert_eq(chunk_sync(cs), 0);
+	assert_reads(cs, bs, &loc, 4);
+	assert_reads(cs, bs, &synced, 1);
+	free(buf);
 	chunk_store_close(cs);
 }
 
