@@ -124,11 +124,12 @@ static int commit(struct ns *ns, struct held *h, size_t n)
 {
 	int rc;
 
-	if (chunk_poisoned(ns->cs))
-		return -EIO;            /* said once, by chunk_sync */
 	rc = chunk_sync(ns->cs);
-	if (rc)
+	if (rc) {
+		if (!chunk_poisoned(ns->cs))    /* a failed sync itself is logged there */
+			vlog(LOG_ERR, "syncing chunk files: %s", strerror(-rc));
 		return rc;
+	}
 	pthread_mutex_lock(&ns->db_mu);
 	rc = bmap_begin(ns->bm);
 	if (!rc)
@@ -150,6 +151,10 @@ static int flush_locked(struct ns *ns)
 	size_t n = 0;
 	int rc;
 
+	/* after a failed sync nothing can be made durable: do not even
+	 * collect (chunk_sync said so, once) */
+	if (chunk_poisoned(ns->cs))
+		return -EIO;
 	rc = gather(ns, &h, &n);
 	for (size_t i = 0; i < n && !rc; i++)
 		rc = ns_held_collect(ns, &h[i]);
