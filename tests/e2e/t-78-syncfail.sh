@@ -62,6 +62,10 @@ _vs_wait_pid "$pid" $((30 * VS_TIME_SCALE)) || fail "daemon still running 30 s a
 _vs_forget_pid "$pid"
 [ "$_VS_STATUS" -ne 0 ] || fail "the daemon exited with status 0 after its final flush failed"
 grep -q "final flush failed" "$(vs_log "$MNT")" || fail "no word of the failed final flush"
+# (its status cannot tell a sanitizer's report at exit from the failed flush)
+if grep -q "Sanitizer" "$(vs_log "$MNT")"; then
+	fail "a sanitizer reported: $(grep -A5 Sanitizer "$(vs_log "$MNT")" | head -c 1500)"
+fi
 
 # the host file system needs its check after a write error; then mount again
 vs_blkumount "$FS"
