@@ -44,7 +44,11 @@
  * tell a client that data is durable when it may be gone.  So every later
  * chunk_sync() and chunk_append() fails with -EIO, reads go on, and the next
  * open (a new mount) starts from what the index committed before.  The same
- * for a chunk file deleted under us and a failed fsync of the directory.
+ * for a failed fsync of the directory.  A chunk file deleted under us is not
+ * that: what it held is lost for certain, not maybe, and only that.  The
+ * sync fails once, the file is sealed, appends go to a new file, and rows
+ * that point into the deleted one read EIO (SPEC: a chunk file missing means
+ * EIO on the affected blocks only; t-120-damage).
  *
  * Spares.  A removed chunk file may be kept, renamed to <spare_dir>/%016llx.spare,
  * instead of unlinked, and the next new chunk is then made from it: renamed
@@ -1059,22 +1063,22 @@ void chunk_prefetch(struct chunk_store *cs, const struct chunk_loc *loc, uint32_
 
 struct chunk_sync_item {
 	struct chunk_w *w;
-	int rc;
 	bool gone;                      /* the file was deleted under us */
 };
 
 /*
- * Snapshot and clear the dirty set under mu and sync without it.  A failure
- * poisons the store (see "A failed sync" at the top): this call returns
- * what failed, every later one -EIO.
+ * Snapshot and clear the dirty set under mu and sync without it.  A failed
+ * fdatasync or fsync poisons the store (see "A failed sync" at the top):
+ * this call returns what failed, every later one -EIO.  A chunk file
+ * deleted under us fails this call with -EIO, and only this one.
  */
 int chunk_sync(struct chunk_store *cs)
 {
 	struct chunk_sync_item *items = NULL;
 	size_t n = 0, ndirty = 0;
 	struct chunk_w *w;
-	bool dir;
-	int rc, dir_rc = 0;
+	bool dir, gone = false;
+	int rc, failed;
 
 	pthread_mutex_lock(&cs->sync_mu);
 	if (atomic_load(&cs->poisoned)) {
@@ -1104,39 +1108,34 @@ int chunk_sync(struct chunk_store *cs)
 	cs->dir_dirty = false;
 	pthread_mutex_unlock(&cs->mu);
 
-	rc = chunk_fault_hit(cs, CHUNK_FAULT_SYNC);
+	failed = chunk_fault_hit(cs, CHUNK_FAULT_SYNC);    /* as if fdatasync failed */
 	for (size_t i = 0; i < n; i++) {
 		struct stat st;
 
-		items[i].rc = rc;
-		if (rc == 0 && fdatasync(items[i].w->fd) != 0)
-			items[i].rc = -errno;
-		/* Someone deleted the file under us: what it held is lost. */
-		if (rc == 0 && !fstat(items[i].w->fd, &st) && st.st_nlink == 0) {
-			vlog(LOG_ERR, "chunk %016" PRIx64 " was deleted while in use: its "
-			     "blocks are lost", items[i].w->id);
-			items[i].rc = -EIO;
+		if (!failed && fdatasync(items[i].w->fd) != 0)
+			failed = -errno;
+		if (!fstat(items[i].w->fd, &st) && st.st_nlink == 0) {
+			vlog(LOG_ERR, "chunk %016" PRIx64 " was deleted while in use: its blocks "
+			     "are lost; new data goes to a new chunk file", items[i].w->id);
+			items[i].gone = true;
+			gone = true;
 		}
 	}
-	if (dir) {
-		dir_rc = rc;
-		if (rc == 0 && fsync(cs->dirfd) != 0)
-			dir_rc = -errno;
-	}
-	for (size_t i = 0; i < n && rc == 0; i++)
-		rc = items[i].rc;
-	if (rc == 0)
-		rc = dir_rc;
-
-	if (rc && !atomic_exchange(&cs->poisoned, true))
+	if (dir && !failed && fsync(cs->dirfd) != 0)
+		failed = -errno;
+	if (failed && !atomic_exchange(&cs->poisoned, true))
 		vlog(LOG_CRIT, "syncing chunk files failed (%s): writes since the last successful "
 		     "fsync may be lost, and a retry could not prove them durable. No more writes "
 		     "are accepted and every fsync fails; reads go on. Unmount and mount again to "
-		     "go back to the last durable state", strerror(-rc));
+		     "go back to the last durable state", strerror(-failed));
+	rc = failed ? failed : gone ? -EIO : 0;
 
 	pthread_mutex_lock(&cs->mu);
-	for (size_t i = 0; i < n; i++)
+	for (size_t i = 0; i < n; i++) {
+		if (items[i].gone)
+			items[i].w->nused = cs->nslots;    /* sealed: no more appends */
 		chunk_w_put_locked(cs, items[i].w);
+	}
 	pthread_mutex_unlock(&cs->mu);
 out:
 	pthread_mutex_unlock(&cs->sync_mu);

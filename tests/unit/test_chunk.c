@@ -611,6 +611,29 @@ Test(chunk, injected_read_and_sync_faults_fail_then_clear)
  * later sync and append fails with EIO, even with the fault gone; reads go
  * on; a new open starts clean.
  */
+/*
+ * The chunk file being appended to, deleted behind the store's back: what it
+ * held is lost, for certain and only that.  That sync fails, the next one
+ * does not, and new appends go to a new file: no poison (t-120-damage).
+ */
+Test(chunk, an_active_chunk_deleted_under_us_fails_one_sync_and_poisons_nothing)
+{
+	const uint32_t bs = 4096;
+	struct chunk_store *cs = open_store(bs, 0);
+	struct chunk_loc lost = append_one(cs, bs, 1), later;
+	char path[256];
+
+	chunk_path(path, sizeof(path), lost.chunk_id);
+	cr_assert_eq(unlink(path), 0);
+	cr_assert_eq(chunk_sync(cs), -EIO);
+	cr_assert_not(chunk_poisoned(cs));
+	later = append_one(cs, bs, 2);
+	cr_assert_neq(later.chunk_id, lost.chunk_id, "appends go to a new file");
+	cr_assert_eq(chunk_sync(cs), 0);
+	assert_reads(cs, bs, &later, 2);
+	chunk_store_close(cs);
+}
+
 Test(chunk, a_failed_sync_poisons_the_store_until_it_is_opened_again)
 {
 	const uint32_t bs = 4096;
