@@ -9,8 +9,9 @@
  * in b->st[].  A call binds, steps and resets; no call returns with a
  * statement still active, so a handle is always at rest between calls.  The
  * hot path is bmap_row_put() at fsync time, thousands of rows in one
- * transaction: an overwrite of data is one bind/step/reset of a cached
- * UPDATE; a new row, that UPDATE (finding nothing) and an UPSERT.
+ * transaction: one bind/step/reset of a cached UPDATE (data over data) or
+ * INSERT (a new row), whichever worked for the put before (bmap_row_put);
+ * the other one only when that guess is wrong.
  *
  * Row counts.  node.nrows is the number of a node's data rows (chunk <> 0):
  * st_blocks of a volume whose map is not loaded, and the sizes vsnapctl
@@ -201,8 +202,7 @@ enum bmap_st {
 	ST_ROW_DEL_FROM,
 	ST_ROW_FOREACH,
 	ST_ROW_COUNT,
-	ST_ROW_COUNT_FROM,
-	ST_ROW_COUNT_BELOW,
+	ST_ROW_COUNT_RANGE,
 	ST_NODE_NROWS,          /* format 2: prepared only then */
 	ST_NODE_NROWS_ADD,      /* format 2 */
 	ST_CHUNK_SCAN,
@@ -295,10 +295,8 @@ static const char *const bmap_st_sql[ST_COUNT] = {
 	[ST_ROW_FOREACH]      = "SELECT lblock, chunk, slot, cksum FROM bmap"
 				" WHERE node = ?1 AND lblock < ?2 ORDER BY lblock",
 	[ST_ROW_COUNT]        = "SELECT count(*) FROM bmap WHERE node = ?1 AND chunk <> 0",
-	[ST_ROW_COUNT_FROM]   = "SELECT count(*) FROM bmap WHERE node = ?1 AND lblock >= ?2"
-				" AND chunk <> 0",
-	[ST_ROW_COUNT_BELOW]  = "SELECT count(*) FROM bmap WHERE node = ?1 AND lblock < ?2"
-				" AND chunk <> 0",
+	[ST_ROW_COUNT_RANGE]  = "SELECT count(*) FROM bmap WHERE node = ?1 AND lblock >= ?2"
+				" AND lblock < ?3 AND chunk <> 0",
 	[ST_NODE_NROWS]       = "SELECT nrows FROM node WHERE id = ?1",
 	[ST_NODE_NROWS_ADD]   = "UPDATE node SET nrows = nrows + ?2 WHERE id = ?1",
 	[ST_CHUNK_SCAN]       = "SELECT chunk FROM bmap WHERE chunk <> 0",
@@ -1342,6 +1340,19 @@ static int row_del_data(struct bmap *b, uint64_t node, uint64_t lblock)
 	return rc;
 }
 
+/* Bind (node, lblock, chunk, slot, cksum) as ?1..?5.  A tombstone stores
+ * zeros, so equal content means equal rows. */
+static void bind_row(sqlite3_stmt *s, uint64_t node, uint64_t lblock, const struct chunk_loc *loc)
+{
+	int tomb = loc->chunk_id == 0;
+
+	bind_i64(s, 1, (sqlite3_int64)node);
+	bind_i64(s, 2, (sqlite3_int64)lblock);
+	bind_i64(s, 3, (sqlite3_int64)loc->chunk_id);
+	bind_i64(s, 4, tomb ? 0 : loc->slot);
+	bind_i64(s, 5, tomb ? 0 : u64_bits(loc->cksum));
+}
+
 static int row_put(struct bmap *b, uint64_t node, uint64_t lblock, const struct chunk_loc *loc)
 {
 	sqlite3_stmt *s = bmap_stmt(b, ST_ROW_PUT);
@@ -1356,11 +1367,7 @@ static int row_put(struct bmap *b, uint64_t node, uint64_t lblock, const struct 
 			bool ins = b->put_new ^ i;
 			sqlite3_stmt *u = bmap_stmt(b, ins ? ST_ROW_INSERT : ST_ROW_UPDATE);
 
-			bind_i64(u, 1, (sqlite3_int64)node);
-			bind_i64(u, 2, (sqlite3_int64)lblock);
-			bind_i64(u, 3, (sqlite3_int64)loc->chunk_id);
-			bind_i64(u, 4, loc->slot);
-			bind_i64(u, 5, u64_bits(loc->cksum));
+			bind_row(u, node, lblock, loc);
 			rc = stmt_run(b, u);
 			if (rc)
 				return rc;
@@ -1374,12 +1381,7 @@ static int row_put(struct bmap *b, uint64_t node, uint64_t lblock, const struct 
 		if (rc)
 			return rc;
 	}
-	bind_i64(s, 1, (sqlite3_int64)node);
-	bind_i64(s, 2, (sqlite3_int64)lblock);
-	bind_i64(s, 3, (sqlite3_int64)loc->chunk_id);
-	/* A tombstone stores zeros, so equal content means equal rows. */
-	bind_i64(s, 4, tomb ? 0 : loc->slot);
-	bind_i64(s, 5, tomb ? 0 : u64_bits(loc->cksum));
+	bind_row(s, node, lblock, loc);
 	rc = stmt_run(b, s);
 	if (!rc && !tomb)
 		rc = nrows_add(b, node, 1);
@@ -1453,17 +1455,11 @@ int bmap_row_del(struct bmap *b, uint64_t node, uint64_t lblock)
 static int rows_between(struct bmap *b, uint64_t node, uint64_t from, uint64_t below,
 			uint64_t *n)
 {
-	sqlite3_stmt *s;
+	sqlite3_stmt *s = bmap_stmt(b, ST_ROW_COUNT_RANGE);
 
-	if (from == 0) {
-		s = bmap_stmt(b, ST_ROW_COUNT_BELOW);
-		bind_i64(s, 2, clamp_i64(below));
-	} else {
-		assert(below == UINT64_MAX);
-		s = bmap_stmt(b, ST_ROW_COUNT_FROM);
-		bind_i64(s, 2, clamp_i64(from));
-	}
 	bind_i64(s, 1, u64_bits(node));
+	bind_i64(s, 2, clamp_i64(from));
+	bind_i64(s, 3, clamp_i64(below));
 	return stmt_u64(b, s, n);
 }
 

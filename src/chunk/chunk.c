@@ -1070,7 +1070,8 @@ struct chunk_sync_item {
  * Snapshot and clear the dirty set under mu and sync without it.  A failed
  * fdatasync or fsync poisons the store (see "A failed sync" at the top):
  * this call returns what failed, every later one -EIO.  A chunk file
- * deleted under us fails this call with -EIO, and only this one.
+ * deleted under us fails this call with -EIO, and only this one.  Every
+ * failure is logged here, once.
  */
 int chunk_sync(struct chunk_store *cs)
 {
@@ -1093,6 +1094,7 @@ int chunk_sync(struct chunk_store *cs)
 		items = calloc(ndirty, sizeof(*items));
 		if (!items) {
 			pthread_mutex_unlock(&cs->mu);
+			vlog(LOG_ERR, "syncing chunk files: out of memory");
 			rc = -ENOMEM;
 			goto out;
 		}

@@ -124,12 +124,9 @@ static int commit(struct ns *ns, struct held *h, size_t n)
 {
 	int rc;
 
-	rc = chunk_sync(ns->cs);
-	if (rc) {
-		if (!chunk_poisoned(ns->cs))    /* a failed sync itself is logged there */
-			vlog(LOG_ERR, "syncing chunk files: %s", strerror(-rc));
+	rc = chunk_sync(ns->cs);        /* logs its failures */
+	if (rc)
 		return rc;
-	}
 	pthread_mutex_lock(&ns->db_mu);
 	rc = bmap_begin(ns->bm);
 	if (!rc)

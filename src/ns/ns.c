@@ -601,6 +601,16 @@ out:
 
 /* ---- attributes ---------------------------------------------------------- */
 
+/* May the content of ino change (write, hole punch, size)?  Not in a
+ * read-only mount or a snapshot; not after a failed sync, where nothing
+ * can be made durable, zeros and holes neither (chunk_sync). */
+static int may_change(struct ns *ns, uint64_t ino)
+{
+	if (ns->readonly || ino_kind(ino) != INO_LIVE)
+		return -EROFS;
+	return chunk_poisoned(ns->cs) ? -EIO : 0;
+}
+
 int ns_setattr(struct ns *ns, uint64_t ino, const struct ns_attr *a, int which,
 	       struct ns_attr *out)
 {
@@ -614,7 +624,9 @@ int ns_setattr(struct ns *ns, uint64_t ino, const struct ns_attr *a, int which,
 	if (ino_kind(ino) == INO_CTL)
 		return -EPERM;
 	if (which & NS_SET_SIZE) {
-		rc = ns_open_file(ns, ino, O_WRONLY, &f);
+		rc = may_change(ns, ino);
+		if (!rc)
+			rc = ns_open_file(ns, ino, O_WRONLY, &f);
 		if (rc)
 			return rc;
 		rc = a->size == 0 ? ns_truncate_zero(ns, f) : vol_truncate(f->v, a->size);
@@ -887,12 +899,10 @@ bool ns_sync_failed(struct ns *ns)
 ssize_t ns_write(struct ns *ns, struct ns_file *f, const void *buf, size_t len, uint64_t off)
 {
 	ssize_t n;
-	int e;
+	int e = may_change(ns, f->ino);
 
-	if (ns->readonly || ino_kind(f->ino) != INO_LIVE)
-		return -EROFS;
-	if (chunk_poisoned(ns->cs))
-		return -EIO;            /* zeros too: nothing can be made durable */
+	if (e)
+		return e;
 	if (!space_ok(ns, len)) {
 		/* maybe garbage collection can give some back */
 		atomic_store(&ns->gc_wanted, true);
@@ -911,10 +921,11 @@ int ns_fallocate(struct ns *ns, struct ns_file *f, int mode, uint64_t off, uint6
 {
 	bool keep = mode & FALLOC_FL_KEEP_SIZE;
 	uint64_t end;
-	int rc = 0, e;
+	int rc, e;
 
-	if (ns->readonly || ino_kind(f->ino) != INO_LIVE)
-		return -EROFS;
+	rc = may_change(ns, f->ino);
+	if (rc)
+		return rc;
 	if (off > VOL_MAX_BYTES || len > VOL_MAX_BYTES - off)
 		return -EFBIG;
 	end = off + len;

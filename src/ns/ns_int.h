@@ -176,5 +176,4 @@ int ns_reap_all(struct ns *ns);
  * *work_ns: how long its scans of the index and the chunk files took. */
 int ns_gc(struct ns *ns, int64_t *work_ns);
 
-
 #endif

@@ -4,9 +4,10 @@
 # once the tmpfs is full and fdatasync of a chunk file returns an error.
 # After that no fsync may succeed, even once the device works again: Linux
 # may have dropped the pages it could not write, and a retried fdatasync
-# proves nothing about them (docs/design.md, "A failed fdatasync").  Writes
-# are refused, reads go on, and a new mount recovers to the last durable
-# state with everything fsynced before the failure intact.
+# proves nothing about them (docs/design.md, "A failed fdatasync").  Changes
+# (writes, zeros, hole punches, sizes) are refused, reads go on, and a new
+# mount recovers to the last durable state with everything fsynced before the
+# failure intact.
 . "$(dirname "$0")/lib.sh"
 
 need_root
@@ -47,6 +48,8 @@ expect_errno "Input/output error" dd if="$T/blk" of="$MNT/good.img" bs=4k count=
 	oflag=direct status=none
 expect_errno "Input/output error" dd if=/dev/zero of="$MNT/good.img" bs=4k count=1 conv=notrunc \
 	oflag=direct status=none
+expect_errno "Input/output error" truncate -s 4M "$MNT/good.img"
+expect_errno "Input/output error" fallocate -p -o 0 -l 4096 "$MNT/good.img"
 expect_errno "Input/output error" sync "$MNT/good.img"
 with_deadline 60 cmp "$T/good" "$MNT/good.img" || fail "fsynced data unreadable after the failure"
 _vs_alive "$pid" || fail "the daemon died after the failed sync"

@@ -588,7 +588,7 @@ Test(chunk, injected_append_fault_fails_with_given_errno_after_n_successes)
 	chunk_store_close(cs);
 }
 
-Test(chunk, injected_read_and_sync_faults_fail_then_clear)
+Test(chunk, injected_read_faults_fail_then_clear)
 {
 	const uint32_t bs = 4096;
 	struct chunk_store *cs = open_store(bs, 0);
@@ -605,12 +605,6 @@ Test(chunk, injected_read_and_sync_faults_fail_then_clear)
 	chunk_store_close(cs);
 }
 
-/*
- * A failed sync poisons the store: Linux may have dropped the pages it could
- * not write, so a later fdatasync that succeeds would prove nothing.  Every
- * later sync and append fails with EIO, even with the fault gone; reads go
- * on; a new open starts clean.
- */
 /*
  * The chunk file being appended to, deleted behind the store's back: what it
  * held is lost, for certain and only that.  That sync fails, the next one
@@ -634,6 +628,12 @@ Test(chunk, an_active_chunk_deleted_under_us_fails_one_sync_and_poisons_nothing)
 	chunk_store_close(cs);
 }
 
+/*
+ * A failed sync poisons the store: Linux may have dropped the pages it could
+ * not write, so a later fdatasync that succeeds would prove nothing.  Every
+ * later sync and append fails with EIO, even with the fault gone; reads go
+ * on; a new open starts clean.
+ */
 Test(chunk, a_failed_sync_poisons_the_store_until_it_is_opened_again)
 {
 	const uint32_t bs = 4096;
