@@ -97,6 +97,16 @@ int bmap_meta_set(struct bmap *b, const char *key, uint64_t value);
 int bmap_begin(struct bmap *b);
 int bmap_commit(struct bmap *b);
 void bmap_rollback(struct bmap *b);
+/* Rows inserted, updated or deleted through this handle since it was
+ * opened, committed or not: a number that moves with every change. */
+uint64_t bmap_changes(struct bmap *b);
+
+/* A read snapshot, on a read-only handle too: until bmap_snapshot_end(),
+ * every call sees the index as committed when bmap_snapshot_begin()
+ * returned, whatever other connections commit meanwhile (SQLite WAL).
+ * -EINVAL inside a transaction. */
+int bmap_snapshot_begin(struct bmap *b);
+void bmap_snapshot_end(struct bmap *b);
 
 /* Inodes.  Names are compared bytewise.  insert fills in->ino (never reused)
  * and returns -EEXIST if (parent, name) exists. */

@@ -173,6 +173,8 @@ enum bmap_st {
 	ST_BEGIN,
 	ST_COMMIT,
 	ST_ROLLBACK,
+	ST_SNAP_BEGIN,
+	ST_SNAP_PIN,
 	ST_SP_BEGIN,
 	ST_SP_RELEASE,
 	ST_SP_ROLLBACK,
@@ -239,6 +241,10 @@ static const char *const bmap_st_sql[ST_COUNT] = {
 	[ST_BEGIN]            = "BEGIN IMMEDIATE",
 	[ST_COMMIT]           = "COMMIT",
 	[ST_ROLLBACK]         = "ROLLBACK",
+	/* A read transaction starts at its first read, not at BEGIN: the
+	 * pin is that read (bmap_snapshot_begin). */
+	[ST_SNAP_BEGIN]       = "BEGIN DEFERRED",
+	[ST_SNAP_PIN]         = "SELECT count(*) FROM meta",
 	/* A savepoint makes a multi-statement call atomic both inside and
 	 * outside the caller's transaction. */
 	[ST_SP_BEGIN]         = "SAVEPOINT bmap_op",
@@ -1027,6 +1033,11 @@ int bmap_commit(struct bmap *b)
 	return rc;
 }
 
+uint64_t bmap_changes(struct bmap *b)
+{
+	return (uint64_t)sqlite3_total_changes64(b->db);
+}
+
 /* Harmless without a transaction: some errors (FULL, IOERR) already
  * rolled it back inside SQLite. */
 void bmap_rollback(struct bmap *b)
@@ -1038,6 +1049,26 @@ void bmap_rollback(struct bmap *b)
 		return;
 	sqlite3_step(s);
 	sqlite3_reset(s);
+}
+
+int bmap_snapshot_begin(struct bmap *b)
+{
+	uint64_t n;
+	int rc;
+
+	if (!sqlite3_get_autocommit(b->db))
+		return -EINVAL;         /* inside a transaction already */
+	rc = stmt_run(b, bmap_stmt(b, ST_SNAP_BEGIN));
+	if (!rc)
+		rc = stmt_u64(b, bmap_stmt(b, ST_SNAP_PIN), &n);
+	if (rc)
+		bmap_rollback(b);
+	return rc;
+}
+
+void bmap_snapshot_end(struct bmap *b)
+{
+	bmap_rollback(b);               /* nothing was written: nothing lost */
 }
 
 /* Savepoint around one call of several statements; see ST_SP_BEGIN. */

@@ -527,6 +527,37 @@ Test(bmap, meta_set_then_get_and_missing_key_is_enoent)
 	bmap_close(b);
 }
 
+Test(bmap, a_snapshot_keeps_seeing_what_was_committed_when_it_began)
+{
+	struct bmap *b = make_index(4096), *ro;
+	struct bmap_node n = { 0 };
+	uint64_t v, changes;
+
+	cr_assert_eq(bmap_meta_set(b, "k", 1), 0);
+	cr_assert_eq(bmap_open(path, 1, &ro), 0);
+	cr_assert_eq(bmap_snapshot_begin(ro), 0);
+	cr_assert_eq(bmap_snapshot_begin(ro), -EINVAL, "snapshots do not nest");
+
+	changes = bmap_changes(b);
+	cr_assert_eq(bmap_meta_get(b, "k", &v), 0);
+	cr_assert_eq(bmap_changes(b), changes, "a read is not a change");
+	cr_assert_eq(bmap_meta_set(b, "k", 2), 0);
+	cr_assert_gt(bmap_changes(b), changes);
+	changes = bmap_changes(b);
+	cr_assert_eq(bmap_begin(b), 0);
+	cr_assert_eq(bmap_node_create(b, &n), 0);
+	bmap_rollback(b);
+	cr_assert_gt(bmap_changes(b), changes, "a change rolled back still counts");
+
+	cr_assert_eq(bmap_meta_get(ro, "k", &v), 0);
+	cr_assert_eq(v, 1, "the snapshot saw a later commit");
+	bmap_snapshot_end(ro);
+	cr_assert_eq(bmap_meta_get(ro, "k", &v), 0);
+	cr_assert_eq(v, 2);
+	bmap_close(ro);
+	bmap_close(b);
+}
+
 Test(bmap, meta_block_size_and_format_version_cannot_be_changed)
 {
 	struct bmap *b = make_index(8192);
