@@ -16,8 +16,8 @@
  *             does not match its checksum (logged with label, offset, chunk),
  *             -ENOSPC when the store's file system is full, -EROFS for a
  *             write to a read-only vol, -EFBIG past VOL_MAX_BYTES.
- * Ownership:  buffers stay the caller's.  vol_open() borrows cs for the
- *             vol's lifetime; bm only during the call.
+ * Ownership:  buffers stay the caller's.  vol_open() borrows cs and bm
+ *             for the vol's lifetime (bm to load the map at first use).
  * Threads:    read/write/truncate/punch/seek/stat and vol_collect() may run
  *             concurrently on one vol.  vol_open() and vol_batch_apply() use
  *             the bmap handle: the caller serializes those with every other
@@ -44,8 +44,9 @@ struct vol;                                     /* opaque */
 
 /*
  * A vol of node with the given size; its map (its rows and its ancestors')
- * is loaded from bm at first use, under the lock given to vol_set_db_lock.  readonly vols refuse every change with -EROFS.  label names
- * the volume in log lines (copied).
+ * is loaded at first use, from bm or as vol_set_index() says.  readonly
+ * vols refuse every change with -EROFS.  label names the volume in log
+ * lines (copied).
  */
 int vol_open(struct chunk_store *cs, struct bmap *bm, uint64_t node, uint64_t size,
 	     bool readonly, const char *label, struct vol **out);
@@ -90,11 +91,35 @@ void vol_gate_open(struct vol *v);
 int vol_switch_node(struct vol *v, uint64_t node, uint64_t inherit);
 
 /*
- * Give v the index lock its caller uses, so that a vol marked stale (by
- * vol_attach) can reload its map by itself at next use.  Without it (unit
- * tests) the reload runs unlocked.
+ * Where a vol loads its map from at first use, and reloads it after
+ * vol_attach.  The caller's, shared by its vols, outliving them.
+ *   db_mu    the lock of bm, the handle every change to the index goes
+ *            through (the one given to vol_open).
+ *   load     a second handle on the same index (read-only is fine), or NULL.
+ *            With it a map is read from a snapshot of the index without
+ *            holding db_mu, so that a volume with millions of blocks does
+ *            not stop every other user of the index for as long as that
+ *            takes; it is installed under db_mu only if changes() did not
+ *            move meanwhile, else read again, and after LOAD_TRIES such
+ *            tries read under db_mu.  Without it, under db_mu from bm.
+ *   load_mu  serializes the users of load.
+ *   changes  called under db_mu: a number that moves whenever a change is
+ *            made to bm that may touch the rows or nodes a map is built
+ *            from (every change but a flush's of a loaded vol).
+ *   loaded   for tests, or NULL: called with no lock held after a map was
+ *            read from the snapshot and before it is installed.
+ * Without vol_set_index (unit tests) the load runs on bm, unlocked.
  */
-void vol_set_db_lock(struct vol *v, pthread_mutex_t *db_mu);
+struct vol_index {
+	pthread_mutex_t *db_mu;
+	struct bmap *load;
+	pthread_mutex_t *load_mu;
+	uint64_t (*changes)(void *ctx);
+	void (*loaded)(void *ctx);
+	void *ctx;
+};
+
+void vol_set_index(struct vol *v, const struct vol_index *ix);
 
 /*
  * With the gate closed: forget every block and continue in node, a new

@@ -835,7 +835,7 @@ int ns_open_file(struct ns *ns, uint64_t ino, int flags, struct ns_file **out)
 	rc = vol_open(ns->cs, ns->bm, in.node, in.size,
 		      ns->readonly || ino_kind(ino) != INO_LIVE, in.name, &f->v);
 	if (!rc)
-		vol_set_db_lock(f->v, &ns->db_mu);
+		vol_set_index(f->v, &ns->vix);
 	if (rc) {
 		vlog(LOG_ERR, "%s: cannot load its block map: %s", in.name, strerror(-rc));
 		free(f);

@@ -54,6 +54,13 @@ struct ns {
 	 * full scans: WAL gives it a consistent snapshot without db_mu, so a
 	 * scan of millions of rows does not hold up the namespace. */
 	struct bmap *bm_scan;           /* background thread only */
+	/* Where volumes load their block maps: a third connection, read from a
+	 * snapshot without db_mu (vol_set_index in vsnapfs/vol.h), so that
+	 * opening a big volume does not hold up every flush and fsync. */
+	struct bmap *bm_load;           /* (load_mu); NULL read-only: under db_mu */
+	pthread_mutex_t load_mu;
+	uint64_t flush_changes;         /* (db_mu) bmap_changes(bm) made by flushes */
+	struct vol_index vix;           /* constant after ns_open */
 	uint64_t *reap;                 /* (db_mu) inos to delete in the background */
 	size_t nreap, reap_cap;         /* (db_mu) */
 	uint64_t *rel;                  /* (db_mu) map nodes to release in the background */

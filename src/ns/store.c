@@ -253,6 +253,15 @@ static uint64_t fs_bytes(const struct ns *ns)
 	return statvfs(ns->dir, &sv) == 0 ? (uint64_t)sv.f_blocks * sv.f_frsize : 0;
 }
 
+/* vol_index.changes: every change made to the index but a flush's.  Called
+ * under db_mu. */
+static uint64_t map_changes(void *ctx)
+{
+	struct ns *ns = ctx;
+
+	return bmap_changes(ns->bm) - ns->flush_changes;
+}
+
 /*
  * How many removed chunk files to keep for reuse (see src/chunk/chunk.c):
  * enough for the seconds of sequential writing between two garbage
@@ -291,6 +300,7 @@ int ns_open(const char *dir, const struct ns_opts *opts, struct ns **out, bool *
 	pthread_mutex_init(&ns->flush_mu, NULL);
 	pthread_mutex_init(&ns->seq_mu, NULL);
 	pthread_mutex_init(&ns->bg_mu, NULL);
+	pthread_mutex_init(&ns->load_mu, NULL);
 	pthread_cond_init(&ns->bg_cond, NULL);
 	ns->dir = realpath(dir, NULL);
 
@@ -355,12 +365,18 @@ int ns_open(const char *dir, const struct ns_opts *opts, struct ns **out, bool *
 	if (!ns->readonly) {
 		snprintf(path, sizeof(path), "%s/index.sqlite", ns->dir);
 		rc = bmap_open(path, 1, &ns->bm_scan);
+		if (!rc)
+			rc = bmap_open(path, 1, &ns->bm_load);
 		if (rc) {
 			snprintf(msg, msglen, "%s: cannot open a second connection: %s", path,
 				 strerror(-rc));
 			goto fail;
 		}
 	}
+	ns->vix = (struct vol_index){
+		.db_mu = &ns->db_mu, .load = ns->bm_load, .load_mu = &ns->load_mu,
+		.changes = map_changes, .ctx = ns,
+	};
 	/* 1% of the file system, at least 16 MiB, at most 1 GiB */
 	ns->space_reserve = (int64_t)(fs_bytes(ns) / 100);
 	if (ns->space_reserve < (16 << 20))
@@ -455,6 +471,7 @@ int ns_close(struct ns *ns)
 	}
 	chunk_store_close(ns->cs);
 	bmap_close(ns->bm_scan);
+	bmap_close(ns->bm_load);
 	bmap_close(ns->bm);
 	if (ns->lock_fd >= 0)
 		close(ns->lock_fd);
@@ -468,6 +485,7 @@ int ns_close(struct ns *ns)
 	pthread_mutex_destroy(&ns->flush_mu);
 	pthread_mutex_destroy(&ns->seq_mu);
 	pthread_mutex_destroy(&ns->bg_mu);
+	pthread_mutex_destroy(&ns->load_mu);
 	pthread_cond_destroy(&ns->bg_cond);
 	free(ns);
 	return rc;

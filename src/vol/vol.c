@@ -73,10 +73,10 @@ struct vol {
 
 	/* The map does not match the index: not loaded yet (vol_open), or
 	 * vol_attach changed the node's parent.  The next read, change or
-	 * seek (re)builds it, under *db_mu. */
+	 * seek (re)builds it (ensure_fresh). */
 	atomic_bool stale;
-	struct bmap *bm;                /* for reloading; used under *db_mu */
-	pthread_mutex_t *db_mu;         /* the caller's index lock, or NULL */
+	struct bmap *bm;                /* for loading; used under ix->db_mu */
+	const struct vol_index *ix;     /* the caller's, or NULL: see vol_set_index */
 
 	pthread_rwlock_t lock;
 	char label[LABEL_MAX];          /* (L) */
@@ -92,6 +92,7 @@ struct vol {
 	uint64_t *dirty;                /* (L) lblocks with VE_DIRTY, each once */
 	size_t ndirty, dirty_cap;       /* (L) */
 	uint64_t trunc_from;            /* (L) delete own rows >= this at flush */
+	uint64_t epoch;                 /* (L) moves when node, gen or stale are set */
 };
 
 /* ---- small helpers ------------------------------------------------------ */
@@ -191,10 +192,14 @@ static void log_bad_block(struct vol *v, uint64_t lblock, const struct chunk_loc
 
 /* ---- open / close ------------------------------------------------------- */
 
+#define LOAD_TRIES 2                    /* loads from a snapshot before one under db_mu */
+
 struct load {
-	struct vol *v;
+	uint32_t gen;                   /* of own entries */
 	struct vmap *map;               /* being built */
 	uint64_t own_blocks;
+	uint64_t inherit;               /* the node's */
+	bool has_parent;
 	bool own;
 	int rc;
 };
@@ -202,11 +207,10 @@ struct load {
 static int load_row(void *ctx, uint64_t lblock, const struct chunk_loc *loc)
 {
 	struct load *ld = ctx;
-	struct vol *v = ld->v;
 	struct vmap_ent ne = { .cksum = loc->cksum, .chunk = loc->chunk_id, .slot = loc->slot };
 
 	if (ld->own) {
-		ne.gf = v->gen << VE_FLAG_BITS;
+		ne.gf = ld->gen << VE_FLAG_BITS;
 		if (loc->chunk_id)
 			ld->own_blocks++;
 	} else {
@@ -220,13 +224,13 @@ static int load_row(void *ctx, uint64_t lblock, const struct chunk_loc *loc)
 }
 
 /*
- * Build the flattened map of v->node into ld (own rows, then each ancestor's
- * below the running inherit limit; the nearest row wins).  Reads v->node and
- * v->gen: the caller keeps them still.
+ * Build from bm the flattened map of node, whose own entries get generation
+ * gen: its own rows, then each ancestor's below the running inherit limit;
+ * the nearest row wins.
  */
-static int load_map(struct vol *v, struct bmap *bm, struct load *out)
+static int load_map(struct bmap *bm, uint64_t node, uint32_t gen, struct load *out)
 {
-	struct load ld = { .v = v, .own = true };
+	struct load ld = { .gen = gen, .own = true };
 	struct bmap_node n;
 	uint64_t limit, depth = 0;
 	int rc;
@@ -234,10 +238,12 @@ static int load_map(struct vol *v, struct bmap *bm, struct load *out)
 	ld.map = vmap_new();
 	if (!ld.map)
 		return -ENOMEM;
-	rc = bmap_node_get(bm, v->node, &n);
+	rc = bmap_node_get(bm, node, &n);
 	if (rc)
 		goto fail;
-	rc = bmap_row_foreach(bm, v->node, INT64_MAX, load_row, &ld);
+	ld.inherit = n.inherit;
+	ld.has_parent = n.parent != 0;
+	rc = bmap_row_foreach(bm, node, INT64_MAX, load_row, &ld);
 	if (rc)
 		goto fail;
 	ld.own = false;
@@ -246,7 +252,7 @@ static int load_map(struct vol *v, struct bmap *bm, struct load *out)
 		uint64_t id = n.parent;
 
 		if (++depth > (1u << 24)) {
-			vlog(LOG_ERR, "node %" PRIu64 ": ancestor chain loops", v->node);
+			vlog(LOG_ERR, "node %" PRIu64 ": ancestor chain loops", node);
 			rc = -EUCLEAN;
 			goto fail;
 		}
@@ -265,37 +271,118 @@ fail:
 	return ld.rc ? ld.rc : rc;
 }
 
-/* Make the map match the index again after vol_attach.  Takes *db_mu, so
+/* Make ld v's map.  Assumes v->lock held for writing. */
+static void install(struct vol *v, struct load *ld)
+{
+	vmap_free(v->map);
+	v->map = ld->map;
+	v->own_blocks = ld->own_blocks;
+	v->inherit = ld->inherit;
+	v->has_parent = ld->has_parent;
+	v->epoch++;
+	atomic_store(&v->stale, false);
+}
+
+/* Load from v->bm, holding db_mu (if any) throughout. */
+static int load_locked(struct vol *v, pthread_mutex_t *db_mu)
+{
+	struct load ld;
+	int rc = 0;
+
+	if (db_mu)
+		pthread_mutex_lock(db_mu);
+	pthread_rwlock_wrlock(&v->lock);
+	if (atomic_load(&v->stale)) {
+		rc = load_map(v->bm, v->node, v->gen, &ld);
+		if (!rc)
+			install(v, &ld);
+	}
+	pthread_rwlock_unlock(&v->lock);
+	if (db_mu)
+		pthread_mutex_unlock(db_mu);
+	return rc;
+}
+
+/*
+ * Load from a snapshot of ix->load taken under db_mu, without holding it
+ * (see vol_set_index); install it if neither the index (ix->changes) nor v
+ * (epoch: vol_attach, vol_reset, vol_switch_node) changed meanwhile, else
+ * -EAGAIN.  Assumes ix->load_mu.
+ */
+static int load_snapshot(struct vol *v, const struct vol_index *ix)
+{
+	struct load ld;
+	uint64_t node, changes, epoch;
+	uint32_t gen;
+	int rc;
+
+	pthread_mutex_lock(ix->db_mu);
+	pthread_rwlock_rdlock(&v->lock);
+	node = v->node;
+	gen = v->gen;
+	epoch = v->epoch;
+	pthread_rwlock_unlock(&v->lock);
+	changes = ix->changes(ix->ctx);
+	rc = bmap_snapshot_begin(ix->load);
+	pthread_mutex_unlock(ix->db_mu);
+	if (rc)
+		return rc;
+	rc = load_map(ix->load, node, gen, &ld);
+	bmap_snapshot_end(ix->load);
+	if (rc)
+		return rc;
+	if (ix->loaded)
+		ix->loaded(ix->ctx);
+
+	pthread_mutex_lock(ix->db_mu);
+	pthread_rwlock_wrlock(&v->lock);
+	if (!atomic_load(&v->stale)) {
+		rc = 0;                 /* another way made it fresh */
+	} else if (v->epoch != epoch || ix->changes(ix->ctx) != changes) {
+		rc = -EAGAIN;
+	} else {
+		install(v, &ld);
+		ld.map = NULL;
+	}
+	pthread_rwlock_unlock(&v->lock);
+	pthread_mutex_unlock(ix->db_mu);
+	vmap_free(ld.map);
+	return rc;
+}
+
+static void log_load_error(struct vol *v, const char *how, int rc)
+{
+	char label[LABEL_MAX];
+
+	pthread_rwlock_rdlock(&v->lock);
+	memcpy(label, v->label, sizeof(label));
+	pthread_rwlock_unlock(&v->lock);
+	vlog(LOG_ERR, "%s: loading the block map%s: %s", label, how, strerror(-rc));
+}
+
+/* Make the map match the index, if it does not.  Takes the index lock, so
  * the caller holds no vol lock and not the gate. */
 static int ensure_fresh(struct vol *v)
 {
-	struct load ld;
-	struct bmap_node n;
-	int rc = 0;
+	const struct vol_index *ix = v->ix;
+	int rc = -EAGAIN;
 
 	if (!atomic_load(&v->stale))
 		return 0;
-	if (v->db_mu)
-		pthread_mutex_lock(v->db_mu);
-	pthread_rwlock_wrlock(&v->lock);
-	if (atomic_load(&v->stale)) {
-		rc = load_map(v, v->bm, &ld);
-		if (!rc)
-			rc = bmap_node_get(v->bm, v->node, &n);
-		if (!rc) {
-			vmap_free(v->map);
-			v->map = ld.map;
-			v->own_blocks = ld.own_blocks;
-			v->inherit = n.inherit;
-			v->has_parent = n.parent != 0;
-			atomic_store(&v->stale, false);
-		} else {
-			vlog(LOG_ERR, "%s: reloading the block map: %s", v->label, strerror(-rc));
-		}
-	}
-	pthread_rwlock_unlock(&v->lock);
-	if (v->db_mu)
-		pthread_mutex_unlock(v->db_mu);
+	if (!ix)
+		return load_locked(v, NULL);
+	if (ix->load_mu)
+		pthread_mutex_lock(ix->load_mu);
+	for (int i = 0; ix->load && i < LOAD_TRIES && rc == -EAGAIN; i++)
+		rc = atomic_load(&v->stale) ? load_snapshot(v, ix) : 0;
+	if (rc && rc != -EAGAIN)
+		log_load_error(v, " from a snapshot (trying under the index lock)", rc);
+	if (rc)
+		rc = load_locked(v, ix->db_mu);
+	if (ix->load_mu)
+		pthread_mutex_unlock(ix->load_mu);
+	if (rc)
+		log_load_error(v, "", rc);
 	return rc;
 }
 
@@ -875,6 +962,7 @@ int vol_switch_node(struct vol *v, uint64_t node, uint64_t inherit)
 		/* every entry of generation gen becomes inherited */
 		v->node = node;
 		v->gen++;
+		v->epoch++;
 		v->inherit = inherit;
 		v->has_parent = true;
 		v->own_blocks = 0;
@@ -883,9 +971,9 @@ int vol_switch_node(struct vol *v, uint64_t node, uint64_t inherit)
 	return rc;
 }
 
-void vol_set_db_lock(struct vol *v, pthread_mutex_t *db_mu)
+void vol_set_index(struct vol *v, const struct vol_index *ix)
 {
-	v->db_mu = db_mu;
+	v->ix = ix;
 }
 
 void vol_reset(struct vol *v, uint64_t node)
@@ -905,6 +993,7 @@ void vol_reset(struct vol *v, uint64_t node)
 	}
 	v->node = node;
 	v->gen++;
+	v->epoch++;
 	v->inherit = 0;
 	v->has_parent = false;
 	v->own_blocks = 0;
@@ -928,6 +1017,7 @@ int vol_attach(struct vol *v, uint64_t inherit, uint64_t size)
 		v->inherit = inherit;
 		v->has_parent = true;
 		v->size = size;
+		v->epoch++;
 		atomic_store(&v->stale, true);
 	}
 	pthread_rwlock_unlock(&v->lock);

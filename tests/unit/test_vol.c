@@ -485,3 +485,214 @@ Test(vol, zeroing_after_a_merge_into_the_volume_never_uncovers_older_data)
 	cr_assert_eq(memcmp(out, zero, 4096), 0, "block 5 shows '%c', an ancestor's data", out[0]);
 	vol_close(v);
 }
+
+/* ---- loading the map from a snapshot of the index (vol_set_index) ------- */
+
+#define LD_BLOCKS 4
+
+static pthread_mutex_t ld_db_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_mutex_t ld_load_mu = PTHREAD_MUTEX_INITIALIZER;
+
+struct ld_hook {
+	struct vol *v;
+	uint64_t node;
+	int calls;
+	bool move;                      /* first call: move the blocks, drop their chunk */
+	bool change;                    /* every call: commit some change */
+	bool reset;                     /* first call: vol_reset the vol */
+	uint64_t child;                 /* first call: vol_switch_node to it */
+};
+
+static uint64_t ld_changes(void *ctx)
+{
+	return bmap_changes(bm);
+}
+
+static int ld_row(void *ctx, uint64_t lblock, const struct chunk_loc *loc)
+{
+	struct chunk_loc *locs = ctx;
+
+	cr_assert_lt(lblock, LD_BLOCKS);
+	locs[lblock] = *loc;
+	return 0;
+}
+
+/* What garbage collection does to a chunk: copy its blocks to the active
+ * chunk, repoint their rows, remove the file. */
+static void ld_move_blocks(uint64_t node)
+{
+	struct chunk_loc from[LD_BLOCKS], to[LD_BLOCKS];
+	uint8_t buf[LD_BLOCKS * 4096];
+
+	cr_assert_eq(bmap_row_foreach(bm, node, INT64_MAX, ld_row, from), 0);
+	cr_assert_eq(chunk_read(cs, from, LD_BLOCKS, buf, NULL), 0);
+	cr_assert_eq(chunk_append(cs, buf, LD_BLOCKS, to), 0);
+	cr_assert_neq(to[0].chunk_id, from[0].chunk_id);
+	cr_assert_eq(chunk_sync(cs), 0);
+	cr_assert_eq(bmap_begin(bm), 0);
+	for (int i = 0; i < LD_BLOCKS; i++)
+		cr_assert_eq(bmap_row_relocate(bm, node, (uint64_t)i, &from[i], &to[i]), 0);
+	cr_assert_eq(bmap_commit(bm), 0);
+	cr_assert_eq(chunk_remove(cs, from[0].chunk_id), 0);
+}
+
+/* Runs with no lock held, between the load and its install. */
+static void ld_loaded(void *ctx)
+{
+	struct ld_hook *h = ctx;
+
+	cr_assert_eq(pthread_mutex_trylock(&ld_db_mu), 0, "the load holds the index lock");
+	pthread_mutex_unlock(&ld_db_mu);
+	if (h->move && h->calls == 0)
+		ld_move_blocks(h->node);
+	if (h->change)
+		cr_assert_eq(bmap_meta_set(bm, "test", (uint64_t)h->calls), 0);
+	if (h->reset && h->calls == 0)
+		vol_reset(h->v, new_node(0, 0));
+	if (h->child && h->calls == 0)
+		cr_assert_eq(vol_switch_node(h->v, h->child, LD_BLOCKS), 0);
+	h->calls++;
+}
+
+/*
+ * A closed volume of LD_BLOCKS blocks, block i filled with 'A' + i, in a
+ * chunk that is no longer the active one (so that it can be removed), and
+ * open on it a vol that loads its map from a second, read-only handle.
+ */
+static struct vol *ld_open(struct ld_hook *h, struct vol_index *ix, struct bmap **ro)
+{
+	char path[128];
+	uint8_t data[LD_BLOCKS * 4096];
+	uint64_t next;
+	struct vol *v;
+
+	for (int i = 0; i < LD_BLOCKS; i++)
+		memset(data + i * 4096, 'A' + i, 4096);
+	h->node = new_node(0, 0);
+	cr_assert_eq(vol_open(cs, bm, h->node, sizeof(data), false, "t", &v), 0);
+	cr_assert_eq(vol_write(v, data, sizeof(data), 0), (ssize_t)sizeof(data));
+	flush(v);
+	vol_close(v);
+	next = chunk_next_id(cs);
+	chunk_store_close(cs);
+	snprintf(path, sizeof(path), "%s/chunks", dir);
+	cr_assert_eq(chunk_store_open(path, 4096, next, &cs), 0);
+	snprintf(path, sizeof(path), "%s/index.sqlite", dir);
+	cr_assert_eq(bmap_open(path, 1, ro), 0);
+
+	*ix = (struct vol_index){ .db_mu = &ld_db_mu, .load = *ro, .load_mu = &ld_load_mu,
+				  .changes = ld_changes, .loaded = ld_loaded, .ctx = h };
+	cr_assert_eq(vol_open(cs, bm, h->node, sizeof(data), false, "t", &v), 0);
+	vol_set_index(v, ix);
+	h->v = v;
+	return v;
+}
+
+static void ld_assert_content(struct vol *v)
+{
+	uint8_t out[LD_BLOCKS * 4096];
+
+	cr_assert_eq(vol_read(v, out, sizeof(out), 0), (ssize_t)sizeof(out));
+	for (int i = 0; i < (int)sizeof(out); i++)
+		cr_assert_eq(out[i], 'A' + i / 4096, "byte %d", i);
+}
+
+Test(vol, the_map_loads_from_a_snapshot_without_holding_the_index_lock)
+{
+	struct ld_hook h = { 0 };
+	struct vol_index ix;
+	struct bmap *ro;
+	struct vol *v = ld_open(&h, &ix, &ro);
+
+	ld_assert_content(v);
+	cr_assert_eq(h.calls, 1);
+	ld_assert_content(v);
+	cr_assert_eq(h.calls, 1, "a loaded map was loaded again");
+	vol_close(v);
+	bmap_close(ro);
+}
+
+/* Without the check at install, the map would point into the removed
+ * chunk and the read would fail with EIO. */
+Test(vol, blocks_moved_while_the_map_loads_are_read_from_their_new_place)
+{
+	struct ld_hook h = { .move = true };
+	struct vol_index ix;
+	struct bmap *ro;
+	struct vol *v = ld_open(&h, &ix, &ro);
+
+	ld_assert_content(v);
+	cr_assert_eq(h.calls, 2, "the load was not done again after the move");
+	vol_close(v);
+	bmap_close(ro);
+}
+
+Test(vol, an_index_that_keeps_changing_gets_the_map_loaded_under_its_lock)
+{
+	struct ld_hook h = { .change = true };
+	struct vol_index ix;
+	struct bmap *ro;
+	struct vol *v = ld_open(&h, &ix, &ro);
+
+	ld_assert_content(v);
+	cr_assert_eq(h.calls, 2, "unlocked loads: %d", h.calls);
+	vol_close(v);
+	bmap_close(ro);
+}
+
+Test(vol, a_reset_while_the_map_loads_is_not_undone_by_the_load)
+{
+	struct ld_hook h = { .reset = true };
+	struct vol_index ix;
+	struct bmap *ro;
+	struct vol *v = ld_open(&h, &ix, &ro);
+	uint8_t out[4096];
+
+	cr_assert_eq(vol_read(v, out, sizeof(out), 0), 0, "the reset set the size to 0");
+	cr_assert_eq(h.calls, 1);
+	cr_assert_eq(vol_truncate(v, 4096), 0);
+	memset(out, 0xff, sizeof(out));
+	cr_assert_eq(vol_read(v, out, sizeof(out), 0), 4096);
+	for (int i = 0; i < 4096; i++)
+		cr_assert_eq(out[i], 0, "byte %d: the old map came back", i);
+	vol_close(v);
+	bmap_close(ro);
+}
+
+/* The snapshot changes nothing in the index here (its node was made
+ * before), so only the vol can tell that the map loaded is not its own. */
+Test(vol, a_snapshot_while_the_map_loads_is_not_undone_by_the_load)
+{
+	struct ld_hook h = { 0 };
+	struct vol_index ix;
+	struct bmap *ro;
+	struct vol *v = ld_open(&h, &ix, &ro);
+
+	h.child = new_node(h.node, LD_BLOCKS);
+	ld_assert_content(v);
+	cr_assert_eq(h.calls, 2, "the load was not done again after the snapshot");
+	cr_assert_eq(vol_own_blocks(v), 0, "blocks of the snapshot count as the volume's own");
+	vol_close(v);
+	bmap_close(ro);
+}
+
+/* A load connection that cannot give the map (here: the index of another
+ * store, without that node) costs a load under the lock, not the read. */
+Test(vol, a_failed_load_from_the_snapshot_falls_back_to_the_index_lock)
+{
+	struct ld_hook h = { 0 };
+	struct vol_index ix;
+	struct bmap *ro, *other;
+	struct vol *v = ld_open(&h, &ix, &ro);
+	char path[128];
+
+	snprintf(path, sizeof(path), "%s/other.sqlite", dir);
+	cr_assert_eq(bmap_create(path, 4096, 0, 0), 0);
+	cr_assert_eq(bmap_open(path, 1, &other), 0);
+	ix.load = other;
+	ld_assert_content(v);
+	cr_assert_eq(h.calls, 0, "a load from the other index was installed");
+	vol_close(v);
+	bmap_close(other);
+	bmap_close(ro);
+}
