@@ -106,6 +106,7 @@ fi
 W=                      # the temp dir
 CHILD=                  # the foreground command running now (fio, cp, ...)
 HOLD=                   # fd holding a volume open, if any
+SIDE=                   # a background fio (side_fsyncs), if any
 declare -A D_PID=()     # daemon name -> pid
 declare -A D_MNT=()     # daemon name -> mount point (a directory, or a file for qsd)
 declare -A D_KIND=()    # daemon name -> vsnapfs | passthrough | qsd
@@ -147,6 +148,10 @@ cleanup() {
 	if [ -n "$CHILD" ] && alive "$CHILD"; then
 		kill -TERM "$CHILD" 2>/dev/null
 		wait_exit "$CHILD" 10 || { kill -KILL "$CHILD" 2>/dev/null; wait_exit "$CHILD" 5; }
+	fi
+	if [ -n "$SIDE" ] && alive "$SIDE"; then
+		kill -TERM "$SIDE" 2>/dev/null
+		wait_exit "$SIDE" 10 || { kill -KILL "$SIDE" 2>/dev/null; wait_exit "$SIDE" 5; }
 	fi
 	[ -n "$HOLD" ] && exec {HOLD}<&-
 	for n in "${!D_PID[@]}"; do
@@ -724,6 +729,36 @@ timed() {
 
 chunks_mib() { du -sm "$1/chunks" | cut -f1; }
 
+# map_load_stall COL VOLUME SIDE: time the first 4 KiB read of VOLUME (it
+# loads the volume's block map: O(its blocks)) while a VM on the volume
+# SIDE does 4 KiB writes each followed by fdatasync, and record the longest
+# of those fdatasyncs: what one VM starting costs the others.
+map_load_stall() {
+	local col=$1 vol=$2 side=$3 t0 v rc=0 json=$W/ops/side.json
+	fio --name=side --filename="$side" --size=64m --bs=4k --rw=randwrite --direct=1 \
+		--ioengine=psync --fdatasync=1 --time_based --runtime=4 \
+		--output-format=json --output="$json" >/dev/null 2>&1 &
+	SIDE=$!
+	sleep 1
+	t0=$(now_ms)
+	fg timeout -k 5 120 dd if="$vol" of=/dev/null bs=4k count=1 iflag=direct status=none || rc=$?
+	if [ $rc -eq 0 ]; then
+		kv ops "first 4 KiB read (map load), ms" "$col" "$(($(now_ms) - t0))"
+	else
+		problem "snapshot ops: the first read of $vol failed (status $rc)"
+		kv ops "first 4 KiB read (map load), ms" "$col" failed
+	fi
+	rc=0
+	wait "$SIDE" || rc=$?
+	SIDE=
+	if [ $rc -eq 0 ] && v=$(jq -e '.jobs[0].sync.lat_ns.max / 1e6 | floor' "$json"); then
+		kv ops "longest fdatasync on another volume meanwhile, ms" "$col" "$v"
+	else
+		problem "snapshot ops: the fdatasync job on $side failed (status $rc)"
+		kv ops "longest fdatasync on another volume meanwhile, ms" "$col" failed
+	fi
+}
+
 log "snapshot ops: fresh store, 1 GiB and $BIG_GIB GiB volumes"
 mkdir -p "$W/ops/mnt"
 M=$W/ops/mnt
@@ -740,6 +775,7 @@ for s in "${sizes[@]}"; do
 	fill "$M/v$s" "${s}g"
 	written=$((written + s))
 done
+truncate -s 64M "$M/side"
 stop ops
 index_kv "sequential 1 MiB writes ($(IFS=+; echo "${sizes[*]}") GiB)" "$W/ops/store" "$written"
 vs ops "$W/ops/store" "$M"
@@ -747,7 +783,8 @@ for s in "${sizes[@]}"; do
 	col="$s GiB allocated"
 	t0=$(now_ms)
 	exec {HOLD}<"$M/v$s"        # the volume is in use, as by a running VM
-	kv ops "open the volume (map load), ms" "$col" "$(($(now_ms) - t0))"
+	kv ops "open the volume, ms" "$col" "$(($(now_ms) - t0))"
+	map_load_stall "$col" "$M/v$s" "$M/side"
 	timed ops "mkdir .snapshots/v@s, ms" "$col" mkdir "$M/.snapshots/v$s@s"
 	c0=$(chunks_mib "$W/ops/store")
 	timed ops "cp snapshot to clone (linked), ms" "$col" cp "$M/.snapshots/v$s@s/v$s" "$M/c$s"
