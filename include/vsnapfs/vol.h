@@ -104,8 +104,12 @@ int vol_switch_node(struct vol *v, uint64_t node, uint64_t inherit);
  *            tries read under db_mu.  Without it, under db_mu from bm.
  *   load_mu  serializes the users of load.
  *   changes  called under db_mu: a number that moves whenever a change is
- *            made to bm that may touch the rows or nodes a map is built
- *            from (every change but a flush's of a loaded vol).
+ *            made to bm that may change where a map being built finds a
+ *            block or what it shows.  Changes that need not count: a
+ *            flush's (it writes the rows of loaded vols only) and a
+ *            merge's (bmap_node_merge_some: rows move into the only child
+ *            and show the same; the install reads the node's inherit
+ *            limit and parent again).
  *   loaded   for tests, or NULL: called with no lock held after a map was
  *            read from the snapshot and before it is installed.
  * Without vol_set_index (unit tests) the load runs on bm, unlocked.

@@ -140,8 +140,8 @@ static int commit(struct ns *ns, struct held *h, size_t n)
 		bmap_rollback(ns->bm);
 	}
 	/* the rows of loaded volumes only: no map being loaded is built from
-	 * them (see vol_set_index) */
-	ns->flush_changes += bmap_changes(ns->bm) - changes;
+	 * them (map_changes in store.c) */
+	ns->quiet_changes += bmap_changes(ns->bm) - changes;
 	pthread_mutex_unlock(&ns->db_mu);
 	return rc;
 }
@@ -249,7 +249,7 @@ static void evict_clean(struct ns *ns)
 static int merge_node(struct ns *ns, uint64_t id, uint64_t child)
 {
 	for (;;) {
-		uint64_t refs, kids, only;
+		uint64_t refs, kids, only, changes = bmap_changes(ns->bm);
 		bool done;
 		int rc;
 
@@ -258,10 +258,13 @@ static int merge_node(struct ns *ns, uint64_t id, uint64_t child)
 			rc = bmap_node_merge_some(ns->bm, id, child, NS_MERGE_ROWS, &done);
 		if (!rc)
 			rc = bmap_commit(ns->bm);
-		if (rc) {
+		if (rc)
 			bmap_rollback(ns->bm);
+		/* what any volume shows is the same: no map load need start over
+		 * (map_changes in store.c) */
+		ns->quiet_changes += bmap_changes(ns->bm) - changes;
+		if (rc)
 			return rc;
-		}
 		if (done)
 			return 0;
 		/* a mutex is not fair: give a waiting caller the time to get it */

@@ -59,7 +59,9 @@ struct ns {
 	 * opening a big volume does not hold up every flush and fsync. */
 	struct bmap *bm_load;           /* (load_mu); NULL read-only: under db_mu */
 	pthread_mutex_t load_mu;
-	uint64_t flush_changes;         /* (db_mu) bmap_changes(bm) made by flushes */
+	/* (db_mu) bmap_changes(bm) that change no map being loaded: a
+	 * flush's and a merge's (see map_changes in store.c) */
+	uint64_t quiet_changes;
 	struct vol_index vix;           /* constant after ns_open */
 	uint64_t *reap;                 /* (db_mu) inos to delete in the background */
 	size_t nreap, reap_cap;         /* (db_mu) */

@@ -253,13 +253,19 @@ static uint64_t fs_bytes(const struct ns *ns)
 	return statvfs(ns->dir, &sv) == 0 ? (uint64_t)sv.f_blocks * sv.f_frsize : 0;
 }
 
-/* vol_index.changes: every change made to the index but a flush's.  Called
- * under db_mu. */
+/*
+ * vol_index.changes: every change made to the index but those that cannot
+ * change a map being loaded (ns->quiet_changes): a flush's, which writes
+ * the rows of loaded volumes only, and a merge's, which moves rows from a
+ * node into its only child without changing where any block is or what
+ * any volume shows (the load reads the node's inherit limit and parent
+ * again when it installs the map).  Called under db_mu.
+ */
 static uint64_t map_changes(void *ctx)
 {
 	struct ns *ns = ctx;
 
-	return bmap_changes(ns->bm) - ns->flush_changes;
+	return bmap_changes(ns->bm) - ns->quiet_changes;
 }
 
 /*

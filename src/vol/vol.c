@@ -341,8 +341,18 @@ static int load_snapshot(struct vol *v, const struct vol_index *ix)
 	} else if (v->epoch != epoch || ix->changes(ix->ctx) != changes) {
 		rc = -EAGAIN;
 	} else {
-		install(v, &ld);
-		ld.map = NULL;
+		struct bmap_node n;
+
+		/* a merge into the node (not counted by changes) lowers its
+		 * inherit limit or drops its parent; the rows it moved show what
+		 * they showed, from where they were */
+		rc = bmap_node_get(v->bm, node, &n);
+		if (!rc) {
+			ld.inherit = n.inherit;
+			ld.has_parent = n.parent != 0;
+			install(v, &ld);
+			ld.map = NULL;
+		}
 	}
 	pthread_rwlock_unlock(&v->lock);
 	pthread_mutex_unlock(ix->db_mu);
@@ -350,14 +360,14 @@ static int load_snapshot(struct vol *v, const struct vol_index *ix)
 	return rc;
 }
 
-static void log_load_error(struct vol *v, const char *how, int rc)
+static void log_load_error(struct vol *v, int level, const char *how, int rc)
 {
 	char label[LABEL_MAX];
 
 	pthread_rwlock_rdlock(&v->lock);
 	memcpy(label, v->label, sizeof(label));
 	pthread_rwlock_unlock(&v->lock);
-	vlog(LOG_ERR, "%s: loading the block map%s: %s", label, how, strerror(-rc));
+	vlog(level, "%s: loading the block map%s: %s", label, how, strerror(-rc));
 }
 
 /* Make the map match the index, if it does not.  Takes the index lock, so
@@ -369,20 +379,18 @@ static int ensure_fresh(struct vol *v)
 
 	if (!atomic_load(&v->stale))
 		return 0;
-	if (!ix)
-		return load_locked(v, NULL);
-	if (ix->load_mu)
+	if (ix && ix->load_mu)
 		pthread_mutex_lock(ix->load_mu);
-	for (int i = 0; ix->load && i < LOAD_TRIES && rc == -EAGAIN; i++)
+	for (int i = 0; ix && ix->load && i < LOAD_TRIES && rc == -EAGAIN; i++)
 		rc = atomic_load(&v->stale) ? load_snapshot(v, ix) : 0;
 	if (rc && rc != -EAGAIN)
-		log_load_error(v, " from a snapshot (trying under the index lock)", rc);
+		log_load_error(v, LOG_WARNING, " from a snapshot (now under the index lock)", rc);
 	if (rc)
-		rc = load_locked(v, ix->db_mu);
-	if (ix->load_mu)
+		rc = load_locked(v, ix ? ix->db_mu : NULL);
+	if (ix && ix->load_mu)
 		pthread_mutex_unlock(ix->load_mu);
 	if (rc)
-		log_load_error(v, "", rc);
+		log_load_error(v, LOG_ERR, "", rc);
 	return rc;
 }
 

@@ -501,11 +501,15 @@ struct ld_hook {
 	bool change;                    /* every call: commit some change */
 	bool reset;                     /* first call: vol_reset the vol */
 	uint64_t child;                 /* first call: vol_switch_node to it */
+	uint64_t merge_from;            /* first call: merge this node into node */
+	uint64_t quiet;                 /* changes that ld_changes does not count */
 };
 
 static uint64_t ld_changes(void *ctx)
 {
-	return bmap_changes(bm);
+	struct ld_hook *h = ctx;
+
+	return bmap_changes(bm) - h->quiet;
 }
 
 static int ld_row(void *ctx, uint64_t lblock, const struct chunk_loc *loc)
@@ -551,13 +555,40 @@ static void ld_loaded(void *ctx)
 		vol_reset(h->v, new_node(0, 0));
 	if (h->child && h->calls == 0)
 		cr_assert_eq(vol_switch_node(h->v, h->child, LD_BLOCKS), 0);
+	if (h->merge_from && h->calls == 0) {
+		uint64_t before = bmap_changes(bm);
+
+		/* as src/ns/flush.c does: a merge does not count as a change */
+		cr_assert_eq(bmap_begin(bm), 0);
+		cr_assert_eq(bmap_node_merge(bm, h->merge_from, h->node), 0);
+		cr_assert_eq(bmap_commit(bm), 0);
+		h->quiet += bmap_changes(bm) - before;
+	}
 	h->calls++;
+}
+
+/* Open on h->node a vol of size bytes that loads its map from a second,
+ * read-only handle (*ro), with the hook above. */
+static struct vol *ld_vol(struct ld_hook *h, uint64_t size, struct vol_index *ix,
+			  struct bmap **ro)
+{
+	char path[128];
+	struct vol *v;
+
+	snprintf(path, sizeof(path), "%s/index.sqlite", dir);
+	cr_assert_eq(bmap_open(path, 1, ro), 0);
+	*ix = (struct vol_index){ .db_mu = &ld_db_mu, .load = *ro, .load_mu = &ld_load_mu,
+				  .changes = ld_changes, .loaded = ld_loaded, .ctx = h };
+	cr_assert_eq(vol_open(cs, bm, h->node, size, false, "t", &v), 0);
+	vol_set_index(v, ix);
+	h->v = v;
+	return v;
 }
 
 /*
  * A closed volume of LD_BLOCKS blocks, block i filled with 'A' + i, in a
  * chunk that is no longer the active one (so that it can be removed), and
- * open on it a vol that loads its map from a second, read-only handle.
+ * open on it an ld_vol.
  */
 static struct vol *ld_open(struct ld_hook *h, struct vol_index *ix, struct bmap **ro)
 {
@@ -577,15 +608,7 @@ static struct vol *ld_open(struct ld_hook *h, struct vol_index *ix, struct bmap 
 	chunk_store_close(cs);
 	snprintf(path, sizeof(path), "%s/chunks", dir);
 	cr_assert_eq(chunk_store_open(path, 4096, next, &cs), 0);
-	snprintf(path, sizeof(path), "%s/index.sqlite", dir);
-	cr_assert_eq(bmap_open(path, 1, ro), 0);
-
-	*ix = (struct vol_index){ .db_mu = &ld_db_mu, .load = *ro, .load_mu = &ld_load_mu,
-				  .changes = ld_changes, .loaded = ld_loaded, .ctx = h };
-	cr_assert_eq(vol_open(cs, bm, h->node, sizeof(data), false, "t", &v), 0);
-	vol_set_index(v, ix);
-	h->v = v;
-	return v;
+	return ld_vol(h, sizeof(data), ix, ro);
 }
 
 static void ld_assert_content(struct vol *v)
@@ -694,5 +717,47 @@ Test(vol, a_failed_load_from_the_snapshot_falls_back_to_the_index_lock)
 	cr_assert_eq(h.calls, 0, "a load from the other index was installed");
 	vol_close(v);
 	bmap_close(other);
+	bmap_close(ro);
+}
+
+/*
+ * A merge does not make the load start over, so the install must take the
+ * node's inherit limit from the index as it is then, not from the snapshot:
+ * volume C inherits 4 blocks from P, which inherits 2 from G, so C shows
+ * G's blocks 0-1 and zeros at 2-3.  P merged into C during the load makes
+ * C inherit 2 from G.  A truncate to 3 blocks must then not raise C's
+ * limit to 3, which would show G's block 2.
+ */
+Test(vol, a_merge_while_the_map_loads_leaves_the_inherit_limit_it_set)
+{
+	struct ld_hook h = { 0 };
+	struct vol_index ix;
+	struct bmap *ro;
+	struct vol *v;
+	uint64_t g = new_node(0, 0), p;
+	uint8_t data[LD_BLOCKS * 4096], out[4096];
+
+	memset(data, 'G', sizeof(data));
+	cr_assert_eq(vol_open(cs, bm, g, sizeof(data), false, "t", &v), 0);
+	cr_assert_eq(vol_write(v, data, sizeof(data), 0), (ssize_t)sizeof(data));
+	flush(v);
+	vol_close(v);
+	p = new_node(g, 2);
+	h.node = new_node(p, LD_BLOCKS);
+	h.merge_from = p;
+	v = ld_vol(&h, sizeof(data), &ix, &ro);
+
+	cr_assert_eq(vol_read(v, out, 4096, 4096), 4096);
+	cr_assert_eq(out[0], 'G');
+	cr_assert_eq(h.calls, 1, "a merge made the load start over");
+	cr_assert_eq(vol_truncate(v, 3 * 4096), 0);
+	flush(v);
+	vol_close(v);
+
+	cr_assert_eq(vol_open(cs, bm, h.node, 3 * 4096, false, "t", &v), 0);
+	cr_assert_eq(vol_read(v, out, 4096, 2 * 4096), 4096);
+	for (int i = 0; i < 4096; i++)
+		cr_assert_eq(out[i], 0, "byte %d of block 2: '%c', hidden data of G", i, out[i]);
+	vol_close(v);
 	bmap_close(ro);
 }
