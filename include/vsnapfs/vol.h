@@ -100,8 +100,9 @@ int vol_switch_node(struct vol *v, uint64_t node, uint64_t inherit);
  *            holding db_mu, so that a volume with millions of blocks does
  *            not stop every other user of the index for as long as that
  *            takes; it is installed under db_mu only if changes() did not
- *            move meanwhile, else read again, and after LOAD_TRIES such
- *            tries read under db_mu.  Without it, under db_mu from bm.
+ *            move meanwhile, else read again, and after two such tries
+ *            (or any error) read under db_mu.  Without it, under db_mu
+ *            from bm.
  *   load_mu  serializes the users of load.
  *   changes  called under db_mu: a number that moves whenever a change is
  *            made to bm that may change where a map being built finds a
