@@ -177,13 +177,19 @@ static int set_block(struct vol *v, uint64_t lblock, const struct chunk_loc *loc
 	return mark_dirty(v, lblock, vmap_get(v->map, lblock));
 }
 
+/* v's label, for a log line (vol_set_label may change it meanwhile). */
+static void copy_label(struct vol *v, char label[LABEL_MAX])
+{
+	pthread_rwlock_rdlock(&v->lock);
+	memcpy(label, v->label, LABEL_MAX);
+	pthread_rwlock_unlock(&v->lock);
+}
+
 static void log_bad_block(struct vol *v, uint64_t lblock, const struct chunk_loc *loc, int rc)
 {
 	char label[LABEL_MAX];
 
-	pthread_rwlock_rdlock(&v->lock);
-	memcpy(label, v->label, sizeof(label));
-	pthread_rwlock_unlock(&v->lock);
+	copy_label(v, label);
 	vlog(LOG_ERR, "%s: offset %" PRIu64 ": block in chunk %016" PRIx64 " slot %u %s",
 	     label, lblock << v->bshift, loc->chunk_id, loc->slot,
 	     rc == -EBADMSG ? "does not match its checksum" :
@@ -364,9 +370,7 @@ static void log_load_error(struct vol *v, int level, const char *how, int rc)
 {
 	char label[LABEL_MAX];
 
-	pthread_rwlock_rdlock(&v->lock);
-	memcpy(label, v->label, sizeof(label));
-	pthread_rwlock_unlock(&v->lock);
+	copy_label(v, label);
 	vlog(level, "%s: loading the block map%s: %s", label, how, strerror(-rc));
 }
 

@@ -493,8 +493,11 @@ Test(vol, zeroing_after_a_merge_into_the_volume_never_uncovers_older_data)
 static pthread_mutex_t ld_db_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_mutex_t ld_load_mu = PTHREAD_MUTEX_INITIALIZER;
 
-struct ld_hook {
+/* One test's vol, its load handle, and what its hook does. */
+struct ld {
 	struct vol *v;
+	struct vol_index ix;
+	struct bmap *ro;                /* the load handle: read-only */
 	uint64_t node;
 	int calls;
 	bool move;                      /* first call: move the blocks, drop their chunk */
@@ -507,7 +510,7 @@ struct ld_hook {
 
 static uint64_t ld_changes(void *ctx)
 {
-	struct ld_hook *h = ctx;
+	struct ld *h = ctx;
 
 	return bmap_changes(bm) - h->quiet;
 }
@@ -543,7 +546,7 @@ static void ld_move_blocks(uint64_t node)
 /* Runs with no lock held, between the load and its install. */
 static void ld_loaded(void *ctx)
 {
-	struct ld_hook *h = ctx;
+	struct ld *h = ctx;
 
 	cr_assert_eq(pthread_mutex_trylock(&ld_db_mu), 0, "the load holds the index lock");
 	pthread_mutex_unlock(&ld_db_mu);
@@ -568,21 +571,24 @@ static void ld_loaded(void *ctx)
 }
 
 /* Open on h->node a vol of size bytes that loads its map from a second,
- * read-only handle (*ro), with the hook above. */
-static struct vol *ld_vol(struct ld_hook *h, uint64_t size, struct vol_index *ix,
-			  struct bmap **ro)
+ * read-only handle, with the hook above. */
+static struct vol *ld_vol(struct ld *h, uint64_t size)
 {
 	char path[128];
-	struct vol *v;
 
 	snprintf(path, sizeof(path), "%s/index.sqlite", dir);
-	cr_assert_eq(bmap_open(path, 1, ro), 0);
-	*ix = (struct vol_index){ .db_mu = &ld_db_mu, .load = *ro, .load_mu = &ld_load_mu,
-				  .changes = ld_changes, .loaded = ld_loaded, .ctx = h };
-	cr_assert_eq(vol_open(cs, bm, h->node, size, false, "t", &v), 0);
-	vol_set_index(v, ix);
-	h->v = v;
-	return v;
+	cr_assert_eq(bmap_open(path, 1, &h->ro), 0);
+	h->ix = (struct vol_index){ .db_mu = &ld_db_mu, .load = h->ro, .load_mu = &ld_load_mu,
+				    .changes = ld_changes, .loaded = ld_loaded, .ctx = h };
+	cr_assert_eq(vol_open(cs, bm, h->node, size, false, "t", &h->v), 0);
+	vol_set_index(h->v, &h->ix);
+	return h->v;
+}
+
+static void ld_close(struct ld *h)
+{
+	vol_close(h->v);
+	bmap_close(h->ro);
 }
 
 /*
@@ -590,7 +596,7 @@ static struct vol *ld_vol(struct ld_hook *h, uint64_t size, struct vol_index *ix
  * chunk that is no longer the active one (so that it can be removed), and
  * open on it an ld_vol.
  */
-static struct vol *ld_open(struct ld_hook *h, struct vol_index *ix, struct bmap **ro)
+static struct vol *ld_open(struct ld *h)
 {
 	char path[128];
 	uint8_t data[LD_BLOCKS * 4096];
@@ -608,7 +614,7 @@ static struct vol *ld_open(struct ld_hook *h, struct vol_index *ix, struct bmap 
 	chunk_store_close(cs);
 	snprintf(path, sizeof(path), "%s/chunks", dir);
 	cr_assert_eq(chunk_store_open(path, 4096, next, &cs), 0);
-	return ld_vol(h, sizeof(data), ix, ro);
+	return ld_vol(h, sizeof(data));
 }
 
 static void ld_assert_content(struct vol *v)
@@ -622,53 +628,42 @@ static void ld_assert_content(struct vol *v)
 
 Test(vol, the_map_loads_from_a_snapshot_without_holding_the_index_lock)
 {
-	struct ld_hook h = { 0 };
-	struct vol_index ix;
-	struct bmap *ro;
-	struct vol *v = ld_open(&h, &ix, &ro);
+	struct ld h = { 0 };
+	struct vol *v = ld_open(&h);
 
 	ld_assert_content(v);
 	cr_assert_eq(h.calls, 1);
 	ld_assert_content(v);
 	cr_assert_eq(h.calls, 1, "a loaded map was loaded again");
-	vol_close(v);
-	bmap_close(ro);
+	ld_close(&h);
 }
 
 /* Without the check at install, the map would point into the removed
  * chunk and the read would fail with EIO. */
 Test(vol, blocks_moved_while_the_map_loads_are_read_from_their_new_place)
 {
-	struct ld_hook h = { .move = true };
-	struct vol_index ix;
-	struct bmap *ro;
-	struct vol *v = ld_open(&h, &ix, &ro);
+	struct ld h = { .move = true };
+	struct vol *v = ld_open(&h);
 
 	ld_assert_content(v);
 	cr_assert_eq(h.calls, 2, "the load was not done again after the move");
-	vol_close(v);
-	bmap_close(ro);
+	ld_close(&h);
 }
 
 Test(vol, an_index_that_keeps_changing_gets_the_map_loaded_under_its_lock)
 {
-	struct ld_hook h = { .change = true };
-	struct vol_index ix;
-	struct bmap *ro;
-	struct vol *v = ld_open(&h, &ix, &ro);
+	struct ld h = { .change = true };
+	struct vol *v = ld_open(&h);
 
 	ld_assert_content(v);
 	cr_assert_eq(h.calls, 2, "unlocked loads: %d", h.calls);
-	vol_close(v);
-	bmap_close(ro);
+	ld_close(&h);
 }
 
 Test(vol, a_reset_while_the_map_loads_is_not_undone_by_the_load)
 {
-	struct ld_hook h = { .reset = true };
-	struct vol_index ix;
-	struct bmap *ro;
-	struct vol *v = ld_open(&h, &ix, &ro);
+	struct ld h = { .reset = true };
+	struct vol *v = ld_open(&h);
 	uint8_t out[4096];
 
 	cr_assert_eq(vol_read(v, out, sizeof(out), 0), 0, "the reset set the size to 0");
@@ -678,46 +673,40 @@ Test(vol, a_reset_while_the_map_loads_is_not_undone_by_the_load)
 	cr_assert_eq(vol_read(v, out, sizeof(out), 0), 4096);
 	for (int i = 0; i < 4096; i++)
 		cr_assert_eq(out[i], 0, "byte %d: the old map came back", i);
-	vol_close(v);
-	bmap_close(ro);
+	ld_close(&h);
 }
 
 /* The snapshot changes nothing in the index here (its node was made
  * before), so only the vol can tell that the map loaded is not its own. */
 Test(vol, a_snapshot_while_the_map_loads_is_not_undone_by_the_load)
 {
-	struct ld_hook h = { 0 };
-	struct vol_index ix;
-	struct bmap *ro;
-	struct vol *v = ld_open(&h, &ix, &ro);
+	struct ld h = { 0 };
+	struct vol *v = ld_open(&h);
 
 	h.child = new_node(h.node, LD_BLOCKS);
 	ld_assert_content(v);
 	cr_assert_eq(h.calls, 2, "the load was not done again after the snapshot");
 	cr_assert_eq(vol_own_blocks(v), 0, "blocks of the snapshot count as the volume's own");
-	vol_close(v);
-	bmap_close(ro);
+	ld_close(&h);
 }
 
 /* A load connection that cannot give the map (here: the index of another
  * store, without that node) costs a load under the lock, not the read. */
 Test(vol, a_failed_load_from_the_snapshot_falls_back_to_the_index_lock)
 {
-	struct ld_hook h = { 0 };
-	struct vol_index ix;
-	struct bmap *ro, *other;
-	struct vol *v = ld_open(&h, &ix, &ro);
+	struct ld h = { 0 };
+	struct vol *v = ld_open(&h);
+	struct bmap *other;
 	char path[128];
 
 	snprintf(path, sizeof(path), "%s/other.sqlite", dir);
 	cr_assert_eq(bmap_create(path, 4096, 0, 0), 0);
 	cr_assert_eq(bmap_open(path, 1, &other), 0);
-	ix.load = other;
+	h.ix.load = other;
 	ld_assert_content(v);
 	cr_assert_eq(h.calls, 0, "a load from the other index was installed");
-	vol_close(v);
+	ld_close(&h);
 	bmap_close(other);
-	bmap_close(ro);
 }
 
 /*
@@ -730,9 +719,7 @@ Test(vol, a_failed_load_from_the_snapshot_falls_back_to_the_index_lock)
  */
 Test(vol, a_merge_while_the_map_loads_leaves_the_inherit_limit_it_set)
 {
-	struct ld_hook h = { 0 };
-	struct vol_index ix;
-	struct bmap *ro;
+	struct ld h = { 0 };
 	struct vol *v;
 	uint64_t g = new_node(0, 0), p;
 	uint8_t data[LD_BLOCKS * 4096], out[4096];
@@ -745,19 +732,18 @@ Test(vol, a_merge_while_the_map_loads_leaves_the_inherit_limit_it_set)
 	p = new_node(g, 2);
 	h.node = new_node(p, LD_BLOCKS);
 	h.merge_from = p;
-	v = ld_vol(&h, sizeof(data), &ix, &ro);
+	v = ld_vol(&h, sizeof(data));
 
 	cr_assert_eq(vol_read(v, out, 4096, 4096), 4096);
 	cr_assert_eq(out[0], 'G');
 	cr_assert_eq(h.calls, 1, "a merge made the load start over");
 	cr_assert_eq(vol_truncate(v, 3 * 4096), 0);
 	flush(v);
-	vol_close(v);
+	ld_close(&h);
 
 	cr_assert_eq(vol_open(cs, bm, h.node, 3 * 4096, false, "t", &v), 0);
 	cr_assert_eq(vol_read(v, out, 4096, 2 * 4096), 4096);
 	for (int i = 0; i < 4096; i++)
 		cr_assert_eq(out[i], 0, "byte %d of block 2: '%c', hidden data of G", i, out[i]);
 	vol_close(v);
-	bmap_close(ro);
 }
