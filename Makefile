@@ -76,8 +76,9 @@ $(B)/tools/%: tests/tools/%.c tests/tools/rng.h
 deps:
 	@tests/install-deps.sh
 
+# The unit and end-to-end tests run with the lock-order checker on.
 unit: $(UNIT_BIN)
-	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; $$t --jobs 2; done
+	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; VSNAPFS_LOCK_CHECK=1 $$t --jobs 2; done
 
 e2e: all $(TOOL_BIN)
 	@tests/e2e/run-all.sh $(B)
@@ -87,8 +88,12 @@ check: deps
 	@$(MAKE) --no-print-directory unit
 	@$(MAKE) --no-print-directory e2e
 
+# The debug builds (asan, tsan) compile the lock-order checker in
+# (include/vsnapfs/lock.h); make check switches it on at run time.
+DEBUG_CFLAGS := -O1 -g -fno-omit-frame-pointer -DVSNAPFS_LOCK_CHECK
+
 asan:
-	@$(MAKE) --no-print-directory B=build-asan CFLAGS="-O1 -g -fno-omit-frame-pointer" \
+	@$(MAKE) --no-print-directory B=build-asan CFLAGS="$(DEBUG_CFLAGS)" \
 		SAN="-fsanitize=address,undefined -fno-sanitize-recover=all" check
 
 # libFuzzer targets (clang) for the parsers of untrusted bytes.
@@ -107,7 +112,7 @@ torture: all $(TOOL_BIN)
 # The daemon under ThreadSanitizer, driven by the end-to-end tests (Criterion
 # does not start under TSan; the unit tests run under asan instead).
 tsan:
-	@$(MAKE) --no-print-directory B=build-tsan CFLAGS="-O1 -g -fno-omit-frame-pointer" \
+	@$(MAKE) --no-print-directory B=build-tsan CFLAGS="$(DEBUG_CFLAGS)" \
 		SAN="-fsanitize=thread" all $(TOOL_SRC:tests/tools/%.c=build-tsan/tools/%)
 	@TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" tests/e2e/run-all.sh build-tsan
 

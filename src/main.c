@@ -42,6 +42,7 @@
 
 #include "vsnapfs/fs.h"
 #include "vsnapfs/log.h"
+#include "vsnapfs/chunk.h"
 #include "vsnapfs/ns.h"
 
 #define PROG "vsnapfs"
@@ -49,8 +50,6 @@
 #define THREADS_DEFAULT         16u
 #define THREADS_MAX             1024u
 #define FLUSH_MS_MAX            3600000u        /* an hour */
-#define BLOCK_SIZE_MIN          4096u
-#define BLOCK_SIZE_MAX          (1u << 20)
 
 struct cmdline {
 	const char *store;      /* as given; argv's */
@@ -116,13 +115,13 @@ static void help(void)
 	       "\n"
 	       "vsnapfs options:\n"
 	       "    -o block_size=SIZE     block size of a new store: a power of two from\n"
-	       "                           4K to 1M, in bytes or with a k/K or m/M suffix\n"
+	       "                           %uK to %uM, in bytes or with a k/K or m/M suffix\n"
 	       "                           (default %u); ignored for an existing store\n"
 	       "    -o flush_ms=N          interval of the background flusher in ms\n"
-	       "                           (default 1000)\n"
+	       "                           (default %u)\n"
 	       "    -o gc_interval=S       run garbage collection at least every S\n"
-	       "                           seconds (default 30; also after deletions,\n"
-	       "                           when space runs low and after every 256 MiB\n"
+	       "                           seconds (default %u; also after deletions,\n"
+	       "                           when space runs low and after every %u MiB\n"
 	       "                           written)\n"
 	       "    -o threads=N           at most N FUSE worker threads (default %u);\n"
 	       "                           max_threads=N is the same\n"
@@ -131,7 +130,9 @@ static void help(void)
 	       "Always set: -o fsname=vsnapfs:STORE,subtype=vsnapfs,default_permissions\n"
 	       "\n"
 	       "FUSE options (passed through):\n",
-	       NS_DEFAULT_BLOCK_SIZE, THREADS_DEFAULT);
+	       CHUNK_BLOCK_MIN >> 10, CHUNK_BLOCK_MAX >> 20, NS_DEFAULT_BLOCK_SIZE,
+	       NS_DEFAULT_FLUSH_MS, NS_DEFAULT_GC_INTERVAL_S, NS_GC_AFTER_BYTES >> 20,
+	       THREADS_DEFAULT);
 	fflush(stdout);
 	fuse_lowlevel_help();
 }
@@ -194,10 +195,9 @@ static int opt_proc(void *data, const char *arg, int key, struct fuse_args *outa
 	val = val ? val + 1 : "";
 	switch (key) {
 	case KEY_BLOCK_SIZE:
-		if (parse_size(val, &size) < 0 || size < BLOCK_SIZE_MIN ||
-		    size > BLOCK_SIZE_MAX || (size & (size - 1))) {
+		if (parse_size(val, &size) < 0 || !chunk_block_size_valid(size)) {
 			fprintf(stderr, PROG ": block_size=%s: must be a power of two "
-				"from 4K to 1M\n", val);
+				"from %uK to %uM\n", val, CHUNK_BLOCK_MIN >> 10, CHUNK_BLOCK_MAX >> 20);
 			cl->bad = true;
 		} else {
 			cl->ns.block_size = (uint32_t)size;

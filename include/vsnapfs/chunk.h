@@ -23,8 +23,20 @@
 #ifndef VSNAPFS_CHUNK_H
 #define VSNAPFS_CHUNK_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+
+/* The block sizes a store may have: powers of two from 4 KiB to 1 MiB.
+ * The one home of this range: the index, the daemon's options and the
+ * volume layer take it from here. */
+#define CHUNK_BLOCK_MIN    4096u
+#define CHUNK_BLOCK_MAX    (1u << 20)
+
+static inline bool chunk_block_size_valid(uint64_t bs)
+{
+	return bs >= CHUNK_BLOCK_MIN && bs <= CHUNK_BLOCK_MAX && (bs & (bs - 1)) == 0;
+}
 
 #define CHUNK_HEADER_BYTES 4096u
 #define CHUNK_MAX_BYTES    (64u << 20)  /* payload bytes per chunk file */

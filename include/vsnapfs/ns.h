@@ -15,7 +15,7 @@
  * Errors:     0 / count or a negative errno, as the FUSE reply should carry.
  * Ownership:  strings and buffers stay the caller's.
  * Threads:    every call but ns_open/ns_start/ns_close may run concurrently.
- *             Lock order: ns.flush_mu -> ns.db_mu -> ns.files_mu -> vol lock.
+ *             The lock order is written in vsnapfs/lock.h.
  * Durability: ns_fsync() makes every write to the file that returned before
  *             it durable, with its size; metadata changes (create, mkdir,
  *             rename, unlink, chmod, chown, utimens, snapshots, clones) are
@@ -35,12 +35,15 @@ struct ns;                              /* opaque */
 
 struct ns_opts {
 	uint32_t block_size;            /* for a new store; 0: the default */
-	uint32_t flush_interval_ms;     /* 0: the default (1000) */
-	uint32_t gc_interval_s;         /* 0: the default (30) */
+	uint32_t flush_interval_ms;     /* 0: NS_DEFAULT_FLUSH_MS */
+	uint32_t gc_interval_s;         /* 0: NS_DEFAULT_GC_INTERVAL_S */
 	bool readonly;
 };
 
-#define NS_DEFAULT_BLOCK_SIZE 4096u
+#define NS_DEFAULT_BLOCK_SIZE     4096u
+#define NS_DEFAULT_FLUSH_MS       1000u         /* the background flush */
+#define NS_DEFAULT_GC_INTERVAL_S  30u           /* GC runs at least this often */
+#define NS_GC_AFTER_BYTES         (256u << 20)  /* and after this much was written */
 
 struct ns_attr {
 	uint64_t ino;

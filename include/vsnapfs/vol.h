@@ -22,6 +22,14 @@
  *             concurrently on one vol.  vol_open() and vol_batch_apply() use
  *             the bmap handle: the caller serializes those with every other
  *             user of it.  vol_close() when nothing else uses the vol.
+ * Locks:      (ranks and order: vsnapfs/lock.h)  Each vol has vol.gate and
+ *             vol.lock.  Besides those, vol_read, vol_write, vol_truncate,
+ *             vol_punch and vol_seek may load the map and then take the
+ *             caller's vol_index locks, load_mu then db_mu (vol_set_index):
+ *             call them holding neither, nor the gate.  The other calls
+ *             take only vol.lock (and the chunk store's own locks), and may
+ *             be called under db_mu and files_mu.  vol_switch_node,
+ *             vol_reset and vol_attach need the gate closed by the caller.
  * Durability: none by itself: a write is durable once a batch collected
  *             after it returned has been applied and committed after a
  *             chunk_sync() that started after that collection.
@@ -31,12 +39,12 @@
 
 #include <stdbool.h>
 #include <stddef.h>
-#include <pthread.h>
 #include <stdint.h>
 #include <sys/types.h>
 
 #include "vsnapfs/bmap.h"
 #include "vsnapfs/chunk.h"
+#include "vsnapfs/lock.h"
 
 #define VOL_MAX_BYTES (1ULL << 54)              /* 16 PiB: keys fit the map */
 
@@ -116,9 +124,9 @@ int vol_switch_node(struct vol *v, uint64_t node, uint64_t inherit);
  * Without vol_set_index (unit tests) the load runs on bm, unlocked.
  */
 struct vol_index {
-	pthread_mutex_t *db_mu;
+	struct lock_mutex *db_mu;
 	struct bmap *load;
-	pthread_mutex_t *load_mu;
+	struct lock_mutex *load_mu;
 	uint64_t (*changes)(void *ctx);
 	void (*loaded)(void *ctx);
 	void *ctx;

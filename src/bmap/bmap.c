@@ -19,9 +19,9 @@
  * index lock.  Every call that adds, removes or moves data rows keeps it,
  * in the same transaction: put and del through a pending delta (struct
  * bmap) written at commit, the bulk calls (del_from, merge) by counting
- * the rows they are about to change.  Not SQL triggers: one per row cost
- * 43% of the insert rate and 17% of the overwrite rate (measured with two
- * million rows).  bmap_row_count_scan() counts for real; check compares.
+ * the rows they are about to change.  Not SQL triggers: they cost too much
+ * of the put rate (docs/design.md, "Schema").  bmap_row_count_scan()
+ * counts for real; check compares.
  *
  * Walks.  bmap_dir_list(), bmap_orphan_list(), bmap_row_foreach() and
  * bmap_rows_all() call fn while their statement is active.  fn must not
@@ -39,9 +39,8 @@
  * (after, below, from) is clamped to INT64_MAX, which is then exact.
  *
  * No index on bmap(chunk, slot).  It would serve only garbage collection and
- * check, and it cost 24% of the put rate for sequential lblocks and 30-40%
- * for scattered ones and overwrites, the common case at fsync time (measured
- * with 1,000,000 rows in one transaction).  bmap_chunk_refs()
+ * check, and cost the flush path a good part of its put rate
+ * (docs/performance.md, "No index on chunk").  bmap_chunk_refs()
  * therefore scans the table once and counts in a small hash table keyed by
  * chunk id (memory grows with the number of chunks, not of rows; a GROUP BY
  * would sort every row), and the rows of given chunks come from one scan
@@ -82,8 +81,6 @@
 
 #define BMAP_APPLICATION_ID  0x76736e70     /* "vsnp" */
 #define BMAP_BUSY_TIMEOUT_MS 5000
-#define BMAP_BLOCK_MIN       4096u
-#define BMAP_BLOCK_MAX       (1u << 20)
 
 #define BMAP_STR_(x) #x
 #define BMAP_STR(x)  BMAP_STR_(x)
@@ -284,7 +281,7 @@ static const char *const bmap_st_sql[ST_COUNT] = {
 	[ST_NODE_CHILDREN]    = "SELECT count(*) FROM node WHERE parent = ?1",
 
 	/* UPSERT rather than INSERT OR REPLACE: it updates in place instead
-	 * of delete + insert, and measured faster on random overwrites. */
+	 * of delete + insert, which is faster on random overwrites. */
 	[ST_ROW_PUT]          = "INSERT INTO bmap(node, lblock, chunk, slot, cksum)"
 				" VALUES(?1, ?2, ?3, ?4, ?5)"
 				" ON CONFLICT(node, lblock) DO UPDATE SET chunk = excluded.chunk,"
@@ -607,11 +604,6 @@ static int exec_sql(struct bmap *b, const char *sql)
 	return src == SQLITE_OK ? 0 : bmap_errno(b, src);
 }
 
-static int block_size_ok(uint64_t bs)
-{
-	return bs >= BMAP_BLOCK_MIN && bs <= BMAP_BLOCK_MAX && (bs & (bs - 1)) == 0;
-}
-
 static int64_t now_ns(void)
 {
 	struct timespec ts;
@@ -682,7 +674,7 @@ int bmap_create(const char *path, uint32_t block_size, uint32_t uid, uint32_t gi
 	sqlite3_int64 t;
 	int fd, src, match, rc;
 
-	if (!block_size_ok(block_size))
+	if (!chunk_block_size_valid(block_size))
 		return -EINVAL;
 	/* A -wal or -journal left by a deleted index would be replayed into
 	 * the new, empty file by SQLite: refuse rather than mix them. */
@@ -890,7 +882,7 @@ int bmap_open(const char *path, int readonly, struct bmap **out)
 		goto fail;
 
 	rc = oneoff_i64(b, "SELECT value FROM meta WHERE key = 'block_size'", &bs);
-	if (rc == -ENOENT || (rc == 0 && !block_size_ok((uint64_t)bs)))
+	if (rc == -ENOENT || (rc == 0 && !chunk_block_size_valid((uint64_t)bs)))
 		rc = -EUCLEAN;
 	if (rc)
 		goto fail;

@@ -106,8 +106,6 @@
 #define CHUNK_NAME_LEN       (CHUNK_NAME_HEX + sizeof(CHUNK_NAME_SUFFIX) - 1)
 #define SPARE_NAME_SUFFIX    ".spare"   /* as long as CHUNK_NAME_SUFFIX */
 
-#define BLOCK_SIZE_MIN       4096u
-#define BLOCK_SIZE_MAX       (1u << 20)
 
 /* Read cache bounds: never fewer than this many fds, never more than this. */
 #define RFD_OPEN_MIN         8u
@@ -734,8 +732,7 @@ int chunk_store_open(const char *dir, uint32_t block_size, uint64_t min_next_id,
 	int rc;
 
 	*out = NULL;
-	if (block_size < BLOCK_SIZE_MIN || block_size > BLOCK_SIZE_MAX ||
-	    (block_size & (block_size - 1)) != 0)
+	if (!chunk_block_size_valid(block_size))
 		return -EINVAL;
 	pthread_once(&chunk_nofile_once, chunk_nofile_raise);
 

@@ -43,7 +43,7 @@
  * check.  A node that no file names and that has fewer than two children
  * is a warning, not a problem: deleting a snapshot or volume commits first
  * and releases its node in the background, and after a crash the next
- * mount releases whatever was left (src/ns/flush.c, src/ns/store.c).
+ * mount releases whatever was left (src/ns/bg.c, src/ns/store.c).
  *
  * check and scrub read the rows with ONE scan (bmap_rows_all) into an array
  * sorted by (chunk, slot): a chunk's rows are then contiguous, duplicates

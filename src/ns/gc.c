@@ -60,15 +60,8 @@ static int gc_add_chunk(void *ctx, uint64_t id, uint32_t nslots)
 {
 	struct gc *g = ctx;
 
-	if (g->n == g->cap) {
-		size_t cap = g->cap ? g->cap * 2 : 64;
-		struct chunk_info *c = realloc(g->c, cap * sizeof(*c));
-
-		if (!c)
-			return g->rc = -ENOMEM;
-		g->c = c;
-		g->cap = cap;
-	}
+	if (ARRAY_RESERVE(g->c, g->cap, g->n, 64))
+		return g->rc = -ENOMEM;
 	g->c[g->n++] = (struct chunk_info){ .id = id, .nslots = nslots };
 	return 0;
 }
@@ -146,15 +139,8 @@ static int gather_row(void *ctx, uint64_t node, uint64_t lblock, const struct ch
 
 	if (!is_victim(mv->g, loc->chunk_id))
 		return 0;
-	if (mv->n == mv->cap) {
-		size_t cap = mv->cap ? mv->cap * 2 : 1024;
-		struct move *m = realloc(mv->m, cap * sizeof(*m));
-
-		if (!m)
-			return mv->rc = -ENOMEM;
-		mv->m = m;
-		mv->cap = cap;
-	}
+	if (ARRAY_RESERVE(mv->m, mv->cap, mv->n, 1024))
+		return mv->rc = -ENOMEM;
 	mv->m[mv->n++] = (struct move){ .node = node, .lblock = lblock, .from = *loc };
 	return 0;
 }
@@ -238,14 +224,26 @@ static int copy_blocks(struct ns *ns, struct moves *mv)
 	return rc;
 }
 
+static int relocate_in(struct ns_file *f, void *ctx)
+{
+	const struct moves *mv = ctx;
+
+	for (size_t i = 0; i < mv->n; i++)
+		if (mv->m[i].to.chunk_id)
+			vol_relocate(f->v, mv->m[i].lblock, &mv->m[i].from, &mv->m[i].to);
+	return 0;
+}
+
 /*
  * Repoint rows, then every open volume's map.  Assumes db_mu.  Returns the
  * number of rows moved, with moved victims' refs lowered accordingly.
  */
 static int repoint(struct ns *ns, struct gc *g, struct moves *mv)
 {
-	int rc = bmap_begin(ns->bm);
+	int rc;
 
+	assert(lock_held(&ns->db_mu));
+	rc = bmap_begin(ns->bm);
 	for (size_t i = 0; i < mv->n && !rc; i++) {
 		struct move *m = &mv->m[i];
 
@@ -263,14 +261,9 @@ static int repoint(struct ns *ns, struct gc *g, struct moves *mv)
 		bmap_rollback(ns->bm);
 		return rc;
 	}
-	pthread_mutex_lock(&ns->files_mu);
-	for (unsigned b = 0; b < NS_FILE_BUCKETS; b++)
-		for (struct ns_file *f = ns->files[b]; f; f = f->next)
-			for (size_t i = 0; i < mv->n; i++)
-				if (mv->m[i].to.chunk_id)
-					vol_relocate(f->v, mv->m[i].lblock, &mv->m[i].from,
-						     &mv->m[i].to);
-	pthread_mutex_unlock(&ns->files_mu);
+	lock_mutex_lock(&ns->files_mu);
+	ns_files_foreach(ns, relocate_in, mv);
+	lock_mutex_unlock(&ns->files_mu);
 	for (size_t i = 0; i < mv->n; i++)
 		if (mv->m[i].to.chunk_id)
 			gc_find(g, mv->m[i].from.chunk_id)->refs--;
@@ -300,9 +293,9 @@ static int compact(struct ns *ns, struct gc *g, uint64_t *moved)
 	if (!rc)
 		rc = chunk_sync(ns->cs);
 	if (!rc) {
-		pthread_mutex_lock(&ns->db_mu);
+		lock_mutex_lock(&ns->db_mu);
 		rc = repoint(ns, g, &mv);
-		pthread_mutex_unlock(&ns->db_mu);
+		lock_mutex_unlock(&ns->db_mu);
 	}
 	for (size_t i = 0; !rc && i < mv.n; i++)
 		*moved += mv.m[i].to.chunk_id != 0;

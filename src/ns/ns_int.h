@@ -1,19 +1,38 @@
 /*
  * namespace internals shared by the files of src/ns.  See include/vsnapfs/ns.h for
- * the contract and the lock order:
+ * the contract.
  *
- *     flush_mu -> db_mu -> files_mu -> (vol lock)
+ * LOCKS.  The order and each lock's rank are written once, in
+ * include/vsnapfs/lock.h; for the namespace they read:
  *
- * seq_mu and bg_mu are leaves: nothing else is taken while holding them.
+ *     flush_mu -> load_mu -> db_mu -> vol.gate -> files_mu -> vol.lock
+ *              -> (chunk store locks) -> seq_mu, bg_mu
+ *
+ * A function that needs a lock held asserts it (assert(lock_held(...))),
+ * which debug and sanitizer builds check (lock.h).
+ *
+ * FILES, each using only those listed before it:
+ *   files.c   the open-file table, its references, the reap and release queues
+ *   attr.c    attributes of every kind of inode
+ *   flush.c   collecting, syncing and committing changes; ns_flush
+ *   gc.c      one garbage-collection pass
+ *   io.c      the data path of an open volume: read, write, fallocate, seek, fsync
+ *   snap.c    snapshots, clones, truncate to zero
+ *   ns.c      the tree: lookup, create, unlink, rename, setattr, readdir, open
+ *   bg.c      the background thread: flush, evict, reap, release, GC
+ *   store.c   opening, creating, locking and closing the store
  */
 #ifndef VSNAPFS_NS_INT_H
 #define VSNAPFS_NS_INT_H
 
+#include <assert.h>
 #include <pthread.h>
 #include <stdatomic.h>
 
+#include "vsnapfs/array.h"
 #include "vsnapfs/bmap.h"
 #include "vsnapfs/chunk.h"
+#include "vsnapfs/lock.h"
 #include "vsnapfs/ns.h"
 #include "vsnapfs/vol.h"
 
@@ -26,7 +45,7 @@
  * last close until the flusher has written its changes (then evicted).
  */
 struct ns_file {
-	struct ns_file *next;           /* (files_mu) hash chain */
+	struct ns_file *next;           /* (files_mu) hash chain; after ns_files_take: its list */
 	uint64_t ino;                   /* constant */
 	struct vol *v;                  /* constant; has its own lock */
 	unsigned refs;                  /* (files_mu) open handles + flushes in progress */
@@ -36,6 +55,12 @@ struct ns_file {
 					 * index; in.size is the last flushed size */
 	bool attr_dirty;                /* (files_mu) in differs from the index */
 	_Atomic int64_t wtime_ns;       /* last write (mtime and ctime), 0: none since flush */
+};
+
+/* Inode or node numbers waiting for the background thread (db_mu). */
+struct ns_queue {
+	uint64_t *v;
+	size_t n, cap;
 };
 
 struct ns {
@@ -48,7 +73,7 @@ struct ns {
 	uint32_t gc_interval_s;         /* constant */
 	struct chunk_store *cs;         /* thread-safe by itself */
 
-	pthread_mutex_t db_mu;
+	struct lock_mutex db_mu;
 	struct bmap *bm;                /* (db_mu) */
 	/* A read-only connection of the background thread's own, for GC's
 	 * full scans: WAL gives it a consistent snapshot without db_mu, so a
@@ -58,21 +83,19 @@ struct ns {
 	 * snapshot without db_mu (vol_set_index in vsnapfs/vol.h), so that
 	 * opening a big volume does not hold up every flush and fsync. */
 	struct bmap *bm_load;           /* (load_mu); NULL read-only: under db_mu */
-	pthread_mutex_t load_mu;
+	struct lock_mutex load_mu;
 	/* (db_mu) bmap_changes(bm) that change no map being loaded: a
 	 * flush's and a merge's (see map_changes in store.c) */
 	uint64_t quiet_changes;
 	struct vol_index vix;           /* constant after ns_open */
-	uint64_t *reap;                 /* (db_mu) inos to delete in the background */
-	size_t nreap, reap_cap;         /* (db_mu) */
-	uint64_t *rel;                  /* (db_mu) map nodes to release in the background */
-	size_t nrel, rel_cap;           /* (db_mu) */
+	struct ns_queue reap;           /* (db_mu) inos to delete in the background */
+	struct ns_queue rel;            /* (db_mu) map nodes to release in the background */
 
-	pthread_mutex_t files_mu;
+	struct lock_mutex files_mu;
 	struct ns_file *files[NS_FILE_BUCKETS];   /* (files_mu) */
 
-	pthread_mutex_t flush_mu;       /* one flush (or GC pass) at a time */
-	pthread_mutex_t seq_mu;
+	struct lock_mutex flush_mu;     /* one flush (or GC pass) at a time */
+	struct lock_mutex seq_mu;
 	uint64_t flush_started;         /* (seq_mu) flushes begun */
 	uint64_t flush_done;            /* (seq_mu) the latest finished flush's number */
 	int flush_rc;                   /* (seq_mu) and its result */
@@ -93,7 +116,7 @@ struct ns {
 	int64_t space_reserve;          /* constant after ns_open */
 	atomic_bool gc_wanted;
 
-	pthread_mutex_t bg_mu;
+	struct lock_mutex bg_mu;
 	pthread_cond_t bg_cond;         /* wakes the background thread */
 	bool bg_stop;                   /* (bg_mu) */
 	bool bg_running;                /* set/cleared by ns_start/ns_close only */
@@ -152,13 +175,37 @@ struct held {
 	struct bmap_inode in;           /* its inode row to write */
 };
 
-/* ns.c */
+/* files.c: the open-file table.  Every call but ns_file_unref and
+ * ns_file_free assumes files_mu. */
+struct ns_file *ns_files_find(struct ns *ns, uint64_t ino);
+void ns_files_insert(struct ns *ns, struct ns_file *f);
+void ns_files_remove(struct ns *ns, struct ns_file *f);
+/* Call fn on every file until it returns non-zero, which is returned. */
+int ns_files_foreach(struct ns *ns, int (*fn)(struct ns_file *f, void *ctx), void *ctx);
+/* Take every file for which take() is true out of the table: a list
+ * through ->next, for ns_file_free_list (after files_mu is let go). */
+struct ns_file *ns_files_take(struct ns *ns, bool (*take)(const struct ns_file *f, void *ctx),
+			      void *ctx);
+/* Close the vols and free a list of files taken out of the table. */
+void ns_file_free_list(struct ns_file *list);
+/* Drop a reference (takes db_mu and files_mu).  The last one of an
+ * unlinked volume queues its deletion. */
+void ns_file_unref(struct ns *ns, struct ns_file *f);
+/* Queue an unlinked inode for deletion, or a map node for release, by the
+ * background thread; assumes db_mu.  Out of memory, the work is left to
+ * the next mount, which finds both again, and a line says so. */
+int ns_queue_push(struct ns_queue *q, uint64_t id);
+void ns_reap_later(struct ns *ns, uint64_t ino);
+void ns_release_later(struct ns *ns, uint64_t node);
+
+/* attr.c: attributes; f, if given, is the open volume (its live size, blocks). */
 void ns_attr_fill(struct ns *ns, const struct bmap_inode *in, struct ns_file *f,
 		  struct ns_attr *out);
-struct ns_file *ns_file_find(struct ns *ns, uint64_t ino);      /* assumes files_mu */
-void ns_file_unref(struct ns *ns, struct ns_file *f);
-/* Queue an unlinked inode for deletion; assumes db_mu. */
-int ns_reap_queue(struct ns *ns, uint64_t ino);
+void ns_ctl_attr(struct ns *ns, const struct bmap_inode *d, struct ns_attr *out);
+void ns_sroot_attr(struct ns *ns, const struct bmap_snap *s, const struct bmap_inode *d,
+		   struct ns_attr *out);
+void ns_sinode_attr(struct ns *ns, uint64_t snap, const struct bmap_inode *in,
+		    struct ns_attr *out);
 
 /* snap.c */
 int ns_snap_create(struct ns *ns, uint64_t dir, const char *name, struct ns_attr *out);
@@ -169,15 +216,25 @@ int ns_snap_rename(struct ns *ns, uint64_t dir, const char *name, const char *ne
 int ns_truncate_zero(struct ns *ns, struct ns_file *f);
 
 /* flush.c */
+struct holdset {                        /* volumes held by a flush or a snapshot */
+	struct held *h;
+	size_t n, cap;
+};
+/* Add f to hs with a reference taken (dropped by ns_file_unref); assumes files_mu. */
+int ns_hold(struct ns *ns, struct holdset *hs, struct ns_file *f);
 /* Collect h->f's changes into h (its gate closed or not). */
 int ns_held_collect(struct ns *ns, struct held *h);
 /* Write collected batches and inodes; assumes db_mu and an open transaction. */
 int ns_held_apply(struct ns *ns, struct held *h, size_t n);
 /* After commit or failure; frees the batches, keeps the references. */
 void ns_held_done(struct ns *ns, struct held *h, size_t n, int rc);
-/* Queue a map node for release in the background; assumes db_mu. */
-int ns_release_queue(struct ns *ns, uint64_t node);
+
+/* io.c: may the content of ino change (write, hole punch, size)? */
+int ns_may_change(struct ns *ns, uint64_t ino);
+
+/* bg.c */
 void *ns_bg_main(void *arg);
+/* Delete the queued unlinked volumes, then release the queued nodes. */
 int ns_reap_all(struct ns *ns);
 
 /* gc.c: one garbage-collection pass (background thread only): 1 if it

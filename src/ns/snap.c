@@ -39,11 +39,6 @@
 
 /* ---- holding open volumes --------------------------------------------------- */
 
-struct holdset {
-	struct held *h;
-	size_t n, cap;
-};
-
 static int cmp_held(const void *a, const void *b)
 {
 	uint64_t x = ((const struct held *)a)->f->ino, y = ((const struct held *)b)->f->ino;
@@ -54,23 +49,9 @@ static int cmp_held(const void *a, const void *b)
 /* Take a reference on the open volume ino, if it is open; assumes files_mu. */
 static int hold_if_open(struct ns *ns, struct holdset *hs, uint64_t ino)
 {
-	struct ns_file *f = ns_file_find(ns, ino);
+	struct ns_file *f = ns_files_find(ns, ino);   /* asserts files_mu */
 
-	if (!f)
-		return 0;
-	if (hs->n == hs->cap) {
-		size_t cap = hs->cap ? hs->cap * 2 : 8;
-		struct held *h = realloc(hs->h, cap * sizeof(*h));
-
-		if (!h)
-			return -ENOMEM;
-		hs->h = h;
-		hs->cap = cap;
-	}
-	memset(&hs->h[hs->n], 0, sizeof(hs->h[0]));
-	hs->h[hs->n++].f = f;
-	f->refs++;
-	return 0;
+	return f ? ns_hold(ns, hs, f) : 0;
 }
 
 static struct held *held_find(struct holdset *hs, uint64_t ino)
@@ -122,15 +103,8 @@ static int inodes_add(void *ctx, const struct bmap_inode *in)
 {
 	struct inodes *l = ctx;
 
-	if (l->n == l->cap) {
-		size_t cap = l->cap ? l->cap * 2 : 16;
-		struct bmap_inode *v = realloc(l->v, cap * sizeof(*v));
-
-		if (!v)
-			return l->rc = -ENOMEM;
-		l->v = v;
-		l->cap = cap;
-	}
+	if (ARRAY_RESERVE(l->v, l->cap, l->n, 16))
+		return l->rc = -ENOMEM;
 	l->v[l->n++] = *in;
 	return 0;
 }
@@ -156,6 +130,7 @@ static int freeze_inodes(struct ns *ns, uint64_t snap, struct inodes *l, struct 
 {
 	int rc = 0;
 
+	assert(lock_held(&ns->db_mu));
 	for (size_t i = 0; i < l->n && !rc; i++) {
 		struct bmap_inode in = l->v[i];
 		struct held *h = in.kind == BMAP_VOL ? held_find(hs, in.ino) : NULL;
@@ -200,8 +175,8 @@ int ns_snap_create(struct ns *ns, uint64_t dir, const char *name, struct ns_attr
 		return rc;
 	snprintf(s.name, sizeof(s.name), "%s", name);
 
-	pthread_mutex_lock(&ns->flush_mu);
-	pthread_mutex_lock(&ns->db_mu);
+	lock_mutex_lock(&ns->flush_mu);
+	lock_mutex_lock(&ns->db_mu);
 	rc = bmap_inode_get(ns->bm, dir, &d);
 	if (!rc && d.kind != BMAP_DIR)
 		rc = -ENOTDIR;
@@ -223,11 +198,11 @@ int ns_snap_create(struct ns *ns, uint64_t dir, const char *name, struct ns_attr
 	if (rc)
 		goto unlock;
 
-	pthread_mutex_lock(&ns->files_mu);
+	lock_mutex_lock(&ns->files_mu);
 	for (size_t i = 0; i < l.n && !rc; i++)
 		if (l.v[i].kind == BMAP_VOL)
 			rc = hold_if_open(ns, &hs, l.v[i].ino);
-	pthread_mutex_unlock(&ns->files_mu);
+	lock_mutex_unlock(&ns->files_mu);
 	if (!rc && hs.n && !(sw = calloc(hs.n, sizeof(*sw))))
 		rc = -ENOMEM;
 	if (rc)
@@ -260,30 +235,23 @@ int ns_snap_create(struct ns *ns, uint64_t dir, const char *name, struct ns_attr
 			if (src)
 				vlog(LOG_CRIT, "snapshot %s: switching a volume failed: %s", name,
 				     strerror(-src));
-			pthread_mutex_lock(&ns->files_mu);
+			lock_mutex_lock(&ns->files_mu);
 			sw[i].h->f->in.node = sw[i].node;
-			pthread_mutex_unlock(&ns->files_mu);
+			lock_mutex_unlock(&ns->files_mu);
 		}
-		memset(out, 0, sizeof(*out));
-		out->ino = ino_sroot(s.id);
-		out->mode = S_IFDIR | 0555;
-		out->nlink = 2;
-		out->uid = d.uid;
-		out->gid = d.gid;
-		out->blksize = 65536;
-		out->atime_ns = out->mtime_ns = out->ctime_ns = s.created_ns;
+		ns_sroot_attr(ns, &s, &d, out);
 	} else {
 		/* the collected nodes stay the live ones: undo the bookkeeping */
 		for (size_t i = 0; i < hs.n; i++) {
-			pthread_mutex_lock(&ns->files_mu);
+			lock_mutex_lock(&ns->files_mu);
 			hs.h[i].f->in.node = vol_node(hs.h[i].f->v);
-			pthread_mutex_unlock(&ns->files_mu);
+			lock_mutex_unlock(&ns->files_mu);
 		}
 	}
 	hold_thaw(ns, &hs, rc);
 unlock:
-	pthread_mutex_unlock(&ns->db_mu);
-	pthread_mutex_unlock(&ns->flush_mu);
+	lock_mutex_unlock(&ns->db_mu);
+	lock_mutex_unlock(&ns->flush_mu);
 	hold_release(ns, &hs);
 	free(sw);
 	free(l.v);
@@ -300,43 +268,37 @@ static int node_of(void *ctx, const struct bmap_inode *in)
 	return in->kind == BMAP_VOL ? inodes_add(l, in) : 0;
 }
 
+static bool in_snap(const struct ns_file *f, void *ctx)
+{
+	return ino_kind(f->ino) == INO_SNAP && ino_snap_id(f->ino) == *(const uint64_t *)ctx;
+}
+
+static int open_in_snap(struct ns_file *f, void *ctx)
+{
+	return in_snap(f, ctx) && f->refs;
+}
+
 int ns_snap_delete(struct ns *ns, uint64_t dir, const char *name)
 {
 	struct bmap_snap s;
 	struct inodes l = { 0 };
 	struct ns_file *dead = NULL;
-	bool busy = false;
+	bool busy;
 	int rc;
 
 	if (ns->readonly)
 		return -EROFS;
-	pthread_mutex_lock(&ns->db_mu);
+	lock_mutex_lock(&ns->db_mu);
 	rc = bmap_snap_lookup(ns->bm, dir, name, &s);
 	if (rc)
 		goto out;
 
 	/* open files of it: EBUSY; cached but closed ones: drop */
-	pthread_mutex_lock(&ns->files_mu);
-	for (unsigned i = 0; i < NS_FILE_BUCKETS && !busy; i++)
-		for (struct ns_file *f = ns->files[i]; f; f = f->next)
-			if (ino_kind(f->ino) == INO_SNAP && ino_snap_id(f->ino) == s.id && f->refs)
-				busy = true;
-	for (unsigned i = 0; i < NS_FILE_BUCKETS && !busy; i++) {
-		struct ns_file **pp = &ns->files[i];
-
-		while (*pp) {
-			struct ns_file *f = *pp;
-
-			if (ino_kind(f->ino) == INO_SNAP && ino_snap_id(f->ino) == s.id) {
-				*pp = f->next;
-				f->next = dead;
-				dead = f;
-			} else {
-				pp = &f->next;
-			}
-		}
-	}
-	pthread_mutex_unlock(&ns->files_mu);
+	lock_mutex_lock(&ns->files_mu);
+	busy = ns_files_foreach(ns, open_in_snap, &s.id) != 0;
+	if (!busy)
+		dead = ns_files_take(ns, in_snap, &s.id);
+	lock_mutex_unlock(&ns->files_mu);
 	if (busy) {
 		rc = -EBUSY;
 		goto out;
@@ -357,18 +319,10 @@ int ns_snap_delete(struct ns *ns, uint64_t dir, const char *name)
 	/* its nodes go in the background; a crash before that leaves nodes
 	 * that nothing names, released at the next mount */
 	for (size_t i = 0; i < l.n && !rc; i++)
-		if (ns_release_queue(ns, l.v[i].node))
-			vlog(LOG_ERR, "out of memory: node %llu is released at next mount",
-			     (unsigned long long)l.v[i].node);
+		ns_release_later(ns, l.v[i].node);
 out:
-	pthread_mutex_unlock(&ns->db_mu);
-	while (dead) {
-		struct ns_file *f = dead;
-
-		dead = f->next;
-		vol_close(f->v);
-		free(f);
-	}
+	lock_mutex_unlock(&ns->db_mu);
+	ns_file_free_list(dead);
 	free(l.v);
 	if (!rc)
 		pthread_cond_signal(&ns->bg_cond);
@@ -394,13 +348,13 @@ int ns_snap_rename(struct ns *ns, uint64_t dir, const char *name, const char *ne
 	free(f2);
 	if (rc)
 		return rc;
-	pthread_mutex_lock(&ns->db_mu);
+	lock_mutex_lock(&ns->db_mu);
 	rc = bmap_snap_lookup(ns->bm, dir, name, &s);
 	if (!rc && bmap_snap_lookup(ns->bm, dir, newname, &t) == 0)
 		rc = t.id == s.id ? 0 : -EEXIST;        /* never replace a snapshot */
 	else if (!rc)
 		rc = bmap_snap_rename(ns->bm, s.id, newname);
-	pthread_mutex_unlock(&ns->db_mu);
+	lock_mutex_unlock(&ns->db_mu);
 	return rc;
 }
 
@@ -413,25 +367,27 @@ int ns_truncate_zero(struct ns *ns, struct ns_file *f)
 	uint64_t old;
 	int rc;
 
-	pthread_mutex_lock(&ns->flush_mu);
-	pthread_mutex_lock(&ns->db_mu);
+	lock_mutex_lock(&ns->flush_mu);
+	lock_mutex_lock(&ns->db_mu);
 	vol_gate_close(f->v);
 	old = vol_node(f->v);
 	rc = bmap_node_get(ns->bm, old, &cur);
 	if (!rc && cur.parent == 0 && vol_size(f->v) == 0) {
-		/* nothing to drop: an ordinary truncate is as cheap */
+		/* nothing to drop: an ordinary truncate is as cheap.  It may
+		 * load the map, under load_mu and db_mu, which rank before the
+		 * gate: let go of both first (vsnapfs/lock.h) */
 		vol_gate_open(f->v);
-		pthread_mutex_unlock(&ns->db_mu);
-		pthread_mutex_unlock(&ns->flush_mu);
+		lock_mutex_unlock(&ns->db_mu);
+		lock_mutex_unlock(&ns->flush_mu);
 		return vol_truncate(f->v, 0);
 	}
 	if (!rc)
 		rc = bmap_begin(ns->bm);
 	if (!rc) {
 		rc = bmap_node_create(ns->bm, &n);
-		pthread_mutex_lock(&ns->files_mu);
+		lock_mutex_lock(&ns->files_mu);
 		in = f->in;
-		pthread_mutex_unlock(&ns->files_mu);
+		lock_mutex_unlock(&ns->files_mu);
 		in.node = n.id;
 		in.size = 0;
 		in.mtime_ns = in.ctime_ns = ns_now_ns();
@@ -444,17 +400,15 @@ int ns_truncate_zero(struct ns *ns, struct ns_file *f)
 	}
 	if (!rc) {
 		vol_reset(f->v, n.id);
-		pthread_mutex_lock(&ns->files_mu);
+		lock_mutex_lock(&ns->files_mu);
 		f->in = in;
-		pthread_mutex_unlock(&ns->files_mu);
+		lock_mutex_unlock(&ns->files_mu);
 		atomic_store(&f->wtime_ns, 0);
-		if (ns_release_queue(ns, old))
-			vlog(LOG_ERR, "out of memory: node %llu is released at next mount",
-			     (unsigned long long)old);
+		ns_release_later(ns, old);
 	}
 	vol_gate_open(f->v);
-	pthread_mutex_unlock(&ns->db_mu);
-	pthread_mutex_unlock(&ns->flush_mu);
+	lock_mutex_unlock(&ns->db_mu);
+	lock_mutex_unlock(&ns->flush_mu);
 	if (!rc)
 		pthread_cond_signal(&ns->bg_cond);
 	return rc;
@@ -483,8 +437,8 @@ static ssize_t share_range(struct ns *ns, struct ns_file *src, struct ns_file *d
 	if (nb_end <= off / ns->bs)
 		return 0;
 
-	pthread_mutex_lock(&ns->flush_mu);
-	pthread_mutex_lock(&ns->db_mu);
+	lock_mutex_lock(&ns->flush_mu);
+	lock_mutex_lock(&ns->db_mu);
 	frozen = vol_node(src->v);
 	rc = bmap_node_get(ns->bm, vol_node(dst->v), &dn);
 	if (rc)
@@ -494,11 +448,11 @@ static ssize_t share_range(struct ns *ns, struct ns_file *src, struct ns_file *d
 		       vol_size(dst->v) != off || vol_maps_from(dst->v, off / ns->bs))
 		goto unlock;            /* not blank: copy the data instead */
 
-	pthread_mutex_lock(&ns->files_mu);
+	lock_mutex_lock(&ns->files_mu);
 	rc = hold_if_open(ns, &hs, dst->ino);
 	if (!rc && live_src)
 		rc = hold_if_open(ns, &hs, src->ino);
-	pthread_mutex_unlock(&ns->files_mu);
+	lock_mutex_unlock(&ns->files_mu);
 	if (!rc)
 		rc = hold_freeze(ns, &hs);
 	if (!rc)
@@ -546,16 +500,16 @@ thaw:
 	for (size_t i = 0; i < hs.n; i++) {
 		struct ns_file *f = hs.h[i].f;
 
-		pthread_mutex_lock(&ns->files_mu);
+		lock_mutex_lock(&ns->files_mu);
 		f->in.node = vol_node(f->v);
 		if (!rc)
 			f->in.size = hs.h[i].in.size;
-		pthread_mutex_unlock(&ns->files_mu);
+		lock_mutex_unlock(&ns->files_mu);
 	}
 	hold_thaw(ns, &hs, rc);
 unlock:
-	pthread_mutex_unlock(&ns->db_mu);
-	pthread_mutex_unlock(&ns->flush_mu);
+	lock_mutex_unlock(&ns->db_mu);
+	lock_mutex_unlock(&ns->flush_mu);
 	hold_release(ns, &hs);
 	return rc ? rc : shared;
 }

@@ -188,12 +188,12 @@ static int open_index(struct ns *ns, char *msg, size_t msglen)
 /* single-threaded here: ns_open runs before any other thread exists */
 static int queue_orphan(void *ctx, const struct bmap_inode *in)
 {
-	return ns_reap_queue(ctx, in->ino);
+	return ns_queue_push(&((struct ns *)ctx)->reap, in->ino);
 }
 
 static int queue_node(void *ctx, const struct bmap_node *n)
 {
-	return ns_release_queue(ctx, n->id);
+	return ns_queue_push(&((struct ns *)ctx)->rel, n->id);
 }
 
 /*
@@ -207,12 +207,12 @@ static int queue_unnamed_nodes(struct ns *ns)
 	size_t n;
 	int rc = bmap_node_list(ns->bm, queue_node, ns);
 
-	for (n = 0; !rc && n < ns->nrel;) {
+	for (n = 0; !rc && n < ns->rel.n;) {
 		uint64_t refs;
 
-		rc = bmap_node_refs(ns->bm, ns->rel[n], &refs);
+		rc = bmap_node_refs(ns->bm, ns->rel.v[n], &refs);
 		if (!rc && refs)
-			ns->rel[n] = ns->rel[--ns->nrel];       /* named: keep it */
+			ns->rel.v[n] = ns->rel.v[--ns->rel.n];  /* named: keep it */
 		else
 			n++;
 	}
@@ -239,7 +239,7 @@ static int note_recovery(struct ns *ns, bool created)
 		vlog(LOG_WARNING, "%s was not cleanly unmounted: recovered to the last index "
 		     "commit (every fsync'ed write); deleting %zu unlinked volume(s) and %zu unused "
 		     "map node(s); unindexed chunk data goes to garbage collection",
-		     ns->dir, ns->nreap, ns->nrel);
+		     ns->dir, ns->reap.n, ns->rel.n);
 	rc = bmap_meta_set(ns->bm, "clean", 0);
 	ns->marked_in_use = rc == 0;
 	return rc;
@@ -299,14 +299,14 @@ int ns_open(const char *dir, const struct ns_opts *opts, struct ns **out, bool *
 	ns->lock_fd = -1;
 	ns->dir_fd = -1;
 	ns->readonly = opts->readonly;
-	ns->flush_ms = opts->flush_interval_ms ? opts->flush_interval_ms : 1000;
-	ns->gc_interval_s = opts->gc_interval_s ? opts->gc_interval_s : 30;
-	pthread_mutex_init(&ns->db_mu, NULL);
-	pthread_mutex_init(&ns->files_mu, NULL);
-	pthread_mutex_init(&ns->flush_mu, NULL);
-	pthread_mutex_init(&ns->seq_mu, NULL);
-	pthread_mutex_init(&ns->bg_mu, NULL);
-	pthread_mutex_init(&ns->load_mu, NULL);
+	ns->flush_ms = opts->flush_interval_ms ? opts->flush_interval_ms : NS_DEFAULT_FLUSH_MS;
+	ns->gc_interval_s = opts->gc_interval_s ? opts->gc_interval_s : NS_DEFAULT_GC_INTERVAL_S;
+	lock_mutex_init(&ns->flush_mu, LOCK_NS_FLUSH, "ns.flush_mu");
+	lock_mutex_init(&ns->load_mu, LOCK_NS_LOAD, "ns.load_mu");
+	lock_mutex_init(&ns->db_mu, LOCK_NS_DB, "ns.db_mu");
+	lock_mutex_init(&ns->files_mu, LOCK_NS_FILES, "ns.files_mu");
+	lock_mutex_init(&ns->seq_mu, LOCK_NS_SEQ, "ns.seq_mu");
+	lock_mutex_init(&ns->bg_mu, LOCK_NS_BG, "ns.bg_mu");
 	pthread_cond_init(&ns->bg_cond, NULL);
 	ns->dir = realpath(dir, NULL);
 
@@ -443,17 +443,23 @@ int ns_start(struct ns *ns)
 	return rc;
 }
 
+static bool every_file(const struct ns_file *f, void *ctx)
+{
+	return true;
+}
+
 int ns_close(struct ns *ns)
 {
+	struct ns_file *dead;
 	int rc = 0;
 
 	if (!ns)
 		return 0;
 	if (ns->bg_running) {
-		pthread_mutex_lock(&ns->bg_mu);
+		lock_mutex_lock(&ns->bg_mu);
 		ns->bg_stop = true;
 		pthread_cond_signal(&ns->bg_cond);
-		pthread_mutex_unlock(&ns->bg_mu);
+		lock_mutex_unlock(&ns->bg_mu);
 		pthread_join(ns->bg_thread, NULL);
 		ns->bg_running = false;
 	}
@@ -466,15 +472,10 @@ int ns_close(struct ns *ns)
 		if (rc)
 			vlog(LOG_ERR, "final flush failed: %s; unsynced writes are lost", strerror(-rc));
 	}
-	for (unsigned i = 0; i < NS_FILE_BUCKETS; i++) {
-		while (ns->files[i]) {
-			struct ns_file *f = ns->files[i];
-
-			ns->files[i] = f->next;
-			vol_close(f->v);
-			free(f);
-		}
-	}
+	lock_mutex_lock(&ns->files_mu);
+	dead = ns_files_take(ns, every_file, NULL);
+	lock_mutex_unlock(&ns->files_mu);
+	ns_file_free_list(dead);
 	chunk_store_close(ns->cs);
 	bmap_close(ns->bm_scan);
 	bmap_close(ns->bm_load);
@@ -483,15 +484,15 @@ int ns_close(struct ns *ns)
 		close(ns->lock_fd);
 	if (ns->dir_fd >= 0)
 		close(ns->dir_fd);
-	free(ns->reap);
-	free(ns->rel);
+	free(ns->reap.v);
+	free(ns->rel.v);
 	free(ns->dir);
-	pthread_mutex_destroy(&ns->db_mu);
-	pthread_mutex_destroy(&ns->files_mu);
-	pthread_mutex_destroy(&ns->flush_mu);
-	pthread_mutex_destroy(&ns->seq_mu);
-	pthread_mutex_destroy(&ns->bg_mu);
-	pthread_mutex_destroy(&ns->load_mu);
+	lock_mutex_destroy(&ns->flush_mu);
+	lock_mutex_destroy(&ns->load_mu);
+	lock_mutex_destroy(&ns->db_mu);
+	lock_mutex_destroy(&ns->files_mu);
+	lock_mutex_destroy(&ns->seq_mu);
+	lock_mutex_destroy(&ns->bg_mu);
 	pthread_cond_destroy(&ns->bg_cond);
 	free(ns);
 	return rc;

@@ -53,6 +53,7 @@
 #include <unistd.h>
 
 #include "vol/vmap.h"
+#include "vsnapfs/array.h"
 #include "vsnapfs/log.h"
 #include "vsnapfs/vol.h"
 
@@ -69,7 +70,7 @@ struct vol {
 	/* Held shared by every change (write, truncate, punch) for its whole
 	 * length, exclusive by a snapshot: so a snapshot sees no change half
 	 * done.  Writer-preferring, so a stream of writes cannot starve it. */
-	pthread_rwlock_t gate;
+	struct lock_rw gate;
 
 	/* The map does not match the index: not loaded yet (vol_open), or
 	 * vol_attach changed the node's parent.  The next read, change or
@@ -78,7 +79,7 @@ struct vol {
 	struct bmap *bm;                /* for loading; used under ix->db_mu */
 	const struct vol_index *ix;     /* the caller's, or NULL: see vol_set_index */
 
-	pthread_rwlock_t lock;
+	struct lock_rw lock;
 	char label[LABEL_MAX];          /* (L) */
 	struct vmap *map;               /* (L) */
 	uint64_t size;                  /* (L) bytes */
@@ -131,23 +132,18 @@ static struct chunk_loc ent_loc(const struct vmap_ent *e)
  */
 static bool may_inherit(const struct vol *v, uint64_t lblock)
 {
+	assert(lock_held(&v->lock));
 	return v->has_parent && lblock < v->inherit;
 }
 
 /* Assumes v->lock is held for writing. */
 static int mark_dirty(struct vol *v, uint64_t lblock, struct vmap_ent *e)
 {
+	assert(lock_rw_wrheld(&v->lock));
 	if (ve_flags(e) & VE_DIRTY)
 		return 0;
-	if (v->ndirty == v->dirty_cap) {
-		size_t cap = v->dirty_cap ? v->dirty_cap * 2 : 256;
-		uint64_t *d = realloc(v->dirty, cap * sizeof(*d));
-
-		if (!d)
-			return -ENOMEM;
-		v->dirty = d;
-		v->dirty_cap = cap;
-	}
+	if (ARRAY_RESERVE(v->dirty, v->dirty_cap, v->ndirty, 256))
+		return -ENOMEM;
 	v->dirty[v->ndirty++] = lblock;
 	e->gf |= VE_DIRTY;
 	return 0;
@@ -164,6 +160,7 @@ static int set_block(struct vol *v, uint64_t lblock, const struct chunk_loc *loc
 	bool anc = may_inherit(v, lblock), was_dirty = cur && (ve_flags(cur) & VE_DIRTY);
 	int rc;
 
+	assert(lock_rw_wrheld(&v->lock));
 	if (!loc->chunk_id && !ent_has_data(cur))
 		return 0;               /* already reads as zeros */
 	if (cur && ent_own(v, cur) && cur->chunk)
@@ -180,9 +177,9 @@ static int set_block(struct vol *v, uint64_t lblock, const struct chunk_loc *loc
 /* v's label, for a log line (vol_set_label may change it meanwhile). */
 static void copy_label(struct vol *v, char label[LABEL_MAX])
 {
-	pthread_rwlock_rdlock(&v->lock);
+	lock_rw_rdlock(&v->lock);
 	memcpy(label, v->label, LABEL_MAX);
-	pthread_rwlock_unlock(&v->lock);
+	lock_rw_unlock(&v->lock);
 }
 
 static void log_bad_block(struct vol *v, uint64_t lblock, const struct chunk_loc *loc, int rc)
@@ -280,6 +277,7 @@ fail:
 /* Make ld v's map.  Assumes v->lock held for writing. */
 static void install(struct vol *v, struct load *ld)
 {
+	assert(lock_rw_wrheld(&v->lock));
 	vmap_free(v->map);
 	v->map = ld->map;
 	v->own_blocks = ld->own_blocks;
@@ -290,22 +288,22 @@ static void install(struct vol *v, struct load *ld)
 }
 
 /* Load from v->bm, holding db_mu (if any) throughout. */
-static int load_locked(struct vol *v, pthread_mutex_t *db_mu)
+static int load_locked(struct vol *v, struct lock_mutex *db_mu)
 {
 	struct load ld;
 	int rc = 0;
 
 	if (db_mu)
-		pthread_mutex_lock(db_mu);
-	pthread_rwlock_wrlock(&v->lock);
+		lock_mutex_lock(db_mu);
+	lock_rw_wrlock(&v->lock);
 	if (atomic_load(&v->stale)) {
 		rc = load_map(v->bm, v->node, v->gen, &ld);
 		if (!rc)
 			install(v, &ld);
 	}
-	pthread_rwlock_unlock(&v->lock);
+	lock_rw_unlock(&v->lock);
 	if (db_mu)
-		pthread_mutex_unlock(db_mu);
+		lock_mutex_unlock(db_mu);
 	return rc;
 }
 
@@ -322,15 +320,16 @@ static int load_snapshot(struct vol *v, const struct vol_index *ix)
 	uint32_t gen;
 	int rc;
 
-	pthread_mutex_lock(ix->db_mu);
-	pthread_rwlock_rdlock(&v->lock);
+	assert(lock_held(ix->load_mu));
+	lock_mutex_lock(ix->db_mu);
+	lock_rw_rdlock(&v->lock);
 	node = v->node;
 	gen = v->gen;
 	epoch = v->epoch;
-	pthread_rwlock_unlock(&v->lock);
+	lock_rw_unlock(&v->lock);
 	changes = ix->changes(ix->ctx);
 	rc = bmap_snapshot_begin(ix->load);
-	pthread_mutex_unlock(ix->db_mu);
+	lock_mutex_unlock(ix->db_mu);
 	if (rc)
 		return rc;
 	rc = load_map(ix->load, node, gen, &ld);
@@ -340,8 +339,8 @@ static int load_snapshot(struct vol *v, const struct vol_index *ix)
 	if (ix->loaded)
 		ix->loaded(ix->ctx);
 
-	pthread_mutex_lock(ix->db_mu);
-	pthread_rwlock_wrlock(&v->lock);
+	lock_mutex_lock(ix->db_mu);
+	lock_rw_wrlock(&v->lock);
 	if (!atomic_load(&v->stale)) {
 		rc = 0;                 /* another way made it fresh */
 	} else if (v->epoch != epoch || ix->changes(ix->ctx) != changes) {
@@ -360,8 +359,8 @@ static int load_snapshot(struct vol *v, const struct vol_index *ix)
 			ld.map = NULL;
 		}
 	}
-	pthread_rwlock_unlock(&v->lock);
-	pthread_mutex_unlock(ix->db_mu);
+	lock_rw_unlock(&v->lock);
+	lock_mutex_unlock(ix->db_mu);
 	vmap_free(ld.map);
 	return rc;
 }
@@ -384,7 +383,7 @@ static int ensure_fresh(struct vol *v)
 	if (!atomic_load(&v->stale))
 		return 0;
 	if (ix && ix->load_mu)
-		pthread_mutex_lock(ix->load_mu);
+		lock_mutex_lock(ix->load_mu);
 	for (int i = 0; ix && ix->load && i < LOAD_TRIES && rc == -EAGAIN; i++)
 		rc = atomic_load(&v->stale) ? load_snapshot(v, ix) : 0;
 	if (rc && rc != -EAGAIN)
@@ -392,7 +391,7 @@ static int ensure_fresh(struct vol *v)
 	if (rc)
 		rc = load_locked(v, ix ? ix->db_mu : NULL);
 	if (ix && ix->load_mu)
-		pthread_mutex_unlock(ix->load_mu);
+		lock_mutex_unlock(ix->load_mu);
 	if (rc)
 		log_load_error(v, LOG_ERR, "", rc);
 	return rc;
@@ -418,12 +417,8 @@ int vol_open(struct chunk_store *cs, struct bmap *bm, uint64_t node, uint64_t si
 	v->gen = 1;
 	v->trunc_from = NO_TRUNC;
 	snprintf(v->label, sizeof(v->label), "%s", label);
-	pthread_rwlock_init(&v->lock, NULL);
-	pthread_rwlockattr_t ga;
-	pthread_rwlockattr_init(&ga);
-	pthread_rwlockattr_setkind_np(&ga, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
-	pthread_rwlock_init(&v->gate, &ga);
-	pthread_rwlockattr_destroy(&ga);
+	lock_rw_init(&v->lock, LOCK_VOL, "vol.lock", false);
+	lock_rw_init(&v->gate, LOCK_VOL_GATE, "vol.gate", true);
 	v->bm = bm;
 	/* the map is loaded at first use: opening a volume only to clone it
 	 * or to truncate it (cp) must not cost its allocated size */
@@ -451,16 +446,16 @@ void vol_close(struct vol *v)
 		return;
 	vmap_free(v->map);
 	free(v->dirty);
-	pthread_rwlock_destroy(&v->lock);
-	pthread_rwlock_destroy(&v->gate);
+	lock_rw_destroy(&v->lock);
+	lock_rw_destroy(&v->gate);
 	free(v);
 }
 
 void vol_set_label(struct vol *v, const char *label)
 {
-	pthread_rwlock_wrlock(&v->lock);
+	lock_rw_wrlock(&v->lock);
 	snprintf(v->label, sizeof(v->label), "%s", label);
-	pthread_rwlock_unlock(&v->lock);
+	lock_rw_unlock(&v->lock);
 }
 
 /* ---- read --------------------------------------------------------------- */
@@ -514,16 +509,16 @@ static void prefetch_runs(struct vol *v, const struct chunk_loc *locs, const boo
 static int read_window(struct vol *v, uint64_t first, uint32_t n, uint32_t lo, size_t len,
 		       uint8_t *dst, bool last_try)
 {
-	struct chunk_loc locs[WIN_BYTES / 4096];
-	bool has[WIN_BYTES / 4096];
+	struct chunk_loc locs[WIN_BYTES / CHUNK_BLOCK_MIN];
+	bool has[WIN_BYTES / CHUNK_BLOCK_MIN];
 	uint8_t *bounce = NULL;
 	uint32_t bad;
 	int rc = 0;
 
-	assert(n <= WIN_BYTES / 4096);
-	pthread_rwlock_rdlock(&v->lock);
+	assert(n <= WIN_BYTES / CHUNK_BLOCK_MIN);
+	lock_rw_rdlock(&v->lock);
 	if (atomic_load(&v->stale)) {
-		pthread_rwlock_unlock(&v->lock);
+		lock_rw_unlock(&v->lock);
 		return -EAGAIN;
 	}
 	for (uint32_t i = 0; i < n; i++) {
@@ -533,7 +528,7 @@ static int read_window(struct vol *v, uint64_t first, uint32_t n, uint32_t lo, s
 		if (has[i])
 			locs[i] = ent_loc(e);
 	}
-	pthread_rwlock_unlock(&v->lock);
+	lock_rw_unlock(&v->lock);
 
 	prefetch_runs(v, locs, has, n);
 	for (uint32_t i = 0; i < n;) {
@@ -588,9 +583,9 @@ ssize_t vol_read(struct vol *v, void *buf, size_t len, uint64_t off)
 	rc = ensure_fresh(v);
 	if (rc)
 		return rc;
-	pthread_rwlock_rdlock(&v->lock);
+	lock_rw_rdlock(&v->lock);
 	size = v->size;
-	pthread_rwlock_unlock(&v->lock);
+	lock_rw_unlock(&v->lock);
 	if (off >= size)
 		return 0;
 	if (len > size - off)
@@ -632,10 +627,10 @@ static int gate_enter(struct vol *v)
 
 		if (rc)
 			return rc;
-		pthread_rwlock_rdlock(&v->gate);
+		lock_rw_rdlock(&v->gate);
 		if (!atomic_load(&v->stale))
 			return 0;
-		pthread_rwlock_unlock(&v->gate);
+		lock_rw_unlock(&v->gate);
 	}
 }
 
@@ -656,11 +651,11 @@ static int rmw_block(struct vol *v, uint64_t lblock, uint32_t boff, const void *
 		struct vmap_ent *e;
 		bool same;
 
-		pthread_rwlock_rdlock(&v->lock);
+		lock_rw_rdlock(&v->lock);
 		e = vmap_get(v->map, lblock);
 		if (ent_has_data(e))
 			old = ent_loc(e);
-		pthread_rwlock_unlock(&v->lock);
+		lock_rw_unlock(&v->lock);
 
 		if (old.chunk_id) {
 			rc = chunk_read(v->cs, &old, 1, blk, NULL);
@@ -684,12 +679,12 @@ static int rmw_block(struct vol *v, uint64_t lblock, uint32_t boff, const void *
 				break;
 		}
 
-		pthread_rwlock_wrlock(&v->lock);
+		lock_rw_wrlock(&v->lock);
 		e = vmap_get(v->map, lblock);
 		same = ent_has_data(e) ? e->chunk == old.chunk_id && e->slot == old.slot
 				       : old.chunk_id == 0;
 		rc = same ? set_block(v, lblock, &nl) : 0;
-		pthread_rwlock_unlock(&v->lock);
+		lock_rw_unlock(&v->lock);
 		if (same)
 			break;
 	}
@@ -700,10 +695,10 @@ static int rmw_block(struct vol *v, uint64_t lblock, uint32_t boff, const void *
 /* Write whole blocks [first, first + n) from src (NULL: zeros). */
 static int write_blocks(struct vol *v, uint64_t first, uint32_t n, const uint8_t *src)
 {
-	struct chunk_loc locs[WIN_BYTES / 4096];
+	struct chunk_loc locs[WIN_BYTES / CHUNK_BLOCK_MIN];
 	int rc = 0;
 
-	assert(n <= WIN_BYTES / 4096);
+	assert(n <= WIN_BYTES / CHUNK_BLOCK_MIN);
 	memset(locs, 0, n * sizeof(locs[0]));
 	for (uint32_t i = 0; src && i < n;) {
 		uint32_t run = 0;
@@ -719,10 +714,10 @@ static int write_blocks(struct vol *v, uint64_t first, uint32_t n, const uint8_t
 			return rc;
 		i += run;
 	}
-	pthread_rwlock_wrlock(&v->lock);
+	lock_rw_wrlock(&v->lock);
 	for (uint32_t i = 0; i < n && !rc; i++)
 		rc = set_block(v, first + i, &locs[i]);
-	pthread_rwlock_unlock(&v->lock);
+	lock_rw_unlock(&v->lock);
 	return rc;
 }
 
@@ -769,13 +764,13 @@ ssize_t vol_write(struct vol *v, const void *buf, size_t len, uint64_t off)
 	if (rc)
 		return rc;
 	rc = write_range(v, buf, len, off);
-	pthread_rwlock_wrlock(&v->lock);
+	lock_rw_wrlock(&v->lock);
 	if (!rc && off + len > v->size) {
 		v->size = off + len;
 		v->size_changed = true;
 	}
-	pthread_rwlock_unlock(&v->lock);
-	pthread_rwlock_unlock(&v->gate);
+	lock_rw_unlock(&v->lock);
+	lock_rw_unlock(&v->gate);
 	return rc ? rc : (ssize_t)len;
 }
 
@@ -787,6 +782,7 @@ static int zero_blocks_locked(struct vol *v, uint64_t first, uint64_t end)
 	struct vmap_ent *e;
 	int rc = 0;
 
+	assert(lock_rw_wrheld(&v->lock));
 	while (!rc && (e = vmap_next(v->map, key, &key)) && key < end) {
 		rc = set_block(v, key, &zero);
 		key++;
@@ -806,7 +802,7 @@ int vol_punch(struct vol *v, uint64_t off, uint64_t len)
 	if (rc)
 		return rc;
 	rc = punch(v, off, len);
-	pthread_rwlock_unlock(&v->gate);
+	lock_rw_unlock(&v->gate);
 	return rc;
 }
 
@@ -815,9 +811,9 @@ static int punch(struct vol *v, uint64_t off, uint64_t len)
 	uint64_t size, end, first, last;
 	int rc = 0;
 
-	pthread_rwlock_rdlock(&v->lock);
+	lock_rw_rdlock(&v->lock);
 	size = v->size;
-	pthread_rwlock_unlock(&v->lock);
+	lock_rw_unlock(&v->lock);
 	if (off >= size || len == 0)
 		return 0;
 	end = len > size - off ? size : off + len;
@@ -834,9 +830,9 @@ static int punch(struct vol *v, uint64_t off, uint64_t len)
 		rc = write_range(v, NULL, end - (last << v->bshift), last << v->bshift);
 	if (rc)
 		return rc;
-	pthread_rwlock_wrlock(&v->lock);
+	lock_rw_wrlock(&v->lock);
 	rc = zero_blocks_locked(v, first, last);
-	pthread_rwlock_unlock(&v->lock);
+	lock_rw_unlock(&v->lock);
 	return rc;
 }
 
@@ -854,7 +850,7 @@ int vol_truncate(struct vol *v, uint64_t size)
 	if (rc)
 		return rc;
 	rc = truncate_to(v, size);
-	pthread_rwlock_unlock(&v->gate);
+	lock_rw_unlock(&v->gate);
 	return rc;
 }
 
@@ -864,9 +860,9 @@ static int truncate_to(struct vol *v, uint64_t size)
 	struct vmap_ent *e;
 	int rc = 0;
 
-	pthread_rwlock_rdlock(&v->lock);
+	lock_rw_rdlock(&v->lock);
 	old = v->size;
-	pthread_rwlock_unlock(&v->lock);
+	lock_rw_unlock(&v->lock);
 
 	/* bytes past the new size in its last block must read as zeros if the
 	 * volume grows again */
@@ -878,7 +874,7 @@ static int truncate_to(struct vol *v, uint64_t size)
 			return rc;
 	}
 
-	pthread_rwlock_wrlock(&v->lock);
+	lock_rw_wrlock(&v->lock);
 	if (size < v->size) {
 		nb = nblocks_of(v, size);
 		key = nb;
@@ -899,7 +895,7 @@ static int truncate_to(struct vol *v, uint64_t size)
 		v->size = size;
 		v->size_changed = true;
 	}
-	pthread_rwlock_unlock(&v->lock);
+	lock_rw_unlock(&v->lock);
 	return rc;
 }
 
@@ -911,7 +907,7 @@ int vol_seek(struct vol *v, uint64_t off, int whence, uint64_t *out)
 
 	if (rc)
 		return rc;
-	pthread_rwlock_rdlock(&v->lock);
+	lock_rw_rdlock(&v->lock);
 	nb = nblocks_of(v, v->size);
 	if (off >= v->size) {
 		rc = -ENXIO;
@@ -931,44 +927,51 @@ int vol_seek(struct vol *v, uint64_t off, int whence, uint64_t *out)
 	}
 	if (!rc)
 		*out = pos > off ? pos : off;
-	pthread_rwlock_unlock(&v->lock);
+	lock_rw_unlock(&v->lock);
 	return rc;
 }
 
 /* ---- state -------------------------------------------------------------- */
 
 #define LOCKED_GET(v, expr) ({ __typeof__(expr) _x; \
-	pthread_rwlock_rdlock(&(v)->lock); _x = (expr); pthread_rwlock_unlock(&(v)->lock); _x; })
+	lock_rw_rdlock(&(v)->lock); _x = (expr); lock_rw_unlock(&(v)->lock); _x; })
 
 uint64_t vol_size(struct vol *v) { return LOCKED_GET(v, v->size); }
 uint64_t vol_node(struct vol *v) { return LOCKED_GET(v, v->node); }
 uint64_t vol_own_blocks(struct vol *v) { return LOCKED_GET(v, v->own_blocks); }
 bool vol_loaded(struct vol *v) { return !atomic_load(&v->stale); }
 
+/* Has v changes vol_collect has not taken?  Assumes v->lock. */
+static bool uncollected(const struct vol *v)
+{
+	assert(lock_held(&v->lock));
+	return v->ndirty || v->size_changed || v->inherit_changed || v->trunc_from != NO_TRUNC;
+}
+
 bool vol_is_dirty(struct vol *v)
 {
-	return LOCKED_GET(v, v->ndirty || v->size_changed || v->inherit_changed ||
-			     v->trunc_from != NO_TRUNC);
+	return LOCKED_GET(v, uncollected(v));
 }
 
 /* ---- snapshots ---------------------------------------------------------- */
 
 void vol_gate_close(struct vol *v)
 {
-	pthread_rwlock_wrlock(&v->gate);
+	lock_rw_wrlock(&v->gate);
 }
 
 void vol_gate_open(struct vol *v)
 {
-	pthread_rwlock_unlock(&v->gate);
+	lock_rw_unlock(&v->gate);
 }
 
 int vol_switch_node(struct vol *v, uint64_t node, uint64_t inherit)
 {
 	int rc = 0;
 
-	pthread_rwlock_wrlock(&v->lock);
-	if (v->ndirty || v->size_changed || v->inherit_changed || v->trunc_from != NO_TRUNC) {
+	assert(lock_rw_wrheld(&v->gate));
+	lock_rw_wrlock(&v->lock);
+	if (uncollected(v)) {
 		rc = -EBUSY;
 	} else {
 		/* every entry of generation gen becomes inherited */
@@ -979,7 +982,7 @@ int vol_switch_node(struct vol *v, uint64_t node, uint64_t inherit)
 		v->has_parent = true;
 		v->own_blocks = 0;
 	}
-	pthread_rwlock_unlock(&v->lock);
+	lock_rw_unlock(&v->lock);
 	return rc;
 }
 
@@ -992,7 +995,8 @@ void vol_reset(struct vol *v, uint64_t node)
 {
 	struct vmap *empty = vmap_new();
 
-	pthread_rwlock_wrlock(&v->lock);
+	assert(lock_rw_wrheld(&v->gate));
+	lock_rw_wrlock(&v->lock);
 	if (empty) {
 		vmap_free(v->map);
 		v->map = empty;
@@ -1015,15 +1019,16 @@ void vol_reset(struct vol *v, uint64_t node)
 	v->inherit_changed = false;
 	v->size_changed = false;
 	atomic_store(&v->stale, false);
-	pthread_rwlock_unlock(&v->lock);
+	lock_rw_unlock(&v->lock);
 }
 
 int vol_attach(struct vol *v, uint64_t inherit, uint64_t size)
 {
 	int rc = 0;
 
-	pthread_rwlock_wrlock(&v->lock);
-	if (v->ndirty || v->size_changed || v->inherit_changed || v->trunc_from != NO_TRUNC) {
+	assert(lock_rw_wrheld(&v->gate));
+	lock_rw_wrlock(&v->lock);
+	if (uncollected(v)) {
 		rc = -EBUSY;
 	} else {
 		v->inherit = inherit;
@@ -1032,7 +1037,7 @@ int vol_attach(struct vol *v, uint64_t inherit, uint64_t size)
 		v->epoch++;
 		atomic_store(&v->stale, true);
 	}
-	pthread_rwlock_unlock(&v->lock);
+	lock_rw_unlock(&v->lock);
 	return rc;
 }
 
@@ -1041,21 +1046,21 @@ void vol_relocate(struct vol *v, uint64_t lblock, const struct chunk_loc *from,
 {
 	struct vmap_ent *e;
 
-	pthread_rwlock_wrlock(&v->lock);
+	lock_rw_wrlock(&v->lock);
 	e = vmap_get(v->map, lblock);
 	if (e && e->chunk == from->chunk_id && e->slot == from->slot) {
 		e->chunk = to->chunk_id;
 		e->slot = to->slot;
 	}
-	pthread_rwlock_unlock(&v->lock);
+	lock_rw_unlock(&v->lock);
 }
 
 void vol_inherit_lower(struct vol *v, uint64_t limit)
 {
-	pthread_rwlock_wrlock(&v->lock);
+	lock_rw_wrlock(&v->lock);
 	if (limit < v->inherit)
 		v->inherit = limit;
-	pthread_rwlock_unlock(&v->lock);
+	lock_rw_unlock(&v->lock);
 }
 
 bool vol_maps_from(struct vol *v, uint64_t from)
@@ -1071,15 +1076,8 @@ bool vol_maps_from(struct vol *v, uint64_t from)
 
 static int batch_push(struct vol_batch *b, const struct vol_rec *r)
 {
-	if (b->nrecs == b->cap) {
-		size_t cap = b->cap ? b->cap * 2 : 256;
-		struct vol_rec *n = realloc(b->recs, cap * sizeof(*n));
-
-		if (!n)
-			return -ENOMEM;
-		b->recs = n;
-		b->cap = cap;
-	}
+	if (ARRAY_RESERVE(b->recs, b->cap, b->nrecs, 256))
+		return -ENOMEM;
 	b->recs[b->nrecs++] = *r;
 	return 0;
 }
@@ -1096,7 +1094,7 @@ int vol_collect(struct vol *v, struct vol_batch *b)
 	int rc = 0;
 
 	b->nrecs = 0;
-	pthread_rwlock_wrlock(&v->lock);
+	lock_rw_wrlock(&v->lock);
 	b->v = v;
 	b->node = v->node;
 	b->size = v->size;
@@ -1127,10 +1125,10 @@ int vol_collect(struct vol *v, struct vol_batch *b)
 		v->inherit_changed = false;
 		v->size_changed = false;
 	}
-	pthread_rwlock_unlock(&v->lock);
-	/* in index order: the flush's upserts then walk the B-tree forwards
-	 * (overwrites in order: 626-977 k rows/s, scattered: 288-368 k rows/s,
-	 * test_bmap's row_put_rate) */
+	lock_rw_unlock(&v->lock);
+	/* in index order: the flush's upserts then walk the B-tree forwards,
+	 * which puts rows faster than scattered (docs/performance.md, "Rows in
+	 * index order") */
 	if (b->nrecs > 1)
 		qsort(b->recs, b->nrecs, sizeof(b->recs[0]), cmp_rec);
 	return rc;
@@ -1168,7 +1166,7 @@ void vol_batch_done(struct vol_batch *b, int rc)
 
 	if (!v)
 		return;
-	pthread_rwlock_wrlock(&v->lock);
+	lock_rw_wrlock(&v->lock);
 	for (size_t i = 0; i < b->nrecs; i++) {
 		const struct vol_rec *r = &b->recs[i];
 		struct vmap_ent *e = vmap_get(v->map, r->lblock);
@@ -1188,7 +1186,7 @@ void vol_batch_done(struct vol_batch *b, int rc)
 		v->inherit_changed |= b->inherit_changed;
 		v->size_changed = true;
 	}
-	pthread_rwlock_unlock(&v->lock);
+	lock_rw_unlock(&v->lock);
 }
 
 void vol_batch_free(struct vol_batch *b)

@@ -3,6 +3,7 @@
 #
 #   tests/e2e/run-all.sh BUILD_DIR [PATTERN]
 #
+# The daemons run with the lock-order checker on (VSNAPFS_LOCK_CHECK=1).
 # Each test runs under `timeout 600` (times VS_TIME_SCALE, for sanitizer
 # builds), its output goes to a log that is
 # printed when it fails.  Exit status 77 means skipped.  The last line is
@@ -17,6 +18,8 @@ here=$(cd "$(dirname "$0")" && pwd)
 B=$(cd "$1" && pwd) || { echo "run-all: no build dir $1" >&2; exit 2; }
 pattern=${2:-}
 export B VSNAPFS=$B/vsnapfs VSNAPCTL=$B/vsnapctl TOOLS=$B/tools
+# every daemon and vsnapctl of the tests checks its lock order (vsnapfs/lock.h)
+export VSNAPFS_LOCK_CHECK=${VSNAPFS_LOCK_CHECK:-1}
 
 logdir=$(mktemp -d "${TMPDIR:-/tmp}/vsnapfs-e2e-logs.XXXXXX")
 npass=0 nfail=0 nskip=0

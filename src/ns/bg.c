@@ -1,0 +1,252 @@
+/*
+ * bg: the background thread, and the work it does between two waits.
+ *
+ * It flushes every flush_ms, evicts clean volumes
+ * nobody has open, deletes unlinked volumes, releases map nodes nothing
+ * needs, and runs garbage collection (src/ns/gc.c) after deletions, when
+ * space runs low, every gc_interval seconds (NS_DEFAULT_GC_INTERVAL_S), and after
+ * every GC_AFTER_CHUNKS new chunk files, since overwrites make garbage as
+ * fast as they write.  That last trigger is paced: a pass scans the whole
+ * index, so the next one waits GC_PACE times as long as that scan took,
+ * and so do the passes that follow one that found work; this keeps a big
+ * store's collector to a fraction of one CPU.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "ns/ns_int.h"
+#include "vsnapfs/log.h"
+
+#define GC_AFTER_CHUNKS (NS_GC_AFTER_BYTES / CHUNK_MAX_BYTES)   /* new chunk files that call for a pass */
+#define GC_PACE         3               /* wait after a paced pass, in units of its scan time */
+
+static bool unused_and_clean(const struct ns_file *f, void *ctx)
+{
+	return !f->refs && !f->attr_dirty && !atomic_load(&f->wtime_ns) && !vol_is_dirty(f->v);
+}
+
+/* Drop cached volumes that nobody uses and that have nothing to write. */
+static void evict_clean(struct ns *ns)
+{
+	struct ns_file *dead;
+
+	lock_mutex_lock(&ns->db_mu);
+	lock_mutex_lock(&ns->files_mu);
+	dead = ns_files_take(ns, unused_and_clean, NULL);
+	lock_mutex_unlock(&ns->files_mu);
+	lock_mutex_unlock(&ns->db_mu);
+	ns_file_free_list(dead);
+}
+
+/*
+ * Fold node into its only child, NS_MERGE_ROWS rows per transaction, letting
+ * go of db_mu between two so that namespace calls and flushes do not wait
+ * for a merge of millions of rows.  In between the index is consistent (see
+ * bmap_node_merge_some), but things may change: the merge goes on only
+ * while nothing names the node and child is still its only child, and
+ * returns 0 otherwise (whoever changed that queues the node again if need
+ * be).  Assumes db_mu; background thread only, which also runs every other
+ * release and GC, so no other merge or deletion of these nodes runs
+ * meanwhile.
+ */
+static int merge_node(struct ns *ns, uint64_t id, uint64_t child)
+{
+	assert(lock_held(&ns->db_mu));
+	for (;;) {
+		uint64_t refs, kids, only, changes = bmap_changes(ns->bm);
+		bool done;
+		int rc;
+
+		rc = bmap_begin(ns->bm);
+		if (!rc)
+			rc = bmap_node_merge_some(ns->bm, id, child, NS_MERGE_ROWS, &done);
+		if (!rc)
+			rc = bmap_commit(ns->bm);
+		if (rc)
+			bmap_rollback(ns->bm);
+		/* what any volume shows is the same: no map load need start over
+		 * (map_changes in store.c) */
+		ns->quiet_changes += bmap_changes(ns->bm) - changes;
+		if (rc)
+			return rc;
+		if (done)
+			return 0;
+		/* a mutex is not fair: give a waiting caller the time to get it */
+		lock_mutex_unlock(&ns->db_mu);
+		nanosleep(&(struct timespec){ .tv_nsec = 1000000 }, NULL);
+		lock_mutex_lock(&ns->db_mu);
+		rc = bmap_node_refs(ns->bm, id, &refs);
+		if (!rc)
+			rc = bmap_node_children(ns->bm, id, &kids);
+		if (!rc && kids == 1)
+			rc = bmap_node_only_child(ns->bm, id, &only);
+		if (rc == -ENOENT || (!rc && (refs || kids != 1 || only != child)))
+			return 0;
+		if (rc)
+			return rc;
+	}
+}
+
+static int lower_inherit(struct ns_file *f, void *ctx)
+{
+	const struct bmap_node *child = ctx;
+
+	if (ino_kind(f->ino) == INO_LIVE && f->in.node == child->id)
+		vol_inherit_lower(f->v, child->inherit);
+	return 0;
+}
+
+/*
+ * Release a map node that may no longer be needed (assumes db_mu).  A node
+ * that an inode or a snapshot inode names stays.  Otherwise: with no
+ * children it is deleted with its rows, and its parent is looked at next;
+ * with one child it is folded into it (merge_node, which lets go of db_mu
+ * between its transactions); with more it stays until it has one.  Each
+ * step is one transaction or more.
+ */
+static int release_node(struct ns *ns, uint64_t id)
+{
+	int rc = 0;
+
+	assert(lock_held(&ns->db_mu));
+	while (id && !rc) {
+		struct bmap_node n, c;
+		uint64_t refs, kids, child;
+
+		rc = bmap_node_refs(ns->bm, id, &refs);
+		if (!rc)
+			rc = bmap_node_children(ns->bm, id, &kids);
+		if (!rc)
+			rc = bmap_node_get(ns->bm, id, &n);
+		if (rc == -ENOENT)
+			return 0;               /* already gone */
+		if (rc || refs || kids > 1)
+			break;
+		if (kids == 0) {
+			rc = bmap_begin(ns->bm);
+			if (!rc)
+				rc = bmap_node_delete(ns->bm, id);
+			if (!rc)
+				rc = bmap_commit(ns->bm);
+			if (rc)
+				bmap_rollback(ns->bm);
+		} else {
+			rc = bmap_node_only_child(ns->bm, id, &child);
+			if (!rc)
+				rc = merge_node(ns, id, child);
+		}
+		if (rc)
+			break;
+		atomic_store(&ns->gc_wanted, true);
+		if (kids == 0) {
+			id = n.parent;          /* it may have lost its last user */
+			continue;
+		}
+		/* the child may be a live volume's node: its vol writes its
+		 * inherit limit back at flush, so tell it the new one */
+		if (bmap_node_get(ns->bm, child, &c) == 0) {
+			lock_mutex_lock(&ns->files_mu);
+			ns_files_foreach(ns, lower_inherit, &c);
+			lock_mutex_unlock(&ns->files_mu);
+		}
+		break;
+	}
+	if (rc)
+		vlog(LOG_ERR, "releasing map node %" PRIu64 ": %s; retrying later", id, strerror(-rc));
+	return rc;
+}
+
+
+/*
+ * Delete every queued unlinked volume (its inode, one transaction), then
+ * release every queued node.  A crash half way leaves each step whole or
+ * undone; nodes nobody names are found again at the next mount.
+ */
+int ns_reap_all(struct ns *ns)
+{
+	int rc = 0;
+
+	lock_mutex_lock(&ns->db_mu);
+	while (ns->reap.n && !rc) {
+		uint64_t ino = ns->reap.v[ns->reap.n - 1];
+		struct bmap_inode in;
+
+		rc = bmap_inode_get(ns->bm, ino, &in);
+		if (rc == -ENOENT) {
+			rc = 0;
+			ns->reap.n--;
+			continue;
+		}
+		if (!rc)
+			rc = bmap_inode_delete(ns->bm, ino);
+		if (rc) {
+			vlog(LOG_ERR, "deleting unlinked inode %" PRIu64 ": %s; retrying later", ino,
+			     strerror(-rc));
+			break;
+		}
+		if (in.node)
+			ns_release_later(ns, in.node);
+		ns->reap.n--;
+	}
+	/* popped first: release_node lets go of db_mu, and others push */
+	while (ns->rel.n && !rc) {
+		uint64_t id = ns->rel.v[--ns->rel.n];
+
+		rc = release_node(ns, id);
+		if (rc)
+			ns_release_later(ns, id);
+	}
+	lock_mutex_unlock(&ns->db_mu);
+	return rc;
+}
+
+/* ---- the background thread --------------------------------------------------- */
+
+void *ns_bg_main(void *arg)
+{
+	struct ns *ns = arg;
+	int64_t last_gc = 0, gc_ns = 0;     /* start and scan time of the last pass */
+	uint64_t gc_chunk = 0;              /* next chunk id at its start */
+	bool more = false;                  /* it did work: there may be more */
+
+	lock_mutex_lock(&ns->bg_mu);
+	while (!ns->bg_stop) {
+		struct timespec until;
+		int64_t now;
+
+		clock_gettime(CLOCK_REALTIME, &until);
+		until.tv_nsec += (long)(ns->flush_ms % 1000) * 1000000;
+		until.tv_sec += ns->flush_ms / 1000 + until.tv_nsec / 1000000000;
+		until.tv_nsec %= 1000000000;
+		lock_cond_timedwait(&ns->bg_cond, &ns->bg_mu, &until);
+		if (ns->bg_stop)
+			break;
+		lock_mutex_unlock(&ns->bg_mu);
+
+		ns_flush(ns);
+		evict_clean(ns);
+		ns_reap_all(ns);
+		now = ns_now_ns();
+		/* no GC in a poisoned store: nothing may be moved (chunk_sync) */
+		if (!chunk_poisoned(ns->cs) &&
+		    (atomic_load(&ns->gc_wanted) ||
+		     now - last_gc > (int64_t)ns->gc_interval_s * 1000000000 ||
+		     ((more || chunk_next_id(ns->cs) - gc_chunk >= GC_AFTER_CHUNKS) &&
+		      now - last_gc - gc_ns >= GC_PACE * gc_ns))) {
+			int rc;
+
+			atomic_store(&ns->gc_wanted, false);
+			gc_chunk = chunk_next_id(ns->cs);
+			rc = ns_gc(ns, &gc_ns);
+			/* did work: there may be more, go on when the pace allows */
+			more = rc > 0 || rc == -EAGAIN;
+			last_gc = now;
+		}
+		lock_mutex_lock(&ns->bg_mu);
+	}
+	lock_mutex_unlock(&ns->bg_mu);
+	return NULL;
+}
