@@ -71,6 +71,12 @@ $(B)/tools/%: tests/tools/%.c tests/tools/rng.h
 	@mkdir -p $(@D)
 	$(CC) $(filter-out $(SAN),$(CFLAGS)) -o $@ $< -lpthread
 
+# powercut is a FUSE server (the disk under t-130-powercut): it needs libfuse.
+$(B)/tools/powercut: tests/tools/powercut.c tests/tools/rng.h
+	@mkdir -p $(@D)
+	$(CC) $(filter-out $(SAN),$(CFLAGS)) $(shell pkg-config --cflags fuse3) -o $@ $< \
+		$(shell pkg-config --libs fuse3)
+
 # --- tests ------------------------------------------------------------------
 
 deps:

@@ -9,9 +9,11 @@
 #   vs_kill9 MNT        SIGKILL that daemon, lazily unmount the dead mount
 #   vs_pid MNT, vs_log MNT         the daemon's pid and log file
 #   vs_losetup FILE [ARGS...]      attach a loop device; sets LOOPDEV
+#   vs_losetup_dio FILE [ARGS...]  the same with direct I/O if the kernel takes it
 #   vs_lodetach DEV     detach it
 #   vs_blkmount DEV DIR [ARGS...]  mount a block device; vs_blkumount DIR
 #   vs_track_pid PID, vs_wait_pid PID SECS   other background processes
+#   vs_track_fuse MNT PID          a FUSE mount served by a test tool
 #   fail MSG, pass, skip MSG, note MSG, assert_eq, expect_errno, with_deadline
 #
 # Environment: VS_KEEP=1 keeps $T after the test; VS_TIME_SCALE=N multiplies
@@ -144,6 +146,15 @@ vs_wait_pid() {
 	_vs_forget_pid "$1"
 }
 
+# vs_track_fuse MNT PID: a FUSE mount served by a test tool's process PID
+# (tests/tools/powercut).  The EXIT trap unmounts it where it unmounts the
+# vsnapfs mounts -- after the block mounts and loop devices that may sit on
+# it -- and then waits for PID to exit, or kills it.
+vs_track_fuse() {
+	_VS_MNTS+=("$1")
+	_VS_PIDS+=("$2")
+}
+
 _vs_forget_pid() {
 	local pid=$1 i
 	for i in "${!_VS_PIDS[@]}"; do
@@ -253,6 +264,20 @@ vs_losetup() {
 	shift
 	LOOPDEV=$(losetup --find --show "$@" "$file") || fail "losetup $* $file failed"
 	_VS_LOOPS+=("$LOOPDEV")
+}
+
+# vs_losetup_dio FILE [ARGS...]: the same with direct I/O (no page cache of
+# FILE in between, what a VM with cache=none does), or plain if the kernel
+# refuses it (said in a note); /sys/block/LOOP/loop/dio tells which.
+vs_losetup_dio() {
+	local file=$1
+	shift
+	if LOOPDEV=$(losetup --find --show --direct-io=on "$@" "$file" 2>"$T/losetup.err"); then
+		_VS_LOOPS+=("$LOOPDEV")
+	else
+		note "losetup --direct-io=on refused ($(cat "$T/losetup.err")); plain loop"
+		vs_losetup "$file" "$@"
+	fi
 }
 
 vs_lodetach() {

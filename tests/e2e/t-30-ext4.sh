@@ -20,13 +20,7 @@ VOL=$MNT/disk.img
 truncate -s 512M "$VOL"
 
 attach() {
-	# prefer direct I/O (what a VM with cache=none does); plain if refused
-	if LOOPDEV=$(losetup --find --show --direct-io=on "$@" "$VOL" 2>"$T/losetup.err"); then
-		_VS_LOOPS+=("$LOOPDEV")
-	else
-		note "losetup --direct-io=on refused ($(cat "$T/losetup.err")); plain loop"
-		vs_losetup "$VOL" "$@"
-	fi
+	vs_losetup_dio "$VOL" "$@"
 	note "loop $LOOPDEV, direct I/O: $(cat "/sys/block/${LOOPDEV#/dev/}/loop/dio" 2>/dev/null || echo '?')"
 }
 
