@@ -6,10 +6,11 @@
  *            IMAGE MOUNTPOINT
  *
  * MOUNTPOINT/disk is IMAGE (a host file; its size, a multiple of 4096, is the
- * disk's size).  Attach a loop device to it and put a file system on that:
- * then IMAGE holds what a real disk would hold, and a power cut can be taken
- * at any moment.  The program runs in the foreground until MOUNTPOINT is
- * unmounted (fusermount3 -u) or it gets SIGINT/SIGTERM.
+ * disk's size; MOUNTPOINT cannot be listed, only looked up in).  Attach a
+ * loop device to it and put a file system on that: then IMAGE holds what a
+ * real disk would hold, and a power cut can be taken at any moment.  The
+ * program runs in the foreground until MOUNTPOINT is unmounted (fusermount3
+ * -u) or it gets SIGINT/SIGTERM.
  *
  * The model.  A write goes to an in-memory overlay of 4 KiB pages (a partial
  * page is filled from what the disk holds there), and reads see the overlay
@@ -23,16 +24,19 @@
  *
  * The cut.  SIGUSR1 cuts the power.  The handler only sets a flag; the loop
  * (serve()) applies the cut when the signal interrupts its wait for a
- * request, and in any case before it serves another one (or at exit), so
- * the cut falls between two requests: every request served before it
- * counts, none after it.  At the cut each unsynced page is kept (written to IMAGE)
- * with probability KEEP_PCT% (seeded by SEED; default 0: all are lost), which
- * models a cache that had written back part of itself, in any order, at 4 KiB
- * granularity.  After the cut every write and every fsync fails with EIO, so
- * nothing issued after it reaches IMAGE (reads still work, from IMAGE, so the
- * file system above can be unmounted).  A clean stop without a cut drops the
- * overlay as well (a disk switched off without a flush) and says how much it
- * dropped: after a clean unmount of the file system above it must be 0.
+ * request, and in any case before it serves another one (or at exit), so the
+ * cut falls between two requests: every request served before it counts,
+ * none after it.  At the cut each unsynced page is kept (written to IMAGE)
+ * with probability KEEP_PCT% (seeded by SEED; default 0: all are lost),
+ * which models a cache that had written back part of itself, in any order,
+ * at 4 KiB granularity (only the latest content of a page can survive, not
+ * an older one).  After the cut every write and every fsync fails with EIO,
+ * so nothing issued after it reaches IMAGE: what the host's page cache above
+ * still held is lost too when that file system is then unmounted (reads
+ * still work, from IMAGE, so that it can be).  A clean stop without a cut
+ * drops the overlay as well (a disk switched off without a flush) and says
+ * how much it dropped: after a clean unmount of the file system above it
+ * must be 0.
  *
  * Making sure writes reach us: the file is opened with direct_io (no page
  * cache in the kernel for it), and FUSE's writeback cache is never enabled,
@@ -456,33 +460,6 @@ static void pc_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	fuse_reply_err(req, 0);
 }
 
-static void pc_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
-		       struct fuse_file_info *fi)
-{
-	static const struct { const char *name; fuse_ino_t ino; mode_t mode; } ents[] = {
-		{ ".", FUSE_ROOT_ID, S_IFDIR }, { "..", FUSE_ROOT_ID, S_IFDIR },
-		{ DISK_NAME, DISK_INO, S_IFREG },
-	};
-	char buf[512];
-	size_t len = 0;
-
-	pc_of(req);
-	if (ino != FUSE_ROOT_ID) {
-		fuse_reply_err(req, ENOTDIR);
-		return;
-	}
-	for (size_t i = (size_t)off; i < sizeof(ents) / sizeof(ents[0]); i++) {
-		struct stat st = { .st_ino = ents[i].ino, .st_mode = ents[i].mode };
-		size_t n = fuse_add_direntry(req, buf + len, sizeof(buf) - len, ents[i].name, &st,
-					     (off_t)i + 1);
-
-		if (len + n > size || len + n > sizeof(buf))
-			break;
-		len += n;
-	}
-	fuse_reply_buf(req, buf, len);
-}
-
 static const struct fuse_lowlevel_ops pc_ops = {
 	.init = pc_init,
 	.lookup = pc_lookup,
@@ -493,7 +470,6 @@ static const struct fuse_lowlevel_ops pc_ops = {
 	.write = pc_write,
 	.flush = pc_flush,
 	.fsync = pc_fsync,
-	.readdir = pc_readdir,
 };
 
 /*
