@@ -9,7 +9,9 @@
 # vol0.img and vol1.img, and log what each fdatasync made durable; a
 # snapshot vol0.img@cN is taken a random moment in; at another random moment
 # the power is cut (SIGUSR1 to powercut: its unsynced writes are lost, or a
-# seeded share of them is kept, and every later write and flush fails), then
+# seeded share of them is kept, and every later write and flush fails; each
+# cycle's disk also makes its flushes wait 0, 5 or 10 ms, so that some cuts
+# fall inside a flush), then
 # vsnapfs is SIGKILLed, ext4 unmounted, the loop detached, powercut stopped.
 # A new powercut over the same image, ext4 mounted (journal replay), and:
 #   - e2fsck -fn is clean (else the harness, not vsnapfs, is broken);
