@@ -30,6 +30,9 @@
 #   BENCH_TMPDIR=/var/tmp  where the disks go (not tmpfs: the page cache of
 #                        a tmpfs would be the "disk")
 #   BENCH_KEEP=1         keep the temp dir (several GiB) for inspection
+#   BENCH_TARGETS=...    run only these targets (space-separated; also
+#                        "ops" and "memory", the sections after them)
+#   BENCH_JOBS=...       run only these fio jobs (space-separated)
 #
 # Every daemon runs in the foreground as our child; we keep its pid, stop
 # it with fusermount3 -u (SIGTERM for qemu-storage-daemon) and, from the
@@ -56,6 +59,14 @@ DISK=$((DISK_GIB * GIB))
 UNIT=65536                      # granularity of the layers' random pieces
 JOBS=(seqread seqwrite randread randwrite fsyncwrite)
 TARGETS=(raw fuse-passthrough qsd-qcow2 qsd-chain32 vsnapfs vsnapfs-depth64)
+SECTIONS=("${TARGETS[@]}" ops memory)
+# A selection (BENCH_TARGETS, BENCH_JOBS) runs less; the report still has a
+# row or column for everything, "–" where nothing ran, so that its tables
+# keep their shape.
+SEL_TARGETS=" ${BENCH_TARGETS:-${SECTIONS[*]}} "
+SEL_JOBS=" ${BENCH_JOBS:-${JOBS[*]}} "
+want() { [[ $SEL_TARGETS == *" $1 "* ]]; }
+want_job() { [[ $SEL_JOBS == *" $1 "* ]]; }
 
 log() { printf '[bench %4ss] %s\n' "$(($(date +%s) - T_START))" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -64,6 +75,12 @@ for v in RT DISK_GIB BIG_GIB SCATTER_GIB; do
 	[[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer, not '${!v}'"
 done
 [[ $SETTLE_S =~ ^[0-9]+$ ]] || die "BENCH_SETTLE_S must be a number of seconds, not '$SETTLE_S'"
+for t in $SEL_TARGETS; do
+	[[ " ${SECTIONS[*]} " == *" $t "* ]] || die "BENCH_TARGETS: unknown '$t' (one of: ${SECTIONS[*]})"
+done
+for j in $SEL_JOBS; do
+	[[ " ${JOBS[*]} " == *" $j "* ]] || die "BENCH_JOBS: unknown '$j' (one of: ${JOBS[*]})"
+done
 
 # ---- packages ----------------------------------------------------------------
 
@@ -252,7 +269,7 @@ NEED=$((DISK_GIB * 5))
 [ "$(avail_gib)" -ge "$NEED" ] ||
 	die "$W: $(avail_gib) GiB free; the bench needs $NEED GiB (BENCH_DISK_GIB=$DISK_GIB)"
 log "work dir $W ($(stat -f -c %T "$W"), $(avail_gib) GiB free); $RT s per job," \
-    "${#TARGETS[@]} targets x ${#JOBS[@]} jobs"
+    "targets:$SEL_TARGETS jobs:$SEL_JOBS"
 
 # ---- daemons -------------------------------------------------------------------
 
@@ -438,6 +455,7 @@ bench() {
 	fi
 	settle "$target"
 	for job in "${JOBS[@]}"; do
+		want_job "$job" || continue
 		out=$W/json/$target.$job.json
 		if [ -n "$pid" ] && ! alive "$pid"; then
 			problem "$target/$job: not run, the daemon (pid $pid) is gone"
@@ -551,28 +569,34 @@ index_kv() {
 # raw and fuse-passthrough: one plain file
 # ============================================================================
 
-mkdir -p "$W/raw"
-RAW=$W/raw/disk.raw
-log "raw: writing the $DISK_GIB GiB disk"
-t0=$(now_ms)
-truncate -s "$DISK" "$RAW"
-fill "$RAW" "$DISK"
-kv startup raw "setup, s" "$(((($(now_ms) - t0) + 500) / 1000))"
-bench raw "$RAW"
+if want raw || want fuse-passthrough || want qsd-qcow2; then
+	mkdir -p "$W/raw"
+	RAW=$W/raw/disk.raw
+	log "raw: writing the $DISK_GIB GiB disk"
+	t0=$(now_ms)
+	truncate -s "$DISK" "$RAW"
+	fill "$RAW" "$DISK"
+	kv startup raw "setup, s" "$(((($(now_ms) - t0) + 500) / 1000))"
+fi
+if want raw; then
+	bench raw "$RAW"
+fi
 
-log "fuse-passthrough: mounting $RAW"
-mkdir -p "$W/pt"
-t0=$(now_ms)
-warm "$RAW"
-start pt passthrough "$W/pt" "$PT" "$RAW" "$W/pt"
-kv startup fuse-passthrough "setup, s" "$(((($(now_ms) - t0) + 500) / 1000))"
-kv startup fuse-passthrough "mount, ms" "$MOUNT_MS"
-first_read fuse-passthrough "$W/pt/disk"
-exec {HOLD}<"$W/pt/disk"
-bench fuse-passthrough "$W/pt/disk" pt
-exec {HOLD}<&-
-HOLD=
-daemon_done pt startup fuse-passthrough
+if want fuse-passthrough; then
+	log "fuse-passthrough: mounting $RAW"
+	mkdir -p "$W/pt"
+	t0=$(now_ms)
+	warm "$RAW"
+	start pt passthrough "$W/pt" "$PT" "$RAW" "$W/pt"
+	kv startup fuse-passthrough "setup, s" "$(((($(now_ms) - t0) + 500) / 1000))"
+	kv startup fuse-passthrough "mount, ms" "$MOUNT_MS"
+	first_read fuse-passthrough "$W/pt/disk"
+	exec {HOLD}<"$W/pt/disk"
+	bench fuse-passthrough "$W/pt/disk" pt
+	exec {HOLD}<&-
+	HOLD=
+	daemon_done pt startup fuse-passthrough
+fi
 
 # ============================================================================
 # qemu-storage-daemon: a qcow2 overlay over a full base, and a 32-deep chain
@@ -588,58 +612,62 @@ qsd() {
 		--export "type=fuse,id=e,node-name=q,mountpoint=$2/disk,writable=on"
 }
 
-log "qsd-qcow2: converting the disk into a qcow2 base, creating the overlay"
-mkdir -p "$W/qcow2"
-t0=$(now_ms)
-fg qemu-img convert -f raw -O qcow2 "$RAW" "$W/qcow2/base.qcow2"
-rm -f "$RAW"
-qemu-img create -q -f qcow2 -b "$W/qcow2/base.qcow2" -F qcow2 "$W/qcow2/top.qcow2"
-warm "$W/qcow2/base.qcow2"
-qsd qsd1 "$W/qcow2" top.qcow2
-kv startup qsd-qcow2 "setup, s" "$(((($(now_ms) - t0) + 500) / 1000))"
-kv startup qsd-qcow2 "mount, ms" "$MOUNT_MS"
-first_read qsd-qcow2 "$W/qcow2/disk"
-exec {HOLD}<"$W/qcow2/disk"
-bench qsd-qcow2 "$W/qcow2/disk" qsd1
-exec {HOLD}<&-
-HOLD=
-daemon_done qsd1 startup qsd-qcow2
-rm -rf "$W/qcow2"
+if want qsd-qcow2; then
+	log "qsd-qcow2: converting the disk into a qcow2 base, creating the overlay"
+	mkdir -p "$W/qcow2"
+	t0=$(now_ms)
+	fg qemu-img convert -f raw -O qcow2 "$RAW" "$W/qcow2/base.qcow2"
+	rm -f "$RAW"
+	qemu-img create -q -f qcow2 -b "$W/qcow2/base.qcow2" -F qcow2 "$W/qcow2/top.qcow2"
+	warm "$W/qcow2/base.qcow2"
+	qsd qsd1 "$W/qcow2" top.qcow2
+	kv startup qsd-qcow2 "setup, s" "$(((($(now_ms) - t0) + 500) / 1000))"
+	kv startup qsd-qcow2 "mount, ms" "$MOUNT_MS"
+	first_read qsd-qcow2 "$W/qcow2/disk"
+	exec {HOLD}<"$W/qcow2/disk"
+	bench qsd-qcow2 "$W/qcow2/disk" qsd1
+	exec {HOLD}<&-
+	HOLD=
+	daemon_done qsd1 startup qsd-qcow2
+	rm -rf "$W/qcow2"
+fi
 
-log "qsd-chain32: building 32 layers with qemu-img create -b and qemu-io"
-mkdir -p "$W/chain"
-t0=$(now_ms)
-layout 32 32 "$W/chain/layout"
-# One file of qemu-io commands per layer; each layer writes its own byte.
-awk -v u=$UNIT -v d="$W/chain" '{
-	printf "write -q -P %d %.0f %d\n", ($1 % 250) + 1, $2 * u, u > (d "/cmds." $1)
-}' "$W/chain/layout"
-prev=
-for ((g = 0; g < 32; g++)); do
-	f=$W/chain/l$g.qcow2
-	if [ -z "$prev" ]; then
-		qemu-img create -q -f qcow2 "$f" "$DISK"
-	else
-		qemu-img create -q -f qcow2 -b "$prev" -F qcow2 "$f"
-	fi
-	args=()
-	while IFS= read -r c; do args+=(-c "$c"); done <"$W/chain/cmds.$g"
-	fg -q qemu-io -t writeback -f qcow2 "${args[@]}" "$f"
-	prev=$f
-done
-depth=$(qemu-img info --backing-chain "$prev" | grep -c '^image:')
-[ "$depth" -eq 32 ] || die "qsd-chain32: the chain has $depth images, not 32"
-warm "$W"/chain/l*.qcow2
-qsd qsd32 "$W/chain" l31.qcow2
-kv startup qsd-chain32 "setup, s" "$(((($(now_ms) - t0) + 500) / 1000))"
-kv startup qsd-chain32 "mount, ms" "$MOUNT_MS"
-first_read qsd-chain32 "$W/chain/disk"
-exec {HOLD}<"$W/chain/disk"
-bench qsd-chain32 "$W/chain/disk" qsd32
-exec {HOLD}<&-
-HOLD=
-daemon_done qsd32 startup qsd-chain32
-rm -rf "$W/chain"
+if want qsd-chain32; then
+	log "qsd-chain32: building 32 layers with qemu-img create -b and qemu-io"
+	mkdir -p "$W/chain"
+	t0=$(now_ms)
+	layout 32 32 "$W/chain/layout"
+	# One file of qemu-io commands per layer; each layer writes its own byte.
+	awk -v u=$UNIT -v d="$W/chain" '{
+		printf "write -q -P %d %.0f %d\n", ($1 % 250) + 1, $2 * u, u > (d "/cmds." $1)
+	}' "$W/chain/layout"
+	prev=
+	for ((g = 0; g < 32; g++)); do
+		f=$W/chain/l$g.qcow2
+		if [ -z "$prev" ]; then
+			qemu-img create -q -f qcow2 "$f" "$DISK"
+		else
+			qemu-img create -q -f qcow2 -b "$prev" -F qcow2 "$f"
+		fi
+		args=()
+		while IFS= read -r c; do args+=(-c "$c"); done <"$W/chain/cmds.$g"
+		fg -q qemu-io -t writeback -f qcow2 "${args[@]}" "$f"
+		prev=$f
+	done
+	depth=$(qemu-img info --backing-chain "$prev" | grep -c '^image:')
+	[ "$depth" -eq 32 ] || die "qsd-chain32: the chain has $depth images, not 32"
+	warm "$W"/chain/l*.qcow2
+	qsd qsd32 "$W/chain" l31.qcow2
+	kv startup qsd-chain32 "setup, s" "$(((($(now_ms) - t0) + 500) / 1000))"
+	kv startup qsd-chain32 "mount, ms" "$MOUNT_MS"
+	first_read qsd-chain32 "$W/chain/disk"
+	exec {HOLD}<"$W/chain/disk"
+	bench qsd-chain32 "$W/chain/disk" qsd32
+	exec {HOLD}<&-
+	HOLD=
+	daemon_done qsd32 startup qsd-chain32
+	rm -rf "$W/chain"
+fi
 
 # ============================================================================
 # vsnapfs: a fresh store, and a volume 64 snapshots deep
@@ -647,67 +675,71 @@ rm -rf "$W/chain"
 
 vs() { start "$1" vsnapfs "$3" "$VSNAPFS" -f "$2" "$3"; }
 
-log "vsnapfs: fresh store, writing the $DISK_GIB GiB volume"
-mkdir -p "$W/vs/mnt"
-t0=$(now_ms)
-vs vs1 "$W/vs/store" "$W/vs/mnt"
-truncate -s "$DISK" "$W/vs/mnt/vol"
-fill "$W/vs/mnt/vol" "$DISK"
-stop vs1                        # remount: the jobs start from a clean daemon
-warm "$W"/vs/store/chunks/*
-vs vs1 "$W/vs/store" "$W/vs/mnt"
-kv startup vsnapfs "setup, s" "$(((($(now_ms) - t0) + 500) / 1000))"
-kv startup vsnapfs "mount, ms" "$MOUNT_MS"
-first_read vsnapfs "$W/vs/mnt/vol"
-exec {HOLD}<"$W/vs/mnt/vol"
-bench vsnapfs "$W/vs/mnt/vol" vs1
-exec {HOLD}<&-
-HOLD=
-daemon_done vs1 startup vsnapfs
-rm -rf "$W/vs"
+if want vsnapfs; then
+	log "vsnapfs: fresh store, writing the $DISK_GIB GiB volume"
+	mkdir -p "$W/vs/mnt"
+	t0=$(now_ms)
+	vs vs1 "$W/vs/store" "$W/vs/mnt"
+	truncate -s "$DISK" "$W/vs/mnt/vol"
+	fill "$W/vs/mnt/vol" "$DISK"
+	stop vs1                        # remount: the jobs start from a clean daemon
+	warm "$W"/vs/store/chunks/*
+	vs vs1 "$W/vs/store" "$W/vs/mnt"
+	kv startup vsnapfs "setup, s" "$(((($(now_ms) - t0) + 500) / 1000))"
+	kv startup vsnapfs "mount, ms" "$MOUNT_MS"
+	first_read vsnapfs "$W/vs/mnt/vol"
+	exec {HOLD}<"$W/vs/mnt/vol"
+	bench vsnapfs "$W/vs/mnt/vol" vs1
+	exec {HOLD}<&-
+	HOLD=
+	daemon_done vs1 startup vsnapfs
+	rm -rf "$W/vs"
+fi
 
-log "vsnapfs-depth64: 64 generations of 1/64 of the disk, a snapshot after each"
-mkdir -p "$W/d64/mnt" "$W/d64/log"
-t0=$(now_ms)
-layout 64 64 "$W/d64/layout"
-V=$W/d64/mnt/vol
-awk -v u=$UNIT -v d="$W/d64/log" -v f="$V" '{
-	o = d "/gen." $1
-	if (!(o in seen)) { seen[o] = 1; print "fio version 2 iolog\n" f " add\n" f " open" > o }
-	printf "%s write %.0f %d\n", f, $2 * u, u > o
-} END { for (o in seen) print f " close" > o }' "$W/d64/layout"
-vs d64 "$W/d64/store" "$W/d64/mnt"
-truncate -s "$DISK" "$V"
-exec {HOLD}<"$V"                # a running VM keeps its disk open
-for ((g = 1; g <= 64; g++)); do
-	if ! fg -q fio --name="gen$g" --read_iolog="$W/d64/log/gen.$((g - 1))" \
-		--replay_no_stall=1 --ioengine=libaio --iodepth=16 --direct=1 --output-format=terse; then
-		problem "vsnapfs-depth64: the writes of generation $g failed; measured with $((g - 1)) snapshots"
-		break
-	fi
-	if ! mkdir "$W/d64/mnt/.snapshots/vol@g$g"; then
-		problem "vsnapfs-depth64: mkdir .snapshots/vol@g$g failed; measured with $((g - 1)) snapshots"
-		break
-	fi
-	if [ $((g % 16)) -eq 0 ]; then log "vsnapfs-depth64: $g generations"; fi
-done
-exec {HOLD}<&-
-HOLD=
-nsnap=$(find "$W/d64/mnt/.snapshots" -mindepth 1 -maxdepth 1 -name 'vol@g*' | wc -l)
-[ "$nsnap" -eq 64 ] || problem "vsnapfs-depth64: $nsnap snapshots listed, not 64"
-stop d64
-index_kv "64 generations of 1/64 of $DISK_GIB GiB, 64 snapshots" "$W/d64/store" "$DISK_GIB"
-warm "$W"/d64/store/chunks/*
-vs d64 "$W/d64/store" "$W/d64/mnt"
-kv startup vsnapfs-depth64 "setup, s" "$(((($(now_ms) - t0) + 500) / 1000))"
-kv startup vsnapfs-depth64 "mount, ms" "$MOUNT_MS"
-first_read vsnapfs-depth64 "$V"
-exec {HOLD}<"$V"
-bench vsnapfs-depth64 "$V" d64
-exec {HOLD}<&-
-HOLD=
-daemon_done d64 startup vsnapfs-depth64
-rm -rf "$W/d64"
+if want vsnapfs-depth64; then
+	log "vsnapfs-depth64: 64 generations of 1/64 of the disk, a snapshot after each"
+	mkdir -p "$W/d64/mnt" "$W/d64/log"
+	t0=$(now_ms)
+	layout 64 64 "$W/d64/layout"
+	V=$W/d64/mnt/vol
+	awk -v u=$UNIT -v d="$W/d64/log" -v f="$V" '{
+		o = d "/gen." $1
+		if (!(o in seen)) { seen[o] = 1; print "fio version 2 iolog\n" f " add\n" f " open" > o }
+		printf "%s write %.0f %d\n", f, $2 * u, u > o
+	} END { for (o in seen) print f " close" > o }' "$W/d64/layout"
+	vs d64 "$W/d64/store" "$W/d64/mnt"
+	truncate -s "$DISK" "$V"
+	exec {HOLD}<"$V"                # a running VM keeps its disk open
+	for ((g = 1; g <= 64; g++)); do
+		if ! fg -q fio --name="gen$g" --read_iolog="$W/d64/log/gen.$((g - 1))" \
+			--replay_no_stall=1 --ioengine=libaio --iodepth=16 --direct=1 --output-format=terse; then
+			problem "vsnapfs-depth64: the writes of generation $g failed; measured with $((g - 1)) snapshots"
+			break
+		fi
+		if ! mkdir "$W/d64/mnt/.snapshots/vol@g$g"; then
+			problem "vsnapfs-depth64: mkdir .snapshots/vol@g$g failed; measured with $((g - 1)) snapshots"
+			break
+		fi
+		if [ $((g % 16)) -eq 0 ]; then log "vsnapfs-depth64: $g generations"; fi
+	done
+	exec {HOLD}<&-
+	HOLD=
+	nsnap=$(find "$W/d64/mnt/.snapshots" -mindepth 1 -maxdepth 1 -name 'vol@g*' | wc -l)
+	[ "$nsnap" -eq 64 ] || problem "vsnapfs-depth64: $nsnap snapshots listed, not 64"
+	stop d64
+	index_kv "64 generations of 1/64 of $DISK_GIB GiB, 64 snapshots" "$W/d64/store" "$DISK_GIB"
+	warm "$W"/d64/store/chunks/*
+	vs d64 "$W/d64/store" "$W/d64/mnt"
+	kv startup vsnapfs-depth64 "setup, s" "$(((($(now_ms) - t0) + 500) / 1000))"
+	kv startup vsnapfs-depth64 "mount, ms" "$MOUNT_MS"
+	first_read vsnapfs-depth64 "$V"
+	exec {HOLD}<"$V"
+	bench vsnapfs-depth64 "$V" d64
+	exec {HOLD}<&-
+	HOLD=
+	daemon_done d64 startup vsnapfs-depth64
+	rm -rf "$W/d64"
+fi
 
 # ============================================================================
 # snapshot, clone and rmdir times; index size
@@ -759,80 +791,84 @@ map_load_stall() {
 	fi
 }
 
-log "snapshot ops: fresh store, 1 GiB and $BIG_GIB GiB volumes"
-mkdir -p "$W/ops/mnt"
-M=$W/ops/mnt
-vs ops "$W/ops/store" "$M"
-sizes=(1)
-if [ "$(avail_gib)" -ge $((BIG_GIB + 3)) ]; then
-	sizes+=("$BIG_GIB")
-else
-	problem "snapshot ops: $BIG_GIB GiB volume skipped, only $(avail_gib) GiB free"
-fi
-written=0
-for s in "${sizes[@]}"; do
-	truncate -s "${s}G" "$M/v$s"
-	fill "$M/v$s" "${s}g"
-	written=$((written + s))
-done
-truncate -s 64M "$M/side"
-stop ops
-index_kv "sequential 1 MiB writes ($(IFS=+; echo "${sizes[*]}") GiB)" "$W/ops/store" "$written"
-vs ops "$W/ops/store" "$M"
-for s in "${sizes[@]}"; do
-	col="$s GiB allocated"
-	t0=$(now_ms)
-	exec {HOLD}<"$M/v$s"        # the volume is in use, as by a running VM
-	kv ops "open the volume, ms" "$col" "$(($(now_ms) - t0))"
-	map_load_stall "$col" "$M/v$s" "$M/side"
-	timed ops "mkdir .snapshots/v@s, ms" "$col" mkdir "$M/.snapshots/v$s@s"
-	c0=$(chunks_mib "$W/ops/store")
-	timed ops "cp snapshot to clone (linked), ms" "$col" cp "$M/.snapshots/v$s@s/v$s" "$M/c$s"
-	grown=$(($(chunks_mib "$W/ops/store") - c0))
-	kv ops "store growth from the cp, MiB" "$col" "$grown"
-	if [ "$grown" -gt $((s * 1024 / 100 + 8)) ]; then
-		problem "snapshot ops: cp of a $s GiB snapshot grew the store by $grown MiB: a full copy, not a linked clone"
+if want ops; then
+	log "snapshot ops: fresh store, 1 GiB and $BIG_GIB GiB volumes"
+	mkdir -p "$W/ops/mnt"
+	M=$W/ops/mnt
+	vs ops "$W/ops/store" "$M"
+	sizes=(1)
+	if [ "$(avail_gib)" -ge $((BIG_GIB + 3)) ]; then
+		sizes+=("$BIG_GIB")
+	else
+		problem "snapshot ops: $BIG_GIB GiB volume skipped, only $(avail_gib) GiB free"
 	fi
-	timed ops "rm clone, ms" "$col" rm "$M/c$s"
-	timed ops "rmdir snapshot (merge into the volume), ms" "$col" rmdir "$M/.snapshots/v$s@s"
-	exec {HOLD}<&-
-	HOLD=
-	log "snapshot ops: $s GiB done"
-done
-daemon_done ops memory "snapshot-ops daemon (1 + $BIG_GIB GiB volumes open, snapshot, clone)"
-rm -rf "$W/ops"
+	written=0
+	for s in "${sizes[@]}"; do
+		truncate -s "${s}G" "$M/v$s"
+		fill "$M/v$s" "${s}g"
+		written=$((written + s))
+	done
+	truncate -s 64M "$M/side"
+	stop ops
+	index_kv "sequential 1 MiB writes ($(IFS=+; echo "${sizes[*]}") GiB)" "$W/ops/store" "$written"
+	vs ops "$W/ops/store" "$M"
+	for s in "${sizes[@]}"; do
+		col="$s GiB allocated"
+		t0=$(now_ms)
+		exec {HOLD}<"$M/v$s"        # the volume is in use, as by a running VM
+		kv ops "open the volume, ms" "$col" "$(($(now_ms) - t0))"
+		map_load_stall "$col" "$M/v$s" "$M/side"
+		timed ops "mkdir .snapshots/v@s, ms" "$col" mkdir "$M/.snapshots/v$s@s"
+		c0=$(chunks_mib "$W/ops/store")
+		timed ops "cp snapshot to clone (linked), ms" "$col" cp "$M/.snapshots/v$s@s/v$s" "$M/c$s"
+		grown=$(($(chunks_mib "$W/ops/store") - c0))
+		kv ops "store growth from the cp, MiB" "$col" "$grown"
+		if [ "$grown" -gt $((s * 1024 / 100 + 8)) ]; then
+			problem "snapshot ops: cp of a $s GiB snapshot grew the store by $grown MiB: a full copy, not a linked clone"
+		fi
+		timed ops "rm clone, ms" "$col" rm "$M/c$s"
+		timed ops "rmdir snapshot (merge into the volume), ms" "$col" rmdir "$M/.snapshots/v$s@s"
+		exec {HOLD}<&-
+		HOLD=
+		log "snapshot ops: $s GiB done"
+	done
+	daemon_done ops memory "snapshot-ops daemon (1 + $BIG_GIB GiB volumes open, snapshot, clone)"
+	rm -rf "$W/ops"
+fi
 
 # ============================================================================
 # memory: a 1 TiB volume with 4 GiB written at scattered offsets
 # ============================================================================
 
-log "memory: 1 TiB volume, $SCATTER_GIB GiB of 4 KiB writes at random offsets"
-mkdir -p "$W/mem/mnt"
-M=$W/mem/mnt
-vs mem "$W/mem/store" "$M"
-truncate -s 1T "$M/big"
-t0=$(now_ms)
-fg -q fio --name=scatter --filename="$M/big" --size=1t --io_size="${SCATTER_GIB}g" --bs=4k --rw=randwrite \
-	--norandommap --randrepeat=1 --iodepth=16 --direct=1 --ioengine=libaio \
-	--fallocate=none --end_fsync=1 --output-format=terse
-kv memory "1 TiB volume: writing daemon, after $SCATTER_GIB GiB scattered" "peak RSS (VmHWM), MiB" \
-	"$(rss_mib "${D_PID[mem]}" VmHWM)"
-log "memory: scattered writes took $((($(now_ms) - t0) / 1000)) s"
-stop mem
-index_kv "4 KiB writes scattered over 1 TiB ($SCATTER_GIB GiB)" "$W/mem/store" "$SCATTER_GIB"
-vs mem "$W/mem/store" "$M"
-t0=$(now_ms)
-exec {HOLD}<"$M/big"
-row="1 TiB volume: fresh daemon, after open + ${RT} s of random 4 KiB reads"
-kv memory "$row" "open (map load), ms" "$(($(now_ms) - t0))"
-fg -q fio --name=readback --filename="$M/big" --size=1t --bs=4k --rw=randread --iodepth=16 \
-	--direct=1 --ioengine=libaio --time_based --runtime="$RT" --output-format=terse
-kv memory "$row" "peak RSS (VmHWM), MiB" "$(rss_mib "${D_PID[mem]}" VmHWM)"
-kv memory "$row" "RSS now, MiB" "$(rss_mib "${D_PID[mem]}" VmRSS)"
-exec {HOLD}<&-
-HOLD=
-stop mem
-rm -rf "$W/mem"
+if want memory; then
+	log "memory: 1 TiB volume, $SCATTER_GIB GiB of 4 KiB writes at random offsets"
+	mkdir -p "$W/mem/mnt"
+	M=$W/mem/mnt
+	vs mem "$W/mem/store" "$M"
+	truncate -s 1T "$M/big"
+	t0=$(now_ms)
+	fg -q fio --name=scatter --filename="$M/big" --size=1t --io_size="${SCATTER_GIB}g" --bs=4k --rw=randwrite \
+		--norandommap --randrepeat=1 --iodepth=16 --direct=1 --ioengine=libaio \
+		--fallocate=none --end_fsync=1 --output-format=terse
+	kv memory "1 TiB volume: writing daemon, after $SCATTER_GIB GiB scattered" "peak RSS (VmHWM), MiB" \
+		"$(rss_mib "${D_PID[mem]}" VmHWM)"
+	log "memory: scattered writes took $((($(now_ms) - t0) / 1000)) s"
+	stop mem
+	index_kv "4 KiB writes scattered over 1 TiB ($SCATTER_GIB GiB)" "$W/mem/store" "$SCATTER_GIB"
+	vs mem "$W/mem/store" "$M"
+	t0=$(now_ms)
+	exec {HOLD}<"$M/big"
+	row="1 TiB volume: fresh daemon, after open + ${RT} s of random 4 KiB reads"
+	kv memory "$row" "open (map load), ms" "$(($(now_ms) - t0))"
+	fg -q fio --name=readback --filename="$M/big" --size=1t --bs=4k --rw=randread --iodepth=16 \
+		--direct=1 --ioengine=libaio --time_based --runtime="$RT" --output-format=terse
+	kv memory "$row" "peak RSS (VmHWM), MiB" "$(rss_mib "${D_PID[mem]}" VmHWM)"
+	kv memory "$row" "RSS now, MiB" "$(rss_mib "${D_PID[mem]}" VmRSS)"
+	exec {HOLD}<&-
+	HOLD=
+	stop mem
+	rm -rf "$W/mem"
+fi
 
 # ============================================================================
 # report
@@ -899,7 +935,8 @@ head -n 3 "$OUT/chart.dat" >"$W/seq.dat"
 { head -n 1 "$OUT/chart.dat"; tail -n +4 "$OUT/chart.dat"; } >"$W/rand.dat"
 # Bar k of 6 in a cluster sits at x + (k - 2.5) / 7 (cluster gap 1); the
 # value is printed above each bar.
-gnuplot <<EOF
+# A selection can leave a whole column empty, which gnuplot refuses to plot.
+gnuplot <<EOF || log "chart.png: gnuplot failed (with BENCH_TARGETS/BENCH_JOBS: an empty column)"
 set terminal pngcairo size 1500,650 font "DejaVu Sans,11"
 set output "$OUT/chart.png"
 set datafile separator "\t"
