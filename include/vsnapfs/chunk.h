@@ -130,8 +130,24 @@ int chunk_remove(struct chunk_store *cs, uint64_t chunk_id);
  */
 int chunk_spares_enable(struct chunk_store *cs, const char *dir, uint32_t max);
 
-/* Bytes held by spare files: space the store will fill before it grows. */
+/* Bytes held by spare files: space the store will fill before it grows,
+ * but that the host file system counts as used. */
 uint64_t chunk_spare_bytes(struct chunk_store *cs);
+
+/*
+ * Keep at most limit spares from now on (never more than the max given to
+ * chunk_spares_enable(); 0 while spares are not enabled), and unlink the
+ * ones beyond it now, oldest first.  A removal that was turning a chunk
+ * file into a spare meanwhile unlinks it if the limit leaves no room.
+ * 0, or the first unlink error (the spare is forgotten either way, and the
+ * next open deletes what is left).  -ENOMEM leaves the spares as they were
+ * but the limit set.
+ */
+int chunk_spares_limit(struct chunk_store *cs, uint32_t limit);
+
+/* How many chunk_append() calls have taken slots so far: a caller that sees
+ * it unchanged for a while knows the store is not being written. */
+uint64_t chunk_append_count(struct chunk_store *cs);
 
 /*
  * Fault injection for tests: the next "after" calls of op succeed, then every

@@ -59,7 +59,10 @@
  * journal commit at fdatasync; appending to a new file costs all three (see
  * docs/design.md, "Spare chunk files").  A crash leaves a spare either where
  * it was or under its new name with whatever header; no row names it, and
- * garbage collection removes it like any unreferenced chunk.
+ * garbage collection removes it like any unreferenced chunk.  A spare holds
+ * host disk space that nothing else can use, so how many are kept is the
+ * caller's to bound and to lower (chunk_spares_limit): the daemon keeps a
+ * few while writes stream in and gives them all back when writes stop.
  *
  * Lock order: sync_mu -> mu.  fd_lock is never held together with another
  * lock.  Slow I/O runs with no mutex held; the exception is creating a chunk
@@ -143,6 +146,7 @@ struct chunk_store {
 	struct chunk_w *writers;        /* mu: active, dirty or pinned chunks */
 	struct chunk_w *active;         /* mu: takes new slots; NULL before the first append */
 	uint64_t next_id;               /* mu: id of the next chunk to create */
+	uint64_t nappends;              /* mu: chunk_append() calls that took slots */
 	bool dir_dirty;                 /* mu: a chunk file was created since the last good sync */
 
 	pthread_rwlock_t fd_lock;       /* the read cache; held shared across pread */
@@ -155,6 +159,7 @@ struct chunk_store {
 
 	int spare_dirfd;                /* const after chunk_spares_enable(); -1: no spares */
 	uint32_t spare_max;             /* const after chunk_spares_enable() */
+	uint32_t spare_limit;           /* mu: spares kept from now on, <= spare_max */
 	struct chunk_spare *spares;     /* mu: a stack, newest last; spare_max entries */
 	uint32_t nspares;               /* mu: entries in use */
 	uint32_t spare_pending;         /* mu: removals renaming a file into a spare */
@@ -890,6 +895,7 @@ int chunk_spares_enable(struct chunk_store *cs, const char *dir, uint32_t max)
 		goto fail;
 	}
 	cs->spare_max = max;
+	cs->spare_limit = max;
 	cs->spare_seq = 1;
 	rc = spare_adopt(cs);
 	if (rc == 0)
@@ -918,6 +924,55 @@ static uint64_t mu_get(struct chunk_store *cs, const uint64_t *field)
 uint64_t chunk_spare_bytes(struct chunk_store *cs)
 {
 	return mu_get(cs, &cs->spare_bytes);
+}
+
+uint64_t chunk_append_count(struct chunk_store *cs)
+{
+	return mu_get(cs, &cs->nappends);
+}
+
+/*
+ * The oldest spares go first: the newest are the ones chunk_w_create_locked
+ * takes next, and the likeliest to still have their pages cached.  They
+ * leave the stack under mu and are unlinked without it: once off the stack
+ * no one else can take them, and their names are never given again.
+ */
+int chunk_spares_limit(struct chunk_store *cs, uint32_t limit)
+{
+	char sname[CHUNK_NAME_LEN + 1];
+	struct chunk_spare *drop = NULL;
+	uint32_t ndrop = 0;
+	int rc = 0;
+
+	if (cs->spare_dirfd < 0)
+		return 0;
+	if (limit > cs->spare_max)
+		limit = cs->spare_max;
+	pthread_mutex_lock(&cs->mu);
+	cs->spare_limit = limit;
+	if (cs->nspares > limit) {
+		ndrop = cs->nspares - limit;
+		drop = malloc(ndrop * sizeof(*drop));
+		if (!drop) {
+			ndrop = 0;
+			rc = -ENOMEM;
+		} else {
+			memcpy(drop, cs->spares, ndrop * sizeof(*drop));
+			memmove(cs->spares, cs->spares + ndrop, limit * sizeof(*drop));
+			cs->nspares = limit;
+			for (uint32_t i = 0; i < ndrop; i++)
+				cs->spare_bytes -= drop[i].bytes;
+		}
+	}
+	pthread_mutex_unlock(&cs->mu);
+
+	for (uint32_t i = 0; i < ndrop; i++) {
+		spare_name(sname, drop[i].seq);
+		if (unlinkat(cs->spare_dirfd, sname, 0) != 0 && errno != ENOENT && !rc)
+			rc = -errno;
+	}
+	free(drop);
+	return rc;
 }
 
 /* --- append / read / sync -------------------------------------------------- */
@@ -950,6 +1005,7 @@ int chunk_append(struct chunk_store *cs, const void *buf, uint32_t nblocks,
 	/* Reserve every slot in one go, so that the run continues at slot 0 of
 	 * the chunk created for it and not behind another thread's blocks. */
 	pthread_mutex_lock(&cs->mu);
+	cs->nappends++;
 	while (done < nblocks) {
 		struct chunk_w *w = cs->active;
 		uint32_t n;
@@ -1258,7 +1314,7 @@ int chunk_remove(struct chunk_store *cs, uint64_t chunk_id)
 	}
 	/* A place among the spares is taken now, as mu and fd_lock are never
 	 * held together. */
-	keep = !rc && cs->spare_dirfd >= 0 && cs->nspares + cs->spare_pending < cs->spare_max;
+	keep = !rc && cs->spare_dirfd >= 0 && cs->nspares + cs->spare_pending < cs->spare_limit;
 	if (keep) {
 		cs->spare_pending++;
 		sp.seq = cs->spare_seq++;
@@ -1289,13 +1345,25 @@ int chunk_remove(struct chunk_store *cs, uint64_t chunk_id)
 	pthread_rwlock_unlock(&cs->fd_lock);
 
 	if (keep) {
+		bool over;
+
 		pthread_mutex_lock(&cs->mu);
 		cs->spare_pending--;
-		if (sp.bytes) {
+		/* chunk_spares_limit() may have lowered the limit meanwhile */
+		over = cs->nspares >= cs->spare_limit;
+		if (sp.bytes && !over) {
 			cs->spares[cs->nspares++] = sp;
 			cs->spare_bytes += sp.bytes;
 		}
 		pthread_mutex_unlock(&cs->mu);
+		/* the chunk is gone either way; a spare left behind is
+		 * adopted or deleted by the next open */
+		if (sp.bytes && over) {
+			spare_name(name, sp.seq);
+			if (unlinkat(cs->spare_dirfd, name, 0) != 0 && errno != ENOENT)
+				vlog(LOG_WARNING, "spare chunk file %s: cannot delete it: %s",
+				     name, strerror(errno));
+		}
 	}
 	return rc;
 }

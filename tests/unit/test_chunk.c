@@ -965,3 +965,43 @@ Test(chunk, spares_are_bounded_and_adopted_by_the_next_open)
 	cr_assert_eq(count_spares(spare_dir), 0);
 	chunk_store_close(cs);
 }
+
+Test(chunk, a_lowered_spare_limit_unlinks_the_oldest_spares_and_later_removals)
+{
+	const uint32_t bs = MiB;
+	char spare_dir[256], path[512];
+	struct chunk_store *cs = open_store(bs, 0);
+	uint64_t n0;
+
+	snprintf(spare_dir, sizeof(spare_dir), "%s/spare", g_tmp);
+	cr_assert_eq(chunk_spares_limit(cs, 0), 0, "no spares enabled: nothing to do");
+	cr_assert_eq(chunk_spares_enable(cs, spare_dir, 3), 0);
+	n0 = chunk_append_count(cs);
+	fill_until(cs, 6, 0);
+	cr_assert_gt(chunk_append_count(cs), n0, "appends are counted");
+	cr_assert_eq(chunk_sync(cs), 0);
+	for (uint64_t id = 1; id <= 3; id++)
+		cr_assert_eq(chunk_remove(cs, id), 0);
+	cr_assert_eq(count_spares(spare_dir), 3);
+
+	/* down to one: the newest (spare 3) stays, it is the one reused next */
+	cr_assert_eq(chunk_spares_limit(cs, 1), 0);
+	cr_assert_eq(count_spares(spare_dir), 1);
+	snprintf(path, sizeof(path), "%s/%016" PRIx64 ".spare", spare_dir, (uint64_t)3);
+	cr_assert_eq(access(path, F_OK), 0, "the newest spare must stay");
+	cr_assert_eq(chunk_spare_bytes(cs), CHUNK_HEADER_BYTES + CHUNK_MAX_BYTES);
+
+	/* at 0 every spare goes, and a removal unlinks at once */
+	cr_assert_eq(chunk_spares_limit(cs, 0), 0);
+	cr_assert_eq(count_spares(spare_dir), 0);
+	cr_assert_eq(chunk_spare_bytes(cs), 0);
+	cr_assert_eq(chunk_remove(cs, 4), 0);
+	cr_assert_not(chunk_file_exists(4));
+	cr_assert_eq(count_spares(spare_dir), 0);
+
+	/* raised again (never past the max given at enable): kept again */
+	cr_assert_eq(chunk_spares_limit(cs, 100), 0);
+	cr_assert_eq(chunk_remove(cs, 5), 0);
+	cr_assert_eq(count_spares(spare_dir), 1);
+	chunk_store_close(cs);
+}
