@@ -62,7 +62,7 @@ struct cmdline {
 };
 
 enum {
-	KEY_BLOCK_SIZE, KEY_FLUSH_MS, KEY_GC_INTERVAL, KEY_THREADS,
+	KEY_BLOCK_SIZE, KEY_FLUSH_MS, KEY_GC_INTERVAL, KEY_SPARE_CHUNKS, KEY_THREADS,
 	KEY_FOREGROUND, KEY_DEBUG, KEY_SINGLE, KEY_HELP, KEY_VERSION,
 	KEY_RO, KEY_OURS,
 };
@@ -71,6 +71,7 @@ static const struct fuse_opt opt_spec[] = {
 	FUSE_OPT_KEY("block_size=", KEY_BLOCK_SIZE),
 	FUSE_OPT_KEY("flush_ms=", KEY_FLUSH_MS),
 	FUSE_OPT_KEY("gc_interval=", KEY_GC_INTERVAL),
+	FUSE_OPT_KEY("spare_chunks=", KEY_SPARE_CHUNKS),
 	FUSE_OPT_KEY("threads=", KEY_THREADS),
 	/* libfuse's fuse_parse_cmdline() spellings, which we do not use:
 	 * take them rather than have fuse_session_new() call them unknown. */
@@ -123,6 +124,10 @@ static void help(void)
 	       "                           seconds (default %u; also after deletions,\n"
 	       "                           when space runs low and after every %u MiB\n"
 	       "                           written)\n"
+	       "    -o spare_chunks=N      keep up to N removed 64 MiB chunk files for\n"
+	       "                           reuse while writes stream in, given back after\n"
+	       "                           %u s without writes; at most 1/64 of the file\n"
+	       "                           system (default %u; 0: none)\n"
 	       "    -o threads=N           at most N FUSE worker threads (default %u);\n"
 	       "                           max_threads=N is the same\n"
 	       "    -o ro                  mount read-only\n"
@@ -132,7 +137,7 @@ static void help(void)
 	       "FUSE options (passed through):\n",
 	       CHUNK_BLOCK_MIN >> 10, CHUNK_BLOCK_MAX >> 20, NS_DEFAULT_BLOCK_SIZE,
 	       NS_DEFAULT_FLUSH_MS, NS_DEFAULT_GC_INTERVAL_S, NS_GC_AFTER_BYTES >> 20,
-	       THREADS_DEFAULT);
+	       NS_SPARE_IDLE_MS / 1000, NS_DEFAULT_SPARE_CHUNKS, THREADS_DEFAULT);
 	fflush(stdout);
 	fuse_lowlevel_help();
 }
@@ -213,6 +218,13 @@ static int opt_proc(void *data, const char *arg, int key, struct fuse_args *outa
 	case KEY_GC_INTERVAL:
 		if (parse_uint(val, 1, 86400, &cl->ns.gc_interval_s) < 0) {
 			fprintf(stderr, PROG ": gc_interval=%s: must be 1 to 86400\n", val);
+			cl->bad = true;
+		}
+		return 0;
+	case KEY_SPARE_CHUNKS:
+		if (parse_uint(val, 0, NS_MAX_SPARE_CHUNKS, &cl->ns.spare_chunks) < 0) {
+			fprintf(stderr, PROG ": spare_chunks=%s: must be 0 to %u\n", val,
+				NS_MAX_SPARE_CHUNKS);
 			cl->bad = true;
 		}
 		return 0;
@@ -420,7 +432,10 @@ static void daemon_ready(int ready_fd)
 int main(int argc, char *argv[])
 {
 	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
-	struct cmdline cl = { .threads = THREADS_DEFAULT };
+	struct cmdline cl = {
+		.threads = THREADS_DEFAULT,
+		.ns = { .spare_chunks = NS_DEFAULT_SPARE_CHUNKS },
+	};
 	struct fuse_loop_config *loop_cfg = NULL;
 	struct fuse_session *se = NULL;
 	struct ns *ns = NULL;

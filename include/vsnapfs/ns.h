@@ -37,6 +37,10 @@ struct ns_opts {
 	uint32_t block_size;            /* for a new store; 0: the default */
 	uint32_t flush_interval_ms;     /* 0: NS_DEFAULT_FLUSH_MS */
 	uint32_t gc_interval_s;         /* 0: NS_DEFAULT_GC_INTERVAL_S */
+	/* Removed chunk files kept for reuse while writes stream in, at most
+	 * (and at most 1/64 of the file system); 0: none.  Not "0: the
+	 * default": a caller starts from NS_DEFAULT_SPARE_CHUNKS. */
+	uint32_t spare_chunks;
 	bool readonly;
 };
 
@@ -44,6 +48,9 @@ struct ns_opts {
 #define NS_DEFAULT_FLUSH_MS       1000u         /* the background flush */
 #define NS_DEFAULT_GC_INTERVAL_S  30u           /* GC runs at least this often */
 #define NS_GC_AFTER_BYTES         (256u << 20)  /* and after this much was written */
+#define NS_DEFAULT_SPARE_CHUNKS   4u            /* 256 MiB of chunk files */
+#define NS_MAX_SPARE_CHUNKS       1024u
+#define NS_SPARE_IDLE_MS          5000u         /* no appends this long: spares are given back */
 
 struct ns_attr {
 	uint64_t ino;

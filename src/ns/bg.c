@@ -9,7 +9,9 @@
  * fast as they write.  That last trigger is paced: a pass scans the whole
  * index, so the next one waits GC_PACE times as long as that scan took,
  * and so do the passes that follow one that found work; this keeps a big
- * store's collector to a fraction of one CPU.
+ * store's collector to a fraction of one CPU.  It also gives the spare
+ * chunk files back once nothing has been appended for NS_SPARE_IDLE_MS
+ * (spares_tick).
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -205,11 +207,36 @@ int ns_reap_all(struct ns *ns)
 
 /* ---- the background thread --------------------------------------------------- */
 
+/*
+ * Spare chunk files (docs/design.md) make a stream of writes cheaper, but
+ * hold host space that nothing else can use, and that a deletion was meant
+ * to give back.  So they are kept only while writes come in: once no
+ * append has been seen for NS_SPARE_IDLE_MS, every spare is unlinked and a
+ * removed chunk file is unlinked at once, until appends start again.
+ * *appends and *seen_ns: the append count and when it last moved.
+ */
+static void spares_tick(struct ns *ns, uint64_t *appends, int64_t *seen_ns, int64_t now)
+{
+	uint64_t n = chunk_append_count(ns->cs);
+	int rc;
+
+	if (n != *appends) {
+		*appends = n;
+		*seen_ns = now;
+	}
+	rc = chunk_spares_limit(ns->cs, now - *seen_ns < (int64_t)NS_SPARE_IDLE_MS * 1000000 ?
+				ns->spare_max : 0);
+	if (rc)
+		vlog(LOG_WARNING, "giving back spare chunk files: %s", strerror(-rc));
+}
+
 void *ns_bg_main(void *arg)
 {
 	struct ns *ns = arg;
 	int64_t last_gc = 0, gc_ns = 0;     /* start and scan time of the last pass */
 	uint64_t gc_chunk = 0;              /* next chunk id at its start */
+	uint64_t appends = 0;               /* spares_tick's */
+	int64_t appends_ns = ns_now_ns();
 	bool more = false;                  /* it did work: there may be more */
 
 	lock_mutex_lock(&ns->bg_mu);
@@ -230,6 +257,7 @@ void *ns_bg_main(void *arg)
 		evict_clean(ns);
 		ns_reap_all(ns);
 		now = ns_now_ns();
+		spares_tick(ns, &appends, &appends_ns, now);
 		/* no GC in a poisoned store: nothing may be moved (chunk_sync) */
 		if (!chunk_poisoned(ns->cs) &&
 		    (atomic_load(&ns->gc_wanted) ||

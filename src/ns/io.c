@@ -30,10 +30,10 @@ ssize_t ns_read(struct ns *ns, struct ns_file *f, void *buf, size_t len, uint64_
 
 /*
  * May len more bytes of data be written?  Free space (spare chunk files
- * included: they are filled first) is measured at most
- * every 100 ms or 8 MiB of writes; in between, what was written counts as
- * used.  Below the reserve data writes get ENOSPC while the index, which
- * needs the room to record deletions, keeps working.
+ * included: they are filled first, and given back only once writes stop)
+ * is measured at most every 100 ms or 8 MiB of writes; in between, what
+ * was written counts as used.  Below the reserve data writes get ENOSPC
+ * while the index, which needs the room to record deletions, keeps working.
  */
 static bool space_ok(struct ns *ns, size_t len)
 {
@@ -129,16 +129,12 @@ int ns_fsync(struct ns *ns, struct ns_file *f)
 	return ns_flush(ns);
 }
 
+/* The host's figures as they are: spare chunk files count as used, as they
+ * do for every other program on the host, which cannot use their space. */
 int ns_statfs(struct ns *ns, struct statvfs *out)
 {
-	uint64_t spare;
-
 	if (statvfs(ns->dir, out))
 		return -errno;
-	/* spare chunk files are filled before the store grows: free space */
-	spare = ns->cs ? chunk_spare_bytes(ns->cs) / out->f_frsize : 0;
-	out->f_bfree += spare;
-	out->f_bavail += spare;
 	out->f_namemax = BMAP_NAME_MAX;
 	return 0;
 }

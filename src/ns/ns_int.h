@@ -37,7 +37,6 @@
 #include "vsnapfs/vol.h"
 
 #define NS_FILE_BUCKETS 1024
-#define NS_SPARE_CHUNKS 64      /* removed chunk files kept for reuse, at most */
 #define NS_MERGE_ROWS   2048    /* rows per transaction of a background node merge */
 
 /*
@@ -71,6 +70,7 @@ struct ns {
 	bool readonly;                  /* constant */
 	uint32_t flush_ms;              /* constant */
 	uint32_t gc_interval_s;         /* constant */
+	uint32_t spare_max;             /* constant: spare chunk files kept while writing */
 	struct chunk_store *cs;         /* thread-safe by itself */
 
 	struct lock_mutex db_mu;

@@ -269,16 +269,17 @@ static uint64_t map_changes(void *ctx)
 }
 
 /*
- * How many removed chunk files to keep for reuse (see src/chunk/chunk.c):
- * enough for the seconds of sequential writing between two garbage
- * collection passes, but never more than 1/64 of the file system, so that
- * one under 4 GiB keeps none.
+ * How many removed chunk files to keep for reuse while writes stream in
+ * (see "Spare chunk files" in docs/design.md): what the option says, but
+ * never more than 1/64 of the file system, so that one under 4 GiB keeps
+ * none.  They hold host space, so the background thread gives them back
+ * when writes stop (NS_SPARE_IDLE_MS).
  */
-static uint32_t spare_max(const struct ns *ns)
+static uint32_t spare_max(const struct ns *ns, uint32_t want)
 {
 	uint64_t n = fs_bytes(ns) / 64 / (CHUNK_HEADER_BYTES + CHUNK_MAX_BYTES);
 
-	return n < NS_SPARE_CHUNKS ? (uint32_t)n : NS_SPARE_CHUNKS;
+	return n < want ? (uint32_t)n : want;
 }
 
 int ns_open(const char *dir, const struct ns_opts *opts, struct ns **out, bool *created,
@@ -400,7 +401,8 @@ int ns_open(const char *dir, const struct ns_opts *opts, struct ns **out, bool *
 	}
 	if (!ns->readonly) {
 		snprintf(path, sizeof(path), "%s/spare", ns->dir);
-		rc = chunk_spares_enable(ns->cs, path, spare_max(ns));
+		ns->spare_max = spare_max(ns, opts->spare_chunks);
+		rc = chunk_spares_enable(ns->cs, path, ns->spare_max);
 		if (rc) {
 			snprintf(msg, msglen, "%s: %s", path, strerror(-rc));
 			goto fail;
@@ -472,6 +474,9 @@ int ns_close(struct ns *ns)
 		if (rc)
 			vlog(LOG_ERR, "final flush failed: %s; unsynced writes are lost", strerror(-rc));
 	}
+	/* an unmounted store holds no space it does not need */
+	if (ns->cs && !ns->readonly)
+		chunk_spares_limit(ns->cs, 0);
 	lock_mutex_lock(&ns->files_mu);
 	dead = ns_files_take(ns, every_file, NULL);
 	lock_mutex_unlock(&ns->files_mu);
