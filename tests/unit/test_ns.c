@@ -1090,6 +1090,7 @@ struct model {
 	unsigned step;
 	const char *op;
 	uint8_t *buf;                   /* scratch, 2 * max_size */
+	struct { const char *op; unsigned n; } done[32];        /* steps run, per op */
 };
 
 /* Every assertion of the model test says where it was. */
@@ -1548,8 +1549,10 @@ static void m_op_clone(struct model *m)
 
 	if (m_chance(m, 70))
 		sv = m_pick_snapvol(m, &src);
-	if (!sv && !(from = m_pick(m)))
+	if (!sv && !(from = m_pick(m))) {
+		m->op = "nothing to do";
 		return;
+	}
 	v = m_new_vol(m, m_rand(m, M_DIRS));
 	if (from) {                             /* from a live volume: frozen first */
 		m_copy_into(m, m_handle(m, from), from->size, v);
@@ -1572,8 +1575,10 @@ static void m_op_revert(struct model *m, struct mvol *v)
 	struct ns_attr a = { .size = 0 };
 	int rc;
 
-	if (!sv)
+	if (!sv) {
+		m->op = "nothing to do";
 		return;
+	}
 	rc = ns_setattr(g_ns, v->ino, &a, NS_SET_SIZE, &a);
 	MCHK(m, rc == 0, "truncate %s to 0: %d", v->name, rc);
 	m_resize(v, 0, m->max_size);
@@ -1589,8 +1594,10 @@ static void m_op_copy(struct model *m, struct mvol *a, struct mvol *b)
 	uint64_t off_in = m_rand(m, a->size + 10), len = m_len(m), off_out = m_off(m, len), want;
 	ssize_t n;
 
-	if (a == b)
+	if (a == b) {
+		m->op = "nothing to do";
 		return;
+	}
 	want = off_in >= a->size ? 0 : len < a->size - off_in ? len : a->size - off_in;
 	n = ns_copy_range(g_ns, m_handle(m, a), off_in, m_handle(m, b), off_out, len);
 	MCHK(m, n == (ssize_t)want, "copy %" PRIu64 " from %s@%" PRIu64 " to %s@%" PRIu64
@@ -1725,11 +1732,11 @@ static void m_step(struct model *m)
 		else
 			m_op_snap_delete(m);
 	} else if (r < 670) {
-		m->op = "rmdir snapshot";
+		m->op = m->ns ? "rmdir snapshot" : "nothing to do";
 		if (m->ns)
 			m_op_snap_delete(m);
 	} else if (r < 710) {
-		m->op = "clone";
+		m->op = m_live(m) < M_VOLS ? "clone" : "nothing to do";
 		if (m_live(m) < M_VOLS)
 			m_op_clone(m);
 	} else if (r < 750) {
@@ -1739,7 +1746,7 @@ static void m_step(struct model *m)
 		m->op = "copy";
 		m_op_copy(m, v, m_pick(m));
 	} else if (r < 810) {
-		m->op = "create";
+		m->op = m_live(m) < M_VOLS ? "create" : "nothing to do";
 		if (m_live(m) < M_VOLS)
 			m_new_vol(m, m_rand(m, M_DIRS));
 	} else if (r < 840) {
@@ -1749,12 +1756,12 @@ static void m_step(struct model *m)
 		m->op = "rename";
 		m_op_rename(m, v);
 	} else if (r < 910) {
-		m->op = "close";
+		m->op = v->f ? "close" : "nothing to do";
 		if (v->f)
 			ns_release(g_ns, v->f);
 		v->f = NULL;
 	} else if (r < 950) {
-		m->op = "unlinked volume";
+		m->op = o ? "use or close an unlinked volume" : "nothing to do";
 		if (o)
 			m_op_orphan(m, o);
 	} else if (r < 990) {
@@ -1774,6 +1781,19 @@ static void m_step(struct model *m)
 		close_store();
 		open_store();
 		m_check_all(m);
+	}
+}
+
+/* Count the step just run, by its op's name, to show what a run covered. */
+static void m_count(struct model *m)
+{
+	size_t i = 0;
+
+	while (i < 32 && m->done[i].op && m->done[i].op != m->op)
+		i++;
+	if (i < 32) {
+		m->done[i].op = m->op;
+		m->done[i].n++;
 	}
 }
 
@@ -1799,11 +1819,16 @@ static void model_run(uint32_t bs, uint64_t max_size, unsigned steps)
 		m->dino[d] = make_dir(m->dino[m_dir[d].parent], m_dir[d].name);
 	for (m->step = 0; m->step < steps; m->step++) {
 		m_step(m);
+		m_count(m);
 		if (m->step % 100 == 99) {
 			m->op = "check of everything";
 			m_check_all(m);
 		}
 	}
+	fprintf(stderr, "test_ns model, %u-byte blocks: ran", bs);
+	for (size_t i = 0; i < 32 && m->done[i].op; i++)
+		fprintf(stderr, "%s %u %s", i ? "," : "", m->done[i].n, m->done[i].op);
+	fprintf(stderr, "\n");
 	m->op = "the end";
 	m_release_all(m);
 	close_store();
