@@ -33,6 +33,7 @@
 
 #include "vsnapfs/ns.h"
 #include "vsnapfs/chunk.h"
+#include "vsnapfs/log.h"
 #include "../tools/rng.h"
 
 /*
@@ -119,7 +120,12 @@ static void teardown(void)
 	nftw(g_tmp, rm_one, 16, FTW_DEPTH | FTW_PHYS);
 }
 
-TestSuite(ns, .init = setup, .fini = teardown, .timeout = 120);
+/*
+ * No .timeout: Criterion 2.4.1's watchdog (BoxFort's timeout-posix.c) then
+ * leaks a 48-byte timeout request when a long test runs beside short ones
+ * (--jobs 2), and LeakSanitizer fails make asan for it.
+ */
+TestSuite(ns, .init = setup, .fini = teardown);
 
 /* ---- helpers: one assertion per namespace call ------------------------------------ */
 
@@ -1291,10 +1297,10 @@ static void m_check_snap(struct model *m, struct msnap *s)
 		n = ns_read(g_ns, f, m->buf, sv->size + 1, 0);
 		MCHK(m, n == (ssize_t)sv->size, "snapshot %s: %s: read %zd of %" PRIu64, s->name,
 		     sv->name, n, sv->size);
-		for (uint64_t b = 0; b < sv->size; b++)
-			if (m->buf[b] != sv->data[b])
-				MCHK(m, false, "snapshot %s: %s: byte %" PRIu64 " is %u, want %u",
-				     s->name, sv->name, b, m->buf[b], sv->data[b]);
+		if (memcmp(m->buf, sv->data, sv->size))
+			for (uint64_t b = 0; b < sv->size; b++)
+				MCHK(m, m->buf[b] == sv->data[b], "snapshot %s: %s: byte %" PRIu64
+				     " is %u, want %u", s->name, sv->name, b, m->buf[b], sv->data[b]);
 		ns_release(g_ns, f);
 	}
 }
@@ -1433,17 +1439,25 @@ static void m_op_truncate(struct model *m, struct mvol *v)
 	m_check_range(m, v, size > 5000 ? size - 5000 : 0, 6000);
 }
 
+/* The first non-zero byte of p in [from, to), or to. */
+static uint64_t m_nonzero(const uint8_t *p, uint64_t from, uint64_t to)
+{
+	while (from < to && !p[from])
+		from++;
+	return from;
+}
+
 static void m_op_seek(struct model *m, struct mvol *v)
 {
-	uint64_t off = m_rand(m, v->size + 1), pos, end;
+	uint64_t off = m_rand(m, v->size + 1), pos, end, i;
 	int rc = ns_lseek(g_ns, m_handle(m, v), off, SEEK_DATA, &pos);
 
 	/* what SEEK_DATA skips reads as zeros */
 	end = rc == -ENXIO ? v->size : pos;
 	MCHK(m, rc == 0 || rc == -ENXIO, "SEEK_DATA at %" PRIu64 ": %d", off, rc);
 	MCHK(m, rc || (pos >= off && pos < v->size), "SEEK_DATA at %" PRIu64 ": %" PRIu64, off, pos);
-	for (uint64_t i = off; i < end; i++)
-		MCHK(m, v->data[i] == 0, "SEEK_DATA from %" PRIu64 " skipped data at %" PRIu64, off, i);
+	i = m_nonzero(v->data, off, end);
+	MCHK(m, i == end, "SEEK_DATA from %" PRIu64 " skipped data at %" PRIu64, off, i);
 	/* SEEK_HOLE lands in a block that reads as zeros, or at the end */
 	rc = ns_lseek(g_ns, v->f, off, SEEK_HOLE, &pos);
 	if (off >= v->size) {
@@ -1453,9 +1467,10 @@ static void m_op_seek(struct model *m, struct mvol *v)
 	MCHK(m, rc == 0 && pos >= off && pos <= v->size, "SEEK_HOLE at %" PRIu64 ": %d, %" PRIu64,
 	     off, rc, pos);
 	end = (pos / m->bs + 1) * m->bs;
-	for (uint64_t i = pos; i < end && i < v->size; i++)
-		MCHK(m, v->data[i] == 0, "SEEK_HOLE from %" PRIu64 " gave %" PRIu64 ", data at %" PRIu64,
-		     off, pos, i);
+	end = end < v->size ? end : v->size;
+	i = m_nonzero(v->data, pos, end);
+	MCHK(m, i >= end, "SEEK_HOLE from %" PRIu64 " gave %" PRIu64 ", data at %" PRIu64, off, pos,
+	     i);
 }
 
 static void m_op_snapshot(struct model *m, struct mvol *one, int dir)
@@ -1807,8 +1822,10 @@ static void model_run(uint32_t bs, uint64_t max_size, unsigned steps)
 		m->seed = strtoull(e, NULL, 0);
 	if ((e = getenv("TEST_NS_STEPS")) && *e)
 		steps = strtoul(e, NULL, 0);
+	log_set_level(LOG_NOTICE);              /* not a line per GC pass */
 	fprintf(stderr, "test_ns model, %u-byte blocks: seed %" PRIu64 ", %u steps "
 		"(TEST_NS_SEED, TEST_NS_STEPS to change)\n", bs, m->seed, steps);
+	cr_assert_eq(ns_block_size(g_ns), bs);
 	m->rng = m->seed;
 	m->bs = bs;
 	m->max_size = max_size;
@@ -1843,15 +1860,16 @@ static void model_run(uint32_t bs, uint64_t max_size, unsigned steps)
 	free(m);
 }
 
-Test(ns, model_random_operations_match_a_plain_model_4k_blocks, .timeout = 300)
+Test(ns, model_random_operations_match_a_plain_model_4k_blocks)
 {
 	model_run(4096, 96 * 4096, 3000);
 }
 
 static void setup64k(void) { setup_bs(65536); }
 
-Test(ns, model_random_operations_match_a_plain_model_64k_blocks, .init = setup64k,
-     .timeout = 300)
+TestSuite(ns64k, .init = setup64k, .fini = teardown);
+
+Test(ns64k, model_random_operations_match_a_plain_model_64k_blocks)
 {
-	model_run(65536, 40 * 65536, 1500);
+	model_run(65536, 16 * 65536, 1500);
 }
