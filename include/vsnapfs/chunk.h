@@ -15,7 +15,9 @@
  * Errors:     calls returning int return 0 or a negative errno.
  * Ownership:  buffers stay the caller's; nothing is kept after return.
  * Threads:    every call may run concurrently on one store, except
- *             chunk_store_close().
+ *             chunk_store_close().  Its locks (sync_mu, mu, fd_lock) rank after
+ *             every lock of the namespace and the volumes (vsnapfs/lock.h),
+ *             so any call may be made holding those; it calls nothing up.
  * Durability: an append is durable once a chunk_sync() that started after
  *             the append returned has returned 0.  The block map must not
  *             point at a block before that (see docs/design.md).

@@ -88,6 +88,7 @@
 
 #include "vsnapfs/chunk.h"
 #include "vsnapfs/cksum.h"
+#include "vsnapfs/lock.h"
 #include "vsnapfs/log.h"
 
 #define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
@@ -140,16 +141,16 @@ struct chunk_store {
 	uint32_t nslots;                /* const: CHUNK_NSLOTS(block_size) */
 	size_t rfd_open_max;            /* const: read cache size that triggers eviction */
 
-	pthread_mutex_t sync_mu;        /* one chunk_sync() at a time */
+	struct lock_mutex sync_mu;      /* one chunk_sync() at a time */
 
-	pthread_mutex_t mu;             /* appends: the fields down to fd_lock */
+	struct lock_mutex mu;           /* appends: the fields down to fd_lock */
 	struct chunk_w *writers;        /* mu: active, dirty or pinned chunks */
 	struct chunk_w *active;         /* mu: takes new slots; NULL before the first append */
 	uint64_t next_id;               /* mu: id of the next chunk to create */
 	uint64_t nappends;              /* mu: chunk_append() calls that took slots */
 	bool dir_dirty;                 /* mu: a chunk file was created since the last good sync */
 
-	pthread_rwlock_t fd_lock;       /* the read cache; held shared across pread */
+	struct lock_rw fd_lock;         /* the read cache; held shared across pread */
 	struct chunk_rfd *rfds;         /* fd_lock: sorted by id */
 	size_t nrfds;                   /* fd_lock: entries in use */
 	size_t rfds_cap;                /* fd_lock: entries allocated */
@@ -440,6 +441,7 @@ static void chunk_w_reap_locked(struct chunk_store *cs, struct chunk_w *w)
 {
 	struct chunk_w **pp;
 
+	assert(lock_held(&cs->mu));
 	if (w == cs->active || w->refs > 0 || w->dirty)
 		return;
 	for (pp = &cs->writers; *pp != w; pp = &(*pp)->next)
@@ -452,6 +454,7 @@ static void chunk_w_reap_locked(struct chunk_store *cs, struct chunk_w *w)
 /* Drop a pin taken under mu.  Assumes mu is held. */
 static void chunk_w_put_locked(struct chunk_store *cs, struct chunk_w *w)
 {
+	assert(lock_held(&cs->mu));
 	assert(w->refs > 0);
 	w->refs--;
 	chunk_w_reap_locked(cs, w);
@@ -471,6 +474,7 @@ static int spare_take_locked(struct chunk_store *cs, const char *name)
 	struct chunk_spare sp;
 	int fd;
 
+	assert(lock_held(&cs->mu));
 	if (cs->nspares == 0) {
 		errno = ENOENT;
 		return -1;
@@ -505,6 +509,7 @@ static int chunk_w_create_locked(struct chunk_store *cs)
 	uint64_t id = cs->next_id;
 	int fd, rc;
 
+	assert(lock_held(&cs->mu));
 	if (id == 0)                    /* next_id wrapped: ids are used up */
 		return -EOVERFLOW;
 	w = calloc(1, sizeof(*w));
@@ -555,6 +560,7 @@ static size_t rfd_lower_bound(const struct chunk_store *cs, uint64_t id)
 {
 	size_t lo = 0, hi = cs->nrfds;
 
+	assert(lock_held(&cs->fd_lock));
 	while (lo < hi) {
 		size_t mid = lo + (hi - lo) / 2;
 
@@ -571,12 +577,14 @@ static struct chunk_rfd *rfd_find(struct chunk_store *cs, uint64_t id)
 {
 	size_t i = rfd_lower_bound(cs, id);
 
+	assert(lock_held(&cs->fd_lock));
 	return (i < cs->nrfds && cs->rfds[i].id == id) ? &cs->rfds[i] : NULL;
 }
 
 /* Close and forget entry i.  Assumes fd_lock is held exclusive. */
 static void rfd_delete(struct chunk_store *cs, size_t i)
 {
+	assert(lock_rw_wrheld(&cs->fd_lock));
 	if (cs->rfds[i].fd >= 0) {
 		close(cs->rfds[i].fd);
 		cs->rfd_nopen--;
@@ -590,6 +598,7 @@ static void rfd_delete(struct chunk_store *cs, size_t i)
  * entries hold no fd and stay.  Assumes fd_lock is held exclusive. */
 static void rfd_evict_one(struct chunk_store *cs)
 {
+	assert(lock_rw_wrheld(&cs->fd_lock));
 	for (size_t k = 0; k < cs->nrfds; k++) {
 		size_t i = (cs->rfd_evict_pos + k) % cs->nrfds;
 
@@ -607,6 +616,7 @@ static int rfd_insert(struct chunk_store *cs, uint64_t id, int fd, bool bad)
 {
 	size_t i;
 
+	assert(lock_rw_wrheld(&cs->fd_lock));
 	if (fd >= 0 && cs->rfd_nopen >= cs->rfd_open_max)
 		rfd_evict_one(cs);
 	if (cs->nrfds == cs->rfds_cap) {
@@ -671,14 +681,14 @@ static int chunk_rfd_acquire(struct chunk_store *cs, uint64_t id, int *fdp)
 		uint64_t gen;
 		int fd, rc;
 
-		pthread_rwlock_rdlock(&cs->fd_lock);
+		lock_rw_rdlock(&cs->fd_lock);
 		e = rfd_find(cs, id);
 		if (e && !e->bad) {
 			*fdp = e->fd;
 			return 0;
 		}
 		gen = cs->rfd_gen;
-		pthread_rwlock_unlock(&cs->fd_lock);
+		lock_rw_unlock(&cs->fd_lock);
 		if (e)
 			return -EIO;
 
@@ -686,12 +696,12 @@ static int chunk_rfd_acquire(struct chunk_store *cs, uint64_t id, int *fdp)
 		if (rc < 0)
 			return rc;
 
-		pthread_rwlock_wrlock(&cs->fd_lock);
+		lock_rw_wrlock(&cs->fd_lock);
 		if (cs->rfd_gen == gen && !rfd_find(cs, id))
 			rc = rfd_insert(cs, id, fd, rc == 1);
 		else
 			rc = -EAGAIN;           /* lost a race: look again */
-		pthread_rwlock_unlock(&cs->fd_lock);
+		lock_rw_unlock(&cs->fd_lock);
 		if (rc < 0 && fd >= 0)
 			close(fd);
 		if (rc < 0 && rc != -EAGAIN)
@@ -730,7 +740,6 @@ static size_t chunk_rfd_open_max(void)
 int chunk_store_open(const char *dir, uint32_t block_size, uint64_t min_next_id,
 		     struct chunk_store **out)
 {
-	pthread_rwlockattr_t rwattr;
 	struct chunk_store *cs;
 	uint64_t *ids = NULL;
 	size_t nids = 0;
@@ -770,30 +779,15 @@ int chunk_store_open(const char *dir, uint32_t block_size, uint64_t min_next_id,
 		cs->next_id = ids[nids - 1] + 1;
 	free(ids);
 
-	rc = -pthread_mutex_init(&cs->sync_mu, NULL);
-	if (rc)
-		goto fail_close;
-	rc = -pthread_mutex_init(&cs->mu, NULL);
-	if (rc)
-		goto fail_sync_mu;
-	rc = -pthread_rwlockattr_init(&rwattr);
-	if (rc)
-		goto fail_mu;
+	lock_mutex_init(&cs->sync_mu, LOCK_CHUNK_SYNC, "chunk.sync_mu");
+	lock_mutex_init(&cs->mu, LOCK_CHUNK, "chunk.mu");
 	/* glibc's default lets a steady stream of readers starve chunk_remove()
 	 * and first opens; prefer the writer. */
-	pthread_rwlockattr_setkind_np(&rwattr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
-	rc = -pthread_rwlock_init(&cs->fd_lock, &rwattr);
-	pthread_rwlockattr_destroy(&rwattr);
-	if (rc)
-		goto fail_mu;
+	lock_rw_init(&cs->fd_lock, LOCK_CHUNK_FD, "chunk.fd_lock", true);
 
 	*out = cs;
 	return 0;
 
-fail_mu:
-	pthread_mutex_destroy(&cs->mu);
-fail_sync_mu:
-	pthread_mutex_destroy(&cs->sync_mu);
 fail_close:
 	close(cs->dirfd);
 fail_free:
@@ -821,9 +815,9 @@ void chunk_store_close(struct chunk_store *cs)
 		close(cs->spare_dirfd);
 	free(cs->spares);
 	close(cs->dirfd);
-	pthread_rwlock_destroy(&cs->fd_lock);
-	pthread_mutex_destroy(&cs->mu);
-	pthread_mutex_destroy(&cs->sync_mu);
+	lock_rw_destroy(&cs->fd_lock);
+	lock_mutex_destroy(&cs->mu);
+	lock_mutex_destroy(&cs->sync_mu);
 	free(cs);
 }
 
@@ -915,9 +909,9 @@ static uint64_t mu_get(struct chunk_store *cs, const uint64_t *field)
 {
 	uint64_t v;
 
-	pthread_mutex_lock(&cs->mu);
+	lock_mutex_lock(&cs->mu);
 	v = *field;
-	pthread_mutex_unlock(&cs->mu);
+	lock_mutex_unlock(&cs->mu);
 	return v;
 }
 
@@ -948,7 +942,7 @@ int chunk_spares_limit(struct chunk_store *cs, uint32_t limit)
 		return 0;
 	if (limit > cs->spare_max)
 		limit = cs->spare_max;
-	pthread_mutex_lock(&cs->mu);
+	lock_mutex_lock(&cs->mu);
 	cs->spare_limit = limit;
 	if (cs->nspares > limit) {
 		ndrop = cs->nspares - limit;
@@ -964,7 +958,7 @@ int chunk_spares_limit(struct chunk_store *cs, uint32_t limit)
 				cs->spare_bytes -= drop[i].bytes;
 		}
 	}
-	pthread_mutex_unlock(&cs->mu);
+	lock_mutex_unlock(&cs->mu);
 
 	for (uint32_t i = 0; i < ndrop; i++) {
 		spare_name(sname, drop[i].seq);
@@ -1004,7 +998,7 @@ int chunk_append(struct chunk_store *cs, const void *buf, uint32_t nblocks,
 
 	/* Reserve every slot in one go, so that the run continues at slot 0 of
 	 * the chunk created for it and not behind another thread's blocks. */
-	pthread_mutex_lock(&cs->mu);
+	lock_mutex_lock(&cs->mu);
 	cs->nappends++;
 	while (done < nblocks) {
 		struct chunk_w *w = cs->active;
@@ -1027,7 +1021,7 @@ int chunk_append(struct chunk_store *cs, const void *buf, uint32_t nblocks,
 		w->refs++;
 		done += n;
 	}
-	pthread_mutex_unlock(&cs->mu);
+	lock_mutex_unlock(&cs->mu);
 
 	if (rc == 0)
 		rc = chunk_fault_hit(cs, CHUNK_FAULT_APPEND);
@@ -1042,7 +1036,7 @@ int chunk_append(struct chunk_store *cs, const void *buf, uint32_t nblocks,
 		}
 	}
 
-	pthread_mutex_lock(&cs->mu);
+	lock_mutex_lock(&cs->mu);
 	for (size_t r = 0; r < nruns; r++) {
 		/* A failed append's blocks are referenced by nothing: no need
 		 * to sync them. */
@@ -1050,7 +1044,7 @@ int chunk_append(struct chunk_store *cs, const void *buf, uint32_t nblocks,
 			runs[r].w->dirty = true;
 		chunk_w_put_locked(cs, runs[r].w);
 	}
-	pthread_mutex_unlock(&cs->mu);
+	lock_mutex_unlock(&cs->mu);
 
 	if (rc)
 		memset(locs, 0, nblocks * sizeof(*locs));
@@ -1088,7 +1082,7 @@ int chunk_read(struct chunk_store *cs, const struct chunk_loc *locs, uint32_t nb
 		return rc;
 	n = pread_full(fd, p, nblocks * bs,
 		       (off_t)CHUNK_HEADER_BYTES + (off_t)slot * (off_t)bs);
-	pthread_rwlock_unlock(&cs->fd_lock);
+	lock_rw_unlock(&cs->fd_lock);
 	if (n < 0 || (size_t)n != nblocks * bs)
 		return -EIO;
 
@@ -1111,7 +1105,7 @@ void chunk_prefetch(struct chunk_store *cs, const struct chunk_loc *loc, uint32_
 		return;                 /* only a hint: chunk_read reports errors */
 	(void)posix_fadvise(fd, (off_t)CHUNK_HEADER_BYTES + (off_t)loc->slot * cs->block_size,
 			    (off_t)nblocks * cs->block_size, POSIX_FADV_WILLNEED);
-	pthread_rwlock_unlock(&cs->fd_lock);
+	lock_rw_unlock(&cs->fd_lock);
 }
 
 struct chunk_sync_item {
@@ -1134,19 +1128,19 @@ int chunk_sync(struct chunk_store *cs)
 	bool dir, gone = false;
 	int rc, failed;
 
-	pthread_mutex_lock(&cs->sync_mu);
+	lock_mutex_lock(&cs->sync_mu);
 	if (atomic_load(&cs->poisoned)) {
 		rc = -EIO;
 		goto out;
 	}
 
-	pthread_mutex_lock(&cs->mu);
+	lock_mutex_lock(&cs->mu);
 	for (w = cs->writers; w; w = w->next)
 		ndirty += w->dirty;
 	if (ndirty > 0) {
 		items = calloc(ndirty, sizeof(*items));
 		if (!items) {
-			pthread_mutex_unlock(&cs->mu);
+			lock_mutex_unlock(&cs->mu);
 			vlog(LOG_ERR, "syncing chunk files: out of memory");
 			rc = -ENOMEM;
 			goto out;
@@ -1161,7 +1155,7 @@ int chunk_sync(struct chunk_store *cs)
 	}
 	dir = cs->dir_dirty;
 	cs->dir_dirty = false;
-	pthread_mutex_unlock(&cs->mu);
+	lock_mutex_unlock(&cs->mu);
 
 	failed = chunk_fault_hit(cs, CHUNK_FAULT_SYNC);    /* as if fdatasync failed */
 	for (size_t i = 0; i < n; i++) {
@@ -1185,15 +1179,15 @@ int chunk_sync(struct chunk_store *cs)
 		     "go back to the last durable state", strerror(-failed));
 	rc = failed ? failed : gone ? -EIO : 0;
 
-	pthread_mutex_lock(&cs->mu);
+	lock_mutex_lock(&cs->mu);
 	for (size_t i = 0; i < n; i++) {
 		if (items[i].gone)
 			items[i].w->nused = cs->nslots;    /* sealed: no more appends */
 		chunk_w_put_locked(cs, items[i].w);
 	}
-	pthread_mutex_unlock(&cs->mu);
+	lock_mutex_unlock(&cs->mu);
 out:
-	pthread_mutex_unlock(&cs->sync_mu);
+	lock_mutex_unlock(&cs->sync_mu);
 	free(items);
 	return rc;
 }
@@ -1209,9 +1203,9 @@ uint64_t chunk_active_id(struct chunk_store *cs)
 {
 	uint64_t id;
 
-	pthread_mutex_lock(&cs->mu);
+	lock_mutex_lock(&cs->mu);
 	id = cs->active ? cs->active->id : 0;
-	pthread_mutex_unlock(&cs->mu);
+	lock_mutex_unlock(&cs->mu);
 	return id;
 }
 
@@ -1270,6 +1264,7 @@ static int spare_keep(struct chunk_store *cs, const char *name, struct chunk_spa
 	char sname[CHUNK_NAME_LEN + 1];
 	struct stat st;
 
+	assert(lock_rw_wrheld(&cs->fd_lock));
 	if (fstatat(cs->dirfd, name, &st, AT_SYMLINK_NOFOLLOW) != 0)
 		return -errno;
 	if (!S_ISREG(st.st_mode) || st.st_size <= (off_t)CHUNK_HEADER_BYTES)
@@ -1300,7 +1295,7 @@ int chunk_remove(struct chunk_store *cs, uint64_t chunk_id)
 	if (chunk_id == 0)
 		return -EINVAL;
 
-	pthread_mutex_lock(&cs->mu);
+	lock_mutex_lock(&cs->mu);
 	for (pp = &cs->writers; *pp; pp = &(*pp)->next)
 		if ((*pp)->id == chunk_id)
 			break;
@@ -1319,7 +1314,7 @@ int chunk_remove(struct chunk_store *cs, uint64_t chunk_id)
 		cs->spare_pending++;
 		sp.seq = cs->spare_seq++;
 	}
-	pthread_mutex_unlock(&cs->mu);
+	lock_mutex_unlock(&cs->mu);
 	if (rc)
 		return rc;
 	if (w) {
@@ -1330,7 +1325,7 @@ int chunk_remove(struct chunk_store *cs, uint64_t chunk_id)
 	/* Exclusive: no reader is inside a pread on the fd we close, and an
 	 * opener that raced with us sees rfd_gen move and drops its fd. */
 	chunk_name(name, chunk_id);
-	pthread_rwlock_wrlock(&cs->fd_lock);
+	lock_rw_wrlock(&cs->fd_lock);
 	i = rfd_lower_bound(cs, chunk_id);
 	if (i < cs->nrfds && cs->rfds[i].id == chunk_id)
 		rfd_delete(cs, i);
@@ -1342,12 +1337,12 @@ int chunk_remove(struct chunk_store *cs, uint64_t chunk_id)
 			rc = -errno;
 	}
 	cs->rfd_gen++;
-	pthread_rwlock_unlock(&cs->fd_lock);
+	lock_rw_unlock(&cs->fd_lock);
 
 	if (keep) {
 		bool over;
 
-		pthread_mutex_lock(&cs->mu);
+		lock_mutex_lock(&cs->mu);
 		cs->spare_pending--;
 		/* chunk_spares_limit() may have lowered the limit meanwhile */
 		over = cs->nspares >= cs->spare_limit;
@@ -1355,7 +1350,7 @@ int chunk_remove(struct chunk_store *cs, uint64_t chunk_id)
 			cs->spares[cs->nspares++] = sp;
 			cs->spare_bytes += sp.bytes;
 		}
-		pthread_mutex_unlock(&cs->mu);
+		lock_mutex_unlock(&cs->mu);
 		/* the chunk is gone either way; a spare left behind is
 		 * adopted or deleted by the next open */
 		if (sp.bytes && over) {
