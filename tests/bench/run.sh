@@ -33,6 +33,8 @@
 #   BENCH_TARGETS=...    run only these targets (space-separated; also
 #                        "ops" and "memory", the sections after them)
 #   BENCH_JOBS=...       run only these fio jobs (space-separated)
+#   BENCH_VSNAPFS_OPTS=  extra arguments of every vsnapfs mount, e.g.
+#                        "-o spare_chunks=16" (the results say which)
 #
 # Every daemon runs in the foreground as our child; we keep its pid, stop
 # it with fusermount3 -u (SIGTERM for qemu-storage-daemon) and, from the
@@ -54,6 +56,7 @@ BIG_GIB=${BENCH_BIG_GIB:-8}
 SCATTER_GIB=${BENCH_SCATTER_GIB:-4}
 SETTLE_S=${BENCH_SETTLE_S:-20}
 TMPBASE=${BENCH_TMPDIR:-/var/tmp}
+VS_OPTS=${BENCH_VSNAPFS_OPTS:-}
 GIB=$((1 << 30))
 DISK=$((DISK_GIB * GIB))
 UNIT=65536                      # granularity of the layers' random pieces
@@ -253,6 +256,7 @@ if rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null); then
 		BUILD="$BUILD + uncommitted changes in src/include/Makefile"
 	fi
 fi
+if [ -n "$VS_OPTS" ]; then BUILD="$BUILD, mounted with $VS_OPTS"; fi
 log "$BUILD"
 # No stale results if this run fails half-way.
 rm -rf "$OUT/logs" "$OUT/results.md" "$OUT/results.json" "$OUT/chart.png" "$OUT/chart.dat"
@@ -673,7 +677,8 @@ fi
 # vsnapfs: a fresh store, and a volume 64 snapshots deep
 # ============================================================================
 
-vs() { start "$1" vsnapfs "$3" "$VSNAPFS" -f "$2" "$3"; }
+# shellcheck disable=SC2086
+vs() { start "$1" vsnapfs "$3" "$VSNAPFS" -f $VS_OPTS "$2" "$3"; }
 
 if want vsnapfs; then
 	log "vsnapfs: fresh store, writing the $DISK_GIB GiB volume"
