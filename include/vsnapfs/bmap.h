@@ -204,6 +204,16 @@ int bmap_sinode_all(struct bmap *b, uint64_t snap,
 int bmap_subtree(struct bmap *b, uint64_t dir,
 		 int (*fn)(void *ctx, const struct bmap_inode *in), void *ctx);
 
+/* A list of inodes, filled by giving bmap_inodes_add (ctx: the list) to
+ * one of the walks above; rc is -ENOMEM if an entry could not be added.
+ * The caller frees v. */
+struct bmap_inodes {
+	struct bmap_inode *v;
+	size_t n, cap;
+	int rc;
+};
+int bmap_inodes_add(void *ctx, const struct bmap_inode *in);
+
 /* ---- node lifetime --------------------------------------------------------- */
 
 /* How many inodes and snapshot inodes name node. */

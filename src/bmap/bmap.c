@@ -77,6 +77,7 @@
 
 #include <sqlite3.h>
 
+#include "vsnapfs/array.h"
 #include "vsnapfs/bmap.h"
 
 #define BMAP_APPLICATION_ID  0x76736e70     /* "vsnp" */
@@ -1943,6 +1944,16 @@ int bmap_sinode_all(struct bmap *b, uint64_t snap,
 
 	bind_i64(s, 1, u64_bits(snap));
 	return walk_inodes(b, s, fn, ctx);
+}
+
+int bmap_inodes_add(void *ctx, const struct bmap_inode *in)
+{
+	struct bmap_inodes *l = ctx;
+
+	if (ARRAY_RESERVE(l->v, l->cap, l->n, 16))
+		return l->rc = -ENOMEM;
+	l->v[l->n++] = *in;
+	return 0;
 }
 
 int bmap_subtree(struct bmap *b, uint64_t dir,

@@ -74,6 +74,7 @@
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
+#include "vsnapfs/array.h"
 #include "vsnapfs/bmap.h"
 #include "vsnapfs/chunk.h"
 
@@ -109,22 +110,6 @@ static char *xasprintf(const char *fmt, ...)
 	va_end(ap);
 	return s;
 }
-
-/* Make room in array v (cap elements, n used) for one more; 0 or -ENOMEM. */
-#define GROW(v, cap, n) ({                                                      \
-	int grow_rc_ = 0;                                                       \
-	if ((n) >= (cap)) {                                                     \
-		size_t grow_cap_ = (cap) ? (cap) * 2 : 64;                      \
-		__typeof__(v) grow_v_ = realloc((v), grow_cap_ * sizeof(*(v))); \
-		if (grow_v_) {                                                  \
-			(v) = grow_v_;                                          \
-			(cap) = grow_cap_;                                      \
-		} else {                                                        \
-			grow_rc_ = -ENOMEM;                                     \
-		}                                                               \
-	}                                                                       \
-	grow_rc_;                                                               \
-})
 
 static void json_str(FILE *f, const char *s)
 {
@@ -356,7 +341,7 @@ static void report_add(struct report *r, bool warning, const char *fmt, ...)
 	if (vasprintf(&line, fmt, ap) < 0)
 		line = NULL;
 	va_end(ap);
-	if (!line || GROW(s->v, s->cap, s->n)) {
+	if (!line || ARRAY_RESERVE(s->v, s->cap, s->n, 64)) {
 		free(line);
 		r->rc = -ENOMEM;
 		return;
@@ -404,26 +389,10 @@ struct model {
 	int rc;                         /* a callback's error */
 };
 
-struct inodes {
-	struct bmap_inode *v;
-	size_t n, cap;
-	int rc;
-};
-
-static int inodes_add(void *ctx, const struct bmap_inode *in)
-{
-	struct inodes *l = ctx;
-
-	if (GROW(l->v, l->cap, l->n))
-		return l->rc = -ENOMEM;
-	l->v[l->n++] = *in;
-	return 0;
-}
-
 /* Takes path (NULL: out of memory). */
 static int file_push(struct model *m, const struct bmap_inode *in, uint64_t snap, char *path)
 {
-	if (!path || GROW(m->files, m->files_cap, m->nfiles)) {
+	if (!path || ARRAY_RESERVE(m->files, m->files_cap, m->nfiles, 64)) {
 		free(path);
 		return -ENOMEM;
 	}
@@ -437,12 +406,12 @@ static int file_push(struct model *m, const struct bmap_inode *in, uint64_t snap
 /* Every live inode under dir, depth first, with its path. */
 static int walk(struct bmap *bm, struct model *m, uint64_t dir, const char *prefix, int depth)
 {
-	struct inodes k = { 0 };
+	struct bmap_inodes k = { 0 };
 	int rc;
 
 	if (depth > 4096)
 		return -ELOOP;
-	rc = bmap_dir_list(bm, dir, 0, inodes_add, &k);
+	rc = bmap_dir_list(bm, dir, 0, bmap_inodes_add, &k);
 	if (!rc)
 		rc = k.rc;
 	for (size_t i = 0; i < k.n && !rc; i++) {
@@ -511,7 +480,7 @@ static int snap_add(void *ctx, const struct bmap_snap *s)
 {
 	struct model *m = ctx;
 
-	if (GROW(m->snaps, m->snaps_cap, m->nsnaps))
+	if (ARRAY_RESERVE(m->snaps, m->snaps_cap, m->nsnaps, 64))
 		return m->rc = -ENOMEM;
 	m->snaps[m->nsnaps++] = *s;
 	return 0;
@@ -520,12 +489,12 @@ static int snap_add(void *ctx, const struct bmap_snap *s)
 struct spaths {
 	const struct bmap_snap *s;
 	const char *prefix;             /* DIR/.snapshots/NAME */
-	struct inodes l;                /* the snapshot's inodes, increasing ino */
+	struct bmap_inodes l;                /* the snapshot's inodes, increasing ino */
 	char **path;                    /* memo, NULL: not yet */
 	struct report *rep;
 };
 
-static size_t sinode_find(const struct inodes *l, uint64_t ino)
+static size_t sinode_find(const struct bmap_inodes *l, uint64_t ino)
 {
 	size_t lo = 0, hi = l->n;
 
@@ -593,7 +562,7 @@ static int load_snapshot(struct bmap *bm, struct model *m, const struct bmap_sna
 	if (!prefix)
 		return -ENOMEM;
 	sp.prefix = prefix;
-	rc = bmap_sinode_all(bm, s->id, inodes_add, &sp.l);
+	rc = bmap_sinode_all(bm, s->id, bmap_inodes_add, &sp.l);
 	if (!rc)
 		rc = sp.l.rc;
 	if (!rc && sp.l.n && !(sp.path = calloc(sp.l.n, sizeof(*sp.path))))
@@ -618,7 +587,7 @@ static int node_add(void *ctx, const struct bmap_node *n)
 {
 	struct model *m = ctx;
 
-	if (GROW(m->nodes, m->nodes_cap, m->nnodes))
+	if (ARRAY_RESERVE(m->nodes, m->nodes_cap, m->nnodes, 64))
 		return m->rc = -ENOMEM;
 	m->nodes[m->nnodes++] = (struct mnode){ .n = *n, .parent = NONE };
 	return 0;
@@ -764,7 +733,7 @@ static int excl_own(void *ctx, uint64_t lblock, const struct chunk_loc *loc)
 
 	if (!loc->chunk_id)
 		return 0;               /* a tombstone frees nothing */
-	if (GROW(e->lb, e->cap, e->n))
+	if (ARRAY_RESERVE(e->lb, e->cap, e->n, 64))
 		return -ENOMEM;
 	e->lb[e->n++] = lblock;
 	return 0;
@@ -1159,7 +1128,7 @@ static int chunkfile_add(void *ctx, uint64_t id, uint32_t nslots)
 {
 	struct chunkfiles *cf = ctx;
 
-	if (GROW(cf->v, cf->cap, cf->n))
+	if (ARRAY_RESERVE(cf->v, cf->cap, cf->n, 64))
 		return -ENOMEM;
 	cf->v[cf->n++] = (struct chunkfile){ id, nslots };
 	return 0;
@@ -1216,7 +1185,7 @@ static void lost_row(void *ctx, uint64_t node, uint64_t lblock, const struct chu
 			return;
 		}
 	}
-	if (GROW(l->v, l->cap, l->n)) {
+	if (ARRAY_RESERVE(l->v, l->cap, l->n, 64)) {
 		l->nomem = true;
 		return;
 	}

@@ -93,22 +93,6 @@ static void hold_release(struct ns *ns, struct holdset *hs)
 
 /* ---- snapshot create ---------------------------------------------------------- */
 
-struct inodes {
-	struct bmap_inode *v;
-	size_t n, cap;
-	int rc;
-};
-
-static int inodes_add(void *ctx, const struct bmap_inode *in)
-{
-	struct inodes *l = ctx;
-
-	if (ARRAY_RESERVE(l->v, l->cap, l->n, 16))
-		return l->rc = -ENOMEM;
-	l->v[l->n++] = *in;
-	return 0;
-}
-
 /* New nodes for the frozen volumes, filled in the transaction, used after. */
 struct switched {
 	struct held *h;
@@ -125,7 +109,7 @@ static uint64_t nblocks(struct ns *ns, uint64_t size)
  * the live inode a new node below the one the snapshot keeps.  Assumes
  * db_mu and an open transaction.
  */
-static int freeze_inodes(struct ns *ns, uint64_t snap, struct inodes *l, struct holdset *hs,
+static int freeze_inodes(struct ns *ns, uint64_t snap, struct bmap_inodes *l, struct holdset *hs,
 			 struct switched *sw)
 {
 	int rc = 0;
@@ -160,7 +144,7 @@ static int freeze_inodes(struct ns *ns, uint64_t snap, struct inodes *l, struct 
 
 int ns_snap_create(struct ns *ns, uint64_t dir, const char *name, struct ns_attr *out)
 {
-	struct inodes l = { 0 };
+	struct bmap_inodes l = { 0 };
 	struct holdset hs = { 0 };
 	struct switched *sw = NULL;
 	struct bmap_snap s = { .dir = dir };
@@ -189,9 +173,9 @@ int ns_snap_create(struct ns *ns, uint64_t dir, const char *name, struct ns_attr
 		if (!rc && one.kind != BMAP_VOL)
 			rc = -EINVAL;           /* FILE@NAME names one volume */
 		if (!rc)
-			rc = inodes_add(&l, &one);
+			rc = bmap_inodes_add(&l, &one);
 	} else {
-		rc = bmap_subtree(ns->bm, dir, inodes_add, &l);
+		rc = bmap_subtree(ns->bm, dir, bmap_inodes_add, &l);
 		if (!rc)
 			rc = l.rc;
 	}
@@ -263,9 +247,9 @@ unlock:
 
 static int node_of(void *ctx, const struct bmap_inode *in)
 {
-	struct inodes *l = ctx;
+	struct bmap_inodes *l = ctx;
 
-	return in->kind == BMAP_VOL ? inodes_add(l, in) : 0;
+	return in->kind == BMAP_VOL ? bmap_inodes_add(l, in) : 0;
 }
 
 static bool in_snap(const struct ns_file *f, void *ctx)
@@ -281,7 +265,7 @@ static int open_in_snap(struct ns_file *f, void *ctx)
 int ns_snap_delete(struct ns *ns, uint64_t dir, const char *name)
 {
 	struct bmap_snap s;
-	struct inodes l = { 0 };
+	struct bmap_inodes l = { 0 };
 	struct ns_file *dead = NULL;
 	bool busy;
 	int rc;
