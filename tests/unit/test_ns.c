@@ -19,6 +19,7 @@
  * Store directories go under $TMPDIR (or /tmp).
  */
 #include <criterion/criterion.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -56,7 +57,8 @@ static int test_reap(struct ns *ns)
 	return ns_reap_all(ns);
 }
 
-/* ...and now and then one garbage-collection pass: >= 0 or -errno. */
+/* ...and now and then one garbage-collection pass: >= 0 or -errno (the
+ * background thread's alone: only where it is not running). */
 static int test_gc_pass(struct ns *ns)
 {
 	int64_t work_ns;
@@ -332,51 +334,74 @@ static void expect_listing(uint64_t dir, const char *want)
 	free(got);
 }
 
-/* Bytes in the store's chunk files: what data writes add to, as long as no
- * chunk file is made from a spare (see chunk.h), that is, until a GC pass
- * removes one. */
+static int cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+/*
+ * The chunk files: their ids in order into ids (up to max; NULL for none),
+ * their bytes in total into *bytes.  The bytes are what data writes add
+ * to, as long as no chunk file is made from a spare (see chunk.h), that is,
+ * until a GC pass removes one.  Returns how many there are.
+ */
+static size_t chunk_files(uint64_t *ids, size_t max, uint64_t *bytes)
+{
+	char path[600];
+	struct dirent *de;
+	size_t n = 0;
+	DIR *d;
+
+	snprintf(path, sizeof(path), "%s/chunks", g_store);
+	d = opendir(path);
+	cr_assert_not_null(d, "%s: %s", path, strerror(errno));
+	if (bytes)
+		*bytes = 0;
+	while ((de = readdir(d))) {
+		uint64_t id;
+		struct stat st;
+		char end[8];
+
+		if (sscanf(de->d_name, "%16" SCNx64 "%7s", &id, end) != 2 || strcmp(end, ".chunk"))
+			continue;
+		if (ids && n < max)
+			ids[n] = id;
+		n++;
+		if (bytes && fstatat(dirfd(d), de->d_name, &st, 0) == 0)
+			*bytes += st.st_size;
+	}
+	closedir(d);
+	if (ids)
+		qsort(ids, n < max ? n : max, sizeof(ids[0]), cmp_u64);
+	return n;
+}
+
 static uint64_t chunk_bytes(void)
 {
-	char cmd[512];
-	unsigned long long n = 0;
-	FILE *p;
+	uint64_t bytes;
 
-	snprintf(cmd, sizeof(cmd), "cat %s/chunks/*.chunk 2>/dev/null | wc -c", g_store);
-	p = popen(cmd, "r");
-	cr_assert_not_null(p);
-	cr_assert_eq(fscanf(p, "%llu", &n), 1);
-	pclose(p);
-	return n;
+	chunk_files(NULL, 0, &bytes);
+	return bytes;
 }
 
 /* Is there a chunk file named id? */
 static bool chunk_exists(uint64_t id)
 {
-	char path[400];
+	char path[600];
 
 	snprintf(path, sizeof(path), "%s/chunks/%016" PRIx64 ".chunk", g_store, id);
 	return access(path, F_OK) == 0;
 }
 
-/* The ids of the chunk files, in order; returns how many (at most max). */
-static size_t chunk_ids(uint64_t *ids, size_t max)
-{
-	char cmd[512];
-	size_t n = 0;
-	FILE *p;
-
-	snprintf(cmd, sizeof(cmd), "ls %s/chunks | grep '\\.chunk$' | sort", g_store);
-	p = popen(cmd, "r");
-	cr_assert_not_null(p);
-	while (n < max && fscanf(p, "%" SCNx64 ".chunk\n", &ids[n]) == 1)
-		n++;
-	pclose(p);
-	return n;
-}
-
-/* Run fn in a child process that ends with _exit(0) without closing the
+/*
+ * Run fn in a child process that ends with _exit(0) without closing the
  * store, as a daemon killed with SIGKILL would: nothing at exit flushes.
- * The parent's store must be closed. */
+ * The parent's store must be closed.  The child checks with child_check(),
+ * never with a Criterion assertion: one failing there unwinds into the
+ * test runner's code in the wrong process, and the run hangs.
+ */
 static void in_crashing_child(void (*fn)(void))
 {
 	pid_t pid;
@@ -386,12 +411,48 @@ static void in_crashing_child(void (*fn)(void))
 	pid = fork();
 	cr_assert_geq(pid, 0);
 	if (pid == 0) {
-		open_store();
+		char msg[512];
+		bool created;
+
+		if (ns_open(g_store, &g_opts, &g_ns, &created, msg, sizeof(msg))) {
+			fprintf(stderr, "test_ns child: ns_open: %s\n", msg);
+			_exit(1);
+		}
 		fn();
 		_exit(0);
 	}
 	cr_assert_eq(waitpid(pid, &st, 0), pid);
 	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the child failed: status %d", st);
+}
+
+static void child_check(long rc, long want, const char *what)
+{
+	if (rc != want) {
+		fprintf(stderr, "test_ns child: %s: %ld, want %ld\n", what, rc, want);
+		_exit(1);
+	}
+}
+
+/* In the child: create a volume in the root and open it. */
+static struct ns_file *child_volume(const char *name)
+{
+	struct ns_file *f = NULL;
+	struct ns_attr a;
+
+	child_check(ns_create(g_ns, NS_ROOT_INO, name, 0644, 0, 0, &a), 0, "create");
+	child_check(ns_open_file(g_ns, a.ino, O_RDWR, &f), 0, "open");
+	return f;
+}
+
+/* In the child: put_pattern(). */
+static void child_write(struct ns_file *f, size_t len, uint64_t off, uint64_t seed)
+{
+	uint8_t *p = malloc(len);
+
+	child_check(p != NULL, 1, "malloc");
+	fill(p, len, off, seed);
+	child_check(ns_write(g_ns, f, p, len, off), len, "write");
+	free(p);
 }
 
 /* ---- volumes ------------------------------------------------------------------------ */
@@ -475,12 +536,11 @@ Test(ns, fsynced_writes_survive_close_and_reopen_of_the_store)
 
 static void crash_after_fsync(void)
 {
-	uint64_t ino = make_vol(NS_ROOT_INO, "disk.img");
-	struct ns_file *f = open_file(ino, O_RDWR);
+	struct ns_file *f = child_volume("disk.img");
 
-	put_pattern(f, 64 * 1024 + 5, 3, 21);
-	cr_assert_eq(ns_fsync(g_ns, f), 0);
-	put_pattern(f, 16 * 4096, 4096, 22);    /* not synced: either version per block */
+	child_write(f, 64 * 1024 + 5, 3, 21);
+	child_check(ns_fsync(g_ns, f), 0, "fsync");
+	child_write(f, 16 * 4096, 4096, 22);    /* not synced: either version per block */
 }
 
 Test(ns, fsynced_writes_survive_a_crash_and_unsynced_ones_are_old_or_new_per_block)
@@ -511,10 +571,10 @@ Test(ns, fsynced_writes_survive_a_crash_and_unsynced_ones_are_old_or_new_per_blo
 
 static void crash_after_background_flush(void)
 {
-	struct ns_file *f = open_file(make_vol(NS_ROOT_INO, "bg.img"), O_RDWR);
+	struct ns_file *f = child_volume("bg.img");
 
-	cr_assert_eq(ns_start(g_ns), 0);
-	put_pattern(f, 10000, 0, 31);
+	child_check(ns_start(g_ns), 0, "ns_start");
+	child_write(f, 10000, 0, 31);
 	/* no fsync: the flusher (every 20 ms here) must commit it */
 	usleep(500 * 1000);
 }
@@ -891,7 +951,7 @@ Test(ns, gc_removes_the_chunks_of_deleted_data_and_compacts_mostly_dead_ones)
 	ns_release(g_ns, fb);
 	close_store();
 	open_store();
-	cr_assert_eq(chunk_ids(ids, 16), 2);
+	cr_assert_eq(chunk_files(ids, 16, NULL), 2);
 
 	/* a's data is dead once a is deleted: its chunk file goes */
 	cr_assert_eq(ns_unlink(g_ns, NS_ROOT_INO, "a.img"), 0);
@@ -934,7 +994,7 @@ Test(ns, gc_keeps_blocks_that_only_a_snapshot_still_uses_and_frees_them_after_rm
 	ns_release(g_ns, f);
 	close_store();
 	open_store();
-	cr_assert_eq(chunk_ids(ids, 16), 1);
+	cr_assert_eq(chunk_files(ids, 16, NULL), 1);
 	f = open_file(v, O_RDWR);
 	put_pattern(f, 20 * 4096, 0, 132);      /* the live volume no longer uses them */
 	cr_assert_eq(ns_fsync(g_ns, f), 0);
@@ -954,11 +1014,11 @@ Test(ns, gc_keeps_blocks_that_only_a_snapshot_still_uses_and_frees_them_after_rm
 
 static void crash_after_flush_pass(void)
 {
-	struct ns_file *f = open_file(make_vol(NS_ROOT_INO, "v.img"), O_RDWR);
+	struct ns_file *f = child_volume("v.img");
 
-	put_pattern(f, 5000, 0, 141);
+	child_write(f, 5000, 0, 141);
 	ns_release(g_ns, f);                    /* no fsync: the volume stays cached, dirty */
-	cr_assert_eq(test_flush(g_ns), 0);
+	child_check(test_flush(g_ns), 0, "flush");
 }
 
 Test(ns, a_flush_pass_commits_the_changes_of_volumes_already_closed)
