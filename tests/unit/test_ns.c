@@ -593,6 +593,50 @@ Test(ns, the_background_flusher_makes_writes_durable_without_fsync)
 	ns_release(g_ns, f);
 }
 
+struct resume {
+	char names[16][32];
+	uint64_t cookies[16];
+	size_t n, stop_at;              /* stop (refuse the entry) once n reaches it */
+};
+
+static int resume_add(void *ctx, const char *name, const struct ns_attr *attr, uint64_t cookie)
+{
+	struct resume *r = ctx;
+
+	if (r->n == r->stop_at)
+		return 1;
+	cr_assert_lt(r->n, 16);
+	snprintf(r->names[r->n], sizeof(r->names[0]), "%s", name);
+	r->cookies[r->n++] = cookie;
+	return 0;
+}
+
+Test(ns, readdir_resumes_after_a_cookie_without_repeating_or_skipping_entries)
+{
+	struct resume all = { .stop_at = 16 }, part = { .stop_at = 4 };
+	char name[16];
+
+	for (int i = 0; i < 6; i++) {
+		snprintf(name, sizeof(name), "v%d.img", i);
+		make_vol(NS_ROOT_INO, name);
+	}
+	make_dir(NS_ROOT_INO, "dir");
+	cr_assert_eq(ns_readdir(g_ns, NS_ROOT_INO, 0, resume_add, &all), 0);
+	cr_assert_eq(all.n, 10, "., .., .snapshots, 6 volumes and a directory: %zu", all.n);
+	/* a reader that takes 4 at a time, as FUSE does with a small buffer */
+	while (part.n < all.n) {
+		size_t before = part.n;
+
+		cr_assert_eq(ns_readdir(g_ns, NS_ROOT_INO, before ? part.cookies[before - 1] : 0,
+					resume_add, &part), 0);
+		cr_assert_gt(part.n, before, "no progress after %zu entries", before);
+		part.stop_at = part.n + 4;
+	}
+	cr_assert_eq(part.n, all.n);
+	for (size_t i = 0; i < all.n; i++)
+		cr_assert_str_eq(part.names[i], all.names[i], "entry %zu", i);
+}
+
 /* ---- unlink and rename ---------------------------------------------------------------- */
 
 Test(ns, unlinked_open_volume_keeps_its_data_until_closed_then_is_reaped)
