@@ -614,7 +614,7 @@ static int resume_add(void *ctx, const char *name, const struct ns_attr *attr, u
 Test(ns, readdir_resumes_after_a_cookie_without_repeating_or_skipping_entries)
 {
 	struct resume all = { .stop_at = 16 }, part = { .stop_at = 4 };
-	char name[16];
+	char name[32];
 
 	for (int i = 0; i < 6; i++) {
 		snprintf(name, sizeof(name), "v%d.img", i);
