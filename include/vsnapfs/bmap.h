@@ -97,6 +97,9 @@ int bmap_meta_set(struct bmap *b, const char *key, uint64_t value);
 int bmap_begin(struct bmap *b);
 int bmap_commit(struct bmap *b);
 void bmap_rollback(struct bmap *b);
+/* Fault injection for tests: the next "after" commits succeed, then every
+ * commit rolls back and fails with -err, until cleared with err == 0. */
+void bmap_fault_commit(struct bmap *b, uint32_t after, int err);
 /* Rows inserted, updated or deleted through this handle since it was
  * opened, committed or not: a number that moves with every change. */
 uint64_t bmap_changes(struct bmap *b);

@@ -128,7 +128,8 @@ int chunk_remove(struct chunk_store *cs, uint64_t chunk_id);
  * and make new chunk files from them (see "Spares" in src/chunk/chunk.c).
  * Spares an earlier open left in dir are adopted, up to max; the rest are
  * deleted.  Call at most once, right after chunk_store_open(); without it
- * chunk_remove() unlinks.  max == 0 does nothing.
+ * chunk_remove() unlinks.  max == 0 keeps none: it deletes the spares an
+ * earlier open left (if dir exists) and removals unlink.
  */
 int chunk_spares_enable(struct chunk_store *cs, const char *dir, uint32_t max);
 

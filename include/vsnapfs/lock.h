@@ -86,7 +86,9 @@ struct lock_rw {
 
 /* Is the checker on (see above)?  Decided once, at the first lock call. */
 bool lock_check_enabled(void);
-/* For tests: switch it on or off for every thread from now on. */
+/* For tests: switch it on or off for every thread from now on, while no
+ * thread holds a ranked lock (a lock taken before is unknown to the
+ * checker, and releasing it would abort). */
 void lock_check_set(bool on);
 
 void lock_mutex_init(struct lock_mutex *mu, enum lock_rank rank, const char *name);

@@ -369,6 +369,8 @@ struct bmap {
 	uint64_t pend_node;
 	int64_t pend_delta;
 	bool put_new;                   /* the last data put made a new row */
+	uint32_t fault_after;           /* bmap_fault_commit: commits still allowed */
+	int fault_err;                  /* then fail with -fault_err; 0: off */
 	char errmsg[256];               /* sqlite3_errmsg() of the last mapped error */
 };
 
@@ -1014,11 +1016,23 @@ int bmap_begin(struct bmap *b)
  * A failed COMMIT rolls back, so that after bmap_commit() returns no
  * transaction is open whatever happened (SQLite leaves it open on BUSY).
  */
+void bmap_fault_commit(struct bmap *b, uint32_t after, int err)
+{
+	b->fault_after = after;
+	b->fault_err = err;
+}
+
 int bmap_commit(struct bmap *b)
 {
-	int rc;
+	int rc = 0;
 
-	rc = nrows_apply(b);
+	if (b->fault_err && b->fault_after-- == 0) {
+		b->fault_after = 0;
+		snprintf(b->errmsg, sizeof(b->errmsg), "injected commit failure");
+		rc = -b->fault_err;
+	}
+	if (!rc)
+		rc = nrows_apply(b);
 	if (!rc)
 		rc = stmt_run(b, bmap_stmt(b, ST_COMMIT));
 	if (rc)

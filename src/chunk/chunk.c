@@ -876,8 +876,16 @@ int chunk_spares_enable(struct chunk_store *cs, const char *dir, uint32_t max)
 
 	if (cs->spare_dirfd >= 0)
 		return -EBUSY;
-	if (max == 0)
-		return 0;
+	if (max == 0) {
+		/* keep none, but delete what an earlier daemon kept */
+		cs->spare_dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		if (cs->spare_dirfd < 0)
+			return errno == ENOENT ? 0 : -errno;
+		rc = spare_adopt(cs);
+		close(cs->spare_dirfd);
+		cs->spare_dirfd = -1;
+		return rc;
+	}
 	if (mkdir(dir, 0700) != 0 && errno != EEXIST)
 		return -errno;
 	cs->spares = calloc(max, sizeof(*cs->spares));

@@ -1,7 +1,8 @@
 /*
  * attr: the attributes of every kind of inode the namespace shows (see the
- * inode kinds in ns_int.h).  Pure functions of their arguments: no lock,
- * no index query.
+ * inode kinds in ns_int.h), from what the caller read.  No index query and
+ * no namespace lock; an open volume's live size and allocation are read
+ * under its vol.lock (vol_size, vol_own_blocks).
  */
 #include <string.h>
 #include <sys/stat.h>

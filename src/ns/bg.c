@@ -182,6 +182,14 @@ int ns_reap_all(struct ns *ns)
 			ns->reap.n--;
 			continue;
 		}
+		if (!rc && (in.kind != BMAP_VOL || in.parent != 0)) {
+			/* only a volume out of the tree is deleted: anything else
+			 * queued here is a bug, and deleting it would lose data */
+			vlog(LOG_CRIT, "inode %" PRIu64 " was queued for deletion but has a name; "
+			     "keeping it", ino);
+			ns->reap.n--;
+			continue;
+		}
 		if (!rc)
 			rc = bmap_inode_delete(ns->bm, ino);
 		if (rc) {
@@ -230,6 +238,17 @@ static void spares_tick(struct ns *ns, uint64_t *appends, int64_t *seen_ns, int6
 		vlog(LOG_WARNING, "giving back spare chunk files: %s", strerror(-rc));
 }
 
+/* How long to wait for: flush_ms, but spares are given back
+ * NS_SPARE_IDLE_MS after the last append whatever flush_ms says, so look
+ * at least every fifth of that while there are some.  Takes chunk.mu:
+ * call it without bg_mu. */
+static uint32_t next_wait_ms(struct ns *ns)
+{
+	if (chunk_spare_bytes(ns->cs) && ns->flush_ms > NS_SPARE_IDLE_MS / 5)
+		return NS_SPARE_IDLE_MS / 5;
+	return ns->flush_ms;
+}
+
 void *ns_bg_main(void *arg)
 {
 	struct ns *ns = arg;
@@ -238,21 +257,32 @@ void *ns_bg_main(void *arg)
 	uint64_t appends = 0;               /* spares_tick's */
 	int64_t appends_ns = ns_now_ns();
 	bool more = false;                  /* it did work: there may be more */
+	int64_t last_flush = ns_now_ns();
+	uint32_t wait_ms = next_wait_ms(ns);
 
 	lock_mutex_lock(&ns->bg_mu);
 	while (!ns->bg_stop) {
 		struct timespec until;
 		int64_t now;
+		bool woken;
 
 		clock_gettime(CLOCK_REALTIME, &until);
-		until.tv_nsec += (long)(ns->flush_ms % 1000) * 1000000;
-		until.tv_sec += ns->flush_ms / 1000 + until.tv_nsec / 1000000000;
+		until.tv_nsec += (long)(wait_ms % 1000) * 1000000;
+		until.tv_sec += wait_ms / 1000 + until.tv_nsec / 1000000000;
 		until.tv_nsec %= 1000000000;
-		lock_cond_timedwait(&ns->bg_cond, &ns->bg_mu, &until);
+		woken = lock_cond_timedwait(&ns->bg_cond, &ns->bg_mu, &until) == 0;
 		if (ns->bg_stop)
 			break;
 		lock_mutex_unlock(&ns->bg_mu);
 
+		now = ns_now_ns();
+		if (!woken && now - last_flush < (int64_t)ns->flush_ms * 1000000) {
+			spares_tick(ns, &appends, &appends_ns, now);
+			wait_ms = next_wait_ms(ns);
+			lock_mutex_lock(&ns->bg_mu);
+			continue;               /* only the spares were due */
+		}
+		last_flush = now;
 		ns_flush(ns);
 		evict_clean(ns);
 		ns_reap_all(ns);
@@ -273,6 +303,7 @@ void *ns_bg_main(void *arg)
 			more = rc > 0 || rc == -EAGAIN;
 			last_gc = now;
 		}
+		wait_ms = next_wait_ms(ns);
 		lock_mutex_lock(&ns->bg_mu);
 	}
 	lock_mutex_unlock(&ns->bg_mu);

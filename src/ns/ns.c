@@ -248,22 +248,21 @@ int ns_create(struct ns *ns, uint64_t dir, const char *name, uint32_t mode, uint
 }
 
 /*
- * Take volume "in" out of the tree: it keeps its inode (parent 0) while a
- * handle is open, and is queued for deletion otherwise.  Assumes db_mu and
- * an open transaction.
+ * Volume ino lost its name in a transaction that has committed: it keeps
+ * its inode (parent 0) while a handle is open, and is queued for deletion
+ * otherwise.  Only after the commit: a rolled-back unlink must leave the
+ * open-file table and the reap queue as they were, or the background
+ * thread would delete a volume that still has its name.  Assumes db_mu,
+ * held since the commit, so nobody opens ino in between.
  */
-static int detach_volume(struct ns *ns, const struct bmap_inode *in)
+static void volume_detached(struct ns *ns, uint64_t ino)
 {
 	struct ns_file *f;
 	bool busy;
-	int rc;
 
 	assert(lock_held(&ns->db_mu));
-	rc = bmap_inode_move(ns->bm, in->ino, 0, "");
-	if (rc)
-		return rc;
 	lock_mutex_lock(&ns->files_mu);
-	f = ns_files_find(ns, in->ino);
+	f = ns_files_find(ns, ino);
 	busy = f && f->refs > 0;
 	if (f) {
 		f->unlinked = true;
@@ -278,8 +277,7 @@ static int detach_volume(struct ns *ns, const struct bmap_inode *in)
 	if (f && !busy)
 		ns_file_free_list(f);
 	if (!busy)
-		rc = ns_queue_push(&ns->reap, in->ino);
-	return rc;
+		ns_reap_later(ns, ino);
 }
 
 /* Stamp a directory's mtime/ctime; assumes db_mu. */
@@ -348,13 +346,16 @@ static int remove_entry(struct ns *ns, uint64_t dir, const char *name, bool want
 	rc = bmap_begin(ns->bm);
 	if (rc)
 		goto out;
-	rc = want_dir ? bmap_inode_delete(ns->bm, in.ino) : detach_volume(ns, &in);
+	/* a volume keeps its inode, out of the tree (parent 0), until reaped */
+	rc = want_dir ? bmap_inode_delete(ns->bm, in.ino) : bmap_inode_move(ns->bm, in.ino, 0, "");
 	if (!rc)
 		rc = touch_dir(ns, dir, ns_now_ns());
 	if (!rc)
 		rc = bmap_commit(ns->bm);
 	if (rc)
 		bmap_rollback(ns->bm);
+	else if (!want_dir)
+		volume_detached(ns, in.ino);
 out:
 	lock_mutex_unlock(&ns->db_mu);
 	if (!rc && !want_dir)
@@ -452,7 +453,8 @@ int ns_rename(struct ns *ns, uint64_t dir, const char *name, uint64_t newdir,
 	if (rc)
 		goto out;
 	if (have_dst)
-		rc = dst.kind == BMAP_DIR ? bmap_inode_delete(ns->bm, dst.ino) : detach_volume(ns, &dst);
+		rc = dst.kind == BMAP_DIR ? bmap_inode_delete(ns->bm, dst.ino) :
+					    bmap_inode_move(ns->bm, dst.ino, 0, "");
 	if (!rc)
 		rc = bmap_inode_move(ns->bm, src.ino, newdir, newname);
 	if (!rc)
@@ -465,6 +467,8 @@ int ns_rename(struct ns *ns, uint64_t dir, const char *name, uint64_t newdir,
 		bmap_rollback(ns->bm);
 		goto out;
 	}
+	if (have_dst && dst.kind != BMAP_DIR)
+		volume_detached(ns, dst.ino);
 	lock_mutex_lock(&ns->files_mu);
 	struct ns_file *f = ns_files_find(ns, src.ino);
 	if (f) {

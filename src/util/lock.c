@@ -1,14 +1,15 @@
 /*
  * lock: ranked locks and their checker (see include/vsnapfs/lock.h).
  *
- * Each thread keeps, per rank, how many locks of that rank it holds and
- * which one it took last.  Taking a lock checks that no lock of the same
- * or a higher rank is held (the same rank is allowed for the ranks marked
- * "several", but not the same lock twice).  Exclusive holders are also
- * recorded in the lock itself (owner, writer), which is what lock_held()
- * reads for mutexes and write locks; a shared hold is known from the
- * per-thread record.  The per-thread state needs no lock: only its own
- * thread touches it.
+ * Each thread keeps, per rank, how many locks of that rank it holds, and
+ * the list of rwlocks it holds shared (a thread holds few: a gate, a
+ * volume's lock, the chunk fd cache).  Taking a lock checks that no lock
+ * of the same or a higher rank is held (the same rank is allowed for the
+ * ranks marked "several", but not the same lock twice, in any mode).
+ * Exclusive holders are recorded in the lock itself (owner, writer),
+ * which is what lock_held() reads for mutexes and write locks; a shared
+ * hold is found in the thread's list.  The per-thread state needs no
+ * lock: only its own thread touches it.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -44,9 +45,12 @@ static const struct {
 
 static atomic_int check_state = -1;     /* -1: not decided yet, 0 off, 1 on */
 
+#define SHARED_MAX 16                   /* rwlocks one thread holds shared, at most */
+
 struct held {                           /* this thread's locks */
 	unsigned count[LOCK_RANKS];
-	const void *last[LOCK_RANKS];   /* the last one taken of each rank */
+	const struct lock_rw *shared[SHARED_MAX];
+	unsigned nshared;
 	int tid;
 };
 
@@ -105,18 +109,25 @@ static void check_take(enum lock_rank rank, const char *name, int owner)
 		die("taking", name, rank);
 }
 
-static void note_take(const void *lock, enum lock_rank rank)
+static void note_take(enum lock_rank rank)
 {
 	me.count[rank]++;
-	me.last[rank] = lock;
 }
 
-static void note_release(const void *lock, enum lock_rank rank, const char *name)
+static void note_release(enum lock_rank rank, const char *name)
 {
 	if (!me.count[rank])
 		die("releasing a lock not held:", name, rank);
-	if (--me.count[rank] == 0 || me.last[rank] == lock)
-		me.last[rank] = NULL;
+	me.count[rank]--;
+}
+
+/* Index of rw in this thread's shared holds, or -1. */
+static int shared_find(const struct lock_rw *rw)
+{
+	for (unsigned i = 0; i < me.nshared; i++)
+		if (me.shared[i] == rw)
+			return (int)i;
+	return -1;
 }
 
 static void must(int rc, const char *what, const char *name)
@@ -150,7 +161,7 @@ void lock_mutex_lock(struct lock_mutex *mu)
 		check_take(mu->rank, mu->name, atomic_load(&mu->owner));
 	must(pthread_mutex_lock(&mu->m), "locking", mu->name);
 	if (check) {
-		note_take(mu, mu->rank);
+		note_take(mu->rank);
 		atomic_store(&mu->owner, self());
 	}
 }
@@ -161,7 +172,7 @@ void lock_mutex_unlock(struct lock_mutex *mu)
 		if (atomic_load(&mu->owner) != self())
 			die("releasing a lock not held:", mu->name, mu->rank);
 		atomic_store(&mu->owner, 0);
-		note_release(mu, mu->rank, mu->name);
+		note_release(mu->rank, mu->name);
 	}
 	must(pthread_mutex_unlock(&mu->m), "unlocking", mu->name);
 }
@@ -209,15 +220,28 @@ void lock_rw_destroy(struct lock_rw *rw)
 	pthread_rwlock_destroy(&rw->l);
 }
 
+/* Before taking rw in either mode: not already held here, in either mode. */
+static void check_take_rw(struct lock_rw *rw)
+{
+	if (shared_find(rw) >= 0)
+		die("taking again", rw->name, rw->rank);
+	check_take(rw->rank, rw->name, atomic_load(&rw->writer));
+}
+
 void lock_rw_rdlock(struct lock_rw *rw)
 {
 	bool check = lock_check_enabled();
 
-	if (check)
-		check_take(rw->rank, rw->name, atomic_load(&rw->writer));
+	if (check) {
+		check_take_rw(rw);
+		if (me.nshared == SHARED_MAX)
+			die("taking one shared lock too many:", rw->name, rw->rank);
+	}
 	must(pthread_rwlock_rdlock(&rw->l), "read-locking", rw->name);
-	if (check)
-		note_take(rw, rw->rank);
+	if (check) {
+		note_take(rw->rank);
+		me.shared[me.nshared++] = rw;
+	}
 }
 
 void lock_rw_wrlock(struct lock_rw *rw)
@@ -225,10 +249,10 @@ void lock_rw_wrlock(struct lock_rw *rw)
 	bool check = lock_check_enabled();
 
 	if (check)
-		check_take(rw->rank, rw->name, atomic_load(&rw->writer));
+		check_take_rw(rw);
 	must(pthread_rwlock_wrlock(&rw->l), "write-locking", rw->name);
 	if (check) {
-		note_take(rw, rw->rank);
+		note_take(rw->rank);
 		atomic_store(&rw->writer, self());
 	}
 }
@@ -236,17 +260,22 @@ void lock_rw_wrlock(struct lock_rw *rw)
 void lock_rw_unlock(struct lock_rw *rw)
 {
 	if (lock_check_enabled()) {
+		int i = shared_find(rw);
+
 		if (atomic_load(&rw->writer) == self())
 			atomic_store(&rw->writer, 0);
-		note_release(rw, rw->rank, rw->name);
+		else if (i >= 0)
+			me.shared[i] = me.shared[--me.nshared];
+		else
+			die("releasing a lock not held:", rw->name, rw->rank);
+		note_release(rw->rank, rw->name);
 	}
 	must(pthread_rwlock_unlock(&rw->l), "unlocking", rw->name);
 }
 
 bool lock_rw_held(const struct lock_rw *rw)
 {
-	return !lock_check_enabled() || atomic_load(&rw->writer) == self() ||
-	       (me.count[rw->rank] && me.last[rw->rank] == rw);
+	return !lock_check_enabled() || atomic_load(&rw->writer) == self() || shared_find(rw) >= 0;
 }
 
 bool lock_rw_wrheld(const struct lock_rw *rw)

@@ -14,7 +14,8 @@
 #   vs_blkmount DEV DIR [ARGS...]  mount a block device; vs_blkumount DIR
 #   vs_track_pid PID, vs_wait_pid PID SECS   other background processes
 #   vs_track_fuse MNT PID          a FUSE mount served by a test tool
-#   fail MSG, pass, skip MSG, note MSG, assert_eq, expect_errno, with_deadline
+#   fail MSG, pass, skip MSG, note MSG, assert_eq, assert_df_same, expect_errno,
+#   with_deadline
 #
 # Environment: VS_KEEP=1 keeps $T after the test; VS_TIME_SCALE=N multiplies
 # every deadline (for sanitizer builds).
@@ -68,6 +69,22 @@ skip() {
 	echo "SKIP $TEST_NAME: $*"
 	_VS_DONE=1
 	exit 77
+}
+
+# assert_df_same MNT DIR WHAT: df of the mount MNT shows the free space of
+# DIR's file system, give or take 16 MiB.  Whatever else runs on the host
+# moves that file system: only a reading of MNT taken between two equal
+# readings of DIR counts (tried for up to 4 s).
+assert_df_same() {
+	local mnt=$1 dir=$2 what=$3 host mnt_free k
+	for ((k = 0; k < 20; k++)); do
+		host=$(stat -f -c '%a * %S' "$dir")
+		mnt_free=$(stat -f -c '%a * %S' "$mnt")
+		[ "$(stat -f -c '%a * %S' "$dir")" = "$host" ] && break
+		sleep 0.2
+	done
+	(((mnt_free) - (host) < (16 << 20) && (host) - (mnt_free) < (16 << 20))) ||
+		fail "$what: df of the mount shows $((mnt_free)) bytes free, the host $((host))"
 }
 
 # assert_eq ACTUAL EXPECTED WHAT

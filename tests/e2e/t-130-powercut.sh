@@ -189,8 +189,9 @@ for ((c = 1; c <= CYCLES; c++)); do
 	"$CW" write $d1 -s $S1 -g $c -b $NB "$MNT/vol1.img" "$T/j1" >"$T/w1.$c.log" 2>&1 &
 	w1=$!
 	vs_track_pid $w1
-	snap_ms=$((100 + RANDOM % 900))
-	cut_ms=$((300 + RANDOM % 1500))
+	# slower builds (sanitizers) get proportionally longer before the cut
+	snap_ms=$(((100 + RANDOM % 900) * VS_TIME_SCALE))
+	cut_ms=$(((300 + RANDOM % 1500) * VS_TIME_SCALE))
 	snap_take $c $snap_ms &
 	sp=$!
 	vs_track_pid $sp

@@ -957,6 +957,18 @@ Test(chunk, spares_are_bounded_and_adopted_by_the_next_open)
 	cr_assert(chunk_file_exists(5));
 	chunk_store_close(cs);
 
+	/* a limit of 0 deletes what an earlier open kept */
+	cs = open_store(bs, 0);
+	cr_assert_eq(chunk_spares_enable(cs, spare_dir, 1), 0);
+	cr_assert_eq(chunk_remove(cs, 4), 0);
+	cr_assert_eq(count_spares(spare_dir), 1);
+	chunk_store_close(cs);
+	cs = open_store(bs, 0);
+	cr_assert_eq(chunk_spares_enable(cs, spare_dir, 0), 0);
+	cr_assert_eq(count_spares(spare_dir), 0, "spare_chunks=0 must delete old spares");
+	cr_assert_eq(chunk_spare_bytes(cs), 0);
+	chunk_store_close(cs);
+
 	/* without chunk_spares_enable, removal unlinks as before */
 	cs = open_store(bs, 0);
 	fill_until(cs, 7, 0);

@@ -133,3 +133,27 @@ Test(lock, with_the_checker_off_nothing_is_checked)
 	lock_mutex_unlock(&db);
 	lock_mutex_unlock(&files);
 }
+
+Test(lock, a_rwlock_held_shared_then_taken_exclusive_aborts, .signal = SIGABRT)
+{
+	lock_rw_rdlock(&gate_a);
+	lock_rw_wrlock(&gate_a);        /* would wait for itself for ever */
+}
+
+Test(lock, releasing_an_rwlock_not_held_aborts, .signal = SIGABRT)
+{
+	lock_rw_rdlock(&gate_a);
+	lock_rw_unlock(&gate_b);        /* same rank, another lock */
+}
+
+Test(lock, every_gate_held_shared_is_known_as_held)
+{
+	lock_rw_rdlock(&gate_a);
+	lock_rw_rdlock(&gate_b);
+	cr_assert(lock_held(&gate_a) && lock_held(&gate_b));
+	lock_rw_unlock(&gate_b);
+	cr_assert(lock_held(&gate_a), "the other gate is still held");
+	cr_assert(!lock_held(&gate_b));
+	lock_rw_unlock(&gate_a);
+	cr_assert(!lock_held(&gate_a));
+}

@@ -66,6 +66,33 @@ static int test_gc_pass(struct ns *ns)
 	return ns_gc(ns, &work_ns);
 }
 
+/* Wait (10 s at most) for a flush that began after this call to finish, as
+ * the background thread runs them: 0, its error, or -ETIMEDOUT. */
+static int test_wait_background_flush(struct ns *ns)
+{
+	uint64_t target;
+	int rc = -ETIMEDOUT;
+
+	lock_mutex_lock(&ns->seq_mu);
+	target = ns->flush_started + 1;
+	lock_mutex_unlock(&ns->seq_mu);
+	for (int ms = 0; ms < 10000 && rc == -ETIMEDOUT; ms += 5) {
+		lock_mutex_lock(&ns->seq_mu);
+		if (ns->flush_done >= target)
+			rc = ns->flush_rc;
+		lock_mutex_unlock(&ns->seq_mu);
+		if (rc == -ETIMEDOUT)
+			usleep(5000);
+	}
+	return rc;
+}
+
+/* The index connection, for fault injection. */
+static struct bmap *test_bm(struct ns *ns)
+{
+	return ns->bm;
+}
+
 /* The chunk store under the namespace, for fault injection. */
 static struct chunk_store *test_cs(struct ns *ns)
 {
@@ -576,7 +603,7 @@ static void crash_after_background_flush(void)
 	child_check(ns_start(g_ns), 0, "ns_start");
 	child_write(f, 10000, 0, 31);
 	/* no fsync: the flusher (every 20 ms here) must commit it */
-	usleep(500 * 1000);
+	child_check(test_wait_background_flush(g_ns), 0, "a background flush after the write");
 }
 
 Test(ns, the_background_flusher_makes_writes_durable_without_fsync)
@@ -666,6 +693,38 @@ Test(ns, unlinked_open_volume_keeps_its_data_until_closed_then_is_reaped)
 	cr_assert_eq(test_reap(g_ns), 0);
 	cr_assert_eq(ns_getattr(g_ns, ino, &a), -ENOENT, "the unlinked inode was not reaped");
 	cr_assert_eq(ns_open_file(g_ns, ino, O_RDONLY, &f), -ENOENT);
+}
+
+Test(ns, an_unlink_or_rename_over_whose_commit_fails_deletes_nothing)
+{
+	uint64_t a = make_vol(NS_ROOT_INO, "a.img"), b = make_vol(NS_ROOT_INO, "b.img");
+	struct ns_file *f = open_file(a, O_RDWR), *g = open_file(b, O_RDWR);
+
+	put_pattern(f, 20000, 0, 61);
+	put_pattern(g, 20000, 0, 62);
+	cr_assert_eq(ns_fsync(g_ns, f), 0);
+	ns_release(g_ns, g);                    /* b cached but unused; a open */
+
+	bmap_fault_commit(test_bm(g_ns), 0, EIO);
+	cr_assert_eq(ns_unlink(g_ns, NS_ROOT_INO, "a.img"), -EIO);
+	cr_assert_eq(ns_unlink(g_ns, NS_ROOT_INO, "b.img"), -EIO);
+	cr_assert_eq(ns_rename(g_ns, NS_ROOT_INO, "a.img", NS_ROOT_INO, "b.img", 0), -EIO);
+	bmap_fault_commit(test_bm(g_ns), 0, 0);
+
+	/* nothing was unlinked: not by the reaper, the last close or a reopen */
+	cr_assert_eq(test_reap(g_ns), 0);
+	ns_release(g_ns, f);
+	cr_assert_eq(test_reap(g_ns), 0);
+	close_store();
+	open_store();
+	cr_assert_eq(path_ino("a.img"), a);
+	cr_assert_eq(path_ino("b.img"), b);
+	f = open_file(a, O_RDONLY);
+	g = open_file(b, O_RDONLY);
+	expect_pattern(f, 20000, 0, 61, "a after failed unlinks");
+	expect_pattern(g, 20000, 0, 62, "b after failed unlinks");
+	ns_release(g_ns, f);
+	ns_release(g_ns, g);
 }
 
 Test(ns, volume_unlinked_while_open_is_deleted_at_the_next_mount_after_a_close)
