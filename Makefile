@@ -120,7 +120,8 @@ torture: all $(TOOL_BIN)
 tsan:
 	@$(MAKE) --no-print-directory B=build-tsan CFLAGS="$(DEBUG_CFLAGS)" \
 		SAN="-fsanitize=thread" all $(TOOL_SRC:tests/tools/%.c=build-tsan/tools/%)
-	@TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" tests/e2e/run-all.sh build-tsan
+	@TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" VS_TIME_SCALE=$${VS_TIME_SCALE:-3} \
+		tests/e2e/run-all.sh build-tsan
 
 bench: all
 	@tests/bench/run.sh $(B)
