@@ -41,7 +41,7 @@
  *            map once; the delta never overlays).  Measured figures are in
  *            docs/performance.md, "Issue 13: the extent map".
  * Memory:    32 B per extent in leaves kept at least 1/4 full, plus 16 B per
- *            leaf of directory; a map of one extent costs about 150 B.
+ *            leaf of directory; a map of one extent costs 200 B.
  */
 #ifndef VSNAPFS_EMAP_H
 #define VSNAPFS_EMAP_H
