@@ -126,6 +126,7 @@ fi
 W=                      # the temp dir
 CHILD=                  # the foreground command running now (fio, cp, ...)
 HOLD=                   # fd holding a volume open, if any
+HOLDS=()                # more of those (several volumes open at once)
 SIDE=                   # a background fio (side_fsyncs), if any
 declare -A D_PID=()     # daemon name -> pid
 declare -A D_MNT=()     # daemon name -> mount point (a directory, or a file for qsd)
@@ -174,6 +175,7 @@ cleanup() {
 		wait_exit "$SIDE" 10 || { kill -KILL "$SIDE" 2>/dev/null; wait_exit "$SIDE" 5; }
 	fi
 	[ -n "$HOLD" ] && exec {HOLD}<&-
+	for n in "${HOLDS[@]}"; do exec {n}<&-; done
 	for n in "${!D_PID[@]}"; do
 		pid=${D_PID[$n]}
 		if [ "${D_KIND[$n]}" = qsd ] && alive "$pid"; then
@@ -378,12 +380,20 @@ fill() {
 		--output-format=terse
 }
 
-# first_read NAME FILE: time a cold open + one 4 KiB O_DIRECT read.
-first_read() {
+# read4k FILE: open FILE and read its first 4 KiB with O_DIRECT (5 min at
+# most); READ_MS is how long that took.  On a vsnapfs volume not open yet
+# the read loads its block map.
+read4k() {
 	local t0
 	t0=$(now_ms)
-	if fg timeout -k 5 300 dd if="$2" of=/dev/null bs=4k count=1 iflag=direct status=none; then
-		kv startup "$1" "first open + 4 KiB read, ms" "$(($(now_ms) - t0))"
+	fg timeout -k 5 300 dd if="$1" of=/dev/null bs=4k count=1 iflag=direct status=none || return
+	READ_MS=$(($(now_ms) - t0))
+}
+
+# first_read NAME FILE: time a cold open + one 4 KiB O_DIRECT read.
+first_read() {
+	if read4k "$2"; then
+		kv startup "$1" "first open + 4 KiB read, ms" "$READ_MS"
 	else
 		problem "$1: the first open + 4 KiB O_DIRECT read of $2 failed"
 		kv startup "$1" "first open + 4 KiB read, ms" failed
@@ -424,10 +434,10 @@ kthread_ticks() {
 	     END { print d + 0 }' "$1" "$2"
 }
 
-# settle TARGET: the machine is shared; before a target's jobs, wait (at
-# most BENCH_SETTLE_S seconds) for a second in which the host's CPUs are
-# less than half busy, and record how long that took.
-settle() {
+# quiet WHAT: the machine is shared; before WHAT is measured, wait (at most
+# BENCH_SETTLE_S seconds) for a second in which the host's CPUs are less
+# than half busy.  QUIET_S is how long that took.
+quiet() {
 	local t0 h0 h1 busy
 	t0=$(now_ms)
 	while [ "$SETTLE_S" -gt 0 ]; do
@@ -441,7 +451,13 @@ settle() {
 			break
 		fi
 	done
-	kv startup "$1" "wait for a quiet host, s" "$(((($(now_ms) - t0) + 500) / 1000))"
+	QUIET_S=$(((($(now_ms) - t0) + 500) / 1000))
+}
+
+# settle TARGET: quiet, and record the wait in the start-up table.
+settle() {
+	quiet "$1"
+	kv startup "$1" "wait for a quiet host, s" "$QUIET_S"
 }
 
 # bench TARGET FILE [DAEMON]: the five jobs on FILE.  Around each job:
@@ -545,25 +561,70 @@ daemon_done() {
 	stop "$1"
 }
 
-# layout L SEED FILE: a random permutation of the disk's UNIT-sized pieces,
-# dealt to L layers: lines "layer piece", sorted.  mawk's printf %d stops at
-# 2^31, hence %.0f.
+# layout L SEED FILE [PIECE_BYTES DISK_BYTES [random]]: a random
+# permutation of the disk's pieces (UNIT and DISK by default), dealt to L
+# layers: lines "layer piece", by layer, and by piece within a layer unless
+# "random" (then in the permutation's order: writes at random offsets).
+# mawk's printf %d stops at 2^31, hence %.0f.
 layout() {
-	awk -v n=$((DISK / UNIT)) -v l="$1" -v seed="$2" 'BEGIN {
+	awk -v n=$((${5:-$DISK} / ${4:-$UNIT})) -v l="$1" -v seed="$2" 'BEGIN {
 		srand(seed)
 		for (i = 0; i < n; i++) a[i] = i
 		for (i = n - 1; i > 0; i--) { j = int(rand() * (i + 1)); t = a[i]; a[i] = a[j]; a[j] = t }
 		for (p = 0; p < n; p++) printf "%d %.0f\n", int(p / (n / l)), a[p]
-	}' | sort -k1,1n -k2,2n >"$3"
+	}' | if [ "${6:-}" = random ]; then cat; else sort -k1,1n -k2,2n; fi >"$3"
+}
+
+# iologs LAYOUT DIR FILE PIECE_BYTES: one fio iolog per layer of LAYOUT,
+# DIR/gen.N, writing that layer's pieces of FILE in LAYOUT's order.
+iologs() {
+	mkdir -p "$2"
+	awk -v u="$4" -v d="$2" -v f="$3" '{
+		o = d "/gen." $1
+		if (!(o in seen)) { seen[o] = 1; print "fio version 2 iolog\n" f " add\n" f " open" > o }
+		printf "%s write %.0f %d\n", f, $2 * u, u > o
+	} END { for (o in seen) print f " close" > o }' "$1"
+}
+
+# generations WHAT DIR VOLUME N: replay the iologs DIR/gen.0 .. gen.N-1
+# (O_DIRECT, QD16), each followed by `mkdir .snapshots/NAME@gG` in the
+# volume's directory; VOLUME is held open meanwhile, as by a running VM.
+# GENS is how many generations got their snapshot.
+generations() {
+	local what=$1 dir=$2 vol=$3 n=$4 g
+	exec {HOLD}<"$vol"
+	for ((GENS = 0, g = 1; g <= n; g++)); do
+		if ! fg -q fio --name="gen$g" --read_iolog="$dir/gen.$((g - 1))" \
+			--replay_no_stall=1 --ioengine=libaio --iodepth=16 --direct=1 --output-format=terse; then
+			problem "$what: the writes of generation $g failed; measured with $((g - 1)) snapshots"
+			break
+		fi
+		if ! mkdir "$(dirname "$vol")/.snapshots/$(basename "$vol")@g$g"; then
+			problem "$what: mkdir .snapshots/$(basename "$vol")@g$g failed; measured with $((g - 1)) snapshots"
+			break
+		fi
+		GENS=$g
+		if [ $((g % 16)) -eq 0 ]; then log "$what: $g generations"; fi
+	done
+	exec {HOLD}<&-
+	HOLD=
+}
+
+# index_bytes STORE: INDEX_BYTES, the size of index.sqlite plus its WAL if
+# the daemon left one (its last close checkpoints the WAL into the file and
+# removes it), and WAL_BYTES, the WAL's share.
+index_bytes() {
+	WAL_BYTES=0
+	if [ -f "$1/index.sqlite-wal" ]; then WAL_BYTES=$(stat -c %s "$1/index.sqlite-wal"); fi
+	INDEX_BYTES=$(($(stat -c %s "$1/index.sqlite") + WAL_BYTES))
 }
 
 # index_kv ROW STORE GIB_WRITTEN: record the size of index.sqlite (+ its
 # WAL, if the daemon left one) per GiB written and per 4 KiB block written.
 index_kv() {
-	local f sum=0
-	for f in "$2/index.sqlite" "$2/index.sqlite-wal"; do
-		if [ -f "$f" ]; then sum=$((sum + $(stat -c %s "$f"))); fi
-	done
+	local sum
+	index_bytes "$2"
+	sum=$INDEX_BYTES
 	kv index "$1" "index size, MiB" "$(awk -v b=$sum 'BEGIN { printf "%.1f", b / 1048576 }')"
 	kv index "$1" "MiB per GiB written" "$(awk -v b=$sum -v g="$3" 'BEGIN { printf "%.2f", b / 1048576 / g }')"
 	kv index "$1" "bytes per 4 KiB block written" "$(awk -v b=$sum -v g="$3" 'BEGIN { printf "%.1f", b / (g * 262144) }')"
@@ -677,8 +738,10 @@ fi
 # vsnapfs: a fresh store, and a volume 64 snapshots deep
 # ============================================================================
 
+# vs NAME STORE MNT [ARG...]: mount STORE on MNT with vsnapfs, the ARGs and
+# BENCH_VSNAPFS_OPTS.
 # shellcheck disable=SC2086
-vs() { start "$1" vsnapfs "$3" "$VSNAPFS" -f $VS_OPTS "$2" "$3"; }
+vs() { start "$1" vsnapfs "$3" "$VSNAPFS" -f $VS_OPTS "${@:4}" "$2" "$3"; }
 
 if want vsnapfs; then
 	log "vsnapfs: fresh store, writing the $DISK_GIB GiB volume"
@@ -707,28 +770,10 @@ if want vsnapfs-depth64; then
 	t0=$(now_ms)
 	layout 64 64 "$W/d64/layout"
 	V=$W/d64/mnt/vol
-	awk -v u=$UNIT -v d="$W/d64/log" -v f="$V" '{
-		o = d "/gen." $1
-		if (!(o in seen)) { seen[o] = 1; print "fio version 2 iolog\n" f " add\n" f " open" > o }
-		printf "%s write %.0f %d\n", f, $2 * u, u > o
-	} END { for (o in seen) print f " close" > o }' "$W/d64/layout"
+	iologs "$W/d64/layout" "$W/d64/log" "$V" "$UNIT"
 	vs d64 "$W/d64/store" "$W/d64/mnt"
 	truncate -s "$DISK" "$V"
-	exec {HOLD}<"$V"                # a running VM keeps its disk open
-	for ((g = 1; g <= 64; g++)); do
-		if ! fg -q fio --name="gen$g" --read_iolog="$W/d64/log/gen.$((g - 1))" \
-			--replay_no_stall=1 --ioengine=libaio --iodepth=16 --direct=1 --output-format=terse; then
-			problem "vsnapfs-depth64: the writes of generation $g failed; measured with $((g - 1)) snapshots"
-			break
-		fi
-		if ! mkdir "$W/d64/mnt/.snapshots/vol@g$g"; then
-			problem "vsnapfs-depth64: mkdir .snapshots/vol@g$g failed; measured with $((g - 1)) snapshots"
-			break
-		fi
-		if [ $((g % 16)) -eq 0 ]; then log "vsnapfs-depth64: $g generations"; fi
-	done
-	exec {HOLD}<&-
-	HOLD=
+	generations vsnapfs-depth64 "$W/d64/log" "$V" 64
 	nsnap=$(find "$W/d64/mnt/.snapshots" -mindepth 1 -maxdepth 1 -name 'vol@g*' | wc -l)
 	[ "$nsnap" -eq 64 ] || problem "vsnapfs-depth64: $nsnap snapshots listed, not 64"
 	stop d64
