@@ -29,6 +29,8 @@ BEGIN {
 	title["index"] = "Index (SQLite) size after unmount"
 	title["ops"] = "Snapshot, linked clone and delete on vsnapfs (wall time of the command)"
 	title["memory"] = "vsnapfs daemon memory"
+	title["scale"] = "Scale (issue 13): index, first read and memory, the figures of the issue's table"
+	title["scale-size"] = "Scale: a sparse volume, partly written, opened at growing sizes (fresh daemon each)"
 }
 
 # (by name: an empty file has no first line to count)
@@ -72,6 +74,15 @@ function fmt_cpu(x) { return num(x) ? sprintf("%.2f", x) : "–" }
 function fmt_r(x) { return x == "" ? "–" : sprintf("%.2f", x) }
 function cpu_per_io(k) { return (num(cpu[k]) && ios[k] > 0) ? cpu[k] * 1e6 / ios[k] : "" }
 function dev_per_io(k) { return (num(devr[k]) && ios[k] > 0) ? devr[k] / ios[k] : "" }
+# text_col(TABLE, COL): true when a cell of the column is words, not a
+# figure (then the column is aligned left)
+function text_col(tb, col,   r, k) {
+	for (r = 1; r <= nrow[tb]; r++) {
+		k = tb SUBSEP rord[tb, r] SUBSEP col
+		if ((k in val) && val[k] !~ /^([-+]?[0-9.]+( per GiB)?|–|-|n\/a|failed)$/) return 1
+	}
+	return 0
+}
 function ratio(a, b) { return (num(a) && num(b) && b + 0 > 0) ? a / b : "" }
 
 END {
@@ -160,7 +171,7 @@ END {
 		printf "## %s\n\n| |", (tb in title) ? title[tb] : tb
 		for (c = 1; c <= ncol[tb]; c++) printf " %s |", cord[tb, c]
 		printf "\n|---|"
-		for (c = 1; c <= ncol[tb]; c++) printf "---:|"
+		for (c = 1; c <= ncol[tb]; c++) printf "%s|", text_col(tb, cord[tb, c]) ? "---" : "---:"
 		printf "\n"
 		for (r = 1; r <= nrow[tb]; r++) {
 			printf "| %s |", rord[tb, r]

@@ -16,8 +16,10 @@
 #   vsnapfs-depth64   a volume with 64 snapshots in its history, each
 #                     generation having written a different random 1/64
 #
-# then snapshot/clone/rmdir times, the daemon's memory on a 1 TiB volume
-# and the index size per GiB written.  Results: stdout, and
+# then snapshot/clone/rmdir times, the daemon's memory on a 1 TiB volume,
+# the index size per GiB written, and the scale figures of issue 13 (index
+# per GiB, first read after mount, memory against volume size and history).
+# Results: stdout, and
 # BUILD_DIR/bench/{results.md,results.json,chart.png,logs/}.
 #
 # Environment:
@@ -31,10 +33,19 @@
 #                        a tmpfs would be the "disk")
 #   BENCH_KEEP=1         keep the temp dir (several GiB) for inspection
 #   BENCH_TARGETS=...    run only these targets (space-separated; also
-#                        "ops" and "memory", the sections after them)
+#                        "ops", "memory" and "scale", the sections after
+#                        them)
 #   BENCH_JOBS=...       run only these fio jobs (space-separated)
 #   BENCH_VSNAPFS_OPTS=  extra arguments of every vsnapfs mount, e.g.
 #                        "-o spare_chunks=16" (the results say which)
+#   BENCH_SCALE_SEQ_GIB=16     scale: the volume written sequentially
+#   BENCH_SCALE_RAND_GIB=4     scale: each of the four random volumes
+#   BENCH_SCALE_SIZES="1 8 64" scale: the sparse volumes (GiB) of the
+#                        open-time and RSS line
+#   BENCH_SCALE_FILL_MIB=256   scale: MiB written at the start of every GiB
+#                        of those (1024: all of it)
+#   BENCH_SCALE_BIG_CACHE=4G   scale: the "unlimited" map_cache, once the
+#                        daemon has that option
 #
 # Every daemon runs in the foreground as our child; we keep its pid, stop
 # it with fusermount3 -u (SIGTERM for qemu-storage-daemon) and, from the
@@ -62,7 +73,7 @@ DISK=$((DISK_GIB * GIB))
 UNIT=65536                      # granularity of the layers' random pieces
 JOBS=(seqread seqwrite randread randwrite fsyncwrite)
 TARGETS=(raw fuse-passthrough qsd-qcow2 qsd-chain32 vsnapfs vsnapfs-depth64)
-SECTIONS=("${TARGETS[@]}" ops memory)
+SECTIONS=("${TARGETS[@]}" ops memory scale)
 # A selection (BENCH_TARGETS, BENCH_JOBS) runs less; the report still has a
 # row or column for everything, "–" where nothing ran, so that its tables
 # keep their shape.
@@ -74,9 +85,15 @@ want_job() { [[ $SEL_JOBS == *" $1 "* ]]; }
 log() { printf '[bench %4ss] %s\n' "$(($(date +%s) - T_START))" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
-for v in RT DISK_GIB BIG_GIB SCATTER_GIB; do
-	[[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer, not '${!v}'"
+for v in RT DISK_GIB BIG_GIB SCATTER_GIB BENCH_SCALE_SEQ_GIB BENCH_SCALE_RAND_GIB; do
+	[[ ${!v:-1} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer, not '${!v}'"
 done
+[[ ${BENCH_SCALE_SIZES:-1} =~ ^\ *[1-9][0-9]*(\ +[1-9][0-9]*)*\ *$ ]] ||
+	die "BENCH_SCALE_SIZES must be sizes in GiB, space-separated, not '$BENCH_SCALE_SIZES'"
+case ${BENCH_SCALE_FILL_MIB:-256} in
+1 | 2 | 4 | 8 | 16 | 32 | 64 | 128 | 256 | 512 | 1024) ;;
+*) die "BENCH_SCALE_FILL_MIB must be a power of two from 1 to 1024, not '$BENCH_SCALE_FILL_MIB'" ;;
+esac
 [[ $SETTLE_S =~ ^[0-9]+$ ]] || die "BENCH_SETTLE_S must be a number of seconds, not '$SETTLE_S'"
 for t in $SEL_TARGETS; do
 	[[ " ${SECTIONS[*]} " == *" $t "* ]] || die "BENCH_TARGETS: unknown '$t' (one of: ${SECTIONS[*]})"
@@ -918,6 +935,268 @@ if want memory; then
 	HOLD=
 	stop mem
 	rm -rf "$W/mem"
+fi
+
+# ============================================================================
+# scale (issue 13): index size, first read and memory against size and history
+# ============================================================================
+
+# The figures of issue 13's table that the fio jobs do not give, each on
+# volumes of its own, one after the other (each part checks the free space
+# first, halves its size until it fits, says so, and removes its store):
+#
+#   1. a SC_SEQ_GIB volume written sequentially: index per GiB, first read
+#      after a mount, RSS after it;
+#   2. four SC_RAND_GIB volumes, every block written once at random in 4 KiB
+#      writes, the fourth in 64 generations with a snapshot after each:
+#      index per GiB, first read with and without history, then a fresh
+#      daemon reading all four at random: peak RSS and IOPS, and, once the
+#      daemon has -o map_cache, the same with map_cache=64M (the ratio);
+#   3. sparse volumes of the sizes SC_SIZES with the first SC_FILL_MIB of
+#      every GiB written: open time and RSS against the volume's size.
+
+# scale ROW VALUE UNIT TARGET HOW: one figure of the issue's table.
+scale() {
+	kv scale "$1" "this run" "$2"
+	kv scale "$1" unit "$3"
+	kv scale "$1" "target (issue 13)" "$4"
+	kv scale "$1" "measured on" "$5"
+}
+
+# fit_gib WANT PERMILLE: WANT, halved until WANT * PERMILLE / 1000 GiB of
+# data leave 3 GiB free in $W; 0 if not even 1 GiB does.
+fit_gib() {
+	local g=$1 a
+	a=$(avail_gib)
+	while [ "$g" -gt 0 ] && [ $(((g * $2 + 999) / 1000 + 3)) -gt "$a" ]; do g=$((g / 2)); done
+	echo "$g"
+}
+
+# index_what: how INDEX_BYTES was measured, for the "measured on" column.
+index_what() {
+	if [ "$WAL_BYTES" -eq 0 ]; then
+		echo "index.sqlite after unmount (the daemon's last close checkpoints the WAL and removes it; none was left)"
+	else
+		echo "index.sqlite plus the $WAL_BYTES bytes of its -wal left after unmount"
+	fi
+}
+
+# scale_read ROW FILE HOW: time the first 4 KiB read of FILE into ROW.
+scale_read() {
+	if read4k "$2"; then
+		scale "$1" "$READ_MS" ms "<= 20" "$3"
+	else
+		problem "scale: the first 4 KiB read of $2 failed"
+		scale "$1" failed ms "<= 20" "$3"
+	fi
+}
+
+# scale_randread [ARG...]: mount the store of part 2 with the ARGs, open the
+# four volumes (kept open, as by four running VMs) and read their first
+# 4 KiB (FIRST_MS: those reads' times), then fio random 4 KiB reads over all
+# four at once for RT s.  RR_IOPS: the reads' IOPS; RR_HWM: the daemon's
+# peak RSS (VmHWM) in MiB.
+scale_randread() {
+	local v h args=()
+	FIRST_MS=()
+	vs scale "$S/store" "$M" "$@"
+	for v in 1 4 2 3; do
+		exec {h}<"$M/v$v"
+		HOLDS+=("$h")
+		if read4k "$M/v$v"; then FIRST_MS[v]=$READ_MS; else FIRST_MS[v]=failed; fi
+		args+=(--name="v$v" --filename="$M/v$v")
+	done
+	if fg -q fio --group_reporting --size="${g}g" --bs=4k --rw=randread --iodepth=8 --direct=1 \
+		--ioengine=libaio --time_based --runtime="$RT" --output-format=json \
+		--output="$S/randread.json" "${args[@]}"; then
+		RR_IOPS=$(jq '.jobs[0].read.iops | floor' "$S/randread.json")
+	else
+		problem "scale: random reads over the four volumes failed (mounted with: ${*:-no options})"
+		RR_IOPS=failed
+	fi
+	RR_HWM=$(rss_mib "${D_PID[scale]}" VmHWM)
+	for h in "${HOLDS[@]}"; do exec {h}<&-; done
+	HOLDS=()
+	stop scale
+}
+
+SC_SEQ_GIB=${BENCH_SCALE_SEQ_GIB:-16}
+SC_RAND_GIB=${BENCH_SCALE_RAND_GIB:-4}
+SC_SIZES=${BENCH_SCALE_SIZES:-1 8 64}
+SC_FILL_MIB=${BENCH_SCALE_FILL_MIB:-256}
+SC_BIG_CACHE=${BENCH_SCALE_BIG_CACHE:-4G}
+
+if want scale; then
+	t_scale=$(now_ms)
+	S=$W/scale
+	M=$S/mnt
+	mkdir -p "$M"
+	help=$("$VSNAPFS" --help 2>&1 || true)
+	has_map_cache=0
+	if [[ $help == *map_cache=* ]]; then has_map_cache=1; fi
+	log "scale: $(avail_gib) GiB free; -o map_cache: $([ $has_map_cache = 1 ] && echo yes || echo "not an option yet")"
+
+	# ---- 1. a volume written sequentially ----
+	g=$(fit_gib "$SC_SEQ_GIB" 1010)
+	if [ "$g" -eq 0 ]; then
+		problem "scale: no room for a sequential volume ($(avail_gib) GiB free)"
+	else
+		if [ "$g" -ne "$SC_SEQ_GIB" ]; then
+			log "scale: $(avail_gib) GiB free: the sequential volume is $g GiB, not $SC_SEQ_GIB"
+		fi
+		log "scale: a $g GiB volume, written sequentially"
+		t0=$(now_ms)
+		vs scale "$S/store" "$M"
+		truncate -s "${g}G" "$M/seq"
+		fill "$M/seq" "${g}g"
+		stop scale
+		log "scale: $g GiB written and unmounted in $((($(now_ms) - t0) / 1000)) s"
+		index_bytes "$S/store"
+		scale "index per GiB written, 1 MiB sequential writes" \
+			"$(awk -v b="$INDEX_BYTES" -v g="$g" 'BEGIN { printf "%.1f", b / 1024 / g }')" \
+			"KiB per GiB" "<= 64" \
+			"a $g GiB volume written with fio, 1 MiB O_DIRECT, QD8; $(index_what)"
+		quiet "scale: first read"
+		vs scale "$S/store" "$M"
+		rss0=$(rss_mib "${D_PID[scale]}" VmRSS)
+		scale_read "first 4 KiB read after mount, $g GiB volume written sequentially" "$M/seq" \
+			"dd bs=4k count=1 iflag=direct right after the mount (which took $MOUNT_MS ms)"
+		rss1=$(rss_mib "${D_PID[scale]}" VmRSS)
+		scale "daemon RSS after that read, per GiB of that volume" \
+			"$(awk -v a="$rss0" -v b="$rss1" -v g="$g" 'BEGIN { printf "%.1f", (b - a) / g }')" \
+			"MiB per GiB" "bounded by map_cache" \
+			"VmRSS after the read minus after the mount: $rss0 -> $rss1 MiB"
+		stop scale
+		rm -rf "$S/store"
+	fi
+
+	# ---- 2. four volumes written at random, one with 64 snapshots ----
+	g=$(fit_gib "$SC_RAND_GIB" $((4 * 1010)))
+	if [ "$g" -eq 0 ]; then
+		problem "scale: no room for four random volumes ($(avail_gib) GiB free)"
+	else
+		if [ "$g" -ne "$SC_RAND_GIB" ]; then
+			log "scale: $(avail_gib) GiB free: the four random volumes are $g GiB each, not $SC_RAND_GIB"
+		fi
+		log "scale: four $g GiB volumes, written at random in 4 KiB (v4: 64 generations, a snapshot after each)"
+		t0=$(now_ms)
+		layout 64 13 "$S/layout" 4096 $((g * GIB)) random
+		iologs "$S/layout" "$S/log" "$M/v4" 4096
+		rm -f "$S/layout"
+		vs scale "$S/store" "$M"
+		for v in 1 2 3 4; do truncate -s "${g}G" "$M/v$v"; done
+		fg -q fio --size="${g}g" --bs=4k --rw=randwrite --iodepth=16 --direct=1 --ioengine=libaio \
+			--fallocate=none --end_fsync=1 --output-format=terse \
+			--name=v1 --filename="$M/v1" --name=v2 --filename="$M/v2" --name=v3 --filename="$M/v3"
+		log "scale: v1-v3 written in $((($(now_ms) - t0) / 1000)) s"
+		generations "scale: v4" "$S/log" "$M/v4" 64
+		rm -rf "$S/log"
+		hwm_w=$(rss_mib "${D_PID[scale]}" VmHWM)
+		stop scale
+		log "scale: four volumes written and unmounted in $((($(now_ms) - t0) / 1000)) s"
+		index_bytes "$S/store"
+		scale "index per GiB written, 4 KiB random writes" \
+			"$(awk -v b="$INDEX_BYTES" -v g=$((4 * g)) 'BEGIN { printf "%.1f", b / 1024 / g }')" \
+			"KiB per GiB" "<= 6758 (6.6 MiB)" \
+			"four $g GiB volumes, each block written once at a random place in the order, 4 KiB O_DIRECT QD16 (the fourth in 64 generations with a snapshot after each); $(index_what)"
+		quiet "scale: first reads"
+		if [ $has_map_cache = 1 ]; then
+			scale_randread -o "map_cache=$SC_BIG_CACHE"
+			unl="-o map_cache=$SC_BIG_CACHE, more than these maps take"
+		else
+			scale_randread
+			unl="no map_cache option yet: every map is held whole"
+		fi
+		scale "first 4 KiB read after mount, $g GiB volume written by random 4 KiB writes" \
+			"${FIRST_MS[1]}" ms "<= 20" "v1 of these four, the first read right after the mount ($unl)"
+		scale "first 4 KiB read after mount, the same with $GENS snapshots in its history" \
+			"${FIRST_MS[4]}" ms "<= 20" "v4, read second (v1 open meanwhile)"
+		iops_big=$RR_IOPS
+		scale "daemon peak RSS, the four volumes read at random, unlimited map cache" "$RR_HWM" MiB "–" \
+			"a fresh daemon ($unl): the four opened and held, first 4 KiB of each read, fio randread 4 KiB O_DIRECT, QD8 per volume, $RT s; VmHWM. $(awk -v m="$RR_HWM" -v n=$((4 * g * 262144)) 'BEGIN { printf "%.1f", m * 1048576 / n }') bytes per 4 KiB block of the four. The writing daemon: $hwm_w MiB"
+		scale "random 4 KiB read IOPS over the four volumes, unlimited map cache" "$iops_big" IOPS "–" \
+			"the same fio run"
+		if [ $has_map_cache = 1 ]; then
+			scale_randread -o map_cache=64M
+			scale "daemon peak RSS, the same with -o map_cache=64M" "$RR_HWM" MiB "<= 160 (64 + 96)" \
+				"a fresh daemon, the same reads"
+			scale "random 4 KiB read IOPS, map_cache=64M / unlimited" \
+				"$(awk -v a="$RR_IOPS" -v b="$iops_big" 'BEGIN { if (a + 0 > 0 && b + 0 > 0) printf "%.2f", a / b; else print "failed" }')" \
+				ratio ">= 0.5" "$RR_IOPS against $iops_big IOPS, the same fio run on a fresh daemon"
+		else
+			scale "daemon peak RSS, the same with -o map_cache=64M" n/a MiB "<= 160 (64 + 96)" \
+				"not run: vsnapfs --help lists no map_cache option"
+			scale "random 4 KiB read IOPS, map_cache=64M / unlimited" n/a ratio ">= 0.5" \
+				"not run: no map_cache option"
+		fi
+		rm -rf "$S/store"
+	fi
+
+	# ---- 3. open time and RSS against the volume's size ----
+	read -r -a sizes <<<"$(tr ' ' '\n' <<<"$SC_SIZES" | sed '/^$/d' | sort -n | tr '\n' ' ')"
+	big=${sizes[${#sizes[@]} - 1]}
+	g=$(fit_gib "$big" $((SC_FILL_MIB * 1010 / 1024)))
+	if [ "$g" -ne "$big" ]; then
+		log "scale: $(avail_gib) GiB free: the largest sparse volume is $g GiB, not $big"
+		sz=()
+		for s in "${sizes[@]}"; do if [ "$s" -lt "$g" ]; then sz+=("$s"); fi; done
+		if [ "$g" -gt 0 ]; then sz+=("$g"); fi
+		sizes=("${sz[@]}")
+	fi
+	: >"$S/points"
+	for s in "${sizes[@]}"; do
+		row="$s GiB volume"
+		w_mib=$((s * SC_FILL_MIB))
+		log "scale: a sparse $s GiB volume, the first $SC_FILL_MIB MiB of every GiB written"
+		t0=$(now_ms)
+		vs scale "$S/store" "$M"
+		truncate -s "${s}G" "$M/sz"
+		# strided zones: fio writes the first zonesize of every zonerange
+		fg -q fio --name=sparse --filename="$M/sz" --size="${s}g" --io_size="${w_mib}m" \
+			--zonemode=strided --zonerange=1g --zonesize="${SC_FILL_MIB}m" --bs=1m \
+			--rw=write --iodepth=8 --direct=1 --ioengine=libaio --fallocate=none \
+			--end_fsync=1 --output-format=terse
+		stop scale
+		log "scale: $s GiB volume written and unmounted in $((($(now_ms) - t0) / 1000)) s"
+		index_bytes "$S/store"
+		quiet "scale: $s GiB open"
+		vs scale "$S/store" "$M"
+		mnt=$MOUNT_MS
+		rss0=$(rss_mib "${D_PID[scale]}" VmRSS)
+		if read4k "$M/sz"; then rd=$READ_MS; else rd=failed; problem "scale: the first read of the $s GiB volume failed"; fi
+		rss1=$(rss_mib "${D_PID[scale]}" VmRSS)
+		stop scale
+		rm -rf "$S/store"
+		kv scale-size "$row" "written, GiB" "$(awk -v m="$w_mib" 'BEGIN { printf "%.2f", m / 1024 }')"
+		kv scale-size "$row" "index, MiB" "$(awk -v b="$INDEX_BYTES" 'BEGIN { printf "%.1f", b / 1048576 }')"
+		kv scale-size "$row" "mount, ms" "$mnt"
+		kv scale-size "$row" "first 4 KiB read, ms" "$rd"
+		if [ "$rd" != failed ]; then
+			kv scale-size "$row" "open time (mount + read), ms" "$((mnt + rd))"
+			echo "$s $((mnt + rd)) $rss1" >>"$S/points"
+		fi
+		kv scale-size "$row" "RSS after the mount, MiB" "$rss0"
+		kv scale-size "$row" "RSS after the read, MiB" "$rss1"
+	done
+	# Least-squares slopes: open time (ms) and RSS after the read (bytes)
+	# per GiB of volume size.
+	read -r n ms_gib b_gib < <(awk '{ n++; x += $1; y += $2; r += $3 * 1048576
+		xx += $1 * $1; xy += $1 * $2; xr += $1 * $3 * 1048576 }
+		END { d = n * xx - x * x
+		      if (n < 2 || d == 0) { print n + 0, "n/a", "n/a"; exit }
+		      printf "%d %.1f %.0f\n", n, (n * xy - x * y) / d, (n * xr - x * r) / d }' "$S/points")
+	line="sparse volumes of $(IFS=,; echo "${sizes[*]}") GiB, the first $SC_FILL_MIB MiB of every GiB written (fio 1 MiB O_DIRECT QD8, strided), so per GiB written it is $((1024 / SC_FILL_MIB))x this; a fresh mount each; least-squares line over the $n sizes (table below)"
+	kv scale-size "growth per GiB of volume size (least squares)" "open time (mount + read), ms" "$ms_gib per GiB"
+	kv scale-size "growth per GiB of volume size (least squares)" "RSS after the read, MiB" \
+		"$(awk -v b="$b_gib" 'BEGIN { if (b == "n/a") print b; else printf "%.2f per GiB", b / 1048576 }')"
+	scale "open time (mount + first 4 KiB read), per GiB of volume size" "$ms_gib" "ms per GiB" \
+		"0: the same at 1 GiB and 16 TiB (SPEC)" "$line"
+	scale "daemon RSS after that read, per GiB of volume size" "$b_gib" "bytes per GiB" \
+		"0 past map_cache (SPEC)" "$line"
+	scale "wall time of this section" "$((($(now_ms) - t_scale + 500) / 1000))" s "–" \
+		"parts 1-3, set-up and writing included"
+	log "scale: done in $((($(now_ms) - t_scale) / 1000)) s"
+	rm -rf "$S"
 fi
 
 # ============================================================================
