@@ -963,13 +963,19 @@ scale() {
 	kv scale "$1" "measured on" "$5"
 }
 
-# fit_gib WANT PERMILLE: WANT, halved until WANT * PERMILLE / 1000 GiB of
-# data leave 3 GiB free in $W; 0 if not even 1 GiB does.
-fit_gib() {
-	local g=$1 a
+# fit WHAT WANT PERMILLE: FIT, WANT GiB halved until FIT * PERMILLE / 1000
+# GiB of data leave 3 GiB free in $W.  Says so when FIT is less than WANT;
+# FIT=0 (not even 1 GiB fits) is a problem.
+fit() {
+	local a
 	a=$(avail_gib)
-	while [ "$g" -gt 0 ] && [ $(((g * $2 + 999) / 1000 + 3)) -gt "$a" ]; do g=$((g / 2)); done
-	echo "$g"
+	FIT=$2
+	while [ "$FIT" -gt 0 ] && [ $(((FIT * $3 + 999) / 1000 + 3)) -gt "$a" ]; do FIT=$((FIT / 2)); done
+	if [ "$FIT" -eq 0 ]; then
+		problem "scale: no room for $1 ($a GiB free)"
+	elif [ "$FIT" -ne "$2" ]; then
+		log "scale: $a GiB free: $1 is $FIT GiB, not $2"
+	fi
 }
 
 # index_what: how INDEX_BYTES was measured, for the "measured on" column.
@@ -1037,13 +1043,9 @@ if want scale; then
 	log "scale: $(avail_gib) GiB free; -o map_cache: $([ $has_map_cache = 1 ] && echo yes || echo "not an option yet")"
 
 	# ---- 1. a volume written sequentially ----
-	g=$(fit_gib "$SC_SEQ_GIB" 1010)
-	if [ "$g" -eq 0 ]; then
-		problem "scale: no room for a sequential volume ($(avail_gib) GiB free)"
-	else
-		if [ "$g" -ne "$SC_SEQ_GIB" ]; then
-			log "scale: $(avail_gib) GiB free: the sequential volume is $g GiB, not $SC_SEQ_GIB"
-		fi
+	fit "the sequential volume" "$SC_SEQ_GIB" 1010
+	g=$FIT
+	if [ "$g" -gt 0 ]; then
 		log "scale: a $g GiB volume, written sequentially"
 		t0=$(now_ms)
 		vs scale "$S/store" "$M"
@@ -1071,13 +1073,9 @@ if want scale; then
 	fi
 
 	# ---- 2. four volumes written at random, one with 64 snapshots ----
-	g=$(fit_gib "$SC_RAND_GIB" $((4 * 1010)))
-	if [ "$g" -eq 0 ]; then
-		problem "scale: no room for four random volumes ($(avail_gib) GiB free)"
-	else
-		if [ "$g" -ne "$SC_RAND_GIB" ]; then
-			log "scale: $(avail_gib) GiB free: the four random volumes are $g GiB each, not $SC_RAND_GIB"
-		fi
+	fit "each of the four random volumes" "$SC_RAND_GIB" $((4 * 1010))
+	g=$FIT
+	if [ "$g" -gt 0 ]; then
 		log "scale: four $g GiB volumes, written at random in 4 KiB (v4: 64 generations, a snapshot after each)"
 		t0=$(now_ms)
 		layout 64 13 "$S/layout" 4096 $((g * GIB)) random
@@ -1135,9 +1133,9 @@ if want scale; then
 	# ---- 3. open time and RSS against the volume's size ----
 	read -r -a sizes <<<"$(tr ' ' '\n' <<<"$SC_SIZES" | sed '/^$/d' | sort -n | tr '\n' ' ')"
 	big=${sizes[${#sizes[@]} - 1]}
-	g=$(fit_gib "$big" $((SC_FILL_MIB * 1010 / 1024)))
+	fit "the largest sparse volume" "$big" $(((SC_FILL_MIB * 1010 + 1023) / 1024))
+	g=$FIT
 	if [ "$g" -ne "$big" ]; then
-		log "scale: $(avail_gib) GiB free: the largest sparse volume is $g GiB, not $big"
 		sz=()
 		for s in "${sizes[@]}"; do if [ "$s" -lt "$g" ]; then sz+=("$s"); fi; done
 		if [ "$g" -gt 0 ]; then sz+=("$g"); fi
