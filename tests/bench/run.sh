@@ -1009,7 +1009,12 @@ scale_randread() {
 	for v in 1 4 2 3; do
 		exec {h}<"$M/v$v"
 		HOLDS+=("$h")
-		if read4k "$M/v$v"; then FIRST_MS[v]=$READ_MS; else FIRST_MS[v]=failed; fi
+		if read4k "$M/v$v"; then
+			FIRST_MS[v]=$READ_MS
+		else
+			FIRST_MS[v]=failed
+			problem "scale: the first 4 KiB read of $M/v$v failed"
+		fi
 		args+=(--name="v$v" --filename="$M/v$v")
 	done
 	if fg -q fio --group_reporting --size="${g}g" --bs=4k --rw=randread --iodepth=8 --direct=1 \
