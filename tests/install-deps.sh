@@ -11,7 +11,7 @@ set -euo pipefail
 # is added below in that case.
 pkgs=(build-essential pkg-config libfuse3-dev fuse3 libsqlite3-dev sqlite3
       libxxhash-dev libcriterion-dev qemu-utils fio e2fsprogs util-linux
-      coreutils)
+      coreutils xz-utils)
 
 is_root() { [ "$(id -u)" -eq 0 ]; }
 

@@ -18,7 +18,7 @@
 . "$(dirname "$0")/lib.sh"
 
 command -v sqlite3 >/dev/null || skip "sqlite3 missing (tests/install-deps.sh installs it)"
-command -v xz >/dev/null || skip "xz missing"
+command -v xz >/dev/null || skip "xz missing (tests/install-deps.sh installs xz-utils)"
 [ -x "$VSNAPCTL" ] || fail "$VSNAPCTL not built"
 
 FIX=$_VS_LIBDIR/../fixtures
