@@ -55,6 +55,20 @@ struct held {                           /* this thread's locks */
 };
 
 static __thread struct held me;
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+
+/* A child of fork() is a new thread with the parent's thread-local copy:
+ * its cached tid is the parent's.  (It holds no lock: the daemon forks
+ * before it takes any, and tests fork with none held.) */
+static void forget_tid(void)
+{
+	me.tid = 0;
+}
+
+static void register_atfork(void)
+{
+	pthread_atfork(NULL, NULL, forget_tid);
+}
 
 bool lock_check_enabled(void)
 {
@@ -76,8 +90,10 @@ void lock_check_set(bool on)
 
 static int self(void)
 {
-	if (!me.tid)
+	if (!me.tid) {
+		pthread_once(&atfork_once, register_atfork);
 		me.tid = gettid();
+	}
 	return me.tid;
 }
 
