@@ -76,6 +76,10 @@ int bmap_create(const char *path, uint32_t block_size, uint32_t uid, uint32_t gi
  * -ENOENT if path does not exist.  readonly opens without write access.
  */
 int bmap_open(const char *path, int readonly, struct bmap **out);
+/* One more read-only connection to the index that checked, a handle of
+ * bmap_open, has open: the same checks but quick_check, which reads the
+ * whole file and which checked has passed (a daemon opens three). */
+int bmap_open_reader(struct bmap *checked, struct bmap **out);
 /* The format version the open upgraded the index from (a writable open of
  * an older index upgrades it, docs/on-disk-format.md), or 0. */
 int bmap_upgraded_from(struct bmap *b);

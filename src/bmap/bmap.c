@@ -768,7 +768,7 @@ out_free:
  * Refuse a file that is not ours, writing nothing: every check here only
  * reads.  NOTADB (not a database at all) maps to -EUCLEAN.
  */
-static int bmap_check_format(struct bmap *b)
+static int bmap_check_format(struct bmap *b, bool quick_check)
 {
 	sqlite3_int64 v;
 	int ok, rc;
@@ -784,6 +784,8 @@ static int bmap_check_format(struct bmap *b)
 	if (v < 1 || v > BMAP_FORMAT_VERSION)
 		return -EPROTONOSUPPORT;
 	b->format = (int)v;
+	if (!quick_check)
+		return 0;
 	/* O(size of the file); catches a damaged b-tree before we write. */
 	rc = oneoff_text_is(b, "PRAGMA quick_check", "ok", &ok);
 	if (rc)
@@ -827,7 +829,7 @@ int bmap_upgraded_from(struct bmap *b)
 	return b->upgraded_from;
 }
 
-int bmap_open(const char *path, int readonly, struct bmap **out)
+static int open_index(const char *path, int readonly, bool quick_check, struct bmap **out)
 {
 	struct bmap *b;
 	sqlite3_int64 bs;
@@ -862,7 +864,7 @@ int bmap_open(const char *path, int readonly, struct bmap **out)
 	}
 	sqlite3_busy_timeout(b->db, BMAP_BUSY_TIMEOUT_MS);
 
-	rc = bmap_check_format(b);
+	rc = bmap_check_format(b, quick_check);
 	if (rc)
 		goto fail;
 
@@ -917,6 +919,21 @@ fail:
 	if (!had_shm)
 		sidecar_unlink(path, "-shm");
 	return rc;
+}
+
+int bmap_open(const char *path, int readonly, struct bmap **out)
+{
+	return open_index(path, readonly, true, out);
+}
+
+int bmap_open_reader(struct bmap *checked, struct bmap **out)
+{
+	const char *path = sqlite3_db_filename(checked->db, "main");
+
+	*out = NULL;
+	if (!path || !*path)
+		return -EINVAL;
+	return open_index(path, 1, false, out);
 }
 
 void bmap_close(struct bmap *b)

@@ -370,10 +370,11 @@ int ns_open(const char *dir, const struct ns_opts *opts, struct ns **out, bool *
 		goto fail;
 	ns->bs = bmap_block_size(ns->bm);
 	if (!ns->readonly) {
+		/* checked once, by the open above */
 		snprintf(path, sizeof(path), "%s/index.sqlite", ns->dir);
-		rc = bmap_open(path, 1, &ns->bm_scan);
+		rc = bmap_open_reader(ns->bm, &ns->bm_scan);
 		if (!rc)
-			rc = bmap_open(path, 1, &ns->bm_load);
+			rc = bmap_open_reader(ns->bm, &ns->bm_load);
 		if (rc) {
 			snprintf(msg, msglen, "%s: cannot open a second connection: %s", path,
 				 strerror(-rc));

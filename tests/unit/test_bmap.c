@@ -498,6 +498,20 @@ Test(bmap, readonly_open_reads_and_refuses_writes)
 	bmap_close(b);
 }
 
+Test(bmap, a_reader_of_a_checked_handle_reads_what_it_commits_and_refuses_writes)
+{
+	struct bmap *b = make_index_with_nodes(2), *r = NULL;
+	struct chunk_loc l = loc(3, 4, 5);
+
+	cr_assert_eq(bmap_open_reader(b, &r), 0);
+	cr_assert_eq(bmap_block_size(r), bmap_block_size(b));
+	cr_assert_eq(bmap_row_put(b, 1, 1, &l), 0);
+	cr_assert_eq(row_count(r, 1), 1, "a reader sees what the writer committed");
+	cr_assert_eq(bmap_row_put(r, 1, 2, &l), -EROFS);
+	bmap_close(r);
+	bmap_close(b);
+}
+
 Test(bmap, close_of_null_is_fine)
 {
 	bmap_close(NULL);
