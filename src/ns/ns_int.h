@@ -9,7 +9,7 @@
  *              -> (chunk store locks) -> seq_mu, bg_mu
  *
  * A function that needs a lock held asserts it (assert(lock_held(...))),
- * which debug and sanitizer builds check (lock.h).
+ * which the lock checker verifies whenever it is on (lock.h: every test).
  *
  * FILES, each using only those listed before it:
  *   files.c   the open-file table, its references, the reap and release queues
