@@ -64,8 +64,8 @@
  * caller's to bound and to lower (chunk_spares_limit): the daemon keeps a
  * few while writes stream in and gives them all back when writes stop.
  *
- * Lock order: sync_mu -> mu.  fd_lock is never held together with another
- * lock.  Slow I/O runs with no mutex held; the exception is creating a chunk
+ * Locks (ranks and order: vsnapfs/lock.h): sync_mu before mu; fd_lock is
+ * never held together with another lock of this file.  Slow I/O runs with no mutex held; the exception is creating a chunk
  * file (an open and one 4 KiB write per 64 MiB of data), done under mu so
  * that appenders queued behind a full chunk wait for one new chunk instead of
  * racing to create several.
