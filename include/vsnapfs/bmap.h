@@ -7,12 +7,18 @@
  * of vsnapfs lives in src/bmap; the schema is in src/bmap/bmap.c and drawn
  * in docs/on-disk-format.md.
  *
- * Map nodes.  A node is a set of rows (node, lblock) -> (chunk, slot, cksum)
- * plus a parent node and an inherit limit: the content of node N at block b
- * is N's own row for b if there is one, else, when b < N.inherit and N has a
- * parent, the content of the parent at b, else zeros.  A row whose chunk is
- * 0 is a tombstone: the block reads as zeros whatever the parent holds.
- * Each (chunk, slot) is referenced by at most one row.
+ * Map nodes.  A node is a set of extents (node, lblock) -> (nblocks, chunk,
+ * slot): blocks lblock .. lblock+nblocks-1 of the node live in slots slot ..
+ * slot+nblocks-1 of chunk (format 3; docs/design.md, "D1. The extent
+ * index").  A node also has a parent node and an inherit limit: the content
+ * of node N at block b is N's own extent covering b if there is one, else,
+ * when b < N.inherit and N has a parent, the content of the parent at b,
+ * else zeros.  An extent whose chunk is 0 is a tombstone run: its blocks
+ * read as zeros whatever the parent holds.  The extents of a node are
+ * disjoint and in canonical form (src/emap: no two touching extents that
+ * could be one), a data extent stays inside one chunk, and each (chunk,
+ * slot) is covered by at most one extent.  The index keeps no checksum: the
+ * chunk files do (vsnapfs/chunk.h).
  *
  * Errors:     calls returning int return 0 or a negative errno; SQLite codes
  *             are mapped in one place: FULL -> -ENOSPC, CONSTRAINT ->
@@ -39,7 +45,7 @@
 
 #include "vsnapfs/chunk.h"
 
-#define BMAP_FORMAT_VERSION 2
+#define BMAP_FORMAT_VERSION 3
 #define BMAP_NAME_MAX       255
 #define BMAP_ROOT_INO       1
 
@@ -71,17 +77,18 @@ int bmap_create(const char *path, uint32_t block_size, uint32_t uid, uint32_t gi
 
 /*
  * Open an existing index.  Checks, writing nothing: the file is a vsnapfs
- * index (else -EUCLEAN), of format BMAP_FORMAT_VERSION (else
+ * index (else -EUCLEAN), of format 1 to BMAP_FORMAT_VERSION (else
  * -EPROTONOSUPPORT), and passes SQLite's quick_check (else -EUCLEAN).
  * -ENOENT if path does not exist.  readonly opens without write access.
+ * An index of format 1 or 2 opens, but its blocks are usable only after
+ * bmap_upgrade_run() (below).
  */
 int bmap_open(const char *path, int readonly, struct bmap **out);
 /* One more read-only connection to the index that checked, a handle of
  * bmap_open, has open: the same checks but quick_check, which reads the
  * whole file and which checked has passed (a daemon opens three). */
 int bmap_open_reader(struct bmap *checked, struct bmap **out);
-/* The format version the open upgraded the index from (a writable open of
- * an older index upgrades it, docs/on-disk-format.md), or 0. */
+/* The format version bmap_upgrade_run() upgraded the index from, or 0. */
 int bmap_upgraded_from(struct bmap *b);
 void bmap_close(struct bmap *b);        /* NULL is fine */
 
@@ -143,25 +150,48 @@ int bmap_node_update(struct bmap *b, const struct bmap_node *n);
 int bmap_node_delete(struct bmap *b, uint64_t id);
 int bmap_node_children(struct bmap *b, uint64_t id, uint64_t *count);
 
-/* Rows.  put inserts or replaces (node, lblock); loc->chunk_id 0 writes a
- * tombstone.  lblock < 2^63 - 1 and chunk_id < 2^63, else -EINVAL.  del of
- * a missing row is not an error.  del_from removes every row with
- * lblock >= from. */
-int bmap_row_put(struct bmap *b, uint64_t node, uint64_t lblock, const struct chunk_loc *loc);
-int bmap_row_del(struct bmap *b, uint64_t node, uint64_t lblock);
-int bmap_row_del_from(struct bmap *b, uint64_t node, uint64_t from);
-/* Rows of node with lblock < below, increasing lblock order. */
-int bmap_row_foreach(struct bmap *b, uint64_t node, uint64_t below,
-		     int (*fn)(void *ctx, uint64_t lblock, const struct chunk_loc *loc), void *ctx);
-/* Number of non-tombstone rows of a node (0 for a node that does not
- * exist): node.nrows, which every call that adds, removes or moves rows
- * keeps, so O(1); a scan on a read-only index of format 1.  _scan counts
- * the rows themselves, O(rows): check compares the two. */
-int bmap_row_count(struct bmap *b, uint64_t node, uint64_t *count);
-int bmap_row_count_scan(struct bmap *b, uint64_t node, uint64_t *count);
+/* ---- extents (format 3) -------------------------------------------------- */
 
-/* For garbage collection and check: fn(ctx, chunk_id, nrefs) for every chunk
- * referenced by at least one row, increasing chunk_id. */
+struct bmap_ext {                       /* one extent of a node; a plain value */
+	uint64_t lblock;                /* first block; lblock + nblocks <= BMAP_LBLOCK_LIMIT */
+	uint32_t nblocks;               /* >= 1 */
+	uint32_t slot;                  /* first slot; 0 for a tombstone */
+	uint64_t chunk;                 /* chunk id; 0 = tombstone run */
+};
+#define BMAP_LBLOCK_LIMIT (1ULL << 48)  /* = EMAP_LBLOCK_LIMIT */
+
+/*
+ * Map e over node's blocks [e->lblock, +e->nblocks): what the node had there
+ * (data or tombstones) is replaced; extents that straddle the ends are
+ * trimmed (split in three when e lies inside one).  e->chunk 0 writes a
+ * tombstone run.  A data run continuing its left or right neighbour (same
+ * chunk, consecutive slots) merges with it.  node.nblocks moves by the
+ * difference.  -EINVAL for a data run that leaves its chunk (slot + nblocks
+ * > CHUNK_NSLOTS) or a range past BMAP_LBLOCK_LIMIT.
+ */
+int bmap_ext_put(struct bmap *b, uint64_t node, const struct bmap_ext *e);
+/* Forget node's blocks [lblock, lblock+nblocks) (data and tombstones): they
+ * show the parent again, or zeros.  Nothing there is not an error. */
+int bmap_ext_del(struct bmap *b, uint64_t node, uint64_t lblock, uint64_t nblocks);
+/* Forget every block of node >= from (an extent straddling from is trimmed). */
+int bmap_ext_del_from(struct bmap *b, uint64_t node, uint64_t from);
+/* node's extents (data and tombstones) that overlap [from, below), in
+ * increasing lblock order, clipped to [from, below): fn sees only blocks in
+ * the range, with slot moved along for a data extent clipped on the left. */
+int bmap_ext_range(struct bmap *b, uint64_t node, uint64_t from, uint64_t below,
+		   int (*fn)(void *ctx, const struct bmap_ext *e), void *ctx);
+/* Number of data blocks of a node (0 for a node that does not exist):
+ * node.nblocks, kept by every call that adds, removes or moves extents, so
+ * O(1).  _scan adds up the extents themselves, O(extents): check compares
+ * the two. */
+int bmap_node_blocks(struct bmap *b, uint64_t node, uint64_t *count);
+int bmap_node_blocks_scan(struct bmap *b, uint64_t node, uint64_t *count);
+/* Number of extent rows of a node, data and tombstones (figures, tests). */
+int bmap_node_extents(struct bmap *b, uint64_t node, uint64_t *count);
+
+/* For garbage collection and check: fn(ctx, chunk_id, nblocks) for every
+ * chunk that data extents cover, with the number of its slots they cover,
+ * increasing chunk_id. */
 int bmap_chunk_refs(struct bmap *b, int (*fn)(void *ctx, uint64_t chunk_id, uint64_t nrefs),
 		    void *ctx);
 
@@ -228,36 +258,72 @@ int bmap_node_refs(struct bmap *b, uint64_t node, uint64_t *count);
 /* The child of a node that has exactly one (-ENOENT if none). */
 int bmap_node_only_child(struct bmap *b, uint64_t node, uint64_t *child);
 /*
- * Fold node into its only child: the node's rows that the child does not
- * have and that lie below the child's inherit limit move to the child, the
- * rest are deleted with the node; the child takes the node's parent and
- * inherit = min(child.inherit, node.inherit).  The caller is inside
- * bmap_begin() and has checked that node has exactly this one child.
+ * Fold node into its only child: the node's blocks that the child does not
+ * cover itself and that lie below the child's inherit limit become the
+ * child's (its extents, trimmed where the child has its own), the rest are
+ * deleted with the node; the child takes the node's parent and inherit =
+ * min(child.inherit, node.inherit).  The caller is inside bmap_begin() and
+ * has checked that node has exactly this one child.
  */
 int bmap_node_merge(struct bmap *b, uint64_t node, uint64_t child);
 /*
  * The same in steps that each hold the index for a bounded time: move or
- * drop the node's max_rows lowest rows; the step that finds no more than
- * that does the rest and sets *done.  Between two steps the child sees
- * exactly what it saw before the first (each of its blocks is in its own
- * row or, still, in the node's), so each step can be its own transaction,
- * and a crash between two leaves a node that the next release merges on.
- * Each step checks that child is still node's child.
+ * drop the node's extents in its lowest max_exts extent rows; the step that
+ * finds no more than that does the rest and sets *done.  Between two steps
+ * the child sees exactly what it saw before the first (each of its blocks
+ * is in its own extent or, still, in the node's), so each step can be its
+ * own transaction, and a crash between two leaves a node that the next
+ * release merges on.  Each step checks that child is still node's child.
  */
-int bmap_node_merge_some(struct bmap *b, uint64_t node, uint64_t child, uint64_t max_rows,
+int bmap_node_merge_some(struct bmap *b, uint64_t node, uint64_t child, uint64_t max_exts,
 			 bool *done);
 /* Every node, increasing id (for check and tree). */
 int bmap_node_list(struct bmap *b, int (*fn)(void *ctx, const struct bmap_node *n), void *ctx);
-/* Point row (node, lblock) at to if it still points at from (garbage
- * collection moved the block); -ENOENT if the row changed meanwhile. */
-int bmap_row_relocate(struct bmap *b, uint64_t node, uint64_t lblock,
-		      const struct chunk_loc *from, const struct chunk_loc *to);
-/* Every data row of every node (check, scrub): one scan, in no order. */
-int bmap_rows_all(struct bmap *b,
-		  int (*fn)(void *ctx, uint64_t node, uint64_t lblock, const struct chunk_loc *loc),
-		  void *ctx);
-/* Rows of node, data and tombstones, increasing lblock, with lblock in [from, below). */
-int bmap_row_range(struct bmap *b, uint64_t node, uint64_t from, uint64_t below,
-		   int (*fn)(void *ctx, uint64_t lblock, const struct chunk_loc *loc), void *ctx);
+/*
+ * Garbage collection moved blocks [from->lblock, +from->nblocks) of node,
+ * slots [from->slot, ...) of from->chunk, to slots [to_slot, ...) of
+ * to_chunk: repoint them if node still maps exactly those blocks there
+ * (they may be part of a longer extent, which is split), else -ENOENT and
+ * nothing changes (a newer write won; the copy is garbage).
+ */
+int bmap_ext_relocate(struct bmap *b, uint64_t node, const struct bmap_ext *from,
+		      uint64_t to_chunk, uint32_t to_slot);
+/* Every data extent of every node (check, scrub, gc): one scan, in no order. */
+int bmap_exts_all(struct bmap *b,
+		  int (*fn)(void *ctx, uint64_t node, const struct bmap_ext *e), void *ctx);
+
+/* ---- upgrade from format 2 --------------------------------------------------
+ *
+ * A format-2 index (one row per block, with its checksum) is upgraded in
+ * place by a writable open of the daemon, in steps (docs/design.md, "D6.
+ * Upgrade from index format 2").  bmap_open() of a format-2 index succeeds
+ * (read-only or not) but every call that reads or writes blocks fails with
+ * -EPROTONOSUPPORT until bmap_upgrade_run() has finished; bmap_format()
+ * says which format the handle sees.
+ *
+ * bmap_upgrade_run() walks the old rows in (node, lblock) order from the
+ * cursor kept in meta, in steps of step_rows rows (0: a default of 1 M, or
+ * the env VSNAPFS_UPGRADE_STEP_ROWS).  For each step: ops->row() for every
+ * data row (the caller writes the row's checksum and lblock beside its
+ * chunk: chunk_sidecar_put), then ops->sync() (the caller makes those
+ * durable), then one commit that inserts the step's extents and moves the
+ * cursor.  A crash anywhere loses at most the step in progress: the next
+ * run resumes at the cursor, and row() may see rows again (it must be
+ * idempotent).  The last step drops the old table, sets the format to 3 in
+ * the same commit, then rewrites the file compactly (VACUUM INTO a new file,
+ * fsync, rename over the index; a crash leaves the old or the new file,
+ * both valid, and a leftover is deleted at the next open).  ops->progress()
+ * (may be NULL) is called after every step with rows done and the total.
+ * The handle stays usable, at format 3.
+ */
+struct bmap_upgrade_ops {
+	int (*row)(void *ctx, uint64_t node, uint64_t lblock, uint64_t chunk, uint32_t slot,
+		   uint64_t cksum);
+	int (*sync)(void *ctx);
+	void (*progress)(void *ctx, uint64_t rows_done, uint64_t rows_total);
+	void *ctx;
+};
+int bmap_format(struct bmap *b);
+int bmap_upgrade_run(struct bmap *b, uint64_t step_rows, const struct bmap_upgrade_ops *ops);
 
 #endif
