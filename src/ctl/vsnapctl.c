@@ -45,7 +45,7 @@
  * and releases its node in the background, and after a crash the next
  * mount releases whatever was left (src/ns/bg.c, src/ns/store.c).
  *
- * check and scrub read the rows with ONE scan (bmap_rows_all) into an array
+ * check and scrub read the blocks with ONE scan (bmap_exts_all) into an array
  * sorted by (chunk, slot): a chunk's rows are then contiguous, duplicates
  * adjacent, and scrub reads each chunk front to back in runs of consecutive
  * slots.  The array costs 40 bytes a row; past ROWS_PER_PASS rows (or
@@ -270,6 +270,11 @@ static int store_open(const char *arg, bool chunks, struct store *st)
 			rc == -EUCLEAN ? "damaged or not a vsnapfs index" :
 			rc == -EPROTONOSUPPORT ? "unknown format version" : strerror(-rc));
 		return rc;
+	}
+	if (bmap_format(st->bm) < BMAP_FORMAT_VERSION) {
+		fprintf(stderr, "vsnapctl: %s: index format %d: mount the store once (read-write) "
+			"to upgrade it to format %d\n", path, bmap_format(st->bm), BMAP_FORMAT_VERSION);
+		return -EPROTONOSUPPORT;
 	}
 	st->bs = bmap_block_size(st->bm);
 	if (!chunks)
@@ -700,7 +705,7 @@ static int node_rows(struct store *st, struct mnode *x, uint64_t *nrows)
 	int rc = 0;
 
 	if (!x->nrows_known) {
-		rc = bmap_row_count(st->bm, x->n.id, &x->nrows);
+		rc = bmap_node_blocks(st->bm, x->n.id, &x->nrows);
 		x->nrows_known = !rc;
 	}
 	*nrows = x->nrows;
@@ -727,27 +732,28 @@ struct excl {
 	uint64_t inherit;               /* of the child being merged */
 };
 
-static int excl_own(void *ctx, uint64_t lblock, const struct chunk_loc *loc)
+static int excl_own(void *ctx, const struct bmap_ext *x)
 {
 	struct excl *e = ctx;
 
-	if (!loc->chunk_id)
+	if (!x->chunk)
 		return 0;               /* a tombstone frees nothing */
-	if (ARRAY_RESERVE(e->lb, e->cap, e->n, 64))
+	if (ARRAY_RESERVE(e->lb, e->cap, e->n, x->nblocks))
 		return -ENOMEM;
-	e->lb[e->n++] = lblock;
+	for (uint32_t i = 0; i < x->nblocks; i++)
+		e->lb[e->n++] = x->lblock + i;
 	return 0;
 }
 
-/* A row of the child (lblock < inherit): the node's rows before it are seen
- * by the child, the one at it (if any) is overridden. */
-static int excl_child(void *ctx, uint64_t lblock, const struct chunk_loc *loc)
+/* An extent of the child (below its inherit limit): the node's blocks
+ * before it are seen by the child, those it covers are overridden. */
+static int excl_child(void *ctx, const struct bmap_ext *x)
 {
 	struct excl *e = ctx;
 
-	while (e->j < e->n && e->lb[e->j] < lblock)
+	while (e->j < e->n && e->lb[e->j] < x->lblock)
 		e->seen[e->j++] = 1;
-	if (e->j < e->n && e->lb[e->j] == lblock)
+	while (e->j < e->n && e->lb[e->j] < x->lblock + x->nblocks)
 		e->j++;
 	return 0;
 }
@@ -768,7 +774,7 @@ static int node_exclusive(struct store *st, struct model *m, size_t x, uint64_t 
 		*bytes = nrows * st->bs;
 		return rc;
 	}
-	rc = bmap_row_range(st->bm, nd->n.id, 0, UINT64_MAX, excl_own, &e);
+	rc = bmap_ext_range(st->bm, nd->n.id, 0, BMAP_LBLOCK_LIMIT, excl_own, &e);
 	if (!rc && e.n && !(e.seen = calloc(e.n, 1)))
 		rc = -ENOMEM;
 	for (size_t k = 0; k < nd->nkids && e.n && !rc; k++) {
@@ -776,7 +782,7 @@ static int node_exclusive(struct store *st, struct model *m, size_t x, uint64_t 
 
 		e.j = 0;
 		e.inherit = c->n.inherit;
-		rc = bmap_row_range(st->bm, c->n.id, 0, c->n.inherit, excl_child, &e);
+		rc = bmap_ext_range(st->bm, c->n.id, 0, c->n.inherit, excl_child, &e);
 		while (!rc && e.j < e.n && e.lb[e.j] < e.inherit)
 			e.seen[e.j++] = 1;
 	}
@@ -1087,6 +1093,36 @@ static int rowset_add(void *ctx, uint64_t node, uint64_t lblock, const struct ch
 	return 0;
 }
 
+struct blocks_of {
+	int (*fn)(void *ctx, uint64_t node, uint64_t lblock, const struct chunk_loc *loc);
+	void *ctx;
+};
+
+static int ext_blocks(void *ctx, uint64_t node, const struct bmap_ext *x)
+{
+	const struct blocks_of *bo = ctx;
+	int rc = 0;
+
+	for (uint32_t i = 0; i < x->nblocks && !rc; i++) {
+		struct chunk_loc loc = { .chunk_id = x->chunk, .slot = x->slot + i,
+					 .lblock = x->lblock + i };
+
+		rc = bo->fn(bo->ctx, node, x->lblock + i, &loc);
+	}
+	return rc;
+}
+
+/* Every data block of every node, one call each, from one scan of the
+ * extents (check and scrub work block by block). */
+static int blocks_all(struct bmap *bm,
+		      int (*fn)(void *ctx, uint64_t node, uint64_t lblock, const struct chunk_loc *loc),
+		      void *ctx)
+{
+	struct blocks_of bo = { fn, ctx };
+
+	return bmap_exts_all(bm, ext_blocks, &bo);
+}
+
 static size_t rows_per_pass(void)
 {
 	const char *e = getenv("VSNAPCTL_ROWS_PER_PASS");
@@ -1106,7 +1142,7 @@ static int rowset_scan(struct bmap *bm, struct rowset *rs, uint64_t lo)
 	rs->hi = UINT64_MAX;
 	rs->n = 0;
 	rs->seen = 0;
-	rc = bmap_rows_all(bm, rowset_add, rs);
+	rc = blocks_all(bm, rowset_add, rs);
 	if (!rc && rs->n)               /* qsort(NULL, 0) is undefined */
 		qsort(rs->v, rs->n, sizeof(*rs->v), cmp_row);
 	return rc;
@@ -1511,9 +1547,12 @@ struct scrub {
 	struct progress pg;
 };
 
-static int found_row(void *ctx, uint64_t lblock, const struct chunk_loc *loc)
+static int found_row(void *ctx, const struct bmap_ext *x)
 {
-	*(struct chunk_loc *)ctx = *loc;
+	struct chunk_loc *loc = ctx;
+
+	/* clipped to the one block asked for */
+	*loc = (struct chunk_loc){ .chunk_id = x->chunk, .slot = x->slot, .lblock = x->lblock };
 	return 0;
 }
 
@@ -1522,7 +1561,7 @@ static int row_now(struct bmap *bm, uint64_t node, uint64_t lblock, struct chunk
 {
 	memset(loc, 0, sizeof(*loc));
 	loc->chunk_id = UINT64_MAX;     /* "no row" until found */
-	return bmap_row_range(bm, node, lblock, lblock + 1, found_row, loc);
+	return bmap_ext_range(bm, node, lblock, lblock + 1, found_row, loc);
 }
 
 /*

@@ -44,7 +44,7 @@ static void evict_clean(struct ns *ns)
 }
 
 /*
- * Fold node into its only child, NS_MERGE_ROWS rows per transaction, letting
+ * Fold node into its only child, NS_MERGE_EXTS extent rows per transaction, letting
  * go of db_mu between two so that namespace calls and flushes do not wait
  * for a merge of millions of rows.  In between the index is consistent (see
  * bmap_node_merge_some), but things may change: the merge goes on only
@@ -64,7 +64,7 @@ static int merge_node(struct ns *ns, uint64_t id, uint64_t child)
 
 		rc = bmap_begin(ns->bm);
 		if (!rc)
-			rc = bmap_node_merge_some(ns->bm, id, child, NS_MERGE_ROWS, &done);
+			rc = bmap_node_merge_some(ns->bm, id, child, NS_MERGE_EXTS, &done);
 		if (!rc)
 			rc = bmap_commit(ns->bm);
 		if (rc)

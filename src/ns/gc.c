@@ -1,8 +1,8 @@
 /*
  * garbage collection: give back the space of blocks nothing uses.
  *
- * A block is in use while a row points at it.  A chunk file whose blocks
- * no row points at is removed; a chunk file mostly unused is compacted:
+ * A block is in use while an extent of the index covers it.  A chunk file
+ * whose slots no extent covers is removed; a chunk file mostly unused is compacted:
  * its live blocks are copied to the active chunk, their rows repointed,
  * and the file removed.  Nothing else ever deletes block data.
  *
@@ -22,7 +22,7 @@
  * use below F, without holding db_mu for the length of a full scan.
  *
  * Compaction repoints a row only if it still points where it did
- * (bmap_row_relocate), so it needs no lock against flushes: a flush that
+ * (bmap_ext_relocate), so it needs no lock against flushes: a flush that
  * rewrote the row meanwhile wins, and the chunk is kept until a later
  * pass.  The new locations are committed, then given to every open
  * volume's map (holding db_mu, so no volume loads its map in between), and
@@ -133,15 +133,20 @@ static bool is_victim(struct gc *g, uint64_t id)
 	return c && c->nslots == UINT32_MAX;   /* marked in pick_victims */
 }
 
-static int gather_row(void *ctx, uint64_t node, uint64_t lblock, const struct chunk_loc *loc)
+/* A data extent of the index: one move per block of it in a victim. */
+static int gather_ext(void *ctx, uint64_t node, const struct bmap_ext *x)
 {
 	struct moves *mv = ctx;
 
-	if (!is_victim(mv->g, loc->chunk_id))
+	if (!is_victim(mv->g, x->chunk))
 		return 0;
-	if (ARRAY_RESERVE(mv->m, mv->cap, mv->n, 1024))
+	if (ARRAY_RESERVE(mv->m, mv->cap, mv->n, x->nblocks))
 		return mv->rc = -ENOMEM;
-	mv->m[mv->n++] = (struct move){ .node = node, .lblock = lblock, .from = *loc };
+	for (uint32_t i = 0; i < x->nblocks; i++)
+		mv->m[mv->n++] = (struct move){
+			.node = node, .lblock = x->lblock + i,
+			.from = { .chunk_id = x->chunk, .slot = x->slot + i, .lblock = x->lblock + i },
+		};
 	return 0;
 }
 
@@ -209,10 +214,10 @@ static int copy_blocks(struct ns *ns, struct moves *mv)
 				continue;
 			}
 			m->to.chunk_id = 1;     /* placeholder: filled below */
-			n++;
+			locs[n++].lblock = m->lblock;   /* a copy keeps its block number */
 		}
 		if (n)
-			rc = chunk_append(ns->cs, buf, n, locs);
+			rc = chunk_append(ns->cs, buf, n, CHUNK_KIND_RELOC, locs);
 		for (size_t j = first, k = 0; !rc && j < i; j++)
 			if (mv->m[j].to.chunk_id)
 				mv->m[j].to = locs[k++];
@@ -234,8 +239,16 @@ static int relocate_in(struct ns_file *f, void *ctx)
 	return 0;
 }
 
+/* Does move n of a run continue its first move m? */
+static bool move_continues(const struct move *m, const struct move *x, size_t n)
+{
+	return x->to.chunk_id && x->node == m->node && x->lblock == m->lblock + n &&
+	       x->from.chunk_id == m->from.chunk_id && x->from.slot == m->from.slot + n &&
+	       x->to.chunk_id == m->to.chunk_id && x->to.slot == m->to.slot + n;
+}
+
 /*
- * Repoint rows, then every open volume's map.  Assumes db_mu.  Returns the
+ * Repoint extents, then every open volume's map.  Assumes db_mu.  Returns the
  * number of rows moved, with moved victims' refs lowered accordingly.
  */
 static int repoint(struct ns *ns, struct gc *g, struct moves *mv)
@@ -244,14 +257,25 @@ static int repoint(struct ns *ns, struct gc *g, struct moves *mv)
 
 	assert(lock_held(&ns->db_mu));
 	rc = bmap_begin(ns->bm);
-	for (size_t i = 0; i < mv->n && !rc; i++) {
+	/* the moves are in (from chunk, slot) order, so the blocks of one
+	 * extent come together and, copied together, landed together: one
+	 * repoint per run that continues in node, lblock, from and to */
+	for (size_t i = 0, n; i < mv->n && !rc; i += n) {
 		struct move *m = &mv->m[i];
+		struct bmap_ext from;
 
+		n = 1;
 		if (!m->to.chunk_id)
 			continue;
-		rc = bmap_row_relocate(ns->bm, m->node, m->lblock, &m->from, &m->to);
+		while (i + n < mv->n && move_continues(m, &mv->m[i + n], n))
+			n++;
+		from = (struct bmap_ext){ .lblock = m->lblock, .nblocks = n,
+					  .chunk = m->from.chunk_id, .slot = m->from.slot };
+		rc = bmap_ext_relocate(ns->bm, m->node, &from, m->to.chunk_id, m->to.slot);
 		if (rc == -ENOENT) {
-			m->to.chunk_id = 0;     /* rewritten or merged meanwhile */
+			/* rewritten or merged meanwhile: its copy is garbage */
+			for (size_t j = i; j < i + n; j++)
+				mv->m[j].to.chunk_id = 0;
 			rc = 0;
 		}
 	}
@@ -278,7 +302,7 @@ static int compact(struct ns *ns, struct gc *g, uint64_t *moved)
 	*moved = 0;
 	if (!pick_victims(ns, g))
 		return 0;
-	rc = bmap_rows_all(ns->bm_scan, gather_row, &mv);
+	rc = bmap_exts_all(ns->bm_scan, gather_ext, &mv);
 	if (!rc)
 		rc = mv.rc;
 	/* the rows now are all the refs there are (none can appear below the

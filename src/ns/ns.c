@@ -40,7 +40,7 @@
 static int attr_of(struct ns *ns, const struct bmap_inode *in, struct ns_attr *out)
 {
 	struct ns_file *f;
-	uint64_t nrows = 0, node = in->node;
+	uint64_t nblocks = 0, node = in->node;
 	int rc = 0;
 
 	assert(lock_held(&ns->db_mu));
@@ -51,8 +51,8 @@ static int attr_of(struct ns *ns, const struct bmap_inode *in, struct ns_attr *o
 		node = vol_node(f->v);
 	lock_mutex_unlock(&ns->files_mu);
 	if (in->kind == BMAP_VOL && (!f || !vol_loaded(f->v))) {
-		rc = bmap_row_count(ns->bm, node, &nrows);
-		out->blocks = nrows * (ns->bs / 512);
+		rc = bmap_node_blocks(ns->bm, node, &nblocks);
+		out->blocks = nblocks * (ns->bs / 512);
 	}
 	return rc;
 }

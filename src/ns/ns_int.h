@@ -37,7 +37,7 @@
 #include "vsnapfs/vol.h"
 
 #define NS_FILE_BUCKETS 1024
-#define NS_MERGE_ROWS   2048    /* rows per transaction of a background node merge */
+#define NS_MERGE_EXTS   2048    /* extent rows per transaction of a background node merge */
 
 /*
  * One volume in use: shared by every open handle of it, and kept after the

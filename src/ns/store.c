@@ -167,10 +167,6 @@ static int open_index(struct ns *ns, char *msg, size_t msglen)
 	rc = bmap_open(path, ns->readonly, &ns->bm);
 	switch (rc) {
 	case 0:
-		if (bmap_upgraded_from(ns->bm))
-			vlog(LOG_NOTICE, "%s: upgraded from format version %d to %d; older vsnapfs "
-			     "versions cannot mount this store any more", path,
-			     bmap_upgraded_from(ns->bm), BMAP_FORMAT_VERSION);
 		break;
 	case -EPROTONOSUPPORT:
 		snprintf(msg, msglen, "%s: unknown store format version (this vsnapfs reads versions "
@@ -183,6 +179,69 @@ static int open_index(struct ns *ns, char *msg, size_t msglen)
 		snprintf(msg, msglen, "%s: cannot open: %s", path, strerror(-rc));
 	}
 	return rc;
+}
+
+/* ---- upgrade from index format 2 (docs/design.md, D6) ---------------------- */
+
+struct upgrade {
+	struct ns *ns;
+	int64_t start_ns, last_ns;      /* of the run, of the last progress line */
+};
+
+/* A block row of the old index: its checksum and block number go beside
+ * its chunk, where format 3 keeps them (the chunk's sidecar). */
+static int upgrade_row(void *ctx, uint64_t node, uint64_t lblock, uint64_t chunk, uint32_t slot,
+		       uint64_t cksum)
+{
+	struct upgrade *u = ctx;
+
+	return chunk_sidecar_put(u->ns->cs, chunk, slot, lblock, cksum);
+}
+
+static int upgrade_sync(void *ctx)
+{
+	struct upgrade *u = ctx;
+
+	return chunk_sidecar_sync(u->ns->cs);
+}
+
+/* stderr, at most once a second, and at the end */
+static void upgrade_progress(void *ctx, uint64_t done, uint64_t total)
+{
+	struct upgrade *u = ctx;
+	int64_t now = ns_now_ns();
+	double secs = (now - u->start_ns) / 1e9;
+
+	if (done < total && now - u->last_ns < 1000000000)
+		return;
+	u->last_ns = now;
+	fprintf(stderr, "vsnapfs: upgrading index format 2 to %d: %" PRIu64 " of %" PRIu64
+		" blocks (%.0f%%), %.0f s", BMAP_FORMAT_VERSION, done, total,
+		total ? 100.0 * done / total : 100.0, secs);
+	if (done && done < total)
+		fprintf(stderr, ", about %.0f s left", secs * (total - done) / done);
+	fputc('\n', stderr);
+}
+
+/* Before anything reads a block: crash-safe, resumed by the next mount. */
+static int upgrade_index(struct ns *ns, char *msg, size_t msglen)
+{
+	struct upgrade u = { .ns = ns, .start_ns = ns_now_ns() };
+	struct bmap_upgrade_ops ops = {
+		.row = upgrade_row, .sync = upgrade_sync, .progress = upgrade_progress, .ctx = &u,
+	};
+	int from = bmap_format(ns->bm), rc;
+
+	rc = bmap_upgrade_run(ns->bm, 0, &ops);
+	if (rc) {
+		snprintf(msg, msglen, "%s/index.sqlite: upgrading the index from format %d: %s "
+			 "(nothing is lost; the next mount goes on)", ns->dir, from, strerror(-rc));
+		return rc;
+	}
+	vlog(LOG_NOTICE, "%s/index.sqlite: upgraded from format version %d to %d in %.1f s; "
+	     "older vsnapfs versions cannot mount this store any more", ns->dir, from,
+	     BMAP_FORMAT_VERSION, (ns_now_ns() - u.start_ns) / 1e9);
+	return 0;
 }
 
 /* single-threaded here: ns_open runs before any other thread exists */
@@ -369,17 +428,12 @@ int ns_open(const char *dir, const struct ns_opts *opts, struct ns **out, bool *
 	if (rc)
 		goto fail;
 	ns->bs = bmap_block_size(ns->bm);
-	if (!ns->readonly) {
-		/* checked once, by the open above */
-		snprintf(path, sizeof(path), "%s/index.sqlite", ns->dir);
-		rc = bmap_open_reader(ns->bm, &ns->bm_scan);
-		if (!rc)
-			rc = bmap_open_reader(ns->bm, &ns->bm_load);
-		if (rc) {
-			snprintf(msg, msglen, "%s: cannot open a second connection: %s", path,
-				 strerror(-rc));
-			goto fail;
-		}
+	if (ns->readonly && bmap_format(ns->bm) < BMAP_FORMAT_VERSION) {
+		rc = -EPROTONOSUPPORT;
+		snprintf(msg, msglen, "%s/index.sqlite: index format %d: mount it once read-write "
+			 "to upgrade it to format %d", ns->dir, bmap_format(ns->bm),
+			 BMAP_FORMAT_VERSION);
+		goto fail;
 	}
 	ns->vix = (struct vol_index){
 		.db_mu = &ns->db_mu, .load = ns->bm_load, .load_mu = &ns->load_mu,
@@ -406,6 +460,23 @@ int ns_open(const char *dir, const struct ns_opts *opts, struct ns **out, bool *
 		rc = chunk_spares_enable(ns->cs, path, ns->spare_max);
 		if (rc) {
 			snprintf(msg, msglen, "%s: %s", path, strerror(-rc));
+			goto fail;
+		}
+	}
+	if (bmap_format(ns->bm) < BMAP_FORMAT_VERSION) {
+		rc = upgrade_index(ns, msg, msglen);
+		if (rc)
+			goto fail;
+	}
+	if (!ns->readonly) {
+		/* checked once, by the open above */
+		snprintf(path, sizeof(path), "%s/index.sqlite", ns->dir);
+		rc = bmap_open_reader(ns->bm, &ns->bm_scan);
+		if (!rc)
+			rc = bmap_open_reader(ns->bm, &ns->bm_load);
+		if (rc) {
+			snprintf(msg, msglen, "%s: cannot open a second connection: %s", path,
+				 strerror(-rc));
 			goto fail;
 		}
 	}

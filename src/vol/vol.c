@@ -207,23 +207,31 @@ struct load {
 	int rc;
 };
 
-static int load_row(void *ctx, uint64_t lblock, const struct chunk_loc *loc)
+/* One extent of the node being loaded (own) or of an ancestor, clipped to
+ * what the node can see of it: one map entry per block, for now (issue 13
+ * step 7 replaces the whole-map load by map pages). */
+static int load_ext(void *ctx, const struct bmap_ext *x)
 {
 	struct load *ld = ctx;
-	struct vmap_ent ne = { .cksum = loc->cksum, .chunk = loc->chunk_id, .slot = loc->slot };
 
-	if (ld->own) {
-		ne.gf = ld->gen << VE_FLAG_BITS;
-		if (loc->chunk_id)
-			ld->own_blocks++;
-	} else {
-		if (vmap_get(ld->map, lblock))
-			return 0;       /* a nearer node already decided this block */
-		/* inherited; a tombstone is kept too, it masks older ancestors */
-		ne.gf = 0;
+	for (uint32_t i = 0; i < x->nblocks; i++) {
+		struct vmap_ent ne = { .chunk = x->chunk, .slot = x->chunk ? x->slot + i : 0 };
+
+		if (ld->own) {
+			ne.gf = ld->gen << VE_FLAG_BITS;
+			if (x->chunk)
+				ld->own_blocks++;
+		} else {
+			if (vmap_get(ld->map, x->lblock + i))
+				continue;       /* a nearer node already decided this block */
+			/* inherited; a tombstone is kept too, it masks older ancestors */
+			ne.gf = 0;
+		}
+		ld->rc = vmap_put(ld->map, x->lblock + i, &ne);
+		if (ld->rc)
+			return ld->rc;
 	}
-	ld->rc = vmap_put(ld->map, lblock, &ne);
-	return ld->rc;
+	return 0;
 }
 
 /*
@@ -246,7 +254,7 @@ static int load_map(struct bmap *bm, uint64_t node, uint32_t gen, struct load *o
 		goto fail;
 	ld.inherit = n.inherit;
 	ld.has_parent = n.parent != 0;
-	rc = bmap_row_foreach(bm, node, INT64_MAX, load_row, &ld);
+	rc = bmap_ext_range(bm, node, 0, BMAP_LBLOCK_LIMIT, load_ext, &ld);
 	if (rc)
 		goto fail;
 	ld.own = false;
@@ -261,7 +269,7 @@ static int load_map(struct bmap *bm, uint64_t node, uint32_t gen, struct load *o
 		}
 		rc = bmap_node_get(bm, id, &n);
 		if (!rc)
-			rc = bmap_row_foreach(bm, id, limit, load_row, &ld);
+			rc = bmap_ext_range(bm, id, 0, limit, load_ext, &ld);
 		if (rc)
 			goto fail;
 		if (n.inherit < limit)
@@ -1134,19 +1142,46 @@ int vol_collect(struct vol *v, struct vol_batch *b)
 	return rc;
 }
 
+/* What a record asks of the index: a data block, a tombstone (an ancestor
+ * may show data there), or nothing (a plain hole). */
+enum rec_op { REC_DATA, REC_TOMB, REC_DEL };
+
+static enum rec_op rec_op(const struct vol_rec *r)
+{
+	return r->loc.chunk_id ? REC_DATA : r->anc ? REC_TOMB : REC_DEL;
+}
+
+/* Does record r continue the run [first, r) as one extent? */
+static bool rec_continues(const struct vol_rec *first, const struct vol_rec *r, uint32_t n)
+{
+	enum rec_op op = rec_op(first);
+
+	if (r->lblock != first->lblock + n || rec_op(r) != op || n == UINT32_MAX)
+		return false;
+	return op != REC_DATA ||
+	       (r->loc.chunk_id == first->loc.chunk_id && r->loc.slot == first->loc.slot + n);
+}
+
 int vol_batch_apply(struct vol_batch *b, struct bmap *bm)
 {
 	int rc = 0;
 
 	if (b->trunc_from != NO_TRUNC)
-		rc = bmap_row_del_from(bm, b->node, b->trunc_from);
-	for (size_t i = 0; i < b->nrecs && !rc; i++) {
+		rc = bmap_ext_del_from(bm, b->node, b->trunc_from);
+	/* the records are sorted (vol_collect): each run of consecutive blocks
+	 * written together is one extent */
+	for (size_t i = 0, n; i < b->nrecs && !rc; i += n) {
 		const struct vol_rec *r = &b->recs[i];
+		struct bmap_ext x;
 
-		if (r->loc.chunk_id || r->anc)
-			rc = bmap_row_put(bm, b->node, r->lblock, &r->loc);
+		for (n = 1; i + n < b->nrecs && rec_continues(r, &b->recs[i + n], n); n++)
+			;
+		x = (struct bmap_ext){ .lblock = r->lblock, .nblocks = n,
+				       .chunk = r->loc.chunk_id, .slot = r->loc.slot };
+		if (rec_op(r) == REC_DEL)
+			rc = bmap_ext_del(bm, b->node, r->lblock, n);
 		else
-			rc = bmap_row_del(bm, b->node, r->lblock);
+			rc = bmap_ext_put(bm, b->node, &x);
 	}
 	if (!rc && b->inherit_changed) {
 		struct bmap_node n;

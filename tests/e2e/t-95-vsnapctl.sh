@@ -259,38 +259,18 @@ broken "UPDATE snapshot SET dir = 9999 WHERE name = CAST('nightly' AS BLOB)" \
 	'^problem: snapshot nightly \(id [0-9]+\) belongs to directory inode 9999, which does not exist$'
 broken "UPDATE snapshot SET dir = (SELECT ino FROM inode WHERE name = CAST('vm1.img' AS BLOB)) WHERE name = CAST('nightly' AS BLOB)" \
 	'^problem: snapshot nightly \(id [0-9]+\) belongs to directory inode [0-9]+, which is not a directory$'
-broken "INSERT INTO bmap VALUES (9999, 0, 999, 0, 0)" \
+broken "INSERT INTO extent VALUES (9999, 0, 1, 999, 0)" \
 	'^problem: 1 block\(s\) belong to map node 9999, which does not exist$'
 broken "INSERT INTO node(parent, inherit) VALUES (9999, 0), (0, 0)" \
 	'^problem: map node [0-9]+: its parent 9999 does not exist$'
-broken "UPDATE node SET nrows = nrows + 5 WHERE id = $(node_of vm1.img)" \
+broken "UPDATE node SET nblocks = nblocks + 5 WHERE id = $(node_of vm1.img)" \
 	'^problem: map node [0-9]+ \(/vm1\.img\): the index counts [0-9]+ block\(s\), its rows are [0-9]+: its st_blocks is off, its data are not$'
 # a node nothing names is released by the daemon: a warning, not a problem
 broken "INSERT INTO node(parent, inherit) VALUES (0, 0)" \
 	'^warning: map node [0-9]+ is named by no file and has no child' 0
 grep -qE "clean$" "$T/c.txt" || fail "an unnamed node makes check unclean: $(cat "$T/c.txt")"
 
-# ---- an index of format 1 (no node.nrows): read as it is, upgraded by a mount ---------------
-damaged_copy v1
-sqlite3 "$T/v1/index.sqlite" "BEGIN;
-	CREATE TABLE node_v1 (id INTEGER PRIMARY KEY AUTOINCREMENT, parent INTEGER NOT NULL DEFAULT 0,
-	                      inherit INTEGER NOT NULL);
-	INSERT INTO node_v1 SELECT id, parent, inherit FROM node;
-	DROP TABLE node; ALTER TABLE node_v1 RENAME TO node; CREATE INDEX node_parent ON node(parent);
-	UPDATE meta SET value = 1 WHERE key = 'format_version'; PRAGMA user_version = 1; COMMIT;" ||
-	fail "sqlite3: could not write a format 1 index"
-ctl 0 "$T/v1list.json" list --json "$T/v1"
-ctl 0 "$T/list.json" list --json "$STORE"
-cmp -s "$T/v1list.json" "$T/list.json" ||
-	fail "list of the format 1 copy differs: $(cat "$T/v1list.json") / $(cat "$T/list.json")"
-assert_eq "$(sqlite3 "$T/v1/index.sqlite" 'PRAGMA user_version')" 1 "a read-only vsnapctl upgrades nothing"
-vs_mount "$T/v1" "$MNT"
-grep -q "index.sqlite: upgraded from format version 1 to 2" "$(vs_log "$MNT")" ||
-	fail "the mount did not say it upgraded the index: $(cat "$(vs_log "$MNT")")"
-assert_eq "$(stat -c %b "$MNT/vm1.img")" "$VM1_BLOCKS" "st_blocks of vm1.img after the upgrade"
-vs_umount "$MNT"
-assert_eq "$(sqlite3 "$T/v1/index.sqlite" 'PRAGMA user_version')" 2 "the mount upgraded the index"
-ctl 0 "$T/c.txt" check "$T/v1"
+# (an index of an older format: t-140-fixture, which upgrades a store made by the format-2 code)
 
 # ---- usage and I/O errors: exit 2 ---------------------------------------------------------
 ctl 2 "$T/u.txt" frobnicate "$STORE"

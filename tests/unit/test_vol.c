@@ -515,30 +515,40 @@ static uint64_t ld_changes(void *ctx)
 	return bmap_changes(bm) - h->quiet;
 }
 
-static int ld_row(void *ctx, uint64_t lblock, const struct chunk_loc *loc)
+static int ld_ext(void *ctx, const struct bmap_ext *x)
 {
 	struct chunk_loc *locs = ctx;
 
-	cr_assert_lt(lblock, LD_BLOCKS);
-	locs[lblock] = *loc;
+	cr_assert_neq(x->chunk, 0);
+	cr_assert_leq(x->lblock + x->nblocks, LD_BLOCKS);
+	for (uint32_t i = 0; i < x->nblocks; i++)
+		locs[x->lblock + i] = (struct chunk_loc){
+			.chunk_id = x->chunk, .slot = x->slot + i, .lblock = x->lblock + i };
 	return 0;
 }
 
 /* What garbage collection does to a chunk: copy its blocks to the active
- * chunk, repoint their rows, remove the file. */
+ * chunk, repoint their extents, remove the file. */
 static void ld_move_blocks(uint64_t node)
 {
 	struct chunk_loc from[LD_BLOCKS], to[LD_BLOCKS];
 	uint8_t buf[LD_BLOCKS * 4096];
 
-	cr_assert_eq(bmap_row_foreach(bm, node, INT64_MAX, ld_row, from), 0);
+	memset(from, 0, sizeof(from));
+	cr_assert_eq(bmap_ext_range(bm, node, 0, BMAP_LBLOCK_LIMIT, ld_ext, from), 0);
 	cr_assert_eq(chunk_read(cs, from, LD_BLOCKS, buf, NULL), 0);
-	cr_assert_eq(chunk_append(cs, buf, LD_BLOCKS, to), 0);
+	for (int i = 0; i < LD_BLOCKS; i++)
+		to[i].lblock = (uint64_t)i;
+	cr_assert_eq(chunk_append(cs, buf, LD_BLOCKS, CHUNK_KIND_RELOC, to), 0);
 	cr_assert_neq(to[0].chunk_id, from[0].chunk_id);
 	cr_assert_eq(chunk_sync(cs), 0);
 	cr_assert_eq(bmap_begin(bm), 0);
-	for (int i = 0; i < LD_BLOCKS; i++)
-		cr_assert_eq(bmap_row_relocate(bm, node, (uint64_t)i, &from[i], &to[i]), 0);
+	for (int i = 0; i < LD_BLOCKS; i++) {
+		struct bmap_ext x = { .lblock = (uint64_t)i, .nblocks = 1,
+				      .chunk = from[i].chunk_id, .slot = from[i].slot };
+
+		cr_assert_eq(bmap_ext_relocate(bm, node, &x, to[i].chunk_id, to[i].slot), 0);
+	}
 	cr_assert_eq(bmap_commit(bm), 0);
 	cr_assert_eq(chunk_remove(cs, from[0].chunk_id), 0);
 }

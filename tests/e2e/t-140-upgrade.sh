@@ -1,20 +1,20 @@
 #!/bin/bash
-# The format-2 fixture (tests/fixtures/store-f2.tar.xz, made by
+# The upgrade from index format 2 (docs/design.md, "Metadata at scale", D6).
+# The fixture (tests/fixtures/store-f2.tar.xz, made by
 # tests/fixtures/make-store-f2.sh with the daemon of index format 2, chunk
-# format 1) is read right by this build: every volume and snapshot file has
-# the size and SHA-256 of tests/fixtures/store-f2.manifest through the mount,
-# vsnapctl check is clean and vsnapctl list shows the manifest's files before
-# and after a mount, the mount is not refused, and a write after it survives
-# a remount.
-#
-# This is the test that becomes t-140-upgrade when index format 3 arrives
-# (docs/design.md, "Metadata at scale", D8 step 5): the mount then upgrades
-# the store, and the assertions marked "format 2" below change to say 3
-# (user_version and format_version after the mount, chunk version 2 for new
-# chunk files, a sidecar per old one); every content check stays as it is.
+# format 1) holds two stores; tests/fixtures/store-f2.manifest has the size and
+# SHA-256 of every volume and snapshot file.  For each store:
+#  - as shipped: format 2, chunk files of version 1; vsnapctl refuses it in
+#    one line that says to mount it once;
+#  - a mount upgrades it (a progress line on stderr), and then every file has
+#    its manifest size and SHA-256, check is clean, list shows the manifest's
+#    files; the index is format 3 with a sidecar per old chunk file, new
+#    chunk files are version 2; a write after the mount survives a remount;
+#  - a fresh copy, upgraded in steps of a few rows by daemons SIGKILLed at
+#    random moments, then mounted once more: the same results.
 # f2-4k was left by a SIGKILL (meta.clean = 0) with a volume unlinked while
-# open and a spare chunk file, so the upgrade will also meet a recovery;
-# f2-64k was unmounted cleanly.
+# open and a spare chunk file, so the upgrade also meets a recovery; f2-64k
+# was unmounted cleanly.
 . "$(dirname "$0")/lib.sh"
 
 command -v sqlite3 >/dev/null || skip "sqlite3 missing (tests/install-deps.sh installs it)"
@@ -34,10 +34,11 @@ storekey() { mf store "$1" | tr ' ' '\n' | sed -n "s/^$2=//p"; }
 sql() { sqlite3 "$T/$1/index.sqlite" "$2"; }
 
 ctl() {
-	local out=$1 rc=0
+	local out=$1 want=0 rc=0
 	shift
+	if [ "$1" = "-x" ]; then want=$2; shift 2; fi
 	with_deadline 60 "$VSNAPCTL" "$@" >"$out" 2>"$out.err" || rc=$?
-	[ $rc -eq 0 ] || fail "vsnapctl $* exited $rc: $(head -c 1500 "$out") $(head -c 500 "$out.err")"
+	[ $rc -eq "$want" ] || fail "vsnapctl $* exited $rc: $(head -c 1500 "$out") $(head -c 500 "$out.err")"
 }
 
 # check_clean STORE WHERE: vsnapctl check of WHERE (the store or its mount)
@@ -93,9 +94,26 @@ check_files() {
 [ "$(awk '$1 == "store"' "$MANIFEST" | wc -l)" -ge 2 ] || fail "the manifest names fewer than two stores"
 [ "$(awk '$1 == "file"' "$MANIFEST" | wc -l)" -ge 15 ] || fail "the manifest names fewer than 15 files"
 
+# check_upgraded S STORE: the index is format 3, the old chunk files have
+# sidecars, and the store is clean
+check_upgraded() {
+	local s=$1 c
+	assert_eq "$(sqlite3 "$2/index.sqlite" 'PRAGMA user_version')" 3 "$s: user_version after the upgrade"
+	assert_eq "$(sqlite3 "$2/index.sqlite" "SELECT value FROM meta WHERE key = 'format_version'")" 3 \
+		"$s: meta.format_version after the upgrade"
+	assert_eq "$(sqlite3 "$2/index.sqlite" "SELECT count(*) FROM sqlite_schema WHERE name IN ('bmap', 'extent')")" 1 \
+		"$s: one block table after the upgrade"
+	for c in "$2"/chunks/*.chunk; do
+		[ "$(od -An -tu4 -j8 -N4 "$c" | tr -d ' ')" = 1 ] || continue
+		[ -f "${c%.chunk}.slots" ] || fail "$s: no sidecar for the version-1 chunk $(basename "$c")"
+	done
+	[ ! -e "$2/index.sqlite.new" ] || fail "$s: the upgrade left index.sqlite.new"
+}
+
 for s in $(awk '$1 == "store" { print $2 }' "$MANIFEST"); do
 	STORE=$T/$s
 	note "$s: $(mf store "$s")"
+	cp -a "$STORE" "$T/$s-killed"
 
 	# ---- as shipped: format 2 --------------------------------------------------
 	assert_eq "$(sql "$s" 'PRAGMA user_version')" "$(storekey "$s" user_version)" "$s: user_version as shipped"
@@ -107,12 +125,20 @@ for s in $(awk '$1 == "store" { print $2 }' "$MANIFEST"); do
 	for c in "$STORE"/chunks/*.chunk; do
 		assert_eq "$(od -An -tu4 -j8 -N4 "$c" | tr -d ' ')" 1 "$s: header version of $(basename "$c")"
 	done
+	sum0=$(cd "$STORE" && find . -type f | sort | xargs sha256sum | sha256sum)
+	ctl "$T/c2.txt" -x 1 check "$STORE"
+	grep -qx "vsnapctl: .*/index.sqlite: index format 2: mount the store once (read-write) to upgrade it to format 3" \
+		"$T/c2.txt.err" || fail "$s: vsnapctl on a format-2 store: $(cat "$T/c2.txt.err")"
+	assert_eq "$(cd "$STORE" && find . -type f | sort | xargs sha256sum | sha256sum)" "$sum0" \
+		"$s: vsnapctl left the format-2 store as it was"
 	unlinked=$(storekey "$s" unlinked)
-	check_clean "$s" "$STORE"
-	check_list "$s" "$STORE" "$unlinked"
 
-	# ---- mounted: not refused, everything reads as the manifest says -----------------
+	# ---- mounted: upgraded, everything reads as the manifest says -----------------
 	vs_mount "$STORE" "$MNT"
+	grep -qE "^vsnapfs: upgrading index format 2 to 3: [0-9]+ of [0-9]+ blocks \(100%\)" "$(vs_log "$MNT")" ||
+		fail "$s: no progress line of the upgrade: $(cat "$(vs_log "$MNT")")"
+	grep -qE "upgraded from format version 2 to 3" "$(vs_log "$MNT")" ||
+		fail "$s: the mount did not say it upgraded the index: $(cat "$(vs_log "$MNT")")"
 	if [ "$unlinked" -gt 0 ]; then
 		grep -qE "deleting $unlinked unlinked volume" "$(vs_log "$MNT")" ||
 			fail "$s: the mount did not delete the volume unlinked while open: $(cat "$(vs_log "$MNT")")"
@@ -138,11 +164,13 @@ for s in $(awk '$1 == "store" { print $2 }' "$MANIFEST"); do
 	cmp "$T/vol.model" "$MNT$vol" || fail "$s: $vol does not read back what was written after the mount"
 	newsum=$(sha256sum <"$T/vol.model" | cut -d' ' -f1)
 	vs_umount "$MNT"
-	# format 2: the mount keeps the index format (format 3 will upgrade it here)
-	assert_eq "$(sql "$s" 'PRAGMA user_version')" 2 "$s: user_version after the mount"
-	assert_eq "$(sql "$s" "SELECT value FROM meta WHERE key = 'format_version'")" 2 \
-		"$s: meta.format_version after the mount"
+	check_upgraded "$s" "$STORE"
 	assert_eq "$(sql "$s" "SELECT value FROM meta WHERE key = 'clean'")" 1 "$s: meta.clean after unmount"
+	nv2=0
+	for c in "$STORE"/chunks/*.chunk; do
+		[ "$(od -An -tu4 -j8 -N4 "$c" | tr -d ' ')" = 2 ] && nv2=$((nv2 + 1))
+	done
+	[ "$nv2" -ge 1 ] || fail "$s: the write after the upgrade made no chunk file of version 2"
 	check_clean "$s" "$STORE"
 	check_list "$s" "$STORE" 0
 
@@ -150,5 +178,34 @@ for s in $(awk '$1 == "store" { print $2 }' "$MANIFEST"); do
 	check_files "$s" "$vol" "$newsum"
 	vs_umount "$MNT"
 	check_clean "$s" "$STORE"
+
+	# ---- SIGKILL in the middle of the upgrade, five times, then a mount that finishes ----
+	K=$T/$s-killed
+	seed=${T140_SEED:-$RANDOM}
+	note "$s: kill delays from seed $seed"
+	RANDOM=$seed
+	midway=0
+	for ((k = 0; k < 5; k++)); do
+		delay=$(printf '0.%03d' $((RANDOM % 400 + 20)))
+		VSNAPFS_UPGRADE_STEP_ROWS=16 "$VSNAPFS" -f "$K" "$MNT" >"$T/k.out" 2>"$T/k.err" &
+		pid=$!
+		vs_track_pid "$pid"
+		sleep "$delay"
+		kill -KILL "$pid" 2>/dev/null || true
+		vs_wait_pid "$pid" 10 || fail "$s: daemon $pid still running 10 s after SIGKILL"
+		if grep -qF " $MNT fuse" /proc/mounts; then
+			fusermount3 -u -z "$MNT" || fail "$s: cannot unmount $MNT after the kill"
+		fi
+		if [ "$(sqlite3 "$K/index.sqlite" "SELECT count(*) FROM meta WHERE key = 'upgrade'" 2>/dev/null)" = 1 ]; then
+			midway=$((midway + 1))
+		fi
+	done
+	note "$s: $midway of 5 kills left an upgrade under way"
+	[ "$midway" -ge 1 ] || fail "$s: no kill landed in the middle of the upgrade (delays too long?)"
+	vs_mount "$K" "$MNT"
+	check_files "$s"
+	vs_umount "$MNT"
+	check_upgraded "$s" "$K"
+	check_clean "$s" "$K"
 done
 pass
