@@ -2889,7 +2889,26 @@ struct up_rec {
 	size_t rows_at_sync;            /* n at the last sync */
 	uint64_t fail_row_call, fail_sync_call;         /* 1-based; 0: never */
 	uint64_t last_done, total;
+	const char *index;              /* to read what is committed at sync() */
 };
+
+/* meta.upgrade_rows_done as committed, through a connection of our own. */
+static bool committed_rows_done(const char *index, uint64_t *v)
+{
+	sqlite3 *db;
+	sqlite3_stmt *s;
+	bool found;
+
+	cr_assert_eq(sqlite3_open_v2(index, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+	cr_assert_eq(sqlite3_prepare_v2(db, "SELECT value FROM meta WHERE key = 'upgrade_rows_done'",
+					-1, &s, NULL), SQLITE_OK);
+	found = sqlite3_step(s) == SQLITE_ROW;
+	if (found)
+		*v = (uint64_t)sqlite3_column_int64(s, 0);
+	sqlite3_finalize(s);
+	sqlite3_close(db);
+	return found;
+}
 
 static int rec_row(void *ctx, uint64_t node, uint64_t lblock, uint64_t chunk, uint32_t slot,
 		   uint64_t cksum)
@@ -2912,8 +2931,13 @@ static int rec_sync(void *ctx)
 {
 	struct up_rec *r = ctx;
 
+	uint64_t done;
+
 	if (++r->syncs == r->fail_sync_call)
 		return -EIO;
+	/* the step being synced is not committed yet */
+	cr_assert(committed_rows_done(r->index, &done), "sync() after the last commit");
+	cr_assert_eq(done, r->last_done, "sync() after its step was committed");
 	r->rows_at_sync = r->n;
 	return 0;
 }
@@ -3026,7 +3050,7 @@ static void assert_rows_seen(const struct up_rec *r, const struct v2_row *v, siz
 static void upgrade_case(uint64_t step_rows, size_t max_rows)
 {
 	struct v2_row *v = calloc(max_rows, sizeof(*v));
-	struct up_rec r = { 0 };
+	struct up_rec r = { .index = path };
 	struct bmap_upgrade_ops ops = rec_ops(&r);
 	struct bmap *b = NULL;
 	size_t n;
@@ -3074,7 +3098,7 @@ Test(bmap, upgrade_in_steps_of_1_row_and_of_many_maps_every_block_as_before, .ti
 static void interrupted_case(int kind, uint64_t at, bool reopen)
 {
 	struct v2_row *v = calloc(2000, sizeof(*v));
-	struct up_rec r = { 0 };
+	struct up_rec r = { .index = path };
 	struct bmap_upgrade_ops ops = rec_ops(&r);
 	struct bmap *b = NULL;
 	uint64_t cursor_node, val;
@@ -3146,7 +3170,7 @@ static void fixture_case(const char *store, uint64_t step_rows)
 	sqlite3_stmt *s;
 	struct v2_row *v = NULL;
 	size_t n = 0, cap = 0;
-	struct up_rec r = { 0 };
+	struct up_rec r = { .index = idx };
 	struct bmap_upgrade_ops ops = rec_ops(&r);
 	struct bmap *b = NULL;
 	uint64_t nodes = 0, ids[256], nrows[256];
