@@ -3069,6 +3069,21 @@ static void upgrade_case(uint64_t step_rows, size_t max_rows)
 	cr_assert_eq(r.syncs, r.progress_calls, "a sync before each commit");
 	cr_assert_eq(bmap_upgraded_from(b), 2);
 	bmap_close(b);
+	/* compacted: the old table's pages are not kept as free pages */
+	{
+		sqlite3 *db = v2_db(path);
+		sqlite3_stmt *s;
+
+		cr_assert_eq(sqlite3_prepare_v2(db, "SELECT (SELECT freelist_count FROM"
+						" pragma_freelist_count), (SELECT count(*) FROM sqlite_schema"
+						" WHERE name IN ('bmap', 'upgrade_nblocks'))", -1, &s, NULL),
+			     SQLITE_OK, "%s", sqlite3_errmsg(db));
+		cr_assert_eq(sqlite3_step(s), SQLITE_ROW);
+		cr_assert_eq(sqlite3_column_int64(s, 0), 0, "free pages after the upgrade");
+		cr_assert_eq(sqlite3_column_int64(s, 1), 0, "the old tables are gone");
+		sqlite3_finalize(s);
+		cr_assert_eq(sqlite3_close(db), SQLITE_OK);
+	}
 	/* and the file is format 3 for the next open */
 	cr_assert_eq(bmap_open(path, 1, &b), 0);
 	assert_upgraded(b, v, n);
