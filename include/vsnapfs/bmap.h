@@ -272,11 +272,12 @@ int bmap_node_merge(struct bmap *b, uint64_t node, uint64_t child);
 /*
  * The same in steps that each hold the index for a bounded time: move or
  * drop the node's extents in its lowest max_exts extent rows (0 counts as
- * 1); the step that finds no more than that does the rest and sets *done.  Between two steps
- * the child sees exactly what it saw before the first (each of its blocks
- * is in its own extent or, still, in the node's), so each step can be its
- * own transaction, and a crash between two leaves a node that the next
- * release merges on.  Each step checks that child is still node's child.
+ * 1); the step that finds no more than that does the rest and sets *done.
+ * Between two steps the child sees exactly what it saw before the first
+ * (each of its blocks is in its own extent or, still, in the node's), so
+ * each step can be its own transaction, and a crash between two leaves a
+ * node that the next release merges on.  Each step checks that child is
+ * still node's child.
  */
 int bmap_node_merge_some(struct bmap *b, uint64_t node, uint64_t child, uint64_t max_exts,
 			 bool *done);
