@@ -25,7 +25,8 @@
  *             -EEXIST, BUSY/LOCKED -> -EBUSY, CORRUPT/NOTADB -> -EUCLEAN,
  *             NOMEM -> -ENOMEM, READONLY -> -EROFS, CANTOPEN -> the OS
  *             errno (-ENOENT, -EACCES), anything else -> -EIO.
- *             A missing row is -ENOENT.
+ *             A missing row is -ENOENT.  Inside bmap_begin(), a call that
+ *             fails may have made part of its edits: roll back.
  * Ownership:  the caller owns every struct passed in or out; nothing is kept.
  * Threads:    a struct bmap is NOT thread-safe: the caller serializes every
  *             call on one handle (the namespace layer holds its mutex).
@@ -81,14 +82,16 @@ int bmap_create(const char *path, uint32_t block_size, uint32_t uid, uint32_t gi
  * -EPROTONOSUPPORT), and passes SQLite's quick_check (else -EUCLEAN).
  * -ENOENT if path does not exist.  readonly opens without write access.
  * An index of format 1 or 2 opens, but its blocks are usable only after
- * bmap_upgrade_run() (below).
+ * bmap_upgrade_run() (below); a writable open takes format 1 to 2 first
+ * (one transaction).
  */
 int bmap_open(const char *path, int readonly, struct bmap **out);
 /* One more read-only connection to the index that checked, a handle of
  * bmap_open, has open: the same checks but quick_check, which reads the
  * whole file and which checked has passed (a daemon opens three). */
 int bmap_open_reader(struct bmap *checked, struct bmap **out);
-/* The format version bmap_upgrade_run() upgraded the index from, or 0. */
+/* The format version this handle upgraded the index from (1 by a writable
+ * open, else 2 by bmap_upgrade_run()), or 0. */
 int bmap_upgraded_from(struct bmap *b);
 void bmap_close(struct bmap *b);        /* NULL is fine */
 
@@ -268,12 +271,13 @@ int bmap_node_only_child(struct bmap *b, uint64_t node, uint64_t *child);
 int bmap_node_merge(struct bmap *b, uint64_t node, uint64_t child);
 /*
  * The same in steps that each hold the index for a bounded time: move or
- * drop the node's extents in its lowest max_exts extent rows; the step that
- * finds no more than that does the rest and sets *done.  Between two steps
- * the child sees exactly what it saw before the first (each of its blocks
- * is in its own extent or, still, in the node's), so each step can be its
- * own transaction, and a crash between two leaves a node that the next
- * release merges on.  Each step checks that child is still node's child.
+ * drop the node's extents in its lowest max_exts extent rows (0 counts as
+ * 1); the step that finds no more than that does the rest and sets *done.
+ * Between two steps the child sees exactly what it saw before the first
+ * (each of its blocks is in its own extent or, still, in the node's), so
+ * each step can be its own transaction, and a crash between two leaves a
+ * node that the next release merges on.  Each step checks that child is
+ * still node's child.
  */
 int bmap_node_merge_some(struct bmap *b, uint64_t node, uint64_t child, uint64_t max_exts,
 			 bool *done);
@@ -297,9 +301,12 @@ int bmap_exts_all(struct bmap *b,
  * A format-2 index (one row per block, with its checksum) is upgraded in
  * place by a writable open of the daemon, in steps (docs/design.md, "D6.
  * Upgrade from index format 2").  bmap_open() of a format-2 index succeeds
- * (read-only or not) but every call that reads or writes blocks fails with
- * -EPROTONOSUPPORT until bmap_upgrade_run() has finished; bmap_format()
- * says which format the handle sees.
+ * (read-only or not) but every call that reads or writes blocks (the
+ * extent calls, node_blocks, node_extents, chunk_refs, exts_all, merge,
+ * relocate, node_delete) fails with -EPROTONOSUPPORT until
+ * bmap_upgrade_run() has finished; meta, transactions, inodes, snapshots,
+ * snapshot inodes and node create/get/update/list/children/refs work at
+ * format 1 and 2.  bmap_format() says which format the handle sees.
  *
  * bmap_upgrade_run() walks the old rows in (node, lblock) order from the
  * cursor kept in meta, in steps of step_rows rows (0: a default of 1 M, or
@@ -310,11 +317,20 @@ int bmap_exts_all(struct bmap *b,
  * cursor.  A crash anywhere loses at most the step in progress: the next
  * run resumes at the cursor, and row() may see rows again (it must be
  * idempotent).  The last step drops the old table, sets the format to 3 in
- * the same commit, then rewrites the file compactly (VACUUM INTO a new file,
- * fsync, rename over the index; a crash leaves the old or the new file,
- * both valid, and a leftover is deleted at the next open).  ops->progress()
- * (may be NULL) is called after every step with rows done and the total.
- * The handle stays usable, at format 3.
+ * the same commit, then rewrites the file compactly: VACUUM in place, one
+ * ordinary WAL transaction, so a crash leaves the file before or after it
+ * and other connections to the index stay coherent (a VACUUM INTO and a
+ * rename would leave them on the old file, sharing its -wal and -shm
+ * names); it needs free space for a copy in SQLite's temporary directory
+ * and one in the WAL, which is truncated after.  A failed compaction is
+ * not an error (the index is complete without it; bmap_errmsg() says why).
+ * ops->progress() (may be NULL) is called after every step's commit with
+ * rows done and the total (count(*) of the old table at the start of the
+ * run).  0 if the index is format 3 already; -EROFS on a read-only handle;
+ * -EINVAL inside bmap_begin(); an error of row() or sync() is returned as
+ * it is, after nothing of that step was committed.  The handle stays
+ * usable, at format 3; a handle opened before the run ends (a reader)
+ * keeps the format it opened at: open readers after it.
  */
 struct bmap_upgrade_ops {
 	int (*row)(void *ctx, uint64_t node, uint64_t lblock, uint64_t chunk, uint32_t slot,

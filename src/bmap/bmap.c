@@ -5,46 +5,67 @@
  * schema (bmap_schema_sql below, drawn in docs/on-disk-format.md), its
  * version, and every SQL statement the daemon runs.
  *
- * Statements.  Every statement is prepared once, in bmap_open(), and kept
- * in b->st[].  A call binds, steps and resets; no call returns with a
- * statement still active, so a handle is always at rest between calls.  The
- * hot path is bmap_row_put() at fsync time, thousands of rows in one
- * transaction: one bind/step/reset of a cached UPDATE (data over data) or
- * INSERT (a new row), whichever worked for the put before (bmap_row_put);
- * the other one only when that guess is wrong.
+ * Extents (format 3).  A node's blocks are rows of table extent, (node,
+ * lblock) -> (nblocks, chunk, slot), kept in the canonical form of src/emap:
+ * disjoint, and no two touching rows that could be one.  Every call that
+ * edits a range works the same way (ext_edit): read the rows that overlap
+ * or touch the range (one B-tree descent for the row at or before it, one
+ * range scan for the rest) into a small emap, apply the edit there with a
+ * diff, and write the diff back as row edits (a removed and an added extent
+ * with the same lblock are one UPDATE; the rest DELETEs, then INSERTs).  So
+ * the rows are the canonical form of the node's extents after every call,
+ * which check verifies and the model test asserts.  The emap and the diff
+ * live in struct bmap and are reused: a put allocates nothing once warm.
  *
- * Row counts.  node.nrows is the number of a node's data rows (chunk <> 0):
- * st_blocks of a volume whose map is not loaded, and the sizes vsnapctl
- * lists, in O(1) instead of a scan of millions of rows under the daemon's
- * index lock.  Every call that adds, removes or moves data rows keeps it,
- * in the same transaction: put and del through a pending delta (struct
- * bmap) written at commit, the bulk calls (del_from, merge) by counting
- * the rows they are about to change.  Not SQL triggers: they cost too much
- * of the put rate (docs/design.md, "Schema").  bmap_row_count_scan()
- * counts for real; check compares.
+ * Statements.  Every statement is prepared once and kept in b->st[]: the
+ * ones valid for any format at open, the extent ones (ST_F3_FIRST on) only
+ * once the index is format 3 (at open, or when bmap_upgrade_run() ends).  A
+ * call binds, steps and resets; no call returns with a statement still
+ * active, so a handle is always at rest between calls.  The upgrade uses
+ * one-off statements of its own, as only it reads table bmap.
  *
- * Walks.  bmap_dir_list(), bmap_orphan_list(), bmap_row_foreach() and
- * bmap_rows_all() call fn while their statement is active.  fn must not
+ * Block counts.  node.nblocks is the number of a node's data blocks (sum of
+ * nblocks of its data rows): st_blocks of a volume whose map is not loaded,
+ * and the sizes vsnapctl lists, in O(1) instead of a scan under the
+ * daemon's index lock.  Every call that adds, removes or moves data blocks
+ * keeps it in the same transaction: put, del and relocate through a pending
+ * delta (struct bmap) written at commit, the bulk calls (del_from, merge)
+ * at once.  Not SQL triggers: they cost too much of the put rate
+ * (docs/design.md, "Schema").  bmap_node_blocks_scan() adds up for real;
+ * check compares.
+ *
+ * Walks.  bmap_dir_list(), bmap_orphan_list(), bmap_ext_range() and
+ * bmap_exts_all() call fn while their statement is active.  fn must not
  * call into the same handle; b->walking turns that mistake into an assert
  * failure instead of a silently reset cursor.  bmap_chunk_refs() calls fn
- * after its scan, but keeps the same rule so that callers need only one.
+ * after its scan, and the upgrade's row() runs during its scan; both keep
+ * the same rule so that callers need only one.
  *
  * Unsigned values.  SQLite integers are signed 64-bit.  Values that SQL
- * never compares (cksum, node inherit, inode size, meta values) are stored as
- * the same 64 bits (u64_bits/bits_u64), so every uint64_t round-trips
- * exactly, and so does every key of an equality match (an id above 2^63
- * simply matches nothing).  Values SQL orders (ino, node ids, lblock, chunk
- * ids) stay below INT64_MAX: ids come from AUTOINCREMENT, bmap_row_put()
- * refuses larger lblocks and chunk ids, and the bound of a range query
- * (after, below, from) is clamped to INT64_MAX, which is then exact.
+ * never compares (node inherit, inode size, meta values) are stored as the
+ * same 64 bits (u64_bits/bits_u64), so every uint64_t round-trips exactly,
+ * and so does every key of an equality match (an id above 2^63 simply
+ * matches nothing).  Values SQL orders (ino, node ids, lblock, chunk ids)
+ * stay below INT64_MAX: ids come from AUTOINCREMENT, lblocks are below
+ * BMAP_LBLOCK_LIMIT, puts refuse larger chunk ids, and the bound of a range
+ * query (after, below, from) is clamped to INT64_MAX, which is then exact.
  *
- * No index on bmap(chunk, slot).  It would serve only garbage collection and
- * check, and cost the flush path a good part of its put rate
- * (docs/performance.md, "No index on chunk").  bmap_chunk_refs()
- * therefore scans the table once and counts in a small hash table keyed by
- * chunk id (memory grows with the number of chunks, not of rows; a GROUP BY
- * would sort every row), and the rows of given chunks come from one scan
- * of every row (bmap_rows_all()), never from a scan per chunk.
+ * No index on extent(chunk, slot).  It would serve only garbage collection
+ * and check, and cost the flush path a good part of its put rate
+ * (docs/performance.md, "No index on chunk").  bmap_chunk_refs() therefore
+ * scans the table once and adds up in a small hash table keyed by chunk id
+ * (memory grows with the number of chunks, not of rows; a GROUP BY would
+ * sort every row), and the extents of given chunks come from one scan of
+ * every row (bmap_exts_all()), never from a scan per chunk.
+ *
+ * Upgrade from format 2 (bmap_upgrade_run, docs/design.md D6).  States, all
+ * in the file: format 2 without meta.upgrade (nothing done); format 2 with
+ * meta.upgrade = 1, table extent and table upgrade_nblocks (the data blocks
+ * counted so far per node) and a cursor (steps done: every old row before
+ * the cursor is in extent, coalesced); format 3 (done, in the commit that
+ * drops bmap).  Each step is one commit, after ops->sync().  Rows that
+ * continue the last extent written by the step before extend that row, so
+ * the result is canonical whatever the step size.
  *
  * Opening without writing.  bmap_open() reads application_id, user_version
  * and quick_check before it runs any pragma that could write (journal_mode),
@@ -79,22 +100,29 @@
 
 #include "vsnapfs/array.h"
 #include "vsnapfs/bmap.h"
+#include "vsnapfs/emap.h"
 
 #define BMAP_APPLICATION_ID  0x76736e70     /* "vsnp" */
 #define BMAP_BUSY_TIMEOUT_MS 5000
+#define BMAP_UPGRADE_STEP_ROWS (1u << 20)   /* rows per upgrade step by default */
+#define BMAP_MERGE_STEP_EXTS 4096           /* extents per step of bmap_node_merge */
 
 #define BMAP_STR_(x) #x
 #define BMAP_STR(x)  BMAP_STR_(x)
 
+_Static_assert(BMAP_LBLOCK_LIMIT == EMAP_LBLOCK_LIMIT, "bmap and emap share the lblock limit");
+
 /*
- * Schema, version 2.  Created in one transaction by bmap_create(); the
+ * Schema, version 3.  Created in one transaction by bmap_create(); the
  * comments are kept by SQLite in sqlite_schema, so `sqlite3 index.sqlite
  * .schema` shows them too.  Any change here needs a new BMAP_FORMAT_VERSION
- * and a step in bmap_upgrade().  Version 1 had no node.nrows.
+ * and an upgrade.  Version 1 had no node.nrows; version 2 had one row per
+ * block in table bmap (with a checksum) and node.nrows.  An index upgraded
+ * from 2 keeps the text of its node table with the column renamed.
  */
 static const char bmap_schema_sql[] =
 	"CREATE TABLE meta (\n"
-	"  key   TEXT PRIMARY KEY,   -- block_size, format_version, created_ns, next_chunk_id\n"
+	"  key   TEXT PRIMARY KEY,   -- block_size, format_version, created_ns, next_chunk_id, ...\n"
 	"  value INTEGER NOT NULL    -- an unsigned 64-bit value, same bits in a signed int64\n"
 	") WITHOUT ROWID;\n"
 	"\n"
@@ -121,16 +149,16 @@ static const char bmap_schema_sql[] =
 	"  id      INTEGER PRIMARY KEY AUTOINCREMENT, -- never reused\n"
 	"  parent  INTEGER NOT NULL DEFAULT 0, -- node blocks are inherited from; 0: none\n"
 	"  inherit INTEGER NOT NULL,           -- blocks [0, inherit) come from parent (uint64 bits)\n"
-	"  nrows   INTEGER NOT NULL DEFAULT 0  -- its bmap rows with chunk <> 0, kept by bmap.c\n"
+	"  nblocks INTEGER NOT NULL DEFAULT 0  -- its data blocks (sum of nblocks of data extents), kept by bmap.c\n"
 	");\n"
 	"CREATE INDEX node_parent ON node(parent);\n"
 	"\n"
-	"CREATE TABLE bmap (\n"
-	"  node   INTEGER NOT NULL, -- node.id\n"
-	"  lblock INTEGER NOT NULL, -- block number inside the volume, < 2^63\n"
-	"  chunk  INTEGER NOT NULL, -- chunk file id; 0: tombstone, the block reads as zeros\n"
-	"  slot   INTEGER NOT NULL, -- block index inside the chunk file; 0 for a tombstone\n"
-	"  cksum  INTEGER NOT NULL, -- XXH3-64 of the payload, chunk_loc.cksum (uint64 bits); 0 for a tombstone\n"
+	"CREATE TABLE extent (\n"
+	"  node    INTEGER NOT NULL, -- node.id\n"
+	"  lblock  INTEGER NOT NULL, -- first block inside the volume, < 2^48\n"
+	"  nblocks INTEGER NOT NULL, -- >= 1; a data extent stays inside its chunk\n"
+	"  chunk   INTEGER NOT NULL, -- chunk file id; 0: tombstone run, the blocks read as zeros\n"
+	"  slot    INTEGER NOT NULL, -- first slot: block lblock+i is slot slot+i; 0 for a tombstone\n"
 	"  PRIMARY KEY (node, lblock)\n"
 	") WITHOUT ROWID;\n"
 	"\n"
@@ -165,9 +193,22 @@ static const char bmap_schema_sql[] =
 	"CREATE INDEX sinode_node ON sinode(node);\n"
 	"CREATE INDEX inode_node ON inode(node);\n";
 
+/* The extent table as the upgrade creates it: the same text as above. */
+static const char bmap_extent_sql[] =
+	"CREATE TABLE extent (\n"
+	"  node    INTEGER NOT NULL, -- node.id\n"
+	"  lblock  INTEGER NOT NULL, -- first block inside the volume, < 2^48\n"
+	"  nblocks INTEGER NOT NULL, -- >= 1; a data extent stays inside its chunk\n"
+	"  chunk   INTEGER NOT NULL, -- chunk file id; 0: tombstone run, the blocks read as zeros\n"
+	"  slot    INTEGER NOT NULL, -- first slot: block lblock+i is slot slot+i; 0 for a tombstone\n"
+	"  PRIMARY KEY (node, lblock)\n"
+	") WITHOUT ROWID;\n";
+
 #define INODE_COLS "ino, parent, name, kind, mode, uid, gid, atime_ns, mtime_ns, ctime_ns, size, node"
+#define EXT_COLS   "lblock, nblocks, chunk, slot"
 
 enum bmap_st {
+	/* any format: the namespace, meta and transactions */
 	ST_BEGIN,
 	ST_COMMIT,
 	ST_ROLLBACK,
@@ -192,23 +233,7 @@ enum bmap_st {
 	ST_NODE_GET,
 	ST_NODE_UPDATE,
 	ST_NODE_DELETE,
-	ST_NODE_DELETE_ROWS,
 	ST_NODE_CHILDREN,
-	ST_ROW_PUT,
-	ST_ROW_INSERT,
-	ST_ROW_UPDATE,
-	ST_ROW_DEL,
-	ST_ROW_DEL_DATA,
-	ST_ROW_DEL_FROM,
-	ST_ROW_FOREACH,
-	ST_ROW_COUNT,
-	ST_ROW_COUNT_RANGE,
-	ST_NODE_NROWS,          /* format 2: prepared only then */
-	ST_NODE_NROWS_ADD,      /* format 2 */
-	ST_CHUNK_SCAN,
-	ST_ROWS_ALL,
-	ST_ROW_RELOCATE,
-	ST_ROW_RANGE,
 	ST_SNAP_INSERT,
 	ST_SNAP_GET,
 	ST_SNAP_LOOKUP,
@@ -226,10 +251,27 @@ enum bmap_st {
 	ST_SUBTREE,
 	ST_NODE_REFS,
 	ST_NODE_ONLY_CHILD,
-	ST_NODE_MERGE_DROP,
-	ST_NODE_MERGE_MOVE,
-	ST_NODE_ROW_NTH,
 	ST_NODE_LIST,
+	/* format 3 only: prepared once the index is format 3 */
+	ST_F3_FIRST,
+	ST_NODE_DELETE_EXTS = ST_F3_FIRST,
+	ST_EXT_AT_OR_BEFORE,
+	ST_EXT_WINDOW,
+	ST_EXT_INSERT,
+	ST_EXT_UPDATE,
+	ST_EXT_DELETE,
+	ST_EXT_DEL_FROM,
+	ST_EXT_BLOCKS_FROM,
+	ST_EXT_RANGE,
+	ST_EXT_NTH,
+	ST_EXT_BELOW,
+	ST_EXT_DEL_BELOW,
+	ST_NODE_NBLOCKS,
+	ST_NODE_NBLOCKS_ADD,
+	ST_NODE_BLOCKS_SCAN,
+	ST_NODE_EXTENTS,
+	ST_CHUNK_SCAN,
+	ST_EXTS_ALL,
 	ST_COUNT
 };
 
@@ -278,37 +320,7 @@ static const char *const bmap_st_sql[ST_COUNT] = {
 	[ST_NODE_GET]         = "SELECT id, parent, inherit FROM node WHERE id = ?1",
 	[ST_NODE_UPDATE]      = "UPDATE node SET parent = ?2, inherit = ?3 WHERE id = ?1",
 	[ST_NODE_DELETE]      = "DELETE FROM node WHERE id = ?1",
-	[ST_NODE_DELETE_ROWS] = "DELETE FROM bmap WHERE node = ?1",
 	[ST_NODE_CHILDREN]    = "SELECT count(*) FROM node WHERE parent = ?1",
-
-	/* UPSERT rather than INSERT OR REPLACE: it updates in place instead
-	 * of delete + insert, which is faster on random overwrites. */
-	[ST_ROW_PUT]          = "INSERT INTO bmap(node, lblock, chunk, slot, cksum)"
-				" VALUES(?1, ?2, ?3, ?4, ?5)"
-				" ON CONFLICT(node, lblock) DO UPDATE SET chunk = excluded.chunk,"
-				" slot = excluded.slot, cksum = excluded.cksum",
-	/* node.nrows: data over data is an UPDATE, data over nothing an
-	 * INSERT, both counted by bmap_row_put; anything else the UPSERT */
-	[ST_ROW_INSERT]       = "INSERT INTO bmap(node, lblock, chunk, slot, cksum)"
-				" VALUES(?1, ?2, ?3, ?4, ?5) ON CONFLICT(node, lblock) DO NOTHING",
-	[ST_ROW_UPDATE]       = "UPDATE bmap SET chunk = ?3, slot = ?4, cksum = ?5"
-				" WHERE node = ?1 AND lblock = ?2 AND chunk <> 0",
-	[ST_ROW_DEL]          = "DELETE FROM bmap WHERE node = ?1 AND lblock = ?2",
-	[ST_ROW_DEL_DATA]     = "DELETE FROM bmap WHERE node = ?1 AND lblock = ?2 AND chunk <> 0",
-	[ST_ROW_DEL_FROM]     = "DELETE FROM bmap WHERE node = ?1 AND lblock >= ?2",
-	[ST_ROW_FOREACH]      = "SELECT lblock, chunk, slot, cksum FROM bmap"
-				" WHERE node = ?1 AND lblock < ?2 ORDER BY lblock",
-	[ST_ROW_COUNT]        = "SELECT count(*) FROM bmap WHERE node = ?1 AND chunk <> 0",
-	[ST_ROW_COUNT_RANGE]  = "SELECT count(*) FROM bmap WHERE node = ?1 AND lblock >= ?2"
-				" AND lblock < ?3 AND chunk <> 0",
-	[ST_NODE_NROWS]       = "SELECT nrows FROM node WHERE id = ?1",
-	[ST_NODE_NROWS_ADD]   = "UPDATE node SET nrows = nrows + ?2 WHERE id = ?1",
-	[ST_CHUNK_SCAN]       = "SELECT chunk FROM bmap WHERE chunk <> 0",
-	[ST_ROWS_ALL]         = "SELECT node, lblock, chunk, slot, cksum FROM bmap WHERE chunk <> 0",
-	[ST_ROW_RELOCATE]     = "UPDATE bmap SET chunk = ?5, slot = ?6"
-				" WHERE node = ?1 AND lblock = ?2 AND chunk = ?3 AND slot = ?4",
-	[ST_ROW_RANGE]        = "SELECT lblock, chunk, slot, cksum FROM bmap"
-				" WHERE node = ?1 AND lblock >= ?2 AND lblock < ?3 ORDER BY lblock",
 
 	[ST_SNAP_INSERT]      = "INSERT INTO snapshot(dir, name, created_ns) VALUES(?1, ?2, ?3)",
 	[ST_SNAP_GET]         = "SELECT id, dir, name, created_ns FROM snapshot WHERE id = ?1",
@@ -341,34 +353,59 @@ static const char *const bmap_st_sql[ST_COUNT] = {
 	[ST_NODE_REFS]        = "SELECT (SELECT count(*) FROM inode WHERE node = ?1)"
 				" + (SELECT count(*) FROM sinode WHERE node = ?1)",
 	[ST_NODE_ONLY_CHILD]  = "SELECT id FROM node WHERE parent = ?1 ORDER BY id LIMIT 1",
-	/* merge, rows of the node below lblock ?4 only; step 1: rows the
-	 * child cannot see (at or past its inherit limit ?3) or overrides (it
-	 * has its own row) go */
-	[ST_NODE_MERGE_DROP]  = "DELETE FROM bmap WHERE node = ?1 AND lblock < ?4 AND (lblock >= ?3"
-				" OR EXISTS (SELECT 1 FROM bmap c WHERE c.node = ?2"
-				" AND c.lblock = bmap.lblock))",
-	/* step 2: the rest become the child's */
-	[ST_NODE_MERGE_MOVE]  = "UPDATE bmap SET node = ?2 WHERE node = ?1 AND lblock < ?3",
-	/* where a batch of ?2 rows of a node ends */
-	[ST_NODE_ROW_NTH]     = "SELECT lblock FROM bmap WHERE node = ?1 ORDER BY lblock"
-				" LIMIT 1 OFFSET ?2",
 	[ST_NODE_LIST]        = "SELECT id, parent, inherit FROM node ORDER BY id",
+
+	[ST_NODE_DELETE_EXTS] = "DELETE FROM extent WHERE node = ?1",
+	/* The row covering block ?2, or the nearest before it: one descent. */
+	[ST_EXT_AT_OR_BEFORE] = "SELECT " EXT_COLS " FROM extent WHERE node = ?1 AND lblock <= ?2"
+				" ORDER BY lblock DESC LIMIT 1",
+	/* the rows starting in [?2, ?3], the right neighbour included */
+	[ST_EXT_WINDOW]       = "SELECT " EXT_COLS " FROM extent WHERE node = ?1 AND lblock >= ?2"
+				" AND lblock <= ?3 ORDER BY lblock",
+	[ST_EXT_INSERT]       = "INSERT INTO extent(node, lblock, nblocks, chunk, slot)"
+				" VALUES(?1, ?2, ?3, ?4, ?5)",
+	[ST_EXT_UPDATE]       = "UPDATE extent SET nblocks = ?3, chunk = ?4, slot = ?5"
+				" WHERE node = ?1 AND lblock = ?2",
+	[ST_EXT_DELETE]       = "DELETE FROM extent WHERE node = ?1 AND lblock = ?2",
+	[ST_EXT_DEL_FROM]     = "DELETE FROM extent WHERE node = ?1 AND lblock >= ?2",
+	[ST_EXT_BLOCKS_FROM]  = "SELECT coalesce(sum(nblocks), 0) FROM extent"
+				" WHERE node = ?1 AND lblock >= ?2 AND chunk <> 0",
+	[ST_EXT_RANGE]        = "SELECT " EXT_COLS " FROM extent WHERE node = ?1 AND lblock >= ?2"
+				" AND lblock < ?3 ORDER BY lblock",
+	/* where a step of ?2 extents of a node ends (merge_some) */
+	[ST_EXT_NTH]          = "SELECT lblock FROM extent WHERE node = ?1 ORDER BY lblock"
+				" LIMIT 1 OFFSET ?2",
+	[ST_EXT_BELOW]        = "SELECT " EXT_COLS " FROM extent WHERE node = ?1 AND lblock < ?2"
+				" ORDER BY lblock",
+	[ST_EXT_DEL_BELOW]    = "DELETE FROM extent WHERE node = ?1 AND lblock < ?2",
+	[ST_NODE_NBLOCKS]     = "SELECT nblocks FROM node WHERE id = ?1",
+	[ST_NODE_NBLOCKS_ADD] = "UPDATE node SET nblocks = nblocks + ?2 WHERE id = ?1",
+	[ST_NODE_BLOCKS_SCAN] = "SELECT coalesce(sum(nblocks), 0) FROM extent"
+				" WHERE node = ?1 AND chunk <> 0",
+	[ST_NODE_EXTENTS]     = "SELECT count(*) FROM extent WHERE node = ?1",
+	[ST_CHUNK_SCAN]       = "SELECT chunk, nblocks FROM extent WHERE chunk <> 0",
+	[ST_EXTS_ALL]         = "SELECT node, " EXT_COLS " FROM extent WHERE chunk <> 0",
 };
 
 struct bmap {
 	sqlite3 *db;
-	sqlite3_stmt *st[ST_COUNT];     /* prepared in bmap_open, finalized in bmap_close */
+	sqlite3_stmt *st[ST_COUNT];     /* prepared at open (ST_F3_FIRST on: at format 3) */
 	uint32_t block_size;            /* from meta, checked at open */
 	int readonly;
-	int format;                     /* user_version: BMAP_FORMAT_VERSION, or 1 read-only */
-	int upgraded_from;              /* the format bmap_open upgraded, or 0 */
+	int format;                     /* user_version: 1 or 2 until upgraded, or 3 */
+	int upgraded_from;              /* the format bmap_upgrade_run upgraded, or 0 */
 	int walking;                    /* a walk's fn is running: no call may enter */
-	/* node.nrows changes of bmap_row_put/del not yet written: a flush
-	 * puts thousands of rows of one node, and one UPDATE of its count at
-	 * commit costs less than one per row.  Dropped at rollback. */
+	/* node.nblocks changes of put/del/relocate not yet written: a flush
+	 * puts thousands of runs of one node, and one UPDATE of its count at
+	 * commit costs less than one per put.  Dropped at rollback. */
 	uint64_t pend_node;
 	int64_t pend_delta;
-	bool put_new;                   /* the last data put made a new row */
+	/* ext_edit's working set, reused by every call: the rows around the
+	 * range as an emap, and the diff of the edit. */
+	struct emap *em;
+	struct emap_diff diff;
+	struct bmap_ext *exts;          /* merge: the node's rows of one step */
+	size_t nexts, exts_cap;
 	uint32_t fault_after;           /* bmap_fault_commit: commits still allowed */
 	int fault_err;                  /* then fail with -fault_err; 0: off */
 	char errmsg[256];               /* sqlite3_errmsg() of the last mapped error */
@@ -545,11 +582,13 @@ static int inode_from_row(sqlite3_stmt *s, struct bmap_inode *in)
 	return 0;
 }
 
-static void loc_from_cols(sqlite3_stmt *s, int col, struct chunk_loc *loc)
+/* An extent from columns col .. col+3 (EXT_COLS). */
+static void ext_from_cols(sqlite3_stmt *s, int col, struct bmap_ext *e)
 {
-	loc->chunk_id = (uint64_t)sqlite3_column_int64(s, col);
-	loc->slot = (uint32_t)sqlite3_column_int64(s, col + 1);
-	loc->cksum = bits_u64(sqlite3_column_int64(s, col + 2));
+	e->lblock = (uint64_t)sqlite3_column_int64(s, col);
+	e->nblocks = (uint32_t)sqlite3_column_int64(s, col + 1);
+	e->chunk = (uint64_t)sqlite3_column_int64(s, col + 2);
+	e->slot = (uint32_t)sqlite3_column_int64(s, col + 3);
 }
 
 /* Run a one-off statement at open or create and read its first column. */
@@ -621,6 +660,9 @@ static void bmap_free(struct bmap *b)
 
 	for (i = 0; i < ST_COUNT; i++)
 		sqlite3_finalize(b->st[i]);     /* NULL is a no-op */
+	emap_free(b->em);
+	emap_diff_free(&b->diff);
+	free(b->exts);
 	/* _v2: never fails with "unfinalized statements"; a transaction
 	 * still open is rolled back by SQLite. */
 	sqlite3_close_v2(b->db);
@@ -725,7 +767,7 @@ int bmap_create(const char *path, uint32_t block_size, uint32_t uid, uint32_t gi
 		"PRAGMA application_id = %d;\n"
 		"PRAGMA user_version = %d;\n"
 		"INSERT INTO meta(key, value) VALUES('block_size', %u), ('format_version', %d),"
-		" ('created_ns', %lld), ('next_chunk_id', 1);\n"
+		" ('created_ns', %lld), ('next_chunk_id', 1), ('ckpt_lsn', 0), ('ckpt_chunk', 1);\n"
 		"INSERT INTO inode(ino, parent, name, kind, mode, uid, gid,"
 		" atime_ns, mtime_ns, ctime_ns, size, node)"
 		" VALUES(%d, 0, X'', %d, %d, %u, %u, %lld, %lld, %lld, 0, 0);\n"
@@ -794,33 +836,46 @@ static int bmap_check_format(struct bmap *b, bool quick_check)
 }
 
 /*
- * Bring a writable index of an older format up to BMAP_FORMAT_VERSION, in
- * one transaction: a crash leaves the old format, and the next open runs
- * this again.  A read-only open leaves the file as it is, and the calls
- * that need the new format fall back (bmap_row_count scans).
+ * Bring a writable index of format 1 to format 2, in one transaction: a
+ * crash leaves format 1, and the next open runs this again.  A read-only
+ * open leaves the file as it is.  Format 2 goes to 3 only through
+ * bmap_upgrade_run(), in steps.
  *
  * 1 -> 2: node.nrows, counted once here (one scan of the index).
  */
-static int bmap_upgrade(struct bmap *b)
+static int bmap_upgrade_1(struct bmap *b)
 {
 	int rc;
 
-	if (b->format == BMAP_FORMAT_VERSION)
+	if (b->format != 1)
 		return 0;
 	rc = exec_sql(b, "BEGIN IMMEDIATE;"
 			 "ALTER TABLE node ADD COLUMN nrows INTEGER NOT NULL DEFAULT 0;"
 			 "UPDATE node SET nrows = (SELECT count(*) FROM bmap"
 			 " WHERE bmap.node = node.id AND chunk <> 0);"
-			 "UPDATE meta SET value = " BMAP_STR(BMAP_FORMAT_VERSION)
-			 " WHERE key = 'format_version';"
-			 "PRAGMA user_version = " BMAP_STR(BMAP_FORMAT_VERSION) ";"
+			 "UPDATE meta SET value = 2 WHERE key = 'format_version';"
+			 "PRAGMA user_version = 2;"
 			 "COMMIT;");
 	if (rc) {
 		exec_sql(b, "ROLLBACK");
 		return rc;
 	}
 	b->upgraded_from = b->format;
-	b->format = BMAP_FORMAT_VERSION;
+	b->format = 2;
+	return 0;
+}
+
+/* Prepare statements [first, below) of b->st; see "Statements" at the top. */
+static int prepare_range(struct bmap *b, int first, int below)
+{
+	int i, src;
+
+	for (i = first; i < below; i++) {
+		src = sqlite3_prepare_v3(b->db, bmap_st_sql[i], -1, SQLITE_PREPARE_PERSISTENT,
+					 &b->st[i], NULL);
+		if (src != SQLITE_OK)
+			return bmap_errno(b, src);
+	}
 	return 0;
 }
 
@@ -833,7 +888,7 @@ static int open_index(const char *path, int readonly, bool quick_check, struct b
 {
 	struct bmap *b;
 	sqlite3_int64 bs;
-	int flags, src, match, rc, i;
+	int flags, src, match, rc;
 	bool had_wal, had_shm;
 
 	*out = NULL;
@@ -893,21 +948,21 @@ static int open_index(const char *path, int readonly, bool quick_check, struct b
 		goto fail;
 	b->block_size = (uint32_t)bs;
 
+	b->em = emap_new(CHUNK_NSLOTS(b->block_size));
+	if (!b->em) {
+		rc = -ENOMEM;
+		goto fail;
+	}
 	if (!readonly) {
-		rc = bmap_upgrade(b);
+		rc = bmap_upgrade_1(b);
 		if (rc)
 			goto fail;
 	}
-	for (i = 0; i < ST_COUNT; i++) {
-		if (b->format < 2 && (i == ST_NODE_NROWS || i == ST_NODE_NROWS_ADD))
-			continue;
-		src = sqlite3_prepare_v3(b->db, bmap_st_sql[i], -1, SQLITE_PREPARE_PERSISTENT,
-					 &b->st[i], NULL);
-		if (src != SQLITE_OK) {
-			rc = bmap_errno(b, src);
-			goto fail;
-		}
-	}
+	rc = prepare_range(b, 0, ST_F3_FIRST);
+	if (!rc && b->format == BMAP_FORMAT_VERSION)
+		rc = prepare_range(b, ST_F3_FIRST, ST_COUNT);
+	if (rc)
+		goto fail;
 	*out = b;
 	return 0;
 
@@ -978,38 +1033,38 @@ int bmap_meta_set(struct bmap *b, const char *key, uint64_t value)
 
 /* ---- transactions ------------------------------------------------------- */
 
-/* ---- node.nrows ---------------------------------------------------------- */
+/* ---- node.nblocks -------------------------------------------------------- */
 
 /* Add delta to node's count now. */
-static int nrows_add_now(struct bmap *b, uint64_t node, int64_t delta)
+static int nblocks_add_now(struct bmap *b, uint64_t node, int64_t delta)
 {
 	sqlite3_stmt *s;
 
 	if (delta == 0)
 		return 0;
-	s = bmap_stmt(b, ST_NODE_NROWS_ADD);
+	s = bmap_stmt(b, ST_NODE_NBLOCKS_ADD);
 	bind_i64(s, 1, u64_bits(node));
 	bind_i64(s, 2, delta);
 	return stmt_run(b, s);
 }
 
 /* Write the pending change (see struct bmap). */
-static int nrows_apply(struct bmap *b)
+static int nblocks_apply(struct bmap *b)
 {
 	int64_t d = b->pend_delta;
 
 	b->pend_delta = 0;
-	return nrows_add_now(b, b->pend_node, d);
+	return nblocks_add_now(b, b->pend_node, d);
 }
 
-/* Count a row of node in or out when the transaction commits (or the
+/* Count blocks of node in or out when the transaction commits (or the
  * savepoint of a call made outside one, see in_own_savepoint). */
-static int nrows_add(struct bmap *b, uint64_t node, int64_t delta)
+static int nblocks_add(struct bmap *b, uint64_t node, int64_t delta)
 {
 	int rc = 0;
 
 	if (b->pend_node != node) {
-		rc = nrows_apply(b);
+		rc = nblocks_apply(b);
 		b->pend_node = node;
 	}
 	b->pend_delta += delta;
@@ -1049,7 +1104,7 @@ int bmap_commit(struct bmap *b)
 		rc = -b->fault_err;
 	}
 	if (!rc)
-		rc = nrows_apply(b);
+		rc = nblocks_apply(b);
 	if (!rc)
 		rc = stmt_run(b, bmap_stmt(b, ST_COMMIT));
 	if (rc)
@@ -1346,12 +1401,14 @@ int bmap_node_update(struct bmap *b, const struct bmap_node *n)
 	return rc;
 }
 
-/* The node row and its block rows go together or not at all. */
+/* The node row and its extents go together or not at all. */
 int bmap_node_delete(struct bmap *b, uint64_t id)
 {
 	sqlite3_stmt *s;
 	int rc;
 
+	if (b->format != BMAP_FORMAT_VERSION)
+		return -EPROTONOSUPPORT;
 	rc = op_begin(b);
 	if (rc)
 		return rc;
@@ -1364,7 +1421,7 @@ int bmap_node_delete(struct bmap *b, uint64_t id)
 	if (rc)
 		goto out;
 
-	s = bmap_stmt(b, ST_NODE_DELETE_ROWS);
+	s = bmap_stmt(b, ST_NODE_DELETE_EXTS);
 	bind_i64(s, 1, u64_bits(id));
 	rc = stmt_run(b, s);
 out:
@@ -1379,86 +1436,19 @@ int bmap_node_children(struct bmap *b, uint64_t id, uint64_t *count)
 	return stmt_u64(b, s, count);
 }
 
-/* ---- rows --------------------------------------------------------------- */
+/* ---- extents ------------------------------------------------------------ */
 
-/* Delete node's data row at lblock, if it has one, and count it out. */
-static int row_del_data(struct bmap *b, uint64_t node, uint64_t lblock)
-{
-	sqlite3_stmt *s = bmap_stmt(b, ST_ROW_DEL_DATA);
-	int rc;
-
-	bind_i64(s, 1, u64_bits(node));
-	bind_i64(s, 2, u64_bits(lblock));
-	rc = stmt_run(b, s);
-	if (!rc && sqlite3_changes(b->db))
-		rc = nrows_add(b, node, -1);
-	return rc;
-}
-
-/* Bind (node, lblock, chunk, slot, cksum) as ?1..?5.  A tombstone stores
- * zeros, so equal content means equal rows. */
-static void bind_row(sqlite3_stmt *s, uint64_t node, uint64_t lblock, const struct chunk_loc *loc)
-{
-	int tomb = loc->chunk_id == 0;
-
-	bind_i64(s, 1, (sqlite3_int64)node);
-	bind_i64(s, 2, (sqlite3_int64)lblock);
-	bind_i64(s, 3, (sqlite3_int64)loc->chunk_id);
-	bind_i64(s, 4, tomb ? 0 : loc->slot);
-	bind_i64(s, 5, tomb ? 0 : u64_bits(loc->cksum));
-}
-
-static int row_put(struct bmap *b, uint64_t node, uint64_t lblock, const struct chunk_loc *loc)
-{
-	sqlite3_stmt *s = bmap_stmt(b, ST_ROW_PUT);
-	int tomb = loc->chunk_id == 0, rc;
-	/* node.nrows: data over data changes no count, data over nothing
-	 * counts one in.  Which one to try first: what the last put found,
-	 * as a flush puts runs of rows in order, fresh (after a snapshot)
-	 * or overwritten.  A tombstone first takes out the data row it
-	 * replaces (counted); it and data over a tombstone take the UPSERT. */
-	if (!tomb) {
-		for (int i = 0; i < 2; i++) {
-			bool ins = b->put_new ^ i;
-			sqlite3_stmt *u = bmap_stmt(b, ins ? ST_ROW_INSERT : ST_ROW_UPDATE);
-
-			bind_row(u, node, lblock, loc);
-			rc = stmt_run(b, u);
-			if (rc)
-				return rc;
-			if (sqlite3_changes(b->db)) {
-				b->put_new = ins;
-				return ins ? nrows_add(b, node, 1) : 0;
-			}
-		}
-	} else {
-		rc = row_del_data(b, node, lblock);
-		if (rc)
-			return rc;
-	}
-	bind_row(s, node, lblock, loc);
-	rc = stmt_run(b, s);
-	if (!rc && !tomb)
-		rc = nrows_add(b, node, 1);
-	return rc;
-}
-
-static int row_del(struct bmap *b, uint64_t node, uint64_t lblock)
-{
-	sqlite3_stmt *s = bmap_stmt(b, ST_ROW_DEL);
-	int rc = row_del_data(b, node, lblock);
-
-	if (rc)
-		return rc;
-	bind_i64(s, 1, u64_bits(node));
-	bind_i64(s, 2, u64_bits(lblock));
-	return stmt_run(b, s);          /* a tombstone, if any */
-}
+/* Block calls need the extent table: format 3 (bmap_upgrade_run). */
+#define NEED_FORMAT_3(b) do { \
+		if ((b)->format != BMAP_FORMAT_VERSION) \
+			return -EPROTONOSUPPORT; \
+	} while (0)
 
 /*
- * put and del run two statements or more and count at commit.  Called
- * outside a transaction (the tests do), they take a savepoint of their
- * own, so that the rows and the count commit together, at its release.
+ * put, del and relocate run several statements and count at commit.
+ * Called outside a transaction (the tests do), they take a savepoint of
+ * their own, so that the rows and the count commit together, at its
+ * release.
  */
 static bool in_own_savepoint(struct bmap *b, int *rc)
 {
@@ -1472,153 +1462,380 @@ static bool in_own_savepoint(struct bmap *b, int *rc)
 static int own_savepoint_end(struct bmap *b, int rc)
 {
 	if (!rc)
-		rc = nrows_apply(b);
+		rc = nblocks_apply(b);
 	b->pend_delta = 0;              /* rolled back if rc, written if not */
 	return op_end(b, rc);
 }
 
-int bmap_row_put(struct bmap *b, uint64_t node, uint64_t lblock, const struct chunk_loc *loc)
+static uint64_t ext_end(const struct bmap_ext *e)
 {
-	bool own;
-	int rc;
-
-	/* Ordered by SQL as signed integers; lblock INT64_MAX is kept free
-	 * so that the clamped bounds of foreach and del_from are exact. */
-	if (node > (uint64_t)INT64_MAX || lblock >= (uint64_t)INT64_MAX ||
-	    loc->chunk_id > (uint64_t)INT64_MAX)
-		return -EINVAL;
-	own = in_own_savepoint(b, &rc);
-	if (rc)
-		return rc;
-	rc = row_put(b, node, lblock, loc);
-	return own ? own_savepoint_end(b, rc) : rc;
+	return e->lblock + e->nblocks;
 }
 
-int bmap_row_del(struct bmap *b, uint64_t node, uint64_t lblock)
+static uint64_t data_blocks(const struct emap_ext *e)
 {
-	bool own;
-	int rc;
-
-	own = in_own_savepoint(b, &rc);
-	if (rc)
-		return rc;
-	rc = row_del(b, node, lblock);
-	return own ? own_savepoint_end(b, rc) : rc;
+	return e->chunk ? e->nblocks : 0;
 }
 
-/* The data rows of node in [from, below): node.nrows moves by these. */
-static int rows_between(struct bmap *b, uint64_t node, uint64_t from, uint64_t below,
-			uint64_t *n)
+/* The row of node covering block lb, or the nearest before it; -ENOENT if
+ * there is none. */
+static int ext_at_or_before(struct bmap *b, uint64_t node, uint64_t lb, struct bmap_ext *out)
 {
-	sqlite3_stmt *s = bmap_stmt(b, ST_ROW_COUNT_RANGE);
+	sqlite3_stmt *s = bmap_stmt(b, ST_EXT_AT_OR_BEFORE);
+	int src, rc = 0;
 
 	bind_i64(s, 1, u64_bits(node));
-	bind_i64(s, 2, clamp_i64(from));
-	bind_i64(s, 3, clamp_i64(below));
-	return stmt_u64(b, s, n);
+	bind_i64(s, 2, clamp_i64(lb));
+	src = sqlite3_step(s);
+	if (src == SQLITE_ROW)
+		ext_from_cols(s, 0, out);
+	else if (src == SQLITE_DONE)
+		rc = -ENOENT;
+	else
+		rc = bmap_errno(b, src);
+	sqlite3_reset(s);
+	return rc;
 }
 
-int bmap_row_del_from(struct bmap *b, uint64_t node, uint64_t from)
+/* Add a row read from the index to b->em; rows come in lblock order and
+ * must be disjoint and valid, else the index is damaged. */
+static int em_load(struct bmap *b, const struct bmap_ext *x, uint64_t *end)
 {
-	sqlite3_stmt *s = bmap_stmt(b, ST_ROW_DEL_FROM);
-	uint64_t n = 0;
+	struct emap_ext e = { .lblock = x->lblock, .nblocks = x->nblocks,
+			      .chunk = x->chunk, .slot = x->chunk ? x->slot : 0 };
+
 	int rc;
 
+	if (x->lblock < *end || x->nblocks == 0)
+		return -EUCLEAN;
+	*end = ext_end(x);
+	rc = emap_put(b->em, &e, NULL);
+	return rc == -EINVAL ? -EUCLEAN : rc;   /* past the limit, or out of its chunk */
+}
+
+/*
+ * Load into b->em (emptied first) node's rows that overlap or touch
+ * [lo, hi): the row at or before lo - 1 if it reaches lo, and every row
+ * starting in [lo, hi].  That is all an edit of [lo, hi) can change or
+ * merge with.
+ */
+static int load_window(struct bmap *b, uint64_t node, uint64_t lo, uint64_t hi)
+{
+	sqlite3_stmt *s;
+	struct bmap_ext x;
+	uint64_t end = 0;
+	int src, rc = 0;
+
+	emap_truncate(b->em, 0, NULL);  /* never fails: it only removes */
+	if (lo > 0) {
+		rc = ext_at_or_before(b, node, lo - 1, &x);
+		if (rc == 0 && ext_end(&x) >= lo)
+			rc = em_load(b, &x, &end);
+		else if (rc == 0 || rc == -ENOENT)
+			rc = 0;
+		if (rc)
+			return rc;
+	}
+	s = bmap_stmt(b, ST_EXT_WINDOW);
+	bind_i64(s, 1, u64_bits(node));
+	bind_i64(s, 2, clamp_i64(lo));
+	bind_i64(s, 3, clamp_i64(hi));
+	while ((src = sqlite3_step(s)) == SQLITE_ROW) {
+		ext_from_cols(s, 0, &x);
+		rc = em_load(b, &x, &end);
+		if (rc)
+			break;
+	}
+	if (rc == 0 && src != SQLITE_DONE)
+		rc = bmap_errno(b, src);
+	sqlite3_reset(s);
+	if (rc == -EUCLEAN)
+		snprintf(b->errmsg, sizeof(b->errmsg), "node %" PRIu64 ": overlapping or empty"
+			 " extent rows near block %" PRIu64, node, lo);
+	return rc;
+}
+
+/* Bind (node, lblock, nblocks, chunk, slot) as ?1..?5. */
+static void bind_ext(sqlite3_stmt *s, uint64_t node, const struct emap_ext *e)
+{
+	bind_i64(s, 1, (sqlite3_int64)node);
+	bind_i64(s, 2, (sqlite3_int64)e->lblock);
+	bind_i64(s, 3, e->nblocks);
+	bind_i64(s, 4, (sqlite3_int64)e->chunk);
+	bind_i64(s, 5, e->slot);
+}
+
+static int ext_row_delete(struct bmap *b, uint64_t node, uint64_t lblock)
+{
+	sqlite3_stmt *s = bmap_stmt(b, ST_EXT_DELETE);
+
+	bind_i64(s, 1, (sqlite3_int64)node);
+	bind_i64(s, 2, (sqlite3_int64)lblock);
+	return stmt_run(b, s);
+}
+
+/*
+ * Write b->diff as row edits of node (emap.h, struct emap_diff): removed
+ * rows whose key no added extent takes are deleted first, so that the
+ * inserts never meet a key still in use; a key in both lists is one
+ * UPDATE.  *delta: the data blocks the edit added minus those it removed.
+ */
+static int write_diff(struct bmap *b, uint64_t node, int64_t *delta)
+{
+	const struct emap_diff *d = &b->diff;
+	size_t i, j;
+	int rc = 0;
+
+	*delta = 0;
+	for (i = 0, j = 0; i < d->nremoved && rc == 0; i++) {
+		*delta -= (int64_t)data_blocks(&d->removed[i]);
+		while (j < d->nadded && d->added[j].lblock < d->removed[i].lblock)
+			j++;
+		if (j < d->nadded && d->added[j].lblock == d->removed[i].lblock)
+			continue;       /* an UPDATE, below */
+		rc = ext_row_delete(b, node, d->removed[i].lblock);
+	}
+	for (i = 0, j = 0; i < d->nadded && rc == 0; i++) {
+		sqlite3_stmt *s;
+
+		*delta += (int64_t)data_blocks(&d->added[i]);
+		while (j < d->nremoved && d->removed[j].lblock < d->added[i].lblock)
+			j++;
+		if (j < d->nremoved && d->removed[j].lblock == d->added[i].lblock)
+			s = bmap_stmt(b, ST_EXT_UPDATE);
+		else
+			s = bmap_stmt(b, ST_EXT_INSERT);
+		bind_ext(s, node, &d->added[i]);
+		rc = stmt_run(b, s);
+	}
+	return rc;
+}
+
+enum ext_op { EXT_PUT, EXT_DELETE };
+
+/*
+ * The one way a range of a node changes (see "Extents" at the top): load
+ * the rows around [lo, hi), edit them in b->em, write the difference, and
+ * count the data blocks it made or dropped.  put: e says what [lo, hi)
+ * becomes.  *delta (may be NULL): the change of node.nblocks, already
+ * counted.
+ */
+static int ext_edit(struct bmap *b, uint64_t node, enum ext_op op, uint64_t lo, uint64_t hi,
+		    const struct bmap_ext *e, int64_t *delta)
+{
+	struct emap_ext x;
+	int64_t dl = 0;
+	int rc;
+
+	rc = load_window(b, node, lo, hi);
+	if (rc)
+		return rc;
+	if (op == EXT_PUT) {
+		x = (struct emap_ext){ .lblock = lo, .nblocks = (uint32_t)(hi - lo),
+				       .chunk = e->chunk, .slot = e->chunk ? e->slot : 0 };
+		rc = emap_put(b->em, &x, &b->diff);
+	} else {
+		rc = emap_delete(b->em, lo, hi, &b->diff);
+	}
+	if (!rc)
+		rc = write_diff(b, node, &dl);
+	if (!rc)
+		rc = nblocks_add(b, node, dl);
+	if (delta)
+		*delta = dl;
+	return rc;
+}
+
+/* A run put may store: inside the lblock limit, and a data run inside its
+ * chunk, with values SQL can order. */
+static int ext_valid(struct bmap *b, uint64_t node, const struct bmap_ext *e)
+{
+	if (node > (uint64_t)INT64_MAX || e->nblocks == 0 || e->lblock > BMAP_LBLOCK_LIMIT ||
+	    e->nblocks > BMAP_LBLOCK_LIMIT - e->lblock || e->chunk > (uint64_t)INT64_MAX)
+		return -EINVAL;
+	if (e->chunk && (uint64_t)e->slot + e->nblocks > CHUNK_NSLOTS(b->block_size))
+		return -EINVAL;
+	return 0;
+}
+
+int bmap_ext_put(struct bmap *b, uint64_t node, const struct bmap_ext *e)
+{
+	bool own;
+	int rc;
+
+	NEED_FORMAT_3(b);
+	rc = ext_valid(b, node, e);
+	if (rc)
+		return rc;
+	own = in_own_savepoint(b, &rc);
+	if (rc)
+		return rc;
+	rc = ext_edit(b, node, EXT_PUT, e->lblock, ext_end(e), e, NULL);
+	return own ? own_savepoint_end(b, rc) : rc;
+}
+
+int bmap_ext_del(struct bmap *b, uint64_t node, uint64_t lblock, uint64_t nblocks)
+{
+	uint64_t hi;
+	bool own;
+	int rc;
+
+	NEED_FORMAT_3(b);
+	/* nothing is mapped at or past the limit */
+	if (lblock >= BMAP_LBLOCK_LIMIT || nblocks == 0)
+		return 0;
+	hi = nblocks > BMAP_LBLOCK_LIMIT - lblock ? BMAP_LBLOCK_LIMIT : lblock + nblocks;
+	own = in_own_savepoint(b, &rc);
+	if (rc)
+		return rc;
+	rc = ext_edit(b, node, EXT_DELETE, lblock, hi, NULL, NULL);
+	return own ? own_savepoint_end(b, rc) : rc;
+}
+
+/*
+ * Plain SQL, no emap: the row straddling from keeps its left part (a
+ * right trim never makes two rows mergeable: a gap follows), every row
+ * from there on goes.
+ */
+int bmap_ext_del_from(struct bmap *b, uint64_t node, uint64_t from)
+{
+	struct bmap_ext x;
+	struct emap_ext t;
+	sqlite3_stmt *s;
+	uint64_t gone = 0;
+	int64_t delta = 0;
+	int rc;
+
+	NEED_FORMAT_3(b);
+	if (from >= BMAP_LBLOCK_LIMIT)
+		return 0;
 	rc = op_begin(b);
 	if (rc)
 		return rc;
-	rc = rows_between(b, node, from, UINT64_MAX, &n);
+	if (from > 0) {
+		rc = ext_at_or_before(b, node, from - 1, &x);
+		if (rc == 0 && ext_end(&x) > from) {
+			if (x.chunk)
+				delta -= (int64_t)(ext_end(&x) - from);
+			t = (struct emap_ext){ .lblock = x.lblock, .nblocks = (uint32_t)(from - x.lblock),
+					       .chunk = x.chunk, .slot = x.slot };
+			s = bmap_stmt(b, ST_EXT_UPDATE);
+			bind_ext(s, node, &t);
+			rc = stmt_run(b, s);
+		} else if (rc == -ENOENT) {
+			rc = 0;
+		}
+	}
 	if (!rc) {
+		s = bmap_stmt(b, ST_EXT_BLOCKS_FROM);
 		bind_i64(s, 1, u64_bits(node));
-		bind_i64(s, 2, clamp_i64(from));
+		bind_i64(s, 2, (sqlite3_int64)from);
+		rc = stmt_u64(b, s, &gone);
+	}
+	if (!rc) {
+		s = bmap_stmt(b, ST_EXT_DEL_FROM);
+		bind_i64(s, 1, u64_bits(node));
+		bind_i64(s, 2, (sqlite3_int64)from);
 		rc = stmt_run(b, s);
 	}
 	if (!rc)
-		rc = nrows_add_now(b, node, -(int64_t)n);
+		rc = nblocks_add_now(b, node, delta - (int64_t)gone);
 	return op_end(b, rc);
 }
 
-/* Call fn(lblock, loc) for every row s returns as (lblock, chunk, slot,
- * cksum); see "Walks" at the top. */
-static int walk_rows(struct bmap *b, sqlite3_stmt *s,
-		     int (*fn)(void *ctx, uint64_t lblock, const struct chunk_loc *loc), void *ctx)
+/* fn(x clipped to [from, below)), with the walk flag up. */
+static int range_emit(struct bmap *b, struct bmap_ext x, uint64_t from, uint64_t below,
+		      int (*fn)(void *ctx, const struct bmap_ext *e), void *ctx)
 {
-	struct chunk_loc loc;
-	int src, rc = 0;
+	int rc;
 
-	while ((src = sqlite3_step(s)) == SQLITE_ROW) {
-		loc_from_cols(s, 1, &loc);
-		b->walking = 1;
-		rc = fn(ctx, (uint64_t)sqlite3_column_int64(s, 0), &loc);
-		b->walking = 0;
-		if (rc)
-			break;
+	if (x.lblock < from) {
+		if (x.chunk)
+			x.slot += (uint32_t)(from - x.lblock);
+		x.nblocks -= (uint32_t)(from - x.lblock);
+		x.lblock = from;
 	}
-	if (rc == 0 && src != SQLITE_DONE)
-		rc = bmap_errno(b, src);
-	sqlite3_reset(s);
+	if (ext_end(&x) > below)
+		x.nblocks = (uint32_t)(below - x.lblock);
+	b->walking = 1;
+	rc = fn(ctx, &x);
+	b->walking = 0;
 	return rc;
 }
 
-/* The same for rows returned as (node, lblock, chunk, slot, cksum). */
-static int walk_node_rows(struct bmap *b, sqlite3_stmt *s,
-			  int (*fn)(void *ctx, uint64_t node, uint64_t lblock,
-				    const struct chunk_loc *loc),
-			  void *ctx)
+int bmap_ext_range(struct bmap *b, uint64_t node, uint64_t from, uint64_t below,
+		   int (*fn)(void *ctx, const struct bmap_ext *e), void *ctx)
 {
-	struct chunk_loc loc;
+	struct bmap_ext x;
+	sqlite3_stmt *s;
 	int src, rc = 0;
 
-	while ((src = sqlite3_step(s)) == SQLITE_ROW) {
-		loc_from_cols(s, 2, &loc);
-		b->walking = 1;
-		rc = fn(ctx, (uint64_t)sqlite3_column_int64(s, 0),
-			(uint64_t)sqlite3_column_int64(s, 1), &loc);
-		b->walking = 0;
+	NEED_FORMAT_3(b);
+	if (below > BMAP_LBLOCK_LIMIT)
+		below = BMAP_LBLOCK_LIMIT;
+	if (from >= below)
+		return 0;
+	/* the row that starts before from and reaches into the range */
+	if (from > 0) {
+		rc = ext_at_or_before(b, node, from - 1, &x);
+		if (rc == 0 && ext_end(&x) > from)
+			rc = range_emit(b, x, from, below, fn, ctx);
+		else if (rc == -ENOENT)
+			rc = 0;
 		if (rc)
-			break;
+			return rc;
 	}
-	if (rc == 0 && src != SQLITE_DONE)
-		rc = bmap_errno(b, src);
-	sqlite3_reset(s);
-	return rc;
-}
-
-int bmap_row_foreach(struct bmap *b, uint64_t node, uint64_t below,
-		     int (*fn)(void *ctx, uint64_t lblock, const struct chunk_loc *loc), void *ctx)
-{
-	sqlite3_stmt *s = bmap_stmt(b, ST_ROW_FOREACH);
-
-	/* below = UINT64_MAX, "every row", must not turn into -1. */
+	s = bmap_stmt(b, ST_EXT_RANGE);
 	bind_i64(s, 1, u64_bits(node));
-	bind_i64(s, 2, clamp_i64(below));
-	return walk_rows(b, s, fn, ctx);
+	bind_i64(s, 2, (sqlite3_int64)from);
+	bind_i64(s, 3, (sqlite3_int64)below);
+	while ((src = sqlite3_step(s)) == SQLITE_ROW) {
+		ext_from_cols(s, 0, &x);
+		rc = range_emit(b, x, from, below, fn, ctx);
+		if (rc)
+			break;
+	}
+	if (rc == 0 && src != SQLITE_DONE)
+		rc = bmap_errno(b, src);
+	sqlite3_reset(s);
+	return rc;
 }
 
-int bmap_row_count(struct bmap *b, uint64_t node, uint64_t *count)
+int bmap_node_blocks(struct bmap *b, uint64_t node, uint64_t *count)
 {
 	sqlite3_stmt *s;
 	int rc;
 
-	if (b->format < 2)
-		return bmap_row_count_scan(b, node, count);
-	rc = nrows_apply(b);
+	NEED_FORMAT_3(b);
+	rc = nblocks_apply(b);
 	if (rc)
 		return rc;
-	s = bmap_stmt(b, ST_NODE_NROWS);
+	s = bmap_stmt(b, ST_NODE_NBLOCKS);
 	bind_i64(s, 1, u64_bits(node));
 	rc = stmt_u64(b, s, count);
-	if (rc == -ENOENT) {            /* no such node: no rows */
+	if (rc == -ENOENT) {            /* no such node: no blocks */
 		*count = 0;
 		rc = 0;
 	}
 	return rc;
 }
 
-int bmap_row_count_scan(struct bmap *b, uint64_t node, uint64_t *count)
+int bmap_node_blocks_scan(struct bmap *b, uint64_t node, uint64_t *count)
 {
-	sqlite3_stmt *s = bmap_stmt(b, ST_ROW_COUNT);
+	sqlite3_stmt *s;
 
+	NEED_FORMAT_3(b);
+	s = bmap_stmt(b, ST_NODE_BLOCKS_SCAN);
+	bind_i64(s, 1, u64_bits(node));
+	return stmt_u64(b, s, count);
+}
+
+int bmap_node_extents(struct bmap *b, uint64_t node, uint64_t *count)
+{
+	sqlite3_stmt *s;
+
+	NEED_FORMAT_3(b);
+	s = bmap_stmt(b, ST_NODE_EXTENTS);
 	bind_i64(s, 1, u64_bits(node));
 	return stmt_u64(b, s, count);
 }
@@ -1626,7 +1843,7 @@ int bmap_row_count_scan(struct bmap *b, uint64_t node, uint64_t *count)
 /* ---- garbage collection and check --------------------------------------- */
 
 /*
- * Reference counts per chunk id, in an open-addressing hash table (linear
+ * Covered slots per chunk id, in an open-addressing hash table (linear
  * probing, key 0 = empty slot, as chunk 0 is never counted).  Sized for
  * the number of chunks, typically thousands, not the number of rows.
  */
@@ -1667,15 +1884,15 @@ static int reftab_grow(struct reftab *t)
 	return 0;
 }
 
-/* Count one more reference; *hint caches the last slot, as rows of one
+/* Count n more slots of chunk; *hint caches the last slot, as rows of one
  * node come in runs of the same chunk. */
-static int reftab_add(struct reftab *t, uint64_t chunk, size_t *hint)
+static int reftab_add(struct reftab *t, uint64_t chunk, uint64_t n, size_t *hint)
 {
 	size_t i;
 	int rc;
 
 	if (t->cap && t->e[*hint].chunk == chunk) {
-		t->e[*hint].nrefs++;
+		t->e[*hint].nrefs += n;
 		return 0;
 	}
 	if ((t->used + 1) * 2 > t->cap) {
@@ -1691,7 +1908,7 @@ static int reftab_add(struct reftab *t, uint64_t chunk, size_t *hint)
 		t->e[i].chunk = chunk;
 		t->used++;
 	}
-	t->e[i].nrefs++;
+	t->e[i].nrefs += n;
 	*hint = i;
 	return 0;
 }
@@ -1707,13 +1924,16 @@ static int refcount_cmp(const void *a, const void *b)
 int bmap_chunk_refs(struct bmap *b, int (*fn)(void *ctx, uint64_t chunk_id, uint64_t nrefs),
 		    void *ctx)
 {
-	sqlite3_stmt *s = bmap_stmt(b, ST_CHUNK_SCAN);
 	struct reftab t = { 0 };
 	size_t hint = 0, i, n;
+	sqlite3_stmt *s;
 	int src, rc = 0;
 
+	NEED_FORMAT_3(b);
+	s = bmap_stmt(b, ST_CHUNK_SCAN);
 	while ((src = sqlite3_step(s)) == SQLITE_ROW) {
-		rc = reftab_add(&t, (uint64_t)sqlite3_column_int64(s, 0), &hint);
+		rc = reftab_add(&t, (uint64_t)sqlite3_column_int64(s, 0),
+				(uint64_t)sqlite3_column_int64(s, 1), &hint);
 		if (rc)
 			break;
 	}
@@ -1739,22 +1959,27 @@ out:
 	return rc;
 }
 
-int bmap_rows_all(struct bmap *b,
-		  int (*fn)(void *ctx, uint64_t node, uint64_t lblock, const struct chunk_loc *loc),
-		  void *ctx)
+int bmap_exts_all(struct bmap *b,
+		  int (*fn)(void *ctx, uint64_t node, const struct bmap_ext *e), void *ctx)
 {
-	return walk_node_rows(b, bmap_stmt(b, ST_ROWS_ALL), fn, ctx);
-}
+	struct bmap_ext x;
+	sqlite3_stmt *s;
+	int src, rc = 0;
 
-int bmap_row_range(struct bmap *b, uint64_t node, uint64_t from, uint64_t below,
-		   int (*fn)(void *ctx, uint64_t lblock, const struct chunk_loc *loc), void *ctx)
-{
-	sqlite3_stmt *s = bmap_stmt(b, ST_ROW_RANGE);
-
-	bind_i64(s, 1, u64_bits(node));
-	bind_i64(s, 2, clamp_i64(from));
-	bind_i64(s, 3, clamp_i64(below));
-	return walk_rows(b, s, fn, ctx);
+	NEED_FORMAT_3(b);
+	s = bmap_stmt(b, ST_EXTS_ALL);
+	while ((src = sqlite3_step(s)) == SQLITE_ROW) {
+		ext_from_cols(s, 1, &x);
+		b->walking = 1;
+		rc = fn(ctx, (uint64_t)sqlite3_column_int64(s, 0), &x);
+		b->walking = 0;
+		if (rc)
+			break;
+	}
+	if (rc == 0 && src != SQLITE_DONE)
+		rc = bmap_errno(b, src);
+	sqlite3_reset(s);
+	return rc;
 }
 
 /* ---- snapshots ------------------------------------------------------------- */
@@ -2014,82 +2239,6 @@ int bmap_node_only_child(struct bmap *b, uint64_t node, uint64_t *child)
 	return stmt_u64(b, s, child);
 }
 
-int bmap_node_merge_some(struct bmap *b, uint64_t node, uint64_t child, uint64_t max_rows,
-			 bool *done)
-{
-	struct bmap_node n, c;
-	uint64_t end = INT64_MAX;       /* this batch: the node's rows below end */
-	uint64_t before = 0, moved = 0;
-	sqlite3_stmt *s;
-	int rc;
-
-	*done = false;
-	rc = bmap_node_get(b, node, &n);
-	if (!rc)
-		rc = bmap_node_get(b, child, &c);
-	if (!rc && c.parent != node)
-		rc = -EINVAL;
-	if (!rc && max_rows < INT64_MAX) {
-		s = bmap_stmt(b, ST_NODE_ROW_NTH);
-		bind_i64(s, 1, u64_bits(node));
-		bind_i64(s, 2, (int64_t)max_rows);
-		rc = stmt_u64(b, s, &end);
-		if (rc == -ENOENT) {    /* fewer rows than that: the last batch */
-			end = INT64_MAX;
-			rc = 0;
-		}
-	}
-	if (rc)
-		return rc;
-	rc = op_begin(b);
-	if (rc)
-		return rc;
-	/* node.nrows: the node loses every data row below end (before),
-	 * the child gains those left after the drop (moved) */
-	rc = rows_between(b, node, 0, end, &before);
-	if (!rc) {
-		s = bmap_stmt(b, ST_NODE_MERGE_DROP);
-		bind_i64(s, 1, u64_bits(node));
-		bind_i64(s, 2, u64_bits(child));
-		bind_i64(s, 3, clamp_i64(c.inherit));
-		bind_i64(s, 4, clamp_i64(end));
-		rc = stmt_run(b, s);
-	}
-	if (!rc)
-		rc = rows_between(b, node, 0, end, &moved);
-	if (!rc) {
-		s = bmap_stmt(b, ST_NODE_MERGE_MOVE);
-		bind_i64(s, 1, u64_bits(node));
-		bind_i64(s, 2, u64_bits(child));
-		bind_i64(s, 3, clamp_i64(end));
-		rc = stmt_run(b, s);
-	}
-	if (!rc)
-		rc = nrows_add_now(b, node, -(int64_t)before);
-	if (!rc)
-		rc = nrows_add_now(b, child, (int64_t)moved);
-	if (!rc && end == INT64_MAX) {
-		/* blocks the node itself could not see stay invisible */
-		c.parent = n.parent;
-		if (n.inherit < c.inherit)
-			c.inherit = n.inherit;
-		rc = bmap_node_update(b, &c);
-		if (!rc) {
-			s = bmap_stmt(b, ST_NODE_DELETE);
-			bind_i64(s, 1, u64_bits(node));
-			rc = stmt_run(b, s);
-		}
-		*done = !rc;
-	}
-	return op_end(b, rc);
-}
-
-int bmap_node_merge(struct bmap *b, uint64_t node, uint64_t child)
-{
-	bool done;
-
-	return bmap_node_merge_some(b, node, child, INT64_MAX, &done);
-}
 
 int bmap_node_list(struct bmap *b, int (*fn)(void *ctx, const struct bmap_node *n), void *ctx)
 {
@@ -2113,22 +2262,554 @@ int bmap_node_list(struct bmap *b, int (*fn)(void *ctx, const struct bmap_node *
 	return rc;
 }
 
-int bmap_row_relocate(struct bmap *b, uint64_t node, uint64_t lblock,
-		      const struct chunk_loc *from, const struct chunk_loc *to)
+/* Load node's rows with lblock < end into b->exts, in lblock order. */
+static int load_below(struct bmap *b, uint64_t node, uint64_t end)
 {
-	sqlite3_stmt *s = bmap_stmt(b, ST_ROW_RELOCATE);
+	sqlite3_stmt *s = bmap_stmt(b, ST_EXT_BELOW);
+	int src, rc = 0;
+
+	b->nexts = 0;
+	bind_i64(s, 1, u64_bits(node));
+	bind_i64(s, 2, clamp_i64(end));
+	while ((src = sqlite3_step(s)) == SQLITE_ROW) {
+		if (ARRAY_RESERVE(b->exts, b->exts_cap, b->nexts, 256)) {
+			rc = -ENOMEM;
+			break;
+		}
+		ext_from_cols(s, 0, &b->exts[b->nexts++]);
+	}
+	if (rc == 0 && src != SQLITE_DONE)
+		rc = bmap_errno(b, src);
+	sqlite3_reset(s);
+	return rc;
+}
+
+/*
+ * One step of a merge: the node's extents in its lowest max_exts rows
+ * (*all when that is every row left) go to the child where the child has
+ * no extent of its own and below its inherit limit, piece by piece (a
+ * node extent is cut around the child's), each piece put through the
+ * child's canonical form so that it merges with a touching child extent;
+ * then the node's rows of the step are deleted.  Each node extent loads
+ * only the child's rows around it, so a step's work is bounded by its
+ * extents and the child's rows they overlap, not by the child's size.
+ */
+static int merge_step(struct bmap *b, uint64_t node, const struct bmap_node *c,
+		      uint64_t max_exts, bool *all)
+{
+	uint64_t end = INT64_MAX, lost = 0, xe, pos;
+	int64_t gained = 0, dl;
+	struct emap_run r;
+	struct emap_ext piece;
+	sqlite3_stmt *s;
+	size_t i;
+	int rc = 0;
+
+	if (max_exts < INT64_MAX) {
+		s = bmap_stmt(b, ST_EXT_NTH);
+		bind_i64(s, 1, u64_bits(node));
+		bind_i64(s, 2, (int64_t)(max_exts ? max_exts : 1));
+		rc = stmt_u64(b, s, &end);
+		if (rc == -ENOENT) {    /* no more rows than that: the last step */
+			end = INT64_MAX;
+			rc = 0;
+		}
+	}
+	*all = end == INT64_MAX;
+	if (!rc)
+		rc = load_below(b, node, end);
+	for (i = 0; i < b->nexts && rc == 0; i++) {
+		const struct bmap_ext *x = &b->exts[i];
+
+		lost += x->chunk ? x->nblocks : 0;
+		if (x->lblock >= c->inherit)
+			continue;       /* the child cannot see it */
+		xe = ext_end(x) < c->inherit ? ext_end(x) : c->inherit;
+		rc = load_window(b, c->id, x->lblock, xe);
+		for (pos = x->lblock; pos < xe && rc == 0; pos += r.nblocks) {
+			emap_next(b->em, pos, xe, &r);
+			if (r.kind != EMAP_UNMAPPED)
+				continue;       /* the child's own block */
+			piece = (struct emap_ext){ .lblock = pos, .nblocks = (uint32_t)r.nblocks,
+						   .chunk = x->chunk,
+						   .slot = x->chunk ? x->slot + (uint32_t)(pos - x->lblock) : 0 };
+			rc = emap_put(b->em, &piece, &b->diff);
+			if (!rc)
+				rc = write_diff(b, c->id, &dl);
+			gained += dl;
+		}
+	}
+	if (!rc) {
+		s = bmap_stmt(b, ST_EXT_DEL_BELOW);
+		bind_i64(s, 1, u64_bits(node));
+		bind_i64(s, 2, clamp_i64(end));
+		rc = stmt_run(b, s);
+	}
+	if (!rc)
+		rc = nblocks_add_now(b, node, -(int64_t)lost);
+	if (!rc)
+		rc = nblocks_add_now(b, c->id, gained);
+	return rc;
+}
+
+/* Both nodes, and child still node's child. */
+static int merge_nodes(struct bmap *b, uint64_t node, uint64_t child,
+		       struct bmap_node *n, struct bmap_node *c)
+{
+	int rc = bmap_node_get(b, node, n);
+
+	if (!rc)
+		rc = bmap_node_get(b, child, c);
+	if (!rc && c->parent != node)
+		rc = -EINVAL;
+	return rc;
+}
+
+/* The last step: the child takes the node's place. */
+static int merge_finish(struct bmap *b, const struct bmap_node *n, struct bmap_node *c)
+{
+	sqlite3_stmt *s;
 	int rc;
 
-	if (to->chunk_id == 0 || to->chunk_id > (uint64_t)INT64_MAX || to->cksum != from->cksum)
-		return -EINVAL;
-	bind_i64(s, 1, u64_bits(node));
-	bind_i64(s, 2, u64_bits(lblock));
-	bind_i64(s, 3, u64_bits(from->chunk_id));
-	bind_i64(s, 4, from->slot);
-	bind_i64(s, 5, (sqlite3_int64)to->chunk_id);
-	bind_i64(s, 6, to->slot);
-	rc = stmt_run(b, s);
-	if (rc == 0 && sqlite3_changes(b->db) == 0)
-		rc = -ENOENT;
+	/* blocks the node itself could not see stay invisible */
+	c->parent = n->parent;
+	if (n->inherit < c->inherit)
+		c->inherit = n->inherit;
+	rc = bmap_node_update(b, c);
+	if (!rc) {
+		s = bmap_stmt(b, ST_NODE_DELETE);
+		bind_i64(s, 1, u64_bits(n->id));
+		rc = stmt_run(b, s);
+	}
 	return rc;
+}
+
+/*
+ * One step (merge_some), or steps until the node has no extent left
+ * (merge: all in one savepoint, memory bounded by a step), then the child
+ * takes the node's place.
+ */
+static int merge_run(struct bmap *b, uint64_t node, uint64_t child, uint64_t max_exts,
+		     bool one_step, bool *done)
+{
+	struct bmap_node n, c;
+	bool all = false;
+	int rc;
+
+	*done = false;
+	NEED_FORMAT_3(b);
+	rc = merge_nodes(b, node, child, &n, &c);
+	if (rc)
+		return rc;
+	rc = op_begin(b);
+	if (rc)
+		return rc;
+	do
+		rc = merge_step(b, node, &c, max_exts, &all);
+	while (rc == 0 && !all && !one_step);
+	if (!rc && all)
+		rc = merge_finish(b, &n, &c);
+	rc = op_end(b, rc);
+	*done = !rc && all;
+	return rc;
+}
+
+int bmap_node_merge_some(struct bmap *b, uint64_t node, uint64_t child, uint64_t max_exts,
+			 bool *done)
+{
+	return merge_run(b, node, child, max_exts, true, done);
+}
+
+int bmap_node_merge(struct bmap *b, uint64_t node, uint64_t child)
+{
+	bool done;
+
+	return merge_run(b, node, child, BMAP_MERGE_STEP_EXTS, false, &done);
+}
+
+/*
+ * The guard is the row covering from->lblock: it must be a data row of
+ * from->chunk that covers the whole piece with the slots the scan saw.
+ * Then the piece is an ordinary put of its new place, which splits the
+ * row and merges the piece with neighbours already in to_chunk.
+ */
+int bmap_ext_relocate(struct bmap *b, uint64_t node, const struct bmap_ext *from,
+		      uint64_t to_chunk, uint32_t to_slot)
+{
+	struct bmap_ext to = *from, x;
+	bool own;
+	int rc;
+
+	NEED_FORMAT_3(b);
+	to.chunk = to_chunk;
+	to.slot = to_slot;
+	if (from->chunk == 0 || to_chunk == 0)
+		return -EINVAL;
+	rc = ext_valid(b, node, from);
+	if (!rc)
+		rc = ext_valid(b, node, &to);
+	if (rc)
+		return rc;
+	own = in_own_savepoint(b, &rc);
+	if (rc)
+		return rc;
+	rc = ext_at_or_before(b, node, from->lblock, &x);
+	if (rc == 0 && (x.chunk != from->chunk || ext_end(&x) < ext_end(from) ||
+			(uint64_t)x.slot + (from->lblock - x.lblock) != from->slot))
+		rc = -ENOENT;   /* a newer write won */
+	if (rc == 0)
+		rc = ext_edit(b, node, EXT_PUT, to.lblock, ext_end(&to), &to, NULL);
+	return own ? own_savepoint_end(b, rc) : rc;
+}
+
+/* ---- upgrade from format 2 ------------------------------------------------ */
+
+int bmap_format(struct bmap *b)
+{
+	return b->format;
+}
+
+enum up_st {
+	UP_SCAN,                /* the old rows from the cursor on */
+	UP_LAST_EXT,            /* the last extent before the cursor */
+	UP_INSERT,
+	UP_UPDATE,
+	UP_COUNT_ADD,
+	UP_NST
+};
+
+static const char *const up_sql[UP_NST] = {
+	[UP_SCAN]      = "SELECT node, lblock, chunk, slot, cksum FROM bmap"
+			 " WHERE (node, lblock) >= (?1, ?2) ORDER BY node, lblock",
+	[UP_LAST_EXT]  = "SELECT " EXT_COLS " FROM extent WHERE node = ?1 AND lblock < ?2"
+			 " ORDER BY lblock DESC LIMIT 1",
+	[UP_INSERT]    = "INSERT INTO extent(node, lblock, nblocks, chunk, slot)"
+			 " VALUES(?1, ?2, ?3, ?4, ?5)",
+	[UP_UPDATE]    = "UPDATE extent SET nblocks = ?3 WHERE node = ?1 AND lblock = ?2",
+	[UP_COUNT_ADD] = "INSERT INTO upgrade_nblocks(node, n) VALUES(?1, ?2)"
+			 " ON CONFLICT(node) DO UPDATE SET n = n + excluded.n",
+};
+
+/* The first commit: from here on, meta.upgrade says a walk is under way. */
+static const char up_begin_sql[] =
+	"BEGIN IMMEDIATE;"
+	"CREATE TABLE IF NOT EXISTS upgrade_nblocks (node INTEGER PRIMARY KEY, n INTEGER NOT NULL);"
+	"INSERT INTO meta(key, value) VALUES('upgrade', 1), ('upgrade_cursor_node', 0),"
+	" ('upgrade_cursor_lblock', 0), ('upgrade_rows_done', 0);";
+
+/* The last commit, with the last step's extents: format 3 from here on. */
+static const char up_finish_sql[] =
+	"UPDATE node SET nrows = coalesce((SELECT n FROM upgrade_nblocks u WHERE u.node = node.id), 0);"
+	"ALTER TABLE node RENAME COLUMN nrows TO nblocks;"
+	"DROP TABLE upgrade_nblocks;"
+	"DROP TABLE bmap;"
+	"UPDATE meta SET value = 3 WHERE key = 'format_version';"
+	"INSERT INTO meta(key, value) VALUES('ckpt_lsn', 0)"
+	" ON CONFLICT(key) DO UPDATE SET value = excluded.value;"
+	"INSERT INTO meta(key, value) SELECT 'ckpt_chunk', value FROM meta WHERE key = 'next_chunk_id'"
+	" ON CONFLICT(key) DO UPDATE SET value = excluded.value;"
+	"DELETE FROM meta WHERE key IN ('upgrade', 'upgrade_cursor_node', 'upgrade_cursor_lblock',"
+	" 'upgrade_rows_done');"
+	"PRAGMA user_version = 3;";
+
+struct up_ext {                 /* an extent a step writes */
+	uint64_t node;
+	struct bmap_ext e;
+	uint32_t nblocks_in_db;         /* > 0: the row exists with this length */
+};
+
+struct up_count {               /* data blocks a step found in one node */
+	uint64_t node;
+	uint64_t n;
+};
+
+struct upgrade {
+	sqlite3_stmt *st[UP_NST];
+	struct up_ext *v;
+	size_t n, cap;
+	struct up_count *c;
+	size_t nc, ccap;
+	uint64_t cur_node, cur_lblock;  /* the first old row not yet done */
+	uint64_t rows_done, rows_total;
+};
+
+/* Does block (lblock, chunk, slot) continue e, so that canonical form
+ * makes them one extent? */
+static bool ext_continues(const struct bmap_ext *e, uint64_t lblock, uint64_t chunk, uint32_t slot)
+{
+	if (lblock != ext_end(e) || chunk != e->chunk)
+		return false;
+	return chunk ? slot == e->slot + e->nblocks : e->nblocks < EMAP_NBLOCKS_MAX;
+}
+
+/* Add one old row to the step's extents and counts. */
+static int up_add(struct upgrade *u, uint64_t node, uint64_t lblock, uint64_t chunk, uint32_t slot)
+{
+	struct up_ext *top = u->n ? &u->v[u->n - 1] : NULL;
+
+	if (chunk) {
+		if (!u->nc || u->c[u->nc - 1].node != node) {
+			if (ARRAY_RESERVE(u->c, u->ccap, u->nc, 64))
+				return -ENOMEM;
+			u->c[u->nc++] = (struct up_count){ .node = node };
+		}
+		u->c[u->nc - 1].n++;
+	}
+	if (top && top->node == node && ext_continues(&top->e, lblock, chunk, slot)) {
+		top->e.nblocks++;
+		return 0;
+	}
+	if (ARRAY_RESERVE(u->v, u->cap, u->n, 1024))
+		return -ENOMEM;
+	u->v[u->n++] = (struct up_ext){ .node = node,
+		.e = { .lblock = lblock, .nblocks = 1, .chunk = chunk, .slot = slot } };
+	return 0;
+}
+
+/* Read one step of old rows (ops->row for each data row) into u. */
+static int up_read(struct bmap *b, struct upgrade *u, uint64_t step_rows,
+		   const struct bmap_upgrade_ops *ops, bool *last)
+{
+	sqlite3_stmt *s = u->st[UP_LAST_EXT];
+	uint64_t node, lblock, chunk, cksum, nrows = 0;
+	uint32_t slot;
+	int src, rc = 0;
+
+	u->n = 0;
+	u->nc = 0;
+	/* the extent the step before ended with, which this one may extend */
+	bind_i64(s, 1, u64_bits(u->cur_node));
+	bind_i64(s, 2, clamp_i64(u->cur_lblock));
+	src = sqlite3_step(s);
+	if (src == SQLITE_ROW && ARRAY_RESERVE(u->v, u->cap, u->n, 1024) == 0) {
+		u->v[0].node = u->cur_node;
+		ext_from_cols(s, 0, &u->v[0].e);
+		u->v[0].nblocks_in_db = u->v[0].e.nblocks;
+		u->n = 1;
+	} else if (src == SQLITE_ROW) {
+		rc = -ENOMEM;
+	} else if (src != SQLITE_DONE) {
+		rc = bmap_errno(b, src);
+	}
+	sqlite3_reset(s);
+	if (rc)
+		return rc;
+
+	s = u->st[UP_SCAN];
+	bind_i64(s, 1, u64_bits(u->cur_node));
+	bind_i64(s, 2, clamp_i64(u->cur_lblock));
+	while (nrows < step_rows && (src = sqlite3_step(s)) == SQLITE_ROW) {
+		node = (uint64_t)sqlite3_column_int64(s, 0);
+		lblock = (uint64_t)sqlite3_column_int64(s, 1);
+		chunk = (uint64_t)sqlite3_column_int64(s, 2);
+		slot = (uint32_t)sqlite3_column_int64(s, 3);
+		cksum = bits_u64(sqlite3_column_int64(s, 4));
+		if (lblock >= BMAP_LBLOCK_LIMIT || (chunk && slot >= CHUNK_NSLOTS(b->block_size))) {
+			snprintf(b->errmsg, sizeof(b->errmsg), "upgrade: node %" PRIu64 " block %"
+				 PRIu64 ": row out of the format-3 range", node, lblock);
+			rc = -EUCLEAN;
+			break;
+		}
+		if (!chunk)
+			slot = 0;
+		if (chunk) {
+			b->walking = 1;
+			rc = ops->row(ops->ctx, node, lblock, chunk, slot, cksum);
+			b->walking = 0;
+		}
+		if (!rc)
+			rc = up_add(u, node, lblock, chunk, slot);
+		if (rc)
+			break;
+		nrows++;
+		u->cur_node = node;
+		u->cur_lblock = lblock + 1;
+	}
+	/* stopped by the step size: the next step finds out whether more come */
+	*last = rc == 0 && src == SQLITE_DONE;
+	if (rc == 0 && src != SQLITE_DONE && src != SQLITE_ROW)
+		rc = bmap_errno(b, src);
+	sqlite3_reset(s);
+	u->rows_done += nrows;
+	return rc;
+}
+
+static int meta_put(struct bmap *b, const char *key, uint64_t value)
+{
+	sqlite3_stmt *s = bmap_stmt(b, ST_META_SET);
+
+	bind_text(s, 1, key);
+	bind_i64(s, 2, u64_bits(value));
+	return stmt_run(b, s);
+}
+
+/* Write one step read into u, and the cursor after it, in one commit. */
+static int up_write(struct bmap *b, struct upgrade *u, bool last)
+{
+	sqlite3_stmt *s;
+	size_t i;
+	int rc;
+
+	rc = stmt_run(b, bmap_stmt(b, ST_BEGIN));
+	for (i = 0; i < u->n && rc == 0; i++) {
+		const struct up_ext *x = &u->v[i];
+
+		if (x->nblocks_in_db == x->e.nblocks)
+			continue;       /* the row before, not extended */
+		s = u->st[x->nblocks_in_db ? UP_UPDATE : UP_INSERT];
+		bind_i64(s, 1, (sqlite3_int64)x->node);
+		bind_i64(s, 2, (sqlite3_int64)x->e.lblock);
+		bind_i64(s, 3, x->e.nblocks);
+		if (!x->nblocks_in_db) {
+			bind_i64(s, 4, (sqlite3_int64)x->e.chunk);
+			bind_i64(s, 5, x->e.slot);
+		}
+		rc = stmt_run(b, s);
+	}
+	for (i = 0; i < u->nc && rc == 0; i++) {
+		s = u->st[UP_COUNT_ADD];
+		bind_i64(s, 1, (sqlite3_int64)u->c[i].node);
+		bind_i64(s, 2, (sqlite3_int64)u->c[i].n);
+		rc = stmt_run(b, s);
+	}
+	if (!rc)
+		rc = meta_put(b, "upgrade_cursor_node", u->cur_node);
+	if (!rc)
+		rc = meta_put(b, "upgrade_cursor_lblock", u->cur_lblock);
+	if (!rc)
+		rc = meta_put(b, "upgrade_rows_done", u->rows_done);
+	if (!rc && last) {
+		/* DROP TABLE refuses while a statement on it is prepared and
+		 * active; ours are reset, and finalized now to be sure */
+		for (i = 0; i < UP_NST; i++) {
+			sqlite3_finalize(u->st[i]);
+			u->st[i] = NULL;
+		}
+		rc = exec_sql(b, up_finish_sql);
+	}
+	if (!rc)
+		rc = bmap_commit(b);
+	else
+		bmap_rollback(b);
+	return rc;
+}
+
+/*
+ * Rewrite the file without the old table's free pages: VACUUM in place.
+ * In WAL mode that is one ordinary write transaction, so a crash leaves
+ * the file before or after it, and every other connection (the daemon's
+ * readers, a vsnapctl) stays coherent, which a VACUUM INTO and a rename
+ * would not give: a connection open on the old file keeps reading it, and
+ * shares the -wal and -shm names with the new one.  The copy is built in
+ * a temporary file (temp_store FILE for this statement only, not in
+ * memory), then goes through the WAL, which is truncated after.  It is
+ * an optimization: a failure leaves a complete format-3 index, so it is
+ * not reported (bmap_errmsg says why).
+ */
+static void up_compact(struct bmap *b)
+{
+	exec_sql(b, "PRAGMA temp_store = FILE");
+	exec_sql(b, "VACUUM");
+	exec_sql(b, "PRAGMA temp_store = MEMORY");
+	exec_sql(b, "PRAGMA wal_checkpoint(TRUNCATE)");
+}
+
+static uint64_t up_step_rows(uint64_t step_rows)
+{
+	const char *env;
+	unsigned long long v;
+	char *end;
+
+	if (step_rows)
+		return step_rows;
+	env = getenv("VSNAPFS_UPGRADE_STEP_ROWS");
+	if (env && *env) {
+		errno = 0;
+		v = strtoull(env, &end, 10);
+		if (errno == 0 && *end == '\0' && v > 0)
+			return v;
+	}
+	return BMAP_UPGRADE_STEP_ROWS;
+}
+
+/* Where a walk stands: set up by the first commit if none is under way. */
+static int up_start(struct bmap *b, struct upgrade *u)
+{
+	uint64_t v;
+	sqlite3_int64 total;
+	char *sql;
+	int rc;
+
+	rc = bmap_meta_get(b, "upgrade", &v);
+	if (rc == -ENOENT) {
+		sql = sqlite3_mprintf("%s%sCOMMIT;", up_begin_sql, bmap_extent_sql);
+		if (!sql)
+			return -ENOMEM;
+		rc = exec_sql(b, sql);
+		sqlite3_free(sql);
+		if (rc) {
+			bmap_rollback(b);
+			return rc;
+		}
+	} else if (rc) {
+		return rc;
+	}
+	rc = bmap_meta_get(b, "upgrade_cursor_node", &u->cur_node);
+	if (!rc)
+		rc = bmap_meta_get(b, "upgrade_cursor_lblock", &u->cur_lblock);
+	if (!rc)
+		rc = bmap_meta_get(b, "upgrade_rows_done", &u->rows_done);
+	if (!rc)
+		rc = oneoff_i64(b, "SELECT count(*) FROM bmap", &total);
+	if (rc)
+		return rc == -ENOENT ? -EUCLEAN : rc;
+	u->rows_total = (uint64_t)total;
+	for (int i = 0; i < UP_NST && rc == 0; i++) {
+		int src = sqlite3_prepare_v2(b->db, up_sql[i], -1, &u->st[i], NULL);
+
+		if (src != SQLITE_OK)
+			rc = bmap_errno(b, src);
+	}
+	return rc;
+}
+
+int bmap_upgrade_run(struct bmap *b, uint64_t step_rows, const struct bmap_upgrade_ops *ops)
+{
+	struct upgrade u = { 0 };
+	bool last = false;
+	int rc;
+
+	if (b->format == BMAP_FORMAT_VERSION)
+		return 0;
+	if (b->readonly)
+		return -EROFS;
+	if (b->format != 2)
+		return -EPROTONOSUPPORT;        /* format 1 is upgraded by a writable open */
+	if (!sqlite3_get_autocommit(b->db))
+		return -EINVAL;
+	step_rows = up_step_rows(step_rows);
+	rc = up_start(b, &u);
+	while (rc == 0 && !last) {
+		rc = up_read(b, &u, step_rows, ops, &last);
+		if (!rc)
+			rc = ops->sync(ops->ctx);
+		if (!rc)
+			rc = up_write(b, &u, last);
+		if (!rc && ops->progress)
+			ops->progress(ops->ctx, u.rows_done, u.rows_total);
+	}
+	for (int i = 0; i < UP_NST; i++)
+		sqlite3_finalize(u.st[i]);
+	free(u.v);
+	free(u.c);
+	if (rc)
+		return rc;
+	rc = prepare_range(b, ST_F3_FIRST, ST_COUNT);
+	if (rc)
+		return rc;
+	b->format = BMAP_FORMAT_VERSION;
+	if (!b->upgraded_from)
+		b->upgraded_from = 2;
+	up_compact(b);
+	return 0;
 }
