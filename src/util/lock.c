@@ -36,6 +36,7 @@ static const struct {
 	[LOCK_VOL_GATE]   = { "vol.gate", true },
 	[LOCK_NS_FILES]   = { "ns.files_mu", false },
 	[LOCK_VOL]        = { "vol.lock", false },
+	[LOCK_MCACHE]     = { "mcache.mu", false },
 	[LOCK_CHUNK_SYNC] = { "chunk.sync_mu", false },
 	[LOCK_CHUNK]      = { "chunk.mu", false },
 	[LOCK_CHUNK_FD]   = { "chunk.fd_lock", false },
