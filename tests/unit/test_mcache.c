@@ -200,9 +200,9 @@ Test(mcache, the_least_recently_used_page_goes_first)
  * from the cache's own count): the RSS bound rests on it. */
 Test(mcache, the_charge_is_what_malloc_hands_out)
 {
-	struct mcache *mc = mcache_new(MCACHE_DEFAULT_BYTES);
+	struct mcache *mc;
 	struct emap_ext e[PB];
-	size_t b0 = stats(mc).bytes, m0, m1, c1, n = 0;
+	size_t b0, m0, m1, c1, n = 0;
 	void *drain[64 * 8];
 	const struct mcache_page *pg;
 	struct mcache_ticket t;
@@ -210,6 +210,8 @@ Test(mcache, the_charge_is_what_malloc_hands_out)
 #ifdef __SANITIZE_ADDRESS__
 	cr_skip_test("ASan's allocator is not glibc's");
 #endif
+	mc = mcache_new(MCACHE_DEFAULT_BYTES);
+	b0 = stats(mc).bytes;
 	for (uint64_t i = 0; i < 100; i++)
 		e[i] = X(2 * i, 1, 1 + i, 0, OWN);
 	/* empty glibc's per-thread cache (7 chunks per size up to 1 KiB): its
