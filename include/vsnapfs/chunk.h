@@ -178,7 +178,10 @@ int chunk_entries_read(struct chunk_store *cs, uint64_t chunk_id, uint32_t first
  *
  * chunk_sidecar_sync: write what is buffered, fdatasync every sidecar
  * written since the last good sync, and fsync the chunk directory if one
- * was created.  Put entries are durable once it returns 0.
+ * was created.  Put entries are durable once it returns 0; a failure is
+ * final (every later sidecar sync fails with -EIO), as for chunk_sync().
+ * chunk_store_close() drops puts still buffered: only a sync makes them
+ * count.
  *
  * chunk_remove() deletes a chunk's sidecar with it (before the chunk file:
  * a crash leaves no sidecar without its chunk).
