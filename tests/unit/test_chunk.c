@@ -1319,6 +1319,25 @@ static void side_path(char *out, size_t len, uint64_t id)
 	snprintf(out, len, "%s/%016" PRIx64 ".slots", g_dir, id);
 }
 
+/* How many fds of this process point at a deleted sidecar. */
+static int deleted_sidecar_fds(void)
+{
+	char link[64], target[512];
+	int n = 0;
+
+	for (int fd = 0; fd < 1024; fd++) {
+		ssize_t len;
+
+		snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
+		len = readlink(link, target, sizeof(target) - 1);
+		if (len <= 0)
+			continue;
+		target[len] = 0;
+		n += strstr(target, ".slots (deleted)") != NULL;
+	}
+	return n;
+}
+
 Test(chunk, a_version_1_chunk_without_sidecar_reads_against_the_index_checksum)
 {
 	const uint32_t bs = 8192;
@@ -1418,10 +1437,14 @@ Test(chunk, a_version_1_chunk_with_a_sidecar_is_verified_against_its_entries)
 	cr_assert_eq(chunk_sidecar_put(cs, 5, CHUNK_NSLOTS(bs), 1, 0), -EINVAL);
 	cr_assert_eq(chunk_sidecar_put(cs, 5, 0, CHUNK_LBLOCK_MAX + 1, 0), -EINVAL);
 
-	/* removal takes the sidecar with the chunk */
+	/* removal takes the sidecar with the chunk, and what the store held of
+	 * it: a put still buffered, the fd it wrote through */
+	cr_assert_eq(chunk_sidecar_put(cs, 5, 2, 12, ck[2]), 0);
 	cr_assert_eq(chunk_remove(cs, 5), 0);
 	cr_assert_not(chunk_file_exists(5));
 	cr_assert_neq(access(path, F_OK), 0, "the sidecar outlived its chunk");
+	cr_assert_eq(chunk_sidecar_sync(cs), 0);
+	cr_assert_eq(deleted_sidecar_fds(), 0, "an fd of the removed sidecar is still open");
 	free(buf);
 	chunk_store_close(cs);
 }
