@@ -150,7 +150,8 @@ int bmap_node_children(struct bmap *b, uint64_t id, uint64_t *count);
 int bmap_row_put(struct bmap *b, uint64_t node, uint64_t lblock, const struct chunk_loc *loc);
 int bmap_row_del(struct bmap *b, uint64_t node, uint64_t lblock);
 int bmap_row_del_from(struct bmap *b, uint64_t node, uint64_t from);
-/* Rows of node with lblock < below, increasing lblock order. */
+/* Rows of node with lblock < below, increasing lblock order.  In every walk
+ * of rows, loc->lblock is the row's lblock. */
 int bmap_row_foreach(struct bmap *b, uint64_t node, uint64_t below,
 		     int (*fn)(void *ctx, uint64_t lblock, const struct chunk_loc *loc), void *ctx);
 /* Number of non-tombstone rows of a node (0 for a node that does not
@@ -248,8 +249,9 @@ int bmap_node_merge_some(struct bmap *b, uint64_t node, uint64_t child, uint64_t
 			 bool *done);
 /* Every node, increasing id (for check and tree). */
 int bmap_node_list(struct bmap *b, int (*fn)(void *ctx, const struct bmap_node *n), void *ctx);
-/* Point row (node, lblock) at to if it still points at from (garbage
- * collection moved the block); -ENOENT if the row changed meanwhile. */
+/* Point row (node, lblock) at to (chunk, slot and checksum) if it still
+ * points at from's chunk and slot (garbage collection moved the block);
+ * -ENOENT if the row changed meanwhile. */
 int bmap_row_relocate(struct bmap *b, uint64_t node, uint64_t lblock,
 		      const struct chunk_loc *from, const struct chunk_loc *to);
 /* Every data row of every node (check, scrub): one scan, in no order. */

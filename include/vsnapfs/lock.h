@@ -27,8 +27,10 @@
  *   8     chunk.sync_mu        one chunk_sync() at a time
  *   9     chunk.mu             the writable chunk files, spares, next id
  *   10    chunk.fd_lock        the read-only chunk fd cache
- *   11    ns.seq_mu            flush sequence numbers (a leaf)
- *   12    ns.bg_mu             the background thread's wake-up (a leaf)
+ *   11    chunk.side_mu        sidecar writes: their fd cache and buffered
+ *                              run (a leaf)
+ *   12    ns.seq_mu            flush sequence numbers (a leaf)
+ *   13    ns.bg_mu             the background thread's wake-up (a leaf)
  *
  * Why this order: a snapshot holds db_mu while it closes gates, and a
  * change holds its gate while it looks up open files; a volume loads its
@@ -67,6 +69,7 @@ enum lock_rank {
 	LOCK_CHUNK_SYNC,
 	LOCK_CHUNK,
 	LOCK_CHUNK_FD,
+	LOCK_CHUNK_SIDE,
 	LOCK_NS_SEQ,
 	LOCK_NS_BG,
 	LOCK_RANKS

@@ -199,20 +199,27 @@ static int copy_blocks(struct ns *ns, struct moves *mv)
 		for (; i < mv->n && n < RUN; i++) {
 			struct move *m = &mv->m[i];
 
-			rc = chunk_read(ns->cs, &m->from, 1, buf + n * ns->bs, NULL);
+			struct chunk_bad bad;
+			char why[96];
+
+			m->from.lblock = m->lblock;
+			rc = chunk_read(ns->cs, &m->from, 1, buf + n * ns->bs, &bad);
 			if (rc) {
 				/* damaged or unreadable: leave it where it is */
 				vlog(LOG_ERR, "gc: chunk %016" PRIx64 " slot %u: %s; not moved",
-				     m->from.chunk_id, m->from.slot, strerror(-rc));
+				     m->from.chunk_id, m->from.slot,
+				     rc == -EBADMSG ? chunk_bad_str(&bad, m->lblock, why, sizeof(why))
+						    : strerror(-rc));
 				m->to.chunk_id = 0;
 				rc = 0;
 				continue;
 			}
 			m->to.chunk_id = 1;     /* placeholder: filled below */
+			locs[n].lblock = m->lblock;     /* a copy keeps its lblock */
 			n++;
 		}
 		if (n)
-			rc = chunk_append(ns->cs, buf, n, locs);
+			rc = chunk_append(ns->cs, buf, n, CHUNK_KIND_RELOC, locs);
 		for (size_t j = first, k = 0; !rc && j < i; j++)
 			if (mv->m[j].to.chunk_id)
 				mv->m[j].to = locs[k++];

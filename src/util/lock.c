@@ -40,6 +40,7 @@ static const struct {
 	[LOCK_CHUNK_SYNC] = { "chunk.sync_mu", false },
 	[LOCK_CHUNK]      = { "chunk.mu", false },
 	[LOCK_CHUNK_FD]   = { "chunk.fd_lock", false },
+	[LOCK_CHUNK_SIDE] = { "chunk.side_mu", false },
 	[LOCK_NS_SEQ]     = { "ns.seq_mu", false },
 	[LOCK_NS_BG]      = { "ns.bg_mu", false },
 };

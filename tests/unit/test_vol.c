@@ -229,7 +229,7 @@ Test(vol, damaged_block_reads_eio_and_its_neighbours_still_read)
 	snprintf(path, sizeof(path), "%s/chunks/%016llx.chunk", dir, (unsigned long long)chunk_active_id(cs));
 	fd = open(path, O_WRONLY);
 	cr_assert_geq(fd, 0);
-	cr_assert_eq(pwrite(fd, "!", 1, 4096 + 4096 + 77), 1);
+	cr_assert_eq(pwrite(fd, "!", 1, CHUNK_DATA_OFF(4096) + 4096 + 77), 1);
 	close(fd);
 	cr_assert_eq(vol_read(v, out, 4096, 4096), -EIO);
 	cr_assert_eq(vol_read(v, out, 10, 4096 + 5), -EIO, "a partial read of it too");
@@ -533,7 +533,9 @@ static void ld_move_blocks(uint64_t node)
 
 	cr_assert_eq(bmap_row_foreach(bm, node, INT64_MAX, ld_row, from), 0);
 	cr_assert_eq(chunk_read(cs, from, LD_BLOCKS, buf, NULL), 0);
-	cr_assert_eq(chunk_append(cs, buf, LD_BLOCKS, to), 0);
+	for (int i = 0; i < LD_BLOCKS; i++)
+		to[i].lblock = from[i].lblock;
+	cr_assert_eq(chunk_append(cs, buf, LD_BLOCKS, CHUNK_KIND_RELOC, to), 0);
 	cr_assert_neq(to[0].chunk_id, from[0].chunk_id);
 	cr_assert_eq(chunk_sync(cs), 0);
 	cr_assert_eq(bmap_begin(bm), 0);
