@@ -3,9 +3,13 @@
  *
  * A store directory holds chunk files named "%016llx.chunk" (lower-case hex
  * chunk id).  A chunk file is a 4096-byte header followed by up to
- * CHUNK_NSLOTS(block_size) slots of exactly block_size bytes each; slot i
- * starts at byte 4096 + i * block_size.  The header format is drawn in
- * docs/on-disk-format.md.  A chunk id is never reused.
+ * CHUNK_NSLOTS(block_size) slots of exactly block_size bytes each.  This
+ * store writes header version 2: a slot table of 16-byte entries (checksum
+ * seeded with chunk, slot and lblock; lblock; kind) at 4096, then slot i at
+ * CHUNK_DATA_OFF(block_size) + i * block_size.  It still reads version 1
+ * (slot i at 4096 + i * block_size, no table), with a sidecar
+ * "%016llx.slots" holding the entries when there is one.  The formats are
+ * drawn in docs/on-disk-format.md.  A chunk id is never reused.
  *
  * Every open of the store starts a new chunk for appends: a chunk written by
  * an earlier daemon is never appended to again, so a torn tail left by a
@@ -15,12 +19,14 @@
  * Errors:     calls returning int return 0 or a negative errno.
  * Ownership:  buffers stay the caller's; nothing is kept after return.
  * Threads:    every call may run concurrently on one store, except
- *             chunk_store_close().  Its locks (sync_mu, mu, fd_lock) rank after
+ *             chunk_store_close().  Its locks (sync_mu, mu, fd_lock, side_mu) rank after
  *             every lock of the namespace and the volumes (vsnapfs/lock.h),
  *             so any call may be made holding those; it calls nothing up.
- * Durability: an append is durable once a chunk_sync() that started after
- *             the append returned has returned 0.  The block map must not
- *             point at a block before that (see docs/design.md).
+ * Durability: an append (payload and slot entries) is durable once a
+ *             chunk_sync() that started after the append returned has
+ *             returned 0.  The block map must not point at a block before
+ *             that (see docs/design.md).  Sidecar entries are durable once a
+ *             chunk_sidecar_sync() that started after the put returned 0.
  */
 #ifndef VSNAPFS_CHUNK_H
 #define VSNAPFS_CHUNK_H
@@ -43,14 +49,63 @@ static inline bool chunk_block_size_valid(uint64_t bs)
 #define CHUNK_HEADER_BYTES 4096u
 #define CHUNK_MAX_BYTES    (64u << 20)  /* payload bytes per chunk file */
 #define CHUNK_NSLOTS(bs)   (CHUNK_MAX_BYTES / (bs))
+#define CHUNK_ENTRY_BYTES  16u          /* one slot table (or sidecar) entry */
+/* Header version 2: where slot 0 starts (the slot table rounded up to a
+ * page, after the header), and the most bytes a full chunk file holds. */
+#define CHUNK_DATA_OFF(bs) \
+	(CHUNK_HEADER_BYTES + ((CHUNK_ENTRY_BYTES * CHUNK_NSLOTS(bs) + 4095u) & ~4095u))
+#define CHUNK_FILE_MAX_BYTES(bs) ((uint64_t)CHUNK_DATA_OFF(bs) + CHUNK_MAX_BYTES)
+#define CHUNK_LBLOCK_MAX   ((1ull << 48) - 1)   /* lblock has 48 bits on disk */
 
 struct chunk_store;                     /* opaque */
 
 struct chunk_loc {                      /* where one block lives; a plain value */
 	uint64_t chunk_id;              /* chunk file number, >= 1; 0 = no block */
 	uint32_t slot;                  /* block index inside that file */
-	uint64_t cksum;                 /* cksum_buf() of the payload */
+	uint64_t cksum;                 /* the slot entry's checksum (version 1
+					 * chunks: cksum_buf() of the payload);
+					 * index format 2 stores it, format 3 will not */
+	uint64_t lblock;                /* the volume block the payload was written
+					 * for: the same for the block's whole life
+					 * (clones share at the same offset, GC copies
+					 * keep it); <= CHUNK_LBLOCK_MAX */
 };
+
+/* Slot table entry kinds (docs/on-disk-format.md). */
+enum chunk_kind {
+	CHUNK_KIND_NONE = 0,            /* never written */
+	CHUNK_KIND_DATA = 1,            /* a write */
+	CHUNK_KIND_RELOC = 2,           /* a copy made by garbage collection */
+	CHUNK_KIND_LOG = 3,             /* a log page (issue 13, step 6) */
+};
+
+/* One slot table (or sidecar) entry, decoded. */
+struct chunk_entry {
+	uint64_t cksum;
+	uint64_t lblock;
+	uint8_t kind;                   /* enum chunk_kind, or anything found on disk */
+	uint8_t flags;
+};
+
+/* Why chunk_read() refused a block (-EBADMSG). */
+enum chunk_bad_why {
+	CHUNK_BAD_CKSUM = 1,            /* the payload does not match its checksum */
+	CHUNK_BAD_UNWRITTEN,            /* entry kind 0: the slot was never written */
+	CHUNK_BAD_KIND,                 /* entry kind is not DATA or RELOC */
+	CHUNK_BAD_LBLOCK,               /* the slot holds another volume block */
+	CHUNK_BAD_LOC_CKSUM,            /* entry checksum is not the index's */
+};
+
+struct chunk_bad {
+	uint32_t index;                 /* the first bad block of the run */
+	enum chunk_bad_why why;
+	uint64_t lblock;                /* CHUNK_BAD_LBLOCK: the entry's lblock */
+};
+
+/* A short text for a log line, e.g. "checksum mismatch", "slot holds block
+ * 17, expected 12" (want_lblock: what the caller asked for).  Returns buf. */
+const char *chunk_bad_str(const struct chunk_bad *bad, uint64_t want_lblock, char *buf,
+			  size_t len);
 
 /*
  * Open (creating "dir" if missing) a chunk store of blocks of block_size
@@ -65,26 +120,75 @@ int chunk_store_open(const char *dir, uint32_t block_size, uint64_t min_next_id,
 void chunk_store_close(struct chunk_store *cs);
 
 /*
- * Append nblocks blocks (nblocks * block_size bytes from buf) and fill
- * locs[0..nblocks-1], checksums included.  Consecutive blocks land in
+ * Append nblocks blocks (nblocks * block_size bytes from buf) of the given
+ * kind (CHUNK_KIND_DATA for a write, CHUNK_KIND_RELOC for a GC copy).
+ * locs[i].lblock is input: the volume block of block i (<= CHUNK_LBLOCK_MAX).
+ * The call fills chunk_id, slot and cksum (the seeded checksum, as in the
+ * slot entry) of locs[0..nblocks-1].  Consecutive blocks land in
  * consecutive slots of one chunk whenever they fit; a run that crosses the
- * end of the active chunk continues at slot 0 of a new chunk.  On error no
- * loc is valid (slots already reserved are wasted, which is harmless).
- * -ENOSPC when the file system is full, -EIO on a short or failed write.
+ * end of the active chunk continues at slot 0 of a new chunk.  Each run is
+ * one pwrite of its payload and one of its slot entries.  On error no loc
+ * is valid (chunk_id 0; slots already reserved are wasted, which is
+ * harmless).  -EINVAL for a bad kind or lblock, -ENOSPC when the file
+ * system is full, -EIO on a short or failed write.
  */
 int chunk_append(struct chunk_store *cs, const void *buf, uint32_t nblocks,
-		 struct chunk_loc *locs);
+		 enum chunk_kind kind, struct chunk_loc *locs);
 
 /*
  * Read nblocks blocks stored in consecutive slots of one chunk, starting at
  * locs[0] (locs[i].chunk_id == locs[0].chunk_id and locs[i].slot ==
- * locs[0].slot + i), into buf, and verify each block's checksum against
- * locs[i].cksum.  Returns 0, -EBADMSG if a block's data does not match its
- * checksum (*bad_index, if not NULL, is set to the first bad i), -ENOENT if
- * the chunk file is missing, -EIO if the file is too short or a read fails.
+ * locs[0].slot + i), into buf, and verify each one.  Version 2 chunks: the
+ * run's slot entries are read too, and every block needs kind DATA or
+ * RELOC, lblock == locs[i].lblock, the seeded checksum of the payload ==
+ * the entry's, and the entry's == locs[i].cksum.  Version 1 chunks: the
+ * same against the sidecar's entries (unseeded checksum) if the chunk has
+ * one, else only cksum_buf(payload) == locs[i].cksum.
+ * Returns 0; -EBADMSG if a block fails (*bad, if not NULL, says which and
+ * why); -ENOENT if the chunk file is missing; -EIO if the file is too
+ * short, its header (or its sidecar's) is bad, or a read fails.
  */
 int chunk_read(struct chunk_store *cs, const struct chunk_loc *locs, uint32_t nblocks,
-	       void *buf, uint32_t *bad_index);
+	       void *buf, struct chunk_bad *bad);
+
+/*
+ * The slot entries of slots [first_slot, first_slot + n) of a chunk, from
+ * its slot table (version 2) or its sidecar (version 1), in one read.
+ * Slots past the end of the file or the sidecar read as kind 0.  0;
+ * -ENODATA for a version-1 chunk without a sidecar; -ENOENT if the chunk
+ * file is missing; -EINVAL past CHUNK_NSLOTS; -EIO for a bad header or a
+ * failed read.  For vsnapctl check: cheap, but not a verification.
+ */
+int chunk_entries_read(struct chunk_store *cs, uint64_t chunk_id, uint32_t first_slot,
+		       uint32_t n, struct chunk_entry *out);
+
+/*
+ * Sidecars of version-1 chunks (issue 13, D6): the upgrade from index
+ * format 2 records, for each row, the entry of its block.
+ *
+ * chunk_sidecar_put: record (kind DATA, lblock, cksum = the unseeded
+ * cksum_buf() the index holds) for slot of chunk_id, a version-1 chunk.
+ * Creates "%016llx.slots" with its header on first use.  Writes are
+ * buffered (runs of consecutive slots) and go through a small fd cache;
+ * putting the same entry again writes the same bytes (idempotent).  An
+ * error may belong to an earlier put (a buffered run written now): the
+ * caller then treats the puts since its last good chunk_sidecar_sync() as
+ * failed.  -EINVAL (a version-2 chunk, slot or lblock out of range),
+ * -ENOENT (no such chunk), -EIO, -ENOSPC.
+ *
+ * chunk_sidecar_sync: write what is buffered, fdatasync every sidecar
+ * written since the last good sync, and fsync the chunk directory if one
+ * was created.  Put entries are durable once it returns 0; a failure is
+ * final (every later sidecar sync fails with -EIO), as for chunk_sync().
+ * chunk_store_close() drops puts still buffered: only a sync makes them
+ * count.
+ *
+ * chunk_remove() deletes a chunk's sidecar with it (before the chunk file:
+ * a crash leaves no sidecar without its chunk).
+ */
+int chunk_sidecar_put(struct chunk_store *cs, uint64_t chunk_id, uint32_t slot,
+		      uint64_t lblock, uint64_t cksum);
+int chunk_sidecar_sync(struct chunk_store *cs);
 
 /*
  * Hint that nblocks blocks in consecutive slots from loc will be read soon:
@@ -112,15 +216,17 @@ uint64_t chunk_next_id(struct chunk_store *cs);
 
 /*
  * Call fn(ctx, chunk_id, nslots) for every chunk file in the directory, in
- * increasing id order; nslots is the number of whole slots the file holds.
+ * increasing id order; nslots is the number of whole slots the file holds
+ * (after the header, or the header and slot table of a version-2 file).
  * Stops and returns fn's value if fn returns non-zero.
  */
 int chunk_foreach(struct chunk_store *cs,
 		  int (*fn)(void *ctx, uint64_t chunk_id, uint32_t nslots), void *ctx);
 
 /* Delete a chunk file (never the active one: -EBUSY), or keep it as a spare
- * (chunk_spares_enable); its id is gone either way.  Readers that already
- * hold it open finish their read first. */
+ * (chunk_spares_enable); its id is gone either way.  Its sidecar, if any,
+ * is deleted (a spare never keeps one).  Readers that already hold it open
+ * finish their read first. */
 int chunk_remove(struct chunk_store *cs, uint64_t chunk_id);
 
 /*

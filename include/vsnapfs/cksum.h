@@ -13,4 +13,14 @@
 /* XXH3_64bits of len bytes at buf. */
 uint64_t cksum_buf(const void *buf, size_t len);
 
+/* XXH3_64bits_withSeed of len bytes at buf. */
+uint64_t cksum_seeded(const void *buf, size_t len, uint64_t seed);
+
+/*
+ * The seed of a slot of a chunk file of header version 2: XXH3_64 of the 20
+ * bytes chunk_id (u64), slot (u32), lblock (u64), little-endian
+ * (docs/on-disk-format.md, "Chunk file, header version 2").
+ */
+uint64_t cksum_slot_seed(uint64_t chunk_id, uint32_t slot, uint64_t lblock);
+
 #endif

@@ -21,16 +21,23 @@
  *   5     ns.files_mu          the open-file table and each ns_file's
  *                              bookkeeping fields
  *   6     vol.lock             one volume's map, size, node, dirty list
- *   7     chunk.sync_mu        one chunk_sync() at a time
- *   8     chunk.mu             the writable chunk files, spares, next id
- *   9     chunk.fd_lock        the read-only chunk fd cache
- *   10    ns.seq_mu            flush sequence numbers (a leaf)
- *   11    ns.bg_mu             the background thread's wake-up (a leaf)
+ *   7     mcache.mu            the map cache's tables, LRU list and charge
+ *                              (src/mcache; held for a lookup, an insert
+ *                              or an edit of a page, never across I/O)
+ *   8     chunk.sync_mu        one chunk_sync() at a time
+ *   9     chunk.mu             the writable chunk files, spares, next id
+ *   10    chunk.fd_lock        the read-only chunk fd cache
+ *   11    chunk.side_mu        sidecar writes: their fd cache and buffered
+ *                              run (a leaf)
+ *   12    ns.seq_mu            flush sequence numbers (a leaf)
+ *   13    ns.bg_mu             the background thread's wake-up (a leaf)
  *
  * Why this order: a snapshot holds db_mu while it closes gates, and a
  * change holds its gate while it looks up open files; a volume loads its
  * map under load_mu then db_mu, so it does that before it takes its gate
- * (gate_enter in src/vol/vol.c); nothing calls up from the chunk store.
+ * (gate_enter in src/vol/vol.c); a volume edits its cached map pages
+ * while it holds its own lock, and the cache calls nothing (docs/design.md,
+ * D4); nothing calls up from the chunk store.
  *
  * THE CHECKER is compiled in always and switched on by the build (debug
  * and sanitizer builds define VSNAPFS_LOCK_CHECK) or by the environment
@@ -58,9 +65,11 @@ enum lock_rank {
 	LOCK_VOL_GATE,
 	LOCK_NS_FILES,
 	LOCK_VOL,
+	LOCK_MCACHE,
 	LOCK_CHUNK_SYNC,
 	LOCK_CHUNK,
 	LOCK_CHUNK_FD,
+	LOCK_CHUNK_SIDE,
 	LOCK_NS_SEQ,
 	LOCK_NS_BG,
 	LOCK_RANKS

@@ -150,7 +150,8 @@ void vol_reset(struct vol *v, uint64_t node);
 int vol_attach(struct vol *v, uint64_t inherit, uint64_t size);
 
 /* Garbage collection moved a block: if v sees lblock at from, it now reads
- * it at to (same content, same checksum).  Any thread. */
+ * it at to (same content and lblock; to's checksum, seeded with its new
+ * chunk and slot).  Any thread. */
 void vol_relocate(struct vol *v, uint64_t lblock, const struct chunk_loc *from,
 		  const struct chunk_loc *to);
 

@@ -4,13 +4,26 @@
  * What it is for.  The volume layer appends every new block version here,
  * calls chunk_sync(), and only then records the returned (chunk, slot,
  * cksum) in the block map; reads come back through chunk_read() with that
- * loc.  Nothing here knows about volumes or the index.
+ * loc.  Nothing here knows about volumes or the index; a block's lblock is
+ * only a number it is given to record and to check.
  *
  * Files.  <dir>/%016llx.chunk: a 4096-byte header (drawn in
- * docs/on-disk-format.md) then slots of block_size bytes.  A file is created
- * O_EXCL and its header is written before any of its slots is handed out, so
- * a reader that finds the file also finds a whole header (in the page cache;
- * on disk once chunk_sync() has run, which fsyncs the directory too).
+ * docs/on-disk-format.md), then, in header version 2 (all this store
+ * writes), a slot table of 16-byte entries (checksum, lblock, kind), then
+ * slots of block_size bytes from data_off, page-aligned.  Version 1 files
+ * (index format 2 stores) have no table, slots from 4096; they are read,
+ * never written, and <dir>/%016llx.slots, a sidecar written by the upgrade
+ * (chunk_sidecar_put), holds their entries.  A file is created O_EXCL and
+ * its header is written before any of its slots is handed out, so a reader
+ * that finds the file also finds a whole header (in the page cache; on disk
+ * once chunk_sync() has run, which fsyncs the directory too).
+ *
+ * Block identity (docs/design.md, D2).  An append writes each run's payload
+ * and its entries; the checksum is seeded with (chunk id, slot, lblock).  A
+ * read accepts a block only if its entry says DATA or RELOC, names the lblock
+ * the caller expects, and matches the payload: so a lost write of either
+ * half, a misdirected write, a spare's stale slot or a map pointing at the
+ * wrong block reads EIO, never someone else's bytes.
  *
  * Invariants.
  *  - Ids only grow: next_id is above every id this store created or saw in
@@ -54,7 +67,10 @@
  * instead of unlinked, and the next new chunk is then made from it: renamed
  * to the new id and given a new header before its first slot is handed out.
  * Its old slots are never read again: rows name chunks by id, and ids are
- * never reused.  Overwriting the pages of a file that has them costs the
+ * never reused; should a lost write leave one under a new row, its old
+ * entry was seeded with the old id and does not verify.  A spare of either
+ * version becomes a version-2 chunk; a version-1 chunk's sidecar is deleted
+ * when it is removed.  Overwriting the pages of a file that has them costs the
  * host file system no block allocation, no page-cache allocation and no
  * journal commit at fdatasync; appending to a new file costs all three (see
  * docs/design.md, "Spare chunk files").  A crash leaves a spare either where
@@ -65,7 +81,8 @@
  * few while writes stream in and gives them all back when writes stop.
  *
  * Locks (ranks and order: vsnapfs/lock.h): sync_mu before mu; fd_lock is
- * never held together with another lock of this file.  Slow I/O runs with no mutex held; the exception is creating a chunk
+ * never held together with another lock of this file; side_mu (sidecar
+ * writes) is a leaf, taken alone.  Slow I/O runs with no mutex held; the exception is creating a chunk
  * file (an open and one 4 KiB write per 64 MiB of data), done under mu so
  * that appenders queued behind a full chunk wait for one new chunk instead of
  * racing to create several.
@@ -86,6 +103,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "vsnapfs/array.h"
 #include "vsnapfs/chunk.h"
 #include "vsnapfs/cksum.h"
 #include "vsnapfs/lock.h"
@@ -96,19 +114,45 @@
 /* Header layout, byte offsets; see docs/on-disk-format.md. */
 #define CHUNK_MAGIC          "VSNAPCHK"
 #define CHUNK_MAGIC_LEN      8u
-#define CHUNK_VERSION        1u
+#define CHUNK_VERSION_1      1u         /* read only: no slot table */
+#define CHUNK_VERSION        2u         /* what this store writes */
 #define HDR_OFF_MAGIC        0u
 #define HDR_OFF_VERSION      8u
 #define HDR_OFF_BLOCK_SIZE   12u
 #define HDR_OFF_CHUNK_ID     16u
 #define HDR_OFF_CREATED      24u
-#define HDR_OFF_RESERVED     32u
+#define HDR_OFF_NSLOTS       32u        /* version 2 from here */
+#define HDR_OFF_TABLE_OFF    36u
+#define HDR_OFF_DATA_OFF     40u
+#define HDR_OFF_RESERVED     48u
 #define HDR_OFF_CKSUM        (CHUNK_HEADER_BYTES - 8u)
+#define TABLE_OFF            CHUNK_HEADER_BYTES
+
+/* Slot table (and sidecar) entry: cksum u64, lblock 48 bits, kind, flags. */
+#define ENT_OFF_CKSUM        0u
+#define ENT_OFF_LBLOCK       8u
+#define ENT_OFF_KIND         14u
+#define ENT_OFF_FLAGS        15u
+
+/* Sidecar header of a version-1 chunk. */
+#define SIDE_MAGIC           "VSNAPSLT"
+#define SIDE_VERSION         1u
+#define SIDE_OFF_VERSION     8u
+#define SIDE_OFF_NSLOTS      12u
+#define SIDE_OFF_CHUNK_ID    16u
+#define SIDE_OFF_FLAGS       24u
+#define SIDE_FLAG_LEGACY     1u         /* checksums are unseeded cksum_buf() */
+#define SIDE_FD_MAX          64u        /* sidecar fds kept open for writing */
+#define SIDE_PEND_MAX        256u       /* entries buffered in one run */
 
 #define CHUNK_NAME_HEX       16u
 #define CHUNK_NAME_SUFFIX    ".chunk"
 #define CHUNK_NAME_LEN       (CHUNK_NAME_HEX + sizeof(CHUNK_NAME_SUFFIX) - 1)
 #define SPARE_NAME_SUFFIX    ".spare"   /* as long as CHUNK_NAME_SUFFIX */
+#define SIDE_NAME_SUFFIX     ".slots"   /* as long as CHUNK_NAME_SUFFIX */
+
+/* Entries read on the stack by chunk_read; longer runs allocate. */
+#define READ_ENTS_STACK      256u
 
 
 /* Read cache bounds: never fewer than this many fds, never more than this. */
@@ -125,9 +169,17 @@ struct chunk_w {                        /* a chunk this store has written */
 };
 
 struct chunk_rfd {                      /* one entry of the read cache */
-	uint64_t id;
+	uint64_t id;                    /* first: id_lower_bound */
 	int fd;                         /* O_RDONLY; -1 when bad */
+	int sfd;                        /* version 1: its sidecar, O_RDONLY; -1: none */
+	uint8_t version;                /* of the header; 0 when bad */
 	bool bad;                       /* header failed validation: -EIO for good */
+};
+
+struct side_w {                         /* a sidecar this store writes */
+	uint64_t id;                    /* of its chunk; first: id_lower_bound */
+	int fd;                         /* O_RDWR; -1 when closed (reopened by name) */
+	bool dirty;                     /* written since the last good sidecar sync */
 };
 
 struct chunk_fault {                    /* test hook; atomics, no lock */
@@ -139,6 +191,8 @@ struct chunk_store {
 	int dirfd;                      /* const: the chunk directory */
 	uint32_t block_size;            /* const */
 	uint32_t nslots;                /* const: CHUNK_NSLOTS(block_size) */
+	uint64_t data_off;              /* const: CHUNK_DATA_OFF(block_size) */
+	uint64_t first_own_id;          /* const: ids from here were made by this store */
 	size_t rfd_open_max;            /* const: read cache size that triggers eviction */
 
 	struct lock_mutex sync_mu;      /* one chunk_sync() at a time */
@@ -166,6 +220,17 @@ struct chunk_store {
 	uint32_t spare_pending;         /* mu: removals renaming a file into a spare */
 	uint64_t spare_seq;             /* mu: number of the next spare file */
 	uint64_t spare_bytes;           /* mu: sum of the spares' sizes */
+
+	struct lock_mutex side_mu;      /* sidecar writes: the fields down to fault */
+	struct side_w *sides;           /* side_mu: sorted by id; open or dirty */
+	size_t nsides, sides_cap;       /* side_mu */
+	size_t side_nopen;              /* side_mu: entries with fd >= 0 */
+	size_t side_evict_pos;          /* side_mu: round-robin eviction cursor */
+	uint64_t pend_id;               /* side_mu: the buffered run's chunk */
+	uint32_t pend_slot, pend_n;     /* side_mu: its first slot and length */
+	uint8_t pend[SIDE_PEND_MAX * CHUNK_ENTRY_BYTES];        /* side_mu */
+	bool side_dir_dirty;            /* side_mu: a sidecar was created */
+	bool side_poisoned;             /* side_mu: a sidecar sync failed */
 
 	struct chunk_fault fault[CHUNK_FAULT_NOPS];
 	atomic_bool poisoned;           /* a sync failed: see "A failed sync" above */
@@ -271,19 +336,123 @@ static void chunk_hdr_encode(uint8_t hdr[CHUNK_HEADER_BYTES], uint32_t block_siz
 	le32_put(hdr + HDR_OFF_BLOCK_SIZE, block_size);
 	le64_put(hdr + HDR_OFF_CHUNK_ID, id);
 	le64_put(hdr + HDR_OFF_CREATED, now_ns);
+	le32_put(hdr + HDR_OFF_NSLOTS, CHUNK_NSLOTS(block_size));
+	le32_put(hdr + HDR_OFF_TABLE_OFF, TABLE_OFF);
+	le64_put(hdr + HDR_OFF_DATA_OFF, CHUNK_DATA_OFF(block_size));
 	le64_put(hdr + HDR_OFF_CKSUM, cksum_buf(hdr, HDR_OFF_CKSUM));
 }
 
-/* Reserved bytes are not checked: a later version that uses them bumps the
- * version, and a reader must not reject its own format for spare bytes. */
-static bool chunk_hdr_valid(const uint8_t hdr[CHUNK_HEADER_BYTES], uint32_t block_size,
-			    uint64_t id)
+/* The header's version (1 or 2) if it is valid for a chunk "id" of this
+ * store, else 0.  Reserved bytes are not checked: a later version that uses
+ * them bumps the version, and a reader must not reject its own format for
+ * spare bytes.  A version-2 header must give the layout this block size
+ * implies: the fields are there for readers without our constants. */
+static unsigned chunk_hdr_version(const uint8_t hdr[CHUNK_HEADER_BYTES], uint32_t block_size,
+				  uint64_t id)
 {
-	return memcmp(hdr + HDR_OFF_MAGIC, CHUNK_MAGIC, CHUNK_MAGIC_LEN) == 0 &&
+	uint32_t version = le32_get(hdr + HDR_OFF_VERSION);
+
+	if (memcmp(hdr + HDR_OFF_MAGIC, CHUNK_MAGIC, CHUNK_MAGIC_LEN) != 0 ||
+	    le64_get(hdr + HDR_OFF_CKSUM) != cksum_buf(hdr, HDR_OFF_CKSUM) ||
+	    le32_get(hdr + HDR_OFF_BLOCK_SIZE) != block_size ||
+	    le64_get(hdr + HDR_OFF_CHUNK_ID) != id)
+		return 0;
+	if (version == CHUNK_VERSION_1)
+		return version;
+	if (version == CHUNK_VERSION &&
+	    le32_get(hdr + HDR_OFF_NSLOTS) == CHUNK_NSLOTS(block_size) &&
+	    le32_get(hdr + HDR_OFF_TABLE_OFF) == TABLE_OFF &&
+	    le64_get(hdr + HDR_OFF_DATA_OFF) == CHUNK_DATA_OFF(block_size))
+		return version;
+	return 0;
+}
+
+/* Where slot "slot" of a chunk of this header version starts. */
+static off_t slot_off(const struct chunk_store *cs, unsigned version, uint32_t slot)
+{
+	off_t base = version == CHUNK_VERSION_1 ? CHUNK_HEADER_BYTES : (off_t)cs->data_off;
+
+	return base + (off_t)slot * (off_t)cs->block_size;
+}
+
+/* Where the entry of slot "slot" is, in a slot table or a sidecar. */
+static off_t entry_off(uint32_t slot)
+{
+	return (off_t)TABLE_OFF + (off_t)slot * CHUNK_ENTRY_BYTES;
+}
+
+static void entry_encode(uint8_t p[CHUNK_ENTRY_BYTES], uint64_t cksum, uint64_t lblock,
+			 uint8_t kind)
+{
+	le64_put(p + ENT_OFF_CKSUM, cksum);
+	for (unsigned i = 0; i < 6; i++)
+		p[ENT_OFF_LBLOCK + i] = (uint8_t)(lblock >> (8 * i));
+	p[ENT_OFF_KIND] = kind;
+	p[ENT_OFF_FLAGS] = 0;
+}
+
+static void entry_decode(const uint8_t p[CHUNK_ENTRY_BYTES], struct chunk_entry *e)
+{
+	e->cksum = le64_get(p + ENT_OFF_CKSUM);
+	e->lblock = 0;
+	for (unsigned i = 0; i < 6; i++)
+		e->lblock |= (uint64_t)p[ENT_OFF_LBLOCK + i] << (8 * i);
+	e->kind = p[ENT_OFF_KIND];
+	e->flags = p[ENT_OFF_FLAGS];
+}
+
+static void side_name(char name[CHUNK_NAME_LEN + 1], uint64_t id)
+{
+	snprintf(name, CHUNK_NAME_LEN + 1, "%016" PRIx64 SIDE_NAME_SUFFIX, id);
+}
+
+static void side_hdr_encode(uint8_t hdr[CHUNK_HEADER_BYTES], uint32_t nslots, uint64_t id)
+{
+	memset(hdr, 0, CHUNK_HEADER_BYTES);
+	memcpy(hdr, SIDE_MAGIC, CHUNK_MAGIC_LEN);
+	le32_put(hdr + SIDE_OFF_VERSION, SIDE_VERSION);
+	le32_put(hdr + SIDE_OFF_NSLOTS, nslots);
+	le64_put(hdr + SIDE_OFF_CHUNK_ID, id);
+	le32_put(hdr + SIDE_OFF_FLAGS, SIDE_FLAG_LEGACY);
+	le64_put(hdr + HDR_OFF_CKSUM, cksum_buf(hdr, HDR_OFF_CKSUM));
+}
+
+/* Only the form the upgrade writes (legacy checksums) is known. */
+static bool side_hdr_valid(const uint8_t hdr[CHUNK_HEADER_BYTES], uint32_t nslots, uint64_t id)
+{
+	return memcmp(hdr, SIDE_MAGIC, CHUNK_MAGIC_LEN) == 0 &&
 	       le64_get(hdr + HDR_OFF_CKSUM) == cksum_buf(hdr, HDR_OFF_CKSUM) &&
-	       le32_get(hdr + HDR_OFF_VERSION) == CHUNK_VERSION &&
-	       le32_get(hdr + HDR_OFF_BLOCK_SIZE) == block_size &&
-	       le64_get(hdr + HDR_OFF_CHUNK_ID) == id;
+	       le32_get(hdr + SIDE_OFF_VERSION) == SIDE_VERSION &&
+	       le32_get(hdr + SIDE_OFF_NSLOTS) == nslots &&
+	       le64_get(hdr + SIDE_OFF_CHUNK_ID) == id &&
+	       le32_get(hdr + SIDE_OFF_FLAGS) == SIDE_FLAG_LEGACY;
+}
+
+const char *chunk_bad_str(const struct chunk_bad *bad, uint64_t want_lblock, char *buf,
+			  size_t len)
+{
+	switch (bad->why) {
+	case CHUNK_BAD_CKSUM:
+		snprintf(buf, len, "checksum mismatch");
+		break;
+	case CHUNK_BAD_UNWRITTEN:
+		snprintf(buf, len, "slot never written");
+		break;
+	case CHUNK_BAD_KIND:
+		snprintf(buf, len, "slot holds no data block");
+		break;
+	case CHUNK_BAD_LBLOCK:
+		snprintf(buf, len, "slot holds block %" PRIu64 ", expected %" PRIu64,
+			 bad->lblock, want_lblock);
+		break;
+	case CHUNK_BAD_LOC_CKSUM:
+		snprintf(buf, len, "checksum differs from the index's");
+		break;
+	default:
+		snprintf(buf, len, "damaged");
+		break;
+	}
+	return buf;
 }
 
 /* Write all of buf.  0, -ENOSPC when the file system (or quota) is full,
@@ -555,21 +724,30 @@ fail_free:
 
 /* --- read cache (under fd_lock) -------------------------------------------- */
 
-/* Index of the first entry with id >= id.  Assumes fd_lock is held. */
-static size_t rfd_lower_bound(const struct chunk_store *cs, uint64_t id)
+/* Index of the first of n elements of elem_bytes at base, sorted by a
+ * uint64_t id that is their first field, with id >= id. */
+static size_t id_lower_bound(const void *base, size_t n, size_t elem_bytes, uint64_t id)
 {
-	size_t lo = 0, hi = cs->nrfds;
+	size_t lo = 0, hi = n;
 
-	assert(lock_held(&cs->fd_lock));
 	while (lo < hi) {
 		size_t mid = lo + (hi - lo) / 2;
+		uint64_t x;
 
-		if (cs->rfds[mid].id < id)
+		memcpy(&x, (const char *)base + mid * elem_bytes, sizeof(x));
+		if (x < id)
 			lo = mid + 1;
 		else
 			hi = mid;
 	}
 	return lo;
+}
+
+/* Index of the first entry with id >= id.  Assumes fd_lock is held. */
+static size_t rfd_lower_bound(const struct chunk_store *cs, uint64_t id)
+{
+	assert(lock_held(&cs->fd_lock));
+	return id_lower_bound(cs->rfds, cs->nrfds, sizeof(cs->rfds[0]), id);
 }
 
 /* Assumes fd_lock is held. */
@@ -589,6 +767,8 @@ static void rfd_delete(struct chunk_store *cs, size_t i)
 		close(cs->rfds[i].fd);
 		cs->rfd_nopen--;
 	}
+	if (cs->rfds[i].sfd >= 0)
+		close(cs->rfds[i].sfd);
 	memmove(&cs->rfds[i], &cs->rfds[i + 1], (cs->nrfds - i - 1) * sizeof(cs->rfds[0]));
 	cs->nrfds--;
 }
@@ -610,14 +790,15 @@ static void rfd_evict_one(struct chunk_store *cs)
 	}
 }
 
-/* Add an entry that owns fd (-1 for a bad chunk).  Assumes fd_lock is held
- * exclusive and id is not in the cache. */
-static int rfd_insert(struct chunk_store *cs, uint64_t id, int fd, bool bad)
+/* Add e, which owns its fds (fd -1 for a bad chunk).  Assumes fd_lock is
+ * held exclusive and e->id is not in the cache.  A sidecar fd is not
+ * counted: sidecars are few, and only of old chunks. */
+static int rfd_insert(struct chunk_store *cs, const struct chunk_rfd *e)
 {
 	size_t i;
 
 	assert(lock_rw_wrheld(&cs->fd_lock));
-	if (fd >= 0 && cs->rfd_nopen >= cs->rfd_open_max)
+	if (e->fd >= 0 && cs->rfd_nopen >= cs->rfd_open_max)
 		rfd_evict_one(cs);
 	if (cs->nrfds == cs->rfds_cap) {
 		size_t ncap = cs->rfds_cap ? 2 * cs->rfds_cap : 64;
@@ -628,26 +809,57 @@ static int rfd_insert(struct chunk_store *cs, uint64_t id, int fd, bool bad)
 		cs->rfds = n;
 		cs->rfds_cap = ncap;
 	}
-	i = rfd_lower_bound(cs, id);
+	i = rfd_lower_bound(cs, e->id);
 	memmove(&cs->rfds[i + 1], &cs->rfds[i], (cs->nrfds - i) * sizeof(cs->rfds[0]));
-	cs->rfds[i] = (struct chunk_rfd){ .id = id, .fd = fd, .bad = bad };
+	cs->rfds[i] = *e;
 	cs->nrfds++;
-	if (fd >= 0)
+	if (e->fd >= 0)
 		cs->rfd_nopen++;
 	return 0;
 }
 
-/* Open a chunk for reading and check its header.  0 with *fdp set; 1 if the
- * header is bad (*fdp = -1: remember, do not retry); or a negative errno
- * that may be transient (-ENOENT, -EMFILE, -EIO on a failed read). */
-static int chunk_open_ro(struct chunk_store *cs, uint64_t id, int *fdp)
+/*
+ * Open the sidecar of version-1 chunk id for reading: 0 with *sfdp set (-1
+ * if there is none); 1 if its header is bad (a chunk we cannot verify:
+ * every read fails, as for a bad chunk header); or a negative errno.
+ */
+static int side_open_ro(struct chunk_store *cs, uint64_t id, int *sfdp)
 {
 	uint8_t hdr[CHUNK_HEADER_BYTES];
 	char name[CHUNK_NAME_LEN + 1];
 	ssize_t n;
 	int fd;
 
-	*fdp = -1;
+	*sfdp = -1;
+	side_name(name, id);
+	fd = openat(cs->dirfd, name, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return errno == ENOENT ? 0 : -errno;
+	n = pread_full(fd, hdr, sizeof(hdr), 0);
+	if (n < 0) {
+		close(fd);
+		return (int)n;
+	}
+	if ((size_t)n < sizeof(hdr) || !side_hdr_valid(hdr, cs->nslots, id)) {
+		close(fd);
+		return 1;
+	}
+	*sfdp = fd;
+	return 0;
+}
+
+/* Open a chunk (and the sidecar of a version-1 chunk) for reading and check
+ * the headers.  0 with *e filled; 1 if a header is bad (e->bad: remember,
+ * do not retry); or a negative errno that may be transient (-ENOENT,
+ * -EMFILE, -EIO on a failed read). */
+static int chunk_open_ro(struct chunk_store *cs, uint64_t id, struct chunk_rfd *e)
+{
+	uint8_t hdr[CHUNK_HEADER_BYTES];
+	char name[CHUNK_NAME_LEN + 1];
+	ssize_t n;
+	int fd, rc;
+
+	*e = (struct chunk_rfd){ .id = id, .fd = -1, .sfd = -1, .bad = true };
 	chunk_name(name, id);
 	fd = openat(cs->dirfd, name, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
@@ -657,34 +869,43 @@ static int chunk_open_ro(struct chunk_store *cs, uint64_t id, int *fdp)
 		close(fd);
 		return (int)n;
 	}
-	if ((size_t)n < sizeof(hdr) || !chunk_hdr_valid(hdr, cs->block_size, id)) {
+	if ((size_t)n < sizeof(hdr) || !(e->version = (uint8_t)chunk_hdr_version(hdr, cs->block_size, id))) {
 		close(fd);
 		return 1;
 	}
-	*fdp = fd;
+	if (e->version == CHUNK_VERSION_1) {
+		rc = side_open_ro(cs, id, &e->sfd);
+		if (rc) {
+			close(fd);
+			e->version = 0;
+			return rc;
+		}
+	}
+	e->fd = fd;
+	e->bad = false;
 	return 0;
 }
 
 /*
- * Find (opening it on first use) the read fd of chunk id.  On 0, fd_lock is
- * held shared and the caller releases it after its pread.  -EIO for a chunk
- * with a bad header, -ENOENT when its file is missing.
+ * Find (opening it on first use) the read fds of chunk id, copied to *out.
+ * On 0, fd_lock is held shared and the caller releases it after its pread.
+ * -EIO for a chunk with a bad header, -ENOENT when its file is missing.
  *
  * The open happens without the lock so readers of other chunks do not wait
  * on it.  If a chunk_remove() ran meanwhile (rfd_gen moved), the fd may be of
  * an unlinked file and is dropped; looking again then finds no file.
  */
-static int chunk_rfd_acquire(struct chunk_store *cs, uint64_t id, int *fdp)
+static int chunk_rfd_acquire(struct chunk_store *cs, uint64_t id, struct chunk_rfd *out)
 {
 	for (;;) {
-		struct chunk_rfd *e;
+		struct chunk_rfd *e, ne;
 		uint64_t gen;
-		int fd, rc;
+		int rc;
 
 		lock_rw_rdlock(&cs->fd_lock);
 		e = rfd_find(cs, id);
 		if (e && !e->bad) {
-			*fdp = e->fd;
+			*out = *e;
 			return 0;
 		}
 		gen = cs->rfd_gen;
@@ -692,21 +913,39 @@ static int chunk_rfd_acquire(struct chunk_store *cs, uint64_t id, int *fdp)
 		if (e)
 			return -EIO;
 
-		rc = chunk_open_ro(cs, id, &fd);
+		rc = chunk_open_ro(cs, id, &ne);
 		if (rc < 0)
 			return rc;
 
 		lock_rw_wrlock(&cs->fd_lock);
 		if (cs->rfd_gen == gen && !rfd_find(cs, id))
-			rc = rfd_insert(cs, id, fd, rc == 1);
+			rc = rfd_insert(cs, &ne);
 		else
 			rc = -EAGAIN;           /* lost a race: look again */
 		lock_rw_unlock(&cs->fd_lock);
-		if (rc < 0 && fd >= 0)
-			close(fd);
+		if (rc < 0) {
+			if (ne.fd >= 0)
+				close(ne.fd);
+			if (ne.sfd >= 0)
+				close(ne.sfd);
+		}
 		if (rc < 0 && rc != -EAGAIN)
 			return rc;
 	}
+}
+
+/* Forget the cached fds of chunk id: its sidecar was just created, and the
+ * next read must see it. */
+static void rfd_forget(struct chunk_store *cs, uint64_t id)
+{
+	size_t i;
+
+	lock_rw_wrlock(&cs->fd_lock);
+	i = rfd_lower_bound(cs, id);
+	if (i < cs->nrfds && cs->rfds[i].id == id)
+		rfd_delete(cs, i);
+	cs->rfd_gen++;
+	lock_rw_unlock(&cs->fd_lock);
 }
 
 /* --- open / close ---------------------------------------------------------- */
@@ -757,6 +996,7 @@ int chunk_store_open(const char *dir, uint32_t block_size, uint64_t min_next_id,
 		return -ENOMEM;
 	cs->block_size = block_size;
 	cs->nslots = CHUNK_NSLOTS(block_size);
+	cs->data_off = CHUNK_DATA_OFF(block_size);
 	cs->rfd_open_max = chunk_rfd_open_max();
 	cs->spare_dirfd = -1;
 	for (int op = 0; op < CHUNK_FAULT_NOPS; op++) {
@@ -777,6 +1017,7 @@ int chunk_store_open(const char *dir, uint32_t block_size, uint64_t min_next_id,
 	 * fails with -EOVERFLOW rather than reuse an id. */
 	if (nids > 0 && ids[nids - 1] >= cs->next_id)
 		cs->next_id = ids[nids - 1] + 1;
+	cs->first_own_id = cs->next_id ? cs->next_id : UINT64_MAX;
 	free(ids);
 
 	lock_mutex_init(&cs->sync_mu, LOCK_CHUNK_SYNC, "chunk.sync_mu");
@@ -784,6 +1025,7 @@ int chunk_store_open(const char *dir, uint32_t block_size, uint64_t min_next_id,
 	/* glibc's default lets a steady stream of readers starve chunk_remove()
 	 * and first opens; prefer the writer. */
 	lock_rw_init(&cs->fd_lock, LOCK_CHUNK_FD, "chunk.fd_lock", true);
+	lock_mutex_init(&cs->side_mu, LOCK_CHUNK_SIDE, "chunk.side_mu");
 
 	*out = cs;
 	return 0;
@@ -807,14 +1049,22 @@ void chunk_store_close(struct chunk_store *cs)
 		close(w->fd);
 		free(w);
 	}
-	for (size_t i = 0; i < cs->nrfds; i++)
+	for (size_t i = 0; i < cs->nrfds; i++) {
 		if (cs->rfds[i].fd >= 0)
 			close(cs->rfds[i].fd);
+		if (cs->rfds[i].sfd >= 0)
+			close(cs->rfds[i].sfd);
+	}
 	free(cs->rfds);
+	for (size_t i = 0; i < cs->nsides; i++)
+		if (cs->sides[i].fd >= 0)
+			close(cs->sides[i].fd);
+	free(cs->sides);
 	if (cs->spare_dirfd >= 0)
 		close(cs->spare_dirfd);
 	free(cs->spares);
 	close(cs->dirfd);
+	lock_mutex_destroy(&cs->side_mu);
 	lock_rw_destroy(&cs->fd_lock);
 	lock_mutex_destroy(&cs->mu);
 	lock_mutex_destroy(&cs->sync_mu);
@@ -979,19 +1229,33 @@ int chunk_spares_limit(struct chunk_store *cs, uint32_t limit)
 
 /* --- append / read / sync -------------------------------------------------- */
 
+/*
+ * The payload of a run and its slot entries are two pwrites into the page
+ * cache of one file; chunk_sync()'s fdatasync of that file makes both
+ * durable, in no particular order, which is all a reader needs: it accepts
+ * a block only if payload and entry agree (the seed has chunk, slot and
+ * lblock), so a crash that keeps one and loses the other reads EIO, never
+ * wrong bytes, and the index never points at either before that sync.
+ */
 int chunk_append(struct chunk_store *cs, const void *buf, uint32_t nblocks,
-		 struct chunk_loc *locs)
+		 enum chunk_kind kind, struct chunk_loc *locs)
 {
 	const uint8_t *p = buf;
 	const size_t bs = cs->block_size;
 	struct chunk_run stack_runs[4], *runs = stack_runs;
 	/* One run for the rest of the active chunk, then one per new chunk. */
 	size_t max_runs = 2 + (size_t)nblocks / cs->nslots, nruns = 0;
+	uint8_t stack_ents[READ_ENTS_STACK * CHUNK_ENTRY_BYTES], *ents = stack_ents;
 	uint32_t done = 0;
 	int rc = 0;
 
 	if (nblocks == 0)
 		return 0;
+	if (kind != CHUNK_KIND_DATA && kind != CHUNK_KIND_RELOC)
+		return -EINVAL;
+	for (uint32_t i = 0; i < nblocks; i++)
+		if (locs[i].lblock > CHUNK_LBLOCK_MAX)
+			return -EINVAL;
 	if (atomic_load(&cs->poisoned))
 		return -EIO;
 	if (max_runs > ARRAY_SIZE(stack_runs)) {
@@ -999,10 +1263,14 @@ int chunk_append(struct chunk_store *cs, const void *buf, uint32_t nblocks,
 		if (!runs)
 			return -ENOMEM;
 	}
-
-	/* Checksums before the lock: they are the CPU-heavy part. */
-	for (uint32_t i = 0; i < nblocks; i++)
-		locs[i].cksum = cksum_buf(p + i * bs, bs);
+	if (nblocks > READ_ENTS_STACK) {
+		ents = malloc((size_t)nblocks * CHUNK_ENTRY_BYTES);
+		if (!ents) {
+			if (runs != stack_runs)
+				free(runs);
+			return -ENOMEM;
+		}
+	}
 
 	/* Reserve every slot in one go, so that the run continues at slot 0 of
 	 * the chunk created for it and not behind another thread's blocks. */
@@ -1036,12 +1304,23 @@ int chunk_append(struct chunk_store *cs, const void *buf, uint32_t nblocks,
 	for (size_t r = 0; r < nruns && rc == 0; r++) {
 		const struct chunk_run *run = &runs[r];
 
-		rc = pwrite_full(run->w->fd, p + run->first * bs, run->nblocks * bs,
-				 (off_t)CHUNK_HEADER_BYTES + (off_t)run->slot * (off_t)bs);
+		/* Checksums without the lock (the CPU-heavy part), but after
+		 * the reservation: the seed has the chunk and the slot. */
 		for (uint32_t i = 0; i < run->nblocks; i++) {
-			locs[run->first + i].chunk_id = run->w->id;
-			locs[run->first + i].slot = run->slot + i;
+			struct chunk_loc *l = &locs[run->first + i];
+			uint64_t seed = cksum_slot_seed(run->w->id, run->slot + i, l->lblock);
+
+			l->chunk_id = run->w->id;
+			l->slot = run->slot + i;
+			l->cksum = cksum_seeded(p + (size_t)(run->first + i) * bs, bs, seed);
+			entry_encode(ents + (size_t)i * CHUNK_ENTRY_BYTES, l->cksum, l->lblock,
+				     (uint8_t)kind);
 		}
+		rc = pwrite_full(run->w->fd, p + run->first * bs, run->nblocks * bs,
+				 slot_off(cs, CHUNK_VERSION, run->slot));
+		if (rc == 0)
+			rc = pwrite_full(run->w->fd, ents, (size_t)run->nblocks * CHUNK_ENTRY_BYTES,
+					 entry_off(run->slot));
 	}
 
 	lock_mutex_lock(&cs->mu);
@@ -1054,22 +1333,85 @@ int chunk_append(struct chunk_store *cs, const void *buf, uint32_t nblocks,
 	}
 	lock_mutex_unlock(&cs->mu);
 
-	if (rc)
-		memset(locs, 0, nblocks * sizeof(*locs));
+	if (rc) {
+		for (uint32_t i = 0; i < nblocks; i++) {
+			locs[i].chunk_id = 0;
+			locs[i].slot = 0;
+			locs[i].cksum = 0;
+		}
+	}
 	if (runs != stack_runs)
 		free(runs);
+	if (ents != stack_ents)
+		free(ents);
 	return rc;
 }
 
+/* Read the entries of slots [slot, slot + n) of chunk e into ents: from
+ * its slot table (version 2) or its sidecar.  Entries past the end of the
+ * file read as zeros (kind 0).  0, -ENODATA (version 1 without a sidecar),
+ * -EIO.  Assumes fd_lock is held (shared) and e came from it. */
+static int entries_pread(struct chunk_store *cs, const struct chunk_rfd *e, uint32_t slot,
+			 uint32_t n, uint8_t *ents)
+{
+	size_t len = (size_t)n * CHUNK_ENTRY_BYTES;
+	int fd = e->version == CHUNK_VERSION_1 ? e->sfd : e->fd;
+	ssize_t got;
+
+	assert(lock_held(&cs->fd_lock));
+	if (fd < 0)
+		return -ENODATA;
+	got = pread_full(fd, ents, len, entry_off(slot));
+	if (got < 0)
+		return -EIO;
+	memset(ents + got, 0, len - (size_t)got);
+	return 0;
+}
+
+/* Why block "blk" does not verify against its entry (ent NULL: against
+ * loc->cksum only, a version-1 chunk without a sidecar), or 0. */
+static enum chunk_bad_why block_check(struct chunk_store *cs, unsigned version, const uint8_t *blk,
+				      const uint8_t *ent, const struct chunk_loc *loc,
+				      uint64_t *ent_lblock)
+{
+	struct chunk_entry e;
+	uint64_t sum;
+
+	if (!ent)
+		return cksum_buf(blk, cs->block_size) == loc->cksum ? 0 : CHUNK_BAD_CKSUM;
+	entry_decode(ent, &e);
+	*ent_lblock = e.lblock;
+	if (e.kind == CHUNK_KIND_NONE)
+		return CHUNK_BAD_UNWRITTEN;
+	if (e.kind != CHUNK_KIND_DATA && e.kind != CHUNK_KIND_RELOC)
+		return CHUNK_BAD_KIND;
+	if (e.lblock != loc->lblock)
+		return CHUNK_BAD_LBLOCK;
+	if (version == CHUNK_VERSION_1)
+		sum = cksum_buf(blk, cs->block_size);
+	else
+		sum = cksum_seeded(blk, cs->block_size,
+				   cksum_slot_seed(loc->chunk_id, loc->slot, loc->lblock));
+	if (sum != e.cksum)
+		return CHUNK_BAD_CKSUM;
+	/* goes with struct chunk_loc.cksum in index format 3 */
+	if (e.cksum != loc->cksum)
+		return CHUNK_BAD_LOC_CKSUM;
+	return 0;
+}
+
 int chunk_read(struct chunk_store *cs, const struct chunk_loc *locs, uint32_t nblocks,
-	       void *buf, uint32_t *bad_index)
+	       void *buf, struct chunk_bad *bad)
 {
 	const size_t bs = cs->block_size;
+	uint8_t stack_ents[READ_ENTS_STACK * CHUNK_ENTRY_BYTES], *ents = stack_ents;
+	struct chunk_rfd e;
 	uint64_t id;
 	uint32_t slot;
 	uint8_t *p = buf;
+	bool have_ents;
 	ssize_t n;
-	int fd, rc;
+	int rc;
 
 	if (nblocks == 0)
 		return 0;
@@ -1085,33 +1427,91 @@ int chunk_read(struct chunk_store *cs, const struct chunk_loc *locs, uint32_t nb
 	rc = chunk_fault_hit(cs, CHUNK_FAULT_READ);
 	if (rc)
 		return rc;
-	rc = chunk_rfd_acquire(cs, id, &fd);
+	if (nblocks > READ_ENTS_STACK) {
+		ents = malloc((size_t)nblocks * CHUNK_ENTRY_BYTES);
+		if (!ents)
+			return -ENOMEM;
+	}
+	rc = chunk_rfd_acquire(cs, id, &e);
 	if (rc)
-		return rc;
-	n = pread_full(fd, p, nblocks * bs,
-		       (off_t)CHUNK_HEADER_BYTES + (off_t)slot * (off_t)bs);
+		goto out;
+	n = pread_full(e.fd, p, nblocks * bs, slot_off(cs, e.version, slot));
+	rc = entries_pread(cs, &e, slot, nblocks, ents);
 	lock_rw_unlock(&cs->fd_lock);
-	if (n < 0 || (size_t)n != nblocks * bs)
-		return -EIO;
+	have_ents = rc == 0;
+	if (rc == -ENODATA)
+		rc = 0;
+	if (rc == 0 && (n < 0 || (size_t)n != nblocks * bs))
+		rc = -EIO;
+	if (rc)
+		goto out;
 
 	for (uint32_t i = 0; i < nblocks; i++) {
-		if (cksum_buf(p + i * bs, bs) != locs[i].cksum) {
-			if (bad_index)
-				*bad_index = i;
-			return -EBADMSG;
+		uint64_t ent_lblock = 0;
+		enum chunk_bad_why why = block_check(cs, e.version, p + i * bs,
+						     have_ents ? ents + (size_t)i * CHUNK_ENTRY_BYTES : NULL,
+						     &locs[i], &ent_lblock);
+
+		if (why) {
+			if (bad)
+				*bad = (struct chunk_bad){ .index = i, .why = why, .lblock = ent_lblock };
+			rc = -EBADMSG;
+			break;
 		}
 	}
-	return 0;
+out:
+	if (ents != stack_ents)
+		free(ents);
+	return rc;
+}
+
+int chunk_entries_read(struct chunk_store *cs, uint64_t chunk_id, uint32_t first_slot,
+		       uint32_t n, struct chunk_entry *out)
+{
+	uint8_t *ents;
+	struct chunk_rfd e;
+	struct stat st;
+	uint64_t whole = 0;
+	int rc;
+
+	if (n == 0)
+		return 0;
+	if (chunk_id == 0 || (uint64_t)first_slot + n > cs->nslots)
+		return -EINVAL;
+	ents = malloc((size_t)n * CHUNK_ENTRY_BYTES);
+	if (!ents)
+		return -ENOMEM;
+	rc = chunk_rfd_acquire(cs, chunk_id, &e);
+	if (rc)
+		goto out;
+	rc = entries_pread(cs, &e, first_slot, n, ents);
+	if (!rc && fstat(e.fd, &st) != 0)
+		rc = -EIO;
+	lock_rw_unlock(&cs->fd_lock);
+	if (rc)
+		goto out;
+	/* an entry of a slot the file does not hold is not a block: a spare's
+	 * stale table, or a table written ahead of a torn payload */
+	if (st.st_size > slot_off(cs, e.version, 0))
+		whole = ((uint64_t)st.st_size - (uint64_t)slot_off(cs, e.version, 0)) / cs->block_size;
+	for (uint32_t i = 0; i < n; i++) {
+		entry_decode(ents + (size_t)i * CHUNK_ENTRY_BYTES, &out[i]);
+		if (first_slot + i >= whole)
+			out[i] = (struct chunk_entry){ 0 };
+	}
+out:
+	free(ents);
+	return rc;
 }
 
 void chunk_prefetch(struct chunk_store *cs, const struct chunk_loc *loc, uint32_t nblocks)
 {
-	int fd;
+	struct chunk_rfd e;
 
 	if (nblocks == 0 || loc->chunk_id == 0 || (uint64_t)loc->slot + nblocks > cs->nslots ||
-	    chunk_rfd_acquire(cs, loc->chunk_id, &fd) != 0)
+	    chunk_rfd_acquire(cs, loc->chunk_id, &e) != 0)
 		return;                 /* only a hint: chunk_read reports errors */
-	(void)posix_fadvise(fd, (off_t)CHUNK_HEADER_BYTES + (off_t)loc->slot * cs->block_size,
+	(void)posix_fadvise(e.fd, slot_off(cs, e.version, loc->slot),
 			    (off_t)nblocks * cs->block_size, POSIX_FADV_WILLNEED);
 	lock_rw_unlock(&cs->fd_lock);
 }
@@ -1200,6 +1600,270 @@ out:
 	return rc;
 }
 
+/* --- sidecars of version-1 chunks (under side_mu) ------------------------- */
+
+/* Index of the first entry with id >= id.  Assumes side_mu is held. */
+static size_t side_lower_bound(const struct chunk_store *cs, uint64_t id)
+{
+	assert(lock_held(&cs->side_mu));
+	return id_lower_bound(cs->sides, cs->nsides, sizeof(cs->sides[0]), id);
+}
+
+/* Close one open sidecar fd to stay under SIDE_FD_MAX; a dirty one stays
+ * listed and is reopened by name to be synced.  Assumes side_mu. */
+static void side_evict_one(struct chunk_store *cs)
+{
+	assert(lock_held(&cs->side_mu));
+	for (size_t k = 0; k < cs->nsides; k++) {
+		size_t i = (cs->side_evict_pos + k) % cs->nsides;
+
+		if (cs->sides[i].fd >= 0) {
+			close(cs->sides[i].fd);
+			cs->sides[i].fd = -1;
+			cs->side_nopen--;
+			cs->side_evict_pos = i + 1;
+			return;
+		}
+	}
+}
+
+/*
+ * Open (creating it with its header if needed) the sidecar of chunk id for
+ * writing.  The chunk must exist with a valid version-1 header.  *created
+ * says whether the file is new or its header was (re)written: the caller
+ * then drops the chunk from the read cache.  Assumes side_mu.
+ */
+static int side_open_rw(struct chunk_store *cs, uint64_t id, int *fdp, bool *created)
+{
+	uint8_t hdr[CHUNK_HEADER_BYTES];
+	char name[CHUNK_NAME_LEN + 1];
+	ssize_t n;
+	int fd, rc;
+
+	assert(lock_held(&cs->side_mu));
+	*created = false;
+	chunk_name(name, id);
+	fd = openat(cs->dirfd, name, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	n = pread_full(fd, hdr, sizeof(hdr), 0);
+	close(fd);
+	if (n < 0)
+		return (int)n;
+	if ((size_t)n < sizeof(hdr) || chunk_hdr_version(hdr, cs->block_size, id) != CHUNK_VERSION_1)
+		return -EINVAL;         /* a version-2 chunk has its own table */
+
+	side_name(name, id);
+	fd = openat(cs->dirfd, name, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return -errno;
+	n = pread_full(fd, hdr, sizeof(hdr), 0);
+	if (n < 0) {
+		rc = (int)n;
+		goto fail;
+	}
+	/* new, or a header a crash tore before the first sidecar sync: no
+	 * committed step relied on it, so it is rewritten */
+	if ((size_t)n < sizeof(hdr) || !side_hdr_valid(hdr, cs->nslots, id)) {
+		side_hdr_encode(hdr, cs->nslots, id);
+		rc = pwrite_full(fd, hdr, sizeof(hdr), 0);
+		if (rc)
+			goto fail;
+		*created = true;
+		cs->side_dir_dirty = true;
+	}
+	*fdp = fd;
+	return 0;
+fail:
+	close(fd);
+	return rc;
+}
+
+/* The entry of chunk id, opened for writing (created on first use).
+ * Assumes side_mu. */
+static int side_get(struct chunk_store *cs, uint64_t id, struct side_w **out, bool *created)
+{
+	size_t i = side_lower_bound(cs, id);
+	struct side_w *w;
+	char name[CHUNK_NAME_LEN + 1];
+	int fd, rc;
+
+	assert(lock_held(&cs->side_mu));
+	*created = false;
+	w = i < cs->nsides && cs->sides[i].id == id ? &cs->sides[i] : NULL;
+	if (w && w->fd >= 0) {
+		*out = w;
+		return 0;
+	}
+	if (w) {                        /* evicted: the file is there, reopen it */
+		side_name(name, id);
+		fd = openat(cs->dirfd, name, O_RDWR | O_CLOEXEC);
+		if (fd < 0)
+			return -errno;
+	} else {
+		rc = side_open_rw(cs, id, &fd, created);
+		if (rc)
+			return rc;
+	}
+	if (cs->side_nopen >= SIDE_FD_MAX)
+		side_evict_one(cs);
+	if (!w) {
+		if (ARRAY_RESERVE(cs->sides, cs->sides_cap, cs->nsides, 16)) {
+			close(fd);
+			return -ENOMEM;
+		}
+		i = side_lower_bound(cs, id);
+		memmove(&cs->sides[i + 1], &cs->sides[i], (cs->nsides - i) * sizeof(cs->sides[0]));
+		cs->sides[i] = (struct side_w){ .id = id, .fd = -1 };
+		cs->nsides++;
+		w = &cs->sides[i];
+	}
+	w->fd = fd;
+	cs->side_nopen++;
+	*out = w;
+	return 0;
+}
+
+/* Write the buffered run.  Assumes side_mu. */
+static int side_flush_pending(struct chunk_store *cs, uint64_t *forget)
+{
+	struct side_w *w;
+	bool created;
+	int rc;
+
+	assert(lock_held(&cs->side_mu));
+	if (cs->pend_n == 0)
+		return 0;
+	rc = side_get(cs, cs->pend_id, &w, &created);
+	if (created)
+		*forget = cs->pend_id;
+	if (rc == 0)
+		rc = pwrite_full(w->fd, cs->pend, (size_t)cs->pend_n * CHUNK_ENTRY_BYTES,
+				 entry_off(cs->pend_slot));
+	if (rc == 0)
+		w->dirty = true;
+	cs->pend_n = 0;
+	return rc;
+}
+
+/*
+ * A run is buffered until a put that does not continue it; the file of the
+ * new run is opened (and created) now, so that a missing or version-2
+ * chunk is reported by the put that names it.
+ */
+int chunk_sidecar_put(struct chunk_store *cs, uint64_t chunk_id, uint32_t slot,
+		      uint64_t lblock, uint64_t cksum)
+{
+	uint64_t forget = 0;
+	int rc = 0;
+
+	if (chunk_id == 0 || slot >= cs->nslots || lblock > CHUNK_LBLOCK_MAX)
+		return -EINVAL;
+	lock_mutex_lock(&cs->side_mu);
+	if (cs->pend_n && (cs->pend_id != chunk_id || slot != cs->pend_slot + cs->pend_n ||
+			   cs->pend_n == SIDE_PEND_MAX))
+		rc = side_flush_pending(cs, &forget);
+	if (rc == 0 && cs->pend_n == 0) {
+		struct side_w *w;
+		bool created;
+
+		rc = side_get(cs, chunk_id, &w, &created);
+		if (created)
+			forget = chunk_id;
+		cs->pend_id = chunk_id;
+		cs->pend_slot = slot;
+	}
+	if (rc == 0) {
+		entry_encode(cs->pend + (size_t)cs->pend_n * CHUNK_ENTRY_BYTES, cksum, lblock,
+			     CHUNK_KIND_DATA);
+		cs->pend_n++;
+	}
+	lock_mutex_unlock(&cs->side_mu);
+	/* fd_lock ranks before side_mu: after it.  Only a reader that opened
+	 * the chunk before the sidecar existed has anything to forget. */
+	if (forget)
+		rfd_forget(cs, forget);
+	return rc;
+}
+
+/*
+ * Holds side_mu across the fdatasyncs: sidecars are written by the upgrade
+ * alone, before the store serves anything.  A failure is final, as for
+ * chunk files (see "A failed sync"): every later sidecar sync fails too.
+ */
+int chunk_sidecar_sync(struct chunk_store *cs)
+{
+	uint64_t forget = 0;
+	char name[CHUNK_NAME_LEN + 1];
+	size_t k = 0;
+	int rc;
+
+	lock_mutex_lock(&cs->side_mu);
+	rc = cs->side_poisoned ? -EIO : side_flush_pending(cs, &forget);
+	for (size_t i = 0; i < cs->nsides && !rc; i++) {
+		struct side_w *w = &cs->sides[i];
+		int fd = w->fd;
+
+		if (!w->dirty)
+			continue;
+		if (fd < 0) {
+			side_name(name, w->id);
+			fd = openat(cs->dirfd, name, O_RDONLY | O_CLOEXEC);
+			if (fd < 0) {
+				rc = -errno;
+				break;
+			}
+		}
+		if (fdatasync(fd) != 0)
+			rc = -errno;
+		if (fd != w->fd)
+			close(fd);
+		if (!rc)
+			w->dirty = false;
+	}
+	if (!rc && cs->side_dir_dirty) {
+		if (fsync(cs->dirfd) != 0)
+			rc = -errno;
+		else
+			cs->side_dir_dirty = false;
+	}
+	if (rc && !cs->side_poisoned) {
+		cs->side_poisoned = true;
+		vlog(LOG_ERR, "syncing sidecar files failed: %s", strerror(-rc));
+	}
+	/* keep only what is open or still dirty */
+	for (size_t i = 0; i < cs->nsides; i++)
+		if (cs->sides[i].fd >= 0 || cs->sides[i].dirty)
+			cs->sides[k++] = cs->sides[i];
+	cs->nsides = k;
+	lock_mutex_unlock(&cs->side_mu);
+	if (forget)
+		rfd_forget(cs, forget);
+	return rc;
+}
+
+/* chunk_remove: drop what this store holds of chunk id's sidecar (buffered
+ * entries included: they describe a chunk that is going away). */
+static void side_forget(struct chunk_store *cs, uint64_t id)
+{
+	size_t i;
+
+	lock_mutex_lock(&cs->side_mu);
+	if (cs->pend_n && cs->pend_id == id)
+		cs->pend_n = 0;
+	i = side_lower_bound(cs, id);
+	if (i < cs->nsides && cs->sides[i].id == id) {
+		if (cs->sides[i].fd >= 0) {
+			close(cs->sides[i].fd);
+			cs->side_nopen--;
+		}
+		memmove(&cs->sides[i], &cs->sides[i + 1],
+			(cs->nsides - i - 1) * sizeof(cs->sides[0]));
+		cs->nsides--;
+	}
+	lock_mutex_unlock(&cs->side_mu);
+}
+
 /* --- ids, listing, removal ------------------------------------------------- */
 
 bool chunk_poisoned(struct chunk_store *cs)
@@ -1222,6 +1886,38 @@ uint64_t chunk_next_id(struct chunk_store *cs)
 	return mu_get(cs, &cs->next_id);
 }
 
+/*
+ * The header version that decides where chunk file "name" (id) keeps its
+ * slots: 1, or 2 for anything else (a file with a bad header reads EIO
+ * whatever its layout).  Chunks this store made are version 2; for older
+ * ones the read cache knows, or the header is read.
+ */
+static unsigned chunk_layout_version(struct chunk_store *cs, uint64_t id, const char *name)
+{
+	const struct chunk_rfd *e;
+	unsigned version = 0;
+	uint8_t v[4];
+	int fd;
+
+	if (id >= cs->first_own_id)
+		return CHUNK_VERSION;
+	lock_rw_rdlock(&cs->fd_lock);
+	e = rfd_find(cs, id);
+	if (e && !e->bad)
+		version = e->version;
+	lock_rw_unlock(&cs->fd_lock);
+	if (version)
+		return version;
+	fd = openat(cs->dirfd, name, O_RDONLY | O_CLOEXEC);
+	if (fd >= 0) {
+		if (pread_full(fd, v, sizeof(v), HDR_OFF_VERSION) == (ssize_t)sizeof(v) &&
+		    le32_get(v) == CHUNK_VERSION_1)
+			version = CHUNK_VERSION_1;
+		close(fd);
+	}
+	return version ? version : CHUNK_VERSION;
+}
+
 /* fn runs with no lock held: a garbage collector calls chunk_remove() from
  * it. */
 int chunk_foreach(struct chunk_store *cs,
@@ -1238,6 +1934,7 @@ int chunk_foreach(struct chunk_store *cs,
 	for (size_t i = 0; i < nids; i++) {
 		struct stat st;
 		uint64_t nslots = 0;
+		off_t base;
 
 		chunk_name(name, ids[i]);
 		if (fstatat(cs->dirfd, name, &st, 0) != 0) {
@@ -1250,8 +1947,9 @@ int chunk_foreach(struct chunk_store *cs,
 		}
 		if (!S_ISREG(st.st_mode))
 			continue;
-		if (st.st_size > (off_t)CHUNK_HEADER_BYTES)
-			nslots = ((uint64_t)st.st_size - CHUNK_HEADER_BYTES) / cs->block_size;
+		base = slot_off(cs, chunk_layout_version(cs, ids[i], name), 0);
+		if (st.st_size > base)
+			nslots = ((uint64_t)st.st_size - (uint64_t)base) / cs->block_size;
 		if (nslots > UINT32_MAX)
 			nslots = UINT32_MAX;
 		rc = fn(ctx, ids[i], (uint32_t)nslots);
@@ -1329,11 +2027,17 @@ int chunk_remove(struct chunk_store *cs, uint64_t chunk_id)
 		close(w->fd);
 		free(w);
 	}
+	side_forget(cs, chunk_id);
 
 	/* Exclusive: no reader is inside a pread on the fd we close, and an
-	 * opener that raced with us sees rfd_gen move and drops its fd. */
-	chunk_name(name, chunk_id);
+	 * opener that raced with us sees rfd_gen move and drops its fd.  The
+	 * sidecar goes first, so a crash leaves none without its chunk (a
+	 * chunk without its sidecar is unreferenced: it was being removed). */
+	side_name(name, chunk_id);
 	lock_rw_wrlock(&cs->fd_lock);
+	if (unlinkat(cs->dirfd, name, 0) != 0 && errno != ENOENT)
+		vlog(LOG_WARNING, "%s: cannot delete it: %s", name, strerror(errno));
+	chunk_name(name, chunk_id);
 	i = rfd_lower_bound(cs, chunk_id);
 	if (i < cs->nrfds && cs->rfds[i].id == chunk_id)
 		rfd_delete(cs, i);

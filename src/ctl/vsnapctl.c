@@ -1321,7 +1321,8 @@ static int check_counts(struct store *st, struct model *m, struct report *r)
  */
 static void check_header(struct store *st, const struct rowref *row, struct report *r)
 {
-	struct chunk_loc loc = { .chunk_id = row->chunk, .slot = row->slot, .cksum = row->cksum };
+	struct chunk_loc loc = { .chunk_id = row->chunk, .slot = row->slot, .cksum = row->cksum,
+				 .lblock = row->lblock };
 	uint8_t *buf = malloc(st->bs);
 	int rc;
 
@@ -1335,11 +1336,65 @@ static void check_header(struct store *st, const struct rowref *row, struct repo
 	free(buf);
 }
 
+/*
+ * The rows v[0 .. n) of one chunk (sorted by slot, all inside the file)
+ * against its slot entries (slot table, or sidecar of a version-1 chunk),
+ * read in one go: each must say DATA or RELOC and the row's lblock.  The
+ * data itself is scrub's to verify.  A version-1 chunk without a sidecar
+ * has nothing to compare; a chunk that cannot be read is check_header's.
+ */
+static int check_entries(struct model *m, const struct rowref *v, size_t n, struct store *st,
+			 struct report *r)
+{
+	uint32_t first = v[0].slot, span = v[n - 1].slot - first + 1;
+	struct chunk_entry *e = malloc(span * sizeof(*e));
+	uint64_t nbad = 0;
+	size_t bad_at = 0;
+	char lbl[64], why[96];
+	int rc;
+
+	if (!e)
+		return -ENOMEM;
+	rc = chunk_entries_read(st->cs, v[0].chunk, first, span, e);
+	if (rc) {
+		free(e);
+		return rc == -ENOMEM ? rc : 0;
+	}
+	for (size_t i = 0; i < n; i++) {
+		const struct chunk_entry *x = &e[v[i].slot - first];
+
+		if ((x->kind == CHUNK_KIND_DATA || x->kind == CHUNK_KIND_RELOC) &&
+		    x->lblock == v[i].lblock)
+			continue;
+		if (nbad++ == 0)
+			bad_at = i;
+	}
+	if (nbad) {
+		const struct rowref *b = &v[bad_at];
+		const struct chunk_entry *x = &e[b->slot - first];
+
+		if (x->kind == CHUNK_KIND_NONE)
+			snprintf(why, sizeof(why), "slot never written");
+		else if (x->kind != CHUNK_KIND_DATA && x->kind != CHUNK_KIND_RELOC)
+			snprintf(why, sizeof(why), "slot holds no data block (kind %u)", x->kind);
+		else
+			snprintf(why, sizeof(why), "slot holds block %" PRIu64 ", expected %" PRIu64,
+				 x->lblock, b->lblock);
+		PROBLEM(r, "chunks/%016" PRIx64 ".chunk: %" PRIu64 " block(s) whose slot entry "
+			"does not match the index (first: slot %u, %s offset %" PRIu64 ": %s)",
+			b->chunk, nbad, b->slot, node_label(m, node_find(m, b->node), lbl, sizeof(lbl)),
+			b->lblock * st->bs, why);
+	}
+	free(e);
+	return 0;
+}
+
 /* The rows of one pass against the chunk files. */
-static void check_rows(struct model *m, const struct rowset *rs, const struct chunkfiles *cf,
+static int check_rows(struct model *m, const struct rowset *rs, const struct chunkfiles *cf,
 		       struct store *st, struct report *r)
 {
 	char b1[64], b2[64];
+	int rc;
 
 	for (size_t a = 0, z; a < rs->n; a = z) {
 		const struct rowref *v = rs->v;
@@ -1373,9 +1428,18 @@ static void check_rows(struct model *m, const struct rowset *rs, const struct ch
 				f->nslots, v[first_past].slot,
 				node_label(m, node_find(m, v[first_past].node), b1, sizeof(b1)),
 				v[first_past].lblock * st->bs);
-		if (a < z && v[a].slot < f->nslots)
+		if (a < z && v[a].slot < f->nslots) {
+			size_t inside = a;
+
 			check_header(st, &v[a], r);
+			while (inside < z && v[inside].slot < f->nslots)
+				inside++;
+			rc = check_entries(m, &v[a], inside - a, st, r);
+			if (rc)
+				return rc;
+		}
 	}
+	return 0;
 }
 
 static int check_run(struct store *st, struct report *r)
@@ -1439,7 +1503,9 @@ static int check_run(struct store *st, struct report *r)
 		rc = chunk_foreach(st->cs, chunkfile_add, &cf);
 		if (rc)
 			break;
-		check_rows(&m, &rs, &cf, st, r);
+		rc = check_rows(&m, &rs, &cf, st, r);
+		if (rc)
+			break;
 		lo = rs.hi;
 		pass++;
 	} while (lo != UINT64_MAX);
@@ -1605,9 +1671,12 @@ static int seers_of(struct scrub *s, size_t x, uint64_t lblock, const char **see
 	return rc;
 }
 
-static int scrub_damaged(struct scrub *s, const struct rowref *row, int err)
+/* bad: chunk_read()'s account of an -EBADMSG. */
+static int scrub_damaged(struct scrub *s, const struct rowref *row, int err,
+			 const struct chunk_bad *bad)
 {
 	const char *seers[SEERS_MAX], *why;
+	char whybuf[96];
 	size_t nseers, total, x;
 	struct chunk_loc now;
 	uint64_t off = row->lblock * s->st->bs;
@@ -1633,7 +1702,8 @@ static int scrub_damaged(struct scrub *s, const struct rowref *row, int err)
 			nseers = total = 1;
 		}
 	}
-	why = err == -EBADMSG ? "checksum mismatch" : err == -ENOENT ? "chunk file missing" :
+	why = err == -EBADMSG ? chunk_bad_str(bad, row->lblock, whybuf, sizeof(whybuf)) :
+	      err == -ENOENT ? "chunk file missing" :
 	      err == -EIO ? "chunk file short, its header damaged, or a read error" : strerror(-err);
 	s->bad++;
 	if (json) {
@@ -1665,26 +1735,28 @@ static int scrub_damaged(struct scrub *s, const struct rowref *row, int err)
 /* Verify rows v[0 .. n), consecutive slots of one chunk. */
 static int scrub_run(struct scrub *s, const struct rowref *v, uint32_t n)
 {
-	uint32_t done = 0, bad;
+	struct chunk_bad bad;
+	uint32_t done = 0;
 	int rc = 0, err;
 
 	for (uint32_t i = 0; i < n; i++)
-		s->locs[i] = (struct chunk_loc){ v[i].chunk, v[i].slot, v[i].cksum };
+		s->locs[i] = (struct chunk_loc){ .chunk_id = v[i].chunk, .slot = v[i].slot,
+						 .cksum = v[i].cksum, .lblock = v[i].lblock };
 	while (done < n && !rc) {
-		bad = 0;
+		bad = (struct chunk_bad){ 0 };
 		err = chunk_read(s->st->cs, s->locs + done, n - done, s->buf, &bad);
 		if (!err) {
 			s->blocks += n - done;
 			done = n;
 		} else if (err == -EBADMSG) {
-			s->blocks += bad + 1;
-			rc = scrub_damaged(s, &v[done + bad], err);
-			done += bad + 1;
+			s->blocks += bad.index + 1;
+			rc = scrub_damaged(s, &v[done + bad.index], err, &bad);
+			done += bad.index + 1;
 		} else if (err == -ENOENT || n - done == 1) {
 			/* the whole file is gone, or this one block is unreadable */
 			for (; done < n && !rc; done++) {
 				s->blocks++;
-				rc = scrub_damaged(s, &v[done], err);
+				rc = scrub_damaged(s, &v[done], err, &bad);
 			}
 		} else {
 			/* a short file or a read error somewhere in the run: block

@@ -336,7 +336,7 @@ static uint64_t map_changes(void *ctx)
  */
 static uint32_t spare_max(const struct ns *ns, uint32_t want)
 {
-	uint64_t n = fs_bytes(ns) / 64 / (CHUNK_HEADER_BYTES + CHUNK_MAX_BYTES);
+	uint64_t n = fs_bytes(ns) / 64 / CHUNK_FILE_MAX_BYTES(ns->bs);
 
 	return n < want ? (uint32_t)n : want;
 }

@@ -36,9 +36,11 @@ static const struct {
 	[LOCK_VOL_GATE]   = { "vol.gate", true },
 	[LOCK_NS_FILES]   = { "ns.files_mu", false },
 	[LOCK_VOL]        = { "vol.lock", false },
+	[LOCK_MCACHE]     = { "mcache.mu", false },
 	[LOCK_CHUNK_SYNC] = { "chunk.sync_mu", false },
 	[LOCK_CHUNK]      = { "chunk.mu", false },
 	[LOCK_CHUNK_FD]   = { "chunk.fd_lock", false },
+	[LOCK_CHUNK_SIDE] = { "chunk.side_mu", false },
 	[LOCK_NS_SEQ]     = { "ns.seq_mu", false },
 	[LOCK_NS_BG]      = { "ns.bg_mu", false },
 };

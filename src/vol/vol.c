@@ -120,9 +120,13 @@ static bool ent_own(const struct vol *v, const struct vmap_ent *e)
 	return ve_gen(e) == v->gen;
 }
 
-static struct chunk_loc ent_loc(const struct vmap_ent *e)
+/* The map is keyed by lblock, and a block keeps its lblock for life (clones
+ * share at the same offset, GC copies keep it): the key is the loc's
+ * lblock. */
+static struct chunk_loc ent_loc(const struct vmap_ent *e, uint64_t lblock)
 {
-	return (struct chunk_loc){ .chunk_id = e->chunk, .slot = e->slot, .cksum = e->cksum };
+	return (struct chunk_loc){ .chunk_id = e->chunk, .slot = e->slot, .cksum = e->cksum,
+				   .lblock = lblock };
 }
 
 /*
@@ -161,6 +165,7 @@ static int set_block(struct vol *v, uint64_t lblock, const struct chunk_loc *loc
 	int rc;
 
 	assert(lock_rw_wrheld(&v->lock));
+	assert(!loc->chunk_id || loc->lblock == lblock);   /* the block's identity */
 	if (!loc->chunk_id && !ent_has_data(cur))
 		return 0;               /* already reads as zeros */
 	if (cur && ent_own(v, cur) && cur->chunk)
@@ -182,15 +187,19 @@ static void copy_label(struct vol *v, char label[LABEL_MAX])
 	lock_rw_unlock(&v->lock);
 }
 
-static void log_bad_block(struct vol *v, uint64_t lblock, const struct chunk_loc *loc, int rc)
+/* bad: what chunk_read() said of an -EBADMSG. */
+static void log_bad_block(struct vol *v, uint64_t lblock, const struct chunk_loc *loc, int rc,
+			  const struct chunk_bad *bad)
 {
-	char label[LABEL_MAX];
+	char label[LABEL_MAX], why[96];
 
 	copy_label(v, label);
-	vlog(LOG_ERR, "%s: offset %" PRIu64 ": block in chunk %016" PRIx64 " slot %u %s",
+	if (rc == -EBADMSG)
+		chunk_bad_str(bad, lblock, why, sizeof(why));
+	vlog(LOG_ERR, "%s: offset %" PRIu64 ": block in chunk %016" PRIx64 " slot %u %s%s",
 	     label, lblock << v->bshift, loc->chunk_id, loc->slot,
-	     rc == -EBADMSG ? "does not match its checksum" :
-	     rc == -ENOENT ? "is in a missing chunk file" : "cannot be read");
+	     rc == -EBADMSG ? "fails verification: " : rc == -ENOENT ? "is in a missing chunk file" :
+	     "cannot be read", rc == -EBADMSG ? why : "");
 }
 
 /* ---- open / close ------------------------------------------------------- */
@@ -520,7 +529,7 @@ static int read_window(struct vol *v, uint64_t first, uint32_t n, uint32_t lo, s
 	struct chunk_loc locs[WIN_BYTES / CHUNK_BLOCK_MIN];
 	bool has[WIN_BYTES / CHUNK_BLOCK_MIN];
 	uint8_t *bounce = NULL;
-	uint32_t bad;
+	struct chunk_bad bad = { 0 };
 	int rc = 0;
 
 	assert(n <= WIN_BYTES / CHUNK_BLOCK_MIN);
@@ -534,7 +543,7 @@ static int read_window(struct vol *v, uint64_t first, uint32_t n, uint32_t lo, s
 
 		has[i] = ent_has_data(e);
 		if (has[i])
-			locs[i] = ent_loc(e);
+			locs[i] = ent_loc(e, first + i);
 	}
 	lock_rw_unlock(&v->lock);
 
@@ -563,7 +572,7 @@ static int read_window(struct vol *v, uint64_t first, uint32_t n, uint32_t lo, s
 				rc = -ENOMEM;
 				break;
 			}
-			bad = 0;
+			bad.index = 0;
 			rc = chunk_read(v->cs, &locs[i], 1, bounce, &bad);
 			if (!rc)
 				memcpy(d, bounce + (from - bstart), to - from);
@@ -571,9 +580,9 @@ static int read_window(struct vol *v, uint64_t first, uint32_t n, uint32_t lo, s
 		if (rc == -ENOENT && !last_try)
 			break;          /* the block moved and GC removed its chunk: look again */
 		if (rc) {
-			uint32_t at = rc == -EBADMSG ? i + bad : i;
+			uint32_t at = rc == -EBADMSG ? i + bad.index : i;
 
-			log_bad_block(v, first + at, &locs[at], rc);
+			log_bad_block(v, first + at, &locs[at], rc, &bad);
 			rc = rc == -ENOMEM ? rc : -EIO;
 			break;
 		}
@@ -655,22 +664,23 @@ static int rmw_block(struct vol *v, uint64_t lblock, uint32_t boff, const void *
 	if (!blk)
 		return -ENOMEM;
 	for (int gone = 0;;) {
-		struct chunk_loc old = { 0 }, nl = { 0 };
+		struct chunk_loc old = { 0 }, nl = { .lblock = lblock };
+		struct chunk_bad bad = { 0 };
 		struct vmap_ent *e;
 		bool same;
 
 		lock_rw_rdlock(&v->lock);
 		e = vmap_get(v->map, lblock);
 		if (ent_has_data(e))
-			old = ent_loc(e);
+			old = ent_loc(e, lblock);
 		lock_rw_unlock(&v->lock);
 
 		if (old.chunk_id) {
-			rc = chunk_read(v->cs, &old, 1, blk, NULL);
+			rc = chunk_read(v->cs, &old, 1, blk, &bad);
 			if (rc == -ENOENT && !gone++)
 				continue;       /* GC moved it and removed the chunk: look again */
 			if (rc) {
-				log_bad_block(v, lblock, &old, rc);
+				log_bad_block(v, lblock, &old, rc, &bad);
 				rc = -EIO;
 				break;
 			}
@@ -682,7 +692,7 @@ static int rmw_block(struct vol *v, uint64_t lblock, uint32_t boff, const void *
 		else
 			memset(blk + boff, 0, n);
 		if (!is_zero(blk, v->bs)) {
-			rc = chunk_append(v->cs, blk, 1, &nl);
+			rc = chunk_append(v->cs, blk, 1, CHUNK_KIND_DATA, &nl);
 			if (rc)
 				break;
 		}
@@ -708,6 +718,8 @@ static int write_blocks(struct vol *v, uint64_t first, uint32_t n, const uint8_t
 
 	assert(n <= WIN_BYTES / CHUNK_BLOCK_MIN);
 	memset(locs, 0, n * sizeof(locs[0]));
+	for (uint32_t i = 0; i < n; i++)
+		locs[i].lblock = first + i;
 	for (uint32_t i = 0; src && i < n;) {
 		uint32_t run = 0;
 
@@ -717,7 +729,8 @@ static int write_blocks(struct vol *v, uint64_t first, uint32_t n, const uint8_t
 		}
 		while (i + run < n && !is_zero(src + ((uint64_t)(i + run) << v->bshift), v->bs))
 			run++;
-		rc = chunk_append(v->cs, src + ((uint64_t)i << v->bshift), run, &locs[i]);
+		rc = chunk_append(v->cs, src + ((uint64_t)i << v->bshift), run, CHUNK_KIND_DATA,
+				  &locs[i]);
 		if (rc)
 			return rc;
 		i += run;
@@ -1059,6 +1072,7 @@ void vol_relocate(struct vol *v, uint64_t lblock, const struct chunk_loc *from,
 	if (e && e->chunk == from->chunk_id && e->slot == from->slot) {
 		e->chunk = to->chunk_id;
 		e->slot = to->slot;
+		e->cksum = to->cksum;   /* seeded with the new chunk and slot */
 	}
 	lock_rw_unlock(&v->lock);
 }
@@ -1116,7 +1130,7 @@ int vol_collect(struct vol *v, struct vol_batch *b)
 		if (!e || !(ve_flags(e) & VE_DIRTY))
 			continue;       /* dropped by a truncate: trunc_from covers it */
 		r.lblock = v->dirty[i];
-		r.loc = ent_loc(e);
+		r.loc = ent_loc(e, v->dirty[i]);
 		r.anc = ve_flags(e) & VE_ANC;
 		rc = batch_push(b, &r);
 		if (!rc)

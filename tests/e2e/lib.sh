@@ -16,6 +16,8 @@
 #   vs_track_fuse MNT PID          a FUSE mount served by a test tool
 #   fail MSG, pass, skip MSG, note MSG, assert_eq, assert_df_same, expect_errno,
 #   with_deadline
+#   chunk_data_off FILE where slot 0 of a chunk file starts (its header's
+#                       version: 1, at 4096; 2, at data_off)
 #
 # Environment: VS_KEEP=1 keeps $T after the test; VS_TIME_SCALE=N multiplies
 # every deadline (for sanitizer builds).
@@ -51,6 +53,14 @@ _VS_NLOG=0
 _VS_DONE=0
 
 note() { echo "# $*"; }
+
+# docs/on-disk-format.md: version 1 (u32 at 8) keeps slot 0 at 4096, version
+# 2 at data_off (u64 at 40)
+chunk_data_off() {
+	local v
+	v=$(od -An -tu4 -j 8 -N4 "$1" | tr -d ' ')
+	if [ "$v" = 1 ]; then echo 4096; else od -An -tu8 -j 40 -N8 "$1" | tr -d ' '; fi
+}
 
 fail() {
 	echo "FAIL $TEST_NAME: $*"

@@ -208,10 +208,13 @@ C1=$TPL/chunks/0000000000000001.chunk
 C2=$TPL/chunks/0000000000000002.chunk
 [ -f "$C1" ] && [ -f "$C2" ] && [ "$(ls "$TPL/chunks" | wc -l)" = 2 ] ||
 	fail "template: expected chunk files 1 and 2, got: $(ls "$TPL/chunks")"
-[ "$(stat -c %s "$C2")" = $((4096 + NBLK * BS)) ] ||
-	fail "template: chunk 2 is $(stat -c %s "$C2") bytes, expected the header and $NBLK slots"
+# slot 0 after the header and the slot table (chunk header version 2)
+DOFF=$(chunk_data_off "$C2")
+[ "$DOFF" = $((4096 + 16 * 16384)) ] || fail "template: chunk 2 has its data at $DOFF"
+[ "$(stat -c %s "$C2")" = $((DOFF + NBLK * BS)) ] ||
+	fail "template: chunk 2 is $(stat -c %s "$C2") bytes, expected the header, the slot table and $NBLK slots"
 for j in 0 17 $((NBLK - 1)); do
-	cmp -s <(dd if="$C2" bs=$BS skip=$((1 + j)) count=1 status=none) \
+	cmp -s <(dd if="$C2" bs=$BS skip=$((DOFF / BS + j)) count=1 status=none) \
 		<(dd if="$T/vol.ref" bs=$BS skip=$j count=1 status=none) ||
 		fail "template: block $j of vol.img is not slot $j of chunk 2"
 done
@@ -226,7 +229,7 @@ C2=chunks/0000000000000002.chunk
 # ==== a chunk file cut in the middle of a slot, while unmounted ==========================
 K=40
 fresh truncate-unmounted
-truncate -s $((4096 + K * BS + 1234)) "$STORE/$C2"
+truncate -s $((DOFF + K * BS + 1234)) "$STORE/$C2"
 vs_mount "$STORE" "$MNT"
 want=$(pattern $K $NBLK)
 got=$(blocks "$MNT/vol.img" "$T/vol.ref")
@@ -245,7 +248,7 @@ check_names "cut chunk (unmounted)" 0000000000000002.chunk
 fresh truncate-mounted
 vs_mount "$STORE" "$MNT"
 cmp -s "$MNT/vol.img" "$T/vol.ref" || fail "vol.img does not read back before the cut"
-truncate -s $((4096 + K * BS + 1234)) "$STORE/$C2"
+truncate -s $((DOFF + K * BS + 1234)) "$STORE/$C2"
 got=$(blocks "$MNT/vol.img" "$T/vol.ref")
 assert_eq "$got" "$want" "vol.img blocks after chunk 2 was cut while mounted"
 got=$(blocks "$MNT/.snapshots/vol.img@s/vol.img" "$T/vol.ref")

@@ -73,22 +73,23 @@ dd if="$T/blocks" of="$M1/vol.img" bs=$BS oflag=direct conv=fsync status=none
 cmp "$T/blocks" "$M1/vol.img" || fail "vol.img does not read back"
 vs_umount "$M1"
 
-# find the chunk slot that holds block K (slot i starts at 4096 + i * BS)
+# find the chunk slot that holds block K (slot i starts at data_off + i * BS)
 K=37
 dd if="$T/blocks" of="$T/blockK" bs=$BS skip=$K count=1 status=none
-chunk='' slot=''
+chunk='' slot='' doff=''
 for c in "$S1"/chunks/*.chunk; do
-	n=$((($(stat -c %s "$c") - 4096) / BS))
+	d=$(chunk_data_off "$c")
+	n=$((($(stat -c %s "$c") - d) / BS))
 	for ((i = 0; i < n; i++)); do
-		if dd if="$c" bs=$BS skip=$((1 + i)) count=1 status=none | cmp -s - "$T/blockK"; then
+		if dd if="$c" bs=$BS skip=$((d / BS + i)) count=1 status=none | cmp -s - "$T/blockK"; then
 			[ -z "$chunk" ] || fail "block $K found twice in the chunk files"
-			chunk=$c slot=$i
+			chunk=$c slot=$i doff=$d
 		fi
 	done
 done
 [ -n "$chunk" ] || fail "block $K of vol.img not found in any chunk file of block size $BS"
 note "block $K is slot $slot of $(basename "$chunk")"
-off=$((4096 + slot * BS + BS / 2))
+off=$((doff + slot * BS + BS / 2))
 b=$(od -An -tu1 -j $off -N1 "$chunk" | tr -d ' ')
 printf "\\$(printf '%03o' $((b ^ 255)))" | dd of="$chunk" bs=1 seek=$off conv=notrunc status=none
 

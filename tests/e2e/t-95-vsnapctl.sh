@@ -48,18 +48,19 @@ blk() { dd if="$1" bs=$BS skip="$2" count=1 status=none; }
 # flip_block STORE DATAFILE N: flip a byte in the chunk slot that holds block
 # N of DATAFILE (found by content, so every block written must be distinct)
 flip_block() {
-	local store=$1 c n i chunk= slot= off b
+	local store=$1 c d n i chunk= slot= doff= off b
 	blk "$2" "$3" >"$T/needle"
 	for c in "$store"/chunks/*.chunk; do
-		n=$((($(stat -c %s "$c") - 4096) / BS))
+		d=$(chunk_data_off "$c")
+		n=$((($(stat -c %s "$c") - d) / BS))
 		for ((i = 0; i < n; i++)); do
-			if dd if="$c" bs=$BS skip=$((1 + i)) count=1 status=none | cmp -s - "$T/needle"; then
-				chunk=$c slot=$i
+			if dd if="$c" bs=$BS skip=$((d / BS + i)) count=1 status=none | cmp -s - "$T/needle"; then
+				chunk=$c slot=$i doff=$d
 			fi
 		done
 	done
 	[ -n "$chunk" ] || fail "block $3 of $2 not found in the chunk files of $store"
-	off=$((4096 + slot * BS + 100))
+	off=$((doff + slot * BS + 100))
 	b=$(od -An -tu1 -j $off -N1 "$chunk" | tr -d ' ')
 	printf "\\$(printf '%03o' $((b ^ 255)))" | dd of="$chunk" bs=1 seek=$off conv=notrunc status=none
 }
@@ -206,11 +207,22 @@ fi
 first=$(ls "$STORE"/chunks/*.chunk | head -n 1)
 second=$(ls "$STORE"/chunks/*.chunk | sed -n 2p)
 damaged_copy short
-truncate -s $((4096 + 2 * BS)) "$T/short/chunks/$(basename "$first")"
+truncate -s $(($(chunk_data_off "$first") + 2 * BS)) "$T/short/chunks/$(basename "$first")"
 ctl 1 "$T/c.txt" check "$T/short"
 grep -qE "^problem: chunks/$(basename "$first"): [0-9]+ block\(s\) point past its end" "$T/c.txt" ||
 	fail "check does not name the truncated chunk file: $(cat "$T/c.txt")"
 grep -qE "PROBLEMS FOUND$" "$T/c.txt" || fail "check summary: $(cat "$T/c.txt")"
+# a slot table entry naming another block (its lblock's low byte, at 8 in
+# the entry of slot 5): check names it without reading data, scrub too
+damaged_copy entry
+printf '\356' | dd of="$T/entry/chunks/$(basename "$second")" bs=1 seek=$((4096 + 16 * 5 + 8)) \
+	conv=notrunc status=none
+ctl 1 "$T/c.txt" check "$T/entry"
+grep -qE "^problem: chunks/$(basename "$second"): 1 block\(s\) whose slot entry does not match the index \(first: slot 5, /scrub\.img offset [0-9]+: slot holds block 238, expected [0-9]+\)$" \
+	"$T/c.txt" || fail "check does not name the damaged slot entry: $(cat "$T/c.txt")"
+ctl 1 "$T/s.txt" scrub "$T/entry"
+grep -qE "^damaged: /scrub\.img offset [0-9]+: chunks/$(basename "$second") slot 5: slot holds block 238, expected [0-9]+$" \
+	"$T/s.txt" || fail "scrub does not name the damaged slot entry: $(cat "$T/s.txt")"
 damaged_copy gone
 rm "$T/gone/chunks/$(basename "$second")"
 ctl 1 "$T/c.txt" check "$T/gone"

@@ -107,15 +107,16 @@ static struct chunk_store *open_store(uint32_t bs, uint64_t min_next_id)
 	return cs;
 }
 
-/* Append one block made from seed; returns its loc. */
+/* Append one block made from seed, for volume block "seed"; returns its
+ * loc. */
 static struct chunk_loc append_one(struct chunk_store *cs, uint32_t bs, uint64_t seed)
 {
-	struct chunk_loc loc;
+	struct chunk_loc loc = { .lblock = seed & CHUNK_LBLOCK_MAX };
 	void *buf = malloc(bs);
 	int rc;
 
 	fill_block(buf, bs, seed);
-	rc = chunk_append(cs, buf, 1, &loc);
+	rc = chunk_append(cs, buf, 1, CHUNK_KIND_DATA, &loc);
 	free(buf);
 	cr_assert_eq(rc, 0, "chunk_append: %d", rc);
 	return loc;
@@ -205,16 +206,21 @@ static void roundtrip(uint32_t bs)
 {
 	struct chunk_store *cs = open_store(bs, 0);
 	const uint32_t n = 5;
-	struct chunk_loc locs[5], one[1];
+	struct chunk_loc locs[5] = { { 0 } }, one[1];
 	uint8_t *buf = malloc((size_t)n * bs), *back = malloc((size_t)n * bs);
-	uint32_t bad = 77;
+	struct chunk_bad bad = { .index = 77 };
 
 	fill_blocks(buf, bs, n, 100);
-	cr_assert_eq(chunk_append(cs, buf, n, locs), 0);
+	for (uint32_t i = 0; i < n; i++)
+		locs[i].lblock = 1000 + i;
+	cr_assert_eq(chunk_append(cs, buf, n, CHUNK_KIND_DATA, locs), 0);
 	for (uint32_t i = 0; i < n; i++) {
 		cr_assert_eq(locs[i].chunk_id, 1);
 		cr_assert_eq(locs[i].slot, i);
-		cr_assert_eq(locs[i].cksum, cksum_buf(buf + (size_t)i * bs, bs));
+		cr_assert_eq(locs[i].lblock, 1000 + i, "lblock is input, kept");
+		/* docs/on-disk-format.md: XXH3_64(payload, XXH3_64(chunk, slot, lblock)) */
+		cr_assert_eq(locs[i].cksum, cksum_seeded(buf + (size_t)i * bs, bs,
+							 cksum_slot_seed(1, i, 1000 + i)));
 	}
 	cr_assert_eq(chunk_active_id(cs), 1);
 	cr_assert_eq(chunk_next_id(cs), 2);
@@ -225,7 +231,7 @@ static void roundtrip(uint32_t bs)
 
 	cr_assert_eq(chunk_read(cs, locs, n, back, &bad), 0);
 	cr_assert_eq(memcmp(buf, back, (size_t)n * bs), 0);
-	cr_assert_eq(bad, 77, "bad_index touched on success");
+	cr_assert_eq(bad.index, 77, "bad touched on success");
 	/* a sub-run from the middle */
 	cr_assert_eq(chunk_read(cs, &locs[2], 2, back, NULL), 0);
 	cr_assert_eq(memcmp(buf + 2 * (size_t)bs, back, 2 * (size_t)bs), 0);
@@ -255,7 +261,7 @@ Test(chunk, multi_block_append_crossing_chunk_end_continues_at_slot_0_of_new_chu
 {
 	const uint32_t bs = MiB, nslots = CHUNK_NSLOTS(MiB);
 	struct chunk_store *cs = open_store(bs, 0);
-	struct chunk_loc locs[5];
+	struct chunk_loc locs[5] = { { 0 } };
 	uint8_t *buf = malloc(5 * (size_t)bs), *back = malloc(5 * (size_t)bs);
 
 	cr_assert_eq(nslots, 64);
@@ -263,7 +269,7 @@ Test(chunk, multi_block_append_crossing_chunk_end_continues_at_slot_0_of_new_chu
 		cr_assert_eq(append_one(cs, bs, i).slot, i);
 
 	fill_blocks(buf, bs, 5, 1000);
-	cr_assert_eq(chunk_append(cs, buf, 5, locs), 0);
+	cr_assert_eq(chunk_append(cs, buf, 5, CHUNK_KIND_DATA, locs), 0);
 	cr_assert_eq(locs[0].chunk_id, 1);
 	cr_assert_eq(locs[0].slot, 62);
 	cr_assert_eq(locs[1].chunk_id, 1);
@@ -291,28 +297,30 @@ Test(chunk, read_detects_flipped_byte_with_ebadmsg_and_bad_index_and_others_stil
 {
 	const uint32_t bs = 4096;
 	struct chunk_store *cs = open_store(bs, 0);
-	struct chunk_loc locs[4];
+	struct chunk_loc locs[4] = { { 0 } };
 	uint8_t *buf = malloc(4 * bs), *back = malloc(4 * bs);
-	uint32_t bad = 99;
+	struct chunk_bad bad = { .index = 99 };
 
 	fill_blocks(buf, bs, 4, 7);
-	cr_assert_eq(chunk_append(cs, buf, 4, locs), 0);
-	flip_byte(1, CHUNK_HEADER_BYTES + 2 * bs + 123);
+	cr_assert_eq(chunk_append(cs, buf, 4, CHUNK_KIND_DATA, locs), 0);
+	flip_byte(1, CHUNK_DATA_OFF(bs) + 2 * bs + 123);
 
 	cr_assert_eq(chunk_read(cs, locs, 4, back, &bad), -EBADMSG);
-	cr_assert_eq(bad, 2);
+	cr_assert_eq(bad.index, 2);
+	cr_assert_eq(bad.why, CHUNK_BAD_CKSUM);
 	cr_assert_eq(chunk_read(cs, &locs[1], 3, back, &bad), -EBADMSG);
-	cr_assert_eq(bad, 1);
+	cr_assert_eq(bad.index, 1);
 	cr_assert_eq(chunk_read(cs, &locs[2], 1, back, NULL), -EBADMSG);
 	cr_assert_eq(chunk_read(cs, &locs[0], 2, back, NULL), 0);
 	cr_assert_eq(memcmp(back, buf, 2 * bs), 0);
 	cr_assert_eq(chunk_read(cs, &locs[3], 1, back, NULL), 0);
 	cr_assert_eq(memcmp(back, buf + 3 * bs, bs), 0);
-	/* a wrong checksum in the loc is the same as wrong data */
+	/* a wrong checksum in the loc (the index's) fails too, said apart */
 	struct chunk_loc wrong = locs[0];
 	wrong.cksum ^= 1;
 	cr_assert_eq(chunk_read(cs, &wrong, 1, back, &bad), -EBADMSG);
-	cr_assert_eq(bad, 0);
+	cr_assert_eq(bad.index, 0);
+	cr_assert_eq(bad.why, CHUNK_BAD_LOC_CKSUM);
 
 	free(buf);
 	free(back);
@@ -469,21 +477,21 @@ Test(chunk, foreach_lists_chunk_files_in_id_order_with_whole_slot_counts)
 {
 	const uint32_t bs = 8192;
 	struct chunk_store *cs;
-	struct chunk_loc locs[3];
+	struct chunk_loc locs[3] = { { 0 } };
 	uint8_t *buf = malloc(3 * bs);
 	struct seen s = { 0 };
 
 	fill_blocks(buf, bs, 3, 0);
 	/* ids 0x20 (3 slots), 0x21 (1 slot); then hand-made ones */
 	cs = open_store(bs, 0x20);
-	cr_assert_eq(chunk_append(cs, buf, 3, locs), 0);
+	cr_assert_eq(chunk_append(cs, buf, 3, CHUNK_KIND_DATA, locs), 0);
 	chunk_store_close(cs);
 	cs = open_store(bs, 0);
-	cr_assert_eq(chunk_append(cs, buf, 1, locs), 0);
+	cr_assert_eq(chunk_append(cs, buf, 1, CHUNK_KIND_DATA, locs), 0);
 	chunk_store_close(cs);
 
 	touch("0000000000000003.chunk", 100);                  /* shorter than a header */
-	touch("000000000000000a.chunk", CHUNK_HEADER_BYTES + 2 * bs + 100); /* torn tail */
+	touch("000000000000000a.chunk", CHUNK_DATA_OFF(bs) + 2 * bs + 100); /* torn tail */
 	touch("notachunk", 0);
 	touch("0000000000000004.chunk.tmp", 0);
 	touch("000000000000000B.chunk", 0);                    /* upper case: not ours */
@@ -565,19 +573,19 @@ Test(chunk, injected_append_fault_fails_with_given_errno_after_n_successes)
 	const uint32_t bs = 4096;
 	struct chunk_store *cs = open_store(bs, 0);
 	uint8_t *buf = malloc(2 * bs);
-	struct chunk_loc locs[2], ok;
+	struct chunk_loc locs[2] = { { 0 } }, ok;
 
 	fill_blocks(buf, bs, 2, 50);
 	chunk_fault_set(cs, CHUNK_FAULT_APPEND, 2, ENOSPC);
-	cr_assert_eq(chunk_append(cs, buf, 1, locs), 0);
-	cr_assert_eq(chunk_append(cs, buf, 1, locs), 0);
-	cr_assert_eq(chunk_append(cs, buf, 2, locs), -ENOSPC);
+	cr_assert_eq(chunk_append(cs, buf, 1, CHUNK_KIND_DATA, locs), 0);
+	cr_assert_eq(chunk_append(cs, buf, 1, CHUNK_KIND_DATA, locs), 0);
+	cr_assert_eq(chunk_append(cs, buf, 2, CHUNK_KIND_DATA, locs), -ENOSPC);
 	cr_assert_eq(locs[0].chunk_id, 0, "a failed append leaves no valid loc");
 	cr_assert_eq(locs[1].chunk_id, 0);
-	cr_assert_eq(chunk_append(cs, buf, 1, locs), -ENOSPC);
+	cr_assert_eq(chunk_append(cs, buf, 1, CHUNK_KIND_DATA, locs), -ENOSPC);
 
 	chunk_fault_set(cs, CHUNK_FAULT_APPEND, 0, EIO);
-	cr_assert_eq(chunk_append(cs, buf, 1, locs), -EIO);
+	cr_assert_eq(chunk_append(cs, buf, 1, CHUNK_KIND_DATA, locs), -EIO);
 	chunk_fault_set(cs, CHUNK_FAULT_APPEND, 0, 0);
 	ok = append_one(cs, bs, 50);
 	cr_assert_eq(ok.chunk_id, 1);
@@ -638,7 +646,7 @@ Test(chunk, a_failed_sync_poisons_the_store_until_it_is_opened_again)
 {
 	const uint32_t bs = 4096;
 	struct chunk_store *cs = open_store(bs, 0);
-	struct chunk_loc synced = append_one(cs, bs, 1), unsynced, loc;
+	struct chunk_loc synced = append_one(cs, bs, 1), unsynced, loc = { 0 };
 	uint8_t *buf = malloc(bs);
 
 	cr_assert_eq(chunk_sync(cs), 0);
@@ -650,7 +658,7 @@ Test(chunk, a_failed_sync_poisons_the_store_until_it_is_opened_again)
 	chunk_fault_set(cs, CHUNK_FAULT_SYNC, 0, 0);
 	cr_assert_eq(chunk_sync(cs), -EIO, "a retry that would succeed must not");
 	fill_block(buf, bs, 3);
-	cr_assert_eq(chunk_append(cs, buf, 1, &loc), -EIO);
+	cr_assert_eq(chunk_append(cs, buf, 1, CHUNK_KIND_DATA, &loc), -EIO);
 	cr_assert_eq(chunk_sync(cs), -EIO);
 	assert_reads(cs, bs, &synced, 1);
 	assert_reads(cs, bs, &unsynced, 2);     /* still in the page cache here */
@@ -692,14 +700,17 @@ static void *worker_main(void *arg)
 	uint32_t i = 0, round = 0;
 
 	while (i < PER_THREAD && !w->failed) {
-		uint32_t n = 1 + (round + (uint32_t)w->t) % 4, bad = 0;
+		uint32_t n = 1 + (round + (uint32_t)w->t) % 4;
+		struct chunk_bad bad = { 0 };
 		int rc;
 
 		if (n > PER_THREAD - i)
 			n = PER_THREAD - i;
 		for (uint32_t k = 0; k < n; k++)
 			fill_block(buf + k * CONC_BS, CONC_BS, seed_of(w->t, i + k));
-		rc = chunk_append(w->cs, buf, n, &w->locs[i]);
+		for (uint32_t k = 0; k < n; k++)
+			w->locs[i + k].lblock = seed_of(w->t, i + k) & CHUNK_LBLOCK_MAX;
+		rc = chunk_append(w->cs, buf, n, CHUNK_KIND_DATA, &w->locs[i]);
 		if (rc) {
 			w->failed = rc;
 			snprintf(w->what, sizeof(w->what), "append at %u", i);
@@ -712,7 +723,7 @@ static void *worker_main(void *arg)
 		rc = chunk_read(w->cs, &w->locs[i], same, back, &bad);
 		if (rc || memcmp(back, buf, same * (size_t)CONC_BS) != 0) {
 			w->failed = rc ? rc : -EILSEQ;
-			snprintf(w->what, sizeof(w->what), "read back at %u (bad %u)", i, bad);
+			snprintf(w->what, sizeof(w->what), "read back at %u (bad %u)", i, bad.index);
 			break;
 		}
 		if (round % 16 == 0 && (rc = chunk_sync(w->cs)) != 0) {
@@ -799,17 +810,21 @@ Test(chunk, sync_returns_0_and_created_chunk_header_validates)
 	cr_assert_geq(fd, 0);
 	cr_assert_eq(fstat(fd, &st), 0);
 	cr_assert_eq(st.st_mode & 0777, 0600);
-	cr_assert_eq(st.st_size, CHUNK_HEADER_BYTES + bs);
+	/* header, a slot table of 4096 entries (64 KiB), one slot */
+	cr_assert_eq(st.st_size, 4096 + 65536 + bs);
 	cr_assert_eq(pread(fd, hdr, sizeof(hdr), 0), (ssize_t)sizeof(hdr));
 	close(fd);
 
 	cr_assert_eq(memcmp(hdr, "VSNAPCHK", 8), 0);
-	cr_assert_eq(le32(hdr + 8), 1);
+	cr_assert_eq(le32(hdr + 8), 2);
 	cr_assert_eq(le32(hdr + 12), bs);
 	cr_assert_eq(le64(hdr + 16), 0xabc);
 	cr_assert_geq(le64(hdr + 24), before);
 	cr_assert_leq(le64(hdr + 24), after);
-	for (size_t i = 32; i < CHUNK_HEADER_BYTES - 8; i++)
+	cr_assert_eq(le32(hdr + 32), 4096, "nslots");
+	cr_assert_eq(le32(hdr + 36), 4096, "table_off");
+	cr_assert_eq(le64(hdr + 40), 4096 + 65536, "data_off");
+	for (size_t i = 48; i < CHUNK_HEADER_BYTES - 8; i++)
 		cr_assert_eq(hdr[i], 0, "reserved byte %zu", i);
 	cr_assert_eq(le64(hdr + CHUNK_HEADER_BYTES - 8), cksum_buf(hdr, CHUNK_HEADER_BYTES - 8));
 
@@ -905,7 +920,7 @@ Test(chunk, a_removed_chunk_becomes_a_spare_and_the_next_chunk_reuses_its_file)
 	cr_assert_eq(chunk_read(cs, &a, 1, back, NULL), -ENOENT);
 	cr_assert_eq(chunk_remove(cs, 1), -ENOENT);
 	cr_assert_eq(count_spares(spare_dir), 1);
-	cr_assert_eq(chunk_spare_bytes(cs), CHUNK_HEADER_BYTES + CHUNK_MAX_BYTES);
+	cr_assert_eq(chunk_spare_bytes(cs), CHUNK_FILE_MAX_BYTES(bs));
 
 	/* the next chunk is that file, with its own id and header */
 	fill_until(cs, 3, 1000);
@@ -944,14 +959,14 @@ Test(chunk, spares_are_bounded_and_adopted_by_the_next_open)
 		cr_assert_not(chunk_file_exists(id));
 	}
 	cr_assert_eq(count_spares(spare_dir), 2, "the third removal must unlink");
-	cr_assert_eq(chunk_spare_bytes(cs), 2 * (uint64_t)(CHUNK_HEADER_BYTES + CHUNK_MAX_BYTES));
+	cr_assert_eq(chunk_spare_bytes(cs), 2 * (uint64_t)(CHUNK_FILE_MAX_BYTES(bs)));
 	chunk_store_close(cs);
 
 	/* a smaller limit next time: one is adopted, the other deleted */
 	cs = open_store(bs, 0);
 	cr_assert_eq(chunk_spares_enable(cs, spare_dir, 1), 0);
 	cr_assert_eq(count_spares(spare_dir), 1);
-	cr_assert_eq(chunk_spare_bytes(cs), CHUNK_HEADER_BYTES + CHUNK_MAX_BYTES);
+	cr_assert_eq(chunk_spare_bytes(cs), CHUNK_FILE_MAX_BYTES(bs));
 	fill_until(cs, 5, 0);                   /* chunk 5, the first of this open */
 	cr_assert_eq(count_spares(spare_dir), 0);
 	cr_assert(chunk_file_exists(5));
@@ -1001,7 +1016,7 @@ Test(chunk, a_lowered_spare_limit_unlinks_the_oldest_spares_and_later_removals)
 	cr_assert_eq(count_spares(spare_dir), 1);
 	snprintf(path, sizeof(path), "%s/%016" PRIx64 ".spare", spare_dir, (uint64_t)3);
 	cr_assert_eq(access(path, F_OK), 0, "the newest spare must stay");
-	cr_assert_eq(chunk_spare_bytes(cs), CHUNK_HEADER_BYTES + CHUNK_MAX_BYTES);
+	cr_assert_eq(chunk_spare_bytes(cs), CHUNK_FILE_MAX_BYTES(bs));
 
 	/* at 0 every spare goes, and a removal unlinks at once */
 	cr_assert_eq(chunk_spares_limit(cs, 0), 0);
@@ -1015,5 +1030,485 @@ Test(chunk, a_lowered_spare_limit_unlinks_the_oldest_spares_and_later_removals)
 	cr_assert_eq(chunk_spares_limit(cs, 100), 0);
 	cr_assert_eq(chunk_remove(cs, 5), 0);
 	cr_assert_eq(count_spares(spare_dir), 1);
+	chunk_store_close(cs);
+}
+
+/* --- the slot table (header version 2): D2 of docs/design.md ---------------- */
+
+/* Read or write the raw 16-byte slot table entry of a slot (table at 4096). */
+static void entry_io(uint64_t id, uint32_t slot, uint8_t ent[16], bool write)
+{
+	char path[256];
+	int fd;
+
+	chunk_path(path, sizeof(path), id);
+	fd = open(path, O_RDWR);
+	cr_assert_geq(fd, 0);
+	if (write)
+		cr_assert_eq(pwrite(fd, ent, 16, 4096 + 16 * (off_t)slot), 16);
+	else
+		cr_assert_eq(pread(fd, ent, 16, 4096 + 16 * (off_t)slot), 16);
+	close(fd);
+}
+
+static uint64_t le48(const uint8_t *p)
+{
+	return (uint64_t)le32(p) | (uint64_t)p[4] << 32 | (uint64_t)p[5] << 40;
+}
+
+/* Swap len bytes at offsets a and b of chunk file id. */
+static void swap_bytes(uint64_t id, off_t a, off_t b, size_t len)
+{
+	uint8_t *x = malloc(len), *y = malloc(len);
+	char path[256];
+	int fd;
+
+	chunk_path(path, sizeof(path), id);
+	fd = open(path, O_RDWR);
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(pread(fd, x, len, a), (ssize_t)len);
+	cr_assert_eq(pread(fd, y, len, b), (ssize_t)len);
+	cr_assert_eq(pwrite(fd, x, len, b), (ssize_t)len);
+	cr_assert_eq(pwrite(fd, y, len, a), (ssize_t)len);
+	close(fd);
+	free(x);
+	free(y);
+}
+
+/* chunk_read of one block: its rc, *bad filled on -EBADMSG. */
+static int read_one(struct chunk_store *cs, const struct chunk_loc *loc, struct chunk_bad *bad)
+{
+	uint8_t *buf = malloc(CHUNK_BLOCK_MAX);
+	int rc;
+
+	*bad = (struct chunk_bad){ 0 };
+	rc = chunk_read(cs, loc, 1, buf, bad);
+	free(buf);
+	return rc;
+}
+
+static void assert_bad(struct chunk_store *cs, const struct chunk_loc *loc,
+		       enum chunk_bad_why why, const char *what)
+{
+	struct chunk_bad bad;
+	char text[96];
+	int rc = read_one(cs, loc, &bad);
+
+	cr_assert_eq(rc, -EBADMSG, "%s: chunk_read returned %d, want -EBADMSG", what, rc);
+	cr_assert_eq(bad.why, why, "%s: reason %d (%s), want %d", what, bad.why,
+		     chunk_bad_str(&bad, loc->lblock, text, sizeof(text)), why);
+}
+
+Test(chunk, append_writes_one_slot_entry_per_block_with_kind_lblock_and_seeded_checksum)
+{
+	const uint32_t bs = 4096;
+	struct chunk_store *cs = open_store(bs, 7);
+	struct chunk_loc locs[3] = { { .lblock = 40 }, { .lblock = 41 }, { .lblock = CHUNK_LBLOCK_MAX } };
+	struct chunk_loc gc = { .lblock = 40 }, big = { .lblock = CHUNK_LBLOCK_MAX + 1 };
+	struct chunk_entry e[6];
+	uint8_t *buf = malloc(3 * bs), ent[16];
+
+	fill_blocks(buf, bs, 3, 70);
+	cr_assert_eq(chunk_append(cs, buf, 3, CHUNK_KIND_DATA, locs), 0);
+	cr_assert_eq(chunk_append(cs, buf, 1, CHUNK_KIND_RELOC, &gc), 0);
+	cr_assert_eq(chunk_append(cs, buf, 1, CHUNK_KIND_DATA, &big), -EINVAL, "lblock has 48 bits");
+	cr_assert_eq(chunk_append(cs, buf, 1, CHUNK_KIND_LOG, &gc), -EINVAL);
+	cr_assert_eq(chunk_append(cs, buf, 1, CHUNK_KIND_NONE, &gc), -EINVAL);
+	for (uint32_t i = 0; i < 3; i++) {
+		entry_io(7, i, ent, false);
+		cr_assert_eq(le64(ent), locs[i].cksum);
+		cr_assert_eq(le64(ent), cksum_seeded(buf + i * bs, bs, cksum_slot_seed(7, i, locs[i].lblock)));
+		cr_assert_eq(le48(ent + 8), locs[i].lblock);
+		cr_assert_eq(ent[14], 1, "kind DATA");
+		cr_assert_eq(ent[15], 0, "flags");
+	}
+	entry_io(7, 3, ent, false);
+	cr_assert_eq(ent[14], 2, "kind RELOC");
+	cr_assert_eq(gc.slot, 3);
+	cr_assert_neq(gc.cksum, locs[0].cksum, "same payload and lblock, another slot: another checksum");
+
+	/* the entries in bulk, for vsnapctl check; past the file's end: kind 0 */
+	cr_assert_eq(chunk_entries_read(cs, 7, 0, 6, e), 0);
+	for (uint32_t i = 0; i < 3; i++) {
+		cr_assert_eq(e[i].kind, CHUNK_KIND_DATA);
+		cr_assert_eq(e[i].lblock, locs[i].lblock);
+		cr_assert_eq(e[i].cksum, locs[i].cksum);
+	}
+	cr_assert_eq(e[3].kind, CHUNK_KIND_RELOC);
+	cr_assert_eq(e[4].kind, CHUNK_KIND_NONE);
+	cr_assert_eq(e[5].kind, CHUNK_KIND_NONE);
+	cr_assert_eq(chunk_entries_read(cs, 7, CHUNK_NSLOTS(bs) - 1, 2, e), -EINVAL);
+
+	cr_assert_eq(chunk_read(cs, locs, 3, buf, NULL), 0);
+	assert_reads(cs, bs, &gc, 70);
+	free(buf);
+	chunk_store_close(cs);
+}
+
+/* Each row of D2's fault table, made on purpose: the read refuses, and
+ * says which check failed. */
+Test(chunk, fault_table_flipped_payload_bit_is_a_checksum_mismatch)
+{
+	const uint32_t bs = 4096;
+	struct chunk_store *cs = open_store(bs, 0);
+	struct chunk_loc loc = append_one(cs, bs, 5);
+
+	cr_assert_eq(chunk_sync(cs), 0);
+	flip_byte(loc.chunk_id, CHUNK_DATA_OFF(bs) + 4000);
+	assert_bad(cs, &loc, CHUNK_BAD_CKSUM, "flipped payload bit");
+	chunk_store_close(cs);
+}
+
+Test(chunk, fault_table_lost_entry_write_reads_as_slot_never_written)
+{
+	const uint32_t bs = 4096;
+	struct chunk_store *cs = open_store(bs, 0);
+	struct chunk_loc a = append_one(cs, bs, 5), b = append_one(cs, bs, 6);
+	uint8_t zero[16] = { 0 };
+
+	entry_io(a.chunk_id, a.slot, zero, true);
+	assert_bad(cs, &a, CHUNK_BAD_UNWRITTEN, "zeroed entry");
+	assert_reads(cs, bs, &b, 6);            /* its neighbour is fine */
+	chunk_store_close(cs);
+}
+
+Test(chunk, fault_table_entry_of_another_block_is_named_with_both_lblocks)
+{
+	const uint32_t bs = 4096;
+	struct chunk_store *cs = open_store(bs, 0);
+	struct chunk_loc loc = append_one(cs, bs, 5);
+	struct chunk_bad bad;
+	uint8_t ent[16];
+	char text[96];
+
+	entry_io(loc.chunk_id, loc.slot, ent, false);
+	ent[8] = 9;                             /* lblock 5 -> 9, checksum kept */
+	entry_io(loc.chunk_id, loc.slot, ent, true);
+	assert_bad(cs, &loc, CHUNK_BAD_LBLOCK, "entry with another lblock");
+	cr_assert_eq(read_one(cs, &loc, &bad), -EBADMSG);
+	cr_assert_eq(bad.lblock, 9);
+	cr_assert_str_eq(chunk_bad_str(&bad, loc.lblock, text, sizeof(text)),
+			 "slot holds block 9, expected 5");
+	chunk_store_close(cs);
+}
+
+Test(chunk, fault_table_the_map_asking_for_another_lblock_fails)
+{
+	const uint32_t bs = 4096;
+	struct chunk_store *cs = open_store(bs, 0);
+	struct chunk_loc loc = append_one(cs, bs, 5), wrong = loc;
+
+	wrong.lblock = 6;                       /* a splitting bug in the map */
+	assert_bad(cs, &wrong, CHUNK_BAD_LBLOCK, "wrong expected lblock");
+	assert_reads(cs, bs, &loc, 5);
+	chunk_store_close(cs);
+}
+
+/* Two versions of one volume block in slots 0 and 1: the payloads (or
+ * payloads and entries) land in each other's slot. */
+Test(chunk, fault_table_misdirected_writes_fail_even_for_the_same_lblock)
+{
+	const uint32_t bs = 4096;
+	struct chunk_store *cs = open_store(bs, 0);
+	struct chunk_loc a = { .lblock = 12 }, b = { .lblock = 12 };
+	uint8_t *buf = malloc(bs);
+
+	fill_block(buf, bs, 1);
+	cr_assert_eq(chunk_append(cs, buf, 1, CHUNK_KIND_DATA, &a), 0);
+	fill_block(buf, bs, 2);
+	cr_assert_eq(chunk_append(cs, buf, 1, CHUNK_KIND_DATA, &b), 0);
+	cr_assert_eq(a.chunk_id, b.chunk_id);
+
+	swap_bytes(a.chunk_id, CHUNK_DATA_OFF(bs), CHUNK_DATA_OFF(bs) + bs, bs);
+	assert_bad(cs, &a, CHUNK_BAD_CKSUM, "payloads swapped (slot 0)");
+	assert_bad(cs, &b, CHUNK_BAD_CKSUM, "payloads swapped (slot 1)");
+	/* payload and entry together in the other slot: a self-consistent
+	 * pair, of the right lblock; the seed has the slot */
+	swap_bytes(a.chunk_id, 4096, 4096 + 16, 16);
+	assert_bad(cs, &a, CHUNK_BAD_CKSUM, "payload and entry swapped (slot 0)");
+	assert_bad(cs, &b, CHUNK_BAD_CKSUM, "payload and entry swapped (slot 1)");
+	/* both back: fine again */
+	swap_bytes(a.chunk_id, CHUNK_DATA_OFF(bs), CHUNK_DATA_OFF(bs) + bs, bs);
+	swap_bytes(a.chunk_id, 4096, 4096 + 16, 16);
+	assert_reads(cs, bs, &a, 1);
+	assert_reads(cs, bs, &b, 2);
+	free(buf);
+	chunk_store_close(cs);
+}
+
+/*
+ * Both writes of a slot lost in a chunk made from a spare: the slot still
+ * holds the old file's payload and entry, a self-consistent pair.  An index
+ * that claims it (same lblock, the old checksum) must not get it: the seed
+ * has the chunk id.
+ */
+Test(chunk, fault_table_stale_slot_of_a_reused_spare_fails_because_of_the_seed)
+{
+	const uint32_t bs = 4096;
+	char spare_dir[256], path[256];
+	struct chunk_store *cs = open_store(bs, 0);
+	struct chunk_loc old[2] = { { .lblock = 30 }, { .lblock = 31 } }, b, stale;
+	uint8_t *buf = malloc(2 * bs), ent[16];
+
+	fill_blocks(buf, bs, 2, 300);
+	cr_assert_eq(chunk_append(cs, buf, 2, CHUNK_KIND_DATA, old), 0);
+	cr_assert_eq(chunk_sync(cs), 0);
+	chunk_store_close(cs);
+	chunk_path(path, sizeof(path), old[0].chunk_id);
+	ino_t ino = file_ino(path);
+
+	cs = open_store(bs, 0);
+	snprintf(spare_dir, sizeof(spare_dir), "%s/spare", g_tmp);
+	cr_assert_eq(chunk_spares_enable(cs, spare_dir, 1), 0);
+	cr_assert_eq(chunk_remove(cs, old[0].chunk_id), 0);
+	b = append_one(cs, bs, 400);            /* chunk B, made from A's file */
+	chunk_path(path, sizeof(path), b.chunk_id);
+	cr_assert_eq(file_ino(path), ino, "chunk B is not A's file");
+	cr_assert_eq(b.slot, 0);
+
+	/* slot 1 of B: A's bytes, entry and payload agreeing with each other */
+	entry_io(b.chunk_id, 1, ent, false);
+	cr_assert_eq(ent[14], CHUNK_KIND_DATA);
+	cr_assert_eq(le48(ent + 8), 31);
+	cr_assert_eq(le64(ent), old[1].cksum);
+	stale = (struct chunk_loc){ .chunk_id = b.chunk_id, .slot = 1, .lblock = 31,
+				    .cksum = old[1].cksum };
+	assert_bad(cs, &stale, CHUNK_BAD_CKSUM, "stale slot, the old checksum");
+	stale.cksum = cksum_seeded(buf + bs, bs, cksum_slot_seed(b.chunk_id, 1, 31));
+	assert_bad(cs, &stale, CHUNK_BAD_CKSUM, "stale slot, the checksum B would have");
+	assert_reads(cs, bs, &b, 400);
+	free(buf);
+	chunk_store_close(cs);
+}
+
+/* --- version-1 chunks and their sidecars -------------------------------------- */
+
+/* Write chunk file id by hand in the version-1 layout (docs/on-disk-format.md,
+ * "Chunk files"): n blocks from seed0; cksums[i] = cksum_buf of block i. */
+static void write_v1_chunk(uint64_t id, uint32_t bs, uint32_t n, uint64_t seed0, uint64_t *cksums)
+{
+	uint8_t hdr[4096] = { 0 }, *buf = malloc((size_t)n * bs);
+	char path[256];
+	int fd;
+
+	cr_assert_eq(mkdir(g_dir, 0700) == 0 || errno == EEXIST, 1);
+	memcpy(hdr, "VSNAPCHK", 8);
+	for (int i = 0; i < 4; i++) {
+		hdr[8 + i] = (uint8_t)(1u >> (8 * i));
+		hdr[12 + i] = (uint8_t)(bs >> (8 * i));
+	}
+	for (int i = 0; i < 8; i++)
+		hdr[16 + i] = (uint8_t)(id >> (8 * i));
+	uint64_t ck = cksum_buf(hdr, 4088);
+	for (int i = 0; i < 8; i++)
+		hdr[4088 + i] = (uint8_t)(ck >> (8 * i));
+	fill_blocks(buf, bs, n, seed0);
+	for (uint32_t i = 0; i < n; i++)
+		cksums[i] = cksum_buf(buf + (size_t)i * bs, bs);
+	chunk_path(path, sizeof(path), id);
+	fd = open(path, O_WRONLY | O_CREAT | O_EXCL, 0600);
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(pwrite(fd, hdr, sizeof(hdr), 0), (ssize_t)sizeof(hdr));
+	cr_assert_eq(pwrite(fd, buf, (size_t)n * bs, 4096), (ssize_t)n * bs);
+	close(fd);
+	free(buf);
+}
+
+static void side_path(char *out, size_t len, uint64_t id)
+{
+	snprintf(out, len, "%s/%016" PRIx64 ".slots", g_dir, id);
+}
+
+/* How many fds of this process point at a deleted sidecar. */
+static int deleted_sidecar_fds(void)
+{
+	char link[64], target[512];
+	int n = 0;
+
+	for (int fd = 0; fd < 1024; fd++) {
+		ssize_t len;
+
+		snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
+		len = readlink(link, target, sizeof(target) - 1);
+		if (len <= 0)
+			continue;
+		target[len] = 0;
+		n += strstr(target, ".slots (deleted)") != NULL;
+	}
+	return n;
+}
+
+Test(chunk, a_version_1_chunk_without_sidecar_reads_against_the_index_checksum)
+{
+	const uint32_t bs = 8192;
+	uint64_t ck[3];
+	struct chunk_store *cs;
+	struct chunk_loc loc[3];
+	struct chunk_entry e[3];
+	struct seen s = { 0 };
+	uint8_t *buf = malloc(3 * bs);
+
+	write_v1_chunk(5, bs, 3, 50, ck);
+	cs = open_store(bs, 0);
+	for (uint32_t i = 0; i < 3; i++)
+		loc[i] = (struct chunk_loc){ .chunk_id = 5, .slot = i, .cksum = ck[i], .lblock = 77 };
+	cr_assert_eq(chunk_read(cs, loc, 3, buf, NULL), 0, "lblock is not checked without entries");
+	cr_assert(block_is(buf + bs, bs, 51));
+	loc[1].cksum ^= 1;
+	assert_bad(cs, &loc[1], CHUNK_BAD_CKSUM, "v1, wrong index checksum");
+	cr_assert_eq(chunk_entries_read(cs, 5, 0, 3, e), -ENODATA);
+	cr_assert_eq(chunk_foreach(cs, collect, &s), 0);
+	cr_assert_eq(s.n, 1);
+	cr_assert_eq(s.nslots[0], 3, "version 1: slots from 4096");
+	/* new appends still go to a version-2 chunk */
+	struct chunk_loc n = append_one(cs, bs, 9);
+	cr_assert_eq(n.chunk_id, 6);
+	assert_reads(cs, bs, &n, 9);
+	free(buf);
+	chunk_store_close(cs);
+}
+
+Test(chunk, a_version_1_chunk_with_a_sidecar_is_verified_against_its_entries)
+{
+	const uint32_t bs = 4096;
+	uint64_t ck[3];
+	struct chunk_store *cs;
+	struct chunk_loc loc[3];
+	struct chunk_entry e[3];
+	uint8_t hdr[4096], ent[16], *buf = malloc(3 * bs);
+	char path[256];
+	struct stat st;
+	int fd;
+
+	write_v1_chunk(5, bs, 3, 50, ck);
+	cs = open_store(bs, 0);
+	for (uint32_t i = 0; i < 3; i++)
+		loc[i] = (struct chunk_loc){ .chunk_id = 5, .slot = i, .cksum = ck[i], .lblock = 10 + i };
+	cr_assert_eq(chunk_read(cs, loc, 3, buf, NULL), 0);    /* cached without a sidecar */
+
+	cr_assert_eq(chunk_sidecar_put(cs, 5, 0, 10, ck[0]), 0);
+	cr_assert_eq(chunk_sidecar_put(cs, 5, 1, 11, ck[1]), 0);
+	cr_assert_eq(chunk_sidecar_put(cs, 5, 1, 11, ck[1]), 0, "idempotent");
+	/* slot 2 left out: as a row the index does not have */
+	cr_assert_eq(chunk_sidecar_sync(cs), 0);
+
+	side_path(path, sizeof(path), 5);
+	fd = open(path, O_RDONLY);
+	cr_assert_geq(fd, 0, "no sidecar file");
+	cr_assert_eq(fstat(fd, &st), 0);
+	cr_assert_eq(st.st_mode & 0777, 0600);
+	cr_assert_eq(st.st_size, 4096 + 2 * 16);
+	cr_assert_eq(pread(fd, hdr, sizeof(hdr), 0), (ssize_t)sizeof(hdr));
+	cr_assert_eq(pread(fd, ent, 16, 4096 + 16), 16);
+	close(fd);
+	cr_assert_eq(memcmp(hdr, "VSNAPSLT", 8), 0);
+	cr_assert_eq(le32(hdr + 8), 1, "version");
+	cr_assert_eq(le32(hdr + 12), CHUNK_NSLOTS(bs), "nslots");
+	cr_assert_eq(le64(hdr + 16), 5, "chunk_id");
+	cr_assert_eq(le32(hdr + 24), 1, "flags: legacy");
+	cr_assert_eq(le64(hdr + 4088), cksum_buf(hdr, 4088));
+	cr_assert_eq(le64(ent), ck[1]);
+	cr_assert_eq(le48(ent + 8), 11);
+	cr_assert_eq(ent[14], CHUNK_KIND_DATA);
+
+	/* the read cache forgot the chunk: reads now check the entries */
+	cr_assert_eq(chunk_read(cs, loc, 2, buf, NULL), 0);
+	assert_bad(cs, &loc[2], CHUNK_BAD_UNWRITTEN, "v1, slot without a sidecar entry");
+	struct chunk_loc other = loc[1];
+	other.lblock = 99;
+	assert_bad(cs, &other, CHUNK_BAD_LBLOCK, "v1 with sidecar, wrong lblock");
+	cr_assert_eq(chunk_entries_read(cs, 5, 0, 3, e), 0);
+	cr_assert_eq(e[0].kind, CHUNK_KIND_DATA);
+	cr_assert_eq(e[0].lblock, 10);
+	cr_assert_eq(e[1].lblock, 11);
+	cr_assert_eq(e[2].kind, CHUNK_KIND_NONE);
+	chunk_store_close(cs);
+
+	/* a new open finds the sidecar too; a payload bit flipped is caught */
+	cs = open_store(bs, 0);
+	cr_assert_eq(chunk_read(cs, loc, 2, buf, NULL), 0);
+	flip_byte(5, 4096 + 100);
+	assert_bad(cs, &loc[0], CHUNK_BAD_CKSUM, "v1 with sidecar, flipped bit");
+
+	/* puts that make no sense */
+	struct chunk_loc v2 = append_one(cs, bs, 1);
+	cr_assert_eq(chunk_sidecar_put(cs, v2.chunk_id, 0, 1, 0), -EINVAL, "a version-2 chunk");
+	cr_assert_eq(chunk_sidecar_put(cs, 99, 0, 1, 0), -ENOENT, "no such chunk");
+	cr_assert_eq(chunk_sidecar_put(cs, 5, CHUNK_NSLOTS(bs), 1, 0), -EINVAL);
+	cr_assert_eq(chunk_sidecar_put(cs, 5, 0, CHUNK_LBLOCK_MAX + 1, 0), -EINVAL);
+
+	/* removal takes the sidecar with the chunk, and what the store held of
+	 * it: a put still buffered, the fd it wrote through */
+	cr_assert_eq(chunk_sidecar_put(cs, 5, 2, 12, ck[2]), 0);
+	cr_assert_eq(chunk_remove(cs, 5), 0);
+	cr_assert_not(chunk_file_exists(5));
+	cr_assert_neq(access(path, F_OK), 0, "the sidecar outlived its chunk");
+	cr_assert_eq(chunk_sidecar_sync(cs), 0);
+	cr_assert_eq(deleted_sidecar_fds(), 0, "an fd of the removed sidecar is still open");
+	free(buf);
+	chunk_store_close(cs);
+}
+
+Test(chunk, sidecar_runs_over_many_chunks_are_durable_after_sync)
+{
+	const uint32_t bs = 4096, nchunks = 80, per = 40;   /* more chunks than cached fds */
+	uint64_t ck[40];
+	struct chunk_store *cs;
+	struct chunk_entry e[40];
+
+	for (uint32_t c = 0; c < nchunks; c++)
+		write_v1_chunk(100 + c, bs, per, c * 1000, ck);
+	cs = open_store(bs, 0);
+	/* interleaved, as a walk of the index in (node, lblock) order does */
+	for (uint32_t i = 0; i < per; i++)
+		for (uint32_t c = 0; c < nchunks; c++)
+			cr_assert_eq(chunk_sidecar_put(cs, 100 + c, i, c * 1000 + i, i), 0);
+	cr_assert_eq(chunk_sidecar_sync(cs), 0);
+	chunk_store_close(cs);
+
+	cs = open_store(bs, 0);
+	for (uint32_t c = 0; c < nchunks; c++) {
+		cr_assert_eq(chunk_entries_read(cs, 100 + c, 0, per, e), 0);
+		for (uint32_t i = 0; i < per; i++) {
+			cr_assert_eq(e[i].kind, CHUNK_KIND_DATA, "chunk %u slot %u", c, i);
+			cr_assert_eq(e[i].lblock, c * 1000 + i);
+			cr_assert_eq(e[i].cksum, i);
+		}
+	}
+	chunk_store_close(cs);
+}
+
+Test(chunk, a_spare_made_from_a_version_1_chunk_becomes_a_version_2_chunk)
+{
+	const uint32_t bs = 4096;
+	char spare_dir[256], path[256];
+	uint64_t ck[4];
+	struct chunk_store *cs;
+	struct chunk_loc b, stale;
+	uint8_t hdr[64];
+	int fd;
+
+	write_v1_chunk(3, bs, 4, 30, ck);
+	cs = open_store(bs, 0);
+	snprintf(spare_dir, sizeof(spare_dir), "%s/spare", g_tmp);
+	cr_assert_eq(chunk_spares_enable(cs, spare_dir, 1), 0);
+	cr_assert_eq(chunk_sidecar_put(cs, 3, 0, 5, ck[0]), 0);
+	cr_assert_eq(chunk_sidecar_sync(cs), 0);
+	cr_assert_eq(chunk_remove(cs, 3), 0);
+	side_path(path, sizeof(path), 3);
+	cr_assert_neq(access(path, F_OK), 0, "a spare keeps no sidecar");
+	cr_assert_eq(chunk_spare_bytes(cs), 4096 + 4 * bs);
+	b = append_one(cs, bs, 8);
+	cr_assert_eq(chunk_spare_bytes(cs), 0, "the spare was not reused");
+	chunk_path(path, sizeof(path), b.chunk_id);
+	fd = open(path, O_RDONLY);
+	cr_assert_eq(pread(fd, hdr, sizeof(hdr), 0), (ssize_t)sizeof(hdr));
+	close(fd);
+	cr_assert_eq(le32(hdr + 8), 2);
+	assert_reads(cs, bs, &b, 8);
+	/* the old file's bytes under the new table: slot 1 has an entry of
+	 * zeros or a v1 payload's bytes, never a valid one */
+	stale = (struct chunk_loc){ .chunk_id = b.chunk_id, .slot = 1, .lblock = 5, .cksum = ck[1] };
+	cr_assert_eq(read_one(cs, &stale, &(struct chunk_bad){ 0 }), -EIO, "past the end: short");
 	chunk_store_close(cs);
 }

@@ -157,3 +157,29 @@ Test(lock, every_gate_held_shared_is_known_as_held)
 	lock_rw_unlock(&gate_a);
 	cr_assert(!lock_held(&gate_a));
 }
+
+/* The map cache's mutex ranks between vol.lock and the chunk store (D4). */
+Test(lock, mcache_mu_ranks_after_vol_lock_and_before_chunk_sync)
+{
+	struct lock_mutex mc, sync;
+
+	lock_mutex_init(&mc, LOCK_MCACHE, "mcache.mu");
+	lock_mutex_init(&sync, LOCK_CHUNK_SYNC, "chunk.sync_mu");
+	cr_assert(LOCK_VOL < LOCK_MCACHE && LOCK_MCACHE < LOCK_CHUNK_SYNC);
+	lock_rw_rdlock(&vlock);
+	lock_mutex_lock(&mc);
+	lock_mutex_lock(&sync);
+	cr_assert(lock_held(&mc));
+	lock_mutex_unlock(&sync);
+	lock_mutex_unlock(&mc);
+	lock_rw_unlock(&vlock);
+}
+
+Test(lock, vol_lock_after_mcache_mu_aborts, .signal = SIGABRT)
+{
+	struct lock_mutex mc;
+
+	lock_mutex_init(&mc, LOCK_MCACHE, "mcache.mu");
+	lock_mutex_lock(&mc);
+	lock_rw_rdlock(&vlock);
+}
