@@ -62,9 +62,10 @@ struct chunk_store;                     /* opaque */
 struct chunk_loc {                      /* where one block lives; a plain value */
 	uint64_t chunk_id;              /* chunk file number, >= 1; 0 = no block */
 	uint32_t slot;                  /* block index inside that file */
-	uint64_t cksum;                 /* the slot entry's checksum (version 1
-					 * chunks: cksum_buf() of the payload);
-					 * index format 2 stores it, format 3 will not */
+	uint64_t cksum;                 /* output of chunk_append only: the
+					 * checksum it wrote in the slot entry (for
+					 * tests and tools); chunk_read ignores it,
+					 * the index does not keep it */
 	uint64_t lblock;                /* the volume block the payload was written
 					 * for: the same for the block's whole life
 					 * (clones share at the same offset, GC copies
@@ -93,7 +94,7 @@ enum chunk_bad_why {
 	CHUNK_BAD_UNWRITTEN,            /* entry kind 0: the slot was never written */
 	CHUNK_BAD_KIND,                 /* entry kind is not DATA or RELOC */
 	CHUNK_BAD_LBLOCK,               /* the slot holds another volume block */
-	CHUNK_BAD_LOC_CKSUM,            /* entry checksum is not the index's */
+	CHUNK_BAD_NO_SIDECAR,           /* a version-1 chunk without its sidecar */
 };
 
 struct chunk_bad {
@@ -140,10 +141,10 @@ int chunk_append(struct chunk_store *cs, const void *buf, uint32_t nblocks,
  * locs[0] (locs[i].chunk_id == locs[0].chunk_id and locs[i].slot ==
  * locs[0].slot + i), into buf, and verify each one.  Version 2 chunks: the
  * run's slot entries are read too, and every block needs kind DATA or
- * RELOC, lblock == locs[i].lblock, the seeded checksum of the payload ==
- * the entry's, and the entry's == locs[i].cksum.  Version 1 chunks: the
- * same against the sidecar's entries (unseeded checksum) if the chunk has
- * one, else only cksum_buf(payload) == locs[i].cksum.
+ * RELOC, lblock == locs[i].lblock, and the seeded checksum of the payload
+ * == the entry's.  Version 1 chunks: the same against the sidecar's
+ * entries (unseeded checksum); a version-1 chunk without a sidecar
+ * verifies nothing (CHUNK_BAD_NO_SIDECAR).
  * Returns 0; -EBADMSG if a block fails (*bad, if not NULL, says which and
  * why); -ENOENT if the chunk file is missing; -EIO if the file is too
  * short, its header (or its sidecar's) is bad, or a read fails.

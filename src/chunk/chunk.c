@@ -445,8 +445,8 @@ const char *chunk_bad_str(const struct chunk_bad *bad, uint64_t want_lblock, cha
 		snprintf(buf, len, "slot holds block %" PRIu64 ", expected %" PRIu64,
 			 bad->lblock, want_lblock);
 		break;
-	case CHUNK_BAD_LOC_CKSUM:
-		snprintf(buf, len, "checksum differs from the index's");
+	case CHUNK_BAD_NO_SIDECAR:
+		snprintf(buf, len, "no sidecar (.slots) for this version-1 chunk file");
 		break;
 	default:
 		snprintf(buf, len, "damaged");
@@ -1368,8 +1368,8 @@ static int entries_pread(struct chunk_store *cs, const struct chunk_rfd *e, uint
 	return 0;
 }
 
-/* Why block "blk" does not verify against its entry (ent NULL: against
- * loc->cksum only, a version-1 chunk without a sidecar), or 0. */
+/* Why block "blk" does not verify against its entry (ent NULL: a
+ * version-1 chunk without a sidecar, which nothing can verify), or 0. */
 static enum chunk_bad_why block_check(struct chunk_store *cs, unsigned version, const uint8_t *blk,
 				      const uint8_t *ent, const struct chunk_loc *loc,
 				      uint64_t *ent_lblock)
@@ -1378,7 +1378,7 @@ static enum chunk_bad_why block_check(struct chunk_store *cs, unsigned version, 
 	uint64_t sum;
 
 	if (!ent)
-		return cksum_buf(blk, cs->block_size) == loc->cksum ? 0 : CHUNK_BAD_CKSUM;
+		return CHUNK_BAD_NO_SIDECAR;
 	entry_decode(ent, &e);
 	*ent_lblock = e.lblock;
 	if (e.kind == CHUNK_KIND_NONE)
@@ -1392,12 +1392,7 @@ static enum chunk_bad_why block_check(struct chunk_store *cs, unsigned version, 
 	else
 		sum = cksum_seeded(blk, cs->block_size,
 				   cksum_slot_seed(loc->chunk_id, loc->slot, loc->lblock));
-	if (sum != e.cksum)
-		return CHUNK_BAD_CKSUM;
-	/* goes with struct chunk_loc.cksum in index format 3 */
-	if (e.cksum != loc->cksum)
-		return CHUNK_BAD_LOC_CKSUM;
-	return 0;
+	return sum == e.cksum ? 0 : CHUNK_BAD_CKSUM;
 }
 
 int chunk_read(struct chunk_store *cs, const struct chunk_loc *locs, uint32_t nblocks,

@@ -48,7 +48,7 @@
  * check and scrub read the blocks with ONE scan (bmap_exts_all) into an array
  * sorted by (chunk, slot): a chunk's rows are then contiguous, duplicates
  * adjacent, and scrub reads each chunk front to back in runs of consecutive
- * slots.  The array costs 40 bytes a row; past ROWS_PER_PASS rows (or
+ * slots.  The array costs 32 bytes a block; past ROWS_PER_PASS rows (or
  * $VSNAPCTL_ROWS_PER_PASS) the scan keeps only the lowest chunk ids that
  * fit and a further scan takes the next range, so memory stays bounded on
  * any store at the price of more scans.
@@ -80,7 +80,7 @@
 
 #define NONE            SIZE_MAX
 #define REPORT_MAX      1000            /* problem lines kept and printed */
-#define ROWS_PER_PASS   (16u << 20)     /* 640 MiB of struct rowref */
+#define ROWS_PER_PASS   (16u << 20)     /* 512 MiB of struct rowref */
 #define SCRUB_RUN_BYTES (1u << 20)      /* one chunk_read of up to this much */
 #define SEERS_MAX       8               /* files named per damaged block */
 
@@ -738,10 +738,11 @@ static int excl_own(void *ctx, const struct bmap_ext *x)
 
 	if (!x->chunk)
 		return 0;               /* a tombstone frees nothing */
-	if (ARRAY_RESERVE(e->lb, e->cap, e->n, x->nblocks))
-		return -ENOMEM;
-	for (uint32_t i = 0; i < x->nblocks; i++)
+	for (uint32_t i = 0; i < x->nblocks; i++) {
+		if (ARRAY_RESERVE(e->lb, e->cap, e->n, 64))
+			return -ENOMEM;
 		e->lb[e->n++] = x->lblock + i;
+	}
 	return 0;
 }
 
@@ -1006,7 +1007,7 @@ static int cmd_tree(struct store *st)
 /* ---- all rows, grouped by chunk (check, scrub) ----------------------------------- */
 
 struct rowref {
-	uint64_t chunk, node, lblock, cksum;
+	uint64_t chunk, node, lblock;
 	uint32_t slot;
 };
 
@@ -1089,7 +1090,7 @@ static int rowset_add(void *ctx, uint64_t node, uint64_t lblock, const struct ch
 		rs->v = v;
 		rs->cap = cap;
 	}
-	rs->v[rs->n++] = (struct rowref){ loc->chunk_id, node, lblock, loc->cksum, loc->slot };
+	rs->v[rs->n++] = (struct rowref){ loc->chunk_id, node, lblock, loc->slot };
 	return 0;
 }
 
@@ -1321,8 +1322,7 @@ static int check_counts(struct store *st, struct model *m, struct report *r)
  */
 static void check_header(struct store *st, const struct rowref *row, struct report *r)
 {
-	struct chunk_loc loc = { .chunk_id = row->chunk, .slot = row->slot, .cksum = row->cksum,
-				 .lblock = row->lblock };
+	struct chunk_loc loc = { .chunk_id = row->chunk, .slot = row->slot, .lblock = row->lblock };
 	uint8_t *buf = malloc(st->bs);
 	int rc;
 
@@ -1687,7 +1687,7 @@ static int scrub_damaged(struct scrub *s, const struct rowref *row, int err,
 	rc = row_now(s->st->bm, row->node, row->lblock, &now);
 	if (rc)
 		return rc;
-	if (now.chunk_id != row->chunk || now.slot != row->slot || now.cksum != row->cksum)
+	if (now.chunk_id != row->chunk || now.slot != row->slot)
 		return 0;
 	x = node_find(s->m, row->node);
 	if (x == NONE) {
@@ -1741,7 +1741,7 @@ static int scrub_run(struct scrub *s, const struct rowref *v, uint32_t n)
 
 	for (uint32_t i = 0; i < n; i++)
 		s->locs[i] = (struct chunk_loc){ .chunk_id = v[i].chunk, .slot = v[i].slot,
-						 .cksum = v[i].cksum, .lblock = v[i].lblock };
+						 .lblock = v[i].lblock };
 	while (done < n && !rc) {
 		bad = (struct chunk_bad){ 0 };
 		err = chunk_read(s->st->cs, s->locs + done, n - done, s->buf, &bad);

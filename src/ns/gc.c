@@ -140,13 +140,14 @@ static int gather_ext(void *ctx, uint64_t node, const struct bmap_ext *x)
 
 	if (!is_victim(mv->g, x->chunk))
 		return 0;
-	if (ARRAY_RESERVE(mv->m, mv->cap, mv->n, x->nblocks))
-		return mv->rc = -ENOMEM;
-	for (uint32_t i = 0; i < x->nblocks; i++)
+	for (uint32_t i = 0; i < x->nblocks; i++) {
+		if (ARRAY_RESERVE(mv->m, mv->cap, mv->n, 1024))
+			return mv->rc = -ENOMEM;
 		mv->m[mv->n++] = (struct move){
 			.node = node, .lblock = x->lblock + i,
 			.from = { .chunk_id = x->chunk, .slot = x->slot + i, .lblock = x->lblock + i },
 		};
+	}
 	return 0;
 }
 
@@ -204,11 +205,16 @@ static int copy_blocks(struct ns *ns, struct moves *mv)
 		for (; i < mv->n && n < RUN; i++) {
 			struct move *m = &mv->m[i];
 
-			rc = chunk_read(ns->cs, &m->from, 1, buf + n * ns->bs, NULL);
+			struct chunk_bad bad;
+			char why[96];
+
+			rc = chunk_read(ns->cs, &m->from, 1, buf + n * ns->bs, &bad);
 			if (rc) {
 				/* damaged or unreadable: leave it where it is */
 				vlog(LOG_ERR, "gc: chunk %016" PRIx64 " slot %u: %s; not moved",
-				     m->from.chunk_id, m->from.slot, strerror(-rc));
+				     m->from.chunk_id, m->from.slot,
+				     rc == -EBADMSG ? chunk_bad_str(&bad, m->lblock, why, sizeof(why))
+						    : strerror(-rc));
 				m->to.chunk_id = 0;
 				rc = 0;
 				continue;

@@ -5,7 +5,7 @@
  * Four inner levels of 512 pointers, then leaves of 64 entries stored
  * packed: a leaf keeps a 64-bit presence mask and only the entries that
  * exist, so a volume written at scattered offsets costs about one entry
- * (24 bytes) per written block plus a small leaf header, not a page per
+ * (16 bytes) per written block plus a small leaf header, not a page per
  * block.  vmap_next() skips empty subtrees, so SEEK_DATA/SEEK_HOLE and range
  * walks cost the number of entries visited, not the size of the range.
  *
@@ -26,7 +26,6 @@ enum {
 };
 
 struct vmap_ent {
-	uint64_t cksum;
 	uint64_t chunk;         /* 0: reads as zeros (tombstone, or pending delete) */
 	uint32_t slot;
 	uint32_t gf;            /* generation << VE_FLAG_BITS | flags */

@@ -125,8 +125,7 @@ static bool ent_own(const struct vol *v, const struct vmap_ent *e)
  * lblock. */
 static struct chunk_loc ent_loc(const struct vmap_ent *e, uint64_t lblock)
 {
-	return (struct chunk_loc){ .chunk_id = e->chunk, .slot = e->slot, .cksum = e->cksum,
-				   .lblock = lblock };
+	return (struct chunk_loc){ .chunk_id = e->chunk, .slot = e->slot, .lblock = lblock };
 }
 
 /*
@@ -160,7 +159,7 @@ static int mark_dirty(struct vol *v, uint64_t lblock, struct vmap_ent *e)
 static int set_block(struct vol *v, uint64_t lblock, const struct chunk_loc *loc)
 {
 	struct vmap_ent *cur = vmap_get(v->map, lblock);
-	struct vmap_ent ne = { .cksum = loc->cksum, .chunk = loc->chunk_id, .slot = loc->slot };
+	struct vmap_ent ne = { .chunk = loc->chunk_id, .slot = loc->slot };
 	bool anc = may_inherit(v, lblock), was_dirty = cur && (ve_flags(cur) & VE_DIRTY);
 	int rc;
 
@@ -1072,7 +1071,6 @@ void vol_relocate(struct vol *v, uint64_t lblock, const struct chunk_loc *from,
 	if (e && e->chunk == from->chunk_id && e->slot == from->slot) {
 		e->chunk = to->chunk_id;
 		e->slot = to->slot;
-		e->cksum = to->cksum;   /* seeded with the new chunk and slot */
 	}
 	lock_rw_unlock(&v->lock);
 }

@@ -229,7 +229,7 @@ Test(vol, damaged_block_reads_eio_and_its_neighbours_still_read)
 	snprintf(path, sizeof(path), "%s/chunks/%016llx.chunk", dir, (unsigned long long)chunk_active_id(cs));
 	fd = open(path, O_WRONLY);
 	cr_assert_geq(fd, 0);
-	cr_assert_eq(pwrite(fd, "!", 1, 4096 + 4096 + 77), 1);
+	cr_assert_eq(pwrite(fd, "!", 1, CHUNK_DATA_OFF(4096) + 4096 + 77), 1);
 	close(fd);
 	cr_assert_eq(vol_read(v, out, 4096, 4096), -EIO);
 	cr_assert_eq(vol_read(v, out, 10, 4096 + 5), -EIO, "a partial read of it too");
