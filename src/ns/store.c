@@ -15,6 +15,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -187,6 +188,7 @@ struct upgrade {
 	struct ns *ns;
 	int64_t start_ns, last_ns;      /* of the run, of the last progress line */
 	uint64_t missing;               /* rows whose chunk file is missing */
+	uint64_t rows, kill_row;        /* test hook: see upgrade_index */
 };
 
 /* A block row of the old index: its checksum and block number go beside
@@ -195,7 +197,11 @@ static int upgrade_row(void *ctx, uint64_t node, uint64_t lblock, uint64_t chunk
 		       uint64_t cksum)
 {
 	struct upgrade *u = ctx;
-	int rc = chunk_sidecar_put(u->ns->cs, chunk, slot, lblock, cksum);
+	int rc;
+
+	if (++u->rows == u->kill_row)
+		raise(SIGKILL);         /* a crash in the middle of a step */
+	rc = chunk_sidecar_put(u->ns->cs, chunk, slot, lblock, cksum);
 
 	/* its block reads EIO as before; vsnapctl check names the file */
 	if (rc == -ENOENT && !u->missing++)
@@ -232,7 +238,12 @@ static void upgrade_progress(void *ctx, uint64_t done, uint64_t total)
 /* Before anything reads a block: crash-safe, resumed by the next mount. */
 static int upgrade_index(struct ns *ns, char *msg, size_t msglen)
 {
-	struct upgrade u = { .ns = ns, .start_ns = ns_now_ns() };
+	/* VSNAPFS_TEST_UPGRADE_KILL_ROW=N: the daemon kills itself at the Nth
+	 * block row of this run, before that step is synced or committed
+	 * (t-140-upgrade); unset or 0 in every real use */
+	const char *kill = getenv("VSNAPFS_TEST_UPGRADE_KILL_ROW");
+	struct upgrade u = { .ns = ns, .start_ns = ns_now_ns(),
+			     .kill_row = kill ? strtoull(kill, NULL, 10) : 0 };
 	struct bmap_upgrade_ops ops = {
 		.row = upgrade_row, .sync = upgrade_sync, .progress = upgrade_progress, .ctx = &u,
 	};
