@@ -12,14 +12,15 @@
  *
  *   rank  lock                 protects                                   several
  *   1     ns.flush_mu          one flush or GC pass at a time
- *   2     ns.load_mu           the map-load connection (ns.bm_load)
- *   3     ns.db_mu             the index connection ns.bm, the reap and
+ *   2     ns.db_mu             the index connection ns.bm, the reap and
  *                              release queues
- *   4     vol.gate             a volume's changes against a snapshot        yes
+ *   3     vol.gate             a volume's changes against a snapshot        yes
  *                              (shared by write/truncate/punch, exclusive
  *                              by a snapshot, a clone, a truncate to zero)
- *   5     ns.files_mu          the open-file table and each ns_file's
+ *   4     ns.files_mu          the open-file table and each ns_file's
  *                              bookkeeping fields
+ *   5     ns.load_mu           the page-load connection (ns.bm_load): one
+ *                              map page read at a time (short)
  *   6     vol.lock             one volume's map, size, node, dirty list
  *   7     mcache.mu            the map cache's tables, LRU list and charge
  *                              (src/mcache; held for a lookup, an insert
@@ -33,9 +34,10 @@
  *   13    ns.bg_mu             the background thread's wake-up (a leaf)
  *
  * Why this order: a snapshot holds db_mu while it closes gates, and a
- * change holds its gate while it looks up open files; a volume loads its
- * map under load_mu then db_mu, so it does that before it takes its gate
- * (gate_enter in src/vol/vol.c); a volume edits its cached map pages
+ * change holds its gate while it looks up open files; a volume reads a map
+ * page under load_mu while a change holds its gate (and a clone asks the
+ * index under db_mu), then inserts it under its own lock (page_load in
+ * src/vol/vol.c), and nothing holding load_mu takes db_mu; a volume edits its cached map pages
  * while it holds its own lock, and the cache calls nothing (docs/design.md,
  * D4); nothing calls up from the chunk store.
  *
@@ -60,10 +62,10 @@
 
 enum lock_rank {
 	LOCK_NS_FLUSH = 1,
-	LOCK_NS_LOAD,
 	LOCK_NS_DB,
 	LOCK_VOL_GATE,
 	LOCK_NS_FILES,
+	LOCK_NS_LOAD,
 	LOCK_VOL,
 	LOCK_MCACHE,
 	LOCK_CHUNK_SYNC,

@@ -41,6 +41,9 @@ struct ns_opts {
 	 * (and at most 1/64 of the file system); 0: none.  Not "0: the
 	 * default": a caller starts from NS_DEFAULT_SPARE_CHUNKS. */
 	uint32_t spare_chunks;
+	/* The map page cache's limit in bytes (-o map_cache); 0: the default,
+	 * MCACHE_DEFAULT_BYTES. */
+	size_t map_cache_bytes;
 	bool readonly;
 };
 

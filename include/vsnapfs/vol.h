@@ -3,36 +3,44 @@
  *
  * A struct vol is the in-memory state of one volume (or frozen snapshot
  * image) while it is in use: its size, the map node it writes into, and a
- * flattened map of every block it can see (its own rows and those inherited
- * from ancestor nodes), so that a read never queries SQLite and costs the
- * same whatever the depth of the volume's history.
+ * delta of the bindings it has not committed to the index yet.  Everything
+ * else it shows comes from map pages (vsnapfs/mcache.h): 256 blocks of its
+ * node and ancestors folded together, loaded from the index at first touch
+ * and kept in a store-wide cache under a byte limit.  So opening a volume
+ * costs the same whatever its size, a read costs one page lookup whatever
+ * the depth of its history, and memory stays under the cache's limit plus
+ * the deltas.
  *
- * Writes append whole blocks to the chunk store, then update the in-memory
- * map and mark the block dirty.  Dirty blocks reach the index in batches:
- * vol_collect() takes them, the caller syncs the chunk store, applies the
- * batch inside one bmap transaction and commits (see src/ns/flush.c).
+ * Writes append whole blocks to the chunk store, then update the delta
+ * (and the resident page) and mark the block dirty.  Dirty blocks reach
+ * the index in batches: vol_collect() takes them, the caller syncs the
+ * chunk store, applies the batch inside one bmap transaction and commits
+ * (see src/ns/flush.c); vol_batch_done() then drops them from the delta.
  *
  * Errors:     0 / count or a negative errno.  -EIO for a block whose data
  *             does not match its checksum (logged with label, offset, chunk),
  *             -ENOSPC when the store's file system is full, -EROFS for a
- *             write to a read-only vol, -EFBIG past VOL_MAX_BYTES.
+ *             write to a read-only vol, -EFBIG past VOL_MAX_BYTES; a page
+ *             that cannot be read from the index gives the index's error.
  * Ownership:  buffers stay the caller's.  vol_open() borrows cs and bm
- *             for the vol's lifetime (bm to load the map at first use).
+ *             for the vol's lifetime.
  * Threads:    read/write/truncate/punch/seek/stat and vol_collect() may run
  *             concurrently on one vol.  vol_open() and vol_batch_apply() use
- *             the bmap handle: the caller serializes those with every other
- *             user of it.  vol_close() when nothing else uses the vol.
+ *             bm: the caller serializes those with every other user of it.
+ *             vol_close() when nothing else uses the vol.
  * Locks:      (ranks and order: vsnapfs/lock.h)  Each vol has vol.gate and
- *             vol.lock.  Besides those, vol_read, vol_write, vol_truncate,
- *             vol_punch and vol_seek may load the map and then take the
- *             caller's vol_index locks, load_mu then db_mu (vol_set_index):
- *             call them holding neither, nor the gate.  The other calls
- *             take only vol.lock (and the chunk store's own locks), and may
- *             be called under db_mu and files_mu.  vol_switch_node,
- *             vol_reset and vol_attach need the gate closed by the caller.
+ *             vol.lock.  vol_read, vol_write, vol_truncate, vol_punch,
+ *             vol_seek and vol_maps_from may load pages, under the
+ *             vol_index's load_mu (ranked after vol.gate, before vol.lock):
+ *             call them holding neither load_mu nor vol.lock.  The other
+ *             calls take only vol.lock (and the cache's and chunk store's
+ *             own locks), and may be called under db_mu and files_mu.
+ *             vol_switch_node, vol_reset and vol_attach need the gate
+ *             closed by the caller.
  * Durability: none by itself: a write is durable once a batch collected
  *             after it returned has been applied and committed after a
- *             chunk_sync() that started after that collection.
+ *             chunk_sync() that started after that collection.  Pages are a
+ *             cache: a crash loses nothing but them.
  */
 #ifndef VSNAPFS_VOL_H
 #define VSNAPFS_VOL_H
@@ -51,10 +59,10 @@
 struct vol;                                     /* opaque */
 
 /*
- * A vol of node with the given size; its map (its rows and its ancestors')
- * is loaded at first use, from bm or as vol_set_index() says.  readonly
- * vols refuse every change with -EROFS.  label names the volume in log
- * lines (copied).
+ * A vol of node with the given size.  Reads nothing but the node's row and
+ * block count (own_blocks): pages load at first touch, from bm or as
+ * vol_set_index() says.  readonly vols refuse every change with -EROFS.
+ * label names the volume in log lines (copied).
  */
 int vol_open(struct chunk_store *cs, struct bmap *bm, uint64_t node, uint64_t size,
 	     bool readonly, const char *label, struct vol **out);
@@ -74,10 +82,9 @@ int vol_seek(struct vol *v, uint64_t off, int whence, uint64_t *out);
 
 uint64_t vol_size(struct vol *v);
 uint64_t vol_node(struct vol *v);
-/* Blocks held by its own node; meaningful only once vol_loaded(). */
+/* Blocks holding data in its own node, as the vol shows them (st_blocks):
+ * the index's count at open, kept up to date by every change. */
 uint64_t vol_own_blocks(struct vol *v);
-/* The map is loaded at the first read, change or seek, not by vol_open. */
-bool vol_loaded(struct vol *v);
 bool vol_is_dirty(struct vol *v);               /* anything not yet collected */
 
 /* ---- snapshots ---------------------------------------------------------- */
@@ -94,40 +101,32 @@ void vol_gate_open(struct vol *v);
  * With the gate closed and every change collected and committed: from now
  * on v writes into node (a new child of its old node that inherits blocks
  * [0, inherit)), and everything v shows counts as inherited.  Constant time.
- * -EBUSY if v has uncollected changes.
+ * -EBUSY if v has uncollected changes; what was collected (and, the caller
+ * says, committed) leaves the delta now.  Its pages stay
+ * (mcache_bump_gen).
  */
 int vol_switch_node(struct vol *v, uint64_t node, uint64_t inherit);
 
 /*
- * Where a vol loads its map from at first use, and reloads it after
- * vol_attach.  The caller's, shared by its vols, outliving them.
- *   db_mu    the lock of bm, the handle every change to the index goes
- *            through (the one given to vol_open).
- *   load     a second handle on the same index (read-only is fine), or NULL.
- *            With it a map is read from a snapshot of the index without
- *            holding db_mu, so that a volume with millions of blocks does
- *            not stop every other user of the index for as long as that
- *            takes; it is installed under db_mu only if changes() did not
- *            move meanwhile, else read again, and after two such tries
- *            (or any error) read under db_mu.  Without it, under db_mu
- *            from bm.
- *   load_mu  serializes the users of load.
- *   changes  called under db_mu: a number that moves whenever a change is
- *            made to bm that may change where a map being built finds a
- *            block or what it shows.  Changes that need not count: a
- *            flush's (it writes the rows of loaded vols only) and a
- *            merge's (bmap_node_merge_some: rows move into the only child
- *            and show the same; the install reads the node's inherit
- *            limit and parent again).
- *   loaded   for tests, or NULL: called with no lock held after a map was
- *            read from the snapshot and before it is installed.
- * Without vol_set_index (unit tests) the load runs on bm, unlocked.
+ * Where a vol keeps and loads its map pages.  The caller's, shared by its
+ * vols, outliving them.
+ *   mc       the store-wide page cache (NULL: the vol keeps the cache of
+ *            its own that vol_open made, MCACHE_DEFAULT_BYTES).
+ *   load     a handle on the index pages are read from (read-only is fine:
+ *            each page is read in one read transaction, without db_mu), or
+ *            NULL: the bm given to vol_open, without a transaction.
+ *   load_mu  serializes the users of load (or of bm when load is NULL), or
+ *            NULL.  Ranked after vol.gate and before vol.lock: a change
+ *            loads pages holding its gate, and a vol takes its own lock
+ *            under it to insert a page.  Reads are short: one page.
+ *   loaded   for tests, or NULL: called with no lock held after a page was
+ *            read from the index and before it is checked and inserted.
+ * Without vol_set_index (unit tests) pages load from bm, unlocked.
  */
 struct vol_index {
-	struct lock_mutex *db_mu;
+	struct mcache *mc;
 	struct bmap *load;
 	struct lock_mutex *load_mu;
-	uint64_t (*changes)(void *ctx);
 	void (*loaded)(void *ctx);
 	void *ctx;
 };
@@ -144,21 +143,18 @@ void vol_reset(struct vol *v, uint64_t node);
 /*
  * With the gate closed and every change collected and committed, after the
  * caller made v's node inherit blocks [0, inherit) from a parent in the
- * index: v now has that size, and reloads its map at next use (so this is
- * constant time).  -EBUSY if v has uncollected changes.
+ * index: v now has that size, and its pages are dropped (they load again
+ * at next touch, so this is O(its resident pages)).  -EBUSY if v has
+ * uncollected changes; what was collected (and committed) leaves the delta.
  */
 int vol_attach(struct vol *v, uint64_t inherit, uint64_t size);
-
-/* Garbage collection moved a block: if v sees lblock at from, it now reads
- * it at to (same content and lblock; to's checksum, seeded with its new
- * chunk and slot).  Any thread. */
-void vol_relocate(struct vol *v, uint64_t lblock, const struct chunk_loc *from,
-		  const struct chunk_loc *to);
 
 /* The index lowered the inherit limit of v's node (a merge): follow it. */
 void vol_inherit_lower(struct vol *v, uint64_t limit);
 
-/* Does v map any block (own or inherited) at lblock >= from? */
+/* Does v map any block (own or inherited, data or tombstone) at lblock >=
+ * from?  Asks the index for the first row past from (one descent per node
+ * of the chain), loads no page; true when it cannot tell. */
 bool vol_maps_from(struct vol *v, uint64_t from);
 
 /* ---- flushing the index ------------------------------------------------ */

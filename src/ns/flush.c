@@ -113,14 +113,12 @@ void ns_held_done(struct ns *ns, struct held *h, size_t n, int rc)
 /* Steps 2 and 3 for the collected batches. */
 static int commit(struct ns *ns, struct held *h, size_t n)
 {
-	uint64_t changes;
 	int rc;
 
 	rc = chunk_sync(ns->cs);        /* logs its failures */
 	if (rc)
 		return rc;
 	lock_mutex_lock(&ns->db_mu);
-	changes = bmap_changes(ns->bm);
 	rc = bmap_begin(ns->bm);
 	if (!rc)
 		rc = ns_held_apply(ns, h, n);
@@ -130,9 +128,6 @@ static int commit(struct ns *ns, struct held *h, size_t n)
 		vlog(LOG_ERR, "committing the index: %s (%s)", strerror(-rc), bmap_errmsg(ns->bm));
 		bmap_rollback(ns->bm);
 	}
-	/* the rows of loaded volumes only: no map being loaded is built from
-	 * them (map_changes in store.c) */
-	ns->quiet_changes += bmap_changes(ns->bm) - changes;
 	lock_mutex_unlock(&ns->db_mu);
 	return rc;
 }

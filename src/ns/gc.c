@@ -24,10 +24,15 @@
  * Compaction repoints a row only if it still points where it did
  * (bmap_ext_relocate), so it needs no lock against flushes: a flush that
  * rewrote the row meanwhile wins, and the chunk is kept until a later
- * pass.  The new locations are committed, then given to every open
- * volume's map (holding db_mu, so no volume loads its map in between), and
- * only then is the old file removed.  A reader that copied an old location
- * just before finds the file gone and looks again (vol_read).
+ * pass.  The new locations are committed, then every cached map page
+ * naming a moved-from chunk is dropped (mcache_drop_chunks; a page load in
+ * progress is refused and reads again), and only then is the old file
+ * removed.  No volume's delta (its bindings not yet committed) names a
+ * victim: the barrier committed every write that started before the flip,
+ * the commit's vol_batch_done dropped those entries from the deltas, and
+ * later writes append at or past F, above every victim.  A reader that
+ * copied an old location just before finds the file gone and looks again
+ * (vol_read).
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -37,6 +42,7 @@
 
 #include "ns/ns_int.h"
 #include "vsnapfs/log.h"
+#include "vsnapfs/mcache.h"
 
 #define GC_COMPACT_BELOW_PCT 50         /* compact chunks less than half live */
 #define GC_MOVE_MAX_BYTES    (64u << 20) /* live data moved per pass */
@@ -235,14 +241,47 @@ static int copy_blocks(struct ns *ns, struct moves *mv)
 	return rc;
 }
 
-static int relocate_in(struct ns_file *f, void *ctx)
+static int cmp_u64(const void *a, const void *b)
 {
-	const struct moves *mv = ctx;
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
 
-	for (size_t i = 0; i < mv->n; i++)
-		if (mv->m[i].to.chunk_id)
-			vol_relocate(f->v, mv->m[i].lblock, &mv->m[i].from, &mv->m[i].to);
-	return 0;
+	return (x > y) - (x < y);
+}
+
+/*
+ * Drop every cached map page naming a chunk blocks moved out of, after the
+ * commit (P4 in src/vol/vol.c: no volume's delta names a victim, so the
+ * pages are all there is to drop).  Out of memory for the list of ids:
+ * drop them one by one.
+ */
+static void drop_moved(struct ns *ns, const struct moves *mv)
+{
+	uint64_t *ids = malloc((mv->n ? mv->n : 1) * sizeof(*ids));
+	size_t n = 0;
+
+	for (size_t i = 0; i < mv->n; i++) {
+		uint64_t id = mv->m[i].from.chunk_id;
+
+		if (!mv->m[i].to.chunk_id)
+			continue;
+		if (ids)
+			ids[n++] = id;
+		else
+			mcache_drop_chunks(ns->mc, &id, 1);
+	}
+	if (!ids)
+		return;
+	qsort(ids, n, sizeof(*ids), cmp_u64);
+	if (n) {
+		size_t k = 1;
+
+		for (size_t i = 1; i < n; i++)
+			if (ids[i] != ids[k - 1])
+				ids[k++] = ids[i];
+		n = k;
+		mcache_drop_chunks(ns->mc, ids, n);
+	}
+	free(ids);
 }
 
 /* Does move n of a run continue its first move m? */
@@ -254,7 +293,7 @@ static bool move_continues(const struct move *m, const struct move *x, size_t n)
 }
 
 /*
- * Repoint extents, then every open volume's map.  Assumes db_mu.  Returns the
+ * Repoint extents, then drop the map pages naming the old chunks.  Assumes db_mu.  Returns the
  * number of rows moved, with moved victims' refs lowered accordingly.
  */
 static int repoint(struct ns *ns, struct gc *g, struct moves *mv)
@@ -291,9 +330,7 @@ static int repoint(struct ns *ns, struct gc *g, struct moves *mv)
 		bmap_rollback(ns->bm);
 		return rc;
 	}
-	lock_mutex_lock(&ns->files_mu);
-	ns_files_foreach(ns, relocate_in, mv);
-	lock_mutex_unlock(&ns->files_mu);
+	drop_moved(ns, mv);
 	for (size_t i = 0; i < mv->n; i++)
 		if (mv->m[i].to.chunk_id)
 			gc_find(g, mv->m[i].from.chunk_id)->refs--;

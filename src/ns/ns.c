@@ -46,11 +46,10 @@ static int attr_of(struct ns *ns, const struct bmap_inode *in, struct ns_attr *o
 	assert(lock_held(&ns->db_mu));
 	lock_mutex_lock(&ns->files_mu);
 	f = in->kind == BMAP_VOL ? ns_files_find(ns, in->ino) : NULL;
+	/* an open volume counts its own blocks (ns_attr_fill) */
 	ns_attr_fill(ns, f ? &f->in : in, f, out);
-	if (f && !vol_loaded(f->v))
-		node = vol_node(f->v);
 	lock_mutex_unlock(&ns->files_mu);
-	if (in->kind == BMAP_VOL && (!f || !vol_loaded(f->v))) {
+	if (in->kind == BMAP_VOL && !f) {
 		rc = bmap_node_blocks(ns->bm, node, &nblocks);
 		out->blocks = nblocks * (ns->bs / 512);
 	}
@@ -173,8 +172,6 @@ int ns_getattr(struct ns *ns, uint64_t ino, struct ns_attr *out)
 
 	lock_mutex_lock(&ns->files_mu);
 	f = ino_kind(ino) == INO_LIVE ? ns_files_find(ns, ino) : NULL;
-	if (f && !vol_loaded(f->v))
-		f = NULL;               /* its allocation is counted in the index */
 	if (f)
 		ns_attr_fill(ns, &f->in, f, out);
 	lock_mutex_unlock(&ns->files_mu);

@@ -5,8 +5,8 @@
  * LOCKS.  The order and each lock's rank are written once, in
  * include/vsnapfs/lock.h; for the namespace they read:
  *
- *     flush_mu -> load_mu -> db_mu -> vol.gate -> files_mu -> vol.lock
- *              -> (chunk store locks) -> seq_mu, bg_mu
+ *     flush_mu -> db_mu -> vol.gate -> files_mu -> load_mu -> vol.lock
+ *              -> mcache.mu -> (chunk store locks) -> seq_mu, bg_mu
  *
  * A function that needs a lock held asserts it (assert(lock_held(...))),
  * which the lock checker verifies whenever it is on (lock.h: every test).
@@ -79,14 +79,13 @@ struct ns {
 	 * full scans: WAL gives it a consistent snapshot without db_mu, so a
 	 * scan of millions of rows does not hold up the namespace. */
 	struct bmap *bm_scan;           /* background thread only */
-	/* Where volumes load their block maps: a third connection, read from a
-	 * snapshot without db_mu (vol_set_index in vsnapfs/vol.h), so that
-	 * opening a big volume does not hold up every flush and fsync. */
-	struct bmap *bm_load;           /* (load_mu); NULL read-only: under db_mu */
+	/* Where volumes read their map pages: a third connection, each page
+	 * in one read transaction without db_mu (vol_set_index in
+	 * vsnapfs/vol.h), so that a page load never waits for a flush. */
+	struct bmap *bm_load;           /* (load_mu); NULL read-only: bm under db_mu */
 	struct lock_mutex load_mu;
-	/* (db_mu) bmap_changes(bm) that change no map being loaded: a
-	 * flush's and a merge's (see map_changes in store.c) */
-	uint64_t quiet_changes;
+	/* The map pages of every open volume, under -o map_cache (D4). */
+	struct mcache *mc;              /* thread-safe by itself; constant */
 	struct vol_index vix;           /* constant after ns_open */
 	struct ns_queue reap;           /* (db_mu) inos to delete in the background */
 	struct ns_queue rel;            /* (db_mu) map nodes to release in the background */

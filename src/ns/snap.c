@@ -357,9 +357,9 @@ int ns_truncate_zero(struct ns *ns, struct ns_file *f)
 	old = vol_node(f->v);
 	rc = bmap_node_get(ns->bm, old, &cur);
 	if (!rc && cur.parent == 0 && vol_size(f->v) == 0) {
-		/* nothing to drop: an ordinary truncate is as cheap.  It may
-		 * load the map, under load_mu and db_mu, which rank before the
-		 * gate: let go of both first (vsnapfs/lock.h) */
+		/* nothing to drop: an ordinary truncate is as cheap.  It takes
+		 * the gate shared, which this holds exclusive: let go of it
+		 * (and of the others, it needs none) first */
 		vol_gate_open(f->v);
 		lock_mutex_unlock(&ns->db_mu);
 		lock_mutex_unlock(&ns->flush_mu);

@@ -27,6 +27,7 @@
 #include <unistd.h>
 
 #include "ns/ns_int.h"
+#include "vsnapfs/mcache.h"
 #include "vsnapfs/log.h"
 
 int64_t ns_now_ns(void)
@@ -330,21 +331,6 @@ static uint64_t fs_bytes(const struct ns *ns)
 }
 
 /*
- * vol_index.changes: every change made to the index but those that cannot
- * change a map being loaded (ns->quiet_changes): a flush's, which writes
- * the rows of loaded volumes only, and a merge's, which moves rows from a
- * node into its only child without changing where any block is or what
- * any volume shows (the load reads the node's inherit limit and parent
- * again when it installs the map).  Called under db_mu.
- */
-static uint64_t map_changes(void *ctx)
-{
-	struct ns *ns = ctx;
-
-	return bmap_changes(ns->bm) - ns->quiet_changes;
-}
-
-/*
  * How many removed chunk files to keep for reuse while writes stream in
  * (see "Spare chunk files" in docs/design.md): what the option says, but
  * never more than 1/64 of the file system, so that one under 4 GiB keeps
@@ -452,10 +438,6 @@ int ns_open(const char *dir, const struct ns_opts *opts, struct ns **out, bool *
 			 BMAP_FORMAT_VERSION);
 		goto fail;
 	}
-	ns->vix = (struct vol_index){
-		.db_mu = &ns->db_mu, .load = ns->bm_load, .load_mu = &ns->load_mu,
-		.changes = map_changes, .ctx = ns,
-	};
 	/* 1% of the file system, at least 16 MiB, at most 1 GiB */
 	ns->space_reserve = (int64_t)(fs_bytes(ns) / 100);
 	if (ns->space_reserve < (16 << 20))
@@ -497,6 +479,17 @@ int ns_open(const char *dir, const struct ns_opts *opts, struct ns **out, bool *
 			goto fail;
 		}
 	}
+	/* map pages load on bm_load under load_mu; read-only, on bm under
+	 * db_mu (nothing then holds db_mu across a read or a seek) */
+	ns->mc = mcache_new(opts->map_cache_bytes ? opts->map_cache_bytes : MCACHE_DEFAULT_BYTES);
+	if (!ns->mc) {
+		rc = -ENOMEM;
+		goto fail;
+	}
+	ns->vix = (struct vol_index){
+		.mc = ns->mc, .load = ns->bm_load,
+		.load_mu = ns->bm_load ? &ns->load_mu : &ns->db_mu,
+	};
 	/* volumes unlinked while open when the last daemon stopped */
 	if (!ns->readonly) {
 		rc = bmap_orphan_list(ns->bm, queue_orphan, ns);
@@ -570,6 +563,7 @@ int ns_close(struct ns *ns)
 	dead = ns_files_take(ns, every_file, NULL);
 	lock_mutex_unlock(&ns->files_mu);
 	ns_file_free_list(dead);
+	mcache_free(ns->mc);
 	chunk_store_close(ns->cs);
 	bmap_close(ns->bm_scan);
 	bmap_close(ns->bm_load);

@@ -20,27 +20,57 @@
  *  3. A snapshot copies no data: it freezes the map node the volume was
  *     writing into and gives the volume a new, empty child node.
  *
- * THE IN-MEMORY MAP
- * Each entry is the block the volume sees at that logical block, with the
- * generation of the node that holds it: an entry is the vol's own when its
- * generation is v->gen, inherited otherwise.  Taking a snapshot therefore
- * turns every entry into an inherited one by bumping v->gen, in constant
- * time.  Zeroing a block whose row an ancestor might show through must
- * leave a tombstone row; otherwise the row can simply be deleted.  "Might"
- * is decided from the node alone: it has a parent and the block is below
- * its inherit limit (may_inherit).  Asking whether the nearest ancestor
- * holds data at that block is not safe: a background merge can move an
- * ancestor's tombstone into this node, this volume then overwrites that
- * row, and deleting it later would uncover an older ancestor's data.
+ * THE MAP: A DELTA OVER CACHED PAGES (docs/design.md, D4, "Built (step 7b)")
+ * What a block shows is, in this order:
+ *   - its entry in v->delta, the vol's own bindings not yet committed to
+ *     the index: dirty ones, and those of the batch being committed (a
+ *     delta entry is always the vol's own; chunk 0 reads as zeros);
+ *   - else its extent in the block's map page (vsnapfs/mcache.h), which
+ *     holds the index's rows of the node and its ancestors folded together,
+ *     own or inherited as the cache's generation says;
+ *   - else a hole.
+ * So memory is the delta (bounded by the flush interval) plus the pages,
+ * which the store-wide cache keeps under -o map_cache.  Nothing is loaded
+ * at open: a page is read from the index when a request first touches it
+ * (page_load), whatever the size of the volume.
+ *
+ * INVARIANTS
+ *  P1. A resident page equals "index + delta" for its blocks: every change
+ *      of the delta edits the resident page too (write-through, wt_*),
+ *      under v->lock held for writing, which also serialises page inserts
+ *      of this vol (page_load calls mcache_load_end under it).
+ *  P2. A page load reads the index without any vol lock, then, under
+ *      v->lock for writing, overlays the delta and inserts, unless the
+ *      delta lost entries meanwhile (v->pruned moved: a commit's
+ *      vol_batch_done dropped bindings the read may not have seen), or v's
+ *      node changed (v->epoch), or the cache invalidated the ticket
+ *      (snapshot, drop_view, GC's drop_chunks).  Then it reads again.
+ *  P3. Own rows at or past v->trunc_pend and inherited ones at or past
+ *      v->inherit are not shown: a truncate drops them from the delta and
+ *      the pages at once, and from the index only at its commit.
+ *  P4. The delta never names a chunk GC moves blocks out of: GC's barrier
+ *      commits every write started before its floor F, vol_batch_done then
+ *      drops those entries, and later writes append at or past F, above
+ *      every victim (src/ns/gc.c).  So GC drops pages, not delta entries.
+ *
+ * Whether an own zero must stay as a tombstone row is decided from the node
+ * alone: it has a parent and the block is below its inherit limit
+ * (may_inherit).  Asking whether the nearest ancestor holds data at that
+ * block is not safe: a background merge can move an ancestor's tombstone
+ * into this node, this volume then overwrites that row, and deleting it
+ * later would uncover an older ancestor's data.
  *
  * CONCURRENCY
  * v->lock (a rwlock) protects every field marked (L).  Readers copy the
- * entries they need under the read lock and do their I/O without it.
- * Writers append data without the lock and take the write lock only to
- * repoint entries.  A read-modify-write remembers which block it merged
- * into and, under the write lock, repoints only if the entry still shows
- * that block; otherwise another write won the race and it starts over, so
- * two partial writes into one block never lose each other's bytes.
+ * locations they need under the read lock, with the pages of the window
+ * pinned, and do their I/O without it.  Writers append data without the
+ * lock and take the write lock only to repoint.  A read-modify-write
+ * remembers which block it merged into and, under the write lock, repoints
+ * only if the block still shows it; otherwise another write won the race
+ * and it starts over, so two partial writes into one block never lose each
+ * other's bytes.  A page load takes the load lock (ix->load_mu) and then
+ * v->lock: the load lock ranks after vol.gate and before vol.lock
+ * (vsnapfs/lock.h), so a change loads pages holding its gate.
  */
 #include <assert.h>
 #include <errno.h>
@@ -55,45 +85,55 @@
 #include "vol/vmap.h"
 #include "vsnapfs/array.h"
 #include "vsnapfs/log.h"
+#include "vsnapfs/mcache.h"
 #include "vsnapfs/vol.h"
 
 #define NO_TRUNC   UINT64_MAX
 #define WIN_BYTES  (1u << 20)           /* blocks handled per step of a long request */
 #define LABEL_MAX  128
+#define PB         MCACHE_PAGE_BLOCKS
+#define PSHIFT     MCACHE_PAGE_SHIFT
+/* pages one window of a request touches, at most */
+#define PINS_MAX   ((WIN_BYTES / CHUNK_BLOCK_MIN + PB - 1) / PB + 1)
+/* page loads that lose a race (P2) before one is done holding v->lock */
+#define LOAD_TRIES 4
+
+static atomic_uint_fast64_t next_view = 1;      /* view ids: one per vol, never reused */
 
 struct vol {
 	struct chunk_store *cs;         /* borrowed; constant */
 	uint32_t bs;                    /* block size; constant */
 	unsigned bshift;                /* log2(bs); constant */
 	bool readonly;                  /* constant */
+	uint64_t view;                  /* its pages' view id in mc; constant */
 
 	/* Held shared by every change (write, truncate, punch) for its whole
 	 * length, exclusive by a snapshot: so a snapshot sees no change half
 	 * done.  Writer-preferring, so a stream of writes cannot starve it. */
 	struct lock_rw gate;
 
-	/* The map does not match the index: not loaded yet (vol_open), or
-	 * vol_attach changed the node's parent.  The next read, change or
-	 * seek (re)builds it (ensure_fresh). */
-	atomic_bool stale;
-	struct bmap *bm;                /* for loading; used under ix->db_mu */
+	struct bmap *bm;                /* given to vol_open; loads without ix */
 	const struct vol_index *ix;     /* the caller's, or NULL: see vol_set_index */
+	struct mcache *mc;              /* ix->mc, or own_mc; set before use */
+	struct mcache *own_mc;          /* without vol_set_index: a cache of its own */
+	struct lock_mutex own_load_mu;  /* without a load_mu: serializes loads from bm */
 
 	struct lock_rw lock;
 	char label[LABEL_MAX];          /* (L) */
-	struct vmap *map;               /* (L) */
+	struct vmap *delta;             /* (L) bindings not yet committed */
 	uint64_t size;                  /* (L) bytes */
 	uint64_t node;                  /* (L) node that own entries belong to */
-	uint32_t gen;                   /* (L) generation of own entries, >= 1 */
 	uint64_t inherit;               /* (L) node's inherit limit, blocks */
 	bool has_parent;                /* (L) node has a parent (or may have) */
 	bool inherit_changed;           /* (L) not yet collected */
 	bool size_changed;              /* (L) not yet collected */
-	uint64_t own_blocks;            /* (L) own entries holding data */
+	uint64_t own_blocks;            /* (L) blocks of its node holding data */
 	uint64_t *dirty;                /* (L) lblocks with VE_DIRTY, each once */
 	size_t ndirty, dirty_cap;       /* (L) */
 	uint64_t trunc_from;            /* (L) delete own rows >= this at flush */
-	uint64_t epoch;                 /* (L) moves when node, gen or stale are set */
+	uint64_t trunc_pend;            /* (L) own rows >= this are gone, committed or not */
+	uint64_t epoch;                 /* (L) moves when node, parent or pages change */
+	uint64_t pruned;                /* (L) moves when the delta drops committed entries */
 };
 
 /* ---- small helpers ------------------------------------------------------ */
@@ -110,22 +150,9 @@ static uint64_t nblocks_of(const struct vol *v, uint64_t bytes)
 	return (bytes + v->bs - 1) >> v->bshift;
 }
 
-static bool ent_has_data(const struct vmap_ent *e)
+static uint64_t min_u64(uint64_t a, uint64_t b)
 {
-	return e && e->chunk != 0;
-}
-
-static bool ent_own(const struct vol *v, const struct vmap_ent *e)
-{
-	return ve_gen(e) == v->gen;
-}
-
-/* The map is keyed by lblock, and a block keeps its lblock for life (clones
- * share at the same offset, GC copies keep it): the key is the loc's
- * lblock. */
-static struct chunk_loc ent_loc(const struct vmap_ent *e, uint64_t lblock)
-{
-	return (struct chunk_loc){ .chunk_id = e->chunk, .slot = e->slot, .lblock = lblock };
+	return a < b ? a : b;
 }
 
 /*
@@ -152,32 +179,6 @@ static int mark_dirty(struct vol *v, uint64_t lblock, struct vmap_ent *e)
 	return 0;
 }
 
-/*
- * Point lblock at loc (chunk_id 0: make it read as zeros).  Assumes v->lock
- * is held for writing.
- */
-static int set_block(struct vol *v, uint64_t lblock, const struct chunk_loc *loc)
-{
-	struct vmap_ent *cur = vmap_get(v->map, lblock);
-	struct vmap_ent ne = { .chunk = loc->chunk_id, .slot = loc->slot };
-	bool anc = may_inherit(v, lblock), was_dirty = cur && (ve_flags(cur) & VE_DIRTY);
-	int rc;
-
-	assert(lock_rw_wrheld(&v->lock));
-	assert(!loc->chunk_id || loc->lblock == lblock);   /* the block's identity */
-	if (!loc->chunk_id && !ent_has_data(cur))
-		return 0;               /* already reads as zeros */
-	if (cur && ent_own(v, cur) && cur->chunk)
-		v->own_blocks--;
-	ne.gf = v->gen << VE_FLAG_BITS | (anc ? VE_ANC : 0) | (was_dirty ? VE_DIRTY : 0);
-	rc = vmap_put(v->map, lblock, &ne);
-	if (rc)
-		return rc;
-	if (loc->chunk_id)
-		v->own_blocks++;
-	return mark_dirty(v, lblock, vmap_get(v->map, lblock));
-}
-
 /* v's label, for a log line (vol_set_label may change it meanwhile). */
 static void copy_label(struct vol *v, char label[LABEL_MAX])
 {
@@ -201,217 +202,451 @@ static void log_bad_block(struct vol *v, uint64_t lblock, const struct chunk_loc
 	     "cannot be read", rc == -EBADMSG ? why : "");
 }
 
-/* ---- open / close ------------------------------------------------------- */
+/* ---- reading the index -------------------------------------------------- */
 
-#define LOAD_TRIES 2                    /* loads from a snapshot before one under db_mu */
+/* The handle pages are read from, under the load lock (if any). */
+static struct bmap *load_bm(const struct vol *v)
+{
+	return v->ix && v->ix->load ? v->ix->load : v->bm;
+}
 
-struct load {
-	uint32_t gen;                   /* of own entries */
-	struct vmap *map;               /* being built */
-	uint64_t own_blocks;
-	uint64_t inherit;               /* the node's */
-	bool has_parent;
-	bool own;
-	int rc;
+static struct lock_mutex *load_mu(struct vol *v)
+{
+	return v->ix && v->ix->load_mu ? v->ix->load_mu : &v->own_load_mu;
+}
+
+static void load_lock(struct vol *v)
+{
+	lock_mutex_lock(load_mu(v));
+}
+
+static void load_unlock(struct vol *v)
+{
+	lock_mutex_unlock(load_mu(v));
+}
+
+/* One page being built from the index: a block each, then packed. */
+struct pbuild {
+	uint64_t lo;                    /* first block of the page */
+	uint64_t below;                 /* clip: blocks at or past it are not wanted */
+	bool own;                       /* extents of the node itself, else an ancestor's */
+	struct pblk {
+		uint64_t chunk;
+		uint32_t slot;
+		uint8_t set, own;       /* set: some node decided this block */
+	} b[PB];
 };
 
-/* One extent of the node being loaded (own) or of an ancestor, clipped to
- * what the node can see of it: one map entry per block, for now (issue 13
- * step 7 replaces the whole-map load by map pages). */
-static int load_ext(void *ctx, const struct bmap_ext *x)
+static int pbuild_ext(void *ctx, const struct bmap_ext *x)
 {
-	struct load *ld = ctx;
+	struct pbuild *pb = ctx;
 
-	for (uint32_t i = 0; i < x->nblocks; i++) {
-		struct vmap_ent ne = { .chunk = x->chunk, .slot = x->chunk ? x->slot + i : 0 };
+	for (uint32_t i = 0; i < x->nblocks && x->lblock + i < pb->below; i++) {
+		struct pblk *k = &pb->b[x->lblock + i - pb->lo];
 
-		if (ld->own) {
-			ne.gf = ld->gen << VE_FLAG_BITS;
-			if (x->chunk)
-				ld->own_blocks++;
-		} else {
-			if (vmap_get(ld->map, x->lblock + i))
-				continue;       /* a nearer node already decided this block */
-			/* inherited; a tombstone is kept too, it masks older ancestors */
-			ne.gf = 0;
-		}
-		ld->rc = vmap_put(ld->map, x->lblock + i, &ne);
-		if (ld->rc)
-			return ld->rc;
+		if (k->set)
+			continue;       /* a nearer node decided this block */
+		k->set = 1;
+		k->own = pb->own;
+		k->chunk = x->chunk;
+		k->slot = x->chunk ? x->slot + i : 0;
 	}
 	return 0;
 }
 
-/*
- * Build from bm the flattened map of node, whose own entries get generation
- * gen: its own rows, then each ancestor's below the running inherit limit;
- * the nearest row wins.
- */
-static int load_map(struct bmap *bm, uint64_t node, uint32_t gen, struct load *out)
+/* The chain of node as the index says now, nearest first: fn(ctx, id,
+ * limit, own) for the node (limit: none) and each ancestor (limit: the
+ * running inherit limit, also clipped to inherit); a positive fn result
+ * stops the walk and is returned.  Assumes the load lock. */
+static int chain_walk(struct bmap *bm, uint64_t node, uint64_t inherit, struct bmap_node *top,
+		      int (*fn)(void *ctx, uint64_t id, uint64_t limit, bool own), void *ctx)
 {
-	struct load ld = { .gen = gen, .own = true };
 	struct bmap_node n;
 	uint64_t limit, depth = 0;
 	int rc;
 
-	ld.map = vmap_new();
-	if (!ld.map)
-		return -ENOMEM;
 	rc = bmap_node_get(bm, node, &n);
 	if (rc)
-		goto fail;
-	ld.inherit = n.inherit;
-	ld.has_parent = n.parent != 0;
-	rc = bmap_ext_range(bm, node, 0, BMAP_LBLOCK_LIMIT, load_ext, &ld);
-	if (rc)
-		goto fail;
-	ld.own = false;
-	limit = n.inherit;
-	while (n.parent && limit) {
+		return rc;
+	if (top)
+		*top = n;
+	rc = fn(ctx, node, BMAP_LBLOCK_LIMIT, true);
+	limit = min_u64(n.inherit, inherit);
+	while (!rc && n.parent && limit) {
 		uint64_t id = n.parent;
 
 		if (++depth > (1u << 24)) {
 			vlog(LOG_ERR, "node %" PRIu64 ": ancestor chain loops", node);
-			rc = -EUCLEAN;
-			goto fail;
+			return -EUCLEAN;
 		}
 		rc = bmap_node_get(bm, id, &n);
 		if (!rc)
-			rc = bmap_ext_range(bm, id, 0, limit, load_ext, &ld);
-		if (rc)
-			goto fail;
-		if (n.inherit < limit)
-			limit = n.inherit;
+			rc = fn(ctx, id, limit, false);
+		limit = min_u64(limit, n.inherit);
 	}
-	*out = ld;
-	return 0;
-fail:
-	vmap_free(ld.map);
-	return ld.rc ? ld.rc : rc;
-}
-
-/* Make ld v's map.  Assumes v->lock held for writing. */
-static void install(struct vol *v, struct load *ld)
-{
-	assert(lock_rw_wrheld(&v->lock));
-	vmap_free(v->map);
-	v->map = ld->map;
-	v->own_blocks = ld->own_blocks;
-	v->inherit = ld->inherit;
-	v->has_parent = ld->has_parent;
-	v->epoch++;
-	atomic_store(&v->stale, false);
-}
-
-/* Load from v->bm, holding db_mu (if any) throughout. */
-static int load_locked(struct vol *v, struct lock_mutex *db_mu)
-{
-	struct load ld;
-	int rc = 0;
-
-	if (db_mu)
-		lock_mutex_lock(db_mu);
-	lock_rw_wrlock(&v->lock);
-	if (atomic_load(&v->stale)) {
-		rc = load_map(v->bm, v->node, v->gen, &ld);
-		if (!rc)
-			install(v, &ld);
-	}
-	lock_rw_unlock(&v->lock);
-	if (db_mu)
-		lock_mutex_unlock(db_mu);
 	return rc;
+}
+
+struct page_read {
+	struct bmap *bm;
+	struct pbuild *pb;
+};
+
+static int page_read_node(void *ctx, uint64_t id, uint64_t limit, bool own)
+{
+	struct page_read *pr = ctx;
+	uint64_t hi = min_u64(pr->pb->lo + PB, limit);
+
+	pr->pb->own = own;
+	pr->pb->below = hi;
+	return hi > pr->pb->lo ? bmap_ext_range(pr->bm, id, pr->pb->lo, hi, pbuild_ext, pr->pb) : 0;
 }
 
 /*
- * Load from a snapshot of ix->load taken under db_mu, without holding it
- * (see vol_set_index); install it if neither the index (ix->changes) nor v
- * (epoch: vol_attach, vol_reset, vol_switch_node) changed meanwhile, else
- * -EAGAIN.  Assumes ix->load_mu.
+ * Step 2 of mcache.h's loading protocol: page pb->lo of node, from the
+ * index as one read transaction sees it (a merge moving rows between two
+ * nodes of the chain meanwhile is seen before or after, not half).
+ * *top gets the node's row as read afterwards, outside the transaction (the
+ * caller follows a lowered inherit limit).  Assumes the load lock.
  */
-static int load_snapshot(struct vol *v, const struct vol_index *ix)
+static int page_read(struct vol *v, uint64_t node, uint64_t inherit, struct pbuild *pb,
+		     struct bmap_node *top)
 {
-	struct load ld;
-	uint64_t node, changes, epoch;
-	uint32_t gen;
-	int rc;
+	struct bmap *bm = load_bm(v);
+	struct page_read pr = { .bm = bm, .pb = pb };
+	bool snap = v->ix && v->ix->load;
+	int rc = 0;
 
-	assert(lock_held(ix->load_mu));
-	lock_mutex_lock(ix->db_mu);
-	lock_rw_rdlock(&v->lock);
-	node = v->node;
-	gen = v->gen;
-	epoch = v->epoch;
-	lock_rw_unlock(&v->lock);
-	changes = ix->changes(ix->ctx);
-	rc = bmap_snapshot_begin(ix->load);
-	lock_mutex_unlock(ix->db_mu);
-	if (rc)
-		return rc;
-	rc = load_map(ix->load, node, gen, &ld);
-	bmap_snapshot_end(ix->load);
-	if (rc)
-		return rc;
-	if (ix->loaded)
-		ix->loaded(ix->ctx);
-
-	lock_mutex_lock(ix->db_mu);
-	lock_rw_wrlock(&v->lock);
-	if (!atomic_load(&v->stale)) {
-		rc = 0;                 /* another way made it fresh */
-	} else if (v->epoch != epoch || ix->changes(ix->ctx) != changes) {
-		rc = -EAGAIN;
-	} else {
-		struct bmap_node n;
-
-		/* a merge into the node (not counted by changes) lowers its
-		 * inherit limit or drops its parent; the rows it moved show what
-		 * they showed, from where they were */
-		rc = bmap_node_get(v->bm, node, &n);
-		if (!rc) {
-			ld.inherit = n.inherit;
-			ld.has_parent = n.parent != 0;
-			install(v, &ld);
-			ld.map = NULL;
-		}
-	}
-	lock_rw_unlock(&v->lock);
-	lock_mutex_unlock(ix->db_mu);
-	vmap_free(ld.map);
+	if (snap)
+		rc = bmap_snapshot_begin(bm);
+	if (!rc)
+		rc = chain_walk(bm, node, inherit, NULL, page_read_node, &pr);
+	if (snap)
+		bmap_snapshot_end(bm);
+	if (!rc)
+		rc = bmap_node_get(bm, node, top);
 	return rc;
 }
 
-static void log_load_error(struct vol *v, int level, const char *how, int rc)
+/* ---- pages ------------------------------------------------------------- */
+
+/*
+ * Step 3: under v->lock held for writing, what v shows in pb's page: own
+ * rows clipped at trunc_pend, inherited ones at the inherit limit (P3), the
+ * delta on top; packed into ext (sorted, disjoint).  Returns the count.
+ */
+static size_t page_build(struct vol *v, struct pbuild *pb, struct emap_ext *ext)
+{
+	uint64_t key = pb->lo;
+	struct vmap_ent *e;
+	size_t n = 0;
+
+	assert(lock_rw_wrheld(&v->lock));
+	for (uint32_t i = 0; i < PB; i++) {
+		struct pblk *k = &pb->b[i];
+		uint64_t lb = pb->lo + i;
+
+		if (k->set && (k->own ? lb >= v->trunc_pend : !may_inherit(v, lb)))
+			k->set = 0;
+	}
+	while ((e = vmap_next(v->delta, key, &key)) && key < pb->lo + PB) {
+		struct pblk *k = &pb->b[key - pb->lo];
+
+		/* a pending delete reads as a gap, like the row it removes */
+		k->set = e->chunk || (ve_flags(e) & VE_ANC);
+		k->own = 1;
+		k->chunk = e->chunk;
+		k->slot = e->slot;
+		key++;
+	}
+	for (uint32_t i = 0; i < PB; i++) {
+		struct pblk *k = &pb->b[i];
+		struct emap_ext *l = n ? &ext[n - 1] : NULL;
+		uint64_t tag = k->own ? MCACHE_OWN : 0;
+
+		if (!k->set)
+			continue;
+		if (l && l->lblock + l->nblocks == pb->lo + i && l->tag == tag &&
+		    l->chunk == k->chunk && (!k->chunk || l->slot + l->nblocks == k->slot)) {
+			l->nblocks++;
+			continue;
+		}
+		ext[n++] = (struct emap_ext){ .lblock = pb->lo + i, .nblocks = 1, .chunk = k->chunk,
+					      .slot = k->slot, .tag = tag };
+	}
+	return n;
+}
+
+static void log_load_error(struct vol *v, uint64_t pageno, int rc)
 {
 	char label[LABEL_MAX];
 
 	copy_label(v, label);
-	vlog(level, "%s: loading the block map%s: %s", label, how, strerror(-rc));
+	vlog(LOG_ERR, "%s: loading the block map at offset %" PRIu64 ": %s", label,
+	     (pageno << PSHIFT) << v->bshift, strerror(-rc));
 }
 
-/* Make the map match the index, if it does not.  Takes the index lock, so
- * the caller holds no vol lock and not the gate. */
-static int ensure_fresh(struct vol *v)
+/*
+ * The page pageno of v, pinned (mcache.h's loading protocol, P2).  Call
+ * with no vol lock held.  After LOAD_TRIES lost races, the read is done
+ * holding v->lock, so that no commit can prune the delta meanwhile.
+ */
+static int page_load(struct vol *v, uint64_t pageno, const struct mcache_page **out)
 {
-	const struct vol_index *ix = v->ix;
-	int rc = -EAGAIN;
+	struct pbuild *pb = malloc(sizeof(*pb));
+	struct emap_ext *ext = malloc(PB * sizeof(*ext));
+	int rc = -ENOMEM;
 
-	if (!atomic_load(&v->stale))
-		return 0;
-	if (ix && ix->load_mu)
-		lock_mutex_lock(ix->load_mu);
-	for (int i = 0; ix && ix->load && i < LOAD_TRIES && rc == -EAGAIN; i++)
-		rc = atomic_load(&v->stale) ? load_snapshot(v, ix) : 0;
-	if (rc && rc != -EAGAIN)
-		log_load_error(v, LOG_WARNING, " from a snapshot (now under the index lock)", rc);
-	if (rc)
-		rc = load_locked(v, ix ? ix->db_mu : NULL);
-	if (ix && ix->load_mu)
-		lock_mutex_unlock(ix->load_mu);
-	if (rc)
-		log_load_error(v, LOG_ERR, "", rc);
+	*out = NULL;
+	for (int tries = 0; pb && ext; tries++) {
+		struct mcache_ticket t;
+		struct bmap_node top;
+		uint64_t node, inherit, epoch, pruned;
+		bool held = tries >= LOAD_TRIES;
+		size_t n;
+
+		*out = mcache_get(v->mc, v->view, pageno, &t);
+		if (*out) {
+			rc = 0;
+			break;
+		}
+		memset(pb, 0, sizeof(*pb));
+		pb->lo = pageno << PSHIFT;
+		load_lock(v);
+		if (held)
+			lock_rw_wrlock(&v->lock);
+		else
+			lock_rw_rdlock(&v->lock);
+		node = v->node;
+		inherit = v->has_parent ? v->inherit : 0;
+		epoch = v->epoch;
+		pruned = v->pruned;
+		if (!held)
+			lock_rw_unlock(&v->lock);
+		rc = page_read(v, node, inherit, pb, &top);
+		if (!held)
+			load_unlock(v);
+		if (rc) {
+			if (held) {
+				lock_rw_unlock(&v->lock);
+				load_unlock(v);
+			}
+			log_load_error(v, pageno, rc);
+			break;
+		}
+		if (!held && v->ix && v->ix->loaded)
+			v->ix->loaded(v->ix->ctx);
+		if (!held)
+			lock_rw_wrlock(&v->lock);
+		if (v->epoch != epoch || v->pruned != pruned) {
+			rc = -EAGAIN;   /* P2: the read may miss what the delta lost */
+		} else {
+			/* a merge lowers the node's limit (or drops its parent):
+			 * follow it, as vol_inherit_lower does */
+			if (top.inherit < v->inherit)
+				v->inherit = top.inherit;
+			if (!top.parent)
+				v->inherit = 0;
+			n = page_build(v, pb, ext);
+			rc = mcache_load_end(v->mc, &t, ext, n, out);
+		}
+		lock_rw_unlock(&v->lock);
+		if (held)
+			load_unlock(v);
+		if (rc != -EAGAIN) {
+			if (rc)
+				log_load_error(v, pageno, rc);
+			break;
+		}
+	}
+	free(pb);
+	free(ext);
 	return rc;
 }
+
+/* The pages of a window, pinned as they are in the cache under v->lock. */
+struct pins {
+	uint64_t first;                 /* page number of pg[0] */
+	unsigned n;
+	const struct mcache_page *pg[PINS_MAX];
+};
+
+static void pins_put(struct vol *v, struct pins *p)
+{
+	for (unsigned i = 0; i < p->n; i++)
+		mcache_put(v->mc, p->pg[i]);
+	p->n = 0;
+}
+
+static const struct mcache_page *pins_page(const struct pins *p, uint64_t lblock)
+{
+	uint64_t i = (lblock >> PSHIFT) - p->first;
+
+	assert(i < p->n);
+	return p->pg[i];
+}
+
+/*
+ * Take v->lock (for writing if wr) with the pages of [first, end) pinned
+ * in p, as the cache holds them now: under the lock they cannot change
+ * (P1), so they and the delta are what v shows.  Missing pages are loaded
+ * first, with no vol lock held, and kept pinned until the lock is taken
+ * with all of them.  On error no lock is held.
+ */
+static int lock_pages(struct vol *v, uint64_t first, uint64_t end, bool wr, struct pins *p)
+{
+	const struct mcache_page *hold[PINS_MAX] = { 0 };
+	uint64_t pfirst = first >> PSHIFT, plast = (end - 1) >> PSHIFT;
+	int rc = 0;
+
+	assert(end > first && plast - pfirst < PINS_MAX);
+	for (;;) {
+		uint64_t miss = 0;
+		const struct mcache_page *pg;
+
+		if (wr)
+			lock_rw_wrlock(&v->lock);
+		else
+			lock_rw_rdlock(&v->lock);
+		p->first = pfirst;
+		p->n = 0;
+		for (uint64_t pn = pfirst; pn <= plast; pn++) {
+			pg = mcache_get(v->mc, v->view, pn, NULL);
+			if (!pg) {
+				miss = pn;
+				rc = -EAGAIN;
+				break;
+			}
+			p->pg[p->n++] = pg;
+		}
+		if (!rc)
+			break;
+		pins_put(v, p);
+		lock_rw_unlock(&v->lock);
+		rc = page_load(v, miss, &pg);
+		if (rc)
+			break;
+		mcache_put(v->mc, hold[miss - pfirst]);
+		hold[miss - pfirst] = pg;
+	}
+	for (unsigned i = 0; i < PINS_MAX; i++)
+		mcache_put(v->mc, hold[i]);
+	return rc;
+}
+
+static void unlock_pages(struct vol *v, struct pins *p)
+{
+	pins_put(v, p);
+	lock_rw_unlock(&v->lock);
+}
+
+/* What a block shows: the delta's entry, else the page's extent, else a
+ * hole (chunk 0). */
+struct bstate {
+	uint64_t chunk;
+	uint32_t slot;
+	bool own;
+};
+
+/* Assumes v->lock, with p pinning lblock's page under it. */
+static void state_of(struct vol *v, const struct pins *p, uint64_t lblock, struct bstate *s)
+{
+	struct vmap_ent *e = vmap_get(v->delta, lblock);
+	struct emap_ext x;
+
+	assert(lock_held(&v->lock));
+	if (e) {
+		*s = (struct bstate){ .chunk = e->chunk, .slot = e->slot, .own = true };
+	} else if (mcache_page_find(pins_page(p, lblock), lblock, lblock + 1, &x, 1)) {
+		*s = (struct bstate){ .chunk = x.chunk, .slot = x.slot,
+				      .own = (x.tag & MCACHE_OWN) != 0 };
+	} else {
+		*s = (struct bstate){ 0 };
+	}
+}
+
+/* The map is keyed by lblock, and a block keeps its lblock for life (clones
+ * share at the same offset, GC copies keep it): the key is the loc's
+ * lblock. */
+static struct chunk_loc state_loc(const struct bstate *s, uint64_t lblock)
+{
+	return (struct chunk_loc){ .chunk_id = s->chunk, .slot = s->slot, .lblock = lblock };
+}
+
+/* ---- write-through (P1) ------------------------------------------------ */
+
+/* Consecutive block changes, edited into the resident pages as one run. */
+enum { WT_NONE, WT_PUT, WT_DEL };
+
+struct wt {
+	unsigned op;                    /* WT_NONE, WT_PUT or WT_DEL */
+	struct emap_ext x;
+};
+
+/* Assumes v->lock held for writing; call before letting it go. */
+static void wt_flush(struct vol *v, struct wt *w)
+{
+	assert(lock_rw_wrheld(&v->lock));
+	if (w->op == WT_PUT)
+		mcache_update_put(v->mc, v->view, &w->x);
+	else if (w->op == WT_DEL)
+		mcache_update_delete(v->mc, v->view, w->x.lblock, w->x.lblock + w->x.nblocks);
+	w->op = WT_NONE;
+}
+
+static void wt_add(struct vol *v, struct wt *w, uint64_t lblock, const struct chunk_loc *loc,
+		   bool anc)
+{
+	unsigned op = loc->chunk_id || anc ? WT_PUT : WT_DEL;
+	struct emap_ext *x = &w->x;
+
+	if (w->op == op && lblock == x->lblock + x->nblocks && x->nblocks < UINT32_MAX &&
+	    (op == WT_DEL || (x->chunk == loc->chunk_id &&
+			      (!loc->chunk_id || x->slot + x->nblocks == loc->slot)))) {
+		x->nblocks++;
+		return;
+	}
+	wt_flush(v, w);
+	w->op = op;
+	*x = (struct emap_ext){ .lblock = lblock, .nblocks = 1, .chunk = loc->chunk_id,
+				.slot = loc->chunk_id ? loc->slot : 0, .tag = MCACHE_OWN };
+}
+
+/*
+ * Point lblock at loc (chunk_id 0: make it read as zeros).  Assumes v->lock
+ * held for writing, with p pinning lblock's page; w collects the page edit
+ * (the caller flushes it before letting the lock go).
+ */
+static int set_block(struct vol *v, const struct pins *p, uint64_t lblock,
+		     const struct chunk_loc *loc, struct wt *w)
+{
+	struct vmap_ent *cur = vmap_get(v->delta, lblock);
+	struct vmap_ent ne = { .chunk = loc->chunk_id, .slot = loc->slot };
+	bool anc = may_inherit(v, lblock), was_dirty = cur && (ve_flags(cur) & VE_DIRTY);
+	struct bstate s;
+	int rc;
+
+	assert(lock_rw_wrheld(&v->lock));
+	assert(!loc->chunk_id || loc->lblock == lblock);   /* the block's identity */
+	state_of(v, p, lblock, &s);
+	if (!loc->chunk_id && !s.chunk)
+		return 0;               /* already reads as zeros */
+	if (s.own && s.chunk)
+		v->own_blocks--;
+	ne.gf = (anc ? VE_ANC : 0) | (was_dirty ? VE_DIRTY : 0);
+	rc = vmap_put(v->delta, lblock, &ne);
+	if (rc) {
+		if (s.own && s.chunk)
+			v->own_blocks++;
+		return rc;
+	}
+	if (loc->chunk_id)
+		v->own_blocks++;
+	wt_add(v, w, lblock, loc, anc);
+	return mark_dirty(v, lblock, vmap_get(v->delta, lblock));
+}
+
+/* ---- open / close ------------------------------------------------------- */
 
 int vol_open(struct chunk_store *cs, struct bmap *bm, uint64_t node, uint64_t size,
 	     bool readonly, const char *label, struct vol **out)
@@ -428,23 +663,27 @@ int vol_open(struct chunk_store *cs, struct bmap *bm, uint64_t node, uint64_t si
 	v->bs = bs;
 	v->bshift = __builtin_ctz(bs);
 	v->readonly = readonly;
+	v->view = atomic_fetch_add(&next_view, 1);
 	v->node = node;
 	v->size = size;
-	v->gen = 1;
 	v->trunc_from = NO_TRUNC;
+	v->trunc_pend = NO_TRUNC;
 	snprintf(v->label, sizeof(v->label), "%s", label);
 	lock_rw_init(&v->lock, LOCK_VOL, "vol.lock", false);
 	lock_rw_init(&v->gate, LOCK_VOL_GATE, "vol.gate", true);
+	lock_mutex_init(&v->own_load_mu, LOCK_NS_LOAD, "vol.load_mu");
 	v->bm = bm;
-	/* the map is loaded at first use: opening a volume only to clone it
-	 * or to truncate it (cp) must not cost its allocated size */
-	v->map = vmap_new();
-	if (!v->map) {
+	v->delta = vmap_new();
+	v->own_mc = mcache_new(MCACHE_DEFAULT_BYTES);
+	v->mc = v->own_mc;
+	if (!v->delta || !v->own_mc) {
 		rc = -ENOMEM;
 		goto fail;
 	}
-	atomic_store(&v->stale, true);
+	/* nothing of the map is read here: pages load at first touch */
 	rc = bmap_node_get(bm, node, &n);
+	if (!rc)
+		rc = bmap_node_blocks(bm, node, &v->own_blocks);
 	if (rc)
 		goto fail;
 	v->inherit = n.inherit;
@@ -460,10 +699,14 @@ void vol_close(struct vol *v)
 {
 	if (!v)
 		return;
-	vmap_free(v->map);
+	if (v->mc)
+		mcache_drop_view(v->mc, v->view);
+	mcache_free(v->own_mc);
+	vmap_free(v->delta);
 	free(v->dirty);
 	lock_rw_destroy(&v->lock);
 	lock_rw_destroy(&v->gate);
+	lock_mutex_destroy(&v->own_load_mu);
 	free(v);
 }
 
@@ -472,6 +715,17 @@ void vol_set_label(struct vol *v, const char *label)
 	lock_rw_wrlock(&v->lock);
 	snprintf(v->label, sizeof(v->label), "%s", label);
 	lock_rw_unlock(&v->lock);
+}
+
+void vol_set_index(struct vol *v, const struct vol_index *ix)
+{
+	v->ix = ix;
+	if (ix->mc) {
+		mcache_drop_view(v->mc, v->view);
+		mcache_free(v->own_mc);
+		v->own_mc = NULL;
+		v->mc = ix->mc;
+	}
 }
 
 /* ---- read --------------------------------------------------------------- */
@@ -529,22 +783,22 @@ static int read_window(struct vol *v, uint64_t first, uint32_t n, uint32_t lo, s
 	bool has[WIN_BYTES / CHUNK_BLOCK_MIN];
 	uint8_t *bounce = NULL;
 	struct chunk_bad bad = { 0 };
+	struct pins p;
 	int rc = 0;
 
 	assert(n <= WIN_BYTES / CHUNK_BLOCK_MIN);
-	lock_rw_rdlock(&v->lock);
-	if (atomic_load(&v->stale)) {
-		lock_rw_unlock(&v->lock);
-		return -EAGAIN;
-	}
+	rc = lock_pages(v, first, first + n, false, &p);
+	if (rc)
+		return rc;
 	for (uint32_t i = 0; i < n; i++) {
-		struct vmap_ent *e = vmap_get(v->map, first + i);
+		struct bstate s;
 
-		has[i] = ent_has_data(e);
+		state_of(v, &p, first + i, &s);
+		has[i] = s.chunk != 0;
 		if (has[i])
-			locs[i] = ent_loc(e, first + i);
+			locs[i] = state_loc(&s, first + i);
 	}
-	lock_rw_unlock(&v->lock);
+	unlock_pages(v, &p);
 
 	prefetch_runs(v, locs, has, n);
 	for (uint32_t i = 0; i < n;) {
@@ -596,9 +850,6 @@ ssize_t vol_read(struct vol *v, void *buf, size_t len, uint64_t off)
 	uint64_t size, done = 0;
 	int rc;
 
-	rc = ensure_fresh(v);
-	if (rc)
-		return rc;
 	lock_rw_rdlock(&v->lock);
 	size = v->size;
 	lock_rw_unlock(&v->lock);
@@ -617,13 +868,7 @@ ssize_t vol_read(struct vol *v, void *buf, size_t len, uint64_t off)
 			step = WIN_BYTES - lo;
 		n = (lo + step + v->bs - 1) >> v->bshift;
 		rc = read_window(v, first, n, lo, step, (uint8_t *)buf + done, false);
-		if (rc == -EAGAIN) {
-			rc = ensure_fresh(v);
-			if (rc)
-				return rc;
-			continue;
-		}
-		if (rc == -ENOENT)
+		if (rc == -ENOENT)      /* GC dropped the pages naming it: look again */
 			rc = read_window(v, first, n, lo, step, (uint8_t *)buf + done, true);
 		if (rc)
 			return rc;
@@ -632,23 +877,124 @@ ssize_t vol_read(struct vol *v, void *buf, size_t len, uint64_t off)
 	return done;
 }
 
-/* ---- write -------------------------------------------------------------- */
+/* ---- finding data without loading every page --------------------------- */
 
-/* Take the gate (shared) with a fresh map: reload first, outside the gate,
- * since reloading takes the index lock, which ranks before the gate. */
-static int gate_enter(struct vol *v)
+struct first_ext {
+	uint64_t below;                 /* search [from, below) */
+	uint64_t from;
+	bool data_only;
+	uint64_t found;                 /* the least start seen, or below */
+	struct bmap *bm;
+	uint64_t trunc_pend;
+};
+
+static int first_ext_cb(void *ctx, const struct bmap_ext *x)
 {
-	for (;;) {
-		int rc = ensure_fresh(v);
+	struct first_ext *fe = ctx;
 
+	if (fe->data_only && !x->chunk)
+		return 0;
+	if (x->lblock < fe->found)
+		fe->found = x->lblock;
+	return 1;                       /* the first one in range is the least */
+}
+
+static int first_ext_node(void *ctx, uint64_t id, uint64_t limit, bool own)
+{
+	struct first_ext *fe = ctx;
+	uint64_t hi = min_u64(fe->found, limit);
+	int rc;
+
+	if (own)
+		hi = min_u64(hi, fe->trunc_pend);
+	if (hi <= fe->from)
+		return 0;
+	rc = bmap_ext_range(fe->bm, id, fe->from, hi, first_ext_cb, fe);
+	return rc > 0 ? 0 : rc;
+}
+
+/*
+ * A lower bound for the first block >= from, below `below`, where v's
+ * node or an ancestor has a row (data_only: a data row) as v sees them:
+ * the least, over the chain, of each node's first extent past from,
+ * clipped to the inherit limits.  below if none.  Takes the load lock and
+ * v->lock, so the caller holds neither.  Cheap: one descent per node.
+ */
+static int index_next(struct vol *v, uint64_t from, uint64_t below, bool data_only,
+		      uint64_t *out)
+{
+	struct first_ext fe = { .below = below, .from = from, .data_only = data_only,
+				.found = below, .bm = load_bm(v) };
+	uint64_t node, inherit;
+	int rc;
+
+	*out = below;
+	if (from >= below)
+		return 0;
+	load_lock(v);
+	lock_rw_rdlock(&v->lock);
+	node = v->node;
+	inherit = v->has_parent ? v->inherit : 0;
+	fe.trunc_pend = v->trunc_pend;
+	lock_rw_unlock(&v->lock);
+	rc = chain_walk(fe.bm, node, inherit, NULL, first_ext_node, &fe);
+	load_unlock(v);
+	if (!rc)
+		*out = fe.found;
+	return rc;
+}
+
+/*
+ * The first block in [from, end) holding data as v shows it, or end.  The
+ * delta is looked at before the index: an entry committed and pruned in
+ * between is in the index by then.  A candidate page is loaded and
+ * scanned; a tombstone there may hide a parent's data, so the search goes
+ * on from the page's end.  Call with no vol lock held.
+ */
+static int next_data(struct vol *v, uint64_t from, uint64_t end, uint64_t *out)
+{
+	int rc = 0;
+
+	while (from < end) {
+		uint64_t key = from, dc = end, ic, c, pend;
+		struct vmap_ent *e;
+		struct pins p;
+
+		lock_rw_rdlock(&v->lock);
+		while ((e = vmap_next(v->delta, key, &key)) && key < end && !e->chunk)
+			key++;
+		if (e && key < end)
+			dc = key;
+		lock_rw_unlock(&v->lock);
+		rc = index_next(v, from, dc, true, &ic);
 		if (rc)
 			return rc;
-		lock_rw_rdlock(&v->gate);
-		if (!atomic_load(&v->stale))
+		c = min_u64(dc, ic);
+		if (c >= end)
+			break;
+		pend = min_u64(end, ((c >> PSHIFT) + 1) << PSHIFT);
+		rc = lock_pages(v, c, pend, false, &p);
+		if (rc)
+			return rc;
+		for (key = c; key < pend; key++) {
+			struct bstate s;
+
+			state_of(v, &p, key, &s);
+			if (s.chunk)
+				break;
+		}
+		unlock_pages(v, &p);
+		if (key < pend) {
+			*out = key;
 			return 0;
-		lock_rw_unlock(&v->gate);
+		}
+		from = pend;
 	}
+	*out = end;
+	return rc;
 }
+
+/* ---- write -------------------------------------------------------------- */
 
 /*
  * Write n bytes from src (NULL: zeros) at byte boff of block lblock, keeping
@@ -665,14 +1011,18 @@ static int rmw_block(struct vol *v, uint64_t lblock, uint32_t boff, const void *
 	for (int gone = 0;;) {
 		struct chunk_loc old = { 0 }, nl = { .lblock = lblock };
 		struct chunk_bad bad = { 0 };
-		struct vmap_ent *e;
+		struct wt w = { 0 };
+		struct bstate s;
+		struct pins p;
 		bool same;
 
-		lock_rw_rdlock(&v->lock);
-		e = vmap_get(v->map, lblock);
-		if (ent_has_data(e))
-			old = ent_loc(e, lblock);
-		lock_rw_unlock(&v->lock);
+		rc = lock_pages(v, lblock, lblock + 1, false, &p);
+		if (rc)
+			break;
+		state_of(v, &p, lblock, &s);
+		if (s.chunk)
+			old = state_loc(&s, lblock);
+		unlock_pages(v, &p);
 
 		if (old.chunk_id) {
 			rc = chunk_read(v->cs, &old, 1, blk, &bad);
@@ -696,12 +1046,14 @@ static int rmw_block(struct vol *v, uint64_t lblock, uint32_t boff, const void *
 				break;
 		}
 
-		lock_rw_wrlock(&v->lock);
-		e = vmap_get(v->map, lblock);
-		same = ent_has_data(e) ? e->chunk == old.chunk_id && e->slot == old.slot
-				       : old.chunk_id == 0;
-		rc = same ? set_block(v, lblock, &nl) : 0;
-		lock_rw_unlock(&v->lock);
+		rc = lock_pages(v, lblock, lblock + 1, true, &p);
+		if (rc)
+			break;
+		state_of(v, &p, lblock, &s);
+		same = s.chunk ? s.chunk == old.chunk_id && s.slot == old.slot : old.chunk_id == 0;
+		rc = same ? set_block(v, &p, lblock, &nl, &w) : 0;
+		wt_flush(v, &w);
+		unlock_pages(v, &p);
 		if (same)
 			break;
 	}
@@ -713,6 +1065,8 @@ static int rmw_block(struct vol *v, uint64_t lblock, uint32_t boff, const void *
 static int write_blocks(struct vol *v, uint64_t first, uint32_t n, const uint8_t *src)
 {
 	struct chunk_loc locs[WIN_BYTES / CHUNK_BLOCK_MIN];
+	struct wt w = { 0 };
+	struct pins p;
 	int rc = 0;
 
 	assert(n <= WIN_BYTES / CHUNK_BLOCK_MIN);
@@ -734,10 +1088,14 @@ static int write_blocks(struct vol *v, uint64_t first, uint32_t n, const uint8_t
 			return rc;
 		i += run;
 	}
-	lock_rw_wrlock(&v->lock);
+	/* the pages tell whether each block held own data (st_blocks) */
+	rc = lock_pages(v, first, first + n, true, &p);
+	if (rc)
+		return rc;
 	for (uint32_t i = 0; i < n && !rc; i++)
-		rc = set_block(v, first + i, &locs[i]);
-	lock_rw_unlock(&v->lock);
+		rc = set_block(v, &p, first + i, &locs[i], &w);
+	wt_flush(v, &w);
+	unlock_pages(v, &p);
 	return rc;
 }
 
@@ -780,9 +1138,7 @@ ssize_t vol_write(struct vol *v, const void *buf, size_t len, uint64_t off)
 		return -EFBIG;
 	if (len == 0)
 		return 0;
-	rc = gate_enter(v);
-	if (rc)
-		return rc;
+	lock_rw_rdlock(&v->gate);
 	rc = write_range(v, buf, len, off);
 	lock_rw_wrlock(&v->lock);
 	if (!rc && off + len > v->size) {
@@ -794,18 +1150,32 @@ ssize_t vol_write(struct vol *v, const void *buf, size_t len, uint64_t off)
 	return rc ? rc : (ssize_t)len;
 }
 
-/* Make [first, end) read as zeros.  Assumes v->lock is held for writing. */
-static int zero_blocks_locked(struct vol *v, uint64_t first, uint64_t end)
+/*
+ * Make [first, end) read as zeros: only the pages where the delta or the
+ * index has data are loaded (next_data), one at a time.
+ */
+static int zero_blocks(struct vol *v, uint64_t first, uint64_t end)
 {
 	static const struct chunk_loc zero;
 	uint64_t key = first;
-	struct vmap_ent *e;
 	int rc = 0;
 
-	assert(lock_rw_wrheld(&v->lock));
-	while (!rc && (e = vmap_next(v->map, key, &key)) && key < end) {
-		rc = set_block(v, key, &zero);
-		key++;
+	while (!rc && key < end) {
+		uint64_t pend;
+		struct wt w = { 0 };
+		struct pins p;
+
+		rc = next_data(v, key, end, &key);
+		if (rc || key >= end)
+			break;
+		pend = min_u64(end, ((key >> PSHIFT) + 1) << PSHIFT);
+		rc = lock_pages(v, key, pend, true, &p);
+		if (rc)
+			break;
+		for (; key < pend && !rc; key++)
+			rc = set_block(v, &p, key, &zero, &w);
+		wt_flush(v, &w);
+		unlock_pages(v, &p);
 	}
 	return rc;
 }
@@ -818,9 +1188,7 @@ int vol_punch(struct vol *v, uint64_t off, uint64_t len)
 
 	if (v->readonly)
 		return -EROFS;
-	rc = gate_enter(v);
-	if (rc)
-		return rc;
+	lock_rw_rdlock(&v->gate);
 	rc = punch(v, off, len);
 	lock_rw_unlock(&v->gate);
 	return rc;
@@ -848,11 +1216,8 @@ static int punch(struct vol *v, uint64_t off, uint64_t len)
 		rc = write_range(v, NULL, (first << v->bshift) - off, off);
 	if (!rc && end > last << v->bshift)
 		rc = write_range(v, NULL, end - (last << v->bshift), last << v->bshift);
-	if (rc)
-		return rc;
-	lock_rw_wrlock(&v->lock);
-	rc = zero_blocks_locked(v, first, last);
-	lock_rw_unlock(&v->lock);
+	if (!rc)
+		rc = zero_blocks(v, first, last);
 	return rc;
 }
 
@@ -866,12 +1231,32 @@ int vol_truncate(struct vol *v, uint64_t size)
 		return -EROFS;
 	if (size > VOL_MAX_BYTES)
 		return -EFBIG;
-	rc = gate_enter(v);
-	if (rc)
-		return rc;
+	lock_rw_rdlock(&v->gate);
 	rc = truncate_to(v, size);
 	lock_rw_unlock(&v->gate);
 	return rc;
+}
+
+/* Counting the own data rows a truncate drops (own_blocks). */
+struct own_count {
+	struct vol *v;
+	uint64_t n;
+};
+
+static int own_count_cb(void *ctx, const struct bmap_ext *x)
+{
+	struct own_count *oc = ctx;
+	uint64_t key = x->lblock, end = x->lblock + x->nblocks;
+
+	if (!x->chunk)
+		return 0;
+	oc->n += x->nblocks;
+	/* blocks the delta holds were counted (or not) from it */
+	while (vmap_next(oc->v->delta, key, &key) && key < end) {
+		oc->n--;
+		key++;
+	}
+	return 0;
 }
 
 static int truncate_to(struct vol *v, uint64_t size)
@@ -894,18 +1279,35 @@ static int truncate_to(struct vol *v, uint64_t size)
 			return rc;
 	}
 
+	/* The index is read holding v->lock, so that no commit prunes the
+	 * delta meanwhile: each block counts once, from the delta if it is
+	 * there, else from its row.  No page is loaded. */
+	load_lock(v);
 	lock_rw_wrlock(&v->lock);
 	if (size < v->size) {
+		struct own_count oc = { .v = v };
+
 		nb = nblocks_of(v, size);
+		if (nb < v->trunc_pend)
+			rc = bmap_ext_range(load_bm(v), v->node, nb, v->trunc_pend, own_count_cb, &oc);
+		if (rc) {
+			lock_rw_unlock(&v->lock);
+			load_unlock(v);
+			return rc;
+		}
 		key = nb;
-		while ((e = vmap_next(v->map, key, &key))) {
-			if (ent_own(v, e) && e->chunk)
+		while ((e = vmap_next(v->delta, key, &key))) {
+			if (e->chunk)
 				v->own_blocks--;
-			vmap_del(v->map, key);
+			vmap_del(v->delta, key);
 			key++;
 		}
+		v->own_blocks -= oc.n < v->own_blocks ? oc.n : v->own_blocks;
+		mcache_update_delete(v->mc, v->view, nb, BMAP_LBLOCK_LIMIT);
 		if (nb < v->trunc_from)
 			v->trunc_from = nb;
+		if (nb < v->trunc_pend)
+			v->trunc_pend = nb;
 		if (nb < v->inherit) {
 			v->inherit = nb;
 			v->inherit_changed = true;
@@ -916,38 +1318,51 @@ static int truncate_to(struct vol *v, uint64_t size)
 		v->size_changed = true;
 	}
 	lock_rw_unlock(&v->lock);
+	load_unlock(v);
 	return rc;
 }
 
 int vol_seek(struct vol *v, uint64_t off, int whence, uint64_t *out)
 {
-	uint64_t key = off >> v->bshift, nb, pos = 0;
-	struct vmap_ent *e;
-	int rc = ensure_fresh(v);
+	uint64_t key = off >> v->bshift, nb, size, pos = 0;
+	int rc = 0;
 
-	if (rc)
-		return rc;
 	lock_rw_rdlock(&v->lock);
-	nb = nblocks_of(v, v->size);
-	if (off >= v->size) {
-		rc = -ENXIO;
-	} else if (whence == SEEK_DATA) {
-		while ((e = vmap_next(v->map, key, &key)) && key < nb && !e->chunk)
-			key++;
-		if (!e || key >= nb)
+	size = v->size;
+	lock_rw_unlock(&v->lock);
+	nb = nblocks_of(v, size);
+	if (off >= size)
+		return -ENXIO;
+	if (whence == SEEK_DATA) {
+		rc = next_data(v, key, nb, &key);
+		if (!rc && key >= nb)
 			rc = -ENXIO;
-		else
-			pos = key << v->bshift;
-	} else {
-		while (key < nb && ent_has_data(vmap_get(v->map, key)))
-			key++;
 		pos = key << v->bshift;
-		if (pos > v->size)
-			pos = v->size;
+	} else {
+		/* the first block without data: page by page */
+		while (key < nb) {
+			uint64_t pend = min_u64(nb, ((key >> PSHIFT) + 1) << PSHIFT);
+			struct pins p;
+			struct bstate s;
+
+			rc = lock_pages(v, key, pend, false, &p);
+			if (rc)
+				break;
+			for (; key < pend; key++) {
+				state_of(v, &p, key, &s);
+				if (!s.chunk)
+					break;
+			}
+			unlock_pages(v, &p);
+			if (key < pend)
+				break;
+		}
+		pos = key << v->bshift;
+		if (pos > size)
+			pos = size;
 	}
 	if (!rc)
 		*out = pos > off ? pos : off;
-	lock_rw_unlock(&v->lock);
 	return rc;
 }
 
@@ -959,7 +1374,6 @@ int vol_seek(struct vol *v, uint64_t off, int whence, uint64_t *out)
 uint64_t vol_size(struct vol *v) { return LOCKED_GET(v, v->size); }
 uint64_t vol_node(struct vol *v) { return LOCKED_GET(v, v->node); }
 uint64_t vol_own_blocks(struct vol *v) { return LOCKED_GET(v, v->own_blocks); }
-bool vol_loaded(struct vol *v) { return !atomic_load(&v->stale); }
 
 /* Has v changes vol_collect has not taken?  Assumes v->lock. */
 static bool uncollected(const struct vol *v)
@@ -985,6 +1399,39 @@ void vol_gate_open(struct vol *v)
 	lock_rw_unlock(&v->gate);
 }
 
+/* Empty the delta.  Assumes v->lock held for writing. */
+static void delta_clear(struct vol *v)
+{
+	struct vmap *empty = vmap_new();
+
+	assert(lock_rw_wrheld(&v->lock));
+	if (empty) {
+		vmap_free(v->delta);
+		v->delta = empty;
+	} else {
+		/* no memory for a new root: empty the old map in place */
+		uint64_t key = 0;
+
+		while (vmap_next(v->delta, key, &key))
+			vmap_del(v->delta, key);
+	}
+	v->pruned++;
+	v->trunc_pend = NO_TRUNC;
+}
+
+/*
+ * The caller committed everything collected (vol_switch_node, vol_attach),
+ * and calls vol_batch_done() only later: drop the collected entries now,
+ * their rows are in the index.  Assumes v->lock held for writing and
+ * nothing uncollected.
+ */
+static void drop_committed(struct vol *v)
+{
+	assert(lock_rw_wrheld(&v->lock) && !uncollected(v));
+	if (vmap_count(v->delta))
+		delta_clear(v);
+}
+
 int vol_switch_node(struct vol *v, uint64_t node, uint64_t inherit)
 {
 	int rc = 0;
@@ -994,41 +1441,27 @@ int vol_switch_node(struct vol *v, uint64_t node, uint64_t inherit)
 	if (uncollected(v)) {
 		rc = -EBUSY;
 	} else {
-		/* every entry of generation gen becomes inherited */
+		drop_committed(v);
+		/* every extent of its pages becomes inherited */
+		mcache_bump_gen(v->mc, v->view);
 		v->node = node;
-		v->gen++;
 		v->epoch++;
 		v->inherit = inherit;
 		v->has_parent = true;
 		v->own_blocks = 0;
+		v->trunc_pend = NO_TRUNC;
 	}
 	lock_rw_unlock(&v->lock);
 	return rc;
 }
 
-void vol_set_index(struct vol *v, const struct vol_index *ix)
-{
-	v->ix = ix;
-}
-
 void vol_reset(struct vol *v, uint64_t node)
 {
-	struct vmap *empty = vmap_new();
-
 	assert(lock_rw_wrheld(&v->gate));
 	lock_rw_wrlock(&v->lock);
-	if (empty) {
-		vmap_free(v->map);
-		v->map = empty;
-	} else {
-		/* no memory for a new root: empty the old map in place */
-		uint64_t key = 0;
-
-		while (vmap_next(v->map, key, &key))
-			vmap_del(v->map, key);
-	}
+	delta_clear(v);
+	mcache_drop_view(v->mc, v->view);
 	v->node = node;
-	v->gen++;
 	v->epoch++;
 	v->inherit = 0;
 	v->has_parent = false;
@@ -1036,9 +1469,9 @@ void vol_reset(struct vol *v, uint64_t node)
 	v->size = 0;
 	v->ndirty = 0;
 	v->trunc_from = NO_TRUNC;
+	v->trunc_pend = NO_TRUNC;
 	v->inherit_changed = false;
 	v->size_changed = false;
-	atomic_store(&v->stale, false);
 	lock_rw_unlock(&v->lock);
 }
 
@@ -1051,28 +1484,17 @@ int vol_attach(struct vol *v, uint64_t inherit, uint64_t size)
 	if (uncollected(v)) {
 		rc = -EBUSY;
 	} else {
+		drop_committed(v);
+		/* the node's own rows stay (own_blocks too); what it
+		 * inherits changed: its pages go */
+		mcache_drop_view(v->mc, v->view);
 		v->inherit = inherit;
 		v->has_parent = true;
 		v->size = size;
 		v->epoch++;
-		atomic_store(&v->stale, true);
 	}
 	lock_rw_unlock(&v->lock);
 	return rc;
-}
-
-void vol_relocate(struct vol *v, uint64_t lblock, const struct chunk_loc *from,
-		  const struct chunk_loc *to)
-{
-	struct vmap_ent *e;
-
-	lock_rw_wrlock(&v->lock);
-	e = vmap_get(v->map, lblock);
-	if (e && e->chunk == from->chunk_id && e->slot == from->slot) {
-		e->chunk = to->chunk_id;
-		e->slot = to->slot;
-	}
-	lock_rw_unlock(&v->lock);
 }
 
 void vol_inherit_lower(struct vol *v, uint64_t limit)
@@ -1085,11 +1507,15 @@ void vol_inherit_lower(struct vol *v, uint64_t limit)
 
 bool vol_maps_from(struct vol *v, uint64_t from)
 {
-	uint64_t key;
+	uint64_t key, ic;
+	bool in_delta = LOCKED_GET(v, vmap_next(v->delta, from, &key) != NULL);
 
-	/* a stale map is about to be rebuilt from the index: the caller asks
-	 * the index instead (see ns_copy_range) */
-	return LOCKED_GET(v, !atomic_load(&v->stale) && vmap_next(v->map, from, &key) != NULL);
+	/* any row, data or tombstone, of the node or an ancestor it sees */
+	if (in_delta)
+		return true;
+	if (index_next(v, from, BMAP_LBLOCK_LIMIT, false, &ic))
+		return true;            /* cannot tell: say yes, the caller copies */
+	return ic < BMAP_LBLOCK_LIMIT;
 }
 
 /* ---- flushing ----------------------------------------------------------- */
@@ -1122,13 +1548,14 @@ int vol_collect(struct vol *v, struct vol_batch *b)
 	b->inherit = v->inherit;
 	b->inherit_changed = v->inherit_changed;
 	for (size_t i = 0; i < v->ndirty && !rc; i++) {
-		struct vmap_ent *e = vmap_get(v->map, v->dirty[i]);
+		struct vmap_ent *e = vmap_get(v->delta, v->dirty[i]);
 		struct vol_rec r;
 
 		if (!e || !(ve_flags(e) & VE_DIRTY))
 			continue;       /* dropped by a truncate: trunc_from covers it */
 		r.lblock = v->dirty[i];
-		r.loc = ent_loc(e, v->dirty[i]);
+		r.loc = (struct chunk_loc){ .chunk_id = e->chunk, .slot = e->slot,
+					    .lblock = v->dirty[i] };
 		r.anc = ve_flags(e) & VE_ANC;
 		rc = batch_push(b, &r);
 		if (!rc)
@@ -1137,7 +1564,7 @@ int vol_collect(struct vol *v, struct vol_batch *b)
 	if (rc) {
 		/* give back what was taken; nothing is lost, the flush fails */
 		for (size_t i = 0; i < b->nrecs; i++)
-			vmap_get(v->map, b->recs[i].lblock)->gf |= VE_DIRTY;
+			vmap_get(v->delta, b->recs[i].lblock)->gf |= VE_DIRTY;
 		b->nrecs = 0;
 	} else {
 		v->ndirty = 0;
@@ -1216,15 +1643,15 @@ void vol_batch_done(struct vol_batch *b, int rc)
 	lock_rw_wrlock(&v->lock);
 	for (size_t i = 0; i < b->nrecs; i++) {
 		const struct vol_rec *r = &b->recs[i];
-		struct vmap_ent *e = vmap_get(v->map, r->lblock);
+		struct vmap_ent *e = vmap_get(v->delta, r->lblock);
 
 		if (!e || (ve_flags(e) & VE_DIRTY))
 			continue;       /* rewritten (or truncated) since: newer state wins */
 		if (rc) {
 			if (mark_dirty(v, r->lblock, e))
 				vlog(LOG_CRIT, "%s: out of memory re-queueing a block", v->label);
-		} else if (!e->chunk && ent_own(v, e) && !(ve_flags(e) & VE_ANC)) {
-			vmap_del(v->map, r->lblock);    /* its row is gone: plain hole */
+		} else {
+			vmap_del(v->delta, r->lblock);  /* the index has it now */
 		}
 	}
 	if (rc) {
@@ -1232,6 +1659,11 @@ void vol_batch_done(struct vol_batch *b, int rc)
 			v->trunc_from = b->trunc_from;
 		v->inherit_changed |= b->inherit_changed;
 		v->size_changed = true;
+	} else {
+		/* loads that read the index before this commit miss what the
+		 * delta just dropped (P2); the truncation is in the index */
+		v->pruned++;
+		v->trunc_pend = v->trunc_from;
 	}
 	lock_rw_unlock(&v->lock);
 }

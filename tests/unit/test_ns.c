@@ -131,6 +131,9 @@ static void setup_bs(uint32_t bs)
 	cr_assert_not_null(mkdtemp(g_tmp));
 	snprintf(g_store, sizeof(g_store), "%s/store", g_tmp);
 	g_opts = (struct ns_opts){ .block_size = bs };
+	/* the whole suite with a small map cache: VSNAPFS_TEST_MAP_CACHE=16384 */
+	if ((t = getenv("VSNAPFS_TEST_MAP_CACHE")) && *t)
+		g_opts.map_cache_bytes = strtoull(t, NULL, 0);
 	open_store();
 }
 
@@ -2025,6 +2028,16 @@ static void model_run(uint32_t bs, uint64_t max_size, unsigned steps)
 Test(ns, model_random_operations_match_a_plain_model_4k_blocks)
 {
 	model_run(4096, 96 * 4096, 3000);
+}
+
+/* A map cache of a few pages: every volume's pages are evicted and loaded
+ * again all the time, across snapshots, clones, reverts and GC moves. */
+Test(ns, model_random_operations_match_a_plain_model_with_a_tiny_map_cache)
+{
+	close_store();
+	g_opts.map_cache_bytes = 16384;
+	open_store();
+	model_run(4096, 1024 * 4096, 2000);
 }
 
 static void setup64k(void) { setup_bs(65536); }

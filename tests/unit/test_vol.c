@@ -17,6 +17,7 @@
 
 #include "vsnapfs/bmap.h"
 #include "vsnapfs/chunk.h"
+#include "vsnapfs/mcache.h"
 #include "vsnapfs/vol.h"
 
 static char dir[64];
@@ -292,9 +293,29 @@ Test(vol, a_snapshot_freezes_the_content_while_the_volume_changes)
  * 700 a snapshot is taken, and a frozen copy of the model is checked
  * against the frozen node at the end.
  */
-static void model_run(uint32_t bs, unsigned seed, int ops)
+/* The vol of the model test: with cache, pages in that cache (a few pages:
+ * evicted and loaded again all the time), else in the vol's own. */
+static struct vol *model_open(uint64_t node, uint64_t size, bool ro, struct vol_index *ix)
 {
-	enum { MAXSZ = 1 << 20 };
+	struct vol *v;
+
+	cr_assert_eq(vol_open(cs, bm, node, size, ro, "model", &v), 0);
+	if (ix->mc)
+		vol_set_index(v, ix);
+	return v;
+}
+
+static unsigned test_seed(unsigned seed)
+{
+	const char *env = getenv("VSNAPFS_TEST_SEED");
+
+	return env && *env ? (unsigned)strtoul(env, NULL, 0) : seed;
+}
+
+static void model_run_in(uint32_t bs, unsigned seed, int ops, uint64_t maxsz, struct mcache *mc)
+{
+	const uint64_t MAXSZ = maxsz;
+	struct vol_index ix = { .mc = mc };
 	uint8_t *model = calloc(1, MAXSZ), *buf = malloc(MAXSZ);
 	uint8_t *frozen[64];
 	uint64_t frozen_node[64], frozen_size[64];
@@ -302,8 +323,11 @@ static void model_run(uint32_t bs, unsigned seed, int ops)
 	uint64_t size = 0, node = new_node(0, 0);
 	struct vol *v;
 
-	cr_log_info("model test: block size %u, seed %u, %d ops", bs, seed, ops);
-	cr_assert_eq(vol_open(cs, bm, node, 0, false, "model", &v), 0);
+	seed = test_seed(seed);
+	cr_log_info("model test: block size %u, seed %u (VSNAPFS_TEST_SEED), %d ops, %llu bytes, "
+		    "%s cache", bs, seed, ops, (unsigned long long)maxsz, mc ? "a tiny" : "its own");
+	fprintf(stderr, "model test: block size %u, seed %u, %d ops\n", bs, seed, ops);
+	v = model_open(node, 0, false, &ix);
 	for (int op = 0; op < ops; op++) {
 		int what = rand_r(&seed) % 10;
 		uint64_t off = rand_r(&seed) % MAXSZ;
@@ -336,6 +360,22 @@ static void model_run(uint32_t bs, unsigned seed, int ops)
 			if (ns < size)
 				memset(model + ns, 0, size - ns);
 			size = ns;
+		} else if (what == 8) {
+			uint64_t pos;
+			int rc = vol_seek(v, off, SEEK_HOLE, &pos);
+
+			if (off >= size) {
+				cr_assert_eq(rc, -ENXIO, "%s", when);
+			} else {
+				cr_assert_eq(rc, 0, "%s", when);
+				cr_assert_leq(pos, size, "%s", when);
+				cr_assert_geq(pos, off, "%s", when);
+				/* a hole is a whole block of zeros, or the end */
+				if (pos < size)
+					for (uint64_t i = pos; i < (pos / bs + 1) * bs && i < size; i++)
+						cr_assert_eq(model[i], 0, "%s: SEEK_HOLE at data %llu",
+							     when, (unsigned long long)i);
+			}
 		} else {
 			uint64_t pos;
 			int rc = vol_seek(v, off, SEEK_DATA, &pos);
@@ -358,7 +398,7 @@ static void model_run(uint32_t bs, unsigned seed, int ops)
 		if (op % 400 == 399) {
 			flush(v);
 			vol_close(v);
-			cr_assert_eq(vol_open(cs, bm, node, size, false, "model", &v), 0);
+			v = model_open(node, size, false, &ix);
 			assert_same(v, model, size, 0, MAXSZ, "after reload");
 		}
 		if (op % 700 == 699 && nfrozen < 64) {
@@ -381,13 +421,31 @@ static void model_run(uint32_t bs, unsigned seed, int ops)
 	flush(v);
 	vol_close(v);
 	for (int i = 0; i < nfrozen; i++) {
-		cr_assert_eq(vol_open(cs, bm, frozen_node[i], frozen_size[i], true, "frozen", &v), 0);
+		v = model_open(frozen_node[i], frozen_size[i], true, &ix);
 		assert_same(v, frozen[i], frozen_size[i], 0, MAXSZ, "frozen snapshot");
 		vol_close(v);
 		free(frozen[i]);
 	}
 	free(model);
 	free(buf);
+}
+
+static void model_run(uint32_t bs, unsigned seed, int ops)
+{
+	model_run_in(bs, seed, ops, 1 << 20, NULL);
+}
+
+/* 16 pages of 4 KiB blocks through a cache of about 4 (dense pages cost
+ * 2.7 KiB): pages are evicted and loaded again all the time, and loads
+ * overlay the delta. */
+Test(vol, matches_a_plain_array_with_a_cache_of_a_few_pages, .timeout = 240)
+{
+	struct mcache *mc = mcache_new(4 * MCACHE_PAGE_BYTES(64) + 8192);
+
+	cr_assert_not_null(mc);
+	model_run_in(4096, 20261203, 6000, 16 << 20, mc);
+	cr_assert_null(mcache_check(mc));
+	mcache_free(mc);
 }
 
 Test(vol, matches_a_plain_array_under_random_operations_4k_blocks, .timeout = 120)
@@ -486,34 +544,26 @@ Test(vol, zeroing_after_a_merge_into_the_volume_never_uncovers_older_data)
 	vol_close(v);
 }
 
-/* ---- loading the map from a snapshot of the index (vol_set_index) ------- */
+/* ---- loading map pages (vol_set_index) ---------------------------------- */
 
 #define LD_BLOCKS 4
 
-static struct lock_mutex ld_db_mu = LOCK_MUTEX_INIT(LOCK_NS_DB, "ns.db_mu");
 static struct lock_mutex ld_load_mu = LOCK_MUTEX_INIT(LOCK_NS_LOAD, "ns.load_mu");
 
 /* One test's vol, its load handle, and what its hook does. */
 struct ld {
 	struct vol *v;
 	struct vol_index ix;
+	struct mcache *mc;
 	struct bmap *ro;                /* the load handle: read-only */
 	uint64_t node;
 	int calls;
 	bool move;                      /* first call: move the blocks, drop their chunk */
-	bool change;                    /* every call: commit some change */
+	bool commit;                    /* first call: flush the vol (its delta is pruned) */
 	bool reset;                     /* first call: vol_reset the vol */
 	uint64_t child;                 /* first call: vol_switch_node to it */
 	uint64_t merge_from;            /* first call: merge this node into node */
-	uint64_t quiet;                 /* changes that ld_changes does not count */
 };
-
-static uint64_t ld_changes(void *ctx)
-{
-	struct ld *h = ctx;
-
-	return bmap_changes(bm) - h->quiet;
-}
 
 static int ld_ext(void *ctx, const struct bmap_ext *x)
 {
@@ -528,8 +578,8 @@ static int ld_ext(void *ctx, const struct bmap_ext *x)
 }
 
 /* What garbage collection does to a chunk: copy its blocks to the active
- * chunk, repoint their extents, remove the file. */
-static void ld_move_blocks(uint64_t node)
+ * chunk, repoint their extents, drop the pages naming it, remove the file. */
+static void ld_move_blocks(struct mcache *mc, uint64_t node)
 {
 	struct chunk_loc from[LD_BLOCKS], to[LD_BLOCKS];
 	uint8_t buf[LD_BLOCKS * 4096];
@@ -550,20 +600,21 @@ static void ld_move_blocks(uint64_t node)
 		cr_assert_eq(bmap_ext_relocate(bm, node, &x, to[i].chunk_id, to[i].slot), 0);
 	}
 	cr_assert_eq(bmap_commit(bm), 0);
+	cr_assert_eq(mcache_drop_chunks(mc, &from[0].chunk_id, 1), 0);
 	cr_assert_eq(chunk_remove(cs, from[0].chunk_id), 0);
 }
 
-/* Runs with no lock held, between the load and its install. */
+/* Runs with no lock held, between a page's read and its insert. */
 static void ld_loaded(void *ctx)
 {
 	struct ld *h = ctx;
 
-	cr_assert_eq(pthread_mutex_trylock(&ld_db_mu.m), 0, "the load holds the index lock");
-	pthread_mutex_unlock(&ld_db_mu.m);
+	cr_assert_eq(pthread_mutex_trylock(&ld_load_mu.m), 0, "the hook runs under load_mu");
+	pthread_mutex_unlock(&ld_load_mu.m);
 	if (h->move && h->calls == 0)
-		ld_move_blocks(h->node);
-	if (h->change)
-		cr_assert_eq(bmap_meta_set(bm, "test", (uint64_t)h->calls), 0);
+		ld_move_blocks(h->mc, h->node);
+	if (h->commit && h->calls == 0)
+		flush(h->v);
 	/* as a truncate to zero and a snapshot do, with the gate closed */
 	if (h->reset && h->calls == 0) {
 		vol_gate_close(h->v);
@@ -576,35 +627,45 @@ static void ld_loaded(void *ctx)
 		vol_gate_open(h->v);
 	}
 	if (h->merge_from && h->calls == 0) {
-		uint64_t before = bmap_changes(bm);
+		struct bmap_node n;
 
-		/* as src/ns/flush.c does: a merge does not count as a change */
+		/* as src/ns/bg.c does: merge, then lower the vol's limit */
 		cr_assert_eq(bmap_begin(bm), 0);
 		cr_assert_eq(bmap_node_merge(bm, h->merge_from, h->node), 0);
 		cr_assert_eq(bmap_commit(bm), 0);
-		h->quiet += bmap_changes(bm) - before;
+		cr_assert_eq(bmap_node_get(bm, h->node, &n), 0);
+		vol_inherit_lower(h->v, n.inherit);
 	}
 	h->calls++;
 }
 
-/* Open on h->node a vol of size bytes that loads its map from a second,
- * read-only handle, with the hook above. */
-static struct vol *ld_vol(struct ld *h, uint64_t size)
+/* Open on h->node a vol of size bytes that loads its pages from a second,
+ * read-only handle into a cache of limit bytes, with the hook above. */
+static struct vol *ld_vol_limit(struct ld *h, uint64_t size, size_t limit)
 {
 	char path[128];
 
 	snprintf(path, sizeof(path), "%s/index.sqlite", dir);
 	cr_assert_eq(bmap_open(path, 1, &h->ro), 0);
-	h->ix = (struct vol_index){ .db_mu = &ld_db_mu, .load = h->ro, .load_mu = &ld_load_mu,
-				    .changes = ld_changes, .loaded = ld_loaded, .ctx = h };
+	h->mc = mcache_new(limit);
+	cr_assert_not_null(h->mc);
+	h->ix = (struct vol_index){ .mc = h->mc, .load = h->ro, .load_mu = &ld_load_mu,
+				    .loaded = ld_loaded, .ctx = h };
 	cr_assert_eq(vol_open(cs, bm, h->node, size, false, "t", &h->v), 0);
 	vol_set_index(h->v, &h->ix);
 	return h->v;
 }
 
+static struct vol *ld_vol(struct ld *h, uint64_t size)
+{
+	return ld_vol_limit(h, size, MCACHE_DEFAULT_BYTES);
+}
+
 static void ld_close(struct ld *h)
 {
 	vol_close(h->v);
+	cr_assert_null(mcache_check(h->mc));
+	mcache_free(h->mc);
 	bmap_close(h->ro);
 }
 
@@ -613,7 +674,7 @@ static void ld_close(struct ld *h)
  * chunk that is no longer the active one (so that it can be removed), and
  * open on it an ld_vol.
  */
-static struct vol *ld_open(struct ld *h)
+static void ld_make(struct ld *h)
 {
 	char path[128];
 	uint8_t data[LD_BLOCKS * 4096];
@@ -631,7 +692,12 @@ static struct vol *ld_open(struct ld *h)
 	chunk_store_close(cs);
 	snprintf(path, sizeof(path), "%s/chunks", dir);
 	cr_assert_eq(chunk_store_open(path, 4096, next, &cs), 0);
-	return ld_vol(h, sizeof(data));
+}
+
+static struct vol *ld_open(struct ld *h)
+{
+	ld_make(h);
+	return ld_vol(h, LD_BLOCKS * 4096);
 }
 
 static void ld_assert_content(struct vol *v)
@@ -643,21 +709,23 @@ static void ld_assert_content(struct vol *v)
 		cr_assert_eq(out[i], 'A' + i / 4096, "byte %d", i);
 }
 
-Test(vol, the_map_loads_from_a_snapshot_without_holding_the_index_lock)
+Test(vol, opening_reads_no_page_and_a_read_loads_its_page_once)
 {
 	struct ld h = { 0 };
 	struct vol *v = ld_open(&h);
 
+	cr_assert_eq(h.calls, 0, "vol_open loaded a page");
+	cr_assert_eq(vol_own_blocks(v), LD_BLOCKS, "own blocks come from the index");
 	ld_assert_content(v);
 	cr_assert_eq(h.calls, 1);
 	ld_assert_content(v);
-	cr_assert_eq(h.calls, 1, "a loaded map was loaded again");
+	cr_assert_eq(h.calls, 1, "a resident page was loaded again");
 	ld_close(&h);
 }
 
-/* Without the check at install, the map would point into the removed
- * chunk and the read would fail with EIO. */
-Test(vol, blocks_moved_while_the_map_loads_are_read_from_their_new_place)
+/* Without the ticket check at insert, the page would point into the
+ * removed chunk and the read would fail with EIO. */
+Test(vol, blocks_moved_while_a_page_loads_are_read_from_their_new_place)
 {
 	struct ld h = { .move = true };
 	struct vol *v = ld_open(&h);
@@ -667,24 +735,77 @@ Test(vol, blocks_moved_while_the_map_loads_are_read_from_their_new_place)
 	ld_close(&h);
 }
 
-Test(vol, an_index_that_keeps_changing_gets_the_map_loaded_under_its_lock)
+/* A read after GC repointed the blocks and dropped the pages naming their
+ * old chunk (and removed it) reads them at their new place. */
+Test(vol, a_read_after_gc_dropped_the_chunks_pages_reads_the_new_place)
 {
-	struct ld h = { .change = true };
+	struct ld h = { 0 };
 	struct vol *v = ld_open(&h);
 
 	ld_assert_content(v);
-	cr_assert_eq(h.calls, 2, "unlocked loads: %d", h.calls);
+	ld_move_blocks(h.mc, h.node);
+	ld_assert_content(v);
+	cr_assert_eq(h.calls, 2, "the dropped page was not loaded again");
 	ld_close(&h);
 }
 
-Test(vol, a_reset_while_the_map_loads_is_not_undone_by_the_load)
+/*
+ * A commit during a page load: the page was read from the index before the
+ * commit, and the delta lost the committed block before the insert (pruned
+ * moved).  A cache of 0 bytes keeps no page: every read loads.  Without the
+ * pruned check the read shows the block as it was before the write.
+ */
+Test(vol, a_page_load_racing_a_commit_reads_again)
+{
+	struct ld h = { 0 };
+	struct vol *v;
+	uint8_t blk[4096], out[4096];
+
+	ld_make(&h);
+	v = ld_vol_limit(&h, LD_BLOCKS * 4096, 0);
+	memset(blk, 'Z', sizeof(blk));
+	cr_assert_eq(vol_write(v, blk, sizeof(blk), 4096), 4096);
+	h.commit = true;
+	h.calls = 0;
+	cr_assert_eq(vol_read(v, out, sizeof(out), 4096), 4096);
+	cr_assert_eq(h.calls, 2, "the load was not done again after the commit");
+	for (int i = 0; i < 4096; i++)
+		cr_assert_eq(out[i], 'Z', "byte %d: '%c', the block before the write", i, out[i]);
+	ld_close(&h);
+}
+
+/* Write-through: a write to a resident page shows in it, also after the
+ * delta drops the block at its commit. */
+Test(vol, a_write_to_a_resident_page_shows_after_its_commit)
+{
+	struct ld h = { 0 };
+	struct vol *v = ld_open(&h);
+	uint8_t blk[4096], out[4096];
+
+	ld_assert_content(v);
+	memset(blk, 'W', sizeof(blk));
+	cr_assert_eq(vol_write(v, blk, sizeof(blk), 2 * 4096), 4096);
+	flush(v);
+	cr_assert_eq(vol_read(v, out, sizeof(out), 2 * 4096), 4096);
+	for (int i = 0; i < 4096; i++)
+		cr_assert_eq(out[i], 'W', "byte %d: '%c': the page missed the write", i, out[i]);
+	cr_assert_eq(h.calls, 1);
+	ld_close(&h);
+}
+
+Test(vol, a_reset_while_a_page_loads_is_not_undone_by_the_load)
 {
 	struct ld h = { .reset = true };
 	struct vol *v = ld_open(&h);
 	uint8_t out[4096];
+	ssize_t n;
 
-	cr_assert_eq(vol_read(v, out, sizeof(out), 0), 0, "the reset set the size to 0");
-	cr_assert_eq(h.calls, 1);
+	/* the read started before the reset: all of it or zeros, never old */
+	n = vol_read(v, out, sizeof(out), 0);
+	cr_assert(n == 0 || n == 4096, "read %zd", n);
+	for (ssize_t i = 0; i < n; i++)
+		cr_assert_eq(out[i], 0, "byte %zd: the old map came back", i);
+	cr_assert_eq(h.calls, 2);
 	cr_assert_eq(vol_truncate(v, 4096), 0);
 	memset(out, 0xff, sizeof(out));
 	cr_assert_eq(vol_read(v, out, sizeof(out), 0), 4096);
@@ -694,8 +815,8 @@ Test(vol, a_reset_while_the_map_loads_is_not_undone_by_the_load)
 }
 
 /* The snapshot changes nothing in the index here (its node was made
- * before), so only the vol can tell that the map loaded is not its own. */
-Test(vol, a_snapshot_while_the_map_loads_is_not_undone_by_the_load)
+ * before), so only the vol can tell that the page loaded is not its own. */
+Test(vol, a_snapshot_while_a_page_loads_is_not_undone_by_the_load)
 {
 	struct ld h = { 0 };
 	struct vol *v = ld_open(&h);
@@ -704,37 +825,46 @@ Test(vol, a_snapshot_while_the_map_loads_is_not_undone_by_the_load)
 	ld_assert_content(v);
 	cr_assert_eq(h.calls, 2, "the load was not done again after the snapshot");
 	cr_assert_eq(vol_own_blocks(v), 0, "blocks of the snapshot count as the volume's own");
+	cr_assert_eq(vol_punch(v, 0, 4096), 0);
+	cr_assert_eq(vol_own_blocks(v), 0, "an inherited block punched counted as own");
 	ld_close(&h);
 }
 
-/* A load connection that cannot give the map (here: the index of another
- * store, without that node) costs a load under the lock, not the read. */
-Test(vol, a_failed_load_from_the_snapshot_falls_back_to_the_index_lock)
+/* A load handle that cannot give the page (here: the index of another
+ * store, without that node) fails the read, and nothing is inserted. */
+Test(vol, a_failed_page_load_fails_the_read)
 {
 	struct ld h = { 0 };
 	struct vol *v = ld_open(&h);
 	struct bmap *other;
+	struct mcache_stats st;
+	uint8_t out[4096];
 	char path[128];
 
 	snprintf(path, sizeof(path), "%s/other.sqlite", dir);
 	cr_assert_eq(bmap_create(path, 4096, 0, 0), 0);
 	cr_assert_eq(bmap_open(path, 1, &other), 0);
 	h.ix.load = other;
+	cr_assert_lt(vol_read(v, out, sizeof(out), 0), 0);
+	cr_assert_eq(h.calls, 0, "a page from the other index was inserted");
+	mcache_stats(h.mc, &st);
+	cr_assert_eq(st.pages, 0);
+	h.ix.load = h.ro;
 	ld_assert_content(v);
-	cr_assert_eq(h.calls, 0, "a load from the other index was installed");
 	ld_close(&h);
 	bmap_close(other);
 }
 
 /*
- * A merge does not make the load start over, so the install must take the
- * node's inherit limit from the index as it is then, not from the snapshot:
+ * A merge does not make the load start over, so the insert must not raise
+ * the inherit limit the merge lowered (vol_inherit_lower) to what the
+ * page's read saw:
  * volume C inherits 4 blocks from P, which inherits 2 from G, so C shows
  * G's blocks 0-1 and zeros at 2-3.  P merged into C during the load makes
  * C inherit 2 from G.  A truncate to 3 blocks must then not raise C's
  * limit to 3, which would show G's block 2.
  */
-Test(vol, a_merge_while_the_map_loads_leaves_the_inherit_limit_it_set)
+Test(vol, a_merge_while_a_page_loads_leaves_the_inherit_limit_it_set)
 {
 	struct ld h = { 0 };
 	struct vol *v;
@@ -763,4 +893,50 @@ Test(vol, a_merge_while_the_map_loads_leaves_the_inherit_limit_it_set)
 	for (int i = 0; i < 4096; i++)
 		cr_assert_eq(out[i], 0, "byte %d of block 2: '%c', hidden data of G", i, out[i]);
 	vol_close(v);
+}
+
+/*
+ * SEEK_DATA and SEEK_HOLE over a 1 TiB sparse volume with data at a few
+ * far offsets jump there through the index: a handful of pages loaded,
+ * not 2^20 of them.  Also through a tombstone hiding a parent's data.
+ */
+Test(vol, seek_over_a_sparse_terabyte_loads_a_few_pages, .timeout = 30)
+{
+	const uint64_t TIB = 1ULL << 40;
+	const uint64_t at[] = { 3ULL << 30, 300ULL << 30, TIB - 8192 };
+	struct ld h = { 0 };
+	struct vol *v;
+	struct mcache_stats st;
+	uint8_t blk[4096];
+	uint64_t pos, child;
+
+	memset(blk, 'S', sizeof(blk));
+	h.node = new_node(0, 0);
+	v = ld_vol(&h, TIB);
+	for (size_t i = 0; i < 3; i++)
+		cr_assert_eq(vol_write(v, blk, sizeof(blk), at[i]), 4096);
+	flush(v);
+	vol_close(v);
+	mcache_free(h.mc);
+	bmap_close(h.ro);
+
+	/* a child that punched the first one: its tombstone hides it */
+	child = new_node(h.node, TIB / 4096);
+	h.node = child;
+	v = ld_vol(&h, TIB);
+	cr_assert_eq(vol_punch(v, at[0], 4096), 0);
+	flush(v);
+
+	cr_assert_eq(vol_seek(v, 0, SEEK_DATA, &pos), 0);
+	cr_assert_eq(pos, at[1], "SEEK_DATA from 0: %llu", (unsigned long long)pos);
+	cr_assert_eq(vol_seek(v, at[1] + 4096, SEEK_DATA, &pos), 0);
+	cr_assert_eq(pos, at[2]);
+	cr_assert_eq(vol_seek(v, at[2] + 4096, SEEK_DATA, &pos), -ENXIO);
+	cr_assert_eq(vol_seek(v, at[1], SEEK_HOLE, &pos), 0);
+	cr_assert_eq(pos, at[1] + 4096);
+	cr_assert_eq(vol_seek(v, 12345, SEEK_HOLE, &pos), 0);
+	cr_assert_eq(pos, 12345);
+	mcache_stats(h.mc, &st);
+	cr_assert_leq(st.loads, 8, "%llu pages loaded", (unsigned long long)st.loads);
+	ld_close(&h);
 }
