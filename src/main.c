@@ -43,6 +43,7 @@
 #include "vsnapfs/fs.h"
 #include "vsnapfs/log.h"
 #include "vsnapfs/chunk.h"
+#include "vsnapfs/mcache.h"
 #include "vsnapfs/ns.h"
 
 #define PROG "vsnapfs"
@@ -50,6 +51,7 @@
 #define THREADS_DEFAULT         16u
 #define THREADS_MAX             1024u
 #define FLUSH_MS_MAX            3600000u        /* an hour */
+#define MAP_CACHE_MIN           (1u << 20)
 
 struct cmdline {
 	const char *store;      /* as given; argv's */
@@ -63,6 +65,7 @@ struct cmdline {
 
 enum {
 	KEY_BLOCK_SIZE, KEY_FLUSH_MS, KEY_GC_INTERVAL, KEY_SPARE_CHUNKS, KEY_THREADS,
+	KEY_MAP_CACHE,
 	KEY_FOREGROUND, KEY_DEBUG, KEY_SINGLE, KEY_HELP, KEY_VERSION,
 	KEY_RO, KEY_OURS,
 };
@@ -72,6 +75,7 @@ static const struct fuse_opt opt_spec[] = {
 	FUSE_OPT_KEY("flush_ms=", KEY_FLUSH_MS),
 	FUSE_OPT_KEY("gc_interval=", KEY_GC_INTERVAL),
 	FUSE_OPT_KEY("spare_chunks=", KEY_SPARE_CHUNKS),
+	FUSE_OPT_KEY("map_cache=", KEY_MAP_CACHE),
 	FUSE_OPT_KEY("threads=", KEY_THREADS),
 	/* libfuse's fuse_parse_cmdline() spellings, which we do not use:
 	 * take them rather than have fuse_session_new() call them unknown. */
@@ -120,6 +124,9 @@ static void help(void)
 	       "                           (default %u); ignored for an existing store\n"
 	       "    -o flush_ms=N          interval of the background flusher in ms\n"
 	       "                           (default %u)\n"
+	       "    -o map_cache=SIZE      memory for the block-map pages of every open\n"
+	       "                           volume, in bytes or with a k/K, m/M or g/G\n"
+	       "                           suffix, at least 1M (default %zuM)\n"
 	       "    -o gc_interval=S       run garbage collection at least every S\n"
 	       "                           seconds (default %u; also after deletions,\n"
 	       "                           when space runs low and after every %u MiB\n"
@@ -136,7 +143,7 @@ static void help(void)
 	       "\n"
 	       "FUSE options (passed through):\n",
 	       CHUNK_BLOCK_MIN >> 10, CHUNK_BLOCK_MAX >> 20, NS_DEFAULT_BLOCK_SIZE,
-	       NS_DEFAULT_FLUSH_MS, NS_DEFAULT_GC_INTERVAL_S, NS_GC_AFTER_BYTES >> 20,
+	       NS_DEFAULT_FLUSH_MS, MCACHE_DEFAULT_BYTES >> 20, NS_DEFAULT_GC_INTERVAL_S, NS_GC_AFTER_BYTES >> 20,
 	       NS_SPARE_IDLE_MS / 1000, NS_DEFAULT_SPARE_CHUNKS, THREADS_DEFAULT);
 	fflush(stdout);
 	fuse_lowlevel_help();
@@ -149,7 +156,7 @@ static void version(void)
 	fuse_lowlevel_version();
 }
 
-/* "4096", "64k", "1M": bytes, with an optional binary suffix. */
+/* "4096", "64k", "1M", "2G": bytes, with an optional binary suffix. */
 static int parse_size(const char *s, uint64_t *out)
 {
 	unsigned long long v;
@@ -166,6 +173,8 @@ static int parse_size(const char *s, uint64_t *out)
 		shift = 10;
 	else if (*end == 'm' || *end == 'M')
 		shift = 20;
+	else if (*end == 'g' || *end == 'G')
+		shift = 30;
 	if (shift)
 		end++;
 	if (*end)
@@ -226,6 +235,14 @@ static int opt_proc(void *data, const char *arg, int key, struct fuse_args *outa
 			fprintf(stderr, PROG ": spare_chunks=%s: must be 0 to %u\n", val,
 				NS_MAX_SPARE_CHUNKS);
 			cl->bad = true;
+		}
+		return 0;
+	case KEY_MAP_CACHE:
+		if (parse_size(val, &size) < 0 || size < MAP_CACHE_MIN || size > SIZE_MAX / 2) {
+			fprintf(stderr, PROG ": map_cache=%s: must be at least 1M\n", val);
+			cl->bad = true;
+		} else {
+			cl->ns.map_cache_bytes = (size_t)size;
 		}
 		return 0;
 	case KEY_THREADS:
