@@ -435,16 +435,25 @@ static void model_run(uint32_t bs, unsigned seed, int ops)
 	model_run_in(bs, seed, ops, 1 << 20, NULL);
 }
 
-/* 16 pages of 4 KiB blocks through a cache of about 4 (dense pages cost
- * 2.7 KiB): pages are evicted and loaded again all the time, and loads
- * overlay the delta. */
+/* 16 pages of 4 KiB blocks through a cache of about 4: pages are evicted
+ * and loaded again all the time, and loads overlay the delta. */
 Test(vol, matches_a_plain_array_with_a_cache_of_a_few_pages, .timeout = 240)
 {
-	struct mcache *mc = mcache_new(4 * MCACHE_PAGE_BYTES(64) + 8192);
+	struct mcache *mc = mcache_new(0);
+	struct mcache_stats st;
 
 	cr_assert_not_null(mc);
+	/* the tables' charge, then room for about 4 pages */
+	mcache_stats(mc, &st);
+	mcache_set_limit(mc, st.bytes + 64 + 4 * MCACHE_PAGE_BYTES(16));
 	model_run_in(4096, 20261203, 6000, 16 << 20, mc);
 	cr_assert_null(mcache_check(mc));
+	mcache_stats(mc, &st);
+	fprintf(stderr, "a cache of %zu bytes: %llu loads, %llu hits, %llu evictions\n",
+		st.limit_bytes, (unsigned long long)st.loads, (unsigned long long)st.hits,
+		(unsigned long long)st.evictions);
+	cr_assert_gt(st.evictions, 1000, "pages were not evicted");
+	cr_assert_gt(st.hits, 1000, "pages were not kept");
 	mcache_free(mc);
 }
 
@@ -938,5 +947,56 @@ Test(vol, seek_over_a_sparse_terabyte_loads_a_few_pages, .timeout = 30)
 	cr_assert_eq(pos, 12345);
 	mcache_stats(h.mc, &st);
 	cr_assert_leq(st.loads, 8, "%llu pages loaded", (unsigned long long)st.loads);
+	ld_close(&h);
+}
+
+/* A page loaded while a write is not committed yet overlays the delta:
+ * after the commit drops the write from the delta, the page still shows
+ * it.  (The write loads the page and edits it; the page is evicted before
+ * the read loads it again.) */
+Test(vol, a_page_loaded_over_an_uncommitted_write_shows_it_after_the_commit)
+{
+	struct ld h = { 0 };
+	struct vol *v;
+	uint8_t blk[4096], out[4096];
+
+	ld_make(&h);
+	v = ld_vol(&h, LD_BLOCKS * 4096);
+	memset(blk, 'D', sizeof(blk));
+	cr_assert_eq(vol_write(v, blk, sizeof(blk), 4096), 4096);
+	cr_assert_eq(h.calls, 1, "the write loads its page");
+	mcache_set_limit(h.mc, 0);
+	mcache_set_limit(h.mc, MCACHE_DEFAULT_BYTES);
+	cr_assert_eq(vol_read(v, out, sizeof(out), 0), 4096);
+	cr_assert_eq(h.calls, 2, "the page was not evicted");
+	flush(v);
+	cr_assert_eq(vol_read(v, out, sizeof(out), 4096), 4096);
+	cr_assert_eq(h.calls, 2, "the page was loaded again");
+	for (int i = 0; i < 4096; i++)
+		cr_assert_eq(out[i], 'D', "byte %d: '%c': the page missed the delta", i, out[i]);
+	ld_close(&h);
+}
+
+/* Rows past a truncate stay in the index until its commit: a page loaded
+ * before then (a cache of 0 bytes loads at every read) must not show
+ * them once the volume grows again. */
+Test(vol, a_page_loaded_before_a_truncate_commits_hides_the_rows_it_drops)
+{
+	struct ld h = { 0 };
+	struct vol *v;
+	uint8_t out[3 * 4096];
+
+	ld_make(&h);
+	v = ld_vol_limit(&h, LD_BLOCKS * 4096, 0);
+	cr_assert_eq(vol_truncate(v, 4096), 0);
+	cr_assert_eq(vol_truncate(v, LD_BLOCKS * 4096), 0);
+	cr_assert_eq(vol_read(v, out, sizeof(out), 4096), (ssize_t)sizeof(out));
+	for (int i = 0; i < (int)sizeof(out); i++)
+		cr_assert_eq(out[i], 0, "byte %d: '%c', a truncated row", i, out[i]);
+	cr_assert_eq(vol_own_blocks(v), 1);
+	flush(v);
+	cr_assert_eq(vol_read(v, out, sizeof(out), 4096), (ssize_t)sizeof(out));
+	for (int i = 0; i < (int)sizeof(out); i++)
+		cr_assert_eq(out[i], 0, "byte %d after the commit: '%c'", i, out[i]);
 	ld_close(&h);
 }
