@@ -377,6 +377,18 @@ static size_t page_build(struct vol *v, struct pbuild *pb, struct emap_ext *ext)
 	return n;
 }
 
+/* Did v's node change since epoch was read?  A read of the index that
+ * failed meanwhile (the old node deleted) is then done again. */
+static bool epoch_moved(struct vol *v, uint64_t epoch)
+{
+	bool moved;
+
+	lock_rw_rdlock(&v->lock);
+	moved = v->epoch != epoch;
+	lock_rw_unlock(&v->lock);
+	return moved;
+}
+
 static void log_load_error(struct vol *v, uint64_t pageno, int rc)
 {
 	char label[LABEL_MAX];
@@ -430,6 +442,8 @@ static int page_load(struct vol *v, uint64_t pageno, const struct mcache_page **
 			if (held) {
 				lock_rw_unlock(&v->lock);
 				load_unlock(v);
+			} else if (epoch_moved(v, epoch)) {
+				continue;       /* its node went (revert, truncate to zero) */
 			}
 			log_load_error(v, pageno, rc);
 			break;
@@ -924,21 +938,32 @@ static int index_next(struct vol *v, uint64_t from, uint64_t below, bool data_on
 		      uint64_t *out)
 {
 	struct first_ext fe = { .below = below, .from = from, .data_only = data_only,
-				.found = below, .bm = load_bm(v) };
-	uint64_t node, inherit;
+				.bm = load_bm(v) };
+	bool snap = v->ix && v->ix->load;
+	uint64_t node, inherit, epoch;
 	int rc;
 
 	*out = below;
 	if (from >= below)
 		return 0;
-	load_lock(v);
-	lock_rw_rdlock(&v->lock);
-	node = v->node;
-	inherit = v->has_parent ? v->inherit : 0;
-	fe.trunc_pend = v->trunc_pend;
-	lock_rw_unlock(&v->lock);
-	rc = chain_walk(fe.bm, node, inherit, NULL, first_ext_node, &fe);
-	load_unlock(v);
+	do {
+		fe.found = below;
+		load_lock(v);
+		lock_rw_rdlock(&v->lock);
+		node = v->node;
+		inherit = v->has_parent ? v->inherit : 0;
+		fe.trunc_pend = v->trunc_pend;
+		epoch = v->epoch;
+		lock_rw_unlock(&v->lock);
+		/* one read transaction: a merge deleting a node of the chain
+		 * is seen before or after */
+		rc = snap ? bmap_snapshot_begin(fe.bm) : 0;
+		if (!rc)
+			rc = chain_walk(fe.bm, node, inherit, NULL, first_ext_node, &fe);
+		if (snap)
+			bmap_snapshot_end(fe.bm);
+		load_unlock(v);
+	} while (rc && epoch_moved(v, epoch));
 	if (!rc)
 		*out = fe.found;
 	return rc;
