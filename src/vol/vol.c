@@ -785,6 +785,47 @@ static void prefetch_runs(struct vol *v, const struct chunk_loc *locs, const boo
 }
 
 /*
+ * What blocks [first, first + n) show: has[i], and locs[i] where it is set.
+ * The pages' extents over the range (one search per page), then the
+ * delta's entries on top: O(extents + entries), not a search per block.
+ * Assumes v->lock, with p pinning the range's pages under it.
+ */
+static void window_locs(struct vol *v, const struct pins *p, uint64_t first, uint32_t n,
+			struct chunk_loc *locs, bool *has)
+{
+	struct emap_ext ext[PB];
+	uint64_t end = first + n, key = first;
+	struct vmap_ent *e;
+
+	assert(lock_held(&v->lock));
+	memset(has, 0, n * sizeof(*has));
+	for (unsigned k = 0; k < p->n; k++) {
+		uint64_t lo = (p->first + k) << PSHIFT, hi = lo + PB;
+		size_t m = mcache_page_find(p->pg[k], lo > first ? lo : first, hi < end ? hi : end,
+					    ext, PB);
+
+		for (size_t j = 0; j < m; j++)
+			for (uint32_t b = 0; ext[j].chunk && b < ext[j].nblocks; b++) {
+				uint64_t i = ext[j].lblock + b - first;
+
+				has[i] = true;
+				locs[i] = (struct chunk_loc){ .chunk_id = ext[j].chunk,
+							      .slot = ext[j].slot + b,
+							      .lblock = ext[j].lblock + b };
+			}
+	}
+	while ((e = vmap_next(v->delta, key, &key)) && key < end) {
+		uint64_t i = key - first;
+
+		has[i] = e->chunk != 0;
+		if (has[i])
+			locs[i] = (struct chunk_loc){ .chunk_id = e->chunk, .slot = e->slot,
+						      .lblock = key };
+		key++;
+	}
+}
+
+/*
  * Read blocks [first, first + n) of which the request wants bytes
  * [lo, lo + len) counted from the start of block first, into dst.  Runs of
  * whole blocks stored in consecutive slots are read with one call straight
@@ -804,14 +845,7 @@ static int read_window(struct vol *v, uint64_t first, uint32_t n, uint32_t lo, s
 	rc = lock_pages(v, first, first + n, false, &p);
 	if (rc)
 		return rc;
-	for (uint32_t i = 0; i < n; i++) {
-		struct bstate s;
-
-		state_of(v, &p, first + i, &s);
-		has[i] = s.chunk != 0;
-		if (has[i])
-			locs[i] = state_loc(&s, first + i);
-	}
+	window_locs(v, &p, first, n, locs, has);
 	unlock_pages(v, &p);
 
 	prefetch_runs(v, locs, has, n);
