@@ -20,7 +20,8 @@
  *   4     ns.files_mu          the open-file table and each ns_file's
  *                              bookkeeping fields
  *   5     ns.load_mu           the page-load connection (ns.bm_load): one
- *                              map page read at a time (short)
+ *                              map page read at a time (short); a vol
+ *                              without one (unit tests) has vol.load_mu
  *   6     vol.lock             one volume's map, size, node, dirty list
  *   7     mcache.mu            the map cache's tables, LRU list and charge
  *                              (src/mcache; held for a lookup, an insert

@@ -183,3 +183,41 @@ Test(lock, vol_lock_after_mcache_mu_aborts, .signal = SIGABRT)
 	lock_mutex_lock(&mc);
 	lock_rw_rdlock(&vlock);
 }
+
+/* A page load: a change holds its gate (and a clone db_mu) when it takes
+ * load_mu, then inserts the page under vol.lock (src/vol/vol.c). */
+Test(lock, load_mu_ranks_after_the_gate_and_files_mu_and_before_vol_lock)
+{
+	struct lock_mutex load;
+
+	lock_mutex_init(&load, LOCK_NS_LOAD, "ns.load_mu");
+	cr_assert(LOCK_NS_DB < LOCK_VOL_GATE && LOCK_NS_FILES < LOCK_NS_LOAD &&
+		  LOCK_NS_LOAD < LOCK_VOL);
+	lock_mutex_lock(&db);
+	lock_rw_rdlock(&gate_a);
+	lock_mutex_lock(&load);
+	lock_rw_wrlock(&vlock);
+	cr_assert(lock_held(&load));
+	lock_rw_unlock(&vlock);
+	lock_mutex_unlock(&load);
+	lock_rw_unlock(&gate_a);
+	lock_mutex_unlock(&db);
+}
+
+Test(lock, load_mu_under_vol_lock_aborts, .signal = SIGABRT)
+{
+	struct lock_mutex load;
+
+	lock_mutex_init(&load, LOCK_NS_LOAD, "ns.load_mu");
+	lock_rw_rdlock(&vlock);
+	lock_mutex_lock(&load);
+}
+
+Test(lock, db_mu_under_load_mu_aborts, .signal = SIGABRT)
+{
+	struct lock_mutex load;
+
+	lock_mutex_init(&load, LOCK_NS_LOAD, "ns.load_mu");
+	lock_mutex_lock(&load);
+	lock_mutex_lock(&db);
+}
