@@ -437,7 +437,7 @@ static void model_run(uint32_t bs, unsigned seed, int ops)
 
 /* 16 pages of 4 KiB blocks through a cache of about 4: pages are evicted
  * and loaded again all the time, and loads overlay the delta. */
-Test(vol, matches_a_plain_array_with_a_cache_of_a_few_pages, .timeout = 240)
+Test(vol, matches_a_plain_array_with_a_cache_of_a_few_pages)
 {
 	struct mcache *mc = mcache_new(0);
 	struct mcache_stats st;
@@ -909,7 +909,7 @@ Test(vol, a_merge_while_a_page_loads_leaves_the_inherit_limit_it_set)
  * far offsets jump there through the index: a handful of pages loaded,
  * not 2^20 of them.  Also through a tombstone hiding a parent's data.
  */
-Test(vol, seek_over_a_sparse_terabyte_loads_a_few_pages, .timeout = 30)
+Test(vol, seek_over_a_sparse_terabyte_loads_a_few_pages)
 {
 	const uint64_t TIB = 1ULL << 40;
 	const uint64_t at[] = { 3ULL << 30, 300ULL << 30, TIB - 8192 };
