@@ -369,7 +369,7 @@ npages=$(($(stat -c %s "$TPL/index.sqlite") / 4096))
 page_of() { awk -F'|' -v n="$1" -v t="${2:-}" '$1 == n && (t == "" || $3 == t) { print $2 }' "$T/pages.txt" | head -n 1; }
 mid=$((npages / 2 + 1))
 note "index.sqlite: $npages pages; the middle one, $mid, is $(awk -F'|' -v p=$mid '$2 == p { print $1 " " $3 }' "$T/pages.txt")"
-for pg in "$mid" "$(page_of bmap leaf)" "$(page_of inode)" "$(page_of snapshot)" "$(page_of node)" 1 "$npages"; do
+for pg in "$mid" "$(page_of extent leaf)" "$(page_of inode)" "$(page_of snapshot)" "$(page_of node)" 1 "$npages"; do
 	[ -n "$pg" ] || fail "a page of the index not found in: $(cat "$T/pages.txt")"
 	fresh "index-page-$pg"
 	garbage "$pg"
@@ -398,7 +398,7 @@ while IFS='|' read -r p name; do
 	[[ $wal_pages == *" $p "* ]] && continue
 	[ "$p" -gt 1 ] && [ "$p" -le "$(($(stat -c %s "$STORE/index.sqlite") / 4096))" ] || continue
 	pg=$p
-	[ "$name" = bmap ] && break
+	[ "$name" = extent ] && break
 done <"$T/cpages.txt"
 [ -n "$pg" ] || fail "index-page-after-crash: every page in use is in the WAL ($wal_pages)"
 garbage "$pg"
