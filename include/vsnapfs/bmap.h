@@ -83,7 +83,9 @@ int bmap_create(const char *path, uint32_t block_size, uint32_t uid, uint32_t gi
  * -ENOENT if path does not exist.  readonly opens without write access.
  * An index of format 1 or 2 opens, but its blocks are usable only after
  * bmap_upgrade_run() (below); a writable open takes format 1 to 2 first
- * (one transaction).
+ * (one transaction).  A format-2 index whose upgrade has begun (its
+ * user_version is no longer 2, so that older vsnapfs refuses it) opens as
+ * format 2 too.
  */
 int bmap_open(const char *path, int readonly, struct bmap **out);
 /* One more read-only connection to the index that checked, a handle of
@@ -314,9 +316,12 @@ int bmap_exts_all(struct bmap *b,
  * data row (the caller writes the row's checksum and lblock beside its
  * chunk: chunk_sidecar_put), then ops->sync() (the caller makes those
  * durable), then one commit that inserts the step's extents and moves the
- * cursor.  A crash anywhere loses at most the step in progress: the next
- * run resumes at the cursor, and row() may see rows again (it must be
- * idempotent).  The last step drops the old table, sets the format to 3 in
+ * cursor.  The first commit, before any row(), already makes the file one
+ * that older vsnapfs refuses (-EPROTONOSUPPORT there), as rows it wrote
+ * into the old table behind the cursor would be lost; bmap_format() says 2
+ * until the run ends.  A crash anywhere loses at most the step in progress:
+ * the next run resumes at the cursor, and row() may see rows again (it
+ * must be idempotent).  The last step drops the old table, sets the format to 3 in
  * the same commit, then rewrites the file compactly: VACUUM in place, one
  * ordinary WAL transaction, so a crash leaves the file before or after it
  * and other connections to the index stay coherent (a VACUUM INTO and a
@@ -327,7 +332,8 @@ int bmap_exts_all(struct bmap *b,
  * ops->progress() (may be NULL) is called after every step's commit with
  * rows done and the total (count(*) of the old table at the start of the
  * run).  0 if the index is format 3 already; -EROFS on a read-only handle;
- * -EINVAL inside bmap_begin(); an error of row() or sync() is returned as
+ * -EINVAL inside bmap_begin(); -EUCLEAN if the file says an upgrade is
+ * under way but has no cursor; an error of row() or sync() is returned as
  * it is, after nothing of that step was committed.  The handle stays
  * usable, at format 3; a handle opened before the run ends (a reader)
  * keeps the format it opened at: open readers after it.

@@ -59,13 +59,15 @@
  * every row (bmap_exts_all()), never from a scan per chunk.
  *
  * Upgrade from format 2 (bmap_upgrade_run, docs/design.md D6).  States, all
- * in the file: format 2 without meta.upgrade (nothing done); format 2 with
- * meta.upgrade = 1, table extent and table upgrade_nblocks (the data blocks
- * counted so far per node) and a cursor (steps done: every old row before
- * the cursor is in extent, coalesced); format 3 (done, in the commit that
- * drops bmap).  Each step is one commit, after ops->sync().  Rows that
- * continue the last extent written by the step before extend that row, so
- * the result is canonical whatever the step size.
+ * in the file: user_version 2 without meta.upgrade (nothing done);
+ * user_version BMAP_UV_UPGRADING_2_3 with meta.upgrade = 1, table extent and
+ * table upgrade_nblocks (the data blocks counted so far per node) and a
+ * cursor (steps done: every old row before the cursor is in extent,
+ * coalesced), which this code opens as format 2 and any older vsnapfs
+ * refuses; user_version 3 (done, in the commit that drops bmap).  Each step
+ * is one commit, after ops->sync().  Rows that continue the last extent
+ * written by the step before extend that row, so the result is canonical
+ * whatever the step size.
  *
  * Opening without writing.  bmap_open() reads application_id, user_version
  * and quick_check before it runs any pragma that could write (journal_mode),
@@ -106,6 +108,23 @@
 #define BMAP_BUSY_TIMEOUT_MS 5000
 #define BMAP_UPGRADE_STEP_ROWS (1u << 20)   /* rows per upgrade step by default */
 #define BMAP_MERGE_STEP_EXTS 4096           /* extents per step of bmap_node_merge */
+
+/*
+ * user_version of an index between the first and the last commit of
+ * bmap_upgrade_run(): 0x76320003, "v2" then 3, format 2 on its way to 3.
+ * From the first commit on an older vsnapfs must refuse the file: it would
+ * write rows into bmap behind the cursor, which the resumed upgrade never
+ * reads again (silent loss).  Format-2 code accepts user_version 1..2 only
+ * (bmap_check_format), so any other value does that.  A value of its own
+ * rather than 3 with meta.upgrade deciding: the header alone says which
+ * table holds the blocks, as it does for every other format, so the check
+ * at open stays one field, and code that knows only "3 = extents complete"
+ * (an earlier build of format 3, a later format's upgrade) cannot take a
+ * half-filled extent table for the whole map.  meta.upgrade keeps the
+ * cursor; the two must agree (up_start).  Decimal: PRAGMA takes no hex.
+ */
+#define BMAP_UV_UPGRADING_2_3 1982988291
+_Static_assert(BMAP_UV_UPGRADING_2_3 == 0x76320003, "v2 -> 3");
 
 #define BMAP_STR_(x) #x
 #define BMAP_STR(x)  BMAP_STR_(x)
@@ -392,7 +411,8 @@ struct bmap {
 	sqlite3_stmt *st[ST_COUNT];     /* prepared at open (ST_F3_FIRST on: at format 3) */
 	uint32_t block_size;            /* from meta, checked at open */
 	int readonly;
-	int format;                     /* user_version: 1 or 2 until upgraded, or 3 */
+	int format;                     /* 1 or 2 until upgraded (2 also mid-upgrade), or 3 */
+	int upgrading;                  /* user_version is BMAP_UV_UPGRADING_2_3 */
 	int upgraded_from;              /* the format bmap_upgrade_run upgraded, or 0 */
 	int walking;                    /* a walk's fn is running: no call may enter */
 	/* node.nblocks changes of put/del/relocate not yet written: a flush
@@ -823,9 +843,14 @@ static int bmap_check_format(struct bmap *b, bool quick_check)
 	rc = oneoff_i64(b, "PRAGMA user_version", &v);
 	if (rc)
 		return rc;
-	if (v < 1 || v > BMAP_FORMAT_VERSION)
+	if (v == BMAP_UV_UPGRADING_2_3) {
+		b->format = 2;          /* bmap still holds the blocks */
+		b->upgrading = 1;
+	} else if (v < 1 || v > BMAP_FORMAT_VERSION) {
 		return -EPROTONOSUPPORT;
-	b->format = (int)v;
+	} else {
+		b->format = (int)v;
+	}
 	if (!quick_check)
 		return 0;
 	/* O(size of the file); catches a damaged b-tree before we write. */
@@ -2490,12 +2515,14 @@ static const char *const up_sql[UP_NST] = {
 			 " ON CONFLICT(node) DO UPDATE SET n = n + excluded.n",
 };
 
-/* The first commit: from here on, meta.upgrade says a walk is under way. */
+/* The first commit: from here on, meta.upgrade says a walk is under way,
+ * and user_version BMAP_UV_UPGRADING_2_3 keeps older code out (up_start). */
 static const char up_begin_sql[] =
 	"BEGIN IMMEDIATE;"
 	"CREATE TABLE IF NOT EXISTS upgrade_nblocks (node INTEGER PRIMARY KEY, n INTEGER NOT NULL);"
 	"INSERT INTO meta(key, value) VALUES('upgrade', 1), ('upgrade_cursor_node', 0),"
-	" ('upgrade_cursor_lblock', 0), ('upgrade_rows_done', 0);";
+	" ('upgrade_cursor_lblock', 0), ('upgrade_rows_done', 0);"
+	"PRAGMA user_version = " BMAP_STR(BMAP_UV_UPGRADING_2_3) ";";
 
 /* The last commit, with the last step's extents: format 3 from here on. */
 static const char up_finish_sql[] =
@@ -2732,7 +2759,12 @@ static uint64_t up_step_rows(uint64_t step_rows)
 	return BMAP_UPGRADE_STEP_ROWS;
 }
 
-/* Where a walk stands: set up by the first commit if none is under way. */
+/*
+ * Where a walk stands: set up by the first commit if none is under way.
+ * user_version and meta.upgrade must agree: the version without the key
+ * (a cursor lost) is -EUCLEAN; the key with user_version 2 is a walk an
+ * earlier build of this code began, and gets the version before any step.
+ */
 static int up_start(struct bmap *b, struct upgrade *u)
 {
 	uint64_t v;
@@ -2741,7 +2773,11 @@ static int up_start(struct bmap *b, struct upgrade *u)
 	int rc;
 
 	rc = bmap_meta_get(b, "upgrade", &v);
-	if (rc == -ENOENT) {
+	if (rc == -ENOENT && b->upgrading) {
+		snprintf(b->errmsg, sizeof(b->errmsg), "upgrade: user_version says an upgrade is "
+			 "under way, but meta has no upgrade cursor");
+		return -EUCLEAN;
+	} else if (rc == -ENOENT) {
 		sql = sqlite3_mprintf("%s%sCOMMIT;", up_begin_sql, bmap_extent_sql);
 		if (!sql)
 			return -ENOMEM;
@@ -2751,9 +2787,12 @@ static int up_start(struct bmap *b, struct upgrade *u)
 			bmap_rollback(b);
 			return rc;
 		}
-	} else if (rc) {
-		return rc;
+	} else if (rc == 0 && !b->upgrading) {
+		rc = exec_sql(b, "PRAGMA user_version = " BMAP_STR(BMAP_UV_UPGRADING_2_3));
 	}
+	if (rc)
+		return rc;
+	b->upgrading = 1;
 	rc = bmap_meta_get(b, "upgrade_cursor_node", &u->cur_node);
 	if (!rc)
 		rc = bmap_meta_get(b, "upgrade_cursor_lblock", &u->cur_lblock);
@@ -2808,6 +2847,7 @@ int bmap_upgrade_run(struct bmap *b, uint64_t step_rows, const struct bmap_upgra
 	if (rc)
 		return rc;
 	b->format = BMAP_FORMAT_VERSION;
+	b->upgrading = 0;
 	if (!b->upgraded_from)
 		b->upgraded_from = 2;
 	up_compact(b);

@@ -398,7 +398,7 @@ while IFS='|' read -r p name; do
 	[[ $wal_pages == *" $p "* ]] && continue
 	[ "$p" -gt 1 ] && [ "$p" -le "$(($(stat -c %s "$STORE/index.sqlite") / 4096))" ] || continue
 	pg=$p
-	[ "$name" = bmap ] && break
+	[ "$name" = extent ] && break
 done <"$T/cpages.txt"
 [ -n "$pg" ] || fail "index-page-after-crash: every page in use is in the WAL ($wal_pages)"
 garbage "$pg"

@@ -2910,6 +2910,29 @@ static bool committed_rows_done(const char *index, uint64_t *v)
 	return found;
 }
 
+/* PRAGMA user_version of the file, through a connection of our own. */
+static int64_t file_user_version(const char *index)
+{
+	sqlite3 *db;
+	sqlite3_stmt *s;
+	int64_t v;
+
+	cr_assert_eq(sqlite3_open_v2(index, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+	cr_assert_eq(sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &s, NULL), SQLITE_OK);
+	cr_assert_eq(sqlite3_step(s), SQLITE_ROW);
+	v = sqlite3_column_int64(s, 0);
+	sqlite3_finalize(s);
+	sqlite3_close(db);
+	return v;
+}
+
+/* Does vsnapfs of index format 2 refuse an index of this user_version?
+ * Its bmap_check_format (git show bfea280:src/bmap/bmap.c) opens 1..2. */
+static bool format_2_code_refuses(int64_t user_version)
+{
+	return user_version < 1 || user_version > 2;
+}
+
 static int rec_row(void *ctx, uint64_t node, uint64_t lblock, uint64_t chunk, uint32_t slot,
 		   uint64_t cksum)
 {
@@ -2938,6 +2961,11 @@ static int rec_sync(void *ctx)
 	/* the step being synced is not committed yet */
 	cr_assert(committed_rows_done(r->index, &done), "sync() after the last commit");
 	cr_assert_eq(done, r->last_done, "sync() after its step was committed");
+	/* rows have been handed out: an older daemon must be kept out by now,
+	 * or it could write rows behind the cursor that the walk never reads */
+	cr_assert(format_2_code_refuses(file_user_version(r->index)),
+		  "user_version %" PRId64 " at sync(): format-2 code would open the index",
+		  file_user_version(r->index));
 	r->rows_at_sync = r->n;
 	return 0;
 }
@@ -3085,6 +3113,7 @@ static void upgrade_case(uint64_t step_rows, size_t max_rows)
 		cr_assert_eq(sqlite3_close(db), SQLITE_OK);
 	}
 	/* and the file is format 3 for the next open */
+	cr_assert_eq(file_user_version(path), 3);
 	cr_assert_eq(bmap_open(path, 1, &b), 0);
 	assert_upgraded(b, v, n);
 	bmap_close(b);
@@ -3108,16 +3137,19 @@ Test(bmap, upgrade_in_steps_of_1_row_and_of_many_maps_every_block_as_before, .ti
 }
 
 /* An upgrade that fails at some point (kind: 0 a sync, 1 a row(), 2 a
- * commit) leaves format 2; a second run, on a new handle if reopen,
- * resumes at the cursor and ends as an upgrade without failure. */
+ * commit) leaves format 2 for this code, a file older code refuses (its
+ * first commit is done), and a read-only open that reports format 2 (what
+ * vsnapctl needs to say "mount once"); a second run, on a new handle if
+ * reopen, resumes at the cursor and ends as an upgrade without failure. */
 static void interrupted_case(int kind, uint64_t at, bool reopen)
 {
 	struct v2_row *v = calloc(2000, sizeof(*v));
 	struct up_rec r = { .index = path };
 	struct bmap_upgrade_ops ops = rec_ops(&r);
-	struct bmap *b = NULL;
-	uint64_t cursor_node, val;
-	size_t n;
+	struct bmap *b = NULL, *ro = NULL;
+	uint64_t cursor_node, cursor_lblock, val;
+	size_t n, seen0, data_after = 0;
+	int64_t uv;
 
 	n = v2_random_rows(v, 2000);
 	v2_create(path, 4096, 3);
@@ -3133,8 +3165,18 @@ static void interrupted_case(int kind, uint64_t at, bool reopen)
 	cr_assert_eq(bmap_format(b), 2);
 	cr_assert_eq(bmap_meta_get(b, "upgrade", &val), 0, "a walk is under way");
 	cr_assert_eq(bmap_meta_get(b, "upgrade_cursor_node", &cursor_node), 0);
+	cr_assert_eq(bmap_meta_get(b, "upgrade_cursor_lblock", &cursor_lblock), 0);
 	cr_assert_eq(bmap_meta_get(b, "upgrade_rows_done", &val), 0);
 	cr_assert_lt(val, n);
+	uv = file_user_version(path);
+	cr_assert(format_2_code_refuses(uv), "user_version %" PRId64 " mid-upgrade: format-2 code "
+		  "would open the index and write behind the cursor", uv);
+	cr_assert_neq(uv, 3, "mid-upgrade is not format 3");
+	cr_assert_eq(bmap_open(path, 1, &ro), 0);
+	cr_assert_eq(bmap_format(ro), 2, "a reader of a half-upgraded index sees format 2");
+	cr_assert_eq(bmap_node_blocks(ro, 1, &val), -EPROTONOSUPPORT);
+	cr_assert_eq(bmap_upgrade_run(ro, 50, &ops), -EROFS);
+	bmap_close(ro);
 	bmap_fault_commit(b, 0, 0);
 	if (reopen) {
 		bmap_close(b);
@@ -3143,9 +3185,18 @@ static void interrupted_case(int kind, uint64_t at, bool reopen)
 	}
 	r.fail_sync_call = r.fail_row_call = 0;
 	r.rows_at_sync = r.n;
+	seen0 = r.n;
 	cr_assert_eq(bmap_upgrade_run(b, 50, &ops), 0);
 	assert_upgraded(b, v, n);
 	assert_rows_seen(&r, v, n, false);
+	/* resumed, not restarted: the second run saw the data rows from the
+	 * cursor on, each once */
+	for (size_t i = 0; i < n; i++)
+		data_after += v[i].chunk && (v[i].node > cursor_node ||
+			(v[i].node == cursor_node && v[i].lblock >= cursor_lblock));
+	cr_assert_eq(r.n - seen0, data_after, "rows seen by the resumed run (cursor %" PRIu64
+		     "/%" PRIu64 ")", cursor_node, cursor_lblock);
+	cr_assert_eq(file_user_version(path), 3);
 	bmap_close(b);
 	free(r.seen);
 	free(v);
@@ -3173,6 +3224,61 @@ Test(bmap, upgrade_interrupted_by_a_failed_commit_resumes_and_ends_equal, .timeo
 {
 	seed_rng("upgrade commit");
 	interrupted_case(2, 5, true);
+}
+
+/* v2_fill_simple's index after an upgrade's first commit only (its first
+ * sync failed); then the SQL edit, through a connection of our own. */
+static void upgrade_begun_then(const char *edit_sql)
+{
+	struct up_rec r = { .index = path, .fail_sync_call = 1 };
+	struct bmap_upgrade_ops ops = rec_ops(&r);
+	struct bmap *b = NULL;
+	sqlite3 *db;
+
+	v2_create(path, 4096, 2);
+	v2_fill_simple();
+	cr_assert_eq(bmap_open(path, 0, &b), 0);
+	cr_assert_eq(bmap_upgrade_run(b, 7, &ops), -EIO);
+	bmap_close(b);
+	free(r.seen);
+	db = v2_db(path);
+	v2_exec(db, edit_sql);
+	cr_assert_eq(sqlite3_close(db), SQLITE_OK);
+}
+
+Test(bmap, an_upgrade_version_without_its_cursor_is_euclean_and_left_alone)
+{
+	struct bmap *b = NULL;
+
+	upgrade_begun_then("DELETE FROM meta WHERE key = 'upgrade'");
+	cr_assert(format_2_code_refuses(file_user_version(path)));
+	cr_assert_eq(bmap_open(path, 0, &b), 0);
+	cr_assert_eq(bmap_format(b), 2);
+	cr_assert_eq(bmap_upgrade_run(b, 7, &quiet_ops), -EUCLEAN, "not restarted over old extents");
+	cr_assert_neq(strstr(bmap_errmsg(b), "upgrade"), NULL, "%s", bmap_errmsg(b));
+	bmap_close(b);
+	cr_assert(format_2_code_refuses(file_user_version(path)));
+}
+
+/* A walk an earlier build of format 3 began with user_version 2 gets the
+ * version that keeps older code out before its next step, and ends. */
+Test(bmap, a_walk_begun_at_user_version_2_is_fenced_before_it_resumes)
+{
+	struct up_rec r = { .index = path };
+	struct bmap_upgrade_ops ops = rec_ops(&r);
+	struct bmap *b = NULL;
+
+	upgrade_begun_then("PRAGMA user_version = 2");
+	cr_assert_eq(file_user_version(path), 2);
+	cr_assert_eq(bmap_open(path, 0, &b), 0);
+	cr_assert_eq(bmap_format(b), 2);
+	cr_assert_eq(bmap_upgrade_run(b, 7, &ops), 0);     /* rec_sync checks the version */
+	cr_assert_gt(r.syncs, 0);
+	cr_assert_eq(blocks(b, 1), 25);
+	cr_assert_eq(blocks(b, 2), 25);
+	bmap_close(b);
+	cr_assert_eq(file_user_version(path), 3);
+	free(r.seen);
 }
 
 /* The format-2 stores a format-2 daemon made (tests/fixtures, step 2 of
