@@ -149,7 +149,9 @@ void vol_reset(struct vol *v, uint64_t node);
  */
 int vol_attach(struct vol *v, uint64_t inherit, uint64_t size);
 
-/* The index lowered the inherit limit of v's node (a merge): follow it. */
+/* The index lowered the inherit limit of v's node (a merge): follow it.
+ * A page load in flight reads again (it may have read the rows the merge
+ * moved into the node as inherited, past the new limit). */
 void vol_inherit_lower(struct vol *v, uint64_t limit);
 
 /* Does v map any block (own or inherited, data or tombstone) at lblock >=

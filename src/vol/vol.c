@@ -306,11 +306,12 @@ static int page_read_node(void *ctx, uint64_t id, uint64_t limit, bool own)
  * Step 2 of mcache.h's loading protocol: page pb->lo of node, from the
  * index as one read transaction sees it (a merge moving rows between two
  * nodes of the chain meanwhile is seen before or after, not half).
- * *top gets the node's row as read afterwards, outside the transaction (the
- * caller follows a lowered inherit limit).  Assumes the load lock.
+ * Inherited blocks are clipped by the limits this read saw, so what it
+ * shows is right whatever a merge did after it; the tags (own or
+ * inherited) may not be, which vol_merged and vol_inherit_lower handle by
+ * moving v->epoch.  Assumes the load lock.
  */
-static int page_read(struct vol *v, uint64_t node, uint64_t inherit, struct pbuild *pb,
-		     struct bmap_node *top)
+static int page_read(struct vol *v, uint64_t node, uint64_t inherit, struct pbuild *pb)
 {
 	struct bmap *bm = load_bm(v);
 	struct page_read pr = { .bm = bm, .pb = pb };
@@ -323,8 +324,6 @@ static int page_read(struct vol *v, uint64_t node, uint64_t inherit, struct pbui
 		rc = chain_walk(bm, node, inherit, NULL, page_read_node, &pr);
 	if (snap)
 		bmap_snapshot_end(bm);
-	if (!rc)
-		rc = bmap_node_get(bm, node, top);
 	return rc;
 }
 
@@ -412,7 +411,6 @@ static int page_load(struct vol *v, uint64_t pageno, const struct mcache_page **
 	*out = NULL;
 	for (int tries = 0; pb && ext; tries++) {
 		struct mcache_ticket t;
-		struct bmap_node top;
 		uint64_t node, inherit, epoch, pruned;
 		bool held = tries >= LOAD_TRIES;
 		size_t n;
@@ -435,7 +433,7 @@ static int page_load(struct vol *v, uint64_t pageno, const struct mcache_page **
 		pruned = v->pruned;
 		if (!held)
 			lock_rw_unlock(&v->lock);
-		rc = page_read(v, node, inherit, pb, &top);
+		rc = page_read(v, node, inherit, pb);
 		if (!held)
 			load_unlock(v);
 		if (rc) {
@@ -453,14 +451,16 @@ static int page_load(struct vol *v, uint64_t pageno, const struct mcache_page **
 		if (!held)
 			lock_rw_wrlock(&v->lock);
 		if (v->epoch != epoch || v->pruned != pruned) {
-			rc = -EAGAIN;   /* P2: the read may miss what the delta lost */
+			/* P2: the read may miss what the delta lost, or (a
+			 * merge) tag as inherited rows that are now own */
+			rc = -EAGAIN;
 		} else {
-			/* a merge lowers the node's limit (or drops its parent):
-			 * follow it, as vol_inherit_lower does */
-			if (top.inherit < v->inherit)
-				v->inherit = top.inherit;
-			if (!top.parent)
-				v->inherit = 0;
+			/* v->inherit is not taken from the index here: a merge
+			 * that moved the rows this read saw as inherited into
+			 * the node lowers it, and clipping at the lowered limit
+			 * would drop them (vol_inherit_lower moves the epoch
+			 * instead).  Only a truncate lowers it meanwhile, and
+			 * its blocks must go (P3). */
 			n = page_build(v, pb, ext);
 			rc = mcache_load_end(v->mc, &t, ext, n, out);
 		}
@@ -1559,8 +1559,12 @@ int vol_attach(struct vol *v, uint64_t inherit, uint64_t size)
 void vol_inherit_lower(struct vol *v, uint64_t limit)
 {
 	lock_rw_wrlock(&v->lock);
-	if (limit < v->inherit)
+	if (limit < v->inherit) {
 		v->inherit = limit;
+		/* a load in flight read the moved rows as inherited, and its
+		 * page_build would clip them at the new limit: it reads again */
+		v->epoch++;
+	}
 	lock_rw_unlock(&v->lock);
 }
 

@@ -703,6 +703,20 @@ static void ld_make(struct ld *h)
 	cr_assert_eq(chunk_store_open(path, 4096, next, &cs), 0);
 }
 
+/* Write blocks [first, first + n) of node with byte c, and commit. */
+static void fill_node(uint64_t node, uint8_t c, uint64_t first, uint32_t n)
+{
+	uint8_t data[LD_BLOCKS * 4096];
+	struct vol *v;
+
+	cr_assert_leq(n, LD_BLOCKS);
+	memset(data, c, sizeof(data));
+	cr_assert_eq(vol_open(cs, bm, node, (first + n) * 4096, false, "t", &v), 0);
+	cr_assert_eq(vol_write(v, data, n * 4096, first * 4096), (ssize_t)(n * 4096));
+	flush(v);
+	vol_close(v);
+}
+
 static struct vol *ld_open(struct ld *h)
 {
 	ld_make(h);
@@ -880,11 +894,7 @@ Test(vol, a_merge_while_a_page_loads_leaves_the_inherit_limit_it_set)
 	uint64_t g = new_node(0, 0), p;
 	uint8_t data[LD_BLOCKS * 4096], out[4096];
 
-	memset(data, 'G', sizeof(data));
-	cr_assert_eq(vol_open(cs, bm, g, sizeof(data), false, "t", &v), 0);
-	cr_assert_eq(vol_write(v, data, sizeof(data), 0), (ssize_t)sizeof(data));
-	flush(v);
-	vol_close(v);
+	fill_node(g, 'G', 0, LD_BLOCKS);
 	p = new_node(g, 2);
 	h.node = new_node(p, LD_BLOCKS);
 	h.merge_from = p;
@@ -892,7 +902,7 @@ Test(vol, a_merge_while_a_page_loads_leaves_the_inherit_limit_it_set)
 
 	cr_assert_eq(vol_read(v, out, 4096, 4096), 4096);
 	cr_assert_eq(out[0], 'G');
-	cr_assert_eq(h.calls, 1, "a merge made the load start over");
+	cr_assert_eq(h.calls, 2, "the lowered limit made the load read again");
 	cr_assert_eq(vol_truncate(v, 3 * 4096), 0);
 	flush(v);
 	ld_close(&h);
@@ -998,5 +1008,44 @@ Test(vol, a_page_loaded_before_a_truncate_commits_hides_the_rows_it_drops)
 	cr_assert_eq(vol_read(v, out, sizeof(out), 4096), (ssize_t)sizeof(out));
 	for (int i = 0; i < (int)sizeof(out); i++)
 		cr_assert_eq(out[i], 0, "byte %d after the commit: '%c'", i, out[i]);
+	ld_close(&h);
+}
+
+/* P's own row at block 2 (past P's limit in C's chain, but C's own after
+ * the merge) moves into C while C's page loads: the load reads again and
+ * shows it, rather than clipping it as inherited past the lowered limit. */
+Test(vol, a_merge_while_a_page_loads_keeps_the_rows_it_moved)
+{
+	struct ld h = { 0 };
+	struct vol *v;
+	uint64_t g = new_node(0, 0), p;
+	uint8_t data[LD_BLOCKS * 4096], out[4096];
+
+	fill_node(g, 'G', 0, LD_BLOCKS);
+	p = new_node(g, 2);
+	fill_node(p, 'P', 2, 1);
+	h.node = new_node(p, LD_BLOCKS);
+	h.merge_from = p;
+	v = ld_vol(&h, sizeof(data));
+	cr_assert_eq(vol_read(v, out, 4096, 2 * 4096), 4096);
+	cr_expect_eq(out[0], 'P', "block 2 reads '%c' (0x%x), not P's data", out[0], out[0]);
+	ld_close(&h);
+}
+
+/* The root merged into the node while its page loads: the node has no
+ * parent any more, and every block the load read as inherited is its own. */
+Test(vol, a_merge_of_the_root_while_a_page_loads_keeps_its_data)
+{
+	struct ld h = { 0 };
+	struct vol *v;
+	uint64_t g = new_node(0, 0);
+	uint8_t data[LD_BLOCKS * 4096], out[4096];
+
+	fill_node(g, 'G', 0, LD_BLOCKS);
+	h.node = new_node(g, LD_BLOCKS);
+	h.merge_from = g;
+	v = ld_vol(&h, sizeof(data));
+	cr_assert_eq(vol_read(v, out, 4096, 0), 4096);
+	cr_expect_eq(out[0], 'G', "block 0 reads 0x%x, not G's data", out[0]);
 	ld_close(&h);
 }
