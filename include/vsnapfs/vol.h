@@ -149,10 +149,16 @@ void vol_reset(struct vol *v, uint64_t node);
  */
 int vol_attach(struct vol *v, uint64_t inherit, uint64_t size);
 
-/* The index lowered the inherit limit of v's node (a merge): follow it.
- * A page load in flight reads again (it may have read the rows the merge
- * moved into the node as inherited, past the new limit). */
-void vol_inherit_lower(struct vol *v, uint64_t limit);
+/*
+ * A merge moved rows of an ancestor into v's node, and the index may have
+ * lowered the node's inherit limit to limit: follow it, count v's own
+ * blocks again from the index and the delta (O(delta entries)), and drop
+ * v's pages (they tagged the moved rows as inherited); a page load in
+ * flight reads again.  Takes the load lock and v->lock; call it after the
+ * merge's step committed, before the next commit of v (under db_mu).  A
+ * failed count is logged and leaves the old one.
+ */
+void vol_merged(struct vol *v, uint64_t limit);
 
 /* Does v map any block (own or inherited, data or tombstone) at lblock >=
  * from?  Asks the index for the first row past from (one descent per node

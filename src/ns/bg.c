@@ -91,13 +91,31 @@ static int merge_node(struct ns *ns, uint64_t id, uint64_t child)
 	}
 }
 
-static int lower_inherit(struct ns_file *f, void *ctx)
+static int tell_merged(struct ns_file *f, void *ctx)
 {
 	const struct bmap_node *child = ctx;
 
 	if (ino_kind(f->ino) == INO_LIVE && f->in.node == child->id)
-		vol_inherit_lower(f->v, child->inherit);
+		vol_merged(f->v, child->inherit);
 	return 0;
+}
+
+/*
+ * Steps of a merge into child committed (all of them, or some before one
+ * failed).  child may be a live volume's node: its vol writes its inherit
+ * limit back at flush, so tell it the new one, and it counts its own
+ * blocks again (st_blocks: the moved rows are its own now).  Assumes
+ * db_mu, so that no flush commits meanwhile.
+ */
+static void merged_into(struct ns *ns, uint64_t child)
+{
+	struct bmap_node c;
+
+	if (bmap_node_get(ns->bm, child, &c) == 0) {
+		lock_mutex_lock(&ns->files_mu);
+		ns_files_foreach(ns, tell_merged, &c);
+		lock_mutex_unlock(&ns->files_mu);
+	}
 }
 
 /*
@@ -114,7 +132,7 @@ static int release_node(struct ns *ns, uint64_t id)
 
 	assert(lock_held(&ns->db_mu));
 	while (id && !rc) {
-		struct bmap_node n, c;
+		struct bmap_node n;
 		uint64_t refs, kids, child;
 
 		rc = bmap_node_refs(ns->bm, id, &refs);
@@ -136,8 +154,10 @@ static int release_node(struct ns *ns, uint64_t id)
 				bmap_rollback(ns->bm);
 		} else {
 			rc = bmap_node_only_child(ns->bm, id, &child);
-			if (!rc)
+			if (!rc) {
 				rc = merge_node(ns, id, child);
+				merged_into(ns, child);
+			}
 		}
 		if (rc)
 			break;
@@ -145,13 +165,6 @@ static int release_node(struct ns *ns, uint64_t id)
 		if (kids == 0) {
 			id = n.parent;          /* it may have lost its last user */
 			continue;
-		}
-		/* the child may be a live volume's node: its vol writes its
-		 * inherit limit back at flush, so tell it the new one */
-		if (bmap_node_get(ns->bm, child, &c) == 0) {
-			lock_mutex_lock(&ns->files_mu);
-			ns_files_foreach(ns, lower_inherit, &c);
-			lock_mutex_unlock(&ns->files_mu);
 		}
 		break;
 	}

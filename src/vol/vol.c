@@ -308,7 +308,7 @@ static int page_read_node(void *ctx, uint64_t id, uint64_t limit, bool own)
  * nodes of the chain meanwhile is seen before or after, not half).
  * Inherited blocks are clipped by the limits this read saw, so what it
  * shows is right whatever a merge did after it; the tags (own or
- * inherited) may not be, which vol_merged and vol_inherit_lower handle by
+ * inherited) may not be, which vol_merged handles by
  * moving v->epoch.  Assumes the load lock.
  */
 static int page_read(struct vol *v, uint64_t node, uint64_t inherit, struct pbuild *pb)
@@ -458,7 +458,7 @@ static int page_load(struct vol *v, uint64_t pageno, const struct mcache_page **
 			/* v->inherit is not taken from the index here: a merge
 			 * that moved the rows this read saw as inherited into
 			 * the node lowers it, and clipping at the lowered limit
-			 * would drop them (vol_inherit_lower moves the epoch
+			 * would drop them (vol_merged moves the epoch
 			 * instead).  Only a truncate lowers it meanwhile, and
 			 * its blocks must go (P3). */
 			n = page_build(v, pb, ext);
@@ -636,7 +636,7 @@ static int set_block(struct vol *v, const struct pins *p, uint64_t lblock,
 {
 	struct vmap_ent *cur = vmap_get(v->delta, lblock);
 	struct vmap_ent ne = { .chunk = loc->chunk_id, .slot = loc->slot };
-	bool anc = may_inherit(v, lblock), was_dirty = cur && (ve_flags(cur) & VE_DIRTY);
+	bool anc = may_inherit(v, lblock), was_dirty = cur && (ve_flags(cur) & VE_DIRTY), dec;
 	struct bstate s;
 	int rc;
 
@@ -645,13 +645,14 @@ static int set_block(struct vol *v, const struct pins *p, uint64_t lblock,
 	state_of(v, p, lblock, &s);
 	if (!loc->chunk_id && !s.chunk)
 		return 0;               /* already reads as zeros */
-	if (s.own && s.chunk)
-		v->own_blocks--;
+	/* never below 0: a count that missed blocks (a merge's recount
+	 * failed) must not wrap */
+	dec = s.own && s.chunk && v->own_blocks;
+	v->own_blocks -= dec;
 	ne.gf = (anc ? VE_ANC : 0) | (was_dirty ? VE_DIRTY : 0);
 	rc = vmap_put(v->delta, lblock, &ne);
 	if (rc) {
-		if (s.own && s.chunk)
-			v->own_blocks++;
+		v->own_blocks += dec;
 		return rc;
 	}
 	if (loc->chunk_id)
@@ -1356,7 +1357,7 @@ static int truncate_to(struct vol *v, uint64_t size)
 		}
 		key = nb;
 		while ((e = vmap_next(v->delta, key, &key))) {
-			if (e->chunk)
+			if (e->chunk && v->own_blocks)
 				v->own_blocks--;
 			vmap_del(v->delta, key);
 			key++;
@@ -1556,16 +1557,72 @@ int vol_attach(struct vol *v, uint64_t inherit, uint64_t size)
 	return rc;
 }
 
-void vol_inherit_lower(struct vol *v, uint64_t limit)
+/* Data blocks of extents (own_count's callback counts those the delta
+ * does not hold; this one all). */
+static int data_count_cb(void *ctx, const struct bmap_ext *x)
 {
-	lock_rw_wrlock(&v->lock);
-	if (limit < v->inherit) {
-		v->inherit = limit;
-		/* a load in flight read the moved rows as inherited, and its
-		 * page_build would clip them at the new limit: it reads again */
-		v->epoch++;
+	if (x->chunk)
+		*(uint64_t *)ctx += x->nblocks;
+	return 0;
+}
+
+/*
+ * own_blocks counted again: the node's data rows in the index below
+ * trunc_pend that the delta does not hold, plus the delta's data entries.
+ * Assumes the load lock and v->lock held for writing (so that no commit
+ * prunes the delta meanwhile; a batch committed and not yet pruned counts
+ * once either way).  O(delta + rows past trunc_pend).
+ */
+static int own_recount(struct vol *v, uint64_t *out)
+{
+	struct bmap *bm = load_bm(v);
+	uint64_t all = 0, gone = 0, shadowed = 0, mine = 0, key = 0, first;
+	struct vmap_ent *e;
+	int rc;
+
+	assert(lock_rw_wrheld(&v->lock));
+	rc = bmap_node_blocks(bm, v->node, &all);
+	if (!rc && v->trunc_pend != NO_TRUNC)
+		rc = bmap_ext_range(bm, v->node, v->trunc_pend, BMAP_LBLOCK_LIMIT, data_count_cb,
+				    &gone);
+	while (!rc && (e = vmap_next(v->delta, key, &key))) {
+		/* one read per run of consecutive entries */
+		for (first = key; e; e = vmap_get(v->delta, ++key))
+			mine += e->chunk != 0;
+		if (first < v->trunc_pend)
+			rc = bmap_ext_range(bm, v->node, first, min_u64(key, v->trunc_pend),
+					    data_count_cb, &shadowed);
 	}
+	if (!rc && all < gone + shadowed)
+		rc = -EUCLEAN;
+	if (!rc)
+		*out = all - gone - shadowed + mine;
+	return rc;
+}
+
+void vol_merged(struct vol *v, uint64_t limit)
+{
+	uint64_t n;
+	int rc;
+
+	load_lock(v);
+	lock_rw_wrlock(&v->lock);
+	if (limit < v->inherit)
+		v->inherit = limit;
+	rc = own_recount(v, &n);
+	if (!rc)
+		v->own_blocks = n;
+	else
+		vlog(LOG_WARNING, "%s: counting its blocks after a merge: %s; its st_blocks may be "
+		     "off until it is opened again", v->label, strerror(-rc));
+	/* pages tag the moved rows as inherited, and set_block would count
+	 * a write over one as a new block: they load again.  A load in
+	 * flight may have read them as inherited past the new limit, where
+	 * page_build clips: it reads again */
+	mcache_drop_view(v->mc, v->view);
+	v->epoch++;
 	lock_rw_unlock(&v->lock);
+	load_unlock(v);
 }
 
 bool vol_maps_from(struct vol *v, uint64_t from)

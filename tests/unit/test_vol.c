@@ -9,6 +9,7 @@
 #include <criterion/criterion.h>
 #include <pthread.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -613,6 +614,19 @@ static void ld_move_blocks(struct mcache *mc, uint64_t node)
 	cr_assert_eq(chunk_remove(cs, from[0].chunk_id), 0);
 }
 
+/* As src/ns/bg.c does: fold node into its only child, then tell the vol
+ * open on the child. */
+static void merge_into(uint64_t node, uint64_t child, struct vol *v)
+{
+	struct bmap_node n;
+
+	cr_assert_eq(bmap_begin(bm), 0);
+	cr_assert_eq(bmap_node_merge(bm, node, child), 0);
+	cr_assert_eq(bmap_commit(bm), 0);
+	cr_assert_eq(bmap_node_get(bm, child, &n), 0);
+	vol_merged(v, n.inherit);
+}
+
 /* Runs with no lock held, between a page's read and its insert. */
 static void ld_loaded(void *ctx)
 {
@@ -635,16 +649,8 @@ static void ld_loaded(void *ctx)
 		cr_assert_eq(vol_switch_node(h->v, h->child, LD_BLOCKS), 0);
 		vol_gate_open(h->v);
 	}
-	if (h->merge_from && h->calls == 0) {
-		struct bmap_node n;
-
-		/* as src/ns/bg.c does: merge, then lower the vol's limit */
-		cr_assert_eq(bmap_begin(bm), 0);
-		cr_assert_eq(bmap_node_merge(bm, h->merge_from, h->node), 0);
-		cr_assert_eq(bmap_commit(bm), 0);
-		cr_assert_eq(bmap_node_get(bm, h->node, &n), 0);
-		vol_inherit_lower(h->v, n.inherit);
-	}
+	if (h->merge_from && h->calls == 0)
+		merge_into(h->merge_from, h->node, h->v);
 	h->calls++;
 }
 
@@ -880,7 +886,7 @@ Test(vol, a_failed_page_load_fails_the_read)
 
 /*
  * A merge does not make the load start over, so the insert must not raise
- * the inherit limit the merge lowered (vol_inherit_lower) to what the
+ * the inherit limit the merge lowered (vol_merged) to what the
  * page's read saw:
  * volume C inherits 4 blocks from P, which inherits 2 from G, so C shows
  * G's blocks 0-1 and zeros at 2-3.  P merged into C during the load makes
@@ -1048,4 +1054,49 @@ Test(vol, a_merge_of_the_root_while_a_page_loads_keeps_its_data)
 	cr_assert_eq(vol_read(v, out, 4096, 0), 4096);
 	cr_expect_eq(out[0], 'G', "block 0 reads 0x%x, not G's data", out[0]);
 	ld_close(&h);
+}
+
+/* A merge into an open vol's node makes the moved rows its own: its count
+ * follows, so a punch of them ends at zero, not wrapped around. */
+Test(vol, a_merge_into_an_open_volume_counts_the_moved_blocks)
+{
+	struct vol *c;
+	uint64_t g = new_node(0, 0), n;
+
+	fill_node(g, 'G', 0, 4);
+	n = new_node(g, 4);
+	cr_assert_eq(vol_open(cs, bm, n, 4 * 4096, false, "c", &c), 0);
+	cr_assert_eq(vol_own_blocks(c), 0);
+	merge_into(g, n, c);
+	cr_assert_eq(vol_own_blocks(c), 4);
+	cr_assert_eq(vol_punch(c, 0, 4 * 4096), 0);
+	cr_expect_eq(vol_own_blocks(c), 0, "own_blocks: %" PRIu64, vol_own_blocks(c));
+	vol_close(c);
+}
+
+/* Writes not yet committed over blocks a merge then moves into the node
+ * count once: the recount takes them from the delta, not twice. */
+Test(vol, a_merge_under_uncommitted_writes_counts_each_block_once)
+{
+	struct vol *c;
+	uint64_t g = new_node(0, 0), n;
+	uint8_t blk[2 * 4096];
+
+	fill_node(g, 'G', 0, 4);
+	n = new_node(g, 4);
+	memset(blk, 'C', sizeof(blk));
+	cr_assert_eq(vol_open(cs, bm, n, 4 * 4096, false, "c", &c), 0);
+	cr_assert_eq(vol_write(c, blk, sizeof(blk), 4096), (ssize_t)sizeof(blk));
+	cr_assert_eq(vol_own_blocks(c), 2);
+	merge_into(g, n, c);
+	cr_assert_eq(vol_own_blocks(c), 4);
+	flush(c);
+	cr_assert_eq(vol_own_blocks(c), 4);
+	cr_assert_eq(vol_truncate(c, 4096), 0);
+	cr_assert_eq(vol_own_blocks(c), 1);
+	flush(c);
+	vol_close(c);
+	cr_assert_eq(vol_open(cs, bm, n, 4096, false, "c", &c), 0);
+	cr_assert_eq(vol_own_blocks(c), 1);
+	vol_close(c);
 }
