@@ -24,15 +24,21 @@
  *       pointing at it; a view in the table has refs > 0;
  *   M4  bytes is the sum of the charges of every page, orphan, view record
  *       and both bucket arrays; bytes <= limit, or the LRU list is empty;
- *   M5  inval_seq and chunk_seq are <= seq.
+ *   M5  inval_seq, chunk_seq and every gone_seq are <= seq.
  *
  * Tickets.  seq counts invalidations (drop_view, bump_gen, drop_chunks).
  * A miss records seq in the ticket.  At load_end the page is stale if its
  * view record says it was invalidated later (inval_seq > t.seq), or any
- * drop_chunks came later (chunk_seq > t.seq); with no view record (it went
- * away with its last page, or it was dropped), if anything at all was
- * invalidated later (seq > t.seq): a record created afresh knows nothing of
- * what happened to its predecessor, so it must assume the worst.
+ * drop_chunks came later (chunk_seq > t.seq).  A view with no record (it
+ * went away with its last page, or it was dropped, or it never had one)
+ * is answered for by gone_seq[gone_slot(view)]: the greatest inval_seq of
+ * a record that went away, and the seq of each invalidation of a view
+ * without a record, of the views that share the slot.  So an
+ * invalidation of one view makes stale the tickets of the few views that
+ * share its slot, not those of every view without a record (which would
+ * keep a volume that loads its first page loading again while others
+ * close or snapshot).  A record made afresh starts from its slot's
+ * gone_seq, for the same reason.
  *
  * Locks.  mu protects everything but what a page holds once published
  * (immutable) and a view's gen, which is written under mu and read without
@@ -52,6 +58,7 @@
 #define PB               MCACHE_PAGE_BLOCKS
 #define BUCKETS_MIN      64
 #define ENT_OWN          1u
+#define GONE_SLOTS       256            /* gone_seq: views without a record, hashed */
 
 struct ent {                            /* one extent of a page, packed */
 	uint8_t off;                    /* first block, in the page */
@@ -100,6 +107,7 @@ struct mcache {
 	size_t bytes;                   /* (mu) */
 	uint64_t npages, nviews, npinned, norphans; /* (mu) */
 	uint64_t seq, chunk_seq;        /* (mu) see Tickets */
+	uint64_t gone_seq[GONE_SLOTS];  /* (mu) see Tickets */
 	struct mcache_stats st;         /* (mu) the counters */
 };
 
@@ -212,6 +220,19 @@ static void view_table_grow(struct mcache *mc)
 
 /* --- views ------------------------------------------------------------------ */
 
+static uint64_t *gone_slot(struct mcache *mc, uint64_t id)
+{
+	return &mc->gone_seq[mix(id) & (GONE_SLOTS - 1)];
+}
+
+static void gone_note(struct mcache *mc, uint64_t id, uint64_t seq)
+{
+	uint64_t *g = gone_slot(mc, id);
+
+	if (seq > *g)
+		*g = seq;
+}
+
 static struct view *view_find(struct mcache *mc, uint64_t id)
 {
 	struct view *v = mc->vb[view_bucket(mc->nvb, id)];
@@ -222,7 +243,9 @@ static struct view *view_find(struct mcache *mc, uint64_t id)
 }
 
 /* The view record of id, made if there is none (its page list empty, its
- * inval_seq now: it knows of no invalidation).  NULL when out of memory. */
+ * inval_seq its slot's gone_seq: what it cannot know of its predecessors
+ * is assumed to have happened at the latest time it could have).  NULL when
+ * out of memory. */
 static struct view *view_get(struct mcache *mc, uint64_t id)
 {
 	struct view *v = view_find(mc, id);
@@ -233,7 +256,8 @@ static struct view *view_get(struct mcache *mc, uint64_t id)
 	if (!(v = xmalloc(sizeof(*v))))
 		return NULL;
 	i = view_bucket(mc->nvb, id);
-	*v = (struct view){ .hnext = mc->vb[i], .id = id, .inval_seq = mc->seq, .linked = true };
+	*v = (struct view){ .hnext = mc->vb[i], .id = id, .inval_seq = *gone_slot(mc, id),
+			    .linked = true };
 	atomic_init(&v->gen, 1);
 	mc->vb[i] = v;
 	mc->nviews++;
@@ -247,6 +271,7 @@ static void view_unlink(struct mcache *mc, struct view *v)
 	struct view **pp = &mc->vb[view_bucket(mc->nvb, v->id)];
 
 	assert(v->linked && !v->pages);
+	gone_note(mc, v->id, v->inval_seq);
 	while (*pp != v)
 		pp = &(*pp)->hnext;
 	*pp = v->hnext;
@@ -578,9 +603,7 @@ static bool ticket_stale(struct mcache *mc, const struct mcache_ticket *t)
 {
 	struct view *v = view_find(mc, t->view);
 
-	if (!v)
-		return mc->seq > t->seq;
-	return v->inval_seq > t->seq || mc->chunk_seq > t->seq;
+	return (v ? v->inval_seq : *gone_slot(mc, t->view)) > t->seq || mc->chunk_seq > t->seq;
 }
 
 int mcache_load_end(struct mcache *mc, const struct mcache_ticket *t, const struct emap_ext *ext,
@@ -791,6 +814,8 @@ void mcache_bump_gen(struct mcache *mc, uint64_t view)
 		atomic_store_explicit(&v->gen, atomic_load_explicit(&v->gen, memory_order_relaxed) + 1,
 				      memory_order_relaxed);
 		v->inval_seq = mc->seq;
+	} else {
+		gone_note(mc, view, mc->seq);
 	}
 	lock_mutex_unlock(&mc->mu);
 }
@@ -811,6 +836,8 @@ void mcache_drop_view(struct mcache *mc, uint64_t view)
 		}
 		view_unlink(mc, v);
 		view_unref(mc, v);
+	} else {
+		gone_note(mc, view, mc->seq);
 	}
 	lock_mutex_unlock(&mc->mu);
 }
@@ -966,6 +993,9 @@ const char *mcache_check(struct mcache *mc)
 		FAIL("M4: %zu bytes over the limit %zu with unpinned pages left", mc->bytes, mc->limit);
 	if (mc->chunk_seq > mc->seq)
 		FAIL("M5: chunk_seq ahead of seq");
+	for (size_t i = 0; i < GONE_SLOTS; i++)
+		if (mc->gone_seq[i] > mc->seq)
+			FAIL("M5: gone_seq[%zu] ahead of seq", i);
 	msg = NULL;
 	goto done;
 out:

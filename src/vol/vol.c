@@ -415,7 +415,7 @@ static int page_load(struct vol *v, uint64_t pageno, const struct mcache_page **
 		bool held = tries >= LOAD_TRIES;
 		size_t n;
 
-		*out = mcache_get(v->mc, v->view, pageno, &t);
+		*out = mcache_get(v->mc, v->view, pageno, NULL);
 		if (*out) {
 			rc = 0;
 			break;
@@ -423,6 +423,15 @@ static int page_load(struct vol *v, uint64_t pageno, const struct mcache_page **
 		memset(pb, 0, sizeof(*pb));
 		pb->lo = pageno << PSHIFT;
 		load_lock(v);
+		/* the ticket once the load lock is ours: what was invalidated
+		 * while other loads held it does not make this one stale (and
+		 * one of them may have loaded this page) */
+		*out = mcache_get(v->mc, v->view, pageno, &t);
+		if (*out) {
+			load_unlock(v);
+			rc = 0;
+			break;
+		}
 		if (held)
 			lock_rw_wrlock(&v->lock);
 		else
