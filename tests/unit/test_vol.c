@@ -1100,3 +1100,29 @@ Test(vol, a_merge_under_uncommitted_writes_counts_each_block_once)
 	cr_assert_eq(vol_own_blocks(c), 1);
 	vol_close(c);
 }
+
+/* A merge while a shrinking truncate is not committed: the rows past the
+ * new end still in the index do not count, the moved ones below it do. */
+Test(vol, a_merge_under_an_uncommitted_truncate_counts_what_stays)
+{
+	struct vol *c;
+	uint64_t g = new_node(0, 0), n;
+	uint8_t blk[2 * 4096];
+
+	fill_node(g, 'G', 0, 4);
+	n = new_node(g, 4);
+	memset(blk, 'C', sizeof(blk));
+	cr_assert_eq(vol_open(cs, bm, n, 4 * 4096, false, "c", &c), 0);
+	cr_assert_eq(vol_write(c, blk, sizeof(blk), 2 * 4096), (ssize_t)sizeof(blk));
+	flush(c);
+	cr_assert_eq(vol_own_blocks(c), 2);
+	cr_assert_eq(vol_truncate(c, 4096), 0);
+	cr_assert_eq(vol_own_blocks(c), 0);
+	merge_into(g, n, c);
+	cr_assert_eq(vol_own_blocks(c), 1);
+	flush(c);
+	vol_close(c);
+	cr_assert_eq(vol_open(cs, bm, n, 4096, false, "c", &c), 0);
+	cr_assert_eq(vol_own_blocks(c), 1);
+	vol_close(c);
+}
