@@ -1074,19 +1074,29 @@ Test(vol, a_merge_into_an_open_volume_counts_the_moved_blocks)
 	vol_close(c);
 }
 
+/* A root of 4 blocks of 'G', its child *n inheriting them all, and on the
+ * child a vol of 4 blocks that wrote 'C' into blocks [first, first + 2)
+ * (not committed). */
+static struct vol *child_writing(uint64_t *g, uint64_t *n, uint64_t first)
+{
+	uint8_t blk[2 * 4096];
+	struct vol *c;
+
+	*g = new_node(0, 0);
+	fill_node(*g, 'G', 0, 4);
+	*n = new_node(*g, 4);
+	memset(blk, 'C', sizeof(blk));
+	cr_assert_eq(vol_open(cs, bm, *n, 4 * 4096, false, "c", &c), 0);
+	cr_assert_eq(vol_write(c, blk, sizeof(blk), first * 4096), (ssize_t)sizeof(blk));
+	return c;
+}
+
 /* Writes not yet committed over blocks a merge then moves into the node
  * count once: the recount takes them from the delta, not twice. */
 Test(vol, a_merge_under_uncommitted_writes_counts_each_block_once)
 {
-	struct vol *c;
-	uint64_t g = new_node(0, 0), n;
-	uint8_t blk[2 * 4096];
-
-	fill_node(g, 'G', 0, 4);
-	n = new_node(g, 4);
-	memset(blk, 'C', sizeof(blk));
-	cr_assert_eq(vol_open(cs, bm, n, 4 * 4096, false, "c", &c), 0);
-	cr_assert_eq(vol_write(c, blk, sizeof(blk), 4096), (ssize_t)sizeof(blk));
+	uint64_t g, n;
+	struct vol *c = child_writing(&g, &n, 1);
 	cr_assert_eq(vol_own_blocks(c), 2);
 	merge_into(g, n, c);
 	cr_assert_eq(vol_own_blocks(c), 4);
@@ -1105,15 +1115,8 @@ Test(vol, a_merge_under_uncommitted_writes_counts_each_block_once)
  * new end still in the index do not count, the moved ones below it do. */
 Test(vol, a_merge_under_an_uncommitted_truncate_counts_what_stays)
 {
-	struct vol *c;
-	uint64_t g = new_node(0, 0), n;
-	uint8_t blk[2 * 4096];
-
-	fill_node(g, 'G', 0, 4);
-	n = new_node(g, 4);
-	memset(blk, 'C', sizeof(blk));
-	cr_assert_eq(vol_open(cs, bm, n, 4 * 4096, false, "c", &c), 0);
-	cr_assert_eq(vol_write(c, blk, sizeof(blk), 2 * 4096), (ssize_t)sizeof(blk));
+	uint64_t g, n;
+	struct vol *c = child_writing(&g, &n, 2);
 	flush(c);
 	cr_assert_eq(vol_own_blocks(c), 2);
 	cr_assert_eq(vol_truncate(c, 4096), 0);
