@@ -106,6 +106,15 @@
 
 #define BMAP_APPLICATION_ID  0x76736e70     /* "vsnp" */
 #define BMAP_BUSY_TIMEOUT_MS 5000
+/* SQLite's page cache per connection, KiB.  The handle that writes keeps
+ * 64 MiB (flushes walk the B-tree of the rows they change); the extra
+ * readers (map page loads, GC and check scans) read through the host's
+ * page cache and keep 8 MiB, enough for the interior pages of a large
+ * index: their cache is memory the map cache's limit (-o map_cache) does
+ * not see, and with 64 MiB each it doubled the daemon's RSS past it
+ * (docs/performance.md, "Scale figures after step 7b"). */
+#define BMAP_CACHE_KIB        65536
+#define BMAP_READER_CACHE_KIB 8192
 #define BMAP_UPGRADE_STEP_ROWS (1u << 20)   /* rows per upgrade step by default */
 #define BMAP_MERGE_STEP_EXTS 4096           /* extents per step of bmap_node_merge */
 
@@ -909,7 +918,8 @@ int bmap_upgraded_from(struct bmap *b)
 	return b->upgraded_from;
 }
 
-static int open_index(const char *path, int readonly, bool quick_check, struct bmap **out)
+static int open_index(const char *path, int readonly, bool quick_check, int cache_kib,
+		      struct bmap **out)
 {
 	struct bmap *b;
 	sqlite3_int64 bs;
@@ -961,8 +971,13 @@ static int open_index(const char *path, int readonly, bool quick_check, struct b
 	}
 	rc = exec_sql(b, "PRAGMA synchronous = FULL;"
 			 "PRAGMA foreign_keys = OFF;"
-			 "PRAGMA cache_size = -65536;"      /* KiB: 64 MiB */
 			 "PRAGMA temp_store = MEMORY;");
+	if (!rc) {
+		char sql[64];
+
+		snprintf(sql, sizeof(sql), "PRAGMA cache_size = -%d", cache_kib);
+		rc = exec_sql(b, sql);
+	}
 	if (rc)
 		goto fail;
 
@@ -1003,7 +1018,7 @@ fail:
 
 int bmap_open(const char *path, int readonly, struct bmap **out)
 {
-	return open_index(path, readonly, true, out);
+	return open_index(path, readonly, true, BMAP_CACHE_KIB, out);
 }
 
 int bmap_open_reader(struct bmap *checked, struct bmap **out)
@@ -1013,7 +1028,7 @@ int bmap_open_reader(struct bmap *checked, struct bmap **out)
 	*out = NULL;
 	if (!path || !*path)
 		return -EINVAL;
-	return open_index(path, 1, false, out);
+	return open_index(path, 1, false, BMAP_READER_CACHE_KIB, out);
 }
 
 void bmap_close(struct bmap *b)
