@@ -2665,8 +2665,7 @@ static uint64_t ref_run(const struct blk *ref, uint64_t p)
 	return k;
 }
 
-Test(bmap, model_random_puts_dels_and_relocates_keep_rows_canonical_and_equal_to_an_emap,
-     .timeout = 600)
+Test(bmap, model_random_puts_dels_and_relocates_keep_rows_canonical_and_equal_to_an_emap)
 {
 	struct bmap *b = make_index_with_nodes(1);
 	uint32_t nslots = CHUNK_NSLOTS(4096);
@@ -2830,8 +2829,7 @@ static struct emap *node_emap(struct bmap *b, uint64_t node)
  * few extents.  Between steps C shows what it showed before; at the end
  * C's rows are exactly its own extents with P's (clipped to C's limit)
  * filling its gaps: the overlay of emap, in canonical form. */
-Test(bmap, model_merge_in_small_steps_keeps_the_child_view_and_ends_with_the_overlay,
-     .timeout = 600)
+Test(bmap, model_merge_in_small_steps_keeps_the_child_view_and_ends_with_the_overlay)
 {
 	struct bmap *b = make_index(4096);
 	static struct blk before[MODEL_N], now[MODEL_N];
@@ -3121,13 +3119,13 @@ static void upgrade_case(uint64_t step_rows, size_t max_rows)
 	free(v);
 }
 
-Test(bmap, upgrade_in_steps_of_7_rows_maps_every_block_as_before, .timeout = 300)
+Test(bmap, upgrade_in_steps_of_7_rows_maps_every_block_as_before)
 {
 	seed_rng("upgrade 7");
 	upgrade_case(7, 1500);
 }
 
-Test(bmap, upgrade_in_steps_of_1_row_and_of_many_maps_every_block_as_before, .timeout = 300)
+Test(bmap, upgrade_in_steps_of_1_row_and_of_many_maps_every_block_as_before)
 {
 	seed_rng("upgrade 1");
 	upgrade_case(1, 120);
@@ -3202,7 +3200,7 @@ static void interrupted_case(int kind, uint64_t at, bool reopen)
 	free(v);
 }
 
-Test(bmap, upgrade_interrupted_by_a_failed_sync_resumes_and_ends_equal, .timeout = 300)
+Test(bmap, upgrade_interrupted_by_a_failed_sync_resumes_and_ends_equal)
 {
 	seed_rng("upgrade sync");
 	interrupted_case(0, 4, false);
@@ -3211,7 +3209,7 @@ Test(bmap, upgrade_interrupted_by_a_failed_sync_resumes_and_ends_equal, .timeout
 	interrupted_case(0, 1, true);
 }
 
-Test(bmap, upgrade_interrupted_by_a_failed_row_resumes_and_ends_equal, .timeout = 300)
+Test(bmap, upgrade_interrupted_by_a_failed_row_resumes_and_ends_equal)
 {
 	seed_rng("upgrade row");
 	interrupted_case(1, 333, true);
@@ -3220,7 +3218,7 @@ Test(bmap, upgrade_interrupted_by_a_failed_row_resumes_and_ends_equal, .timeout 
 	interrupted_case(1, 1, false);
 }
 
-Test(bmap, upgrade_interrupted_by_a_failed_commit_resumes_and_ends_equal, .timeout = 300)
+Test(bmap, upgrade_interrupted_by_a_failed_commit_resumes_and_ends_equal)
 {
 	seed_rng("upgrade commit");
 	interrupted_case(2, 5, true);
@@ -3337,7 +3335,7 @@ static void fixture_case(const char *store, uint64_t step_rows)
 	free(v);
 }
 
-Test(bmap, the_format_2_fixture_stores_upgrade_with_every_node_keeping_its_blocks, .timeout = 300)
+Test(bmap, the_format_2_fixture_stores_upgrade_with_every_node_keeping_its_blocks)
 {
 	const char *tarball = getenv("VSNAPFS_FIXTURE_F2");
 	char cmd[512];
@@ -3389,7 +3387,7 @@ static double put_rate(struct bmap *b, uint64_t node, uint64_t nputs, uint32_t n
 	return (double)nputs / (seconds() - t0);
 }
 
-Test(bmap, ext_put_rate_of_random_1_block_and_sequential_256_block_puts, .timeout = 600)
+Test(bmap, ext_put_rate_of_random_1_block_and_sequential_256_block_puts)
 {
 	struct bmap *b = make_index_with_nodes(3);
 	uint64_t nputs = env_u64("VSNAPFS_BENCH_ROWS", 1000000), nseq;
