@@ -192,6 +192,37 @@ int chunk_sidecar_put(struct chunk_store *cs, uint64_t chunk_id, uint32_t slot,
 int chunk_sidecar_sync(struct chunk_store *cs);
 
 /*
+ * The log (docs/design.md, D3): bytes a flush appends to LOG slots of the
+ * active chunk, so that one fdatasync makes a flush's data and its map
+ * changes durable together.
+ *
+ * chunk_log_append: append len bytes (one log batch).  They go after the
+ * previous batch in the current log slot when they fit there and that slot
+ * is in the active chunk; otherwise to ceil(len / block_size) new
+ * consecutive slots of the active chunk (a new chunk when it has no room),
+ * written zero-padded to the slot's end, with slot entries of kind LOG.
+ * Before anything is written, seal(ctx, buf, chunk_id) is called with the
+ * chunk the bytes go to (a batch names its chunk).  In new slots the
+ * padding and the entries are written before the batch, and the batch in
+ * one pwrite, so a failed call never leaves a whole batch behind; after a
+ * failure the next call starts new slots.  Durable once a chunk_sync() that
+ * started after it returned.  *chunk_id: where the bytes went.  -E2BIG when
+ * len is more than a chunk holds, -EIO when poisoned or a write fails,
+ * -ENOSPC.  One caller at a time (the flush).
+ *
+ * chunk_log_read: the log bytes of a chunk: the payloads of its slots
+ * whose entry says LOG (and verifies: a spare's stale entries do not), in
+ * slot order, concatenated, each slot block_size bytes, so a batch written
+ * over consecutive slots reads back whole.  *out is malloc'ed (NULL when
+ * there is none).  -ENOENT for a missing chunk, -EIO.  A version-1 chunk
+ * has no log: 0 and nothing.
+ */
+int chunk_log_append(struct chunk_store *cs, void *buf, size_t len,
+		     void (*seal)(void *ctx, void *buf, uint64_t chunk_id), void *ctx,
+		     uint64_t *chunk_id);
+int chunk_log_read(struct chunk_store *cs, uint64_t chunk_id, uint8_t **out, size_t *len);
+
+/*
  * Hint that nblocks blocks in consecutive slots from loc will be read soon:
  * the kernel starts reading what it does not have cached, without waiting.
  * A caller about to read several runs scattered over chunk files calls it
@@ -264,7 +295,8 @@ uint64_t chunk_append_count(struct chunk_store *cs);
  * call fails with -err until cleared with err == 0.  op is one of the
  * CHUNK_FAULT_* values.
  */
-enum { CHUNK_FAULT_APPEND = 0, CHUNK_FAULT_READ = 1, CHUNK_FAULT_SYNC = 2, CHUNK_FAULT_NOPS };
+enum { CHUNK_FAULT_APPEND = 0, CHUNK_FAULT_READ = 1, CHUNK_FAULT_SYNC = 2, CHUNK_FAULT_LOG = 3,
+       CHUNK_FAULT_NOPS };
 void chunk_fault_set(struct chunk_store *cs, int op, uint32_t after, int err);
 
 #endif

@@ -31,8 +31,11 @@
  *   10    chunk.fd_lock        the read-only chunk fd cache
  *   11    chunk.side_mu        sidecar writes: their fd cache and buffered
  *                              run (a leaf)
- *   12    ns.seq_mu            flush sequence numbers (a leaf)
- *   13    ns.bg_mu             the background thread's wake-up (a leaf)
+ *   12    ns.log_mu            the log queue: batches synced and not yet in
+ *                              the index, and those waiting to be settled
+ *                              (a leaf)
+ *   13    ns.seq_mu            flush sequence numbers (a leaf)
+ *   14    ns.bg_mu             the background thread's wake-up (a leaf)
  *
  * Why this order: a snapshot holds db_mu while it closes gates, and a
  * change holds its gate while it looks up open files; a volume reads a map
@@ -73,6 +76,7 @@ enum lock_rank {
 	LOCK_CHUNK,
 	LOCK_CHUNK_FD,
 	LOCK_CHUNK_SIDE,
+	LOCK_NS_LOG,
 	LOCK_NS_SEQ,
 	LOCK_NS_BG,
 	LOCK_RANKS

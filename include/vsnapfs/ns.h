@@ -131,8 +131,14 @@ int ns_fsync(struct ns *ns, struct ns_file *f);
 ssize_t ns_copy_range(struct ns *ns, struct ns_file *src, uint64_t off_in, struct ns_file *dst,
 		      uint64_t off_out, uint64_t len);
 
-/* Flush every volume's pending changes (sync data, commit the index). */
+/* Flush every volume's pending changes: data and a log batch, synced
+ * (docs/design.md, D3); the index gets them at the next checkpoint. */
 int ns_flush(struct ns *ns);
+/* Flush, then bring the index up to the log (a checkpoint): what
+ * index.sqlite says is then what the mount shows.  fsync of a directory in
+ * the mount does this, so that vsnapctl, which reads the index, is not
+ * behind the daemon. */
+int ns_sync_index(struct ns *ns);
 /* A sync of the chunk files failed: from then on every write and fsync
  * fails with EIO until the store is opened again (chunk_sync). */
 bool ns_sync_failed(struct ns *ns);

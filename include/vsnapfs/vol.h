@@ -13,9 +13,9 @@
  *
  * Writes append whole blocks to the chunk store, then update the delta
  * (and the resident page) and mark the block dirty.  Dirty blocks reach
- * the index in batches: vol_collect() takes them, the caller syncs the
- * chunk store, applies the batch inside one bmap transaction and commits
- * (see src/ns/flush.c); vol_batch_done() then drops them from the delta.
+ * the index in batches: vol_collect() takes them, the caller logs and
+ * syncs them, applies them to the index at a later checkpoint (see
+ * src/ns/flush.c); vol_batch_done() then drops them from the delta.
  *
  * Errors:     0 / count or a negative errno.  -EIO for a block whose data
  *             does not match its checksum (logged with label, offset, chunk),
@@ -38,9 +38,10 @@
  *             vol_switch_node, vol_reset and vol_attach need the gate
  *             closed by the caller.
  * Durability: none by itself: a write is durable once a batch collected
- *             after it returned has been applied and committed after a
- *             chunk_sync() that started after that collection.  Pages are a
- *             cache: a crash loses nothing but them.
+ *             after it returned is durable somewhere the next mount reads:
+ *             in the log, synced by a chunk_sync() that started after it
+ *             was written there (src/ns/flush.c), or in the index.  Pages
+ *             are a cache: a crash loses nothing but them.
  */
 #ifndef VSNAPFS_VOL_H
 #define VSNAPFS_VOL_H
@@ -175,6 +176,7 @@ struct vol_rec {                                /* one block's row to write */
 
 struct vol_batch {                              /* what one vol_collect() took */
 	struct vol *v;
+	uint64_t seq;                           /* the vol's collections so far, this one too */
 	uint64_t node;                          /* the node the rows belong to */
 	uint64_t size;                          /* the vol's size at collection */
 	uint64_t trunc_from;                    /* delete rows >= this; UINT64_MAX: none */
@@ -184,11 +186,21 @@ struct vol_batch {                              /* what one vol_collect() took *
 	size_t nrecs, cap;
 };
 
-/* Take every dirty block of v into b (b is reset first). */
+/*
+ * Take every dirty block of v into b (b is reset first).  Several batches
+ * of one vol may be collected before the first is done (a flush logs one
+ * each second or fsync, the index takes them at the next checkpoint); the
+ * delta keeps their entries until then, and page loads keep hiding own
+ * rows past a truncation no batch done so far has applied.  The records go
+ * to the index as log records (vsnapfs/wal.h, wal_put_vol).
+ */
 int vol_collect(struct vol *v, struct vol_batch *b);
-/* Write b's rows and node changes; the caller is inside bmap_begin(). */
-int vol_batch_apply(struct vol_batch *b, struct bmap *bm);
-/* After commit (rc 0) or failure (rc < 0: the blocks become dirty again). */
+/*
+ * After b's records are in the index (rc 0): drop from the delta the
+ * entries that still hold what b took.  After a failure (rc < 0, b is the
+ * vol's latest batch and was never logged): they become dirty again.
+ * Batches of one vol are done in the order they were collected.
+ */
 void vol_batch_done(struct vol_batch *b, int rc);
 void vol_batch_free(struct vol_batch *b);
 

@@ -106,6 +106,7 @@
 #include "vsnapfs/array.h"
 #include "vsnapfs/chunk.h"
 #include "vsnapfs/cksum.h"
+#include "vsnapfs/le.h"
 #include "vsnapfs/lock.h"
 #include "vsnapfs/log.h"
 
@@ -202,6 +203,9 @@ struct chunk_store {
 	struct chunk_w *active;         /* mu: takes new slots; NULL before the first append */
 	uint64_t next_id;               /* mu: id of the next chunk to create */
 	uint64_t nappends;              /* mu: chunk_append() calls that took slots */
+	uint64_t log_chunk;             /* mu: chunk of the current log slot; 0: none */
+	uint32_t log_slot;              /* mu: the current log slot */
+	uint32_t log_fill;              /* mu: bytes of it in use */
 	bool dir_dirty;                 /* mu: a chunk file was created since the last good sync */
 
 	struct lock_rw fd_lock;         /* the read cache; held shared across pread */
@@ -247,38 +251,6 @@ struct chunk_run {                      /* part of one append that lands in one 
 	uint32_t first;                 /* index of its first block in the append */
 	uint32_t nblocks;
 };
-
-/* --- little-endian helpers ------------------------------------------------ */
-
-static void le32_put(uint8_t *p, uint32_t v)
-{
-	for (unsigned i = 0; i < 4; i++)
-		p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static void le64_put(uint8_t *p, uint64_t v)
-{
-	for (unsigned i = 0; i < 8; i++)
-		p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static uint32_t le32_get(const uint8_t *p)
-{
-	uint32_t v = 0;
-
-	for (unsigned i = 0; i < 4; i++)
-		v |= (uint32_t)p[i] << (8 * i);
-	return v;
-}
-
-static uint64_t le64_get(const uint8_t *p)
-{
-	uint64_t v = 0;
-
-	for (unsigned i = 0; i < 8; i++)
-		v |= (uint64_t)p[i] << (8 * i);
-	return v;
-}
 
 /* --- names, header, whole-buffer I/O --------------------------------------- */
 
@@ -1345,6 +1317,146 @@ int chunk_append(struct chunk_store *cs, const void *buf, uint32_t nblocks,
 	if (ents != stack_ents)
 		free(ents);
 	return rc;
+}
+
+/* --- the log ----------------------------------------------------------------- */
+
+/* The entry of a LOG slot: its checksum field is the seeded hash of nothing,
+ * so an entry left in a spare by another chunk does not verify. */
+static uint64_t log_entry_cksum(uint64_t chunk_id, uint32_t slot)
+{
+	static const uint8_t none[1];
+
+	return cksum_seeded(none, 0, cksum_slot_seed(chunk_id, slot, 0));
+}
+
+int chunk_log_append(struct chunk_store *cs, void *buf, size_t len,
+		     void (*seal)(void *ctx, void *buf, uint64_t chunk_id), void *ctx,
+		     uint64_t *chunk_id)
+{
+	const size_t bs = cs->block_size;
+	uint32_t k = 0, slot = 0, fill = 0;
+	struct chunk_w *w;
+	uint8_t *ents = NULL, *pad = NULL;
+	int rc = 0;
+
+	if (len == 0 || len > (size_t)cs->nslots * bs)
+		return -E2BIG;
+	if (atomic_load(&cs->poisoned))
+		return -EIO;
+	lock_mutex_lock(&cs->mu);
+	w = cs->active;
+	if (w && cs->log_chunk == w->id && cs->log_fill + len <= bs) {
+		slot = cs->log_slot;
+		fill = cs->log_fill;
+		cs->log_fill += (uint32_t)len;
+	} else {
+		k = (uint32_t)((len + bs - 1) / bs);
+		if (!w || w->nused + k > cs->nslots) {
+			rc = chunk_w_create_locked(cs);
+			w = cs->active;
+		}
+		if (!rc) {
+			slot = w->nused;
+			w->nused += k;
+			cs->log_chunk = w->id;
+			cs->log_slot = slot + k - 1;
+			cs->log_fill = (uint32_t)(len - (size_t)(k - 1) * bs);
+		}
+	}
+	if (!rc)
+		w->refs++;
+	lock_mutex_unlock(&cs->mu);
+	if (rc)
+		return rc;
+
+	seal(ctx, buf, w->id);
+	rc = chunk_fault_hit(cs, CHUNK_FAULT_LOG);
+	if (!rc && k) {
+		size_t padlen = (size_t)k * bs - len;
+
+		ents = calloc(k, CHUNK_ENTRY_BYTES);
+		pad = calloc(1, padlen ? padlen : 1);
+		rc = ents && pad ? 0 : -ENOMEM;
+		for (uint32_t i = 0; i < k && !rc; i++)
+			entry_encode(ents + (size_t)i * CHUNK_ENTRY_BYTES,
+				     log_entry_cksum(w->id, slot + i), 0, CHUNK_KIND_LOG);
+		if (!rc && padlen)
+			rc = pwrite_full(w->fd, pad, padlen,
+					 slot_off(cs, CHUNK_VERSION, slot) + (off_t)len);
+		if (!rc)
+			rc = pwrite_full(w->fd, ents, (size_t)k * CHUNK_ENTRY_BYTES, entry_off(slot));
+	}
+	if (!rc)
+		rc = pwrite_full(w->fd, buf, len, slot_off(cs, CHUNK_VERSION, slot) + fill);
+
+	lock_mutex_lock(&cs->mu);
+	if (rc == 0)
+		w->dirty = true;
+	else if (cs->log_chunk == w->id)
+		cs->log_chunk = 0;      /* the next batch starts new slots */
+	chunk_w_put_locked(cs, w);
+	lock_mutex_unlock(&cs->mu);
+	free(ents);
+	free(pad);
+	if (!rc)
+		*chunk_id = w->id;
+	return rc;
+}
+
+int chunk_log_read(struct chunk_store *cs, uint64_t chunk_id, uint8_t **out, size_t *len)
+{
+	const size_t bs = cs->block_size;
+	struct chunk_entry *ents;
+	uint8_t *buf = NULL;
+	size_t n = 0, nlog = 0;
+	struct chunk_rfd e;
+	int rc;
+
+	*out = NULL;
+	*len = 0;
+	ents = calloc(cs->nslots, sizeof(*ents));
+	if (!ents)
+		return -ENOMEM;
+	rc = chunk_entries_read(cs, chunk_id, 0, cs->nslots, ents);
+	if (rc == -ENODATA) {
+		rc = 0;                 /* version 1: no log */
+		goto out;
+	}
+	for (uint32_t i = 0; i < cs->nslots && !rc; i++)
+		nlog += ents[i].kind == CHUNK_KIND_LOG && ents[i].cksum == log_entry_cksum(chunk_id, i);
+	if (rc || nlog == 0)
+		goto out;
+	buf = malloc(nlog * bs);
+	if (!buf) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	rc = chunk_rfd_acquire(cs, chunk_id, &e);
+	if (rc)
+		goto out;
+	for (uint32_t i = 0; i < cs->nslots && !rc; i++) {
+		ssize_t got;
+
+		if (ents[i].kind != CHUNK_KIND_LOG || ents[i].cksum != log_entry_cksum(chunk_id, i))
+			continue;
+		got = pread_full(e.fd, buf + n * bs, bs, slot_off(cs, e.version, i));
+		if (got < 0)
+			rc = -EIO;
+		else
+			memset(buf + n * bs + got, 0, bs - (size_t)got);
+		n++;
+	}
+	lock_rw_unlock(&cs->fd_lock);
+out:
+	free(ents);
+	if (rc) {
+		free(buf);
+		return rc;
+	}
+	*out = buf;
+	*len = n * bs;
+	return 0;
 }
 
 /* Read the entries of slots [slot, slot + n) of chunk e into ents: from

@@ -62,6 +62,7 @@
  * reports only the problems both runs found.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <mntent.h>
@@ -253,6 +254,34 @@ static bool store_in_use(const char *dir)
 	return found;
 }
 
+/*
+ * A mounted daemon keeps recent changes in its log until a checkpoint
+ * writes them to the index (docs/design.md, D3); an fsync of a directory of
+ * the mount asks for one.  Every mount of the store dir gets it.  Errors
+ * only warn: the index is then up to a second behind.
+ */
+static void sync_mounts(const char *store)
+{
+	struct mntent *me;
+	FILE *mf = setmntent("/proc/self/mounts", "r");
+
+	if (!mf)
+		return;
+	while ((me = getmntent(mf))) {
+		int fd;
+
+		if (strncmp(me->mnt_fsname, "vsnapfs:", 8) || strcmp(me->mnt_fsname + 8, store))
+			continue;
+		fd = open(me->mnt_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		if (fd < 0 || fsync(fd))
+			fprintf(stderr, "vsnapctl: %s: cannot bring the index up to date: %s\n",
+				me->mnt_dir, strerror(errno));
+		if (fd >= 0)
+			close(fd);
+	}
+	endmntent(mf);
+}
+
 static int store_open(const char *arg, bool chunks, struct store *st)
 {
 	char path[PATH_MAX + 32];
@@ -263,6 +292,7 @@ static int store_open(const char *arg, bool chunks, struct store *st)
 		fprintf(stderr, "vsnapctl: %s is neither a vsnapfs store nor in a vsnapfs mount\n", arg);
 		return rc;
 	}
+	sync_mounts(st->dir);
 	snprintf(path, sizeof(path), "%s/index.sqlite", st->dir);
 	rc = bmap_open(path, 1, &st->bm);
 	if (rc) {

@@ -721,8 +721,9 @@ static void fs_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info 
 
 static void fs_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
 {
-	/* Namespace changes are durable when they return (ns.h). */
-	fuse_reply_err(req, 0);
+	/* Namespace changes are durable when they return (ns.h); this also
+	 * brings the index up to the log, for vsnapctl (ns_sync_index) */
+	fuse_reply_err(req, -ns_sync_index(req_ns(req)));
 }
 
 /* --- file system ------------------------------------------------------------- */

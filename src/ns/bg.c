@@ -62,13 +62,13 @@ static int merge_node(struct ns *ns, uint64_t id, uint64_t child)
 		bool done;
 		int rc;
 
-		rc = bmap_begin(ns->bm);
+		rc = ns_txn_begin(ns);
 		if (!rc)
 			rc = bmap_node_merge_some(ns->bm, id, child, NS_MERGE_EXTS, &done);
 		if (!rc)
-			rc = bmap_commit(ns->bm);
+			rc = ns_txn_commit(ns);
 		if (rc)
-			bmap_rollback(ns->bm);
+			ns_txn_rollback(ns);
 		/* what any volume shows is the same: no map page need go (a
 		 * page load reads one transaction, before or after this) */
 		if (rc)
@@ -145,13 +145,13 @@ static int release_node(struct ns *ns, uint64_t id)
 		if (rc || refs || kids > 1)
 			break;
 		if (kids == 0) {
-			rc = bmap_begin(ns->bm);
+			rc = ns_txn_begin(ns);
 			if (!rc)
 				rc = bmap_node_delete(ns->bm, id);
 			if (!rc)
-				rc = bmap_commit(ns->bm);
+				rc = ns_txn_commit(ns);
 			if (rc)
-				bmap_rollback(ns->bm);
+				ns_txn_rollback(ns);
 		} else {
 			rc = bmap_node_only_child(ns->bm, id, &child);
 			if (!rc) {
@@ -296,6 +296,7 @@ void *ns_bg_main(void *arg)
 		}
 		last_flush = now;
 		ns_flush(ns);
+		ns_checkpoint(ns);
 		evict_clean(ns);
 		ns_reap_all(ns);
 		now = ns_now_ns();

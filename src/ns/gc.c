@@ -11,7 +11,9 @@
  * barrier:
  *   1. flip the write epoch and note F, the chunk active after the flip;
  *   2. wait for the writes of the old epoch to finish (they are short);
- *   3. flush: every write that started before the flip is now in the index.
+ *   3. flush and checkpoint: every write that started before the flip is
+ *      now in the index (not only in the log), and settled: no delta
+ *      entry names it any more.
  * A write that starts after the flip appends at or past F, since the
  * active chunk only moves forward.  So for every chunk below F, the index
  * names every block in use, and only chunks below F are touched.
@@ -103,6 +105,7 @@ static int barrier(struct ns *ns, struct gc *g)
 {
 	int old = atomic_load(&ns->write_epoch);
 	uint64_t active;
+	int rc;
 
 	atomic_store(&ns->write_epoch, !old);
 	active = chunk_active_id(ns->cs);
@@ -115,7 +118,9 @@ static int barrier(struct ns *ns, struct gc *g)
 			return -EAGAIN;
 		nanosleep(&ts, NULL);
 	}
-	return ns_flush(ns);
+	rc = ns_flush(ns);
+	/* the index, not only the log, and no delta entry left behind */
+	return rc ? rc : ns_checkpoint(ns);
 }
 
 /* ---- compaction ------------------------------------------------------------ */
@@ -301,7 +306,7 @@ static int repoint(struct ns *ns, struct gc *g, struct moves *mv)
 	int rc;
 
 	assert(lock_held(&ns->db_mu));
-	rc = bmap_begin(ns->bm);
+	rc = ns_txn_begin(ns);
 	/* the moves are in (from chunk, slot) order, so the blocks of one
 	 * extent come together and, copied together, landed together: one
 	 * repoint per run that continues in node, lblock, from and to */
@@ -325,9 +330,9 @@ static int repoint(struct ns *ns, struct gc *g, struct moves *mv)
 		}
 	}
 	if (!rc)
-		rc = bmap_commit(ns->bm);
+		rc = ns_txn_commit(ns);
 	if (rc) {
-		bmap_rollback(ns->bm);
+		ns_txn_rollback(ns);
 		return rc;
 	}
 	drop_moved(ns, mv);

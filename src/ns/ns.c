@@ -208,7 +208,7 @@ static int make_inode(struct ns *ns, uint64_t dir, const char *name, uint32_t ki
 	rc = get_dir(ns, dir, &d);
 	if (rc)
 		goto out;
-	rc = bmap_begin(ns->bm);
+	rc = ns_txn_begin(ns);
 	if (rc)
 		goto out;
 	if (kind == BMAP_VOL) {
@@ -222,9 +222,9 @@ static int make_inode(struct ns *ns, uint64_t dir, const char *name, uint32_t ki
 		rc = bmap_inode_update(ns->bm, &d);
 	}
 	if (!rc)
-		rc = bmap_commit(ns->bm);
+		rc = ns_txn_commit(ns);
 	if (rc)
-		bmap_rollback(ns->bm);
+		ns_txn_rollback(ns);
 	else
 		ns_attr_fill(ns, &in, NULL, out);
 out:
@@ -340,7 +340,7 @@ static int remove_entry(struct ns *ns, uint64_t dir, const char *name, bool want
 		if (rc)
 			goto out;
 	}
-	rc = bmap_begin(ns->bm);
+	rc = ns_txn_begin(ns);
 	if (rc)
 		goto out;
 	/* a volume keeps its inode, out of the tree (parent 0), until reaped */
@@ -348,9 +348,9 @@ static int remove_entry(struct ns *ns, uint64_t dir, const char *name, bool want
 	if (!rc)
 		rc = touch_dir(ns, dir, ns_now_ns());
 	if (!rc)
-		rc = bmap_commit(ns->bm);
+		rc = ns_txn_commit(ns);
 	if (rc)
-		bmap_rollback(ns->bm);
+		ns_txn_rollback(ns);
 	else if (!want_dir)
 		volume_detached(ns, in.ino);
 out:
@@ -446,7 +446,7 @@ int ns_rename(struct ns *ns, uint64_t dir, const char *name, uint64_t newdir,
 	if (rc)
 		goto out;
 
-	rc = bmap_begin(ns->bm);
+	rc = ns_txn_begin(ns);
 	if (rc)
 		goto out;
 	if (have_dst)
@@ -459,9 +459,9 @@ int ns_rename(struct ns *ns, uint64_t dir, const char *name, uint64_t newdir,
 	if (!rc && newdir != dir)
 		rc = touch_dir(ns, newdir, now);
 	if (!rc)
-		rc = bmap_commit(ns->bm);
+		rc = ns_txn_commit(ns);
 	if (rc) {
-		bmap_rollback(ns->bm);
+		ns_txn_rollback(ns);
 		goto out;
 	}
 	if (have_dst && dst.kind != BMAP_DIR)

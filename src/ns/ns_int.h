@@ -14,7 +14,8 @@
  * FILES, each using only those listed before it:
  *   files.c   the open-file table, its references, the reap and release queues
  *   attr.c    attributes of every kind of inode
- *   flush.c   collecting, syncing and committing changes; ns_flush
+ *   flush.c   collecting changes, the log, checkpoints; ns_flush
+ *   recover.c replaying the log at open
  *   gc.c      one garbage-collection pass
  *   io.c      the data path of an open volume: read, write, fallocate, seek, fsync
  *   snap.c    snapshots, clones, truncate to zero
@@ -56,6 +57,13 @@ struct ns_file {
 	_Atomic int64_t wtime_ns;       /* last write (mtime and ctime), 0: none since flush */
 };
 
+/* Log batches (src/ns/flush.c). */
+struct logent;
+struct logq {
+	struct logent **v;
+	size_t n, cap;
+};
+
 /* Inode or node numbers waiting for the background thread (db_mu). */
 struct ns_queue {
 	uint64_t *v;
@@ -92,6 +100,19 @@ struct ns {
 
 	struct lock_mutex files_mu;
 	struct ns_file *files[NS_FILE_BUCKETS];   /* (files_mu) */
+
+	/* The log (src/ns/flush.c, docs/design.md D3). */
+	struct lock_mutex log_mu;
+	struct logq logq;               /* (log_mu) batches synced, not yet in the index,
+					 * in lsn order; taken by db_mu holders only */
+	struct logq settle;             /* (log_mu) batches in the index, to settle */
+	_Atomic uint64_t logq_recs;     /* records queued */
+	uint64_t lsn_in_doubt;          /* (log_mu) a batch whose sync failed, or 0 */
+	uint64_t lsn_next;              /* (flush_mu) the next batch's number */
+	uint64_t lsn_synced;            /* (flush_mu) the last batch synced */
+	uint64_t ckpt_lsn;              /* (db_mu) the last batch in the index */
+	size_t txn_taken;               /* (db_mu) queued batches the open transaction applied */
+	uint64_t txn_lsn, txn_chunk;    /* (db_mu) and the last of them */
 
 	struct lock_mutex flush_mu;     /* one flush (or GC pass) at a time */
 	struct lock_mutex seq_mu;
@@ -227,6 +248,29 @@ int ns_held_collect(struct ns *ns, struct held *h);
 int ns_held_apply(struct ns *ns, struct held *h, size_t n);
 /* After commit or failure; frees the batches, keeps the references. */
 void ns_held_done(struct ns *ns, struct held *h, size_t n, int rc);
+/*
+ * Every transaction that changes the index: ns_txn_begin (assumes db_mu)
+ * opens it and applies the queued log batches first (rule L1, D3);
+ * ns_txn_commit commits (the caller rolls back on failure) and hands those batches
+ * to ns_settle; ns_txn_rollback gives them back to the queue.
+ */
+int ns_txn_begin(struct ns *ns);
+int ns_txn_commit(struct ns *ns);
+void ns_txn_rollback(struct ns *ns);
+/* Batches committed: out of the deltas, references dropped.  Assumes
+ * flush_mu, not db_mu. */
+void ns_settle(struct ns *ns);
+/* At close: forget batches still queued (a failed final checkpoint: the
+ * next open replays them), without touching their files. */
+void ns_log_free(struct ns *ns);
+/* Every queued batch into the index, then settled.  Takes db_mu, then
+ * flush_mu: call it holding neither. */
+int ns_checkpoint(struct ns *ns);
+
+/* recover.c: replay the log batches the index does not have (at open,
+ * before anything else reads the index).  Read-only: -EROFS if there are
+ * any (msg says what to do). */
+int ns_recover(struct ns *ns, char *msg, size_t msglen);
 
 /* io.c: may the content of ino change (write, hole punch, size)? */
 int ns_may_change(struct ns *ns, uint64_t ino);

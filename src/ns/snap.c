@@ -196,7 +196,7 @@ int ns_snap_create(struct ns *ns, uint64_t dir, const char *name, struct ns_attr
 	if (!rc && hs.n)
 		rc = chunk_sync(ns->cs);
 	if (!rc)
-		rc = bmap_begin(ns->bm);
+		rc = ns_txn_begin(ns);
 	if (!rc) {
 		rc = ns_held_apply(ns, hs.h, hs.n);
 		s.created_ns = ns_now_ns();
@@ -207,9 +207,9 @@ int ns_snap_create(struct ns *ns, uint64_t dir, const char *name, struct ns_attr
 		if (!rc)
 			rc = freeze_inodes(ns, s.id, &l, &hs, sw);
 		if (!rc)
-			rc = bmap_commit(ns->bm);
+			rc = ns_txn_commit(ns);
 		if (rc)
-			bmap_rollback(ns->bm);
+			ns_txn_rollback(ns);
 	}
 	if (!rc) {
 		for (size_t i = 0; i < hs.n; i++) {
@@ -292,13 +292,13 @@ int ns_snap_delete(struct ns *ns, uint64_t dir, const char *name)
 	if (!rc)
 		rc = l.rc;
 	if (!rc)
-		rc = bmap_begin(ns->bm);
+		rc = ns_txn_begin(ns);
 	if (!rc) {
 		rc = bmap_snap_delete(ns->bm, s.id);
 		if (!rc)
-			rc = bmap_commit(ns->bm);
+			rc = ns_txn_commit(ns);
 		if (rc)
-			bmap_rollback(ns->bm);
+			ns_txn_rollback(ns);
 	}
 	/* its nodes go in the background; a crash before that leaves nodes
 	 * that nothing names, released at the next mount */
@@ -366,7 +366,7 @@ int ns_truncate_zero(struct ns *ns, struct ns_file *f)
 		return vol_truncate(f->v, 0);
 	}
 	if (!rc)
-		rc = bmap_begin(ns->bm);
+		rc = ns_txn_begin(ns);
 	if (!rc) {
 		rc = bmap_node_create(ns->bm, &n);
 		lock_mutex_lock(&ns->files_mu);
@@ -378,9 +378,9 @@ int ns_truncate_zero(struct ns *ns, struct ns_file *f)
 		if (!rc)
 			rc = bmap_inode_update(ns->bm, &in);
 		if (!rc)
-			rc = bmap_commit(ns->bm);
+			rc = ns_txn_commit(ns);
 		if (rc)
-			bmap_rollback(ns->bm);
+			ns_txn_rollback(ns);
 	}
 	if (!rc) {
 		vol_reset(f->v, n.id);
@@ -442,7 +442,7 @@ static ssize_t share_range(struct ns *ns, struct ns_file *src, struct ns_file *d
 	if (!rc)
 		rc = chunk_sync(ns->cs);
 	if (!rc)
-		rc = bmap_begin(ns->bm);
+		rc = ns_txn_begin(ns);
 	if (rc)
 		goto thaw;
 	rc = ns_held_apply(ns, hs.h, hs.n);
@@ -469,9 +469,9 @@ static ssize_t share_range(struct ns *ns, struct ns_file *src, struct ns_file *d
 			rc = bmap_inode_update(ns->bm, &h->in);
 	}
 	if (!rc)
-		rc = bmap_commit(ns->bm);
+		rc = ns_txn_commit(ns);
 	if (rc)
-		bmap_rollback(ns->bm);
+		ns_txn_rollback(ns);
 thaw:
 	if (!rc) {
 		if (live_src)

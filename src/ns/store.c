@@ -313,8 +313,8 @@ static int note_recovery(struct ns *ns, bool created)
 	else if (rc)
 		return rc;
 	if (!clean && !created)
-		vlog(LOG_WARNING, "%s was not cleanly unmounted: recovered to the last index "
-		     "commit (every fsync'ed write); deleting %zu unlinked volume(s) and %zu unused "
+		vlog(LOG_WARNING, "%s was not cleanly unmounted: recovered every fsync'ed write "
+		     "(the index and its log); deleting %zu unlinked volume(s) and %zu unused "
 		     "map node(s); unindexed chunk data goes to garbage collection",
 		     ns->dir, ns->reap.n, ns->rel.n);
 	rc = bmap_meta_set(ns->bm, "clean", 0);
@@ -368,6 +368,7 @@ int ns_open(const char *dir, const struct ns_opts *opts, struct ns **out, bool *
 	lock_mutex_init(&ns->load_mu, LOCK_NS_LOAD, "ns.load_mu");
 	lock_mutex_init(&ns->db_mu, LOCK_NS_DB, "ns.db_mu");
 	lock_mutex_init(&ns->files_mu, LOCK_NS_FILES, "ns.files_mu");
+	lock_mutex_init(&ns->log_mu, LOCK_NS_LOG, "ns.log_mu");
 	lock_mutex_init(&ns->seq_mu, LOCK_NS_SEQ, "ns.seq_mu");
 	lock_mutex_init(&ns->bg_mu, LOCK_NS_BG, "ns.bg_mu");
 	pthread_cond_init(&ns->bg_cond, NULL);
@@ -467,6 +468,9 @@ int ns_open(const char *dir, const struct ns_opts *opts, struct ns **out, bool *
 		if (rc)
 			goto fail;
 	}
+	rc = ns_recover(ns, msg, msglen);
+	if (rc)
+		goto fail;
 	if (!ns->readonly) {
 		/* checked once, by the open above */
 		snprintf(path, sizeof(path), "%s/index.sqlite", ns->dir);
@@ -550,6 +554,8 @@ int ns_close(struct ns *ns)
 	if (ns->bm && ns->cs && !ns->readonly && ns->marked_in_use) {
 		rc = ns_flush(ns);
 		if (!rc)
+			rc = ns_checkpoint(ns);
+		if (!rc)
 			rc = ns_reap_all(ns);
 		if (!rc)
 			rc = bmap_meta_set(ns->bm, "clean", 1);
@@ -559,6 +565,7 @@ int ns_close(struct ns *ns)
 	/* an unmounted store holds no space it does not need */
 	if (ns->cs && !ns->readonly)
 		chunk_spares_limit(ns->cs, 0);
+	ns_log_free(ns);
 	lock_mutex_lock(&ns->files_mu);
 	dead = ns_files_take(ns, every_file, NULL);
 	lock_mutex_unlock(&ns->files_mu);
@@ -579,6 +586,7 @@ int ns_close(struct ns *ns)
 	lock_mutex_destroy(&ns->load_mu);
 	lock_mutex_destroy(&ns->db_mu);
 	lock_mutex_destroy(&ns->files_mu);
+	lock_mutex_destroy(&ns->log_mu);
 	lock_mutex_destroy(&ns->seq_mu);
 	lock_mutex_destroy(&ns->bg_mu);
 	pthread_cond_destroy(&ns->bg_cond);

@@ -132,6 +132,10 @@ struct vol {
 	size_t ndirty, dirty_cap;       /* (L) */
 	uint64_t trunc_from;            /* (L) delete own rows >= this at flush */
 	uint64_t trunc_pend;            /* (L) own rows >= this are gone, committed or not */
+	uint64_t coll_seq;              /* (L) vol_collect() calls so far: vol_batch.seq */
+	struct tq { uint64_t seq, from; } *tq;  /* (L) truncations collected, not yet done,
+						 * in collection order */
+	size_t ntq, tq_cap;             /* (L) */
 	uint64_t epoch;                 /* (L) moves when node, parent or pages change */
 	uint64_t pruned;                /* (L) moves when the delta drops committed entries */
 };
@@ -728,6 +732,7 @@ void vol_close(struct vol *v)
 	mcache_free(v->own_mc);
 	vmap_free(v->delta);
 	free(v->dirty);
+	free(v->tq);
 	lock_rw_destroy(&v->lock);
 	lock_rw_destroy(&v->gate);
 	lock_mutex_destroy(&v->own_load_mu);
@@ -1486,6 +1491,7 @@ static void delta_clear(struct vol *v)
 	}
 	v->pruned++;
 	v->trunc_pend = NO_TRUNC;
+	v->ntq = 0;
 }
 
 /*
@@ -1499,6 +1505,8 @@ static void drop_committed(struct vol *v)
 	assert(lock_rw_wrheld(&v->lock) && !uncollected(v));
 	if (vmap_count(v->delta))
 		delta_clear(v);
+	v->ntq = 0;
+	v->trunc_pend = NO_TRUNC;
 }
 
 int vol_switch_node(struct vol *v, uint64_t node, uint64_t inherit)
@@ -1519,6 +1527,7 @@ int vol_switch_node(struct vol *v, uint64_t node, uint64_t inherit)
 		v->has_parent = true;
 		v->own_blocks = 0;
 		v->trunc_pend = NO_TRUNC;
+		v->ntq = 0;
 	}
 	lock_rw_unlock(&v->lock);
 	return rc;
@@ -1670,7 +1679,12 @@ int vol_collect(struct vol *v, struct vol_batch *b)
 
 	b->nrecs = 0;
 	lock_rw_wrlock(&v->lock);
+	if (v->trunc_from != NO_TRUNC && ARRAY_RESERVE(v->tq, v->tq_cap, v->ntq, 4)) {
+		lock_rw_unlock(&v->lock);
+		return -ENOMEM;
+	}
 	b->v = v;
+	b->seq = ++v->coll_seq;
 	b->node = v->node;
 	b->size = v->size;
 	b->trunc_from = v->trunc_from;
@@ -1696,6 +1710,8 @@ int vol_collect(struct vol *v, struct vol_batch *b)
 			vmap_get(v->delta, b->recs[i].lblock)->gf |= VE_DIRTY;
 		b->nrecs = 0;
 	} else {
+		if (v->trunc_from != NO_TRUNC)
+			v->tq[v->ntq++] = (struct tq){ .seq = b->seq, .from = v->trunc_from };
 		v->ndirty = 0;
 		v->trunc_from = NO_TRUNC;
 		v->inherit_changed = false;
@@ -1710,72 +1726,57 @@ int vol_collect(struct vol *v, struct vol_batch *b)
 	return rc;
 }
 
-/* What a record asks of the index: a data block, a tombstone (an ancestor
- * may show data there), or nothing (a plain hole). */
-enum rec_op { REC_DATA, REC_TOMB, REC_DEL };
-
-static enum rec_op rec_op(const struct vol_rec *r)
+/* The lowest truncation not yet in the index: uncollected, or collected
+ * in a batch not yet done.  Assumes v->lock. */
+static uint64_t trunc_lowest(const struct vol *v)
 {
-	return r->loc.chunk_id ? REC_DATA : r->anc ? REC_TOMB : REC_DEL;
+	uint64_t t = v->trunc_from;
+
+	for (size_t i = 0; i < v->ntq; i++)
+		t = min_u64(t, v->tq[i].from);
+	return t;
 }
 
-/* Does record r continue the run [first, r) as one extent? */
-static bool rec_continues(const struct vol_rec *first, const struct vol_rec *r, uint32_t n)
+/* Forget the queued truncations of batches up to seq (done ones), or only
+ * that of seq (one that failed and is given back).  Assumes v->lock. */
+static void tq_drop(struct vol *v, uint64_t seq, bool only)
 {
-	enum rec_op op = rec_op(first);
+	size_t k = 0;
 
-	if (r->lblock != first->lblock + n || rec_op(r) != op || n == UINT32_MAX)
+	for (size_t i = 0; i < v->ntq; i++)
+		if (only ? v->tq[i].seq != seq : v->tq[i].seq > seq)
+			v->tq[k++] = v->tq[i];
+	v->ntq = k;
+}
+
+/* Does delta entry e still hold what record r of a batch of node took? */
+static bool holds_rec(const struct vmap_ent *e, const struct vol_rec *r)
+{
+	if (e->chunk != r->loc.chunk_id)
 		return false;
-	return op != REC_DATA ||
-	       (r->loc.chunk_id == first->loc.chunk_id && r->loc.slot == first->loc.slot + n);
-}
-
-int vol_batch_apply(struct vol_batch *b, struct bmap *bm)
-{
-	int rc = 0;
-
-	if (b->trunc_from != NO_TRUNC)
-		rc = bmap_ext_del_from(bm, b->node, b->trunc_from);
-	/* the records are sorted (vol_collect): each run of consecutive blocks
-	 * written together is one extent */
-	for (size_t i = 0, n; i < b->nrecs && !rc; i += n) {
-		const struct vol_rec *r = &b->recs[i];
-		struct bmap_ext x;
-
-		for (n = 1; i + n < b->nrecs && rec_continues(r, &b->recs[i + n], n); n++)
-			;
-		x = (struct bmap_ext){ .lblock = r->lblock, .nblocks = n,
-				       .chunk = r->loc.chunk_id, .slot = r->loc.slot };
-		if (rec_op(r) == REC_DEL)
-			rc = bmap_ext_del(bm, b->node, r->lblock, n);
-		else
-			rc = bmap_ext_put(bm, b->node, &x);
-	}
-	if (!rc && b->inherit_changed) {
-		struct bmap_node n;
-
-		rc = bmap_node_get(bm, b->node, &n);
-		if (!rc) {
-			n.inherit = b->inherit;
-			rc = bmap_node_update(bm, &n);
-		}
-	}
-	return rc;
+	if (e->chunk)
+		return e->slot == r->loc.slot;
+	return !(ve_flags(e) & VE_ANC) == !r->anc;
 }
 
 void vol_batch_done(struct vol_batch *b, int rc)
 {
 	struct vol *v = b->v;
+	bool same_node;
 
 	if (!v)
 		return;
 	lock_rw_wrlock(&v->lock);
-	for (size_t i = 0; i < b->nrecs; i++) {
+	/* a snapshot, a revert or a reset since: it dropped the delta */
+	same_node = v->node == b->node;
+	for (size_t i = 0; i < b->nrecs && same_node; i++) {
 		const struct vol_rec *r = &b->recs[i];
 		struct vmap_ent *e = vmap_get(v->delta, r->lblock);
 
-		if (!e || (ve_flags(e) & VE_DIRTY))
-			continue;       /* rewritten (or truncated) since: newer state wins */
+		/* rewritten (or truncated) since: newer state wins, and the
+		 * batch that took it drops it when it is done */
+		if (!e || (ve_flags(e) & VE_DIRTY) || !holds_rec(e, r))
+			continue;
 		if (rc) {
 			if (mark_dirty(v, r->lblock, e))
 				vlog(LOG_CRIT, "%s: out of memory re-queueing a block", v->label);
@@ -1784,15 +1785,20 @@ void vol_batch_done(struct vol_batch *b, int rc)
 		}
 	}
 	if (rc) {
-		if (b->trunc_from < v->trunc_from)
-			v->trunc_from = b->trunc_from;
-		v->inherit_changed |= b->inherit_changed;
-		v->size_changed = true;
+		tq_drop(v, b->seq, true);
+		if (same_node) {
+			if (b->trunc_from < v->trunc_from)
+				v->trunc_from = b->trunc_from;
+			v->inherit_changed |= b->inherit_changed;
+			v->size_changed = true;
+		}
 	} else {
 		/* loads that read the index before this commit miss what the
-		 * delta just dropped (P2); the truncation is in the index */
+		 * delta just dropped (P2); the truncations of this batch and
+		 * of earlier ones are in the index, later ones not yet */
+		tq_drop(v, b->seq, false);
 		v->pruned++;
-		v->trunc_pend = v->trunc_from;
+		v->trunc_pend = trunc_lowest(v);
 	}
 	lock_rw_unlock(&v->lock);
 }

@@ -199,8 +199,9 @@ vs_mount "$TPL" "$MNT" -o block_size=$BS
 dd if="$T/other.ref" of="$MNT/other.img" bs=1M conv=fsync status=none
 mkdir "$MNT/.snapshots/other.img@keep"
 vs_umount "$MNT"
-# a new daemon appends into a new chunk file: vol.img's blocks, in order
-vs_mount "$TPL" "$MNT"
+# a new daemon appends into a new chunk file: vol.img's blocks, in order,
+# then the log slot of the fsync's flush (no background flush in between)
+vs_mount "$TPL" "$MNT" -o flush_ms=600000
 dd if="$T/vol.ref" of="$MNT/vol.img" bs=$BS oflag=direct conv=fsync status=none
 mkdir "$MNT/.snapshots/vol.img@s"
 vs_umount "$MNT"
@@ -211,8 +212,8 @@ C2=$TPL/chunks/0000000000000002.chunk
 # slot 0 after the header and the slot table (chunk header version 2)
 DOFF=$(chunk_data_off "$C2")
 [ "$DOFF" = $((4096 + 16 * 16384)) ] || fail "template: chunk 2 has its data at $DOFF"
-[ "$(stat -c %s "$C2")" = $((DOFF + NBLK * BS)) ] ||
-	fail "template: chunk 2 is $(stat -c %s "$C2") bytes, expected the header, the slot table and $NBLK slots"
+[ "$(stat -c %s "$C2")" = $((DOFF + (NBLK + 1) * BS)) ] ||
+	fail "template: chunk 2 is $(stat -c %s "$C2") bytes, expected the header, the slot table, $NBLK slots and a log slot"
 for j in 0 17 $((NBLK - 1)); do
 	cmp -s <(dd if="$C2" bs=$BS skip=$((DOFF / BS + j)) count=1 status=none) \
 		<(dd if="$T/vol.ref" bs=$BS skip=$j count=1 status=none) ||

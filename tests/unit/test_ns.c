@@ -35,6 +35,7 @@
 #include "vsnapfs/ns.h"
 #include "vsnapfs/chunk.h"
 #include "vsnapfs/log.h"
+#include "vsnapfs/wal.h"
 #include "../tools/rng.h"
 
 /*
@@ -51,10 +52,13 @@ static int test_flush(struct ns *ns)
 	return ns_flush(ns);
 }
 
-/* ...delete unlinked volumes nothing has open and release map nodes... */
+/* ...bring the index up to the log (a logged batch holds its volume until
+ * then), delete unlinked volumes nothing has open and release map nodes... */
 static int test_reap(struct ns *ns)
 {
-	return ns_reap_all(ns);
+	int rc = ns_checkpoint(ns);
+
+	return rc ? rc : ns_reap_all(ns);
 }
 
 /* ...and now and then one garbage-collection pass: >= 0 or -errno (the
@@ -137,11 +141,19 @@ static void setup_bs(uint32_t bs)
 	open_store();
 }
 
+/* Remove the store directory (closed): the next open makes a new one. */
+static int unlink_tree_store(void);
+
 static void setup(void) { setup_bs(4096); }
 
 static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
 {
 	return remove(path);
+}
+
+static int unlink_tree_store(void)
+{
+	return nftw(g_store, rm_one, 16, FTW_DEPTH | FTW_PHYS);
 }
 
 static void teardown(void)
@@ -1139,6 +1151,183 @@ Test(ns, a_flush_pass_commits_the_changes_of_volumes_already_closed)
 	ns_release(g_ns, f);
 }
 
+/* ---- the log: crash recovery ---------------------------------------------------------------- */
+
+/*
+ * Two fsyncs and a crash: A (blocks 0-3) is in batch 1, B (blocks 4-7) in
+ * batch 2, the last one.  Neither reached the index (no checkpoint ran: the
+ * background thread is off), so the next open replays both from the log.
+ */
+static void crash_after_two_fsyncs(void)
+{
+	struct ns_file *f = child_volume("log.img");
+
+	child_write(f, 4 * 4096, 0, 171);
+	child_check(ns_fsync(g_ns, f), 0, "fsync A");
+	child_write(f, 4 * 4096, 4 * 4096, 172);
+	child_check(ns_fsync(g_ns, f), 0, "fsync B");
+}
+
+/* Call fn on the file offset of every slot of the store's chunk files
+ * whose entry has the given kind (and, for data, an lblock in [lo, hi)). */
+static int for_slots(uint8_t kind, uint64_t lo, uint64_t hi,
+		     void (*fn)(const char *path, off_t off, void *ctx), void *ctx)
+{
+	char dir[400], path[450];
+	struct chunk_store *cs;
+	struct chunk_entry *e = calloc(CHUNK_NSLOTS(4096), sizeof(*e));
+	int n = 0;
+
+	snprintf(dir, sizeof(dir), "%s/chunks", g_store);
+	cr_assert_eq(chunk_store_open(dir, 4096, 1, &cs), 0);
+	for (uint64_t id = 1; id < 16; id++) {
+		snprintf(path, sizeof(path), "%s/%016" PRIx64 ".chunk", dir, id);
+		if (access(path, F_OK))
+			continue;
+		cr_assert_eq(chunk_entries_read(cs, id, 0, CHUNK_NSLOTS(4096), e), 0);
+		for (uint32_t i = 0; i < CHUNK_NSLOTS(4096); i++)
+			if (e[i].kind == kind && (kind == CHUNK_KIND_LOG ||
+						  (e[i].lblock >= lo && e[i].lblock < hi))) {
+				fn(path, (off_t)CHUNK_DATA_OFF(4096) + (off_t)i * 4096, ctx);
+				n++;
+			}
+	}
+	chunk_store_close(cs);
+	free(e);
+	return n;
+}
+
+/* A power cut that kept the log page but lost these blocks' payloads. */
+static void zero_slot(const char *path, off_t off, void *ctx)
+{
+	int fd = open(path, O_WRONLY);
+
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(pwrite(fd, (uint8_t[4096]){ 0 }, 4096, off), 4096);
+	close(fd);
+}
+
+/* Break the last batch of a LOG slot (its trailer), as a torn write does. */
+static void tear_last_batch(const char *path, off_t off, void *ctx)
+{
+	uint8_t slot[4096];
+	int fd = open(path, O_RDWR);
+	size_t pos = 0, last = 0;
+	struct wal_view v;
+
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(pread(fd, slot, 4096, off), 4096);
+	while (pos < 4096 && wal_parse(slot + pos, 4096 - pos, 0, &v) != -ENODATA) {
+		/* any chunk id: find the batches by their length field */
+		uint32_t len = slot[pos + 4] | slot[pos + 5] << 8 | slot[pos + 6] << 16;
+
+		cr_assert_gt(len, 0);
+		last = pos + len;
+		pos += len;
+	}
+	cr_assert_gt(last, 0, "no batch in the log slot");
+	slot[last - 1] ^= 0xff;
+	cr_assert_eq(pwrite(fd, slot, 4096, off), 4096);
+	close(fd);
+	(*(int *)ctx)++;
+}
+
+static struct ns_file *reopen_log_img(void)
+{
+	open_store();
+	return open_file(lookup(NS_ROOT_INO, "log.img"), O_RDONLY);
+}
+
+Test(ns, recovery_replays_every_fsynced_batch_and_without_the_log_they_are_lost)
+{
+	struct ns_file *f;
+
+	close_store();
+	in_crashing_child(crash_after_two_fsyncs);
+	f = reopen_log_img();
+	cr_assert_eq(size_of(lookup(NS_ROOT_INO, "log.img")), 8 * 4096);
+	expect_pattern(f, 4 * 4096, 0, 171, "A, from the log");
+	expect_pattern(f, 4 * 4096, 4 * 4096, 172, "B, from the log");
+	ns_release(g_ns, f);
+
+	/* the same crash with the log pages wiped: the index alone has
+	 * neither write (so it was the log that brought them back) */
+	close_store();
+	cr_assert_eq(unlink_tree_store(), 0);
+	open_store();
+	close_store();
+	in_crashing_child(crash_after_two_fsyncs);
+	cr_assert_gt(for_slots(CHUNK_KIND_LOG, 0, 0, zero_slot, NULL), 0);
+	f = reopen_log_img();
+	cr_assert_eq(size_of(lookup(NS_ROOT_INO, "log.img")), 0);
+	ns_release(g_ns, f);
+}
+
+Test(ns, recovery_drops_the_blocks_of_the_last_flush_that_never_reached_the_disk)
+{
+	struct ns_file *f;
+
+	close_store();
+	in_crashing_child(crash_after_two_fsyncs);
+	/* B's log page is on disk, its payloads are not */
+	cr_assert_eq(for_slots(CHUNK_KIND_DATA, 4, 8, zero_slot, NULL), 4);
+	f = reopen_log_img();
+	expect_pattern(f, 4 * 4096, 0, 171, "A");
+	expect(f, NULL, 4 * 4096, 4 * 4096, "B's blocks read as before it: a hole");
+	ns_release(g_ns, f);
+}
+
+Test(ns, recovery_keeps_a_synced_batch_whose_block_is_damaged_and_it_reads_eio)
+{
+	uint8_t buf[4096];
+	struct ns_file *f;
+
+	close_store();
+	in_crashing_child(crash_after_two_fsyncs);
+	/* A was synced before B was written: damage, not a lost write */
+	cr_assert_eq(for_slots(CHUNK_KIND_DATA, 1, 2, zero_slot, NULL), 1);
+	f = reopen_log_img();
+	cr_assert_eq(ns_read(g_ns, f, buf, 4096, 4096), -EIO, "a damaged synced block");
+	expect_pattern(f, 4096, 0, 171, "A's other blocks");
+	expect_pattern(f, 4 * 4096, 4 * 4096, 172, "B");
+	ns_release(g_ns, f);
+}
+
+Test(ns, recovery_stops_before_a_torn_last_batch)
+{
+	struct ns_file *f;
+	int torn = 0;
+
+	close_store();
+	in_crashing_child(crash_after_two_fsyncs);
+	cr_assert_eq(for_slots(CHUNK_KIND_LOG, 0, 0, tear_last_batch, &torn), 1);
+	f = reopen_log_img();
+	cr_assert_eq(size_of(lookup(NS_ROOT_INO, "log.img")), 4 * 4096, "B's batch was applied");
+	expect_pattern(f, 4 * 4096, 0, 171, "A");
+	ns_release(g_ns, f);
+}
+
+Test(ns, a_read_only_open_refuses_a_log_not_yet_replayed_and_a_read_write_one_replays_it)
+{
+	char msg[512];
+	bool created;
+	struct ns_file *f;
+
+	close_store();
+	in_crashing_child(crash_after_two_fsyncs);
+	g_opts.readonly = true;
+	cr_assert_eq(ns_open(g_store, &g_opts, &g_ns, &created, msg, sizeof(msg)), -EROFS);
+	cr_assert_not_null(strstr(msg, "mount it once read-write"), "%s", msg);
+	g_ns = NULL;
+	g_opts.readonly = false;
+	open_store();
+	close_store();
+	g_opts.readonly = true;
+	f = reopen_log_img();
+	expect_pattern(f, 4 * 4096, 4 * 4096, 172, "B, read-only after the replay");
+	ns_release(g_ns, f);
+}
+
 /* ---- a failed sync -------------------------------------------------------------------------- */
 
 Test(ns, a_failed_sync_fails_every_later_fsync_and_refuses_changes_until_reopen)
@@ -1174,14 +1363,24 @@ Test(ns, a_failed_sync_fails_every_later_fsync_and_refuses_changes_until_reopen)
 	cr_assert_eq(size_of(ino), 12 * 4096);
 	ns_release(g_ns, f);
 
-	/* a new mount goes back to the last successful fsync */
+	/* a new mount keeps every write of the last successful fsync; the
+	 * failed one's batch may be in the log, and recovery replays what of
+	 * it verifies: each of those blocks reads old or new, never garbage */
 	cr_assert_eq(ns_close(g_ns), -EIO, "the final flush of a poisoned store succeeded");
 	g_ns = NULL;
 	open_store();
 	cr_assert(!ns_sync_failed(g_ns));
-	cr_assert_eq(size_of(ino), 8 * 4096);
+	cr_assert(size_of(ino) == 8 * 4096 || size_of(ino) == 12 * 4096);
 	f = open_file(ino, O_RDWR);
 	expect_pattern(f, 8 * 4096, 0, 151, "synced data after reopen");
+	for (uint64_t b = 8; b < size_of(ino) / 4096; b++) {
+		uint8_t buf[4096], *want = pattern(4096, b * 4096, 152);
+
+		cr_assert_eq(ns_read(g_ns, f, buf, 4096, b * 4096), 4096);
+		cr_assert(!memcmp(buf, want, 4096) || !memcmp(buf, (uint8_t[4096]){ 0 }, 4096),
+			  "block %" PRIu64 " of the failed fsync is neither old nor new", b);
+		free(want);
+	}
 	put_pattern(f, 100, 0, 153);
 	cr_assert_eq(ns_fsync(g_ns, f), 0, "fsync after a new mount");
 	expect_pattern(f, 100, 0, 153, "written after reopen");

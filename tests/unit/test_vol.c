@@ -20,6 +20,7 @@
 #include "vsnapfs/chunk.h"
 #include "vsnapfs/mcache.h"
 #include "vsnapfs/vol.h"
+#include "vsnapfs/wal.h"
 
 static char dir[64];
 static struct bmap *bm;
@@ -59,20 +60,59 @@ static uint64_t new_node(uint64_t parent, uint64_t inherit)
 	return n.id;
 }
 
-/* collect, sync, apply, commit: what src/ns/flush.c does */
-static void flush(struct vol *v)
-{
-	struct vol_batch b = { 0 };
-	int rc;
+/*
+ * What src/ns/flush.c does, in two halves: collect() takes a vol's dirty
+ * blocks into a queued batch (a flush that logged it), checkpoint() applies
+ * every queued batch to the index in one transaction and marks them done,
+ * in order.  Between the two the vol shows the batch from its delta while
+ * the index lags behind, as in the daemon.
+ */
+static struct vol_batch queued[64];
+static size_t nqueued;
 
-	cr_assert_eq(vol_collect(v, &b), 0);
+static void collect(struct vol *v)
+{
+	cr_assert_lt(nqueued, 64);
+	memset(&queued[nqueued], 0, sizeof(queued[0]));
+	cr_assert_eq(vol_collect(v, &queued[nqueued]), 0);
+	nqueued++;
+}
+
+/* Apply the first n queued batches (a checkpoint that began before the
+ * later ones were logged), then mark them done. */
+static void checkpoint_some(size_t n)
+{
 	cr_assert_eq(chunk_sync(cs), 0);
 	cr_assert_eq(bmap_begin(bm), 0);
-	rc = vol_batch_apply(&b, bm);
-	cr_assert_eq(rc, 0);
+	for (size_t i = 0; i < n; i++) {
+		struct wal_buf w = { 0 };
+		struct wal_view wv;
+
+		cr_assert_eq(wal_buf_init(&w), 0);
+		cr_assert_eq(wal_put_vol(&w, &queued[i]), 0);
+		wal_seal(&w, i + 1, 1, 0);
+		wal_view_of(&w, &wv);
+		cr_assert_eq(wal_apply(bm, &wv, NULL, NULL), 0);
+		wal_buf_free(&w);
+	}
 	cr_assert_eq(bmap_commit(bm), 0);
-	vol_batch_done(&b, 0);
-	vol_batch_free(&b);
+	for (size_t i = 0; i < n; i++) {
+		vol_batch_done(&queued[i], 0);
+		vol_batch_free(&queued[i]);
+	}
+	memmove(queued, queued + n, (nqueued - n) * sizeof(queued[0]));
+	nqueued -= n;
+}
+
+static void checkpoint(void)
+{
+	checkpoint_some(nqueued);
+}
+
+static void flush(struct vol *v)
+{
+	collect(v);
+	checkpoint();
 }
 
 static void fill(uint8_t *p, size_t len, unsigned *seed)
@@ -313,7 +353,13 @@ static unsigned test_seed(unsigned seed)
 	return env && *env ? (unsigned)strtoul(env, NULL, 0) : seed;
 }
 
-static void model_run_in(uint32_t bs, unsigned seed, int ops, uint64_t maxsz, struct mcache *mc)
+/*
+ * lag: the index lags behind as in the daemon: batches are collected at
+ * random moments and applied in random groups later, so page loads read an
+ * index that misses batches the delta still holds, truncations included.
+ */
+static void model_run_in(uint32_t bs, unsigned seed, int ops, uint64_t maxsz, struct mcache *mc,
+			 bool lag)
 {
 	const uint64_t MAXSZ = maxsz;
 	struct vol_index ix = { .mc = mc };
@@ -394,8 +440,16 @@ static void model_run_in(uint32_t bs, unsigned seed, int ops, uint64_t maxsz, st
 			}
 		}
 		cr_assert_eq(vol_size(v), size, "%s", when);
-		if (op % 50 == 49)
+		if (lag) {
+			if (rand_r(&seed) % 6 == 0)
+				collect(v);
+			if (rand_r(&seed) % 25 == 0 || nqueued == 64) {
+				checkpoint_some(nqueued ? rand_r(&seed) % nqueued + 1 : 0);
+				assert_same(v, model, size, 0, MAXSZ, "after a checkpoint");
+			}
+		} else if (op % 50 == 49) {
 			flush(v);
+		}
 		if (op % 400 == 399) {
 			flush(v);
 			vol_close(v);
@@ -433,21 +487,30 @@ static void model_run_in(uint32_t bs, unsigned seed, int ops, uint64_t maxsz, st
 
 static void model_run(uint32_t bs, unsigned seed, int ops)
 {
-	model_run_in(bs, seed, ops, 1 << 20, NULL);
+	model_run_in(bs, seed, ops, 1 << 20, NULL, false);
+}
+
+/* A cache with room for about n pages of 16 extents (after its tables'
+ * charge). */
+static struct mcache *tiny_cache(unsigned n)
+{
+	struct mcache *mc = mcache_new(0);
+	struct mcache_stats st;
+
+	cr_assert_not_null(mc);
+	mcache_stats(mc, &st);
+	mcache_set_limit(mc, st.bytes + 64 + n * MCACHE_PAGE_BYTES(16));
+	return mc;
 }
 
 /* 16 pages of 4 KiB blocks through a cache of about 4: pages are evicted
  * and loaded again all the time, and loads overlay the delta. */
 Test(vol, matches_a_plain_array_with_a_cache_of_a_few_pages)
 {
-	struct mcache *mc = mcache_new(0);
+	struct mcache *mc = tiny_cache(4);
 	struct mcache_stats st;
 
-	cr_assert_not_null(mc);
-	/* the tables' charge, then room for about 4 pages */
-	mcache_stats(mc, &st);
-	mcache_set_limit(mc, st.bytes + 64 + 4 * MCACHE_PAGE_BYTES(16));
-	model_run_in(4096, 20261203, 6000, 16 << 20, mc);
+	model_run_in(4096, 20261203, 6000, 16 << 20, mc, false);
 	cr_assert_null(mcache_check(mc));
 	mcache_stats(mc, &st);
 	fprintf(stderr, "a cache of %zu bytes: %llu loads, %llu hits, %llu evictions\n",
@@ -455,6 +518,18 @@ Test(vol, matches_a_plain_array_with_a_cache_of_a_few_pages)
 		(unsigned long long)st.evictions);
 	cr_assert_gt(st.evictions, 1000, "pages were not evicted");
 	cr_assert_gt(st.hits, 1000, "pages were not kept");
+	mcache_free(mc);
+}
+
+/* The same with the index lagging the volume by several batches (the log
+ * of D3: a checkpoint applies them later, in groups), pages evicted and
+ * reloaded in between. */
+Test(vol, matches_a_plain_array_while_the_index_lags_several_batches_behind)
+{
+	struct mcache *mc = tiny_cache(1);
+
+	model_run_in(4096, 20261204, 8000, 2 << 20, mc, true);
+	cr_assert_null(mcache_check(mc));
 	mcache_free(mc);
 }
 

@@ -1,0 +1,267 @@
+/*
+ * recover: bring the index up to the log at open (docs/design.md, D3,
+ * "Crash recovery").
+ *
+ * The index says, in meta, the last batch it holds (ckpt_lsn = C) and the
+ * chunk that batch is in (ckpt_chunk = K).  Every batch after C is in a
+ * chunk >= K, in the slots of kind LOG.  So:
+ *   1. read the log of every chunk file >= K, in id order, and in each the
+ *      batches in slot order (chunk_log_read, wal_parse): this is the
+ *      order they were written in;
+ *   2. accept C+1, C+2, ... in that order, skipping what is invalid (torn,
+ *      damaged, a spare's stale bytes) and what is <= C, and stop at the
+ *      first gap: a batch is written only after the one before it was
+ *      synced, so nothing valid follows a missing one;
+ *   3. the batches after the last one's synced_lsn were written after the
+ *      last sync that returned: their payloads may not have reached the
+ *      disk.  Every block they bind is read and verified, and the ones
+ *      that fail are dropped: those writes were never acknowledged, so the
+ *      block reads old.  (Earlier batches' blocks were synced: they are
+ *      not read.)
+ *   4. apply all of them in one transaction that also moves ckpt_lsn, and
+ *      sets ckpt_chunk to the first chunk this open will write: every
+ *      batch so far is in the index.
+ * A crash during recovery recovers again: ckpt_lsn moves with the rows.
+ *
+ * A store cleanly unmounted has no batch after C (the unmount checkpointed
+ * before it set "clean"): nothing is read.  A store without ckpt_chunk
+ * has no log to read either; it gets both keys.  A read-only open replays nothing: it
+ * refuses a store whose index lacks batches.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ns/ns_int.h"
+#include "vsnapfs/log.h"
+#include "vsnapfs/wal.h"
+
+#define VERIFY_RUN 256u                 /* blocks read per chunk_read at step 3 */
+
+struct rec_state {
+	struct ns *ns;
+	uint64_t c;                     /* ckpt_lsn */
+	uint64_t k;                     /* ckpt_chunk */
+	uint8_t **bufs;                 /* the chunks' log bytes, kept while views point in */
+	size_t nbufs, bufs_cap;
+	struct wal_view *v;             /* accepted batches, in lsn order */
+	size_t n, cap;
+	bool gap;                       /* stop: nothing after a gap counts */
+	uint64_t chunks;                /* chunk files that held an accepted batch */
+	uint64_t dropped;               /* blocks of step 3 that did not verify */
+	uint8_t *blk;                   /* VERIFY_RUN blocks */
+	int rc;
+};
+
+static int meta_or(struct bmap *bm, const char *key, uint64_t dflt, uint64_t *out, bool *found)
+{
+	int rc = bmap_meta_get(bm, key, out);
+
+	if (found)
+		*found = rc == 0;
+	if (rc == -ENOENT) {
+		*out = dflt;
+		rc = 0;
+	}
+	return rc;
+}
+
+/* Step 1 and 2 for one chunk file. */
+static int scan_chunk(void *ctx, uint64_t id, uint32_t nslots)
+{
+	struct rec_state *st = ctx;
+	const size_t bs = st->ns->bs;
+	uint64_t expect;
+	uint8_t *buf;
+	size_t len, pos = 0;
+	bool any = false;
+	int rc;
+
+	if (id < st->k || st->gap)
+		return 0;
+	rc = chunk_log_read(st->ns->cs, id, &buf, &len);
+	if (rc == -ENOENT)
+		return 0;               /* removed meanwhile: nothing after C was in it */
+	if (rc == -EIO) {
+		/* damaged (its header, or a read failed): what it held is lost
+		 * like its blocks; if a batch after C was in it, the gap stops
+		 * the replay there (later batches need it) */
+		vlog(LOG_ERR, "chunk %016" PRIx64 ": cannot read its log: %s", id, strerror(-rc));
+		return 0;
+	}
+	if (rc)
+		return rc;
+	if (!buf)
+		return 0;
+	if (ARRAY_RESERVE(st->bufs, st->bufs_cap, st->nbufs, 16)) {
+		free(buf);
+		return -ENOMEM;
+	}
+	st->bufs[st->nbufs++] = buf;
+	while (pos < len && !st->gap) {
+		struct wal_view v;
+
+		rc = wal_parse(buf + pos, len - pos, id, &v);
+		if (rc) {
+			pos = (pos / bs + 1) * bs;      /* nothing more in this slot */
+			continue;
+		}
+		pos += v.len;
+		expect = st->n ? st->v[st->n - 1].lsn + 1 : st->c + 1;
+		if (v.lsn < expect)
+			continue;               /* in the index already */
+		if (v.lsn > expect) {
+			/* a lost or damaged batch: the ones after it cannot go
+			 * to the index without it */
+			vlog(LOG_CRIT, "recovery: log batch %" PRIu64 " is missing (chunk %016" PRIx64
+			     " holds %" PRIu64 "): later batches are not replayed", expect, id, v.lsn);
+			st->gap = true;
+			break;
+		}
+		if (ARRAY_RESERVE(st->v, st->cap, st->n, 64))
+			return -ENOMEM;
+		st->v[st->n++] = v;
+		any = true;
+	}
+	st->chunks += any;
+	return 0;
+}
+
+/* Step 3: which blocks of a PUT read back whole. */
+static int keep_verified(void *ctx, const struct wal_rec *r, uint8_t *ok)
+{
+	struct rec_state *st = ctx;
+	struct chunk_loc locs[VERIFY_RUN];
+
+	for (uint32_t i = 0; i < r->nblocks;) {
+		uint32_t n = r->nblocks - i < VERIFY_RUN ? r->nblocks - i : VERIFY_RUN;
+		struct chunk_bad bad;
+		int rc;
+
+		for (uint32_t j = 0; j < n; j++)
+			locs[j] = (struct chunk_loc){ .chunk_id = r->c, .slot = (uint32_t)r->d + i + j,
+						      .lblock = r->b + i + j };
+		rc = chunk_read(st->ns->cs, locs, n, st->blk, &bad);
+		if (rc == 0) {
+			memset(ok + i, 1, n);
+			i += n;
+		} else if (rc == -EBADMSG) {
+			/* good up to the bad one; look again after it */
+			memset(ok + i, 1, bad.index);
+			ok[i + bad.index] = 0;
+			st->dropped++;
+			i += bad.index + 1;
+		} else if (rc == -ENOENT || rc == -EIO || rc == -EINVAL) {
+			memset(ok + i, 0, n);
+			st->dropped += n;
+			i += n;
+		} else {
+			return rc;
+		}
+	}
+	return 0;
+}
+
+/* Step 4. */
+static int replay(struct rec_state *st)
+{
+	struct ns *ns = st->ns;
+	uint64_t synced = st->v[st->n - 1].synced_lsn;
+	int rc;
+
+	st->blk = malloc((size_t)VERIFY_RUN * ns->bs);
+	if (!st->blk)
+		return -ENOMEM;
+	rc = bmap_begin(ns->bm);
+	for (size_t i = 0; i < st->n && !rc; i++)
+		rc = wal_apply(ns->bm, &st->v[i], st->v[i].lsn > synced ? keep_verified : NULL, st);
+	if (!rc)
+		rc = bmap_meta_set(ns->bm, "ckpt_lsn", st->v[st->n - 1].lsn);
+	if (!rc)
+		rc = bmap_meta_set(ns->bm, "ckpt_chunk", chunk_next_id(ns->cs));
+	if (!rc)
+		rc = bmap_meta_set(ns->bm, "next_chunk_id", chunk_next_id(ns->cs));
+	if (!rc)
+		rc = bmap_commit(ns->bm);
+	if (rc)
+		bmap_rollback(ns->bm);
+	return rc;
+}
+
+int ns_recover(struct ns *ns, char *msg, size_t msglen)
+{
+	struct rec_state st = { .ns = ns };
+	uint64_t clean;
+	bool have_k;
+	int rc;
+
+	rc = meta_or(ns->bm, "ckpt_lsn", 0, &st.c, NULL);
+	if (!rc)
+		rc = meta_or(ns->bm, "ckpt_chunk", 0, &st.k, &have_k);
+	if (!rc)
+		rc = meta_or(ns->bm, "clean", 0, &clean, NULL);
+	if (rc) {
+		snprintf(msg, msglen, "cannot read the index: %s", strerror(-rc));
+		return rc;
+	}
+	ns->ckpt_lsn = st.c;
+	ns->lsn_next = st.c + 1;
+	ns->lsn_synced = st.c;
+	if (!have_k) {
+		/* no log anywhere yet: it starts in the next chunk */
+		if (ns->readonly)
+			return 0;
+		rc = bmap_begin(ns->bm);
+		if (!rc)
+			rc = bmap_meta_set(ns->bm, "ckpt_lsn", st.c);
+		if (!rc)
+			rc = bmap_meta_set(ns->bm, "ckpt_chunk", chunk_next_id(ns->cs));
+		if (!rc)
+			rc = bmap_commit(ns->bm);
+		if (rc) {
+			bmap_rollback(ns->bm);
+			snprintf(msg, msglen, "cannot update the index: %s", strerror(-rc));
+		}
+		return rc;
+	}
+
+	/* a clean unmount checkpointed everything: no log to read */
+	if (clean == 1)
+		return 0;
+	rc = chunk_foreach(ns->cs, scan_chunk, &st);
+	if (rc) {
+		snprintf(msg, msglen, "reading the log in the chunk files: %s", strerror(-rc));
+		goto out;
+	}
+	if (st.n == 0)
+		goto out;
+	if (ns->readonly) {
+		rc = -EROFS;
+		snprintf(msg, msglen, "%s was not cleanly unmounted and %zu log batch(es) are not "
+			 "in its index yet: mount it once read-write to replay them", ns->dir, st.n);
+		goto out;
+	}
+	rc = replay(&st);
+	if (rc) {
+		snprintf(msg, msglen, "replaying the log into the index: %s (%s)", strerror(-rc),
+			 bmap_errmsg(ns->bm));
+		goto out;
+	}
+	ns->ckpt_lsn = st.v[st.n - 1].lsn;
+	ns->lsn_next = ns->ckpt_lsn + 1;
+	ns->lsn_synced = ns->ckpt_lsn;
+	vlog(LOG_NOTICE, "recovery: replayed %zu log batch(es) (lsn %" PRIu64 "-%" PRIu64
+	     ") from %" PRIu64 " chunk file(s)", st.n, st.v[0].lsn, ns->ckpt_lsn, st.chunks);
+	if (st.dropped)
+		vlog(LOG_NOTICE, "recovery: %" PRIu64 " block(s) of the last flush, never "
+		     "acknowledged, did not reach the disk: they read as before it", st.dropped);
+out:
+	for (size_t i = 0; i < st.nbufs; i++)
+		free(st.bufs[i]);
+	free(st.bufs);
+	free(st.v);
+	free(st.blk);
+	return rc;
+}
