@@ -25,7 +25,7 @@ bool progress;
 static void usage(FILE *f)
 {
 	fprintf(f,
-		"usage: vsnapctl COMMAND [--json] [ARG]\n"
+		"usage: vsnapctl COMMAND [--json] [ARG...]\n"
 		"\n"
 		"  list  [PATH]               volumes and snapshot files: size, allocated, exclusive\n"
 		"                             (freed if deleted) bytes, origin of clones; PATH inside\n"
@@ -33,6 +33,9 @@ static void usage(FILE *f)
 		"  tree  STORE|MOUNTPOINT     the clone/snapshot genealogy of the map nodes\n"
 		"  check STORE|MOUNTPOINT     verify the index against the chunk files\n"
 		"  scrub STORE|MOUNTPOINT     read every block and verify its checksum\n"
+		"  diff  A B                  extents that differ between two volume or snapshot\n"
+		"                             files of one lineage in a mount (offset, length, data\n"
+		"                             or zero: what B holds), from the index alone\n"
 		"\n"
 		"STORE is a store directory; a MOUNTPOINT of a running vsnapfs names its store.\n"
 		"The argument defaults to the current directory.  --json: machine-readable output.\n"
@@ -43,7 +46,7 @@ static void usage(FILE *f)
 int main(int argc, char **argv)
 {
 	struct store st = { 0 };
-	const char *cmd = NULL, *arg = NULL;
+	const char *cmd = NULL, *arg = NULL, *arg2 = NULL;
 	bool opts = true;
 	int rc;
 
@@ -68,6 +71,8 @@ int main(int argc, char **argv)
 			cmd = a;
 		} else if (!arg) {
 			arg = a;
+		} else if (!arg2 && !strcmp(cmd, "diff")) {
+			arg2 = a;
 		} else {
 			fprintf(stderr, "vsnapctl: too many arguments\n");
 			usage(stderr);
@@ -79,8 +84,13 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	if (strcmp(cmd, "list") && strcmp(cmd, "tree") && strcmp(cmd, "check") &&
-	    strcmp(cmd, "scrub")) {
+	    strcmp(cmd, "scrub") && strcmp(cmd, "diff")) {
 		fprintf(stderr, "vsnapctl: unknown command %s\n", cmd);
+		usage(stderr);
+		return 2;
+	}
+	if (!strcmp(cmd, "diff") && !arg2) {
+		fprintf(stderr, "vsnapctl: diff needs two files, A and B\n");
 		usage(stderr);
 		return 2;
 	}
@@ -97,6 +107,8 @@ int main(int argc, char **argv)
 		rc = cmd_tree(&st);
 	else if (!strcmp(cmd, "check"))
 		rc = cmd_check(&st);
+	else if (!strcmp(cmd, "diff"))
+		rc = cmd_diff(&st, arg, arg2);
 	else
 		rc = cmd_scrub(&st);
 	store_close(&st);

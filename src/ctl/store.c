@@ -20,12 +20,7 @@
 #include "ctl/ctl_int.h"
 #include "vsnapfs/storedir.h"
 
-/*
- * The store behind arg: arg itself if it holds index.sqlite, else the store
- * of the vsnapfs mounted at arg or at the nearest mount point above it; rel
- * gets the path of arg below that mount point ("" for the mount point).
- */
-static int resolve_store(const char *arg, char *out, size_t outlen, char *rel, size_t rellen)
+int store_resolve(const char *arg, char *out, size_t outlen, char *rel, size_t rellen)
 {
 	char real[PATH_MAX], probe[PATH_MAX + 16];
 	size_t best = 0, prefix = strlen(STOREDIR_FSNAME_PREFIX);
@@ -77,7 +72,7 @@ int store_open(const char *arg, bool chunks, struct store *st)
 	char path[PATH_MAX + 32];
 	int rc;
 
-	rc = resolve_store(arg, st->dir, sizeof(st->dir), st->rel, sizeof(st->rel));
+	rc = store_resolve(arg, st->dir, sizeof(st->dir), st->rel, sizeof(st->rel));
 	if (rc) {
 		fprintf(stderr, "vsnapctl: %s is neither a vsnapfs store nor in a vsnapfs mount\n", arg);
 		return rc;
