@@ -45,6 +45,7 @@
 #include "vsnapfs/chunk.h"
 #include "vsnapfs/mcache.h"
 #include "vsnapfs/ns.h"
+#include "vsnapfs/storedir.h"
 
 #define PROG "vsnapfs"
 
@@ -334,7 +335,7 @@ static int add_fixed_opts(struct fuse_args *args, const char *store_abs)
 	char *opts = NULL;
 	int rc = -ENOMEM;
 
-	if (asprintf(&fsname, "fsname=" PROG ":%s", store_abs) < 0) {
+	if (asprintf(&fsname, "fsname=" STOREDIR_FSNAME_PREFIX "%s", store_abs) < 0) {
 		fsname = NULL;
 		goto out;
 	}

@@ -348,4 +348,57 @@ struct bmap_upgrade_ops {
 int bmap_format(struct bmap *b);
 int bmap_upgrade_run(struct bmap *b, uint64_t step_rows, const struct bmap_upgrade_ops *ops);
 
+/* ---- reading a node's chain (src/bmap/chain.c) ------------------------------
+ *
+ * Read-only queries built on the calls above (no SQL of their own), for
+ * vsnapctl and its tests: what a node shows of its parent, what it shows
+ * after its whole chain is resolved, and where two nodes of one lineage
+ * differ.  The rules are the ones at the top of this file: a node shows its
+ * own extent, else (below its inherit limit, with a parent) what the parent
+ * shows, else zeros.  Each call reads the index as it is committed when
+ * each of its statements runs: wrap it in bmap_snapshot_begin() for one
+ * consistent view of a store that a daemon is writing.  fn runs after or
+ * during the walk: it must not call bmap_* on the same handle.  A missing
+ * parent node, or a parent loop, is -EUCLEAN.
+ */
+
+/*
+ * The runs of [from, below) in which child shows what its parent shows:
+ * below child->inherit and covered by no extent (data or tombstone) of the
+ * child; fn(ctx, lblock, nblocks) for each, in increasing order.  Nothing
+ * if child has no parent.  (A merge moves exactly these blocks of the
+ * parent into the child; vsnapctl list counts a node's exclusive blocks as
+ * those no child shows.)
+ */
+int bmap_node_shown(struct bmap *b, const struct bmap_node *child, uint64_t from,
+		    uint64_t below, int (*fn)(void *ctx, uint64_t lblock, uint64_t nblocks),
+		    void *ctx);
+
+struct bmap_run {                       /* a run of resolved content; a plain value */
+	uint64_t lblock, nblocks;
+	bool data;                      /* false: reads as zeros (tombstone or nothing) */
+};
+
+/* What node shows over [from, below), its chain resolved: runs of data and
+ * of zeros covering the range, in order, touching runs of one kind merged.
+ * Cost: the extents of the chain's nodes inside the range, and one query
+ * per node of the chain and piece of the range still unresolved. */
+int bmap_node_content(struct bmap *b, uint64_t node, uint64_t from, uint64_t below,
+		      int (*fn)(void *ctx, const struct bmap_run *r), void *ctx);
+
+/*
+ * The blocks of [0, below) where nodes node_a and node_b show different content,
+ * from the extents alone (no data is read): fn(ctx, run) for each run, in
+ * increasing order, touching runs merged, run->data saying what b shows
+ * there.  Two blocks are the same when both read as zeros or both map to
+ * the same (chunk, slot).  The algorithm (docs/design.md, "Diff of two
+ * nodes") reads the extents of the nodes strictly between each of a and b
+ * and their nearest common ancestor, and resolves that ancestor's content
+ * only where one side's extents are tombstones, or where the two sides'
+ * inherit limits differ: the cost follows what changed, not the volume
+ * size.  -EXDEV if a and b have no common ancestor (two lineages).
+ */
+int bmap_node_diff(struct bmap *b, uint64_t node_a, uint64_t node_b, uint64_t below,
+		   int (*fn)(void *ctx, const struct bmap_run *r), void *ctx);
+
 #endif

@@ -1,0 +1,120 @@
+/*
+ * vsnapctl: inspect and maintain a store, mounted or not.
+ *
+ *   vsnapctl list  [--json] [PATH]                volumes and snapshot files
+ *   vsnapctl tree  [--json] STORE|MOUNTPOINT      the clone/snapshot genealogy
+ *   vsnapctl check [--json] STORE|MOUNTPOINT      index against chunk files (exit 1: problems)
+ *   vsnapctl scrub [--json] STORE|MOUNTPOINT      read and verify every block (exit 1: damage)
+ *   vsnapctl diff  [--json] A B                   changed extents between two files of one lineage
+ *
+ * Exit status: 0 clean, 1 problems (check) or damage (scrub), 2 usage or I/O
+ * error.  --json may come anywhere on the command line.  This file parses
+ * the command line and calls one cmd_* (one file each; the list is in
+ * ctl_int.h).
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "ctl/ctl_int.h"
+
+bool json;
+bool progress;
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+		"usage: vsnapctl COMMAND [--json] [ARG...]\n"
+		"\n"
+		"  list  [PATH]               volumes and snapshot files: size, allocated, exclusive\n"
+		"                             (freed if deleted) bytes, origin of clones; PATH inside\n"
+		"                             a mount lists only what is below it\n"
+		"  tree  STORE|MOUNTPOINT     the clone/snapshot genealogy of the map nodes\n"
+		"  check STORE|MOUNTPOINT     verify the index against the chunk files\n"
+		"  scrub STORE|MOUNTPOINT     read every block and verify its checksum\n"
+		"  diff  A B                  extents that differ between two volume or snapshot\n"
+		"                             files of one lineage in a mount (offset, length, data\n"
+		"                             or zero: what B holds), from the index alone\n"
+		"\n"
+		"STORE is a store directory; a MOUNTPOINT of a running vsnapfs names its store.\n"
+		"The argument defaults to the current directory.  --json: machine-readable output.\n"
+		"Exit status: 0 clean, 1 problems (check) or damaged blocks (scrub), 2 usage or I/O\n"
+		"error.\n");
+}
+
+int main(int argc, char **argv)
+{
+	struct store st = { 0 };
+	const char *cmd = NULL, *arg = NULL, *arg2 = NULL;
+	bool opts = true;
+	int rc;
+
+	for (int i = 1; i < argc; i++) {
+		const char *a = argv[i];
+
+		if (opts && !strcmp(a, "--")) {
+			opts = false;
+		} else if (opts && !strcmp(a, "--json")) {
+			json = true;
+		} else if (opts && (!strcmp(a, "--help") || !strcmp(a, "-h"))) {
+			usage(stdout);
+			return 0;
+		} else if (opts && !strcmp(a, "--version")) {
+			printf("vsnapctl %s\n", VSNAPFS_VERSION);
+			return 0;
+		} else if (opts && a[0] == '-' && a[1]) {
+			fprintf(stderr, "vsnapctl: unknown option %s\n", a);
+			usage(stderr);
+			return 2;
+		} else if (!cmd) {
+			cmd = a;
+		} else if (!arg) {
+			arg = a;
+		} else if (!arg2 && !strcmp(cmd, "diff")) {
+			arg2 = a;
+		} else {
+			fprintf(stderr, "vsnapctl: too many arguments\n");
+			usage(stderr);
+			return 2;
+		}
+	}
+	if (!cmd) {
+		usage(stderr);
+		return 2;
+	}
+	if (strcmp(cmd, "list") && strcmp(cmd, "tree") && strcmp(cmd, "check") &&
+	    strcmp(cmd, "scrub") && strcmp(cmd, "diff")) {
+		fprintf(stderr, "vsnapctl: unknown command %s\n", cmd);
+		usage(stderr);
+		return 2;
+	}
+	if (!strcmp(cmd, "diff") && !arg2) {
+		fprintf(stderr, "vsnapctl: diff needs two files, A and B\n");
+		usage(stderr);
+		return 2;
+	}
+	progress = isatty(2) && !json;
+	if (store_open(arg ? arg : ".", !strcmp(cmd, "check") || !strcmp(cmd, "scrub"), &st)) {
+		store_close(&st);
+		return 2;
+	}
+	if (strcmp(cmd, "list"))
+		st.rel[0] = '\0';       /* only list filters by path */
+	if (!strcmp(cmd, "list"))
+		rc = cmd_list(&st);
+	else if (!strcmp(cmd, "tree"))
+		rc = cmd_tree(&st);
+	else if (!strcmp(cmd, "check"))
+		rc = cmd_check(&st);
+	else if (!strcmp(cmd, "diff"))
+		rc = cmd_diff(&st, arg, arg2);
+	else
+		rc = cmd_scrub(&st);
+	store_close(&st);
+	if (fflush(stdout) || ferror(stdout)) {
+		fprintf(stderr, "vsnapctl: writing output: %s\n", strerror(errno));
+		return 2;
+	}
+	return rc;
+}

@@ -1,0 +1,148 @@
+/*
+ * store: the store behind a command-line argument, opened read-only.
+ *
+ * An argument may be the store directory itself (it holds index.sqlite),
+ * the mount point of a running vsnapfs, or (list, diff) any path inside
+ * such a mount: the daemon mounts with fsname "vsnapfs:STORE", found in
+ * /proc/self/mounts.  Names of the store's entries, the fsname and the lock
+ * come from vsnapfs/storedir.h, as the daemon has them.
+ *
+ * On a mounted store the daemon is first asked to bring the index up to its
+ * log (sync_mounts).  A store that a daemon holds is "in use": check reads
+ * it twice (check.c).
+ * Whether it is held is read from /proc/locks: taking the lock ourselves,
+ * even briefly, could make a daemon starting at that moment refuse.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <mntent.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "ctl/ctl_int.h"
+#include "vsnapfs/storedir.h"
+
+int store_resolve(const char *arg, char *out, size_t outlen, char *rel, size_t rellen)
+{
+	char real[PATH_MAX], probe[PATH_MAX + 16];
+	size_t best = 0, prefix = strlen(STOREDIR_FSNAME_PREFIX);
+	struct mntent *me;
+	FILE *mf;
+	int rc = -ENOENT;
+
+	if (!realpath(arg, real))
+		return -errno;
+	snprintf(probe, sizeof(probe), "%s/" STOREDIR_INDEX, real);
+	if (access(probe, F_OK) == 0) {
+		snprintf(out, outlen, "%s", real);
+		rel[0] = '\0';
+		return 0;
+	}
+	mf = setmntent("/proc/self/mounts", "r");
+	if (!mf)
+		return -errno;
+	while ((me = getmntent(mf))) {
+		size_t len = strlen(me->mnt_dir);
+
+		if (strncmp(me->mnt_fsname, STOREDIR_FSNAME_PREFIX, prefix) || len <= best)
+			continue;
+		if (strcmp(me->mnt_dir, "/") &&
+		    (strncmp(me->mnt_dir, real, len) || (real[len] && real[len] != '/')))
+			continue;
+		if (!strcmp(me->mnt_dir, "/"))
+			len = 0;
+		snprintf(out, outlen, "%s", me->mnt_fsname + prefix);
+		snprintf(rel, rellen, "%s", real + len);
+		best = len ? len : 1;
+		rc = 0;
+	}
+	endmntent(mf);
+	return rc;
+}
+
+/* A daemon holds the store (when unsure, say yes; a missing directory is
+ * held by nobody). */
+static bool store_in_use(const char *dir)
+{
+	int rc = storedir_lock_holder(dir, NULL, 0);
+
+	return rc == -ENOENT ? false : rc != 0;
+}
+
+/*
+ * A mounted daemon keeps recent changes in its log until a checkpoint
+ * writes them to the index (docs/design.md, D3); an fsync of a directory of
+ * the mount asks for one.  Every mount of the store gets it.  Errors only
+ * warn: the index is then up to a second behind.
+ */
+static void sync_mounts(const char *store)
+{
+	size_t prefix = strlen(STOREDIR_FSNAME_PREFIX);
+	struct mntent *me;
+	FILE *mf = setmntent("/proc/self/mounts", "r");
+
+	if (!mf)
+		return;
+	while ((me = getmntent(mf))) {
+		int fd;
+
+		if (strncmp(me->mnt_fsname, STOREDIR_FSNAME_PREFIX, prefix) ||
+		    strcmp(me->mnt_fsname + prefix, store))
+			continue;
+		fd = open(me->mnt_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		if (fd < 0 || fsync(fd))
+			fprintf(stderr, "vsnapctl: %s: cannot bring the index up to date: %s\n",
+				me->mnt_dir, strerror(errno));
+		if (fd >= 0)
+			close(fd);
+	}
+	endmntent(mf);
+}
+
+int store_open(const char *arg, bool chunks, struct store *st)
+{
+	char path[PATH_MAX + 32];
+	int rc;
+
+	rc = store_resolve(arg, st->dir, sizeof(st->dir), st->rel, sizeof(st->rel));
+	if (rc) {
+		fprintf(stderr, "vsnapctl: %s is neither a vsnapfs store nor in a vsnapfs mount\n", arg);
+		return rc;
+	}
+	sync_mounts(st->dir);
+	snprintf(path, sizeof(path), "%s/" STOREDIR_INDEX, st->dir);
+	rc = bmap_open(path, 1, &st->bm);
+	if (rc) {
+		fprintf(stderr, "vsnapctl: %s: %s\n", path,
+			rc == -EUCLEAN ? "damaged or not a vsnapfs index" :
+			rc == -EPROTONOSUPPORT ? "unknown format version" : strerror(-rc));
+		return rc;
+	}
+	if (bmap_format(st->bm) < BMAP_FORMAT_VERSION) {
+		fprintf(stderr, "vsnapctl: %s: index format %d: mount the store once (read-write) "
+			"to upgrade it to format %d\n", path, bmap_format(st->bm), BMAP_FORMAT_VERSION);
+		return -EPROTONOSUPPORT;
+	}
+	st->bs = bmap_block_size(st->bm);
+	if (!chunks)
+		return 0;
+	st->in_use = store_in_use(st->dir);
+	/* chunk_store_open would create a missing directory: look first */
+	snprintf(path, sizeof(path), "%s/" STOREDIR_CHUNKS, st->dir);
+	if (access(path, F_OK)) {
+		rc = -errno;
+		fprintf(stderr, "vsnapctl: %s: %s\n", path, strerror(-rc));
+		return rc;
+	}
+	rc = chunk_store_open(path, st->bs, 1, &st->cs);
+	if (rc)
+		fprintf(stderr, "vsnapctl: %s: %s\n", path, strerror(-rc));
+	return rc;
+}
+
+void store_close(struct store *st)
+{
+	chunk_store_close(st->cs);
+	bmap_close(st->bm);
+}
