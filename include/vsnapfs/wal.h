@@ -108,6 +108,24 @@ void wal_rec_get(const struct wal_view *v, uint32_t i, struct wal_rec *r);
 typedef int (*wal_keep_fn)(void *ctx, const struct wal_rec *r, uint8_t *ok);
 int wal_apply(struct bmap *bm, const struct wal_view *v, wal_keep_fn keep, void *ctx);
 
+/*
+ * Many batches in one transaction (a checkpoint, a recovery): a volume
+ * written and synced a thousand times in a second has a thousand INODE
+ * records, and only the last one matters (nothing else in a batch reads
+ * or writes inode rows).  wal_apply_deferred() applies v as wal_apply()
+ * does but keeps its INODE records in d, the last one per inode;
+ * wal_inodes_apply() writes those and empties d; wal_inodes_free() frees
+ * it (after an error too).
+ */
+struct wal_inodes {
+	struct wal_rec *v;
+	size_t n, cap;
+};
+int wal_apply_deferred(struct bmap *bm, const struct wal_view *v, wal_keep_fn keep, void *ctx,
+		       struct wal_inodes *d);
+int wal_inodes_apply(struct bmap *bm, struct wal_inodes *d);
+void wal_inodes_free(struct wal_inodes *d);
+
 /* The sealed batch in w as a view (no parse: the bytes are ours). */
 void wal_view_of(const struct wal_buf *w, struct wal_view *v);
 

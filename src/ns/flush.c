@@ -183,6 +183,7 @@ static void logq_shift(struct logq *q, size_t n)
 int ns_txn_begin(struct ns *ns)
 {
 	struct logent **take = NULL;
+	struct wal_inodes inodes = { 0 };
 	uint64_t lsn = 0, chunk = 0, in_doubt;
 	size_t n;
 	int rc;
@@ -203,10 +204,13 @@ int ns_txn_begin(struct ns *ns)
 		struct wal_view v;
 
 		wal_view_of(&take[i]->w, &v);
-		rc = wal_apply(ns->bm, &v, NULL, NULL);
+		rc = wal_apply_deferred(ns->bm, &v, NULL, NULL, &inodes);
 		lsn = take[i]->lsn;
 		chunk = take[i]->chunk;
 	}
+	if (!rc)
+		rc = wal_inodes_apply(ns->bm, &inodes);
+	wal_inodes_free(&inodes);
 	/* a batch whose sync failed may be on disk: recovery must not apply
 	 * it on top of this transaction (nothing acknowledged it) */
 	if (!rc && in_doubt > ns->ckpt_lsn && in_doubt > lsn)

@@ -169,6 +169,7 @@ static int replay(struct rec_state *st)
 {
 	struct ns *ns = st->ns;
 	uint64_t synced = st->v[st->n - 1].synced_lsn;
+	struct wal_inodes inodes = { 0 };
 	int rc;
 
 	st->blk = malloc((size_t)VERIFY_RUN * ns->bs);
@@ -176,7 +177,11 @@ static int replay(struct rec_state *st)
 		return -ENOMEM;
 	rc = bmap_begin(ns->bm);
 	for (size_t i = 0; i < st->n && !rc; i++)
-		rc = wal_apply(ns->bm, &st->v[i], st->v[i].lsn > synced ? keep_verified : NULL, st);
+		rc = wal_apply_deferred(ns->bm, &st->v[i], st->v[i].lsn > synced ? keep_verified : NULL,
+					st, &inodes);
+	if (!rc)
+		rc = wal_inodes_apply(ns->bm, &inodes);
+	wal_inodes_free(&inodes);
 	if (!rc)
 		rc = bmap_meta_set(ns->bm, "ckpt_lsn", st->v[st->n - 1].lsn);
 	if (!rc)

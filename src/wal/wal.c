@@ -244,7 +244,23 @@ static int apply_one(struct bmap *bm, const struct wal_rec *r, wal_keep_fn keep,
 	}
 }
 
-int wal_apply(struct bmap *bm, const struct wal_view *v, wal_keep_fn keep, void *ctx)
+/* Keep r, an INODE record, as the last one of its inode in d. */
+static int defer_inode(struct wal_inodes *d, const struct wal_rec *r)
+{
+	for (size_t i = 0; i < d->n; i++) {
+		if (d->v[i].a == r->a) {
+			d->v[i] = *r;
+			return 0;
+		}
+	}
+	if (ARRAY_RESERVE(d->v, d->cap, d->n, 16))
+		return -ENOMEM;
+	d->v[d->n++] = *r;
+	return 0;
+}
+
+int wal_apply_deferred(struct bmap *bm, const struct wal_view *v, wal_keep_fn keep, void *ctx,
+		       struct wal_inodes *d)
 {
 	int rc = 0;
 
@@ -252,7 +268,31 @@ int wal_apply(struct bmap *bm, const struct wal_view *v, wal_keep_fn keep, void 
 		struct wal_rec r;
 
 		wal_rec_get(v, i, &r);
-		rc = apply_one(bm, &r, keep, ctx);
+		if (d && r.type == WAL_INODE)
+			rc = defer_inode(d, &r);
+		else
+			rc = apply_one(bm, &r, keep, ctx);
 	}
 	return rc;
+}
+
+int wal_apply(struct bmap *bm, const struct wal_view *v, wal_keep_fn keep, void *ctx)
+{
+	return wal_apply_deferred(bm, v, keep, ctx, NULL);
+}
+
+int wal_inodes_apply(struct bmap *bm, struct wal_inodes *d)
+{
+	int rc = 0;
+
+	for (size_t i = 0; i < d->n && !rc; i++)
+		rc = apply_inode(bm, &d->v[i]);
+	d->n = 0;
+	return rc;
+}
+
+void wal_inodes_free(struct wal_inodes *d)
+{
+	free(d->v);
+	memset(d, 0, sizeof(*d));
 }

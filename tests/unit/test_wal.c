@@ -257,3 +257,30 @@ Test(wal, an_inode_deleted_since_is_skipped_and_an_unknown_record_refused)
 	cr_assert_eq(wal_apply(bm, &v, NULL, NULL), -EBADMSG);
 	wal_buf_free(&w);
 }
+
+Test(wal, deferred_inode_records_keep_only_the_last_one_per_inode)
+{
+	struct wal_inodes d = { 0 };
+	struct bmap_inode in;
+
+	cr_assert_eq(bmap_begin(bm), 0);
+	for (uint64_t size = 10; size <= 30; size += 10) {
+		struct wal_buf w = { 0 };
+		struct wal_view v;
+
+		cr_assert_eq(wal_buf_init(&w), 0);
+		cr_assert_eq(wal_put_inode(&w, 1, size, (int64_t)size, (int64_t)size), 0);
+		wal_seal(&w, size, 1, 0);
+		wal_view_of(&w, &v);
+		cr_assert_eq(wal_apply_deferred(bm, &v, NULL, NULL, &d), 0);
+		wal_buf_free(&w);
+	}
+	cr_assert_eq(d.n, 1, "one record per inode is kept");
+	cr_assert_eq(bmap_inode_get(bm, 1, &in), 0);
+	cr_assert_eq(in.size, 0, "not written before wal_inodes_apply");
+	cr_assert_eq(wal_inodes_apply(bm, &d), 0);
+	cr_assert_eq(bmap_commit(bm), 0);
+	cr_assert_eq(bmap_inode_get(bm, 1, &in), 0);
+	cr_assert(in.size == 30 && in.mtime_ns == 30, "the last record wins");
+	wal_inodes_free(&d);
+}
