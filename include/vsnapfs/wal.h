@@ -5,7 +5,8 @@
  * A batch is what one flush changed, as records the index can apply
  * without anything else: PUT (node, lblock, nblocks) -> (chunk, slot), a
  * tombstone when chunk is 0; DEL (node, lblock, nblocks); TRUNC (node,
- * rows >= lblock); INHERIT (node, limit); INODE (ino, size, mtime, ctime).
+ * rows >= lblock); INHERIT (node, limit: lowers it, never raises it);
+ * INODE (ino, size, mtime, ctime).
  * The same records go to the index at a checkpoint and at crash recovery,
  * by the same wal_apply(), so the path a crash takes is the one every
  * second takes.

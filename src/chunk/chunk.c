@@ -1696,8 +1696,11 @@ int chunk_sync(struct chunk_store *cs)
 
 	lock_mutex_lock(&cs->mu);
 	for (size_t i = 0; i < n; i++) {
-		if (items[i].gone)
+		if (items[i].gone) {
 			items[i].w->nused = cs->nslots;    /* sealed: no more appends */
+			if (cs->log_chunk == items[i].w->id)
+				cs->log_chunk = 0;          /* nor log batches */
+		}
 		chunk_w_put_locked(cs, items[i].w);
 	}
 	lock_mutex_unlock(&cs->mu);

@@ -103,6 +103,7 @@ static void sync_mounts(const char *store)
 int store_open(const char *arg, bool chunks, struct store *st)
 {
 	char path[PATH_MAX + 32];
+	uint64_t clean;
 	int rc;
 
 	rc = store_resolve(arg, st->dir, sizeof(st->dir), st->rel, sizeof(st->rel));
@@ -125,9 +126,13 @@ int store_open(const char *arg, bool chunks, struct store *st)
 		return -EPROTONOSUPPORT;
 	}
 	st->bs = bmap_block_size(st->bm);
+	st->in_use = store_in_use(st->dir);
+	if (!st->in_use && bmap_meta_get(st->bm, "clean", &clean) == 0 && clean == 0)
+		fprintf(stderr, "vsnapctl: %s was not cleanly unmounted: its last writes may be in "
+			"its log, which the next mount replays; this reads the index without them\n",
+			st->dir);
 	if (!chunks)
 		return 0;
-	st->in_use = store_in_use(st->dir);
 	/* chunk_store_open would create a missing directory: look first */
 	snprintf(path, sizeof(path), "%s/" STOREDIR_CHUNKS, st->dir);
 	if (access(path, F_OK)) {

@@ -235,10 +235,17 @@ int ns_txn_begin(struct ns *ns)
 
 int ns_txn_commit(struct ns *ns)
 {
-	int rc;
+	int rc = 0;
 
 	assert(lock_held(&ns->db_mu));
-	rc = bmap_commit(ns->bm);
+	/* room on the settle list first (ns_settle never shrinks it), so
+	 * that a committed batch always gets there */
+	lock_mutex_lock(&ns->log_mu);
+	while (!rc && ns->settle.cap < ns->settle.n + ns->txn_taken)
+		rc = ARRAY_RESERVE(ns->settle.v, ns->settle.cap, ns->settle.cap, 64);
+	lock_mutex_unlock(&ns->log_mu);
+	if (!rc)
+		rc = bmap_commit(ns->bm);
 	if (rc)
 		return rc;              /* the caller rolls back */
 	if (ns->txn_lsn)
@@ -249,8 +256,8 @@ int ns_txn_commit(struct ns *ns)
 		lock_mutex_lock(&ns->log_mu);
 		for (size_t i = 0; i < ns->txn_taken; i++) {
 			ns->logq_recs -= ns->logq.v[i]->w.nrecs;
-			if (logq_push(&ns->settle, ns->logq.v[i]))
-				vlog(LOG_CRIT, "out of memory settling a log batch");
+			rc = logq_push(&ns->settle, ns->logq.v[i]);     /* reserved */
+			assert(!rc);
 		}
 		logq_shift(&ns->logq, ns->txn_taken);
 		lock_mutex_unlock(&ns->log_mu);
@@ -276,24 +283,29 @@ void ns_txn_rollback(struct ns *ns)
  */
 void ns_settle(struct ns *ns)
 {
-	struct logq q;
+	struct logent *take[64];
+	size_t n;
 
 	assert(lock_held(&ns->flush_mu));
-	lock_mutex_lock(&ns->log_mu);
-	q = ns->settle;
-	ns->settle = (struct logq){ 0 };
-	lock_mutex_unlock(&ns->log_mu);
-	for (size_t i = 0; i < q.n; i++) {
-		struct logent *e = q.v[i];
+	do {
+		/* a few at a time, by copy: the list keeps its room (ns_txn_commit
+		 * reserved it) */
+		lock_mutex_lock(&ns->log_mu);
+		n = ns->settle.n < 64 ? ns->settle.n : 64;
+		memcpy(take, ns->settle.v, n * sizeof(take[0]));
+		logq_shift(&ns->settle, n);
+		lock_mutex_unlock(&ns->log_mu);
+		for (size_t i = 0; i < n; i++) {
+			struct logent *e = take[i];
 
-		ns_held_done(ns, e->h, e->n, 0);
-		for (size_t j = 0; j < e->n; j++)
-			ns_file_unref(ns, e->h[j].f);
-		free(e->h);
-		wal_buf_free(&e->w);
-		free(e);
-	}
-	free(q.v);
+			ns_held_done(ns, e->h, e->n, 0);
+			for (size_t j = 0; j < e->n; j++)
+				ns_file_unref(ns, e->h[j].f);
+			free(e->h);
+			wal_buf_free(&e->w);
+			free(e);
+		}
+	} while (n);
 }
 
 static void logq_free(struct logq *q)
@@ -404,6 +416,13 @@ static int log_batches(struct ns *ns, struct held *h, size_t n, bool *queued)
 		return rc;
 	}
 	sc.w = &e->w;
+	/* room in the queue first: once the batch is synced it must be
+	 * queued (only flush_mu holders push; takers never shrink it) */
+	if (!rc) {
+		lock_mutex_lock(&ns->log_mu);
+		rc = ARRAY_RESERVE(ns->logq.v, ns->logq.cap, ns->logq.n, 64);
+		lock_mutex_unlock(&ns->log_mu);
+	}
 	if (!rc)
 		rc = chunk_log_append(ns->cs, e->w.p, len, seal_batch, &sc, &e->chunk);
 	if (rc) {
@@ -427,17 +446,10 @@ static int log_batches(struct ns *ns, struct held *h, size_t n, bool *queued)
 	e->h = h;
 	e->n = n;
 	lock_mutex_lock(&ns->log_mu);
-	rc = logq_push(&ns->logq, e);
-	if (!rc)
-		ns->logq_recs += e->w.nrecs;
+	rc = logq_push(&ns->logq, e);   /* cannot fail: reserved above */
+	assert(!rc);
+	ns->logq_recs += e->w.nrecs;
 	lock_mutex_unlock(&ns->log_mu);
-	if (rc) {
-		/* durable in the log but not queued: the index must get it now */
-		rc = commit_direct(ns, &e->w);
-		wal_buf_free(&e->w);
-		free(e);
-		return rc;
-	}
 	*queued = true;
 	return 0;
 }

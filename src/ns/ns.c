@@ -503,9 +503,21 @@ int ns_setattr(struct ns *ns, uint64_t ino, const struct ns_attr *a, int which,
 		if (!rc)
 			atomic_store(&f->wtime_ns, now);
 	}
+	/* flush_mu: no batch is being logged meanwhile, so none collected
+	 * before this change can reach the index after it (each carries its
+	 * volume's times); the transaction applies those already logged */
+	lock_mutex_lock(&ns->flush_mu);
 	lock_mutex_lock(&ns->db_mu);
 	if (!rc)
-		rc = bmap_inode_get(ns->bm, ino, &in);
+		rc = ns_txn_begin(ns);
+	if (rc) {
+		lock_mutex_unlock(&ns->db_mu);
+		lock_mutex_unlock(&ns->flush_mu);
+		if (f)
+			ns_release(ns, f);
+		return rc;
+	}
+	rc = bmap_inode_get(ns->bm, ino, &in);
 	if (!rc && (which & ~NS_SET_SIZE)) {
 		lock_mutex_lock(&ns->files_mu);
 		struct ns_file *cached = ns_files_find(ns, ino);
@@ -531,8 +543,13 @@ int ns_setattr(struct ns *ns, uint64_t ino, const struct ns_attr *a, int which,
 		rc = bmap_inode_update(ns->bm, &in);
 	}
 	if (!rc)
+		rc = ns_txn_commit(ns);
+	if (rc)
+		ns_txn_rollback(ns);
+	if (!rc)
 		rc = attr_of(ns, &in, out);
 	lock_mutex_unlock(&ns->db_mu);
+	lock_mutex_unlock(&ns->flush_mu);
 	if (f)
 		ns_release(ns, f);
 	return rc;

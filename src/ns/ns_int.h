@@ -111,6 +111,7 @@ struct ns {
 	uint64_t lsn_next;              /* (flush_mu) the next batch's number */
 	uint64_t lsn_synced;            /* (flush_mu) the last batch synced */
 	uint64_t ckpt_lsn;              /* (db_mu) the last batch in the index */
+	bool log_gap;                   /* constant after ns_open: recovery found a gap */
 	size_t txn_taken;               /* (db_mu) queued batches the open transaction applied */
 	uint64_t txn_lsn, txn_chunk;    /* (db_mu) and the last of them */
 

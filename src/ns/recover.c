@@ -47,8 +47,10 @@ struct rec_state {
 	uint8_t **bufs;                 /* the chunks' log bytes, kept while views point in */
 	size_t nbufs, bufs_cap;
 	struct wal_view *v;             /* accepted batches, in lsn order */
+	uint64_t last;                  /* ckpt_lsn after the replay */
 	size_t n, cap;
 	bool gap;                       /* stop: nothing after a gap counts */
+	uint64_t max_seen;              /* the highest lsn of any valid batch found */
 	uint64_t chunks;                /* chunk files that held an accepted batch */
 	uint64_t dropped;               /* blocks of step 3 that did not verify */
 	uint8_t *blk;                   /* VERIFY_RUN blocks */
@@ -68,18 +70,28 @@ static int meta_or(struct bmap *bm, const char *key, uint64_t dflt, uint64_t *ou
 	return rc;
 }
 
+/* The next place in buf, at or after pos, where a batch may start: the
+ * next magic.  A batch that does not parse (torn, damaged) says nothing
+ * about where the next one is, so look for it. */
+static size_t next_magic(const uint8_t *buf, size_t len, size_t pos)
+{
+	static const uint8_t magic[4] = { 0x56, 0x53, 0x4c, 0x47 };    /* WAL_MAGIC, LE */
+	const uint8_t *p = pos < len ? memmem(buf + pos, len - pos, magic, 4) : NULL;
+
+	return p ? (size_t)(p - buf) : len;
+}
+
 /* Step 1 and 2 for one chunk file. */
 static int scan_chunk(void *ctx, uint64_t id, uint32_t nslots)
 {
 	struct rec_state *st = ctx;
-	const size_t bs = st->ns->bs;
 	uint64_t expect;
 	uint8_t *buf;
 	size_t len, pos = 0;
 	bool any = false;
 	int rc;
 
-	if (id < st->k || st->gap)
+	if (id < st->k)
 		return 0;
 	rc = chunk_log_read(st->ns->cs, id, &buf, &len);
 	if (rc == -ENOENT)
@@ -100,25 +112,29 @@ static int scan_chunk(void *ctx, uint64_t id, uint32_t nslots)
 		return -ENOMEM;
 	}
 	st->bufs[st->nbufs++] = buf;
-	while (pos < len && !st->gap) {
+	for (pos = next_magic(buf, len, 0); pos < len; pos = next_magic(buf, len, pos)) {
 		struct wal_view v;
 
-		rc = wal_parse(buf + pos, len - pos, id, &v);
-		if (rc) {
-			pos = (pos / bs + 1) * bs;      /* nothing more in this slot */
+		if (wal_parse(buf + pos, len - pos, id, &v)) {
+			pos++;
 			continue;
 		}
 		pos += v.len;
+		if (v.lsn > st->max_seen)
+			st->max_seen = v.lsn;
+		if (st->gap)
+			continue;               /* only the highest lsn matters now */
 		expect = st->n ? st->v[st->n - 1].lsn + 1 : st->c + 1;
 		if (v.lsn < expect)
 			continue;               /* in the index already */
 		if (v.lsn > expect) {
 			/* a lost or damaged batch: the ones after it cannot go
 			 * to the index without it */
-			vlog(LOG_CRIT, "recovery: log batch %" PRIu64 " is missing (chunk %016" PRIx64
-			     " holds %" PRIu64 "): later batches are not replayed", expect, id, v.lsn);
+			vlog(LOG_CRIT, "recovery: log batch %" PRIu64 " is missing or damaged (chunk "
+			     "%016" PRIx64 " holds %" PRIu64 "): it and later batches are not replayed, "
+			     "and the writes they hold are lost", expect, id, v.lsn);
 			st->gap = true;
-			break;
+			continue;
 		}
 		if (ARRAY_RESERVE(st->v, st->cap, st->n, 64))
 			return -ENOMEM;
@@ -168,7 +184,7 @@ static int keep_verified(void *ctx, const struct wal_rec *r, uint8_t *ok)
 static int replay(struct rec_state *st)
 {
 	struct ns *ns = st->ns;
-	uint64_t synced = st->v[st->n - 1].synced_lsn;
+	uint64_t synced = st->n ? st->v[st->n - 1].synced_lsn : 0;
 	struct wal_inodes inodes = { 0 };
 	int rc;
 
@@ -183,7 +199,7 @@ static int replay(struct rec_state *st)
 		rc = wal_inodes_apply(ns->bm, &inodes);
 	wal_inodes_free(&inodes);
 	if (!rc)
-		rc = bmap_meta_set(ns->bm, "ckpt_lsn", st->v[st->n - 1].lsn);
+		rc = bmap_meta_set(ns->bm, "ckpt_lsn", st->last);
 	if (!rc)
 		rc = bmap_meta_set(ns->bm, "ckpt_chunk", chunk_next_id(ns->cs));
 	if (!rc)
@@ -240,25 +256,37 @@ int ns_recover(struct ns *ns, char *msg, size_t msglen)
 		snprintf(msg, msglen, "reading the log in the chunk files: %s", strerror(-rc));
 		goto out;
 	}
-	if (st.n == 0)
-		goto out;
+	ns->log_gap = st.gap;
 	if (ns->readonly) {
-		rc = -EROFS;
-		snprintf(msg, msglen, "%s was not cleanly unmounted and %zu log batch(es) are not "
-			 "in its index yet: mount it once read-write to replay them", ns->dir, st.n);
+		if (st.n || st.gap) {
+			rc = -EROFS;
+			snprintf(msg, msglen, "%s was not cleanly unmounted and its log is not in its "
+				 "index yet: mount it once read-write to replay it", ns->dir);
+		}
 		goto out;
 	}
+	/*
+	 * Whatever was found, the index now says where the log goes on: past
+	 * every lsn seen (never reused, even beyond a gap) and in chunks this
+	 * daemon creates (an old chunk is never read again, so batches beyond
+	 * a gap cannot come back after new ones).
+	 */
+	st.last = st.n ? st.v[st.n - 1].lsn : st.c;
+	if (st.max_seen > st.last)
+		st.last = st.max_seen;
 	rc = replay(&st);
 	if (rc) {
 		snprintf(msg, msglen, "replaying the log into the index: %s (%s)", strerror(-rc),
 			 bmap_errmsg(ns->bm));
 		goto out;
 	}
-	ns->ckpt_lsn = st.v[st.n - 1].lsn;
-	ns->lsn_next = ns->ckpt_lsn + 1;
-	ns->lsn_synced = ns->ckpt_lsn;
-	vlog(LOG_NOTICE, "recovery: replayed %zu log batch(es) (lsn %" PRIu64 "-%" PRIu64
-	     ") from %" PRIu64 " chunk file(s)", st.n, st.v[0].lsn, ns->ckpt_lsn, st.chunks);
+	ns->ckpt_lsn = st.last;
+	ns->lsn_next = st.last + 1;
+	ns->lsn_synced = st.last;
+	if (st.n)
+		vlog(LOG_NOTICE, "recovery: replayed %zu log batch(es) (lsn %" PRIu64 "-%" PRIu64
+		     ") from %" PRIu64 " chunk file(s)", st.n, st.v[0].lsn, st.v[st.n - 1].lsn,
+		     st.chunks);
 	if (st.dropped)
 		vlog(LOG_NOTICE, "recovery: %" PRIu64 " block(s) of the last flush, never "
 		     "acknowledged, did not reach the disk: they read as before it", st.dropped);

@@ -446,6 +446,16 @@ static ssize_t share_range(struct ns *ns, struct ns_file *src, struct ns_file *d
 	if (rc)
 		goto thaw;
 	rc = ns_held_apply(ns, hs.h, hs.n);
+	/* dn was read before the queued and collected changes of dst reached
+	 * the index (a truncate lowers its inherit limit): look again */
+	if (!rc)
+		rc = bmap_node_get(ns->bm, vol_node(dst->v), &dn);
+	if (!rc && (off == 0 ? dn.parent != 0
+			     : dn.parent != frozen || dn.inherit * ns->bs != off)) {
+		ns_txn_rollback(ns);
+		hold_thaw(ns, &hs, -EAGAIN);    /* collected changes go back */
+		goto unlock;                    /* not blank: copy the data instead */
+	}
 	if (!rc && live_src) {
 		/* freeze the source: it continues in a new child node */
 		struct held *h = held_find(&hs, src->ino);

@@ -313,10 +313,11 @@ static int note_recovery(struct ns *ns, bool created)
 	else if (rc)
 		return rc;
 	if (!clean && !created)
-		vlog(LOG_WARNING, "%s was not cleanly unmounted: recovered every fsync'ed write "
-		     "(the index and its log); deleting %zu unlinked volume(s) and %zu unused "
-		     "map node(s); unindexed chunk data goes to garbage collection",
-		     ns->dir, ns->reap.n, ns->rel.n);
+		vlog(LOG_WARNING, "%s was not cleanly unmounted: recovered %s (the index and its "
+		     "log); deleting %zu unlinked volume(s) and %zu unused map node(s); unindexed "
+		     "chunk data goes to garbage collection", ns->dir,
+		     ns->log_gap ? "what the damaged log still holds" : "every fsync'ed write",
+		     ns->reap.n, ns->rel.n);
 	rc = bmap_meta_set(ns->bm, "clean", 0);
 	ns->marked_in_use = rc == 0;
 	return rc;

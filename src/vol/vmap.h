@@ -28,10 +28,18 @@ enum {
 struct vmap_ent {
 	uint64_t chunk;         /* 0: reads as zeros (tombstone, or pending delete) */
 	uint32_t slot;
-	uint32_t gf;            /* generation << VE_FLAG_BITS | flags */
+	uint32_t gf;            /* generation << VE_FLAG_BITS | flags; the generation
+				 * is the low bits of the vol_collect() that took it
+				 * (0 until one did) */
 };
 
+#define VE_GEN_MASK ((1u << (32 - VE_FLAG_BITS)) - 1)
+
 static inline uint32_t ve_gen(const struct vmap_ent *e) { return e->gf >> VE_FLAG_BITS; }
+static inline void ve_set_gen(struct vmap_ent *e, uint64_t seq)
+{
+	e->gf = (uint32_t)(seq & VE_GEN_MASK) << VE_FLAG_BITS | (e->gf & ((1u << VE_FLAG_BITS) - 1));
+}
 static inline uint32_t ve_flags(const struct vmap_ent *e) { return e->gf & ((1u << VE_FLAG_BITS) - 1); }
 
 struct vmap;

@@ -1701,8 +1701,10 @@ int vol_collect(struct vol *v, struct vol_batch *b)
 					    .lblock = v->dirty[i] };
 		r.anc = ve_flags(e) & VE_ANC;
 		rc = batch_push(b, &r);
-		if (!rc)
+		if (!rc) {
 			e->gf &= ~VE_DIRTY;
+			ve_set_gen(e, b->seq);  /* which batch holds it (vol_batch_done) */
+		}
 	}
 	if (rc) {
 		/* give back what was taken; nothing is lost, the flush fails */
@@ -1749,14 +1751,16 @@ static void tq_drop(struct vol *v, uint64_t seq, bool only)
 	v->ntq = k;
 }
 
-/* Does delta entry e still hold what record r of a batch of node took? */
-static bool holds_rec(const struct vmap_ent *e, const struct vol_rec *r)
+/*
+ * Does delta entry e still hold what batch b took?  Not if it was written
+ * again since (dirty, or taken by a later batch: its generation says
+ * which).  Comparing contents would not do: zeros, data, zeros again give
+ * equal records in two batches, and the older one's settling would drop
+ * what the newer one, not yet in the index, holds.
+ */
+static bool holds_batch(const struct vmap_ent *e, const struct vol_batch *b)
 {
-	if (e->chunk != r->loc.chunk_id)
-		return false;
-	if (e->chunk)
-		return e->slot == r->loc.slot;
-	return !(ve_flags(e) & VE_ANC) == !r->anc;
+	return !(ve_flags(e) & VE_DIRTY) && ve_gen(e) == (b->seq & VE_GEN_MASK);
 }
 
 void vol_batch_done(struct vol_batch *b, int rc)
@@ -1775,7 +1779,7 @@ void vol_batch_done(struct vol_batch *b, int rc)
 
 		/* rewritten (or truncated) since: newer state wins, and the
 		 * batch that took it drops it when it is done */
-		if (!e || (ve_flags(e) & VE_DIRTY) || !holds_rec(e, r))
+		if (!e || !holds_batch(e, b))
 			continue;
 		if (rc) {
 			if (mark_dirty(v, r->lblock, e))

@@ -231,8 +231,10 @@ static int apply_one(struct bmap *bm, const struct wal_rec *r, wal_keep_fn keep,
 	case WAL_TRUNC:
 		return bmap_ext_del_from(bm, r->a, r->b);
 	case WAL_INHERIT:
+		/* a volume only lowers its limit (a truncate); a background merge
+		 * may have lowered it further after this batch was collected */
 		rc = bmap_node_get(bm, r->a, &n);
-		if (!rc) {
+		if (!rc && r->b < n.inherit) {
 			n.inherit = r->b;
 			rc = bmap_node_update(bm, &n);
 		}

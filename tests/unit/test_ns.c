@@ -970,6 +970,38 @@ Test(ns, clone_through_copy_range_shares_every_block_and_diverges_from_its_sourc
 	ns_release(g_ns, c);
 }
 
+/*
+ * A clone continued after its destination was cut and grown back: the cut
+ * lowered its inherit limit, which the index gets only at the next
+ * checkpoint; continuing the clone must not raise it back over the cut
+ * blocks (they read as zeros, not as the source).
+ */
+Test(ns, a_clone_continued_after_a_cut_keeps_the_cut_blocks_zero)
+{
+	uint64_t src = make_vol(NS_ROOT_INO, "src.img"), cl;
+	struct ns_file *f = open_file(src, O_RDWR), *s, *c;
+	struct ns_attr a = { .size = 4096 };
+
+	put_pattern(f, 8 * 4096, 0, 191);
+	snap_take(NS_ROOT_INO, "src.img@s");
+	s = open_file(path_ino(".snapshots/src.img@s/src.img"), O_RDONLY);
+	cl = make_vol(NS_ROOT_INO, "dst.img");
+	c = open_file(cl, O_RDWR);
+	cr_assert_eq(ns_copy_range(g_ns, s, 0, c, 0, 4 * 4096), 4 * 4096);
+	cr_assert_eq(ns_fsync(g_ns, c), 0);
+	cr_assert_eq(ns_setattr(g_ns, cl, &a, NS_SET_SIZE, &a), 0);
+	a.size = 4 * 4096;                      /* where the clone stopped */
+	cr_assert_eq(ns_setattr(g_ns, cl, &a, NS_SET_SIZE, &a), 0);
+	cr_assert_eq(ns_fsync(g_ns, c), 0);
+	cr_assert_eq(ns_copy_range(g_ns, s, 4 * 4096, c, 4 * 4096, 4 * 4096), 4 * 4096);
+	expect_pattern(c, 4096, 0, 191, "block 0, kept");
+	expect(c, NULL, 3 * 4096, 4096, "blocks 1-3, cut");
+	expect_pattern(c, 4 * 4096, 4 * 4096, 191, "blocks 4-7, copied");
+	ns_release(g_ns, s);
+	ns_release(g_ns, c);
+	ns_release(g_ns, f);
+}
+
 Test(ns, clone_of_a_live_volume_freezes_it_so_later_writes_do_not_show_in_the_clone)
 {
 	uint64_t src = make_vol(NS_ROOT_INO, "live.img"), bytes;
@@ -1207,29 +1239,36 @@ static void zero_slot(const char *path, off_t off, void *ctx)
 	close(fd);
 }
 
-/* Break the last batch of a LOG slot (its trailer), as a torn write does. */
-static void tear_last_batch(const char *path, off_t off, void *ctx)
+/* Break a batch of a LOG slot (its trailer), as a torn write or a bad
+ * sector does.  ctx: int[3]: which batch (0 the first, -1 the last), the
+ * LOG slots seen so far (counted here), and which of them to break (-1:
+ * each). */
+static void tear_batch(const char *path, off_t off, void *ctx)
 {
 	uint8_t slot[4096];
-	int fd = open(path, O_RDWR);
-	size_t pos = 0, last = 0;
-	struct wal_view v;
+	int fd;
+	size_t pos = 0, ends[64];
+	int *which = ctx, n = 0, k;
 
+	if (which[2] >= 0 && which[1]++ != which[2])
+		return;
+	fd = open(path, O_RDWR);
 	cr_assert_geq(fd, 0);
 	cr_assert_eq(pread(fd, slot, 4096, off), 4096);
-	while (pos < 4096 && wal_parse(slot + pos, 4096 - pos, 0, &v) != -ENODATA) {
-		/* any chunk id: find the batches by their length field */
+	while (pos + 8 < 4096 && slot[pos] && n < 64) {
+		/* find the batches by their length field (any chunk id) */
 		uint32_t len = slot[pos + 4] | slot[pos + 5] << 8 | slot[pos + 6] << 16;
 
 		cr_assert_gt(len, 0);
-		last = pos + len;
 		pos += len;
+		ends[n++] = pos;
 	}
-	cr_assert_gt(last, 0, "no batch in the log slot");
-	slot[last - 1] ^= 0xff;
+	cr_assert_gt(n, 0, "no batch in the log slot");
+	k = which[0] < 0 ? n - 1 : which[0];
+	cr_assert_lt(k, n);
+	slot[ends[k] - 1] ^= 0xff;
 	cr_assert_eq(pwrite(fd, slot, 4096, off), 4096);
 	close(fd);
-	(*(int *)ctx)++;
 }
 
 static struct ns_file *reopen_log_img(void)
@@ -1296,14 +1335,84 @@ Test(ns, recovery_keeps_a_synced_batch_whose_block_is_damaged_and_it_reads_eio)
 Test(ns, recovery_stops_before_a_torn_last_batch)
 {
 	struct ns_file *f;
-	int torn = 0;
+	int torn[3] = { -1, 0, -1 };
 
 	close_store();
 	in_crashing_child(crash_after_two_fsyncs);
-	cr_assert_eq(for_slots(CHUNK_KIND_LOG, 0, 0, tear_last_batch, &torn), 1);
+	cr_assert_eq(for_slots(CHUNK_KIND_LOG, 0, 0, tear_batch, torn), 1);
 	f = reopen_log_img();
 	cr_assert_eq(size_of(lookup(NS_ROOT_INO, "log.img")), 4 * 4096, "B's batch was applied");
 	expect_pattern(f, 4 * 4096, 0, 171, "A");
+	ns_release(g_ns, f);
+}
+
+/* A write, its fsync, then the times set (cp -p, tar x, rsync -t). */
+static void crash_after_utimens(void)
+{
+	struct ns_file *f = child_volume("times.img");
+	struct ns_attr a = { .mtime_ns = 946684800LL * 1000000000, .atime_ns = 1 }, out;
+
+	child_write(f, 4096, 0, 181);
+	child_check(ns_fsync(g_ns, f), 0, "fsync");
+	child_check(ns_setattr(g_ns, f->ino, &a, NS_SET_MTIME | NS_SET_ATIME, &out), 0, "setattr");
+	child_check(out.mtime_ns == a.mtime_ns, 1, "mtime after setattr");
+}
+
+Test(ns, times_set_after_an_fsync_survive_a_crash_and_the_replay_of_the_log)
+{
+	struct ns_attr a;
+
+	close_store();
+	in_crashing_child(crash_after_utimens);
+	open_store();
+	cr_assert_eq(ns_getattr(g_ns, lookup(NS_ROOT_INO, "times.img"), &a), 0);
+	cr_assert_eq(a.mtime_ns, 946684800LL * 1000000000, "the write's batch put back its time");
+	cr_assert_eq(a.size, 4096);
+}
+
+/* As crash_after_two_fsyncs, but B is 120 blocks apart from each other
+ * (every other one from block 16): its batch does not fit in the first
+ * LOG slot after A's and starts slots of its own. */
+static void crash_after_two_fsyncs_b_apart(void)
+{
+	struct ns_file *f = child_volume("log.img");
+
+	child_write(f, 4 * 4096, 0, 171);
+	child_check(ns_fsync(g_ns, f), 0, "fsync A");
+	for (uint64_t b = 16; b < 16 + 240; b += 2)
+		child_write(f, 4096, b * 4096, 172);
+	child_check(ns_fsync(g_ns, f), 0, "fsync B");
+}
+
+static void crash_after_a_third_fsync(void)
+{
+	struct ns_file *f;
+
+	child_check(ns_open_file(g_ns, path_ino("log.img"), O_RDWR, &f), 0, "open");
+	child_write(f, 4096, 8 * 4096, 173);
+	child_check(ns_fsync(g_ns, f), 0, "fsync C");
+}
+
+/*
+ * Batch 1 damaged, batch 2 after it: recovery cannot replay either (a
+ * gap), says so, and must move the log on past both, or the next
+ * recovery would stop at the same gap before the new daemon's batches.
+ */
+Test(ns, after_a_gap_in_the_log_the_next_daemons_fsynced_writes_are_recovered)
+{
+	struct ns_file *f;
+	int torn[3] = { 0, 0, 0 };
+
+	close_store();
+	in_crashing_child(crash_after_two_fsyncs_b_apart);
+	cr_assert_gt(for_slots(CHUNK_KIND_LOG, 0, 0, tear_batch, torn), 1, "B in slots of its own");
+	open_store();                           /* the gap: A and B are lost */
+	cr_assert_eq(size_of(lookup(NS_ROOT_INO, "log.img")), 0);
+	close_store();
+	in_crashing_child(crash_after_a_third_fsync);
+	f = reopen_log_img();
+	cr_assert_eq(size_of(lookup(NS_ROOT_INO, "log.img")), 9 * 4096, "C, fsynced, was lost");
+	expect_pattern(f, 4096, 8 * 4096, 173, "C");
 	ns_release(g_ns, f);
 }
 
