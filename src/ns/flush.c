@@ -292,8 +292,10 @@ void ns_settle(struct ns *ns)
 		 * reserved it) */
 		lock_mutex_lock(&ns->log_mu);
 		n = ns->settle.n < 64 ? ns->settle.n : 64;
-		memcpy(take, ns->settle.v, n * sizeof(take[0]));
-		logq_shift(&ns->settle, n);
+		if (n) {
+			memcpy(take, ns->settle.v, n * sizeof(take[0]));
+			logq_shift(&ns->settle, n);
+		}
 		lock_mutex_unlock(&ns->log_mu);
 		for (size_t i = 0; i < n; i++) {
 			struct logent *e = take[i];
