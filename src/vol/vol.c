@@ -229,6 +229,21 @@ static void load_unlock(struct vol *v)
 	lock_mutex_unlock(load_mu(v));
 }
 
+/* One read transaction on the load handle, so that several reads see one
+ * state of the index (a merge or a checkpoint committing meanwhile is seen
+ * by all of them or by none).  Without ix->load, the handle is bm and the
+ * caller's, read as it is.  Assumes the load lock. */
+static int index_begin(struct vol *v)
+{
+	return v->ix && v->ix->load ? bmap_snapshot_begin(v->ix->load) : 0;
+}
+
+static void index_end(struct vol *v)
+{
+	if (v->ix && v->ix->load)
+		bmap_snapshot_end(v->ix->load);
+}
+
 /* One page being built from the index: a block each, then packed. */
 struct pbuild {
 	uint64_t lo;                    /* first block of the page */
@@ -1311,26 +1326,31 @@ int vol_truncate(struct vol *v, uint64_t size)
 	return rc;
 }
 
-/* Counting the own data rows a truncate drops (own_blocks). */
-struct own_count {
-	struct vol *v;
-	uint64_t n;
-};
-
-static int own_count_cb(void *ctx, const struct bmap_ext *x)
+/*
+ * Data blocks of v's node in the index in [from, below): all of them (all,
+ * may be NULL), and those of them under a delta entry (held, may be NULL),
+ * which count from the delta instead.  One aggregate for all and one per
+ * run of delta entries for held: O(delta entries in the range), not a call
+ * per row.  Assumes the load lock and v->lock (so that no commit prunes
+ * the delta meanwhile), inside index_begin().
+ */
+static int index_blocks(struct vol *v, uint64_t from, uint64_t below, uint64_t *all,
+			uint64_t *held)
 {
-	struct own_count *oc = ctx;
-	uint64_t key = x->lblock, end = x->lblock + x->nblocks;
+	struct bmap *bm = load_bm(v);
+	uint64_t key = from, first, n;
+	int rc = all ? bmap_ext_blocks(bm, v->node, from, below, all) : 0;
 
-	if (!x->chunk)
-		return 0;
-	oc->n += x->nblocks;
-	/* blocks the delta holds were counted (or not) from it */
-	while (vmap_next(oc->v->delta, key, &key) && key < end) {
-		oc->n--;
-		key++;
+	assert(lock_held(&v->lock));
+	if (held)
+		*held = 0;
+	while (!rc && held && key < below && vmap_next(v->delta, key, &key) && key < below) {
+		for (first = key; key < below && vmap_get(v->delta, key); key++)
+			;
+		rc = bmap_ext_blocks(bm, v->node, first, key, &n);
+		*held += n;
 	}
-	return 0;
+	return rc;
 }
 
 static int truncate_to(struct vol *v, uint64_t size)
@@ -1355,15 +1375,18 @@ static int truncate_to(struct vol *v, uint64_t size)
 
 	/* The index is read holding v->lock, so that no commit prunes the
 	 * delta meanwhile: each block counts once, from the delta if it is
-	 * there, else from its row.  No page is loaded. */
+	 * there, else from its row: the rows' sum in one aggregate, less the
+	 * rows under the delta's entries.  No page is loaded. */
 	load_lock(v);
 	lock_rw_wrlock(&v->lock);
 	if (size < v->size) {
-		struct own_count oc = { .v = v };
+		uint64_t all = 0, held = 0;
 
 		nb = nblocks_of(v, size);
-		if (nb < v->trunc_pend)
-			rc = bmap_ext_range(load_bm(v), v->node, nb, v->trunc_pend, own_count_cb, &oc);
+		if (nb < v->trunc_pend && !(rc = index_begin(v))) {
+			rc = index_blocks(v, nb, v->trunc_pend, &all, &held);
+			index_end(v);
+		}
 		if (rc) {
 			lock_rw_unlock(&v->lock);
 			load_unlock(v);
@@ -1376,7 +1399,8 @@ static int truncate_to(struct vol *v, uint64_t size)
 			vmap_del(v->delta, key);
 			key++;
 		}
-		v->own_blocks -= oc.n < v->own_blocks ? oc.n : v->own_blocks;
+		all -= held < all ? held : all;
+		v->own_blocks -= all < v->own_blocks ? all : v->own_blocks;
 		mcache_update_delete(v->mc, v->view, nb, BMAP_LBLOCK_LIMIT);
 		if (nb < v->trunc_from)
 			v->trunc_from = nb;
@@ -1575,41 +1599,32 @@ int vol_attach(struct vol *v, uint64_t inherit, uint64_t size)
 	return rc;
 }
 
-/* Data blocks of extents (own_count's callback counts those the delta
- * does not hold; this one all). */
-static int data_count_cb(void *ctx, const struct bmap_ext *x)
-{
-	if (x->chunk)
-		*(uint64_t *)ctx += x->nblocks;
-	return 0;
-}
-
 /*
  * own_blocks counted again: the node's data rows in the index below
  * trunc_pend that the delta does not hold, plus the delta's data entries.
  * Assumes the load lock and v->lock held for writing (so that no commit
  * prunes the delta meanwhile; a batch committed and not yet pruned counts
- * once either way).  O(delta + rows past trunc_pend).
+ * once either way).  O(delta), plus the sum of the rows past trunc_pend.
  */
 static int own_recount(struct vol *v, uint64_t *out)
 {
-	struct bmap *bm = load_bm(v);
-	uint64_t all = 0, gone = 0, shadowed = 0, mine = 0, key = 0, first;
+	uint64_t all = 0, gone = 0, shadowed = 0, mine = 0, key = 0;
 	struct vmap_ent *e;
 	int rc;
 
 	assert(lock_rw_wrheld(&v->lock));
-	rc = bmap_node_blocks(bm, v->node, &all);
+	rc = index_begin(v);
+	if (rc)
+		return rc;
+	rc = bmap_node_blocks(load_bm(v), v->node, &all);
 	if (!rc && v->trunc_pend != NO_TRUNC)
-		rc = bmap_ext_range(bm, v->node, v->trunc_pend, BMAP_LBLOCK_LIMIT, data_count_cb,
-				    &gone);
+		rc = index_blocks(v, v->trunc_pend, BMAP_LBLOCK_LIMIT, &gone, NULL);
+	if (!rc)
+		rc = index_blocks(v, 0, v->trunc_pend, NULL, &shadowed);
+	index_end(v);
 	while (!rc && (e = vmap_next(v->delta, key, &key))) {
-		/* one read per run of consecutive entries */
-		for (first = key; e; e = vmap_get(v->delta, ++key))
-			mine += e->chunk != 0;
-		if (first < v->trunc_pend)
-			rc = bmap_ext_range(bm, v->node, first, min_u64(key, v->trunc_pend),
-					    data_count_cb, &shadowed);
+		mine += e->chunk != 0;
+		key++;
 	}
 	if (!rc && all < gone + shadowed)
 		rc = -EUCLEAN;
