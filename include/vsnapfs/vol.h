@@ -122,6 +122,9 @@ int vol_switch_node(struct vol *v, uint64_t node, uint64_t inherit);
  *            under it to insert a page.  Reads are short: one page.
  *   loaded   for tests, or NULL: called with no lock held after a page was
  *            read from the index and before it is checked and inserted.
+ *   loaded_held  the same for a page read holding the load lock and the
+ *            vol's lock (after loads lost LOAD_TRIES races; src/vol/vol.c):
+ *            it may only call into mc.
  * Without vol_set_index (unit tests) pages load from bm, unlocked.
  */
 struct vol_index {
@@ -129,6 +132,7 @@ struct vol_index {
 	struct bmap *load;
 	struct lock_mutex *load_mu;
 	void (*loaded)(void *ctx);
+	void (*loaded_held)(void *ctx);
 	void *ctx;
 };
 

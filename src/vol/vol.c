@@ -44,7 +44,11 @@
  *      delta lost entries meanwhile (v->pruned moved: a commit's
  *      vol_batch_done dropped bindings the read may not have seen), or v's
  *      node changed (v->epoch), or the cache invalidated the ticket
- *      (snapshot, drop_view, GC's drop_chunks).  Then it reads again.
+ *      (snapshot, drop_view, GC's drop_chunks).  Then it reads again, at
+ *      most LOAD_TRIES times; then the window's pages are read holding the
+ *      load lock and v->lock (nothing of v can move), and a page the cache
+ *      still refuses serves that one locked section without being
+ *      inserted (lock_pages_held): every request ends.
  *  P3. Own rows at or past v->trunc_pend and inherited ones at or past
  *      v->inherit are not shown: a truncate drops them from the delta and
  *      the pages at once, and from the index only at its commit.
@@ -95,7 +99,8 @@
 #define PSHIFT     MCACHE_PAGE_SHIFT
 /* pages one window of a request touches, at most */
 #define PINS_MAX   ((WIN_BYTES / CHUNK_BLOCK_MIN + PB - 1) / PB + 1)
-/* page loads that lose a race (P2) before one is done holding v->lock */
+/* page loads that lose a race (P2) before the pages are built holding
+ * v->lock (lock_pages_held), which needs no more */
 #define LOAD_TRIES 4
 
 static atomic_uint_fast64_t next_view = 1;      /* view ids: one per vol, never reused */
@@ -322,7 +327,7 @@ static int page_read_node(void *ctx, uint64_t id, uint64_t limit, bool own)
 }
 
 /*
- * Step 2 of mcache.h's loading protocol: page pb->lo of node, from the
+ * Step 2 of mcache.h's loading protocol: page pageno of node, into pb, from the
  * index as one read transaction sees it (a merge moving rows between two
  * nodes of the chain meanwhile is seen before or after, not half).
  * Inherited blocks are clipped by the limits this read saw, so what it
@@ -330,19 +335,19 @@ static int page_read_node(void *ctx, uint64_t id, uint64_t limit, bool own)
  * inherited) may not be, which vol_merged handles by
  * moving v->epoch.  Assumes the load lock.
  */
-static int page_read(struct vol *v, uint64_t node, uint64_t inherit, struct pbuild *pb)
+static int page_read(struct vol *v, uint64_t node, uint64_t inherit, uint64_t pageno,
+		     struct pbuild *pb)
 {
-	struct bmap *bm = load_bm(v);
-	struct page_read pr = { .bm = bm, .pb = pb };
-	bool snap = v->ix && v->ix->load;
-	int rc = 0;
+	struct page_read pr = { .bm = load_bm(v), .pb = pb };
+	int rc;
 
-	if (snap)
-		rc = bmap_snapshot_begin(bm);
-	if (!rc)
-		rc = chain_walk(bm, node, inherit, NULL, page_read_node, &pr);
-	if (snap)
-		bmap_snapshot_end(bm);
+	memset(pb, 0, sizeof(*pb));
+	pb->lo = pageno << PSHIFT;
+	rc = index_begin(v);
+	if (!rc) {
+		rc = chain_walk(pr.bm, node, inherit, NULL, page_read_node, &pr);
+		index_end(v);
+	}
 	return rc;
 }
 
@@ -417,30 +422,27 @@ static void log_load_error(struct vol *v, uint64_t pageno, int rc)
 }
 
 /*
- * The page pageno of v, pinned (mcache.h's loading protocol, P2).  Call
- * with no vol lock held.  After LOAD_TRIES lost races, the read is done
- * holding v->lock, so that no commit can prune the delta meanwhile.
+ * The page pageno of v, pinned (mcache.h's loading protocol, P2), read
+ * from the index with no vol lock held.  Call with no vol lock held.
+ * -EAGAIN after LOAD_TRIES lost races: the caller then builds its pages
+ * holding the locks (lock_pages_held), which needs no more tries.
  */
 static int page_load(struct vol *v, uint64_t pageno, const struct mcache_page **out)
 {
 	struct pbuild *pb = malloc(sizeof(*pb));
 	struct emap_ext *ext = malloc(PB * sizeof(*ext));
-	int rc = -ENOMEM;
+	int rc = pb && ext ? -EAGAIN : -ENOMEM;
 
 	*out = NULL;
-	for (int tries = 0; pb && ext; tries++) {
+	for (int tries = 0; rc == -EAGAIN && tries < LOAD_TRIES; tries++) {
 		struct mcache_ticket t;
 		uint64_t node, inherit, epoch, pruned;
-		bool held = tries >= LOAD_TRIES;
-		size_t n;
 
 		*out = mcache_get(v->mc, v->view, pageno, NULL);
 		if (*out) {
 			rc = 0;
 			break;
 		}
-		memset(pb, 0, sizeof(*pb));
-		pb->lo = pageno << PSHIFT;
 		load_lock(v);
 		/* the ticket once the load lock is ours: what was invalidated
 		 * while other loads held it does not make this one stale (and
@@ -451,33 +453,25 @@ static int page_load(struct vol *v, uint64_t pageno, const struct mcache_page **
 			rc = 0;
 			break;
 		}
-		if (held)
-			lock_rw_wrlock(&v->lock);
-		else
-			lock_rw_rdlock(&v->lock);
+		lock_rw_rdlock(&v->lock);
 		node = v->node;
 		inherit = v->has_parent ? v->inherit : 0;
 		epoch = v->epoch;
 		pruned = v->pruned;
-		if (!held)
-			lock_rw_unlock(&v->lock);
-		rc = page_read(v, node, inherit, pb);
-		if (!held)
-			load_unlock(v);
+		lock_rw_unlock(&v->lock);
+		rc = page_read(v, node, inherit, pageno, pb);
+		load_unlock(v);
 		if (rc) {
-			if (held) {
-				lock_rw_unlock(&v->lock);
-				load_unlock(v);
-			} else if (epoch_moved(v, epoch)) {
-				continue;       /* its node went (revert, truncate to zero) */
+			if (epoch_moved(v, epoch)) {
+				rc = -EAGAIN;   /* its node went (revert, truncate to zero) */
+				continue;
 			}
 			log_load_error(v, pageno, rc);
 			break;
 		}
-		if (!held && v->ix && v->ix->loaded)
+		if (v->ix && v->ix->loaded)
 			v->ix->loaded(v->ix->ctx);
-		if (!held)
-			lock_rw_wrlock(&v->lock);
+		lock_rw_wrlock(&v->lock);
 		if (v->epoch != epoch || v->pruned != pruned) {
 			/* P2: the read may miss what the delta lost, or (a
 			 * merge) tag as inherited rows that are now own */
@@ -489,43 +483,134 @@ static int page_load(struct vol *v, uint64_t pageno, const struct mcache_page **
 			 * would drop them (vol_merged moves the epoch
 			 * instead).  Only a truncate lowers it meanwhile, and
 			 * its blocks must go (P3). */
-			n = page_build(v, pb, ext);
-			rc = mcache_load_end(v->mc, &t, ext, n, out);
+			rc = mcache_load_end(v->mc, &t, ext, page_build(v, pb, ext), out);
 		}
 		lock_rw_unlock(&v->lock);
-		if (held)
-			load_unlock(v);
-		if (rc != -EAGAIN) {
-			if (rc)
-				log_load_error(v, pageno, rc);
-			break;
-		}
+		if (rc && rc != -EAGAIN)
+			log_load_error(v, pageno, rc);
 	}
 	free(pb);
 	free(ext);
 	return rc;
 }
 
+/* A page built from the index and the delta that the cache refused
+ * (lock_pages_held): what v shows there while v->lock stays held. */
+struct ppage {
+	size_t n;
+	struct emap_ext ext[];          /* sorted, disjoint, inside the page */
+};
+
 /* The pages of a window, pinned as they are in the cache under v->lock. */
 struct pins {
 	uint64_t first;                 /* page number of pg[0] */
 	unsigned n;
 	const struct mcache_page *pg[PINS_MAX];
+	struct ppage *priv[PINS_MAX];   /* not NULL: page i, private (pg[i] is NULL) */
 };
 
 static void pins_put(struct vol *v, struct pins *p)
 {
-	for (unsigned i = 0; i < p->n; i++)
+	for (unsigned i = 0; i < p->n; i++) {
 		mcache_put(v->mc, p->pg[i]);
+		free(p->priv[i]);
+	}
 	p->n = 0;
 }
 
-static const struct mcache_page *pins_page(const struct pins *p, uint64_t lblock)
+/* mcache_page_find() on page k of p, the cache's or a private one. */
+static size_t pins_find(const struct pins *p, unsigned k, uint64_t lo, uint64_t hi,
+			struct emap_ext *out, size_t max)
 {
-	uint64_t i = (lblock >> PSHIFT) - p->first;
+	const struct ppage *pp = p->priv[k];
+	size_t a = 0, b, m = 0;
 
-	assert(i < p->n);
-	return p->pg[i];
+	assert(k < p->n);
+	if (!pp)
+		return mcache_page_find(p->pg[k], lo, hi, out, max);
+	for (b = pp->n; a < b;) {       /* the first extent ending past lo */
+		size_t mid = a + (b - a) / 2;
+
+		if (pp->ext[mid].lblock + pp->ext[mid].nblocks <= lo)
+			a = mid + 1;
+		else
+			b = mid;
+	}
+	for (; a < pp->n && pp->ext[a].lblock < hi; a++, m++) {
+		struct emap_ext x = pp->ext[a];
+
+		if (x.lblock < lo) {
+			x.slot += x.chunk ? (uint32_t)(lo - x.lblock) : 0;
+			x.nblocks -= (uint32_t)(lo - x.lblock);
+			x.lblock = lo;
+		}
+		if (x.lblock + x.nblocks > hi)
+			x.nblocks = (uint32_t)(hi - x.lblock);
+		if (m < max)
+			out[m] = x;
+	}
+	return m;
+}
+
+/*
+ * lock_pages once loads keep losing races (P2): the missing pages of
+ * [pfirst, plast] are read and inserted holding the load lock and v->lock
+ * for writing, so that no commit, snapshot or merge of v comes in
+ * between.  Only the cache can still refuse one (GC's drop_chunks, or
+ * another view sharing the ticket's slot): that page is then kept in p,
+ * private, and serves this locked section only (under v->lock it is index
+ * + delta, as a resident page is; it goes at unlock_pages).  So a request
+ * makes progress whatever GC does.  Returns with v->lock held for writing,
+ * or on error with no lock.
+ */
+static int lock_pages_held(struct vol *v, uint64_t pfirst, uint64_t plast, struct pins *p)
+{
+	struct pbuild *pb = malloc(sizeof(*pb));
+	struct emap_ext *ext = malloc(PB * sizeof(*ext));
+	int rc = pb && ext ? 0 : -ENOMEM;
+
+	p->first = pfirst;
+	p->n = 0;
+	load_lock(v);
+	lock_rw_wrlock(&v->lock);
+	for (uint64_t pn = pfirst; !rc && pn <= plast; pn++) {
+		struct mcache_ticket t;
+		const struct mcache_page *pg = mcache_get(v->mc, v->view, pn, &t);
+		struct ppage *pp = NULL;
+		size_t n = 0;
+
+		if (!pg) {
+			rc = page_read(v, v->node, v->has_parent ? v->inherit : 0, pn, pb);
+			if (!rc && v->ix && v->ix->loaded_held)
+				v->ix->loaded_held(v->ix->ctx);
+			if (!rc) {
+				n = page_build(v, pb, ext);
+				rc = mcache_load_end(v->mc, &t, ext, n, &pg);
+			}
+			if (rc == -EAGAIN) {
+				pp = malloc(sizeof(*pp) + n * sizeof(*ext));
+				rc = pp ? 0 : -ENOMEM;
+			}
+			if (pp) {
+				pp->n = n;
+				memcpy(pp->ext, ext, n * sizeof(*ext));
+			}
+			if (rc)
+				log_load_error(v, pn, rc);
+		}
+		if (!rc) {
+			p->priv[p->n] = pp;
+			p->pg[p->n++] = pg;
+		}
+	}
+	load_unlock(v);
+	if (rc) {
+		pins_put(v, p);
+		lock_rw_unlock(&v->lock);
+	}
+	free(pb);
+	free(ext);
+	return rc;
 }
 
 /*
@@ -533,7 +618,9 @@ static const struct mcache_page *pins_page(const struct pins *p, uint64_t lblock
  * in p, as the cache holds them now: under the lock they cannot change
  * (P1), so they and the delta are what v shows.  Missing pages are loaded
  * first, with no vol lock held, and kept pinned until the lock is taken
- * with all of them.  On error no lock is held.
+ * with all of them.  Loads that keep losing races, or pages that keep
+ * going (GC) before the lock is taken with them, end in lock_pages_held,
+ * which takes v->lock for writing whatever wr.  On error no lock is held.
  */
 static int lock_pages(struct vol *v, uint64_t first, uint64_t end, bool wr, struct pins *p)
 {
@@ -542,7 +629,7 @@ static int lock_pages(struct vol *v, uint64_t first, uint64_t end, bool wr, stru
 	int rc = 0;
 
 	assert(end > first && plast - pfirst < PINS_MAX);
-	for (;;) {
+	for (unsigned loads = 0;; loads++) {
 		uint64_t miss = 0;
 		const struct mcache_page *pg;
 
@@ -559,13 +646,20 @@ static int lock_pages(struct vol *v, uint64_t first, uint64_t end, bool wr, stru
 				rc = -EAGAIN;
 				break;
 			}
+			p->priv[p->n] = NULL;
 			p->pg[p->n++] = pg;
 		}
 		if (!rc)
 			break;
 		pins_put(v, p);
 		lock_rw_unlock(&v->lock);
-		rc = page_load(v, miss, &pg);
+		/* a load pins one more page: more loads than pages means that
+		 * pinned pages were dropped meanwhile (GC) */
+		rc = loads < PINS_MAX + LOAD_TRIES ? page_load(v, miss, &pg) : -EAGAIN;
+		if (rc == -EAGAIN) {
+			rc = lock_pages_held(v, pfirst, plast, p);
+			break;
+		}
 		if (rc)
 			break;
 		mcache_put(v->mc, hold[miss - pfirst]);
@@ -599,7 +693,8 @@ static void state_of(struct vol *v, const struct pins *p, uint64_t lblock, struc
 	assert(lock_held(&v->lock));
 	if (e) {
 		*s = (struct bstate){ .chunk = e->chunk, .slot = e->slot, .own = true };
-	} else if (mcache_page_find(pins_page(p, lblock), lblock, lblock + 1, &x, 1)) {
+	} else if (pins_find(p, (unsigned)((lblock >> PSHIFT) - p->first), lblock, lblock + 1,
+			     &x, 1)) {
 		*s = (struct bstate){ .chunk = x.chunk, .slot = x.slot,
 				      .own = (x.tag & MCACHE_OWN) != 0 };
 	} else {
@@ -831,8 +926,7 @@ static void window_locs(struct vol *v, const struct pins *p, uint64_t first, uin
 	memset(has, 0, n * sizeof(*has));
 	for (unsigned k = 0; k < p->n; k++) {
 		uint64_t lo = (p->first + k) << PSHIFT, hi = lo + PB;
-		size_t m = mcache_page_find(p->pg[k], lo > first ? lo : first, hi < end ? hi : end,
-					    ext, PB);
+		size_t m = pins_find(p, k, lo > first ? lo : first, hi < end ? hi : end, ext, PB);
 
 		for (size_t j = 0; j < m; j++)
 			for (uint32_t b = 0; ext[j].chunk && b < ext[j].nblocks; b++) {
