@@ -1097,7 +1097,6 @@ static int index_next(struct vol *v, uint64_t from, uint64_t below, bool data_on
 {
 	struct first_ext fe = { .below = below, .from = from, .data_only = data_only,
 				.bm = load_bm(v) };
-	bool snap = v->ix && v->ix->load;
 	uint64_t node, inherit, epoch;
 	int rc;
 
@@ -1115,11 +1114,11 @@ static int index_next(struct vol *v, uint64_t from, uint64_t below, bool data_on
 		lock_rw_unlock(&v->lock);
 		/* one read transaction: a merge deleting a node of the chain
 		 * is seen before or after */
-		rc = snap ? bmap_snapshot_begin(fe.bm) : 0;
-		if (!rc)
+		rc = index_begin(v);
+		if (!rc) {
 			rc = chain_walk(fe.bm, node, inherit, NULL, first_ext_node, &fe);
-		if (snap)
-			bmap_snapshot_end(fe.bm);
+			index_end(v);
+		}
 		load_unlock(v);
 	} while (rc && epoch_moved(v, epoch));
 	if (!rc)
@@ -1174,6 +1173,215 @@ static int next_data(struct vol *v, uint64_t from, uint64_t end, uint64_t *out)
 		from = pend;
 	}
 	*out = end;
+	return rc;
+}
+
+/* ---- finding holes through the index ------------------------------------ */
+
+/*
+ * SEEK_HOLE folds what v shows from the layers that decide it, nearest
+ * first: the delta, v's node (rows below trunc_pend), each ancestor (rows
+ * below its running inherit limit), as a page load does, but over runs
+ * rather than blocks and without building pages.  A block is data when the
+ * first layer that has it holds data there; a tombstone, a pending delete
+ * or no layer at all is a hole.  Each layer is read as runs: touching
+ * extents that are all data, or all not, are one run, read with one range
+ * scan of the index (a descent, then a step per row).  A sweep keeps one
+ * run per layer (the one at or after the position), asks the index for a
+ * layer's next run only when the position passed its current one and
+ * only for layers down to the one that decides, and jumps to the end of
+ * the deciding run or to where a nearer layer starts: its cost follows
+ * the extents crossed up to the hole, and no page is loaded.
+ *
+ * A round reads the delta under v->lock, then the index in one read
+ * transaction: a batch committed in between is in both, the same entries,
+ * and what the round saw of the delta wins, as in next_data.  A round
+ * holds the load lock, so it stops after HOLE_ROWS rows, and the delta is
+ * copied up to HOLE_DELTA_RUNS runs or HOLE_DELTA_ENTRIES entries: its
+ * horizon; the next round goes on from where it stopped.
+ */
+#define HOLE_ROWS          4096
+#define HOLE_DELTA_RUNS    256
+#define HOLE_DELTA_ENTRIES 65536
+
+struct hrun {                           /* one layer's run: [lo, hi), data or not */
+	uint64_t lo, hi;                /* UINT64_MAX, UINT64_MAX: none before the horizon */
+	bool data;
+};
+
+struct hlayer {                         /* a node of the chain */
+	uint64_t id;
+	uint64_t below;                 /* rows at or past it are not shown */
+	struct hrun cur;                /* at or after the position, while cur.hi > it */
+	bool read;
+};
+
+struct hscan {
+	struct bmap *bm;
+	uint64_t trunc_pend;
+	struct hlayer *l;               /* the chain, nearest first */
+	size_t nl, lcap;
+	struct hrun d[HOLE_DELTA_RUNS]; /* the delta's runs, up to the horizon */
+	size_t nd, dk;                  /* how many; the first not behind the position */
+	uint64_t rows;                  /* rows read this round */
+	struct hrun run;                /* being read by hole_row */
+};
+
+static const struct hrun hrun_none = { UINT64_MAX, UINT64_MAX, false };
+
+static int hole_layer(void *ctx, uint64_t id, uint64_t limit, bool own)
+{
+	struct hscan *hs = ctx;
+
+	if (ARRAY_RESERVE(hs->l, hs->lcap, hs->nl, 16))
+		return -ENOMEM;
+	hs->l[hs->nl++] = (struct hlayer){ .id = id, .below = own ? hs->trunc_pend : limit };
+	return 0;
+}
+
+static int hole_row(void *ctx, const struct bmap_ext *x)
+{
+	struct hscan *hs = ctx;
+	struct hrun *r = &hs->run;
+	bool data = x->chunk != 0;
+
+	hs->rows++;
+	if (r->lo == UINT64_MAX)
+		*r = (struct hrun){ x->lblock, x->lblock + x->nblocks, data };
+	else if (x->lblock == r->hi && data == r->data)
+		r->hi = x->lblock + x->nblocks;
+	else
+		return 1;               /* the run ended */
+	return hs->rows >= HOLE_ROWS;   /* the rest of it, next round */
+}
+
+/* Layer i's run at or after pos (0: the delta). */
+static int hole_run(struct hscan *hs, size_t i, uint64_t pos, uint64_t horizon,
+		    const struct hrun **out)
+{
+	struct hlayer *l;
+	int rc;
+
+	if (i == 0) {
+		while (hs->dk < hs->nd && hs->d[hs->dk].hi <= pos)
+			hs->dk++;
+		*out = hs->dk < hs->nd ? &hs->d[hs->dk] : &hrun_none;
+		return 0;
+	}
+	l = &hs->l[i - 1];
+	*out = &l->cur;
+	if (l->read && l->cur.hi > pos)
+		return 0;
+	hs->run = hrun_none;
+	rc = bmap_ext_range(hs->bm, l->id, pos, min_u64(l->below, horizon), hole_row, hs);
+	l->cur = hs->run;
+	l->read = true;
+	return rc > 0 ? 0 : rc;
+}
+
+/* From *pos to the horizon: *pos the first hole (*found), or where the
+ * round stopped.  Assumes the load lock, inside index_begin(). */
+static int hole_sweep(struct hscan *hs, uint64_t *pos, uint64_t horizon, bool *found)
+{
+	while (*pos < horizon && hs->rows < HOLE_ROWS) {
+		const struct hrun *r = NULL, *near;
+		uint64_t next;
+		size_t i;
+		int rc;
+
+		for (i = 0; i <= hs->nl; i++) {
+			rc = hole_run(hs, i, *pos, horizon, &r);
+			if (rc)
+				return rc;
+			if (r->lo <= *pos)
+				break;
+		}
+		if (i > hs->nl || !r->data) {
+			*found = true;
+			return 0;
+		}
+		/* data up to the run's end, or to where a nearer layer,
+		 * whose runs are at hand already, says otherwise */
+		next = r->hi;
+		for (size_t j = 0; j < i; j++) {
+			rc = hole_run(hs, j, *pos, horizon, &near);
+			if (rc)
+				return rc;
+			next = min_u64(next, near->lo);
+		}
+		*pos = min_u64(next, horizon);
+	}
+	return 0;
+}
+
+/* One round of index_hole from *pos, moved only if it succeeds; *epoch:
+ * v's when it began. */
+static int hole_round(struct vol *v, struct hscan *hs, uint64_t *pos, uint64_t end, bool *found,
+		      uint64_t *epoch)
+{
+	uint64_t node, inherit, key = *pos, horizon = end, seen = 0, at = *pos;
+	struct vmap_ent *e;
+	int rc;
+
+	hs->bm = load_bm(v);
+	hs->nl = hs->nd = hs->dk = 0;
+	hs->rows = 0;
+	load_lock(v);
+	lock_rw_rdlock(&v->lock);
+	node = v->node;
+	inherit = v->has_parent ? v->inherit : 0;
+	hs->trunc_pend = v->trunc_pend;
+	*epoch = v->epoch;
+	while ((e = vmap_next(v->delta, key, &key)) && key < end) {
+		bool data = e->chunk != 0;      /* a tombstone or a pending delete: a hole */
+		struct hrun *last = hs->nd ? &hs->d[hs->nd - 1] : NULL;
+
+		if (last && last->hi == key && last->data == data) {
+			last->hi++;
+		} else if (hs->nd == HOLE_DELTA_RUNS || seen == HOLE_DELTA_ENTRIES) {
+			horizon = key;
+			break;
+		} else {
+			hs->d[hs->nd++] = (struct hrun){ key, key + 1, data };
+		}
+		seen++;
+		key++;
+	}
+	lock_rw_unlock(&v->lock);
+	rc = index_begin(v);
+	if (!rc) {
+		rc = chain_walk(hs->bm, node, inherit, NULL, hole_layer, hs);
+		if (!rc)
+			rc = hole_sweep(hs, &at, horizon, found);
+		index_end(v);
+	}
+	load_unlock(v);
+	if (!rc)
+		*pos = at;
+	return rc;
+}
+
+/*
+ * The first block in [from, end) that v shows as a hole (no data: a
+ * tombstone, a pending delete or nothing), or end.  Call with no vol lock
+ * held.  Loads no page.
+ */
+static int index_hole(struct vol *v, uint64_t from, uint64_t end, uint64_t *out)
+{
+	struct hscan *hs = calloc(1, sizeof(*hs));
+	uint64_t pos = from, epoch;
+	bool found = false;
+	int rc = hs ? 0 : -ENOMEM;
+
+	while (!rc && !found && pos < end) {
+		rc = hole_round(v, hs, &pos, end, &found, &epoch);
+		if (rc && epoch_moved(v, epoch))
+			rc = 0;         /* its node went (revert, truncate to zero): again */
+	}
+	if (hs)
+		free(hs->l);
+	free(hs);
+	*out = min_u64(pos, end);
 	return rc;
 }
 
@@ -1531,24 +1739,7 @@ int vol_seek(struct vol *v, uint64_t off, int whence, uint64_t *out)
 			rc = -ENXIO;
 		pos = key << v->bshift;
 	} else {
-		/* the first block without data: page by page */
-		while (key < nb) {
-			uint64_t pend = min_u64(nb, ((key >> PSHIFT) + 1) << PSHIFT);
-			struct pins p;
-			struct bstate s;
-
-			rc = lock_pages(v, key, pend, false, &p);
-			if (rc)
-				break;
-			for (; key < pend; key++) {
-				state_of(v, &p, key, &s);
-				if (!s.chunk)
-					break;
-			}
-			unlock_pages(v, &p);
-			if (key < pend)
-				break;
-		}
+		rc = index_hole(v, key, nb, &key);
 		pos = key << v->bshift;
 		if (pos > size)
 			pos = size;

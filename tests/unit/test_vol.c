@@ -531,16 +531,23 @@ static void model_run(uint32_t bs, unsigned seed, int ops)
 	model_run_in(bs, seed, ops, 1 << 20, NULL, false);
 }
 
-/* A cache with room for about n pages of 16 extents (after its tables'
- * charge). */
+/* Give mc room for about n pages of 16 extents (after its tables' charge). */
+static void make_tiny(struct mcache *mc, unsigned n)
+{
+	struct mcache_stats st;
+
+	mcache_set_limit(mc, 0);
+	mcache_stats(mc, &st);
+	mcache_set_limit(mc, st.bytes + 64 + n * MCACHE_PAGE_BYTES(16));
+}
+
+/* A cache with room for about n pages of 16 extents. */
 static struct mcache *tiny_cache(unsigned n)
 {
 	struct mcache *mc = mcache_new(0);
-	struct mcache_stats st;
 
 	cr_assert_not_null(mc);
-	mcache_stats(mc, &st);
-	mcache_set_limit(mc, st.bytes + 64 + n * MCACHE_PAGE_BYTES(16));
+	make_tiny(mc, n);
 	return mc;
 }
 
@@ -1138,6 +1145,94 @@ Test(vol, a_page_load_that_always_loses_its_race_serves_the_request_uninserted)
 		cr_assert_eq(out[i], i / 4096 == 2 ? 'W' : 'A' + i / 4096, "byte %d: '%c'", i, out[i]);
 	mcache_stats(h.mc, &st);
 	cr_assert_eq(st.pages, 1);
+	ld_close(&h);
+}
+
+/* Pages the cache loaded (inserted) so far. */
+static uint64_t loads_of(struct mcache *mc)
+{
+	struct mcache_stats st;
+
+	mcache_stats(mc, &st);
+	return st.loads;
+}
+
+/* SEEK_HOLE from off lands at want (bytes), loading at most two pages. */
+static void assert_hole(struct ld *h, uint64_t off, uint64_t want, const char *what)
+{
+	uint64_t loads = loads_of(h->mc), pos = 0;
+
+	cr_assert_eq(vol_seek(h->v, off, SEEK_HOLE, &pos), 0, "%s", what);
+	cr_assert_eq(pos, want, "%s: SEEK_HOLE from block %" PRIu64 ": block %" PRIu64 ", want %"
+		     PRIu64, what, off / 4096, pos / 4096, want / 4096);
+	cr_assert_leq(loads_of(h->mc) - loads, 2, "%s: SEEK_HOLE loaded %" PRIu64 " pages", what,
+		      loads_of(h->mc) - loads);
+}
+
+/*
+ * SEEK_HOLE over a dense volume of 64 pages (a parent written in 1 MiB
+ * writes, a child that overwrote every other MiB, one block past them a
+ * hole at the end) with a cache of about one page finds the first hole
+ * through the index, loading no page: a tombstone committed in page 60, a
+ * punch not committed in page 30 (the delta over the index), data written
+ * over both and collected but not in the index, a truncation not yet in
+ * the index while rows past it still are.
+ */
+Test(vol, seek_hole_on_a_dense_volume_goes_through_the_index)
+{
+	const uint64_t NB = 64 * MCACHE_PAGE_BLOCKS, MIB = 1 << 20, BS = 4096;
+	const uint64_t H1 = 60 * MCACHE_PAGE_BLOCKS + 5, H0 = 30 * MCACHE_PAGE_BLOCKS + 7;
+	const uint64_t CUT = 50 * MCACHE_PAGE_BLOCKS;
+	uint64_t parent = new_node(0, 0);
+	uint8_t *buf = malloc(MIB);
+	struct ld h = { 0 };
+	struct vol *v;
+
+	memset(buf, 'P', MIB);
+	cr_assert_eq(vol_open(cs, bm, parent, NB * BS, false, "p", &v), 0);
+	for (uint64_t off = 0; off < NB * BS; off += MIB)
+		cr_assert_eq(vol_write(v, buf, MIB, off), (ssize_t)MIB);
+	flush(v);
+	vol_close(v);
+	h.node = new_node(parent, NB);
+	v = ld_vol_limit(&h, (NB + 1) * BS, 0);
+	make_tiny(h.mc, 1);
+	memset(buf, 'C', MIB);
+	for (uint64_t off = 0; off < NB * BS; off += 2 * MIB)
+		cr_assert_eq(vol_write(v, buf, MIB, off), (ssize_t)MIB);
+	flush(v);
+	assert_hole(&h, 0, NB * BS, "all data");
+	assert_hole(&h, NB * BS - 1, NB * BS, "from the last data byte");
+	assert_hole(&h, NB * BS + 7, NB * BS + 7, "from inside the hole");
+
+	cr_assert_eq(vol_punch(v, H1 * BS, BS), 0);
+	flush(v);
+	assert_hole(&h, 0, H1 * BS, "a committed tombstone");
+	assert_hole(&h, (H1 + 1) * BS, NB * BS, "past it");
+
+	cr_assert_eq(vol_punch(v, H0 * BS, BS), 0);
+	assert_hole(&h, 0, H0 * BS, "a punch in the delta");
+	assert_hole(&h, (H0 + 1) * BS, H1 * BS, "past it");
+	collect(v);
+	assert_hole(&h, 0, H0 * BS, "a punch collected");
+
+	cr_assert_eq(vol_write(v, buf, BS, H0 * BS), (ssize_t)BS);
+	cr_assert_eq(vol_write(v, buf, BS, H1 * BS), (ssize_t)BS);
+	collect(v);
+	assert_hole(&h, 0, NB * BS, "data collected over both, the index behind");
+	checkpoint_some(1);
+	assert_hole(&h, 0, NB * BS, "the index one batch behind");
+	checkpoint();
+	assert_hole(&h, 0, NB * BS, "the index up to date");
+
+	cr_assert_eq(vol_truncate(v, CUT * BS), 0);
+	cr_assert_eq(vol_truncate(v, (NB + 1) * BS), 0);
+	assert_hole(&h, 0, CUT * BS, "a truncation in the delta");
+	collect(v);
+	assert_hole(&h, H0 * BS, CUT * BS, "a truncation collected");
+	checkpoint();
+	assert_hole(&h, 0, CUT * BS, "a truncation in the index");
+	free(buf);
 	ld_close(&h);
 }
 
