@@ -78,7 +78,9 @@ ssize_t vol_write(struct vol *v, const void *buf, size_t len, uint64_t off);
 int vol_truncate(struct vol *v, uint64_t size);
 /* Zero [off, off+len) clipped to the size; whole blocks become unallocated. */
 int vol_punch(struct vol *v, uint64_t off, uint64_t len);
-/* whence SEEK_DATA or SEEK_HOLE, block granularity; -ENXIO at or past end. */
+/* whence SEEK_DATA or SEEK_HOLE, block granularity; -ENXIO at or past end.
+ * Both jump through the index: SEEK_HOLE loads no page, SEEK_DATA the page
+ * of each candidate it finds there. */
 int vol_seek(struct vol *v, uint64_t off, int whence, uint64_t *out);
 
 uint64_t vol_size(struct vol *v);
