@@ -185,6 +185,11 @@ int bmap_ext_del_from(struct bmap *b, uint64_t node, uint64_t from);
  * the range, with slot moved along for a data extent clipped on the left. */
 int bmap_ext_range(struct bmap *b, uint64_t node, uint64_t from, uint64_t below,
 		   int (*fn)(void *ctx, const struct bmap_ext *e), void *ctx);
+/* Data blocks of node in [from, below) (rows straddling either end count
+ * their part inside): one aggregate over the rows starting in the range
+ * and a descent at each end, no callback per row. */
+int bmap_ext_blocks(struct bmap *b, uint64_t node, uint64_t from, uint64_t below,
+		    uint64_t *count);
 /* Number of data blocks of a node (0 for a node that does not exist):
  * node.nblocks, kept by every call that adds, removes or moves extents, so
  * O(1).  _scan adds up the extents themselves, O(extents): check compares

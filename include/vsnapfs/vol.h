@@ -78,7 +78,9 @@ ssize_t vol_write(struct vol *v, const void *buf, size_t len, uint64_t off);
 int vol_truncate(struct vol *v, uint64_t size);
 /* Zero [off, off+len) clipped to the size; whole blocks become unallocated. */
 int vol_punch(struct vol *v, uint64_t off, uint64_t len);
-/* whence SEEK_DATA or SEEK_HOLE, block granularity; -ENXIO at or past end. */
+/* whence SEEK_DATA or SEEK_HOLE, block granularity; -ENXIO at or past end.
+ * Both jump through the index: SEEK_HOLE loads no page, SEEK_DATA the page
+ * of each candidate it finds there. */
 int vol_seek(struct vol *v, uint64_t off, int whence, uint64_t *out);
 
 uint64_t vol_size(struct vol *v);
@@ -122,6 +124,9 @@ int vol_switch_node(struct vol *v, uint64_t node, uint64_t inherit);
  *            under it to insert a page.  Reads are short: one page.
  *   loaded   for tests, or NULL: called with no lock held after a page was
  *            read from the index and before it is checked and inserted.
+ *   loaded_held  the same for a page read holding the load lock and the
+ *            vol's lock (after loads lost LOAD_TRIES races; src/vol/vol.c):
+ *            it may only call into mc.
  * Without vol_set_index (unit tests) pages load from bm, unlocked.
  */
 struct vol_index {
@@ -129,6 +134,7 @@ struct vol_index {
 	struct bmap *load;
 	struct lock_mutex *load_mu;
 	void (*loaded)(void *ctx);
+	void (*loaded_held)(void *ctx);
 	void *ctx;
 };
 

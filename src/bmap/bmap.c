@@ -291,6 +291,7 @@ enum bmap_st {
 	ST_EXT_DEL_FROM,
 	ST_EXT_BLOCKS_FROM,
 	ST_EXT_RANGE,
+	ST_EXT_BLOCKS_IN,
 	ST_EXT_NTH,
 	ST_EXT_BELOW,
 	ST_EXT_DEL_BELOW,
@@ -400,6 +401,9 @@ static const char *const bmap_st_sql[ST_COUNT] = {
 				" WHERE node = ?1 AND lblock >= ?2 AND chunk <> 0",
 	[ST_EXT_RANGE]        = "SELECT " EXT_COLS " FROM extent WHERE node = ?1 AND lblock >= ?2"
 				" AND lblock < ?3 ORDER BY lblock",
+	/* data blocks of the rows starting in [?2, ?3) (bmap_ext_blocks) */
+	[ST_EXT_BLOCKS_IN]    = "SELECT coalesce(sum(nblocks), 0) FROM extent"
+				" WHERE node = ?1 AND lblock >= ?2 AND lblock < ?3 AND chunk <> 0",
 	/* where a step of ?2 extents of a node ends (merge_some) */
 	[ST_EXT_NTH]          = "SELECT lblock FROM extent WHERE node = ?1 ORDER BY lblock"
 				" LIMIT 1 OFFSET ?2",
@@ -1537,6 +1541,15 @@ static int ext_at_or_before(struct bmap *b, uint64_t node, uint64_t lb, struct b
 	return rc;
 }
 
+/* The row of node that starts before lb and reaches past it (covers
+ * block lb - 1 and lb), or -ENOENT. */
+static int ext_straddling(struct bmap *b, uint64_t node, uint64_t lb, struct bmap_ext *out)
+{
+	int rc = lb ? ext_at_or_before(b, node, lb - 1, out) : -ENOENT;
+
+	return rc == 0 && ext_end(out) <= lb ? -ENOENT : rc;
+}
+
 /* Add a row read from the index to b->em; rows come in lblock order and
  * must be disjoint and valid, else the index is damaged. */
 static int em_load(struct bmap *b, const struct bmap_ext *x, uint64_t *end)
@@ -1816,15 +1829,13 @@ int bmap_ext_range(struct bmap *b, uint64_t node, uint64_t from, uint64_t below,
 	if (from >= below)
 		return 0;
 	/* the row that starts before from and reaches into the range */
-	if (from > 0) {
-		rc = ext_at_or_before(b, node, from - 1, &x);
-		if (rc == 0 && ext_end(&x) > from)
-			rc = range_emit(b, x, from, below, fn, ctx);
-		else if (rc == -ENOENT)
-			rc = 0;
-		if (rc)
-			return rc;
-	}
+	rc = ext_straddling(b, node, from, &x);
+	if (rc == 0)
+		rc = range_emit(b, x, from, below, fn, ctx);
+	else if (rc == -ENOENT)
+		rc = 0;
+	if (rc)
+		return rc;
 	s = bmap_stmt(b, ST_EXT_RANGE);
 	bind_i64(s, 1, u64_bits(node));
 	bind_i64(s, 2, (sqlite3_int64)from);
@@ -1838,6 +1849,48 @@ int bmap_ext_range(struct bmap *b, uint64_t node, uint64_t from, uint64_t below,
 	if (rc == 0 && src != SQLITE_DONE)
 		rc = bmap_errno(b, src);
 	sqlite3_reset(s);
+	return rc;
+}
+
+/*
+ * The rows starting in [from, below) summed in SQL, corrected at both ends:
+ * the row before from that reaches into the range adds its part, and the
+ * last row starting in the range, when it reaches past below, gives back
+ * its part past it.  Three statements: the caller wanting one snapshot of
+ * a changing index wraps them in bmap_snapshot_begin().
+ */
+int bmap_ext_blocks(struct bmap *b, uint64_t node, uint64_t from, uint64_t below,
+		    uint64_t *count)
+{
+	struct bmap_ext x;
+	sqlite3_stmt *s;
+	uint64_t n = 0;
+	int rc = 0;
+
+	NEED_FORMAT_3(b);
+	*count = 0;
+	below = below < BMAP_LBLOCK_LIMIT ? below : BMAP_LBLOCK_LIMIT;
+	if (from >= below)
+		return 0;
+	rc = ext_straddling(b, node, from, &x);
+	if (rc == 0 && x.chunk)
+		n += (ext_end(&x) < below ? ext_end(&x) : below) - from;
+	if (rc == 0 || rc == -ENOENT) {
+		s = bmap_stmt(b, ST_EXT_BLOCKS_IN);
+		bind_i64(s, 1, u64_bits(node));
+		bind_i64(s, 2, (sqlite3_int64)from);
+		bind_i64(s, 3, (sqlite3_int64)below);
+		rc = stmt_u64(b, s, count);
+	}
+	if (!rc) {
+		n += *count;
+		rc = ext_straddling(b, node, below, &x);
+		if (rc == 0 && x.chunk && x.lblock >= from)
+			n -= ext_end(&x) - below;
+	}
+	if (rc == -ENOENT)
+		rc = 0;
+	*count = rc ? 0 : n;
 	return rc;
 }
 

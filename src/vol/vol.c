@@ -44,7 +44,11 @@
  *      delta lost entries meanwhile (v->pruned moved: a commit's
  *      vol_batch_done dropped bindings the read may not have seen), or v's
  *      node changed (v->epoch), or the cache invalidated the ticket
- *      (snapshot, drop_view, GC's drop_chunks).  Then it reads again.
+ *      (snapshot, drop_view, GC's drop_chunks).  Then it reads again, at
+ *      most LOAD_TRIES times; then the window's pages are read holding the
+ *      load lock and v->lock (nothing of v can move), and a page the cache
+ *      still refuses serves that one locked section without being
+ *      inserted (lock_pages_held): every request ends.
  *  P3. Own rows at or past v->trunc_pend and inherited ones at or past
  *      v->inherit are not shown: a truncate drops them from the delta and
  *      the pages at once, and from the index only at its commit.
@@ -95,7 +99,8 @@
 #define PSHIFT     MCACHE_PAGE_SHIFT
 /* pages one window of a request touches, at most */
 #define PINS_MAX   ((WIN_BYTES / CHUNK_BLOCK_MIN + PB - 1) / PB + 1)
-/* page loads that lose a race (P2) before one is done holding v->lock */
+/* page loads that lose a race (P2) before the pages are built holding
+ * v->lock (lock_pages_held), which needs no more */
 #define LOAD_TRIES 4
 
 static atomic_uint_fast64_t next_view = 1;      /* view ids: one per vol, never reused */
@@ -229,6 +234,21 @@ static void load_unlock(struct vol *v)
 	lock_mutex_unlock(load_mu(v));
 }
 
+/* One read transaction on the load handle, so that several reads see one
+ * state of the index (a merge or a checkpoint committing meanwhile is seen
+ * by all of them or by none).  Without ix->load, the handle is bm and the
+ * caller's, read as it is.  Assumes the load lock. */
+static int index_begin(struct vol *v)
+{
+	return v->ix && v->ix->load ? bmap_snapshot_begin(v->ix->load) : 0;
+}
+
+static void index_end(struct vol *v)
+{
+	if (v->ix && v->ix->load)
+		bmap_snapshot_end(v->ix->load);
+}
+
 /* One page being built from the index: a block each, then packed. */
 struct pbuild {
 	uint64_t lo;                    /* first block of the page */
@@ -307,7 +327,7 @@ static int page_read_node(void *ctx, uint64_t id, uint64_t limit, bool own)
 }
 
 /*
- * Step 2 of mcache.h's loading protocol: page pb->lo of node, from the
+ * Step 2 of mcache.h's loading protocol: page pageno of node, into pb, from the
  * index as one read transaction sees it (a merge moving rows between two
  * nodes of the chain meanwhile is seen before or after, not half).
  * Inherited blocks are clipped by the limits this read saw, so what it
@@ -315,19 +335,19 @@ static int page_read_node(void *ctx, uint64_t id, uint64_t limit, bool own)
  * inherited) may not be, which vol_merged handles by
  * moving v->epoch.  Assumes the load lock.
  */
-static int page_read(struct vol *v, uint64_t node, uint64_t inherit, struct pbuild *pb)
+static int page_read(struct vol *v, uint64_t node, uint64_t inherit, uint64_t pageno,
+		     struct pbuild *pb)
 {
-	struct bmap *bm = load_bm(v);
-	struct page_read pr = { .bm = bm, .pb = pb };
-	bool snap = v->ix && v->ix->load;
-	int rc = 0;
+	struct page_read pr = { .bm = load_bm(v), .pb = pb };
+	int rc;
 
-	if (snap)
-		rc = bmap_snapshot_begin(bm);
-	if (!rc)
-		rc = chain_walk(bm, node, inherit, NULL, page_read_node, &pr);
-	if (snap)
-		bmap_snapshot_end(bm);
+	memset(pb, 0, sizeof(*pb));
+	pb->lo = pageno << PSHIFT;
+	rc = index_begin(v);
+	if (!rc) {
+		rc = chain_walk(pr.bm, node, inherit, NULL, page_read_node, &pr);
+		index_end(v);
+	}
 	return rc;
 }
 
@@ -402,30 +422,27 @@ static void log_load_error(struct vol *v, uint64_t pageno, int rc)
 }
 
 /*
- * The page pageno of v, pinned (mcache.h's loading protocol, P2).  Call
- * with no vol lock held.  After LOAD_TRIES lost races, the read is done
- * holding v->lock, so that no commit can prune the delta meanwhile.
+ * The page pageno of v, pinned (mcache.h's loading protocol, P2), read
+ * from the index with no vol lock held.  Call with no vol lock held.
+ * -EAGAIN after LOAD_TRIES lost races: the caller then builds its pages
+ * holding the locks (lock_pages_held), which needs no more tries.
  */
 static int page_load(struct vol *v, uint64_t pageno, const struct mcache_page **out)
 {
 	struct pbuild *pb = malloc(sizeof(*pb));
 	struct emap_ext *ext = malloc(PB * sizeof(*ext));
-	int rc = -ENOMEM;
+	int rc = pb && ext ? -EAGAIN : -ENOMEM;
 
 	*out = NULL;
-	for (int tries = 0; pb && ext; tries++) {
+	for (int tries = 0; rc == -EAGAIN && tries < LOAD_TRIES; tries++) {
 		struct mcache_ticket t;
 		uint64_t node, inherit, epoch, pruned;
-		bool held = tries >= LOAD_TRIES;
-		size_t n;
 
 		*out = mcache_get(v->mc, v->view, pageno, NULL);
 		if (*out) {
 			rc = 0;
 			break;
 		}
-		memset(pb, 0, sizeof(*pb));
-		pb->lo = pageno << PSHIFT;
 		load_lock(v);
 		/* the ticket once the load lock is ours: what was invalidated
 		 * while other loads held it does not make this one stale (and
@@ -436,33 +453,25 @@ static int page_load(struct vol *v, uint64_t pageno, const struct mcache_page **
 			rc = 0;
 			break;
 		}
-		if (held)
-			lock_rw_wrlock(&v->lock);
-		else
-			lock_rw_rdlock(&v->lock);
+		lock_rw_rdlock(&v->lock);
 		node = v->node;
 		inherit = v->has_parent ? v->inherit : 0;
 		epoch = v->epoch;
 		pruned = v->pruned;
-		if (!held)
-			lock_rw_unlock(&v->lock);
-		rc = page_read(v, node, inherit, pb);
-		if (!held)
-			load_unlock(v);
+		lock_rw_unlock(&v->lock);
+		rc = page_read(v, node, inherit, pageno, pb);
+		load_unlock(v);
 		if (rc) {
-			if (held) {
-				lock_rw_unlock(&v->lock);
-				load_unlock(v);
-			} else if (epoch_moved(v, epoch)) {
-				continue;       /* its node went (revert, truncate to zero) */
+			if (epoch_moved(v, epoch)) {
+				rc = -EAGAIN;   /* its node went (revert, truncate to zero) */
+				continue;
 			}
 			log_load_error(v, pageno, rc);
 			break;
 		}
-		if (!held && v->ix && v->ix->loaded)
+		if (v->ix && v->ix->loaded)
 			v->ix->loaded(v->ix->ctx);
-		if (!held)
-			lock_rw_wrlock(&v->lock);
+		lock_rw_wrlock(&v->lock);
 		if (v->epoch != epoch || v->pruned != pruned) {
 			/* P2: the read may miss what the delta lost, or (a
 			 * merge) tag as inherited rows that are now own */
@@ -474,43 +483,134 @@ static int page_load(struct vol *v, uint64_t pageno, const struct mcache_page **
 			 * would drop them (vol_merged moves the epoch
 			 * instead).  Only a truncate lowers it meanwhile, and
 			 * its blocks must go (P3). */
-			n = page_build(v, pb, ext);
-			rc = mcache_load_end(v->mc, &t, ext, n, out);
+			rc = mcache_load_end(v->mc, &t, ext, page_build(v, pb, ext), out);
 		}
 		lock_rw_unlock(&v->lock);
-		if (held)
-			load_unlock(v);
-		if (rc != -EAGAIN) {
-			if (rc)
-				log_load_error(v, pageno, rc);
-			break;
-		}
+		if (rc && rc != -EAGAIN)
+			log_load_error(v, pageno, rc);
 	}
 	free(pb);
 	free(ext);
 	return rc;
 }
 
+/* A page built from the index and the delta that the cache refused
+ * (lock_pages_held): what v shows there while v->lock stays held. */
+struct ppage {
+	size_t n;
+	struct emap_ext ext[];          /* sorted, disjoint, inside the page */
+};
+
 /* The pages of a window, pinned as they are in the cache under v->lock. */
 struct pins {
 	uint64_t first;                 /* page number of pg[0] */
 	unsigned n;
 	const struct mcache_page *pg[PINS_MAX];
+	struct ppage *priv[PINS_MAX];   /* not NULL: page i, private (pg[i] is NULL) */
 };
 
 static void pins_put(struct vol *v, struct pins *p)
 {
-	for (unsigned i = 0; i < p->n; i++)
+	for (unsigned i = 0; i < p->n; i++) {
 		mcache_put(v->mc, p->pg[i]);
+		free(p->priv[i]);
+	}
 	p->n = 0;
 }
 
-static const struct mcache_page *pins_page(const struct pins *p, uint64_t lblock)
+/* mcache_page_find() on page k of p, the cache's or a private one. */
+static size_t pins_find(const struct pins *p, unsigned k, uint64_t lo, uint64_t hi,
+			struct emap_ext *out, size_t max)
 {
-	uint64_t i = (lblock >> PSHIFT) - p->first;
+	const struct ppage *pp = p->priv[k];
+	size_t a = 0, b, m = 0;
 
-	assert(i < p->n);
-	return p->pg[i];
+	assert(k < p->n);
+	if (!pp)
+		return mcache_page_find(p->pg[k], lo, hi, out, max);
+	for (b = pp->n; a < b;) {       /* the first extent ending past lo */
+		size_t mid = a + (b - a) / 2;
+
+		if (pp->ext[mid].lblock + pp->ext[mid].nblocks <= lo)
+			a = mid + 1;
+		else
+			b = mid;
+	}
+	for (; a < pp->n && pp->ext[a].lblock < hi; a++, m++) {
+		struct emap_ext x = pp->ext[a];
+
+		if (x.lblock < lo) {
+			x.slot += x.chunk ? (uint32_t)(lo - x.lblock) : 0;
+			x.nblocks -= (uint32_t)(lo - x.lblock);
+			x.lblock = lo;
+		}
+		if (x.lblock + x.nblocks > hi)
+			x.nblocks = (uint32_t)(hi - x.lblock);
+		if (m < max)
+			out[m] = x;
+	}
+	return m;
+}
+
+/*
+ * lock_pages once loads keep losing races (P2): the missing pages of
+ * [pfirst, plast] are read and inserted holding the load lock and v->lock
+ * for writing, so that no commit, snapshot or merge of v comes in
+ * between.  Only the cache can still refuse one (GC's drop_chunks, or
+ * another view sharing the ticket's slot): that page is then kept in p,
+ * private, and serves this locked section only (under v->lock it is index
+ * + delta, as a resident page is; it goes at unlock_pages).  So a request
+ * makes progress whatever GC does.  Returns with v->lock held for writing,
+ * or on error with no lock.
+ */
+static int lock_pages_held(struct vol *v, uint64_t pfirst, uint64_t plast, struct pins *p)
+{
+	struct pbuild *pb = malloc(sizeof(*pb));
+	struct emap_ext *ext = malloc(PB * sizeof(*ext));
+	int rc = pb && ext ? 0 : -ENOMEM;
+
+	p->first = pfirst;
+	p->n = 0;
+	load_lock(v);
+	lock_rw_wrlock(&v->lock);
+	for (uint64_t pn = pfirst; !rc && pn <= plast; pn++) {
+		struct mcache_ticket t;
+		const struct mcache_page *pg = mcache_get(v->mc, v->view, pn, &t);
+		struct ppage *pp = NULL;
+		size_t n = 0;
+
+		if (!pg) {
+			rc = page_read(v, v->node, v->has_parent ? v->inherit : 0, pn, pb);
+			if (!rc && v->ix && v->ix->loaded_held)
+				v->ix->loaded_held(v->ix->ctx);
+			if (!rc) {
+				n = page_build(v, pb, ext);
+				rc = mcache_load_end(v->mc, &t, ext, n, &pg);
+			}
+			if (rc == -EAGAIN) {
+				pp = malloc(sizeof(*pp) + n * sizeof(*ext));
+				rc = pp ? 0 : -ENOMEM;
+			}
+			if (pp) {
+				pp->n = n;
+				memcpy(pp->ext, ext, n * sizeof(*ext));
+			}
+			if (rc)
+				log_load_error(v, pn, rc);
+		}
+		if (!rc) {
+			p->priv[p->n] = pp;
+			p->pg[p->n++] = pg;
+		}
+	}
+	load_unlock(v);
+	if (rc) {
+		pins_put(v, p);
+		lock_rw_unlock(&v->lock);
+	}
+	free(pb);
+	free(ext);
+	return rc;
 }
 
 /*
@@ -518,7 +618,9 @@ static const struct mcache_page *pins_page(const struct pins *p, uint64_t lblock
  * in p, as the cache holds them now: under the lock they cannot change
  * (P1), so they and the delta are what v shows.  Missing pages are loaded
  * first, with no vol lock held, and kept pinned until the lock is taken
- * with all of them.  On error no lock is held.
+ * with all of them.  Loads that keep losing races, or pages that keep
+ * going (GC) before the lock is taken with them, end in lock_pages_held,
+ * which takes v->lock for writing whatever wr.  On error no lock is held.
  */
 static int lock_pages(struct vol *v, uint64_t first, uint64_t end, bool wr, struct pins *p)
 {
@@ -527,7 +629,7 @@ static int lock_pages(struct vol *v, uint64_t first, uint64_t end, bool wr, stru
 	int rc = 0;
 
 	assert(end > first && plast - pfirst < PINS_MAX);
-	for (;;) {
+	for (unsigned loads = 0;; loads++) {
 		uint64_t miss = 0;
 		const struct mcache_page *pg;
 
@@ -544,13 +646,20 @@ static int lock_pages(struct vol *v, uint64_t first, uint64_t end, bool wr, stru
 				rc = -EAGAIN;
 				break;
 			}
+			p->priv[p->n] = NULL;
 			p->pg[p->n++] = pg;
 		}
 		if (!rc)
 			break;
 		pins_put(v, p);
 		lock_rw_unlock(&v->lock);
-		rc = page_load(v, miss, &pg);
+		/* a load pins one more page: more loads than pages means that
+		 * pinned pages were dropped meanwhile (GC) */
+		rc = loads < PINS_MAX + LOAD_TRIES ? page_load(v, miss, &pg) : -EAGAIN;
+		if (rc == -EAGAIN) {
+			rc = lock_pages_held(v, pfirst, plast, p);
+			break;
+		}
 		if (rc)
 			break;
 		mcache_put(v->mc, hold[miss - pfirst]);
@@ -584,7 +693,8 @@ static void state_of(struct vol *v, const struct pins *p, uint64_t lblock, struc
 	assert(lock_held(&v->lock));
 	if (e) {
 		*s = (struct bstate){ .chunk = e->chunk, .slot = e->slot, .own = true };
-	} else if (mcache_page_find(pins_page(p, lblock), lblock, lblock + 1, &x, 1)) {
+	} else if (pins_find(p, (unsigned)((lblock >> PSHIFT) - p->first), lblock, lblock + 1,
+			     &x, 1)) {
 		*s = (struct bstate){ .chunk = x.chunk, .slot = x.slot,
 				      .own = (x.tag & MCACHE_OWN) != 0 };
 	} else {
@@ -816,8 +926,7 @@ static void window_locs(struct vol *v, const struct pins *p, uint64_t first, uin
 	memset(has, 0, n * sizeof(*has));
 	for (unsigned k = 0; k < p->n; k++) {
 		uint64_t lo = (p->first + k) << PSHIFT, hi = lo + PB;
-		size_t m = mcache_page_find(p->pg[k], lo > first ? lo : first, hi < end ? hi : end,
-					    ext, PB);
+		size_t m = pins_find(p, k, lo > first ? lo : first, hi < end ? hi : end, ext, PB);
 
 		for (size_t j = 0; j < m; j++)
 			for (uint32_t b = 0; ext[j].chunk && b < ext[j].nblocks; b++) {
@@ -988,7 +1097,6 @@ static int index_next(struct vol *v, uint64_t from, uint64_t below, bool data_on
 {
 	struct first_ext fe = { .below = below, .from = from, .data_only = data_only,
 				.bm = load_bm(v) };
-	bool snap = v->ix && v->ix->load;
 	uint64_t node, inherit, epoch;
 	int rc;
 
@@ -1006,11 +1114,11 @@ static int index_next(struct vol *v, uint64_t from, uint64_t below, bool data_on
 		lock_rw_unlock(&v->lock);
 		/* one read transaction: a merge deleting a node of the chain
 		 * is seen before or after */
-		rc = snap ? bmap_snapshot_begin(fe.bm) : 0;
-		if (!rc)
+		rc = index_begin(v);
+		if (!rc) {
 			rc = chain_walk(fe.bm, node, inherit, NULL, first_ext_node, &fe);
-		if (snap)
-			bmap_snapshot_end(fe.bm);
+			index_end(v);
+		}
 		load_unlock(v);
 	} while (rc && epoch_moved(v, epoch));
 	if (!rc)
@@ -1065,6 +1173,215 @@ static int next_data(struct vol *v, uint64_t from, uint64_t end, uint64_t *out)
 		from = pend;
 	}
 	*out = end;
+	return rc;
+}
+
+/* ---- finding holes through the index ------------------------------------ */
+
+/*
+ * SEEK_HOLE folds what v shows from the layers that decide it, nearest
+ * first: the delta, v's node (rows below trunc_pend), each ancestor (rows
+ * below its running inherit limit), as a page load does, but over runs
+ * rather than blocks and without building pages.  A block is data when the
+ * first layer that has it holds data there; a tombstone, a pending delete
+ * or no layer at all is a hole.  Each layer is read as runs: touching
+ * extents that are all data, or all not, are one run, read with one range
+ * scan of the index (a descent, then a step per row).  A sweep keeps one
+ * run per layer (the one at or after the position), asks the index for a
+ * layer's next run only when the position passed its current one and
+ * only for layers down to the one that decides, and jumps to the end of
+ * the deciding run or to where a nearer layer starts: its cost follows
+ * the extents crossed up to the hole, and no page is loaded.
+ *
+ * A round reads the delta under v->lock, then the index in one read
+ * transaction: a batch committed in between is in both, the same entries,
+ * and what the round saw of the delta wins, as in next_data.  A round
+ * holds the load lock, so it stops after HOLE_ROWS rows, and the delta is
+ * copied up to HOLE_DELTA_RUNS runs or HOLE_DELTA_ENTRIES entries: its
+ * horizon; the next round goes on from where it stopped.
+ */
+#define HOLE_ROWS          4096
+#define HOLE_DELTA_RUNS    256
+#define HOLE_DELTA_ENTRIES 65536
+
+struct hrun {                           /* one layer's run: [lo, hi), data or not */
+	uint64_t lo, hi;                /* UINT64_MAX, UINT64_MAX: none before the horizon */
+	bool data;
+};
+
+struct hlayer {                         /* a node of the chain */
+	uint64_t id;
+	uint64_t below;                 /* rows at or past it are not shown */
+	struct hrun cur;                /* at or after the position, while cur.hi > it */
+	bool read;
+};
+
+struct hscan {
+	struct bmap *bm;
+	uint64_t trunc_pend;
+	struct hlayer *l;               /* the chain, nearest first */
+	size_t nl, lcap;
+	struct hrun d[HOLE_DELTA_RUNS]; /* the delta's runs, up to the horizon */
+	size_t nd, dk;                  /* how many; the first not behind the position */
+	uint64_t rows;                  /* rows read this round */
+	struct hrun run;                /* being read by hole_row */
+};
+
+static const struct hrun hrun_none = { UINT64_MAX, UINT64_MAX, false };
+
+static int hole_layer(void *ctx, uint64_t id, uint64_t limit, bool own)
+{
+	struct hscan *hs = ctx;
+
+	if (ARRAY_RESERVE(hs->l, hs->lcap, hs->nl, 16))
+		return -ENOMEM;
+	hs->l[hs->nl++] = (struct hlayer){ .id = id, .below = own ? hs->trunc_pend : limit };
+	return 0;
+}
+
+static int hole_row(void *ctx, const struct bmap_ext *x)
+{
+	struct hscan *hs = ctx;
+	struct hrun *r = &hs->run;
+	bool data = x->chunk != 0;
+
+	hs->rows++;
+	if (r->lo == UINT64_MAX)
+		*r = (struct hrun){ x->lblock, x->lblock + x->nblocks, data };
+	else if (x->lblock == r->hi && data == r->data)
+		r->hi = x->lblock + x->nblocks;
+	else
+		return 1;               /* the run ended */
+	return hs->rows >= HOLE_ROWS;   /* the rest of it, next round */
+}
+
+/* Layer i's run at or after pos (0: the delta). */
+static int hole_run(struct hscan *hs, size_t i, uint64_t pos, uint64_t horizon,
+		    const struct hrun **out)
+{
+	struct hlayer *l;
+	int rc;
+
+	if (i == 0) {
+		while (hs->dk < hs->nd && hs->d[hs->dk].hi <= pos)
+			hs->dk++;
+		*out = hs->dk < hs->nd ? &hs->d[hs->dk] : &hrun_none;
+		return 0;
+	}
+	l = &hs->l[i - 1];
+	*out = &l->cur;
+	if (l->read && l->cur.hi > pos)
+		return 0;
+	hs->run = hrun_none;
+	rc = bmap_ext_range(hs->bm, l->id, pos, min_u64(l->below, horizon), hole_row, hs);
+	l->cur = hs->run;
+	l->read = true;
+	return rc > 0 ? 0 : rc;
+}
+
+/* From *pos to the horizon: *pos the first hole (*found), or where the
+ * round stopped.  Assumes the load lock, inside index_begin(). */
+static int hole_sweep(struct hscan *hs, uint64_t *pos, uint64_t horizon, bool *found)
+{
+	while (*pos < horizon && hs->rows < HOLE_ROWS) {
+		const struct hrun *r = NULL, *near;
+		uint64_t next;
+		size_t i;
+		int rc;
+
+		for (i = 0; i <= hs->nl; i++) {
+			rc = hole_run(hs, i, *pos, horizon, &r);
+			if (rc)
+				return rc;
+			if (r->lo <= *pos)
+				break;
+		}
+		if (i > hs->nl || !r->data) {
+			*found = true;
+			return 0;
+		}
+		/* data up to the run's end, or to where a nearer layer,
+		 * whose runs are at hand already, says otherwise */
+		next = r->hi;
+		for (size_t j = 0; j < i; j++) {
+			rc = hole_run(hs, j, *pos, horizon, &near);
+			if (rc)
+				return rc;
+			next = min_u64(next, near->lo);
+		}
+		*pos = min_u64(next, horizon);
+	}
+	return 0;
+}
+
+/* One round of index_hole from *pos, moved only if it succeeds; *epoch:
+ * v's when it began. */
+static int hole_round(struct vol *v, struct hscan *hs, uint64_t *pos, uint64_t end, bool *found,
+		      uint64_t *epoch)
+{
+	uint64_t node, inherit, key = *pos, horizon = end, seen = 0, at = *pos;
+	struct vmap_ent *e;
+	int rc;
+
+	hs->bm = load_bm(v);
+	hs->nl = hs->nd = hs->dk = 0;
+	hs->rows = 0;
+	load_lock(v);
+	lock_rw_rdlock(&v->lock);
+	node = v->node;
+	inherit = v->has_parent ? v->inherit : 0;
+	hs->trunc_pend = v->trunc_pend;
+	*epoch = v->epoch;
+	while ((e = vmap_next(v->delta, key, &key)) && key < end) {
+		bool data = e->chunk != 0;      /* a tombstone or a pending delete: a hole */
+		struct hrun *last = hs->nd ? &hs->d[hs->nd - 1] : NULL;
+
+		if (last && last->hi == key && last->data == data) {
+			last->hi++;
+		} else if (hs->nd == HOLE_DELTA_RUNS || seen == HOLE_DELTA_ENTRIES) {
+			horizon = key;
+			break;
+		} else {
+			hs->d[hs->nd++] = (struct hrun){ key, key + 1, data };
+		}
+		seen++;
+		key++;
+	}
+	lock_rw_unlock(&v->lock);
+	rc = index_begin(v);
+	if (!rc) {
+		rc = chain_walk(hs->bm, node, inherit, NULL, hole_layer, hs);
+		if (!rc)
+			rc = hole_sweep(hs, &at, horizon, found);
+		index_end(v);
+	}
+	load_unlock(v);
+	if (!rc)
+		*pos = at;
+	return rc;
+}
+
+/*
+ * The first block in [from, end) that v shows as a hole (no data: a
+ * tombstone, a pending delete or nothing), or end.  Call with no vol lock
+ * held.  Loads no page.
+ */
+static int index_hole(struct vol *v, uint64_t from, uint64_t end, uint64_t *out)
+{
+	struct hscan *hs = calloc(1, sizeof(*hs));
+	uint64_t pos = from, epoch;
+	bool found = false;
+	int rc = hs ? 0 : -ENOMEM;
+
+	while (!rc && !found && pos < end) {
+		rc = hole_round(v, hs, &pos, end, &found, &epoch);
+		if (rc && epoch_moved(v, epoch))
+			rc = 0;         /* its node went (revert, truncate to zero): again */
+	}
+	if (hs)
+		free(hs->l);
+	free(hs);
+	*out = min_u64(pos, end);
 	return rc;
 }
 
@@ -1311,26 +1628,31 @@ int vol_truncate(struct vol *v, uint64_t size)
 	return rc;
 }
 
-/* Counting the own data rows a truncate drops (own_blocks). */
-struct own_count {
-	struct vol *v;
-	uint64_t n;
-};
-
-static int own_count_cb(void *ctx, const struct bmap_ext *x)
+/*
+ * Data blocks of v's node in the index in [from, below): all of them (all,
+ * may be NULL), and those of them under a delta entry (held, may be NULL),
+ * which count from the delta instead.  One aggregate for all and one per
+ * run of delta entries for held: O(delta entries in the range), not a call
+ * per row.  Assumes the load lock and v->lock (so that no commit prunes
+ * the delta meanwhile), inside index_begin().
+ */
+static int index_blocks(struct vol *v, uint64_t from, uint64_t below, uint64_t *all,
+			uint64_t *held)
 {
-	struct own_count *oc = ctx;
-	uint64_t key = x->lblock, end = x->lblock + x->nblocks;
+	struct bmap *bm = load_bm(v);
+	uint64_t key = from, first, n;
+	int rc = all ? bmap_ext_blocks(bm, v->node, from, below, all) : 0;
 
-	if (!x->chunk)
-		return 0;
-	oc->n += x->nblocks;
-	/* blocks the delta holds were counted (or not) from it */
-	while (vmap_next(oc->v->delta, key, &key) && key < end) {
-		oc->n--;
-		key++;
+	assert(lock_held(&v->lock));
+	if (held)
+		*held = 0;
+	while (!rc && held && key < below && vmap_next(v->delta, key, &key) && key < below) {
+		for (first = key; key < below && vmap_get(v->delta, key); key++)
+			;
+		rc = bmap_ext_blocks(bm, v->node, first, key, &n);
+		*held += n;
 	}
-	return 0;
+	return rc;
 }
 
 static int truncate_to(struct vol *v, uint64_t size)
@@ -1355,15 +1677,18 @@ static int truncate_to(struct vol *v, uint64_t size)
 
 	/* The index is read holding v->lock, so that no commit prunes the
 	 * delta meanwhile: each block counts once, from the delta if it is
-	 * there, else from its row.  No page is loaded. */
+	 * there, else from its row: the rows' sum in one aggregate, less the
+	 * rows under the delta's entries.  No page is loaded. */
 	load_lock(v);
 	lock_rw_wrlock(&v->lock);
 	if (size < v->size) {
-		struct own_count oc = { .v = v };
+		uint64_t all = 0, held = 0;
 
 		nb = nblocks_of(v, size);
-		if (nb < v->trunc_pend)
-			rc = bmap_ext_range(load_bm(v), v->node, nb, v->trunc_pend, own_count_cb, &oc);
+		if (nb < v->trunc_pend && !(rc = index_begin(v))) {
+			rc = index_blocks(v, nb, v->trunc_pend, &all, &held);
+			index_end(v);
+		}
 		if (rc) {
 			lock_rw_unlock(&v->lock);
 			load_unlock(v);
@@ -1376,7 +1701,8 @@ static int truncate_to(struct vol *v, uint64_t size)
 			vmap_del(v->delta, key);
 			key++;
 		}
-		v->own_blocks -= oc.n < v->own_blocks ? oc.n : v->own_blocks;
+		all -= held < all ? held : all;
+		v->own_blocks -= all < v->own_blocks ? all : v->own_blocks;
 		mcache_update_delete(v->mc, v->view, nb, BMAP_LBLOCK_LIMIT);
 		if (nb < v->trunc_from)
 			v->trunc_from = nb;
@@ -1413,24 +1739,7 @@ int vol_seek(struct vol *v, uint64_t off, int whence, uint64_t *out)
 			rc = -ENXIO;
 		pos = key << v->bshift;
 	} else {
-		/* the first block without data: page by page */
-		while (key < nb) {
-			uint64_t pend = min_u64(nb, ((key >> PSHIFT) + 1) << PSHIFT);
-			struct pins p;
-			struct bstate s;
-
-			rc = lock_pages(v, key, pend, false, &p);
-			if (rc)
-				break;
-			for (; key < pend; key++) {
-				state_of(v, &p, key, &s);
-				if (!s.chunk)
-					break;
-			}
-			unlock_pages(v, &p);
-			if (key < pend)
-				break;
-		}
+		rc = index_hole(v, key, nb, &key);
 		pos = key << v->bshift;
 		if (pos > size)
 			pos = size;
@@ -1575,41 +1884,32 @@ int vol_attach(struct vol *v, uint64_t inherit, uint64_t size)
 	return rc;
 }
 
-/* Data blocks of extents (own_count's callback counts those the delta
- * does not hold; this one all). */
-static int data_count_cb(void *ctx, const struct bmap_ext *x)
-{
-	if (x->chunk)
-		*(uint64_t *)ctx += x->nblocks;
-	return 0;
-}
-
 /*
  * own_blocks counted again: the node's data rows in the index below
  * trunc_pend that the delta does not hold, plus the delta's data entries.
  * Assumes the load lock and v->lock held for writing (so that no commit
  * prunes the delta meanwhile; a batch committed and not yet pruned counts
- * once either way).  O(delta + rows past trunc_pend).
+ * once either way).  O(delta), plus the sum of the rows past trunc_pend.
  */
 static int own_recount(struct vol *v, uint64_t *out)
 {
-	struct bmap *bm = load_bm(v);
-	uint64_t all = 0, gone = 0, shadowed = 0, mine = 0, key = 0, first;
+	uint64_t all = 0, gone = 0, shadowed = 0, mine = 0, key = 0;
 	struct vmap_ent *e;
 	int rc;
 
 	assert(lock_rw_wrheld(&v->lock));
-	rc = bmap_node_blocks(bm, v->node, &all);
+	rc = index_begin(v);
+	if (rc)
+		return rc;
+	rc = bmap_node_blocks(load_bm(v), v->node, &all);
 	if (!rc && v->trunc_pend != NO_TRUNC)
-		rc = bmap_ext_range(bm, v->node, v->trunc_pend, BMAP_LBLOCK_LIMIT, data_count_cb,
-				    &gone);
+		rc = index_blocks(v, v->trunc_pend, BMAP_LBLOCK_LIMIT, &gone, NULL);
+	if (!rc)
+		rc = index_blocks(v, 0, v->trunc_pend, NULL, &shadowed);
+	index_end(v);
 	while (!rc && (e = vmap_next(v->delta, key, &key))) {
-		/* one read per run of consecutive entries */
-		for (first = key; e; e = vmap_get(v->delta, ++key))
-			mine += e->chunk != 0;
-		if (first < v->trunc_pend)
-			rc = bmap_ext_range(bm, v->node, first, min_u64(key, v->trunc_pend),
-					    data_count_cb, &shadowed);
+		mine += e->chunk != 0;
+		key++;
 	}
 	if (!rc && all < gone + shadowed)
 		rc = -EUCLEAN;

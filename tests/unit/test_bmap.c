@@ -2652,6 +2652,19 @@ static void model_check(struct bmap *b, uint64_t node, const struct emap *m, con
 	}
 	cr_assert_eq(blocks(b, 1), data, "%s: node.nblocks", what);
 	cr_assert_eq(emap_data_blocks(m), data);
+	/* bmap_ext_blocks over ranges that cut rows at either end, or none */
+	for (uint64_t k = 0; k < 4; k++) {
+		uint64_t lo = (op * 37 + k * 511) % MODEL_N, hi = lo + (op * 101 + k * 7) % (MODEL_N - lo);
+		uint64_t in = 0, got_in = 99;
+
+		for (uint64_t i = lo; i < hi; i++)
+			in += ref[i].kind == 2;
+		cr_assert_eq(bmap_ext_blocks(b, 1, lo, hi, &got_in), 0);
+		cr_assert_eq(got_in, in, "%s: data blocks in [%" PRIu64 ", %" PRIu64 "): %" PRIu64
+			     ", want %" PRIu64, what, lo, hi, got_in, in);
+	}
+	cr_assert_eq(bmap_ext_blocks(b, 1, 0, UINT64_MAX, &data), 0);
+	cr_assert_eq(data, emap_data_blocks(m));
 }
 
 /* The length of the run of data blocks from p on that one row holds. */
