@@ -87,9 +87,13 @@ struct mcache_page {
 	uint64_t pageno;                /* constant */
 	uint64_t min_chunk, max_chunk;  /* constant: bounds of the data extents' chunks */
 	uint32_t gen;                   /* constant: the generation it was built in */
-	uint16_t pins;                  /* (mu) */
-	uint16_t n : 15;                /* constant: extents */
+	/* pins and linked share a word: both change under mu.  n is read
+	 * without mu by readers holding a pin, so it must not share a word
+	 * with a field written under mu (a bitfield write rewrites its word:
+	 * a data race TSan reports) */
+	uint16_t pins : 15;             /* (mu) */
 	uint16_t linked : 1;            /* (mu) in the table */
+	uint16_t n;                     /* constant: extents */
 	struct ent e[];                 /* constant */
 };
 
@@ -556,7 +560,7 @@ static void pin(struct mcache *mc, struct mcache_page *pg)
 		lru_remove(mc, pg);
 		mc->npinned++;
 	}
-	assert(pg->pins != 0);          /* 65535 pins of one page: a leak */
+	assert(pg->pins != 0);          /* 32767 pins of one page: a leak */
 }
 
 const struct mcache_page *mcache_get(struct mcache *mc, uint64_t view, uint64_t pageno,
