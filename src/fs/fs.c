@@ -46,6 +46,9 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include <linux/fuse.h>
+#include <sys/uio.h>
+
 #include "vsnapfs/fs.h"
 #include "vsnapfs/log.h"
 #include "vsnapfs/ns.h"
@@ -185,10 +188,6 @@ static void fs_init(void *userdata, struct fuse_conn_info *conn)
 	conn->time_gran = 1;
 	conn->want &= ~(FUSE_CAP_WRITEBACK_CACHE | FUSE_CAP_ATOMIC_O_TRUNC |
 			FUSE_CAP_HANDLE_KILLPRIV);
-#ifdef FUSE_CAP_PARALLEL_DIRECT_WRITES
-	if (conn->capable & FUSE_CAP_PARALLEL_DIRECT_WRITES)
-		conn->want |= FUSE_CAP_PARALLEL_DIRECT_WRITES;
-#endif
 	vlog(LOG_DEBUG, "FUSE protocol %u.%u, max_write %u, want 0x%x of 0x%x",
 	     conn->proto_major, conn->proto_minor, conn->max_write, conn->want,
 	     conn->capable);
@@ -413,10 +412,31 @@ static void reply_opened(fuse_req_t req, struct ns_file *f, struct fuse_file_inf
 	/* The page cache is dropped at each open; keeping it would be safe
 	 * only while nothing changes volumes behind the kernel's back. */
 	fi->keep_cache = 0;
-	/* O_DIRECT needs no FOPEN_DIRECT_IO: the kernel already sends such
-	 * I/O straight through, at any alignment, and keeps the page cache of
-	 * buffered openers of the same file coherent around it. */
 	fi->direct_io = 0;
+	/*
+	 * An O_DIRECT open (QEMU's cache=none) gets FOPEN_DIRECT_IO with
+	 * FOPEN_PARALLEL_DIRECT_WRITES: without them the kernel takes the
+	 * file's inode lock for every write, so the guest's writer threads on
+	 * one disk run one at a time (docs/performance.md, "Parallel O_DIRECT
+	 * writes ... FOPEN_PARALLEL_DIRECT_WRITES measured").  libfuse 3.14 has
+	 * no fuse_file_info bit for the second flag, so the reply is written
+	 * here, as the kernel defines it.  What changes for such an fd:
+	 * mmap(MAP_SHARED) fails with ENODEV; I/O of any alignment still
+	 * reaches the daemon as it is.  A file created with O_DIRECT gets the
+	 * flags from its next open.
+	 */
+	if (!created && (fi->flags & O_DIRECT)) {
+		struct fuse_open_out o = {
+			.fh = fi->fh,
+			.open_flags = FOPEN_DIRECT_IO | FOPEN_PARALLEL_DIRECT_WRITES,
+		};
+		struct iovec iov = { .iov_base = &o, .iov_len = sizeof(o) };
+
+		rc = fuse_reply_iov(req, &iov, 1);
+		if (rc == -ENOENT)
+			ns_release(req_ns(req), f);
+		return;
+	}
 	if (created) {
 		entry_fill(created, &e);
 		rc = fuse_reply_create(req, &e, fi);

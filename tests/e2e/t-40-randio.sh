@@ -39,6 +39,12 @@ run b.img -c -t 4 -r -d -a 512 -n 800 -k 100 -S 32M          # 4 threads sharing
 run c.img -t 4 -r -n 800 -k 100 -S 8M                        # buffered, shared blocks
 run c.img -c -t 4 -r -d -a 1 -n 800 -k 100 -S 8M             # O_DIRECT, any alignment, shared
 
+# An O_DIRECT open is direct_io with parallel writes (the 4-thread O_DIRECT
+# runs above write one file concurrently through it): such an fd cannot be
+# mapped shared, a buffered one can.
+got=$("$TOOLS/mapcheck" "$MNT/a.img") || fail "mapcheck failed"
+assert_eq "$got" "buffered=mapped direct=ENODEV" "mmap(MAP_SHARED) of a.img"
+
 # ---- remount: the files must equal their models ---------------------------
 vs_umount "$MNT"
 vs_mount "$STORE" "$MNT"
