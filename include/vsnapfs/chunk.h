@@ -239,6 +239,9 @@ void chunk_prefetch(struct chunk_store *cs, const struct chunk_loc *loc, uint32_
 int chunk_sync(struct chunk_store *cs);
 bool chunk_poisoned(struct chunk_store *cs);
 
+/* Whether chunk_id's file is in the directory (true when it cannot tell). */
+bool chunk_present(struct chunk_store *cs, uint64_t chunk_id);
+
 /* The id of the chunk currently taking appends, or 0 if none yet. */
 uint64_t chunk_active_id(struct chunk_store *cs);
 

@@ -1981,6 +1981,15 @@ bool chunk_poisoned(struct chunk_store *cs)
 	return atomic_load(&cs->poisoned);
 }
 
+bool chunk_present(struct chunk_store *cs, uint64_t chunk_id)
+{
+	char name[CHUNK_NAME_LEN + 1];
+	struct stat st;
+
+	chunk_name(name, chunk_id);
+	return fstatat(cs->dirfd, name, &st, 0) == 0 || errno != ENOENT;
+}
+
 uint64_t chunk_active_id(struct chunk_store *cs)
 {
 	uint64_t id;

@@ -394,6 +394,31 @@ static int commit_direct(struct ns *ns, struct wal_buf *w)
 }
 
 /*
+ * A sync failed without poisoning the store: a chunk file was deleted
+ * under the daemon.  The batches it held after ckpt_lsn can no longer be
+ * read by a recovery, whose replay would stop at that gap before every
+ * later, acknowledged batch.  So the index takes every queued batch now,
+ * from memory.  Assumes flush_mu (db_mu after it is in order).
+ */
+static void checkpoint_after_loss(struct ns *ns)
+{
+	int rc;
+
+	lock_mutex_lock(&ns->db_mu);
+	rc = ns_txn_begin(ns);
+	if (!rc) {
+		rc = ns_txn_commit(ns);
+		if (rc)
+			ns_txn_rollback(ns);
+	}
+	lock_mutex_unlock(&ns->db_mu);
+	if (rc)
+		vlog(LOG_ERR, "checkpoint after a lost chunk file: %s (%s)", strerror(-rc),
+		     bmap_errmsg(ns->bm));
+	ns_settle(ns);
+}
+
+/*
  * Steps 2 and 3 for the collected batches.  0 with the batches queued
  * (*queued) or committed, or an error with nothing queued.
  */
@@ -435,10 +460,19 @@ static int log_batches(struct ns *ns, struct held *h, size_t n, bool *queued)
 	}
 	ns->lsn_next++;                 /* spent: it may be on disk */
 	rc = chunk_sync(ns->cs);        /* logs its failures */
-	if (rc) {
+	if (rc && !chunk_poisoned(ns->cs) && !chunk_present(ns->cs, e->chunk)) {
+		/* the chunk the batch went to was deleted under us (chunk_sync
+		 * sealed it): no recovery can read the batch, so its lsn goes
+		 * to the retry */
+		ns->lsn_next--;
+	} else if (rc) {
 		lock_mutex_lock(&ns->log_mu);
 		ns->lsn_in_doubt = sc.lsn;
 		lock_mutex_unlock(&ns->log_mu);
+	}
+	if (rc && !chunk_poisoned(ns->cs))
+		checkpoint_after_loss(ns);
+	if (rc) {
 		wal_buf_free(&e->w);
 		free(e);
 		return rc;

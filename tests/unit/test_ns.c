@@ -1416,6 +1416,37 @@ Test(ns, after_a_gap_in_the_log_the_next_daemons_fsynced_writes_are_recovered)
 	ns_release(g_ns, f);
 }
 
+/* The active chunk file deleted under the daemon: the fsync after it
+ * fails (its batch went into the deleted file), the application writes
+ * again and its fsync succeeds; then a crash. */
+static void crash_after_the_active_chunk_was_deleted(void)
+{
+	struct ns_file *f = child_volume("del.img");
+	char path[512];
+
+	child_write(f, 4096, 0, 201);
+	child_check(ns_fsync(g_ns, f), 0, "fsync A");
+	snprintf(path, sizeof(path), "%s/chunks/%016" PRIx64 ".chunk", g_store,
+		 chunk_active_id(test_cs(g_ns)));
+	child_check(unlink(path), 0, "unlink the active chunk");
+	child_write(f, 4096, 4096, 202);
+	child_check(ns_fsync(g_ns, f), -EIO, "the fsync of a write into the deleted file");
+	child_write(f, 4096, 4096, 202);
+	child_check(ns_fsync(g_ns, f), 0, "the fsync of the write again");
+}
+
+Test(ns, writes_fsynced_after_the_active_chunk_was_deleted_survive_a_crash)
+{
+	struct ns_file *f;
+
+	close_store();
+	in_crashing_child(crash_after_the_active_chunk_was_deleted);
+	open_store();
+	f = open_file(lookup(NS_ROOT_INO, "del.img"), O_RDONLY);
+	expect_pattern(f, 4096, 4096, 202, "written again and fsynced after the delete");
+	ns_release(g_ns, f);
+}
+
 Test(ns, a_read_only_open_refuses_a_log_not_yet_replayed_and_a_read_write_one_replays_it)
 {
 	char msg[512];
