@@ -29,6 +29,7 @@
 #include "ns/ns_int.h"
 #include "vsnapfs/mcache.h"
 #include "vsnapfs/log.h"
+#include "vsnapfs/storedir.h"
 
 int64_t ns_now_ns(void)
 {
@@ -57,33 +58,6 @@ static int dir_is_empty(const char *dir)
 	return rc;
 }
 
-/* The pid holding an flock() on fd's file, from /proc/locks ("" if none). */
-static void lock_holder(int fd, char *pid, size_t len)
-{
-	char line[256];
-	struct stat st;
-	FILE *f;
-
-	pid[0] = 0;
-	if (fstat(fd, &st) || !(f = fopen("/proc/locks", "re")))
-		return;
-	while (fgets(line, sizeof(line), f)) {
-		unsigned maj, min;
-		unsigned long long ino;
-		char kind[16];
-		long p;
-
-		/* "1: FLOCK  ADVISORY  WRITE 1234 fd:00:5678 0 EOF" */
-		if (sscanf(line, "%*d: %15s %*s %*s %ld %x:%x:%llu", kind, &p, &maj, &min, &ino) == 5 &&
-		    !strcmp(kind, "FLOCK") && ino == st.st_ino && maj == major(st.st_dev) &&
-		    min == minor(st.st_dev)) {
-			snprintf(pid, len, "%ld", p);
-			break;
-		}
-	}
-	fclose(f);
-}
-
 /*
  * One daemon per store: flock() on the store directory itself, so that
  * deleting or replacing STORE/lock while mounted cannot let a second daemon
@@ -101,7 +75,7 @@ static int take_lock(struct ns *ns, char *msg, size_t msglen)
 		snprintf(msg, msglen, "cannot open %s: %s", ns->dir, strerror(-rc));
 		return rc;
 	}
-	snprintf(path, sizeof(path), "%s/lock", ns->dir);
+	snprintf(path, sizeof(path), "%s/" STOREDIR_LOCK, ns->dir);
 	/* a daemon that was just unmounted may still be closing the store:
 	 * give it a moment before calling the store taken */
 	for (int i = 0; i < 60 && flock(ns->dir_fd, LOCK_EX | LOCK_NB) && errno == EWOULDBLOCK; i++)
@@ -127,7 +101,7 @@ static int take_lock(struct ns *ns, char *msg, size_t msglen)
 	pid[n > 0 ? n : 0] = 0;
 	pid[strcspn(pid, "\n")] = 0;
 	if (!pid[0])
-		lock_holder(ns->dir_fd, pid, sizeof(pid));
+		storedir_lock_holder(ns->dir, pid, sizeof(pid));
 	snprintf(msg, msglen, "store %s is already mounted by vsnapfs pid %s", ns->dir,
 		 pid[0] ? pid : "(unknown)");
 	return -EEXIST;
@@ -139,7 +113,7 @@ void ns_set_pid(struct ns *ns, pid_t pid)
 	int n = snprintf(buf, sizeof(buf), "%d\n", (int)pid);
 
 	if (ftruncate(ns->lock_fd, 0) || pwrite(ns->lock_fd, buf, n, 0) != n)
-		vlog(LOG_WARNING, "cannot write pid to %s/lock: %s", ns->dir, strerror(errno));
+		vlog(LOG_WARNING, "cannot write pid to %s/" STOREDIR_LOCK ": %s", ns->dir, strerror(errno));
 }
 
 static int create_store(struct ns *ns, uint32_t bs, char *msg, size_t msglen)
@@ -147,13 +121,13 @@ static int create_store(struct ns *ns, uint32_t bs, char *msg, size_t msglen)
 	char path[PATH_MAX];
 	int rc;
 
-	snprintf(path, sizeof(path), "%s/chunks", ns->dir);
+	snprintf(path, sizeof(path), "%s/" STOREDIR_CHUNKS, ns->dir);
 	if (mkdir(path, 0700) && errno != EEXIST) {
 		rc = -errno;
 		snprintf(msg, msglen, "cannot create %s: %s", path, strerror(-rc));
 		return rc;
 	}
-	snprintf(path, sizeof(path), "%s/index.sqlite", ns->dir);
+	snprintf(path, sizeof(path), "%s/" STOREDIR_INDEX, ns->dir);
 	rc = bmap_create(path, bs, getuid(), getgid());
 	if (rc)
 		snprintf(msg, msglen, "cannot create %s: %s", path, strerror(-rc));
@@ -165,7 +139,7 @@ static int open_index(struct ns *ns, char *msg, size_t msglen)
 	char path[PATH_MAX];
 	int rc;
 
-	snprintf(path, sizeof(path), "%s/index.sqlite", ns->dir);
+	snprintf(path, sizeof(path), "%s/" STOREDIR_INDEX, ns->dir);
 	rc = bmap_open(path, ns->readonly, &ns->bm);
 	switch (rc) {
 	case 0:
@@ -252,11 +226,11 @@ static int upgrade_index(struct ns *ns, char *msg, size_t msglen)
 
 	rc = bmap_upgrade_run(ns->bm, 0, &ops);
 	if (rc) {
-		snprintf(msg, msglen, "%s/index.sqlite: upgrading the index from format %d: %s "
+		snprintf(msg, msglen, "%s/" STOREDIR_INDEX ": upgrading the index from format %d: %s "
 			 "(nothing is lost; the next mount goes on)", ns->dir, from, strerror(-rc));
 		return rc;
 	}
-	vlog(LOG_NOTICE, "%s/index.sqlite: upgraded from format version %d to %d in %.1f s; "
+	vlog(LOG_NOTICE, "%s/" STOREDIR_INDEX ": upgraded from format version %d to %d in %.1f s; "
 	     "older vsnapfs versions cannot mount this store any more", ns->dir, from,
 	     BMAP_FORMAT_VERSION, (ns_now_ns() - u.start_ns) / 1e9);
 	return 0;
@@ -397,7 +371,7 @@ int ns_open(const char *dir, const struct ns_opts *opts, struct ns **out, bool *
 		snprintf(msg, msglen, "%s is not a directory", dir);
 		goto fail;
 	} else {
-		snprintf(path, sizeof(path), "%s/index.sqlite", ns->dir);
+		snprintf(path, sizeof(path), "%s/" STOREDIR_INDEX, ns->dir);
 		if (access(path, F_OK)) {
 			rc = dir_is_empty(ns->dir);
 			if (rc < 0) {
@@ -435,7 +409,7 @@ int ns_open(const char *dir, const struct ns_opts *opts, struct ns **out, bool *
 	ns->bs = bmap_block_size(ns->bm);
 	if (ns->readonly && bmap_format(ns->bm) < BMAP_FORMAT_VERSION) {
 		rc = -EPROTONOSUPPORT;
-		snprintf(msg, msglen, "%s/index.sqlite: index format %d: mount it once read-write "
+		snprintf(msg, msglen, "%s/" STOREDIR_INDEX ": index format %d: mount it once read-write "
 			 "to upgrade it to format %d", ns->dir, bmap_format(ns->bm),
 			 BMAP_FORMAT_VERSION);
 		goto fail;
@@ -449,14 +423,14 @@ int ns_open(const char *dir, const struct ns_opts *opts, struct ns **out, bool *
 	if (bmap_meta_get(ns->bm, "next_chunk_id", &next_chunk) == 0 && next_chunk == 0)
 		next_chunk = 1;
 
-	snprintf(path, sizeof(path), "%s/chunks", ns->dir);
+	snprintf(path, sizeof(path), "%s/" STOREDIR_CHUNKS, ns->dir);
 	rc = chunk_store_open(path, ns->bs, next_chunk, &ns->cs);
 	if (rc) {
 		snprintf(msg, msglen, "%s: cannot open chunk store: %s", path, strerror(-rc));
 		goto fail;
 	}
 	if (!ns->readonly) {
-		snprintf(path, sizeof(path), "%s/spare", ns->dir);
+		snprintf(path, sizeof(path), "%s/" STOREDIR_SPARE, ns->dir);
 		ns->spare_max = spare_max(ns, opts->spare_chunks);
 		rc = chunk_spares_enable(ns->cs, path, ns->spare_max);
 		if (rc) {
@@ -474,7 +448,7 @@ int ns_open(const char *dir, const struct ns_opts *opts, struct ns **out, bool *
 		goto fail;
 	if (!ns->readonly) {
 		/* checked once, by the open above */
-		snprintf(path, sizeof(path), "%s/index.sqlite", ns->dir);
+		snprintf(path, sizeof(path), "%s/" STOREDIR_INDEX, ns->dir);
 		rc = bmap_open_reader(ns->bm, &ns->bm_scan);
 		if (!rc)
 			rc = bmap_open_reader(ns->bm, &ns->bm_load);
