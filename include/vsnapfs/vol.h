@@ -180,12 +180,14 @@ struct vol_rec {                                /* one block's row to write */
 	bool anc;                               /* an ancestor holds data here */
 };
 
+#define VOL_NO_TRUNC UINT64_MAX                 /* vol_batch.trunc_from: no truncation */
+
 struct vol_batch {                              /* what one vol_collect() took */
 	struct vol *v;
 	uint64_t seq;                           /* the vol's collections so far, this one too */
 	uint64_t node;                          /* the node the rows belong to */
 	uint64_t size;                          /* the vol's size at collection */
-	uint64_t trunc_from;                    /* delete rows >= this; UINT64_MAX: none */
+	uint64_t trunc_from;                    /* delete rows >= this; VOL_NO_TRUNC: none */
 	uint64_t inherit;                       /* the node's inherit limit */
 	bool inherit_changed;
 	struct vol_rec *recs;

@@ -120,19 +120,25 @@ static int held_encode(struct held *h, size_t n, struct wal_buf *w)
 	return rc;
 }
 
+/* Apply w, a batch that does not go to the log, in the open transaction. */
+static int apply_unlogged(struct ns *ns, struct wal_buf *w)
+{
+	struct wal_view v;
+
+	wal_seal(w, 0, 0, 0);
+	wal_view_of(w, &v);
+	return wal_apply(ns->bm, &v, NULL, NULL);
+}
+
 int ns_held_apply(struct ns *ns, struct held *h, size_t n)
 {
 	struct wal_buf w = { 0 };
-	struct wal_view v;
 	int rc;
 
 	assert(lock_held(&ns->db_mu));
 	rc = held_encode(h, n, &w);
-	if (!rc) {
-		wal_seal(&w, 0, 0, 0);
-		wal_view_of(&w, &v);
-		rc = wal_apply(ns->bm, &v, NULL, NULL);
-	}
+	if (!rc)
+		rc = apply_unlogged(ns, &w);
 	wal_buf_free(&w);
 	return rc;
 }
@@ -229,7 +235,6 @@ int ns_txn_begin(struct ns *ns)
 	}
 	ns->txn_taken = n;
 	ns->txn_lsn = lsn;
-	ns->txn_chunk = chunk;
 	return 0;
 }
 
@@ -329,6 +334,29 @@ void ns_log_free(struct ns *ns)
 	logq_free(&ns->settle);
 }
 
+/*
+ * One transaction with nothing of its own but the queued batches (and w,
+ * a batch not logged, if not NULL): a checkpoint.  Takes db_mu; its
+ * failure is logged with what.
+ */
+static int checkpoint_txn(struct ns *ns, struct wal_buf *w, const char *what)
+{
+	int rc;
+
+	lock_mutex_lock(&ns->db_mu);
+	rc = ns_txn_begin(ns);
+	if (!rc && w)
+		rc = apply_unlogged(ns, w);
+	if (!rc)
+		rc = ns_txn_commit(ns);
+	if (rc) {
+		ns_txn_rollback(ns);
+		vlog(LOG_ERR, "%s: %s (%s)", what, strerror(-rc), bmap_errmsg(ns->bm));
+	}
+	lock_mutex_unlock(&ns->db_mu);
+	return rc;
+}
+
 /* One checkpoint: every queued batch into the index, then settle them. */
 int ns_checkpoint(struct ns *ns)
 {
@@ -338,18 +366,8 @@ int ns_checkpoint(struct ns *ns)
 	lock_mutex_lock(&ns->log_mu);
 	queued = ns->logq.n;
 	lock_mutex_unlock(&ns->log_mu);
-	lock_mutex_lock(&ns->db_mu);
 	if (queued)
-		rc = ns_txn_begin(ns);
-	if (queued && !rc) {
-		rc = ns_txn_commit(ns);
-		if (rc)
-			ns_txn_rollback(ns);
-	}
-	lock_mutex_unlock(&ns->db_mu);
-	if (rc)
-		vlog(LOG_ERR, "checkpoint of the log into the index: %s (%s); retrying later",
-		     strerror(-rc), bmap_errmsg(ns->bm));
+		rc = checkpoint_txn(ns, NULL, "checkpoint of the log into the index (retried later)");
 	lock_mutex_lock(&ns->flush_mu);
 	ns_settle(ns);
 	lock_mutex_unlock(&ns->flush_mu);
@@ -370,29 +388,6 @@ static void seal_batch(void *ctx, void *buf, uint64_t chunk_id)
 	wal_seal(s->w, s->lsn, chunk_id, s->synced);
 }
 
-/* A batch too big for the log: into the index now (the data is synced). */
-static int commit_direct(struct ns *ns, struct wal_buf *w)
-{
-	struct wal_view v;
-	int rc;
-
-	lock_mutex_lock(&ns->db_mu);
-	rc = ns_txn_begin(ns);
-	if (!rc) {
-		wal_seal(w, 0, 0, 0);
-		wal_view_of(w, &v);
-		rc = wal_apply(ns->bm, &v, NULL, NULL);
-		if (!rc)
-			rc = ns_txn_commit(ns);
-		if (rc)
-			ns_txn_rollback(ns);
-	}
-	if (rc)
-		vlog(LOG_ERR, "committing the index: %s (%s)", strerror(-rc), bmap_errmsg(ns->bm));
-	lock_mutex_unlock(&ns->db_mu);
-	return rc;
-}
-
 /*
  * A sync failed without poisoning the store: a chunk file was deleted
  * under the daemon.  The batches it held after ckpt_lsn can no longer be
@@ -402,19 +397,7 @@ static int commit_direct(struct ns *ns, struct wal_buf *w)
  */
 static void checkpoint_after_loss(struct ns *ns)
 {
-	int rc;
-
-	lock_mutex_lock(&ns->db_mu);
-	rc = ns_txn_begin(ns);
-	if (!rc) {
-		rc = ns_txn_commit(ns);
-		if (rc)
-			ns_txn_rollback(ns);
-	}
-	lock_mutex_unlock(&ns->db_mu);
-	if (rc)
-		vlog(LOG_ERR, "checkpoint after a lost chunk file: %s (%s)", strerror(-rc),
-		     bmap_errmsg(ns->bm));
+	checkpoint_txn(ns, NULL, "checkpoint after a lost chunk file");
 	ns_settle(ns);
 }
 
@@ -435,9 +418,10 @@ static int log_batches(struct ns *ns, struct held *h, size_t n, bool *queued)
 	rc = held_encode(h, n, &e->w);
 	len = wal_batch_bytes(&e->w);
 	if (!rc && len > LOG_MAX_BYTES) {
+		/* too big for the log: into the index now, after the data */
 		rc = chunk_sync(ns->cs);
 		if (!rc)
-			rc = commit_direct(ns, &e->w);
+			rc = checkpoint_txn(ns, &e->w, "committing the index");
 		wal_buf_free(&e->w);
 		free(e);
 		return rc;

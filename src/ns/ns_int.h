@@ -113,7 +113,7 @@ struct ns {
 	uint64_t ckpt_lsn;              /* (db_mu) the last batch in the index */
 	bool log_gap;                   /* constant after ns_open: recovery found a gap */
 	size_t txn_taken;               /* (db_mu) queued batches the open transaction applied */
-	uint64_t txn_lsn, txn_chunk;    /* (db_mu) and the last of them */
+	uint64_t txn_lsn;               /* (db_mu) the last of them */
 
 	struct lock_mutex flush_mu;     /* one flush (or GC pass) at a time */
 	struct lock_mutex seq_mu;

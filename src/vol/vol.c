@@ -92,7 +92,7 @@
 #include "vsnapfs/mcache.h"
 #include "vsnapfs/vol.h"
 
-#define NO_TRUNC   UINT64_MAX
+#define NO_TRUNC   VOL_NO_TRUNC
 #define WIN_BYTES  (1u << 20)           /* blocks handled per step of a long request */
 #define LABEL_MAX  128
 #define PB         MCACHE_PAGE_BLOCKS

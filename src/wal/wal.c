@@ -16,8 +16,6 @@
 #include "vsnapfs/le.h"
 #include "vsnapfs/wal.h"
 
-#define NO_TRUNC UINT64_MAX             /* vol_batch.trunc_from: none */
-
 /* ---- building ------------------------------------------------------------ */
 
 int wal_buf_init(struct wal_buf *w)
@@ -82,7 +80,7 @@ int wal_put_vol(struct wal_buf *w, const struct vol_batch *b)
 {
 	int rc = 0;
 
-	if (b->trunc_from != NO_TRUNC)
+	if (b->trunc_from != VOL_NO_TRUNC)
 		rc = put(w, &(struct wal_rec){ .type = WAL_TRUNC, .a = b->node, .b = b->trunc_from });
 	for (size_t i = 0, n; i < b->nrecs && !rc; i += n) {
 		const struct vol_rec *r = &b->recs[i];

@@ -18,8 +18,6 @@
 #include "vsnapfs/bmap.h"
 #include "vsnapfs/wal.h"
 
-#define NO_TRUNC UINT64_MAX
-
 static char dir[64];
 static struct bmap *bm;
 
