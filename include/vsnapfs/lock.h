@@ -35,7 +35,8 @@
  *                              the index, and those waiting to be settled
  *                              (a leaf)
  *   13    ns.seq_mu            flush sequence numbers (a leaf)
- *   14    ns.bg_mu             the background thread's wake-up (a leaf)
+ *   14    ns.bg_mu             the background thread's wake-up and the GC
+ *                              requests of the control channel (a leaf)
  *
  * Why this order: a snapshot holds db_mu while it closes gates, and a
  * change holds its gate while it looks up open files; a volume reads a map

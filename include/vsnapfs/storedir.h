@@ -8,6 +8,7 @@
  *   STORE/chunks/        chunk files (vsnapfs/chunk.h)
  *   STORE/spare/         removed chunk files kept for reuse while writing
  *   STORE/lock           holds the pid of the daemon that has the store
+ *   STORE/ctl.sock       the running daemon's control channel (vsnapfs/ctlmsg.h)
  *
  * The lock itself is an flock() on the store directory (not on STORE/lock,
  * which a user may delete or replace); a mount's fsname is "vsnapfs:STORE"
@@ -26,6 +27,7 @@
 #define STOREDIR_CHUNKS         "chunks"
 #define STOREDIR_SPARE          "spare"
 #define STOREDIR_LOCK           "lock"
+#define STOREDIR_CTL_SOCK       "ctl.sock"      /* the control channel (vsnapfs/ctlmsg.h) */
 #define STOREDIR_FSNAME_PREFIX  "vsnapfs:"      /* then the store's absolute path */
 
 /*

@@ -12,6 +12,8 @@
  *   check.c    vsnapctl check
  *   scrub.c    vsnapctl scrub
  *   diff.c     vsnapctl diff
+ *   chan.c     the control channel to a running daemon (vsnapfs/ctlmsg.h)
+ *   gc.c       vsnapctl gc
  *
  * Access.  The index is opened read-only (SQLite WAL lets us read while the
  * daemon writes; every bmap call sees the last committed state) and chunk
@@ -83,6 +85,14 @@ int store_resolve(const char *arg, char *dir, size_t dirlen, char *rel, size_t r
  * Says why on stderr when it fails; store_close() in every case. */
 int store_open(const char *arg, bool chunks, struct store *st);
 void store_close(struct store *st);
+
+/* ---- chan.c -------------------------------------------------------------------- */
+
+struct ctl_msg;
+/* One request to the daemon serving the store dir, its reply in rep: 0, a
+ * negative errno of the channel, or the daemon's status.  Unless quiet,
+ * says why on stderr (the daemon's msg= line for a refusal). */
+int chan_call(const char *dir, struct ctl_msg *req, struct ctl_msg *rep, bool quiet);
 
 /* ---- report.c ------------------------------------------------------------------ */
 
@@ -189,6 +199,7 @@ int cmd_list(struct store *st);
 int cmd_tree(struct store *st);
 int cmd_check(struct store *st);
 int cmd_scrub(struct store *st);
+int cmd_gc(struct store *st);
 /* a and b: two paths in one store, already opened as st (from a). */
 int cmd_diff(struct store *st, const char *a, const char *b);
 

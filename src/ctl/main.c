@@ -6,6 +6,7 @@
  *   vsnapctl check [--json] STORE|MOUNTPOINT      index against chunk files (exit 1: problems)
  *   vsnapctl scrub [--json] STORE|MOUNTPOINT      read and verify every block (exit 1: damage)
  *   vsnapctl diff  [--json] A B                   changed extents between two files of one lineage
+ *   vsnapctl gc    [--json] [STORE|MOUNTPOINT]    a garbage-collection pass now (mounted)
  *
  * Exit status: 0 clean, 1 problems (check) or damage (scrub), 2 usage or I/O
  * error.  --json may come anywhere on the command line.  This file parses
@@ -36,6 +37,8 @@ static void usage(FILE *f)
 		"  diff  A B                  extents that differ between two volume or snapshot\n"
 		"                             files of one lineage in a mount (offset, length, data\n"
 		"                             or zero: what B holds), from the index alone\n"
+		"  gc    [STORE|MOUNTPOINT]   run a garbage-collection pass now in the daemon that\n"
+		"                             has the store mounted; report what came back\n"
 		"\n"
 		"STORE is a store directory; a MOUNTPOINT of a running vsnapfs names its store.\n"
 		"The argument defaults to the current directory.  --json: machine-readable output.\n"
@@ -84,7 +87,7 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	if (strcmp(cmd, "list") && strcmp(cmd, "tree") && strcmp(cmd, "check") &&
-	    strcmp(cmd, "scrub") && strcmp(cmd, "diff")) {
+	    strcmp(cmd, "scrub") && strcmp(cmd, "diff") && strcmp(cmd, "gc")) {
 		fprintf(stderr, "vsnapctl: unknown command %s\n", cmd);
 		usage(stderr);
 		return 2;
@@ -109,6 +112,8 @@ int main(int argc, char **argv)
 		rc = cmd_check(&st);
 	else if (!strcmp(cmd, "diff"))
 		rc = cmd_diff(&st, arg, arg2);
+	else if (!strcmp(cmd, "gc"))
+		rc = cmd_gc(&st);
 	else
 		rc = cmd_scrub(&st);
 	store_close(&st);

@@ -8,7 +8,7 @@
  * come from vsnapfs/storedir.h, as the daemon has them.
  *
  * On a mounted store the daemon is first asked to bring the index up to its
- * log (sync_mounts).  A store that a daemon holds is "in use": check reads
+ * log (sync_mounts, through the control channel).  A store that a daemon holds is "in use": check reads
  * it twice (check.c).
  * Whether it is held is read from /proc/locks: taking the lock ourselves,
  * even briefly, could make a daemon starting at that moment refuse.
@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "ctl/ctl_int.h"
+#include "vsnapfs/ctlmsg.h"
 #include "vsnapfs/storedir.h"
 
 int store_resolve(const char *arg, char *out, size_t outlen, char *rel, size_t rellen)
@@ -72,16 +73,30 @@ static bool store_in_use(const char *dir)
 
 /*
  * A mounted daemon keeps recent changes in its log until a checkpoint
- * writes them to the index (docs/design.md, D3); an fsync of a directory of
- * the mount asks for one.  Every mount of the store gets it.  Errors only
- * warn: the index is then up to a second behind.
+ * writes them to the index (docs/design.md, D3): the control channel's
+ * sync asks for one.  A daemon without the channel (an earlier vsnapfs)
+ * is asked by an fsync of a directory of each mount of the store.  Errors
+ * only warn: the index is then up to a second behind.
  */
 static void sync_mounts(const char *store)
 {
 	size_t prefix = strlen(STOREDIR_FSNAME_PREFIX);
+	struct ctl_msg *m = malloc(sizeof(*m));
 	struct mntent *me;
-	FILE *mf = setmntent("/proc/self/mounts", "r");
+	FILE *mf;
+	int rc = -ENOMEM;
 
+	if (m) {
+		ctl_msg_init(m, CTL_SYNC);
+		rc = chan_call(store, m, m, true);
+		if (rc && rc != -ENOENT && rc != -ECONNREFUSED)
+			fprintf(stderr, "vsnapctl: %s: cannot bring the index up to date: %s\n",
+				store, strerror(-rc));
+		free(m);
+	}
+	if (rc != -ENOENT && rc != -ECONNREFUSED && rc != -ENOMEM)
+		return;
+	mf = setmntent("/proc/self/mounts", "r");
 	if (!mf)
 		return;
 	while ((me = getmntent(mf))) {

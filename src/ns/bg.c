@@ -227,6 +227,32 @@ int ns_reap_all(struct ns *ns)
 
 /* ---- the background thread --------------------------------------------------- */
 
+int ns_gc_request(struct ns *ns, struct ns_gc_stats *st)
+{
+	uint64_t mine;
+	int rc = -ESHUTDOWN;
+
+	if (!ns->bg_running)
+		return -EROFS;          /* read-only: no background thread, no GC */
+	lock_mutex_lock(&ns->bg_mu);
+	mine = ++ns->gc_req;
+	pthread_cond_signal(&ns->bg_cond);
+	while (ns->gc_done < mine && !ns->bg_stop && !atomic_load(&ns->ctl_stop)) {
+		struct timespec until;
+
+		clock_gettime(CLOCK_REALTIME, &until);
+		until.tv_sec += 1;
+		lock_cond_timedwait(&ns->gc_cond, &ns->bg_mu, &until);
+	}
+	if (ns->gc_done >= mine) {
+		/* a later request may have been answered by the same pass */
+		*st = ns->gc_last;
+		rc = ns->gc_last_rc;
+	}
+	lock_mutex_unlock(&ns->bg_mu);
+	return rc;
+}
+
 /*
  * Spare chunk files (docs/design.md) make a stream of writes cheaper, but
  * hold host space that nothing else can use, and that a deletion was meant
@@ -269,22 +295,29 @@ void *ns_bg_main(void *arg)
 	uint64_t appends = 0;               /* spares_tick's */
 	int64_t appends_ns = ns_now_ns();
 	bool more = false;                  /* it did work: there may be more */
+	uint64_t gc_answered = 0;           /* the last ns->gc_req answered */
 	int64_t last_flush = ns_now_ns();
 	uint32_t wait_ms = next_wait_ms(ns);
 
 	lock_mutex_lock(&ns->bg_mu);
 	while (!ns->bg_stop) {
 		struct timespec until;
+		struct ns_gc_stats st = { 0 };
+		uint64_t asked;
 		int64_t now;
 		bool woken;
+		int rc = -EIO;          /* a poisoned store runs no pass */
 
 		clock_gettime(CLOCK_REALTIME, &until);
 		until.tv_nsec += (long)(wait_ms % 1000) * 1000000;
 		until.tv_sec += wait_ms / 1000 + until.tv_nsec / 1000000000;
 		until.tv_nsec %= 1000000000;
-		woken = lock_cond_timedwait(&ns->bg_cond, &ns->bg_mu, &until) == 0;
+		/* a GC request signalled while we were busy is not lost */
+		woken = ns->gc_req != gc_answered ||
+			lock_cond_timedwait(&ns->bg_cond, &ns->bg_mu, &until) == 0;
 		if (ns->bg_stop)
 			break;
+		asked = ns->gc_req;     /* a pass that starts from here answers it */
 		lock_mutex_unlock(&ns->bg_mu);
 
 		now = ns_now_ns();
@@ -303,21 +336,26 @@ void *ns_bg_main(void *arg)
 		spares_tick(ns, &appends, &appends_ns, now);
 		/* no GC in a poisoned store: nothing may be moved (chunk_sync) */
 		if (!chunk_poisoned(ns->cs) &&
-		    (atomic_load(&ns->gc_wanted) ||
+		    (atomic_load(&ns->gc_wanted) || asked != gc_answered ||
 		     now - last_gc > (int64_t)ns->gc_interval_s * 1000000000 ||
 		     ((more || chunk_next_id(ns->cs) - gc_chunk >= GC_AFTER_CHUNKS) &&
 		      now - last_gc - gc_ns >= GC_PACE * gc_ns))) {
-			int rc;
-
 			atomic_store(&ns->gc_wanted, false);
 			gc_chunk = chunk_next_id(ns->cs);
-			rc = ns_gc(ns, &gc_ns);
+			rc = ns_gc(ns, &gc_ns, &st);
 			/* did work: there may be more, go on when the pace allows */
 			more = rc > 0 || rc == -EAGAIN;
 			last_gc = now;
 		}
 		wait_ms = next_wait_ms(ns);
 		lock_mutex_lock(&ns->bg_mu);
+		if (asked != gc_answered) {
+			gc_answered = asked;
+			ns->gc_done = asked;
+			ns->gc_last = st;
+			ns->gc_last_rc = rc < 0 ? rc : 0;
+			pthread_cond_broadcast(&ns->gc_cond);
+		}
 	}
 	lock_mutex_unlock(&ns->bg_mu);
 	return NULL;

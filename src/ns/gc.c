@@ -377,7 +377,7 @@ static int compact(struct ns *ns, struct gc *g, uint64_t *moved)
 
 /* ---- a pass ------------------------------------------------------------------ */
 
-int ns_gc(struct ns *ns, int64_t *work_ns)
+int ns_gc(struct ns *ns, int64_t *work_ns, struct ns_gc_stats *st)
 {
 	struct gc g = { .ns = ns };
 	uint64_t removed = 0, moved = 0;
@@ -385,6 +385,7 @@ int ns_gc(struct ns *ns, int64_t *work_ns)
 	int rc;
 
 	*work_ns = 0;
+	*st = (struct ns_gc_stats){ 0 };
 	rc = barrier(ns, &g);
 	if (rc)
 		return rc;
@@ -409,5 +410,6 @@ int ns_gc(struct ns *ns, int64_t *work_ns)
 	if (rc && rc != -EAGAIN)
 		vlog(LOG_ERR, "gc: %s", strerror(-rc));
 	free(g.c);
+	*st = (struct ns_gc_stats){ .moved_blocks = moved, .removed_chunks = removed };
 	return rc ? rc : (removed || moved);
 }

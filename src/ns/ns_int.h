@@ -21,6 +21,7 @@
  *   snap.c    snapshots, clones, truncate to zero
  *   ns.c      the tree: lookup, create, unlink, rename, setattr, readdir, open
  *   bg.c      the background thread: flush, evict, reap, release, GC
+ *   ctlsrv.c  the control channel's server thread (vsnapfs/ctlmsg.h)
  *   store.c   opening, creating, locking and closing the store
  */
 #ifndef VSNAPFS_NS_INT_H
@@ -62,6 +63,12 @@ struct logent;
 struct logq {
 	struct logent **v;
 	size_t n, cap;
+};
+
+/* What a GC pass did (gc.c). */
+struct ns_gc_stats {
+	uint64_t moved_blocks;          /* live blocks copied out of compacted chunks */
+	uint64_t removed_chunks;        /* chunk files removed (or kept as spares) */
 };
 
 /* Inode or node numbers waiting for the background thread (db_mu). */
@@ -139,6 +146,19 @@ struct ns {
 
 	struct lock_mutex bg_mu;
 	pthread_cond_t bg_cond;         /* wakes the background thread */
+	/* GC passes asked for through the control channel: the background
+	 * thread answers gc_req by a pass that starts after it. */
+	uint64_t gc_req;                /* (bg_mu) the last pass asked for */
+	uint64_t gc_done;               /* (bg_mu) the last one answered */
+	struct ns_gc_stats gc_last;     /* (bg_mu) what that pass did */
+	int gc_last_rc;                 /* (bg_mu) and its result */
+	pthread_cond_t gc_cond;         /* with bg_mu: gc_done moved, or ctl_stop */
+	/* The control channel (src/ns/ctlsrv.c). */
+	int ctl_fd;                     /* constant after ns_start: listening socket, -1 none */
+	int ctl_wake[2];                /* constant after ns_start: a byte stops the server */
+	atomic_bool ctl_stop;           /* the server is being stopped */
+	bool ctl_running;               /* set/cleared by ns_start/ns_close only */
+	pthread_t ctl_thread;
 	bool bg_stop;                   /* (bg_mu) */
 	bool bg_running;                /* set/cleared by ns_start/ns_close only */
 	bool marked_in_use;             /* "clean" is 0 in the index: set it back at close */
@@ -283,7 +303,18 @@ int ns_reap_all(struct ns *ns);
 
 /* gc.c: one garbage-collection pass (background thread only): 1 if it
  * moved or removed something (there may be more), 0 if not, or -errno.
- * *work_ns: how long its scans of the index and the chunk files took. */
-int ns_gc(struct ns *ns, int64_t *work_ns);
+ * *work_ns: how long its scans of the index and the chunk files took;
+ * *st: what it moved and removed. */
+int ns_gc(struct ns *ns, int64_t *work_ns, struct ns_gc_stats *st);
+/* bg.c: ask the background thread for a pass that starts after this call
+ * and wait for it (the control channel's gc): its result, -EROFS on a
+ * read-only store, -EIO on a poisoned one, -ESHUTDOWN when stopping. */
+int ns_gc_request(struct ns *ns, struct ns_gc_stats *st);
+
+/* ctlsrv.c: start the control channel's server (ns_start), stop it and
+ * remove the socket (ns_close, first).  A failure to start is logged and
+ * the daemon runs without the channel. */
+void ns_ctl_start(struct ns *ns);
+void ns_ctl_stop(struct ns *ns);
 
 #endif

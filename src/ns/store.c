@@ -347,6 +347,9 @@ int ns_open(const char *dir, const struct ns_opts *opts, struct ns **out, bool *
 	lock_mutex_init(&ns->seq_mu, LOCK_NS_SEQ, "ns.seq_mu");
 	lock_mutex_init(&ns->bg_mu, LOCK_NS_BG, "ns.bg_mu");
 	pthread_cond_init(&ns->bg_cond, NULL);
+	pthread_cond_init(&ns->gc_cond, NULL);
+	ns->ctl_fd = -1;
+	ns->ctl_wake[0] = ns->ctl_wake[1] = -1;
 	ns->dir = realpath(dir, NULL);
 
 	if (!ns->dir) {
@@ -498,6 +501,7 @@ int ns_start(struct ns *ns)
 {
 	int rc;
 
+	ns_ctl_start(ns);
 	if (ns->readonly)
 		return 0;
 	rc = -pthread_create(&ns->bg_thread, NULL, ns_bg_main, ns);
@@ -518,6 +522,7 @@ int ns_close(struct ns *ns)
 
 	if (!ns)
 		return 0;
+	ns_ctl_stop(ns);
 	if (ns->bg_running) {
 		lock_mutex_lock(&ns->bg_mu);
 		ns->bg_stop = true;
@@ -565,6 +570,7 @@ int ns_close(struct ns *ns)
 	lock_mutex_destroy(&ns->seq_mu);
 	lock_mutex_destroy(&ns->bg_mu);
 	pthread_cond_destroy(&ns->bg_cond);
+	pthread_cond_destroy(&ns->gc_cond);
 	free(ns);
 	return rc;
 }

@@ -66,8 +66,9 @@ static int test_reap(struct ns *ns)
 static int test_gc_pass(struct ns *ns)
 {
 	int64_t work_ns;
+	struct ns_gc_stats st;
 
-	return ns_gc(ns, &work_ns);
+	return ns_gc(ns, &work_ns, &st);
 }
 
 /* Wait (10 s at most) for a flush that began after this call to finish, as

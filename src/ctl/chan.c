@@ -1,0 +1,37 @@
+/*
+ * chan: vsnapctl's end of the control channel to a running daemon
+ * (vsnapfs/ctlmsg.h; the server is src/ns/ctlsrv.c).  One connection per
+ * call: requests are rare and short, and a fresh connection cannot carry
+ * a stale reply.
+ */
+#include <errno.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "ctl/ctl_int.h"
+#include "vsnapfs/ctlmsg.h"
+
+int chan_call(const char *dir, struct ctl_msg *req, struct ctl_msg *rep, bool quiet)
+{
+	int fd, rc;
+
+	rc = ctl_connect(dir, &fd);
+	if (!rc) {
+		rc = ctl_call(fd, req, rep, 0);
+		close(fd);
+	}
+	if (rc && !quiet)
+		fprintf(stderr, "vsnapctl: %s: cannot reach the daemon's control channel: %s\n",
+			dir, rc == -ENOENT || rc == -ECONNREFUSED ?
+			"no daemon serves it (not mounted, or mounted by a vsnapfs without one)" :
+			rc == -ECONNRESET || rc == -EPIPE ? "the daemon closed the connection" :
+			strerror(-rc));
+	if (!rc && rep->status && !quiet) {
+		char msg[512];
+
+		if (ctl_kv_get(rep, "msg", msg, sizeof(msg)))
+			snprintf(msg, sizeof(msg), "%s", strerror(-rep->status));
+		fprintf(stderr, "vsnapctl: %s\n", msg);
+	}
+	return rc ? rc : rep->status;
+}

@@ -1,0 +1,208 @@
+/*
+ * ctlsrv: the control channel's server (docs/design.md, "Send and
+ * receive", "The control channel"; the messages in vsnapfs/ctlmsg.h).
+ *
+ * One thread, started by ns_start after daemonizing and stopped first
+ * thing by ns_close, serves STORE/ctl.sock one connection at a time: a
+ * connection may carry several requests, each answered before the next is
+ * read, and waits at most CTL_IDLE_MS for its next one.  A verb is an
+ * ordinary call into the namespace (ns_sync_index, ns_gc_request), which takes its own ranked locks: the server holds no
+ * lock of its own, so the lock order (vsnapfs/lock.h) is unchanged.
+ *
+ * Only uid 0 and the daemon's own uid are served (SO_PEERCRED), and the
+ * socket is made 0600 right after bind; the check covers the moment
+ * between the two.  The socket of a crashed daemon is unlinked before
+ * bind: we hold the store's lock, so no daemon is serving it.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "ns/ns_int.h"
+#include "vsnapfs/ctlmsg.h"
+#include "vsnapfs/log.h"
+#include "vsnapfs/storedir.h"
+
+#define CTL_IDLE_MS 10000               /* a connection's wait for its next request */
+
+struct ctlbuf {                         /* the server's messages, allocated once */
+	struct ctl_msg req, rep;
+	uint8_t wire[CTL_HDR_BYTES + CTL_BODY_MAX + 1];
+};
+
+static void reply_err(struct ctl_msg *rep, int rc, const char *msg)
+{
+	rep->status = rc;
+	ctl_kv_add(rep, "msg", "%s", msg ? msg : strerror(-rc));
+}
+
+/* One request into rep. */
+static void serve_one(struct ns *ns, const struct ctl_msg *req, struct ctl_msg *rep)
+{
+	struct ns_gc_stats st;
+	int rc;
+
+	ctl_msg_init(rep, req->verb);
+	if (req->version > CTL_VERSION) {
+		reply_err(rep, -EPROTO, "protocol version not supported by this daemon");
+		return;
+	}
+	switch (req->verb) {
+	case CTL_HELLO:
+		ctl_kv_add(rep, "version", "%d", CTL_VERSION);
+		ctl_kv_add(rep, "pid", "%ld", (long)getpid());
+		ctl_kv_add(rep, "store", "%s", ns->dir);
+		ctl_kv_add(rep, "block_size_bytes", "%" PRIu32, ns->bs);
+		ctl_kv_add(rep, "readonly", "%d", ns->readonly);
+		break;
+	case CTL_SYNC:
+		rc = ns_sync_index(ns);
+		if (rc)
+			reply_err(rep, rc, NULL);
+		break;
+	case CTL_GC:
+		rc = ns_gc_request(ns, &st);
+		if (rc) {
+			reply_err(rep, rc, rc == -EROFS ? "mounted read-only: no garbage collection" :
+				  rc == -EIO ? "a sync of the store failed: no garbage collection until "
+					       "it is mounted again" : NULL);
+			break;
+		}
+		ctl_kv_add(rep, "moved_blocks", "%" PRIu64, st.moved_blocks);
+		ctl_kv_add(rep, "removed_chunks", "%" PRIu64, st.removed_chunks);
+		break;
+	default:
+		reply_err(rep, -EOPNOTSUPP, "unknown request");
+		break;
+	}
+}
+
+static bool peer_allowed(int c)
+{
+	struct ucred cr;
+	socklen_t len = sizeof(cr);
+
+	if (getsockopt(c, SOL_SOCKET, SO_PEERCRED, &cr, &len))
+		return false;
+	return cr.uid == 0 || cr.uid == geteuid();
+}
+
+/* Serve one connection until it closes, idles or we stop. */
+static void serve_conn(struct ns *ns, int c, struct ctlbuf *b)
+{
+	bool allowed = peer_allowed(c);
+
+	for (;;) {
+		struct pollfd p[2] = { { .fd = c, .events = POLLIN },
+				       { .fd = ns->ctl_wake[0], .events = POLLIN } };
+		ssize_t n;
+		size_t len;
+
+		if (poll(p, 2, CTL_IDLE_MS) <= 0 || p[1].revents)
+			return;
+		n = recv(c, b->wire, sizeof(b->wire), 0);
+		if (n <= 0)
+			return;
+		if (ctl_msg_decode(b->wire, n, &b->req)) {
+			ctl_msg_init(&b->rep, 0);
+			reply_err(&b->rep, -EPROTO, "malformed request");
+		} else if (!allowed) {
+			ctl_msg_init(&b->rep, b->req.verb);
+			reply_err(&b->rep, -EPERM, "only root and the daemon's user may use the "
+				  "control channel");
+		} else {
+			serve_one(ns, &b->req, &b->rep);
+		}
+		len = ctl_msg_encode(&b->rep, b->wire);
+		if (send(c, b->wire, len, MSG_NOSIGNAL) != (ssize_t)len)
+			return;
+	}
+}
+
+static void *ctl_main(void *arg)
+{
+	struct ns *ns = arg;
+	struct ctlbuf *b = malloc(sizeof(*b));
+
+	if (!b) {
+		vlog(LOG_ERR, "control channel: out of memory; vsnapctl falls back to fsync");
+		return NULL;
+	}
+	while (!atomic_load(&ns->ctl_stop)) {
+		struct pollfd p[2] = { { .fd = ns->ctl_fd, .events = POLLIN },
+				       { .fd = ns->ctl_wake[0], .events = POLLIN } };
+		int c;
+
+		if (poll(p, 2, -1) < 0 && errno != EINTR)
+			break;
+		if (p[1].revents)
+			break;
+		if (!(p[0].revents & POLLIN))
+			continue;
+		c = accept4(ns->ctl_fd, NULL, NULL, SOCK_CLOEXEC);
+		if (c < 0)
+			continue;
+		serve_conn(ns, c, b);
+		close(c);
+	}
+	free(b);
+	return NULL;
+}
+
+void ns_ctl_start(struct ns *ns)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	int rc;
+
+	rc = ctl_sock_path(ns->dir_fd, sa.sun_path, sizeof(sa.sun_path));
+	if (!rc && pipe2(ns->ctl_wake, O_CLOEXEC))
+		rc = -errno;
+	if (!rc && (ns->ctl_fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0)) < 0)
+		rc = -errno;
+	if (!rc && unlinkat(ns->dir_fd, STOREDIR_CTL_SOCK, 0) && errno != ENOENT)
+		rc = -errno;
+	if (!rc && bind(ns->ctl_fd, (struct sockaddr *)&sa, sizeof(sa)))
+		rc = -errno;
+	if (!rc && fchmodat(ns->dir_fd, STOREDIR_CTL_SOCK, 0600, 0))
+		rc = -errno;
+	if (!rc && listen(ns->ctl_fd, 16))
+		rc = -errno;
+	if (!rc)
+		rc = -pthread_create(&ns->ctl_thread, NULL, ctl_main, ns);
+	if (!rc) {
+		ns->ctl_running = true;
+		return;
+	}
+	vlog(LOG_ERR, "control channel %s/" STOREDIR_CTL_SOCK ": %s; vsnapctl gc, receive are "
+	     "unavailable", ns->dir, strerror(-rc));
+	ns_ctl_stop(ns);
+}
+
+void ns_ctl_stop(struct ns *ns)
+{
+	atomic_store(&ns->ctl_stop, true);
+	if (ns->ctl_running) {
+		lock_mutex_lock(&ns->bg_mu);
+		pthread_cond_broadcast(&ns->gc_cond);   /* a gc request waiting */
+		lock_mutex_unlock(&ns->bg_mu);
+		if (write(ns->ctl_wake[1], "x", 1) != 1)
+			vlog(LOG_ERR, "control channel: cannot stop its thread: %s", strerror(errno));
+		pthread_join(ns->ctl_thread, NULL);
+		ns->ctl_running = false;
+	}
+	if (ns->ctl_fd >= 0) {
+		close(ns->ctl_fd);
+		unlinkat(ns->dir_fd, STOREDIR_CTL_SOCK, 0);
+	}
+	for (int i = 0; i < 2; i++)
+		if (ns->ctl_wake[i] >= 0)
+			close(ns->ctl_wake[i]);
+	ns->ctl_fd = ns->ctl_wake[0] = ns->ctl_wake[1] = -1;
+}
