@@ -229,10 +229,23 @@ int bmap_snap_list(struct bmap *b, uint64_t dir, uint64_t after,
 		   int (*fn)(void *ctx, const struct bmap_snap *s), void *ctx);
 /* -EEXIST if the new name is taken in the same dir. */
 int bmap_snap_rename(struct bmap *b, uint64_t id, const char *name);
-/* Deletes the snapshot and all its snapshot inodes (not their nodes). */
+/* Deletes the snapshot, all its snapshot inodes (not their nodes) and its guid. */
 int bmap_snap_delete(struct bmap *b, uint64_t id);
 /* Snapshots whose dir is dir (any), for rmdir of a directory that has them. */
 int bmap_snap_count(struct bmap *b, uint64_t dir, uint64_t *count);
+
+/*
+ * Snapshot guids (docs/design.md, "Snapshot identity"): 16 bytes that
+ * name a snapshot across stores (send/receive).  Every snapshot of an
+ * index opened writable by this code has one; an index that no such open
+ * has seen has none (-ENOSYS from every call).  set: guid NULL gives a new
+ * random one; -EEXIST if another snapshot has guid.  get, by_guid:
+ * -ENOENT if there is none.
+ */
+#define BMAP_GUID_BYTES 16
+int bmap_snap_guid_set(struct bmap *b, uint64_t snap, const uint8_t *guid);
+int bmap_snap_guid_get(struct bmap *b, uint64_t snap, uint8_t *guid);
+int bmap_snap_by_guid(struct bmap *b, const uint8_t *guid, struct bmap_snap *out);
 
 /* Snapshot inodes: same struct as live ones, ino and parent as they were. */
 int bmap_sinode_insert(struct bmap *b, uint64_t snap, const struct bmap_inode *in);

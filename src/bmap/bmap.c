@@ -221,6 +221,23 @@ static const char bmap_schema_sql[] =
 	"CREATE INDEX sinode_node ON sinode(node);\n"
 	"CREATE INDEX inode_node ON inode(node);\n";
 
+/*
+ * Snapshot guids (issue 14; docs/design.md, "Snapshot identity"): a table
+ * of its own, added without a new BMAP_FORMAT_VERSION because format-3
+ * code that does not know it reads and writes the index correctly.
+ * Created with a new index and by a writable open of an index without it
+ * (guids_ensure), which also gives a guid to every snapshot without one
+ * (made by such code) and drops the rows of snapshots it deleted.  Its
+ * statements are prepared per call: they run once per snapshot taken,
+ * sent or received, and a read-only handle of an index without the table
+ * must still open.
+ */
+static const char bmap_guid_sql[] =
+	"CREATE TABLE IF NOT EXISTS snapguid (\n"
+	"  snap INTEGER PRIMARY KEY, -- snapshot.id\n"
+	"  guid BLOB NOT NULL UNIQUE -- 16 random bytes, kept by send/receive across stores\n"
+	");\n";
+
 /* The extent table as the upgrade creates it: the same text as above. */
 static const char bmap_extent_sql[] =
 	"CREATE TABLE extent (\n"
@@ -797,6 +814,7 @@ int bmap_create(const char *path, uint32_t block_size, uint32_t uid, uint32_t gi
 	sql = sqlite3_mprintf(
 		"BEGIN IMMEDIATE;\n"
 		"%s\n"
+		"%s\n"
 		"PRAGMA application_id = %d;\n"
 		"PRAGMA user_version = %d;\n"
 		"INSERT INTO meta(key, value) VALUES('block_size', %u), ('format_version', %d),"
@@ -805,7 +823,7 @@ int bmap_create(const char *path, uint32_t block_size, uint32_t uid, uint32_t gi
 		" atime_ns, mtime_ns, ctime_ns, size, node)"
 		" VALUES(%d, 0, X'', %d, %d, %u, %u, %lld, %lld, %lld, 0, 0);\n"
 		"COMMIT;",
-		bmap_schema_sql, BMAP_APPLICATION_ID, BMAP_FORMAT_VERSION,
+		bmap_schema_sql, bmap_guid_sql, BMAP_APPLICATION_ID, BMAP_FORMAT_VERSION,
 		block_size, BMAP_FORMAT_VERSION, (long long)t,
 		BMAP_ROOT_INO, BMAP_DIR, 0755, uid, gid, (long long)t, (long long)t, (long long)t);
 	if (!sql) {
@@ -901,6 +919,47 @@ static int bmap_upgrade_1(struct bmap *b)
 	b->upgraded_from = b->format;
 	b->format = 2;
 	return 0;
+}
+
+/* Does the index have table snapguid?  1, 0 or a negative errno. */
+static int guids_present(struct bmap *b)
+{
+	sqlite3_int64 n;
+	int rc = oneoff_i64(b, "SELECT count(*) FROM sqlite_schema WHERE type = 'table'"
+			    " AND name = 'snapguid'", &n);
+
+	return rc ? rc : n > 0;
+}
+
+/*
+ * A writable open: the guid table, a guid for every snapshot, no row of a
+ * deleted one; one transaction, and only if something is to do, so that
+ * an open of an index that has them all writes nothing.
+ */
+static int guids_ensure(struct bmap *b)
+{
+	sqlite3_int64 todo = 1;
+	int rc = guids_present(b);
+
+	if (rc == 1)
+		rc = oneoff_i64(b, "SELECT (SELECT count(*) FROM snapshot WHERE id NOT IN"
+				" (SELECT snap FROM snapguid)) + (SELECT count(*) FROM snapguid"
+				" WHERE snap NOT IN (SELECT id FROM snapshot))", &todo);
+	else if (rc == 0)
+		todo = 1;
+	if (rc < 0 || !todo)
+		return rc < 0 ? rc : 0;
+	rc = exec_sql(b, "BEGIN IMMEDIATE");
+	if (!rc)
+		rc = exec_sql(b, bmap_guid_sql);
+	if (!rc)
+		rc = exec_sql(b, "DELETE FROM snapguid WHERE snap NOT IN (SELECT id FROM snapshot);"
+				 "INSERT INTO snapguid(snap, guid) SELECT id, randomblob(16)"
+				 " FROM snapshot WHERE id NOT IN (SELECT snap FROM snapguid);"
+				 "COMMIT");
+	if (rc)
+		exec_sql(b, "ROLLBACK");
+	return rc;
 }
 
 /* Prepare statements [first, below) of b->st; see "Statements" at the top. */
@@ -999,6 +1058,8 @@ static int open_index(const char *path, int readonly, bool quick_check, int cach
 	}
 	if (!readonly) {
 		rc = bmap_upgrade_1(b);
+		if (!rc)
+			rc = guids_ensure(b);
 		if (rc)
 			goto fail;
 	}
@@ -2195,7 +2256,22 @@ int bmap_snap_rename(struct bmap *b, uint64_t id, const char *name)
 	return rc;
 }
 
-/* The snapshot row and its inode rows go together or not at all. */
+/* A statement of the guid table, prepared for one call (see bmap_guid_sql):
+ * -ENOSYS if the index has no such table. */
+static int guid_stmt(struct bmap *b, const char *sql, sqlite3_stmt **s)
+{
+	int src, rc;
+
+	assert(!b->walking);
+	*s = NULL;
+	rc = guids_present(b);
+	if (rc <= 0)
+		return rc ? rc : -ENOSYS;
+	src = sqlite3_prepare_v2(b->db, sql, -1, s, NULL);
+	return src == SQLITE_OK ? 0 : bmap_errno(b, src);
+}
+
+/* The snapshot row, its inode rows and its guid go together or not at all. */
 int bmap_snap_delete(struct bmap *b, uint64_t id)
 {
 	sqlite3_stmt *s;
@@ -2213,7 +2289,69 @@ int bmap_snap_delete(struct bmap *b, uint64_t id)
 		bind_i64(s, 1, u64_bits(id));
 		rc = stmt_run(b, s);
 	}
+	if (rc == 0) {
+		rc = guid_stmt(b, "DELETE FROM snapguid WHERE snap = ?1", &s);
+		if (rc == 0) {
+			bind_i64(s, 1, u64_bits(id));
+			rc = stmt_run(b, s);
+		} else if (rc == -ENOSYS) {
+			rc = 0;         /* an index without guids (a writable open adds them) */
+		}
+		sqlite3_finalize(s);
+	}
 	return op_end(b, rc);
+}
+
+int bmap_snap_guid_set(struct bmap *b, uint64_t snap, const uint8_t *guid)
+{
+	sqlite3_stmt *s;
+	int rc = guid_stmt(b, guid ? "INSERT INTO snapguid(snap, guid) VALUES(?1, ?2)"
+				     " ON CONFLICT(snap) DO UPDATE SET guid = excluded.guid" :
+				     "INSERT INTO snapguid(snap, guid)"
+				     " VALUES(?1, randomblob(16)) ON CONFLICT(snap)"
+				     " DO UPDATE SET guid = excluded.guid", &s);
+
+	if (rc == 0) {
+		bind_i64(s, 1, u64_bits(snap));
+		if (guid)
+			bind_name(s, 2, (const char *)guid, BMAP_GUID_BYTES);
+		rc = stmt_run(b, s);
+	}
+	sqlite3_finalize(s);
+	return rc;
+}
+
+int bmap_snap_guid_get(struct bmap *b, uint64_t snap, uint8_t *guid)
+{
+	sqlite3_stmt *s;
+	int src, rc = guid_stmt(b, "SELECT guid FROM snapguid WHERE snap = ?1", &s);
+
+	if (rc == 0) {
+		bind_i64(s, 1, u64_bits(snap));
+		src = sqlite3_step(s);
+		if (src == SQLITE_ROW && sqlite3_column_bytes(s, 0) == BMAP_GUID_BYTES)
+			memcpy(guid, sqlite3_column_blob(s, 0), BMAP_GUID_BYTES);
+		else if (src == SQLITE_ROW)
+			rc = -EUCLEAN;
+		else
+			rc = src == SQLITE_DONE ? -ENOENT : bmap_errno(b, src);
+	}
+	sqlite3_finalize(s);
+	return rc;
+}
+
+int bmap_snap_by_guid(struct bmap *b, const uint8_t *guid, struct bmap_snap *out)
+{
+	sqlite3_stmt *s;
+	int rc = guid_stmt(b, "SELECT s.id, s.dir, s.name, s.created_ns FROM snapguid g"
+			   " JOIN snapshot s ON s.id = g.snap WHERE g.guid = ?1", &s);
+
+	if (rc == 0) {
+		bind_name(s, 1, (const char *)guid, BMAP_GUID_BYTES);
+		rc = stmt_snap(b, s, out);
+	}
+	sqlite3_finalize(s);
+	return rc;
 }
 
 int bmap_snap_count(struct bmap *b, uint64_t dir, uint64_t *count)

@@ -205,6 +205,8 @@ int ns_snap_create(struct ns *ns, uint64_t dir, const char *name, struct ns_attr
 		if (!rc && s.id >= 1ULL << INO_BITS_SNAPID)
 			rc = -EOVERFLOW;
 		if (!rc)
+			rc = bmap_snap_guid_set(ns->bm, s.id, NULL);
+		if (!rc)
 			rc = freeze_inodes(ns, s.id, &l, &hs, sw);
 		if (!rc)
 			rc = ns_txn_commit(ns);

@@ -3420,3 +3420,64 @@ Test(bmap, ext_put_rate_of_random_1_block_and_sequential_256_block_puts)
 		seq, seq * 256);
 	bmap_close(b);
 }
+
+/* ---- snapshot guids --------------------------------------------------------- */
+
+Test(bmap, snap_guid_is_set_found_by_guid_unique_and_deleted_with_its_snapshot)
+{
+	struct bmap *b = make_index(4096);
+	struct bmap_snap s = make_snap(BMAP_ROOT_INO, "a@x", 1), t = make_snap(BMAP_ROOT_INO, "a@y", 2);
+	struct bmap_snap out;
+	uint8_t g[BMAP_GUID_BYTES], h[BMAP_GUID_BYTES], r[BMAP_GUID_BYTES];
+
+	memset(g, 0x5a, sizeof(g));
+	cr_assert_eq(bmap_snap_insert(b, &s), 0);
+	cr_assert_eq(bmap_snap_insert(b, &t), 0);
+	cr_assert_eq(bmap_snap_guid_get(b, s.id, r), -ENOENT);
+	cr_assert_eq(bmap_snap_guid_set(b, s.id, g), 0);
+	cr_assert_eq(bmap_snap_guid_get(b, s.id, r), 0);
+	cr_assert_eq(memcmp(g, r, sizeof(g)), 0);
+	cr_assert_eq(bmap_snap_by_guid(b, g, &out), 0);
+	cr_assert_eq(out.id, s.id);
+	cr_assert_str_eq(out.name, "a@x");
+	cr_assert_eq(bmap_snap_guid_set(b, t.id, g), -EEXIST, "a guid names one snapshot");
+	cr_assert_eq(bmap_snap_guid_set(b, t.id, NULL), 0);
+	cr_assert_eq(bmap_snap_guid_get(b, t.id, h), 0);
+	cr_assert_neq(memcmp(g, h, sizeof(g)), 0, "a new guid is random");
+	cr_assert_eq(bmap_snap_delete(b, s.id), 0);
+	cr_assert_eq(bmap_snap_by_guid(b, g, &out), -ENOENT);
+	cr_assert_eq(bmap_snap_guid_get(b, s.id, r), -ENOENT);
+	bmap_close(b);
+}
+
+/* An index written by code that does not know guids: a writable open gives
+ * every snapshot one and drops the rows of deleted snapshots; a read-only
+ * open of an index without the table opens, and says -ENOSYS. */
+Test(bmap, writable_open_gives_every_snapshot_a_guid_and_drops_stale_ones)
+{
+	struct bmap *b = make_index(4096);
+	struct bmap_snap s = make_snap(BMAP_ROOT_INO, "a@x", 1), t = make_snap(BMAP_ROOT_INO, "a@y", 2);
+	uint8_t g[BMAP_GUID_BYTES];
+	sqlite3 *db;
+
+	cr_assert_eq(bmap_snap_insert(b, &s), 0);
+	cr_assert_eq(bmap_snap_insert(b, &t), 0);
+	cr_assert_eq(bmap_snap_guid_set(b, t.id, NULL), 0);
+	bmap_close(b);
+	cr_assert_eq(sqlite3_open(path, &db), SQLITE_OK);
+	cr_assert_eq(sqlite3_exec(db, "DELETE FROM snapshot WHERE name = CAST('a@y' AS BLOB)", NULL,
+				  NULL, NULL), SQLITE_OK);
+	cr_assert_eq(sqlite3_changes(db), 1);
+	sqlite3_close(db);
+	cr_assert_eq(bmap_open(path, 0, &b), 0);
+	cr_assert_eq(bmap_snap_guid_get(b, s.id, g), 0, "the old snapshot got a guid");
+	cr_assert_eq(bmap_snap_guid_get(b, t.id, g), -ENOENT, "the deleted one's row is gone");
+	bmap_close(b);
+
+	cr_assert_eq(sqlite3_open(path, &db), SQLITE_OK);
+	cr_assert_eq(sqlite3_exec(db, "DROP TABLE snapguid", NULL, NULL, NULL), SQLITE_OK);
+	sqlite3_close(db);
+	cr_assert_eq(bmap_open(path, 1, &b), 0);
+	cr_assert_eq(bmap_snap_guid_get(b, s.id, g), -ENOSYS);
+	bmap_close(b);
+}
