@@ -23,4 +23,12 @@ uint64_t cksum_seeded(const void *buf, size_t len, uint64_t seed);
  */
 uint64_t cksum_slot_seed(uint64_t chunk_id, uint32_t slot, uint64_t lblock);
 
+/* XXH3_64bits over a sequence of buffers (the send stream's checksum of
+ * everything before its end record).  new: NULL out of memory. */
+struct cksum_stream;
+struct cksum_stream *cksum_stream_new(void);
+void cksum_stream_add(struct cksum_stream *c, const void *buf, size_t len);
+uint64_t cksum_stream_value(const struct cksum_stream *c);
+void cksum_stream_free(struct cksum_stream *c);   /* NULL is fine */
+
 #endif

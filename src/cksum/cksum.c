@@ -33,3 +33,30 @@ uint64_t cksum_slot_seed(uint64_t chunk_id, uint32_t slot, uint64_t lblock)
 		b[12 + i] = (unsigned char)(lblock >> (8 * i));
 	return XXH3_64bits(b, sizeof(b));
 }
+
+struct cksum_stream *cksum_stream_new(void)
+{
+	XXH3_state_t *st = XXH3_createState();
+
+	if (st && XXH3_64bits_reset(st) != XXH_OK) {
+		XXH3_freeState(st);
+		st = NULL;
+	}
+	return (struct cksum_stream *)st;
+}
+
+void cksum_stream_add(struct cksum_stream *c, const void *buf, size_t len)
+{
+	XXH3_64bits_update((XXH3_state_t *)c, buf, len);
+}
+
+uint64_t cksum_stream_value(const struct cksum_stream *c)
+{
+	return XXH3_64bits_digest((const XXH3_state_t *)c);
+}
+
+void cksum_stream_free(struct cksum_stream *c)
+{
+	if (c)
+		XXH3_freeState((XXH3_state_t *)c);
+}

@@ -1,0 +1,415 @@
+/*
+ * stream: the send stream's encoder and decoder (vsnapfs/stream.h; the
+ * bytes in docs/on-disk-format.md, "Send stream").
+ *
+ * Every record goes through one buffer: header, payload, then the XXH3-64
+ * of both, written (or checked) as one piece.  The stream's checksum is a
+ * running XXH3-64 of every record before end, checksums included, so that
+ * a record dropped, repeated or swapped whole (each still valid by itself)
+ * is caught at end.  The decoder also refuses what a valid encoder never
+ * writes: records out of order or past the size, a second begin, bytes
+ * after end.  Unknown record types without STREAM_FLAG_MUST are skipped by
+ * their length, checksum checked, and count in end's record count.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "vsnapfs/cksum.h"
+#include "vsnapfs/le.h"
+#include "vsnapfs/stream.h"
+
+#define HDR        16
+#define BEGIN_FIXED 80
+
+static const uint8_t zero_guid[STREAM_GUID_BYTES];
+
+bool stream_is_full(const struct stream_begin *b)
+{
+	return !memcmp(b->base_guid, zero_guid, sizeof(zero_guid));
+}
+
+uint64_t stream_begin_bytes(const struct stream_begin *b)
+{
+	return STREAM_REC_OVERHEAD + BEGIN_FIXED + strlen(b->file) + strlen(b->snap) +
+	       strlen(b->base);
+}
+
+uint64_t stream_data_bytes(uint64_t len) { return STREAM_REC_OVERHEAD + 8 + len; }
+uint64_t stream_zero_bytes(void) { return STREAM_REC_OVERHEAD + 16; }
+uint64_t stream_end_bytes(void) { return STREAM_REC_OVERHEAD + 24; }
+
+/* ---- encoder ------------------------------------------------------------- */
+
+struct stream_enc {
+	stream_out_fn out;
+	void *ctx;
+	struct cksum_stream *all;       /* every byte before end */
+	uint8_t *buf;                   /* one record */
+	uint64_t nrec, data_bytes, bytes;
+	uint64_t size, next_off;        /* the file's size; records start at or past next_off */
+	int state;                      /* 0 new, 1 begun, 2 ended */
+};
+
+int stream_enc_new(stream_out_fn out, void *ctx, struct stream_enc **ep)
+{
+	struct stream_enc *e = calloc(1, sizeof(*e));
+
+	*ep = NULL;
+	if (!e)
+		return -ENOMEM;
+	e->out = out;
+	e->ctx = ctx;
+	e->all = cksum_stream_new();
+	e->buf = malloc(HDR + 8 + STREAM_DATA_MAX + 8);
+	if (!e->all || !e->buf) {
+		stream_enc_free(e);
+		return -ENOMEM;
+	}
+	*ep = e;
+	return 0;
+}
+
+void stream_enc_free(struct stream_enc *e)
+{
+	if (!e)
+		return;
+	cksum_stream_free(e->all);
+	free(e->buf);
+	free(e);
+}
+
+uint64_t stream_enc_bytes(const struct stream_enc *e)
+{
+	return e->bytes;
+}
+
+/* The record in e->buf + HDR (len payload bytes): header, checksum, out. */
+static int enc_emit(struct stream_enc *e, uint32_t type, uint32_t flags, size_t len)
+{
+	size_t n = HDR + len;
+	int rc;
+
+	le32_put(e->buf, type);
+	le32_put(e->buf + 4, flags);
+	le64_put(e->buf + 8, len);
+	le64_put(e->buf + n, cksum_buf(e->buf, n));
+	n += 8;
+	rc = e->out(e->ctx, e->buf, n);
+	if (rc)
+		return rc;
+	if (type != STREAM_END)
+		cksum_stream_add(e->all, e->buf, n);
+	e->nrec++;
+	e->bytes += n;
+	return 0;
+}
+
+int stream_enc_begin(struct stream_enc *e, const struct stream_begin *b)
+{
+	size_t lf = strlen(b->file), ls = strlen(b->snap), lb = strlen(b->base);
+	uint8_t *p = e->buf + HDR;
+
+	if (e->state || !lf || !ls || lf > STREAM_NAME_MAX || ls > STREAM_NAME_MAX ||
+	    lb > STREAM_NAME_MAX || (lb == 0) != stream_is_full(b) || b->resume_off > b->size)
+		return -EINVAL;
+	memset(p, 0, BEGIN_FIXED);
+	memcpy(p, STREAM_MAGIC, 8);
+	le32_put(p + 8, STREAM_VERSION);
+	le32_put(p + 12, b->block_size);
+	le64_put(p + 16, b->size);
+	memcpy(p + 24, b->guid, STREAM_GUID_BYTES);
+	memcpy(p + 40, b->base_guid, STREAM_GUID_BYTES);
+	le64_put(p + 56, (uint64_t)b->created_ns);
+	le64_put(p + 64, b->resume_off);
+	p[72] = (uint8_t)lf;
+	p[73] = (uint8_t)(lf >> 8);
+	p[74] = (uint8_t)ls;
+	p[75] = (uint8_t)(ls >> 8);
+	p[76] = (uint8_t)lb;
+	p[77] = (uint8_t)(lb >> 8);
+	memcpy(p + BEGIN_FIXED, b->file, lf);
+	memcpy(p + BEGIN_FIXED + lf, b->snap, ls);
+	memcpy(p + BEGIN_FIXED + lf + ls, b->base, lb);
+	e->state = 1;
+	e->size = b->size;
+	e->next_off = b->resume_off;
+	return enc_emit(e, STREAM_BEGIN, STREAM_FLAG_MUST, BEGIN_FIXED + lf + ls + lb);
+}
+
+/* A data or zero record's range is in order and inside the file. */
+static int enc_place(struct stream_enc *e, uint64_t off, uint64_t len)
+{
+	if (e->state != 1 || !len || off < e->next_off || off > e->size || len > e->size - off)
+		return -EINVAL;
+	e->next_off = off + len;
+	return 0;
+}
+
+int stream_enc_data(struct stream_enc *e, uint64_t off, const void *buf, size_t len)
+{
+	int rc = len > STREAM_DATA_MAX ? -EINVAL : enc_place(e, off, len);
+
+	if (rc)
+		return rc;
+	le64_put(e->buf + HDR, off);
+	memcpy(e->buf + HDR + 8, buf, len);
+	e->data_bytes += len;
+	return enc_emit(e, STREAM_DATA, STREAM_FLAG_MUST, 8 + len);
+}
+
+int stream_enc_zero(struct stream_enc *e, uint64_t off, uint64_t len)
+{
+	int rc = enc_place(e, off, len);
+
+	if (rc)
+		return rc;
+	le64_put(e->buf + HDR, off);
+	le64_put(e->buf + HDR + 8, len);
+	return enc_emit(e, STREAM_ZERO, STREAM_FLAG_MUST, 16);
+}
+
+int stream_enc_raw(struct stream_enc *e, uint32_t type, uint32_t flags, const void *payload,
+		   size_t len)
+{
+	if (e->state != 1 || len > STREAM_DATA_MAX + 8)
+		return -EINVAL;
+	memcpy(e->buf + HDR, payload, len);
+	return enc_emit(e, type, flags, len);
+}
+
+int stream_enc_end(struct stream_enc *e)
+{
+	int rc;
+
+	if (e->state != 1)
+		return -EINVAL;
+	le64_put(e->buf + HDR, e->nrec);
+	le64_put(e->buf + HDR + 8, e->data_bytes);
+	le64_put(e->buf + HDR + 16, cksum_stream_value(e->all));
+	rc = enc_emit(e, STREAM_END, STREAM_FLAG_MUST, 24);
+	if (!rc)
+		e->state = 2;
+	return rc;
+}
+
+/* ---- decoder ------------------------------------------------------------- */
+
+struct stream_dec {
+	stream_in_fn in;
+	void *ctx;
+	struct cksum_stream *all;
+	uint8_t *buf;                   /* one record */
+	uint64_t nrec, data_bytes, bytes;
+	uint64_t size, next_off;
+	int state;                      /* 0 new, 1 begun, 2 ended, -1 failed */
+	char msg[160];
+};
+
+int stream_dec_new(stream_in_fn in, void *ctx, struct stream_dec **dp)
+{
+	struct stream_dec *d = calloc(1, sizeof(*d));
+
+	*dp = NULL;
+	if (!d)
+		return -ENOMEM;
+	d->in = in;
+	d->ctx = ctx;
+	d->all = cksum_stream_new();
+	d->buf = malloc(HDR + STREAM_PAYLOAD_MAX + 8);
+	if (!d->all || !d->buf) {
+		stream_dec_free(d);
+		return -ENOMEM;
+	}
+	*dp = d;
+	return 0;
+}
+
+void stream_dec_free(struct stream_dec *d)
+{
+	if (!d)
+		return;
+	cksum_stream_free(d->all);
+	free(d->buf);
+	free(d);
+}
+
+const char *stream_dec_msg(const struct stream_dec *d)
+{
+	return d->msg;
+}
+
+uint64_t stream_dec_bytes(const struct stream_dec *d)
+{
+	return d->bytes;
+}
+
+__attribute__((format(printf, 3, 4)))
+static int dec_fail(struct stream_dec *d, int rc, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(d->msg, sizeof(d->msg), fmt, ap);
+	va_end(ap);
+	d->state = -1;
+	return rc;
+}
+
+/* Read exactly len bytes: len, fewer at end of input, or a negative errno. */
+static long dec_read(struct stream_dec *d, uint8_t *buf, size_t len)
+{
+	size_t got = 0;
+
+	while (got < len) {
+		long n = d->in(d->ctx, buf + got, len - got);
+
+		if (n < 0)
+			return n;
+		if (n == 0)
+			break;
+		got += (size_t)n;
+	}
+	d->bytes += got;
+	return (long)got;
+}
+
+/* One record into d->buf: its type, flags and payload length. */
+static int dec_record(struct stream_dec *d, uint32_t *type, uint32_t *flags, uint64_t *len)
+{
+	uint64_t at = d->bytes;
+	long n;
+
+	n = dec_read(d, d->buf, HDR);
+	if (n < 0)
+		return dec_fail(d, (int)n, "reading the stream: %s", strerror((int)-n));
+	if (n < HDR)
+		return dec_fail(d, -EBADMSG, "the stream ends at byte %" PRIu64 " before its end "
+				"record: truncated", d->bytes);
+	*type = le32_get(d->buf);
+	*flags = le32_get(d->buf + 4);
+	*len = le64_get(d->buf + 8);
+	if (*len > STREAM_PAYLOAD_MAX)
+		return dec_fail(d, -EBADMSG, "record at byte %" PRIu64 " claims %" PRIu64
+				" bytes: damaged", at, *len);
+	n = dec_read(d, d->buf + HDR, *len + 8);
+	if (n < 0)
+		return dec_fail(d, (int)n, "reading the stream: %s", strerror((int)-n));
+	if ((uint64_t)n < *len + 8)
+		return dec_fail(d, -EBADMSG, "the stream ends at byte %" PRIu64 " inside a record: "
+				"truncated", d->bytes);
+	if (le64_get(d->buf + HDR + *len) != cksum_buf(d->buf, HDR + *len))
+		return dec_fail(d, -EBADMSG, "record at byte %" PRIu64 " fails its checksum: "
+				"damaged", at);
+	return 0;
+}
+
+int stream_dec_begin(struct stream_dec *d, struct stream_begin *b)
+{
+	uint32_t type, flags, lf, ls, lb;
+	uint64_t len;
+	const uint8_t *p = d->buf + HDR;
+	int rc;
+
+	if (d->state)
+		return dec_fail(d, -EINVAL, "begin read twice");
+	rc = dec_record(d, &type, &flags, &len);
+	if (rc)
+		return rc;
+	if (type != STREAM_BEGIN || len < BEGIN_FIXED || memcmp(p, STREAM_MAGIC, 8))
+		return dec_fail(d, -EBADMSG, "not a vsnapfs send stream (no begin record)");
+	memset(b, 0, sizeof(*b));
+	b->version = le32_get(p + 8);
+	if (b->version > STREAM_VERSION)
+		return dec_fail(d, -EPROTO, "stream version %" PRIu32 ": this vsnapctl reads "
+				"version %d", b->version, STREAM_VERSION);
+	b->block_size = le32_get(p + 12);
+	b->size = le64_get(p + 16);
+	memcpy(b->guid, p + 24, STREAM_GUID_BYTES);
+	memcpy(b->base_guid, p + 40, STREAM_GUID_BYTES);
+	b->created_ns = (int64_t)le64_get(p + 56);
+	b->resume_off = le64_get(p + 64);
+	lf = p[72] | p[73] << 8;
+	ls = p[74] | p[75] << 8;
+	lb = p[76] | p[77] << 8;
+	if (!lf || !ls || lf > STREAM_NAME_MAX || ls > STREAM_NAME_MAX || lb > STREAM_NAME_MAX ||
+	    len != BEGIN_FIXED + lf + ls + lb || (lb == 0) != stream_is_full(b) ||
+	    b->resume_off > b->size || memchr(p + BEGIN_FIXED, 0, lf + ls + lb))
+		return dec_fail(d, -EBADMSG, "begin record inconsistent: damaged");
+	memcpy(b->file, p + BEGIN_FIXED, lf);
+	memcpy(b->snap, p + BEGIN_FIXED + lf, ls);
+	memcpy(b->base, p + BEGIN_FIXED + lf + ls, lb);
+	cksum_stream_add(d->all, d->buf, HDR + len + 8);
+	d->nrec = 1;
+	d->size = b->size;
+	d->next_off = b->resume_off;
+	d->state = 1;
+	return 0;
+}
+
+/* end: the counts and the stream's checksum, then nothing after it. */
+static int dec_end(struct stream_dec *d, uint64_t len)
+{
+	const uint8_t *p = d->buf + HDR;
+	uint8_t extra;
+
+	if (len != 24)
+		return dec_fail(d, -EBADMSG, "end record of %" PRIu64 " bytes: damaged", len);
+	if (le64_get(p) != d->nrec || le64_get(p + 8) != d->data_bytes)
+		return dec_fail(d, -EBADMSG, "end record counts %" PRIu64 " records and %" PRIu64
+				" data bytes, the stream had %" PRIu64 " and %" PRIu64 ": records "
+				"missing or repeated", le64_get(p), le64_get(p + 8), d->nrec,
+				d->data_bytes);
+	if (le64_get(p + 16) != cksum_stream_value(d->all))
+		return dec_fail(d, -EBADMSG, "the stream's checksum does not match: damaged");
+	if (dec_read(d, &extra, 1) != 0)
+		return dec_fail(d, -EBADMSG, "bytes after the end record: not one stream");
+	d->state = 2;
+	return 0;
+}
+
+int stream_dec_next(struct stream_dec *d, struct stream_rec *r)
+{
+	for (;;) {
+		uint32_t type, flags;
+		uint64_t len, off, n;
+		int rc;
+
+		if (d->state == 2)
+			return 0;
+		if (d->state != 1)
+			return dec_fail(d, -EINVAL, "no begin record read");
+		rc = dec_record(d, &type, &flags, &len);
+		if (rc)
+			return rc;
+		if (type == STREAM_END)
+			return dec_end(d, len);
+		cksum_stream_add(d->all, d->buf, HDR + len + 8);
+		d->nrec++;
+		if (type != STREAM_DATA && type != STREAM_ZERO) {
+			if (type == STREAM_BEGIN)
+				return dec_fail(d, -EBADMSG, "a second begin record: not one stream");
+			if (flags & STREAM_FLAG_MUST)
+				return dec_fail(d, -EPROTO, "record type %" PRIu32 " that this "
+						"vsnapctl does not know", type);
+			continue;               /* skipped by its length */
+		}
+		if (type == STREAM_DATA ? len < 9 : len != 16)
+			return dec_fail(d, -EBADMSG, "record of type %" PRIu32 " with %" PRIu64
+					" bytes: damaged", type, len);
+		off = le64_get(d->buf + HDR);
+		n = type == STREAM_DATA ? len - 8 : le64_get(d->buf + HDR + 8);
+		if (!n || off < d->next_off || off > d->size || n > d->size - off)
+			return dec_fail(d, -EBADMSG, "record [%" PRIu64 ", +%" PRIu64 ") out of order "
+					"or past the size %" PRIu64 ": damaged", off, n, d->size);
+		d->next_off = off + n;
+		if (type == STREAM_DATA)
+			d->data_bytes += n;
+		*r = (struct stream_rec){ .type = type, .off = off, .len = n,
+					  .data = type == STREAM_DATA ? d->buf + HDR + 8 : NULL };
+		return 1;
+	}
+}

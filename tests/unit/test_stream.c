@@ -1,0 +1,313 @@
+/*
+ * Unit tests of the send stream (src/stream/stream.c): what the encoder
+ * writes decodes to the same records; every byte flipped, every cut, a
+ * record dropped or repeated, a higher version, an unknown record that may
+ * not be skipped and bytes after the end are refused (the decoder never
+ * reports a verified end for them); an unknown record that may be skipped
+ * is; the encoder refuses records out of order.
+ */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "vsnapfs/cksum.h"
+#include "vsnapfs/le.h"
+#include "vsnapfs/stream.h"
+
+struct mem {
+	uint8_t *p;
+	size_t n, cap, pos;
+};
+
+static int mem_out(void *ctx, const void *buf, size_t len)
+{
+	struct mem *m = ctx;
+
+	if (m->n + len > m->cap) {
+		m->cap = (m->n + len) * 2;
+		m->p = realloc(m->p, m->cap);
+		cr_assert_not_null(m->p);
+	}
+	memcpy(m->p + m->n, buf, len);
+	m->n += len;
+	return 0;
+}
+
+static long mem_in(void *ctx, void *buf, size_t len)
+{
+	struct mem *m = ctx;
+	size_t k = m->n - m->pos < len ? m->n - m->pos : len;
+
+	/* hand out odd pieces, as a pipe would */
+	if (k > 7)
+		k = k / 2 + 1;
+	memcpy(buf, m->p + m->pos, k);
+	m->pos += k;
+	return (long)k;
+}
+
+static uint8_t data1[5000], data2[333];
+
+static struct stream_begin incr_begin(void)
+{
+	struct stream_begin b = { .block_size = 4096, .size = 1 << 20, .created_ns = 77 };
+
+	memset(b.guid, 0xab, sizeof(b.guid));
+	memset(b.base_guid, 0xcd, sizeof(b.base_guid));
+	strcpy(b.file, "vm1.img");
+	strcpy(b.snap, "tue");
+	strcpy(b.base, "mon");
+	return b;
+}
+
+/* The sample stream: begin, data, zero, data, end. */
+static void sample(struct mem *m, const struct stream_begin *b)
+{
+	struct stream_enc *e;
+
+	for (size_t i = 0; i < sizeof(data1); i++)
+		data1[i] = (uint8_t)(i * 7 + 3);
+	memset(data2, 0x42, sizeof(data2));
+	cr_assert_eq(stream_enc_new(mem_out, m, &e), 0);
+	cr_assert_eq(stream_enc_begin(e, b), 0);
+	cr_assert_eq(stream_enc_data(e, 4096, data1, sizeof(data1)), 0);
+	cr_assert_eq(stream_enc_zero(e, 16384, 65536), 0);
+	cr_assert_eq(stream_enc_data(e, (1 << 20) - sizeof(data2), data2, sizeof(data2)), 0);
+	cr_assert_eq(stream_enc_end(e), 0);
+	cr_assert_eq(stream_enc_bytes(e), m->n);
+	cr_assert_eq(m->n, stream_begin_bytes(b) + stream_data_bytes(sizeof(data1)) +
+		     stream_zero_bytes() + stream_data_bytes(sizeof(data2)) + stream_end_bytes(),
+		     "the exact size is known before sending");
+	stream_enc_free(e);
+}
+
+/* Decode all of m: 0 if it ended verified, else the error. */
+static int decode_all(struct mem *m, int *nrec)
+{
+	struct stream_dec *d;
+	struct stream_begin b;
+	struct stream_rec r;
+	int rc;
+
+	m->pos = 0;
+	*nrec = 0;
+	cr_assert_eq(stream_dec_new(mem_in, m, &d), 0);
+	rc = stream_dec_begin(d, &b);
+	while (!rc && (rc = stream_dec_next(d, &r)) == 1) {
+		(*nrec)++;
+		rc = 0;
+	}
+	if (rc < 0)
+		cr_assert_neq(stream_dec_msg(d)[0], 0, "a refusal says why");
+	stream_dec_free(d);
+	return rc;
+}
+
+Test(stream, what_is_encoded_decodes_to_the_same_records)
+{
+	struct stream_begin b = incr_begin(), o;
+	struct mem m = { 0 };
+	struct stream_dec *d;
+	struct stream_rec r;
+
+	sample(&m, &b);
+	cr_assert_eq(stream_dec_new(mem_in, &m, &d), 0);
+	cr_assert_eq(stream_dec_begin(d, &o), 0);
+	cr_assert_eq(o.version, STREAM_VERSION);
+	cr_assert_eq(o.size, b.size);
+	cr_assert_eq(o.block_size, 4096);
+	cr_assert_eq(o.created_ns, 77);
+	cr_assert_eq(memcmp(o.guid, b.guid, 16), 0);
+	cr_assert_eq(memcmp(o.base_guid, b.base_guid, 16), 0);
+	cr_assert_str_eq(o.file, "vm1.img");
+	cr_assert_str_eq(o.snap, "tue");
+	cr_assert_str_eq(o.base, "mon");
+	cr_assert(!stream_is_full(&o));
+	cr_assert_eq(stream_dec_next(d, &r), 1);
+	cr_assert_eq(r.type, STREAM_DATA);
+	cr_assert_eq(r.off, 4096);
+	cr_assert_eq(r.len, sizeof(data1));
+	cr_assert_eq(memcmp(r.data, data1, sizeof(data1)), 0);
+	cr_assert_eq(stream_dec_next(d, &r), 1);
+	cr_assert_eq(r.type, STREAM_ZERO);
+	cr_assert_eq(r.off, 16384);
+	cr_assert_eq(r.len, 65536);
+	cr_assert_eq(stream_dec_next(d, &r), 1);
+	cr_assert_eq(r.type, STREAM_DATA);
+	cr_assert_eq(r.len, sizeof(data2));
+	cr_assert_eq(stream_dec_next(d, &r), 0);
+	cr_assert_eq(stream_dec_next(d, &r), 0);
+	cr_assert_eq(stream_dec_bytes(d), m.n);
+	stream_dec_free(d);
+	free(m.p);
+}
+
+Test(stream, every_flipped_byte_is_refused)
+{
+	struct stream_begin b = incr_begin();
+	struct mem m = { 0 };
+	int n;
+
+	sample(&m, &b);
+	for (size_t i = 0; i < m.n; i++) {
+		for (int bit = 0; bit < 8; bit += 7) {
+			m.p[i] ^= (uint8_t)(1 << bit);
+			cr_assert_lt(decode_all(&m, &n), 0, "byte %zu bit %d flipped was accepted", i,
+				     bit);
+			m.p[i] ^= (uint8_t)(1 << bit);
+		}
+	}
+	cr_assert_eq(decode_all(&m, &n), 0);
+	free(m.p);
+}
+
+Test(stream, every_cut_is_refused_as_truncated)
+{
+	struct stream_begin b = incr_begin();
+	struct mem m = { 0 };
+	size_t full;
+	int n, rc;
+
+	sample(&m, &b);
+	full = m.n;
+	for (size_t cut = 0; cut < full; cut++) {
+		m.n = cut;
+		rc = decode_all(&m, &n);
+		cr_assert_eq(rc, -EBADMSG, "the stream cut at %zu of %zu: %d", cut, full, rc);
+	}
+	m.n = full;
+	free(m.p);
+}
+
+/* Offsets of the records of m. */
+static size_t record_starts(const struct mem *m, size_t *at, size_t max)
+{
+	size_t k = 0;
+
+	for (size_t p = 0; p < m->n && k < max; p += 24 + le64_get(m->p + p + 8))
+		at[k++] = p;
+	return k;
+}
+
+Test(stream, a_record_dropped_or_repeated_is_refused_at_the_end)
+{
+	struct stream_begin b = incr_begin();
+	struct mem m = { 0 }, x = { 0 };
+	size_t at[8], k;
+	int n;
+
+	sample(&m, &b);
+	k = record_starts(&m, at, 8);
+	cr_assert_eq(k, 5);
+	/* drop the zero record (the third) */
+	mem_out(&x, m.p, at[2]);
+	mem_out(&x, m.p + at[3], m.n - at[3]);
+	cr_assert_eq(decode_all(&x, &n), -EBADMSG);
+	/* repeat the last data record: out of order */
+	x.n = 0;
+	mem_out(&x, m.p, at[4]);
+	mem_out(&x, m.p + at[3], at[4] - at[3]);
+	mem_out(&x, m.p + at[4], m.n - at[4]);
+	cr_assert_eq(decode_all(&x, &n), -EBADMSG);
+	/* bytes after the end */
+	x.n = 0;
+	mem_out(&x, m.p, m.n);
+	mem_out(&x, "x", 1);
+	cr_assert_eq(decode_all(&x, &n), -EBADMSG);
+	/* two streams one after the other */
+	x.n = 0;
+	mem_out(&x, m.p, m.n);
+	mem_out(&x, m.p, m.n);
+	cr_assert_eq(decode_all(&x, &n), -EBADMSG);
+	free(m.p);
+	free(x.p);
+}
+
+Test(stream, unknown_records_are_skipped_unless_marked_must)
+{
+	struct stream_begin b = incr_begin();
+	struct stream_enc *e;
+	struct mem m = { 0 };
+	int n;
+
+	cr_assert_eq(stream_enc_new(mem_out, &m, &e), 0);
+	cr_assert_eq(stream_enc_begin(e, &b), 0);
+	cr_assert_eq(stream_enc_raw(e, 99, 0, "later", 5), 0);
+	cr_assert_eq(stream_enc_zero(e, 0, 4096), 0);
+	cr_assert_eq(stream_enc_end(e), 0);
+	stream_enc_free(e);
+	cr_assert_eq(decode_all(&m, &n), 0);
+	cr_assert_eq(n, 1, "the unknown record is skipped, the zero record seen");
+
+	m.n = 0;
+	cr_assert_eq(stream_enc_new(mem_out, &m, &e), 0);
+	cr_assert_eq(stream_enc_begin(e, &b), 0);
+	cr_assert_eq(stream_enc_raw(e, 99, STREAM_FLAG_MUST, "later", 5), 0);
+	cr_assert_eq(stream_enc_end(e), 0);
+	stream_enc_free(e);
+	cr_assert_eq(decode_all(&m, &n), -EPROTO);
+	free(m.p);
+}
+
+Test(stream, a_higher_version_is_eproto)
+{
+	struct stream_begin b = incr_begin();
+	struct mem m = { 0 };
+	int n;
+
+	sample(&m, &b);
+	/* version is at payload byte 8; then fix the record's checksum */
+	le32_put(m.p + 16 + 8, STREAM_VERSION + 1);
+	le64_put(m.p + 16 + le64_get(m.p + 8), cksum_buf(m.p, 16 + le64_get(m.p + 8)));
+	cr_assert_eq(decode_all(&m, &n), -EPROTO);
+	free(m.p);
+}
+
+Test(stream, the_encoder_refuses_records_out_of_order_or_past_the_size)
+{
+	struct stream_begin b = incr_begin();
+	struct stream_enc *e;
+	struct mem m = { 0 };
+
+	cr_assert_eq(stream_enc_new(mem_out, &m, &e), 0);
+	cr_assert_eq(stream_enc_zero(e, 0, 1), -EINVAL, "before begin");
+	cr_assert_eq(stream_enc_begin(e, &b), 0);
+	cr_assert_eq(stream_enc_zero(e, 8192, 4096), 0);
+	cr_assert_eq(stream_enc_zero(e, 4096, 4096), -EINVAL);
+	cr_assert_eq(stream_enc_zero(e, b.size - 1, 2), -EINVAL);
+	cr_assert_eq(stream_enc_zero(e, 1 << 19, 0), -EINVAL);
+	stream_enc_free(e);
+	free(m.p);
+}
+
+/* A record valid by itself, taken from another stream of the same shape:
+ * only the stream's checksum in end can tell. */
+Test(stream, a_record_from_another_stream_is_refused)
+{
+	struct stream_begin b = incr_begin();
+	struct mem m = { 0 }, o = { 0 };
+	size_t at[8], ot[8];
+	int n;
+
+	sample(&m, &b);
+	sample(&o, &b);
+	cr_assert_eq(memcmp(m.p, o.p, m.n), 0);
+	o.n = 0;
+	data1[0] ^= 1;          /* the other stream's first data record differs */
+	{
+		struct stream_enc *e;
+
+		cr_assert_eq(stream_enc_new(mem_out, &o, &e), 0);
+		cr_assert_eq(stream_enc_begin(e, &b), 0);
+		cr_assert_eq(stream_enc_data(e, 4096, data1, sizeof(data1)), 0);
+		stream_enc_free(e);
+	}
+	record_starts(&m, at, 8);
+	cr_assert_eq(record_starts(&o, ot, 8), 2);
+	cr_assert_eq(o.n - ot[1], at[2] - at[1]);
+	memcpy(m.p + at[1], o.p + ot[1], at[2] - at[1]);
+	cr_assert_eq(decode_all(&m, &n), -EBADMSG);
+	free(m.p);
+	free(o.p);
+}
