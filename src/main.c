@@ -545,6 +545,7 @@ int main(int argc, char *argv[])
 	if (chdir("/") < 0)
 		vlog(LOG_WARNING, "chdir /: %m");
 	ns_set_pid(ns, getpid());
+	ns_set_inval(ns, fs_inval_entry, se);
 	rc = ns_start(ns);
 	if (rc < 0) {
 		fprintf(stderr, PROG ": cannot start the background thread: %s\n", strerror(-rc));

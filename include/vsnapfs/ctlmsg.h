@@ -60,6 +60,13 @@ int ctl_kv_get(const struct ctl_msg *m, const char *key, char *out, size_t outle
 /* The same as an unsigned number (decimal); -EINVAL if it is not one. */
 int ctl_kv_u64(const struct ctl_msg *m, const char *key, uint64_t *out);
 
+/* n bytes as 2n lowercase hex digits and a NUL (out: 2n + 1 bytes), and
+ * back: exactly 2n hex digits, else -EINVAL. */
+void ctl_hex(const uint8_t *v, size_t n, char *out);
+int ctl_unhex(const char *s, uint8_t *v, size_t n);
+/* The value of key as n bytes in hex; -ENOENT, -EINVAL. */
+int ctl_kv_hex(const struct ctl_msg *m, const char *key, uint8_t *v, size_t n);
+
 /* Bytes of m on the wire into buf (CTL_HDR_BYTES + CTL_BODY_MAX). */
 size_t ctl_msg_encode(const struct ctl_msg *m, uint8_t *buf);
 /* A received datagram of n bytes; -EPROTO if malformed (bad magic, length,

@@ -26,4 +26,8 @@
 /* The operations; pass sizeof(*fs_ops()) as op_size to fuse_session_new(). */
 const struct fuse_lowlevel_ops *fs_ops(void);
 
+/* An ns_inval_fn (vsnapfs/ns.h) for the session se: the kernel forgets
+ * its cached entry dir/name (fuse_lowlevel_notify_inval_entry). */
+void fs_inval_entry(void *se, uint64_t dir, const char *name);
+
 #endif

@@ -84,6 +84,15 @@ int ns_open(const char *dir, const struct ns_opts *opts, struct ns **out, bool *
 int ns_start(struct ns *ns);
 /* Stop the thread, flush everything, release the lock.  NULL is fine. */
 int ns_close(struct ns *ns);
+/*
+ * An entry the namespace changed behind the kernel's back (receive's
+ * commit, from the control channel): fn(ctx, dir, name) asks the kernel
+ * to forget what it cached of dir/name.  Called with no lock held.  Set
+ * before ns_start; NULL (the default, unit tests) calls nothing.
+ */
+typedef void (*ns_inval_fn)(void *ctx, uint64_t dir, const char *name);
+void ns_set_inval(struct ns *ns, ns_inval_fn fn, void *ctx);
+
 /* Write the daemon's pid into the lock file (after daemonizing). */
 void ns_set_pid(struct ns *ns, pid_t pid);
 

@@ -14,6 +14,8 @@
  *   diff.c     vsnapctl diff
  *   chan.c     the control channel to a running daemon (vsnapfs/ctlmsg.h)
  *   gc.c       vsnapctl gc
+ *   send.c     vsnapctl send
+ *   receive.c  vsnapctl receive
  *
  * Access.  The index is opened read-only (SQLite WAL lets us read while the
  * daemon writes; every bmap call sees the last committed state) and chunk
@@ -56,9 +58,13 @@ struct progress {
 	const char *what;
 	uint64_t total, done;
 	int pct;                        /* last shown, -1: nothing shown yet */
+	bool bytes;                     /* progress_bytes: done/total are bytes */
+	int64_t start_ns, shown_ns;     /* progress_bytes: when it started, last drawn */
 };
 
 void progress_start(struct progress *p, const char *what, uint64_t total);
+/* The same for a transfer: the line shows bytes, rate and ETA. */
+void progress_bytes(struct progress *p, const char *what, uint64_t total);
 void progress_show(struct progress *p);
 void progress_end(struct progress *p);
 
@@ -167,6 +173,10 @@ int node_rows(struct store *st, struct mnode *x, uint64_t *nrows);
 const char *node_label(const struct model *m, size_t x, char *buf, size_t len);
 /* The file whose path is path (as list shows it), or NULL. */
 const struct file *file_by_path(const struct model *m, const char *path);
+/* The volume or snapshot file at arg (a path in a mount of the store dir),
+ * or NULL after one line on stderr saying why (cmd: the command's name). */
+const struct file *file_at(const struct model *m, const char *dir, const char *arg,
+			   const char *cmd);
 
 /* ---- rows.c -------------------------------------------------------------------- */
 
@@ -200,6 +210,19 @@ int cmd_tree(struct store *st);
 int cmd_check(struct store *st);
 int cmd_scrub(struct store *st);
 int cmd_gc(struct store *st);
+
+struct send_opts {
+	const char *b, *from, *resume;  /* the snapshot's file, --from, --resume */
+	bool dry, verbose;              /* -n, -v */
+};
+int cmd_send(struct store *st, const struct send_opts *o);
+
+struct recv_opts {
+	const char *path;               /* the volume in a mount */
+	bool force;                     /* --force */
+};
+/* Opens the store behind path itself (path need not exist). */
+int cmd_receive(const struct recv_opts *o);
 /* a and b: two paths in one store, already opened as st (from a). */
 int cmd_diff(struct store *st, const char *a, const char *b);
 

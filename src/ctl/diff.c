@@ -98,29 +98,6 @@ static int runs_add(void *ctx, const struct bmap_run *r)
 	return 0;
 }
 
-/* The volume or snapshot file at arg, in the model of the store dir. */
-static const struct file *diff_file(const struct model *m, const char *dir, const char *arg)
-{
-	char sdir[PATH_MAX], rel[PATH_MAX];
-	const struct file *f;
-
-	if (store_resolve(arg, sdir, sizeof(sdir), rel, sizeof(rel))) {
-		fprintf(stderr, "vsnapctl: diff: %s is not in a vsnapfs mount\n", arg);
-		return NULL;
-	}
-	if (strcmp(sdir, dir)) {
-		fprintf(stderr, "vsnapctl: diff: %s is in store %s, not in %s: both files must be "
-			"in one store\n", arg, sdir, dir);
-		return NULL;
-	}
-	f = rel[0] ? file_by_path(m, rel) : NULL;
-	if (!f || f->kind != BMAP_VOL || f->node == NONE) {
-		fprintf(stderr, "vsnapctl: diff: %s is not a volume or a snapshot's file\n", arg);
-		return NULL;
-	}
-	return f;
-}
-
 static void diff_head(const struct store *st, const struct file *a, const struct file *b)
 {
 	if (json) {
@@ -164,8 +141,8 @@ int cmd_diff(struct store *st, const char *arg_a, const char *arg_b)
 	rc = model_load(st, &m, NULL);
 	if (rc)
 		goto out;
-	a = diff_file(&m, st->dir, arg_a);
-	b = a ? diff_file(&m, st->dir, arg_b) : NULL;
+	a = file_at(&m, st->dir, arg_a, "diff");
+	b = a ? file_at(&m, st->dir, arg_b, "diff") : NULL;
 	if (!a || !b) {
 		bmap_snapshot_end(st->bm);
 		model_free(&m);

@@ -7,6 +7,8 @@
  *   vsnapctl scrub [--json] STORE|MOUNTPOINT      read and verify every block (exit 1: damage)
  *   vsnapctl diff  [--json] A B                   changed extents between two files of one lineage
  *   vsnapctl gc    [--json] [STORE|MOUNTPOINT]    a garbage-collection pass now (mounted)
+ *   vsnapctl send  [-n] [-v] [--from A] [--resume TOKEN] B   a stream of snapshot B
+ *   vsnapctl receive [--force] PATH               apply a stream from stdin
  *
  * Exit status: 0 clean, 1 problems (check) or damage (scrub), 2 usage or I/O
  * error.  --json may come anywhere on the command line.  This file parses
@@ -39,22 +41,44 @@ static void usage(FILE *f)
 		"                             or zero: what B holds), from the index alone\n"
 		"  gc    [STORE|MOUNTPOINT]   run a garbage-collection pass now in the daemon that\n"
 		"                             has the store mounted; report what came back\n"
+		"  send  [-n] [-v] [--from A] [--resume TOKEN] B\n"
+		"                             write a stream of snapshot file B (DIR/.snapshots/\n"
+		"                             FILE@NAME/FILE) to stdout: full, or the changes since\n"
+		"                             A (a path, or @NAME); -n: print the exact size only;\n"
+		"                             -v: print it first\n"
+		"  receive [--force] PATH     apply a stream from stdin to volume PATH of a mount:\n"
+		"                             a full stream creates PATH and its snapshot, an\n"
+		"                             incremental one adds the next; --force first reverts\n"
+		"                             PATH to the base snapshot if it was written since\n"
 		"\n"
 		"STORE is a store directory; a MOUNTPOINT of a running vsnapfs names its store.\n"
 		"The argument defaults to the current directory.  --json: machine-readable output.\n"
-		"Exit status: 0 clean, 1 problems (check) or damaged blocks (scrub), 2 usage or I/O\n"
-		"error.\n");
+		"Exit status: 0 clean, 1 problems (check), damaged blocks (scrub) or a stream refused\n"
+		"(receive), 2 usage or I/O error.\n");
+}
+
+/* The value of an option that takes one, or NULL after saying why. */
+static const char *optval(int argc, char **argv, int *i)
+{
+	if (*i + 1 >= argc) {
+		fprintf(stderr, "vsnapctl: %s needs a value\n", argv[*i]);
+		return NULL;
+	}
+	return argv[++*i];
 }
 
 int main(int argc, char **argv)
 {
 	struct store st = { 0 };
+	struct send_opts so = { 0 };
+	struct recv_opts ro = { 0 };
 	const char *cmd = NULL, *arg = NULL, *arg2 = NULL;
 	bool opts = true;
 	int rc;
 
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i];
+		bool sending = cmd && !strcmp(cmd, "send"), receiving = cmd && !strcmp(cmd, "receive");
 
 		if (opts && !strcmp(a, "--")) {
 			opts = false;
@@ -66,6 +90,18 @@ int main(int argc, char **argv)
 		} else if (opts && !strcmp(a, "--version")) {
 			printf("vsnapctl %s\n", VSNAPFS_VERSION);
 			return 0;
+		} else if (opts && sending && !strcmp(a, "-n")) {
+			so.dry = true;
+		} else if (opts && sending && !strcmp(a, "-v")) {
+			so.verbose = true;
+		} else if (opts && sending && !strcmp(a, "--from")) {
+			if (!(so.from = optval(argc, argv, &i)))
+				return 2;
+		} else if (opts && sending && !strcmp(a, "--resume")) {
+			if (!(so.resume = optval(argc, argv, &i)))
+				return 2;
+		} else if (opts && receiving && !strcmp(a, "--force")) {
+			ro.force = true;
 		} else if (opts && a[0] == '-' && a[1]) {
 			fprintf(stderr, "vsnapctl: unknown option %s\n", a);
 			usage(stderr);
@@ -87,7 +123,8 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	if (strcmp(cmd, "list") && strcmp(cmd, "tree") && strcmp(cmd, "check") &&
-	    strcmp(cmd, "scrub") && strcmp(cmd, "diff") && strcmp(cmd, "gc")) {
+	    strcmp(cmd, "scrub") && strcmp(cmd, "diff") && strcmp(cmd, "gc") &&
+	    strcmp(cmd, "send") && strcmp(cmd, "receive")) {
 		fprintf(stderr, "vsnapctl: unknown command %s\n", cmd);
 		usage(stderr);
 		return 2;
@@ -97,7 +134,17 @@ int main(int argc, char **argv)
 		usage(stderr);
 		return 2;
 	}
+	if ((!strcmp(cmd, "send") || !strcmp(cmd, "receive")) && !arg) {
+		fprintf(stderr, "vsnapctl: %s needs a path\n", cmd);
+		usage(stderr);
+		return 2;
+	}
 	progress = isatty(2) && !json;
+	if (!strcmp(cmd, "receive")) {
+		ro.path = arg;
+		rc = cmd_receive(&ro);
+		goto out;
+	}
 	if (store_open(arg ? arg : ".", !strcmp(cmd, "check") || !strcmp(cmd, "scrub"), &st)) {
 		store_close(&st);
 		return 2;
@@ -114,9 +161,13 @@ int main(int argc, char **argv)
 		rc = cmd_diff(&st, arg, arg2);
 	else if (!strcmp(cmd, "gc"))
 		rc = cmd_gc(&st);
-	else
+	else if (!strcmp(cmd, "send")) {
+		so.b = arg;
+		rc = cmd_send(&st, &so);
+	} else
 		rc = cmd_scrub(&st);
 	store_close(&st);
+out:
 	if (fflush(stdout) || ferror(stdout)) {
 		fprintf(stderr, "vsnapctl: writing output: %s\n", strerror(errno));
 		return 2;

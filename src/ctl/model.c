@@ -355,3 +355,27 @@ const struct file *file_by_path(const struct model *m, const char *path)
 			return &m->files[i];
 	return NULL;
 }
+
+/* The volume or snapshot file at arg, in the model of the store dir. */
+const struct file *file_at(const struct model *m, const char *dir, const char *arg,
+			   const char *cmd)
+{
+	char sdir[PATH_MAX], rel[PATH_MAX];
+	const struct file *f;
+
+	if (store_resolve(arg, sdir, sizeof(sdir), rel, sizeof(rel))) {
+		fprintf(stderr, "vsnapctl: %s: %s is not in a vsnapfs mount\n", cmd, arg);
+		return NULL;
+	}
+	if (strcmp(sdir, dir)) {
+		fprintf(stderr, "vsnapctl: %s: %s is in store %s, not in %s: both files must be "
+			"in one store\n", cmd, arg, sdir, dir);
+		return NULL;
+	}
+	f = rel[0] ? file_by_path(m, rel) : NULL;
+	if (!f || f->kind != BMAP_VOL || f->node == NONE) {
+		fprintf(stderr, "vsnapctl: %s: %s is not a volume or a snapshot's file\n", cmd, arg);
+		return NULL;
+	}
+	return f;
+}

@@ -8,6 +8,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include "ctl/ctl_int.h"
 
@@ -59,6 +60,43 @@ void progress_start(struct progress *p, const char *what, uint64_t total)
 	*p = (struct progress){ .what = what, .total = total, .pct = -1 };
 }
 
+static int64_t mono_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+void progress_bytes(struct progress *p, const char *what, uint64_t total)
+{
+	progress_start(p, what, total);
+	p->bytes = true;
+	p->start_ns = mono_ns();
+}
+
+/* "12.0M/100.0M 30.1M/s ETA 0:03", at most every 200 ms. */
+static void progress_rate(struct progress *p, int pct)
+{
+	int64_t now = mono_ns();
+	double secs = (now - p->start_ns) / 1e9, rate;
+	char done[16], total[16], r[16];
+	uint64_t eta;
+
+	if (p->pct >= 0 && pct < 100 && now - p->shown_ns < 200000000)
+		return;
+	p->shown_ns = now;
+	p->pct = pct;
+	rate = secs > 0 ? p->done / secs : 0;
+	eta = rate > 0 && p->total > p->done ? (uint64_t)((p->total - p->done) / rate) : 0;
+	human(p->done, done, sizeof(done));
+	human(p->total, total, sizeof(total));
+	human((uint64_t)rate, r, sizeof(r));
+	fprintf(stderr, "\r%s %3d%% %s/%s %s/s ETA %" PRIu64 ":%02" PRIu64 "   ", p->what, pct,
+		done, total, r, eta / 60, eta % 60);
+	fflush(stderr);
+}
+
 void progress_show(struct progress *p)
 {
 	static const char bar[] = "##############################";
@@ -67,6 +105,10 @@ void progress_show(struct progress *p)
 	if (!progress || !p->total)
 		return;
 	pct = p->done >= p->total ? 100 : (int)(p->done * 100 / p->total);
+	if (p->bytes) {
+		progress_rate(p, pct);
+		return;
+	}
 	if (pct == p->pct)
 		return;
 	p->pct = pct;
@@ -77,6 +119,6 @@ void progress_show(struct progress *p)
 void progress_end(struct progress *p)
 {
 	if (progress && p->pct >= 0)
-		fprintf(stderr, "\r%*s\r", (int)strlen(p->what) + 38, "");
+		fprintf(stderr, "\r%*s\r", (int)strlen(p->what) + 60, "");
 	p->pct = -1;
 }

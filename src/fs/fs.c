@@ -804,3 +804,9 @@ const struct fuse_lowlevel_ops *fs_ops(void)
 {
 	return &fs_ops_table;
 }
+
+void fs_inval_entry(void *se, uint64_t dir, const char *name)
+{
+	/* -ENOENT: the kernel had nothing cached; nothing else is ours to fix */
+	fuse_lowlevel_notify_inval_entry(se, dir, name, strlen(name));
+}

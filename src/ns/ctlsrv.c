@@ -6,7 +6,8 @@
  * thing by ns_close, serves STORE/ctl.sock one connection at a time: a
  * connection may carry several requests, each answered before the next is
  * read, and waits at most CTL_IDLE_MS for its next one.  A verb is an
- * ordinary call into the namespace (ns_sync_index, ns_gc_request), which takes its own ranked locks: the server holds no
+ * ordinary call into the namespace (ns_sync_index, ns_gc_request,
+ * ns_recv_commit), which takes its own ranked locks: the server holds no
  * lock of its own, so the lock order (vsnapfs/lock.h) is unchanged.
  *
  * Only uid 0 and the daemon's own uid are served (SO_PEERCRED), and the
@@ -43,6 +44,45 @@ static void reply_err(struct ctl_msg *rep, int rc, const char *msg)
 	ctl_kv_add(rep, "msg", "%s", msg ? msg : strerror(-rc));
 }
 
+/* receive's commit: keys dir, tmp, name, snap, guid, created_ns, and for
+ * an incremental stream base_guid (force=1 to replace a destination
+ * written after the base). */
+static void recv_commit(struct ns *ns, const struct ctl_msg *req, struct ctl_msg *rep)
+{
+	char tmp[BMAP_NAME_MAX + 1], name[BMAP_NAME_MAX + 1], snap[BMAP_NAME_MAX + 1], msg[400];
+	struct ns_recv r = { .tmp = tmp, .name = name, .snap = snap };
+	uint64_t force = 0, created = 0;
+	int rc;
+
+	rc = ctl_kv_u64(req, "dir", &r.dir);
+	if (!rc)
+		rc = ctl_kv_get(req, "tmp", tmp, sizeof(tmp));
+	if (!rc)
+		rc = ctl_kv_get(req, "name", name, sizeof(name));
+	if (!rc)
+		rc = ctl_kv_get(req, "snap", snap, sizeof(snap));
+	if (!rc)
+		rc = ctl_kv_hex(req, "guid", r.guid, sizeof(r.guid));
+	if (!rc)
+		rc = ctl_kv_u64(req, "created_ns", &created);
+	if (!rc && ctl_kv_u64(req, "force", &force) == -EINVAL)
+		rc = -EINVAL;
+	if (!rc) {
+		rc = ctl_kv_hex(req, "base_guid", r.base_guid, sizeof(r.base_guid));
+		r.incremental = rc == 0;
+		rc = rc == -ENOENT ? 0 : rc;
+	}
+	if (rc) {
+		reply_err(rep, -EPROTO, "recv_commit: a key is missing or malformed");
+		return;
+	}
+	r.force = force != 0;
+	r.created_ns = (int64_t)created;
+	rc = ns_recv_commit(ns, &r, msg, sizeof(msg));
+	if (rc)
+		reply_err(rep, rc, msg);
+}
+
 /* One request into rep. */
 static void serve_one(struct ns *ns, const struct ctl_msg *req, struct ctl_msg *rep)
 {
@@ -77,6 +117,9 @@ static void serve_one(struct ns *ns, const struct ctl_msg *req, struct ctl_msg *
 		}
 		ctl_kv_add(rep, "moved_blocks", "%" PRIu64, st.moved_blocks);
 		ctl_kv_add(rep, "removed_chunks", "%" PRIu64, st.removed_chunks);
+		break;
+	case CTL_RECV_COMMIT:
+		recv_commit(ns, req, rep);
 		break;
 	default:
 		reply_err(rep, -EOPNOTSUPP, "unknown request");

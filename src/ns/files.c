@@ -144,3 +144,36 @@ void ns_release_later(struct ns *ns, uint64_t node)
 	if (ns_queue_push(&ns->rel, node))
 		vlog(LOG_ERR, "out of memory: node %" PRIu64 " is released at next mount", node);
 }
+
+/*
+ * Volume ino lost its name in a transaction that has committed: it keeps
+ * its inode (parent 0) while a handle is open, and is queued for deletion
+ * otherwise.  Only after the commit: a rolled-back unlink must leave the
+ * open-file table and the reap queue as they were, or the background
+ * thread would delete a volume that still has its name.  Assumes db_mu,
+ * held since the commit, so nobody opens ino in between.
+ */
+void ns_volume_detached(struct ns *ns, uint64_t ino)
+{
+	struct ns_file *f;
+	bool busy;
+
+	assert(lock_held(&ns->db_mu));
+	lock_mutex_lock(&ns->files_mu);
+	f = ns_files_find(ns, ino);
+	busy = f && f->refs > 0;
+	if (f) {
+		f->unlinked = true;
+		f->in.parent = 0;
+		f->in.name[0] = 0;
+	}
+	if (f && !busy) {
+		/* cached but unused: its unflushed changes no longer matter */
+		ns_files_remove(ns, f);
+	}
+	lock_mutex_unlock(&ns->files_mu);
+	if (f && !busy)
+		ns_file_free_list(f);
+	if (!busy)
+		ns_reap_later(ns, ino);
+}

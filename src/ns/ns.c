@@ -244,39 +244,6 @@ int ns_create(struct ns *ns, uint64_t dir, const char *name, uint32_t mode, uint
 	return make_inode(ns, dir, name, BMAP_VOL, mode, uid, gid, out);
 }
 
-/*
- * Volume ino lost its name in a transaction that has committed: it keeps
- * its inode (parent 0) while a handle is open, and is queued for deletion
- * otherwise.  Only after the commit: a rolled-back unlink must leave the
- * open-file table and the reap queue as they were, or the background
- * thread would delete a volume that still has its name.  Assumes db_mu,
- * held since the commit, so nobody opens ino in between.
- */
-static void volume_detached(struct ns *ns, uint64_t ino)
-{
-	struct ns_file *f;
-	bool busy;
-
-	assert(lock_held(&ns->db_mu));
-	lock_mutex_lock(&ns->files_mu);
-	f = ns_files_find(ns, ino);
-	busy = f && f->refs > 0;
-	if (f) {
-		f->unlinked = true;
-		f->in.parent = 0;
-		f->in.name[0] = 0;
-	}
-	if (f && !busy) {
-		/* cached but unused: its unflushed changes no longer matter */
-		ns_files_remove(ns, f);
-	}
-	lock_mutex_unlock(&ns->files_mu);
-	if (f && !busy)
-		ns_file_free_list(f);
-	if (!busy)
-		ns_reap_later(ns, ino);
-}
-
 /* Stamp a directory's mtime/ctime; assumes db_mu. */
 static int touch_dir(struct ns *ns, uint64_t dir, int64_t now)
 {
@@ -352,7 +319,7 @@ static int remove_entry(struct ns *ns, uint64_t dir, const char *name, bool want
 	if (rc)
 		ns_txn_rollback(ns);
 	else if (!want_dir)
-		volume_detached(ns, in.ino);
+		ns_volume_detached(ns, in.ino);
 out:
 	lock_mutex_unlock(&ns->db_mu);
 	if (!rc && !want_dir)
@@ -465,7 +432,7 @@ int ns_rename(struct ns *ns, uint64_t dir, const char *name, uint64_t newdir,
 		goto out;
 	}
 	if (have_dst && dst.kind != BMAP_DIR)
-		volume_detached(ns, dst.ino);
+		ns_volume_detached(ns, dst.ino);
 	lock_mutex_lock(&ns->files_mu);
 	struct ns_file *f = ns_files_find(ns, src.ino);
 	if (f) {

@@ -144,6 +144,8 @@ struct ns {
 	int64_t space_reserve;          /* constant after ns_open */
 	atomic_bool gc_wanted;
 
+	ns_inval_fn inval;              /* constant after ns_start: see ns_set_inval */
+	void *inval_ctx;
 	struct lock_mutex bg_mu;
 	pthread_cond_t bg_cond;         /* wakes the background thread */
 	/* GC passes asked for through the control channel: the background
@@ -237,6 +239,9 @@ void ns_file_unref(struct ns *ns, struct ns_file *f);
  * the next mount, which finds both again, and a line says so. */
 int ns_queue_push(struct ns_queue *q, uint64_t id);
 void ns_reap_later(struct ns *ns, uint64_t ino);
+/* Volume ino lost its name in a committed transaction: keep it while it
+ * is open, else queue its deletion (see files.c).  Assumes db_mu. */
+void ns_volume_detached(struct ns *ns, uint64_t ino);
 void ns_release_later(struct ns *ns, uint64_t node);
 
 /* attr.c: attributes; f, if given, is the open volume (its live size, blocks). */
@@ -253,6 +258,28 @@ int ns_snap_create(struct ns *ns, uint64_t dir, const char *name, struct ns_attr
 int ns_snap_delete(struct ns *ns, uint64_t dir, const char *name);
 int ns_snap_rename(struct ns *ns, uint64_t dir, const char *name, const char *newname,
 		   unsigned flags);
+/*
+ * receive's commit (docs/design.md, "Send and receive"): in one index
+ * transaction, the received volume dir/tmp becomes dir/name (a volume of
+ * that name is unlinked: an incremental stream's destination, which must
+ * still show the base snapshot exactly unless force) and snapshot
+ * name@snap of it is taken with the stream's guid.  Refusals, with one
+ * line in msg: -EEXIST (guid or snapshot there already, or a full stream
+ * onto an existing volume), -ENOENT (the base snapshot, or the volume of
+ * an incremental stream, is missing), -ESTALE (written after the base),
+ * -EBUSY (the destination is open).  Takes flush_mu, db_mu, the gates.
+ */
+struct ns_recv {
+	uint64_t dir;                   /* live directory */
+	const char *tmp, *name, *snap;  /* received volume, its final name, snapshot name */
+	uint8_t guid[BMAP_GUID_BYTES];
+	bool incremental;
+	uint8_t base_guid[BMAP_GUID_BYTES];     /* incremental: the base snapshot */
+	bool force;                     /* replace a destination written after the base */
+	int64_t created_ns;             /* the snapshot's, as the sender had it */
+};
+int ns_recv_commit(struct ns *ns, const struct ns_recv *r, char *msg, size_t msglen);
+
 /* Truncate an open volume to zero by giving it a new empty node. */
 int ns_truncate_zero(struct ns *ns, struct ns_file *f);
 

@@ -83,6 +83,25 @@ static void hold_thaw(struct ns *ns, struct holdset *hs, int rc)
 		vol_gate_open(hs->h[i].f->v);
 }
 
+/* Freeze the held volumes, sync, open a transaction and apply their
+ * collected changes in it; on failure no transaction is left open (the
+ * caller thaws). */
+static int freeze_begin(struct ns *ns, struct holdset *hs)
+{
+	int rc = hold_freeze(ns, hs);
+
+	if (!rc && hs->n)
+		rc = chunk_sync(ns->cs);
+	if (!rc)
+		rc = ns_txn_begin(ns);
+	if (rc)
+		return rc;
+	rc = ns_held_apply(ns, hs->h, hs->n);
+	if (rc)
+		ns_txn_rollback(ns);
+	return rc;
+}
+
 /* Drop the references; call without db_mu. */
 static void hold_release(struct ns *ns, struct holdset *hs)
 {
@@ -192,16 +211,10 @@ int ns_snap_create(struct ns *ns, uint64_t dir, const char *name, struct ns_attr
 	if (rc)
 		goto unlock;
 
-	rc = hold_freeze(ns, &hs);
-	if (!rc && hs.n)
-		rc = chunk_sync(ns->cs);
-	if (!rc)
-		rc = ns_txn_begin(ns);
+	rc = freeze_begin(ns, &hs);
 	if (!rc) {
-		rc = ns_held_apply(ns, hs.h, hs.n);
 		s.created_ns = ns_now_ns();
-		if (!rc)
-			rc = bmap_snap_insert(ns->bm, &s);
+		rc = bmap_snap_insert(ns->bm, &s);
 		if (!rc && s.id >= 1ULL << INO_BITS_SNAPID)
 			rc = -EOVERFLOW;
 		if (!rc)
@@ -341,6 +354,243 @@ int ns_snap_rename(struct ns *ns, uint64_t dir, const char *name, const char *ne
 	else if (!rc)
 		rc = bmap_snap_rename(ns->bm, s.id, newname);
 	lock_mutex_unlock(&ns->db_mu);
+	return rc;
+}
+
+/* ---- receive's commit ------------------------------------------------------- */
+
+struct first_vol {
+	struct bmap_inode in;
+	bool found;
+};
+
+static int first_vol(void *ctx, const struct bmap_inode *in)
+{
+	struct first_vol *fv = ctx;
+
+	if (in->kind != BMAP_VOL || fv->found)
+		return 0;
+	fv->in = *in;
+	fv->found = true;
+	return 0;
+}
+
+static int diff_any(void *ctx, const struct bmap_run *r)
+{
+	*(bool *)ctx = true;
+	return 1;                       /* one is enough */
+}
+
+/*
+ * The checks of ns_recv_commit that need the index as the transaction
+ * sees it (the held volumes' changes applied): the destination still shows
+ * the base snapshot exactly, unless forced.  Assumes db_mu, in the
+ * transaction.
+ */
+static int recv_check_dest(struct ns *ns, const struct ns_recv *r, const struct bmap_inode *dst,
+			   char *msg, size_t msglen)
+{
+	struct bmap_snap base;
+	struct first_vol fv = { 0 };
+	struct bmap_inode cur;
+	bool differs = false;
+	uint64_t nb;
+	int rc;
+
+	assert(lock_held(&ns->db_mu));
+	rc = bmap_snap_by_guid(ns->bm, r->base_guid, &base);
+	if (rc == -ENOENT) {
+		snprintf(msg, msglen, "the base snapshot of the stream is not in this store");
+		return -ENOENT;
+	}
+	if (!rc)
+		rc = bmap_sinode_all(ns->bm, base.id, first_vol, &fv);
+	if (!rc && !fv.found)
+		rc = -EUCLEAN;
+	if (!rc)
+		rc = bmap_inode_get(ns->bm, dst->ino, &cur);   /* its size as just applied */
+	if (rc || r->force)
+		return rc;
+	nb = (cur.size > fv.in.size ? cur.size : fv.in.size) / ns->bs + 1;
+	rc = bmap_node_diff(ns->bm, fv.in.node, cur.node, nb, diff_any, &differs);
+	if (rc == 1 || rc == -EXDEV) {
+		rc = 0;
+		differs = true;
+	}
+	if (!rc && (differs || cur.size != fv.in.size)) {
+		snprintf(msg, msglen, "%s was written after snapshot %s; receive --force reverts it "
+			 "to that snapshot first (its later writes are lost)", r->name, base.name);
+		rc = -ESTALE;
+	}
+	return rc;
+}
+
+int ns_recv_commit(struct ns *ns, const struct ns_recv *r, char *msg, size_t msglen)
+{
+	struct holdset hs = { 0 };
+	struct switched sw = { 0 };
+	struct bmap_inodes l = { 0 };
+	struct bmap_snap s = { .dir = r->dir, .created_ns = r->created_ns };
+	struct bmap_inode d, tmp, dst;
+	struct ns_file *fd = NULL;
+	char *file = NULL;
+	bool have_dst;
+	int rc;
+
+	msg[0] = '\0';
+	if (ns->readonly)
+		return -EROFS;
+	if (snprintf(s.name, sizeof(s.name), "%s@%s", r->name, r->snap) >= (int)sizeof(s.name))
+		return -ENAMETOOLONG;
+	rc = ns_snap_name_parse(s.name, &file);
+	free(file);
+	if (!rc)
+		rc = ns_name_check(r->name);
+	if (rc) {
+		snprintf(msg, msglen, "bad volume or snapshot name %s", s.name);
+		return rc;
+	}
+
+	lock_mutex_lock(&ns->flush_mu);
+	lock_mutex_lock(&ns->db_mu);
+	rc = bmap_inode_get(ns->bm, r->dir, &d);
+	if (!rc && d.kind != BMAP_DIR)
+		rc = -ENOTDIR;
+	if (!rc)
+		rc = bmap_inode_lookup(ns->bm, r->dir, r->tmp, &tmp);
+	if (!rc && tmp.kind != BMAP_VOL)
+		rc = -EINVAL;
+	if (rc) {
+		snprintf(msg, msglen, "the received volume %s is gone", r->tmp);
+		goto unlock;
+	}
+	{
+		struct bmap_snap other;
+
+		rc = bmap_snap_by_guid(ns->bm, r->guid, &other);
+		if (!rc) {
+			snprintf(msg, msglen, "this snapshot was received already (it is %s)", other.name);
+			rc = -EEXIST;
+			goto unlock;
+		}
+		if (rc != -ENOENT)
+			goto unlock;
+		if (bmap_snap_lookup(ns->bm, r->dir, s.name, &other) == 0) {
+			snprintf(msg, msglen, "snapshot %s exists already", s.name);
+			rc = -EEXIST;
+			goto unlock;
+		}
+	}
+	rc = bmap_inode_lookup(ns->bm, r->dir, r->name, &dst);
+	have_dst = rc == 0;
+	if (rc && rc != -ENOENT)
+		goto unlock;
+	rc = 0;
+	if (have_dst && (!r->incremental || dst.kind != BMAP_VOL)) {
+		snprintf(msg, msglen, "%s exists: a full stream creates a new volume", r->name);
+		rc = -EEXIST;
+	} else if (!have_dst && r->incremental) {
+		snprintf(msg, msglen, "%s does not exist: receive the full stream first", r->name);
+		rc = -ENOENT;
+	}
+	if (rc)
+		goto unlock;
+	rc = bmap_inodes_add(&l, &tmp);
+	if (rc)
+		goto unlock;
+
+	lock_mutex_lock(&ns->files_mu);
+	rc = hold_if_open(ns, &hs, tmp.ino);
+	if (!rc && have_dst && (fd = ns_files_find(ns, dst.ino)) && fd->opens) {
+		snprintf(msg, msglen, "%s is open: stop what uses it first", r->name);
+		rc = -EBUSY;
+	}
+	if (!rc && fd)
+		rc = ns_hold(ns, &hs, fd);
+	lock_mutex_unlock(&ns->files_mu);
+	if (rc)
+		goto unlock;
+
+	rc = freeze_begin(ns, &hs);
+	if (rc)
+		goto thaw;
+	if (have_dst)
+		rc = recv_check_dest(ns, r, &dst, msg, msglen);
+	if (!rc && have_dst)
+		rc = bmap_inode_move(ns->bm, dst.ino, 0, "");
+	if (!rc)
+		rc = bmap_inode_move(ns->bm, tmp.ino, r->dir, r->name);
+	if (!rc) {
+		struct held *h = held_find(&hs, tmp.ino);
+
+		snprintf(l.v[0].name, sizeof(l.v[0].name), "%s", r->name);
+		if (h)
+			snprintf(h->in.name, sizeof(h->in.name), "%s", r->name);
+		rc = bmap_snap_insert(ns->bm, &s);
+	}
+	if (!rc && s.id >= 1ULL << INO_BITS_SNAPID)
+		rc = -EOVERFLOW;
+	if (!rc)
+		rc = bmap_snap_guid_set(ns->bm, s.id, r->guid);
+	if (!rc) {
+		/* freeze_inodes fills sw for a held tmp only: at most one entry */
+		struct switched sws[2] = { { 0 } };
+
+		rc = freeze_inodes(ns, s.id, &l, &hs, sws);
+		for (size_t i = 0; i < hs.n; i++)
+			if (sws[i].h)
+				sw = sws[i];
+	}
+	if (!rc)
+		rc = ns_txn_commit(ns);
+	if (rc)
+		ns_txn_rollback(ns);
+thaw:
+	for (size_t i = 0; i < hs.n; i++) {
+		struct ns_file *f = hs.h[i].f;
+
+		lock_mutex_lock(&ns->files_mu);
+		if (!rc && f->ino == tmp.ino) {
+			f->in.parent = r->dir;
+			snprintf(f->in.name, sizeof(f->in.name), "%s", r->name);
+			vol_set_label(f->v, r->name);
+		}
+		lock_mutex_unlock(&ns->files_mu);
+	}
+	if (!rc && sw.h) {
+		int src = vol_switch_node(sw.h->f->v, sw.node, sw.inherit);
+
+		if (src)
+			vlog(LOG_CRIT, "receive %s: switching a volume failed: %s", s.name,
+			     strerror(-src));
+		lock_mutex_lock(&ns->files_mu);
+		sw.h->f->in.node = sw.node;
+		lock_mutex_unlock(&ns->files_mu);
+	} else if (rc) {
+		for (size_t i = 0; i < hs.n; i++) {
+			lock_mutex_lock(&ns->files_mu);
+			hs.h[i].f->in.node = vol_node(hs.h[i].f->v);
+			lock_mutex_unlock(&ns->files_mu);
+		}
+	}
+	hold_thaw(ns, &hs, rc);
+	if (!rc && have_dst)
+		ns_volume_detached(ns, dst.ino);
+unlock:
+	lock_mutex_unlock(&ns->db_mu);
+	lock_mutex_unlock(&ns->flush_mu);
+	hold_release(ns, &hs);
+	free(l.v);
+	if (!rc && have_dst)
+		pthread_cond_signal(&ns->bg_cond);      /* the old volume's node to release */
+	if (!rc && ns->inval) {
+		/* the kernel saw neither the rename nor the snapshot */
+		ns->inval(ns->inval_ctx, r->dir, r->tmp);
+		ns->inval(ns->inval_ctx, r->dir, r->name);
+		ns->inval(ns->inval_ctx, ino_ctl(r->dir), s.name);
+	}
+	if (rc && !msg[0])
+		snprintf(msg, msglen, "%s", strerror(-rc));
 	return rc;
 }
 

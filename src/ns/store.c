@@ -497,6 +497,12 @@ fail:
 	return rc;
 }
 
+void ns_set_inval(struct ns *ns, ns_inval_fn fn, void *ctx)
+{
+	ns->inval = fn;
+	ns->inval_ctx = ctx;
+}
+
 int ns_start(struct ns *ns)
 {
 	int rc;

@@ -82,6 +82,43 @@ int ctl_kv_u64(const struct ctl_msg *m, const char *key, uint64_t *out)
 	return errno || end == v || *end || v[0] == '-' ? -EINVAL : 0;
 }
 
+void ctl_hex(const uint8_t *v, size_t n, char *out)
+{
+	static const char dig[] = "0123456789abcdef";
+
+	for (size_t i = 0; i < n; i++) {
+		out[2 * i] = dig[v[i] >> 4];
+		out[2 * i + 1] = dig[v[i] & 15];
+	}
+	out[2 * n] = '\0';
+}
+
+static int hexval(char c)
+{
+	return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 :
+	       c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+}
+
+int ctl_unhex(const char *s, uint8_t *v, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		int hi = hexval(s[2 * i]), lo = hi < 0 ? -1 : hexval(s[2 * i + 1]);
+
+		if (hi < 0 || lo < 0)
+			return -EINVAL;
+		v[i] = (uint8_t)(hi << 4 | lo);
+	}
+	return s[2 * n] ? -EINVAL : 0;
+}
+
+int ctl_kv_hex(const struct ctl_msg *m, const char *key, uint8_t *v, size_t n)
+{
+	char s[2 * 64 + 2];
+	int rc = n > 64 ? -EINVAL : ctl_kv_get(m, key, s, 2 * n + 2);
+
+	return rc == -E2BIG ? -EINVAL : rc ? rc : ctl_unhex(s, v, n);
+}
+
 size_t ctl_msg_encode(const struct ctl_msg *m, uint8_t *buf)
 {
 	le32_put(buf, CTL_MAGIC);

@@ -1,0 +1,375 @@
+/*
+ * send: a stream of one snapshot of a volume, full or incremental
+ * (docs/design.md, "Send and receive"; the bytes in docs/on-disk-format.md,
+ * "Send stream").
+ *
+ *   vsnapctl send [-n] [-v] [--from A] [--resume TOKEN] B > STREAM
+ *
+ * B (and A) are files of single-volume snapshots in a mount:
+ * MNT/D/.snapshots/FILE@NAME/FILE; A may be written @NAME, a snapshot of
+ * the same file.  What is sent comes from the index alone, in one read
+ * transaction: a full stream holds B's data runs (bmap_node_content), an
+ * incremental one the runs where A and B differ (bmap_node_diff: data, or
+ * zeros where B reads zeros), the extents that vsnapctl diff prints.  So
+ * the size of the stream is exact before a byte is read (-n prints it and
+ * stops; -v prints it first).  The data is read through the mount, where
+ * the daemon checks every block's checksum: a damaged block fails the send.
+ *
+ * --resume TOKEN (printed by an interrupted receive: GUID:OFFSET) sends
+ * only what lies at or past OFFSET; the GUID must be B's.
+ *
+ * Exit status: 0 sent, 2 refused or failed (one line on stderr).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "ctl/ctl_int.h"
+#include "vsnapfs/array.h"
+#include "vsnapfs/ctlmsg.h"
+#include "vsnapfs/stream.h"
+
+/* A snapshot's file and what the stream says of it. */
+struct snapfile {
+	const struct file *f;
+	char file[BMAP_NAME_MAX + 1];   /* FILE of FILE@NAME */
+	char name[BMAP_NAME_MAX + 1];   /* NAME */
+	uint8_t guid[BMAP_GUID_BYTES];
+	int64_t created_ns;
+	uint64_t dir;                   /* the directory whose .snapshots holds it */
+};
+
+/* The snapshot file at arg: a file of a single-volume snapshot, with a guid. */
+static int snapfile_at(struct store *st, const struct model *m, const char *arg,
+		       struct snapfile *sf)
+{
+	struct bmap_snap s;
+	const char *at;
+	int rc;
+
+	sf->f = file_at(m, st->dir, arg, "send");
+	if (!sf->f)
+		return -EINVAL;
+	if (!sf->f->snap) {
+		fprintf(stderr, "vsnapctl: send: %s is a live volume: send sends snapshots (take one "
+			"with mkdir DIR/.snapshots/FILE@NAME)\n", arg);
+		return -EINVAL;
+	}
+	rc = bmap_snap_get(st->bm, sf->f->snap, &s);
+	if (rc)
+		return rc;
+	at = strchr(s.name, '@');
+	if (!at) {
+		fprintf(stderr, "vsnapctl: send: %s is in snapshot %s of a whole directory: only "
+			"snapshots of one volume (FILE@NAME) are sent so far\n", arg, s.name);
+		return -EINVAL;
+	}
+	snprintf(sf->file, sizeof(sf->file), "%.*s", (int)(at - s.name), s.name);
+	snprintf(sf->name, sizeof(sf->name), "%s", at + 1);
+	sf->created_ns = s.created_ns;
+	sf->dir = s.dir;
+	rc = bmap_snap_guid_get(st->bm, s.id, sf->guid);
+	if (rc == -ENOSYS || rc == -ENOENT)
+		fprintf(stderr, "vsnapctl: send: snapshot %s has no id yet: mount %s once with this "
+			"version of vsnapfs, which gives every snapshot one\n", s.name, st->dir);
+	return rc;
+}
+
+/* --from @NAME: the same file in snapshot FILE@NAME of the same directory. */
+static char *base_path(const char *b_arg, const struct snapfile *b, const char *from)
+{
+	const char *tail;
+	size_t keep;
+
+	if (from[0] != '@')
+		return strdup(from);
+	/* B is .../.snapshots/FILE@NAME/FILE: replace the last two components */
+	tail = strrchr(b_arg, '/');
+	if (!tail)
+		return NULL;
+	keep = tail - b_arg;
+	while (keep && b_arg[keep - 1] != '/')
+		keep--;
+	return xasprintf("%.*s%s%s/%s", (int)keep, b_arg, b->file, from, b->file);
+}
+
+static int out_fd(void *ctx, const void *buf, size_t len)
+{
+	int fd = *(int *)ctx;
+	const uint8_t *p = buf;
+
+	while (len) {
+		ssize_t n = write(fd, p, len);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return -errno;
+		p += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+/* A byte extent of the file to send: data, or zeros. */
+struct bext {
+	uint64_t off, len;
+	bool data;
+};
+
+struct plan {
+	struct bext *v;                 /* in order, disjoint */
+	size_t n, cap;
+	uint32_t bs;
+	uint64_t lo, hi;                /* bytes the runs being added are cut to */
+	bool data_only;                 /* drop zero runs (a full stream, a tail) */
+	uint64_t bytes, data_bytes, ndata, nzero;
+};
+
+/* bmap_run callback: the run in bytes, cut to [lo, hi). */
+static int plan_add(void *ctx, const struct bmap_run *r)
+{
+	struct plan *p = ctx;
+	uint64_t a = r->lblock * p->bs, b = (r->lblock + r->nblocks) * p->bs;
+
+	a = a < p->lo ? p->lo : a;
+	b = b > p->hi ? p->hi : b;
+	if (b <= a || (p->data_only && !r->data))
+		return 0;
+	if (ARRAY_RESERVE(p->v, p->cap, p->n, 256))
+		return -ENOMEM;
+	p->v[p->n++] = (struct bext){ .off = a, .len = b - a, .data = r->data };
+	return 0;
+}
+
+/* The part of extent x at or past the resume offset; false if none. */
+static bool from_resume(const struct bext *x, uint64_t resume, uint64_t *off, uint64_t *len)
+{
+	uint64_t a = x->off < resume ? resume : x->off, b = x->off + x->len;
+
+	*off = a;
+	*len = b > a ? b - a : 0;
+	return b > a;
+}
+
+/* The exact stream size of plan p from the resume offset on. */
+static void plan_size(struct plan *p, const struct stream_begin *b)
+{
+	p->bytes = stream_begin_bytes(b) + stream_end_bytes();
+	for (size_t i = 0; i < p->n; i++) {
+		uint64_t off, len;
+
+		if (!from_resume(&p->v[i], b->resume_off, &off, &len))
+			continue;
+		if (p->v[i].data) {
+			uint64_t nrec = (len + STREAM_DATA_MAX - 1) / STREAM_DATA_MAX;
+
+			p->bytes += nrec * stream_data_bytes(0) + len;
+			p->data_bytes += len;
+			p->ndata += nrec;
+		} else {
+			p->bytes += stream_zero_bytes();
+			p->nzero++;
+		}
+	}
+}
+
+/*
+ * What to send of B against A (A NULL: a full stream).  The receiver
+ * starts from A's content (or nothing) cut or extended to B's size, so
+ * below the smaller size the diff's runs are sent (data, and zeros where B
+ * reads zeros), and past it B's data runs (the receiver reads zeros there
+ * already), as vsnapctl diff cuts them.
+ */
+static int plan_runs(struct store *st, const struct snapfile *a, const struct snapfile *b,
+		     struct plan *p)
+{
+	uint64_t bs = st->bs, lo, nb;
+	int rc;
+
+	p->bs = st->bs;
+	p->data_only = true;
+	if (!a) {
+		p->lo = 0;
+		p->hi = b->f->size;
+		return bmap_node_content(st->bm, b->f->node_id, 0, (b->f->size + bs - 1) / bs,
+					 plan_add, p);
+	}
+	lo = a->f->size < b->f->size ? a->f->size : b->f->size;
+	nb = ((a->f->size > b->f->size ? a->f->size : b->f->size) + bs - 1) / bs;
+	p->lo = 0;
+	p->hi = lo;
+	p->data_only = false;
+	rc = bmap_node_diff(st->bm, a->f->node_id, b->f->node_id, nb, plan_add, p);
+	if (rc == -EXDEV) {
+		fprintf(stderr, "vsnapctl: send: %s and %s are not of one lineage: no incremental "
+			"stream between them\n", a->f->path, b->f->path);
+		return rc;
+	}
+	if (rc || b->f->size <= lo)
+		return rc;
+	p->lo = lo;
+	p->hi = b->f->size;
+	p->data_only = true;
+	return bmap_node_content(st->bm, b->f->node_id, lo / bs, (b->f->size + bs - 1) / bs,
+				 plan_add, p);
+}
+
+/* Send the planned extents, reading B through the mount. */
+static int send_runs(struct stream_enc *e, int fd, const struct plan *p,
+		     const struct stream_begin *b, struct progress *pg)
+{
+	uint8_t *buf = malloc(STREAM_DATA_MAX);
+	int rc = buf ? 0 : -ENOMEM;
+
+	for (size_t i = 0; i < p->n && !rc; i++) {
+		uint64_t off, len;
+
+		if (!from_resume(&p->v[i], b->resume_off, &off, &len))
+			continue;
+		if (!p->v[i].data) {
+			rc = stream_enc_zero(e, off, len);
+			continue;
+		}
+		while (len && !rc) {
+			size_t n = len < STREAM_DATA_MAX ? len : STREAM_DATA_MAX;
+			ssize_t got = pread(fd, buf, n, (off_t)off);
+
+			if (got < 0)
+				rc = -errno;
+			else if ((size_t)got != n)
+				rc = -EIO;      /* the snapshot file is shorter than its index says */
+			else
+				rc = stream_enc_data(e, off, buf, n);
+			off += n;
+			len -= n;
+			pg->done = stream_enc_bytes(e);
+			progress_show(pg);
+		}
+	}
+	free(buf);
+	return rc;
+}
+
+int cmd_send(struct store *st, const struct send_opts *o)
+{
+	struct model m = { 0 };
+	struct snapfile a = { 0 }, b = { 0 };
+	struct stream_begin sb = { .block_size = st->bs };
+	struct stream_enc *e = NULL;
+	struct plan p = { 0 };
+	struct progress pg;
+	char *apath = NULL, h[16];
+	int fd = -1, out = 1, rc;
+	bool txn = false;
+
+	rc = bmap_snapshot_begin(st->bm);
+	txn = !rc;
+	if (!rc)
+		rc = model_load(st, &m, NULL);
+	if (!rc)
+		rc = snapfile_at(st, &m, o->b, &b);
+	if (!rc && o->from) {
+		apath = base_path(o->b, &b, o->from);
+		rc = apath ? snapfile_at(st, &m, apath, &a) : -ENOMEM;
+	}
+	if (!rc && o->from && !memcmp(a.guid, b.guid, BMAP_GUID_BYTES)) {
+		fprintf(stderr, "vsnapctl: send: --from names the snapshot being sent\n");
+		rc = -EINVAL;
+	}
+	if (!rc)
+		rc = plan_runs(st, o->from ? &a : NULL, &b, &p);
+	if (txn)
+		bmap_snapshot_end(st->bm);
+	if (rc)
+		goto out;
+
+	sb.size = b.f->size;
+	memcpy(sb.guid, b.guid, BMAP_GUID_BYTES);
+	sb.created_ns = b.created_ns;
+	snprintf(sb.file, sizeof(sb.file), "%s", b.file);
+	snprintf(sb.snap, sizeof(sb.snap), "%s", b.name);
+	if (o->from) {
+		memcpy(sb.base_guid, a.guid, BMAP_GUID_BYTES);
+		snprintf(sb.base, sizeof(sb.base), "%s", a.name);
+	}
+	if (o->resume) {
+		char g[2 * BMAP_GUID_BYTES + 1], *tok = NULL;
+		uint8_t want[BMAP_GUID_BYTES];
+		const char *colon = strchr(o->resume, ':');
+
+		if (!colon || colon - o->resume != 2 * BMAP_GUID_BYTES ||
+		    !(tok = strndup(o->resume, colon - o->resume)) ||
+		    ctl_unhex(tok, want, BMAP_GUID_BYTES) ||
+		    sscanf(colon + 1, "%" SCNu64, &sb.resume_off) != 1 || sb.resume_off > sb.size) {
+			fprintf(stderr, "vsnapctl: send: --resume %s: not a token of receive "
+				"(GUID:OFFSET)\n", o->resume);
+			free(tok);
+			rc = -EINVAL;
+			goto out;
+		}
+		free(tok);
+		if (memcmp(want, b.guid, BMAP_GUID_BYTES)) {
+			ctl_hex(b.guid, BMAP_GUID_BYTES, g);
+			fprintf(stderr, "vsnapctl: send: --resume: the token is for another snapshot "
+				"(%s is %s)\n", o->b, g);
+			rc = -EINVAL;
+			goto out;
+		}
+	}
+	plan_size(&p, &sb);
+	if (o->dry || o->verbose) {
+		human(p.bytes, h, sizeof(h));
+		fprintf(o->dry ? stdout : stderr, "send %s@%s%s%s: %" PRIu64 " bytes (%s): %" PRIu64
+			" data bytes in %" PRIu64 " record(s), %" PRIu64 " zero range(s)\n", b.file,
+			b.name, o->from ? " from @" : " (full)", o->from ? a.name : "", p.bytes, h,
+			p.data_bytes, p.ndata, p.nzero);
+	}
+	if (o->dry)
+		goto out;
+	if (isatty(out)) {
+		fprintf(stderr, "vsnapctl: send: refusing to write a stream to a terminal: redirect "
+			"it to a file or a pipe\n");
+		rc = -EINVAL;
+		goto out;
+	}
+	fd = open(o->b, O_RDONLY | O_CLOEXEC);
+	if (fd < 0) {
+		rc = -errno;
+		fprintf(stderr, "vsnapctl: send: %s: %s\n", o->b, strerror(-rc));
+		goto out;
+	}
+	rc = stream_enc_new(out_fd, &out, &e);
+	if (!rc)
+		rc = stream_enc_begin(e, &sb);
+	progress_bytes(&pg, "send", p.bytes);
+	if (!rc)
+		rc = send_runs(e, fd, &p, &sb, &pg);
+	if (!rc)
+		rc = stream_enc_end(e);
+	progress_end(&pg);
+	if (!rc && stream_enc_bytes(e) != p.bytes) {
+		fprintf(stderr, "vsnapctl: send: wrote %" PRIu64 " bytes, planned %" PRIu64 "\n",
+			stream_enc_bytes(e), p.bytes);
+		rc = -EIO;
+	}
+	if (rc)
+		fprintf(stderr, "vsnapctl: send: %s\n", rc == -EPIPE ? "the receiving end closed the "
+			"stream" : rc == -EIO ? "reading the snapshot failed (a damaged block? see "
+			"the daemon's log, vsnapctl scrub)" : strerror(-rc));
+	rc = rc ? -ECANCELED : 0;       /* said why */
+out:
+	if (rc && rc != -EINVAL && rc != -EXDEV && rc != -ECANCELED && rc != -ENOSYS &&
+	    rc != -ENOENT)
+		fprintf(stderr, "vsnapctl: send: %s\n", strerror(-rc));
+	stream_enc_free(e);
+	if (fd >= 0)
+		close(fd);
+	free(apath);
+	free(p.v);
+	model_free(&m);
+	return rc ? 2 : 0;
+}
