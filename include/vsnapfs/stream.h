@@ -11,8 +11,9 @@
  * error with one line in msg.  So a caller that makes nothing visible
  * before STREAM_END never applies a damaged or truncated stream.
  *
- * Errors:     0 / 1 or a negative errno: -EBADMSG a damaged, truncated or
- *             misordered stream, -EPROTO a version or a record this code
+ * Errors:     0 / 1 or a negative errno: -EBADMSG a damaged or misordered
+ *             stream, -ENODATA one that ends before its end record (cut:
+ *             what came before it was sound), -EPROTO a version or a record this code
  *             does not know and may not skip, an error of the I/O callback
  *             as it is.  After an error the handle is only good for _free.
  * Ownership:  the decoder's record data points into its buffer, valid until

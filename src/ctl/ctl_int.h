@@ -220,6 +220,7 @@ int cmd_send(struct store *st, const struct send_opts *o);
 struct recv_opts {
 	const char *path;               /* the volume in a mount */
 	bool force;                     /* --force */
+	bool resume;                    /* --resume */
 };
 /* Opens the store behind path itself (path need not exist). */
 int cmd_receive(const struct recv_opts *o);

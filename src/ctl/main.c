@@ -8,7 +8,7 @@
  *   vsnapctl diff  [--json] A B                   changed extents between two files of one lineage
  *   vsnapctl gc    [--json] [STORE|MOUNTPOINT]    a garbage-collection pass now (mounted)
  *   vsnapctl send  [-n] [-v] [--from A] [--resume TOKEN] B   a stream of snapshot B
- *   vsnapctl receive [--force] PATH               apply a stream from stdin
+ *   vsnapctl receive [--force] [--resume] PATH    apply a stream from stdin
  *
  * Exit status: 0 clean, 1 problems (check) or damage (scrub), 2 usage or I/O
  * error.  --json may come anywhere on the command line.  This file parses
@@ -46,10 +46,13 @@ static void usage(FILE *f)
 		"                             FILE@NAME/FILE) to stdout: full, or the changes since\n"
 		"                             A (a path, or @NAME); -n: print the exact size only;\n"
 		"                             -v: print it first\n"
-		"  receive [--force] PATH     apply a stream from stdin to volume PATH of a mount:\n"
+		"  receive [--force] [--resume] PATH\n"
+		"                             apply a stream from stdin to volume PATH of a mount:\n"
 		"                             a full stream creates PATH and its snapshot, an\n"
 		"                             incremental one adds the next; --force first reverts\n"
-		"                             PATH to the base snapshot if it was written since\n"
+		"                             PATH to the base snapshot if it was written since;\n"
+		"                             a cut stream keeps what it applied and prints a token\n"
+		"                             for send --resume, whose stream receive --resume takes\n"
 		"\n"
 		"STORE is a store directory; a MOUNTPOINT of a running vsnapfs names its store.\n"
 		"The argument defaults to the current directory.  --json: machine-readable output.\n"
@@ -102,6 +105,8 @@ int main(int argc, char **argv)
 				return 2;
 		} else if (opts && receiving && !strcmp(a, "--force")) {
 			ro.force = true;
+		} else if (opts && receiving && !strcmp(a, "--resume")) {
+			ro.resume = true;
 		} else if (opts && a[0] == '-' && a[1]) {
 			fprintf(stderr, "vsnapctl: unknown option %s\n", a);
 			usage(stderr);

@@ -2,7 +2,7 @@
  * receive: apply a send stream to a mounted store (docs/design.md, "Send
  * and receive").
  *
- *   vsnapctl receive [--force] PATH < STREAM
+ *   vsnapctl receive [--force] [--resume] PATH < STREAM
  *
  * PATH is the volume in a mount: a full stream creates it with snapshot
  * FILE@NAME, an incremental one adds the next snapshot to it.  Nothing is
@@ -16,6 +16,14 @@
  * refused or failed receive deletes the temporary volume: PATH and its
  * snapshots are as before.
  *
+ * Resume.  Records come in offset order, so a stream that is cut (the
+ * sender killed, the network gone) has applied everything below the end
+ * of its last record, X.  Such a receive fsyncs the temporary volume and
+ * renames it .vsnap-recv.GUID.X (a rename through the mount is durable
+ * when it returns), and prints the token GUID:X; "send --resume GUID:X"
+ * sends a stream that starts at X, and "receive --resume" takes it only
+ * onto that partial volume.  A receive without --resume starts over.
+ *
  * Refused, with one line and exit 1: a damaged, truncated or unknown
  * stream; a stream whose snapshot is here already; a full stream onto an
  * existing volume; an incremental stream whose base snapshot is not here,
@@ -23,6 +31,7 @@
  * the base is the revert, and it replaces the volume).  Exit 2: usage or
  * I/O errors.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -51,6 +60,7 @@ struct recv {
 	uint64_t dir_ino;
 	const struct file *base;        /* incremental: the base snapshot's file */
 	bool made_tmp;
+	uint64_t applied;               /* every byte below it is in the temporary volume */
 };
 
 __attribute__((format(printf, 2, 3)))
@@ -187,18 +197,79 @@ static int recv_check(struct recv *r)
 	return rc;
 }
 
+/* The partial volume a cut receive of this stream left: its path and
+ * offset; -ENOENT if there is none. */
+static int recv_partial(struct recv *r, char *path, size_t len, uint64_t *at)
+{
+	size_t plen = strlen(r->tmpname);
+	struct dirent *de;
+	DIR *dir = opendir(r->dirpath);
+	int rc = -ENOENT;
+
+	if (!dir)
+		return -errno;
+	while ((de = readdir(dir))) {
+		char *end;
+
+		if (strncmp(de->d_name, r->tmpname, plen) || de->d_name[plen] != '.')
+			continue;
+		errno = 0;
+		*at = strtoull(de->d_name + plen + 1, &end, 10);
+		if (errno || *end || end == de->d_name + plen + 1)
+			continue;
+		snprintf(path, len, "%s/%s", r->dirpath, de->d_name);
+		rc = 0;
+		break;
+	}
+	closedir(dir);
+	return rc;
+}
+
+/* The partial volume of a cut receive, to go on with (--resume). */
+static int recv_tmp_resume(struct recv *r, int *fd)
+{
+	char part[PATH_MAX + 300];
+	uint64_t at = 0;
+	int rc = recv_partial(r, part, sizeof(part), &at);
+
+	if (rc == -ENOENT)
+		return refuse(r, "nothing to resume: no partial receive of %s@%s in %s", r->sb.file,
+			      r->sb.snap, r->dirpath);
+	if (rc)
+		return rc;
+	if (at != r->sb.resume_off)
+		return refuse(r, "the stream starts at byte %" PRIu64 ", the partial receive ends at "
+			      "%" PRIu64 ": send --resume with the token receive printed",
+			      r->sb.resume_off, at);
+	if (rename(part, r->tmp))
+		return -errno;
+	r->made_tmp = true;
+	r->applied = at;
+	*fd = open(r->tmp, O_RDWR | O_CLOEXEC);
+	return *fd < 0 ? -errno : 0;
+}
+
 /* The temporary volume: empty, or a linked clone of the base, at the size. */
 static int recv_tmp(struct recv *r, int *fd)
 {
-	char hex[2 * STREAM_GUID_BYTES + 1], base[PATH_MAX + 300];
+	char hex[2 * STREAM_GUID_BYTES + 1], base[PATH_MAX + 300], part[PATH_MAX + 300];
 	int bfd = -1, rc = 0;
-	uint64_t done = 0;
+	uint64_t done = 0, at;
 
 	ctl_hex(r->sb.guid, STREAM_GUID_BYTES, hex);
 	snprintf(r->tmpname, sizeof(r->tmpname), RECV_TMP_PREFIX "%s", hex);
 	snprintf(r->tmp, sizeof(r->tmp), "%s/%s", r->dirpath, r->tmpname);
+	if (r->o->resume)
+		return recv_tmp_resume(r, fd);
+	if (r->sb.resume_off)
+		return refuse(r, "the stream resumes a cut one at byte %" PRIu64 ": receive --resume",
+			      r->sb.resume_off);
+	/* what an earlier receive of this stream left: start over */
 	if (unlink(r->tmp) && errno != ENOENT)
-		return -errno;          /* a receive interrupted before */
+		return -errno;
+	while (recv_partial(r, part, sizeof(part), &at) == 0)
+		if (unlink(part))
+			return -errno;
 	*fd = open(r->tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
 	if (*fd < 0)
 		return -errno;
@@ -226,6 +297,21 @@ static int recv_tmp(struct recv *r, int *fd)
 	return rc;
 }
 
+/* A cut stream: keep what was applied, durably, for --resume (see the top). */
+static int recv_keep(struct recv *r, struct stream_dec *d, int fd)
+{
+	char hex[2 * STREAM_GUID_BYTES + 1], part[PATH_MAX + 340];
+
+	ctl_hex(r->sb.guid, STREAM_GUID_BYTES, hex);
+	snprintf(part, sizeof(part), "%s.%" PRIu64, r->tmp, r->applied);
+	if (fsync(fd) || rename(r->tmp, part))
+		return refuse(r, "%s; nothing was applied", stream_dec_msg(d));
+	r->made_tmp = false;            /* kept */
+	return refuse(r, "%s; every byte below %" PRIu64 " (of %" PRIu64 ") is kept: resume with vsnapctl "
+		      "send --resume %s:%" PRIu64 " ... | vsnapctl receive --resume %s",
+		      stream_dec_msg(d), r->applied, r->sb.size, hex, r->applied, r->o->path);
+}
+
 /* Every record into the temporary volume, then the stream's end checked. */
 static int recv_apply(struct recv *r, struct stream_dec *d, int fd)
 {
@@ -250,7 +336,10 @@ static int recv_apply(struct recv *r, struct stream_dec *d, int fd)
 				     (off_t)rec.off, (off_t)rec.len)) {
 			return -errno;
 		}
+		r->applied = rec.off + rec.len;
 	}
+	if (rc == -ENODATA)
+		return recv_keep(r, d, fd);
 	if (rc < 0)
 		return refuse(r, "%s; nothing was applied", stream_dec_msg(d));
 	return fsync(fd) ? -errno : 0;

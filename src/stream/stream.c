@@ -287,7 +287,7 @@ static int dec_record(struct stream_dec *d, uint32_t *type, uint32_t *flags, uin
 	if (n < 0)
 		return dec_fail(d, (int)n, "reading the stream: %s", strerror((int)-n));
 	if (n < HDR)
-		return dec_fail(d, -EBADMSG, "the stream ends at byte %" PRIu64 " before its end "
+		return dec_fail(d, -ENODATA, "the stream ends at byte %" PRIu64 " before its end "
 				"record: truncated", d->bytes);
 	*type = le32_get(d->buf);
 	*flags = le32_get(d->buf + 4);
@@ -299,7 +299,7 @@ static int dec_record(struct stream_dec *d, uint32_t *type, uint32_t *flags, uin
 	if (n < 0)
 		return dec_fail(d, (int)n, "reading the stream: %s", strerror((int)-n));
 	if ((uint64_t)n < *len + 8)
-		return dec_fail(d, -EBADMSG, "the stream ends at byte %" PRIu64 " inside a record: "
+		return dec_fail(d, -ENODATA, "the stream ends at byte %" PRIu64 " inside a record: "
 				"truncated", d->bytes);
 	if (le64_get(d->buf + HDR + *len) != cksum_buf(d->buf, HDR + *len))
 		return dec_fail(d, -EBADMSG, "record at byte %" PRIu64 " fails its checksum: "
