@@ -142,4 +142,4 @@ clean:
 .PHONY: all deps unit e2e check asan tsan torture fuzz bench demo install clean
 .SECONDARY:
 
--include $(LIB_OBJ:.o=.d) $(B)/src/main.d
+-include $(LIB_OBJ:.o=.d) $(CTL_SRC:%.c=$(B)/%.d) $(B)/src/main.d
