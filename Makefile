@@ -16,11 +16,13 @@ B        ?= build
 SAN      ?=
 
 PKGS     := fuse3 sqlite3 libxxhash
+# vsnapctl and the tests only (send streams, src/stream): the daemon does not link it
+CTL_PKGS := libzstd
 CC       ?= cc
 CFLAGS   ?= -O2 -g
 override CFLAGS += -std=gnu11 -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter \
 	    -D_FILE_OFFSET_BITS=64 -D_GNU_SOURCE -Iinclude -Isrc $(SAN) \
-	    $(shell pkg-config --cflags $(PKGS))
+	    $(shell pkg-config --cflags $(PKGS) $(CTL_PKGS))
 LDLIBS   += $(shell pkg-config --libs $(PKGS)) -lpthread
 override LDFLAGS += $(SAN)
 
@@ -55,7 +57,7 @@ $(DAEMON): $(B)/src/main.o $(LIB)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 $(CTL): $(CTL_SRC:%.c=$(B)/%.o) $(LIB)
-	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) $(shell pkg-config --libs $(CTL_PKGS))
 
 $(B)/mount.vsnapfs: contrib/mount.vsnapfs
 	@mkdir -p $(@D)
@@ -63,7 +65,8 @@ $(B)/mount.vsnapfs: contrib/mount.vsnapfs
 
 $(B)/tests/%: tests/unit/%.c $(LIB)
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(LIB) $(LDLIBS) -lcriterion
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(LIB) $(LDLIBS) $(shell pkg-config --libs $(CTL_PKGS)) \
+		-lcriterion
 
 # Test drivers, not code under test: built without the sanitizers, whose
 # leak report at exit would replace the exit status the tests check.

@@ -36,7 +36,10 @@
 #define STREAM_REC_OVERHEAD 24                  /* header + checksum of every record */
 #define STREAM_FLAG_MUST    1u                  /* unknown: refuse, not skip */
 
-enum stream_type { STREAM_BEGIN = 1, STREAM_DATA = 2, STREAM_ZERO = 3, STREAM_END = 4 };
+enum stream_type {
+	STREAM_BEGIN = 1, STREAM_DATA = 2, STREAM_ZERO = 3, STREAM_END = 4,
+	STREAM_DATA_ZSTD = 5,           /* data, one zstd frame (stream_enc_compress) */
+};
 
 struct stream_begin {
 	uint32_t version;               /* STREAM_VERSION (set by the encoder) */
@@ -56,7 +59,8 @@ bool stream_is_full(const struct stream_begin *b);
 
 /* Bytes of each record on the wire: for the exact size before sending. */
 uint64_t stream_begin_bytes(const struct stream_begin *b);
-uint64_t stream_data_bytes(uint64_t len);       /* len: data bytes of one record */
+uint64_t stream_data_bytes(uint64_t len);       /* len: data bytes of one record (not
+						 * compressed: compressed ones are smaller) */
 uint64_t stream_zero_bytes(void);
 uint64_t stream_end_bytes(void);
 
@@ -79,6 +83,10 @@ int stream_enc_raw(struct stream_enc *e, uint32_t type, uint32_t flags, const vo
 		   size_t len);
 /* Bytes written so far. */
 uint64_t stream_enc_bytes(const struct stream_enc *e);
+/* From now on compress data records with zstd at level (1..19; 0: off):
+ * a record is written compressed (STREAM_DATA_ZSTD) only when that makes
+ * it smaller.  -EINVAL for a level out of range, -ENOMEM. */
+int stream_enc_compress(struct stream_enc *e, int level);
 
 /* ---- decoder ------------------------------------------------------------- */
 
@@ -87,7 +95,8 @@ uint64_t stream_enc_bytes(const struct stream_enc *e);
 typedef long (*stream_in_fn)(void *ctx, void *buf, size_t len);
 
 struct stream_rec {
-	uint32_t type;                  /* STREAM_DATA or STREAM_ZERO */
+	uint32_t type;                  /* STREAM_DATA (compressed or not: decompressed
+					 * and checked here) or STREAM_ZERO */
 	uint64_t off, len;              /* bytes of the file */
 	const uint8_t *data;            /* STREAM_DATA: len bytes */
 };

@@ -214,6 +214,7 @@ int cmd_gc(struct store *st);
 struct send_opts {
 	const char *b, *from, *resume;  /* the snapshot's file, --from, --resume */
 	bool dry, verbose;              /* -n, -v */
+	bool compress;                  /* -c: zstd */
 };
 int cmd_send(struct store *st, const struct send_opts *o);
 

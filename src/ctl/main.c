@@ -7,7 +7,7 @@
  *   vsnapctl scrub [--json] STORE|MOUNTPOINT      read and verify every block (exit 1: damage)
  *   vsnapctl diff  [--json] A B                   changed extents between two files of one lineage
  *   vsnapctl gc    [--json] [STORE|MOUNTPOINT]    a garbage-collection pass now (mounted)
- *   vsnapctl send  [-n] [-v] [--from A] [--resume TOKEN] B   a stream of snapshot B
+ *   vsnapctl send  [-n] [-v] [-c] [--from A] [--resume TOKEN] B   a stream of snapshot B
  *   vsnapctl receive [--force] [--resume] PATH    apply a stream from stdin
  *
  * Exit status: 0 clean, 1 problems (check) or damage (scrub), 2 usage or I/O
@@ -41,11 +41,12 @@ static void usage(FILE *f)
 		"                             or zero: what B holds), from the index alone\n"
 		"  gc    [STORE|MOUNTPOINT]   run a garbage-collection pass now in the daemon that\n"
 		"                             has the store mounted; report what came back\n"
-		"  send  [-n] [-v] [--from A] [--resume TOKEN] B\n"
+		"  send  [-n] [-v] [-c] [--from A] [--resume TOKEN] B\n"
 		"                             write a stream of snapshot file B (DIR/.snapshots/\n"
 		"                             FILE@NAME/FILE) to stdout: full, or the changes since\n"
 		"                             A (a path, or @NAME); -n: print the exact size only;\n"
-		"                             -v: print it first\n"
+		"                             -v: print it first; -c: compress the data (zstd; the\n"
+		"                             size printed is then an upper bound)\n"
 		"  receive [--force] [--resume] PATH\n"
 		"                             apply a stream from stdin to volume PATH of a mount:\n"
 		"                             a full stream creates PATH and its snapshot, an\n"
@@ -97,6 +98,8 @@ int main(int argc, char **argv)
 			so.dry = true;
 		} else if (opts && sending && !strcmp(a, "-v")) {
 			so.verbose = true;
+		} else if (opts && sending && !strcmp(a, "-c")) {
+			so.compress = true;
 		} else if (opts && sending && !strcmp(a, "--from")) {
 			if (!(so.from = optval(argc, argv, &i)))
 				return 2;

@@ -3,7 +3,7 @@
  * (docs/design.md, "Send and receive"; the bytes in docs/on-disk-format.md,
  * "Send stream").
  *
- *   vsnapctl send [-n] [-v] [--from A] [--resume TOKEN] B > STREAM
+ *   vsnapctl send [-n] [-v] [-c] [--from A] [--resume TOKEN] B > STREAM
  *
  * B (and A) are files of single-volume snapshots in a mount:
  * MNT/D/.snapshots/FILE@NAME/FILE; A may be written @NAME, a snapshot of
@@ -12,7 +12,9 @@
  * incremental one the runs where A and B differ (bmap_node_diff: data, or
  * zeros where B reads zeros), the extents that vsnapctl diff prints.  So
  * the size of the stream is exact before a byte is read (-n prints it and
- * stops; -v prints it first).  The data is read through the mount, where
+ * stops; -v prints it first).  -c compresses data records with zstd (each
+ * one only if that makes it smaller): the size printed is then the most it
+ * can be.  The data is read through the mount, where
  * the daemon checks every block's checksum: a damaged block fails the send.
  *
  * --resume TOKEN (printed by an interrupted receive: GUID:OFFSET) sends
@@ -323,9 +325,10 @@ int cmd_send(struct store *st, const struct send_opts *o)
 	plan_size(&p, &sb);
 	if (o->dry || o->verbose) {
 		human(p.bytes, h, sizeof(h));
-		fprintf(o->dry ? stdout : stderr, "send %s@%s%s%s: %" PRIu64 " bytes (%s): %" PRIu64
+		fprintf(o->dry ? stdout : stderr, "send %s@%s%s%s: %s%" PRIu64 " bytes (%s): %" PRIu64
 			" data bytes in %" PRIu64 " record(s), %" PRIu64 " zero range(s)\n", b.file,
-			b.name, o->from ? " from @" : " (full)", o->from ? a.name : "", p.bytes, h,
+			b.name, o->from ? " from @" : " (full)", o->from ? a.name : "",
+			o->compress ? "at most " : "", p.bytes, h,
 			p.data_bytes, p.ndata, p.nzero);
 	}
 	if (o->dry)
@@ -343,6 +346,8 @@ int cmd_send(struct store *st, const struct send_opts *o)
 		goto out;
 	}
 	rc = stream_enc_new(out_fd, &out, &e);
+	if (!rc && o->compress)
+		rc = stream_enc_compress(e, 3);
 	if (!rc)
 		rc = stream_enc_begin(e, &sb);
 	progress_bytes(&pg, "send", p.bytes);
@@ -351,7 +356,7 @@ int cmd_send(struct store *st, const struct send_opts *o)
 	if (!rc)
 		rc = stream_enc_end(e);
 	progress_end(&pg);
-	if (!rc && stream_enc_bytes(e) != p.bytes) {
+	if (!rc && (o->compress ? stream_enc_bytes(e) > p.bytes : stream_enc_bytes(e) != p.bytes)) {
 		fprintf(stderr, "vsnapctl: send: wrote %" PRIu64 " bytes, planned %" PRIu64 "\n",
 			stream_enc_bytes(e), p.bytes);
 		rc = -EIO;

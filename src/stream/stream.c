@@ -10,6 +10,15 @@
  * writes: records out of order or past the size, a second begin, bytes
  * after end.  Unknown record types without STREAM_FLAG_MUST are skipped by
  * their length, checksum checked, and count in end's record count.
+ *
+ * Compression (zstd, the only caller of ZSTD_*): a compressed data record
+ * carries its offset, its length uncompressed and one zstd frame; the
+ * record's checksum covers the compressed bytes (so damage is caught
+ * before the decompressor sees it), and the decompressed length must be
+ * the one the record and the frame both state, at most STREAM_PAYLOAD_MAX
+ * (no decompression bomb).  The stream's data count is of uncompressed
+ * bytes.  Compression is per record, so a record that does not shrink is
+ * written plain.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -17,6 +26,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <zstd.h>
 
 #include "vsnapfs/cksum.h"
 #include "vsnapfs/le.h"
@@ -52,6 +63,10 @@ struct stream_enc {
 	uint64_t nrec, data_bytes, bytes;
 	uint64_t size, next_off;        /* the file's size; records start at or past next_off */
 	int state;                      /* 0 new, 1 begun, 2 ended */
+	int zlevel;                     /* 0: no compression */
+	ZSTD_CCtx *zc;
+	uint8_t *zbuf;                  /* one compressed record's frame */
+	size_t zcap;
 };
 
 int stream_enc_new(stream_out_fn out, void *ctx, struct stream_enc **ep)
@@ -79,7 +94,24 @@ void stream_enc_free(struct stream_enc *e)
 		return;
 	cksum_stream_free(e->all);
 	free(e->buf);
+	ZSTD_freeCCtx(e->zc);
+	free(e->zbuf);
 	free(e);
+}
+
+int stream_enc_compress(struct stream_enc *e, int level)
+{
+	if (level < 0 || level > ZSTD_maxCLevel() || level > 19)
+		return -EINVAL;
+	if (level && !e->zc) {
+		e->zcap = ZSTD_compressBound(STREAM_DATA_MAX);
+		e->zc = ZSTD_createCCtx();
+		e->zbuf = malloc(e->zcap);
+		if (!e->zc || !e->zbuf)
+			return -ENOMEM;
+	}
+	e->zlevel = level;
+	return 0;
 }
 
 uint64_t stream_enc_bytes(const struct stream_enc *e)
@@ -155,9 +187,21 @@ int stream_enc_data(struct stream_enc *e, uint64_t off, const void *buf, size_t 
 
 	if (rc)
 		return rc;
-	le64_put(e->buf + HDR, off);
-	memcpy(e->buf + HDR + 8, buf, len);
 	e->data_bytes += len;
+	le64_put(e->buf + HDR, off);
+	if (e->zlevel) {
+		size_t z = ZSTD_compressCCtx(e->zc, e->zbuf, e->zcap, buf, len, e->zlevel);
+
+		if (ZSTD_isError(z))
+			return -EIO;
+		if (z + 8 < len) {
+			le32_put(e->buf + HDR + 8, (uint32_t)len);
+			le32_put(e->buf + HDR + 12, 0);
+			memcpy(e->buf + HDR + 16, e->zbuf, z);
+			return enc_emit(e, STREAM_DATA_ZSTD, STREAM_FLAG_MUST, 16 + z);
+		}
+	}
+	memcpy(e->buf + HDR + 8, buf, len);
 	return enc_emit(e, STREAM_DATA, STREAM_FLAG_MUST, 8 + len);
 }
 
@@ -206,6 +250,9 @@ struct stream_dec {
 	uint64_t nrec, data_bytes, bytes;
 	uint64_t size, next_off;
 	int state;                      /* 0 new, 1 begun, 2 ended, -1 failed */
+	int err;                        /* the error that failed it */
+	ZSTD_DCtx *zd;                  /* made at the first compressed record */
+	uint8_t *zbuf;                  /* its data, decompressed */
 	char msg[160];
 };
 
@@ -234,7 +281,49 @@ void stream_dec_free(struct stream_dec *d)
 		return;
 	cksum_stream_free(d->all);
 	free(d->buf);
+	ZSTD_freeDCtx(d->zd);
+	free(d->zbuf);
 	free(d);
+}
+
+static int dec_fail(struct stream_dec *d, int rc, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+/* A compressed data record of len payload bytes, decompressed into
+ * d->zbuf: its length, or 0 after dec_fail. */
+static uint64_t dec_unzstd(struct stream_dec *d, uint64_t len)
+{
+	const uint8_t *p = d->buf + HDR;
+	uint64_t raw = le32_get(p + 8);
+	unsigned long long fcs;
+	size_t n;
+
+	if (len < 17 || raw == 0 || raw > STREAM_PAYLOAD_MAX) {
+		dec_fail(d, -EBADMSG, "compressed record of %" PRIu64 " bytes for %" PRIu64
+			 ": damaged", len, raw);
+		return 0;
+	}
+	fcs = ZSTD_getFrameContentSize(p + 16, len - 16);
+	if (fcs != raw) {
+		dec_fail(d, -EBADMSG, "compressed record: its frame holds %llu bytes, the record "
+			 "says %" PRIu64 ": damaged", fcs, raw);
+		return 0;
+	}
+	if (!d->zd && !(d->zd = ZSTD_createDCtx())) {
+		dec_fail(d, -ENOMEM, "out of memory");
+		return 0;
+	}
+	if (!d->zbuf && !(d->zbuf = malloc(STREAM_PAYLOAD_MAX))) {
+		dec_fail(d, -ENOMEM, "out of memory");
+		return 0;
+	}
+	n = ZSTD_decompressDCtx(d->zd, d->zbuf, raw, p + 16, len - 16);
+	if (ZSTD_isError(n) || n != raw) {
+		dec_fail(d, -EBADMSG, "compressed record does not decompress (%s): damaged",
+			 ZSTD_isError(n) ? ZSTD_getErrorName(n) : "short");
+		return 0;
+	}
+	return raw;
 }
 
 const char *stream_dec_msg(const struct stream_dec *d)
@@ -247,7 +336,6 @@ uint64_t stream_dec_bytes(const struct stream_dec *d)
 	return d->bytes;
 }
 
-__attribute__((format(printf, 3, 4)))
 static int dec_fail(struct stream_dec *d, int rc, const char *fmt, ...)
 {
 	va_list ap;
@@ -256,6 +344,7 @@ static int dec_fail(struct stream_dec *d, int rc, const char *fmt, ...)
 	vsnprintf(d->msg, sizeof(d->msg), fmt, ap);
 	va_end(ap);
 	d->state = -1;
+	d->err = rc;
 	return rc;
 }
 
@@ -389,7 +478,7 @@ int stream_dec_next(struct stream_dec *d, struct stream_rec *r)
 			return dec_end(d, len);
 		cksum_stream_add(d->all, d->buf, HDR + len + 8);
 		d->nrec++;
-		if (type != STREAM_DATA && type != STREAM_ZERO) {
+		if (type != STREAM_DATA && type != STREAM_ZERO && type != STREAM_DATA_ZSTD) {
 			if (type == STREAM_BEGIN)
 				return dec_fail(d, -EBADMSG, "a second begin record: not one stream");
 			if (flags & STREAM_FLAG_MUST)
@@ -397,19 +486,24 @@ int stream_dec_next(struct stream_dec *d, struct stream_rec *r)
 						"vsnapctl does not know", type);
 			continue;               /* skipped by its length */
 		}
-		if (type == STREAM_DATA ? len < 9 : len != 16)
+		if (type == STREAM_DATA ? len < 9 : type == STREAM_ZERO && len != 16)
 			return dec_fail(d, -EBADMSG, "record of type %" PRIu32 " with %" PRIu64
 					" bytes: damaged", type, len);
 		off = le64_get(d->buf + HDR);
-		n = type == STREAM_DATA ? len - 8 : le64_get(d->buf + HDR + 8);
+		if (type == STREAM_DATA_ZSTD && !(n = dec_unzstd(d, len)))
+			return d->err;
+		if (type != STREAM_DATA_ZSTD)
+			n = type == STREAM_DATA ? len - 8 : le64_get(d->buf + HDR + 8);
 		if (!n || off < d->next_off || off > d->size || n > d->size - off)
 			return dec_fail(d, -EBADMSG, "record [%" PRIu64 ", +%" PRIu64 ") out of order "
 					"or past the size %" PRIu64 ": damaged", off, n, d->size);
 		d->next_off = off + n;
-		if (type == STREAM_DATA)
+		if (type != STREAM_ZERO)
 			d->data_bytes += n;
-		*r = (struct stream_rec){ .type = type, .off = off, .len = n,
-					  .data = type == STREAM_DATA ? d->buf + HDR + 8 : NULL };
+		*r = (struct stream_rec){ .type = type == STREAM_ZERO ? STREAM_ZERO : STREAM_DATA,
+					  .off = off, .len = n,
+					  .data = type == STREAM_DATA ? d->buf + HDR + 8 :
+						  type == STREAM_DATA_ZSTD ? d->zbuf : NULL };
 		return 1;
 	}
 }

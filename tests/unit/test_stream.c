@@ -104,6 +104,18 @@ static int decode_all(struct mem *m, int *nrec)
 	return rc;
 }
 
+/* The next record of d is data: len bytes at off, as buf. */
+static void expect_data(struct stream_dec *d, uint64_t off, const void *buf, size_t len)
+{
+	struct stream_rec r;
+
+	cr_assert_eq(stream_dec_next(d, &r), 1);
+	cr_assert_eq(r.type, STREAM_DATA);
+	cr_assert_eq(r.off, off);
+	cr_assert_eq(r.len, len);
+	cr_assert_eq(memcmp(r.data, buf, len), 0);
+}
+
 Test(stream, what_is_encoded_decodes_to_the_same_records)
 {
 	struct stream_begin b = incr_begin(), o;
@@ -124,11 +136,7 @@ Test(stream, what_is_encoded_decodes_to_the_same_records)
 	cr_assert_str_eq(o.snap, "tue");
 	cr_assert_str_eq(o.base, "mon");
 	cr_assert(!stream_is_full(&o));
-	cr_assert_eq(stream_dec_next(d, &r), 1);
-	cr_assert_eq(r.type, STREAM_DATA);
-	cr_assert_eq(r.off, 4096);
-	cr_assert_eq(r.len, sizeof(data1));
-	cr_assert_eq(memcmp(r.data, data1, sizeof(data1)), 0);
+	expect_data(d, 4096, data1, sizeof(data1));
 	cr_assert_eq(stream_dec_next(d, &r), 1);
 	cr_assert_eq(r.type, STREAM_ZERO);
 	cr_assert_eq(r.off, 16384);
@@ -310,4 +318,87 @@ Test(stream, a_record_from_another_stream_is_refused)
 	cr_assert_eq(decode_all(&m, &n), -EBADMSG);
 	free(m.p);
 	free(o.p);
+}
+
+/* ---- compression ---------------------------------------------------------- */
+
+static uint8_t big[256 * 1024];
+
+/* begin, one compressible data record (a repeated pattern), end. */
+static void zsample(struct mem *m, const struct stream_begin *b, int level, bool random)
+{
+	struct stream_enc *e;
+
+	for (size_t i = 0; i < sizeof(big); i++)
+		big[i] = random ? (uint8_t)rand() : (uint8_t)(i % 251 < 7 ? i : 0x11);
+	cr_assert_eq(stream_enc_new(mem_out, m, &e), 0);
+	cr_assert_eq(stream_enc_compress(e, level), 0);
+	cr_assert_eq(stream_enc_begin(e, b), 0);
+	cr_assert_eq(stream_enc_data(e, 8192, big, sizeof(big)), 0);
+	cr_assert_eq(stream_enc_end(e), 0);
+	stream_enc_free(e);
+}
+
+Test(stream, compressed_data_decodes_to_the_same_and_only_shrinks)
+{
+	struct stream_begin b = incr_begin(), o;
+	struct mem m = { 0 };
+	struct stream_dec *d;
+	struct stream_rec r;
+	uint64_t plain = stream_begin_bytes(&b) + stream_data_bytes(sizeof(big)) + stream_end_bytes();
+
+	zsample(&m, &b, 3, false);
+	cr_assert_lt(m.n, plain / 4, "a repetitive record is stored compressed (%zu bytes)", m.n);
+	cr_assert_eq(stream_dec_new(mem_in, &m, &d), 0);
+	cr_assert_eq(stream_dec_begin(d, &o), 0);
+	expect_data(d, 8192, big, sizeof(big));
+	cr_assert_eq(stream_dec_next(d, &r), 0);
+	stream_dec_free(d);
+
+	m.n = 0;
+	zsample(&m, &b, 3, true);
+	cr_assert_eq(m.n, plain, "random data is written plain");
+	free(m.p);
+}
+
+Test(stream, every_flipped_byte_of_a_compressed_stream_is_refused)
+{
+	struct stream_begin b = incr_begin();
+	struct mem m = { 0 };
+	int n;
+
+	zsample(&m, &b, 1, false);
+	for (size_t i = 0; i < m.n; i++) {
+		m.p[i] ^= 0x10;
+		cr_assert_lt(decode_all(&m, &n), 0, "byte %zu flipped was accepted", i);
+		m.p[i] ^= 0x10;
+	}
+	cr_assert_eq(decode_all(&m, &n), 0);
+	free(m.p);
+}
+
+/* A record whose stated length disagrees with its frame (a bomb, or a bug
+ * of a sender), its own checksum made valid: refused before anything is
+ * decompressed into a buffer of the wrong size. */
+Test(stream, a_compressed_record_whose_length_lies_is_refused)
+{
+	struct stream_begin b = incr_begin(), o;
+	struct mem m = { 0 };
+	struct stream_dec *d;
+	struct stream_rec r;
+	size_t at[4];
+	uint64_t len;
+
+	zsample(&m, &b, 3, false);
+	cr_assert_eq(record_starts(&m, at, 4), 3);
+	cr_assert_eq(le32_get(m.p + at[1]), STREAM_DATA_ZSTD);
+	len = le64_get(m.p + at[1] + 8);
+	le32_put(m.p + at[1] + 16 + 8, 15u << 20);      /* raw length: 15 MiB */
+	le64_put(m.p + at[1] + 16 + len, cksum_buf(m.p + at[1], 16 + len));
+	cr_assert_eq(stream_dec_new(mem_in, &m, &d), 0);
+	cr_assert_eq(stream_dec_begin(d, &o), 0);
+	cr_assert_eq(stream_dec_next(d, &r), -EBADMSG);
+	cr_assert(strstr(stream_dec_msg(d), "compressed record"), "%s", stream_dec_msg(d));
+	stream_dec_free(d);
+	free(m.p);
 }
