@@ -81,11 +81,19 @@ for at in 100 $((n / 2)) $((n - 30)); do
 	cmp -s "$T/bad.vs" "$T/tue.vs" || refused "byte $at flipped" "damaged" <"$T/bad.vs"
 done
 
-# cut: kept, resumed with only the rest
-cut=$((n * 3 / 4))      # inside the second of two 1 MiB data records
-head -c $cut "$T/tue.vs" >"$T/cut.vs"
+# cut (the sender killed): kept, resumed with only the rest
+# the sender killed after 1.5 MiB: inside the second of two 1 MiB data records
+cut=$((24 * 65536))
+mkfifo "$T/sp"
+"$VSNAPCTL" send --from @mon "$(sf tue)" >"$T/sp" &
+SENDER=$!
+vs_track_pid $SENDER
 before=$(state)
-rc=0; "$VSNAPCTL" receive "$M2/vm1.img" <"$T/cut.vs" 2>"$T/r.err" || rc=$?
+# what went over the wire before the sender died
+dd if="$T/sp" of="$T/part.vs" bs=64k count=24 iflag=fullblock status=none
+kill -9 $SENDER 2>/dev/null || true   # or SIGPIPE got it first
+wait $SENDER 2>/dev/null && fail "the sender was not killed"
+rc=0; "$VSNAPCTL" receive "$M2/vm1.img" <"$T/part.vs" 2>"$T/r.err" || rc=$?
 [ $rc -eq 1 ] || fail "cut stream: exit $rc: $(cat "$T/r.err")"
 [ "$(state | grep -v vsnap-recv)" = "$before" ] || fail "cut stream: the destination changed"
 ls -a "$M2" | grep -qE '^\.vsnap-recv\.[0-9a-f]{32}\.[0-9]+$' || fail "cut stream: nothing kept: $(ls -a "$M2")"
