@@ -849,6 +849,83 @@ Test(ns, file_snapshot_freezes_the_volume_and_later_writes_do_not_show_in_it)
 	ns_release(g_ns, s);
 }
 
+/* receive's commit (ns_recv_commit): the received volume takes the
+ * destination's name and its snapshot appears with the stream's guid, in
+ * one step; a destination open, or written after the base, or a guid
+ * already there, is refused and nothing changes; --force replaces a
+ * written destination. */
+Test(ns, receive_commit_renames_and_snapshots_in_one_step_or_refuses)
+{
+	uint64_t d = make_dir(NS_ROOT_INO, "vm");
+	uint64_t ino = make_vol(d, "disk.img"), tmp, sino, full;
+	struct ns_file *f = open_file(ino, O_RDWR), *t, *s;
+	struct ns_recv r = { .dir = d, .tmp = ".vsnap-recv.x", .name = "disk.img", .snap = "tue",
+			     .incremental = true, .created_ns = 5 };
+	struct bmap_snap bs;
+	uint8_t g[BMAP_GUID_BYTES];
+	char msg[256];
+
+	put_pattern(f, 40000, 0, 61);
+	snap_take(d, "disk.img@mon");
+	cr_assert_eq(bmap_snap_lookup(test_bm(g_ns), d, "disk.img@mon", &bs), 0);
+	cr_assert_eq(bmap_snap_guid_get(test_bm(g_ns), bs.id, r.base_guid), 0);
+	memset(r.guid, 0x77, sizeof(r.guid));
+
+	/* the temporary volume: a clone of @mon, then the stream's change (not synced) */
+	tmp = make_vol(d, ".vsnap-recv.x");
+	t = open_file(tmp, O_RDWR);
+	s = open_file(path_ino("vm/.snapshots/disk.img@mon/disk.img"), O_RDONLY);
+	copy_all(s, 40000, t);
+	ns_release(g_ns, s);
+	put_pattern(t, 5000, 4096, 62);
+
+	cr_assert_eq(ns_recv_commit(g_ns, &r, msg, sizeof(msg)), -EBUSY, "open: %s", msg);
+	put_pattern(f, 100, 0, 63);             /* the destination written after @mon */
+	ns_release(g_ns, f);
+	cr_assert_eq(ns_recv_commit(g_ns, &r, msg, sizeof(msg)), -ESTALE, "written: %s", msg);
+	cr_assert(strstr(msg, "was written after snapshot disk.img@mon"), "%s", msg);
+	cr_assert_eq(lookup(d, "disk.img"), ino, "refused: nothing changed");
+	cr_assert_eq(lookup_rc(lookup(d, ".snapshots"), "disk.img@tue"), -ENOENT);
+
+	r.force = true;
+	cr_assert_eq(ns_recv_commit(g_ns, &r, msg, sizeof(msg)), 0, "forced: %s", msg);
+	cr_assert_eq(lookup(d, "disk.img"), tmp);
+	cr_assert_eq(lookup_rc(d, ".vsnap-recv.x"), -ENOENT);
+	sino = path_ino("vm/.snapshots/disk.img@tue/disk.img");
+	s = open_file(sino, O_RDONLY);
+	expect_pattern(s, 4096, 0, 61, "received snapshot, base part");
+	expect_pattern(s, 5000, 4096, 62, "received snapshot, the stream's part");
+	ns_release(g_ns, s);
+	put_pattern(t, 10, 0, 64);              /* the live volume goes on past its snapshot */
+	ns_release(g_ns, t);
+	cr_assert_eq(bmap_snap_lookup(test_bm(g_ns), d, "disk.img@tue", &bs), 0);
+	cr_assert_eq(bmap_snap_guid_get(test_bm(g_ns), bs.id, g), 0);
+	cr_assert_eq(memcmp(g, r.guid, sizeof(g)), 0, "the snapshot keeps the stream's guid");
+	cr_assert_eq(bs.created_ns, 5);
+
+	/* the same stream again, and a full stream onto an existing volume */
+	full = make_vol(d, ".vsnap-recv.y");
+	r.tmp = ".vsnap-recv.y";
+	cr_assert_eq(ns_recv_commit(g_ns, &r, msg, sizeof(msg)), -EEXIST, "twice: %s", msg);
+	memset(r.guid, 0x78, sizeof(r.guid));
+	r.incremental = false;
+	cr_assert_eq(ns_recv_commit(g_ns, &r, msg, sizeof(msg)), -EEXIST, "full onto: %s", msg);
+	r.name = "new.img";
+	cr_assert_eq(ns_recv_commit(g_ns, &r, msg, sizeof(msg)), 0, "full: %s", msg);
+	cr_assert_eq(lookup(d, "new.img"), full);
+	cr_assert_eq(test_reap(g_ns), 0);
+
+	close_store();
+	open_store();
+	s = open_file(path_ino("vm/.snapshots/disk.img@tue/disk.img"), O_RDONLY);
+	expect_pattern(s, 5000, 4096, 62, "received snapshot after reopen");
+	ns_release(g_ns, s);
+	s = open_file(path_ino("vm/disk.img"), O_RDONLY);
+	expect_pattern(s, 10, 0, 64, "live volume after reopen");
+	ns_release(g_ns, s);
+	cr_assert_eq(path_ino("vm/.snapshots/new.img@tue") != 0, true);
+}
+
 Test(ns, directory_snapshot_freezes_every_volume_below_it_at_one_instant)
 {
 	uint64_t d = make_dir(NS_ROOT_INO, "web"), sub = make_dir(d, "data");
