@@ -312,32 +312,46 @@ static int recv_keep(struct recv *r, struct stream_dec *d, int fd)
 		      stream_dec_msg(d), r->applied, r->sb.size, hex, r->applied, r->o->path);
 }
 
+/* One record into the temporary volume. */
+static int recv_record(int fd, const struct stream_rec *rec)
+{
+	const uint8_t *p = rec->data;
+	uint64_t off = rec->off, len = rec->len;
+
+	if (rec->type != STREAM_DATA)
+		return fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)rec->off,
+				 (off_t)rec->len) ? -errno : 0;
+	while (len) {
+		ssize_t n = pwrite(fd, p, len, (off_t)off);
+
+		if (n <= 0)
+			return n < 0 ? -errno : -EIO;
+		p += n;
+		off += (uint64_t)n;
+		len -= (uint64_t)n;
+	}
+	return 0;
+}
+
 /* Every record into the temporary volume, then the stream's end checked. */
 static int recv_apply(struct recv *r, struct stream_dec *d, int fd)
 {
 	struct stream_rec rec;
-	int rc;
+	struct progress pg;
+	int rc, wrc = 0;
 
-	while ((rc = stream_dec_next(d, &rec)) == 1) {
-		if (rec.type == STREAM_DATA) {
-			const uint8_t *p = rec.data;
-			uint64_t off = rec.off, len = rec.len;
-
-			while (len) {
-				ssize_t n = pwrite(fd, p, len, (off_t)off);
-
-				if (n <= 0)
-					return n < 0 ? -errno : -EIO;
-				p += n;
-				off += (uint64_t)n;
-				len -= (uint64_t)n;
-			}
-		} else if (fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-				     (off_t)rec.off, (off_t)rec.len)) {
-			return -errno;
-		}
-		r->applied = rec.off + rec.len;
+	/* by offset in the file: records come in offset order */
+	progress_bytes(&pg, "receive", r->sb.size);
+	while (!wrc && (rc = stream_dec_next(d, &rec)) == 1) {
+		wrc = recv_record(fd, &rec);
+		if (!wrc)
+			r->applied = rec.off + rec.len;
+		pg.done = r->applied;
+		progress_show(&pg);
 	}
+	progress_end(&pg);
+	if (wrc)
+		return wrc;
 	if (rc == -ENODATA)
 		return recv_keep(r, d, fd);
 	if (rc < 0)
