@@ -693,6 +693,33 @@ if want raw; then
 	bench raw "$RAW"
 fi
 
+# host_writes: what buffered 1 MiB writes cost on the host file system
+# itself, no FUSE: into a new file (new page-cache pages and blocks: what
+# any writer that never overwrites in place pays, vsnapfs's chunk files)
+# and over the same file once cached (what the pass-through does to its
+# backing file).  fio, QD1, the disk's size, the file removed after.
+host_writes() {
+	local f=$W/host-writes.tmp what mbs
+	rm -f "$f"
+	for what in "new file" "cached file"; do
+		settle "host ($what)"
+		if fg -q fio --name=host --filename="$f" --size="$DISK" --bs=1m --rw=write \
+			--ioengine=psync --fallocate=none --output-format=json --output="$W/host.json"; then
+			mbs=$(jq '.jobs[0].write.bw_bytes / 1e6 | floor' "$W/host.json")
+		else
+			problem "host: buffered writes into a $what failed"
+			mbs=failed
+		fi
+		kv host "buffered 1 MiB writes, QD1, $DISK_GIB GiB into a $what" "MB/s" "$mbs"
+		fg sync -f "$W"
+	done
+	rm -f "$f"
+}
+if want fuse-passthrough || want vsnapfs; then
+	log "host: buffered writes into a new file and over a cached one"
+	host_writes
+fi
+
 if want fuse-passthrough; then
 	log "fuse-passthrough: mounting $RAW"
 	mkdir -p "$W/pt"
