@@ -254,6 +254,7 @@ struct pbuild {
 	uint64_t lo;                    /* first block of the page */
 	uint64_t below;                 /* clip: blocks at or past it are not wanted */
 	bool own;                       /* extents of the node itself, else an ancestor's */
+	uint32_t nset;                  /* blocks decided: at PB, the ancestors further up are not read */
 	struct pblk {
 		uint64_t chunk;
 		uint32_t slot;
@@ -271,6 +272,7 @@ static int pbuild_ext(void *ctx, const struct bmap_ext *x)
 		if (k->set)
 			continue;       /* a nearer node decided this block */
 		k->set = 1;
+		pb->nset++;
 		k->own = pb->own;
 		k->chunk = x->chunk;
 		k->slot = x->chunk ? x->slot + i : 0;
@@ -321,9 +323,14 @@ static int page_read_node(void *ctx, uint64_t id, uint64_t limit, bool own)
 	struct page_read *pr = ctx;
 	uint64_t hi = min_u64(pr->pb->lo + PB, limit);
 
+	int rc;
+
 	pr->pb->own = own;
 	pr->pb->below = hi;
-	return hi > pr->pb->lo ? bmap_ext_range(pr->bm, id, pr->pb->lo, hi, pbuild_ext, pr->pb) : 0;
+	rc = hi > pr->pb->lo ? bmap_ext_range(pr->bm, id, pr->pb->lo, hi, pbuild_ext, pr->pb) : 0;
+	/* every block decided (a page the volume rewrote whole): what the
+	 * ancestors hold there is hidden, so they are not read */
+	return rc ? rc : pr->pb->nset == PB;
 }
 
 /*
@@ -348,7 +355,7 @@ static int page_read(struct vol *v, uint64_t node, uint64_t inherit, uint64_t pa
 		rc = chain_walk(pr.bm, node, inherit, NULL, page_read_node, &pr);
 		index_end(v);
 	}
-	return rc;
+	return rc > 0 ? 0 : rc;
 }
 
 /* ---- pages ------------------------------------------------------------- */

@@ -328,6 +328,46 @@ Test(vol, a_snapshot_freezes_the_content_while_the_volume_changes)
 }
 
 /*
+ * A page load stops walking up the history once every block of the page is
+ * decided (vol.c, page_read_node).  Page 0 rewritten all but its last
+ * block must still show the snapshot's block there; page 1 rewritten whole
+ * shows only the new data.  Loaded from the index after a reopen.
+ */
+Test(vol, a_page_rewritten_but_one_block_still_shows_the_snapshots_block)
+{
+	const uint64_t PBLK = 256, SZ = 2 * PBLK * 4096;
+	uint8_t *buf = malloc(SZ), *out = malloc(SZ);
+	uint64_t n1 = new_node(0, 0), n2;
+	struct vol *v;
+
+	cr_assert(buf && out);
+	memset(buf, 'a', SZ);
+	cr_assert_eq(vol_open(cs, bm, n1, 0, false, "t", &v), 0);
+	cr_assert_eq(vol_write(v, buf, SZ, 0), (ssize_t)SZ);
+	vol_gate_close(v);
+	flush(v);
+	n2 = new_node(n1, 2 * PBLK);
+	cr_assert_eq(vol_switch_node(v, n2, 2 * PBLK), 0);
+	vol_gate_open(v);
+
+	memset(buf, 'b', SZ);
+	cr_assert_eq(vol_write(v, buf, (PBLK - 1) * 4096, 0), (ssize_t)((PBLK - 1) * 4096));
+	cr_assert_eq(vol_write(v, buf, PBLK * 4096, PBLK * 4096), (ssize_t)(PBLK * 4096));
+	flush(v);
+	vol_close(v);
+
+	cr_assert_eq(vol_open(cs, bm, n2, SZ, false, "t", &v), 0);
+	cr_assert_eq(vol_read(v, out, SZ, 0), (ssize_t)SZ);
+	for (uint64_t i = 0; i < SZ; i++)
+		cr_assert_eq(out[i], (i >> 12) == PBLK - 1 ? 'a' : 'b', "byte %llu",
+			     (unsigned long long)i);
+	cr_assert_eq(vol_own_blocks(v), 2 * PBLK - 1);
+	vol_close(v);
+	free(buf);
+	free(out);
+}
+
+/*
  * The model test.  Volume size up to 1 MiB so that collisions are frequent;
  * requests up to 3 blocks plus change, at any alignment.  Every 50 ops the
  * index is flushed; every 400 the volume is reloaded from the index; every
