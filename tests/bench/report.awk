@@ -26,7 +26,7 @@ BEGIN {
 		   "vsnapfs-depth64/vsnapfs vsnapfs-depth64/qsd-chain32 " \
 		   "fuse-passthrough/raw qsd-chain32/qsd-qcow2", R, " ")
 	title["startup"] = "Setup and start-up, per target"
-	title["host"] = "The host file system alone (no FUSE): new pages against cached ones"
+	title["host"] = "The host file system alone (no FUSE): new pages and blocks against written ones"
 	title["index"] = "Index (SQLite) size after unmount"
 	title["ops"] = "Snapshot, linked clone and delete on vsnapfs (wall time of the command)"
 	title["memory"] = "vsnapfs daemon memory"

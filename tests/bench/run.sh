@@ -697,7 +697,8 @@ fi
 # itself, no FUSE: into a new file (new page-cache pages and blocks: what
 # any writer that never overwrites in place pays, vsnapfs's chunk files)
 # and over the same file once cached (what the pass-through does to its
-# backing file).  fio, QD1, the disk's size, the file removed after.
+# backing file).  Then 4 KiB writes each followed by fdatasync, appended
+# and over written blocks.  fio, QD1, the file removed after.
 host_writes() {
 	local f=$W/host-writes.tmp what mbs
 	rm -f "$f"
@@ -712,6 +713,22 @@ host_writes() {
 		fi
 		kv host "buffered 1 MiB writes, QD1, $DISK_GIB GiB into a $what" "MB/s" "$mbs"
 		fg sync -f "$W"
+	done
+	# the same for fsyncwrite: appending (new blocks: fdatasync also writes
+	# the file's block map and size) against overwriting written blocks
+	for what in "over written blocks" "appending to a new file"; do
+		[ "$what" = "appending to a new file" ] && rm -f "$f"
+		settle "host ($what)"
+		if fg -q fio --name=host --filename="$f" --size="$DISK" --bs=4k \
+			--rw="$([ "$what" = "appending to a new file" ] && echo write || echo randwrite)" \
+			--ioengine=psync --fdatasync=1 --time_based --runtime="$RT" --fallocate=none \
+			--output-format=json --output="$W/host.json"; then
+			mbs=$(jq '.jobs[0].write.iops | floor' "$W/host.json")
+		else
+			problem "host: 4 KiB writes + fdatasync $what failed"
+			mbs=failed
+		fi
+		kv host "4 KiB writes + fdatasync, QD1, $what" "IOPS" "$mbs"
 	done
 	rm -f "$f"
 }
