@@ -289,6 +289,17 @@ uint64_t chunk_spare_bytes(struct chunk_store *cs);
  */
 int chunk_spares_limit(struct chunk_store *cs, uint32_t limit);
 
+/*
+ * Keep up to bytes of slot-table pages in memory, so that a read does not
+ * pread its blocks' entries (see "The entry cache" in src/chunk/chunk.c).
+ * Call at most once, right after chunk_store_open(); without it (or with
+ * 0) every read reads its entries from the file.
+ */
+void chunk_entry_cache_limit(struct chunk_store *cs, size_t bytes);
+
+/* Bytes the entry cache holds now. */
+size_t chunk_entry_cache_bytes(struct chunk_store *cs);
+
 /* How many chunk_append() calls have taken slots so far: a caller that sees
  * it unchanged for a while knows the store is not being written. */
 uint64_t chunk_append_count(struct chunk_store *cs);

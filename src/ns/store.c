@@ -429,6 +429,10 @@ int ns_open(const char *dir, const struct ns_opts *opts, struct ns **out, bool *
 		snprintf(msg, msglen, "%s: cannot open chunk store: %s", path, strerror(-rc));
 		goto fail;
 	}
+	/* slot-table pages, so that a read does one pread, not two: an eighth
+	 * of map_cache on top of it (vsnapfs.8) */
+	chunk_entry_cache_limit(ns->cs, (opts->map_cache_bytes ? opts->map_cache_bytes
+							       : MCACHE_DEFAULT_BYTES) / 8);
 	if (!ns->readonly) {
 		snprintf(path, sizeof(path), "%s/" STOREDIR_SPARE, ns->dir);
 		ns->spare_max = spare_max(ns, opts->spare_chunks);
