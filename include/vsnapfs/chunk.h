@@ -152,6 +152,11 @@ int chunk_append(struct chunk_store *cs, const void *buf, uint32_t nblocks,
 int chunk_read(struct chunk_store *cs, const struct chunk_loc *locs, uint32_t nblocks,
 	       void *buf, struct chunk_bad *bad);
 
+/* chunk_read() if the payload is all in the host's page cache; -EAGAIN
+ * (nothing verified, buf undefined) if reading it would wait on the disk. */
+int chunk_read_cached(struct chunk_store *cs, const struct chunk_loc *locs, uint32_t nblocks,
+		      void *buf, struct chunk_bad *bad);
+
 /*
  * The slot entries of slots [first_slot, first_slot + n) of a chunk, from
  * its slot table (version 2) or its sidecar (version 1), in one read.

@@ -100,6 +100,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -1665,8 +1666,40 @@ static int blocks_check(struct chunk_store *cs, unsigned version, const uint8_t 
 	return 0;
 }
 
+/* The payload of a run; nowait: only from the page cache (-EAGAIN if not
+ * all there).  The length read, or a negative errno. */
+static ssize_t payload_pread(int fd, void *buf, size_t len, off_t off, bool nowait)
+{
+	struct iovec iov = { .iov_base = buf, .iov_len = len };
+	ssize_t n;
+
+	if (!nowait)
+		return pread_full(fd, buf, len, off);
+	do
+		n = preadv2(fd, &iov, 1, off, RWF_NOWAIT);
+	while (n < 0 && errno == EINTR);
+	if (n < 0)
+		return errno == EAGAIN || errno == EOPNOTSUPP ? -EAGAIN : -errno;
+	return (size_t)n < len ? -EAGAIN : n;   /* a part only: the rest is not cached */
+}
+
+static int read_run(struct chunk_store *cs, const struct chunk_loc *locs, uint32_t nblocks,
+		    void *buf, struct chunk_bad *bad, bool nowait);
+
 int chunk_read(struct chunk_store *cs, const struct chunk_loc *locs, uint32_t nblocks,
 	       void *buf, struct chunk_bad *bad)
+{
+	return read_run(cs, locs, nblocks, buf, bad, false);
+}
+
+int chunk_read_cached(struct chunk_store *cs, const struct chunk_loc *locs, uint32_t nblocks,
+		      void *buf, struct chunk_bad *bad)
+{
+	return read_run(cs, locs, nblocks, buf, bad, true);
+}
+
+static int read_run(struct chunk_store *cs, const struct chunk_loc *locs, uint32_t nblocks,
+		    void *buf, struct chunk_bad *bad, bool nowait)
 {
 	const size_t bs = cs->block_size;
 	uint8_t stack_ents[READ_ENTS_STACK * CHUNK_ENTRY_BYTES], *ents = stack_ents;
@@ -1700,7 +1733,12 @@ int chunk_read(struct chunk_store *cs, const struct chunk_loc *locs, uint32_t nb
 	rc = chunk_rfd_acquire(cs, id, &e);
 	if (rc)
 		goto out;
-	n = pread_full(e.fd, p, nblocks * bs, slot_off(cs, e.version, slot));
+	n = payload_pread(e.fd, p, nblocks * bs, slot_off(cs, e.version, slot), nowait);
+	if (n == -EAGAIN) {
+		lock_rw_unlock(&cs->fd_lock);
+		rc = -EAGAIN;
+		goto out;
+	}
 	cached = ents_cached(&e, slot, nblocks, ents);
 	if (!cached)
 		rc = e.ents ? entries_fill(cs, &e, slot, nblocks, ents)

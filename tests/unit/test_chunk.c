@@ -1573,3 +1573,32 @@ Test(chunk, the_entry_cache_keeps_whole_table_pages_and_still_verifies_every_blo
 	free(buf);
 	free(locs);
 }
+
+/* chunk_read_cached reads a run only from the host's page cache: -EAGAIN
+ * once the chunk file's pages are dropped, the data again after a
+ * chunk_read brought them back. */
+Test(chunk, read_cached_says_eagain_for_a_run_not_in_the_page_cache)
+{
+	const uint32_t bs = 4096;
+	struct chunk_store *cs = open_store(bs, 0);
+	struct chunk_loc loc = append_one(cs, bs, 31);
+	uint8_t *buf = malloc(bs);
+	struct chunk_bad bad;
+	char path[256];
+	int fd;
+
+	cr_assert_eq(chunk_sync(cs), 0);
+	cr_assert_eq(chunk_read_cached(cs, &loc, 1, buf, &bad), 0);
+	cr_assert(block_is(buf, bs, 31));
+	chunk_path(path, sizeof(path), loc.chunk_id);
+	fd = open(path, O_RDONLY);
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED), 0);
+	close(fd);
+	cr_assert_eq(chunk_read_cached(cs, &loc, 1, buf, &bad), -EAGAIN);
+	assert_reads(cs, bs, &loc, 31);
+	cr_assert_eq(chunk_read_cached(cs, &loc, 1, buf, &bad), 0);
+	cr_assert(block_is(buf, bs, 31));
+	free(buf);
+	chunk_store_close(cs);
+}
