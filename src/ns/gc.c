@@ -61,6 +61,7 @@ struct gc {
 	struct chunk_info *c;
 	size_t n, cap;
 	uint64_t floor;                 /* chunks below it are fully indexed */
+	struct ns_gc_stats *st;
 	int rc;
 };
 
@@ -200,6 +201,7 @@ static size_t pick_victims(struct ns *ns, struct gc *g)
 /* Copy the live blocks of the victims to the active chunk. */
 static int copy_blocks(struct ns *ns, struct moves *mv)
 {
+	struct ns_gc_stats *st = mv->g->st;
 	enum { RUN = 256 };
 	uint8_t *buf = malloc((size_t)RUN * ns->bs);
 	struct chunk_loc locs[RUN];
@@ -220,6 +222,7 @@ static int copy_blocks(struct ns *ns, struct moves *mv)
 			char why[96];
 
 			rc = chunk_read(ns->cs, &m->from, 1, buf + n * ns->bs, &bad);
+			st->reads++;
 			if (rc) {
 				/* damaged or unreadable: leave it where it is */
 				vlog(LOG_ERR, "gc: chunk %016" PRIx64 " slot %u: %s; not moved",
@@ -233,8 +236,10 @@ static int copy_blocks(struct ns *ns, struct moves *mv)
 			m->to.chunk_id = 1;     /* placeholder: filled below */
 			locs[n++].lblock = m->lblock;   /* a copy keeps its block number */
 		}
-		if (n)
+		if (n) {
 			rc = chunk_append(ns->cs, buf, n, CHUNK_KIND_RELOC, locs);
+			st->appends++;
+		}
 		for (size_t j = first, k = 0; !rc && j < i; j++)
 			if (mv->m[j].to.chunk_id)
 				mv->m[j].to = locs[k++];
@@ -322,7 +327,9 @@ static int repoint(struct ns *ns, struct gc *g, struct moves *mv)
 		from = (struct bmap_ext){ .lblock = m->lblock, .nblocks = n,
 					  .chunk = m->from.chunk_id, .slot = m->from.slot };
 		rc = bmap_ext_relocate(ns->bm, m->node, &from, m->to.chunk_id, m->to.slot);
+		g->st->relocates++;
 		if (rc == -ENOENT) {
+			g->st->lost++;
 			/* rewritten or merged meanwhile: its copy is garbage */
 			for (size_t j = i; j < i + n; j++)
 				mv->m[j].to.chunk_id = 0;
@@ -342,12 +349,12 @@ static int repoint(struct ns *ns, struct gc *g, struct moves *mv)
 	return 0;
 }
 
-static int compact(struct ns *ns, struct gc *g, uint64_t *moved)
+static int compact(struct ns *ns, struct gc *g)
 {
 	struct moves mv = { .g = g };
+	int64_t t;
 	int rc;
 
-	*moved = 0;
 	if (!pick_victims(ns, g))
 		return 0;
 	rc = bmap_exts_all(ns->bm_scan, gather_ext, &mv);
@@ -360,31 +367,36 @@ static int compact(struct ns *ns, struct gc *g, uint64_t *moved)
 			g->c[i].refs = 0;
 	for (size_t i = 0; i < mv.n && !rc; i++)
 		gc_find(g, mv.m[i].from.chunk_id)->refs++;
+	t = ns_now_ns();
 	if (!rc)
 		rc = copy_blocks(ns, &mv);
 	if (!rc)
 		rc = chunk_sync(ns->cs);
+	g->st->copy_ns = ns_now_ns() - t;
+	if (!rc && ns->gc_copied)
+		ns->gc_copied(ns->gc_copied_ctx);
+	t = ns_now_ns();
 	if (!rc) {
 		lock_mutex_lock(&ns->db_mu);
 		rc = repoint(ns, g, &mv);
 		lock_mutex_unlock(&ns->db_mu);
 	}
+	g->st->repoint_ns = ns_now_ns() - t;
 	for (size_t i = 0; !rc && i < mv.n; i++)
-		*moved += mv.m[i].to.chunk_id != 0;
+		g->st->moved += mv.m[i].to.chunk_id != 0;
 	free(mv.m);
 	return rc;
 }
 
 /* ---- a pass ------------------------------------------------------------------ */
 
-int ns_gc(struct ns *ns, int64_t *work_ns)
+int ns_gc(struct ns *ns, struct ns_gc_stats *st)
 {
-	struct gc g = { .ns = ns };
-	uint64_t removed = 0, moved = 0;
+	struct gc g = { .ns = ns, .st = st };
 	int64_t start;
 	int rc;
 
-	*work_ns = 0;
+	*st = (struct ns_gc_stats){ 0 };
 	rc = barrier(ns, &g);
 	if (rc)
 		return rc;
@@ -394,20 +406,23 @@ int ns_gc(struct ns *ns, int64_t *work_ns)
 		rc = g.rc;
 	if (!rc)
 		rc = bmap_chunk_refs(ns->bm_scan, gc_add_refs, &g);
-	*work_ns = ns_now_ns() - start;
+	st->work_ns = ns_now_ns() - start;
 	if (!rc)
-		rc = compact(ns, &g, &moved);
+		rc = compact(ns, &g);
 	for (size_t i = 0; i < g.n && !rc; i++) {
 		struct chunk_info *c = &g.c[i];
 
 		if (c->id < g.floor && c->refs == 0 && chunk_remove(ns->cs, c->id) == 0)
-			removed++;
+			st->removed++;
 	}
-	if (removed || moved)
-		vlog(LOG_INFO, "gc: moved %" PRIu64 " live block(s), removed %" PRIu64
-		     " chunk file(s) in %.2f s", moved, removed, (ns_now_ns() - start) / 1e9);
+	if (st->removed || st->moved)
+		vlog(LOG_INFO, "gc: moved %" PRIu64 " live block(s) (%" PRIu64 " read(s), %" PRIu64
+		     " append(s), %" PRIu64 " relocate(s), %" PRIu64 " lost to newer writes),"
+		     " removed %" PRIu64 " chunk file(s) in %.2f s", st->moved, st->reads,
+		     st->appends, st->relocates, st->lost, st->removed,
+		     (ns_now_ns() - start) / 1e9);
 	if (rc && rc != -EAGAIN)
 		vlog(LOG_ERR, "gc: %s", strerror(-rc));
 	free(g.c);
-	return rc ? rc : (removed || moved);
+	return rc ? rc : (st->removed || st->moved);
 }

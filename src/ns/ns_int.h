@@ -137,6 +137,12 @@ struct ns {
 	int64_t space_reserve;          /* constant after ns_open */
 	atomic_bool gc_wanted;
 
+	/* For tests, NULL otherwise: called by a GC pass with no lock held
+	 * once its copies are synced, just before it repoints the rows, so
+	 * that a test can change them in between (src/ns/gc.c). */
+	void (*gc_copied)(void *ctx);
+	void *gc_copied_ctx;
+
 	struct lock_mutex bg_mu;
 	pthread_cond_t bg_cond;         /* wakes the background thread */
 	bool bg_stop;                   /* (bg_mu) */
@@ -281,9 +287,22 @@ void *ns_bg_main(void *arg);
 /* Delete the queued unlinked volumes, then release the queued nodes. */
 int ns_reap_all(struct ns *ns);
 
-/* gc.c: one garbage-collection pass (background thread only): 1 if it
- * moved or removed something (there may be more), 0 if not, or -errno.
- * *work_ns: how long its scans of the index and the chunk files took. */
-int ns_gc(struct ns *ns, int64_t *work_ns);
+/* gc.c: what one garbage-collection pass did, for its log line, the
+ * background thread's pacing, the tests and the bench. */
+struct ns_gc_stats {
+	int64_t work_ns;                /* its scans of the index and the chunk files */
+	int64_t copy_ns;                /* reading, appending and syncing live blocks */
+	int64_t repoint_ns;             /* the repoint transaction */
+	uint64_t moved;                 /* live blocks moved */
+	uint64_t reads;                 /* chunk_read() calls of the copy */
+	uint64_t appends;               /* chunk_append() calls of the copy */
+	uint64_t relocates;             /* bmap_ext_relocate() calls */
+	uint64_t lost;                  /* of those, the ones a newer write won */
+	uint64_t removed;               /* chunk files removed */
+};
+
+/* One pass (background thread only): 1 if it moved or removed something
+ * (there may be more), 0 if not, or -errno; *st says what it did. */
+int ns_gc(struct ns *ns, struct ns_gc_stats *st);
 
 #endif
