@@ -291,7 +291,8 @@ int ns_reap_all(struct ns *ns);
  * background thread's pacing, the tests and the bench. */
 struct ns_gc_stats {
 	int64_t work_ns;                /* its scans of the index and the chunk files */
-	int64_t copy_ns;                /* reading, appending and syncing live blocks */
+	int64_t copy_ns;                /* reading and appending live blocks */
+	int64_t sync_ns;                /* the chunk_sync() of the copies */
 	int64_t repoint_ns;             /* the repoint transaction */
 	uint64_t moved;                 /* live blocks moved */
 	uint64_t reads;                 /* chunk_read() calls of the copy */

@@ -1176,6 +1176,30 @@ Test(ns, gc_keeps_blocks_that_only_a_snapshot_still_uses_and_frees_them_after_rm
 }
 
 /*
+ * v.img: 64 blocks written at once with seed a (one extent in chunk 1,
+ * sealed by a reopen), then blocks 8-55 rewritten with seed b and fsynced.
+ * The extent is split: [0, 8) and [56, 64) stay live in chunk 1, the slots
+ * between are dead; a quarter live, so a GC pass compacts it.  Returns v
+ * open for writing; *ino its inode, *chunk1 the old chunk's id.
+ */
+static struct ns_file *split_volume(uint64_t a, uint64_t b, uint64_t *ino, uint64_t *chunk1)
+{
+	struct ns_file *f;
+
+	*ino = make_vol(NS_ROOT_INO, "v.img");
+	f = open_file(*ino, O_RDWR);
+	put_pattern(f, 64 * 4096, 0, a);
+	ns_release(g_ns, f);
+	close_store();
+	open_store();
+	cr_assert_eq(chunk_files(chunk1, 1, NULL), 1);
+	f = open_file(*ino, O_RDWR);
+	put_pattern(f, 48 * 4096, 8 * 4096, b);
+	cr_assert_eq(ns_fsync(g_ns, f), 0);
+	return f;
+}
+
+/*
  * The hook of the test below: between a GC pass's copies and its repoint,
  * block 2 of f is rewritten, fsynced and checkpointed, so that the row the
  * pass scanned ([0, 8) in the old chunk) is split in the index before the
@@ -1218,21 +1242,8 @@ Test(ns, a_relocation_that_loses_to_a_checkpointed_write_keeps_the_new_data_and_
 {
 	struct gc_race r = { 0 };
 	struct ns_gc_stats st;
-	uint64_t ids[16], v;
-	struct ns_file *f;
-
-	v = make_vol(NS_ROOT_INO, "v.img");
-	f = open_file(v, O_RDWR);
-	put_pattern(f, 64 * 4096, 0, 151);      /* one extent: [0, 64) in chunk 1 */
-	ns_release(g_ns, f);
-	close_store();
-	open_store();
-	cr_assert_eq(chunk_files(ids, 16, NULL), 1);
-	f = open_file(v, O_RDWR);
-	/* split: [0, 8) and [56, 64) stay live in chunk 1, the slots between
-	 * are dead; a quarter live, so the pass compacts it */
-	put_pattern(f, 48 * 4096, 8 * 4096, 152);
-	cr_assert_eq(ns_fsync(g_ns, f), 0);
+	uint64_t ids[1], v;
+	struct ns_file *f = split_volume(151, 152, &v, ids);
 
 	r.f = f;
 	test_gc_hook(g_ns, gc_race_write, &r);
@@ -1263,6 +1274,82 @@ Test(ns, a_relocation_that_loses_to_a_checkpointed_write_keeps_the_new_data_and_
 	open_store();
 	f = open_file(v, O_RDONLY);
 	expect_gc_race(f, "after the second pass and a reopen");
+	ns_release(g_ns, f);
+}
+
+/*
+ * A volume written in 1 MiB writes, then in every group of 4p blocks all
+ * but the first p rewritten: its old chunks hold pieces of p live blocks
+ * with 3p dead slots between, a quarter live.  One pass must copy each
+ * piece as one run: one read and one relocate per piece.  The size and p
+ * come from VSNAPFS_BENCH_GC_MIB (16) and VSNAPFS_BENCH_GC_PIECE (4); the
+ * line it prints is the measurement of docs/performance.md, "GC copies
+ * runs".
+ */
+static uint64_t env_u64(const char *name, uint64_t dflt)
+{
+	const char *e = getenv(name);
+
+	return e && *e ? strtoull(e, NULL, 0) : dflt;
+}
+
+static int64_t thread_cpu_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+	return ts.tv_sec * 1000000000ll + ts.tv_nsec;
+}
+
+Test(ns, gc_copies_each_live_piece_of_a_split_extent_as_one_run)
+{
+	uint64_t mib = env_u64("VSNAPFS_BENCH_GC_MIB", 16), p = env_u64("VSNAPFS_BENCH_GC_PIECE", 4);
+	uint64_t nblocks = mib << 8, pieces = nblocks / (4 * p), v;
+	struct ns_gc_stats st;
+	struct ns_file *f;
+	int64_t t, cpu;
+
+	cr_assert(p >= 1 && nblocks % (4 * p) == 0 && nblocks / 4 <= (64u << 20) / 4096);
+	v = make_vol(NS_ROOT_INO, "v.img");
+	f = open_file(v, O_RDWR);
+	for (uint64_t off = 0; off < nblocks * 4096; off += 1 << 20)
+		put_pattern(f, 1 << 20, off, 161);
+	ns_release(g_ns, f);
+	close_store();
+	open_store();
+	f = open_file(v, O_RDWR);
+	for (uint64_t g = 0; g < pieces; g++)
+		put_pattern(f, 3 * p * 4096, (g * 4 + 1) * p * 4096, 162);
+	cr_assert_eq(ns_fsync(g_ns, f), 0);
+	cr_assert_eq(test_reap(g_ns), 0);       /* out of the way of the timing */
+
+	t = ns_now_ns();
+	cpu = thread_cpu_ns();
+	cr_assert_eq(test_gc_pass_stats(g_ns, &st), 1, "the pass found nothing to do");
+	cpu = thread_cpu_ns() - cpu;
+	t = ns_now_ns() - t;
+	fprintf(stderr, "gc of %" PRIu64 " MiB in pieces of %" PRIu64 " blocks: %" PRIu64
+		" live blocks in %" PRIu64 " pieces moved in %.3f s, %.3f s of CPU (copy %.3f s,"
+		" sync %.3f s, repoint %.3f s):"
+		" %" PRIu64 " reads, %" PRIu64 " appends, %" PRIu64 " relocates\n", mib, p,
+		st.moved, pieces, t / 1e9, cpu / 1e9, st.copy_ns / 1e9, st.sync_ns / 1e9, st.repoint_ns / 1e9,
+		st.reads,
+		st.appends, st.relocates);
+	cr_assert_eq(st.moved, nblocks / 4);
+	/* a piece that crosses the end of the active chunk is two runs */
+	cr_assert_leq(st.relocates, pieces + 1, "%" PRIu64 " relocates for %" PRIu64 " pieces",
+		     st.relocates, pieces);
+	cr_assert_leq(st.reads, pieces, "%" PRIu64 " reads for %" PRIu64 " pieces", st.reads,
+		     pieces);
+	cr_assert_eq(test_gc_pass_stats(g_ns, &st), 0, "a second pass still found work");
+	ns_release(g_ns, f);
+	close_store();
+	open_store();
+	f = open_file(v, O_RDONLY);
+	for (uint64_t g = 0; g < pieces; g++) {
+		expect_pattern(f, p * 4096, g * 4 * p * 4096, 161, "a moved piece");
+		expect_pattern(f, 3 * p * 4096, (g * 4 + 1) * p * 4096, 162, "a rewritten part");
+	}
 	ns_release(g_ns, f);
 }
 
@@ -1570,6 +1657,36 @@ Test(ns, a_read_only_open_refuses_a_log_not_yet_replayed_and_a_read_write_one_re
 	g_opts.readonly = true;
 	f = reopen_log_img();
 	expect_pattern(f, 4 * 4096, 4 * 4096, 172, "B, read-only after the replay");
+	ns_release(g_ns, f);
+}
+
+/* GC (here, beside zero_slot): a block of a run that does not verify stays
+ * where it is; the rest of its run moves. */
+Test(ns, gc_leaves_a_damaged_block_where_it_is_and_moves_the_rest_of_its_run)
+{
+	struct ns_gc_stats st;
+	uint64_t ids[1], v;
+	struct ns_file *f = split_volume(181, 182, &v, ids);
+	uint8_t buf[4096];
+
+	cr_assert_eq(for_slots(CHUNK_KIND_DATA, 3, 4, zero_slot, NULL), 1);
+
+	cr_assert_eq(test_gc_pass_stats(g_ns, &st), 1);
+	cr_assert_eq(st.moved, 15, "%" PRIu64 " blocks moved; all but block 3 should be", st.moved);
+	cr_assert_eq(st.relocates, 3, "[0, 3), [4, 8), [56, 64): %" PRIu64 " relocates",
+		     st.relocates);
+	cr_assert(chunk_exists(ids[0]), "the chunk of the damaged block was removed");
+	for (int pass = 0; pass < 2; pass++) {
+		expect_pattern(f, 3 * 4096, 0, 181, "blocks 0-2, moved");
+		expect_pattern(f, 4 * 4096, 4 * 4096, 181, "blocks 4-7, moved");
+		expect_pattern(f, 48 * 4096, 8 * 4096, 182, "blocks 8-55");
+		expect_pattern(f, 8 * 4096, 56 * 4096, 181, "blocks 56-63, moved");
+		cr_assert_eq(ns_read(g_ns, f, buf, 4096, 3 * 4096), -EIO, "the damaged block");
+		ns_release(g_ns, f);
+		close_store();
+		open_store();
+		f = open_file(v, O_RDONLY);
+	}
 	ns_release(g_ns, f);
 }
 
