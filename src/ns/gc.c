@@ -220,6 +220,17 @@ static int cmp_run(const void *a, const void *b)
 	return x->slot < y->slot ? -1 : x->slot > y->slot;
 }
 
+/* Runs in (node, lblock) order: copied in that order, the runs of a window
+ * land in consecutive slots, and their relocates merge them (defrag). */
+static int cmp_run_lblock(const void *a, const void *b)
+{
+	const struct run *x = a, *y = b;
+
+	if (x->node != y->node)
+		return x->node < y->node ? -1 : 1;
+	return x->from.lblock < y->from.lblock ? -1 : x->from.lblock > y->from.lblock;
+}
+
 /* Mark the chunks worth compacting (nslots = UINT32_MAX), fewest live first,
  * up to the per-pass budget.  Returns how many. */
 static size_t pick_victims(struct ns *ns, struct gc *g)
@@ -323,9 +334,9 @@ static int runs_landed(struct runs *rs, size_t first, size_t *end, const struct 
 }
 
 /*
- * Copy the runs to the active chunk: as many whole runs as fill the buffer
- * are read (one chunk_read each) and appended with one chunk_append.  Sets
- * to_chunk and to_slot of every run copied.
+ * Copy the runs to the active chunk, in their order: as many whole runs as
+ * fill the buffer are read (one chunk_read each) and appended with one
+ * chunk_append.  Sets to_chunk and to_slot of every run copied.
  */
 static int copy_runs(struct ns *ns, struct runs *rs)
 {
@@ -334,8 +345,6 @@ static int copy_runs(struct ns *ns, struct runs *rs)
 	struct chunk_loc *locs = malloc(rs->max_blocks * sizeof(*locs));
 	int rc = buf && locs ? 0 : -ENOMEM;
 
-	if (!rc && rs->n)               /* qsort(NULL, 0) is undefined */
-		qsort(rs->r, rs->n, sizeof(rs->r[0]), cmp_run);
 	while (i < rs->n && !rc) {
 		size_t first = i, end = i, before;
 		uint32_t n = 0, fill = 0;
@@ -453,16 +462,44 @@ static int repoint(struct ns *ns, struct gc *g, struct runs *rs)
 		return rc;
 	}
 	drop_moved(ns, rs);
-	for (size_t i = 0; i < rs->n; i++)
+	for (size_t i = 0; i < rs->n; i++) {
+		struct chunk_info *c = gc_find(g, rs->r[i].from.chunk);
+
+		if (rs->r[i].to_chunk && c)     /* no c: a row names a missing file */
+			c->refs -= rs->r[i].from.nblocks;
 		if (rs->r[i].to_chunk)
-			gc_find(g, rs->r[i].from.chunk)->refs -= rs->r[i].from.nblocks;
+			g->st->moved += rs->r[i].from.nblocks;
+	}
 	return 0;
+}
+
+/* Copy the runs, sync, and repoint them (the steps timed in *g->st). */
+static int move_runs(struct ns *ns, struct gc *g, struct runs *rs)
+{
+	int64_t t = ns_now_ns();
+	int rc;
+
+	rc = copy_runs(ns, rs);
+	g->st->copy_ns += ns_now_ns() - t;
+	t = ns_now_ns();
+	if (!rc)
+		rc = chunk_sync(ns->cs);
+	g->st->sync_ns += ns_now_ns() - t;
+	if (!rc && ns->gc_copied)
+		ns->gc_copied(ns->gc_copied_ctx);
+	t = ns_now_ns();
+	if (!rc) {
+		lock_mutex_lock(&ns->db_mu);
+		rc = repoint(ns, g, rs);
+		lock_mutex_unlock(&ns->db_mu);
+	}
+	g->st->repoint_ns += ns_now_ns() - t;
+	return rc;
 }
 
 static int compact(struct ns *ns, struct gc *g)
 {
 	struct runs rs = { .g = g, .max_blocks = GC_COPY_MAX_BYTES / ns->bs };
-	int64_t t;
 	int rc;
 
 	if (!pick_victims(ns, g))
@@ -477,26 +514,107 @@ static int compact(struct ns *ns, struct gc *g)
 			g->c[i].refs = 0;
 	for (size_t i = 0; i < rs.n && !rc; i++)
 		gc_find(g, rs.r[i].from.chunk)->refs += rs.r[i].from.nblocks;
-	t = ns_now_ns();
-	if (!rc)
-		rc = copy_runs(ns, &rs);
-	g->st->copy_ns = ns_now_ns() - t;
-	t = ns_now_ns();
-	if (!rc)
-		rc = chunk_sync(ns->cs);
-	g->st->sync_ns = ns_now_ns() - t;
-	if (!rc && ns->gc_copied)
-		ns->gc_copied(ns->gc_copied_ctx);
-	t = ns_now_ns();
-	if (!rc) {
-		lock_mutex_lock(&ns->db_mu);
-		rc = repoint(ns, g, &rs);
-		lock_mutex_unlock(&ns->db_mu);
+	if (!rc && rs.n) {              /* qsort(NULL, 0) is undefined */
+		/* in slot order, each victim is read front to back; with
+		 * defrag, in block order, so that the copies come out whole */
+		qsort(rs.r, rs.n, sizeof(rs.r[0]), ns->defrag_min_exts ? cmp_run_lblock : cmp_run);
+		rc = move_runs(ns, g, &rs);
 	}
-	g->st->repoint_ns = ns_now_ns() - t;
-	for (size_t i = 0; !rc && i < rs.n; i++)
-		if (rs.r[i].to_chunk)
-			g->st->moved += rs.r[i].from.nblocks;
+	free(rs.r);
+	return rc;
+}
+
+/* ---- defrag (D5 point 4; -o defrag, off by default) ------------------------- */
+
+/*
+ * A window of GC_DEFRAG_WINDOW blocks of a node in which at least
+ * ns.defrag_min_exts data rows start (random writes leave one row per
+ * block) is rewritten as one run: its rows in lblock order are the runs,
+ * copied in that order into consecutive slots, and each repointed with
+ * the same guarded relocate, whose put merges a row with the one before it
+ * when both continue: the window ends as one row (or a few, around holes
+ * and rows it left alone).  Only rows in chunks below the floor (none a
+ * volume's delta names), no longer than the copy buffer, within the pass's
+ * budget of moved data.
+ */
+#define GC_DEFRAG_WINDOW   256u
+
+struct frag {
+	struct runs *rs;
+	uint64_t floor;
+	uint64_t node, win;             /* the window being gathered */
+	size_t first;                   /* its first run */
+	uint64_t budget;                /* blocks left to move */
+	uint32_t min_exts;              /* rows that make a window fragmented */
+	size_t windows;                 /* kept */
+	int rc;
+};
+
+/* The window gathered since f->first: kept if fragmented and in the
+ * budget, else forgotten. */
+static void frag_close(struct frag *f)
+{
+	size_t n = f->rs->n - f->first;
+	uint64_t blocks = 0;
+
+	for (size_t i = f->first; i < f->rs->n; i++)
+		blocks += f->rs->r[i].from.nblocks;
+	if (n >= f->min_exts && blocks <= f->budget) {
+		f->budget -= blocks;
+		f->windows++;
+	} else {
+		f->rs->n = f->first;
+	}
+	f->first = f->rs->n;
+}
+
+static int frag_ext(void *ctx, const struct bmap_ext *e)
+{
+	struct frag *f = ctx;
+	struct runs *rs = f->rs;
+
+	if (e->lblock / GC_DEFRAG_WINDOW != f->win) {
+		frag_close(f);
+		f->win = e->lblock / GC_DEFRAG_WINDOW;
+	}
+	if (e->chunk == 0 || e->chunk >= f->floor || e->nblocks > rs->max_blocks)
+		return 0;
+	if (ARRAY_RESERVE(rs->r, rs->cap, rs->n, 256))
+		return f->rc = -ENOMEM;
+	rs->r[rs->n++] = (struct run){ .node = f->node, .from = *e };
+	return 0;
+}
+
+static int add_node(void *ctx, const struct bmap_node *n)
+{
+	struct ns_queue *q = ctx;
+
+	return ns_queue_push(q, n->id);
+}
+
+static int defrag(struct ns *ns, struct gc *g)
+{
+	struct runs rs = { .g = g, .max_blocks = GC_COPY_MAX_BYTES / ns->bs };
+	uint64_t max = GC_MOVE_MAX_BYTES / ns->bs;
+	struct frag f = { .rs = &rs, .floor = g->floor, .min_exts = ns->defrag_min_exts,
+			  .budget = g->st->moved < max ? max - g->st->moved : 0 };
+	struct ns_queue nodes = { 0 };
+	int rc;
+
+	rc = bmap_node_list(ns->bm_scan, add_node, &nodes);
+	for (size_t i = 0; i < nodes.n && !rc && f.budget; i++) {
+		f.node = nodes.v[i];
+		f.win = UINT64_MAX;
+		rc = bmap_ext_range(ns->bm_scan, f.node, 0, UINT64_MAX, frag_ext, &f);
+		if (!rc)
+			rc = f.rc;
+		if (!rc)
+			frag_close(&f);
+	}
+	free(nodes.v);
+	g->st->defrag_windows = f.windows;
+	if (!rc && rs.n)
+		rc = move_runs(ns, g, &rs);
 	free(rs.r);
 	return rc;
 }
@@ -522,6 +640,8 @@ int ns_gc(struct ns *ns, struct ns_gc_stats *st)
 	st->work_ns = ns_now_ns() - start;
 	if (!rc)
 		rc = compact(ns, &g);
+	if (!rc && ns->defrag_min_exts)
+		rc = defrag(ns, &g);
 	for (size_t i = 0; i < g.n && !rc; i++) {
 		struct chunk_info *c = &g.c[i];
 
@@ -530,9 +650,10 @@ int ns_gc(struct ns *ns, struct ns_gc_stats *st)
 	}
 	if (st->removed || st->moved)
 		vlog(LOG_INFO, "gc: moved %" PRIu64 " live block(s) (%" PRIu64 " read(s), %" PRIu64
-		     " append(s), %" PRIu64 " relocate(s), %" PRIu64 " lost to newer writes),"
-		     " removed %" PRIu64 " chunk file(s) in %.2f s", st->moved, st->reads,
-		     st->appends, st->relocates, st->lost, st->removed,
+		     " append(s), %" PRIu64 " relocate(s), %" PRIu64 " lost to newer writes;"
+		     " %" PRIu64 " window(s) defragmented), removed %" PRIu64 " chunk file(s)"
+		     " in %.2f s", st->moved, st->reads, st->appends, st->relocates, st->lost,
+		     st->defrag_windows, st->removed,
 		     (ns_now_ns() - start) / 1e9);
 	if (rc && rc != -EAGAIN)
 		vlog(LOG_ERR, "gc: %s", strerror(-rc));

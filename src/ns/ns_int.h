@@ -79,6 +79,7 @@ struct ns {
 	uint32_t flush_ms;              /* constant */
 	uint32_t gc_interval_s;         /* constant */
 	uint32_t spare_max;             /* constant: spare chunk files kept while writing */
+	uint32_t defrag_min_exts;       /* constant: GC rewrites windows this fragmented; 0: no */
 	struct chunk_store *cs;         /* thread-safe by itself */
 
 	struct lock_mutex db_mu;
@@ -299,6 +300,7 @@ struct ns_gc_stats {
 	uint64_t appends;               /* chunk_append() calls of the copy */
 	uint64_t relocates;             /* bmap_ext_relocate() calls */
 	uint64_t lost;                  /* of those, the ones a newer write won */
+	uint64_t defrag_windows;        /* windows rewritten as one run (-o defrag) */
 	uint64_t removed;               /* chunk files removed */
 };
 

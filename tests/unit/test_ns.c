@@ -1353,6 +1353,76 @@ Test(ns, gc_copies_each_live_piece_of_a_split_extent_as_one_run)
 	ns_release(g_ns, f);
 }
 
+/* ---- defrag (-o defrag) ---- */
+
+/* Extent rows of ino's node. */
+static uint64_t node_rows(uint64_t ino)
+{
+	struct bmap_inode in;
+	uint64_t n;
+
+	cr_assert_eq(bmap_inode_get(test_bm(g_ns), ino, &in), 0);
+	cr_assert_eq(bmap_node_extents(test_bm(g_ns), in.node, &n), 0);
+	return n;
+}
+
+/* v.img: 256 blocks written one at a time from the last to the first, in
+ * one flush: consecutive slots hold descending blocks, so every block is
+ * a row of its own (as random writes leave them).  Sealed by a reopen. */
+static uint64_t write_backwards(void)
+{
+	uint64_t v = make_vol(NS_ROOT_INO, "v.img");
+	struct ns_file *f = open_file(v, O_RDWR);
+
+	for (int b = 255; b >= 0; b--)
+		put_pattern(f, 4096, (uint64_t)b * 4096, 191);
+	ns_release(g_ns, f);
+	close_store();
+	open_store();
+	cr_assert_eq(node_rows(v), 256);
+	return v;
+}
+
+Test(ns, with_defrag_gc_rewrites_a_window_of_a_row_per_block_as_one_row)
+{
+	struct ns_gc_stats st;
+	uint64_t ids[1], v;
+	struct ns_file *f;
+
+	close_store();
+	g_opts.defrag_min_exts = NS_DEFRAG_MIN_EXTS;
+	open_store();
+	v = write_backwards();
+	cr_assert_eq(chunk_files(ids, 1, NULL), 1);
+	cr_assert_eq(test_gc_pass_stats(g_ns, &st), 1, "the pass found nothing to do");
+	cr_assert_eq(st.defrag_windows, 1);
+	cr_assert_eq(st.moved, 256);
+	cr_assert_eq(node_rows(v), 1, "%" PRIu64 " rows after defrag", node_rows(v));
+	cr_assert(!chunk_exists(ids[0]), "the chunk the window left is still there");
+	f = open_file(v, O_RDONLY);
+	expect_pattern(f, 256 * 4096, 0, 191, "after defrag");
+	ns_release(g_ns, f);
+	cr_assert_eq(test_gc_pass_stats(g_ns, &st), 0, "a second pass still found work");
+	close_store();
+	open_store();
+	f = open_file(v, O_RDONLY);
+	expect_pattern(f, 256 * 4096, 0, 191, "after defrag and a reopen");
+	ns_release(g_ns, f);
+}
+
+Test(ns, without_defrag_gc_leaves_a_fragmented_window_alone)
+{
+	uint64_t v;
+
+	close_store();
+	g_opts.defrag_min_exts = 0;
+	open_store();
+	v = write_backwards();
+
+	cr_assert_eq(test_gc_pass(g_ns), 0);
+	cr_assert_eq(node_rows(v), 256);
+}
+
 static void crash_after_flush_pass(void)
 {
 	struct ns_file *f = child_volume("v.img");
