@@ -599,6 +599,7 @@ static int defrag(struct ns *ns, struct gc *g)
 	struct frag f = { .rs = &rs, .floor = g->floor, .min_exts = ns->defrag_min_exts,
 			  .budget = g->st->moved < max ? max - g->st->moved : 0 };
 	struct ns_queue nodes = { 0 };
+	int64_t t = ns_now_ns();
 	int rc;
 
 	rc = bmap_node_list(ns->bm_scan, add_node, &nodes);
@@ -612,6 +613,7 @@ static int defrag(struct ns *ns, struct gc *g)
 			frag_close(&f);
 	}
 	free(nodes.v);
+	g->st->work_ns += ns_now_ns() - t;     /* a scan too: the pace counts it */
 	g->st->defrag_windows = f.windows;
 	if (!rc && rs.n)
 		rc = move_runs(ns, g, &rs);
