@@ -307,11 +307,13 @@ void *ns_bg_main(void *arg)
 		     now - last_gc > (int64_t)ns->gc_interval_s * 1000000000 ||
 		     ((more || chunk_next_id(ns->cs) - gc_chunk >= GC_AFTER_CHUNKS) &&
 		      now - last_gc - gc_ns >= GC_PACE * gc_ns))) {
+			struct ns_gc_stats st;
 			int rc;
 
 			atomic_store(&ns->gc_wanted, false);
 			gc_chunk = chunk_next_id(ns->cs);
-			rc = ns_gc(ns, &gc_ns);
+			rc = ns_gc(ns, &st);
+			gc_ns = st.work_ns;
 			/* did work: there may be more, go on when the pace allows */
 			more = rc > 0 || rc == -EAGAIN;
 			last_gc = now;
