@@ -115,10 +115,14 @@ static int barrier(struct ns *ns, struct gc *g)
 	uint64_t active;
 	int rc;
 
-	atomic_store(&ns->write_epoch, !old);
+	/* The floor before the flip: a write that starts after the flip is not
+	 * waited for, and it appends to the chunk active now or a later one,
+	 * never below the floor.  (Read after the flip, such a write could fill
+	 * the active chunk first and leave a block no row names below it.)
+	 * No chunk written by this daemon yet: every existing one is older. */
 	active = chunk_active_id(ns->cs);
-	/* no chunk written by this daemon yet: every existing one is older */
 	g->floor = active ? active : chunk_next_id(ns->cs);
+	atomic_store(&ns->write_epoch, !old);
 	for (int ms = 0; atomic_load(&ns->inflight[old]); ms++) {
 		struct timespec ts = { 0, 1000000 };
 
@@ -550,16 +554,25 @@ struct frag {
 	int rc;
 };
 
-/* The window gathered since f->first: kept if fragmented and in the
- * budget, else forgotten. */
+/* The window gathered since f->first: kept if fragmented, if rewriting it
+ * leaves at most a quarter of its rows, and if it is in the budget; else
+ * forgotten.  Copies in consecutive slots merge only rows of adjacent
+ * blocks: a window with holes between its rows (every other block
+ * written, a child's own rows between blocks it inherits) would come out
+ * as many rows as it went in, and be taken again by every pass. */
 static void frag_close(struct frag *f)
 {
-	size_t n = f->rs->n - f->first;
+	size_t n = f->rs->n - f->first, after = 0;
 	uint64_t blocks = 0;
 
-	for (size_t i = f->first; i < f->rs->n; i++)
-		blocks += f->rs->r[i].from.nblocks;
-	if (n >= f->min_exts && blocks <= f->budget) {
+	for (size_t i = f->first; i < f->rs->n; i++) {
+		const struct bmap_ext *x = &f->rs->r[i].from;
+
+		blocks += x->nblocks;
+		after += i == f->first || f->rs->r[i - 1].from.lblock +
+					  f->rs->r[i - 1].from.nblocks != x->lblock;
+	}
+	if (n >= f->min_exts && after * 4 <= n && blocks <= f->budget) {
 		f->budget -= blocks;
 		f->windows++;
 	} else {

@@ -1410,6 +1410,35 @@ Test(ns, with_defrag_gc_rewrites_a_window_of_a_row_per_block_as_one_row)
 	ns_release(g_ns, f);
 }
 
+/* Every other block of a window written: 128 rows that copies cannot
+ * merge (their blocks are not adjacent).  Defrag must leave them alone,
+ * not rewrite them in every pass for ever (found by a review: 640 blocks
+ * moved in 5 passes for 128 live). */
+Test(ns, with_defrag_gc_leaves_a_window_that_rewriting_would_not_merge)
+{
+	struct ns_gc_stats st;
+	uint64_t v;
+	struct ns_file *f;
+
+	close_store();
+	g_opts.defrag_min_exts = NS_DEFRAG_MIN_EXTS;
+	open_store();
+	v = make_vol(NS_ROOT_INO, "v.img");
+	f = open_file(v, O_RDWR);
+	for (int b = 254; b >= 0; b -= 2)
+		put_pattern(f, 4096, (uint64_t)b * 4096, 191);
+	ns_release(g_ns, f);
+	close_store();
+	open_store();
+	cr_assert_eq(node_rows(v), 128);
+	for (int pass = 0; pass < 3; pass++) {
+		test_gc_pass_stats(g_ns, &st);
+		cr_assert_eq(st.defrag_windows, 0, "pass %d rewrote the window", pass);
+		cr_assert_eq(st.moved, 0, "pass %d moved %" PRIu64 " blocks", pass, st.moved);
+	}
+	cr_assert_eq(node_rows(v), 128);
+}
+
 Test(ns, without_defrag_gc_leaves_a_fragmented_window_alone)
 {
 	uint64_t v;
