@@ -1353,6 +1353,50 @@ Test(ns, gc_copies_each_live_piece_of_a_split_extent_as_one_run)
 	ns_release(g_ns, f);
 }
 
+/* A live piece whose copy crosses the end of the active chunk lands in two
+ * chunks: two relocates, each naming its own chunk (gc.c, runs_landed;
+ * a review found no test reached it).  The active chunk is filled to
+ * about 50 slots from its end, and the piece is 96 blocks. */
+Test(ns, gc_splits_a_copy_that_crosses_the_end_of_the_active_chunk)
+{
+	const uint64_t piece = 96, filler = CHUNK_NSLOTS(4096) - 160 - 50;
+	struct ns_gc_stats st;
+	struct ns_file *f, *w;
+	uint64_t v, wv;
+
+	v = make_vol(NS_ROOT_INO, "v.img");
+	f = open_file(v, O_RDWR);
+	put_pattern(f, 256 * 4096, 0, 171);
+	ns_release(g_ns, f);
+	close_store();
+	open_store();                   /* its chunk is sealed now */
+	f = open_file(v, O_RDWR);
+	put_pattern(f, (256 - piece) * 4096, piece * 4096, 172);
+	wv = make_vol(NS_ROOT_INO, "w.img");
+	w = open_file(wv, O_RDWR);
+	for (uint64_t b = 0; b < filler; b += 256) {
+		uint64_t n = filler - b < 256 ? filler - b : 256;
+
+		put_pattern(w, n * 4096, b * 4096, 173 + b);
+	}
+	cr_assert_eq(test_gc_pass_stats(g_ns, &st), 1, "the pass failed or found nothing to do");
+	cr_assert_eq(st.moved, piece);
+	cr_assert_eq(st.reads, 1);
+	cr_assert_eq(st.relocates, 2, "%" PRIu64 " relocates: the copy did not cross the chunk's end"
+		     " (the filler needs adjusting) or was not split", st.relocates);
+	ns_release(g_ns, f);
+	ns_release(g_ns, w);
+	close_store();
+	open_store();
+	f = open_file(v, O_RDONLY);
+	expect_pattern(f, piece * 4096, 0, 171, "the moved piece");
+	expect_pattern(f, (256 - piece) * 4096, piece * 4096, 172, "the rewritten part");
+	ns_release(g_ns, f);
+	w = open_file(wv, O_RDONLY);
+	expect_pattern(w, 256 * 4096, 0, 173, "the filler's first MiB");
+	ns_release(g_ns, w);
+}
+
 /* ---- defrag (-o defrag) ---- */
 
 /* Extent rows of ino's node. */
