@@ -66,7 +66,7 @@ struct cmdline {
 
 enum {
 	KEY_BLOCK_SIZE, KEY_FLUSH_MS, KEY_GC_INTERVAL, KEY_SPARE_CHUNKS, KEY_THREADS,
-	KEY_MAP_CACHE,
+	KEY_MAP_CACHE, KEY_DEFRAG,
 	KEY_FOREGROUND, KEY_DEBUG, KEY_SINGLE, KEY_HELP, KEY_VERSION,
 	KEY_RO, KEY_OURS,
 };
@@ -77,6 +77,7 @@ static const struct fuse_opt opt_spec[] = {
 	FUSE_OPT_KEY("gc_interval=", KEY_GC_INTERVAL),
 	FUSE_OPT_KEY("spare_chunks=", KEY_SPARE_CHUNKS),
 	FUSE_OPT_KEY("map_cache=", KEY_MAP_CACHE),
+	FUSE_OPT_KEY("defrag", KEY_DEFRAG),
 	FUSE_OPT_KEY("threads=", KEY_THREADS),
 	/* libfuse's fuse_parse_cmdline() spellings, which we do not use:
 	 * take them rather than have fuse_session_new() call them unknown. */
@@ -132,6 +133,9 @@ static void help(void)
 	       "                           seconds (default %u; also after deletions,\n"
 	       "                           when space runs low and after every %u MiB\n"
 	       "                           written)\n"
+	       "    -o defrag              garbage collection also rewrites ranges of\n"
+	       "                           256 blocks written in 64 pieces or more as\n"
+	       "                           one run (off by default)\n"
 	       "    -o spare_chunks=N      keep up to N removed 64 MiB chunk files for\n"
 	       "                           reuse while writes stream in, given back after\n"
 	       "                           %u s without writes; at most 1/64 of the file\n"
@@ -269,6 +273,9 @@ static int opt_proc(void *data, const char *arg, int key, struct fuse_args *outa
 		return 0;
 	case KEY_VERSION:
 		cl->version = true;
+		return 0;
+	case KEY_DEFRAG:
+		cl->ns.defrag_min_exts = NS_DEFRAG_MIN_EXTS;
 		return 0;
 	case KEY_RO:
 		/* Both: ns refuses writes, the kernel shows the mount as ro. */

@@ -152,6 +152,11 @@ int chunk_append(struct chunk_store *cs, const void *buf, uint32_t nblocks,
 int chunk_read(struct chunk_store *cs, const struct chunk_loc *locs, uint32_t nblocks,
 	       void *buf, struct chunk_bad *bad);
 
+/* chunk_read() if the payload is all in the host's page cache; -EAGAIN
+ * (nothing verified, buf undefined) if reading it would wait on the disk. */
+int chunk_read_cached(struct chunk_store *cs, const struct chunk_loc *locs, uint32_t nblocks,
+		      void *buf, struct chunk_bad *bad);
+
 /*
  * The slot entries of slots [first_slot, first_slot + n) of a chunk, from
  * its slot table (version 2) or its sidecar (version 1), in one read.
@@ -288,6 +293,17 @@ uint64_t chunk_spare_bytes(struct chunk_store *cs);
  * but the limit set.
  */
 int chunk_spares_limit(struct chunk_store *cs, uint32_t limit);
+
+/*
+ * Keep up to bytes of slot-table pages in memory, so that a read does not
+ * pread its blocks' entries (see "The entry cache" in src/chunk/chunk.c).
+ * Call at most once, right after chunk_store_open(); without it (or with
+ * 0) every read reads its entries from the file.
+ */
+void chunk_entry_cache_limit(struct chunk_store *cs, size_t bytes);
+
+/* Bytes the entry cache holds now. */
+size_t chunk_entry_cache_bytes(struct chunk_store *cs);
 
 /* How many chunk_append() calls have taken slots so far: a caller that sees
  * it unchanged for a while knows the store is not being written. */

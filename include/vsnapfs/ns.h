@@ -44,6 +44,10 @@ struct ns_opts {
 	/* The map page cache's limit in bytes (-o map_cache); 0: the default,
 	 * MCACHE_DEFAULT_BYTES. */
 	size_t map_cache_bytes;
+	/* GC also rewrites each window of 256 blocks in which this many data
+	 * extents or more start as one run (-o defrag: NS_DEFRAG_MIN_EXTS;
+	 * docs/design.md, D5 point 4); 0, the default: it does not. */
+	uint32_t defrag_min_exts;
 	bool readonly;
 };
 
@@ -54,6 +58,7 @@ struct ns_opts {
 #define NS_DEFAULT_SPARE_CHUNKS   4u            /* 256 MiB of chunk files */
 #define NS_MAX_SPARE_CHUNKS       1024u
 #define NS_SPARE_IDLE_MS          5000u         /* no appends this long: spares are given back */
+#define NS_DEFRAG_MIN_EXTS        64u           /* -o defrag: extents per 256 blocks (16 KiB average) */
 
 struct ns_attr {
 	uint64_t ino;

@@ -100,6 +100,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -175,6 +176,29 @@ struct chunk_rfd {                      /* one entry of the read cache */
 	int sfd;                        /* version 1: its sidecar, O_RDONLY; -1: none */
 	uint8_t version;                /* of the header; 0 when bad */
 	bool bad;                       /* header failed validation: -EIO for good */
+	struct ent_pages *ents;         /* version 2: its slot table's cached pages; or NULL */
+};
+
+/*
+ * The entry cache.  A read checks each block against its slot entry; with
+ * the entries read from the file that is a second pread per read.  So the
+ * pages of a chunk's slot table (4 KiB: ENT_PAGE_SLOTS entries) that are
+ * whole -- every entry written, so none will change: an entry is written
+ * once, with its slot, and a chunk id is never reused -- are kept in memory
+ * beside the chunk's read fd, up to ent_max bytes for the store.  A page is
+ * installed with a compare-and-swap under fd_lock held shared and freed
+ * only with the entry, under fd_lock held exclusive, so a reader may use
+ * what it loaded while it holds the lock.  An entry read from the cache
+ * that does not verify its block is read again from the file before the
+ * block is called bad (a page read while its last entry was being written
+ * might hold a torn copy of it).  Tools that judge the table itself
+ * (check, scrub: chunk_entries_read) always read the file.
+ */
+#define ENT_PAGE_SLOTS (4096u / CHUNK_ENTRY_BYTES)
+
+struct ent_pages {
+	uint32_t n;                     /* const: pages of the table */
+	_Atomic(uint8_t *) pg[];        /* a whole page, or NULL */
 };
 
 struct side_w {                         /* a sidecar this store writes */
@@ -215,6 +239,8 @@ struct chunk_store {
 	size_t rfd_nopen;               /* fd_lock: entries with fd >= 0 */
 	size_t rfd_evict_pos;           /* fd_lock (exclusive): round-robin eviction cursor */
 	uint64_t rfd_gen;               /* fd_lock: bumped by every chunk_remove() */
+	size_t ent_max;                 /* const after chunk_entry_cache_limit(): bytes */
+	atomic_size_t ent_bytes;        /* held by the entry cache's pages */
 
 	int spare_dirfd;                /* const after chunk_spares_enable(); -1: no spares */
 	uint32_t spare_max;             /* const after chunk_spares_enable() */
@@ -731,6 +757,21 @@ static struct chunk_rfd *rfd_find(struct chunk_store *cs, uint64_t id)
 	return (i < cs->nrfds && cs->rfds[i].id == id) ? &cs->rfds[i] : NULL;
 }
 
+static void ent_pages_free(struct chunk_store *cs, struct ent_pages *ep)
+{
+	if (!ep)
+		return;
+	for (uint32_t i = 0; i < ep->n; i++) {
+		uint8_t *pg = atomic_load_explicit(&ep->pg[i], memory_order_relaxed);
+
+		if (pg) {
+			free(pg);
+			atomic_fetch_sub(&cs->ent_bytes, 4096);
+		}
+	}
+	free(ep);
+}
+
 /* Close and forget entry i.  Assumes fd_lock is held exclusive. */
 static void rfd_delete(struct chunk_store *cs, size_t i)
 {
@@ -741,6 +782,7 @@ static void rfd_delete(struct chunk_store *cs, size_t i)
 	}
 	if (cs->rfds[i].sfd >= 0)
 		close(cs->rfds[i].sfd);
+	ent_pages_free(cs, cs->rfds[i].ents);
 	memmove(&cs->rfds[i], &cs->rfds[i + 1], (cs->nrfds - i - 1) * sizeof(cs->rfds[0]));
 	cs->nrfds--;
 }
@@ -833,7 +875,11 @@ static int chunk_open_ro(struct chunk_store *cs, uint64_t id, struct chunk_rfd *
 
 	*e = (struct chunk_rfd){ .id = id, .fd = -1, .sfd = -1, .bad = true };
 	chunk_name(name, id);
-	fd = openat(cs->dirfd, name, O_RDONLY | O_CLOEXEC);
+	/* no access-time update per read (a profile showed it); only the
+	 * file's owner (or CAP_FOWNER) may ask */
+	fd = openat(cs->dirfd, name, O_RDONLY | O_CLOEXEC | O_NOATIME);
+	if (fd < 0 && errno == EPERM)
+		fd = openat(cs->dirfd, name, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return -errno;
 	n = pread_full(fd, hdr, sizeof(hdr), 0);
@@ -852,6 +898,14 @@ static int chunk_open_ro(struct chunk_store *cs, uint64_t id, struct chunk_rfd *
 			e->version = 0;
 			return rc;
 		}
+	}
+	if (e->version != CHUNK_VERSION_1 && cs->ent_max) {
+		uint32_t npages = (cs->nslots + ENT_PAGE_SLOTS - 1) / ENT_PAGE_SLOTS;
+
+		/* without it the reads go to the file: no error */
+		e->ents = calloc(1, sizeof(*e->ents) + npages * sizeof(e->ents->pg[0]));
+		if (e->ents)
+			e->ents->n = npages;
 	}
 	e->fd = fd;
 	e->bad = false;
@@ -900,6 +954,7 @@ static int chunk_rfd_acquire(struct chunk_store *cs, uint64_t id, struct chunk_r
 				close(ne.fd);
 			if (ne.sfd >= 0)
 				close(ne.sfd);
+			free(ne.ents);
 		}
 		if (rc < 0 && rc != -EAGAIN)
 			return rc;
@@ -1026,6 +1081,7 @@ void chunk_store_close(struct chunk_store *cs)
 			close(cs->rfds[i].fd);
 		if (cs->rfds[i].sfd >= 0)
 			close(cs->rfds[i].sfd);
+		ent_pages_free(cs, cs->rfds[i].ents);
 	}
 	free(cs->rfds);
 	for (size_t i = 0; i < cs->nsides; i++)
@@ -1041,6 +1097,16 @@ void chunk_store_close(struct chunk_store *cs)
 	lock_mutex_destroy(&cs->mu);
 	lock_mutex_destroy(&cs->sync_mu);
 	free(cs);
+}
+
+void chunk_entry_cache_limit(struct chunk_store *cs, size_t bytes)
+{
+	cs->ent_max = bytes;
+}
+
+size_t chunk_entry_cache_bytes(struct chunk_store *cs)
+{
+	return atomic_load(&cs->ent_bytes);
 }
 
 /* --- spares ---------------------------------------------------------------- */
@@ -1480,6 +1546,82 @@ static int entries_pread(struct chunk_store *cs, const struct chunk_rfd *e, uint
 	return 0;
 }
 
+/* Entries of slots [slot, slot + n) from the entry cache, if every table
+ * page they lie in is there.  Assumes fd_lock (e is its copy). */
+static bool ents_cached(const struct chunk_rfd *e, uint32_t slot, uint32_t n, uint8_t *ents)
+{
+	if (!e->ents)
+		return false;
+	for (uint32_t i = 0; i < n;) {
+		uint32_t s = slot + i, at = s % ENT_PAGE_SLOTS, k = ENT_PAGE_SLOTS - at;
+		const uint8_t *pg = atomic_load_explicit(&e->ents->pg[s / ENT_PAGE_SLOTS],
+							 memory_order_acquire);
+
+		if (!pg)
+			return false;
+		if (k > n - i)
+			k = n - i;
+		memcpy(ents + (size_t)i * CHUNK_ENTRY_BYTES, pg + (size_t)at * CHUNK_ENTRY_BYTES,
+		       (size_t)k * CHUNK_ENTRY_BYTES);
+		i += k;
+	}
+	return true;
+}
+
+/* Keep table page pgno of e (its bytes at pg) if every entry of it is
+ * written and the store's budget allows.  Assumes fd_lock. */
+static void ent_page_keep(struct chunk_store *cs, const struct chunk_rfd *e, uint32_t pgno,
+			  const uint8_t *pg)
+{
+	size_t cur = atomic_load(&cs->ent_bytes);
+	uint8_t *copy, *none = NULL;
+
+	for (uint32_t i = 0; i < ENT_PAGE_SLOTS; i++)
+		if (pg[(size_t)i * CHUNK_ENTRY_BYTES + ENT_OFF_KIND] == CHUNK_KIND_NONE)
+			return;         /* a slot not written yet (or never): may change */
+	do {
+		if (cur + 4096 > cs->ent_max)
+			return;
+	} while (!atomic_compare_exchange_weak(&cs->ent_bytes, &cur, cur + 4096));
+	copy = malloc(4096);
+	if (copy) {
+		memcpy(copy, pg, 4096);
+		if (atomic_compare_exchange_strong(&e->ents->pg[pgno], &none, copy))
+			return;
+		free(copy);     /* another reader kept it first */
+	}
+	atomic_fetch_sub(&cs->ent_bytes, 4096);
+}
+
+/* Entries of slots [slot, slot + n) of a version-2 chunk with an entry
+ * cache, read from the file a whole table page at a time (as cheap as the
+ * entries alone), and the whole pages kept.  Assumes fd_lock. */
+static int entries_fill(struct chunk_store *cs, const struct chunk_rfd *e, uint32_t slot,
+			uint32_t n, uint8_t *ents)
+{
+	uint32_t p0 = slot / ENT_PAGE_SLOTS, p1 = (slot + n - 1) / ENT_PAGE_SLOTS;
+	size_t len = (size_t)(p1 - p0 + 1) * 4096;
+	uint8_t stack[2 * 4096], *buf = len <= sizeof(stack) ? stack : malloc(len);
+	ssize_t got;
+
+	if (!buf)
+		return entries_pread(cs, e, slot, n, ents);
+	got = pread_full(e->fd, buf, len, (off_t)TABLE_OFF + (off_t)p0 * 4096);
+	if (got < 0) {
+		if (buf != stack)
+			free(buf);
+		return -EIO;
+	}
+	memset(buf + got, 0, len - (size_t)got);
+	memcpy(ents, buf + (size_t)(slot % ENT_PAGE_SLOTS) * CHUNK_ENTRY_BYTES,
+	       (size_t)n * CHUNK_ENTRY_BYTES);
+	for (uint32_t p = p0; p <= p1 && p < e->ents->n; p++)
+		ent_page_keep(cs, e, p, buf + (size_t)(p - p0) * 4096);
+	if (buf != stack)
+		free(buf);
+	return 0;
+}
+
 /* Why block "blk" does not verify against its entry (ent NULL: a
  * version-1 chunk without a sidecar, which nothing can verify), or 0. */
 static enum chunk_bad_why block_check(struct chunk_store *cs, unsigned version, const uint8_t *blk,
@@ -1507,8 +1649,61 @@ static enum chunk_bad_why block_check(struct chunk_store *cs, unsigned version, 
 	return sum == e.cksum ? 0 : CHUNK_BAD_CKSUM;
 }
 
+/* Check nblocks blocks at p against their entries (NULL: none to check
+ * against): 0, or -EBADMSG with *bad (if not NULL) naming the first bad one. */
+static int blocks_check(struct chunk_store *cs, unsigned version, const uint8_t *p,
+			const uint8_t *ents, const struct chunk_loc *locs, uint32_t nblocks,
+			struct chunk_bad *bad)
+{
+	for (uint32_t i = 0; i < nblocks; i++) {
+		uint64_t ent_lblock = 0;
+		enum chunk_bad_why why = block_check(cs, version, p + (size_t)i * cs->block_size,
+						     ents ? ents + (size_t)i * CHUNK_ENTRY_BYTES : NULL,
+						     &locs[i], &ent_lblock);
+
+		if (why) {
+			if (bad)
+				*bad = (struct chunk_bad){ .index = i, .why = why, .lblock = ent_lblock };
+			return -EBADMSG;
+		}
+	}
+	return 0;
+}
+
+/* The payload of a run; nowait: only from the page cache (-EAGAIN if not
+ * all there).  The length read, or a negative errno. */
+static ssize_t payload_pread(int fd, void *buf, size_t len, off_t off, bool nowait)
+{
+	struct iovec iov = { .iov_base = buf, .iov_len = len };
+	ssize_t n;
+
+	if (!nowait)
+		return pread_full(fd, buf, len, off);
+	do
+		n = preadv2(fd, &iov, 1, off, RWF_NOWAIT);
+	while (n < 0 && errno == EINTR);
+	if (n < 0)
+		return errno == EAGAIN || errno == EOPNOTSUPP ? -EAGAIN : -errno;
+	return (size_t)n < len ? -EAGAIN : n;   /* a part only: the rest is not cached */
+}
+
+static int read_run(struct chunk_store *cs, const struct chunk_loc *locs, uint32_t nblocks,
+		    void *buf, struct chunk_bad *bad, bool nowait);
+
 int chunk_read(struct chunk_store *cs, const struct chunk_loc *locs, uint32_t nblocks,
 	       void *buf, struct chunk_bad *bad)
+{
+	return read_run(cs, locs, nblocks, buf, bad, false);
+}
+
+int chunk_read_cached(struct chunk_store *cs, const struct chunk_loc *locs, uint32_t nblocks,
+		      void *buf, struct chunk_bad *bad)
+{
+	return read_run(cs, locs, nblocks, buf, bad, true);
+}
+
+static int read_run(struct chunk_store *cs, const struct chunk_loc *locs, uint32_t nblocks,
+		    void *buf, struct chunk_bad *bad, bool nowait)
 {
 	const size_t bs = cs->block_size;
 	uint8_t stack_ents[READ_ENTS_STACK * CHUNK_ENTRY_BYTES], *ents = stack_ents;
@@ -1516,7 +1711,7 @@ int chunk_read(struct chunk_store *cs, const struct chunk_loc *locs, uint32_t nb
 	uint64_t id;
 	uint32_t slot;
 	uint8_t *p = buf;
-	bool have_ents;
+	bool have_ents, cached;
 	ssize_t n;
 	int rc;
 
@@ -1542,8 +1737,16 @@ int chunk_read(struct chunk_store *cs, const struct chunk_loc *locs, uint32_t nb
 	rc = chunk_rfd_acquire(cs, id, &e);
 	if (rc)
 		goto out;
-	n = pread_full(e.fd, p, nblocks * bs, slot_off(cs, e.version, slot));
-	rc = entries_pread(cs, &e, slot, nblocks, ents);
+	n = payload_pread(e.fd, p, nblocks * bs, slot_off(cs, e.version, slot), nowait);
+	if (n == -EAGAIN) {
+		lock_rw_unlock(&cs->fd_lock);
+		rc = -EAGAIN;
+		goto out;
+	}
+	cached = ents_cached(&e, slot, nblocks, ents);
+	if (!cached)
+		rc = e.ents ? entries_fill(cs, &e, slot, nblocks, ents)
+			    : entries_pread(cs, &e, slot, nblocks, ents);
 	lock_rw_unlock(&cs->fd_lock);
 	have_ents = rc == 0;
 	if (rc == -ENODATA)
@@ -1553,18 +1756,17 @@ int chunk_read(struct chunk_store *cs, const struct chunk_loc *locs, uint32_t nb
 	if (rc)
 		goto out;
 
-	for (uint32_t i = 0; i < nblocks; i++) {
-		uint64_t ent_lblock = 0;
-		enum chunk_bad_why why = block_check(cs, e.version, p + i * bs,
-						     have_ents ? ents + (size_t)i * CHUNK_ENTRY_BYTES : NULL,
-						     &locs[i], &ent_lblock);
-
-		if (why) {
-			if (bad)
-				*bad = (struct chunk_bad){ .index = i, .why = why, .lblock = ent_lblock };
-			rc = -EBADMSG;
-			break;
-		}
+	rc = blocks_check(cs, e.version, p, have_ents ? ents : NULL, locs, nblocks, bad);
+	if (rc && cached) {
+		/* judged by the entry cache's copy: judge by the file's (see
+		 * "The entry cache") */
+		rc = chunk_rfd_acquire(cs, id, &e);
+		if (rc)
+			goto out;
+		rc = entries_pread(cs, &e, slot, nblocks, ents);
+		lock_rw_unlock(&cs->fd_lock);
+		if (!rc)
+			rc = blocks_check(cs, e.version, p, ents, locs, nblocks, bad);
 	}
 out:
 	if (ents != stack_ents)

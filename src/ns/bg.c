@@ -342,7 +342,8 @@ void *ns_bg_main(void *arg)
 		      now - last_gc - gc_ns >= GC_PACE * gc_ns))) {
 			atomic_store(&ns->gc_wanted, false);
 			gc_chunk = chunk_next_id(ns->cs);
-			rc = ns_gc(ns, &gc_ns, &st);
+			rc = ns_gc(ns, &st);
+			gc_ns = st.work_ns;
 			/* did work: there may be more, go on when the pace allows */
 			more = rc > 0 || rc == -EAGAIN;
 			last_gc = now;

@@ -115,8 +115,8 @@ static void serve_one(struct ns *ns, const struct ctl_msg *req, struct ctl_msg *
 					       "it is mounted again" : NULL);
 			break;
 		}
-		ctl_kv_add(rep, "moved_blocks", "%" PRIu64, st.moved_blocks);
-		ctl_kv_add(rep, "removed_chunks", "%" PRIu64, st.removed_chunks);
+		ctl_kv_add(rep, "moved_blocks", "%" PRIu64, st.moved);
+		ctl_kv_add(rep, "removed_chunks", "%" PRIu64, st.removed);
 		break;
 	case CTL_RECV_COMMIT:
 		recv_commit(ns, req, rep);

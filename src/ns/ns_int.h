@@ -65,10 +65,21 @@ struct logq {
 	size_t n, cap;
 };
 
-/* What a GC pass did (gc.c). */
+/* gc.c: what one garbage-collection pass did, for its log line, the
+ * background thread's pacing, the control channel's gc, the tests and the
+ * bench. */
 struct ns_gc_stats {
-	uint64_t moved_blocks;          /* live blocks copied out of compacted chunks */
-	uint64_t removed_chunks;        /* chunk files removed (or kept as spares) */
+	int64_t work_ns;                /* its scans of the index and the chunk files */
+	int64_t copy_ns;                /* reading and appending live blocks */
+	int64_t sync_ns;                /* the chunk_sync() of the copies */
+	int64_t repoint_ns;             /* the repoint transaction */
+	uint64_t moved;                 /* live blocks moved */
+	uint64_t reads;                 /* chunk_read() calls of the copy */
+	uint64_t appends;               /* chunk_append() calls of the copy */
+	uint64_t relocates;             /* bmap_ext_relocate() calls */
+	uint64_t lost;                  /* of those, the ones a newer write won */
+	uint64_t defrag_windows;        /* windows rewritten as one run (-o defrag) */
+	uint64_t removed;               /* chunk files removed */
 };
 
 /* Inode or node numbers waiting for the background thread (db_mu). */
@@ -86,6 +97,7 @@ struct ns {
 	uint32_t flush_ms;              /* constant */
 	uint32_t gc_interval_s;         /* constant */
 	uint32_t spare_max;             /* constant: spare chunk files kept while writing */
+	uint32_t defrag_min_exts;       /* constant: GC rewrites windows this fragmented; 0: no */
 	struct chunk_store *cs;         /* thread-safe by itself */
 
 	struct lock_mutex db_mu;
@@ -146,6 +158,12 @@ struct ns {
 
 	ns_inval_fn inval;              /* constant after ns_start: see ns_set_inval */
 	void *inval_ctx;
+	/* For tests, NULL otherwise: called by a GC pass with no lock held
+	 * once its copies are synced, just before it repoints the rows, so
+	 * that a test can change them in between (src/ns/gc.c). */
+	void (*gc_copied)(void *ctx);
+	void *gc_copied_ctx;
+
 	struct lock_mutex bg_mu;
 	pthread_cond_t bg_cond;         /* wakes the background thread */
 	/* GC passes asked for through the control channel: the background
@@ -328,11 +346,9 @@ void *ns_bg_main(void *arg);
 /* Delete the queued unlinked volumes, then release the queued nodes. */
 int ns_reap_all(struct ns *ns);
 
-/* gc.c: one garbage-collection pass (background thread only): 1 if it
- * moved or removed something (there may be more), 0 if not, or -errno.
- * *work_ns: how long its scans of the index and the chunk files took;
- * *st: what it moved and removed. */
-int ns_gc(struct ns *ns, int64_t *work_ns, struct ns_gc_stats *st);
+/* gc.c: one pass (background thread only): 1 if it moved or removed something
+ * (there may be more), 0 if not, or -errno; *st says what it did. */
+int ns_gc(struct ns *ns, struct ns_gc_stats *st);
 /* bg.c: ask the background thread for a pass that starts after this call
  * and wait for it (the control channel's gc): its result, -EROFS on a
  * read-only store, -EIO on a poisoned one, -ESHUTDOWN when stopping. */

@@ -339,6 +339,7 @@ int ns_open(const char *dir, const struct ns_opts *opts, struct ns **out, bool *
 	ns->readonly = opts->readonly;
 	ns->flush_ms = opts->flush_interval_ms ? opts->flush_interval_ms : NS_DEFAULT_FLUSH_MS;
 	ns->gc_interval_s = opts->gc_interval_s ? opts->gc_interval_s : NS_DEFAULT_GC_INTERVAL_S;
+	ns->defrag_min_exts = opts->defrag_min_exts;
 	lock_mutex_init(&ns->flush_mu, LOCK_NS_FLUSH, "ns.flush_mu");
 	lock_mutex_init(&ns->load_mu, LOCK_NS_LOAD, "ns.load_mu");
 	lock_mutex_init(&ns->db_mu, LOCK_NS_DB, "ns.db_mu");
@@ -432,6 +433,10 @@ int ns_open(const char *dir, const struct ns_opts *opts, struct ns **out, bool *
 		snprintf(msg, msglen, "%s: cannot open chunk store: %s", path, strerror(-rc));
 		goto fail;
 	}
+	/* slot-table pages, so that a read does one pread, not two: an eighth
+	 * of map_cache on top of it (vsnapfs.8) */
+	chunk_entry_cache_limit(ns->cs, (opts->map_cache_bytes ? opts->map_cache_bytes
+							       : MCACHE_DEFAULT_BYTES) / 8);
 	if (!ns->readonly) {
 		snprintf(path, sizeof(path), "%s/" STOREDIR_SPARE, ns->dir);
 		ns->spare_max = spare_max(ns, opts->spare_chunks);

@@ -254,6 +254,7 @@ struct pbuild {
 	uint64_t lo;                    /* first block of the page */
 	uint64_t below;                 /* clip: blocks at or past it are not wanted */
 	bool own;                       /* extents of the node itself, else an ancestor's */
+	uint32_t nset;                  /* blocks decided: at PB, the ancestors further up are not read */
 	struct pblk {
 		uint64_t chunk;
 		uint32_t slot;
@@ -271,6 +272,7 @@ static int pbuild_ext(void *ctx, const struct bmap_ext *x)
 		if (k->set)
 			continue;       /* a nearer node decided this block */
 		k->set = 1;
+		pb->nset++;
 		k->own = pb->own;
 		k->chunk = x->chunk;
 		k->slot = x->chunk ? x->slot + i : 0;
@@ -321,9 +323,14 @@ static int page_read_node(void *ctx, uint64_t id, uint64_t limit, bool own)
 	struct page_read *pr = ctx;
 	uint64_t hi = min_u64(pr->pb->lo + PB, limit);
 
+	int rc;
+
 	pr->pb->own = own;
 	pr->pb->below = hi;
-	return hi > pr->pb->lo ? bmap_ext_range(pr->bm, id, pr->pb->lo, hi, pbuild_ext, pr->pb) : 0;
+	rc = hi > pr->pb->lo ? bmap_ext_range(pr->bm, id, pr->pb->lo, hi, pbuild_ext, pr->pb) : 0;
+	/* every block decided (a page the volume rewrote whole): what the
+	 * ancestors hold there is hidden, so they are not read */
+	return rc ? rc : pr->pb->nset == PB;
 }
 
 /*
@@ -348,7 +355,7 @@ static int page_read(struct vol *v, uint64_t node, uint64_t inherit, uint64_t pa
 		rc = chain_walk(pr.bm, node, inherit, NULL, page_read_node, &pr);
 		index_end(v);
 	}
-	return rc;
+	return rc > 0 ? 0 : rc;
 }
 
 /* ---- pages ------------------------------------------------------------- */
@@ -882,34 +889,6 @@ static uint32_t run_at(const struct chunk_loc *locs, const bool *has, uint32_t i
 }
 
 /*
- * A window whose blocks lie in several runs (a volume with history, a
- * clone, a disk overwritten at random) would read them one after the other,
- * each a wait on the disk when it is not cached.  Ask for all of them first,
- * so the disk reads them at once.  Costs a few page-cache lookups when they
- * are cached.
- */
-static void prefetch_runs(struct vol *v, const struct chunk_loc *locs, const bool *has, uint32_t n)
-{
-	uint32_t first = n, first_run = 0, run;
-
-	for (uint32_t i = 0; i < n; i += run ? run : 1) {
-		run = run_at(locs, has, i, n);
-		if (!run)
-			continue;
-		if (first == n) {       /* one run alone is one pread: no hint */
-			first = i;
-			first_run = run;
-			continue;
-		}
-		if (first_run) {
-			chunk_prefetch(v->cs, &locs[first], first_run);
-			first_run = 0;
-		}
-		chunk_prefetch(v->cs, &locs[i], run);
-	}
-}
-
-/*
  * What blocks [first, first + n) show: has[i], and locs[i] where it is set.
  * The pages' extents over the range (one search per page), then the
  * delta's entries on top: O(extents + entries), not a search per block.
@@ -949,17 +928,37 @@ static void window_locs(struct vol *v, const struct pins *p, uint64_t first, uin
 	}
 }
 
+/* A failed read of block first + at of a window: logged, and what the
+ * caller returns (-EIO for a bad or unreadable block). */
+static int read_failed(struct vol *v, uint64_t first, uint32_t at, const struct chunk_loc *locs,
+		       int rc, const struct chunk_bad *bad)
+{
+	if (rc == -EBADMSG)
+		at += bad->index;
+	log_bad_block(v, first + at, &locs[at], rc, bad);
+	return rc == -ENOMEM ? rc : -EIO;
+}
+
 /*
  * Read blocks [first, first + n) of which the request wants bytes
  * [lo, lo + len) counted from the start of block first, into dst.  Runs of
  * whole blocks stored in consecutive slots are read with one call straight
  * into dst; partial blocks go through a bounce buffer.
+ *
+ * A window whose blocks lie in several runs (a volume with history, a
+ * clone, a disk overwritten at random) would wait on the disk for each run
+ * in turn when they are not cached.  So each run is first read only if it
+ * is all in the page cache (chunk_read_cached: what a cached run costs is
+ * its read alone); the runs that would wait are then asked for together
+ * (chunk_prefetch), and read.
  */
 static int read_window(struct vol *v, uint64_t first, uint32_t n, uint32_t lo, size_t len,
 		       uint8_t *dst, bool last_try)
 {
 	struct chunk_loc locs[WIN_BYTES / CHUNK_BLOCK_MIN];
 	bool has[WIN_BYTES / CHUNK_BLOCK_MIN];
+	struct { uint32_t i, run; } wait[WIN_BYTES / CHUNK_BLOCK_MIN];
+	uint32_t nwait = 0;
 	uint8_t *bounce = NULL;
 	struct chunk_bad bad = { 0 };
 	struct pins p;
@@ -972,7 +971,6 @@ static int read_window(struct vol *v, uint64_t first, uint32_t n, uint32_t lo, s
 	window_locs(v, &p, first, n, locs, has);
 	unlock_pages(v, &p);
 
-	prefetch_runs(v, locs, has, n);
 	for (uint32_t i = 0; i < n;) {
 		uint64_t bstart = (uint64_t)i << v->bshift;          /* window-relative */
 		uint64_t from = bstart > lo ? bstart : lo;
@@ -985,19 +983,24 @@ static int read_window(struct vol *v, uint64_t first, uint32_t n, uint32_t lo, s
 			i++;
 			continue;
 		}
+		bad.index = 0;
 		if (from == bstart && to == bstart + v->bs) {
 			/* whole blocks: consecutive slots of one chunk, up to the
 			 * last whole block the request wants */
 			run = run_at(locs, has, i, n);
 			while (((uint64_t)(i + run) << v->bshift) > lo + len)
 				run--;
-			rc = chunk_read(v->cs, &locs[i], run, d, &bad);
+			rc = chunk_read_cached(v->cs, &locs[i], run, d, &bad);
+			if (rc == -EAGAIN) {
+				wait[nwait].i = i;
+				wait[nwait++].run = run;
+				rc = 0;
+			}
 		} else {
 			if (!bounce && !(bounce = malloc(v->bs))) {
 				rc = -ENOMEM;
 				break;
 			}
-			bad.index = 0;
 			rc = chunk_read(v->cs, &locs[i], 1, bounce, &bad);
 			if (!rc)
 				memcpy(d, bounce + (from - bstart), to - from);
@@ -1005,13 +1008,23 @@ static int read_window(struct vol *v, uint64_t first, uint32_t n, uint32_t lo, s
 		if (rc == -ENOENT && !last_try)
 			break;          /* the block moved and GC removed its chunk: look again */
 		if (rc) {
-			uint32_t at = rc == -EBADMSG ? i + bad.index : i;
-
-			log_bad_block(v, first + at, &locs[at], rc, &bad);
-			rc = rc == -ENOMEM ? rc : -EIO;
+			rc = read_failed(v, first, i, locs, rc, &bad);
 			break;
 		}
 		i += run;
+	}
+	for (uint32_t k = 0; !rc && nwait > 1 && k < nwait; k++)
+		chunk_prefetch(v->cs, &locs[wait[k].i], wait[k].run);
+	for (uint32_t k = 0; !rc && k < nwait; k++) {
+		uint32_t i = wait[k].i;
+
+		bad.index = 0;
+		rc = chunk_read(v->cs, &locs[i], wait[k].run, dst + (((uint64_t)i << v->bshift) - lo),
+				&bad);
+		if (rc == -ENOENT && !last_try)
+			break;
+		if (rc)
+			rc = read_failed(v, first, i, locs, rc, &bad);
 	}
 	free(bounce);
 	return rc;

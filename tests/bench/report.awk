@@ -7,7 +7,7 @@
 #       -f report.awk jobs.tsv kv.tsv joblog.tsv
 #
 # jobs.tsv: target job status mb_s iops p99_ms sync_p99_ms cpu_s ios runtime_s
-#           writeback_s other_cpus kthread_cpus dev_reads
+#           writeback_s other_cpus kthread_cpus dev_reads bg_cpu_s
 #           ("-" where a figure does not apply; status "failed": no figures)
 # kv.tsv:   table row column value  (free-form tables, in order of appearance)
 # joblog.tsv: target job line  (what a daemon logged during a job)
@@ -26,6 +26,7 @@ BEGIN {
 		   "vsnapfs-depth64/vsnapfs vsnapfs-depth64/qsd-chain32 " \
 		   "fuse-passthrough/raw qsd-chain32/qsd-qcow2", R, " ")
 	title["startup"] = "Setup and start-up, per target"
+	title["host"] = "The host file system alone (no FUSE): new pages and blocks against written ones"
 	title["index"] = "Index (SQLite) size after unmount"
 	title["ops"] = "Snapshot, linked clone and delete on vsnapfs (wall time of the command)"
 	title["memory"] = "vsnapfs daemon memory"
@@ -41,7 +42,7 @@ file == 1 {
 	st[k] = $3
 	if ($3 == "ok") {
 		mb[k] = $4; iops[k] = $5; p99[k] = $6; sp99[k] = $7; cpu[k] = $8; ios[k] = $9
-		wb[k] = $11; oth[k] = $12; kth[k] = $13; devr[k] = $14
+		wb[k] = $11; oth[k] = $12; kth[k] = $13; devr[k] = $14; bg[k] = $15
 	}
 	next
 }
@@ -118,21 +119,23 @@ END {
 		printf "| target | MB/s | IOPS | p99 latency, ms |%s daemon CPU, s |", \
 			fs ? " p99 fdatasync, ms |" : ""
 		printf " daemon CPU per I/O, µs | device reads per I/O | writeback after, s |"
+		printf " daemon CPU after, until idle, s |"
 		printf " kernel threads, CPUs | other processes, CPUs |\n"
-		printf "|---|---:|---:|---:|%s---:|---:|---:|---:|---:|---:|\n", fs ? "---:|" : ""
+		printf "|---|---:|---:|---:|%s---:|---:|---:|---:|---:|---:|---:|\n", fs ? "---:|" : ""
 		for (t = 1; t <= nt; t++) {
 			k = T[t] SUBSEP jb
 			if (!(k in st)) continue
 			if (st[k] != "ok") {
-				printf "| %s | FAILED | – | – |%s – | – | – | – | – | – |\n", T[t], fs ? " – |" : ""
+				printf "| %s | FAILED | – | – |%s – | – | – | – | – | – | – |\n", T[t], fs ? " – |" : ""
 				continue
 			}
 			c = cpu_per_io(k); d = dev_per_io(k)
-			printf "| %s | %s | %s | %s |%s %s | %s | %s | %s | %s | %s |\n", T[t], fmt_mb(mb[k]),
+			printf "| %s | %s | %s | %s |%s %s | %s | %s | %s | %s | %s | %s |\n", T[t], fmt_mb(mb[k]),
 				fmt_iops(iops[k]), fmt_ms(p99[k]),
 				fs ? " " fmt_ms(sp99[k]) " |" : "", fmt_cpu(cpu[k]),
 				c == "" ? "–" : sprintf("%.1f", c), d == "" ? "–" : sprintf("%.3f", d),
 				num(wb[k]) ? wb[k] : "–",
+				num(bg[k]) ? bg[k] : "–",
 				num(kth[k]) ? sprintf("%.2f", kth[k]) : "–",
 				num(oth[k]) ? sprintf("%.2f", oth[k]) : "–"
 		}
@@ -142,7 +145,7 @@ END {
 			if (st[a] != "ok" || st[b] != "ok") continue
 			rt_ = ratio(iops[a], iops[b]); rl = ratio(p99[a], p99[b])
 			rs = ratio(sp99[a], sp99[b]); rc = ratio(cpu_per_io(a), cpu_per_io(b))
-			printf "| *%s / %s* | *%s* | *%s* | *%s* |%s – | *%s* | – | – | – | – |\n", p[1], p[2],
+			printf "| *%s / %s* | *%s* | *%s* | *%s* |%s – | *%s* | – | – | – | – | – |\n", p[1], p[2],
 				fmt_r(rt_), fmt_r(rt_), fmt_r(rl), fs ? " *" fmt_r(rs) "* |" : "",
 				fmt_r(rc)
 			printf "%s\t%s/%s\t%s\t%s\t%s\t%s\n", jb, p[1], p[2], rt_, rl, rc,

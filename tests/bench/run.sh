@@ -27,6 +27,9 @@
 #   BENCH_DISK_GIB=4     disk size; ratios are only comparable at 4
 #   BENCH_BIG_GIB=8      the larger volume of the snapshot timings
 #   BENCH_SCATTER_GIB=4  data written at random over the 1 TiB volume
+#   BENCH_IDLE_S=60      after each job, wait up to this long for the
+#                        daemon to finish the background work the job
+#                        left (GC, checkpoint); its CPU is the job's
 #   BENCH_SETTLE_S=20    before each target, wait up to this long for a
 #                        quiet second on the (shared) host
 #   BENCH_TMPDIR=/var/tmp  where the disks go (not tmpfs: the page cache of
@@ -66,6 +69,7 @@ DISK_GIB=${BENCH_DISK_GIB:-4}
 BIG_GIB=${BENCH_BIG_GIB:-8}
 SCATTER_GIB=${BENCH_SCATTER_GIB:-4}
 SETTLE_S=${BENCH_SETTLE_S:-20}
+IDLE_S=${BENCH_IDLE_S:-60}
 TMPBASE=${BENCH_TMPDIR:-/var/tmp}
 VS_OPTS=${BENCH_VSNAPFS_OPTS:-}
 GIB=$((1 << 30))
@@ -95,6 +99,7 @@ case ${BENCH_SCALE_FILL_MIB:-256} in
 *) die "BENCH_SCALE_FILL_MIB must be a power of two from 1 to 1024, not '$BENCH_SCALE_FILL_MIB'" ;;
 esac
 [[ $SETTLE_S =~ ^[0-9]+$ ]] || die "BENCH_SETTLE_S must be a number of seconds, not '$SETTLE_S'"
+[[ $IDLE_S =~ ^[0-9]+$ ]] || die "BENCH_IDLE_S must be a number of seconds, not '$IDLE_S'"
 for t in $SEL_TARGETS; do
 	[[ " ${SECTIONS[*]} " == *" $t "* ]] || die "BENCH_TARGETS: unknown '$t' (one of: ${SECTIONS[*]})"
 done
@@ -280,7 +285,7 @@ log "$BUILD"
 # No stale results if this run fails half-way.
 rm -rf "$OUT/logs" "$OUT/results.md" "$OUT/results.json" "$OUT/chart.png" "$OUT/chart.dat"
 JOBS_TSV=$W/jobs.tsv    # target job status mb_s iops p99_ms sync_p99_ms cpu_s ios runtime_s
-			#   writeback_s other_cpus kthread_cpus dev_reads
+			#   writeback_s other_cpus kthread_cpus dev_reads bg_cpu_s
 KV_TSV=$W/kv.tsv        # table row column value
 : >"$JOBS_TSV"
 : >"$KV_TSV"
@@ -477,6 +482,29 @@ settle() {
 	kv startup "$1" "wait for a quiet host, s" "$QUIET_S"
 }
 
+# idle_after PID: after a job, wait (at most IDLE_S seconds) for 3 seconds
+# in which daemon PID used less than 5% of a CPU (3, not 1: paced garbage
+# collection passes can be more than a second apart).  BG_CPU is the CPU time
+# it used meanwhile, in seconds ("-" without a daemon): the background work
+# the job left behind (garbage collection of what it overwrote, the
+# checkpoint of its log), shown in that job's row instead of slowing down
+# the next job and counting there.
+idle_after() {
+	local t0 a b c0
+	BG_CPU=-
+	[ -n "$1" ] || return 0
+	c0=$(cpu_ticks "$1") || return 0
+	b=$c0
+	t0=$(now_ms)
+	while [ $(($(now_ms) - t0)) -lt $((IDLE_S * 1000)) ]; do
+		a=$b
+		sleep 3
+		b=$(cpu_ticks "$1") || break
+		[ $((b - a)) -lt $(((3 * CLK_TCK + 19) / 20)) ] && break
+	done
+	BG_CPU=$(awk -v d=$((b - c0)) -v t="$CLK_TCK" 'BEGIN { printf "%.2f", d / t }')
+}
+
 # bench TARGET FILE [DAEMON]: the five jobs on FILE.  Around each job:
 # DAEMON's CPU time from /proc/PID/stat, the whole host's busy time from
 # /proc/stat, the kernel threads' (writeback and journal work, much of it
@@ -536,6 +564,7 @@ bench() {
 		wb=$(now_ms)
 		fg sync -f "$W"
 		wb=$(awk -v ms=$(($(now_ms) - wb)) 'BEGIN { printf "%.1f", ms / 1000 }')
+		idle_after "$pid"
 		if [ $rc -ne 0 ]; then
 			problem "$target/$job: fio failed (status $rc): $(tail -n 3 "$out.stderr" | tr '\n' ' ')"
 			printf '%s\t%s\tfailed\n' "$target" "$job" >>"$JOBS_TSV"
@@ -563,9 +592,9 @@ bench() {
 			printf "%.2f %.2f\n", k / t / s, (o < 0 ? 0 : o) / s }')
 		devr=-
 		if [ "$r0" != - ] && [ "$r1" != - ]; then devr=$((r1 - r0)); fi
-		printf '%s\t%s\tok\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$target" "$job" \
+		printf '%s\t%s\tok\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$target" "$job" \
 			"$mb" "$iops" "$p99" "$sp99" "${cpu:--}" "$ios" "$rts" "$wb" "$other" "$kth" \
-			"$devr" >>"$JOBS_TSV"
+			"$devr" "$BG_CPU" >>"$JOBS_TSV"
 	done
 }
 
@@ -662,6 +691,50 @@ if want raw || want fuse-passthrough || want qsd-qcow2; then
 fi
 if want raw; then
 	bench raw "$RAW"
+fi
+
+# host_writes: what buffered 1 MiB writes cost on the host file system
+# itself, no FUSE: into a new file (new page-cache pages and blocks: what
+# any writer that never overwrites in place pays, vsnapfs's chunk files)
+# and over the same file once cached (what the pass-through does to its
+# backing file).  Then 4 KiB writes each followed by fdatasync, appended
+# and over written blocks.  fio, QD1, the file removed after.
+host_writes() {
+	local f=$W/host-writes.tmp what mbs
+	rm -f "$f"
+	for what in "new file" "cached file"; do
+		settle "host ($what)"
+		if fg -q fio --name=host --filename="$f" --size="$DISK" --bs=1m --rw=write \
+			--ioengine=psync --fallocate=none --output-format=json --output="$W/host.json"; then
+			mbs=$(jq '.jobs[0].write.bw_bytes / 1e6 | floor' "$W/host.json")
+		else
+			problem "host: buffered writes into a $what failed"
+			mbs=failed
+		fi
+		kv host "buffered 1 MiB writes, QD1, $DISK_GIB GiB into a $what" "MB/s" "$mbs"
+		fg sync -f "$W"
+	done
+	# the same for fsyncwrite: appending (new blocks: fdatasync also writes
+	# the file's block map and size) against overwriting written blocks
+	for what in "over written blocks" "appending to a new file"; do
+		[ "$what" = "appending to a new file" ] && rm -f "$f"
+		settle "host ($what)"
+		if fg -q fio --name=host --filename="$f" --size="$DISK" --bs=4k \
+			--rw="$([ "$what" = "appending to a new file" ] && echo write || echo randwrite)" \
+			--ioengine=psync --fdatasync=1 --time_based --runtime="$RT" --fallocate=none \
+			--output-format=json --output="$W/host.json"; then
+			mbs=$(jq '.jobs[0].write.iops | floor' "$W/host.json")
+		else
+			problem "host: 4 KiB writes + fdatasync $what failed"
+			mbs=failed
+		fi
+		kv host "4 KiB writes + fdatasync, QD1, $what" "IOPS" "$mbs"
+	done
+	rm -f "$f"
+}
+if want fuse-passthrough || want vsnapfs; then
+	log "host: buffered writes into a new file and over a cached one"
+	host_writes
 fi
 
 if want fuse-passthrough; then
@@ -1239,12 +1312,13 @@ jq -n --arg date "$DATE" --argjson elapsed "$ELAPSED" --argjson rt "$RT" \
 		   cpu_s: "daemon utime+stime during the job",
 		   writeback_s: "syncfs of the host file system right after the job",
 		   other_cpus: "CPUs used by processes other than the daemon, fio and kernel threads during the job (noise)",
-		   kthread_cpus: "CPUs used by kernel threads (writeback, journal, kworkers) during the job" },
+		   kthread_cpus: "CPUs used by kernel threads (writeback, journal, kworkers) during the job",
+		   bg_cpu_s: "daemon utime+stime after the job until it was idle (at most BENCH_IDLE_S): the background work the job left" },
 	  jobs: [ rows($jobs)[] | { target: .[0], job: .[1], status: .[2],
 		  mb_s: (.[3] | num), iops: (.[4] | num), p99_ms: (.[5] | num),
 		  sync_p99_ms: (.[6] | num), cpu_s: (.[7] | num), ios: (.[8] | num),
 		  runtime_s: (.[9] | num), writeback_s: (.[10] | num),
-		  other_cpus: (.[11] | num), kthread_cpus: (.[12] | num) } ],
+		  other_cpus: (.[11] | num), kthread_cpus: (.[12] | num), bg_cpu_s: (.[14] | num) } ],
 	  daemon_log_during_jobs: [ rows($joblog)[] | { target: .[0], job: .[1], line: .[2] } ],
 	  ratios: [ rows($ratios)[] | { job: .[0], ratio: .[1], throughput: (.[2] | num),
 		    p99: (.[3] | num), cpu_per_io: (.[4] | num) } ],

@@ -1511,3 +1511,94 @@ Test(chunk, a_spare_made_from_a_version_1_chunk_becomes_a_version_2_chunk)
 	cr_assert_eq(read_one(cs, &stale, &(struct chunk_bad){ 0 }), -EIO, "past the end: short");
 	chunk_store_close(cs);
 }
+
+/*
+ * The entry cache ("The entry cache" in src/chunk/chunk.c): a read keeps
+ * the slot-table page of its entry once every entry of the page is
+ * written, reads later blocks' entries from it (a zeroed entry on disk
+ * then does not matter: the block still verifies against the cached
+ * copy), still verifies every payload against it, and judges by the
+ * file's entry when the cached one does not verify.
+ */
+Test(chunk, the_entry_cache_keeps_whole_table_pages_and_still_verifies_every_block)
+{
+	const uint32_t bs = 4096, n = 300;     /* table page 0 whole, page 1 not */
+	struct chunk_store *cs = open_store(bs, 0);
+	struct chunk_loc *locs = calloc(n, sizeof(*locs)), nl;
+	uint8_t *buf = malloc(bs), ent[16] = { 0 };
+	struct chunk_bad bad;
+
+	chunk_entry_cache_limit(cs, 1 << 20);
+	for (uint32_t i = 0; i < n; i++)
+		locs[i] = append_one(cs, bs, 1000 + i);
+	cr_assert_eq(locs[n - 1].chunk_id, locs[0].chunk_id);
+	cr_assert_eq(chunk_sync(cs), 0);
+	cr_assert_eq(chunk_entry_cache_bytes(cs), 0);
+	assert_reads(cs, bs, &locs[260], 1000 + 260);
+	cr_assert_eq(chunk_entry_cache_bytes(cs), 0, "a page with unwritten entries was kept");
+	assert_reads(cs, bs, &locs[5], 1000 + 5);
+	cr_assert_eq(chunk_entry_cache_bytes(cs), 4096, "the whole page was not kept");
+
+	/* read through the cache: the zeroed entry on disk is not read */
+	entry_io(locs[7].chunk_id, locs[7].slot, ent, true);
+	assert_reads(cs, bs, &locs[7], 1000 + 7);
+	/* but every payload is still checked */
+	flip_byte(locs[9].chunk_id, CHUNK_DATA_OFF(bs) + (off_t)locs[9].slot * bs + 100);
+	assert_bad(cs, &locs[9], CHUNK_BAD_CKSUM, "flipped payload, cached entry");
+	/* a cached entry that does not verify: the file's entry judges */
+	nl = locs[11];
+	fill_block(buf, bs, 4242);
+	{
+		char path[256];
+		int fd;
+
+		chunk_path(path, sizeof(path), nl.chunk_id);
+		fd = open(path, O_RDWR);
+		cr_assert_geq(fd, 0);
+		cr_assert_eq(pwrite(fd, buf, bs, CHUNK_DATA_OFF(bs) + (off_t)nl.slot * bs), (ssize_t)bs);
+		close(fd);
+	}
+	entry_io(nl.chunk_id, nl.slot, ent, false);
+	{
+		uint64_t sum = cksum_seeded(buf, bs, cksum_slot_seed(nl.chunk_id, nl.slot, nl.lblock));
+
+		for (int b = 0; b < 8; b++)
+			ent[b] = (uint8_t)(sum >> (8 * b));
+	}
+	entry_io(nl.chunk_id, nl.slot, ent, true);
+	cr_assert_eq(read_one(cs, &nl, &bad), 0, "the file's entry was not read again");
+	assert_reads(cs, bs, &nl, 4242);
+
+	chunk_store_close(cs);
+	free(buf);
+	free(locs);
+}
+
+/* chunk_read_cached reads a run only from the host's page cache: -EAGAIN
+ * once the chunk file's pages are dropped, the data again after a
+ * chunk_read brought them back. */
+Test(chunk, read_cached_says_eagain_for_a_run_not_in_the_page_cache)
+{
+	const uint32_t bs = 4096;
+	struct chunk_store *cs = open_store(bs, 0);
+	struct chunk_loc loc = append_one(cs, bs, 31);
+	uint8_t *buf = malloc(bs);
+	struct chunk_bad bad;
+	char path[256];
+	int fd;
+
+	cr_assert_eq(chunk_sync(cs), 0);
+	cr_assert_eq(chunk_read_cached(cs, &loc, 1, buf, &bad), 0);
+	cr_assert(block_is(buf, bs, 31));
+	chunk_path(path, sizeof(path), loc.chunk_id);
+	fd = open(path, O_RDONLY);
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED), 0);
+	close(fd);
+	cr_assert_eq(chunk_read_cached(cs, &loc, 1, buf, &bad), -EAGAIN);
+	assert_reads(cs, bs, &loc, 31);
+	cr_assert_eq(chunk_read_cached(cs, &loc, 1, buf, &bad), 0);
+	cr_assert(block_is(buf, bs, 31));
+	free(buf);
+	chunk_store_close(cs);
+}
