@@ -585,6 +585,8 @@ int main(int argc, char *argv[])
 		status = 0;
 
 out_unmount:
+	/* no receive's commit may call into the session from here on */
+	ns_stop_control(ns);
 	fuse_session_unmount(se);
 out_signals:
 	fuse_remove_signal_handlers(se);

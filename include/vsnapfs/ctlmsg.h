@@ -41,6 +41,10 @@ enum ctl_verb {
 	CTL_RECV_COMMIT = 4,    /* receive's commit (ns_recv_commit) */
 };
 
+/* The name every volume being received starts with (receive writes it, the
+ * daemon's commit takes nothing else). */
+#define CTL_RECV_TMP_PREFIX ".vsnap-recv."
+
 struct ctl_msg {
 	uint16_t version, verb;
 	int32_t status;

@@ -89,6 +89,10 @@ int ns_open(const char *dir, const struct ns_opts *opts, struct ns **out, bool *
 int ns_start(struct ns *ns);
 /* Stop the thread, flush everything, release the lock.  NULL is fine. */
 int ns_close(struct ns *ns);
+/* Stop serving the control channel (and remove its socket), waiting for a
+ * request in flight: call before the FUSE session the inval callback
+ * uses goes away.  ns_close does it too; a second call does nothing. */
+void ns_stop_control(struct ns *ns);
 /*
  * An entry the namespace changed behind the kernel's back (receive's
  * commit, from the control channel): fn(ctx, dir, name) asks the kernel

@@ -17,7 +17,7 @@
  * can be.  The data is read through the mount, where
  * the daemon checks every block's checksum: a damaged block fails the send.
  *
- * --resume TOKEN (printed by an interrupted receive: GUID:OFFSET) sends
+ * --resume TOKEN (GUID:OFFSET; no receive takes such a stream in this version) sends
  * only what lies at or past OFFSET; the GUID must be B's.
  *
  * Exit status: 0 sent, 2 refused or failed (one line on stderr).
@@ -63,7 +63,7 @@ static int snapfile_at(struct store *st, const struct model *m, const char *arg,
 	rc = bmap_snap_get(st->bm, sf->f->snap, &s);
 	if (rc)
 		return rc;
-	at = strchr(s.name, '@');
+	at = strrchr(s.name, '@');      /* the daemon's split: a file name may hold an @ */
 	if (!at) {
 		fprintf(stderr, "vsnapctl: send: %s is in snapshot %s of a whole directory: only "
 			"snapshots of one volume (FILE@NAME) are sent so far\n", arg, s.name);

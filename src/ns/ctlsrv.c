@@ -44,9 +44,9 @@ static void reply_err(struct ctl_msg *rep, int rc, const char *msg)
 	ctl_kv_add(rep, "msg", "%s", msg ? msg : strerror(-rc));
 }
 
-/* receive's commit: keys dir, tmp, name, snap, guid, created_ns, and for
- * an incremental stream base_guid (force=1 to replace a destination
- * written after the base). */
+/* receive's commit: keys dir, tmp, tmp_ino (the volume the receive wrote),
+ * name, snap, guid, created_ns, and for an incremental stream base_guid
+ * (force=1 to replace a destination written after the base). */
 static void recv_commit(struct ns *ns, const struct ctl_msg *req, struct ctl_msg *rep)
 {
 	char tmp[BMAP_NAME_MAX + 1], name[BMAP_NAME_MAX + 1], snap[BMAP_NAME_MAX + 1], msg[400];
@@ -57,6 +57,8 @@ static void recv_commit(struct ns *ns, const struct ctl_msg *req, struct ctl_msg
 	rc = ctl_kv_u64(req, "dir", &r.dir);
 	if (!rc)
 		rc = ctl_kv_get(req, "tmp", tmp, sizeof(tmp));
+	if (!rc)
+		rc = ctl_kv_u64(req, "tmp_ino", &r.tmp_ino);
 	if (!rc)
 		rc = ctl_kv_get(req, "name", name, sizeof(name));
 	if (!rc)
@@ -164,7 +166,9 @@ static void serve_conn(struct ns *ns, int c, struct ctlbuf *b)
 			serve_one(ns, &b->req, &b->rep);
 		}
 		len = ctl_msg_encode(&b->rep, b->wire);
-		if (send(c, b->wire, len, MSG_NOSIGNAL) != (ssize_t)len)
+		/* never wait on a client that does not read its replies: it
+		 * would hold every other client, and unmount, for ever */
+		if (send(c, b->wire, len, MSG_NOSIGNAL | MSG_DONTWAIT) != (ssize_t)len)
 			return;
 	}
 }

@@ -646,6 +646,17 @@ int ns_open_file(struct ns *ns, uint64_t ino, int flags, struct ns_file **out)
 	lock_mutex_lock(&ns->db_mu);
 	lock_mutex_lock(&ns->files_mu);
 	f = ns_files_find(ns, ino);
+	/* a volume that lost its name (unlinked, or replaced by a receive)
+	 * opens again only while it is open: a new open can come from a
+	 * stale dentry, and its writes would be lost (or the volume deleted
+	 * under it) */
+	if (f && !f->opens && ino_kind(ino) == INO_LIVE &&
+	    (bmap_inode_get(ns->bm, ino, &in) != 0 || in.parent == 0)) {
+		lock_mutex_unlock(&ns->files_mu);
+		f = NULL;
+		rc = -ENOENT;
+		goto out;
+	}
 	if (f) {
 		f->refs++;
 		f->opens++;
@@ -668,6 +679,8 @@ int ns_open_file(struct ns *ns, uint64_t ino, int flags, struct ns_file **out)
 	}
 	if (!rc && in.kind != BMAP_VOL)
 		rc = -EISDIR;
+	if (!rc && ino_kind(ino) == INO_LIVE && in.parent == 0)
+		rc = -ENOENT;           /* lost its name and not open: see above */
 	if (rc)
 		goto out;
 	f = calloc(1, sizeof(*f));

@@ -290,6 +290,7 @@ int ns_snap_rename(struct ns *ns, uint64_t dir, const char *name, const char *ne
 struct ns_recv {
 	uint64_t dir;                   /* live directory */
 	const char *tmp, *name, *snap;  /* received volume, its final name, snapshot name */
+	uint64_t tmp_ino;               /* the volume the receive wrote: tmp must still be it */
 	uint8_t guid[BMAP_GUID_BYTES];
 	bool incremental;
 	uint8_t base_guid[BMAP_GUID_BYTES];     /* incremental: the base snapshot */

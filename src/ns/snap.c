@@ -35,6 +35,7 @@
 
 #include "ns/names.h"
 #include "ns/ns_int.h"
+#include "vsnapfs/ctlmsg.h"
 #include "vsnapfs/log.h"
 
 /* ---- holding open volumes --------------------------------------------------- */
@@ -443,12 +444,21 @@ int ns_recv_commit(struct ns *ns, const struct ns_recv *r, char *msg, size_t msg
 	if (snprintf(s.name, sizeof(s.name), "%s@%s", r->name, r->snap) >= (int)sizeof(s.name))
 		return -ENAMETOOLONG;
 	rc = ns_snap_name_parse(s.name, &file);
+	/* the name must come back whole: a volume name with an @ would
+	 * make another file's snapshot */
+	if (!rc && strcmp(file, r->name) != 0)
+		rc = -EINVAL;
 	free(file);
 	if (!rc)
 		rc = ns_name_check(r->name);
 	if (rc) {
 		snprintf(msg, msglen, "bad volume or snapshot name %s", s.name);
 		return rc;
+	}
+	if (strncmp(r->tmp, CTL_RECV_TMP_PREFIX, strlen(CTL_RECV_TMP_PREFIX)) != 0 ||
+	    strcmp(r->tmp, r->name) == 0) {
+		snprintf(msg, msglen, "%s is not a volume being received", r->tmp);
+		return -EINVAL;
 	}
 
 	lock_mutex_lock(&ns->flush_mu);
@@ -462,6 +472,15 @@ int ns_recv_commit(struct ns *ns, const struct ns_recv *r, char *msg, size_t msg
 		rc = -EINVAL;
 	if (rc) {
 		snprintf(msg, msglen, "the received volume %s is gone", r->tmp);
+		goto unlock;
+	}
+	if (tmp.ino != r->tmp_ino) {
+		/* another receive of the same stream started over meanwhile:
+		 * this one's volume was deleted, and what has the name now
+		 * is that receive's, not complete */
+		snprintf(msg, msglen, "the received volume %s was replaced meanwhile (another receive "
+			 "of this stream?): nothing was applied", r->tmp);
+		rc = -ESTALE;
 		goto unlock;
 	}
 	{
@@ -485,7 +504,11 @@ int ns_recv_commit(struct ns *ns, const struct ns_recv *r, char *msg, size_t msg
 	have_dst = rc == 0;
 	if (rc && rc != -ENOENT)
 		goto unlock;
-	rc = 0;
+	rc = have_dst && dst.ino == tmp.ino ? -EINVAL : 0;
+	if (rc) {
+		snprintf(msg, msglen, "%s is not a volume being received", r->tmp);
+		goto unlock;
+	}
 	if (have_dst && (!r->incremental || dst.kind != BMAP_VOL)) {
 		snprintf(msg, msglen, "%s exists: a full stream creates a new volume", r->name);
 		rc = -EEXIST;

@@ -502,6 +502,11 @@ fail:
 	return rc;
 }
 
+void ns_stop_control(struct ns *ns)
+{
+	ns_ctl_stop(ns);
+}
+
 void ns_set_inval(struct ns *ns, ns_inval_fn fn, void *ctx)
 {
 	ns->inval = fn;

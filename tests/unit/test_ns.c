@@ -695,6 +695,26 @@ Test(ns, readdir_resumes_after_a_cookie_without_repeating_or_skipping_entries)
 
 /* ---- unlink and rename ---------------------------------------------------------------- */
 
+/* A volume that lost its name opens again only while it is open (through
+ * /proc/PID/fd): a new open can only come from a stale dentry, and the
+ * volume is being deleted (a review found receive's commit could race
+ * such an open). */
+Test(ns, an_unlinked_volume_not_open_does_not_open_again)
+{
+	uint64_t ino = make_vol(NS_ROOT_INO, "gone.img");
+	struct ns_file *f = open_file(ino, O_RDWR), *g = NULL;
+
+	put_pattern(f, 4096, 0, 45);
+	cr_assert_eq(ns_unlink(g_ns, NS_ROOT_INO, "gone.img"), 0);
+	cr_assert_eq(ns_open_file(g_ns, ino, O_RDONLY, &g), 0, "open while it is open");
+	ns_release(g_ns, g);
+	ns_release(g_ns, f);
+	cr_assert_eq(ns_open_file(g_ns, ino, O_RDWR, &g), -ENOENT, "open after the last close");
+	cr_assert_null(g);
+	cr_assert_eq(test_reap(g_ns), 0);
+	cr_assert_eq(ns_open_file(g_ns, ino, O_RDWR, &g), -ENOENT, "open after the reap");
+}
+
 Test(ns, unlinked_open_volume_keeps_its_data_until_closed_then_is_reaped)
 {
 	uint64_t ino = make_vol(NS_ROOT_INO, "gone.img");
@@ -892,6 +912,19 @@ Test(ns, receive_commit_renames_and_snapshots_in_one_step_or_refuses)
 	ns_release(g_ns, s);
 	put_pattern(t, 5000, 4096, 62);
 
+	/* what the daemon checks of the request itself (a review found each) */
+	r.tmp_ino = tmp + 1000;                 /* another receive started over meanwhile */
+	cr_assert_eq(ns_recv_commit(g_ns, &r, msg, sizeof(msg)), -ESTALE, "replaced: %s", msg);
+	cr_assert(strstr(msg, "replaced meanwhile"), "%s", msg);
+	r.tmp_ino = tmp;
+	r.tmp = "disk.img";                     /* not a volume being received */
+	cr_assert_eq(ns_recv_commit(g_ns, &r, msg, sizeof(msg)), -EINVAL, "tmp = name: %s", msg);
+	r.tmp = ".vsnap-recv.x";
+	r.snap = "a@b";                         /* would name another file's snapshot */
+	cr_assert_eq(ns_recv_commit(g_ns, &r, msg, sizeof(msg)), -EINVAL, "snap with @: %s", msg);
+	r.snap = "tue";
+	cr_assert_eq(lookup(d, "disk.img"), ino, "refused: nothing changed");
+
 	cr_assert_eq(ns_recv_commit(g_ns, &r, msg, sizeof(msg)), -EBUSY, "open: %s", msg);
 	put_pattern(f, 100, 0, 63);             /* the destination written after @mon */
 	ns_release(g_ns, f);
@@ -919,6 +952,7 @@ Test(ns, receive_commit_renames_and_snapshots_in_one_step_or_refuses)
 	/* the same stream again, and a full stream onto an existing volume */
 	full = make_vol(d, ".vsnap-recv.y");
 	r.tmp = ".vsnap-recv.y";
+	r.tmp_ino = full;
 	cr_assert_eq(ns_recv_commit(g_ns, &r, msg, sizeof(msg)), -EEXIST, "twice: %s", msg);
 	memset(r.guid, 0x78, sizeof(r.guid));
 	r.incremental = false;
