@@ -435,7 +435,7 @@ int ns_recv_commit(struct ns *ns, const struct ns_recv *r, char *msg, size_t msg
 	struct bmap_inode d, tmp, dst;
 	struct ns_file *fd = NULL;
 	char *file = NULL;
-	bool have_dst;
+	bool have_dst = false;
 	int rc;
 
 	msg[0] = '\0';
