@@ -5,7 +5,9 @@
 # the daemon and reports what came back: a volume overwritten once leaves
 # its first copy as garbage, which no background pass collects here
 # (gc_interval=3600, fewer new chunk files than trigger one), so the space
-# comes back only through vsnapctl gc.  Unmounted, gc is refused.
+# comes back only through vsnapctl gc.  A client that never reads its
+# replies is dropped: other calls and the unmount go on.  Unmounted, gc is
+# refused.
 . "$(dirname "$0")/lib.sh"
 
 [ -x "$VSNAPCTL" ] || fail "$VSNAPCTL not built"
@@ -39,6 +41,17 @@ freed=$(sed -n 's/.*"freed_bytes":\([0-9]*\).*/\1/p' "$T/gc.json")
 grep -qE '^gc: moved [0-9]+ live block\(s\), removed [0-9]+ chunk file\(s\); chunk files .* freed\)$' \
 	"$T/gc.txt" || fail "gc's line: $(cat "$T/gc.txt")"
 
+# a client that sends requests and never reads the replies holds neither
+# the other clients nor, below, the unmount: the daemon drops it
+"$TOOLS/ctlflood" "$STORE/ctl.sock" 2000 >"$T/flood.out" 2>&1 &
+FLOOD=$!
+vs_track_pid $FLOOD
+for ((i = 0; i < 50; i++)); do [ -s "$T/flood.out" ] && break; sleep 0.1; done
+[ -s "$T/flood.out" ] || fail "ctlflood did not finish sending: $(cat "$T/flood.out")"
+note "a client that does not read: $(cat "$T/flood.out")"
+timeout 20 "$VSNAPCTL" gc "$MNT" >"$T/gc2.txt" 2>&1 ||
+	fail "vsnapctl gc with a client that does not read connected: $(cat "$T/gc2.txt")"
+
 # a user that is neither root nor the daemon's is refused
 if command -v setpriv >/dev/null && [ "$(id -u)" = 0 ]; then
 	chmod 755 "$T" "$STORE"
@@ -51,7 +64,9 @@ if command -v setpriv >/dev/null && [ "$(id -u)" = 0 ]; then
 	chmod 600 "$STORE/ctl.sock"
 fi
 
-vs_umount "$MNT"
+vs_umount "$MNT"          # with ctlflood still connected: it must not wait for it
+kill -9 $FLOOD 2>/dev/null || true
+wait $FLOOD 2>/dev/null || true
 [ ! -e "$STORE/ctl.sock" ] || fail "the control socket outlived the mount"
 expect_errno "is not mounted" "$VSNAPCTL" gc "$STORE"
 assert_eq "$(wc -l <"$T/expect.err")" 1 "gc of an unmounted store: one line"
