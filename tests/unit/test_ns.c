@@ -882,6 +882,51 @@ Test(ns, file_snapshot_freezes_the_volume_and_later_writes_do_not_show_in_it)
 	ns_release(g_ns, s);
 }
 
+/* A receive's commit whose index transaction fails changes nothing: the
+ * destination, the received volume (its name and its data, written but
+ * not synced before) and the snapshots are as before, no guid is taken,
+ * and the same commit then applies (SPEC: a control operation is never
+ * half-applied). */
+Test(ns, a_failed_receive_commit_changes_nothing_and_applies_when_retried)
+{
+	uint64_t d = make_dir(NS_ROOT_INO, "vm");
+	uint64_t ino = make_vol(d, "disk.img"), tmp;
+	struct ns_file *f = open_file(ino, O_RDWR), *t;
+	struct ns_recv r = { .dir = d, .tmp = ".vsnap-recv.x", .name = "disk.img", .snap = "tue",
+			     .incremental = true, .created_ns = 7 };
+	struct bmap_snap bs;
+	char msg[256];
+
+	put_pattern(f, 40000, 0, 71);
+	snap_take(d, "disk.img@mon");
+	ns_release(g_ns, f);
+	cr_assert_eq(bmap_snap_lookup(test_bm(g_ns), d, "disk.img@mon", &bs), 0);
+	cr_assert_eq(bmap_snap_guid_get(test_bm(g_ns), bs.id, r.base_guid), 0);
+	memset(r.guid, 0x55, sizeof(r.guid));
+	tmp = make_vol(d, ".vsnap-recv.x");
+	r.tmp_ino = tmp;
+	t = open_file(tmp, O_RDWR);
+	put_pattern(t, 9000, 0, 72);
+
+	bmap_fault_commit(test_bm(g_ns), 0, EIO);
+	cr_assert_neq(ns_recv_commit(g_ns, &r, msg, sizeof(msg)), 0, "the commit did not fail");
+	bmap_fault_commit(test_bm(g_ns), 0, 0);
+	cr_assert_eq(lookup(d, "disk.img"), ino, "the destination changed");
+	cr_assert_eq(lookup(d, ".vsnap-recv.x"), tmp, "the received volume lost its name");
+	cr_assert_eq(lookup_rc(lookup(d, ".snapshots"), "disk.img@tue"), -ENOENT);
+	cr_assert_eq(bmap_snap_by_guid(test_bm(g_ns), r.guid, &bs), -ENOENT, "the guid was taken");
+	expect_pattern(t, 9000, 0, 72, "the received volume after the failed commit");
+
+	cr_assert_eq(ns_recv_commit(g_ns, &r, msg, sizeof(msg)), 0, "retried: %s", msg);
+	cr_assert_eq(lookup(d, "disk.img"), tmp);
+	ns_release(g_ns, t);
+	close_store();
+	open_store();
+	t = open_file(path_ino("vm/.snapshots/disk.img@tue/disk.img"), O_RDONLY);
+	expect_pattern(t, 9000, 0, 72, "the received snapshot after a reopen");
+	ns_release(g_ns, t);
+}
+
 /* receive's commit (ns_recv_commit): the received volume takes the
  * destination's name and its snapshot appears with the stream's guid, in
  * one step; a destination open, or written after the base, or a guid
