@@ -328,6 +328,19 @@ static uint64_t snap_take(uint64_t dir, const char *name)
 	return a.ino;
 }
 
+/* Close and open the store again, then the first len bytes of the file at
+ * path must be put_pattern(seed)'s. */
+static void expect_after_reopen(const char *path, size_t len, uint64_t seed, const char *what)
+{
+	struct ns_file *f;
+
+	close_store();
+	open_store();
+	f = open_file(path_ino(path), O_RDONLY);
+	expect_pattern(f, len, 0, seed, what);
+	ns_release(g_ns, f);
+}
+
 /* Copy all of src to a blank dst the way cp does (copy_file_range until
  * done); returns the bytes copied. */
 static uint64_t copy_all(struct ns_file *src, uint64_t src_size, struct ns_file *dst)
@@ -875,11 +888,8 @@ Test(ns, file_snapshot_freezes_the_volume_and_later_writes_do_not_show_in_it)
 	/* and it stays frozen across a reopen */
 	ns_release(g_ns, s);
 	ns_release(g_ns, f);
-	close_store();
-	open_store();
-	s = open_file(path_ino("vm/.snapshots/disk.img@golden/disk.img"), O_RDONLY);
-	expect_pattern(s, 40000, 0, 61, "the snapshot after reopen");
-	ns_release(g_ns, s);
+	expect_after_reopen("vm/.snapshots/disk.img@golden/disk.img", 40000, 61,
+			    "the snapshot after reopen");
 }
 
 /* A receive's commit whose index transaction fails changes nothing: the
@@ -920,11 +930,8 @@ Test(ns, a_failed_receive_commit_changes_nothing_and_applies_when_retried)
 	cr_assert_eq(ns_recv_commit(g_ns, &r, msg, sizeof(msg)), 0, "retried: %s", msg);
 	cr_assert_eq(lookup(d, "disk.img"), tmp);
 	ns_release(g_ns, t);
-	close_store();
-	open_store();
-	t = open_file(path_ino("vm/.snapshots/disk.img@tue/disk.img"), O_RDONLY);
-	expect_pattern(t, 9000, 0, 72, "the received snapshot after a reopen");
-	ns_release(g_ns, t);
+	expect_after_reopen("vm/.snapshots/disk.img@tue/disk.img", 9000, 72,
+			    "the received snapshot after a reopen");
 }
 
 /* receive's commit (ns_recv_commit): the received volume takes the
