@@ -32,7 +32,8 @@ static char g_dir[128];                 /* the store directory, inside g_tmp */
 
 static void setup(void)
 {
-	strcpy(g_tmp, "/tmp/vsnapfs-test-chunk-XXXXXX");
+	/* not /tmp: a tmpfs there would keep every page cached */
+	strcpy(g_tmp, "/var/tmp/vsnapfs-test-chunk-XXXXXX");
 	cr_assert_not_null(mkdtemp(g_tmp), "mkdtemp: %s", strerror(errno));
 	snprintf(g_dir, sizeof(g_dir), "%s/chunks", g_tmp);
 }

@@ -15,6 +15,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "vsnapfs/bmap.h"
@@ -31,7 +33,8 @@ static void setup_bs(uint32_t bs)
 {
 	char path[128];
 
-	strcpy(dir, "/tmp/vsnap-vol-XXXXXX");
+	/* not /tmp: a tmpfs there would keep every page cached */
+	strcpy(dir, "/var/tmp/vsnap-vol-XXXXXX");
 	cr_assert_not_null(mkdtemp(dir));
 	snprintf(path, sizeof(path), "%s/index.sqlite", dir);
 	cr_assert_eq(bmap_create(path, bs, 0, 0), 0);
@@ -328,7 +331,32 @@ Test(vol, a_snapshot_freezes_the_content_while_the_volume_changes)
 	vol_close(v);
 }
 
-/* Write every chunk file to disk and drop it from the host's page cache. */
+/* Pages of the file at fd in the host's page cache (mincore). */
+static size_t resident_pages(int fd)
+{
+	struct stat st;
+	size_t n = 0, npages;
+	unsigned char *vec;
+	void *p;
+
+	cr_assert_eq(fstat(fd, &st), 0);
+	if (st.st_size == 0)
+		return 0;
+	npages = ((size_t)st.st_size + 4095) / 4096;
+	p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, fd, 0);
+	cr_assert_neq(p, MAP_FAILED);
+	vec = malloc(npages);
+	cr_assert_eq(mincore(p, (size_t)st.st_size, vec), 0);
+	for (size_t i = 0; i < npages; i++)
+		n += vec[i] & 1;
+	free(vec);
+	munmap(p, (size_t)st.st_size);
+	return n;
+}
+
+/* Write every chunk file to disk and drop it from the host's page cache;
+ * asserted, so that a test that needs cold pages cannot pass on warm ones
+ * (a tmpfs keeps them). */
 static void drop_chunk_cache(void)
 {
 	char path[512];
@@ -349,6 +377,7 @@ static void drop_chunk_cache(void)
 		cr_assert_geq(fd, 0);
 		cr_assert_eq(fdatasync(fd), 0);
 		cr_assert_eq(posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED), 0);
+		cr_assert_eq(resident_pages(fd), 0, "%s stays in the page cache", path);
 		close(fd);
 	}
 	closedir(d);
