@@ -247,6 +247,26 @@ int bmap_snap_guid_set(struct bmap *b, uint64_t snap, const uint8_t *guid);
 int bmap_snap_guid_get(struct bmap *b, uint64_t snap, uint8_t *guid);
 int bmap_snap_by_guid(struct bmap *b, const uint8_t *guid, struct bmap_snap *out);
 
+/*
+ * Referenced blocks (table refblocks, issue 15): the blocks a node shows
+ * with data, its own and its ancestors' (st_blocks of a live volume).  The
+ * volume layer keeps the count; these only store it.  get: -ENOENT when
+ * the node has no count (not counted yet, or an index without the table).
+ * set: a node that does not exist gets no row.  copy: to's row becomes
+ * from's (none if from has none).  missing: the first volume node (live or
+ * in a snapshot) after `after` without a row, and the largest size that
+ * names it; -ENOENT when there is none.
+ */
+int bmap_refs_get(struct bmap *b, uint64_t node, uint64_t *nblocks);
+int bmap_refs_set(struct bmap *b, uint64_t node, uint64_t nblocks);
+int bmap_refs_copy(struct bmap *b, uint64_t from, uint64_t to);
+int bmap_refs_forget(struct bmap *b, uint64_t node);
+int bmap_refs_missing(struct bmap *b, uint64_t after, uint64_t *node, uint64_t *size);
+/* The blocks node shows with data in [from, below), its chain resolved
+ * (bmap_node_content): O(extents of the chain there). */
+int bmap_node_data_blocks(struct bmap *b, uint64_t node, uint64_t from, uint64_t below,
+			  uint64_t *count);
+
 /* Snapshot inodes: same struct as live ones, ino and parent as they were. */
 int bmap_sinode_insert(struct bmap *b, uint64_t snap, const struct bmap_inode *in);
 int bmap_sinode_get(struct bmap *b, uint64_t snap, uint64_t ino, struct bmap_inode *out);

@@ -88,6 +88,12 @@ uint64_t vol_node(struct vol *v);
 /* Blocks holding data in its own node, as the vol shows them (st_blocks):
  * the index's count at open, kept up to date by every change. */
 uint64_t vol_own_blocks(struct vol *v);
+/* Blocks it shows with data, its own and those it shares with its
+ * ancestors (SPEC's st_blocks of a live volume): the index's count at open
+ * (table refblocks), kept by every change; its own blocks while the index
+ * has no count for its node (vol_refs_known false: counted later). */
+uint64_t vol_ref_blocks(struct vol *v);
+bool vol_refs_known(struct vol *v);
 bool vol_is_dirty(struct vol *v);               /* anything not yet collected */
 
 /* ---- snapshots ---------------------------------------------------------- */
@@ -153,8 +159,10 @@ void vol_reset(struct vol *v, uint64_t node);
  * index: v now has that size, and its pages are dropped (they load again
  * at next touch, so this is O(its resident pages)).  -EBUSY if v has
  * uncollected changes; what was collected (and committed) leaves the delta.
+ * refs: the blocks it now shows with data, or NULL if the caller does not
+ * know (not counted: see vol_ref_blocks).
  */
-int vol_attach(struct vol *v, uint64_t inherit, uint64_t size);
+int vol_attach(struct vol *v, uint64_t inherit, uint64_t size, const uint64_t *refs);
 
 /*
  * A merge moved rows of an ancestor into v's node, and the index may have
@@ -190,6 +198,8 @@ struct vol_batch {                              /* what one vol_collect() took *
 	uint64_t trunc_from;                    /* delete rows >= this; VOL_NO_TRUNC: none */
 	uint64_t inherit;                       /* the node's inherit limit */
 	bool inherit_changed;
+	bool refs_known;                        /* refs holds the vol's count */
+	uint64_t refs;                          /* blocks the vol shows with data (st_blocks) */
 	struct vol_rec *recs;
 	size_t nrecs, cap;
 };

@@ -6,7 +6,7 @@
  * without anything else: PUT (node, lblock, nblocks) -> (chunk, slot), a
  * tombstone when chunk is 0; DEL (node, lblock, nblocks); TRUNC (node,
  * rows >= lblock); INHERIT (node, limit: lowers it, never raises it);
- * INODE (ino, size, mtime, ctime).
+ * INODE (ino, size, mtime, ctime); REFS (node, referenced blocks).
  * The same records go to the index at a checkpoint and at crash recovery,
  * by the same wal_apply(), so the path a crash takes is the one every
  * second takes.
@@ -44,6 +44,7 @@ enum wal_rec_type {
 	WAL_TRUNC = 3,                  /* a: node, b: first lblock deleted */
 	WAL_INHERIT = 4,                /* a: node, b: inherit limit */
 	WAL_INODE = 5,                  /* a: ino, b: size, c: mtime_ns, d: ctime_ns */
+	WAL_REFS = 6,                   /* a: node, b: blocks it shows with data */
 };
 
 struct wal_rec {
@@ -66,7 +67,8 @@ void wal_buf_free(struct wal_buf *w);
 /*
  * The records of what vol_collect() took into b: TRUNC first (if any), then
  * one PUT or DEL per run of consecutive blocks written together (b's
- * records are sorted), then INHERIT if it changed.
+ * records are sorted), then INHERIT if it changed, then REFS if the vol
+ * knows its count.
  */
 int wal_put_vol(struct wal_buf *w, const struct vol_batch *b);
 int wal_put_inode(struct wal_buf *w, uint64_t ino, uint64_t size, int64_t mtime_ns,

@@ -238,6 +238,25 @@ static const char bmap_guid_sql[] =
 	"  guid BLOB NOT NULL UNIQUE -- 16 random bytes, kept by send/receive across stores\n"
 	");\n";
 
+/*
+ * Referenced blocks (issue 15; docs/design.md, "Referenced blocks"): per
+ * node, the blocks it shows with data, its own and those its ancestors
+ * give it: st_blocks of a live volume.  Kept by the volume layer, which
+ * knows what each change replaced, and written with the log's REFS
+ * records.  A node without a row is not counted (yet): the daemon counts
+ * it in the background.  Additive like snapguid: created by a writable
+ * open of a format-3 index without it, and by the upgrade; the trigger
+ * drops a node's row with the node, whoever deletes it.
+ */
+static const char bmap_refs_sql[] =
+	"CREATE TABLE IF NOT EXISTS refblocks (\n"
+	"  node    INTEGER PRIMARY KEY, -- node.id\n"
+	"  nblocks INTEGER NOT NULL     -- blocks it shows with data, own or inherited\n"
+	");\n"
+	"CREATE TRIGGER IF NOT EXISTS refblocks_gone AFTER DELETE ON node BEGIN\n"
+	"  DELETE FROM refblocks WHERE node = old.id;\n"
+	"END;\n";
+
 /* The extent table as the upgrade creates it: the same text as above. */
 static const char bmap_extent_sql[] =
 	"CREATE TABLE extent (\n"
@@ -962,6 +981,35 @@ static int guids_ensure(struct bmap *b)
 	return rc;
 }
 
+static int refs_present(struct bmap *b)
+{
+	sqlite3_int64 n;
+	int rc = oneoff_i64(b, "SELECT count(*) FROM sqlite_schema WHERE (type = 'table'"
+			    " AND name = 'refblocks') OR (type = 'trigger' AND name = 'refblocks_gone')",
+			    &n);
+
+	return rc ? rc : n == 2;
+}
+
+/* A writable open of a format-3 index, and the end of an upgrade: the
+ * table and its trigger, in one transaction if either is missing. */
+static int refs_ensure(struct bmap *b)
+{
+	int rc = refs_present(b);
+
+	if (rc)
+		return rc < 0 ? rc : 0;
+	rc = exec_sql(b, "BEGIN IMMEDIATE");
+	if (!rc)
+		rc = exec_sql(b, bmap_refs_sql);
+	if (!rc)
+		rc = exec_sql(b, "DELETE FROM refblocks WHERE node NOT IN (SELECT id FROM node);"
+				 "COMMIT");
+	if (rc)
+		exec_sql(b, "ROLLBACK");
+	return rc;
+}
+
 /* Prepare statements [first, below) of b->st; see "Statements" at the top. */
 static int prepare_range(struct bmap *b, int first, int below)
 {
@@ -1060,6 +1108,8 @@ static int open_index(const char *path, int readonly, bool quick_check, int cach
 		rc = bmap_upgrade_1(b);
 		if (!rc)
 			rc = guids_ensure(b);
+		if (!rc && b->format == BMAP_FORMAT_VERSION)
+			rc = refs_ensure(b);
 		if (rc)
 			goto fail;
 	}
@@ -2354,6 +2404,104 @@ int bmap_snap_by_guid(struct bmap *b, const uint8_t *guid, struct bmap_snap *out
 	return rc;
 }
 
+/* ---- referenced blocks (refblocks) ------------------------------------------- */
+
+/* -ENOENT for an index without the table (read-only, not yet ensured):
+ * it has no count; set, copy and forget then keep nothing and return 0. */
+static int refs_stmt(struct bmap *b, const char *sql, sqlite3_stmt **s)
+{
+	int src, rc;
+
+	assert(!b->walking);
+	*s = NULL;
+	rc = refs_present(b);
+	if (rc <= 0)
+		return rc ? rc : -ENOENT;
+	src = sqlite3_prepare_v2(b->db, sql, -1, s, NULL);
+	return src == SQLITE_OK ? 0 : bmap_errno(b, src);
+}
+
+int bmap_refs_get(struct bmap *b, uint64_t node, uint64_t *nblocks)
+{
+	sqlite3_stmt *s;
+	int rc = refs_stmt(b, "SELECT nblocks FROM refblocks WHERE node = ?1", &s);
+
+	if (rc == 0) {
+		bind_i64(s, 1, u64_bits(node));
+		rc = stmt_u64(b, s, nblocks);
+	}
+	sqlite3_finalize(s);
+	return rc;
+}
+
+int bmap_refs_set(struct bmap *b, uint64_t node, uint64_t nblocks)
+{
+	sqlite3_stmt *s;
+	int rc = refs_stmt(b, "INSERT INTO refblocks(node, nblocks) SELECT ?1, ?2"
+			   " WHERE EXISTS (SELECT 1 FROM node WHERE id = ?1)"
+			   " ON CONFLICT(node) DO UPDATE SET nblocks = excluded.nblocks", &s);
+
+	if (rc == 0) {
+		bind_i64(s, 1, u64_bits(node));
+		bind_i64(s, 2, u64_bits(nblocks));
+		rc = stmt_run(b, s);
+	}
+	sqlite3_finalize(s);
+	return rc == -ENOENT && !s ? 0 : rc;
+}
+
+int bmap_refs_copy(struct bmap *b, uint64_t from, uint64_t to)
+{
+	sqlite3_stmt *s;
+	int rc = bmap_refs_forget(b, to);
+
+	if (!rc)
+		rc = refs_stmt(b, "INSERT INTO refblocks(node, nblocks) SELECT ?2, nblocks"
+			       " FROM refblocks WHERE node = ?1", &s);
+	if (rc == 0) {
+		bind_i64(s, 1, u64_bits(from));
+		bind_i64(s, 2, u64_bits(to));
+		rc = stmt_run(b, s);
+		sqlite3_finalize(s);
+	}
+	return rc == -ENOENT ? 0 : rc;
+}
+
+int bmap_refs_forget(struct bmap *b, uint64_t node)
+{
+	sqlite3_stmt *s;
+	int rc = refs_stmt(b, "DELETE FROM refblocks WHERE node = ?1", &s);
+
+	if (rc == 0) {
+		bind_i64(s, 1, u64_bits(node));
+		rc = stmt_run(b, s);
+	}
+	sqlite3_finalize(s);
+	return rc == -ENOENT && !s ? 0 : rc;
+}
+
+int bmap_refs_missing(struct bmap *b, uint64_t after, uint64_t *node, uint64_t *size)
+{
+	sqlite3_stmt *s;
+	int src, rc = refs_stmt(b, "SELECT node, max(size) FROM (SELECT node, size FROM inode"
+				" WHERE kind = 2 UNION ALL SELECT node, size FROM sinode WHERE kind = 2)"
+				" WHERE node > ?1 AND node NOT IN (SELECT node FROM refblocks)"
+				" GROUP BY node ORDER BY node LIMIT 1", &s);
+
+	if (rc == 0) {
+		bind_i64(s, 1, u64_bits(after));
+		src = sqlite3_step(s);
+		if (src == SQLITE_ROW) {
+			*node = (uint64_t)sqlite3_column_int64(s, 0);
+			*size = (uint64_t)sqlite3_column_int64(s, 1);
+		} else {
+			rc = src == SQLITE_DONE ? -ENOENT : bmap_errno(b, src);
+		}
+	}
+	sqlite3_finalize(s);
+	return rc;
+}
+
 int bmap_snap_count(struct bmap *b, uint64_t dir, uint64_t *count)
 {
 	sqlite3_stmt *s = bmap_stmt(b, ST_SNAP_COUNT);
@@ -3057,5 +3205,5 @@ int bmap_upgrade_run(struct bmap *b, uint64_t step_rows, const struct bmap_upgra
 	if (!b->upgraded_from)
 		b->upgraded_from = 2;
 	up_compact(b);
-	return 0;
+	return refs_ensure(b);
 }

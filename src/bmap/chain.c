@@ -247,6 +247,30 @@ int bmap_node_content(struct bmap *b, uint64_t node, uint64_t from, uint64_t bel
 	return rc;
 }
 
+static int count_data(void *ctx, const struct bmap_run *r)
+{
+	if (r->data)
+		*(uint64_t *)ctx += r->nblocks;
+	return 0;
+}
+
+/* Counted a window at a time, so that memory stays bounded by the extents
+ * of one window, whatever the size of the volume. */
+#define COUNT_WINDOW (1ull << 20)
+
+int bmap_node_data_blocks(struct bmap *b, uint64_t node, uint64_t from, uint64_t below,
+			  uint64_t *count)
+{
+	int rc = 0;
+
+	*count = 0;
+	below = min_u64(below, BMAP_LBLOCK_LIMIT);
+	for (uint64_t lo = from; lo < below && !rc; lo += COUNT_WINDOW)
+		rc = bmap_node_content(b, node, lo, min_u64(below, lo + COUNT_WINDOW), count_data,
+				       count);
+	return rc;
+}
+
 /* ---- diff -------------------------------------------------------------------- */
 
 /* What a segment of the walk needs before it is known to differ. */

@@ -2,7 +2,7 @@
  * attr: the attributes of every kind of inode the namespace shows (see the
  * inode kinds in ns_int.h), from what the caller read.  No index query and
  * no namespace lock; an open volume's live size and allocation are read
- * under its vol.lock (vol_size, vol_own_blocks).
+ * under its vol.lock (vol_size, vol_ref_blocks).
  */
 #include <string.h>
 #include <sys/stat.h>
@@ -33,7 +33,7 @@ void ns_attr_fill(struct ns *ns, const struct bmap_inode *in, struct ns_file *f,
 
 		out->size = vol_size(f->v);
 		/* not loaded yet: the caller counts in the index (attr_of in ns.c) */
-		out->blocks = vol_own_blocks(f->v) * (ns->bs / 512);
+		out->blocks = vol_ref_blocks(f->v) * (ns->bs / 512);
 		if (w > out->mtime_ns)
 			out->mtime_ns = out->ctime_ns = w;
 	}

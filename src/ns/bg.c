@@ -280,6 +280,102 @@ static void spares_tick(struct ns *ns, uint64_t *appends, int64_t *seen_ns, int6
  * NS_SPARE_IDLE_MS after the last append whatever flush_ms says, so look
  * at least every fifth of that while there are some.  Takes chunk.mu:
  * call it without bg_mu. */
+/* ---- referenced blocks not counted yet ------------------------------------------ */
+
+#define REFS_BUDGET_NS  (50 * 1000000)           /* counting per tick, at most (about) */
+#define REFS_IDLE_NS    (30 * 1000000000LL)      /* a scan that found nothing: the next one */
+
+struct refs_scan {
+	uint64_t after;                 /* nodes up to this one were looked at this round */
+	int64_t idle_until;             /* nothing to count: no scan before this */
+	uint64_t counted;               /* nodes counted this round */
+};
+
+static int node_in_use(struct ns_file *f, void *ctx)
+{
+	return ino_kind(f->ino) == INO_LIVE && f->in.node == *(uint64_t *)ctx;
+}
+
+/* Is node some live volume's in the files table (its count changes with
+ * it), and what files_gen is?  Assumes db_mu. */
+static bool in_use(struct ns *ns, uint64_t node, uint64_t *gen)
+{
+	bool used;
+
+	lock_mutex_lock(&ns->files_mu);
+	used = ns_files_foreach(ns, node_in_use, &node) != 0;
+	*gen = ns->files_gen;
+	lock_mutex_unlock(&ns->files_mu);
+	return used;
+}
+
+/*
+ * Count the referenced blocks of volume nodes the index has none for
+ * (docs/design.md, "Referenced blocks"): those of a store made before the
+ * count existed, those a crash recovery dropped blocks of, a partial
+ * clone.  From the index alone (bmap_node_data_blocks, O(extents)) on the
+ * background thread's own read connection, without db_mu; only for nodes
+ * no live volume in the files table uses, and kept only if no volume was
+ * taken into the table meanwhile (one could have changed the node and
+ * gone).  A volume in use keeps showing its own blocks, and is counted
+ * after it leaves the table.  Assumes nothing held.
+ */
+static void refs_tick(struct ns *ns, struct refs_scan *rs)
+{
+	int64_t start = ns_now_ns();
+
+	if (ns->readonly || start < rs->idle_until)
+		return;
+	while (ns_now_ns() - start < REFS_BUDGET_NS) {
+		uint64_t node, size, n, gen, gen2, have;
+		int rc;
+
+		lock_mutex_lock(&ns->db_mu);
+		rc = bmap_refs_missing(ns->bm, rs->after, &node, &size);
+		if (!rc && in_use(ns, node, &gen))
+			rc = 1;
+		lock_mutex_unlock(&ns->db_mu);
+		if (rc == -ENOENT) {
+			if (rs->counted)
+				vlog(LOG_INFO, "counted the referenced blocks of %" PRIu64 " volume "
+				     "nodes", rs->counted);
+			/* a round found nothing to count, or skipped nodes in use */
+			if (!rs->after)
+				rs->idle_until = start + REFS_IDLE_NS;
+			rs->after = 0;
+			rs->counted = 0;
+			return;
+		}
+		if (rc < 0)
+			return;
+		rs->after = node;
+		if (rc)
+			continue;       /* in use: counted in a later round */
+		rc = bmap_snapshot_begin(ns->bm_scan);
+		if (!rc) {
+			rc = bmap_node_data_blocks(ns->bm_scan, node, 0,
+						   (size + ns->bs - 1) / ns->bs, &n);
+			bmap_snapshot_end(ns->bm_scan);
+		}
+		if (rc) {
+			vlog(LOG_WARNING, "counting the referenced blocks of node %" PRIu64 ": %s",
+			     node, strerror(-rc));
+			continue;
+		}
+		lock_mutex_lock(&ns->db_mu);
+		if (!in_use(ns, node, &gen2) && gen2 == gen &&
+		    bmap_refs_get(ns->bm, node, &have) == -ENOENT && !ns_txn_begin(ns)) {
+			rc = bmap_refs_set(ns->bm, node, n);
+			if (!rc)
+				rc = ns_txn_commit(ns);
+			if (rc)
+				ns_txn_rollback(ns);
+			rs->counted += !rc;
+		}
+		lock_mutex_unlock(&ns->db_mu);
+	}
+}
+
 static uint32_t next_wait_ms(struct ns *ns)
 {
 	if (chunk_spare_bytes(ns->cs) && ns->flush_ms > NS_SPARE_IDLE_MS / 5)
@@ -298,6 +394,7 @@ void *ns_bg_main(void *arg)
 	uint64_t gc_answered = 0;           /* the last ns->gc_req answered */
 	int64_t last_flush = ns_now_ns();
 	uint32_t wait_ms = next_wait_ms(ns);
+	struct refs_scan rs = { 0 };
 
 	lock_mutex_lock(&ns->bg_mu);
 	while (!ns->bg_stop) {
@@ -332,6 +429,7 @@ void *ns_bg_main(void *arg)
 		ns_checkpoint(ns);
 		evict_clean(ns);
 		ns_reap_all(ns);
+		refs_tick(ns, &rs);
 		now = ns_now_ns();
 		spares_tick(ns, &appends, &appends_ns, now);
 		/* no GC in a poisoned store: nothing may be moved (chunk_sync) */

@@ -39,6 +39,7 @@ void ns_files_insert(struct ns *ns, struct ns_file *f)
 	assert(lock_held(&ns->files_mu));
 	f->next = *b;
 	*b = f;
+	ns->files_gen++;
 }
 
 void ns_files_remove(struct ns *ns, struct ns_file *f)

@@ -46,11 +46,14 @@ static int attr_of(struct ns *ns, const struct bmap_inode *in, struct ns_attr *o
 	assert(lock_held(&ns->db_mu));
 	lock_mutex_lock(&ns->files_mu);
 	f = in->kind == BMAP_VOL ? ns_files_find(ns, in->ino) : NULL;
-	/* an open volume counts its own blocks (ns_attr_fill) */
+	/* an open volume counts its blocks itself (ns_attr_fill) */
 	ns_attr_fill(ns, f ? &f->in : in, f, out);
 	lock_mutex_unlock(&ns->files_mu);
 	if (in->kind == BMAP_VOL && !f) {
-		rc = bmap_node_blocks(ns->bm, node, &nblocks);
+		/* every block it shows, else (not counted yet) its own */
+		rc = bmap_refs_get(ns->bm, node, &nblocks);
+		if (rc == -ENOENT)
+			rc = bmap_node_blocks(ns->bm, node, &nblocks);
 		out->blocks = nblocks * (ns->bs / 512);
 	}
 	return rc;
@@ -213,6 +216,8 @@ static int make_inode(struct ns *ns, uint64_t dir, const char *name, uint32_t ki
 		goto out;
 	if (kind == BMAP_VOL) {
 		rc = bmap_node_create(ns->bm, &node);
+		if (!rc)
+			rc = bmap_refs_set(ns->bm, node.id, 0);
 		in.node = node.id;
 	}
 	if (!rc)

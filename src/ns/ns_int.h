@@ -119,6 +119,7 @@ struct ns {
 
 	struct lock_mutex files_mu;
 	struct ns_file *files[NS_FILE_BUCKETS];   /* (files_mu) */
+	uint64_t files_gen;             /* (files_mu) moves with every insert (bg.c's counts) */
 
 	/* The log (src/ns/flush.c, docs/design.md D3). */
 	struct lock_mutex log_mu;

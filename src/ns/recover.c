@@ -53,6 +53,8 @@ struct rec_state {
 	uint64_t max_seen;              /* the highest lsn of any valid batch found */
 	uint64_t chunks;                /* chunk files that held an accepted batch */
 	uint64_t dropped;               /* blocks of step 3 that did not verify */
+	uint64_t *stale;                /* nodes with such blocks: their REFS counted them */
+	size_t nstale, stale_cap;
 	uint8_t *blk;                   /* VERIFY_RUN blocks */
 	int rc;
 };
@@ -145,11 +147,25 @@ static int scan_chunk(void *ctx, uint64_t id, uint32_t nslots)
 	return 0;
 }
 
+/* A block of node was dropped: the referenced-block counts the log holds
+ * for it included the block, so the node is counted again (after mount, in
+ * the background; docs/design.md, "Referenced blocks"). */
+static int note_stale(struct rec_state *st, uint64_t node)
+{
+	if (st->nstale && st->stale[st->nstale - 1] == node)
+		return 0;
+	if (ARRAY_RESERVE(st->stale, st->stale_cap, st->nstale, 16))
+		return -ENOMEM;
+	st->stale[st->nstale++] = node;
+	return 0;
+}
+
 /* Step 3: which blocks of a PUT read back whole. */
 static int keep_verified(void *ctx, const struct wal_rec *r, uint8_t *ok)
 {
 	struct rec_state *st = ctx;
 	struct chunk_loc locs[VERIFY_RUN];
+	uint64_t dropped = st->dropped;
 
 	for (uint32_t i = 0; i < r->nblocks;) {
 		uint32_t n = r->nblocks - i < VERIFY_RUN ? r->nblocks - i : VERIFY_RUN;
@@ -177,7 +193,7 @@ static int keep_verified(void *ctx, const struct wal_rec *r, uint8_t *ok)
 			return rc;
 		}
 	}
-	return 0;
+	return st->dropped != dropped ? note_stale(st, r->a) : 0;
 }
 
 /* Step 4. */
@@ -198,6 +214,8 @@ static int replay(struct rec_state *st)
 	if (!rc)
 		rc = wal_inodes_apply(ns->bm, &inodes);
 	wal_inodes_free(&inodes);
+	for (size_t i = 0; i < st->nstale && !rc; i++)
+		rc = bmap_refs_forget(ns->bm, st->stale[i]);
 	if (!rc)
 		rc = bmap_meta_set(ns->bm, "ckpt_lsn", st->last);
 	if (!rc)
@@ -296,5 +314,6 @@ out:
 	free(st.bufs);
 	free(st.v);
 	free(st.blk);
+	free(st.stale);
 	return rc;
 }

@@ -150,6 +150,8 @@ static int freeze_inodes(struct ns *ns, uint64_t snap, struct bmap_inodes *l, st
 		n.parent = in.node;
 		n.inherit = nblocks(ns, in.size);
 		rc = bmap_node_create(ns->bm, &n);
+		if (!rc)        /* the live volume shows what the frozen node shows */
+			rc = bmap_refs_copy(ns->bm, in.node, n.id);
 		if (rc)
 			break;
 		in.node = n.id;
@@ -644,6 +646,8 @@ int ns_truncate_zero(struct ns *ns, struct ns_file *f)
 		rc = ns_txn_begin(ns);
 	if (!rc) {
 		rc = bmap_node_create(ns->bm, &n);
+		if (!rc)
+			rc = bmap_refs_set(ns->bm, n.id, 0);
 		lock_mutex_lock(&ns->files_mu);
 		in = f->in;
 		lock_mutex_unlock(&ns->files_mu);
@@ -688,7 +692,8 @@ static ssize_t share_range(struct ns *ns, struct ns_file *src, struct ns_file *d
 	struct holdset hs = { 0 };
 	struct bmap_node dn, sn = { 0 };
 	uint64_t src_size = vol_size(src->v), end = off + len, nb_end, frozen;
-	bool live_src = ino_kind(src->ino) == INO_LIVE;
+	bool live_src = ino_kind(src->ino) == INO_LIVE, refs_known = false;
+	uint64_t refs = 0;
 	ssize_t shared = 0;
 	int rc;
 
@@ -738,6 +743,8 @@ static ssize_t share_range(struct ns *ns, struct ns_file *src, struct ns_file *d
 		sn.parent = frozen;
 		sn.inherit = nblocks(ns, h->in.size);
 		rc = bmap_node_create(ns->bm, &sn);
+		if (!rc)
+			rc = bmap_refs_copy(ns->bm, frozen, sn.id);
 		h->in.node = sn.id;
 		if (!rc)
 			rc = bmap_inode_update(ns->bm, &h->in);
@@ -752,6 +759,14 @@ static ssize_t share_range(struct ns *ns, struct ns_file *src, struct ns_file *d
 		rc = bmap_node_update(ns->bm, &dn);
 		if (!rc)
 			rc = bmap_inode_update(ns->bm, &h->in);
+		/* the whole source shared: dst shows what it shows; a part:
+		 * counted later, in the background (O(extents), not here) */
+		if (!rc && nb_end >= nblocks(ns, src_size))
+			rc = bmap_refs_copy(ns->bm, frozen, dn.id);
+		else if (!rc)
+			rc = bmap_refs_forget(ns->bm, dn.id);
+		if (!rc)
+			refs_known = bmap_refs_get(ns->bm, dn.id, &refs) == 0;
 	}
 	if (!rc)
 		rc = ns_txn_commit(ns);
@@ -762,7 +777,7 @@ thaw:
 		if (live_src)
 			rc = vol_switch_node(src->v, sn.id, sn.inherit);
 		if (!rc)
-			rc = vol_attach(dst->v, nb_end, off + shared);
+			rc = vol_attach(dst->v, nb_end, off + shared, refs_known ? &refs : NULL);
 		if (rc)
 			vlog(LOG_CRIT, "clone: switching volumes failed: %s", strerror(-rc));
 	}

@@ -133,6 +133,8 @@ struct vol {
 	bool inherit_changed;           /* (L) not yet collected */
 	bool size_changed;              /* (L) not yet collected */
 	uint64_t own_blocks;            /* (L) blocks of its node holding data */
+	uint64_t refs;                  /* (L) blocks it shows with data, own or inherited */
+	bool refs_known;                /* (L) refs is the count (else the index had none) */
 	uint64_t *dirty;                /* (L) lblocks with VE_DIRTY, each once */
 	size_t ndirty, dirty_cap;       /* (L) */
 	uint64_t trunc_from;            /* (L) delete own rows >= this at flush */
@@ -146,6 +148,16 @@ struct vol {
 };
 
 /* ---- small helpers ------------------------------------------------------ */
+
+/* A block that showed data (was) now shows data or not (now).  Never below
+ * 0: a count that missed blocks must not wrap.  Assumes v->lock for writing. */
+static void refs_move(struct vol *v, bool was, bool now)
+{
+	if (now && !was)
+		v->refs++;
+	else if (was && !now && v->refs)
+		v->refs--;
+}
 
 static bool is_zero(const void *buf, size_t len)
 {
@@ -787,6 +799,7 @@ static int set_block(struct vol *v, const struct pins *p, uint64_t lblock,
 	}
 	if (loc->chunk_id)
 		v->own_blocks++;
+	refs_move(v, s.chunk != 0, loc->chunk_id != 0);
 	wt_add(v, w, lblock, loc, anc);
 	return mark_dirty(v, lblock, vmap_get(v->delta, lblock));
 }
@@ -829,6 +842,12 @@ int vol_open(struct chunk_store *cs, struct bmap *bm, uint64_t node, uint64_t si
 	rc = bmap_node_get(bm, node, &n);
 	if (!rc)
 		rc = bmap_node_blocks(bm, node, &v->own_blocks);
+	if (!rc) {
+		rc = bmap_refs_get(bm, node, &v->refs);
+		v->refs_known = rc == 0;
+		if (rc == -ENOENT)
+			rc = 0;         /* not counted yet: st_blocks shows own blocks */
+	}
 	if (rc)
 		goto fail;
 	v->inherit = n.inherit;
@@ -1668,6 +1687,63 @@ static int index_blocks(struct vol *v, uint64_t from, uint64_t below, uint64_t *
 	return rc;
 }
 
+struct gaps {                           /* ranges [lo, hi), in order */
+	struct { uint64_t lo, hi; } *v;
+	size_t n, cap;
+};
+
+static int gap_add(void *ctx, uint64_t lblock, uint64_t nblocks)
+{
+	struct gaps *g = ctx;
+
+	if (ARRAY_RESERVE(g->v, g->cap, g->n, 16))
+		return -ENOMEM;
+	g->v[g->n].lo = lblock;
+	g->v[g->n++].hi = lblock + nblocks;
+	return 0;
+}
+
+/*
+ * The blocks of [from, below) that v shows with data from its ancestors:
+ * below its inherit limit and any truncation not yet applied, without a
+ * row of its own node and without a delta entry (referenced blocks a
+ * truncate takes away).  O(the extents there).  Assumes the load lock,
+ * v->lock for writing and index_begin().
+ */
+static int inherited_data(struct vol *v, uint64_t from, uint64_t below, uint64_t *out)
+{
+	struct bmap *bm = load_bm(v);
+	struct gaps g = { 0 };
+	struct bmap_node n;
+	int rc;
+
+	assert(lock_rw_wrheld(&v->lock));
+	*out = 0;
+	below = min_u64(below, min_u64(v->inherit, v->trunc_pend));
+	if (!v->has_parent || from >= below)
+		return 0;
+	rc = bmap_node_get(bm, v->node, &n);
+	if (!rc)
+		rc = bmap_node_shown(bm, &n, from, below, gap_add, &g);
+	for (size_t i = 0; i < g.n && !rc; i++) {
+		uint64_t lo = g.v[i].lo, key = lo, cnt;
+
+		/* the delta's entries decide their blocks: count between them */
+		while (!rc && lo < g.v[i].hi) {
+			uint64_t hi = vmap_next(v->delta, lo, &key) && key < g.v[i].hi ? key
+										      : g.v[i].hi;
+
+			if (lo < hi) {
+				rc = bmap_node_data_blocks(bm, n.parent, lo, hi, &cnt);
+				*out += cnt;
+			}
+			lo = hi + 1;
+		}
+	}
+	free(g.v);
+	return rc;
+}
+
 static int truncate_to(struct vol *v, uint64_t size)
 {
 	uint64_t old, nb, key;
@@ -1695,11 +1771,13 @@ static int truncate_to(struct vol *v, uint64_t size)
 	load_lock(v);
 	lock_rw_wrlock(&v->lock);
 	if (size < v->size) {
-		uint64_t all = 0, held = 0;
+		uint64_t all = 0, held = 0, anc = 0;
 
 		nb = nblocks_of(v, size);
 		if (nb < v->trunc_pend && !(rc = index_begin(v))) {
 			rc = index_blocks(v, nb, v->trunc_pend, &all, &held);
+			if (!rc && v->refs_known)
+				rc = inherited_data(v, nb, nblocks_of(v, v->size), &anc);
 			index_end(v);
 		}
 		if (rc) {
@@ -1711,11 +1789,14 @@ static int truncate_to(struct vol *v, uint64_t size)
 		while ((e = vmap_next(v->delta, key, &key))) {
 			if (e->chunk && v->own_blocks)
 				v->own_blocks--;
+			refs_move(v, e->chunk != 0, false);
 			vmap_del(v->delta, key);
 			key++;
 		}
 		all -= held < all ? held : all;
 		v->own_blocks -= all < v->own_blocks ? all : v->own_blocks;
+		all += anc;
+		v->refs -= all < v->refs ? all : v->refs;
 		mcache_update_delete(v->mc, v->view, nb, BMAP_LBLOCK_LIMIT);
 		if (nb < v->trunc_from)
 			v->trunc_from = nb;
@@ -1770,6 +1851,13 @@ int vol_seek(struct vol *v, uint64_t off, int whence, uint64_t *out)
 uint64_t vol_size(struct vol *v) { return LOCKED_GET(v, v->size); }
 uint64_t vol_node(struct vol *v) { return LOCKED_GET(v, v->node); }
 uint64_t vol_own_blocks(struct vol *v) { return LOCKED_GET(v, v->own_blocks); }
+
+uint64_t vol_ref_blocks(struct vol *v)
+{
+	return LOCKED_GET(v, v->refs_known ? v->refs : v->own_blocks);
+}
+
+bool vol_refs_known(struct vol *v) { return LOCKED_GET(v, v->refs_known); }
 
 /* Has v changes vol_collect has not taken?  Assumes v->lock. */
 static bool uncollected(const struct vol *v)
@@ -1866,6 +1954,8 @@ void vol_reset(struct vol *v, uint64_t node)
 	v->inherit = 0;
 	v->has_parent = false;
 	v->own_blocks = 0;
+	v->refs = 0;
+	v->refs_known = true;
 	v->size = 0;
 	v->ndirty = 0;
 	v->trunc_from = NO_TRUNC;
@@ -1875,7 +1965,7 @@ void vol_reset(struct vol *v, uint64_t node)
 	lock_rw_unlock(&v->lock);
 }
 
-int vol_attach(struct vol *v, uint64_t inherit, uint64_t size)
+int vol_attach(struct vol *v, uint64_t inherit, uint64_t size, const uint64_t *refs)
 {
 	int rc = 0;
 
@@ -1891,6 +1981,8 @@ int vol_attach(struct vol *v, uint64_t inherit, uint64_t size)
 		v->inherit = inherit;
 		v->has_parent = true;
 		v->size = size;
+		v->refs_known = refs != NULL;
+		v->refs = refs ? *refs : 0;
 		v->epoch++;
 	}
 	lock_rw_unlock(&v->lock);
@@ -2003,6 +2095,8 @@ int vol_collect(struct vol *v, struct vol_batch *b)
 	b->trunc_from = v->trunc_from;
 	b->inherit = v->inherit;
 	b->inherit_changed = v->inherit_changed;
+	b->refs_known = v->refs_known;
+	b->refs = v->refs;
 	for (size_t i = 0; i < v->ndirty && !rc; i++) {
 		struct vmap_ent *e = vmap_get(v->delta, v->dirty[i]);
 		struct vol_rec r;

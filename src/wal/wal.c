@@ -94,6 +94,8 @@ int wal_put_vol(struct wal_buf *w, const struct vol_batch *b)
 	}
 	if (!rc && b->inherit_changed)
 		rc = put(w, &(struct wal_rec){ .type = WAL_INHERIT, .a = b->node, .b = b->inherit });
+	if (!rc && b->refs_known)
+		rc = put(w, &(struct wal_rec){ .type = WAL_REFS, .a = b->node, .b = b->refs });
 	return rc;
 }
 
@@ -239,6 +241,9 @@ static int apply_one(struct bmap *bm, const struct wal_rec *r, wal_keep_fn keep,
 		return rc;
 	case WAL_INODE:
 		return apply_inode(bm, r);
+	case WAL_REFS:
+		rc = bmap_refs_set(bm, r->a, r->b);
+		return rc == -ENOENT ? 0 : rc;  /* an index without the table */
 	default:
 		return -EBADMSG;
 	}

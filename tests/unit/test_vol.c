@@ -61,6 +61,12 @@ static uint64_t new_node(uint64_t parent, uint64_t inherit)
 	struct bmap_node n = { .parent = parent, .inherit = inherit };
 
 	cr_assert_eq(bmap_node_create(bm, &n), 0);
+	/* as the namespace does: a new volume shows nothing, a child what
+	 * its parent shows (the caller flushed the parent's vol) */
+	if (parent)
+		cr_assert_eq(bmap_refs_copy(bm, parent, n.id), 0);
+	else
+		cr_assert_eq(bmap_refs_set(bm, n.id, 0), 0);
 	return n.id;
 }
 
@@ -506,6 +512,14 @@ static void model_own(uint8_t *own, uint64_t *n, const uint8_t *model, uint32_t 
 	}
 }
 
+/* Which blocks the vol shows with data, own or inherited (referenced
+ * blocks, st_blocks since issue 15), over the blocks a change touched. */
+static void model_shown(uint8_t *shown, uint64_t *n, const uint8_t *model, uint32_t bs,
+			uint64_t lo, uint64_t hi)
+{
+	model_own(shown, n, model, bs, lo, hi);
+}
+
 /* Where SEEK_HOLE (hole) or SEEK_DATA must land from off, by the model;
  * UINT64_MAX for -ENXIO. */
 static uint64_t model_seek(const uint8_t *model, uint32_t bs, uint64_t size, uint64_t off,
@@ -540,7 +554,8 @@ static void model_run_in(uint32_t bs, unsigned seed, int ops, uint64_t maxsz, st
 	const uint64_t MAXSZ = maxsz;
 	struct vol_index ix = { .mc = mc };
 	uint8_t *model = calloc(1, MAXSZ), *buf = malloc(MAXSZ), *own = calloc(1, MAXSZ / bs);
-	uint64_t nown = 0;
+	uint8_t *shown = calloc(1, MAXSZ / bs);
+	uint64_t nown = 0, nshown = 0;
 	uint8_t *frozen[64];
 	uint64_t frozen_node[64], frozen_size[64];
 	int nfrozen = 0;
@@ -571,6 +586,7 @@ static void model_run_in(uint32_t bs, unsigned seed, int ops, uint64_t maxsz, st
 			cr_assert_eq(vol_write(v, buf, len, off), (ssize_t)len, "%s", when);
 			memcpy(model + off, buf, len);
 			model_own(own, &nown, model, bs, off, off + len);
+			model_shown(shown, &nshown, model, bs, off, off + len);
 			if (off + len > size)
 				size = off + len;
 		} else if (what < 6) {
@@ -580,6 +596,8 @@ static void model_run_in(uint32_t bs, unsigned seed, int ops, uint64_t maxsz, st
 			if (off < size) {
 				memset(model + off, 0, (off + len < size ? off + len : size) - off);
 				model_own(own, &nown, model, bs, off, off + len < size ? off + len : size);
+				model_shown(shown, &nshown, model, bs, off,
+					    off + len < size ? off + len : size);
 			}
 		} else if (what == 7) {         /* truncate */
 			uint64_t ns = rand_r(&seed) % MAXSZ;
@@ -588,6 +606,7 @@ static void model_run_in(uint32_t bs, unsigned seed, int ops, uint64_t maxsz, st
 				memset(model + ns, 0, size - ns);
 				/* the last block is rewritten, the rest dropped */
 				model_own(own, &nown, model, bs, ns, size);
+				model_shown(shown, &nshown, model, bs, ns, size);
 			}
 			size = ns;
 		} else {
@@ -610,6 +629,9 @@ static void model_run_in(uint32_t bs, unsigned seed, int ops, uint64_t maxsz, st
 		cr_assert_eq(vol_size(v), size, "%s", when);
 		cr_assert_eq(vol_own_blocks(v), nown, "%s: own blocks %llu, want %llu", when,
 			     (unsigned long long)vol_own_blocks(v), (unsigned long long)nown);
+		cr_assert(vol_refs_known(v), "%s", when);
+		cr_assert_eq(vol_ref_blocks(v), nshown, "%s: referenced blocks %llu, want %llu",
+			     when, (unsigned long long)vol_ref_blocks(v), (unsigned long long)nshown);
 		if (lag) {
 			if (rand_r(&seed) % 6 == 0)
 				collect(v);
@@ -626,6 +648,7 @@ static void model_run_in(uint32_t bs, unsigned seed, int ops, uint64_t maxsz, st
 			v = model_open(node, size, false, &ix);
 			assert_same(v, model, size, 0, MAXSZ, "after reload");
 			cr_assert_eq(vol_own_blocks(v), nown, "own blocks after reload");
+			cr_assert_eq(vol_ref_blocks(v), nshown, "referenced blocks after reload");
 		}
 		if (op % 700 == 699 && nfrozen < 64) {
 			uint64_t nb = (size + bs - 1) / bs, child;
@@ -657,6 +680,7 @@ static void model_run_in(uint32_t bs, unsigned seed, int ops, uint64_t maxsz, st
 	free(model);
 	free(buf);
 	free(own);
+	free(shown);
 }
 
 static void model_run(uint32_t bs, unsigned seed, int ops)
