@@ -289,6 +289,7 @@ struct refs_scan {
 	uint64_t after;                 /* nodes up to this one were looked at this round */
 	int64_t idle_until;             /* nothing to count: no scan before this */
 	uint64_t counted;               /* nodes counted this round */
+	uint64_t total;                 /* in earlier rounds */
 };
 
 static int node_in_use(struct ns_file *f, void *ctx)
@@ -320,13 +321,13 @@ static bool in_use(struct ns *ns, uint64_t node, uint64_t *gen)
  * gone).  A volume in use keeps showing its own blocks, and is counted
  * after it leaves the table.  Assumes nothing held.
  */
-static void refs_tick(struct ns *ns, struct refs_scan *rs)
+static void refs_tick(struct ns *ns, struct refs_scan *rs, int64_t budget_ns)
 {
 	int64_t start = ns_now_ns();
 
 	if (ns->readonly || start < rs->idle_until)
 		return;
-	while (ns_now_ns() - start < REFS_BUDGET_NS) {
+	while (ns_now_ns() - start < budget_ns) {
 		uint64_t node, size, n, gen, gen2, have;
 		int rc;
 
@@ -343,6 +344,7 @@ static void refs_tick(struct ns *ns, struct refs_scan *rs)
 			if (!rs->after)
 				rs->idle_until = start + REFS_IDLE_NS;
 			rs->after = 0;
+			rs->total += rs->counted;
 			rs->counted = 0;
 			return;
 		}
@@ -374,6 +376,14 @@ static void refs_tick(struct ns *ns, struct refs_scan *rs)
 		}
 		lock_mutex_unlock(&ns->db_mu);
 	}
+}
+
+uint64_t ns_refs_count_all(struct ns *ns)
+{
+	struct refs_scan rs = { 0 };
+
+	refs_tick(ns, &rs, INT64_MAX);
+	return rs.total + rs.counted;
 }
 
 static uint32_t next_wait_ms(struct ns *ns)
@@ -429,7 +439,7 @@ void *ns_bg_main(void *arg)
 		ns_checkpoint(ns);
 		evict_clean(ns);
 		ns_reap_all(ns);
-		refs_tick(ns, &rs);
+		refs_tick(ns, &rs, REFS_BUDGET_NS);
 		now = ns_now_ns();
 		spares_tick(ns, &appends, &appends_ns, now);
 		/* no GC in a poisoned store: nothing may be moved (chunk_sync) */

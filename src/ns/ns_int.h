@@ -215,6 +215,10 @@ static inline uint64_t ino_snap_id(uint64_t ino)
 static inline uint64_t ino_snap_ino(uint64_t ino) { return ino & ((1ULL << INO_BITS_SNAPINO) - 1); }
 
 int64_t ns_now_ns(void);
+/* bg.c: count the referenced blocks of every volume node the index has
+ * none for and no volume in the files table uses, now (tests; the
+ * background thread does it a little at a time).  Returns how many. */
+uint64_t ns_refs_count_all(struct ns *ns);
 
 /* Bracket every change that may append data (see write_epoch). */
 static inline int ns_change_begin(struct ns *ns)
