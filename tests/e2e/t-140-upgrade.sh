@@ -94,6 +94,25 @@ check_files() {
 	done < <(mf same "$s")
 }
 
+# check_referenced STORE: a format-2 index has no referenced-block counts:
+# the daemon counts them in the background after the upgrade, and then
+# st_blocks of every live volume is its blocks holding data (own or shared)
+check_referenced() {
+	local s=$1 bs path size sum want got i
+	bs=$(storekey "$s" block_size)
+	while read -r path size sum; do
+		[[ $path != */.snapshots/* ]] || continue
+		want=$(perl -e 'my ($bs, $n) = (shift, 0); local $/ = \$bs; binmode STDIN;
+			while (<STDIN>) { $n++ if /[^\0]/ } print $n * $bs' "$bs" <"$MNT$path")
+		for ((i = 0; i < 100 * VS_TIME_SCALE; i++)); do
+			got=$(du --block-size=1 "$MNT$path" | cut -f1)
+			[ "$got" = "$want" ] && break
+			sleep 0.1
+		done
+		assert_eq "$got" "$want" "$s: st_blocks of $path (bytes) after the upgrade, counted"
+	done < <(mf file "$s")
+}
+
 [ "$(awk '$1 == "store"' "$MANIFEST" | wc -l)" -ge 2 ] || fail "the manifest names fewer than two stores"
 [ "$(awk '$1 == "file"' "$MANIFEST" | wc -l)" -ge 15 ] || fail "the manifest names fewer than 15 files"
 
@@ -150,6 +169,7 @@ for s in $(awk '$1 == "store" { print $2 }' "$MANIFEST"); do
 	fi
 	check_files "$s"
 	check_clean "$s" "$MNT"
+	check_referenced "$s"
 	# the unlinked volume is deleted by the background thread, soon after
 	for ((i = 0; i < 100 * VS_TIME_SCALE; i++)); do
 		ctl "$T/list.json" list --json "$MNT"
