@@ -8,10 +8,13 @@ set -euo pipefail
 
 # Packages every build or test needs.  python3 is deliberately absent: no
 # test uses it.  kmod is only needed when a kernel module must be loaded, and
-# is added below in that case.
+# is added below in that case.  libvirt-daemon-system and libvirt-clients are
+# for t-150-libvirt only, which starts a private libvirtd of its own: the
+# packages start no daemon where systemd does not run, and the test touches no
+# system one where it does (docs/dependencies.md).
 pkgs=(build-essential pkg-config libfuse3-dev fuse3 libsqlite3-dev sqlite3
       libxxhash-dev libzstd-dev libcriterion-dev qemu-utils fio e2fsprogs util-linux
-      coreutils xz-utils)
+      coreutils xz-utils libvirt-daemon-system libvirt-clients)
 
 is_root() { [ "$(id -u)" -eq 0 ]; }
 
