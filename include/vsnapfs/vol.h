@@ -94,6 +94,15 @@ uint64_t vol_own_blocks(struct vol *v);
  * has no count for its node (vol_refs_known false: counted later). */
 uint64_t vol_ref_blocks(struct vol *v);
 bool vol_refs_known(struct vol *v);
+/*
+ * Without a count (vol_refs_known false): count up to max_blocks more
+ * blocks from the index and the delta, holding the load lock and v->lock
+ * meanwhile, so that the caller bounds how long I/O on v waits.  Changes
+ * to blocks already counted move the count as they happen; a truncate
+ * below them starts the count again.  *done once v has its count (its
+ * next vol_collect carries it).  O(the extents of the chain in the range).
+ */
+int vol_refs_count_step(struct vol *v, uint64_t max_blocks, bool *done);
 bool vol_is_dirty(struct vol *v);               /* anything not yet collected */
 
 /* ---- snapshots ---------------------------------------------------------- */

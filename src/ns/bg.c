@@ -292,49 +292,82 @@ struct refs_scan {
 	uint64_t total;                 /* in earlier rounds */
 };
 
-static int node_in_use(struct ns_file *f, void *ctx)
+#define REFS_STEP_BLOCKS (1u << 16)            /* counted per vol_refs_count_step */
+
+struct user_of {
+	uint64_t node;
+	struct ns_file *f;
+};
+
+static int node_user(struct ns_file *f, void *ctx)
 {
-	return ino_kind(f->ino) == INO_LIVE && f->in.node == *(uint64_t *)ctx;
+	struct user_of *u = ctx;
+
+	if (ino_kind(f->ino) != INO_LIVE || f->in.node != u->node)
+		return 0;
+	u->f = f;
+	return 1;
 }
 
-/* Is node some live volume's in the files table (its count changes with
- * it), and what files_gen is?  Assumes db_mu. */
-static bool in_use(struct ns *ns, uint64_t node, uint64_t *gen)
+/* The live volume in the files table that uses node (its count changes
+ * with it), with a reference the caller drops (ns_file_unref) if take,
+ * else NULL; and files_gen.  Assumes db_mu. */
+static struct ns_file *user_of(struct ns *ns, uint64_t node, uint64_t *gen, bool take)
 {
-	bool used;
+	struct user_of u = { .node = node };
 
 	lock_mutex_lock(&ns->files_mu);
-	used = ns_files_foreach(ns, node_in_use, &node) != 0;
+	ns_files_foreach(ns, node_user, &u);
+	if (u.f && take)
+		u.f->refs++;
 	*gen = ns->files_gen;
 	lock_mutex_unlock(&ns->files_mu);
-	return used;
+	return u.f;
+}
+
+/* Count a volume in use, a step at a time (each holds its I/O up for one
+ * step) until it has its count or the deadline passes; its next flush
+ * writes the count.  Assumes nothing held; f is referenced. */
+static void count_in_use(struct ns_file *f, int64_t deadline)
+{
+	bool done = false;
+	int rc = 0;
+
+	while (!done && !rc && ns_now_ns() < deadline)
+		rc = vol_refs_count_step(f->v, REFS_STEP_BLOCKS, &done);
+	if (rc)
+		vlog(LOG_WARNING, "%s: counting its referenced blocks: %s", f->in.name,
+		     strerror(-rc));
 }
 
 /*
  * Count the referenced blocks of volume nodes the index has none for
  * (docs/design.md, "Referenced blocks"): those of a store made before the
  * count existed, those a crash recovery dropped blocks of, a partial
- * clone.  From the index alone (bmap_node_data_blocks, O(extents)) on the
- * background thread's own read connection, without db_mu; only for nodes
- * no live volume in the files table uses, and kept only if no volume was
- * taken into the table meanwhile (one could have changed the node and
- * gone).  A volume in use keeps showing its own blocks, and is counted
- * after it leaves the table.  Assumes nothing held.
+ * clone.  A node no live volume in the files table uses: from the index
+ * alone (bmap_node_data_blocks, O(extents)) on the background thread's own
+ * read connection, without db_mu, kept only if no volume was taken into
+ * the table meanwhile (one could have changed the node and gone).  A node
+ * such a volume uses: by its vol, a step at a time (vol_refs_count_step:
+ * the index lags behind the vol, which knows by how much), written by its
+ * next flush.  Assumes nothing held.
  */
 static void refs_tick(struct ns *ns, struct refs_scan *rs, int64_t budget_ns)
 {
 	int64_t start = ns_now_ns();
+	int64_t deadline = budget_ns > INT64_MAX - start ? INT64_MAX : start + budget_ns;
 
 	if (ns->readonly || start < rs->idle_until)
 		return;
-	while (ns_now_ns() - start < budget_ns) {
-		uint64_t node, size, n, gen, gen2, have;
+	while (ns_now_ns() < deadline) {
+		uint64_t node, size, n, gen = 0, gen2, have;
+		struct ns_file *f = NULL;
 		int rc;
 
 		lock_mutex_lock(&ns->db_mu);
 		rc = bmap_refs_missing(ns->bm, rs->after, &node, &size);
-		if (!rc && in_use(ns, node, &gen))
-			rc = 1;
+		if (!rc)
+			f = user_of(ns, node, &gen, true);
 		lock_mutex_unlock(&ns->db_mu);
 		if (rc == -ENOENT) {
 			if (rs->counted)
@@ -351,8 +384,12 @@ static void refs_tick(struct ns *ns, struct refs_scan *rs, int64_t budget_ns)
 		if (rc < 0)
 			return;
 		rs->after = node;
-		if (rc)
-			continue;       /* in use: counted in a later round */
+		if (f) {
+			/* its vol counts itself (the index lags behind it) */
+			count_in_use(f, deadline);
+			ns_file_unref(ns, f);
+			continue;
+		}
 		rc = bmap_snapshot_begin(ns->bm_scan);
 		if (!rc) {
 			rc = bmap_node_data_blocks(ns->bm_scan, node, 0,
@@ -365,7 +402,7 @@ static void refs_tick(struct ns *ns, struct refs_scan *rs, int64_t budget_ns)
 			continue;
 		}
 		lock_mutex_lock(&ns->db_mu);
-		if (!in_use(ns, node, &gen2) && gen2 == gen &&
+		if (!user_of(ns, node, &gen2, false) && gen2 == gen &&
 		    bmap_refs_get(ns->bm, node, &have) == -ENOENT && !ns_txn_begin(ns)) {
 			rc = bmap_refs_set(ns->bm, node, n);
 			if (!rc)

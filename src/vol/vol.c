@@ -133,8 +133,10 @@ struct vol {
 	bool inherit_changed;           /* (L) not yet collected */
 	bool size_changed;              /* (L) not yet collected */
 	uint64_t own_blocks;            /* (L) blocks of its node holding data */
-	uint64_t refs;                  /* (L) blocks it shows with data, own or inherited */
+	uint64_t refs;                  /* (L) blocks it shows with data, own or inherited;
+					 * !refs_known: those below refs_upto */
 	bool refs_known;                /* (L) refs is the count (else the index had none) */
+	uint64_t refs_upto;             /* (L) !refs_known: counted so far (vol_refs_count_step) */
 	uint64_t *dirty;                /* (L) lblocks with VE_DIRTY, each once */
 	size_t ndirty, dirty_cap;       /* (L) */
 	uint64_t trunc_from;            /* (L) delete own rows >= this at flush */
@@ -149,10 +151,13 @@ struct vol {
 
 /* ---- small helpers ------------------------------------------------------ */
 
-/* A block that showed data (was) now shows data or not (now).  Never below
- * 0: a count that missed blocks must not wrap.  Assumes v->lock for writing. */
-static void refs_move(struct vol *v, bool was, bool now)
+/* Block lblock showed data (was) and now shows data or not (now).  Never
+ * below 0: a count that missed blocks must not wrap.  Without a count, only
+ * the part counted so far moves.  Assumes v->lock for writing. */
+static void refs_move(struct vol *v, uint64_t lblock, bool was, bool now)
 {
+	if (!v->refs_known && lblock >= v->refs_upto)
+		return;
 	if (now && !was)
 		v->refs++;
 	else if (was && !now && v->refs)
@@ -799,7 +804,7 @@ static int set_block(struct vol *v, const struct pins *p, uint64_t lblock,
 	}
 	if (loc->chunk_id)
 		v->own_blocks++;
-	refs_move(v, s.chunk != 0, loc->chunk_id != 0);
+	refs_move(v, lblock, s.chunk != 0, loc->chunk_id != 0);
 	wt_add(v, w, lblock, loc, anc);
 	return mark_dirty(v, lblock, vmap_get(v->delta, lblock));
 }
@@ -845,6 +850,8 @@ int vol_open(struct chunk_store *cs, struct bmap *bm, uint64_t node, uint64_t si
 	if (!rc) {
 		rc = bmap_refs_get(bm, node, &v->refs);
 		v->refs_known = rc == 0;
+		if (!v->refs_known)
+			v->refs = 0;
 		if (rc == -ENOENT)
 			rc = 0;         /* not counted yet: st_blocks shows own blocks */
 	}
@@ -1774,6 +1781,10 @@ static int truncate_to(struct vol *v, uint64_t size)
 		uint64_t all = 0, held = 0, anc = 0;
 
 		nb = nblocks_of(v, size);
+		if (!v->refs_known && nb < v->refs_upto) {
+			v->refs_upto = 0;       /* counted blocks cut: count again */
+			v->refs = 0;
+		}
 		if (nb < v->trunc_pend && !(rc = index_begin(v))) {
 			rc = index_blocks(v, nb, v->trunc_pend, &all, &held);
 			if (!rc && v->refs_known)
@@ -1789,14 +1800,15 @@ static int truncate_to(struct vol *v, uint64_t size)
 		while ((e = vmap_next(v->delta, key, &key))) {
 			if (e->chunk && v->own_blocks)
 				v->own_blocks--;
-			refs_move(v, e->chunk != 0, false);
+			refs_move(v, key, e->chunk != 0, false);
 			vmap_del(v->delta, key);
 			key++;
 		}
 		all -= held < all ? held : all;
 		v->own_blocks -= all < v->own_blocks ? all : v->own_blocks;
 		all += anc;
-		v->refs -= all < v->refs ? all : v->refs;
+		if (v->refs_known)
+			v->refs -= all < v->refs ? all : v->refs;
 		mcache_update_delete(v->mc, v->view, nb, BMAP_LBLOCK_LIMIT);
 		if (nb < v->trunc_from)
 			v->trunc_from = nb;
@@ -1811,6 +1823,59 @@ static int truncate_to(struct vol *v, uint64_t size)
 		v->size = size;
 		v->size_changed = true;
 	}
+	lock_rw_unlock(&v->lock);
+	load_unlock(v);
+	return rc;
+}
+
+/*
+ * The blocks of [lo, hi) v shows with data now: the delta's data entries,
+ * its own data rows below any pending truncation that the delta does not
+ * cover, and what it inherits there (inherited_data).  Assumes the load
+ * lock, v->lock for writing and index_begin().
+ */
+static int shown_data(struct vol *v, uint64_t lo, uint64_t hi, uint64_t *out)
+{
+	uint64_t all = 0, held = 0, anc = 0, mine = 0, key = lo, below = min_u64(hi, v->trunc_pend);
+	struct vmap_ent *e;
+	int rc = 0;
+
+	if (lo < below)
+		rc = index_blocks(v, lo, below, &all, &held);
+	if (!rc)
+		rc = inherited_data(v, lo, hi, &anc);
+	while (!rc && (e = vmap_next(v->delta, key, &key)) && key < hi) {
+		mine += e->chunk != 0;
+		key++;
+	}
+	if (!rc)
+		*out = all - min_u64(held, all) + anc + mine;
+	return rc;
+}
+
+int vol_refs_count_step(struct vol *v, uint64_t max_blocks, bool *done)
+{
+	uint64_t end, hi, n = 0;
+	int rc = 0;
+
+	load_lock(v);
+	lock_rw_wrlock(&v->lock);
+	end = nblocks_of(v, v->size);
+	if (!v->refs_known && v->refs_upto < end) {
+		hi = v->refs_upto + min_u64(max_blocks, end - v->refs_upto);
+		rc = index_begin(v);
+		if (!rc) {
+			rc = shown_data(v, v->refs_upto, hi, &n);
+			index_end(v);
+		}
+		if (!rc) {
+			v->refs += n;
+			v->refs_upto = hi;
+		}
+	}
+	if (!rc && !v->refs_known && v->refs_upto >= end)
+		v->refs_known = true;
+	*done = v->refs_known;
 	lock_rw_unlock(&v->lock);
 	load_unlock(v);
 	return rc;
@@ -1956,6 +2021,7 @@ void vol_reset(struct vol *v, uint64_t node)
 	v->own_blocks = 0;
 	v->refs = 0;
 	v->refs_known = true;
+	v->refs_upto = 0;
 	v->size = 0;
 	v->ndirty = 0;
 	v->trunc_from = NO_TRUNC;
@@ -1983,6 +2049,7 @@ int vol_attach(struct vol *v, uint64_t inherit, uint64_t size, const uint64_t *r
 		v->size = size;
 		v->refs_known = refs != NULL;
 		v->refs = refs ? *refs : 0;
+		v->refs_upto = 0;
 		v->epoch++;
 	}
 	lock_rw_unlock(&v->lock);

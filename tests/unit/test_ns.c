@@ -1849,8 +1849,9 @@ static uint64_t node_of(uint64_t ino)
 }
 
 /* Nodes without a count (made before, or by a recovery that dropped
- * blocks) show their own blocks until the background counts them from the
- * chain; a volume in use is left for later. */
+ * blocks) show their own blocks until the background counts them: from
+ * the chain in the index, or, for a volume in use, by its vol (the index
+ * lags behind it), whose next flush writes the count. */
 Test(ns, referenced_blocks_missing_from_the_index_are_counted_from_the_chain)
 {
 	uint64_t ino = make_vol(NS_ROOT_INO, "v.img"), have;
@@ -1871,18 +1872,26 @@ Test(ns, referenced_blocks_missing_from_the_index_are_counted_from_the_chain)
 	forget_refs();
 	open_store();
 	cr_assert_eq(blocks_of(ino), 4, "not counted: its own blocks");
-	f = open_file(ino, O_RDONLY);
+	f = open_file(ino, O_RDWR);
+	put_pattern(f, 4096, 20 * 4096, 4);                     /* one more: 10 */
+	cr_assert_eq(blocks_of(ino), 5, "not counted: its own blocks");
 	ns_refs_count_all(g_ns);
+	cr_assert_eq(blocks_of(ino), 10, "a volume in use, counted by its vol");
 	cr_assert_eq(bmap_refs_get(g_ns->bm, f->in.node, &have), -ENOENT,
-		     "a volume in use is not counted");
+		     "the count of a volume in use reaches the index with its next flush");
 	cr_assert_eq(bmap_refs_get(g_ns->bm, node_of(path_ino(".snapshots/v.img@s/v.img")), &have),
-		     0, "the snapshot's node is counted meanwhile");
+		     0, "the snapshot's node, counted from the index");
 	cr_assert_eq(have, 8);
 	ns_release(g_ns, f);
 	close_store();
 	open_store();
+	cr_assert_eq(blocks_of(ino), 10, "the count its flush wrote");
+	close_store();
+
+	forget_refs();
+	open_store();
 	cr_assert_gt(ns_refs_count_all(g_ns), 0);
-	cr_assert_eq(blocks_of(ino), 9, "counted from the chain");
+	cr_assert_eq(blocks_of(ino), 10, "a volume not in use, counted from the chain");
 }
 
 Test(ns, recovery_forgets_the_count_of_a_volume_whose_blocks_it_dropped)
