@@ -15,7 +15,7 @@ DESTDIR  ?=
 B        ?= build
 SAN      ?=
 
-PKGS     := fuse3 sqlite3 libxxhash
+PKGS     := fuse3 sqlite3 libxxhash libsystemd
 # vsnapctl and the tests only (send streams, src/stream): the daemon does not link it
 CTL_PKGS := libzstd
 CC       ?= cc

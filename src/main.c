@@ -501,6 +501,7 @@ int main(int argc, char *argv[])
 	}
 	if (cl.debug)
 		log_set_level(LOG_DEBUG);
+	log_init();
 
 	/* Absolute, because the daemon runs in "/" so as not to pin the
 	 * directory it was started from. */
