@@ -356,6 +356,11 @@ int ns_open(const char *dir, const struct ns_opts *opts, struct ns **out, bool *
 
 	if (!ns->dir) {
 		rc = -errno;
+		if (rc == -ENOENT && opts->nocreate) {
+			snprintf(msg, msglen, "%s: no such directory, and -o nocreate forbids "
+				 "creating a store", dir);
+			goto fail;
+		}
 		if (rc != -ENOENT || opts->readonly) {
 			snprintf(msg, msglen, "%s: %s", dir, strerror(-rc));
 			goto fail;
@@ -392,6 +397,12 @@ int ns_open(const char *dir, const struct ns_opts *opts, struct ns **out, bool *
 			}
 			create = true;
 		}
+	}
+	if (create && opts->nocreate) {
+		rc = -ENOENT;
+		snprintf(msg, msglen, "%s is empty, and -o nocreate forbids creating a store "
+			 "there", dir);
+		goto fail;
 	}
 	if (create && opts->readonly) {
 		rc = -EROFS;
