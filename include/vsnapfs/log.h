@@ -27,8 +27,6 @@ void log_init(void);
 void log_to_syslog(void);
 /* Lines of priority > level are dropped (default LOG_INFO; -d sets LOG_DEBUG). */
 void log_set_level(int level);
-/* Where lines go now, for tests and the daemon's own start line. */
-const char *log_dest(void);
 
 void vlog(int prio, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
@@ -48,8 +46,9 @@ void vlog_at(int prio, const struct log_where *w, const char *fmt, ...)
 
 /*
  * An error code in plain words, for log lines: the codes with a meaning of
- * our own get it ("checksum mismatch" for EBADMSG, not "Bad message"),
- * the others strerror()'s text.  err may be positive or negative.
+ * our own get it ("checksum mismatch" for EBADMSG, not "Bad message";
+ * "the index is inconsistent" for EUCLEAN), the others strerror()'s text.
+ * err may be positive or negative.
  */
 const char *log_strerror(int err);
 

@@ -70,18 +70,6 @@ void log_set_level(int level)
 	max_level = level;
 }
 
-const char *log_dest(void)
-{
-	switch (dest) {
-	case DEST_JOURNAL:
-		return "the journal";
-	case DEST_SYSLOG:
-		return "syslog";
-	default:
-		return "stderr";
-	}
-}
-
 const char *log_strerror(int err)
 {
 	if (err < 0)
@@ -91,12 +79,6 @@ const char *log_strerror(int err)
 		return "checksum mismatch";
 	case EUCLEAN:
 		return "the index is inconsistent";
-	case ENOSPC:
-		return "the store's file system is full";
-	case EIO:
-		return "I/O error";
-	case ENOMEM:
-		return "out of memory";
 	default:
 		return strerror(err);
 	}
