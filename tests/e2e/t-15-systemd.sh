@@ -148,19 +148,22 @@ grep -q "^MESSAGE=.*offset $((2 * BS)).*checksum mismatch" <<<"$rec" ||
 	fail "journal MESSAGE does not say offset and checksum mismatch: $rec"
 grep -q "checksum mismatch" "$jlog" && fail "the line went to stderr as well as to the journal"
 vs_umount "$MNT"
-stop_listener
-# not the journal's stream: stderr, the same words
-JOURNAL_STREAM=0:0 vs_mount "$STORE" "$MNT" -o nocreate
+# JOURNAL_STREAM naming another file (inherited from a unit by a program
+# whose stderr goes elsewhere): stderr, the same words, not the journal
+JOURNAL_STREAM=$(stat -c %d:%i "$T/data") vs_mount "$STORE" "$MNT" -o nocreate
 expect_errno "Input/output error" dd if="$MNT/vm.img" of=/dev/null bs=$BS skip=2 count=1 \
 	iflag=direct status=none
 grep -q "vm.img: offset $((2 * BS)): .*checksum mismatch" "$(vs_log "$MNT")" ||
 	fail "stderr without the damaged block's line: $(tail -n 5 "$(vs_log "$MNT")")"
 vs_umount "$MNT"
+[ "$(grep -c "checksum mismatch" "$T/journal.out")" = 1 ] ||
+	fail "a daemon whose stderr is not the journal's stream wrote to the journal"
+stop_listener
 umount /run
 
 # ==== make install, the helper, fstab, units, uninstall ========================
 ROOT=$T/root
-make -s -C "$SRC" B="$B" DESTDIR="$ROOT" install >"$T/install.out" 2>&1 ||
+make -s -C "$SRC" B="$B" PREFIX=/usr/local DESTDIR="$ROOT" install >"$T/install.out" 2>&1 ||
 	fail "make install: $(tail -n 20 "$T/install.out")"
 for f in sbin/mount.vsnapfs sbin/mount.fuse.vsnapfs usr/local/bin/vsnapfs usr/local/bin/vsnapctl \
 	usr/local/share/man/man8/vsnapfs.8 usr/local/share/man/man8/vsnapctl.8 \
@@ -224,7 +227,7 @@ grep -q "nocreate forbids" "$T/typo.err" || fail "the refusal does not say why: 
 umount "$sbin"
 _VS_BLKMNTS=()
 
-make -s -C "$SRC" B="$B" DESTDIR="$ROOT" uninstall >"$T/uninstall.out" 2>&1 ||
+make -s -C "$SRC" B="$B" PREFIX=/usr/local DESTDIR="$ROOT" uninstall >"$T/uninstall.out" 2>&1 ||
 	fail "make uninstall: $(tail -n 20 "$T/uninstall.out")"
 left=$(find "$ROOT" ! -type d)
 [ -z "$left" ] || fail "make uninstall left: $left"
