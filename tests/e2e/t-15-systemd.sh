@@ -212,13 +212,16 @@ dpid=$(cat "$STORE/lock")
 vs_track_fuse "$MNT" "$dpid"
 umount "$MNT" || fail "umount $MNT failed"
 wait_gone "$dpid" umount
-# mount -t, and a typo in the store's path with nocreate fails and creates nothing
-with_deadline 20 mount -t fuse.vsnapfs -o nocreate "$STORE" "$MNT" || fail "mount -t fuse.vsnapfs failed"
-mountpoint -q "$MNT" || fail "mount -t fuse.vsnapfs returned without a mount"
-dpid=$(cat "$STORE/lock")
-vs_track_fuse "$MNT" "$dpid"
-umount "$MNT" || fail "umount $MNT failed"
-wait_gone "$dpid" umount
+# mount -t (both types: mount.fuse.vsnapfs and mount.vsnapfs), and a typo
+# in the store's path with nocreate fails and creates nothing
+for type in fuse.vsnapfs vsnapfs; do
+	with_deadline 20 mount -t $type -o nocreate "$STORE" "$MNT" || fail "mount -t $type failed"
+	grep -q " $MNT fuse.vsnapfs " /proc/mounts || fail "mount -t $type: no fuse.vsnapfs mount"
+	dpid=$(cat "$STORE/lock")
+	vs_track_fuse "$MNT" "$dpid"
+	umount "$MNT" || fail "umount $MNT failed"
+	wait_gone "$dpid" umount
+done
 rc=0
 mount -t fuse.vsnapfs -o nocreate "$T/stroe" "$MNT" 2>"$T/typo.err" || rc=$?
 [ $rc -ne 0 ] || fail "mount -t fuse.vsnapfs -o nocreate of a missing store succeeded"
