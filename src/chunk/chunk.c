@@ -1883,7 +1883,7 @@ int chunk_sync(struct chunk_store *cs)
 		if (!fstat(items[i].w->fd, &st) && st.st_nlink == 0) {
 			vlog_at(LOG_ERR, &(struct log_where){ .chunk = items[i].w->id, .has_chunk = true },
 				"chunk %016" PRIx64 " was deleted while in use: its blocks "
-			     "are lost; new data goes to a new chunk file", items[i].w->id);
+				"are lost; new data goes to a new chunk file", items[i].w->id);
 			items[i].gone = true;
 			gone = true;
 		}

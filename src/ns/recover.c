@@ -134,9 +134,9 @@ static int scan_chunk(void *ctx, uint64_t id, uint32_t nslots)
 			/* a lost or damaged batch: the ones after it cannot go
 			 * to the index without it */
 			vlog_at(LOG_CRIT, &(struct log_where){ .chunk = id, .has_chunk = true },
-			     "recovery: log batch %" PRIu64 " is missing or damaged (chunk "
-			     "%016" PRIx64 " holds %" PRIu64 "): it and later batches are not replayed, "
-			     "and the writes they hold are lost", expect, id, v.lsn);
+				"recovery: log batch %" PRIu64 " is missing or damaged (chunk "
+				"%016" PRIx64 " holds %" PRIu64 "): it and later batches are not "
+				"replayed, and the writes they hold are lost", expect, id, v.lsn);
 			st->gap = true;
 			continue;
 		}

@@ -182,7 +182,7 @@ static int upgrade_row(void *ctx, uint64_t node, uint64_t lblock, uint64_t chunk
 	if (rc == -ENOENT && !u->missing++)
 		vlog_at(LOG_WARNING, &(struct log_where){ .chunk = chunk, .slot = slot, .has_chunk = true },
 			"upgrade: chunk %016" PRIx64 " is missing (a block of map node %"
-		     PRIu64 " at block %" PRIu64 "): its blocks stay unreadable", chunk, node, lblock);
+			PRIu64 " at block %" PRIu64 "): its blocks stay unreadable", chunk, node, lblock);
 	return rc == -ENOENT ? 0 : rc;
 }
 
