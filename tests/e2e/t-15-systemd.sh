@@ -14,7 +14,8 @@
 # systemd does not run here: its two sockets are played by
 # tests/tools/dgramrecv, journald's at its fixed path in a tmpfs over /run,
 # and the installed /sbin is an overlay over the real one, both in a
-# private mount namespace of this test (it re-runs itself in one).
+# private mount namespace of this test (it re-runs itself in one), whose
+# mounts end with it.
 if [ -z "${VS_IN_MOUNT_NS:-}" ]; then
 	if [ "$(id -u)" = 0 ] && unshare --mount --propagation private true 2>/dev/null; then
 		VS_IN_MOUNT_NS=1 exec unshare --mount --propagation private bash "$0" "$@"
@@ -25,6 +26,9 @@ fi
 . "$(dirname "$0")/lib.sh"
 
 SRC=$(cd "$(dirname "$0")/../.." && pwd)
+# /run of this namespace only: journald's socket is ours, and mount(8)'s
+# utab entries stay off the host's
+mount -t tmpfs -o mode=755 vs-run /run
 STORE=$T/store
 MNT=$T/mnt
 BS=4096
@@ -129,7 +133,6 @@ C1=$STORE/chunks/0000000000000001.chunk
 [ -f "$C1" ] || fail "no chunk file 1: $(ls "$STORE/chunks")"
 doff=$(chunk_data_off "$C1")
 printf 'X' | dd of="$C1" bs=1 seek=$((doff + 2 * BS + 100)) conv=notrunc status=none
-mount -t tmpfs -o mode=755 vs-run /run
 mkdir -p /run/systemd/journal
 listen /run/systemd/journal/socket "$T/journal.out"
 jlog=$T/vsnapfs.$((_VS_NLOG + 1)).log     # what vs_mount names the daemon's stderr
@@ -159,7 +162,6 @@ vs_umount "$MNT"
 [ "$(grep -c "checksum mismatch" "$T/journal.out")" = 1 ] ||
 	fail "a daemon whose stderr is not the journal's stream wrote to the journal"
 stop_listener
-umount /run
 
 # ==== make install, the helper, fstab, units, uninstall ========================
 ROOT=$T/root
