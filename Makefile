@@ -8,14 +8,25 @@
 #   make fuzz       libFuzzer on the name parsers (FUZZ_SECONDS=60)
 #   make bench      benchmark (see docs/performance.md)
 #   make demo       create ./demo-store and mount it on ./demo-mnt
-#   make install    PREFIX=/usr/local DESTDIR=
+#   make install    PREFIX=/usr/local DESTDIR= (the paths below; make uninstall)
 
 PREFIX   ?= /usr/local
 DESTDIR  ?=
+BINDIR   ?= $(PREFIX)/bin
+MANDIR   ?= $(PREFIX)/share/man
+DOCDIR   ?= $(PREFIX)/share/doc/vsnapfs
+# mount(8) looks for mount.TYPE helpers in /sbin only, whatever PREFIX is
+MOUNTHELPERDIR ?= /sbin
+# systemd reads units from /usr/local/lib/systemd/system as from /usr/lib/...
+UNITDIR  ?= $(PREFIX)/lib/systemd/system
+# bash-completion's own directory under PREFIX (it also reads
+# /usr/local/share/bash-completion/completions, through XDG_DATA_DIRS)
+BASHCOMPDIR ?= $(or $(shell pkg-config --define-variable=prefix=$(PREFIX) \
+	--variable=completionsdir bash-completion 2>/dev/null),$(PREFIX)/share/bash-completion/completions)
 B        ?= build
 SAN      ?=
 
-PKGS     := fuse3 sqlite3 libxxhash
+PKGS     := fuse3 sqlite3 libxxhash libsystemd
 # vsnapctl and the tests only (send streams, src/stream): the daemon does not link it
 CTL_PKGS := libzstd
 CC       ?= cc
@@ -43,7 +54,9 @@ UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(B)/tests/%)
 TOOL_SRC := $(sort $(wildcard tests/tools/*.c))
 TOOL_BIN := $(TOOL_SRC:tests/tools/%.c=$(B)/tools/%)
 
-all: $(DAEMON) $(CTL) $(B)/mount.vsnapfs
+UNIT     := $(B)/systemd/vsnapfs@.service
+
+all: $(DAEMON) $(CTL) $(B)/mount.vsnapfs $(UNIT)
 
 $(B)/%.o: %.c
 	@mkdir -p $(@D)
@@ -59,9 +72,19 @@ $(DAEMON): $(B)/src/main.o $(LIB)
 $(CTL): $(CTL_SRC:%.c=$(B)/%.o) $(LIB)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) $(shell pkg-config --libs $(CTL_PKGS))
 
-$(B)/mount.vsnapfs: contrib/mount.vsnapfs
+# The daemon's installed path goes into the helper and the unit; a change
+# of BINDIR rebuilds them (the stamp holds it).
+$(B)/bindir.stamp: FORCE
 	@mkdir -p $(@D)
-	cp $< $@ && chmod 755 $@
+	@echo '$(BINDIR)' | cmp -s - $@ || echo '$(BINDIR)' >$@
+
+$(B)/mount.vsnapfs: contrib/mount.vsnapfs $(B)/bindir.stamp
+	@mkdir -p $(@D)
+	sed 's|@BINDIR@|$(BINDIR)|g' $< >$@ && chmod 755 $@
+
+$(UNIT): contrib/systemd/vsnapfs@.service.in $(B)/bindir.stamp
+	@mkdir -p $(@D)
+	sed 's|@BINDIR@|$(BINDIR)|g' $< >$@
 
 $(B)/tests/%: tests/unit/%.c $(LIB)
 	@mkdir -p $(@D)
@@ -133,16 +156,36 @@ demo: deps
 	@$(MAKE) --no-print-directory all
 	@tests/demo.sh $(B)
 
+# What make install puts, and make uninstall removes (no more, no less).
+MANPAGES := docs/vsnapfs.8 docs/vsnapctl.8
+DOCS     := README.md $(sort $(wildcard docs/*.md))
+EXAMPLES := contrib/systemd/srv-vms.mount contrib/systemd/vsnapfs.conf.example
+
 install: all
-	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/sbin $(DESTDIR)$(PREFIX)/share/man/man8
-	install -m 755 $(DAEMON) $(CTL) $(DESTDIR)$(PREFIX)/bin/
-	install -m 755 $(B)/mount.vsnapfs $(DESTDIR)$(PREFIX)/sbin/mount.vsnapfs
-	install -m 644 docs/vsnapfs.8 $(DESTDIR)$(PREFIX)/share/man/man8/
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(MOUNTHELPERDIR) $(DESTDIR)$(MANDIR)/man8 \
+		$(DESTDIR)$(UNITDIR) $(DESTDIR)$(BASHCOMPDIR) $(DESTDIR)$(DOCDIR)/examples
+	install -m 755 $(DAEMON) $(CTL) $(DESTDIR)$(BINDIR)/
+	install -m 755 $(B)/mount.vsnapfs $(DESTDIR)$(MOUNTHELPERDIR)/mount.vsnapfs
+	ln -sf mount.vsnapfs $(DESTDIR)$(MOUNTHELPERDIR)/mount.fuse.vsnapfs
+	install -m 644 $(MANPAGES) $(DESTDIR)$(MANDIR)/man8/
+	install -m 644 $(UNIT) $(DESTDIR)$(UNITDIR)/
+	install -m 644 contrib/bash-completion/vsnapctl $(DESTDIR)$(BASHCOMPDIR)/vsnapctl
+	install -m 644 $(DOCS) $(DESTDIR)$(DOCDIR)/
+	install -m 644 $(EXAMPLES) $(DESTDIR)$(DOCDIR)/examples/
+
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/vsnapfs $(DESTDIR)$(BINDIR)/vsnapctl \
+		$(DESTDIR)$(MOUNTHELPERDIR)/mount.vsnapfs $(DESTDIR)$(MOUNTHELPERDIR)/mount.fuse.vsnapfs \
+		$(addprefix $(DESTDIR)$(MANDIR)/man8/,$(notdir $(MANPAGES))) \
+		$(DESTDIR)$(UNITDIR)/$(notdir $(UNIT)) $(DESTDIR)$(BASHCOMPDIR)/vsnapctl \
+		$(addprefix $(DESTDIR)$(DOCDIR)/,$(notdir $(DOCS))) \
+		$(addprefix $(DESTDIR)$(DOCDIR)/examples/,$(notdir $(EXAMPLES)))
+	-rmdir $(DESTDIR)$(DOCDIR)/examples $(DESTDIR)$(DOCDIR)
 
 clean:
 	rm -rf build build-asan build-tsan build-fuzz
 
-.PHONY: all deps unit e2e check asan tsan torture fuzz bench demo install clean
+.PHONY: all deps unit e2e check asan tsan torture fuzz bench demo install uninstall clean FORCE
 .SECONDARY:
 
 -include $(LIB_OBJ:.o=.d) $(CTL_SRC:%.c=$(B)/%.d) $(B)/src/main.d

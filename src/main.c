@@ -19,8 +19,11 @@
  *     store, damaged index) still print on the terminal.
  *  3. ns_open(), then the session, signal handlers and the mount.
  *  4. Record our pid in the lock file and start ns's background thread;
- *     only then detach (stdio to /dev/null, log to syslog) and release the
- *     parent, so that every failure up to here reaches the caller.
+ *     only then detach (stdio to /dev/null, log to the journal or syslog:
+ *     vsnapfs/log.h) and release the parent, so that every failure up to
+ *     here reaches the caller.  Under systemd (Type=notify, NOTIFY_SOCKET
+ *     set) READY=1 goes out now: from the daemon itself with -f, else from
+ *     the parent as it exits, with MAINPID= the daemon.
  *  5. Serve until unmount (fusermount3 -u ends the loop normally) or
  *     SIGINT/SIGTERM/SIGHUP; unmount, tear down the session, and close the
  *     store last: ns_close() flushes everything.
@@ -39,6 +42,7 @@
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <systemd/sd-daemon.h>
 
 #include "vsnapfs/fs.h"
 #include "vsnapfs/log.h"
@@ -66,7 +70,7 @@ struct cmdline {
 
 enum {
 	KEY_BLOCK_SIZE, KEY_FLUSH_MS, KEY_GC_INTERVAL, KEY_SPARE_CHUNKS, KEY_THREADS,
-	KEY_MAP_CACHE, KEY_DEFRAG,
+	KEY_MAP_CACHE, KEY_DEFRAG, KEY_NOCREATE,
 	KEY_FOREGROUND, KEY_DEBUG, KEY_SINGLE, KEY_HELP, KEY_VERSION,
 	KEY_RO, KEY_OURS,
 };
@@ -78,6 +82,7 @@ static const struct fuse_opt opt_spec[] = {
 	FUSE_OPT_KEY("spare_chunks=", KEY_SPARE_CHUNKS),
 	FUSE_OPT_KEY("map_cache=", KEY_MAP_CACHE),
 	FUSE_OPT_KEY("defrag", KEY_DEFRAG),
+	FUSE_OPT_KEY("nocreate", KEY_NOCREATE),
 	FUSE_OPT_KEY("threads=", KEY_THREADS),
 	/* libfuse's fuse_parse_cmdline() spellings, which we do not use:
 	 * take them rather than have fuse_session_new() call them unknown. */
@@ -142,6 +147,8 @@ static void help(void)
 	       "                           system (default %u; 0: none)\n"
 	       "    -o threads=N           at most N FUSE worker threads (default %u);\n"
 	       "                           max_threads=N is the same\n"
+	       "    -o nocreate            refuse to create a new store: a missing or\n"
+	       "                           empty STORE fails (for fstab and units)\n"
 	       "    -o ro                  mount read-only\n"
 	       "\n"
 	       "Always set: -o fsname=vsnapfs:STORE,subtype=vsnapfs,default_permissions\n"
@@ -276,6 +283,9 @@ static int opt_proc(void *data, const char *arg, int key, struct fuse_args *outa
 		return 0;
 	case KEY_DEFRAG:
 		cl->ns.defrag_min_exts = NS_DEFRAG_MIN_EXTS;
+		return 0;
+	case KEY_NOCREATE:
+		cl->ns.nocreate = true;
 		return 0;
 	case KEY_RO:
 		/* Both: ns refuses writes, the kernel shows the mount as ro. */
@@ -414,8 +424,12 @@ static int daemon_start(int *ready_fd)
 		do
 			n = read(fds[0], &c, 1);
 		while (n < 0 && errno == EINTR);
-		if (n == 1)
+		if (n == 1) {
+			/* under systemd (Type=notify), the mount is up and
+			 * the child is the service's main process from now on */
+			sd_notifyf(0, "MAINPID=%ld\nREADY=1", (long)pid);
 			_exit(0);
+		}
 		/* The child gave up (it said why on stderr) or died. */
 		while (waitpid(pid, &status, 0) < 0) {
 			if (errno != EINTR)
@@ -501,6 +515,7 @@ int main(int argc, char *argv[])
 	}
 	if (cl.debug)
 		log_set_level(LOG_DEBUG);
+	log_init();
 
 	/* Absolute, because the daemon runs in "/" so as not to pin the
 	 * directory it was started from. */
@@ -561,6 +576,10 @@ int main(int argc, char *argv[])
 	if (ready_fd >= 0) {
 		daemon_ready(ready_fd);
 		ready_fd = -1;
+	} else {
+		/* -f under systemd (Type=notify): mounted and serving.  Does
+		 * nothing without NOTIFY_SOCKET. */
+		sd_notifyf(0, "READY=1\nSTATUS=serving %s on %s", store, mnt);
 	}
 	vlog(LOG_INFO, "serving %s on %s", store, mnt);
 
@@ -578,9 +597,10 @@ int main(int argc, char *argv[])
 		fuse_loop_cfg_set_clone_fd(loop_cfg, 1);
 		rc = fuse_session_loop_mt(se, loop_cfg);
 	}
+	sd_notify(0, "STOPPING=1");
 	/* 0: unmounted; > 0: the signal that stopped us; < 0: an error. */
 	if (rc < 0)
-		vlog(LOG_ERR, "FUSE loop failed: %s", strerror(-rc));
+		vlog(LOG_ERR, "FUSE loop failed: %s", log_strerror(rc));
 	else
 		status = 0;
 

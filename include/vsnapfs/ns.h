@@ -49,6 +49,9 @@ struct ns_opts {
 	 * docs/design.md, D5 point 4); 0, the default: it does not. */
 	uint32_t defrag_min_exts;
 	bool readonly;
+	/* Refuse (-ENOENT) instead of creating a store in a missing or empty
+	 * dir (-o nocreate: a typo in fstab or a unit must fail). */
+	bool nocreate;
 };
 
 #define NS_DEFAULT_BLOCK_SIZE     4096u
@@ -81,7 +84,8 @@ enum {
  * set), else check it is a store of a known version with a sound index, and
  * take its lock.  On refusal nothing is written and msg gets one line
  * saying why (-EEXIST: another daemon holds it, with its pid; -ENOTDIR /
- * -EINVAL: not a store; -EPROTONOSUPPORT: unknown version; -EUCLEAN: damaged).
+ * -EINVAL: not a store; -EPROTONOSUPPORT: unknown version; -EUCLEAN: damaged;
+ * -ENOENT: missing or empty with opts->nocreate).
  */
 int ns_open(const char *dir, const struct ns_opts *opts, struct ns **out, bool *created,
 	    char *msg, size_t msglen);

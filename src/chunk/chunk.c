@@ -1881,8 +1881,9 @@ int chunk_sync(struct chunk_store *cs)
 		if (!failed && fdatasync(items[i].w->fd) != 0)
 			failed = -errno;
 		if (!fstat(items[i].w->fd, &st) && st.st_nlink == 0) {
-			vlog(LOG_ERR, "chunk %016" PRIx64 " was deleted while in use: its blocks "
-			     "are lost; new data goes to a new chunk file", items[i].w->id);
+			vlog_at(LOG_ERR, &(struct log_where){ .chunk = items[i].w->id, .has_chunk = true },
+				"chunk %016" PRIx64 " was deleted while in use: its blocks "
+				"are lost; new data goes to a new chunk file", items[i].w->id);
 			items[i].gone = true;
 			gone = true;
 		}
@@ -1893,7 +1894,7 @@ int chunk_sync(struct chunk_store *cs)
 		vlog(LOG_CRIT, "syncing chunk files failed (%s): writes since the last successful "
 		     "fsync may be lost, and a retry could not prove them durable. No more writes "
 		     "are accepted and every fsync fails; reads go on. Unmount and mount again to "
-		     "go back to the last durable state", strerror(-failed));
+		     "go back to the last durable state", log_strerror(failed));
 	rc = failed ? failed : gone ? -EIO : 0;
 
 	lock_mutex_lock(&cs->mu);
@@ -2141,7 +2142,7 @@ int chunk_sidecar_sync(struct chunk_store *cs)
 	}
 	if (rc && !cs->side_poisoned) {
 		cs->side_poisoned = true;
-		vlog(LOG_ERR, "syncing sidecar files failed: %s", strerror(-rc));
+		vlog(LOG_ERR, "syncing sidecar files failed: %s", log_strerror(rc));
 	}
 	/* keep only what is open or still dirty */
 	for (size_t i = 0; i < cs->nsides; i++)

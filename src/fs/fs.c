@@ -133,7 +133,6 @@ static bool err_is_unexpected(int err)
  */
 static void reply_fail(fuse_req_t req, int rc, const char *op, uint64_t ino)
 {
-	char buf[64];
 	int err = -rc;
 
 	if (rc >= 0) {
@@ -144,8 +143,7 @@ static void reply_fail(fuse_req_t req, int rc, const char *op, uint64_t ino)
 		err = EIO;
 	} else if (err_is_unexpected(err) && !(err == EIO && ns_sync_failed(req_ns(req)))) {
 		/* (after a failed sync every write and fsync fails: said once) */
-		vlog(LOG_ERR, "%s ino %" PRIu64 ": %s", op, ino,
-		     strerror_r(err, buf, sizeof(buf)));
+		vlog(LOG_ERR, "%s ino %" PRIu64 ": %s", op, ino, log_strerror(err));
 	}
 	fuse_reply_err(req, err);
 }

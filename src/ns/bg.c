@@ -169,7 +169,7 @@ static int release_node(struct ns *ns, uint64_t id)
 		break;
 	}
 	if (rc)
-		vlog(LOG_ERR, "releasing map node %" PRIu64 ": %s; retrying later", id, strerror(-rc));
+		vlog(LOG_ERR, "releasing map node %" PRIu64 ": %s; retrying later", id, log_strerror(rc));
 	return rc;
 }
 
@@ -206,7 +206,7 @@ int ns_reap_all(struct ns *ns)
 			rc = bmap_inode_delete(ns->bm, ino);
 		if (rc) {
 			vlog(LOG_ERR, "deleting unlinked inode %" PRIu64 ": %s; retrying later", ino,
-			     strerror(-rc));
+			     log_strerror(rc));
 			break;
 		}
 		if (in.node)
@@ -273,7 +273,7 @@ static void spares_tick(struct ns *ns, uint64_t *appends, int64_t *seen_ns, int6
 	rc = chunk_spares_limit(ns->cs, now - *seen_ns < (int64_t)NS_SPARE_IDLE_MS * 1000000 ?
 				ns->spare_max : 0);
 	if (rc)
-		vlog(LOG_WARNING, "giving back spare chunk files: %s", strerror(-rc));
+		vlog(LOG_WARNING, "giving back spare chunk files: %s", log_strerror(rc));
 }
 
 /* How long to wait for: flush_ms, but spares are given back

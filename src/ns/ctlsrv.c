@@ -228,7 +228,7 @@ void ns_ctl_start(struct ns *ns)
 		return;
 	}
 	vlog(LOG_ERR, "control channel %s/" STOREDIR_CTL_SOCK ": %s; vsnapctl gc, receive are "
-	     "unavailable", ns->dir, strerror(-rc));
+	     "unavailable", ns->dir, log_strerror(rc));
 	ns_ctl_stop(ns);
 }
 

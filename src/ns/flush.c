@@ -351,7 +351,7 @@ static int checkpoint_txn(struct ns *ns, struct wal_buf *w, const char *what)
 		rc = ns_txn_commit(ns);
 	if (rc) {
 		ns_txn_rollback(ns);
-		vlog(LOG_ERR, "%s: %s (%s)", what, strerror(-rc), bmap_errmsg(ns->bm));
+		vlog(LOG_ERR, "%s: %s (%s)", what, log_strerror(rc), bmap_errmsg(ns->bm));
 	}
 	lock_mutex_unlock(&ns->db_mu);
 	return rc;
@@ -437,7 +437,7 @@ static int log_batches(struct ns *ns, struct held *h, size_t n, bool *queued)
 	if (!rc)
 		rc = chunk_log_append(ns->cs, e->w.p, len, seal_batch, &sc, &e->chunk);
 	if (rc) {
-		vlog(LOG_ERR, "writing the log: %s", strerror(-rc));
+		vlog(LOG_ERR, "writing the log: %s", log_strerror(rc));
 		wal_buf_free(&e->w);
 		free(e);
 		return rc;

@@ -290,10 +290,12 @@ static int read_run(struct ns *ns, struct runs *rs, size_t i, uint8_t *buf,
 		r->copied = true;
 		return 0;
 	}
-	vlog(LOG_ERR, "gc: chunk %016" PRIx64 " slot %u: %s; not moved", r->from.chunk,
+	vlog_at(LOG_ERR, &(struct log_where){ .chunk = r->from.chunk, .has_chunk = true,
+		.slot = r->from.slot + (rc == -EBADMSG ? bad.index : 0) },
+	     "gc: chunk %016" PRIx64 " slot %u: %s; not moved", r->from.chunk,
 	     r->from.slot + (rc == -EBADMSG ? bad.index : 0),
 	     rc == -EBADMSG ? chunk_bad_str(&bad, r->from.lblock + bad.index, why, sizeof(why))
-			    : strerror(-rc));
+			    : log_strerror(rc));
 	if (rc != -EBADMSG || bad.index >= r->from.nblocks)
 		return 0;                       /* left out */
 	if (bad.index > 0) {                    /* the good part, again */
@@ -671,7 +673,7 @@ int ns_gc(struct ns *ns, struct ns_gc_stats *st)
 		     st->defrag_windows, st->removed,
 		     (ns_now_ns() - start) / 1e9);
 	if (rc && rc != -EAGAIN)
-		vlog(LOG_ERR, "gc: %s", strerror(-rc));
+		vlog(LOG_ERR, "gc: %s", log_strerror(rc));
 	free(g.c);
 	return rc ? rc : (st->removed || st->moved);
 }

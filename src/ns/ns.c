@@ -702,7 +702,7 @@ int ns_open_file(struct ns *ns, uint64_t ino, int flags, struct ns_file **out)
 	if (!rc)
 		vol_set_index(f->v, &ns->vix);
 	if (rc) {
-		vlog(LOG_ERR, "%s: cannot open the volume: %s", in.name, strerror(-rc));
+		vlog(LOG_ERR, "%s: cannot open the volume: %s", in.name, log_strerror(rc));
 		free(f);
 		f = NULL;
 		goto out;

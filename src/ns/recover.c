@@ -102,7 +102,8 @@ static int scan_chunk(void *ctx, uint64_t id, uint32_t nslots)
 		/* damaged (its header, or a read failed): what it held is lost
 		 * like its blocks; if a batch after C was in it, the gap stops
 		 * the replay there (later batches need it) */
-		vlog(LOG_ERR, "chunk %016" PRIx64 ": cannot read its log: %s", id, strerror(-rc));
+		vlog_at(LOG_ERR, &(struct log_where){ .chunk = id, .has_chunk = true },
+			"chunk %016" PRIx64 ": cannot read its log: %s", id, log_strerror(rc));
 		return 0;
 	}
 	if (rc)
@@ -132,9 +133,10 @@ static int scan_chunk(void *ctx, uint64_t id, uint32_t nslots)
 		if (v.lsn > expect) {
 			/* a lost or damaged batch: the ones after it cannot go
 			 * to the index without it */
-			vlog(LOG_CRIT, "recovery: log batch %" PRIu64 " is missing or damaged (chunk "
-			     "%016" PRIx64 " holds %" PRIu64 "): it and later batches are not replayed, "
-			     "and the writes they hold are lost", expect, id, v.lsn);
+			vlog_at(LOG_CRIT, &(struct log_where){ .chunk = id, .has_chunk = true },
+				"recovery: log batch %" PRIu64 " is missing or damaged (chunk "
+				"%016" PRIx64 " holds %" PRIu64 "): it and later batches are not "
+				"replayed, and the writes they hold are lost", expect, id, v.lsn);
 			st->gap = true;
 			continue;
 		}
@@ -242,7 +244,7 @@ int ns_recover(struct ns *ns, char *msg, size_t msglen)
 	if (!rc)
 		rc = meta_or(ns->bm, "clean", 0, &clean, NULL);
 	if (rc) {
-		snprintf(msg, msglen, "cannot read the index: %s", strerror(-rc));
+		snprintf(msg, msglen, "cannot read the index: %s", log_strerror(rc));
 		return rc;
 	}
 	ns->ckpt_lsn = st.c;
@@ -261,7 +263,7 @@ int ns_recover(struct ns *ns, char *msg, size_t msglen)
 			rc = bmap_commit(ns->bm);
 		if (rc) {
 			bmap_rollback(ns->bm);
-			snprintf(msg, msglen, "cannot update the index: %s", strerror(-rc));
+			snprintf(msg, msglen, "cannot update the index: %s", log_strerror(rc));
 		}
 		return rc;
 	}
@@ -271,7 +273,7 @@ int ns_recover(struct ns *ns, char *msg, size_t msglen)
 		return 0;
 	rc = chunk_foreach(ns->cs, scan_chunk, &st);
 	if (rc) {
-		snprintf(msg, msglen, "reading the log in the chunk files: %s", strerror(-rc));
+		snprintf(msg, msglen, "reading the log in the chunk files: %s", log_strerror(rc));
 		goto out;
 	}
 	ns->log_gap = st.gap;
@@ -294,7 +296,7 @@ int ns_recover(struct ns *ns, char *msg, size_t msglen)
 		st.last = st.max_seen;
 	rc = replay(&st);
 	if (rc) {
-		snprintf(msg, msglen, "replaying the log into the index: %s (%s)", strerror(-rc),
+		snprintf(msg, msglen, "replaying the log into the index: %s (%s)", log_strerror(rc),
 			 bmap_errmsg(ns->bm));
 		goto out;
 	}

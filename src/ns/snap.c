@@ -236,7 +236,7 @@ int ns_snap_create(struct ns *ns, uint64_t dir, const char *name, struct ns_attr
 
 			if (src)
 				vlog(LOG_CRIT, "snapshot %s: switching a volume failed: %s", name,
-				     strerror(-src));
+				     log_strerror(src));
 			lock_mutex_lock(&ns->files_mu);
 			sw[i].h->f->in.node = sw[i].node;
 			lock_mutex_unlock(&ns->files_mu);
@@ -587,7 +587,7 @@ thaw:
 
 		if (src)
 			vlog(LOG_CRIT, "receive %s: switching a volume failed: %s", s.name,
-			     strerror(-src));
+			     log_strerror(src));
 		lock_mutex_lock(&ns->files_mu);
 		sw.h->f->in.node = sw.node;
 		lock_mutex_unlock(&ns->files_mu);
@@ -779,7 +779,7 @@ thaw:
 		if (!rc)
 			rc = vol_attach(dst->v, nb_end, off + shared, refs_known ? &refs : NULL);
 		if (rc)
-			vlog(LOG_CRIT, "clone: switching volumes failed: %s", strerror(-rc));
+			vlog(LOG_CRIT, "clone: switching volumes failed: %s", log_strerror(rc));
 	}
 	for (size_t i = 0; i < hs.n; i++) {
 		struct ns_file *f = hs.h[i].f;

@@ -180,8 +180,9 @@ static int upgrade_row(void *ctx, uint64_t node, uint64_t lblock, uint64_t chunk
 
 	/* its block reads EIO as before; vsnapctl check names the file */
 	if (rc == -ENOENT && !u->missing++)
-		vlog(LOG_WARNING, "upgrade: chunk %016" PRIx64 " is missing (a block of map node %"
-		     PRIu64 " at block %" PRIu64 "): its blocks stay unreadable", chunk, node, lblock);
+		vlog_at(LOG_WARNING, &(struct log_where){ .chunk = chunk, .slot = slot, .has_chunk = true },
+			"upgrade: chunk %016" PRIx64 " is missing (a block of map node %"
+			PRIu64 " at block %" PRIu64 "): its blocks stay unreadable", chunk, node, lblock);
 	return rc == -ENOENT ? 0 : rc;
 }
 
@@ -227,7 +228,7 @@ static int upgrade_index(struct ns *ns, char *msg, size_t msglen)
 	rc = bmap_upgrade_run(ns->bm, 0, &ops);
 	if (rc) {
 		snprintf(msg, msglen, "%s/" STOREDIR_INDEX ": upgrading the index from format %d: %s "
-			 "(nothing is lost; the next mount goes on)", ns->dir, from, strerror(-rc));
+			 "(nothing is lost; the next mount goes on)", ns->dir, from, log_strerror(rc));
 		return rc;
 	}
 	vlog(LOG_NOTICE, "%s/" STOREDIR_INDEX ": upgraded from format version %d to %d in %.1f s; "
@@ -355,6 +356,11 @@ int ns_open(const char *dir, const struct ns_opts *opts, struct ns **out, bool *
 
 	if (!ns->dir) {
 		rc = -errno;
+		if (rc == -ENOENT && opts->nocreate) {
+			snprintf(msg, msglen, "%s: no such directory, and -o nocreate forbids "
+				 "creating a store", dir);
+			goto fail;
+		}
 		if (rc != -ENOENT || opts->readonly) {
 			snprintf(msg, msglen, "%s: %s", dir, strerror(-rc));
 			goto fail;
@@ -391,6 +397,12 @@ int ns_open(const char *dir, const struct ns_opts *opts, struct ns **out, bool *
 			}
 			create = true;
 		}
+	}
+	if (create && opts->nocreate) {
+		rc = -ENOENT;
+		snprintf(msg, msglen, "%s is empty, and -o nocreate forbids creating a store "
+			 "there", dir);
+		goto fail;
 	}
 	if (create && opts->readonly) {
 		rc = -EROFS;
@@ -556,7 +568,7 @@ int ns_close(struct ns *ns)
 		if (!rc)
 			rc = bmap_meta_set(ns->bm, "clean", 1);
 		if (rc)
-			vlog(LOG_ERR, "final flush failed: %s; unsynced writes are lost", strerror(-rc));
+			vlog(LOG_ERR, "final flush failed: %s; unsynced writes are lost", log_strerror(rc));
 	}
 	/* an unmounted store holds no space it does not need */
 	if (ns->cs && !ns->readonly)

@@ -222,7 +222,9 @@ static void log_bad_block(struct vol *v, uint64_t lblock, const struct chunk_loc
 	copy_label(v, label);
 	if (rc == -EBADMSG)
 		chunk_bad_str(bad, lblock, why, sizeof(why));
-	vlog(LOG_ERR, "%s: offset %" PRIu64 ": block in chunk %016" PRIx64 " slot %u %s%s",
+	vlog_at(LOG_ERR, &(struct log_where){ .volume = label, .offset = lblock << v->bshift,
+		.has_offset = true, .chunk = loc->chunk_id, .slot = loc->slot, .has_chunk = true },
+	     "%s: offset %" PRIu64 ": block in chunk %016" PRIx64 " slot %u %s%s",
 	     label, lblock << v->bshift, loc->chunk_id, loc->slot,
 	     rc == -EBADMSG ? "fails verification: " : rc == -ENOENT ? "is in a missing chunk file" :
 	     "cannot be read", rc == -EBADMSG ? why : "");
@@ -441,8 +443,10 @@ static void log_load_error(struct vol *v, uint64_t pageno, int rc)
 	char label[LABEL_MAX];
 
 	copy_label(v, label);
-	vlog(LOG_ERR, "%s: loading the block map at offset %" PRIu64 ": %s", label,
-	     (pageno << PSHIFT) << v->bshift, strerror(-rc));
+	vlog_at(LOG_ERR, &(struct log_where){ .volume = label,
+		.offset = (pageno << PSHIFT) << v->bshift, .has_offset = true },
+	     "%s: loading the block map at offset %" PRIu64 ": %s", label,
+	     (pageno << PSHIFT) << v->bshift, log_strerror(rc));
 }
 
 /*
