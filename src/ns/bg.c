@@ -337,7 +337,7 @@ static void count_in_use(struct ns_file *f, int64_t deadline)
 		rc = vol_refs_count_step(f->v, REFS_STEP_BLOCKS, &done);
 	if (rc)
 		vlog(LOG_WARNING, "%s: counting its referenced blocks: %s", f->in.name,
-		     strerror(-rc));
+		     log_strerror(rc));
 }
 
 /*
@@ -398,7 +398,7 @@ static void refs_tick(struct ns *ns, struct refs_scan *rs, int64_t budget_ns)
 		}
 		if (rc) {
 			vlog(LOG_WARNING, "counting the referenced blocks of node %" PRIu64 ": %s",
-			     node, strerror(-rc));
+			     node, log_strerror(rc));
 			continue;
 		}
 		lock_mutex_lock(&ns->db_mu);

@@ -2108,7 +2108,7 @@ void vol_merged(struct vol *v, uint64_t limit)
 		v->own_blocks = n;
 	else
 		vlog(LOG_WARNING, "%s: counting its blocks after a merge: %s; its st_blocks may be "
-		     "off until it is opened again", v->label, strerror(-rc));
+		     "off until it is opened again", v->label, log_strerror(rc));
 	/* pages tag the moved rows as inherited, and set_block would count
 	 * a write over one as a new block: they load again.  A load in
 	 * flight may have read them as inherited past the new limit, where
