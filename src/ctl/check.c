@@ -167,7 +167,7 @@ static void check_nodes(struct model *m, struct report *r)
  * Each node's row count in the index (what st_blocks and list show) against
  * the rows the scan saw.  On a mounted store the two are read at different
  * moments, so a volume being written may differ here; the second run of a
- * mounted check keeps only what both runs found (cmd_check).
+ * mounted check keeps only what both runs found (check_run_all).
  */
 static int check_counts(struct store *st, struct model *m, struct report *r)
 {
@@ -419,7 +419,7 @@ static void report_intersect(struct report *r1, struct report *r2)
 	p2->n = k;
 }
 
-int cmd_check(struct store *st)
+static int check_run_all(struct store *st)
 {
 	struct report r1 = { 0 }, r2 = { 0 }, *r = &r1;
 	int rc, status;
@@ -476,3 +476,16 @@ out:
 	report_free(&r2);
 	return status;
 }
+
+const struct cmd check_cmd = {
+	.name = "check",
+	.synopsis = "[STORE|MOUNTPOINT]",
+	.summary = "verify the index against the chunk files",
+	.help = "STORE is a store directory, MOUNTPOINT a running vsnapfs (default: the current\n"
+		"directory).  Reads no block data (scrub does).  A mounted store is checked\n"
+		"twice and only what both runs find is reported.\n"
+		"Exit status: 0 clean, 1 problems found, 2 usage or I/O error.\n",
+	.common = CLI_JSON,
+	.run_store = check_run_all,
+	.chunks = true,
+};

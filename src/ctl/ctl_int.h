@@ -1,7 +1,8 @@
 /*
  * vsnapctl's internal header: what its files share.
  *
- *   main.c     the command line: options, dispatch, usage
+ *   main.c     the command line: global options, the table of subcommands
+ *   cli.c      one subcommand's command line: getopt_long, --help, errors
  *   output.c   small helpers for output: JSON strings, sizes, the progress bar
  *   store.c    finding the store behind a path, opening it read-only
  *   report.c   the problems and warnings check collects
@@ -31,6 +32,7 @@
 #ifndef VSNAPCTL_CTL_INT_H
 #define VSNAPCTL_CTL_INT_H
 
+#include <getopt.h>
 #include <limits.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -45,6 +47,62 @@
 
 extern bool json;                       /* --json */
 extern bool progress;                   /* stderr is a TTY and not --json */
+
+/* ---- cli.c ---------------------------------------------------------------------- */
+
+struct store;
+
+/* Options a command shares with others (struct cmd.common). */
+#define CLI_JSON        0x1             /* --json */
+
+/*
+ * A subcommand: one of these in its own file, one line in main.c's table.
+ * run gets argv[0] = the name and returns the exit status; it parses its
+ * options with cli_next().  A command with no options of its own and one
+ * operand naming a store (default ".") gives run_store instead: main opens
+ * the store (cli_store_main) and calls it.
+ */
+struct cmd {
+	const char *name;
+	const char *synopsis;           /* what follows the name: "[-n] [PATH]" */
+	const char *summary;            /* one line, for vsnapctl --help */
+	const char *help;               /* of vsnapctl NAME --help: operands, options */
+	unsigned common;                /* CLI_* options it takes */
+	int (*run)(int argc, char **argv);
+	int (*run_store)(struct store *st);     /* with no run */
+	bool chunks;                    /* run_store: open the chunk store too */
+};
+
+#define CLI_OPTS_MAX    32
+#define CLI_STOP        (-2)
+
+struct cli {
+	const struct cmd *cmd;
+	const char *shortopts;          /* the command's own, getopt style; NULL: none */
+	const struct option *longopts;  /* the command's own, {0}-terminated; NULL: none */
+	int min_args, max_args;         /* operands */
+	const char *missing;            /* what to say when operands are missing */
+	int exit;                       /* after CLI_STOP: the exit status */
+	/* cli_next's own */
+	bool ready;
+	struct option all[CLI_OPTS_MAX];
+	char shorts[64];
+};
+
+/*
+ * The next option of the command's own (getopt_long's value, optarg set),
+ * -1 when the options are done and the operands argv[optind..] are within
+ * min_args..max_args, or CLI_STOP: --help printed (c->exit 0) or one line
+ * said what is wrong (c->exit 2).  The shared options are handled here.
+ */
+int cli_next(struct cli *c, int argc, char **argv);
+/* "vsnapctl NAME: <what>; see vsnapctl NAME --help" on stderr; returns 2. */
+int cli_bad(const struct cmd *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* vsnapctl NAME --help. */
+void cli_help(const struct cmd *cmd, FILE *f);
+/* A command of run_store: its options parsed, its store opened (a store,
+ * mount point or path in a mount; default "."), run_store's exit status. */
+int cli_store_main(const struct cmd *cmd, int argc, char **argv);
 
 /* ---- output.c ------------------------------------------------------------------ */
 
@@ -203,13 +261,10 @@ size_t rows_per_pass(void);
  * nothing left). */
 int rowset_scan(struct bmap *bm, struct rowset *rs, uint64_t lo);
 
-/* ---- the commands ---------------------------------------------------------------- */
+/* ---- the commands (main.c's table) ------------------------------------------------ */
 
-int cmd_list(struct store *st);
-int cmd_tree(struct store *st);
-int cmd_check(struct store *st);
-int cmd_scrub(struct store *st);
-int cmd_gc(struct store *st);
+extern const struct cmd list_cmd, tree_cmd, check_cmd, scrub_cmd, diff_cmd, gc_cmd, send_cmd,
+       receive_cmd;
 
 struct send_opts {
 	const char *b, *from, *resume;  /* the snapshot's file, --from, --resume */
@@ -225,7 +280,5 @@ struct recv_opts {
 };
 /* Opens the store behind path itself (path need not exist). */
 int cmd_receive(const struct recv_opts *o);
-/* a and b: two paths in one store, already opened as st (from a). */
-int cmd_diff(struct store *st, const char *a, const char *b);
 
 #endif

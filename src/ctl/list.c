@@ -125,7 +125,7 @@ static int cmp_path(const void *a, const void *b, void *ctx)
 	return strcmp(f[*(const size_t *)a].path, f[*(const size_t *)b].path);
 }
 
-int cmd_list(struct store *st)
+static int list_run(struct store *st)
 {
 	struct model m = { 0 };
 	size_t *order = NULL, n = 0;
@@ -190,3 +190,15 @@ out:
 	model_free(&m);
 	return rc ? 2 : 0;
 }
+
+const struct cmd list_cmd = {
+	.name = "list",
+	.synopsis = "[PATH]",
+	.summary = "volumes and snapshot files: size, allocated and exclusive bytes, origin",
+	.help = "PATH is a store directory, a mount point, or a path inside a mount: then only\n"
+		"what is below it (default: the current directory).  Exclusive bytes are those\n"
+		"deleting the file would free; the origin of a clone is the snapshot it was\n"
+		"cloned from.\n",
+	.common = CLI_JSON,
+	.run_store = list_run,
+};

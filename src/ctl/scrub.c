@@ -190,7 +190,7 @@ static int scrub_run(struct scrub *s, const struct rowref *v, uint32_t n)
 	return rc;
 }
 
-int cmd_scrub(struct store *st)
+static int scrub_run_all(struct store *st)
 {
 	struct model m = { 0 };
 	struct rowset rs = { .max = rows_per_pass() };
@@ -245,3 +245,16 @@ out:
 	model_free(&m);
 	return rc ? 2 : s.bad ? 1 : 0;
 }
+
+const struct cmd scrub_cmd = {
+	.name = "scrub",
+	.synopsis = "[STORE|MOUNTPOINT]",
+	.summary = "read every block and verify its checksum",
+	.help = "STORE is a store directory, MOUNTPOINT a running vsnapfs (default: the current\n"
+		"directory).  A damaged block is named by every file that shows it, with its\n"
+		"offset, chunk file and slot.\n"
+		"Exit status: 0 clean, 1 damaged blocks, 2 usage or I/O error.\n",
+	.common = CLI_JSON,
+	.run_store = scrub_run_all,
+	.chunks = true,
+};

@@ -284,13 +284,34 @@ grep -qE "clean$" "$T/c.txt" || fail "an unnamed node makes check unclean: $(cat
 
 # (an index of an older format: t-140-fixture, which upgrades a store made by the format-2 code)
 
-# ---- usage and I/O errors: exit 2 ---------------------------------------------------------
+# ---- usage and I/O errors: exit 2, one line ---------------------------------------------
+# one_line FILE TEXT: FILE is exactly the line TEXT
+one_line() {
+	assert_eq "$(wc -l <"$1")" 1 "lines of $(cat "$1")"
+	grep -qxF "$2" "$1" || fail "expected '$2', got: $(cat "$1")"
+}
 ctl 2 "$T/u.txt" frobnicate "$STORE"
+one_line "$T/u.txt.err" "vsnapctl: unknown command 'frobnicate'; see vsnapctl --help"
 ctl 2 "$T/u.txt" check --frob "$STORE"
+one_line "$T/u.txt.err" "vsnapctl check: unknown option '--frob'; see vsnapctl check --help"
 ctl 2 "$T/u.txt" check "$STORE" extra
+one_line "$T/u.txt.err" "vsnapctl check: unexpected argument 'extra'; see vsnapctl check --help"
+ctl 2 "$T/u.txt" send --from
+one_line "$T/u.txt.err" "vsnapctl send: option '--from' needs a value; see vsnapctl send --help"
+ctl 2 "$T/u.txt"
+one_line "$T/u.txt.err" "vsnapctl: no command given; see vsnapctl --help"
+# every command has its --help, listed by vsnapctl --help
+ctl 0 "$T/help.txt" --help
+for c in list tree check scrub gc diff send receive; do
+	grep -qE "^  $c +[a-z]" "$T/help.txt" || fail "vsnapctl --help does not list $c: $(cat "$T/help.txt")"
+	ctl 0 "$T/h.txt" "$c" --help
+	grep -q "^usage: vsnapctl $c" "$T/h.txt" || fail "vsnapctl $c --help: $(cat "$T/h.txt")"
+	grep -qE '^  -h, --help +this help$' "$T/h.txt" || fail "vsnapctl $c --help: $(cat "$T/h.txt")"
+done
+ctl 0 "$T/v.txt" --version
+grep -qxE 'vsnapctl [0-9]+\.[0-9]+\.[0-9]+' "$T/v.txt" || fail "--version: $(cat "$T/v.txt")"
 ctl 2 "$T/u.txt" check "$T/no-such-store"
 mkdir "$T/notastore"
 ctl 2 "$T/u.txt" list "$T/notastore"
 grep -q 'neither a vsnapfs store' "$T/u.txt.err" || fail "no reason given: $(cat "$T/u.txt.err")"
-ctl 0 "$T/u.txt" --help
 pass

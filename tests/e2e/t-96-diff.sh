@@ -153,7 +153,7 @@ refuse "is not a volume or a snapshot's file" diff "$MNT/.snapshots/vm1.img@mon"
 head -c $BS /dev/urandom >"$T/outside.img"
 refuse "is not in a vsnapfs mount" diff "$MNT/vm1.img" "$T/outside.img"
 "$VSNAPCTL" diff "$MON" >"$T/r.out" 2>"$T/r.err" && fail "diff with one file succeeded"
-grep -qF "diff needs two files" "$T/r.err" || fail "diff with one file: $(cat "$T/r.err")"
+grep -qF "diff: needs two files, A and B; see vsnapctl diff --help" "$T/r.err" || fail "diff with one file: $(cat "$T/r.err")"
 
 vs_umount "$MNT"
 pass
