@@ -141,9 +141,12 @@ struct store {
  * The store behind arg: arg itself if it holds index.sqlite, else the store
  * of the vsnapfs mounted at arg or at the nearest mount point above it; rel
  * gets the path of arg below that mount point ("" for the mount point).
- * -ENOENT if there is none.
+ * -EMEDIUMTYPE if there is none; -ENOENT, -EACCES, -ENOTCONN (a mount whose
+ * daemon died), ... if arg cannot be resolved.
  */
 int store_resolve(const char *arg, char *dir, size_t dirlen, char *rel, size_t rellen);
+/* What a store_resolve() error means, in a few words. */
+const char *store_why(int rc);
 /* The store behind arg (a store directory, a mount point, or a path inside
  * a mount), its index opened read-only, and its chunk store if chunks.
  * Says why on stderr when it fails; store_close() in every case. */

@@ -310,8 +310,24 @@ for c in list tree check scrub gc diff send receive; do
 done
 ctl 0 "$T/v.txt" --version
 grep -qxE 'vsnapctl [0-9]+\.[0-9]+\.[0-9]+' "$T/v.txt" || fail "--version: $(cat "$T/v.txt")"
+# errors that name the real problem, in one line
 ctl 2 "$T/u.txt" check "$T/no-such-store"
+one_line "$T/u.txt.err" "vsnapctl: $T/no-such-store: no such file or directory"
 mkdir "$T/notastore"
 ctl 2 "$T/u.txt" list "$T/notastore"
-grep -q 'neither a vsnapfs store' "$T/u.txt.err" || fail "no reason given: $(cat "$T/u.txt.err")"
+one_line "$T/u.txt.err" \
+	"vsnapctl: $T/notastore: not a vsnapfs store (no index.sqlite) and not in a vsnapfs mount"
+# $T is 0700: another user may not look into it
+if command -v setpriv >/dev/null && [ "$(id -u)" = 0 ]; then
+	rc=0
+	setpriv --reuid=65534 --regid=65534 --clear-groups -- "$VSNAPCTL" list "$STORE" \
+		>"$T/u.txt" 2>"$T/u.txt.err" || rc=$?
+	assert_eq $rc 2 "exit status of list as another user"
+	one_line "$T/u.txt.err" "vsnapctl: $STORE: permission denied"
+else
+	note "not root or no setpriv: permission denied not checked"
+fi
+ctl 2 "$T/u.txt" gc "$STORE"
+grep -qF "vsnapctl: gc: $SDIR is not mounted: garbage collection runs in the daemon" "$T/u.txt.err" &&
+	[ "$(wc -l <"$T/u.txt.err")" = 1 ] || fail "gc of an unmounted store: $(cat "$T/u.txt.err")"
 pass
