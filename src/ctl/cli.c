@@ -41,6 +41,8 @@ void cli_help(const struct cmd *cmd, FILE *f)
 	for (size_t i = 0; i < sizeof(common_opts) / sizeof(common_opts[0]); i++)
 		if (cmd->common & common_opts[i].flag)
 			fputs(common_opts[i].help, f);
+	if (cmd->help_more)
+		cmd->help_more(f);
 }
 
 int cli_bad(const struct cmd *cmd, const char *fmt, ...)

@@ -4,6 +4,7 @@
  *   main.c     the command line: global options, the table of subcommands
  *   cli.c      one subcommand's command line: getopt_long, --help, errors
  *   output.c   small helpers for output: JSON strings, sizes, the progress bar
+ *   table.c    tables and their JSON (libsmartcols): columns, -o, -n, -b, --raw
  *   store.c    finding the store behind a path, opening it read-only
  *   report.c   the problems and warnings check collects
  *   model.c    the namespace in memory: files, snapshots, map nodes
@@ -68,6 +69,7 @@ struct cmd {
 	const char *summary;            /* one line, for vsnapctl --help */
 	const char *help;               /* of vsnapctl NAME --help: operands, options */
 	unsigned common;                /* CLI_* options it takes */
+	void (*help_more)(FILE *f);     /* NULL, or prints more of --help (columns) */
 	int (*run)(int argc, char **argv);
 	int (*run_store)(struct store *st);     /* with no run */
 	bool chunks;                    /* run_store: open the chunk store too */
@@ -125,6 +127,49 @@ void progress_start(struct progress *p, const char *what, uint64_t total);
 void progress_bytes(struct progress *p, const char *what, uint64_t total);
 void progress_show(struct progress *p);
 void progress_end(struct progress *p);
+
+/* ---- table.c ------------------------------------------------------------------- */
+
+enum table_type {
+	TT_TEXT,
+	TT_BYTES,                       /* "8.0M"; exact with -b; a number in JSON */
+	TT_COUNT,                       /* a number */
+	TT_TIME,                        /* local time; seconds since the epoch in JSON */
+};
+
+struct table_col {                      /* a column, described once */
+	const char *name;               /* the header, what -o takes: "SIZE" */
+	const char *json;               /* its --json key, with its unit: "size_bytes" */
+	enum table_type type;
+	bool dflt;                      /* shown without -o (--json: every column) */
+	const char *help;               /* a few words for --help */
+	bool wrap;                      /* a path: wrapped in its cell when a table is
+					 * wider than the terminal */
+};
+
+struct table_opts {
+	const char *columns;            /* -o: "PATH,SIZE"; "+NODE" adds to the default; NULL */
+	bool noheadings, bytes, raw;    /* -n, -b, --raw (--json is the global json) */
+};
+
+struct table;
+/* A table named name (the key of its JSON array) of the columns o selects;
+ * -EINVAL after saying in one line that -o names no such column.
+ * table_free() in every case. */
+int table_new(const char *name, const struct table_col *cols, size_t ncols,
+	      const struct table_opts *o, const struct cmd *cmd, struct table **out);
+/* A new row; the calls below fill its cells (columns not shown are ignored). */
+int table_row(struct table *t);
+/* s NULL: no value ("-"; null in JSON). */
+int table_text(struct table *t, size_t col, const char *s);
+/* TT_BYTES or TT_COUNT. */
+int table_u64(struct table *t, size_t col, uint64_t v);
+int table_time(struct table *t, size_t col, int64_t unix_ns);
+/* To stdout. */
+int table_print(struct table *t);
+void table_free(struct table *t);       /* NULL is fine */
+/* The columns, for a command's --help (its struct cmd's help_more). */
+void table_help(const struct table_col *cols, size_t ncols, FILE *f);
 
 /* ---- store.c ------------------------------------------------------------------- */
 

@@ -16,6 +16,7 @@
  */
 #include <errno.h>
 #include <getopt.h>
+#include <locale.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -63,6 +64,9 @@ int main(int argc, char **argv)
 	const struct cmd *cmd = NULL;
 	int ch, rc;
 
+	/* the tables measure and escape names by the locale's character set;
+	 * numbers stay in the C locale's form */
+	setlocale(LC_CTYPE, "");
 	opterr = 0;
 	while ((ch = getopt_long(argc, argv, "+h", opts, NULL)) != -1) {
 		switch (ch) {

@@ -13,10 +13,11 @@ vs_mount "$STORE" "$MNT" -o block_size=4096
 
 for i in 1 2 3; do
 	dd if=/dev/urandom of="$MNT/fresh$i.img" bs=64K count=$((8 * i)) status=none
-	with_deadline 60 "$VSNAPCTL" list --json "$MNT/fresh$i.img" >"$T/list.json" ||
-		fail "vsnapctl list failed: $(cat "$T/list.json")"
-	tr -d '\n' <"$T/list.json" | grep -qF "{\"path\":\"/fresh$i.img\",\"kind\":\"volume\",\"size\":$((i * 512 * 1024)),\"allocated\":$((i * 512 * 1024)),\"exclusive\":$((i * 512 * 1024))," ||
-		fail "list right after writing fresh$i.img: $(cat "$T/list.json")"
+	with_deadline 60 "$VSNAPCTL" list --raw -n -b -o path,size,allocated,exclusive "$MNT/fresh$i.img" \
+		>"$T/list.txt" || fail "vsnapctl list failed: $(cat "$T/list.txt")"
+	bytes=$((i * 512 * 1024))
+	assert_eq "$(cat "$T/list.txt")" "/fresh$i.img $bytes $bytes $bytes" \
+		"path, size, allocated and exclusive bytes listed right after writing fresh$i.img"
 done
 vs_umount "$MNT"
 pass

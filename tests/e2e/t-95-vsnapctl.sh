@@ -8,11 +8,13 @@
 
 [ -x "$VSNAPCTL" ] || fail "$VSNAPCTL not built"
 command -v sqlite3 >/dev/null || skip "sqlite3 missing (tests/install-deps.sh installs it)"
+command -v jq >/dev/null || skip "jq missing (tests/install-deps.sh installs it)"
 
 BS=4096
 STORE=$T/store
 MNT=$T/mnt
 GOLDEN=/.snapshots/vm1.img@golden/vm1.img
+DATE_RE='[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}'
 
 # ctl EXPECTED_RC OUT ARGS...: run vsnapctl, stdout to OUT, stderr to OUT.err
 ctl() {
@@ -23,23 +25,20 @@ ctl() {
 		fail "vsnapctl $* exited $rc, expected $want: $(head -c 1500 "$out") $(head -c 500 "$out.err")"
 }
 
-# json_entry FILE PATH: the object of a list --json array whose path is PATH
-json_entry() {
-	tr -d '\n' <"$1" | sed 's/},{/}\n{/g' | grep -F "{\"path\":\"$2\"," || true
+# one_line FILE TEXT: FILE is exactly the line TEXT
+one_line() {
+	assert_eq "$(wc -l <"$1")" 1 "lines of $(cat "$1")"
+	grep -qxF "$2" "$1" || fail "expected '$2', got: $(cat "$1")"
 }
-json_num() { sed -n "s/.*\"$1\":\([0-9]*\).*/\1/p"; }
-json_text() { sed -n "s/.*\"$1\":\(\"[^\"]*\"\|null\).*/\1/p"; }
 
-# expect_entry PATH KIND SIZE ALLOCATED EXCLUSIVE ORIGIN (ORIGIN: null or "path")
+# jq_list FILE PATH FILTER: FILTER applied to the entry of list --json whose path is PATH
+jq_list() { jq -r --arg p "$2" ".files[] | select(.path == \$p) | $3" "$1"; }
+
+# expect_entry PATH TYPE SIZE ALLOCATED EXCLUSIVE ORIGIN (null: none)
 expect_entry() {
-	local e
-	e=$(json_entry "$T/list.json" "$1")
-	[ -n "$e" ] || fail "list --json has no entry for $1: $(cat "$T/list.json")"
-	assert_eq "$(echo "$e" | json_text kind)" "\"$2\"" "kind of $1"
-	assert_eq "$(echo "$e" | json_num size)" "$3" "size of $1"
-	assert_eq "$(echo "$e" | json_num allocated)" "$4" "allocated bytes of $1"
-	assert_eq "$(echo "$e" | json_num exclusive)" "$5" "exclusive bytes of $1"
-	assert_eq "$(echo "$e" | json_text origin)" "$6" "origin of $1"
+	assert_eq "$(jq_list "$T/list.json" "$1" \
+		'"\(.type) \(.size_bytes) \(.allocated_bytes) \(.exclusive_bytes) \(.origin)"')" \
+		"$2 $3 $4 $5 $6" "list --json: type, size, allocated, exclusive bytes and origin of $1"
 }
 
 # blk FILE N: block N of FILE
@@ -99,23 +98,30 @@ dd if="$T/root-new.bin" of="$MNT/web/root.img" bs=$BS conv=notrunc,fsync status=
 ctl 0 "$T/list.json" list --json "$MNT"
 expect_entry /vm1.img volume $((16 * BS)) $((2 * BS)) $((2 * BS)) null
 expect_entry "$GOLDEN" snapshot $((16 * BS)) $((16 * BS)) $BS null
-expect_entry /clone.img volume $((16 * BS)) $((2 * BS)) $((2 * BS)) "\"$GOLDEN\""
+expect_entry /clone.img volume $((16 * BS)) $((2 * BS)) $((2 * BS)) "$GOLDEN"
 expect_entry /web/root.img volume $((8 * BS)) $((8 * BS)) $((8 * BS)) null
 expect_entry /web/.snapshots/nightly/root.img snapshot $((8 * BS)) $((8 * BS)) $((8 * BS)) null
 expect_entry /web/.snapshots/nightly/data.img snapshot 1048576 0 0 null
 expect_entry /web/data.img volume 1048576 0 0 null
-n=$(tr -d '\n' <"$T/list.json" | sed 's/},{/}\n{/g' | grep -c '"path"')
-assert_eq "$n" 7 "entries of list --json"
+assert_eq "$(jq '.files | length' "$T/list.json")" 7 "entries of list --json"
+# every column, each key with its unit; a volume has no creation time
+assert_eq "$(jq -c '.files[0] | keys_unsorted' "$T/list.json")" \
+	'["path","type","size_bytes","allocated_bytes","exclusive_bytes","origin","created_unix_s","snapshot","node_id","ino"]' \
+	"keys of list --json"
+assert_eq "$(jq_list "$T/list.json" /vm1.img '"\(.created_unix_s) \(.snapshot)"')" "null null" \
+	"creation time and snapshot of a volume"
+assert_eq "$(jq_list "$T/list.json" /web/.snapshots/nightly/root.img .snapshot)" nightly \
+	"snapshot of a directory snapshot's file"
 # the same from the store directory, and --json before the command
 ctl 0 "$T/list2.json" --json list "$STORE"
 cmp -s "$T/list.json" "$T/list2.json" || fail "list of the store and of the mount point differ"
 
 ctl 0 "$T/list.txt" list "$MNT"
-head -n 1 "$T/list.txt" | grep -qE '^PATH +KIND +SIZE +ALLOCATED +EXCLUSIVE +ORIGIN$' ||
+head -n 1 "$T/list.txt" | grep -qE '^PATH +TYPE +SIZE +ALLOCATED +EXCLUSIVE +ORIGIN +CREATED$' ||
 	fail "list has no header: $(cat "$T/list.txt")"
-grep -qE "^/clone\.img +volume +64\.0K +8\.0K +8\.0K +/\.snapshots/vm1\.img@golden/vm1\.img$" \
+grep -qE "^/clone\.img +volume +64\.0K +8\.0K +8\.0K +/\.snapshots/vm1\.img@golden/vm1\.img +-$" \
 	"$T/list.txt" || fail "list: wrong line for clone.img: $(cat "$T/list.txt")"
-grep -qE "^/\.snapshots/vm1\.img@golden/vm1\.img +snapshot +64\.0K +64\.0K +4\.0K +-$" \
+grep -qE "^/\.snapshots/vm1\.img@golden/vm1\.img +snapshot +64\.0K +64\.0K +4\.0K +- +$DATE_RE$" \
 	"$T/list.txt" || fail "list: wrong line for the golden snapshot: $(cat "$T/list.txt")"
 # a path inside the mount lists what is below it
 ctl 0 "$T/list-web.txt" list "$MNT/web"
@@ -124,13 +130,77 @@ grep -q '^/vm1\.img ' "$T/list-web.txt" && fail "list MNT/web shows /vm1.img: $(
 grep -q '^/web/\.snapshots/nightly/root\.img ' "$T/list-web.txt" ||
 	fail "list MNT/web misses the snapshot of web: $(cat "$T/list-web.txt")"
 
+# -t, -o, -n, -b, --raw
+ctl 0 "$T/l.txt" list -t snapshot -n -b --raw -o path,size,exclusive "$MNT"
+printf '%s\n' "$GOLDEN $((16 * BS)) $BS" "/web/.snapshots/nightly/data.img 1048576 0" \
+	"/web/.snapshots/nightly/root.img $((8 * BS)) $((8 * BS))" >"$T/l.want"
+diff -u "$T/l.want" "$T/l.txt" || fail "list -t snapshot -n -b --raw -o path,size,exclusive"
+ctl 0 "$T/l.txt" list --type=volume -o PATH "$MNT"
+printf '%s\n' PATH /clone.img /vm1.img /web/data.img /web/root.img >"$T/l.want"
+diff -u "$T/l.want" "$T/l.txt" || fail "list --type=volume -o PATH"
+ctl 0 "$T/l.txt" list -o +NODE,ino "$MNT/vm1.img"
+grep -qE "^PATH +TYPE +SIZE +ALLOCATED +EXCLUSIVE +ORIGIN +CREATED +NODE +INO$" "$T/l.txt" ||
+	fail "list -o +NODE,ino: $(cat "$T/l.txt")"
+ctl 0 "$T/l.json" list --json -o path,allocated "$MNT/vm1.img"
+assert_eq "$(jq -c . "$T/l.json")" "{\"files\":[{\"path\":\"/vm1.img\",\"allocated_bytes\":$((2 * BS))}]}" \
+	"list --json -o path,allocated"
+ctl 2 "$T/l.txt" list -o PATH,FROB "$MNT"
+one_line "$T/l.txt.err" "vsnapctl list: unknown column 'FROB' (-o takes those --help lists); see vsnapctl list --help"
+ctl 2 "$T/l.txt" list -t frob "$MNT"
+one_line "$T/l.txt.err" "vsnapctl list: -t takes volume, snapshot or all, not 'frob'; see vsnapctl list --help"
+
+# a snapshot's row: its creation time, and as exclusive exactly the blocks
+# written to the volume since (no other view shows them)
+t0=$(date +%s)
+mkdir "$MNT/web/.snapshots/root.img@before"
+t1=$(date +%s)
+dd if="$T/root.bin" of="$MNT/web/root.img" bs=$BS count=3 seek=2 conv=notrunc status=none
+ctl 0 "$T/l.json" list --json -t snapshot "$MNT/web"
+SNAP=/web/.snapshots/root.img@before/root.img
+created=$(jq_list "$T/l.json" $SNAP .created_unix_s)
+[ "$created" -ge "$t0" ] && [ "$created" -le "$t1" ] ||
+	fail "created_unix_s of $SNAP is $created, taken between $t0 and $t1"
+assert_eq "$(jq_list "$T/l.json" $SNAP '"\(.exclusive_bytes) \(.snapshot)"')" "$((3 * BS)) root.img@before" \
+	"exclusive bytes of $SNAP after 3 blocks written to root.img"
+rmdir "$MNT/web/.snapshots/root.img@before"
+
+# long and non-ASCII paths: the columns after them stay in line (names
+# escaped as \xNN in the C locale, measured by their width in a UTF-8 one),
+# --raw keeps one field per column, --json gives the name back as it is
+LONG=$(printf 'a%.0s' {1..150})
+mkdir "$MNT/$LONG"
+truncate -s 1M "$MNT/$LONG/dïsk ü.img"
+# aligned FILE: the TYPE column starts at the same character on every line
+aligned() {
+	local l p=-1 s
+	while IFS= read -r l; do
+		if [ $p -lt 0 ]; then s=${l%%TYPE*}; p=${#s}; continue; fi
+		case "${l:$p}" in volume* | snapshot*) ;; *) return 1 ;; esac
+	done <"$1"
+}
+ctl 0 "$T/l.txt" list "$MNT"
+grep -qF "/$LONG/d\xc3\xafsk \xc3\xbc.img" "$T/l.txt" || fail "list in the C locale: $(cat "$T/l.txt")"
+aligned "$T/l.txt" || fail "list in the C locale is out of line: $(cat "$T/l.txt")"
+if locale -a 2>/dev/null | grep -qix 'c\.utf-\?8'; then
+	LC_ALL=C.UTF-8 ctl 0 "$T/l.txt" list "$MNT"
+	grep -qF "/$LONG/dïsk ü.img" "$T/l.txt" || fail "list in C.UTF-8: $(cat "$T/l.txt")"
+	(export LC_ALL=C.UTF-8; aligned "$T/l.txt") || fail "list in C.UTF-8 is out of line: $(cat "$T/l.txt")"
+else
+	note "no C.UTF-8 locale: list in UTF-8 not checked"
+fi
+ctl 0 "$T/l.txt" list --raw -n -b -o path,size "$MNT/$LONG"
+assert_eq "$(cat "$T/l.txt")" "/$LONG/d\xc3\xafsk\x20\xc3\xbc.img 1048576" "list --raw of a name with a space"
+ctl 0 "$T/l.json" list --json "$MNT/$LONG"
+assert_eq "$(jq -r '.files[0].path' "$T/l.json")" "/$LONG/dïsk ü.img" "list --json of a non-ASCII name"
+rm -r "${MNT:?}/$LONG"
+
 # ---- a clone of a live volume: an unnamed frozen node with two children ----------------
 dd if="$T/base.bin" of="$MNT/base.img" bs=$BS conv=fsync status=none
 cp "$MNT/base.img" "$MNT/base-copy.img"
 cmp "$T/base.bin" "$MNT/base-copy.img" || fail "base-copy.img differs from base.img"
 ctl 0 "$T/list.json" list --json "$MNT"
 cloned=1
-if [ "$(json_entry "$T/list.json" /base-copy.img | json_num allocated)" != 0 ]; then
+if [ "$(jq_list "$T/list.json" /base-copy.img .allocated_bytes)" != 0 ]; then
 	note "cp of a live volume copied its data instead of cloning it: no internal node to show"
 	cloned=0
 fi
@@ -285,11 +355,6 @@ grep -qE "clean$" "$T/c.txt" || fail "an unnamed node makes check unclean: $(cat
 # (an index of an older format: t-140-fixture, which upgrades a store made by the format-2 code)
 
 # ---- usage and I/O errors: exit 2, one line ---------------------------------------------
-# one_line FILE TEXT: FILE is exactly the line TEXT
-one_line() {
-	assert_eq "$(wc -l <"$1")" 1 "lines of $(cat "$1")"
-	grep -qxF "$2" "$1" || fail "expected '$2', got: $(cat "$1")"
-}
 ctl 2 "$T/u.txt" frobnicate "$STORE"
 one_line "$T/u.txt.err" "vsnapctl: unknown command 'frobnicate'; see vsnapctl --help"
 ctl 2 "$T/u.txt" check --frob "$STORE"
