@@ -341,7 +341,7 @@ static int check_run(struct store *st, struct report *r)
 		PROBLEM(r, "the index holds %" PRIu64 " inode(s), %zu reachable from the root or "
 			"unlinked while open", ninodes, m.nlive + 1);
 
-	/* the total for the progress bar costs a count per node: only on a TTY */
+	/* the total for the progress line costs a count per node: only if shown */
 	for (size_t i = 0; progress && i < m.nnodes && !rc; i++) {
 		uint64_t n;
 
@@ -355,7 +355,7 @@ static int check_run(struct store *st, struct report *r)
 		char what[32];
 
 		snprintf(what, sizeof(what), pass ? "check (pass %d)" : "check", pass + 1);
-		progress_start(&pg, what, total);
+		progress_blocks(&pg, what, total, st->bs);
 		rs.pg = &pg;
 		rc = rowset_scan(st->bm, &rs, lo);
 		progress_end(&pg);
@@ -485,7 +485,7 @@ const struct cmd check_cmd = {
 		"directory).  Reads no block data (scrub does).  A mounted store is checked\n"
 		"twice and only what both runs find is reported.\n"
 		"Exit status: 0 clean, 1 problems found, 2 usage or I/O error.\n",
-	.common = CLI_JSON,
+	.common = CLI_JSON | CLI_PROGRESS,
 	.run_store = check_run_all,
 	.chunks = true,
 };

@@ -5,8 +5,8 @@
  * line of summary, the text of its --help, and its run function) and one
  * line of main.c's table.  Its run function parses its own options with
  * cli_next(), a getopt_long loop that also takes the options every
- * command shares (-h/--help, and those its struct cmd asks for: --json),
- * says what is wrong in one line ("vsnapctl list:
+ * command shares (-h/--help, and those its struct cmd asks for: --json,
+ * --progress), says what is wrong in one line ("vsnapctl list:
  * unknown option '--frob'; see vsnapctl list --help"), and checks the
  * number of operands once the options are done.  GNU getopt permutes, so
  * options may follow operands; "--" ends them.
@@ -19,7 +19,7 @@
 
 #include "ctl/ctl_int.h"
 
-enum { OPT_JSON = 0x100 };
+enum { OPT_JSON = 0x100, OPT_PROGRESS };
 
 /* The options every command of cmd->common takes, and how --help says them. */
 static const struct {
@@ -29,7 +29,13 @@ static const struct {
 } common_opts[] = {
 	{ CLI_JSON, { "json", no_argument, NULL, OPT_JSON },
 	  "      --json                 machine-readable output\n" },
+	{ CLI_PROGRESS, { "progress", required_argument, NULL, OPT_PROGRESS },
+	  "      --progress=WHEN        auto: a line redrawn on a TTY (bytes, rate, ETA),\n"
+	  "                             none in a pipe (default); plain: a line every few\n"
+	  "                             seconds and one at the end, for logs; none\n" },
 };
+
+static enum { PROGRESS_AUTO, PROGRESS_PLAIN, PROGRESS_NONE } progress_mode;
 
 void cli_help(const struct cmd *cmd, FILE *f)
 {
@@ -93,6 +99,16 @@ int cli_next(struct cli *c, int argc, char **argv)
 		case OPT_JSON:
 			json = true;
 			continue;
+		case OPT_PROGRESS:
+			if (!strcmp(optarg, "auto") || !strcmp(optarg, "plain") ||
+			    !strcmp(optarg, "none")) {
+				progress_mode = optarg[0] == 'a' ? PROGRESS_AUTO :
+						optarg[0] == 'p' ? PROGRESS_PLAIN : PROGRESS_NONE;
+				continue;
+			}
+			c->exit = cli_bad(c->cmd, "--progress takes auto, plain or none, not '%s'",
+					  optarg);
+			return CLI_STOP;
 		case ':':
 			c->exit = cli_bad(c->cmd, "option '%s' needs a value", argv[optind - 1]);
 			return CLI_STOP;
@@ -120,7 +136,8 @@ int cli_next(struct cli *c, int argc, char **argv)
 		c->exit = cli_bad(c->cmd, "unexpected argument '%s'", argv[optind + c->max_args]);
 		return CLI_STOP;
 	}
-	progress = isatty(2) && !json;
+	progress_plain = progress_mode == PROGRESS_PLAIN;
+	progress = progress_plain || (progress_mode == PROGRESS_AUTO && isatty(2) && !json);
 	return -1;
 }
 

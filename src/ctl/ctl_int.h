@@ -3,7 +3,7 @@
  *
  *   main.c     the command line: global options, the table of subcommands
  *   cli.c      one subcommand's command line: getopt_long, --help, errors
- *   output.c   small helpers for output: JSON strings, sizes, the progress bar
+ *   output.c   small helpers for output: JSON strings, sizes, progress
  *   table.c    tables and their JSON (libsmartcols): columns, -o, -n, -b, --raw
  *   store.c    finding the store behind a path, opening it read-only
  *   report.c   the problems and warnings check collects
@@ -47,7 +47,9 @@
 #define REPORT_MAX      1000            /* problem lines kept and printed */
 
 extern bool json;                       /* --json */
-extern bool progress;                   /* stderr is a TTY and not --json */
+extern bool progress;                   /* show progress: stderr is a TTY and not
+					 * --json, or --progress=plain */
+extern bool progress_plain;             /* --progress=plain: lines, not redrawn */
 
 /* ---- cli.c ---------------------------------------------------------------------- */
 
@@ -55,6 +57,7 @@ struct store;
 
 /* Options a command shares with others (struct cmd.common). */
 #define CLI_JSON        0x1             /* --json */
+#define CLI_PROGRESS    0x2             /* --progress=auto|plain|none */
 
 /*
  * A subcommand: one of these in its own file, one line in main.c's table.
@@ -116,16 +119,23 @@ void human(uint64_t bytes, char *out, size_t len);
 
 struct progress {
 	const char *what;
-	uint64_t total, done;
+	uint64_t total, done;           /* in units */
+	uint32_t unit;                  /* bytes a unit */
 	int pct;                        /* last shown, -1: nothing shown yet */
-	bool bytes;                     /* progress_bytes: done/total are bytes */
-	int64_t start_ns, shown_ns;     /* progress_bytes: when it started, last drawn */
+	int64_t start_ns, shown_ns;     /* when it started, last shown */
 };
 
-void progress_start(struct progress *p, const char *what, uint64_t total);
-/* The same for a transfer: the line shows bytes, rate and ETA. */
+#define PROGRESS_PLAIN_SECS 5           /* --progress=plain: a line this often */
+
+/* Progress of a transfer of total bytes (set p->total later if unknown,
+ * count p->done): the line shows bytes, rate and ETA. */
 void progress_bytes(struct progress *p, const char *what, uint64_t total);
+/* The same counted in blocks of block_bytes. */
+void progress_blocks(struct progress *p, const char *what, uint64_t total, uint32_t block_bytes);
 void progress_show(struct progress *p);
+/* Erase the line on a TTY, before printing something else. */
+void progress_clear(struct progress *p);
+/* Done: erased on a TTY; plain, a last line with the time taken. */
 void progress_end(struct progress *p);
 
 /* ---- table.c ------------------------------------------------------------------- */

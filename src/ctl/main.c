@@ -25,6 +25,7 @@
 
 bool json;
 bool progress;
+bool progress_plain;
 
 /* In the order vsnapctl --help shows them. */
 static const struct cmd *const cmds[] = {

@@ -136,9 +136,7 @@ static int scrub_damaged(struct scrub *s, const struct rowref *row, int err,
 		}
 		printf("]}");
 	} else if (s->bad <= REPORT_MAX) {
-		if (progress && s->pg.pct >= 0)
-			fprintf(stderr, "\r%*s\r", (int)strlen(s->pg.what) + 38, "");
-		s->pg.pct = -1;
+		progress_clear(&s->pg);
 		printf("damaged: %s offset %" PRIu64 ": chunks/%016" PRIx64 ".chunk slot %u: %s",
 		       seers[0], off, row->chunk, row->slot, why);
 		for (size_t i = 1; i < nseers; i++)
@@ -206,7 +204,7 @@ static int scrub_run_all(struct store *st)
 		rc = model_load(st, &m, NULL);
 	if (rc)
 		goto out;
-	progress_start(&s.pg, "scrub", 0);
+	progress_blocks(&s.pg, "scrub", 0, st->bs);
 	if (json) {
 		printf("{\"store\":");
 		json_str(stdout, st->dir);
@@ -254,7 +252,7 @@ const struct cmd scrub_cmd = {
 		"directory).  A damaged block is named by every file that shows it, with its\n"
 		"offset, chunk file and slot.\n"
 		"Exit status: 0 clean, 1 damaged blocks, 2 usage or I/O error.\n",
-	.common = CLI_JSON,
+	.common = CLI_JSON | CLI_PROGRESS,
 	.run_store = scrub_run_all,
 	.chunks = true,
 };

@@ -263,15 +263,31 @@ grep -qE "^$SDIR: [0-9]+ block\(s\) in $nchunks chunk file\(s\), 8 inode\(s\): c
 VSNAPCTL_ROWS_PER_PASS=16 ctl 0 "$T/check16.txt" check "$STORE"
 cmp -s "$T/check.txt" "$T/check16.txt" || fail "check with 16 rows per pass: $(cat "$T/check16.txt")"
 
-# progress bar on a TTY only
+# progress: bytes, rate and ETA, redrawn on a TTY; nothing in a pipe (above);
+# --progress=plain: lines (one every few seconds, the first at once) and a
+# last one with the bytes and time taken
+RATE_RE='[0-9.]+[KMGTPE]?/[0-9.]+[KMGTPE]? [0-9.]+[KMGTPE]?/s ETA [0-9]+:[0-9]{2}'
 if script -qec "true" /dev/null >/dev/null 2>&1; then
 	script -qec "$VSNAPCTL check $STORE" /dev/null >"$T/tty.out" 2>&1 ||
 		fail "check on a TTY failed: $(cat "$T/tty.out")"
-	grep -qF 'check [' "$T/tty.out" && grep -qF '100%' "$T/tty.out" ||
-		fail "no progress bar on a TTY: $(cat -A "$T/tty.out" | head -c 600)"
+	grep -qE $'\rcheck +[0-9]+% '"$RATE_RE" "$T/tty.out" && grep -qE "check 100% " "$T/tty.out" ||
+		fail "no progress line on a TTY: $(cat -A "$T/tty.out" | head -c 600)"
 else
-	note "script(1) cannot make a TTY here: progress bar not checked"
+	note "script(1) cannot make a TTY here: progress on a TTY not checked"
 fi
+blocks=$(sed -n 's/.*: \([0-9]*\) block(s) in .*/\1/p' "$T/check.txt")
+done_re="^(check|scrub): done, $(awk -v b=$((blocks * BS)) 'BEGIN { u = -1; while (b >= 1024 && u < 5) { b /= 1024; u++ } if (u < 0) print b; else printf "%.1f%s\n", b, substr("KMGTPE", u + 1, 1) }') in [0-9]+:[0-9]{2}, [0-9.]+[KMGTPE]?/s$"
+for c in check scrub; do
+	ctl 0 "$T/p.txt" $c --progress=plain "$STORE"
+	grep -qE "^$c: [0-9]+% $RATE_RE$" "$T/p.txt.err" && grep -qE "$done_re" "$T/p.txt.err" ||
+		fail "$c --progress=plain: $(cat -A "$T/p.txt.err" | head -c 600)"
+	grep -q $'\r' "$T/p.txt.err" && fail "$c --progress=plain redraws: $(cat -A "$T/p.txt.err")"
+	grep -vqE "^$c: " "$T/p.txt.err" && fail "$c --progress=plain: other lines: $(cat "$T/p.txt.err")"
+	ctl 0 "$T/p.txt" $c --progress=none "$STORE"
+	[ -s "$T/p.txt.err" ] && fail "$c --progress=none wrote to stderr: $(cat "$T/p.txt.err")"
+done
+ctl 2 "$T/p.txt" scrub --progress=sometimes "$STORE"
+one_line "$T/p.txt.err" "vsnapctl scrub: --progress takes auto, plain or none, not 'sometimes'; see vsnapctl scrub --help"
 
 # ---- a truncated chunk file, a missing one ---------------------------------------------------
 first=$(ls "$STORE"/chunks/*.chunk | head -n 1)
