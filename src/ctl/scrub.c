@@ -128,7 +128,7 @@ static int scrub_damaged(struct scrub *s, const struct rowref *row, int err,
 	if (json) {
 		printf("%s\n{\"path\":", s->bad > 1 ? "," : "");
 		json_str(stdout, seers[0]);
-		printf(",\"offset\":%" PRIu64 ",\"chunk\":%" PRIu64 ",\"slot\":%u,\"node\":%" PRIu64
+		printf(",\"offset_bytes\":%" PRIu64 ",\"chunk\":%" PRIu64 ",\"slot\":%u,\"node\":%" PRIu64
 		       ",\"error\":\"%s\",\"seen_by\":[", off, row->chunk, row->slot, row->node, why);
 		for (size_t i = 0; i < nseers; i++) {
 			printf("%s", i ? "," : "");

@@ -36,7 +36,7 @@ static int tree_print(struct store *st, struct model *m, size_t x, char **prefix
 			printf("%s", k ? "," : "");
 			json_str(stdout, m->files[m->names[nd->name0 + k]].path);
 		}
-		printf("],\"allocated\":%" PRIu64 ",\"inherit\":%" PRIu64, nrows * st->bs,
+		printf("],\"allocated_bytes\":%" PRIu64 ",\"inherit_blocks\":%" PRIu64, nrows * st->bs,
 		       nd->n.inherit);
 		if (note) {
 			printf(",\"note\":");

@@ -224,7 +224,7 @@ if [ $cloned = 1 ]; then
 		fail "tree: base.img and base-copy.img are not below their internal node: $(cat "$T/tree.txt")"
 fi
 ctl 0 "$T/tree.json" tree --json "$STORE"
-grep -qF "\"kind\":\"snapshot\",\"names\":[\"$GOLDEN\"],\"allocated\":$((16 * BS)),\"inherit\":0,\"children\":[{" \
+grep -qF "\"kind\":\"snapshot\",\"names\":[\"$GOLDEN\"],\"allocated_bytes\":$((16 * BS)),\"inherit_blocks\":0,\"children\":[{" \
 	"$T/tree.json" || fail "tree --json: no golden snapshot with children: $(cat "$T/tree.json")"
 grep -qF '"names":["/clone.img"]' "$T/tree.json" || fail "tree --json misses clone.img"
 [ $cloned = 0 ] || grep -qF '"kind":"internal","names":[]' "$T/tree.json" ||
@@ -332,7 +332,7 @@ grep -qE "^damaged: $GOLDEN offset $((7 * BS)): .*checksum mismatch \(also seen 
 	"$T/s.txt" || fail "scrub does not name the snapshot block and who sees it: $(cat "$T/s.txt")"
 grep -qE "verified, 2 damaged$" "$T/s.txt" || fail "scrub summary: $(cat "$T/s.txt")"
 ctl 1 "$T/s.json" scrub --json "$T/flip"
-grep -qF "{\"path\":\"/scrub.img\",\"offset\":$((3 * BS))," "$T/s.json" ||
+grep -qF "{\"path\":\"/scrub.img\",\"offset_bytes\":$((3 * BS))," "$T/s.json" ||
 	fail "scrub --json does not name /scrub.img: $(cat "$T/s.json")"
 grep -qF '"damaged":2}' "$T/s.json" || fail "scrub --json count: $(cat "$T/s.json")"
 VSNAPCTL_ROWS_PER_PASS=16 ctl 1 "$T/s16.txt" scrub "$T/flip"
