@@ -168,14 +168,16 @@ struct table;
  * table_free() in every case. */
 int table_new(const char *name, const struct table_col *cols, size_t ncols,
 	      const struct table_opts *o, const struct cmd *cmd, struct table **out);
-/* A new row; the calls below fill its cells (columns not shown are ignored). */
-int table_row(struct table *t);
+/* A new row; the calls below fill its cells (columns not shown are
+ * ignored).  An error filling the table is kept and returned by
+ * table_print(), which then prints nothing. */
+void table_row(struct table *t);
 /* s NULL: no value ("-"; null in JSON). */
-int table_text(struct table *t, size_t col, const char *s);
+void table_text(struct table *t, size_t col, const char *s);
 /* TT_BYTES or TT_COUNT. */
-int table_u64(struct table *t, size_t col, uint64_t v);
-int table_time(struct table *t, size_t col, int64_t unix_ns);
-/* To stdout. */
+void table_u64(struct table *t, size_t col, uint64_t v);
+void table_time(struct table *t, size_t col, int64_t unix_ns);
+/* To stdout: 0, the first error filling it, or libsmartcols'. */
 int table_print(struct table *t);
 void table_free(struct table *t);       /* NULL is fine */
 /* The columns, for a command's --help (its struct cmd's help_more). */

@@ -182,11 +182,10 @@ static int list_row(struct store *st, struct model *m, struct table *t, const st
 		rc = node_rows(st, &m->nodes[f->node], &nrows);
 		if (!rc)
 			rc = node_exclusive(st, m, f->node, &excl);
+		if (rc)
+			return rc;
 	}
-	if (!rc)
-		rc = table_row(t);
-	if (rc)
-		return rc;
+	table_row(t);
 	table_text(t, COL_PATH, f->path);
 	table_text(t, COL_TYPE, f->snap ? "snapshot" : "volume");
 	table_u64(t, COL_SIZE, f->size);
@@ -199,7 +198,8 @@ static int list_row(struct store *st, struct model *m, struct table *t, const st
 		table_text(t, COL_CREATED, NULL);
 	table_text(t, COL_SNAPSHOT, s ? s->name : NULL);
 	table_u64(t, COL_NODE, f->node_id);
-	return table_u64(t, COL_INO, f->ino);
+	table_u64(t, COL_INO, f->ino);
+	return 0;
 }
 
 static int list_run(struct store *st, const struct list_opts *o, const struct cmd *cmd)

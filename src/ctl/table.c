@@ -37,6 +37,7 @@ struct table {
 	size_t *cell;                           /* per col: its index among the shown */
 	struct libscols_line *ln;               /* the row being filled */
 	bool bytes, raw;
+	int rc;                                 /* the first error filling it (sticky) */
 };
 
 void table_help(const struct table_col *cols, size_t ncols, FILE *f)
@@ -129,21 +130,26 @@ int table_new(const char *name, const struct table_col *cols, size_t ncols,
 	return cols_select(t, o->columns, cmd);
 }
 
-int table_row(struct table *t)
+void table_row(struct table *t)
 {
-	t->ln = scols_table_new_line(t->tb, NULL);
-	return t->ln ? 0 : -ENOMEM;
+	t->ln = t->rc ? NULL : scols_table_new_line(t->tb, NULL);
+	if (!t->ln && !t->rc)
+		t->rc = -ENOMEM;
 }
 
-int table_text(struct table *t, size_t col, const char *s)
+void table_text(struct table *t, size_t col, const char *s)
 {
-	assert(col < t->ncols && t->ln);
-	if (!t->shown[col] || (!s && json))
-		return 0;
-	return scols_line_set_data(t->ln, t->cell[col], s ? s : "-");
+	int rc;
+
+	assert(col < t->ncols);
+	if (!t->ln || !t->shown[col] || (!s && json))
+		return;
+	rc = scols_line_set_data(t->ln, t->cell[col], s ? s : "-");
+	if (rc && !t->rc)
+		t->rc = rc;
 }
 
-int table_u64(struct table *t, size_t col, uint64_t v)
+void table_u64(struct table *t, size_t col, uint64_t v)
 {
 	char buf[32];
 
@@ -151,10 +157,10 @@ int table_u64(struct table *t, size_t col, uint64_t v)
 		human(v, buf, sizeof(buf));
 	else
 		snprintf(buf, sizeof(buf), "%" PRIu64, v);
-	return table_text(t, col, buf);
+	table_text(t, col, buf);
 }
 
-int table_time(struct table *t, size_t col, int64_t unix_ns)
+void table_time(struct table *t, size_t col, int64_t unix_ns)
 {
 	time_t secs = (time_t)(unix_ns / 1000000000);
 	char buf[64];
@@ -166,12 +172,12 @@ int table_time(struct table *t, size_t col, int64_t unix_ns)
 		 !strftime(buf, sizeof(buf), t->raw ? "%Y-%m-%dT%H:%M:%S%z" : "%Y-%m-%d %H:%M:%S",
 			   &tm))
 		snprintf(buf, sizeof(buf), "@%lld", (long long)secs);
-	return table_text(t, col, buf);
+	table_text(t, col, buf);
 }
 
 int table_print(struct table *t)
 {
-	return scols_print_table(t->tb);
+	return t->rc ? t->rc : scols_print_table(t->tb);
 }
 
 void table_free(struct table *t)
