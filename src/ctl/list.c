@@ -51,7 +51,7 @@ static const struct table_col list_cols[] = {
 	[COL_TYPE] = { "TYPE", "type", TT_TEXT, true, "volume, or snapshot (a snapshot's file)" },
 	[COL_SIZE] = { "SIZE", "size_bytes", TT_BYTES, true, "its size" },
 	[COL_ALLOC] = { "ALLOCATED", "allocated_bytes", TT_BYTES, true,
-			"blocks of its own: written since its snapshot or clone" },
+			"its own layer: written since the snapshot or clone before it" },
 	[COL_EXCL] = { "EXCLUSIVE", "exclusive_bytes", TT_BYTES, true,
 		       "what deleting it frees: its own blocks no later view shows" },
 	/* REFERENCED ("referenced_bytes"): every block it shows, own or
