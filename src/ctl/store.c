@@ -126,8 +126,8 @@ static void sync_mounts(const char *store)
 			continue;
 		fd = open(me->mnt_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 		if (fd < 0 || fsync(fd))
-			fprintf(stderr, "vsnapctl: %s: cannot bring the index up to date: %s\n",
-				me->mnt_dir, strerror(errno));
+			fprintf(stderr, "vsnapctl: %s: %s\n", me->mnt_dir, errno == ENOTCONN ?
+				store_why(-ENOTCONN) : "cannot bring the index up to date");
 		if (fd >= 0)
 			close(fd);
 	}
