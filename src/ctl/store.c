@@ -126,8 +126,9 @@ static void sync_mounts(const char *store)
 			continue;
 		fd = open(me->mnt_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 		if (fd < 0 || fsync(fd))
-			fprintf(stderr, "vsnapctl: %s: %s\n", me->mnt_dir, errno == ENOTCONN ?
-				store_why(-ENOTCONN) : "cannot bring the index up to date");
+			fprintf(stderr, "vsnapctl: %s: %s%s\n", me->mnt_dir, errno == ENOTCONN ?
+				store_why(-ENOTCONN) : "cannot bring the index up to date: ",
+				errno == ENOTCONN ? "" : strerror(errno));
 		if (fd >= 0)
 			close(fd);
 	}
