@@ -29,11 +29,13 @@ SAN      ?=
 PKGS     := fuse3 sqlite3 libxxhash libsystemd
 # vsnapctl and the tests only (send streams, src/stream): the daemon does not link it
 CTL_PKGS := libzstd
+# vsnapctl only (its tables and their JSON, src/ctl/table.c)
+TABLE_PKGS := smartcols
 CC       ?= cc
 CFLAGS   ?= -O2 -g
 override CFLAGS += -std=gnu11 -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter \
 	    -D_FILE_OFFSET_BITS=64 -D_GNU_SOURCE -Iinclude -Isrc $(SAN) \
-	    $(shell pkg-config --cflags $(PKGS) $(CTL_PKGS))
+	    $(shell pkg-config --cflags $(PKGS) $(CTL_PKGS) $(TABLE_PKGS))
 LDLIBS   += $(shell pkg-config --libs $(PKGS)) -lpthread
 override LDFLAGS += $(SAN)
 
@@ -70,7 +72,7 @@ $(DAEMON): $(B)/src/main.o $(LIB)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 $(CTL): $(CTL_SRC:%.c=$(B)/%.o) $(LIB)
-	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) $(shell pkg-config --libs $(CTL_PKGS))
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) $(shell pkg-config --libs $(CTL_PKGS) $(TABLE_PKGS))
 
 # The daemon's installed path goes into the helper and the unit; a change
 # of BINDIR rebuilds them (the stamp holds it).

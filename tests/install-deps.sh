@@ -13,9 +13,9 @@ set -euo pipefail
 # packages start no daemon where systemd does not run, and the test touches no
 # system one where it does (docs/dependencies.md).
 pkgs=(build-essential pkg-config libfuse3-dev fuse3 libsqlite3-dev sqlite3
-      libxxhash-dev libzstd-dev libsystemd-dev libcriterion-dev qemu-utils fio e2fsprogs
-      util-linux coreutils xz-utils systemd man-db bash-completion libvirt-daemon-system
-      libvirt-clients)
+      libxxhash-dev libzstd-dev libsystemd-dev libsmartcols-dev libcriterion-dev qemu-utils
+      fio e2fsprogs util-linux coreutils xz-utils jq systemd man-db bash-completion
+      libvirt-daemon-system libvirt-clients)
 
 is_root() { [ "$(id -u)" -eq 0 ]; }
 

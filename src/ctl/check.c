@@ -167,7 +167,7 @@ static void check_nodes(struct model *m, struct report *r)
  * Each node's row count in the index (what st_blocks and list show) against
  * the rows the scan saw.  On a mounted store the two are read at different
  * moments, so a volume being written may differ here; the second run of a
- * mounted check keeps only what both runs found (cmd_check).
+ * mounted check keeps only what both runs found (check_run_all).
  */
 static int check_counts(struct store *st, struct model *m, struct report *r)
 {
@@ -341,7 +341,7 @@ static int check_run(struct store *st, struct report *r)
 		PROBLEM(r, "the index holds %" PRIu64 " inode(s), %zu reachable from the root or "
 			"unlinked while open", ninodes, m.nlive + 1);
 
-	/* the total for the progress bar costs a count per node: only on a TTY */
+	/* the total for the progress line costs a count per node: only if shown */
 	for (size_t i = 0; progress && i < m.nnodes && !rc; i++) {
 		uint64_t n;
 
@@ -355,7 +355,7 @@ static int check_run(struct store *st, struct report *r)
 		char what[32];
 
 		snprintf(what, sizeof(what), pass ? "check (pass %d)" : "check", pass + 1);
-		progress_start(&pg, what, total);
+		progress_blocks(&pg, what, total, st->bs);
 		rs.pg = &pg;
 		rc = rowset_scan(st->bm, &rs, lo);
 		progress_end(&pg);
@@ -419,7 +419,7 @@ static void report_intersect(struct report *r1, struct report *r2)
 	p2->n = k;
 }
 
-int cmd_check(struct store *st)
+static int check_run_all(struct store *st)
 {
 	struct report r1 = { 0 }, r2 = { 0 }, *r = &r1;
 	int rc, status;
@@ -476,3 +476,16 @@ out:
 	report_free(&r2);
 	return status;
 }
+
+const struct cmd check_cmd = {
+	.name = "check",
+	.synopsis = "[STORE|MOUNTPOINT]",
+	.summary = "verify the index against the chunk files",
+	.help = "STORE is a store directory, MOUNTPOINT a running vsnapfs (default: the current\n"
+		"directory).  Reads no block data (scrub does).  A mounted store is checked\n"
+		"twice and only what both runs find is reported.\n"
+		"Exit status: 0 clean, 1 problems found, 2 usage or I/O error.\n",
+	.common = CLI_JSON | CLI_PROGRESS,
+	.run_store = check_run_all,
+	.chunks = true,
+};

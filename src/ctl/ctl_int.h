@@ -1,8 +1,10 @@
 /*
  * vsnapctl's internal header: what its files share.
  *
- *   main.c     the command line: options, dispatch, usage
- *   output.c   small helpers for output: JSON strings, sizes, the progress bar
+ *   main.c     the command line: global options, the table of subcommands
+ *   cli.c      one subcommand's command line: getopt_long, --help, errors
+ *   output.c   small helpers for output: JSON strings, sizes, progress
+ *   table.c    tables and their JSON (libsmartcols): columns, -o, -n, -b, --raw
  *   store.c    finding the store behind a path, opening it read-only
  *   report.c   the problems and warnings check collects
  *   model.c    the namespace in memory: files, snapshots, map nodes
@@ -31,6 +33,7 @@
 #ifndef VSNAPCTL_CTL_INT_H
 #define VSNAPCTL_CTL_INT_H
 
+#include <getopt.h>
 #include <limits.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -44,7 +47,67 @@
 #define REPORT_MAX      1000            /* problem lines kept and printed */
 
 extern bool json;                       /* --json */
-extern bool progress;                   /* stderr is a TTY and not --json */
+extern bool progress;                   /* show progress: stderr is a TTY and not
+					 * --json, or --progress=plain */
+extern bool progress_plain;             /* --progress=plain: lines, not redrawn */
+
+/* ---- cli.c ---------------------------------------------------------------------- */
+
+struct store;
+
+/* Options a command shares with others (struct cmd.common). */
+#define CLI_JSON        0x1             /* --json */
+#define CLI_PROGRESS    0x2             /* --progress=auto|plain|none */
+
+/*
+ * A subcommand: one of these in its own file, one line in main.c's table.
+ * run gets argv[0] = the name and returns the exit status; it parses its
+ * options with cli_next().  A command with no options of its own and one
+ * operand naming a store (default ".") gives run_store instead: main opens
+ * the store (cli_store_main) and calls it.
+ */
+struct cmd {
+	const char *name;
+	const char *synopsis;           /* what follows the name: "[-n] [PATH]" */
+	const char *summary;            /* one line, for vsnapctl --help */
+	const char *help;               /* of vsnapctl NAME --help: operands, options */
+	unsigned common;                /* CLI_* options it takes */
+	void (*help_more)(FILE *f);     /* NULL, or prints more of --help (columns) */
+	int (*run)(int argc, char **argv);
+	int (*run_store)(struct store *st);     /* with no run */
+	bool chunks;                    /* run_store: open the chunk store too */
+};
+
+#define CLI_OPTS_MAX    32
+#define CLI_STOP        (-2)
+
+struct cli {
+	const struct cmd *cmd;
+	const char *shortopts;          /* the command's own, getopt style; NULL: none */
+	const struct option *longopts;  /* the command's own, {0}-terminated; NULL: none */
+	int min_args, max_args;         /* operands */
+	const char *missing;            /* what to say when operands are missing */
+	int exit;                       /* after CLI_STOP: the exit status */
+	/* cli_next's own */
+	bool ready;
+	struct option all[CLI_OPTS_MAX];
+	char shorts[64];
+};
+
+/*
+ * The next option of the command's own (getopt_long's value, optarg set),
+ * -1 when the options are done and the operands argv[optind..] are within
+ * min_args..max_args, or CLI_STOP: --help printed (c->exit 0) or one line
+ * said what is wrong (c->exit 2).  The shared options are handled here.
+ */
+int cli_next(struct cli *c, int argc, char **argv);
+/* "vsnapctl NAME: <what>; see vsnapctl NAME --help" on stderr; returns 2. */
+int cli_bad(const struct cmd *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* vsnapctl NAME --help. */
+void cli_help(const struct cmd *cmd, FILE *f);
+/* A command of run_store: its options parsed, its store opened (a store,
+ * mount point or path in a mount; default "."), run_store's exit status. */
+int cli_store_main(const struct cmd *cmd, int argc, char **argv);
 
 /* ---- output.c ------------------------------------------------------------------ */
 
@@ -56,17 +119,69 @@ void human(uint64_t bytes, char *out, size_t len);
 
 struct progress {
 	const char *what;
-	uint64_t total, done;
+	uint64_t total, done;           /* in units */
+	uint32_t unit;                  /* bytes a unit */
 	int pct;                        /* last shown, -1: nothing shown yet */
-	bool bytes;                     /* progress_bytes: done/total are bytes */
-	int64_t start_ns, shown_ns;     /* progress_bytes: when it started, last drawn */
+	int64_t start_ns, shown_ns;     /* when it started, last shown */
 };
 
-void progress_start(struct progress *p, const char *what, uint64_t total);
-/* The same for a transfer: the line shows bytes, rate and ETA. */
+#define PROGRESS_PLAIN_SECS 5           /* --progress=plain: a line this often */
+
+/* Progress of a transfer of total bytes (set p->total later if unknown,
+ * count p->done): the line shows bytes, rate and ETA. */
 void progress_bytes(struct progress *p, const char *what, uint64_t total);
+/* The same counted in blocks of block_bytes. */
+void progress_blocks(struct progress *p, const char *what, uint64_t total, uint32_t block_bytes);
 void progress_show(struct progress *p);
+/* Erase the line on a TTY, before printing something else. */
+void progress_clear(struct progress *p);
+/* Done: erased on a TTY; plain, a last line with the time taken. */
 void progress_end(struct progress *p);
+
+/* ---- table.c ------------------------------------------------------------------- */
+
+enum table_type {
+	TT_TEXT,
+	TT_BYTES,                       /* "8.0M"; exact with -b; a number in JSON */
+	TT_COUNT,                       /* a number */
+	TT_TIME,                        /* local time; seconds since the epoch in JSON */
+};
+
+struct table_col {                      /* a column, described once */
+	const char *name;               /* the header, what -o takes: "SIZE" */
+	const char *json;               /* its --json key, with its unit: "size_bytes" */
+	enum table_type type;
+	bool dflt;                      /* shown without -o (--json: every column) */
+	const char *help;               /* a few words for --help */
+	bool wrap;                      /* a path: wrapped in its cell when a table is
+					 * wider than the terminal */
+};
+
+struct table_opts {
+	const char *columns;            /* -o: "PATH,SIZE"; "+NODE" adds to the default; NULL */
+	bool noheadings, bytes, raw;    /* -n, -b, --raw (--json is the global json) */
+};
+
+struct table;
+/* A table named name (the key of its JSON array) of the columns o selects;
+ * -EINVAL after saying in one line that -o names no such column.
+ * table_free() in every case. */
+int table_new(const char *name, const struct table_col *cols, size_t ncols,
+	      const struct table_opts *o, const struct cmd *cmd, struct table **out);
+/* A new row; the calls below fill its cells (columns not shown are
+ * ignored).  An error filling the table is kept and returned by
+ * table_print(), which then prints nothing. */
+void table_row(struct table *t);
+/* s NULL: no value ("-"; null in JSON). */
+void table_text(struct table *t, size_t col, const char *s);
+/* TT_BYTES or TT_COUNT. */
+void table_u64(struct table *t, size_t col, uint64_t v);
+void table_time(struct table *t, size_t col, int64_t unix_ns);
+/* To stdout: 0, the first error filling it, or libsmartcols'. */
+int table_print(struct table *t);
+void table_free(struct table *t);       /* NULL is fine */
+/* The columns, for a command's --help (its struct cmd's help_more). */
+void table_help(const struct table_col *cols, size_t ncols, FILE *f);
 
 /* ---- store.c ------------------------------------------------------------------- */
 
@@ -83,9 +198,12 @@ struct store {
  * The store behind arg: arg itself if it holds index.sqlite, else the store
  * of the vsnapfs mounted at arg or at the nearest mount point above it; rel
  * gets the path of arg below that mount point ("" for the mount point).
- * -ENOENT if there is none.
+ * -EMEDIUMTYPE if there is none; -ENOENT, -EACCES, -ENOTCONN (a mount whose
+ * daemon died), ... if arg cannot be resolved.
  */
 int store_resolve(const char *arg, char *dir, size_t dirlen, char *rel, size_t rellen);
+/* What a store_resolve() error means, in a few words. */
+const char *store_why(int rc);
 /* The store behind arg (a store directory, a mount point, or a path inside
  * a mount), its index opened read-only, and its chunk store if chunks.
  * Says why on stderr when it fails; store_close() in every case. */
@@ -203,13 +321,10 @@ size_t rows_per_pass(void);
  * nothing left). */
 int rowset_scan(struct bmap *bm, struct rowset *rs, uint64_t lo);
 
-/* ---- the commands ---------------------------------------------------------------- */
+/* ---- the commands (main.c's table) ------------------------------------------------ */
 
-int cmd_list(struct store *st);
-int cmd_tree(struct store *st);
-int cmd_check(struct store *st);
-int cmd_scrub(struct store *st);
-int cmd_gc(struct store *st);
+extern const struct cmd list_cmd, tree_cmd, check_cmd, scrub_cmd, diff_cmd, gc_cmd, send_cmd,
+       receive_cmd;
 
 struct send_opts {
 	const char *b, *from, *resume;  /* the snapshot's file, --from, --resume */
@@ -225,7 +340,5 @@ struct recv_opts {
 };
 /* Opens the store behind path itself (path need not exist). */
 int cmd_receive(const struct recv_opts *o);
-/* a and b: two paths in one store, already opened as st (from a). */
-int cmd_diff(struct store *st, const char *a, const char *b);
 
 #endif

@@ -126,7 +126,7 @@ static void diff_tail(const struct out *o, const struct file *a, const struct fi
 	       b->path, o->changed, h, o->nextents);
 }
 
-int cmd_diff(struct store *st, const char *arg_a, const char *arg_b)
+static int diff_run(struct store *st, const char *arg_a, const char *arg_b)
 {
 	struct model m = { 0 };
 	const struct file *a = NULL, *b = NULL;
@@ -184,3 +184,29 @@ out:
 	free(runs.v);
 	return rc ? 2 : 0;
 }
+
+static int diff_main(int argc, char **argv)
+{
+	struct cli c = { .cmd = &diff_cmd, .min_args = 2, .max_args = 2,
+			 .missing = "needs two files, A and B" };
+	struct store st = { 0 };
+	int ch, rc;
+
+	while ((ch = cli_next(&c, argc, argv)) >= 0)
+		;
+	if (ch == CLI_STOP)
+		return c.exit;
+	rc = store_open(argv[optind], false, &st) ? 2 : diff_run(&st, argv[optind], argv[optind + 1]);
+	store_close(&st);
+	return rc;
+}
+
+const struct cmd diff_cmd = {
+	.name = "diff",
+	.synopsis = "A B",
+	.summary = "extents that differ between two volume or snapshot files of one lineage",
+	.help = "A and B are files in a mount.  Prints offset, length, and data or zero: what B\n"
+		"holds there; from the index alone.\n",
+	.common = CLI_JSON,
+	.run = diff_main,
+};

@@ -49,7 +49,7 @@ static uint64_t store_bytes(const char *dir)
 	return dir_bytes(dir, STOREDIR_CHUNKS) + dir_bytes(dir, STOREDIR_SPARE);
 }
 
-int cmd_gc(struct store *st)
+static int gc_run(struct store *st)
 {
 	struct ctl_msg *req = malloc(sizeof(*req)), *rep = malloc(sizeof(*rep));
 	uint64_t before, after, moved = 0, removed = 0;
@@ -95,3 +95,14 @@ out:
 	free(rep);
 	return rc;
 }
+
+const struct cmd gc_cmd = {
+	.name = "gc",
+	.synopsis = "[STORE|MOUNTPOINT]",
+	.summary = "run a garbage-collection pass now in the daemon that has the store mounted",
+	.help = "Waits for a pass that starts after the request and reports the live blocks it\n"
+		"moved, the chunk files it removed and the host space freed.  The store must be\n"
+		"mounted (default: the current directory).\n",
+	.common = CLI_JSON,
+	.run_store = gc_run,
+};

@@ -1,17 +1,32 @@
 /*
- * list: volumes and snapshot files with size, allocated and exclusive
- * bytes, and origin.
+ * list: volumes and snapshot files, one row each, with size, allocated and
+ * exclusive bytes, origin, and for a snapshot's file its snapshot and when
+ * it was taken (vsnapctl list --help; docs/vsnapctl.md, "list").
  *
- * exclusive.  A node's own data rows are freed by deleting the file that
- * names it unless a descendant can still see them.  A row is seen by a
- * child where the child shows its parent (bmap_node_shown: below its
- * inherit limit, and no row of its own there, data or tombstone, the rule a
- * merge follows); whatever a grandchild sees through the child, the child
- * sees.  So: mark the node's blocks each child shows, and count the rows no
- * child sees.  O(rows of the node + rows of its children).  A node named by
- * two files frees nothing when one of them goes.  Second-order effects of
- * the release (an internal parent left with one child is merged into it)
- * are not counted.
+ * Everything is read in one read transaction of the index, after the
+ * daemon of a mounted store was asked for a checkpoint (store_open), so the
+ * figures are those of one instant and not behind the mount.
+ *
+ * allocated.  The node's own data blocks (node.nblocks, O(1)): what was
+ * written to the file since its snapshot or clone.  Blocks it shares with
+ * its ancestors are not counted.
+ *
+ * exclusive.  What deleting the file would free: the node's own data rows
+ * that no later view still shows.  A row is seen by a child where the child
+ * shows its parent (bmap_node_shown: below its inherit limit, and no row of
+ * its own there, data or tombstone, the rule a merge follows); whatever a
+ * grandchild sees through the child, the child sees.  So: the node's data
+ * extents go into an extent map (vsnapfs/emap.h, the daemon's extent
+ * arithmetic), every run a child shows is cut out of it, and what is left
+ * is exclusive.  O(E log E), E the extents of the node and the runs its
+ * children show; a node without children (every live volume) frees its
+ * own blocks, O(1).  A node named by two files frees nothing when one of
+ * them goes.  Second-order effects of the release (an internal parent left
+ * with one child is merged into it) are not counted.
+ *
+ * referenced.  Every block the file shows, its own or shared (SPEC's
+ * "referenced"), needs the daemon's per-node counts (the noderefs table,
+ * issue 15, being built): its column goes into list_cols[] when they exist.
  *
  * origin.  The nearest ancestor node named by a snapshot file of another
  * volume (the inode number tells: it is never reused, and a volume's own
@@ -24,47 +39,64 @@
 #include <string.h>
 
 #include "ctl/ctl_int.h"
-#include "vsnapfs/array.h"
+#include "vsnapfs/emap.h"
 
-struct excl {
-	uint64_t *lb;                   /* the node's data rows, increasing lblock */
-	uint8_t *seen;                  /* seen[i]: some child sees lb[i] */
-	size_t n, cap, j;
+enum {
+	COL_PATH, COL_TYPE, COL_SIZE, COL_ALLOC, COL_EXCL, COL_ORIGIN, COL_CREATED, COL_SNAPSHOT,
+	COL_NODE, COL_INO,
+};
+
+static const struct table_col list_cols[] = {
+	[COL_PATH] = { "PATH", "path", TT_TEXT, true, "the file's path in the mount", true },
+	[COL_TYPE] = { "TYPE", "type", TT_TEXT, true, "volume, or snapshot (a snapshot's file)" },
+	[COL_SIZE] = { "SIZE", "size_bytes", TT_BYTES, true, "its size" },
+	[COL_ALLOC] = { "ALLOCATED", "allocated_bytes", TT_BYTES, true,
+			"its own layer: written since the snapshot or clone before it" },
+	[COL_EXCL] = { "EXCLUSIVE", "exclusive_bytes", TT_BYTES, true,
+		       "what deleting it frees: its own blocks no later view shows" },
+	/* REFERENCED ("referenced_bytes"): every block it shows, own or
+	 * shared, from the daemon's noderefs table (issue 15): not yet */
+	[COL_ORIGIN] = { "ORIGIN", "origin", TT_TEXT, true,
+			 "the snapshot's file it was cloned from", true },
+	[COL_CREATED] = { "CREATED", "created_unix_s", TT_TIME, true,
+			  "when its snapshot was taken" },
+	[COL_SNAPSHOT] = { "SNAPSHOT", "snapshot", TT_TEXT, false,
+			   "its snapshot: FILE@NAME, or NAME of a directory's" },
+	[COL_NODE] = { "NODE", "node_id", TT_COUNT, false, "the map node it names" },
+	[COL_INO] = { "INO", "ino", TT_COUNT, false, "its inode number" },
+};
+
+#define NCOLS (sizeof(list_cols) / sizeof(list_cols[0]))
+
+#define SHOW_VOLUMES    1
+#define SHOW_SNAPSHOTS  2
+
+struct list_opts {
+	struct table_opts t;
+	unsigned show;                  /* SHOW_* */
+	const char *path;
 };
 
 static int excl_own(void *ctx, const struct bmap_ext *x)
 {
-	struct excl *e = ctx;
+	struct emap_ext e = { .lblock = x->lblock, .nblocks = x->nblocks, .slot = x->slot,
+			      .chunk = x->chunk };
 
-	if (!x->chunk)
-		return 0;               /* a tombstone frees nothing */
-	for (uint32_t i = 0; i < x->nblocks; i++) {
-		if (ARRAY_RESERVE(e->lb, e->cap, e->n, 64))
-			return -ENOMEM;
-		e->lb[e->n++] = x->lblock + i;
-	}
-	return 0;
+	return x->chunk ? emap_put(ctx, &e, NULL) : 0;  /* a tombstone frees nothing */
 }
 
-/* A run of blocks the child shows of its parent: the node's blocks in it
- * are seen. */
+/* A run of blocks a child shows of its parent: not exclusive. */
 static int excl_shown(void *ctx, uint64_t lblock, uint64_t nblocks)
 {
-	struct excl *e = ctx;
-
-	while (e->j < e->n && e->lb[e->j] < lblock)
-		e->j++;
-	while (e->j < e->n && e->lb[e->j] < lblock + nblocks)
-		e->seen[e->j++] = 1;
-	return 0;
+	return emap_delete(ctx, lblock, lblock + nblocks, NULL);
 }
 
 /* Bytes freed if the one file naming node x went away (see the top). */
 static int node_exclusive(struct store *st, struct model *m, size_t x, uint64_t *bytes)
 {
 	struct mnode *nd = &m->nodes[x];
-	struct excl e = { 0 };
-	uint64_t nrows, nfree = 0;
+	struct emap *own;
+	uint64_t nrows;
 	int rc;
 
 	*bytes = 0;
@@ -75,20 +107,15 @@ static int node_exclusive(struct store *st, struct model *m, size_t x, uint64_t 
 		*bytes = nrows * st->bs;
 		return rc;
 	}
-	rc = bmap_ext_range(st->bm, nd->n.id, 0, BMAP_LBLOCK_LIMIT, excl_own, &e);
-	if (!rc && e.n && !(e.seen = calloc(e.n, 1)))
-		rc = -ENOMEM;
-	for (size_t k = 0; k < nd->nkids && e.n && !rc; k++) {
-		const struct mnode *c = &m->nodes[m->kids[nd->kid0 + k]];
-
-		e.j = 0;
-		rc = bmap_node_shown(st->bm, &c->n, 0, BMAP_LBLOCK_LIMIT, excl_shown, &e);
-	}
-	for (size_t i = 0; i < e.n && !rc; i++)
-		nfree += !e.seen[i];
-	*bytes = nfree * st->bs;
-	free(e.lb);
-	free(e.seen);
+	own = emap_new(CHUNK_NSLOTS(st->bs));
+	if (!own)
+		return -ENOMEM;
+	rc = bmap_ext_range(st->bm, nd->n.id, 0, BMAP_LBLOCK_LIMIT, excl_own, own);
+	for (size_t k = 0; k < nd->nkids && emap_count(own) && !rc; k++)
+		rc = bmap_node_shown(st->bm, &m->nodes[m->kids[nd->kid0 + k]].n, 0,
+				     BMAP_LBLOCK_LIMIT, excl_shown, own);
+	*bytes = emap_data_blocks(own) * st->bs;
+	emap_free(own);
 	return rc;
 }
 
@@ -111,6 +138,24 @@ static const struct file *origin_of(const struct model *m, const struct file *f)
 	return NULL;
 }
 
+/* The snapshot of id (m->snaps is in increasing id), or NULL. */
+static const struct bmap_snap *snap_of(const struct model *m, uint64_t id)
+{
+	size_t lo = 0, hi = m->nsnaps;
+
+	while (lo < hi) {
+		size_t mid = (lo + hi) / 2;
+
+		if (m->snaps[mid].id == id)
+			return &m->snaps[mid];
+		if (m->snaps[mid].id < id)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return NULL;
+}
+
 static bool under(const char *path, const char *rel)
 {
 	size_t len = strlen(rel);
@@ -125,68 +170,159 @@ static int cmp_path(const void *a, const void *b, void *ctx)
 	return strcmp(f[*(const size_t *)a].path, f[*(const size_t *)b].path);
 }
 
-int cmd_list(struct store *st)
+/* One file's row. */
+static int list_row(struct store *st, struct model *m, struct table *t, const struct file *f)
+{
+	const struct file *o = origin_of(m, f);
+	const struct bmap_snap *s = f->snap ? snap_of(m, f->snap) : NULL;
+	uint64_t nrows = 0, excl = 0;
+	int rc = 0;
+
+	if (f->node != NONE) {
+		rc = node_rows(st, &m->nodes[f->node], &nrows);
+		if (!rc)
+			rc = node_exclusive(st, m, f->node, &excl);
+		if (rc)
+			return rc;
+	}
+	table_row(t);
+	table_text(t, COL_PATH, f->path);
+	table_text(t, COL_TYPE, f->snap ? "snapshot" : "volume");
+	table_u64(t, COL_SIZE, f->size);
+	table_u64(t, COL_ALLOC, nrows * st->bs);
+	table_u64(t, COL_EXCL, excl);
+	table_text(t, COL_ORIGIN, o ? o->path : NULL);
+	if (s)
+		table_time(t, COL_CREATED, s->created_ns);
+	else
+		table_text(t, COL_CREATED, NULL);
+	table_text(t, COL_SNAPSHOT, s ? s->name : NULL);
+	table_u64(t, COL_NODE, f->node_id);
+	table_u64(t, COL_INO, f->ino);
+	return 0;
+}
+
+static int list_run(struct store *st, const struct list_opts *o, const struct cmd *cmd)
 {
 	struct model m = { 0 };
+	struct table *t = NULL;
 	size_t *order = NULL, n = 0;
-	bool first = true;
+	bool txn;
 	int rc;
 
-	rc = model_load(st, &m, NULL);
+	rc = table_new("files", list_cols, NCOLS, &o->t, cmd, &t);
+	if (rc == -EINVAL)
+		goto out;               /* a bad -o, said */
+	txn = !rc && bmap_snapshot_begin(st->bm) == 0;
+	if (!rc)
+		rc = model_load(st, &m, NULL);
 	if (!rc && !(order = malloc((m.nfiles + 1) * sizeof(*order))))
 		rc = -ENOMEM;
-	if (rc)
-		goto out;
-	for (size_t i = 0; i < m.nfiles; i++)
-		if (m.files[i].kind == BMAP_VOL && under(m.files[i].path, st->rel))
+	for (size_t i = 0; i < m.nfiles && !rc; i++) {
+		const struct file *f = &m.files[i];
+
+		if (f->kind == BMAP_VOL && under(f->path, st->rel) &&
+		    (o->show & (f->snap ? SHOW_SNAPSHOTS : SHOW_VOLUMES)))
 			order[n++] = i;
-	qsort_r(order, n, sizeof(*order), cmp_path, m.files);
-
-	if (json)
-		printf("[");
-	else
-		printf("%-40s %-8s %10s %10s %10s %s\n", "PATH", "KIND", "SIZE", "ALLOCATED",
-		       "EXCLUSIVE", "ORIGIN");
-	for (size_t i = 0; i < n && !rc; i++) {
-		struct file *f = &m.files[order[i]];
-		const struct file *o = origin_of(&m, f);
-		const char *kind = f->snap ? "snapshot" : "volume";
-		uint64_t nrows = 0, excl = 0, alloc;
-		char s1[16], s2[16], s3[16];
-
-		if (f->node != NONE) {
-			rc = node_rows(st, &m.nodes[f->node], &nrows);
-			if (!rc)
-				rc = node_exclusive(st, &m, f->node, &excl);
-			if (rc)
-				break;
-		}
-		alloc = nrows * st->bs;
-		if (json) {
-			printf("%s\n{\"path\":", first ? "" : ",");
-			json_str(stdout, f->path);
-			printf(",\"kind\":\"%s\",\"size\":%" PRIu64 ",\"allocated\":%" PRIu64
-			       ",\"exclusive\":%" PRIu64 ",\"origin\":", kind, f->size, alloc, excl);
-			if (o)
-				json_str(stdout, o->path);
-			else
-				printf("null");
-			printf(",\"node\":%" PRIu64 "}", f->node_id);
-		} else {
-			human(f->size, s1, sizeof(s1));
-			human(alloc, s2, sizeof(s2));
-			human(excl, s3, sizeof(s3));
-			printf("%-40s %-8s %10s %10s %10s %s\n", f->path, kind, s1, s2, s3,
-			       o ? o->path : "-");
-		}
-		first = false;
 	}
-	if (json && !rc)
-		printf("%s]\n", first ? "" : "\n");
-out:
+	if (!rc && n)
+		qsort_r(order, n, sizeof(*order), cmp_path, m.files);
+	for (size_t i = 0; i < n && !rc; i++)
+		rc = list_row(st, &m, t, &m.files[order[i]]);
+	if (txn)
+		bmap_snapshot_end(st->bm);
+	if (!rc)
+		rc = table_print(t);
 	if (rc)
 		fprintf(stderr, "vsnapctl: list: %s\n", strerror(-rc));
+out:
+	table_free(t);
 	free(order);
 	model_free(&m);
 	return rc ? 2 : 0;
 }
+
+/* -t TYPE[,TYPE]: volume, snapshot, all (plurals too, as zfs takes them). */
+static int parse_types(const char *s, unsigned *show)
+{
+	*show = 0;
+	for (const char *p = s; ; p += strcspn(p, ",") + 1) {
+		size_t len = strcspn(p, ",");
+
+		if ((len == 6 && !strncmp(p, "volume", 6)) || (len == 7 && !strncmp(p, "volumes", 7)))
+			*show |= SHOW_VOLUMES;
+		else if ((len == 8 && !strncmp(p, "snapshot", 8)) ||
+			 (len == 9 && !strncmp(p, "snapshots", 9)) || (len == 4 && !strncmp(p, "snap", 4)))
+			*show |= SHOW_SNAPSHOTS;
+		else if (len == 3 && !strncmp(p, "all", 3))
+			*show |= SHOW_VOLUMES | SHOW_SNAPSHOTS;
+		else
+			return -EINVAL;
+		if (!p[len])
+			return 0;
+	}
+}
+
+static int list_main(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "output", required_argument, NULL, 'o' },
+		{ "noheadings", no_argument, NULL, 'n' },
+		{ "bytes", no_argument, NULL, 'b' },
+		{ "raw", no_argument, NULL, 'r' },
+		{ "type", required_argument, NULL, 't' },
+		{ 0 }
+	};
+	struct cli c = { .cmd = &list_cmd, .shortopts = "o:nbprt:", .longopts = opts,
+			 .max_args = 1 };
+	struct list_opts o = { .show = SHOW_VOLUMES | SHOW_SNAPSHOTS };
+	struct store st = { 0 };
+	int ch, rc;
+
+	while ((ch = cli_next(&c, argc, argv)) >= 0) {
+		switch (ch) {
+		case 'o': o.t.columns = optarg; break;
+		case 'n': o.t.noheadings = true; break;
+		case 'b': case 'p': o.t.bytes = true; break;
+		case 'r': o.t.raw = true; break;
+		case 't':
+			if (parse_types(optarg, &o.show))
+				return cli_bad(&list_cmd, "-t takes volume, snapshot or all, not '%s'",
+					       optarg);
+			break;
+		}
+	}
+	if (ch == CLI_STOP)
+		return c.exit;
+	rc = store_open(optind < argc ? argv[optind] : ".", false, &st) ? 2 :
+		list_run(&st, &o, &list_cmd);
+	store_close(&st);
+	return rc;
+}
+
+static void list_help_more(FILE *f)
+{
+	table_help(list_cols, NCOLS, f);
+}
+
+const struct cmd list_cmd = {
+	.name = "list",
+	.synopsis = "[-t TYPE] [-o COLS] [-n] [-b] [--raw] [PATH]",
+	.summary = "volumes and snapshots: size, allocated and exclusive bytes, origin, creation",
+	.help = "PATH is a store directory, a mount point, or a path inside a mount: then only\n"
+		"what is below it (default: the current directory).  A snapshot's files are\n"
+		"rows of their own (type snapshot).  On a mounted store the daemon is first\n"
+		"asked for a checkpoint, so nothing written before is missing.\n"
+		"  -t, --type TYPE[,TYPE]     volume, snapshot or all (default)\n"
+		"  -o, --output COLS          the columns, comma-separated (below); +COLS adds\n"
+		"                             to the default\n"
+		"  -n, --noheadings           no header line\n"
+		"  -b, -p, --bytes            sizes in bytes, not 8.0M\n"
+		"  -r, --raw                  one line a row, fields separated by one space,\n"
+		"                             spaces and unprintable bytes as \\x20\n"
+		"With --json: {\"files\": [{...}]}, every column (unless -o), numbers as\n"
+		"numbers, a missing value null; keys and units in docs/vsnapctl.md.\n",
+	.common = CLI_JSON,
+	.help_more = list_help_more,
+	.run = list_main,
+};

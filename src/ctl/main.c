@@ -1,21 +1,22 @@
 /*
  * vsnapctl: inspect and maintain a store, mounted or not.
  *
- *   vsnapctl list  [--json] [PATH]                volumes and snapshot files
- *   vsnapctl tree  [--json] STORE|MOUNTPOINT      the clone/snapshot genealogy
- *   vsnapctl check [--json] STORE|MOUNTPOINT      index against chunk files (exit 1: problems)
- *   vsnapctl scrub [--json] STORE|MOUNTPOINT      read and verify every block (exit 1: damage)
- *   vsnapctl diff  [--json] A B                   changed extents between two files of one lineage
- *   vsnapctl gc    [--json] [STORE|MOUNTPOINT]    a garbage-collection pass now (mounted)
- *   vsnapctl send  [-n] [-v] [-c] [--from A] [--resume TOKEN] B   a stream of snapshot B
- *   vsnapctl receive [--force] [--resume] PATH    apply a stream from stdin
+ *   vsnapctl [--json] COMMAND [OPTION...] [ARG...]
+ *   vsnapctl COMMAND --help          the command's options and operands
+ *   vsnapctl --help | --version
  *
- * Exit status: 0 clean, 1 problems (check) or damage (scrub), 2 usage or I/O
- * error.  --json may come anywhere on the command line.  This file parses
- * the command line and calls one cmd_* (one file each; the list is in
- * ctl_int.h).
+ * This file takes the options that come before the command and runs the
+ * command's struct cmd from the table below.  A command is one file
+ * (src/ctl/NAME.c: its struct cmd, with its --help text and its run
+ * function, which parses its own options with cli_next; or, for a command
+ * that only takes a store, its run_store) and one line of the table.
+ *
+ * Exit status: 0 clean, 1 problems (check), damage (scrub) or a refused
+ * stream (receive), 2 usage or I/O error.
  */
 #include <errno.h>
+#include <getopt.h>
+#include <locale.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -24,158 +25,80 @@
 
 bool json;
 bool progress;
+bool progress_plain;
 
-static void usage(FILE *f)
-{
-	fprintf(f,
-		"usage: vsnapctl COMMAND [--json] [ARG...]\n"
-		"\n"
-		"  list  [PATH]               volumes and snapshot files: size, allocated, exclusive\n"
-		"                             (freed if deleted) bytes, origin of clones; PATH inside\n"
-		"                             a mount lists only what is below it\n"
-		"  tree  STORE|MOUNTPOINT     the clone/snapshot genealogy of the map nodes\n"
-		"  check STORE|MOUNTPOINT     verify the index against the chunk files\n"
-		"  scrub STORE|MOUNTPOINT     read every block and verify its checksum\n"
-		"  diff  A B                  extents that differ between two volume or snapshot\n"
-		"                             files of one lineage in a mount (offset, length, data\n"
-		"                             or zero: what B holds), from the index alone\n"
-		"  gc    [STORE|MOUNTPOINT]   run a garbage-collection pass now in the daemon that\n"
-		"                             has the store mounted; report what came back\n"
-		"  send  [-n] [-v] [-c] [--from A] [--resume TOKEN] B\n"
-		"                             write a stream of snapshot file B (DIR/.snapshots/\n"
-		"                             FILE@NAME/FILE) to stdout: full, or the changes since\n"
-		"                             A (a path, or @NAME); -n: print the exact size only;\n"
-		"                             -v: print it first; -c: compress the data (zstd; the\n"
-		"                             size printed is then an upper bound)\n"
-		"  receive [--force] [--resume] PATH\n"
-		"                             apply a stream from stdin to volume PATH of a mount:\n"
-		"                             a full stream creates PATH and its snapshot, an\n"
-		"                             incremental one adds the next; --force first reverts\n"
-		"                             PATH to the base snapshot if it was written since;\n"
-		"                             a cut stream is refused (send it again): --resume is\n"
-		"                             disabled in this version\n"
-		"\n"
-		"STORE is a store directory; a MOUNTPOINT of a running vsnapfs names its store.\n"
-		"The argument defaults to the current directory.  --json: machine-readable output.\n"
-		"Exit status: 0 clean, 1 problems (check), damaged blocks (scrub) or a stream refused\n"
-		"(receive), 2 usage or I/O error.\n");
-}
+/* In the order vsnapctl --help shows them. */
+static const struct cmd *const cmds[] = {
+	&list_cmd,
+	&tree_cmd,
+	&check_cmd,
+	&scrub_cmd,
+	&gc_cmd,
+	&diff_cmd,
+	&send_cmd,
+	&receive_cmd,
+};
 
-/* The value of an option that takes one, or NULL after saying why. */
-static const char *optval(int argc, char **argv, int *i)
+#define NCMDS (sizeof(cmds) / sizeof(cmds[0]))
+
+static void usage(void)
 {
-	if (*i + 1 >= argc) {
-		fprintf(stderr, "vsnapctl: %s needs a value\n", argv[*i]);
-		return NULL;
-	}
-	return argv[++*i];
+	printf("usage: vsnapctl [--json] COMMAND [OPTION...] [ARG...]\n"
+	       "       vsnapctl COMMAND --help\n\n"
+	       "Inspect and maintain a vsnapfs store, mounted or not.\n\ncommands:\n");
+	for (size_t i = 0; i < NCMDS; i++)
+		printf("  %-8s %s\n", cmds[i]->name, cmds[i]->summary);
+	printf("\nSTORE is a store directory; a MOUNTPOINT of a running vsnapfs, or a path in\n"
+	       "it, names its store.  --json: machine-readable output, before or after the\n"
+	       "command.  Exit status: 0 clean, 1 problems (check), damaged blocks (scrub) or\n"
+	       "a stream refused (receive), 2 usage or I/O error.\n");
 }
 
 int main(int argc, char **argv)
 {
-	struct store st = { 0 };
-	struct send_opts so = { 0 };
-	struct recv_opts ro = { 0 };
-	const char *cmd = NULL, *arg = NULL, *arg2 = NULL;
-	bool opts = true;
-	int rc;
+	static const struct option opts[] = {
+		{ "help", no_argument, NULL, 'h' },
+		{ "version", no_argument, NULL, 'V' },
+		{ "json", no_argument, NULL, 'j' },
+		{ 0 }
+	};
+	const struct cmd *cmd = NULL;
+	int ch, rc;
 
-	for (int i = 1; i < argc; i++) {
-		const char *a = argv[i];
-		bool sending = cmd && !strcmp(cmd, "send"), receiving = cmd && !strcmp(cmd, "receive");
-
-		if (opts && !strcmp(a, "--")) {
-			opts = false;
-		} else if (opts && !strcmp(a, "--json")) {
-			json = true;
-		} else if (opts && (!strcmp(a, "--help") || !strcmp(a, "-h"))) {
-			usage(stdout);
+	/* the tables measure and escape names by the locale's character set;
+	 * numbers stay in the C locale's form */
+	setlocale(LC_CTYPE, "");
+	opterr = 0;
+	while ((ch = getopt_long(argc, argv, "+h", opts, NULL)) != -1) {
+		switch (ch) {
+		case 'h':
+			usage();
 			return 0;
-		} else if (opts && !strcmp(a, "--version")) {
+		case 'V':
 			printf("vsnapctl %s\n", VSNAPFS_VERSION);
 			return 0;
-		} else if (opts && sending && !strcmp(a, "-n")) {
-			so.dry = true;
-		} else if (opts && sending && !strcmp(a, "-v")) {
-			so.verbose = true;
-		} else if (opts && sending && !strcmp(a, "-c")) {
-			so.compress = true;
-		} else if (opts && sending && !strcmp(a, "--from")) {
-			if (!(so.from = optval(argc, argv, &i)))
-				return 2;
-		} else if (opts && sending && !strcmp(a, "--resume")) {
-			if (!(so.resume = optval(argc, argv, &i)))
-				return 2;
-		} else if (opts && receiving && !strcmp(a, "--force")) {
-			ro.force = true;
-		} else if (opts && receiving && !strcmp(a, "--resume")) {
-			ro.resume = true;
-		} else if (opts && a[0] == '-' && a[1]) {
-			fprintf(stderr, "vsnapctl: unknown option %s\n", a);
-			usage(stderr);
-			return 2;
-		} else if (!cmd) {
-			cmd = a;
-		} else if (!arg) {
-			arg = a;
-		} else if (!arg2 && !strcmp(cmd, "diff")) {
-			arg2 = a;
-		} else {
-			fprintf(stderr, "vsnapctl: too many arguments\n");
-			usage(stderr);
+		case 'j':
+			json = true;
+			break;
+		default:
+			fprintf(stderr, "vsnapctl: unknown option '%s'; see vsnapctl --help\n",
+				argv[optind - 1]);
 			return 2;
 		}
 	}
+	if (optind >= argc) {
+		fprintf(stderr, "vsnapctl: no command given; see vsnapctl --help\n");
+		return 2;
+	}
+	for (size_t i = 0; i < NCMDS && !cmd; i++)
+		if (!strcmp(argv[optind], cmds[i]->name))
+			cmd = cmds[i];
 	if (!cmd) {
-		usage(stderr);
+		fprintf(stderr, "vsnapctl: unknown command '%s'; see vsnapctl --help\n", argv[optind]);
 		return 2;
 	}
-	if (strcmp(cmd, "list") && strcmp(cmd, "tree") && strcmp(cmd, "check") &&
-	    strcmp(cmd, "scrub") && strcmp(cmd, "diff") && strcmp(cmd, "gc") &&
-	    strcmp(cmd, "send") && strcmp(cmd, "receive")) {
-		fprintf(stderr, "vsnapctl: unknown command %s\n", cmd);
-		usage(stderr);
-		return 2;
-	}
-	if (!strcmp(cmd, "diff") && !arg2) {
-		fprintf(stderr, "vsnapctl: diff needs two files, A and B\n");
-		usage(stderr);
-		return 2;
-	}
-	if ((!strcmp(cmd, "send") || !strcmp(cmd, "receive")) && !arg) {
-		fprintf(stderr, "vsnapctl: %s needs a path\n", cmd);
-		usage(stderr);
-		return 2;
-	}
-	progress = isatty(2) && !json;
-	if (!strcmp(cmd, "receive")) {
-		ro.path = arg;
-		rc = cmd_receive(&ro);
-		goto out;
-	}
-	if (store_open(arg ? arg : ".", !strcmp(cmd, "check") || !strcmp(cmd, "scrub"), &st)) {
-		store_close(&st);
-		return 2;
-	}
-	if (strcmp(cmd, "list"))
-		st.rel[0] = '\0';       /* only list filters by path */
-	if (!strcmp(cmd, "list"))
-		rc = cmd_list(&st);
-	else if (!strcmp(cmd, "tree"))
-		rc = cmd_tree(&st);
-	else if (!strcmp(cmd, "check"))
-		rc = cmd_check(&st);
-	else if (!strcmp(cmd, "diff"))
-		rc = cmd_diff(&st, arg, arg2);
-	else if (!strcmp(cmd, "gc"))
-		rc = cmd_gc(&st);
-	else if (!strcmp(cmd, "send")) {
-		so.b = arg;
-		rc = cmd_send(&st, &so);
-	} else
-		rc = cmd_scrub(&st);
-	store_close(&st);
-out:
+	rc = cmd->run ? cmd->run(argc - optind, argv + optind) :
+		cli_store_main(cmd, argc - optind, argv + optind);
 	if (fflush(stdout) || ferror(stdout)) {
 		fprintf(stderr, "vsnapctl: writing output: %s\n", strerror(errno));
 		return 2;

@@ -363,8 +363,11 @@ const struct file *file_at(const struct model *m, const char *dir, const char *a
 	char sdir[PATH_MAX], rel[PATH_MAX];
 	const struct file *f;
 
-	if (store_resolve(arg, sdir, sizeof(sdir), rel, sizeof(rel))) {
-		fprintf(stderr, "vsnapctl: %s: %s is not in a vsnapfs mount\n", cmd, arg);
+	int rc = store_resolve(arg, sdir, sizeof(sdir), rel, sizeof(rel));
+
+	if (rc) {
+		fprintf(stderr, "vsnapctl: %s: %s: %s\n", cmd, arg, rc == -EMEDIUMTYPE ?
+			"not in a vsnapfs mount" : store_why(rc));
 		return NULL;
 	}
 	if (strcmp(sdir, dir)) {

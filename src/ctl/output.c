@@ -1,8 +1,10 @@
 /*
  * output: what every command prints with.  JSON strings escaped by hand
  * (only '"', '\\' and control characters need it), sizes in 1024 steps, and
- * a progress bar on stderr that is drawn only when stderr is a TTY and the
- * output is not --json (the global progress), and erased when done.
+ * progress on stderr (bytes, rate, ETA): by default a line redrawn in
+ * place when stderr is a TTY and the output is not --json, erased when
+ * done; with --progress=plain a line every few seconds and one at the end,
+ * for logs; none with --progress=none or in a pipe.
  */
 #include <inttypes.h>
 #include <stdarg.h>
@@ -55,11 +57,6 @@ void human(uint64_t bytes, char *out, size_t len)
 }
 
 
-void progress_start(struct progress *p, const char *what, uint64_t total)
-{
-	*p = (struct progress){ .what = what, .total = total, .pct = -1 };
-}
-
 static int64_t mono_ns(void)
 {
 	struct timespec ts;
@@ -70,55 +67,76 @@ static int64_t mono_ns(void)
 
 void progress_bytes(struct progress *p, const char *what, uint64_t total)
 {
-	progress_start(p, what, total);
-	p->bytes = true;
-	p->start_ns = mono_ns();
+	*p = (struct progress){ .what = what, .total = total, .unit = 1, .pct = -1,
+				.start_ns = mono_ns() };
 }
 
-/* "12.0M/100.0M 30.1M/s ETA 0:03", at most every 200 ms. */
-static void progress_rate(struct progress *p, int pct)
+void progress_blocks(struct progress *p, const char *what, uint64_t total, uint32_t block_bytes)
 {
-	int64_t now = mono_ns();
-	double secs = (now - p->start_ns) / 1e9, rate;
-	char done[16], total[16], r[16];
-	uint64_t eta;
-
-	if (p->pct >= 0 && pct < 100 && now - p->shown_ns < 200000000)
-		return;
-	p->shown_ns = now;
-	p->pct = pct;
-	rate = secs > 0 ? p->done / secs : 0;
-	eta = rate > 0 && p->total > p->done ? (uint64_t)((p->total - p->done) / rate) : 0;
-	human(p->done, done, sizeof(done));
-	human(p->total, total, sizeof(total));
-	human((uint64_t)rate, r, sizeof(r));
-	fprintf(stderr, "\r%s %3d%% %s/%s %s/s ETA %" PRIu64 ":%02" PRIu64 "   ", p->what, pct,
-		done, total, r, eta / 60, eta % 60);
-	fflush(stderr);
+	progress_bytes(p, what, total);
+	p->unit = block_bytes;
 }
 
+/* "12.0M/100.0M 30.1M/s ETA 0:03" (done: "12.0M in 0:03, 4.0M/s"). */
+static void progress_line(const struct progress *p, int64_t now, bool done, char *out, size_t len)
+{
+	double secs = (now - p->start_ns) / 1e9, rate;
+	uint64_t bytes = p->done * p->unit, total = p->total * p->unit, eta;
+	char b[16], t[16], r[16];
+
+	rate = secs > 0 ? bytes / secs : 0;
+	human(bytes, b, sizeof(b));
+	human(total, t, sizeof(t));
+	human((uint64_t)rate, r, sizeof(r));
+	if (done) {
+		eta = (uint64_t)secs;
+		snprintf(out, len, "%s in %" PRIu64 ":%02" PRIu64 ", %s/s", b, eta / 60, eta % 60, r);
+		return;
+	}
+	eta = rate > 0 && total > bytes ? (uint64_t)((total - bytes) / rate) : 0;
+	snprintf(out, len, "%s/%s %s/s ETA %" PRIu64 ":%02" PRIu64, b, t, r, eta / 60, eta % 60);
+}
+
+/* On a TTY one line redrawn at most every 200 ms; plain, a line every
+ * PROGRESS_PLAIN_SECS (and the first at once). */
 void progress_show(struct progress *p)
 {
-	static const char bar[] = "##############################";
+	int64_t now, every = progress_plain ? PROGRESS_PLAIN_SECS * 1000000000LL : 200000000;
+	char line[96];
 	int pct;
 
 	if (!progress || !p->total)
 		return;
+	now = mono_ns();
 	pct = p->done >= p->total ? 100 : (int)(p->done * 100 / p->total);
-	if (p->bytes) {
-		progress_rate(p, pct);
+	if (p->pct >= 0 && now - p->shown_ns < every && (progress_plain || pct < 100))
 		return;
-	}
-	if (pct == p->pct)
-		return;
+	p->shown_ns = now;
 	p->pct = pct;
-	fprintf(stderr, "\r%s [%-30.*s] %3d%%", p->what, pct * 30 / 100, bar, pct);
+	progress_line(p, now, false, line, sizeof(line));
+	if (progress_plain)
+		fprintf(stderr, "%s: %d%% %s\n", p->what, pct, line);
+	else
+		fprintf(stderr, "\r%s %3d%% %s   ", p->what, pct, line);
 	fflush(stderr);
+}
+
+void progress_clear(struct progress *p)
+{
+	if (progress && !progress_plain && p->pct >= 0) {
+		fprintf(stderr, "\r%*s\r", (int)strlen(p->what) + 60, "");
+		p->pct = -1;
+	}
 }
 
 void progress_end(struct progress *p)
 {
-	if (progress && p->pct >= 0)
-		fprintf(stderr, "\r%*s\r", (int)strlen(p->what) + 60, "");
+	char line[96];
+
+	if (progress_plain && progress && p->total) {
+		progress_line(p, mono_ns(), true, line, sizeof(line));
+		fprintf(stderr, "%s: done, %s\n", p->what, line);
+	}
+	progress_clear(p);
 	p->pct = -1;
 }

@@ -400,3 +400,41 @@ int cmd_receive(const struct recv_opts *o)
 	store_close(&r.st);
 	return rc == -ECANCELED ? 1 : rc ? 2 : 0;
 }
+
+static int receive_main(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "force", no_argument, NULL, 'F' },
+		{ "resume", no_argument, NULL, 'R' },
+		{ 0 }
+	};
+	struct cli c = { .cmd = &receive_cmd, .longopts = opts, .min_args = 1, .max_args = 1,
+			 .missing = "needs a path" };
+	struct recv_opts ro = { 0 };
+	int ch;
+
+	while ((ch = cli_next(&c, argc, argv)) >= 0) {
+		switch (ch) {
+		case 'F': ro.force = true; break;
+		case 'R': ro.resume = true; break;
+		}
+	}
+	if (ch == CLI_STOP)
+		return c.exit;
+	ro.path = argv[optind];
+	return cmd_receive(&ro);
+}
+
+const struct cmd receive_cmd = {
+	.name = "receive",
+	.synopsis = "[--force] [--resume] PATH < STREAM",
+	.summary = "apply a stream from stdin to volume PATH of a mount",
+	.help = "A full stream creates PATH and its snapshot, an incremental one adds the next.\n"
+		"A cut stream is refused (send it again).\n"
+		"      --force                first revert PATH to the base snapshot if it was\n"
+		"                             written since\n"
+		"      --resume               disabled in this version\n"
+		"Exit status: 0 received, 1 the stream refused, 2 usage or I/O error.\n",
+	.common = CLI_JSON,
+	.run = receive_main,
+};

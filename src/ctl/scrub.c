@@ -128,7 +128,7 @@ static int scrub_damaged(struct scrub *s, const struct rowref *row, int err,
 	if (json) {
 		printf("%s\n{\"path\":", s->bad > 1 ? "," : "");
 		json_str(stdout, seers[0]);
-		printf(",\"offset\":%" PRIu64 ",\"chunk\":%" PRIu64 ",\"slot\":%u,\"node\":%" PRIu64
+		printf(",\"offset_bytes\":%" PRIu64 ",\"chunk\":%" PRIu64 ",\"slot\":%u,\"node\":%" PRIu64
 		       ",\"error\":\"%s\",\"seen_by\":[", off, row->chunk, row->slot, row->node, why);
 		for (size_t i = 0; i < nseers; i++) {
 			printf("%s", i ? "," : "");
@@ -136,9 +136,7 @@ static int scrub_damaged(struct scrub *s, const struct rowref *row, int err,
 		}
 		printf("]}");
 	} else if (s->bad <= REPORT_MAX) {
-		if (progress && s->pg.pct >= 0)
-			fprintf(stderr, "\r%*s\r", (int)strlen(s->pg.what) + 38, "");
-		s->pg.pct = -1;
+		progress_clear(&s->pg);
 		printf("damaged: %s offset %" PRIu64 ": chunks/%016" PRIx64 ".chunk slot %u: %s",
 		       seers[0], off, row->chunk, row->slot, why);
 		for (size_t i = 1; i < nseers; i++)
@@ -190,7 +188,7 @@ static int scrub_run(struct scrub *s, const struct rowref *v, uint32_t n)
 	return rc;
 }
 
-int cmd_scrub(struct store *st)
+static int scrub_run_all(struct store *st)
 {
 	struct model m = { 0 };
 	struct rowset rs = { .max = rows_per_pass() };
@@ -206,7 +204,7 @@ int cmd_scrub(struct store *st)
 		rc = model_load(st, &m, NULL);
 	if (rc)
 		goto out;
-	progress_start(&s.pg, "scrub", 0);
+	progress_blocks(&s.pg, "scrub", 0, st->bs);
 	if (json) {
 		printf("{\"store\":");
 		json_str(stdout, st->dir);
@@ -245,3 +243,16 @@ out:
 	model_free(&m);
 	return rc ? 2 : s.bad ? 1 : 0;
 }
+
+const struct cmd scrub_cmd = {
+	.name = "scrub",
+	.synopsis = "[STORE|MOUNTPOINT]",
+	.summary = "read every block and verify its checksum",
+	.help = "STORE is a store directory, MOUNTPOINT a running vsnapfs (default: the current\n"
+		"directory).  A damaged block is named by every file that shows it, with its\n"
+		"offset, chunk file and slot.\n"
+		"Exit status: 0 clean, 1 damaged blocks, 2 usage or I/O error.\n",
+	.common = CLI_JSON | CLI_PROGRESS,
+	.run_store = scrub_run_all,
+	.chunks = true,
+};

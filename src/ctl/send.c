@@ -378,3 +378,49 @@ out:
 	model_free(&m);
 	return rc ? 2 : 0;
 }
+
+static int send_main(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "from", required_argument, NULL, 'F' },
+		{ "resume", required_argument, NULL, 'R' },
+		{ 0 }
+	};
+	struct cli c = { .cmd = &send_cmd, .shortopts = "nvc", .longopts = opts,
+			 .min_args = 1, .max_args = 1, .missing = "needs a snapshot file" };
+	struct send_opts so = { 0 };
+	struct store st = { 0 };
+	int ch, rc;
+
+	while ((ch = cli_next(&c, argc, argv)) >= 0) {
+		switch (ch) {
+		case 'n': so.dry = true; break;
+		case 'v': so.verbose = true; break;
+		case 'c': so.compress = true; break;
+		case 'F': so.from = optarg; break;
+		case 'R': so.resume = optarg; break;
+		}
+	}
+	if (ch == CLI_STOP)
+		return c.exit;
+	so.b = argv[optind];
+	rc = store_open(so.b, false, &st) ? 2 : cmd_send(&st, &so);
+	store_close(&st);
+	return rc;
+}
+
+const struct cmd send_cmd = {
+	.name = "send",
+	.synopsis = "[-n] [-v] [-c] [--from A] [--resume TOKEN] B",
+	.summary = "write a stream of a snapshot to stdout, full or incremental",
+	.help = "B is a snapshot file in a mount (DIR/.snapshots/FILE@NAME/FILE).\n"
+		"  -n                         print the exact size of the stream only\n"
+		"  -v                         print the size first\n"
+		"  -c                         compress the data (zstd; the size printed is then an\n"
+		"                             upper bound)\n"
+		"      --from A               the changes since A (a path, or @NAME)\n"
+		"      --resume TOKEN         only what lies past TOKEN (no receive takes it in\n"
+		"                             this version)\n",
+	.common = CLI_JSON,
+	.run = send_main,
+};

@@ -30,7 +30,7 @@ int store_resolve(const char *arg, char *out, size_t outlen, char *rel, size_t r
 	size_t best = 0, prefix = strlen(STOREDIR_FSNAME_PREFIX);
 	struct mntent *me;
 	FILE *mf;
-	int rc = -ENOENT;
+	int rc = -EMEDIUMTYPE;
 
 	if (!realpath(arg, real))
 		return -errno;
@@ -40,6 +40,8 @@ int store_resolve(const char *arg, char *out, size_t outlen, char *rel, size_t r
 		rel[0] = '\0';
 		return 0;
 	}
+	if (errno == EACCES)
+		return -EACCES;         /* a directory we may not look into */
 	mf = setmntent("/proc/self/mounts", "r");
 	if (!mf)
 		return -errno;
@@ -60,6 +62,23 @@ int store_resolve(const char *arg, char *out, size_t outlen, char *rel, size_t r
 	}
 	endmntent(mf);
 	return rc;
+}
+
+const char *store_why(int rc)
+{
+	switch (rc) {
+	case -ENOENT:
+		return "no such file or directory";
+	case -EACCES:
+		return "permission denied";
+	case -EMEDIUMTYPE:
+		return "not a vsnapfs store (no " STOREDIR_INDEX ") and not in a vsnapfs mount";
+	case -ENOTCONN:
+		return "in a vsnapfs mount whose daemon is gone (fusermount3 -u it, then mount "
+		       "the store again)";
+	default:
+		return strerror(-rc);
+	}
 }
 
 /* A daemon holds the store (when unsure, say yes; a missing directory is
@@ -107,8 +126,9 @@ static void sync_mounts(const char *store)
 			continue;
 		fd = open(me->mnt_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 		if (fd < 0 || fsync(fd))
-			fprintf(stderr, "vsnapctl: %s: cannot bring the index up to date: %s\n",
-				me->mnt_dir, strerror(errno));
+			fprintf(stderr, "vsnapctl: %s: %s%s\n", me->mnt_dir, errno == ENOTCONN ?
+				store_why(-ENOTCONN) : "cannot bring the index up to date: ",
+				errno == ENOTCONN ? "" : strerror(errno));
 		if (fd >= 0)
 			close(fd);
 	}
@@ -123,7 +143,7 @@ int store_open(const char *arg, bool chunks, struct store *st)
 
 	rc = store_resolve(arg, st->dir, sizeof(st->dir), st->rel, sizeof(st->rel));
 	if (rc) {
-		fprintf(stderr, "vsnapctl: %s is neither a vsnapfs store nor in a vsnapfs mount\n", arg);
+		fprintf(stderr, "vsnapctl: %s: %s\n", arg, store_why(rc));
 		return rc;
 	}
 	sync_mounts(st->dir);

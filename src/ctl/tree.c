@@ -36,7 +36,7 @@ static int tree_print(struct store *st, struct model *m, size_t x, char **prefix
 			printf("%s", k ? "," : "");
 			json_str(stdout, m->files[m->names[nd->name0 + k]].path);
 		}
-		printf("],\"allocated\":%" PRIu64 ",\"inherit\":%" PRIu64, nrows * st->bs,
+		printf("],\"allocated_bytes\":%" PRIu64 ",\"inherit_blocks\":%" PRIu64, nrows * st->bs,
 		       nd->n.inherit);
 		if (note) {
 			printf(",\"note\":");
@@ -76,7 +76,7 @@ static int tree_print(struct store *st, struct model *m, size_t x, char **prefix
 	return rc;
 }
 
-int cmd_tree(struct store *st)
+static int tree_run(struct store *st)
 {
 	struct model m = { 0 };
 	char *prefix = strdup("");
@@ -117,3 +117,13 @@ int cmd_tree(struct store *st)
 	model_free(&m);
 	return rc ? 2 : 0;
 }
+
+const struct cmd tree_cmd = {
+	.name = "tree",
+	.synopsis = "[STORE|MOUNTPOINT]",
+	.summary = "the clone/snapshot genealogy of the map nodes",
+	.help = "STORE is a store directory, MOUNTPOINT a running vsnapfs (default: the current\n"
+		"directory).  Each node shows the files that name it and its allocated bytes.\n",
+	.common = CLI_JSON,
+	.run_store = tree_run,
+};

@@ -6,7 +6,8 @@
 #   vs_mount STORE MNT [ARGS...]   start "$VSNAPFS -f ARGS STORE MNT" in the
 #                       background, wait (10 s deadline) for the mount
 #   vs_umount MNT       fusermount3 -u, wait for that daemon to exit cleanly
-#   vs_kill9 MNT        SIGKILL that daemon, lazily unmount the dead mount
+#   vs_kill9 MNT [--keep-mount]   SIGKILL that daemon, lazily unmount the dead
+#                       mount (unless --keep-mount: the EXIT trap does)
 #   vs_pid MNT, vs_log MNT         the daemon's pid and log file
 #   vs_losetup FILE [ARGS...]      attach a loop device; sets LOOPDEV
 #   vs_losetup_dio FILE [ARGS...]  the same with direct I/O if the kernel takes it
@@ -269,7 +270,7 @@ vs_umount() {
 
 # vs_kill9 MNT: crash the daemon (SIGKILL), then clear the dead mount.
 vs_kill9() {
-	local mnt=$1 pid
+	local mnt=$1 keep=${2:-} pid
 	pid=$(vs_pid "$mnt")
 	_vs_alive "$pid" || fail "vs_kill9: daemon of $mnt (pid $pid) is not running"
 	# (bash's "Killed" job notice goes to /dev/null with the group's stderr)
@@ -278,6 +279,7 @@ vs_kill9() {
 		_vs_wait_pid "$pid" 10
 	} 2>/dev/null || fail "vsnapfs pid $pid survived SIGKILL for 10 s"
 	_vs_forget_pid "$pid"
+	[ "$keep" = --keep-mount ] && return 0        # a dead mount, for what sees it
 	fusermount3 -u -z "$mnt" 2>/dev/null || true
 	mountpoint -q "$mnt" && fail "vs_kill9: $mnt still mounted after fusermount3 -u -z"
 	return 0

@@ -51,27 +51,27 @@ check_clean() {
 		fail "check of $1 ($2): $(cat "$T/check.txt")"
 }
 
-# check_list STORE WHERE UNLINKED: vsnapctl list --json shows the manifest's
+# check_list STORE WHERE UNLINKED: vsnapctl list shows the manifest's
 # files, their kinds and sizes, the clones' origins, and UNLINKED volumes
 # unlinked while open
 check_list() {
 	local s=$1 path size sum kind e
-	ctl "$T/list.json" list --json "$2"
-	tr -d '\n' <"$T/list.json" | sed 's/},{/}\n{/g' >"$T/list.lines"
-	sed -n 's/.*"path":"\([^"]*\)".*/\1/p' "$T/list.lines" | grep -v '^(unlinked' | sort >"$T/list.paths"
+	# one line a file: PATH TYPE SIZE ORIGIN ("-": none), separated by one space
+	ctl "$T/list.lines" list --raw -n -b -o path,type,size,origin "$2"
+	cut -d' ' -f1 "$T/list.lines" | grep -v '^(unlinked' | sort >"$T/list.paths"
 	mf file "$s" | cut -d' ' -f1 | sort >"$T/mf.paths"
 	diff -u "$T/mf.paths" "$T/list.paths" || fail "$s: vsnapctl list of $2 shows other files than the manifest"
-	assert_eq "$(grep -c '"path":"(unlinked' "$T/list.lines" || true)" "$3" "$s: unlinked volumes listed by $2"
+	assert_eq "$(grep -c '^(unlinked' "$T/list.lines" || true)" "$3" "$s: unlinked volumes listed by $2"
 	while read -r path size sum; do
-		e=$(grep -F "{\"path\":\"$path\"," "$T/list.lines")
+		e=$(awk -v p="$path" '$1 == p' "$T/list.lines")
 		kind=volume
 		[[ $path != */.snapshots/* ]] || kind=snapshot
-		echo "$e" | grep -qF "\"kind\":\"$kind\",\"size\":$size," ||
+		[ "$(echo "$e" | cut -d' ' -f2,3)" = "$kind $size" ] ||
 			fail "$s: list of $2 says for $path: $e; expected $kind of $size bytes"
 	done < <(mf file "$s")
 	while read -r path src; do
-		grep -F "{\"path\":\"$path\"," "$T/list.lines" | grep -qF "\"origin\":\"$src\"" ||
-			fail "$s: list of $2: origin of $path is not $src: $(grep -F "\"$path\"" "$T/list.lines")"
+		[ "$(awk -v p="$path" '$1 == p {print $4}' "$T/list.lines")" = "$src" ] ||
+			fail "$s: list of $2: origin of $path is not $src: $(grep -F "$path" "$T/list.lines")"
 	done < <(mf origin "$s")
 }
 
@@ -172,8 +172,8 @@ for s in $(awk '$1 == "store" { print $2 }' "$MANIFEST"); do
 	check_referenced "$s"
 	# the unlinked volume is deleted by the background thread, soon after
 	for ((i = 0; i < 100 * VS_TIME_SCALE; i++)); do
-		ctl "$T/list.json" list --json "$MNT"
-		grep -qF '"path":"(unlinked' "$T/list.json" || break
+		ctl "$T/list.txt" list --raw -n -o path "$MNT"
+		grep -qF '(unlinked' "$T/list.txt" || break
 		sleep 0.1
 	done
 	check_list "$s" "$MNT" 0

@@ -82,8 +82,7 @@ cgrowth() {          # cgrowth MARK [LIMIT]
 
 # allocated PATH: the volume's own allocated bytes, from vsnapctl list
 allocated() {
-	"$VSNAPCTL" --json list "$MNT" | grep -F "{\"path\":\"/$1\"," |
-		sed -n 's/.*"allocated":\([0-9]*\).*/\1/p'
+	"$VSNAPCTL" list -n -b --raw -o allocated "$MNT/$1"
 }
 
 # sc OP ARGS...: one system call through perl; exit 0 if it worked, else its

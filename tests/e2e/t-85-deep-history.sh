@@ -100,8 +100,7 @@ gen_writes() {
 }
 
 own_alloc() {              # own_alloc VOL: own allocated bytes (vsnapctl list)
-	"$VSNAPCTL" --json list "$MNT" | grep -F "{\"path\":\"/$1\"," |
-		sed -n 's/.*"allocated":\([0-9]*\).*/\1/p'
+	"$VSNAPCTL" list -n -b --raw -o allocated "$MNT/$1"
 }
 
 declare -A SNAP=()         # snapshot name (HEAD@gNNN) -> model file

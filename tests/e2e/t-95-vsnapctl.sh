@@ -8,11 +8,13 @@
 
 [ -x "$VSNAPCTL" ] || fail "$VSNAPCTL not built"
 command -v sqlite3 >/dev/null || skip "sqlite3 missing (tests/install-deps.sh installs it)"
+command -v jq >/dev/null || skip "jq missing (tests/install-deps.sh installs it)"
 
 BS=4096
 STORE=$T/store
 MNT=$T/mnt
 GOLDEN=/.snapshots/vm1.img@golden/vm1.img
+DATE_RE='[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}'
 
 # ctl EXPECTED_RC OUT ARGS...: run vsnapctl, stdout to OUT, stderr to OUT.err
 ctl() {
@@ -23,23 +25,20 @@ ctl() {
 		fail "vsnapctl $* exited $rc, expected $want: $(head -c 1500 "$out") $(head -c 500 "$out.err")"
 }
 
-# json_entry FILE PATH: the object of a list --json array whose path is PATH
-json_entry() {
-	tr -d '\n' <"$1" | sed 's/},{/}\n{/g' | grep -F "{\"path\":\"$2\"," || true
+# one_line FILE TEXT: FILE is exactly the line TEXT
+one_line() {
+	assert_eq "$(wc -l <"$1")" 1 "lines of $(cat "$1")"
+	grep -qxF "$2" "$1" || fail "expected '$2', got: $(cat "$1")"
 }
-json_num() { sed -n "s/.*\"$1\":\([0-9]*\).*/\1/p"; }
-json_text() { sed -n "s/.*\"$1\":\(\"[^\"]*\"\|null\).*/\1/p"; }
 
-# expect_entry PATH KIND SIZE ALLOCATED EXCLUSIVE ORIGIN (ORIGIN: null or "path")
+# jq_list FILE PATH FILTER: FILTER applied to the entry of list --json whose path is PATH
+jq_list() { jq -r --arg p "$2" ".files[] | select(.path == \$p) | $3" "$1"; }
+
+# expect_entry PATH TYPE SIZE ALLOCATED EXCLUSIVE ORIGIN (null: none)
 expect_entry() {
-	local e
-	e=$(json_entry "$T/list.json" "$1")
-	[ -n "$e" ] || fail "list --json has no entry for $1: $(cat "$T/list.json")"
-	assert_eq "$(echo "$e" | json_text kind)" "\"$2\"" "kind of $1"
-	assert_eq "$(echo "$e" | json_num size)" "$3" "size of $1"
-	assert_eq "$(echo "$e" | json_num allocated)" "$4" "allocated bytes of $1"
-	assert_eq "$(echo "$e" | json_num exclusive)" "$5" "exclusive bytes of $1"
-	assert_eq "$(echo "$e" | json_text origin)" "$6" "origin of $1"
+	assert_eq "$(jq_list "$T/list.json" "$1" \
+		'"\(.type) \(.size_bytes) \(.allocated_bytes) \(.exclusive_bytes) \(.origin)"')" \
+		"$2 $3 $4 $5 $6" "list --json: type, size, allocated, exclusive bytes and origin of $1"
 }
 
 # blk FILE N: block N of FILE
@@ -99,23 +98,30 @@ dd if="$T/root-new.bin" of="$MNT/web/root.img" bs=$BS conv=notrunc,fsync status=
 ctl 0 "$T/list.json" list --json "$MNT"
 expect_entry /vm1.img volume $((16 * BS)) $((2 * BS)) $((2 * BS)) null
 expect_entry "$GOLDEN" snapshot $((16 * BS)) $((16 * BS)) $BS null
-expect_entry /clone.img volume $((16 * BS)) $((2 * BS)) $((2 * BS)) "\"$GOLDEN\""
+expect_entry /clone.img volume $((16 * BS)) $((2 * BS)) $((2 * BS)) "$GOLDEN"
 expect_entry /web/root.img volume $((8 * BS)) $((8 * BS)) $((8 * BS)) null
 expect_entry /web/.snapshots/nightly/root.img snapshot $((8 * BS)) $((8 * BS)) $((8 * BS)) null
 expect_entry /web/.snapshots/nightly/data.img snapshot 1048576 0 0 null
 expect_entry /web/data.img volume 1048576 0 0 null
-n=$(tr -d '\n' <"$T/list.json" | sed 's/},{/}\n{/g' | grep -c '"path"')
-assert_eq "$n" 7 "entries of list --json"
+assert_eq "$(jq '.files | length' "$T/list.json")" 7 "entries of list --json"
+# every column, each key with its unit; a volume has no creation time
+assert_eq "$(jq -c '.files[0] | keys_unsorted' "$T/list.json")" \
+	'["path","type","size_bytes","allocated_bytes","exclusive_bytes","origin","created_unix_s","snapshot","node_id","ino"]' \
+	"keys of list --json"
+assert_eq "$(jq_list "$T/list.json" /vm1.img '"\(.created_unix_s) \(.snapshot)"')" "null null" \
+	"creation time and snapshot of a volume"
+assert_eq "$(jq_list "$T/list.json" /web/.snapshots/nightly/root.img .snapshot)" nightly \
+	"snapshot of a directory snapshot's file"
 # the same from the store directory, and --json before the command
 ctl 0 "$T/list2.json" --json list "$STORE"
 cmp -s "$T/list.json" "$T/list2.json" || fail "list of the store and of the mount point differ"
 
 ctl 0 "$T/list.txt" list "$MNT"
-head -n 1 "$T/list.txt" | grep -qE '^PATH +KIND +SIZE +ALLOCATED +EXCLUSIVE +ORIGIN$' ||
+head -n 1 "$T/list.txt" | grep -qE '^PATH +TYPE +SIZE +ALLOCATED +EXCLUSIVE +ORIGIN +CREATED$' ||
 	fail "list has no header: $(cat "$T/list.txt")"
-grep -qE "^/clone\.img +volume +64\.0K +8\.0K +8\.0K +/\.snapshots/vm1\.img@golden/vm1\.img$" \
+grep -qE "^/clone\.img +volume +64\.0K +8\.0K +8\.0K +/\.snapshots/vm1\.img@golden/vm1\.img +-$" \
 	"$T/list.txt" || fail "list: wrong line for clone.img: $(cat "$T/list.txt")"
-grep -qE "^/\.snapshots/vm1\.img@golden/vm1\.img +snapshot +64\.0K +64\.0K +4\.0K +-$" \
+grep -qE "^/\.snapshots/vm1\.img@golden/vm1\.img +snapshot +64\.0K +64\.0K +4\.0K +- +$DATE_RE$" \
 	"$T/list.txt" || fail "list: wrong line for the golden snapshot: $(cat "$T/list.txt")"
 # a path inside the mount lists what is below it
 ctl 0 "$T/list-web.txt" list "$MNT/web"
@@ -124,13 +130,77 @@ grep -q '^/vm1\.img ' "$T/list-web.txt" && fail "list MNT/web shows /vm1.img: $(
 grep -q '^/web/\.snapshots/nightly/root\.img ' "$T/list-web.txt" ||
 	fail "list MNT/web misses the snapshot of web: $(cat "$T/list-web.txt")"
 
+# -t, -o, -n, -b, --raw
+ctl 0 "$T/l.txt" list -t snapshot -n -b --raw -o path,size,exclusive "$MNT"
+printf '%s\n' "$GOLDEN $((16 * BS)) $BS" "/web/.snapshots/nightly/data.img 1048576 0" \
+	"/web/.snapshots/nightly/root.img $((8 * BS)) $((8 * BS))" >"$T/l.want"
+diff -u "$T/l.want" "$T/l.txt" || fail "list -t snapshot -n -b --raw -o path,size,exclusive"
+ctl 0 "$T/l.txt" list --type=volume -o PATH "$MNT"
+printf '%s\n' PATH /clone.img /vm1.img /web/data.img /web/root.img >"$T/l.want"
+diff -u "$T/l.want" "$T/l.txt" || fail "list --type=volume -o PATH"
+ctl 0 "$T/l.txt" list -o +NODE,ino "$MNT/vm1.img"
+grep -qE "^PATH +TYPE +SIZE +ALLOCATED +EXCLUSIVE +ORIGIN +CREATED +NODE +INO$" "$T/l.txt" ||
+	fail "list -o +NODE,ino: $(cat "$T/l.txt")"
+ctl 0 "$T/l.json" list --json -o path,allocated "$MNT/vm1.img"
+assert_eq "$(jq -c . "$T/l.json")" "{\"files\":[{\"path\":\"/vm1.img\",\"allocated_bytes\":$((2 * BS))}]}" \
+	"list --json -o path,allocated"
+ctl 2 "$T/l.txt" list -o PATH,FROB "$MNT"
+one_line "$T/l.txt.err" "vsnapctl list: unknown column 'FROB' (-o takes those --help lists); see vsnapctl list --help"
+ctl 2 "$T/l.txt" list -t frob "$MNT"
+one_line "$T/l.txt.err" "vsnapctl list: -t takes volume, snapshot or all, not 'frob'; see vsnapctl list --help"
+
+# a snapshot's row: its creation time, and as exclusive exactly the blocks
+# written to the volume since (no other view shows them)
+t0=$(date +%s)
+mkdir "$MNT/web/.snapshots/root.img@before"
+t1=$(date +%s)
+dd if="$T/root.bin" of="$MNT/web/root.img" bs=$BS count=3 seek=2 conv=notrunc status=none
+ctl 0 "$T/l.json" list --json -t snapshot "$MNT/web"
+SNAP=/web/.snapshots/root.img@before/root.img
+created=$(jq_list "$T/l.json" $SNAP .created_unix_s)
+[ "$created" -ge "$t0" ] && [ "$created" -le "$t1" ] ||
+	fail "created_unix_s of $SNAP is $created, taken between $t0 and $t1"
+assert_eq "$(jq_list "$T/l.json" $SNAP '"\(.exclusive_bytes) \(.snapshot)"')" "$((3 * BS)) root.img@before" \
+	"exclusive bytes of $SNAP after 3 blocks written to root.img"
+rmdir "$MNT/web/.snapshots/root.img@before"
+
+# long and non-ASCII paths: the columns after them stay in line (names
+# escaped as \xNN in the C locale, measured by their width in a UTF-8 one),
+# --raw keeps one field per column, --json gives the name back as it is
+LONG=$(printf 'a%.0s' {1..150})
+mkdir "$MNT/$LONG"
+truncate -s 1M "$MNT/$LONG/dïsk ü.img"
+# aligned FILE: the TYPE column starts at the same character on every line
+aligned() {
+	local l p=-1 s
+	while IFS= read -r l; do
+		if [ $p -lt 0 ]; then s=${l%%TYPE*}; p=${#s}; continue; fi
+		case "${l:$p}" in volume* | snapshot*) ;; *) return 1 ;; esac
+	done <"$1"
+}
+ctl 0 "$T/l.txt" list "$MNT"
+grep -qF "/$LONG/d\xc3\xafsk \xc3\xbc.img" "$T/l.txt" || fail "list in the C locale: $(cat "$T/l.txt")"
+aligned "$T/l.txt" || fail "list in the C locale is out of line: $(cat "$T/l.txt")"
+if locale -a 2>/dev/null | grep -qix 'c\.utf-\?8'; then
+	LC_ALL=C.UTF-8 ctl 0 "$T/l.txt" list "$MNT"
+	grep -qF "/$LONG/dïsk ü.img" "$T/l.txt" || fail "list in C.UTF-8: $(cat "$T/l.txt")"
+	(export LC_ALL=C.UTF-8; aligned "$T/l.txt") || fail "list in C.UTF-8 is out of line: $(cat "$T/l.txt")"
+else
+	note "no C.UTF-8 locale: list in UTF-8 not checked"
+fi
+ctl 0 "$T/l.txt" list --raw -n -b -o path,size "$MNT/$LONG"
+assert_eq "$(cat "$T/l.txt")" "/$LONG/d\xc3\xafsk\x20\xc3\xbc.img 1048576" "list --raw of a name with a space"
+ctl 0 "$T/l.json" list --json "$MNT/$LONG"
+assert_eq "$(jq -r '.files[0].path' "$T/l.json")" "/$LONG/dïsk ü.img" "list --json of a non-ASCII name"
+rm -r "${MNT:?}/$LONG"
+
 # ---- a clone of a live volume: an unnamed frozen node with two children ----------------
 dd if="$T/base.bin" of="$MNT/base.img" bs=$BS conv=fsync status=none
 cp "$MNT/base.img" "$MNT/base-copy.img"
 cmp "$T/base.bin" "$MNT/base-copy.img" || fail "base-copy.img differs from base.img"
 ctl 0 "$T/list.json" list --json "$MNT"
 cloned=1
-if [ "$(json_entry "$T/list.json" /base-copy.img | json_num allocated)" != 0 ]; then
+if [ "$(jq_list "$T/list.json" /base-copy.img .allocated_bytes)" != 0 ]; then
 	note "cp of a live volume copied its data instead of cloning it: no internal node to show"
 	cloned=0
 fi
@@ -154,7 +224,7 @@ if [ $cloned = 1 ]; then
 		fail "tree: base.img and base-copy.img are not below their internal node: $(cat "$T/tree.txt")"
 fi
 ctl 0 "$T/tree.json" tree --json "$STORE"
-grep -qF "\"kind\":\"snapshot\",\"names\":[\"$GOLDEN\"],\"allocated\":$((16 * BS)),\"inherit\":0,\"children\":[{" \
+grep -qF "\"kind\":\"snapshot\",\"names\":[\"$GOLDEN\"],\"allocated_bytes\":$((16 * BS)),\"inherit_blocks\":0,\"children\":[{" \
 	"$T/tree.json" || fail "tree --json: no golden snapshot with children: $(cat "$T/tree.json")"
 grep -qF '"names":["/clone.img"]' "$T/tree.json" || fail "tree --json misses clone.img"
 [ $cloned = 0 ] || grep -qF '"kind":"internal","names":[]' "$T/tree.json" ||
@@ -193,15 +263,31 @@ grep -qE "^$SDIR: [0-9]+ block\(s\) in $nchunks chunk file\(s\), 8 inode\(s\): c
 VSNAPCTL_ROWS_PER_PASS=16 ctl 0 "$T/check16.txt" check "$STORE"
 cmp -s "$T/check.txt" "$T/check16.txt" || fail "check with 16 rows per pass: $(cat "$T/check16.txt")"
 
-# progress bar on a TTY only
+# progress: bytes, rate and ETA, redrawn on a TTY; nothing in a pipe (above);
+# --progress=plain: lines (one every few seconds, the first at once) and a
+# last one with the bytes and time taken
+RATE_RE='[0-9.]+[KMGTPE]?/[0-9.]+[KMGTPE]? [0-9.]+[KMGTPE]?/s ETA [0-9]+:[0-9]{2}'
 if script -qec "true" /dev/null >/dev/null 2>&1; then
 	script -qec "$VSNAPCTL check $STORE" /dev/null >"$T/tty.out" 2>&1 ||
 		fail "check on a TTY failed: $(cat "$T/tty.out")"
-	grep -qF 'check [' "$T/tty.out" && grep -qF '100%' "$T/tty.out" ||
-		fail "no progress bar on a TTY: $(cat -A "$T/tty.out" | head -c 600)"
+	grep -qE $'\rcheck +[0-9]+% '"$RATE_RE" "$T/tty.out" && grep -qE "check 100% " "$T/tty.out" ||
+		fail "no progress line on a TTY: $(cat -A "$T/tty.out" | head -c 600)"
 else
-	note "script(1) cannot make a TTY here: progress bar not checked"
+	note "script(1) cannot make a TTY here: progress on a TTY not checked"
 fi
+blocks=$(sed -n 's/.*: \([0-9]*\) block(s) in .*/\1/p' "$T/check.txt")
+done_re="^(check|scrub): done, $(awk -v b=$((blocks * BS)) 'BEGIN { u = -1; while (b >= 1024 && u < 5) { b /= 1024; u++ } if (u < 0) print b; else printf "%.1f%s\n", b, substr("KMGTPE", u + 1, 1) }') in [0-9]+:[0-9]{2}, [0-9.]+[KMGTPE]?/s$"
+for c in check scrub; do
+	ctl 0 "$T/p.txt" $c --progress=plain "$STORE"
+	grep -qE "^$c: [0-9]+% $RATE_RE$" "$T/p.txt.err" && grep -qE "$done_re" "$T/p.txt.err" ||
+		fail "$c --progress=plain: $(cat -A "$T/p.txt.err" | head -c 600)"
+	grep -q $'\r' "$T/p.txt.err" && fail "$c --progress=plain redraws: $(cat -A "$T/p.txt.err")"
+	grep -vqE "^$c: " "$T/p.txt.err" && fail "$c --progress=plain: other lines: $(cat "$T/p.txt.err")"
+	ctl 0 "$T/p.txt" $c --progress=none "$STORE"
+	[ -s "$T/p.txt.err" ] && fail "$c --progress=none wrote to stderr: $(cat "$T/p.txt.err")"
+done
+ctl 2 "$T/p.txt" scrub --progress=sometimes "$STORE"
+one_line "$T/p.txt.err" "vsnapctl scrub: --progress takes auto, plain or none, not 'sometimes'; see vsnapctl scrub --help"
 
 # ---- a truncated chunk file, a missing one ---------------------------------------------------
 first=$(ls "$STORE"/chunks/*.chunk | head -n 1)
@@ -246,7 +332,7 @@ grep -qE "^damaged: $GOLDEN offset $((7 * BS)): .*checksum mismatch \(also seen 
 	"$T/s.txt" || fail "scrub does not name the snapshot block and who sees it: $(cat "$T/s.txt")"
 grep -qE "verified, 2 damaged$" "$T/s.txt" || fail "scrub summary: $(cat "$T/s.txt")"
 ctl 1 "$T/s.json" scrub --json "$T/flip"
-grep -qF "{\"path\":\"/scrub.img\",\"offset\":$((3 * BS))," "$T/s.json" ||
+grep -qF "{\"path\":\"/scrub.img\",\"offset_bytes\":$((3 * BS))," "$T/s.json" ||
 	fail "scrub --json does not name /scrub.img: $(cat "$T/s.json")"
 grep -qF '"damaged":2}' "$T/s.json" || fail "scrub --json count: $(cat "$T/s.json")"
 VSNAPCTL_ROWS_PER_PASS=16 ctl 1 "$T/s16.txt" scrub "$T/flip"
@@ -284,13 +370,45 @@ grep -qE "clean$" "$T/c.txt" || fail "an unnamed node makes check unclean: $(cat
 
 # (an index of an older format: t-140-fixture, which upgrades a store made by the format-2 code)
 
-# ---- usage and I/O errors: exit 2 ---------------------------------------------------------
+# ---- usage and I/O errors: exit 2, one line ---------------------------------------------
 ctl 2 "$T/u.txt" frobnicate "$STORE"
+one_line "$T/u.txt.err" "vsnapctl: unknown command 'frobnicate'; see vsnapctl --help"
 ctl 2 "$T/u.txt" check --frob "$STORE"
+one_line "$T/u.txt.err" "vsnapctl check: unknown option '--frob'; see vsnapctl check --help"
 ctl 2 "$T/u.txt" check "$STORE" extra
+one_line "$T/u.txt.err" "vsnapctl check: unexpected argument 'extra'; see vsnapctl check --help"
+ctl 2 "$T/u.txt" send --from
+one_line "$T/u.txt.err" "vsnapctl send: option '--from' needs a value; see vsnapctl send --help"
+ctl 2 "$T/u.txt"
+one_line "$T/u.txt.err" "vsnapctl: no command given; see vsnapctl --help"
+# every command has its --help, listed by vsnapctl --help
+ctl 0 "$T/help.txt" --help
+for c in list tree check scrub gc diff send receive; do
+	grep -qE "^  $c +[a-z]" "$T/help.txt" || fail "vsnapctl --help does not list $c: $(cat "$T/help.txt")"
+	ctl 0 "$T/h.txt" "$c" --help
+	grep -q "^usage: vsnapctl $c" "$T/h.txt" || fail "vsnapctl $c --help: $(cat "$T/h.txt")"
+	grep -qE '^  -h, --help +this help$' "$T/h.txt" || fail "vsnapctl $c --help: $(cat "$T/h.txt")"
+done
+ctl 0 "$T/v.txt" --version
+grep -qxE 'vsnapctl [0-9]+\.[0-9]+\.[0-9]+' "$T/v.txt" || fail "--version: $(cat "$T/v.txt")"
+# errors that name the real problem, in one line
 ctl 2 "$T/u.txt" check "$T/no-such-store"
+one_line "$T/u.txt.err" "vsnapctl: $T/no-such-store: no such file or directory"
 mkdir "$T/notastore"
 ctl 2 "$T/u.txt" list "$T/notastore"
-grep -q 'neither a vsnapfs store' "$T/u.txt.err" || fail "no reason given: $(cat "$T/u.txt.err")"
-ctl 0 "$T/u.txt" --help
+one_line "$T/u.txt.err" \
+	"vsnapctl: $T/notastore: not a vsnapfs store (no index.sqlite) and not in a vsnapfs mount"
+# $T is 0700: another user may not look into it
+if command -v setpriv >/dev/null && [ "$(id -u)" = 0 ]; then
+	rc=0
+	setpriv --reuid=65534 --regid=65534 --clear-groups -- "$VSNAPCTL" list "$STORE" \
+		>"$T/u.txt" 2>"$T/u.txt.err" || rc=$?
+	assert_eq $rc 2 "exit status of list as another user"
+	one_line "$T/u.txt.err" "vsnapctl: $STORE: permission denied"
+else
+	note "not root or no setpriv: permission denied not checked"
+fi
+ctl 2 "$T/u.txt" gc "$STORE"
+grep -qF "vsnapctl: gc: $SDIR is not mounted: garbage collection runs in the daemon" "$T/u.txt.err" &&
+	[ "$(wc -l <"$T/u.txt.err")" = 1 ] || fail "gc of an unmounted store: $(cat "$T/u.txt.err")"
 pass

@@ -147,13 +147,13 @@ truncate -s $((1 * M)) "$MNT/other.img"
 wr "$MNT/other.img" 0 $((8 * K))
 refuse "are not of one lineage" diff "$MNT/other.img" "$MNT/vm1.img"
 refuse "are not of one lineage" diff --json "$MON" "$MNT/other.img"
-refuse "neither a vsnapfs store nor in a vsnapfs mount" diff "$T/nowhere.img" "$MNT/vm1.img"
-refuse "is not in a vsnapfs mount" diff "$MNT/vm1.img" "$MNT/no-such.img"
+refuse "nowhere.img: no such file or directory" diff "$T/nowhere.img" "$MNT/vm1.img"
+refuse "no-such.img: no such file or directory" diff "$MNT/vm1.img" "$MNT/no-such.img"
 refuse "is not a volume or a snapshot's file" diff "$MNT/.snapshots/vm1.img@mon" "$MNT/vm1.img"
 head -c $BS /dev/urandom >"$T/outside.img"
-refuse "is not in a vsnapfs mount" diff "$MNT/vm1.img" "$T/outside.img"
+refuse "outside.img: not in a vsnapfs mount" diff "$MNT/vm1.img" "$T/outside.img"
 "$VSNAPCTL" diff "$MON" >"$T/r.out" 2>"$T/r.err" && fail "diff with one file succeeded"
-grep -qF "diff needs two files" "$T/r.err" || fail "diff with one file: $(cat "$T/r.err")"
+grep -qF "diff: needs two files, A and B; see vsnapctl diff --help" "$T/r.err" || fail "diff with one file: $(cat "$T/r.err")"
 
 vs_umount "$MNT"
 pass
