@@ -25,8 +25,10 @@
  * with one child is merged into it) are not counted.
  *
  * referenced.  Every block the file shows, its own or shared (SPEC's
- * "referenced"), needs the daemon's per-node counts (the noderefs table,
- * issue 15, being built): its column goes into list_cols[] when they exist.
+ * "referenced", st_blocks of a volume): the daemon's count for its node
+ * (table refblocks, docs/design.md "Referenced blocks"), O(1); none (null)
+ * for a node the daemon has not counted yet (an older store, right after
+ * its upgrade).
  *
  * origin.  The nearest ancestor node named by a snapshot file of another
  * volume (the inode number tells: it is never reused, and a volume's own
@@ -42,20 +44,20 @@
 #include "vsnapfs/emap.h"
 
 enum {
-	COL_PATH, COL_TYPE, COL_SIZE, COL_ALLOC, COL_EXCL, COL_ORIGIN, COL_CREATED, COL_SNAPSHOT,
-	COL_NODE, COL_INO,
+	COL_PATH, COL_TYPE, COL_SIZE, COL_REF, COL_ALLOC, COL_EXCL, COL_ORIGIN, COL_CREATED,
+	COL_SNAPSHOT, COL_NODE, COL_INO,
 };
 
 static const struct table_col list_cols[] = {
 	[COL_PATH] = { "PATH", "path", TT_TEXT, true, "the file's path in the mount", true },
 	[COL_TYPE] = { "TYPE", "type", TT_TEXT, true, "volume, or snapshot (a snapshot's file)" },
 	[COL_SIZE] = { "SIZE", "size_bytes", TT_BYTES, true, "its size" },
+	[COL_REF] = { "REFERENCED", "referenced_bytes", TT_BYTES, true,
+		      "every block it shows, own or shared (st_blocks of a volume)" },
 	[COL_ALLOC] = { "ALLOCATED", "allocated_bytes", TT_BYTES, true,
 			"its own layer: written since the snapshot or clone before it" },
 	[COL_EXCL] = { "EXCLUSIVE", "exclusive_bytes", TT_BYTES, true,
 		       "what deleting it frees: its own blocks no later view shows" },
-	/* REFERENCED ("referenced_bytes"): every block it shows, own or
-	 * shared, from the daemon's noderefs table (issue 15): not yet */
 	[COL_ORIGIN] = { "ORIGIN", "origin", TT_TEXT, true,
 			 "the snapshot's file it was cloned from", true },
 	[COL_CREATED] = { "CREATED", "created_unix_s", TT_TIME, true,
@@ -175,13 +177,20 @@ static int list_row(struct store *st, struct model *m, struct table *t, const st
 {
 	const struct file *o = origin_of(m, f);
 	const struct bmap_snap *s = f->snap ? snap_of(m, f->snap) : NULL;
-	uint64_t nrows = 0, excl = 0;
+	uint64_t nrows = 0, excl = 0, refs = 0;
+	bool counted = false;
 	int rc = 0;
 
 	if (f->node != NONE) {
 		rc = node_rows(st, &m->nodes[f->node], &nrows);
 		if (!rc)
 			rc = node_exclusive(st, m, f->node, &excl);
+		if (!rc) {
+			rc = bmap_refs_get(st->bm, f->node_id, &refs);
+			counted = rc == 0;
+			if (rc == -ENOENT)
+				rc = 0;         /* not counted yet: no value */
+		}
 		if (rc)
 			return rc;
 	}
@@ -189,6 +198,10 @@ static int list_row(struct store *st, struct model *m, struct table *t, const st
 	table_text(t, COL_PATH, f->path);
 	table_text(t, COL_TYPE, f->snap ? "snapshot" : "volume");
 	table_u64(t, COL_SIZE, f->size);
+	if (counted)
+		table_u64(t, COL_REF, refs * st->bs);
+	else
+		table_text(t, COL_REF, NULL);
 	table_u64(t, COL_ALLOC, nrows * st->bs);
 	table_u64(t, COL_EXCL, excl);
 	table_text(t, COL_ORIGIN, o ? o->path : NULL);

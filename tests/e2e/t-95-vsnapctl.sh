@@ -34,11 +34,11 @@ one_line() {
 # jq_list FILE PATH FILTER: FILTER applied to the entry of list --json whose path is PATH
 jq_list() { jq -r --arg p "$2" ".files[] | select(.path == \$p) | $3" "$1"; }
 
-# expect_entry PATH TYPE SIZE ALLOCATED EXCLUSIVE ORIGIN (null: none)
+# expect_entry PATH TYPE SIZE REFERENCED ALLOCATED EXCLUSIVE ORIGIN (null: none)
 expect_entry() {
 	assert_eq "$(jq_list "$T/list.json" "$1" \
-		'"\(.type) \(.size_bytes) \(.allocated_bytes) \(.exclusive_bytes) \(.origin)"')" \
-		"$2 $3 $4 $5 $6" "list --json: type, size, allocated, exclusive bytes and origin of $1"
+		'"\(.type) \(.size_bytes) \(.referenced_bytes) \(.allocated_bytes) \(.exclusive_bytes) \(.origin)"')" \
+		"$2 $3 $4 $5 $6 $7" "list --json: type, size, referenced, allocated, exclusive bytes and origin of $1"
 }
 
 # blk FILE N: block N of FILE
@@ -96,17 +96,18 @@ dd if="$T/root-new.bin" of="$MNT/web/root.img" bs=$BS conv=notrunc,fsync status=
 
 # ---- list ------------------------------------------------------------------------------
 ctl 0 "$T/list.json" list --json "$MNT"
-expect_entry /vm1.img volume $((16 * BS)) $((2 * BS)) $((2 * BS)) null
-expect_entry "$GOLDEN" snapshot $((16 * BS)) $((16 * BS)) $BS null
-expect_entry /clone.img volume $((16 * BS)) $((2 * BS)) $((2 * BS)) "$GOLDEN"
-expect_entry /web/root.img volume $((8 * BS)) $((8 * BS)) $((8 * BS)) null
-expect_entry /web/.snapshots/nightly/root.img snapshot $((8 * BS)) $((8 * BS)) $((8 * BS)) null
-expect_entry /web/.snapshots/nightly/data.img snapshot 1048576 0 0 null
-expect_entry /web/data.img volume 1048576 0 0 null
+# referenced: every block each shows, own or shared (all of them hold data)
+expect_entry /vm1.img volume $((16 * BS)) $((16 * BS)) $((2 * BS)) $((2 * BS)) null
+expect_entry "$GOLDEN" snapshot $((16 * BS)) $((16 * BS)) $((16 * BS)) $BS null
+expect_entry /clone.img volume $((16 * BS)) $((16 * BS)) $((2 * BS)) $((2 * BS)) "$GOLDEN"
+expect_entry /web/root.img volume $((8 * BS)) $((8 * BS)) $((8 * BS)) $((8 * BS)) null
+expect_entry /web/.snapshots/nightly/root.img snapshot $((8 * BS)) $((8 * BS)) $((8 * BS)) $((8 * BS)) null
+expect_entry /web/.snapshots/nightly/data.img snapshot 1048576 0 0 0 null
+expect_entry /web/data.img volume 1048576 0 0 0 null
 assert_eq "$(jq '.files | length' "$T/list.json")" 7 "entries of list --json"
 # every column, each key with its unit; a volume has no creation time
 assert_eq "$(jq -c '.files[0] | keys_unsorted' "$T/list.json")" \
-	'["path","type","size_bytes","allocated_bytes","exclusive_bytes","origin","created_unix_s","snapshot","node_id","ino"]' \
+	'["path","type","size_bytes","referenced_bytes","allocated_bytes","exclusive_bytes","origin","created_unix_s","snapshot","node_id","ino"]' \
 	"keys of list --json"
 assert_eq "$(jq_list "$T/list.json" /vm1.img '"\(.created_unix_s) \(.snapshot)"')" "null null" \
 	"creation time and snapshot of a volume"
@@ -117,11 +118,11 @@ ctl 0 "$T/list2.json" --json list "$STORE"
 cmp -s "$T/list.json" "$T/list2.json" || fail "list of the store and of the mount point differ"
 
 ctl 0 "$T/list.txt" list "$MNT"
-head -n 1 "$T/list.txt" | grep -qE '^PATH +TYPE +SIZE +ALLOCATED +EXCLUSIVE +ORIGIN +CREATED$' ||
+head -n 1 "$T/list.txt" | grep -qE '^PATH +TYPE +SIZE +REFERENCED +ALLOCATED +EXCLUSIVE +ORIGIN +CREATED$' ||
 	fail "list has no header: $(cat "$T/list.txt")"
-grep -qE "^/clone\.img +volume +64\.0K +8\.0K +8\.0K +/\.snapshots/vm1\.img@golden/vm1\.img +-$" \
+grep -qE "^/clone\.img +volume +64\.0K +64\.0K +8\.0K +8\.0K +/\.snapshots/vm1\.img@golden/vm1\.img +-$" \
 	"$T/list.txt" || fail "list: wrong line for clone.img: $(cat "$T/list.txt")"
-grep -qE "^/\.snapshots/vm1\.img@golden/vm1\.img +snapshot +64\.0K +64\.0K +4\.0K +- +$DATE_RE$" \
+grep -qE "^/\.snapshots/vm1\.img@golden/vm1\.img +snapshot +64\.0K +64\.0K +64\.0K +4\.0K +- +$DATE_RE$" \
 	"$T/list.txt" || fail "list: wrong line for the golden snapshot: $(cat "$T/list.txt")"
 # a path inside the mount lists what is below it
 ctl 0 "$T/list-web.txt" list "$MNT/web"
@@ -139,7 +140,7 @@ ctl 0 "$T/l.txt" list --type=volume -o PATH "$MNT"
 printf '%s\n' PATH /clone.img /vm1.img /web/data.img /web/root.img >"$T/l.want"
 diff -u "$T/l.want" "$T/l.txt" || fail "list --type=volume -o PATH"
 ctl 0 "$T/l.txt" list -o +NODE,ino "$MNT/vm1.img"
-grep -qE "^PATH +TYPE +SIZE +ALLOCATED +EXCLUSIVE +ORIGIN +CREATED +NODE +INO$" "$T/l.txt" ||
+grep -qE "^PATH +TYPE +SIZE +REFERENCED +ALLOCATED +EXCLUSIVE +ORIGIN +CREATED +NODE +INO$" "$T/l.txt" ||
 	fail "list -o +NODE,ino: $(cat "$T/l.txt")"
 ctl 0 "$T/l.json" list --json -o path,allocated "$MNT/vm1.img"
 assert_eq "$(jq -c . "$T/l.json")" "{\"files\":[{\"path\":\"/vm1.img\",\"allocated_bytes\":$((2 * BS))}]}" \
