@@ -82,6 +82,25 @@ int ctl_kv_u64(const struct ctl_msg *m, const char *key, uint64_t *out)
 	return errno || end == v || *end || v[0] == '-' ? -EINVAL : 0;
 }
 
+int ctl_kv_next(const struct ctl_msg *m, size_t *pos, char *key, size_t keylen, char *val,
+		size_t vallen)
+{
+	const char *l = m->body + *pos, *nl, *eq;
+
+	if (*pos >= m->len || !*l)
+		return 0;
+	nl = strchr(l, '\n');
+	if (!nl)
+		nl = l + strlen(l);
+	eq = memchr(l, '=', nl - l);
+	if (!eq)
+		eq = nl;
+	snprintf(key, keylen, "%.*s", (int)(eq - l), l);
+	snprintf(val, vallen, "%.*s", eq < nl ? (int)(nl - eq - 1) : 0, eq < nl ? eq + 1 : "");
+	*pos = nl - m->body + (*nl ? 1 : 0);
+	return 1;
+}
+
 void ctl_hex(const uint8_t *v, size_t n, char *out)
 {
 	static const char dig[] = "0123456789abcdef";
