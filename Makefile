@@ -16,8 +16,9 @@ B        ?= build
 SAN      ?=
 
 PKGS     := fuse3 sqlite3 libxxhash
-# vsnapctl and the tests only (send streams, src/stream): the daemon does not link it
-CTL_PKGS := libzstd
+# vsnapctl and the tests only (send streams, src/stream; the iostat table): the daemon
+# links neither
+CTL_PKGS := libzstd smartcols
 CC       ?= cc
 CFLAGS   ?= -O2 -g
 override CFLAGS += -std=gnu11 -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter \
@@ -57,7 +58,7 @@ $(DAEMON): $(B)/src/main.o $(LIB)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 $(CTL): $(CTL_SRC:%.c=$(B)/%.o) $(LIB)
-	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) $(shell pkg-config --libs $(CTL_PKGS))
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) $(shell pkg-config --libs $(CTL_PKGS)) -lm
 
 $(B)/mount.vsnapfs: contrib/mount.vsnapfs
 	@mkdir -p $(@D)

@@ -10,7 +10,7 @@ set -euo pipefail
 # test uses it.  kmod is only needed when a kernel module must be loaded, and
 # is added below in that case.
 pkgs=(build-essential pkg-config libfuse3-dev fuse3 libsqlite3-dev sqlite3
-      libxxhash-dev libzstd-dev libcriterion-dev qemu-utils fio e2fsprogs util-linux
+      libxxhash-dev libzstd-dev libsmartcols-dev libcriterion-dev qemu-utils fio e2fsprogs util-linux
       coreutils xz-utils)
 
 is_root() { [ "$(id -u)" -eq 0 ]; }

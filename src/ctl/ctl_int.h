@@ -14,6 +14,9 @@
  *   diff.c     vsnapctl diff
  *   chan.c     the control channel to a running daemon (vsnapfs/ctlmsg.h)
  *   gc.c       vsnapctl gc
+ *   status.c   vsnapctl status; finding the daemon of a mounted store
+ *   iostat.c   vsnapctl iostat; the daemon's per-volume counters
+ *   metrics.c  vsnapctl metrics (Prometheus text format)
  *   send.c     vsnapctl send
  *   receive.c  vsnapctl receive
  *
@@ -91,6 +94,9 @@ int store_resolve(const char *arg, char *dir, size_t dirlen, char *rel, size_t r
  * Says why on stderr when it fails; store_close() in every case. */
 int store_open(const char *arg, bool chunks, struct store *st);
 void store_close(struct store *st);
+/* Record a scrub's result in the store, for status: through the daemon
+ * when mounted, else in the index under the store's lock. */
+int store_record_scrub(struct store *st, const struct bmap_scrub *r);
 
 /* ---- chan.c -------------------------------------------------------------------- */
 
@@ -203,6 +209,38 @@ size_t rows_per_pass(void);
  * nothing left). */
 int rowset_scan(struct bmap *bm, struct rowset *rs, uint64_t lo);
 
+/* ---- status.c, iostat.c, metrics.c: the running daemon (issue 15) ------------------- */
+
+#include "vsnapfs/ctlmsg.h"
+
+enum { VIO_READ, VIO_WRITE, VIO_FSYNC, VIO_KINDS };
+
+struct vio {                            /* one volume's counters since the mount */
+	uint64_t ino;
+	char *path;                     /* in the mount, or "(deleted, inode N)" */
+	uint64_t ops[VIO_KINDS], bytes[VIO_KINDS], errors[VIO_KINDS], lat_ns[VIO_KINDS];
+	uint64_t hist[VIO_KINDS][CTL_LAT_BUCKETS];
+};
+
+struct vio_set {
+	struct vio *v;                  /* in inode order */
+	size_t n, cap;
+	uint64_t uptime_ns;             /* the daemon's, when it answered */
+};
+
+/* Every volume's counters from the daemon serving dir (CTL_IOSTAT, page by
+ * page); says why on stderr when it fails. */
+int iostat_fetch(const char *dir, struct vio_set *out);
+void vio_set_free(struct vio_set *s);
+/* The store behind arg, into dir, if a daemon serves it; else one line
+ * ("... is not mounted") on stderr and -1. */
+int ctl_mounted_store(const char *arg, const char *cmd, char *dir, size_t len);
+/* The daemon's status reply (CTL_STATUS) into rep; quiet: the caller says
+ * why it failed. */
+int status_fetch(const char *dir, struct ctl_msg *rep);
+/* Host bytes of the files in dir/sub (st_blocks), 0 if it is missing (gc.c). */
+uint64_t dir_bytes(const char *dir, const char *sub);
+
 /* ---- the commands ---------------------------------------------------------------- */
 
 int cmd_list(struct store *st);
@@ -210,6 +248,10 @@ int cmd_tree(struct store *st);
 int cmd_check(struct store *st);
 int cmd_scrub(struct store *st);
 int cmd_gc(struct store *st);
+/* These parse their own arguments (argv[0]: the subcommand). */
+int cmd_status(int argc, char **argv);
+int cmd_iostat(int argc, char **argv);
+int cmd_metrics(int argc, char **argv);
 
 struct send_opts {
 	const char *b, *from, *resume;  /* the snapshot's file, --from, --resume */

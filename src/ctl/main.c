@@ -9,6 +9,9 @@
  *   vsnapctl gc    [--json] [STORE|MOUNTPOINT]    a garbage-collection pass now (mounted)
  *   vsnapctl send  [-n] [-v] [-c] [--from A] [--resume TOKEN] B   a stream of snapshot B
  *   vsnapctl receive [--force] [--resume] PATH    apply a stream from stdin
+ *   vsnapctl status [--json] [PATH]               the store and its running daemon
+ *   vsnapctl iostat [-p] [-H] [--json] [PATH] [INTERVAL [COUNT]]   per-volume I/O rates
+ *   vsnapctl metrics [PATH]                       the same in the Prometheus text format
  *
  * Exit status: 0 clean, 1 problems (check) or damage (scrub), 2 usage or I/O
  * error.  --json may come anywhere on the command line.  This file parses
@@ -54,6 +57,12 @@ static void usage(FILE *f)
 		"                             PATH to the base snapshot if it was written since;\n"
 		"                             a cut stream is refused (send it again): --resume is\n"
 		"                             disabled in this version\n"
+		"  status [--json] [PATH]     the store and its running daemon: pid, version, space,\n"
+		"                             last GC pass and scrub, the failed-sync state\n"
+		"  iostat [-p] [-H] [--json] [PATH] [INTERVAL [COUNT]]\n"
+		"                             per-volume reads, writes, fsyncs, bytes and latency\n"
+		"                             per second (first report: since the mount)\n"
+		"  metrics [PATH]             the same figures in the Prometheus text format\n"
 		"\n"
 		"STORE is a store directory; a MOUNTPOINT of a running vsnapfs names its store.\n"
 		"The argument defaults to the current directory.  --json: machine-readable output.\n"
@@ -80,6 +89,19 @@ int main(int argc, char **argv)
 	bool opts = true;
 	int rc;
 
+	/* subcommands that parse their own arguments (getopt_long) */
+	if (argc > 1 && !strcmp(argv[1], "status")) {
+		rc = cmd_status(argc - 1, argv + 1);
+		goto out;
+	}
+	if (argc > 1 && !strcmp(argv[1], "iostat")) {
+		rc = cmd_iostat(argc - 1, argv + 1);
+		goto out;
+	}
+	if (argc > 1 && !strcmp(argv[1], "metrics")) {
+		rc = cmd_metrics(argc - 1, argv + 1);
+		goto out;
+	}
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i];
 		bool sending = cmd && !strcmp(cmd, "send"), receiving = cmd && !strcmp(cmd, "receive");
