@@ -6,7 +6,7 @@
  * include/vsnapfs/lock.h; for the namespace they read:
  *
  *     flush_mu -> db_mu -> vol.gate -> files_mu -> load_mu -> vol.lock
- *              -> mcache.mu -> (chunk store locks) -> seq_mu, bg_mu
+ *              -> mcache.mu -> (chunk store locks) -> seq_mu, bg_mu, stats_mu
  *
  * A function that needs a lock held asserts it (assert(lock_held(...))),
  * which the lock checker verifies whenever it is on (lock.h: every test).
