@@ -238,6 +238,8 @@ int ctl_mounted_store(const char *arg, const char *cmd, char *dir, size_t len);
 /* The daemon's status reply (CTL_STATUS) into rep; quiet: the caller says
  * why it failed. */
 int status_fetch(const char *dir, struct ctl_msg *rep);
+/* One line for an option getopt_long did not take (called with opterr 0). */
+void bad_option(const char *cmd, char **argv);
 /* Host bytes of the files in dir/sub (st_blocks), 0 if it is missing (gc.c). */
 uint64_t dir_bytes(const char *dir, const char *sub);
 

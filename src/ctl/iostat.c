@@ -360,13 +360,14 @@ int cmd_iostat(int argc, char **argv)
 	long interval = 0, count = -1;
 	int c, rc, i;
 
+	opterr = 0;
 	while ((c = getopt_long(argc, argv, "pHh", lo, NULL)) != -1) {
 		switch (c) {
 		case 'j': json = true; break;
 		case 'p': o.exact = true; break;
 		case 'H': o.noheadings = true; break;
 		case 'h': iostat_usage(stdout); return 0;
-		default: iostat_usage(stderr); return 2;
+		default: bad_option("iostat", argv); return 2;
 		}
 	}
 	i = optind;

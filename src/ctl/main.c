@@ -70,6 +70,16 @@ static void usage(FILE *f)
 		"(receive), 2 usage or I/O error.\n");
 }
 
+/* Subcommands that parse their own arguments (getopt_long), from their name on. */
+static const struct {
+	const char *name;
+	int (*fn)(int argc, char **argv);
+} own[] = {
+	{ "status", cmd_status },
+	{ "iostat", cmd_iostat },
+	{ "metrics", cmd_metrics },
+};
+
 /* The value of an option that takes one, or NULL after saying why. */
 static const char *optval(int argc, char **argv, int *i)
 {
@@ -89,19 +99,6 @@ int main(int argc, char **argv)
 	bool opts = true;
 	int rc;
 
-	/* subcommands that parse their own arguments (getopt_long) */
-	if (argc > 1 && !strcmp(argv[1], "status")) {
-		rc = cmd_status(argc - 1, argv + 1);
-		goto out;
-	}
-	if (argc > 1 && !strcmp(argv[1], "iostat")) {
-		rc = cmd_iostat(argc - 1, argv + 1);
-		goto out;
-	}
-	if (argc > 1 && !strcmp(argv[1], "metrics")) {
-		rc = cmd_metrics(argc - 1, argv + 1);
-		goto out;
-	}
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i];
 		bool sending = cmd && !strcmp(cmd, "send"), receiving = cmd && !strcmp(cmd, "receive");
@@ -138,6 +135,12 @@ int main(int argc, char **argv)
 			return 2;
 		} else if (!cmd) {
 			cmd = a;
+			for (size_t k = 0; k < sizeof(own) / sizeof(own[0]); k++) {
+				if (!strcmp(cmd, own[k].name)) {
+					rc = own[k].fn(argc - i, argv + i);
+					goto out;
+				}
+			}
 		} else if (!arg) {
 			arg = a;
 		} else if (!arg2 && !strcmp(cmd, "diff")) {

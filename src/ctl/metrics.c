@@ -191,10 +191,11 @@ int cmd_metrics(int argc, char **argv)
 	const char *arg = ".";
 	int c, rc = 2;
 
+	opterr = 0;
 	while ((c = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
 		switch (c) {
 		case 'h': metrics_usage(stdout); free(st); return 0;
-		default: metrics_usage(stderr); free(st); return 2;
+		default: bad_option("metrics", argv); free(st); return 2;
 		}
 	}
 	if (optind < argc)

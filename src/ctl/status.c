@@ -77,16 +77,36 @@ static const struct {
 	{ "count", "contents", "counts" }, { "gc", "gc", "gc" }, { "scrub", "scrub", "scrub" },
 };
 
-int ctl_mounted_store(const char *arg, const char *cmd, char *dir, size_t len)
+void bad_option(const char *cmd, char **argv)
+{
+	if (optopt && optopt != '?')
+		fprintf(stderr, "vsnapctl: %s: unknown option -%c (vsnapctl %s --help)\n", cmd, optopt,
+			cmd);
+	else
+		fprintf(stderr, "vsnapctl: %s: unknown option %s (vsnapctl %s --help)\n", cmd,
+			argv[optind - 1], cmd);
+}
+
+/* The store behind arg into dir, or one line saying why not and -1. */
+static int resolve(const char *arg, const char *cmd, char *dir, size_t len)
 {
 	char rel[PATH_MAX];
-	int rc = store_resolve(arg, dir, len, rel, sizeof(rel));
+	int rc = access(arg, F_OK) ? -errno : store_resolve(arg, dir, len, rel, sizeof(rel));
 
-	if (rc) {
-		fprintf(stderr, "vsnapctl: %s: %s: %s\n", cmd, arg, rc == -ENOENT ?
-			"neither a vsnapfs store nor in a vsnapfs mount" : strerror(-rc));
-		return -1;
-	}
+	if (rc == -ENOENT && !access(arg, F_OK))
+		fprintf(stderr, "vsnapctl: %s: %s: not a vsnapfs store, nor in a vsnapfs mount\n",
+			cmd, arg);
+	else if (rc)
+		fprintf(stderr, "vsnapctl: %s: %s: %s\n", cmd, arg, strerror(-rc));
+	return rc ? -1 : 0;
+}
+
+int ctl_mounted_store(const char *arg, const char *cmd, char *dir, size_t len)
+{
+	int rc = resolve(arg, cmd, dir, len);
+
+	if (rc)
+		return rc;
 	rc = storedir_lock_holder(dir, NULL, 0);
 	if (rc == 0) {
 		fprintf(stderr, "vsnapctl: %s: %s is not mounted\n", cmd, dir);
@@ -340,15 +360,16 @@ int cmd_status(int argc, char **argv)
 	};
 	struct ctl_msg *m = malloc(sizeof(*m));
 	struct store st = { 0 };
-	char dir[PATH_MAX], rel[PATH_MAX];
+	char dir[PATH_MAX];
 	const char *arg = ".";
 	int c, rc = 2;
 
+	opterr = 0;
 	while ((c = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
 		switch (c) {
 		case 'j': json = true; break;
 		case 'h': status_usage(stdout); free(m); return 0;
-		default: status_usage(stderr); free(m); return 2;
+		default: bad_option("status", argv); free(m); return 2;
 		}
 	}
 	if (optind < argc)
@@ -361,12 +382,8 @@ int cmd_status(int argc, char **argv)
 		fprintf(stderr, "vsnapctl: status: out of memory\n");
 		goto out;
 	}
-	c = store_resolve(arg, dir, sizeof(dir), rel, sizeof(rel));
-	if (c) {
-		fprintf(stderr, "vsnapctl: status: %s: %s\n", arg, c == -ENOENT ?
-			"neither a vsnapfs store nor in a vsnapfs mount" : strerror(-c));
+	if (resolve(arg, "status", dir, sizeof(dir)))
 		goto out;
-	}
 	if (has_daemon(dir)) {
 		if (status_fetch(dir, m))
 			goto out;

@@ -51,7 +51,8 @@ struct ctlbuf {                         /* one connection's messages */
 
 struct ctl_conn {                       /* one slot; the accept thread's */
 	struct ns *ns;
-	int fd;                         /* the connection, -1: slot free */
+	bool busy;                      /* a thread was started on it */
+	int fd;                         /* the connection: its thread closes it */
 	pthread_t thread;
 	atomic_bool done;               /* set by its thread as it ends: join it */
 	struct ctlbuf *b;               /* allocated at its first use, kept */
@@ -206,6 +207,8 @@ static void *conn_main(void *arg)
 	struct ctl_conn *k = arg;
 
 	serve_conn(k->ns, k->fd, k->b);
+	/* closed at once: a client blocked sending to us gets EPIPE */
+	close(k->fd);
 	atomic_store(&k->done, true);
 	return NULL;
 }
@@ -214,11 +217,10 @@ static void *conn_main(void *arg)
 static void reap_conns(struct ctl_conn *k, bool wait)
 {
 	for (int i = 0; i < CTL_CONNS_MAX; i++) {
-		if (k[i].fd < 0 || (!wait && !atomic_load(&k[i].done)))
+		if (!k[i].busy || (!wait && !atomic_load(&k[i].done)))
 			continue;
 		pthread_join(k[i].thread, NULL);
-		close(k[i].fd);
-		k[i].fd = -1;
+		k[i].busy = false;
 	}
 }
 
@@ -232,16 +234,16 @@ static void start_conn(struct ns *ns, struct ctl_conn *k, int c)
 
 	reap_conns(k, false);
 	for (int i = 0; i < CTL_CONNS_MAX && !slot; i++)
-		if (k[i].fd < 0)
+		if (!k[i].busy)
 			slot = &k[i];
 	if (slot && !slot->b && !(slot->b = malloc(sizeof(*slot->b))))
 		why = "out of memory";
 	if (slot && slot->b) {
 		slot->fd = c;
 		atomic_store(&slot->done, false);
-		if (!pthread_create(&slot->thread, NULL, conn_main, slot))
+		slot->busy = !pthread_create(&slot->thread, NULL, conn_main, slot);
+		if (slot->busy)
 			return;
-		slot->fd = -1;
 		why = "cannot start a thread";
 	}
 	/* the refusal is the reply to whatever the client sends first */

@@ -4,7 +4,8 @@
 # gc the last pass shows (a new one, with what it did); after vsnapctl
 # scrub its result shows (the same block count, none damaged), also once
 # unmounted, and a scrub of the unmounted store is recorded too (in the
-# index, under the store's lock).  Unmounted, status says so.
+# index, under the store's lock).  Unmounted, status says so.  Bad input
+# gets one line naming the problem.
 . "$(dirname "$0")/lib.sh"
 
 STORE=$T/store
@@ -83,4 +84,12 @@ after=$(jget "$T/u2.json" scrub last_unix_seconds)
 [ "$after" != "$before" ] || fail "the unmounted scrub was not recorded: $(cat "$T/u2.json")"
 assert_eq "$(jget "$T/u2.json" scrub last_blocks)" "$blocks" "the unmounted scrub's blocks"
 "$VSNAPCTL" check "$STORE" >"$T/check.out" 2>&1 || fail "check after the recorded scrub: $(cat "$T/check.out")"
+
+# bad input: one line each, naming the real problem
+expect_errno "$T/nope: No such file or directory" "$VSNAPCTL" status "$T/nope"
+assert_eq "$(wc -l <"$T/expect.err")" 1 "status of a missing path: one line"
+expect_errno "$T: not a vsnapfs store, nor in a vsnapfs mount" "$VSNAPCTL" status "$T"
+expect_errno "unknown option --bogus" "$VSNAPCTL" status --bogus "$STORE"
+assert_eq "$(wc -l <"$T/expect.err")" 1 "an unknown option: one line"
+expect_errno "INTERVAL is a whole number of seconds, at least 1: 0" "$VSNAPCTL" iostat "$STORE" 0
 pass
