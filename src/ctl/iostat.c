@@ -358,7 +358,7 @@ int cmd_iostat(int argc, char **argv)
 	const char *arg = ".";
 	char dir[PATH_MAX];
 	long interval = 0, count = -1;
-	int c, rc, i;
+	int c, rc = 0, i;
 
 	opterr = 0;
 	while ((c = getopt_long(argc, argv, "pHh", lo, NULL)) != -1) {
