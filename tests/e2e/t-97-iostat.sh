@@ -5,8 +5,10 @@
 # 16 direct reads, the same.  The metrics parse line by line as the
 # Prometheus text format (HELP and TYPE before each family's samples, names,
 # escaped labels, values), and a volume whose name holds a quote and a
-# backslash is labelled with both escaped.  Unmounted, iostat and metrics
-# say so in one line and exit 2.
+# backslash is labelled with both escaped.  A renamed volume shows under its
+# new name, a deleted one goes, a snapshot file read through the mount
+# shows under its path.  Unmounted, iostat and metrics say so in one line
+# and exit 2.
 . "$(dirname "$0")/lib.sh"
 
 STORE=$T/store
@@ -87,6 +89,26 @@ function bad(why) { printf "line %d: %s: %s\n", NR, why, $0; err = 1; exit 1 }
 }
 END { if (!err && samples < 50) { print "only " samples " samples"; exit 1 } }
 ' "$T/m.prom" >"$T/awk.out" 2>&1 || fail "metrics not in the Prometheus text format: $(cat "$T/awk.out")"
+
+# renamed, deleted, a snapshot's file
+mkdir "$MNT/.snapshots/s1"
+dd if="$MNT/.snapshots/s1/v.img" of=/dev/null bs=64K count=4 iflag=direct status=none
+mv "$MNT/v.img" "$MNT/w.img"
+rm "$MNT/$odd"
+# (the kernel sends the last close of a file after close(2) returned: until
+# the daemon has it, the deleted volume is an open one, listed as deleted)
+for ((i = 0; i < 50; i++)); do
+	"$VSNAPCTL" iostat --json "$MNT" >"$T/io3.json" 2>&1 || fail "iostat after rename: $(cat "$T/io3.json")"
+	grep -q '(deleted' "$T/io3.json" || break
+	sleep 0.1
+done
+vol=$(grep -o '{"volume":"/w.img"[^}]*}' "$T/io3.json") || fail "no /w.img after the rename: $(cat "$T/io3.json")"
+assert_eq "$(field "$vol" writes_total)" 128 "writes of the renamed volume"
+! grep -q '"volume":"/v.img"' "$T/io3.json" || fail "the old name is still listed"
+! grep -qE 'ird|\(deleted' "$T/io3.json" || fail "the deleted volume is still listed: $(cat "$T/io3.json")"
+vol=$(grep -o '{"volume":"/.snapshots/s1/v.img"[^}]*}' "$T/io3.json") ||
+	fail "no row for the snapshot's file: $(cat "$T/io3.json")"
+assert_eq "$(field "$vol" reads_total)" 4 "reads of the snapshot's file"
 
 vs_umount "$MNT"
 for cmd in iostat metrics; do
