@@ -13,7 +13,8 @@
  * ns_ctl_status...), which takes its own ranked locks: the server holds no
  * lock of its own, so the lock order (vsnapfs/lock.h) is unchanged.  The
  * slots of the connection threads belong to the accept thread alone (a
- * thread says it is done through an atomic flag), so they need no lock.
+ * thread closes its socket as it ends and says it is done through an
+ * atomic flag; the accept thread joins it), so they need no lock.
  *
  * Stopping: one byte on the wake pipe, which nobody reads, wakes every
  * poll at once: the accept thread and every connection waiting for a
