@@ -100,7 +100,9 @@ int ctl_sock_path(int dirfd, char *out, size_t outlen);
  * -EACCES. */
 int ctl_connect(const char *dir, int *fd);
 /* One request and its reply, waiting at most timeout_ms for it (0: for
- * ever).  The reply's status is the daemon's answer, not this call's. */
+ * ever).  The reply's status is the daemon's answer, not this call's; a
+ * daemon that refused the connection before reading the request (EBUSY:
+ * too many at once) answered with a reply of verb 0. */
 int ctl_call(int fd, const struct ctl_msg *req, struct ctl_msg *rep, int timeout_ms);
 
 #endif
