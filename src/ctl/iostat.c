@@ -405,7 +405,8 @@ int cmd_iostat(int argc, char **argv)
 			vio_set_free(&prev);
 			return 2;
 		}
-		rc = report(dir, &cur, n ? &prev : NULL, &o);
+		/* a daemon started again since (its uptime went back): since the mount */
+		rc = report(dir, &cur, n && cur.uptime_ns > prev.uptime_ns ? &prev : NULL, &o);
 		vio_set_free(&prev);
 		prev = cur;
 		cur = (struct vio_set){ 0 };
