@@ -72,7 +72,7 @@ $(DAEMON): $(B)/src/main.o $(LIB)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 $(CTL): $(CTL_SRC:%.c=$(B)/%.o) $(LIB)
-	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) $(shell pkg-config --libs $(CTL_PKGS) $(TABLE_PKGS))
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) $(shell pkg-config --libs $(CTL_PKGS) $(TABLE_PKGS)) -lm
 
 # The daemon's installed path goes into the helper and the unit; a change
 # of BINDIR rebuilds them (the stamp holds it).

@@ -146,6 +146,28 @@ int bmap_dir_count(struct bmap *b, uint64_t dir, uint64_t *count);
 /* Inodes with parent 0 other than the root (unlinked while open). */
 int bmap_orphan_list(struct bmap *b, int (*fn)(void *ctx, const struct bmap_inode *in), void *ctx);
 int bmap_inode_count(struct bmap *b, uint64_t *count);
+/* Live volumes and directories (the root and unlinked inodes excluded),
+ * and snapshots (vsnapctl status). */
+struct bmap_counts {
+	uint64_t volumes, dirs, snapshots;
+};
+int bmap_counts(struct bmap *b, struct bmap_counts *out);
+
+/*
+ * Scrub results (vsnapctl scrub, shown by vsnapctl status): table scrub,
+ * added without a new format version (docs/on-disk-format.md).  put
+ * creates the table if need be and keeps the last 100 results; inside the
+ * caller's transaction if one is open, else in one of its own; -EROFS on a
+ * read-only handle.  last: the newest, -ENOENT if none (or no table).
+ */
+struct bmap_scrub {
+	int64_t at_ns;                  /* when it finished, ns since the epoch */
+	int64_t duration_ns;
+	uint64_t blocks;                /* blocks read and verified */
+	uint64_t damaged;               /* of those, damaged */
+};
+int bmap_scrub_put(struct bmap *b, const struct bmap_scrub *r);
+int bmap_scrub_last(struct bmap *b, struct bmap_scrub *out);
 
 /* Map nodes.  create fills n->id.  delete removes the node and all its rows.
  * children: how many nodes have this one as parent. */

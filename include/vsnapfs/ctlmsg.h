@@ -33,12 +33,23 @@
 #define CTL_VERSION    1
 #define CTL_HDR_BYTES  16
 #define CTL_BODY_MAX   (64u << 10)
+#define CTL_LAT_BUCKETS 24              /* CTL_IOSTAT's latency histograms: bucket b
+					 * counts [2^(b-1), 2^b) us, bucket 0 under
+					 * 1 us, the last everything above */
 
 enum ctl_verb {
 	CTL_HELLO = 1,          /* -> pid, store, block_size_bytes, version */
 	CTL_SYNC = 2,           /* the index up to the log (ns_sync_index) */
 	CTL_GC = 3,             /* a GC pass now -> moved_blocks, removed_chunks */
 	CTL_RECV_COMMIT = 4,    /* receive's commit (ns_recv_commit) */
+	/* issue 15, the live view (numbers 20-29; docs/design.md "Counters"): */
+	CTL_STATUS = 20,        /* -> daemon.*, store.*, sync.*, space.*, count.*, gc.*, scrub.* */
+	CTL_IOSTAT = 21,        /* after=INO -> uptime_ns, then per volume with a greater
+				 * inode, in inode order: v=INO, path=, r=, w=, f= (ops,bytes,
+				 * errors,latency_ns sums), rh=, wh=, fh= (latency histogram);
+				 * next=INO when the page is full: ask again with after=INO */
+	CTL_SCRUB_DONE = 22,    /* at_ns, duration_ns, blocks, damaged_blocks: recorded in
+				 * the index for status */
 };
 
 /* The name every volume being received starts with (receive writes it, the
@@ -63,6 +74,11 @@ int ctl_kv_add(struct ctl_msg *m, const char *key, const char *fmt, ...)
 int ctl_kv_get(const struct ctl_msg *m, const char *key, char *out, size_t outlen);
 /* The same as an unsigned number (decimal); -EINVAL if it is not one. */
 int ctl_kv_u64(const struct ctl_msg *m, const char *key, uint64_t *out);
+/* Every line in order (keys may repeat): from *pos (0 at first), the next
+ * key and value into key and val (truncated to their lengths); 1 while
+ * there is one, 0 at the end. */
+int ctl_kv_next(const struct ctl_msg *m, size_t *pos, char *key, size_t keylen, char *val,
+		size_t vallen);
 
 /* n bytes as 2n lowercase hex digits and a NUL (out: 2n + 1 bytes), and
  * back: exactly 2n hex digits, else -EINVAL. */
@@ -84,7 +100,9 @@ int ctl_sock_path(int dirfd, char *out, size_t outlen);
  * -EACCES. */
 int ctl_connect(const char *dir, int *fd);
 /* One request and its reply, waiting at most timeout_ms for it (0: for
- * ever).  The reply's status is the daemon's answer, not this call's. */
+ * ever).  The reply's status is the daemon's answer, not this call's; a
+ * daemon that refused the connection before reading the request (EBUSY:
+ * too many at once) answered with a reply of verb 0. */
 int ctl_call(int fd, const struct ctl_msg *req, struct ctl_msg *rep, int timeout_ms);
 
 #endif

@@ -37,6 +37,10 @@
  *   13    ns.seq_mu            flush sequence numbers (a leaf)
  *   14    ns.bg_mu             the background thread's wake-up and the GC
  *                              requests of the control channel (a leaf)
+ *   15    ns.stats_mu          the table of per-volume I/O counters: taken
+ *                              when a volume is opened and by the control
+ *                              channel's reports, never on the I/O path
+ *                              (the counters are atomics; a leaf)
  *
  * Why this order: a snapshot holds db_mu while it closes gates, and a
  * change holds its gate while it looks up open files; a volume reads a map
@@ -80,6 +84,7 @@ enum lock_rank {
 	LOCK_NS_LOG,
 	LOCK_NS_SEQ,
 	LOCK_NS_BG,
+	LOCK_NS_STATS,
 	LOCK_RANKS
 };
 

@@ -3207,3 +3207,100 @@ int bmap_upgrade_run(struct bmap *b, uint64_t step_rows, const struct bmap_upgra
 	up_compact(b);
 	return refs_ensure(b);
 }
+
+/* ---- counts and scrub results (issue 15: vsnapctl status) ---------------- */
+
+int bmap_counts(struct bmap *b, struct bmap_counts *out)
+{
+	sqlite3_int64 v = 0, d = 0, s = 0;
+	int rc = oneoff_i64(b, "SELECT count(*) FROM inode WHERE kind = 2 AND parent <> 0", &v);
+
+	if (!rc)
+		rc = oneoff_i64(b, "SELECT count(*) FROM inode WHERE kind = 1 AND ino <> 1"
+				" AND parent <> 0", &d);
+	if (!rc)
+		rc = oneoff_i64(b, "SELECT count(*) FROM snapshot", &s);
+	*out = (struct bmap_counts){ .volumes = (uint64_t)v, .dirs = (uint64_t)d,
+				     .snapshots = (uint64_t)s };
+	return rc;
+}
+
+/*
+ * Scrub results: a table of its own, added like snapguid without a new
+ * BMAP_FORMAT_VERSION (code that does not know it reads and writes the
+ * index correctly).  Made by the first bmap_scrub_put; an index without it
+ * has no result (-ENOENT).  The last BMAP_SCRUB_KEEP results are kept.
+ */
+static const char bmap_scrub_sql[] =
+	"CREATE TABLE IF NOT EXISTS scrub (\n"
+	"  id          INTEGER PRIMARY KEY AUTOINCREMENT,\n"
+	"  at_ns       INTEGER NOT NULL, -- when it finished, ns since the epoch\n"
+	"  duration_ns INTEGER NOT NULL, -- how long it ran\n"
+	"  blocks      INTEGER NOT NULL, -- blocks read and verified\n"
+	"  damaged     INTEGER NOT NULL  -- of those, damaged (checksum, short or unreadable)\n"
+	");\n";
+
+#define BMAP_SCRUB_KEEP 100
+
+int bmap_scrub_put(struct bmap *b, const struct bmap_scrub *r)
+{
+	bool own = sqlite3_get_autocommit(b->db);
+	sqlite3_stmt *s = NULL;
+	int src, rc;
+
+	if (b->readonly)
+		return -EROFS;
+	rc = own ? exec_sql(b, "BEGIN IMMEDIATE") : 0;
+	if (!rc)
+		rc = exec_sql(b, bmap_scrub_sql);
+	if (!rc) {
+		src = sqlite3_prepare_v2(b->db, "INSERT INTO scrub(at_ns, duration_ns, blocks, damaged)"
+					 " VALUES(?1, ?2, ?3, ?4)", -1, &s, NULL);
+		rc = src == SQLITE_OK ? 0 : bmap_errno(b, src);
+	}
+	if (!rc) {
+		bind_i64(s, 1, r->at_ns);
+		bind_i64(s, 2, r->duration_ns);
+		bind_i64(s, 3, u64_bits(r->blocks));
+		bind_i64(s, 4, u64_bits(r->damaged));
+		rc = stmt_run(b, s);
+	}
+	sqlite3_finalize(s);
+	if (!rc)
+		rc = exec_sql(b, "DELETE FROM scrub WHERE id <= (SELECT max(id) FROM scrub) - "
+			      BMAP_STR(BMAP_SCRUB_KEEP));
+	if (own && !rc)
+		rc = exec_sql(b, "COMMIT");
+	if (own && rc)
+		exec_sql(b, "ROLLBACK");
+	return rc;
+}
+
+int bmap_scrub_last(struct bmap *b, struct bmap_scrub *out)
+{
+	sqlite3_stmt *s = NULL;
+	sqlite3_int64 n;
+	int src, rc = oneoff_i64(b, "SELECT count(*) FROM sqlite_schema WHERE type = 'table'"
+				 " AND name = 'scrub'", &n);
+
+	if (!rc && !n)
+		rc = -ENOENT;
+	if (!rc) {
+		src = sqlite3_prepare_v2(b->db, "SELECT at_ns, duration_ns, blocks, damaged FROM scrub"
+					 " ORDER BY id DESC LIMIT 1", -1, &s, NULL);
+		rc = src == SQLITE_OK ? 0 : bmap_errno(b, src);
+	}
+	if (!rc) {
+		src = sqlite3_step(s);
+		if (src == SQLITE_ROW) {
+			out->at_ns = sqlite3_column_int64(s, 0);
+			out->duration_ns = sqlite3_column_int64(s, 1);
+			out->blocks = (uint64_t)sqlite3_column_int64(s, 2);
+			out->damaged = (uint64_t)sqlite3_column_int64(s, 3);
+		} else {
+			rc = src == SQLITE_DONE ? -ENOENT : bmap_errno(b, src);
+		}
+	}
+	sqlite3_finalize(s);
+	return rc;
+}

@@ -16,6 +16,9 @@
  *   diff.c     vsnapctl diff
  *   chan.c     the control channel to a running daemon (vsnapfs/ctlmsg.h)
  *   gc.c       vsnapctl gc
+ *   status.c   vsnapctl status; finding the daemon of a mounted store
+ *   iostat.c   vsnapctl iostat; the daemon's per-volume counters
+ *   metrics.c  vsnapctl metrics (Prometheus text format)
  *   send.c     vsnapctl send
  *   receive.c  vsnapctl receive
  *
@@ -209,6 +212,9 @@ const char *store_why(int rc);
  * Says why on stderr when it fails; store_close() in every case. */
 int store_open(const char *arg, bool chunks, struct store *st);
 void store_close(struct store *st);
+/* Record a scrub's result in the store, for status: through the daemon
+ * when mounted, else in the index under the store's lock. */
+int store_record_scrub(struct store *st, const struct bmap_scrub *r);
 
 /* ---- chan.c -------------------------------------------------------------------- */
 
@@ -321,10 +327,49 @@ size_t rows_per_pass(void);
  * nothing left). */
 int rowset_scan(struct bmap *bm, struct rowset *rs, uint64_t lo);
 
+/* ---- status.c, iostat.c, metrics.c: the running daemon (issue 15) ------------------- */
+
+#include "vsnapfs/ctlmsg.h"
+
+enum { VIO_READ, VIO_WRITE, VIO_FSYNC, VIO_KINDS };
+
+struct vio {                            /* one volume's counters since the mount */
+	uint64_t ino;
+	char *path;                     /* in the mount, or "(deleted, inode N)" */
+	uint64_t ops[VIO_KINDS], bytes[VIO_KINDS], errors[VIO_KINDS], lat_ns[VIO_KINDS];
+	uint64_t hist[VIO_KINDS][CTL_LAT_BUCKETS];
+};
+
+struct vio_set {
+	struct vio *v;                  /* in inode order */
+	size_t n, cap;
+	uint64_t uptime_ns;             /* the daemon's, when it answered */
+};
+
+/* Every volume's counters from the daemon serving dir (CTL_IOSTAT, page by
+ * page); says why on stderr when it fails. */
+int iostat_fetch(const char *dir, struct vio_set *out);
+void vio_set_free(struct vio_set *s);
+/* The store behind arg, into dir, if a daemon serves it; else one line
+ * ("... is not mounted") on stderr and -1. */
+int ctl_mounted_store(const char *arg, const char *cmd, char *dir, size_t len);
+/* The daemon's status reply (CTL_STATUS) into rep; quiet: the caller says
+ * why it failed. */
+int status_fetch(const char *dir, struct ctl_msg *rep);
+/* One line for an option getopt_long did not take (called with opterr 0). */
+void bad_option(const char *cmd, char **argv);
+/* Host bytes of the files in dir/sub (st_blocks), 0 if it is missing (gc.c). */
+uint64_t dir_bytes(const char *dir, const char *sub);
+
 /* ---- the commands (main.c's table) ------------------------------------------------ */
 
 extern const struct cmd list_cmd, tree_cmd, check_cmd, scrub_cmd, diff_cmd, gc_cmd, send_cmd,
-       receive_cmd;
+       receive_cmd, status_cmd, iostat_cmd, metrics_cmd;
+/* status.c, iostat.c, metrics.c: they parse their own arguments (argv[0]:
+ * the subcommand) with getopt_long. */
+int cmd_status(int argc, char **argv);
+int cmd_iostat(int argc, char **argv);
+int cmd_metrics(int argc, char **argv);
 
 struct send_opts {
 	const char *b, *from, *resume;  /* the snapshot's file, --from, --resume */

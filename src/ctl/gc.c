@@ -22,8 +22,7 @@
 #include "vsnapfs/ctlmsg.h"
 #include "vsnapfs/storedir.h"
 
-/* Host bytes of the files in dir/sub (st_blocks), 0 if it is missing. */
-static uint64_t dir_bytes(const char *dir, const char *sub)
+uint64_t dir_bytes(const char *dir, const char *sub)
 {
 	char path[PATH_MAX + 300];
 	uint64_t sum = 0;

@@ -37,6 +37,9 @@ static const struct cmd *const cmds[] = {
 	&diff_cmd,
 	&send_cmd,
 	&receive_cmd,
+	&status_cmd,
+	&iostat_cmd,
+	&metrics_cmd,
 };
 
 #define NCMDS (sizeof(cmds) / sizeof(cmds[0]))

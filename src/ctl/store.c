@@ -15,9 +15,11 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <mntent.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #include "ctl/ctl_int.h"
@@ -178,6 +180,54 @@ int store_open(const char *arg, bool chunks, struct store *st)
 	rc = chunk_store_open(path, st->bs, 1, &st->cs);
 	if (rc)
 		fprintf(stderr, "vsnapctl: %s: %s\n", path, strerror(-rc));
+	return rc;
+}
+
+/*
+ * Where status finds it (issue 15): a mounted store's daemon writes it
+ * (CTL_SCRUB_DONE: it alone writes the index while it holds the store);
+ * an unmounted one gets it from us, through a writable handle of our own
+ * opened under the store's lock (an flock of the directory, as a daemon
+ * takes it), so that no daemon mounts it in between.  A daemon that
+ * mounted since we looked is asked instead.
+ */
+int store_record_scrub(struct store *st, const struct bmap_scrub *r)
+{
+	char path[PATH_MAX + 32];
+	struct ctl_msg *m;
+	struct bmap *bm = NULL;
+	int dfd = -1, rc;
+
+	if (!st->in_use) {
+		dfd = open(st->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		if (dfd < 0 || flock(dfd, LOCK_EX | LOCK_NB)) {
+			rc = -errno;
+			if (dfd >= 0)
+				close(dfd);
+			if (rc != -EWOULDBLOCK)
+				return rc;
+			st->in_use = true;      /* mounted meanwhile */
+		}
+	}
+	if (!st->in_use) {
+		snprintf(path, sizeof(path), "%s/" STOREDIR_INDEX, st->dir);
+		rc = bmap_open(path, 0, &bm);
+		if (!rc)
+			rc = bmap_scrub_put(bm, r);
+		bmap_close(bm);
+		close(dfd);             /* and the lock with it */
+		return rc;
+	}
+	m = malloc(sizeof(*m));
+	if (!m)
+		return -ENOMEM;
+	ctl_msg_init(m, CTL_SCRUB_DONE);
+	ctl_kv_add(m, "at_ns", "%" PRId64, r->at_ns);
+	ctl_kv_add(m, "duration_ns", "%" PRId64, r->duration_ns);
+	ctl_kv_add(m, "blocks", "%" PRIu64, r->blocks);
+	ctl_kv_add(m, "damaged_blocks", "%" PRIu64, r->damaged);
+	rc = chan_call(st->dir, m, m, false);
+	free(m);
 	return rc;
 }
 

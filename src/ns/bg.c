@@ -447,6 +447,7 @@ void *ns_bg_main(void *arg)
 	while (!ns->bg_stop) {
 		struct timespec until;
 		struct ns_gc_stats st = { 0 };
+		int64_t pass_at = 0, pass_ns = 0;       /* a pass ran: its start and length */
 		uint64_t asked;
 		int64_t now;
 		bool woken;
@@ -487,7 +488,9 @@ void *ns_bg_main(void *arg)
 		      now - last_gc - gc_ns >= GC_PACE * gc_ns))) {
 			atomic_store(&ns->gc_wanted, false);
 			gc_chunk = chunk_next_id(ns->cs);
+			pass_at = ns_now_ns();
 			rc = ns_gc(ns, &st);
+			pass_ns = ns_now_ns() - pass_at;
 			gc_ns = st.work_ns;
 			/* did work: there may be more, go on when the pace allows */
 			more = rc > 0 || rc == -EAGAIN;
@@ -495,6 +498,13 @@ void *ns_bg_main(void *arg)
 		}
 		wait_ms = next_wait_ms(ns);
 		lock_mutex_lock(&ns->bg_mu);
+		if (pass_at) {
+			ns->gc_passes++;
+			ns->gc_pass = st;
+			ns->gc_pass_at_ns = pass_at;
+			ns->gc_pass_ns = pass_ns;
+			ns->gc_pass_rc = rc < 0 ? rc : 0;
+		}
 		if (asked != gc_answered) {
 			gc_answered = asked;
 			ns->gc_done = asked;

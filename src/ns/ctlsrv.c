@@ -2,13 +2,24 @@
  * ctlsrv: the control channel's server (docs/design.md, "Send and
  * receive", "The control channel"; the messages in vsnapfs/ctlmsg.h).
  *
- * One thread, started by ns_start after daemonizing and stopped first
- * thing by ns_close, serves STORE/ctl.sock one connection at a time: a
- * connection may carry several requests, each answered before the next is
- * read, and waits at most CTL_IDLE_MS for its next one.  A verb is an
- * ordinary call into the namespace (ns_sync_index, ns_gc_request,
- * ns_recv_commit), which takes its own ranked locks: the server holds no
- * lock of its own, so the lock order (vsnapfs/lock.h) is unchanged.
+ * An accept thread, started by ns_start after daemonizing and stopped
+ * first thing by ns_close, takes connections on STORE/ctl.sock and gives
+ * each a thread of its own, up to CTL_CONNS_MAX at once (one more is told
+ * EBUSY and closed): a `vsnapctl iostat 1`, a gc pass that takes seconds
+ * or a receive's commit does not hold up the others.  A connection may
+ * carry several requests, each answered before the next is read, and
+ * waits at most CTL_IDLE_MS for its next one.  A verb is an ordinary call
+ * into the namespace (ns_sync_index, ns_gc_request, ns_recv_commit,
+ * ns_ctl_status...), which takes its own ranked locks: the server holds no
+ * lock of its own, so the lock order (vsnapfs/lock.h) is unchanged.  The
+ * slots of the connection threads belong to the accept thread alone (a
+ * thread closes its socket as it ends and says it is done through an
+ * atomic flag; the accept thread joins it), so they need no lock.
+ *
+ * Stopping: one byte on the wake pipe, which nobody reads, wakes every
+ * poll at once: the accept thread and every connection waiting for a
+ * request; a connection in a request finishes it (a gc request also wakes
+ * on ctl_stop).  The accept thread joins them all before it returns.
  *
  * Only uid 0 and the daemon's own uid are served (SO_PEERCRED), and the
  * socket is made 0600 right after bind; the check covers the moment
@@ -31,11 +42,21 @@
 #include "vsnapfs/log.h"
 #include "vsnapfs/storedir.h"
 
-#define CTL_IDLE_MS 10000               /* a connection's wait for its next request */
+#define CTL_IDLE_MS    10000            /* a connection's wait for its next request */
+#define CTL_CONNS_MAX  8                /* connections served at once */
 
-struct ctlbuf {                         /* the server's messages, allocated once */
+struct ctlbuf {                         /* one connection's messages */
 	struct ctl_msg req, rep;
 	uint8_t wire[CTL_HDR_BYTES + CTL_BODY_MAX + 1];
+};
+
+struct ctl_conn {                       /* one slot; the accept thread's */
+	struct ns *ns;
+	bool busy;                      /* a thread was started on it */
+	int fd;                         /* the connection: its thread closes it */
+	pthread_t thread;
+	atomic_bool done;               /* set by its thread as it ends: join it */
+	struct ctlbuf *b;               /* allocated at its first use, kept */
 };
 
 static void reply_err(struct ctl_msg *rep, int rc, const char *msg)
@@ -123,6 +144,15 @@ static void serve_one(struct ns *ns, const struct ctl_msg *req, struct ctl_msg *
 	case CTL_RECV_COMMIT:
 		recv_commit(ns, req, rep);
 		break;
+	case CTL_STATUS:
+		ns_ctl_status(ns, rep);
+		break;
+	case CTL_IOSTAT:
+		ns_ctl_iostat(ns, req, rep);
+		break;
+	case CTL_SCRUB_DONE:
+		ns_ctl_scrub_done(ns, req, rep);
+		break;
 	default:
 		reply_err(rep, -EOPNOTSUPP, "unknown request");
 		break;
@@ -173,15 +203,71 @@ static void serve_conn(struct ns *ns, int c, struct ctlbuf *b)
 	}
 }
 
+static void *conn_main(void *arg)
+{
+	struct ctl_conn *k = arg;
+
+	serve_conn(k->ns, k->fd, k->b);
+	/* closed at once: a client blocked sending to us gets EPIPE */
+	close(k->fd);
+	atomic_store(&k->done, true);
+	return NULL;
+}
+
+/* Join the connection threads that are done (all of them if wait). */
+static void reap_conns(struct ctl_conn *k, bool wait)
+{
+	for (int i = 0; i < CTL_CONNS_MAX; i++) {
+		if (!k[i].busy || (!wait && !atomic_load(&k[i].done)))
+			continue;
+		pthread_join(k[i].thread, NULL);
+		k[i].busy = false;
+	}
+}
+
+/* Serve c on a thread of its own, or tell it why not and close it. */
+static void start_conn(struct ns *ns, struct ctl_conn *k, int c)
+{
+	struct ctl_conn *slot = NULL;
+	struct ctl_msg *rep;
+	const char *why = "too many control connections at once; try again";
+	uint8_t *wire;
+
+	reap_conns(k, false);
+	for (int i = 0; i < CTL_CONNS_MAX && !slot; i++)
+		if (!k[i].busy)
+			slot = &k[i];
+	if (slot && !slot->b && !(slot->b = malloc(sizeof(*slot->b))))
+		why = "out of memory";
+	if (slot && slot->b) {
+		slot->fd = c;
+		atomic_store(&slot->done, false);
+		slot->busy = !pthread_create(&slot->thread, NULL, conn_main, slot);
+		if (slot->busy)
+			return;
+		why = "cannot start a thread";
+	}
+	/* the refusal is the reply to whatever the client sends first */
+	rep = malloc(sizeof(*rep));
+	wire = malloc(CTL_HDR_BYTES + CTL_BODY_MAX);
+	if (rep && wire) {
+		size_t len;
+
+		ctl_msg_init(rep, 0);
+		reply_err(rep, -EBUSY, why);
+		len = ctl_msg_encode(rep, wire);
+		(void)!send(c, wire, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+	}
+	free(rep);
+	free(wire);
+	close(c);
+}
+
 static void *ctl_main(void *arg)
 {
 	struct ns *ns = arg;
-	struct ctlbuf *b = malloc(sizeof(*b));
+	struct ctl_conn *k = ns->ctl_conns;
 
-	if (!b) {
-		vlog(LOG_ERR, "control channel: out of memory; vsnapctl falls back to fsync");
-		return NULL;
-	}
 	while (!atomic_load(&ns->ctl_stop)) {
 		struct pollfd p[2] = { { .fd = ns->ctl_fd, .events = POLLIN },
 				       { .fd = ns->ctl_wake[0], .events = POLLIN } };
@@ -194,12 +280,10 @@ static void *ctl_main(void *arg)
 		if (!(p[0].revents & POLLIN))
 			continue;
 		c = accept4(ns->ctl_fd, NULL, NULL, SOCK_CLOEXEC);
-		if (c < 0)
-			continue;
-		serve_conn(ns, c, b);
-		close(c);
+		if (c >= 0)
+			start_conn(ns, k, c);
 	}
-	free(b);
+	reap_conns(k, true);
 	return NULL;
 }
 
@@ -221,14 +305,18 @@ void ns_ctl_start(struct ns *ns)
 		rc = -errno;
 	if (!rc && listen(ns->ctl_fd, 16))
 		rc = -errno;
+	if (!rc && !(ns->ctl_conns = calloc(CTL_CONNS_MAX, sizeof(*ns->ctl_conns))))
+		rc = -ENOMEM;
+	for (int i = 0; !rc && i < CTL_CONNS_MAX; i++)
+		ns->ctl_conns[i] = (struct ctl_conn){ .ns = ns, .fd = -1 };
 	if (!rc)
 		rc = -pthread_create(&ns->ctl_thread, NULL, ctl_main, ns);
 	if (!rc) {
 		ns->ctl_running = true;
 		return;
 	}
-	vlog(LOG_ERR, "control channel %s/" STOREDIR_CTL_SOCK ": %s; vsnapctl gc, receive are "
-	     "unavailable", ns->dir, log_strerror(rc));
+	vlog(LOG_ERR, "control channel %s/" STOREDIR_CTL_SOCK ": %s; vsnapctl gc, receive, "
+	     "status, iostat, metrics are unavailable", ns->dir, log_strerror(rc));
 	ns_ctl_stop(ns);
 }
 
@@ -251,5 +339,9 @@ void ns_ctl_stop(struct ns *ns)
 	for (int i = 0; i < 2; i++)
 		if (ns->ctl_wake[i] >= 0)
 			close(ns->ctl_wake[i]);
+	for (int i = 0; ns->ctl_conns && i < CTL_CONNS_MAX; i++)
+		free(ns->ctl_conns[i].b);
+	free(ns->ctl_conns);
+	ns->ctl_conns = NULL;
 	ns->ctl_fd = ns->ctl_wake[0] = ns->ctl_wake[1] = -1;
 }

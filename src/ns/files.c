@@ -98,6 +98,7 @@ void ns_file_free_list(struct ns_file *list)
 
 		list = f->next;
 		vol_close(f->v);
+		ns_vstats_put(f->st);
 		free(f);
 	}
 }

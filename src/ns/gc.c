@@ -59,7 +59,8 @@
 
 struct chunk_info {
 	uint64_t id;
-	uint32_t nslots;
+	uint32_t nslots;                /* UINT32_MAX once picked for compaction */
+	uint32_t slots;                 /* the file's slots, for vsnapctl status */
 	uint64_t refs;
 };
 
@@ -78,7 +79,7 @@ static int gc_add_chunk(void *ctx, uint64_t id, uint32_t nslots)
 
 	if (ARRAY_RESERVE(g->c, g->cap, g->n, 64))
 		return g->rc = -ENOMEM;
-	g->c[g->n++] = (struct chunk_info){ .id = id, .nslots = nslots };
+	g->c[g->n++] = (struct chunk_info){ .id = id, .nslots = nslots, .slots = nslots };
 	return 0;
 }
 
@@ -662,8 +663,13 @@ int ns_gc(struct ns *ns, struct ns_gc_stats *st)
 	for (size_t i = 0; i < g.n && !rc; i++) {
 		struct chunk_info *c = &g.c[i];
 
-		if (c->id < g.floor && c->refs == 0 && chunk_remove(ns->cs, c->id) == 0)
+		if (c->id < g.floor && c->refs == 0 && chunk_remove(ns->cs, c->id) == 0) {
 			st->removed++;
+			st->freed_slots += c->slots;
+		} else {
+			st->slots += c->slots;
+			st->live += c->refs;
+		}
 	}
 	if (st->removed || st->moved)
 		vlog(LOG_INFO, "gc: moved %" PRIu64 " live block(s) (%" PRIu64 " read(s), %" PRIu64

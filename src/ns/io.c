@@ -25,7 +25,11 @@ int ns_may_change(struct ns *ns, uint64_t ino)
 
 ssize_t ns_read(struct ns *ns, struct ns_file *f, void *buf, size_t len, uint64_t off)
 {
-	return vol_read(f->v, buf, len, off);
+	int64_t t0 = ns_mono_ns();
+	ssize_t n = vol_read(f->v, buf, len, off);
+
+	ns_io_count(f->st, NS_IO_READ, n, t0);
+	return n;
 }
 
 /*
@@ -61,20 +65,25 @@ bool ns_sync_failed(struct ns *ns)
 
 ssize_t ns_write(struct ns *ns, struct ns_file *f, const void *buf, size_t len, uint64_t off)
 {
+	int64_t t0 = ns_mono_ns();
 	ssize_t n;
 	int e = ns_may_change(ns, f->ino);
 
-	if (e)
+	if (e) {
+		ns_io_count(f->st, NS_IO_WRITE, e, t0);
 		return e;
+	}
 	if (!space_ok(ns, len)) {
 		/* maybe garbage collection can give some back */
 		atomic_store(&ns->gc_wanted, true);
 		pthread_cond_signal(&ns->bg_cond);
+		ns_io_count(f->st, NS_IO_WRITE, -ENOSPC, t0);
 		return -ENOSPC;
 	}
 	e = ns_change_begin(ns);
 	n = vol_write(f->v, buf, len, off);
 	ns_change_end(ns, e);
+	ns_io_count(f->st, NS_IO_WRITE, n, t0);
 	if (n > 0)
 		atomic_store(&f->wtime_ns, ns_now_ns());
 	return n;
@@ -126,7 +135,11 @@ int ns_lseek(struct ns *ns, struct ns_file *f, uint64_t off, int whence, uint64_
 
 int ns_fsync(struct ns *ns, struct ns_file *f)
 {
-	return ns_flush(ns);
+	int64_t t0 = ns_mono_ns();
+	int rc = ns_flush(ns);
+
+	ns_io_count(f->st, NS_IO_FSYNC, rc, t0);
+	return rc;
 }
 
 /* The host's figures as they are: spare chunk files count as used, as they

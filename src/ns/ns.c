@@ -695,6 +695,7 @@ int ns_open_file(struct ns *ns, uint64_t ino, int flags, struct ns_file **out)
 	}
 	f->ino = ino;
 	f->in = in;
+	f->st = ns_vstats_get(ns, ino);
 	f->refs = f->opens = 1;
 	f->unlinked = ino_kind(ino) == INO_LIVE && in.parent == 0;
 	rc = vol_open(ns->cs, ns->bm, in.node, in.size,
@@ -703,6 +704,7 @@ int ns_open_file(struct ns *ns, uint64_t ino, int flags, struct ns_file **out)
 		vol_set_index(f->v, &ns->vix);
 	if (rc) {
 		vlog(LOG_ERR, "%s: cannot open the volume: %s", in.name, log_strerror(rc));
+		ns_vstats_put(f->st);
 		free(f);
 		f = NULL;
 		goto out;

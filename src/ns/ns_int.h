@@ -6,7 +6,7 @@
  * include/vsnapfs/lock.h; for the namespace they read:
  *
  *     flush_mu -> db_mu -> vol.gate -> files_mu -> load_mu -> vol.lock
- *              -> mcache.mu -> (chunk store locks) -> seq_mu, bg_mu
+ *              -> mcache.mu -> (chunk store locks) -> seq_mu, bg_mu, stats_mu
  *
  * A function that needs a lock held asserts it (assert(lock_held(...))),
  * which the lock checker verifies whenever it is on (lock.h: every test).
@@ -21,7 +21,9 @@
  *   snap.c    snapshots, clones, truncate to zero
  *   ns.c      the tree: lookup, create, unlink, rename, setattr, readdir, open
  *   bg.c      the background thread: flush, evict, reap, release, GC
- *   ctlsrv.c  the control channel's server thread (vsnapfs/ctlmsg.h)
+ *   stats.c   per-volume I/O counters; the control channel's status and
+ *             iostat replies
+ *   ctlsrv.c  the control channel's server threads (vsnapfs/ctlmsg.h)
  *   store.c   opening, creating, locking and closing the store
  */
 #ifndef VSNAPFS_NS_INT_H
@@ -30,16 +32,39 @@
 #include <assert.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <time.h>
 
 #include "vsnapfs/array.h"
 #include "vsnapfs/bmap.h"
 #include "vsnapfs/chunk.h"
+#include "vsnapfs/ctlmsg.h"
 #include "vsnapfs/lock.h"
 #include "vsnapfs/ns.h"
 #include "vsnapfs/vol.h"
 
 #define NS_FILE_BUCKETS 1024
 #define NS_MERGE_EXTS   2048    /* extent rows per transaction of a background node merge */
+#define NS_STAT_BUCKETS 256     /* hash buckets of the I/O counter table */
+#define NS_LAT_BUCKETS  CTL_LAT_BUCKETS        /* the latency histogram's (ctlmsg.h) */
+
+/*
+ * I/O counters of one volume (or snapshot file) since the mount (stats.c,
+ * docs/design.md "Counters").  The I/O path adds to them with relaxed
+ * atomics and takes no lock: an entry, once made, lives until its inode is
+ * gone and no open file points at it.  Readers get figures that may be a
+ * few operations apart from each other, never torn ones.
+ */
+enum ns_io_kind { NS_IO_READ, NS_IO_WRITE, NS_IO_FSYNC, NS_IO_KINDS };
+struct ns_vstats {
+	struct ns_vstats *next;         /* (stats_mu) hash chain */
+	uint64_t ino;                   /* constant */
+	atomic_uint users;              /* ns_files pointing here; raised under stats_mu */
+	_Atomic uint64_t ops[NS_IO_KINDS];      /* calls that succeeded */
+	_Atomic uint64_t errors[NS_IO_KINDS];   /* calls that failed */
+	_Atomic uint64_t bytes[NS_IO_KINDS];    /* read, written (fsync: 0) */
+	_Atomic uint64_t lat_ns[NS_IO_KINDS];   /* sum of the latencies of ops and errors */
+	_Atomic uint64_t hist[NS_IO_KINDS][NS_LAT_BUCKETS];
+};
 
 /*
  * One volume in use: shared by every open handle of it, and kept after the
@@ -56,6 +81,7 @@ struct ns_file {
 					 * index; in.size is the last flushed size */
 	bool attr_dirty;                /* (files_mu) in differs from the index */
 	_Atomic int64_t wtime_ns;       /* last write (mtime and ctime), 0: none since flush */
+	struct ns_vstats *st;           /* constant: its I/O counters (never NULL) */
 };
 
 /* Log batches (src/ns/flush.c). */
@@ -80,6 +106,8 @@ struct ns_gc_stats {
 	uint64_t lost;                  /* of those, the ones a newer write won */
 	uint64_t defrag_windows;        /* windows rewritten as one run (-o defrag) */
 	uint64_t removed;               /* chunk files removed */
+	uint64_t freed_slots;           /* slots of the chunk files removed */
+	uint64_t slots, live;           /* slots of every chunk file, and those in use */
 };
 
 /* Inode or node numbers waiting for the background thread (db_mu). */
@@ -174,12 +202,24 @@ struct ns {
 	struct ns_gc_stats gc_last;     /* (bg_mu) what that pass did */
 	int gc_last_rc;                 /* (bg_mu) and its result */
 	pthread_cond_t gc_cond;         /* with bg_mu: gc_done moved, or ctl_stop */
+	/* The last pass of any kind, for vsnapctl status. */
+	uint64_t gc_passes;             /* (bg_mu) passes since the mount */
+	struct ns_gc_stats gc_pass;     /* (bg_mu) what the last one did */
+	int64_t gc_pass_at_ns;          /* (bg_mu) when it started (CLOCK_REALTIME), 0: none */
+	int64_t gc_pass_ns;             /* (bg_mu) how long it took */
+	int gc_pass_rc;                 /* (bg_mu) its result */
+	/* Per-volume I/O counters (stats.c). */
+	struct lock_mutex stats_mu;
+	struct ns_vstats *vstats[NS_STAT_BUCKETS];      /* (stats_mu) */
+	struct ns_vstats vstats_lost;   /* counters of volumes no entry could be made for */
+	int64_t started_ns;             /* constant after ns_open: when it was opened */
 	/* The control channel (src/ns/ctlsrv.c). */
 	int ctl_fd;                     /* constant after ns_start: listening socket, -1 none */
 	int ctl_wake[2];                /* constant after ns_start: a byte stops the server */
 	atomic_bool ctl_stop;           /* the server is being stopped */
 	bool ctl_running;               /* set/cleared by ns_start/ns_close only */
 	pthread_t ctl_thread;
+	struct ctl_conn *ctl_conns;     /* the server's accept thread only (ctlsrv.c) */
 	bool bg_stop;                   /* (bg_mu) */
 	bool bg_running;                /* set/cleared by ns_start/ns_close only */
 	bool marked_in_use;             /* "clean" is 0 in the index: set it back at close */
@@ -359,6 +399,48 @@ int ns_gc(struct ns *ns, struct ns_gc_stats *st);
  * and wait for it (the control channel's gc): its result, -EROFS on a
  * read-only store, -EIO on a poisoned one, -ESHUTDOWN when stopping. */
 int ns_gc_request(struct ns *ns, struct ns_gc_stats *st);
+
+/* stats.c: the counters of ino (made if need be, users raised; the store's
+ * vstats_lost when out of memory), and the drop of a user.  Take stats_mu. */
+struct ns_vstats *ns_vstats_get(struct ns *ns, uint64_t ino);
+void ns_vstats_put(struct ns_vstats *s);
+/* At close: free every entry. */
+void ns_vstats_free(struct ns *ns);
+
+/* CLOCK_MONOTONIC, for latencies. */
+static inline int64_t ns_mono_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* Count one call of kind that started at t0 (ns_mono_ns) and returned rc
+ * (bytes, or a negative errno).  Lock-free: the I/O path. */
+static inline void ns_io_count(struct ns_vstats *s, enum ns_io_kind kind, int64_t rc, int64_t t0)
+{
+	uint64_t lat = (uint64_t)(ns_mono_ns() - t0), us = lat / 1000;
+	unsigned b = us ? 64 - __builtin_clzll(us) : 0;
+
+	if (rc < 0) {
+		atomic_fetch_add_explicit(&s->errors[kind], 1, memory_order_relaxed);
+	} else {
+		atomic_fetch_add_explicit(&s->ops[kind], 1, memory_order_relaxed);
+		atomic_fetch_add_explicit(&s->bytes[kind], (uint64_t)rc, memory_order_relaxed);
+	}
+	atomic_fetch_add_explicit(&s->lat_ns[kind], lat, memory_order_relaxed);
+	atomic_fetch_add_explicit(&s->hist[kind][b < NS_LAT_BUCKETS ? b : NS_LAT_BUCKETS - 1], 1,
+				  memory_order_relaxed);
+}
+
+/* The control channel's status and iostat replies (docs/design.md,
+ * "The control channel"; the keys in vsnapfs/ctlmsg.h).  Take db_mu,
+ * bg_mu, stats_mu in turn. */
+void ns_ctl_status(struct ns *ns, struct ctl_msg *rep);
+void ns_ctl_iostat(struct ns *ns, const struct ctl_msg *req, struct ctl_msg *rep);
+/* Record a scrub's result in the index (CTL_SCRUB_DONE). */
+void ns_ctl_scrub_done(struct ns *ns, const struct ctl_msg *req, struct ctl_msg *rep);
 
 /* ctlsrv.c: start the control channel's server (ns_start), stop it and
  * remove the socket (ns_close, first).  A failure to start is logged and

@@ -348,6 +348,8 @@ int ns_open(const char *dir, const struct ns_opts *opts, struct ns **out, bool *
 	lock_mutex_init(&ns->log_mu, LOCK_NS_LOG, "ns.log_mu");
 	lock_mutex_init(&ns->seq_mu, LOCK_NS_SEQ, "ns.seq_mu");
 	lock_mutex_init(&ns->bg_mu, LOCK_NS_BG, "ns.bg_mu");
+	lock_mutex_init(&ns->stats_mu, LOCK_NS_STATS, "ns.stats_mu");
+	ns->started_ns = ns_now_ns();
 	pthread_cond_init(&ns->bg_cond, NULL);
 	pthread_cond_init(&ns->gc_cond, NULL);
 	ns->ctl_fd = -1;
@@ -578,6 +580,7 @@ int ns_close(struct ns *ns)
 	dead = ns_files_take(ns, every_file, NULL);
 	lock_mutex_unlock(&ns->files_mu);
 	ns_file_free_list(dead);
+	ns_vstats_free(ns);
 	mcache_free(ns->mc);
 	chunk_store_close(ns->cs);
 	bmap_close(ns->bm_scan);
@@ -597,6 +600,7 @@ int ns_close(struct ns *ns)
 	lock_mutex_destroy(&ns->log_mu);
 	lock_mutex_destroy(&ns->seq_mu);
 	lock_mutex_destroy(&ns->bg_mu);
+	lock_mutex_destroy(&ns->stats_mu);
 	pthread_cond_destroy(&ns->bg_cond);
 	pthread_cond_destroy(&ns->gc_cond);
 	free(ns);

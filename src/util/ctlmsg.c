@@ -82,6 +82,25 @@ int ctl_kv_u64(const struct ctl_msg *m, const char *key, uint64_t *out)
 	return errno || end == v || *end || v[0] == '-' ? -EINVAL : 0;
 }
 
+int ctl_kv_next(const struct ctl_msg *m, size_t *pos, char *key, size_t keylen, char *val,
+		size_t vallen)
+{
+	const char *l = m->body + *pos, *nl, *eq;
+
+	if (*pos >= m->len || !*l)
+		return 0;
+	nl = strchr(l, '\n');
+	if (!nl)
+		nl = l + strlen(l);
+	eq = memchr(l, '=', nl - l);
+	if (!eq)
+		eq = nl;
+	snprintf(key, keylen, "%.*s", (int)(eq - l), l);
+	snprintf(val, vallen, "%.*s", eq < nl ? (int)(nl - eq - 1) : 0, eq < nl ? eq + 1 : "");
+	*pos = nl - m->body + (*nl ? 1 : 0);
+	return 1;
+}
+
 void ctl_hex(const uint8_t *v, size_t n, char *out)
 {
 	static const char dig[] = "0123456789abcdef";
@@ -185,6 +204,25 @@ int ctl_connect(const char *dir, int *fd)
 	return 0;
 }
 
+/*
+ * One datagram.  A daemon that closed the connection with our request
+ * unread (it refused us: too many connections) makes the kernel report
+ * ECONNRESET once before the reply it queued; that reply is the answer.
+ */
+static ssize_t recv_reply(int fd, uint8_t *buf, int flags)
+{
+	ssize_t got = recv(fd, buf, CTL_HDR_BYTES + CTL_BODY_MAX + 1, flags);
+
+	if (got < 0 && errno == ECONNRESET) {
+		got = recv(fd, buf, CTL_HDR_BYTES + CTL_BODY_MAX + 1, MSG_DONTWAIT);
+		if (got <= 0) {
+			errno = ECONNRESET;
+			got = -1;
+		}
+	}
+	return got;
+}
+
 int ctl_call(int fd, const struct ctl_msg *req, struct ctl_msg *rep, int timeout_ms)
 {
 	uint8_t *buf = malloc(CTL_HDR_BYTES + CTL_BODY_MAX + 1);
@@ -198,6 +236,11 @@ int ctl_call(int fd, const struct ctl_msg *req, struct ctl_msg *rep, int timeout
 	n = ctl_msg_encode(req, buf);
 	if (send(fd, buf, n, MSG_NOSIGNAL) != (ssize_t)n) {
 		rc = -errno;
+		/* a daemon that refused us before reading (too many connections)
+		 * left its reason queued: that is the answer */
+		got = recv_reply(fd, buf, MSG_DONTWAIT);
+		if (got > 0)
+			rc = ctl_msg_decode(buf, got, rep);
 		goto out;
 	}
 	rc = poll(&p, 1, timeout_ms ? timeout_ms : -1);
@@ -205,7 +248,7 @@ int ctl_call(int fd, const struct ctl_msg *req, struct ctl_msg *rep, int timeout
 		rc = rc == 0 ? -ETIMEDOUT : -errno;
 		goto out;
 	}
-	got = recv(fd, buf, CTL_HDR_BYTES + CTL_BODY_MAX + 1, 0);
+	got = recv_reply(fd, buf, 0);
 	if (got < 0)
 		rc = -errno;
 	else if (got == 0)

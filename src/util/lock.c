@@ -43,6 +43,7 @@ static const struct {
 	[LOCK_CHUNK_SIDE] = { "chunk.side_mu", false },
 	[LOCK_NS_SEQ]     = { "ns.seq_mu", false },
 	[LOCK_NS_BG]      = { "ns.bg_mu", false },
+	[LOCK_NS_STATS]   = { "ns.stats_mu", false },
 };
 
 static atomic_int check_state = -1;     /* -1: not decided yet, 0 off, 1 on */

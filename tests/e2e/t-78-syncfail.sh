@@ -62,6 +62,15 @@ _vs_alive "$pid" || fail "the daemon died after the failed sync"
 if grep -q "ino [0-9]*: Input/output error" "$(vs_log "$MNT")"; then
 	fail "every refused call is logged: $(grep -c "Input/output error" "$(vs_log "$MNT")") lines"
 fi
+# vsnapctl status says so, with what to do; metrics and iostat count it
+"$VSNAPCTL" status "$MNT" >"$T/status.out" 2>&1 || fail "status after the failed sync: $(cat "$T/status.out")"
+grep -qE '^    failed: +yes$' "$T/status.out" && grep -q '^SYNC FAILED' "$T/status.out" &&
+	grep -q '^action: .*unmount' "$T/status.out" ||
+	fail "status does not show the failed sync and what to do: $(cat "$T/status.out")"
+"$VSNAPCTL" metrics "$MNT" >"$T/m.prom" 2>&1 || fail "metrics after the failed sync: $(cat "$T/m.prom")"
+grep -qx "vsnapfs_sync_failed{store=\"$STORE\"} 1" "$T/m.prom" || fail "metrics: vsnapfs_sync_failed is not 1"
+grep -qE "^vsnapfs_volume_errors_total\{store=\"$STORE\",volume=\"/good.img\",op=\"write\"\} [2-9]" \
+	"$T/m.prom" || fail "metrics: the refused writes of good.img: $(grep good.img "$T/m.prom" | head -n 8)"
 
 # unmount: the final flush fails, and the daemon says so in its exit status
 fusermount3 -u "$MNT" || fail "fusermount3 -u $MNT"

@@ -3481,3 +3481,64 @@ Test(bmap, writable_open_gives_every_snapshot_a_guid_and_drops_stale_ones)
 	cr_assert_eq(bmap_snap_guid_get(b, s.id, g), -ENOSYS);
 	bmap_close(b);
 }
+
+/* ---- scrub results and counts (vsnapctl status) ------------------------- */
+
+Test(bmap, scrub_results_keep_the_newest_and_survive_a_reopen)
+{
+	struct bmap *b = make_index(4096), *ro = NULL;
+	struct bmap_scrub r;
+
+	cr_assert_eq(bmap_scrub_last(b, &r), -ENOENT, "no result before the first scrub");
+	for (int i = 1; i <= 105; i++) {
+		struct bmap_scrub w = { .at_ns = i * 1000, .duration_ns = i, .blocks = 10 * i,
+					.damaged = i == 105 };
+
+		cr_assert_eq(bmap_scrub_put(b, &w), 0);
+	}
+	bmap_close(b);
+	cr_assert_eq(bmap_open(path, 1, &ro), 0);
+	cr_assert_eq(bmap_scrub_last(ro, &r), 0);
+	cr_assert_eq(r.at_ns, 105000);
+	cr_assert_eq(r.duration_ns, 105);
+	cr_assert_eq(r.blocks, 1050);
+	cr_assert_eq(r.damaged, 1);
+	cr_assert_eq(bmap_scrub_put(ro, &r), -EROFS, "a read-only handle writes nothing");
+	bmap_close(ro);
+}
+
+Test(bmap, scrub_put_inside_a_rolled_back_transaction_leaves_nothing)
+{
+	struct bmap *b = make_index(4096);
+	struct bmap_scrub r = { .at_ns = 1, .blocks = 2 };
+
+	cr_assert_eq(bmap_begin(b), 0);
+	cr_assert_eq(bmap_scrub_put(b, &r), 0);
+	bmap_rollback(b);
+	cr_assert_eq(bmap_scrub_last(b, &r), -ENOENT);
+	bmap_close(b);
+}
+
+Test(bmap, counts_leave_out_the_root_and_unlinked_inodes)
+{
+	struct bmap *b = make_index(4096);
+	struct bmap_inode d = { .parent = BMAP_ROOT_INO, .kind = BMAP_DIR }, v = { .kind = BMAP_VOL };
+	struct bmap_snap s = { .dir = BMAP_ROOT_INO };
+	struct bmap_counts c;
+
+	strcpy(d.name, "d");
+	cr_assert_eq(bmap_inode_insert(b, &d), 0);
+	v.parent = d.ino;
+	strcpy(v.name, "a.img");
+	cr_assert_eq(bmap_inode_insert(b, &v), 0);
+	strcpy(v.name, "b.img");
+	cr_assert_eq(bmap_inode_insert(b, &v), 0);
+	cr_assert_eq(bmap_inode_move(b, v.ino, 0, ""), 0);      /* unlinked, still open */
+	strcpy(s.name, "s1");
+	cr_assert_eq(bmap_snap_insert(b, &s), 0);
+	cr_assert_eq(bmap_counts(b, &c), 0);
+	cr_assert_eq(c.volumes, 1);
+	cr_assert_eq(c.dirs, 1);
+	cr_assert_eq(c.snapshots, 1);
+	bmap_close(b);
+}

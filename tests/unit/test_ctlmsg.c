@@ -81,3 +81,28 @@ Test(ctlmsg, malformed_datagrams_are_eproto)
 	wire[0] ^= 1;
 	cr_assert_eq(ctl_msg_decode(wire, n, &b), -EPROTO);       /* magic */
 }
+
+Test(ctlmsg, kv_next_walks_every_line_in_order_repeated_keys_included)
+{
+	char k[16], v[64];
+	size_t pos = 0;
+
+	ctl_msg_init(&a, CTL_IOSTAT);
+	cr_assert_eq(ctl_kv_add(&a, "v", "%d", 5), 0);
+	cr_assert_eq(ctl_kv_add(&a, "path", "%s", "/a=b.img"), 0);
+	cr_assert_eq(ctl_kv_add(&a, "v", "%d", 7), 0);
+	cr_assert_eq(ctl_kv_add(&a, "empty", "%s", ""), 0);
+	cr_assert_eq(ctl_kv_next(&a, &pos, k, sizeof(k), v, sizeof(v)), 1);
+	cr_assert_str_eq(k, "v");
+	cr_assert_str_eq(v, "5");
+	cr_assert_eq(ctl_kv_next(&a, &pos, k, sizeof(k), v, sizeof(v)), 1);
+	cr_assert_str_eq(k, "path");
+	cr_assert_str_eq(v, "/a=b.img", "the value is everything after the first '='");
+	cr_assert_eq(ctl_kv_next(&a, &pos, k, sizeof(k), v, sizeof(v)), 1);
+	cr_assert_str_eq(v, "7");
+	cr_assert_eq(ctl_kv_next(&a, &pos, k, sizeof(k), v, sizeof(v)), 1);
+	cr_assert_str_eq(k, "empty");
+	cr_assert_str_eq(v, "");
+	cr_assert_eq(ctl_kv_next(&a, &pos, k, sizeof(k), v, sizeof(v)), 0);
+	cr_assert_eq(ctl_kv_next(&a, &pos, k, sizeof(k), v, sizeof(v)), 0);
+}
