@@ -93,11 +93,8 @@ static int resolve(const char *arg, const char *cmd, char *dir, size_t len)
 	char rel[PATH_MAX];
 	int rc = access(arg, F_OK) ? -errno : store_resolve(arg, dir, len, rel, sizeof(rel));
 
-	if (rc == -ENOENT && !access(arg, F_OK))
-		fprintf(stderr, "vsnapctl: %s: %s: not a vsnapfs store, nor in a vsnapfs mount\n",
-			cmd, arg);
-	else if (rc)
-		fprintf(stderr, "vsnapctl: %s: %s: %s\n", cmd, arg, strerror(-rc));
+	if (rc)
+		fprintf(stderr, "vsnapctl: %s: %s: %s\n", cmd, arg, store_why(rc));
 	return rc ? -1 : 0;
 }
 

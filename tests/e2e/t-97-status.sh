@@ -86,9 +86,9 @@ assert_eq "$(jget "$T/u2.json" scrub last_blocks)" "$blocks" "the unmounted scru
 "$VSNAPCTL" check "$STORE" >"$T/check.out" 2>&1 || fail "check after the recorded scrub: $(cat "$T/check.out")"
 
 # bad input: one line each, naming the real problem
-expect_errno "$T/nope: No such file or directory" "$VSNAPCTL" status "$T/nope"
+expect_errno "$T/nope: no such file or directory" "$VSNAPCTL" status "$T/nope"
 assert_eq "$(wc -l <"$T/expect.err")" 1 "status of a missing path: one line"
-expect_errno "$T: not a vsnapfs store, nor in a vsnapfs mount" "$VSNAPCTL" status "$T"
+expect_errno "$T: not a vsnapfs store (no index.sqlite) and not in a vsnapfs mount" "$VSNAPCTL" status "$T"
 expect_errno "unknown option --bogus" "$VSNAPCTL" status --bogus "$STORE"
 assert_eq "$(wc -l <"$T/expect.err")" 1 "an unknown option: one line"
 expect_errno "INTERVAL is a whole number of seconds, at least 1: 0" "$VSNAPCTL" iostat "$STORE" 0
