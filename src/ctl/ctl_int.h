@@ -148,6 +148,9 @@ enum table_type {
 	TT_BYTES,                       /* "8.0M"; exact with -b; a number in JSON */
 	TT_COUNT,                       /* a number */
 	TT_TIME,                        /* local time; seconds since the epoch in JSON */
+	TT_RATE,                        /* a count per second: "12.5"; exact with -b */
+	TT_LATENCY,                     /* seconds: "250us", "1.5ms"; with -b whole
+					 * microseconds; seconds in JSON */
 };
 
 struct table_col {                      /* a column, described once */
@@ -180,6 +183,8 @@ void table_text(struct table *t, size_t col, const char *s);
 /* TT_BYTES or TT_COUNT. */
 void table_u64(struct table *t, size_t col, uint64_t v);
 void table_time(struct table *t, size_t col, int64_t unix_ns);
+/* TT_RATE, TT_LATENCY, or TT_BYTES (rounded); v < 0: no value. */
+void table_double(struct table *t, size_t col, double v);
 /* To stdout: 0, the first error filling it, or libsmartcols'. */
 int table_print(struct table *t);
 void table_free(struct table *t);       /* NULL is fine */
@@ -207,6 +212,9 @@ struct store {
 int store_resolve(const char *arg, char *dir, size_t dirlen, char *rel, size_t rellen);
 /* What a store_resolve() error means, in a few words. */
 const char *store_why(int rc);
+/* store_resolve(), and when it fails one line on stderr saying why
+ * ("vsnapctl: ARG: no such file or directory"), as every command says it. */
+int store_find(const char *arg, char *dir, size_t dirlen, char *rel, size_t rellen);
 /* The store behind arg (a store directory, a mount point, or a path inside
  * a mount), its index opened read-only, and its chunk store if chunks.
  * Says why on stderr when it fails; store_close() in every case. */
@@ -351,13 +359,12 @@ struct vio_set {
 int iostat_fetch(const char *dir, struct vio_set *out);
 void vio_set_free(struct vio_set *s);
 /* The store behind arg, into dir, if a daemon serves it; else one line
- * ("... is not mounted") on stderr and -1. */
-int ctl_mounted_store(const char *arg, const char *cmd, char *dir, size_t len);
-/* The daemon's status reply (CTL_STATUS) into rep; quiet: the caller says
- * why it failed. */
+ * (store_find's, or "vsnapctl CMD: DIR is not mounted: ...") on stderr
+ * and -1. */
+int ctl_mounted_store(const char *arg, const struct cmd *cmd, char *dir, size_t len);
+/* The daemon's status reply (CTL_STATUS) into rep; says why on stderr
+ * when it fails. */
 int status_fetch(const char *dir, struct ctl_msg *rep);
-/* One line for an option getopt_long did not take (called with opterr 0). */
-void bad_option(const char *cmd, char **argv);
 /* Host bytes of the files in dir/sub (st_blocks), 0 if it is missing (gc.c). */
 uint64_t dir_bytes(const char *dir, const char *sub);
 
@@ -365,11 +372,6 @@ uint64_t dir_bytes(const char *dir, const char *sub);
 
 extern const struct cmd list_cmd, tree_cmd, check_cmd, scrub_cmd, diff_cmd, gc_cmd, send_cmd,
        receive_cmd, status_cmd, iostat_cmd, metrics_cmd;
-/* status.c, iostat.c, metrics.c: they parse their own arguments (argv[0]:
- * the subcommand) with getopt_long. */
-int cmd_status(int argc, char **argv);
-int cmd_iostat(int argc, char **argv);
-int cmd_metrics(int argc, char **argv);
 
 struct send_opts {
 	const char *b, *from, *resume;  /* the snapshot's file, --from, --resume */

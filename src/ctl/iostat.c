@@ -1,7 +1,8 @@
 /*
  * iostat: per-volume I/O rates of a running daemon, like zpool iostat -v.
  *
- *   vsnapctl iostat [-p] [-H] [--json] [MOUNTPOINT|STORE] [INTERVAL [COUNT]]
+ *   vsnapctl iostat [-o COLS] [-n] [-b] [--raw] [--json] [MOUNTPOINT|STORE]
+ *                   [INTERVAL [COUNT]]
  *
  * The daemon counts, per volume and snapshot file opened since the mount,
  * reads, writes and fsyncs that returned, the bytes they moved, those that
@@ -11,13 +12,14 @@
  * before it (COUNT reports in all, or until interrupted).  A first
  * argument of digits only is the interval, as with zpool iostat.
  *
- * The table comes from libsmartcols (what lsblk uses); --json prints one
- * object per report, with the totals since the mount and the rates.
+ * The table comes from table.c (libsmartcols, what lsblk uses), with list's
+ * -o, -n, -b and --raw; iostat's own -H and -p are -n and -b.  --json
+ * prints iostat's own object per report, one a line (a report that repeats
+ * is a stream; each object carries its interval and the totals since the
+ * mount, which one table of columns would not), not the table's JSON.
  */
 #include <errno.h>
-#include <getopt.h>
 #include <inttypes.h>
-#include <libsmartcols.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -186,59 +188,63 @@ static double lat_p99(const struct rate *r, int k)
 
 /* ---- output ------------------------------------------------------------------------- */
 
-struct iostat_opts {
-	bool exact, noheadings;
+enum {
+	COL_VOLUME, COL_READS, COL_WRITES, COL_RBYTES, COL_WBYTES, COL_RLAT, COL_WLAT, COL_FSYNCS,
+	COL_FLAT, COL_ERRORS, COL_RP99, COL_WP99, COL_FP99,
 };
 
-static void fmt_rate(char *out, size_t len, double v, bool bytes, bool exact)
+/* The JSON keys are those of --json's rows (iostat prints its own JSON, below). */
+static const struct table_col iostat_cols[] = {
+	[COL_VOLUME] = { "VOLUME", "volume", TT_TEXT, true,
+			 "the volume's or snapshot file's path in the mount; total", true },
+	[COL_READS] = { "READS/s", "reads_per_second", TT_RATE, true, "reads per second" },
+	[COL_WRITES] = { "WRITES/s", "writes_per_second", TT_RATE, true, "writes per second" },
+	[COL_RBYTES] = { "RBYTES/s", "read_bytes_per_second", TT_BYTES, true,
+			 "bytes read per second" },
+	[COL_WBYTES] = { "WBYTES/s", "write_bytes_per_second", TT_BYTES, true,
+			 "bytes written per second" },
+	[COL_RLAT] = { "RLAT", "read_latency_avg_seconds", TT_LATENCY, true,
+		       "mean latency of a read" },
+	[COL_WLAT] = { "WLAT", "write_latency_avg_seconds", TT_LATENCY, true,
+		       "mean latency of a write" },
+	[COL_FSYNCS] = { "FSYNCS/s", "fsyncs_per_second", TT_RATE, true, "fsyncs per second" },
+	[COL_FLAT] = { "FLAT", "fsync_latency_avg_seconds", TT_LATENCY, true,
+		       "mean latency of an fsync" },
+	[COL_ERRORS] = { "ERRORS", "errors", TT_COUNT, true,
+			 "reads, writes and fsyncs that failed in the interval" },
+	[COL_RP99] = { "RP99", "read_latency_p99_seconds", TT_LATENCY, false,
+		       "99th percentile of read latency (its bucket's bound)" },
+	[COL_WP99] = { "WP99", "write_latency_p99_seconds", TT_LATENCY, false,
+		       "99th percentile of write latency" },
+	[COL_FP99] = { "FP99", "fsync_latency_p99_seconds", TT_LATENCY, false,
+		       "99th percentile of fsync latency" },
+};
+
+#define NCOLS (sizeof(iostat_cols) / sizeof(iostat_cols[0]))
+
+static uint64_t rate_errors(const struct rate *r)
 {
-	if (exact)
-		snprintf(out, len, bytes ? "%.0f" : "%.2f", v);
-	else if (bytes)
-		human((uint64_t)(v + 0.5), out, len);
-	else
-		snprintf(out, len, v >= 100 ? "%.0f" : v >= 10 ? "%.1f" : "%.2f", v);
+	return r->errors[VIO_READ] + r->errors[VIO_WRITE] + r->errors[VIO_FSYNC];
 }
 
-static void fmt_lat(char *out, size_t len, double secs, bool exact)
+static void iostat_row(struct table *t, const struct rate *r)
 {
-	if (secs < 0)
-		snprintf(out, len, "-");
-	else if (exact)
-		snprintf(out, len, "%.0f", secs * 1e6);        /* microseconds */
-	else if (secs < 1e-3)
-		snprintf(out, len, "%.0fus", secs * 1e6);
-	else if (secs < 1)
-		snprintf(out, len, "%.1fms", secs * 1e3);
-	else
-		snprintf(out, len, "%.2fs", secs);
-}
-
-static const char *const cols[] = { "VOLUME", "READS/s", "WRITES/s", "RBYTES/s", "WBYTES/s",
-				    "RLAT", "WLAT", "FSYNCS/s", "FLAT", "ERRORS" };
-
-static void iostat_row(struct libscols_table *tb, const struct rate *r, bool exact)
-{
-	struct libscols_line *ln = scols_table_new_line(tb, NULL);
 	double s = r->secs > 0 ? r->secs : 1;
-	char c[16][32];
-	int i = 0;
 
-	if (!ln)
-		return;
-	scols_line_set_data(ln, i++, r->volume);
-	fmt_rate(c[i], sizeof(c[i]), r->ops[VIO_READ] / s, false, exact), i++;
-	fmt_rate(c[i], sizeof(c[i]), r->ops[VIO_WRITE] / s, false, exact), i++;
-	fmt_rate(c[i], sizeof(c[i]), r->bytes[VIO_READ] / s, true, exact), i++;
-	fmt_rate(c[i], sizeof(c[i]), r->bytes[VIO_WRITE] / s, true, exact), i++;
-	fmt_lat(c[i], sizeof(c[i]), lat_avg(r, VIO_READ), exact), i++;
-	fmt_lat(c[i], sizeof(c[i]), lat_avg(r, VIO_WRITE), exact), i++;
-	fmt_rate(c[i], sizeof(c[i]), r->ops[VIO_FSYNC] / s, false, exact), i++;
-	fmt_lat(c[i], sizeof(c[i]), lat_avg(r, VIO_FSYNC), exact), i++;
-	snprintf(c[i], sizeof(c[i]), "%" PRIu64,
-		 r->errors[VIO_READ] + r->errors[VIO_WRITE] + r->errors[VIO_FSYNC]), i++;
-	for (int k = 1; k < i; k++)
-		scols_line_set_data(ln, k, c[k]);
+	table_row(t);
+	table_text(t, COL_VOLUME, r->volume);
+	table_double(t, COL_READS, r->ops[VIO_READ] / s);
+	table_double(t, COL_WRITES, r->ops[VIO_WRITE] / s);
+	table_double(t, COL_RBYTES, r->bytes[VIO_READ] / s);
+	table_double(t, COL_WBYTES, r->bytes[VIO_WRITE] / s);
+	table_double(t, COL_RLAT, lat_avg(r, VIO_READ));
+	table_double(t, COL_WLAT, lat_avg(r, VIO_WRITE));
+	table_double(t, COL_FSYNCS, r->ops[VIO_FSYNC] / s);
+	table_double(t, COL_FLAT, lat_avg(r, VIO_FSYNC));
+	table_u64(t, COL_ERRORS, rate_errors(r));
+	table_double(t, COL_RP99, lat_p99(r, VIO_READ));
+	table_double(t, COL_WP99, lat_p99(r, VIO_WRITE));
+	table_double(t, COL_FP99, lat_p99(r, VIO_FSYNC));
 }
 
 static void json_lat(const char *name, double v)
@@ -275,16 +281,16 @@ static void json_row(const struct rate *r, bool first)
 		snprintf(name, sizeof(name), "%s_latency_p99_seconds", n);
 		json_lat(name, lat_p99(r, k));
 	}
-	printf("}");
+	printf(",\"errors\":%" PRIu64 "}", rate_errors(r));
 }
 
 /* One report: cur against prev (NULL: since the mount). */
 static int report(const char *dir, const struct vio_set *cur, const struct vio_set *prev,
-		  const struct iostat_opts *o)
+		  const struct table_opts *o)
 {
 	double secs = (cur->uptime_ns - (prev ? prev->uptime_ns : 0)) / 1e9;
 	struct rate total = { .volume = "total", .secs = secs };
-	struct libscols_table *tb = NULL;
+	struct table *t = NULL;
 	int rc = 0;
 
 	if (json) {
@@ -293,13 +299,7 @@ static int report(const char *dir, const struct vio_set *cur, const struct vio_s
 		printf(",\"interval_seconds\":%.9g,\"since_mount\":%s,\"volumes\":[", secs,
 		       prev ? "false" : "true");
 	} else {
-		tb = scols_new_table();
-		if (!tb)
-			return -ENOMEM;
-		scols_table_enable_noheadings(tb, o->noheadings);
-		for (size_t i = 0; i < sizeof(cols) / sizeof(cols[0]); i++)
-			if (!scols_table_new_column(tb, cols[i], 0, i ? SCOLS_FL_RIGHT : 0))
-				rc = -ENOMEM;
+		rc = table_new("volumes", iostat_cols, NCOLS, o, &iostat_cmd, &t);
 	}
 	for (size_t i = 0; i < cur->n && !rc; i++) {
 		struct rate r = { .volume = cur->v[i].path, .secs = secs, .now = &cur->v[i] };
@@ -310,30 +310,19 @@ static int report(const char *dir, const struct vio_set *cur, const struct vio_s
 		if (json)
 			json_row(&r, i == 0);
 		else
-			iostat_row(tb, &r, o->exact);
+			iostat_row(t, &r);
 	}
 	if (json) {
 		printf("],\"total\":");
 		json_row(&total, true);
 		printf("}\n");
 	} else if (!rc) {
-		iostat_row(tb, &total, o->exact);
-		scols_print_table(tb);
+		iostat_row(t, &total);
+		rc = table_print(t);
 	}
-	scols_unref_table(tb);
+	table_free(t);
 	fflush(stdout);
 	return rc;
-}
-
-static void iostat_usage(FILE *f)
-{
-	fprintf(f, "usage: vsnapctl iostat [-p] [-H] [--json] [MOUNTPOINT|STORE] [INTERVAL [COUNT]]\n"
-		"  per-volume reads, writes and fsyncs per second, bytes per second, mean latency\n"
-		"  and errors of the running daemon; the first report covers the time since the\n"
-		"  mount, each next one the INTERVAL seconds before it\n"
-		"  -p, --parsable   exact numbers: bytes/s, latencies in microseconds\n"
-		"  -H, --no-headings  no header line\n"
-		"  --json           one JSON object per report (totals since the mount and rates)\n");
 }
 
 static bool all_digits(const char *s)
@@ -346,56 +335,59 @@ static bool all_digits(const char *s)
 	return true;
 }
 
-int cmd_iostat(int argc, char **argv)
+static int iostat_main(int argc, char **argv)
 {
-	static const struct option lo[] = {
-		{ "json", no_argument, NULL, 'j' }, { "parsable", no_argument, NULL, 'p' },
-		{ "no-headings", no_argument, NULL, 'H' }, { "help", no_argument, NULL, 'h' },
-		{ NULL, 0, NULL, 0 }
+	static const struct option opts[] = {
+		{ "output", required_argument, NULL, 'o' },
+		{ "noheadings", no_argument, NULL, 'n' },
+		{ "no-headings", no_argument, NULL, 'n' },     /* -H's long name, as before */
+		{ "bytes", no_argument, NULL, 'b' },
+		{ "parsable", no_argument, NULL, 'b' },         /* -p's, the same */
+		{ "raw", no_argument, NULL, 'r' },
+		{ 0 }
 	};
-	struct iostat_opts o = { 0 };
+	struct cli c = { .cmd = &iostat_cmd, .shortopts = "o:nHbpr", .longopts = opts,
+			 .max_args = 3 };
+	struct table_opts o = { 0 };
 	struct vio_set prev = { 0 }, cur = { 0 };
 	const char *arg = ".";
 	char dir[PATH_MAX];
 	long interval = 0, count = -1;
-	int c, rc = 0, i;
+	int ch, rc = 0, i;
 
-	opterr = 0;
-	while ((c = getopt_long(argc, argv, "pHh", lo, NULL)) != -1) {
-		switch (c) {
-		case 'j': json = true; break;
-		case 'p': o.exact = true; break;
-		case 'H': o.noheadings = true; break;
-		case 'h': iostat_usage(stdout); return 0;
-		default: bad_option("iostat", argv); return 2;
+	while ((ch = cli_next(&c, argc, argv)) >= 0) {
+		switch (ch) {
+		case 'o': o.columns = optarg; break;
+		case 'n': case 'H': o.noheadings = true; break;
+		case 'b': case 'p': o.bytes = true; break;
+		case 'r': o.raw = true; break;
 		}
 	}
+	if (ch == CLI_STOP)
+		return c.exit;
+	if (json && (o.columns || o.raw))
+		return cli_bad(&iostat_cmd, "-o and --raw shape the table; --json prints every "
+			       "field");
 	i = optind;
 	if (i < argc && !all_digits(argv[i]))
 		arg = argv[i++];
 	if (i < argc) {
-		if (!all_digits(argv[i]) || (interval = atol(argv[i])) < 1) {
-			fprintf(stderr, "vsnapctl: iostat: INTERVAL is a whole number of seconds, "
-				"at least 1: %s\n", argv[i]);
-			return 2;
-		}
+		if (!all_digits(argv[i]) || (interval = atol(argv[i])) < 1)
+			return cli_bad(&iostat_cmd, "INTERVAL is a whole number of seconds, at "
+				       "least 1, not '%s'", argv[i]);
 		i++;
 	}
 	if (i < argc) {
-		if (!all_digits(argv[i]) || (count = atol(argv[i])) < 1) {
-			fprintf(stderr, "vsnapctl: iostat: COUNT is a whole number, at least 1: %s\n",
-				argv[i]);
-			return 2;
-		}
+		if (!all_digits(argv[i]) || (count = atol(argv[i])) < 1)
+			return cli_bad(&iostat_cmd, "COUNT is a whole number, at least 1, not '%s'",
+				       argv[i]);
 		i++;
 	}
-	if (i < argc) {
-		fprintf(stderr, "vsnapctl: iostat: too many arguments\n");
-		return 2;
-	}
+	if (i < argc)
+		return cli_bad(&iostat_cmd, "unexpected argument '%s'", argv[i]);
 	if (!interval)
 		count = 1;
-	if (ctl_mounted_store(arg, "iostat", dir, sizeof(dir)))
+	if (ctl_mounted_store(arg, &iostat_cmd, dir, sizeof(dir)))
 		return 2;
 	for (long n = 0; count < 0 || n < count; n++) {
 		if (n)
@@ -411,7 +403,8 @@ int cmd_iostat(int argc, char **argv)
 		prev = cur;
 		cur = (struct vio_set){ 0 };
 		if (rc) {
-			fprintf(stderr, "vsnapctl: iostat: %s\n", strerror(-rc));
+			if (rc != -EINVAL)      /* -o: table_new said why */
+				fprintf(stderr, "vsnapctl: iostat: %s\n", strerror(-rc));
 			break;
 		}
 	}
@@ -419,9 +412,30 @@ int cmd_iostat(int argc, char **argv)
 	return rc ? 2 : 0;
 }
 
+static void iostat_help_more(FILE *f)
+{
+	table_help(iostat_cols, NCOLS, f);
+}
+
 const struct cmd iostat_cmd = {
 	.name = "iostat",
-	.synopsis = "[-p] [-H] [--json] [MOUNTPOINT|STORE] [INTERVAL [COUNT]]",
+	.synopsis = "[-o COLS] [-n] [-b] [--raw] [MOUNTPOINT|STORE] [INTERVAL [COUNT]]",
 	.summary = "per-volume reads, writes, fsyncs, bytes and latency per second",
-	.run = cmd_iostat,
+	.help = "Per volume and snapshot file opened since the mount, and in all, of the\n"
+		"running daemon.  The first report covers the time since the mount, each next\n"
+		"one the INTERVAL seconds before it; COUNT reports in all (default: one without\n"
+		"INTERVAL, else until interrupted).  A first operand of digits only is the\n"
+		"INTERVAL.  The store must be mounted (default: the current directory).\n"
+		"  -o, --output COLS          the columns, comma-separated (below); +COLS adds\n"
+		"                             to the default\n"
+		"  -n, -H, --noheadings       no header line\n"
+		"  -b, -p, --bytes            exact numbers: bytes per second, rates with two\n"
+		"                             decimals, latencies in whole microseconds\n"
+		"  -r, --raw                  one line a row, fields separated by one space\n"
+		"With --json: one object a line per report, {\"store\", \"interval_seconds\",\n"
+		"\"since_mount\", \"volumes\": [{...}], \"total\": {...}}, every field (with\n"
+		"the totals since the mount), numbers as numbers; keys in docs/operations.md.\n",
+	.common = CLI_JSON,
+	.help_more = iostat_help_more,
+	.run = iostat_main,
 };

@@ -16,7 +16,6 @@
  *       mv /var/lib/node_exporter/vm.prom.$$ /var/lib/node_exporter/vm.prom
  */
 #include <errno.h>
-#include <getopt.h>
 #include <inttypes.h>
 #include <math.h>
 #include <stdlib.h>
@@ -173,43 +172,24 @@ static void print_volumes(const struct vio_set *s, const char *store)
 	}
 }
 
-static void metrics_usage(FILE *f)
+static int metrics_main(int argc, char **argv)
 {
-	fprintf(f, "usage: vsnapctl metrics [MOUNTPOINT|STORE]\n"
-		"  the running daemon's figures (status and iostat) in the Prometheus text\n"
-		"  format, for node_exporter's textfile collector\n");
-}
-
-int cmd_metrics(int argc, char **argv)
-{
-	static const struct option lo[] = {
-		{ "help", no_argument, NULL, 'h' }, { NULL, 0, NULL, 0 }
-	};
-	struct ctl_msg *st = malloc(sizeof(*st));
+	struct cli c = { .cmd = &metrics_cmd, .max_args = 1 };
+	struct ctl_msg *st = NULL;
 	struct vio_set vs = { 0 };
 	char dir[PATH_MAX];
-	const char *arg = ".";
-	int c, rc = 2;
+	int rc = 2;
 
-	opterr = 0;
-	while ((c = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
-		switch (c) {
-		case 'h': metrics_usage(stdout); free(st); return 0;
-		default: bad_option("metrics", argv); free(st); return 2;
-		}
-	}
-	if (optind < argc)
-		arg = argv[optind++];
-	if (optind < argc) {
-		fprintf(stderr, "vsnapctl: metrics: too many arguments\n");
-		goto out;
-	}
+	if (cli_next(&c, argc, argv) == CLI_STOP)      /* none of its own: -1 or this */
+		return c.exit;
+	if (ctl_mounted_store(optind < argc ? argv[optind] : ".", &metrics_cmd, dir, sizeof(dir)))
+		return 2;
+	st = malloc(sizeof(*st));
 	if (!st) {
 		fprintf(stderr, "vsnapctl: metrics: out of memory\n");
-		goto out;
+		return 2;
 	}
-	if (ctl_mounted_store(arg, "metrics", dir, sizeof(dir)) || status_fetch(dir, st) ||
-	    iostat_fetch(dir, &vs))
+	if (status_fetch(dir, st) || iostat_fetch(dir, &vs))
 		goto out;
 	print_gauges(st, dir);
 	print_volumes(&vs, dir);
@@ -224,5 +204,10 @@ const struct cmd metrics_cmd = {
 	.name = "metrics",
 	.synopsis = "[MOUNTPOINT|STORE]",
 	.summary = "the daemon's figures in the Prometheus text format",
-	.run = cmd_metrics,
+	.help = "The figures of status and iostat (totals since the mount, latency histograms),\n"
+		"every name vsnapfs_..., every sample labelled store=\"...\" and, per volume,\n"
+		"volume=\"...\", for node_exporter's textfile collector.  The store must be\n"
+		"mounted (default: the current directory); nothing is printed unless both of\n"
+		"the daemon's replies came.  The names in docs/operations.md.\n",
+	.run = metrics_main,
 };

@@ -12,7 +12,6 @@
  * in every field name (docs/operations.md says what each means).
  */
 #include <errno.h>
-#include <getopt.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
@@ -77,36 +76,15 @@ static const struct {
 	{ "count", "contents", "counts" }, { "gc", "gc", "gc" }, { "scrub", "scrub", "scrub" },
 };
 
-void bad_option(const char *cmd, char **argv)
-{
-	if (optopt && optopt != '?')
-		fprintf(stderr, "vsnapctl: %s: unknown option -%c (vsnapctl %s --help)\n", cmd, optopt,
-			cmd);
-	else
-		fprintf(stderr, "vsnapctl: %s: unknown option %s (vsnapctl %s --help)\n", cmd,
-			argv[optind - 1], cmd);
-}
-
-/* The store behind arg into dir, or one line saying why not and -1. */
-static int resolve(const char *arg, const char *cmd, char *dir, size_t len)
+int ctl_mounted_store(const char *arg, const struct cmd *cmd, char *dir, size_t len)
 {
 	char rel[PATH_MAX];
-	int rc = access(arg, F_OK) ? -errno : store_resolve(arg, dir, len, rel, sizeof(rel));
 
-	if (rc)
-		fprintf(stderr, "vsnapctl: %s: %s: %s\n", cmd, arg, store_why(rc));
-	return rc ? -1 : 0;
-}
-
-int ctl_mounted_store(const char *arg, const char *cmd, char *dir, size_t len)
-{
-	int rc = resolve(arg, cmd, dir, len);
-
-	if (rc)
-		return rc;
-	rc = storedir_lock_holder(dir, NULL, 0);
-	if (rc == 0) {
-		fprintf(stderr, "vsnapctl: %s: %s is not mounted\n", cmd, dir);
+	if (store_find(arg, dir, len, rel, sizeof(rel)))
+		return -1;
+	if (storedir_lock_holder(dir, NULL, 0) == 0) {
+		fprintf(stderr, "vsnapctl: %s: %s is not mounted: its figures are the running "
+			"daemon's\n", cmd->name, dir);
 		return -1;
 	}
 	return 0;
@@ -340,47 +318,23 @@ static void print_json(const struct ctl_msg *m)
 	printf("}\n");
 }
 
-static void status_usage(FILE *f)
+static int status_main(int argc, char **argv)
 {
-	fprintf(f, "usage: vsnapctl status [--json] [MOUNTPOINT|STORE]\n"
-		"  the store and its running daemon: pid, version, format, block size, the\n"
-		"  failed-sync state, space, volumes and snapshots, the last GC pass and the\n"
-		"  last scrub; unmounted, what the store itself says\n"
-		"  --json   one JSON object, the unit in every field name\n");
-}
-
-int cmd_status(int argc, char **argv)
-{
-	static const struct option lo[] = {
-		{ "json", no_argument, NULL, 'j' }, { "help", no_argument, NULL, 'h' },
-		{ NULL, 0, NULL, 0 }
-	};
-	struct ctl_msg *m = malloc(sizeof(*m));
+	struct cli c = { .cmd = &status_cmd, .max_args = 1 };
+	struct ctl_msg *m = NULL;
 	struct store st = { 0 };
-	char dir[PATH_MAX];
-	const char *arg = ".";
-	int c, rc = 2;
+	char dir[PATH_MAX], rel[PATH_MAX];
+	int rc = 2;
 
-	opterr = 0;
-	while ((c = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
-		switch (c) {
-		case 'j': json = true; break;
-		case 'h': status_usage(stdout); free(m); return 0;
-		default: bad_option("status", argv); free(m); return 2;
-		}
-	}
-	if (optind < argc)
-		arg = argv[optind++];
-	if (optind < argc) {
-		fprintf(stderr, "vsnapctl: status: too many arguments\n");
-		goto out;
-	}
+	if (cli_next(&c, argc, argv) == CLI_STOP)      /* none of its own: -1 or this */
+		return c.exit;
+	if (store_find(optind < argc ? argv[optind] : ".", dir, sizeof(dir), rel, sizeof(rel)))
+		return 2;
+	m = malloc(sizeof(*m));
 	if (!m) {
 		fprintf(stderr, "vsnapctl: status: out of memory\n");
-		goto out;
+		return 2;
 	}
-	if (resolve(arg, "status", dir, sizeof(dir)))
-		goto out;
 	if (has_daemon(dir)) {
 		if (status_fetch(dir, m))
 			goto out;
@@ -389,9 +343,10 @@ int cmd_status(int argc, char **argv)
 		/* not mounted, or by a daemon without the channel: the store */
 		if (store_open(dir, true, &st))
 			goto out;
-		c = local_status(&st, m);
-		if (c) {
-			fprintf(stderr, "vsnapctl: status: %s: %s\n", dir, strerror(-c));
+		rc = local_status(&st, m);
+		if (rc) {
+			fprintf(stderr, "vsnapctl: status: %s: %s\n", dir, strerror(-rc));
+			rc = 2;
 			goto out;
 		}
 	}
@@ -406,10 +361,19 @@ out:
 	return rc;
 }
 
-/* Parses its own arguments (cmd_status): .help is for vsnapctl --help's list. */
 const struct cmd status_cmd = {
 	.name = "status",
-	.synopsis = "[--json] [MOUNTPOINT|STORE]",
+	.synopsis = "[MOUNTPOINT|STORE]",
 	.summary = "the store and its running daemon: space, GC, last scrub, failed-sync state",
-	.run = cmd_status,
+	.help = "Mounted (a daemon serves the store): its pid, version and start, the store's\n"
+		"format and block size, the failed-sync state, space (data, spare chunk files,\n"
+		"index, reserve, host), volumes, directories and snapshots, the last GC pass\n"
+		"and the last scrub, from the daemon.  Not mounted: what the store itself says\n"
+		"(format, space, counts, the last scrub).  After the figures, what to do if a\n"
+		"sync failed, the last scrub found damage, or the store was not cleanly\n"
+		"unmounted.  The operand is a mount point, a path in a mount, or a store\n"
+		"directory (default: the current directory).\n"
+		"With --json: one object, the unit in every field name (docs/operations.md).\n",
+	.common = CLI_JSON,
+	.run = status_main,
 };

@@ -137,17 +137,24 @@ static void sync_mounts(const char *store)
 	endmntent(mf);
 }
 
+int store_find(const char *arg, char *dir, size_t dirlen, char *rel, size_t rellen)
+{
+	int rc = store_resolve(arg, dir, dirlen, rel, rellen);
+
+	if (rc)
+		fprintf(stderr, "vsnapctl: %s: %s\n", arg, store_why(rc));
+	return rc;
+}
+
 int store_open(const char *arg, bool chunks, struct store *st)
 {
 	char path[PATH_MAX + 32];
 	uint64_t clean;
 	int rc;
 
-	rc = store_resolve(arg, st->dir, sizeof(st->dir), st->rel, sizeof(st->rel));
-	if (rc) {
-		fprintf(stderr, "vsnapctl: %s: %s\n", arg, store_why(rc));
+	rc = store_find(arg, st->dir, sizeof(st->dir), st->rel, sizeof(st->rel));
+	if (rc)
 		return rc;
-	}
 	sync_mounts(st->dir);
 	snprintf(path, sizeof(path), "%s/" STOREDIR_INDEX, st->dir);
 	rc = bmap_open(path, 1, &st->bm);

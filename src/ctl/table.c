@@ -11,6 +11,8 @@
  * by one space, spaces and unprintable bytes escaped as \x20), with or
  * without the header (-n), or libsmartcols' JSON, where numbers are numbers,
  * a missing value is null, and every key is the column's json name.
+ * Rates and latencies (iostat) are doubles: a few significant digits in a
+ * table, exact with -b (latencies then in microseconds).
  *
  * Column widths come from the content, so a long path widens its column
  * instead of pushing the others out of line; libsmartcols measures
@@ -22,6 +24,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <libsmartcols.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -59,7 +62,7 @@ static size_t col_find(const struct table_col *cols, size_t ncols, const char *n
 static int col_add(struct table *t, size_t i)
 {
 	const struct table_col *c = &t->cols[i];
-	bool num = c->type == TT_BYTES || c->type == TT_COUNT || c->type == TT_TIME;
+	bool num = c->type != TT_TEXT;
 	struct libscols_column *cl;
 
 	if (t->shown[i])
@@ -172,6 +175,37 @@ void table_time(struct table *t, size_t col, int64_t unix_ns)
 		 !strftime(buf, sizeof(buf), t->raw ? "%Y-%m-%dT%H:%M:%S%z" : "%Y-%m-%d %H:%M:%S",
 			   &tm))
 		snprintf(buf, sizeof(buf), "@%lld", (long long)secs);
+	table_text(t, col, buf);
+}
+
+void table_double(struct table *t, size_t col, double v)
+{
+	enum table_type type = t->cols[col].type;
+	bool exact = json || t->bytes;
+	char buf[32];
+
+	if (v < 0) {
+		table_text(t, col, NULL);
+		return;
+	}
+	if (type == TT_BYTES) {
+		table_u64(t, col, (uint64_t)(v + 0.5));
+		return;
+	}
+	if (isinf(v))
+		snprintf(buf, sizeof(buf), "+Inf");
+	else if (type == TT_RATE)
+		snprintf(buf, sizeof(buf), exact || v < 10 ? "%.2f" : v < 100 ? "%.1f" : "%.0f", v);
+	else if (json)
+		snprintf(buf, sizeof(buf), "%.9g", v);
+	else if (exact)
+		snprintf(buf, sizeof(buf), "%.0f", v * 1e6);      /* microseconds */
+	else if (v < 1e-3)
+		snprintf(buf, sizeof(buf), "%.0fus", v * 1e6);
+	else if (v < 1)
+		snprintf(buf, sizeof(buf), "%.1fms", v * 1e3);
+	else
+		snprintf(buf, sizeof(buf), "%.2fs", v);
 	table_text(t, col, buf);
 }
 

@@ -384,7 +384,7 @@ ctl 2 "$T/u.txt"
 one_line "$T/u.txt.err" "vsnapctl: no command given; see vsnapctl --help"
 # every command has its --help, listed by vsnapctl --help
 ctl 0 "$T/help.txt" --help
-for c in list tree check scrub gc diff send receive; do
+for c in list tree check scrub gc diff send receive status iostat metrics; do
 	grep -qE "^  $c +[a-z]" "$T/help.txt" || fail "vsnapctl --help does not list $c: $(cat "$T/help.txt")"
 	ctl 0 "$T/h.txt" "$c" --help
 	grep -q "^usage: vsnapctl $c" "$T/h.txt" || fail "vsnapctl $c --help: $(cat "$T/h.txt")"

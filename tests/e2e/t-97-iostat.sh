@@ -7,8 +7,9 @@
 # escaped labels, values), and a volume whose name holds a quote and a
 # backslash is labelled with both escaped.  A renamed volume shows under its
 # new name, a deleted one goes, a snapshot file read through the mount
-# shows under its path.  Unmounted, iostat and metrics say so in one line
-# and exit 2.
+# shows under its path.  The table takes list's -o (any case), -n, --raw
+# and -b, and a column it does not have is one line.  Unmounted, iostat
+# and metrics say so in one line and exit 2.
 . "$(dirname "$0")/lib.sh"
 
 STORE=$T/store
@@ -42,6 +43,17 @@ head -n 1 "$T/io.txt" | grep -q '^VOLUME  *READS/s  *WRITES/s  *RBYTES/s  *WBYTE
 	fail "iostat's header: $(head -n 1 "$T/io.txt")"
 grep -q '^/v.img ' "$T/io.txt" || fail "no /v.img row in iostat"
 grep -q '^total ' "$T/io.txt" || fail "no total row in iostat"
+# the table's shared options, as list has them: -o columns, -n, --raw, -b
+"$VSNAPCTL" iostat -n --raw -o VOLUME,ERRORS,wp99 "$MNT" >"$T/io.raw" 2>&1 || fail "iostat -o: $(cat "$T/io.raw")"
+note "$(cat "$T/io.raw")"
+grep -qxE '/v.img 0 [0-9.]+(us|ms|s)' "$T/io.raw" || fail "iostat -n --raw -o VOLUME,ERRORS,WP99: $(cat "$T/io.raw")"
+grep -qxE 'total 0 [0-9.]+(us|ms|s)' "$T/io.raw" || fail "iostat -o: the total row: $(cat "$T/io.raw")"
+! grep -q VOLUME "$T/io.raw" || fail "iostat -n printed a header"
+"$VSNAPCTL" iostat -b -n --raw -o VOLUME,WBYTES/s "$MNT" >"$T/io.b" 2>&1 || fail "iostat -b: $(cat "$T/io.b")"
+grep -qxE '/v.img [0-9]+' "$T/io.b" || fail "iostat -b: not exact bytes: $(cat "$T/io.b")"
+expect_errno "vsnapctl iostat: unknown column 'FROB' (-o takes those --help lists); see vsnapctl iostat --help" \
+	"$VSNAPCTL" iostat -o VOLUME,FROB "$MNT"
+assert_eq "$(wc -l <"$T/expect.err")" 1 "iostat -o FROB: one line"
 # two reports 1 s apart: the second covers only that second, with no I/O
 "$VSNAPCTL" iostat -H -p "$MNT" 1 2 >"$T/io2.txt" 2>&1 || fail "iostat 1 2: $(cat "$T/io2.txt")"
 assert_eq "$(grep -c '^/v.img ' "$T/io2.txt")" 2 "rows of /v.img in two reports"

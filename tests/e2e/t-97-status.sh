@@ -89,7 +89,15 @@ assert_eq "$(jget "$T/u2.json" scrub last_blocks)" "$blocks" "the unmounted scru
 expect_errno "$T/nope: no such file or directory" "$VSNAPCTL" status "$T/nope"
 assert_eq "$(wc -l <"$T/expect.err")" 1 "status of a missing path: one line"
 expect_errno "$T: not a vsnapfs store (no index.sqlite) and not in a vsnapfs mount" "$VSNAPCTL" status "$T"
-expect_errno "unknown option --bogus" "$VSNAPCTL" status --bogus "$STORE"
-assert_eq "$(wc -l <"$T/expect.err")" 1 "an unknown option: one line"
-expect_errno "INTERVAL is a whole number of seconds, at least 1: 0" "$VSNAPCTL" iostat "$STORE" 0
+# the shared command line's words (cli_bad), for each of status, iostat, metrics
+for cmd in status iostat metrics; do
+	expect_errno "vsnapctl $cmd: unknown option '--bogus'; see vsnapctl $cmd --help" \
+		"$VSNAPCTL" $cmd --bogus "$STORE"
+	assert_eq "$(wc -l <"$T/expect.err")" 1 "$cmd: an unknown option: one line"
+done
+expect_errno "vsnapctl status: unexpected argument 'extra'; see vsnapctl status --help" \
+	"$VSNAPCTL" status "$STORE" extra
+expect_errno "vsnapctl iostat: INTERVAL is a whole number of seconds, at least 1, not '0'; see vsnapctl iostat --help" \
+	"$VSNAPCTL" iostat "$STORE" 0
+assert_eq "$(wc -l <"$T/expect.err")" 1 "iostat: a bad interval: one line"
 pass
