@@ -35,3 +35,9 @@ int chan_call(const char *dir, struct ctl_msg *req, struct ctl_msg *rep, bool qu
 	}
 	return rc ? rc : rep->status;
 }
+
+int chan_ask(const char *dir, uint16_t verb, struct ctl_msg *m, bool quiet)
+{
+	ctl_msg_init(m, verb);
+	return chan_call(dir, m, m, quiet);     /* the request is sent before the reply lands */
+}

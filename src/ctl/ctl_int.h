@@ -119,6 +119,8 @@ char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void json_str(FILE *f, const char *s);
 /* bytes as "123", "4.0K", "1.5G". */
 void human(uint64_t bytes, char *out, size_t len);
+/* unix_s as strftime's fmt says in local time; "@SECONDS" if it cannot. */
+void local_time(int64_t unix_s, const char *fmt, char *out, size_t len);
 
 struct progress {
 	const char *what;
@@ -231,6 +233,8 @@ struct ctl_msg;
  * negative errno of the channel, or the daemon's status.  Unless quiet,
  * says why on stderr (the daemon's msg= line for a refusal). */
 int chan_call(const char *dir, struct ctl_msg *req, struct ctl_msg *rep, bool quiet);
+/* chan_call() of a request of verb with no fields; m gets the reply. */
+int chan_ask(const char *dir, uint16_t verb, struct ctl_msg *m, bool quiet);
 
 /* ---- report.c ------------------------------------------------------------------ */
 
@@ -340,6 +344,7 @@ int rowset_scan(struct bmap *bm, struct rowset *rs, uint64_t lo);
 #include "vsnapfs/ctlmsg.h"
 
 enum { VIO_READ, VIO_WRITE, VIO_FSYNC, VIO_KINDS };
+extern const char *const vio_kind_name[VIO_KINDS];     /* "read", "write", "fsync" */
 
 struct vio {                            /* one volume's counters since the mount */
 	uint64_t ino;
@@ -362,9 +367,6 @@ void vio_set_free(struct vio_set *s);
  * (store_find's, or "vsnapctl CMD: DIR is not mounted: ...") on stderr
  * and -1. */
 int ctl_mounted_store(const char *arg, const struct cmd *cmd, char *dir, size_t len);
-/* The daemon's status reply (CTL_STATUS) into rep; says why on stderr
- * when it fails. */
-int status_fetch(const char *dir, struct ctl_msg *rep);
 /* Host bytes of the files in dir/sub (st_blocks), 0 if it is missing (gc.c). */
 uint64_t dir_bytes(const char *dir, const char *sub);
 

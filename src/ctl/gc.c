@@ -50,12 +50,12 @@ static uint64_t store_bytes(const char *dir)
 
 static int gc_run(struct store *st)
 {
-	struct ctl_msg *req = malloc(sizeof(*req)), *rep = malloc(sizeof(*rep));
+	struct ctl_msg *rep = malloc(sizeof(*rep));
 	uint64_t before, after, moved = 0, removed = 0;
 	char h1[16], h2[16], h3[16];
 	int rc = 2;
 
-	if (!req || !rep) {
+	if (!rep) {
 		fprintf(stderr, "vsnapctl: gc: out of memory\n");
 		goto out;
 	}
@@ -65,8 +65,7 @@ static int gc_run(struct store *st)
 		goto out;
 	}
 	before = store_bytes(st->dir);
-	ctl_msg_init(req, CTL_GC);
-	if (chan_call(st->dir, req, rep, false))
+	if (chan_ask(st->dir, CTL_GC, rep, false))
 		goto out;
 	if (ctl_kv_u64(rep, "moved_blocks", &moved) || ctl_kv_u64(rep, "removed_chunks", &removed)) {
 		fprintf(stderr, "vsnapctl: gc: the daemon's reply lacks moved_blocks or "
@@ -90,7 +89,6 @@ static int gc_run(struct store *st)
 	}
 	rc = 0;
 out:
-	free(req);
 	free(rep);
 	return rc;
 }

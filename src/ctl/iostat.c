@@ -30,7 +30,7 @@
 #include "vsnapfs/array.h"
 #include "vsnapfs/ctlmsg.h"
 
-static const char *const kind_name[VIO_KINDS] = { "read", "write", "fsync" };
+const char *const vio_kind_name[VIO_KINDS] = { "read", "write", "fsync" };
 
 void vio_set_free(struct vio_set *s)
 {
@@ -264,7 +264,7 @@ static void json_row(const struct rate *r, bool first)
 	printf("%s{\"volume\":", first ? "" : ",");
 	json_str(stdout, r->volume);
 	for (int k = 0; k < VIO_KINDS; k++) {
-		const char *n = kind_name[k];
+		const char *n = vio_kind_name[k];
 		char name[64];
 
 		if (r->now)

@@ -81,8 +81,6 @@ static const struct gauge {
 	  "Damaged blocks the last recorded scrub found.", 1 },
 };
 
-static const char *const op_name[VIO_KINDS] = { "read", "write", "fsync" };
-
 /* Per-volume counters: field, kind (-1: every kind, labelled op=). */
 enum vfield { V_OPS, V_BYTES, V_ERRORS };
 static const struct counter {
@@ -134,7 +132,7 @@ static void print_volumes(const struct vio_set *s, const char *store)
 		for (size_t i = 0; i < s->n; i++) {
 			for (int op = 0; op < VIO_KINDS; op++) {
 				const char *l[] = { "store", store, "volume", s->v[i].path, "op",
-						    op_name[op], NULL };
+						    vio_kind_name[op], NULL };
 
 				if (k->kind >= 0 && op != k->kind)
 					continue;
@@ -153,7 +151,7 @@ static void print_volumes(const struct vio_set *s, const char *store)
 	for (size_t i = 0; i < s->n; i++) {
 		for (int op = 0; op < VIO_KINDS; op++) {
 			const struct vio *v = &s->v[i];
-			const char *l[] = { "store", store, "volume", v->path, "op", op_name[op],
+			const char *l[] = { "store", store, "volume", v->path, "op", vio_kind_name[op],
 					    "le", le, NULL };
 			uint64_t cum = 0;
 
@@ -189,7 +187,7 @@ static int metrics_main(int argc, char **argv)
 		fprintf(stderr, "vsnapctl: metrics: out of memory\n");
 		return 2;
 	}
-	if (status_fetch(dir, st) || iostat_fetch(dir, &vs))
+	if (chan_ask(dir, CTL_STATUS, st, false) || iostat_fetch(dir, &vs))
 		goto out;
 	print_gauges(st, dir);
 	print_volumes(&vs, dir);

@@ -56,6 +56,14 @@ void human(uint64_t bytes, char *out, size_t len)
 		snprintf(out, len, "%.1f%c", v, unit[u]);
 }
 
+void local_time(int64_t unix_s, const char *fmt, char *out, size_t len)
+{
+	time_t t = (time_t)unix_s;
+	struct tm tm;
+
+	if (!localtime_r(&t, &tm) || !strftime(out, len, fmt, &tm))
+		snprintf(out, len, "@%" PRId64, unix_s);
+}
 
 static int64_t mono_ns(void)
 {

@@ -90,21 +90,6 @@ int ctl_mounted_store(const char *arg, const struct cmd *cmd, char *dir, size_t 
 	return 0;
 }
 
-int status_fetch(const char *dir, struct ctl_msg *rep)
-{
-	struct ctl_msg *req = malloc(sizeof(*req));
-	int rc = req ? 0 : -ENOMEM;
-
-	if (!rc) {
-		ctl_msg_init(req, CTL_STATUS);
-		rc = chan_call(dir, req, rep, false);
-	} else {
-		fprintf(stderr, "vsnapctl: out of memory\n");
-	}
-	free(req);
-	return rc;
-}
-
 /* Is there a daemon with a control channel at dir? */
 static bool has_daemon(const char *dir)
 {
@@ -174,12 +159,10 @@ static int local_status(struct store *st, struct ctl_msg *m)
 
 static void fmt_time(char *out, size_t len, int64_t ns)
 {
-	time_t t = ns / 1000000000;
-	struct tm tm;
-	int64_t ago = time(NULL) - t;
+	int64_t t = ns / 1000000000, ago = time(NULL) - t;
 	char ts[64];
 
-	strftime(ts, sizeof(ts), "%Y-%m-%d %H:%M:%S %Z", localtime_r(&t, &tm));
+	local_time(t, "%Y-%m-%d %H:%M:%S %Z", ts, sizeof(ts));
 	if (ago < 120)
 		snprintf(out, len, "%s (%" PRId64 " s ago)", ts, ago);
 	else if (ago < 7200)
@@ -336,7 +319,7 @@ static int status_main(int argc, char **argv)
 		return 2;
 	}
 	if (has_daemon(dir)) {
-		if (status_fetch(dir, m))
+		if (chan_ask(dir, CTL_STATUS, m, false))
 			goto out;
 		ctl_kv_add(m, "state.mounted", "1");
 	} else {

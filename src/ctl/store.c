@@ -108,8 +108,7 @@ static void sync_mounts(const char *store)
 	int rc = -ENOMEM;
 
 	if (m) {
-		ctl_msg_init(m, CTL_SYNC);
-		rc = chan_call(store, m, m, true);
+		rc = chan_ask(store, CTL_SYNC, m, true);
 		if (rc && rc != -ENOENT && rc != -ECONNREFUSED)
 			fprintf(stderr, "vsnapctl: %s: cannot bring the index up to date: %s\n",
 				store, strerror(-rc));

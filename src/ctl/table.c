@@ -28,7 +28,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <time.h>
 
 #include "ctl/ctl_int.h"
 
@@ -165,16 +164,14 @@ void table_u64(struct table *t, size_t col, uint64_t v)
 
 void table_time(struct table *t, size_t col, int64_t unix_ns)
 {
-	time_t secs = (time_t)(unix_ns / 1000000000);
+	int64_t secs = unix_ns / 1000000000;
 	char buf[64];
-	struct tm tm;
 
 	if (json)
-		snprintf(buf, sizeof(buf), "%lld", (long long)secs);
-	else if (!localtime_r(&secs, &tm) ||
-		 !strftime(buf, sizeof(buf), t->raw ? "%Y-%m-%dT%H:%M:%S%z" : "%Y-%m-%d %H:%M:%S",
-			   &tm))
-		snprintf(buf, sizeof(buf), "@%lld", (long long)secs);
+		snprintf(buf, sizeof(buf), "%" PRId64, secs);
+	else
+		local_time(secs, t->raw ? "%Y-%m-%dT%H:%M:%S%z" : "%Y-%m-%d %H:%M:%S", buf,
+			   sizeof(buf));
 	table_text(t, col, buf);
 }
 
