@@ -6,7 +6,9 @@
 # running vsnapfs taken from /proc/mounts (completed from another
 # directory, so that file completion cannot be what finds it), .snapshots
 # and the snapshot names inside it, and @NAME after send --from, with the
-# file B before or after; no mount point once unmounted.
+# file B before or after; status, iostat and metrics with their options
+# (metrics: no --json) and iostat -o with its columns; no mount point once
+# unmounted.
 . "$(dirname "$0")/lib.sh"
 
 SRC=$(cd "$(dirname "$0")/../.." && pwd)
@@ -22,7 +24,7 @@ mkdir "$T/elsewhere"
 # complete CWORD WORD...: the sorted candidates bash would offer for word
 # CWORD (0 is "vsnapctl") of the command line WORD...
 complete_at() {
-	(cd "$T/elsewhere" && bash --norc --noprofile -c '
+	(cd "$T/elsewhere" && PATH=$B:$PATH bash --norc --noprofile -c '
 		set -u
 		. "$1"
 		. "$2"
@@ -72,6 +74,16 @@ expect 2 "-n -v -c --from --resume --json --help" vsnapctl send -
 refuse 2 "--force" vsnapctl send -
 assert_eq "$(complete_at 2 vsnapctl receive --f)" "--force" "vsnapctl receive --f<TAB>"
 refuse 2 "-n --from" vsnapctl receive -
+# status, iostat, metrics: their options, those of the shared command line
+# (vsnapctl is the build's, so what their --help lists counts too)
+expect 2 "--json --help" vsnapctl status -
+expect 2 "-o -n -b -r --output --noheadings --bytes --raw --json --help" vsnapctl iostat -
+refuse 2 "--force -t" vsnapctl iostat -
+assert_eq "$(complete_at 2 vsnapctl metrics - | tr '\n' ' ')" "--help " "vsnapctl metrics -<TAB>"
+# iostat -o: its columns, as its --help lists them
+expect 3 "VOLUME READS/s WRITES/s ERRORS WP99" vsnapctl iostat -o ""
+assert_eq "$(complete_at 3 vsnapctl iostat --output WP | tr '\n' ' ')" "WP99 " "iostat --output WP<TAB>"
+expect 3 "volume snapshot all" vsnapctl list -t ""
 
 # the mount point, from /proc/mounts: the completion runs in $T/elsewhere
 expect 2 "$MNT" vsnapctl status ""
