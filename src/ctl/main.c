@@ -100,6 +100,8 @@ int main(int argc, char **argv)
 		fprintf(stderr, "vsnapctl: unknown command '%s'; see vsnapctl --help\n", argv[optind]);
 		return 2;
 	}
+	if (json && !(cmd->common & CLI_JSON))  /* as it says after the command */
+		return cli_bad(cmd, "unknown option '--json'");
 	rc = cmd->run ? cmd->run(argc - optind, argv + optind) :
 		cli_store_main(cmd, argc - optind, argv + optind);
 	if (fflush(stdout) || ferror(stdout)) {

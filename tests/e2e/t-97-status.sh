@@ -5,7 +5,8 @@
 # scrub its result shows (the same block count, none damaged), also once
 # unmounted, and a scrub of the unmounted store is recorded too (in the
 # index, under the store's lock).  Unmounted, status says so.  Bad input
-# gets one line naming the problem.
+# gets one line naming the problem, in the shared command line's words;
+# metrics refuses --json, before the command too.
 . "$(dirname "$0")/lib.sh"
 
 STORE=$T/store
@@ -95,6 +96,11 @@ for cmd in status iostat metrics; do
 		"$VSNAPCTL" $cmd --bogus "$STORE"
 	assert_eq "$(wc -l <"$T/expect.err")" 1 "$cmd: an unknown option: one line"
 done
+# metrics prints the Prometheus format only: --json is refused, before the command too
+expect_errno "vsnapctl metrics: unknown option '--json'; see vsnapctl metrics --help" \
+	"$VSNAPCTL" --json metrics "$STORE"
+expect_errno "vsnapctl metrics: unknown option '--json'; see vsnapctl metrics --help" \
+	"$VSNAPCTL" metrics --json "$STORE"
 expect_errno "vsnapctl status: unexpected argument 'extra'; see vsnapctl status --help" \
 	"$VSNAPCTL" status "$STORE" extra
 expect_errno "vsnapctl iostat: INTERVAL is a whole number of seconds, at least 1, not '0'; see vsnapctl iostat --help" \
