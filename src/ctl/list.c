@@ -24,6 +24,7 @@
 #include <string.h>
 
 #include "ctl/ctl_int.h"
+#include "vsnapfs/ctlmsg.h"
 #include "vsnapfs/array.h"
 
 struct excl {
@@ -125,6 +126,14 @@ static int cmp_path(const void *a, const void *b, void *ctx)
 	return strcmp(f[*(const size_t *)a].path, f[*(const size_t *)b].path);
 }
 
+/* A volume being received: not listed, as the mount does not list it. */
+static bool hidden(const char *path)
+{
+	const char *name = strrchr(path, '/');
+
+	return name && ctl_recv_tmp_name(name + 1);
+}
+
 int cmd_list(struct store *st)
 {
 	struct model m = { 0 };
@@ -138,7 +147,8 @@ int cmd_list(struct store *st)
 	if (rc)
 		goto out;
 	for (size_t i = 0; i < m.nfiles; i++)
-		if (m.files[i].kind == BMAP_VOL && under(m.files[i].path, st->rel))
+		if (m.files[i].kind == BMAP_VOL && under(m.files[i].path, st->rel) &&
+		    !hidden(m.files[i].path))
 			order[n++] = i;
 	qsort_r(order, n, sizeof(*order), cmp_path, m.files);
 

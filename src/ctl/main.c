@@ -9,6 +9,7 @@
  *   vsnapctl gc    [--json] [STORE|MOUNTPOINT]    a garbage-collection pass now (mounted)
  *   vsnapctl send  [-n] [-v] [-c] [--from A] [--resume TOKEN] B   a stream of snapshot B
  *   vsnapctl receive [--force] [--resume] PATH    apply a stream from stdin
+ *   vsnapctl receive --token|--abort PATH         a cut receive's token; drop it
  *
  * Exit status: 0 clean, 1 problems (check) or damage (scrub), 2 usage or I/O
  * error.  --json may come anywhere on the command line.  This file parses
@@ -52,8 +53,11 @@ static void usage(FILE *f)
 		"                             a full stream creates PATH and its snapshot, an\n"
 		"                             incremental one adds the next; --force first reverts\n"
 		"                             PATH to the base snapshot if it was written since;\n"
-		"                             a cut stream is refused (send it again): --resume is\n"
-		"                             disabled in this version\n"
+		"                             a cut stream keeps what it verified and prints a\n"
+		"                             TOKEN: send --resume TOKEN | receive --resume PATH\n"
+		"  receive --token|--abort PATH\n"
+		"                             print the tokens of the cut receives kept in PATH's\n"
+		"                             directory; remove them\n"
 		"\n"
 		"STORE is a store directory; a MOUNTPOINT of a running vsnapfs names its store.\n"
 		"The argument defaults to the current directory.  --json: machine-readable output.\n"
@@ -110,6 +114,10 @@ int main(int argc, char **argv)
 			ro.force = true;
 		} else if (opts && receiving && !strcmp(a, "--resume")) {
 			ro.resume = true;
+		} else if (opts && receiving && !strcmp(a, "--token")) {
+			ro.token = true;
+		} else if (opts && receiving && !strcmp(a, "--abort")) {
+			ro.abort = true;
 		} else if (opts && a[0] == '-' && a[1]) {
 			fprintf(stderr, "vsnapctl: unknown option %s\n", a);
 			usage(stderr);

@@ -28,6 +28,7 @@
 
 #include "ns/names.h"
 #include "ns/ns_int.h"
+#include "vsnapfs/ctlmsg.h"
 #include "vsnapfs/log.h"
 
 /* ---- attributes ------------------------------------------------------------ */
@@ -258,8 +259,28 @@ static int touch_dir(struct ns *ns, uint64_t dir, int64_t now)
 	return bmap_inode_update(ns->bm, &d);
 }
 
+/* The volumes being received in a directory (hidden: see ns_readdir); 1 if
+ * it holds anything else. */
+struct hidden_kids {
+	uint64_t *ino;
+	size_t n, cap;
+};
+
+static int hidden_kid(void *ctx, const struct bmap_inode *in)
+{
+	struct hidden_kids *h = ctx;
+
+	if (in->kind != BMAP_VOL || !ctl_recv_tmp_name(in->name))
+		return 1;
+	if (ARRAY_RESERVE(h->ino, h->cap, h->n, 8))
+		return -ENOMEM;
+	h->ino[h->n++] = in->ino;
+	return 0;
+}
+
 static int remove_entry(struct ns *ns, uint64_t dir, const char *name, bool want_dir)
 {
+	struct hidden_kids hk = { 0 };
 	struct bmap_inode in;
 	uint64_t n;
 	int rc;
@@ -298,11 +319,13 @@ static int remove_entry(struct ns *ns, uint64_t dir, const char *name, bool want
 		goto out;
 	}
 	if (want_dir) {
-		/* a directory with snapshots is not empty: D/.snapshots holds them */
-		rc = bmap_dir_count(ns->bm, in.ino, &n);
+		/* a directory with snapshots is not empty: D/.snapshots holds them;
+		 * one that holds only volumes being received (which ls does not
+		 * show) is, and they go with it, as unlinked volumes */
+		rc = bmap_snap_count(ns->bm, in.ino, &n);
 		if (!rc && !n)
-			rc = bmap_snap_count(ns->bm, in.ino, &n);
-		if (!rc && n)
+			rc = bmap_dir_list(ns->bm, in.ino, 0, hidden_kid, &hk);
+		if (rc == 1 || (!rc && n))
 			rc = -ENOTEMPTY;
 		if (rc)
 			goto out;
@@ -310,8 +333,12 @@ static int remove_entry(struct ns *ns, uint64_t dir, const char *name, bool want
 	rc = ns_txn_begin(ns);
 	if (rc)
 		goto out;
+	for (size_t i = 0; i < hk.n && !rc; i++)
+		rc = bmap_inode_move(ns->bm, hk.ino[i], 0, "");
 	/* a volume keeps its inode, out of the tree (parent 0), until reaped */
-	rc = want_dir ? bmap_inode_delete(ns->bm, in.ino) : bmap_inode_move(ns->bm, in.ino, 0, "");
+	if (!rc)
+		rc = want_dir ? bmap_inode_delete(ns->bm, in.ino) :
+			bmap_inode_move(ns->bm, in.ino, 0, "");
 	if (!rc)
 		rc = touch_dir(ns, dir, ns_now_ns());
 	if (!rc)
@@ -320,9 +347,12 @@ static int remove_entry(struct ns *ns, uint64_t dir, const char *name, bool want
 		ns_txn_rollback(ns);
 	else if (!want_dir)
 		ns_volume_detached(ns, in.ino);
+	for (size_t i = 0; i < hk.n && !rc; i++)
+		ns_volume_detached(ns, hk.ino[i]);
 out:
 	lock_mutex_unlock(&ns->db_mu);
-	if (!rc && !want_dir)
+	free(hk.ino);
+	if (!rc && (!want_dir || hk.n))
 		pthread_cond_signal(&ns->bg_cond);
 	return rc;
 }
@@ -618,6 +648,9 @@ int ns_readdir(struct ns *ns, uint64_t dir, uint64_t after, ns_dirent_fn fn, voi
 	if (rc == 1 || rd.stopped)
 		rc = 0;
 	for (size_t i = 0; i < rd.n && !rc; i++) {
+		/* a volume being received is reached by its name only */
+		if (ctl_recv_tmp_name(rd.ents[i].name))
+			continue;
 		if (rd.snap)
 			ns_sinode_attr(ns, rd.snap, &rd.ents[i], &a);
 		else
