@@ -298,6 +298,7 @@ struct stream_dec {
 	int err;                        /* the error that failed it */
 	uint64_t first;                 /* byte of the first record after begin */
 	bool resumed;                   /* begin said so */
+	struct stream_pos good;         /* after the last record handed out or skipped */
 	ZSTD_DCtx *zd;                  /* made at the first compressed record */
 	uint8_t *zbuf;                  /* its data, decompressed */
 	char msg[160];
@@ -385,8 +386,14 @@ uint64_t stream_dec_bytes(const struct stream_dec *d)
 
 void stream_dec_pos(const struct stream_dec *d, struct stream_pos *p)
 {
-	*p = (struct stream_pos){ .rec = d->nrec, .off = d->next_off, .chain = d->chain,
-				  .data_bytes = d->data_bytes };
+	*p = d->good;
+}
+
+/* The records so far are sound: a caller may keep what they did. */
+static void dec_good(struct stream_dec *d)
+{
+	d->good = (struct stream_pos){ .rec = d->nrec, .off = d->next_off, .chain = d->chain,
+				       .data_bytes = d->data_bytes };
 }
 
 static int dec_fail(struct stream_dec *d, int rc, const char *fmt, ...)
@@ -506,6 +513,7 @@ int stream_dec_begin(struct stream_dec *d, struct stream_begin *b)
 	d->size = b->size;
 	d->next_off = b->resume_off;
 	d->state = 1;
+	dec_good(d);
 	if (b->resume_rec) {
 		/* records only after stream_dec_continue, from the kept chain */
 		d->nrec = b->resume_rec;
@@ -525,6 +533,7 @@ int stream_dec_continue(struct stream_dec *d, const struct stream_pos *kept)
 				"not its continuation", d->nrec, d->next_off, kept->rec, kept->off);
 	d->chain = kept->chain;
 	d->state = 1;
+	dec_good(d);
 	return 0;
 }
 
@@ -578,6 +587,7 @@ int stream_dec_next(struct stream_dec *d, struct stream_rec *r)
 			if (flags & STREAM_FLAG_MUST)
 				return dec_fail(d, -EPROTO, "record type %" PRIu32 " that this "
 						"vsnapctl does not know", type);
+			dec_good(d);
 			continue;               /* skipped by its length */
 		}
 		if (type == STREAM_DATA ? len < 9 : type == STREAM_ZERO && len != 16)
@@ -594,6 +604,7 @@ int stream_dec_next(struct stream_dec *d, struct stream_rec *r)
 		d->next_off = off + n;
 		if (type != STREAM_ZERO)
 			d->data_bytes += n;
+		dec_good(d);
 		*r = (struct stream_rec){ .type = type == STREAM_ZERO ? STREAM_ZERO : STREAM_DATA,
 					  .off = off, .len = n,
 					  .data = type == STREAM_DATA ? d->buf + HDR + 8 :

@@ -574,6 +574,22 @@ Test(stream, after_a_refusal_the_position_is_the_last_verified_record)
 	stream_dec_pos(d, &p);
 	cr_assert_eq(memcmp(&p, &want, sizeof(p)), 0);
 	stream_dec_free(d);
+	/* a record sound by its chain but out of order (a sender's bug) is not
+	 * counted in the position either */
+	x.n = 0;
+	mem_out(&x, m.p, m.n);
+	le64_put(x.p + at[2] + 16, 0);                  /* the zero record at 0 */
+	le64_put(x.p + at[2] + 16 + 16, cksum_seeded(x.p + at[2], 16 + 16,
+						     le64_get(x.p + at[2] - 8)));
+	x.pos = 0;
+	cr_assert_eq(stream_dec_new(mem_in, &x, &d), 0);
+	cr_assert_eq(stream_dec_begin(d, &o), 0);
+	cr_assert_eq(stream_dec_next(d, &r), 1);
+	cr_assert_eq(stream_dec_next(d, &r), -EBADMSG);
+	cr_assert(strstr(stream_dec_msg(d), "out of order"), "%s", stream_dec_msg(d));
+	stream_dec_pos(d, &p);
+	cr_assert_eq(memcmp(&p, &want, sizeof(p)), 0);
+	stream_dec_free(d);
 	free(m.p);
 	free(x.p);
 }
