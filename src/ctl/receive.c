@@ -355,10 +355,15 @@ static int recv_resume(struct recv *r, struct stream_dec *d, int *fd)
 	if (recv_kept(r, &t))
 		return refuse(r, "no cut receive of %s@%s is kept in %s: nothing to resume (send the "
 			      "whole stream)", r->sb.file, r->sb.snap, r->dirpath);
-	if (memcmp(t.base, r->sb.base_guid, STREAM_GUID_BYTES))
-		return refuse(r, "the part kept is of a stream %s, this one is %s: another base, not "
-			      "its continuation", is_zero(t.base) ? "without a base (full)" :
-			      "with a base", stream_is_full(&r->sb) ? "full" : "incremental");
+	if (memcmp(t.base, r->sb.base_guid, STREAM_GUID_BYTES)) {
+		char kb[2 * STREAM_GUID_BYTES + 1], sb[2 * STREAM_GUID_BYTES + 1];
+
+		ctl_hex(t.base, STREAM_GUID_BYTES, kb);
+		ctl_hex(r->sb.base_guid, STREAM_GUID_BYTES, sb);
+		return refuse(r, "the part kept is of the stream from base %.12s, this one is from "
+			      "%.12s: another base, not its continuation", is_zero(t.base) ? "none" : kb,
+			      stream_is_full(&r->sb) ? "none" : sb);
+	}
 	if (stream_dec_continue(d, &t.pos))
 		return refuse(r, "%s; the part kept is as it was", stream_dec_msg(d));
 	tmp_name(r, &t);
