@@ -20,7 +20,8 @@
  * Resume (docs/design.md, "Resume"; stream version 2): the temporary volume
  * is named after the stream's position it holds, .vsnap-recv.TOKEN, TOKEN
  * being GUID.BASE.K.OFF.CHAIN: renamed to the position of the last record
- * applied every RECV_CKPT_BYTES of stream and when the stream is cut, each
+ * applied every RECV_CKPT_BYTES of stream (and RECV_CKPT_NS, so that a
+ * fast link pays at most one per second) and when the stream is cut, each
  * time after an fsync, so the name never claims more than the volume
  * holds.  A cut receive keeps it and prints the token for send --resume;
  * receive --resume takes a resumed stream onto the kept part of its guid
@@ -48,6 +49,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "ctl/ctl_int.h"
@@ -55,7 +57,9 @@
 #include "vsnapfs/stream.h"
 
 #define RECV_TMP_PREFIX CTL_RECV_TMP_PREFIX
-#define RECV_CKPT_BYTES (8ull << 20)    /* stream bytes between two checkpoints */
+#define RECV_CKPT_BYTES (8ull << 20)    /* at least this much stream between two */
+#define RECV_CKPT_NS    1000000000ll    /* checkpoints, and at least this long: each
+					 * costs an fsync and a rename (two flushes) */
 #define TOKEN_MAX       140             /* GUID.BASE.K.OFF.CHAIN, NUL included */
 
 struct recv {
@@ -75,7 +79,16 @@ struct recv {
 	bool keep;                      /* ... unless it holds a part worth resuming */
 	uint64_t applied;               /* every byte below it is in the temporary volume */
 	uint64_t ckpt_bytes;            /* stream bytes at the last checkpoint */
+	int64_t ckpt_ns;                /* CLOCK_MONOTONIC then */
 };
+
+static int64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
 
 __attribute__((format(printf, 2, 3)))
 static int refuse(struct recv *r, const char *fmt, ...)
@@ -326,6 +339,7 @@ static int recv_ckpt(struct recv *r, struct stream_dec *d, int fd)
 	memcpy(t.base, r->sb.base_guid, STREAM_GUID_BYTES);
 	stream_dec_pos(d, &t.pos);
 	r->ckpt_bytes = stream_dec_bytes(d);
+	r->ckpt_ns = now_ns();
 	snprintf(old, sizeof(old), "%s", r->tmp);
 	tmp_name(r, &t);
 	if (!strcmp(old, r->tmp))
@@ -488,7 +502,8 @@ static int recv_apply(struct recv *r, struct stream_dec *d, int fd)
 		if (!wrc)
 			r->applied = rec.off + rec.len;
 		if (!wrc && r->sb.version >= 2 &&
-		    stream_dec_bytes(d) - r->ckpt_bytes >= RECV_CKPT_BYTES)
+		    stream_dec_bytes(d) - r->ckpt_bytes >= RECV_CKPT_BYTES &&
+		    now_ns() - r->ckpt_ns >= RECV_CKPT_NS)
 			wrc = recv_ckpt(r, d, fd);
 		pg.done = r->applied;
 		progress_show(&pg);

@@ -238,8 +238,12 @@ mkfifo "$T/fifo"
 RECV=$!
 vs_track_pid $RECV
 exec 3>"$T/fifo"
+# a checkpoint comes after 8 MiB of stream and 1 s since the last one: 10 MiB,
+# then (the second over) one more record
 head -c $((10 * M)) "$T/thu.vs" >&3
-# wait for the checkpoint at 8 MiB: the part's name (its token) says it
+sleep 1.1
+dd if="$T/thu.vs" bs=64k skip=$((10 * M)) count=$((M + 100)) iflag=skip_bytes,count_bytes status=none >&3
+# wait for it: the part's name (its token) says it
 for _ in $(seq 200); do
 	tok=$("$VSNAPCTL" receive --token "$M2/vm1.img" 2>/dev/null) && [ "${tok#*.*.1.}" = "$tok" ] && break
 	sleep 0.05
