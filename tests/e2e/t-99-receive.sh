@@ -244,7 +244,7 @@ head -c $((10 * M)) "$T/thu.vs" >&3
 sleep 1.1
 dd if="$T/thu.vs" bs=64k skip=$((10 * M)) count=$((M + 100)) iflag=skip_bytes,count_bytes status=none >&3
 # wait for it: the part's name (its token) says it
-for _ in $(seq 200); do
+for _ in $(seq 600); do
 	tok=$("$VSNAPCTL" receive --token "$M2/vm1.img" 2>/dev/null) && [ "${tok#*.*.1.}" = "$tok" ] && break
 	sleep 0.05
 done
