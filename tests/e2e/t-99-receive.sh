@@ -52,7 +52,7 @@ refused() {
 	before=$(state)
 	"$VSNAPCTL" receive "${@:3}" "$M2/vm1.img" >"$T/r.out" 2>"$T/r.err" || rc=$?
 	[ $rc -eq 1 ] || fail "$what: exit $rc, not 1: $(cat "$T/r.err")"
-	assert_eq "$(wc -l <"$T/r.err")" 1 "$what: lines of the refusal"
+	assert_eq "$(wc -l <"$T/r.err")" 1 "$what: lines of the refusal ($(tr "\n" "|" <"$T/r.err"))"
 	grep -qF -- "$text" "$T/r.err" || fail "$what: $(cat "$T/r.err")"
 	[ "$(state)" = "$before" ] || fail "$what: the destination changed"
 	ls -a "$M2" | grep -q '^\.vsnap-recv' && fail "$what: a temporary volume was left"
