@@ -278,6 +278,33 @@ static int hidden_kid(void *ctx, const struct bmap_inode *in)
 	return 0;
 }
 
+/* Is directory dir empty but for volumes being received (into h)?  0, or
+ * -ENOTEMPTY.  Assumes db_mu. */
+static int hidden_only(struct ns *ns, uint64_t dir, struct hidden_kids *h)
+{
+	int rc = bmap_dir_list(ns->bm, dir, 0, hidden_kid, h);
+
+	return rc == 1 ? -ENOTEMPTY : rc;
+}
+
+/* Take them out of the tree, as unlinked volumes.  Assumes db_mu, in the
+ * transaction that removes their directory. */
+static int hidden_unlink(struct ns *ns, const struct hidden_kids *h)
+{
+	int rc = 0;
+
+	for (size_t i = 0; i < h->n && !rc; i++)
+		rc = bmap_inode_move(ns->bm, h->ino[i], 0, "");
+	return rc;
+}
+
+/* After the commit: they are unlinked volumes now. */
+static void hidden_detached(struct ns *ns, const struct hidden_kids *h)
+{
+	for (size_t i = 0; i < h->n; i++)
+		ns_volume_detached(ns, h->ino[i]);
+}
+
 static int remove_entry(struct ns *ns, uint64_t dir, const char *name, bool want_dir)
 {
 	struct hidden_kids hk = { 0 };
@@ -323,18 +350,17 @@ static int remove_entry(struct ns *ns, uint64_t dir, const char *name, bool want
 		 * one that holds only volumes being received (which ls does not
 		 * show) is, and they go with it, as unlinked volumes */
 		rc = bmap_snap_count(ns->bm, in.ino, &n);
-		if (!rc && !n)
-			rc = bmap_dir_list(ns->bm, in.ino, 0, hidden_kid, &hk);
-		if (rc == 1 || (!rc && n))
+		if (!rc && n)
 			rc = -ENOTEMPTY;
+		if (!rc)
+			rc = hidden_only(ns, in.ino, &hk);
 		if (rc)
 			goto out;
 	}
 	rc = ns_txn_begin(ns);
 	if (rc)
 		goto out;
-	for (size_t i = 0; i < hk.n && !rc; i++)
-		rc = bmap_inode_move(ns->bm, hk.ino[i], 0, "");
+	rc = hidden_unlink(ns, &hk);
 	/* a volume keeps its inode, out of the tree (parent 0), until reaped */
 	if (!rc)
 		rc = want_dir ? bmap_inode_delete(ns->bm, in.ino) :
@@ -347,8 +373,8 @@ static int remove_entry(struct ns *ns, uint64_t dir, const char *name, bool want
 		ns_txn_rollback(ns);
 	else if (!want_dir)
 		ns_volume_detached(ns, in.ino);
-	for (size_t i = 0; i < hk.n && !rc; i++)
-		ns_volume_detached(ns, hk.ino[i]);
+	if (!rc)
+		hidden_detached(ns, &hk);
 out:
 	lock_mutex_unlock(&ns->db_mu);
 	free(hk.ino);
@@ -389,9 +415,9 @@ static int is_ancestor(struct ns *ns, uint64_t anc, uint64_t dir, bool *out)
 int ns_rename(struct ns *ns, uint64_t dir, const char *name, uint64_t newdir,
 	      const char *newname, unsigned flags)
 {
+	struct hidden_kids hk = { 0 };
 	struct bmap_inode src, dst, d;
 	bool have_dst, loop;
-	uint64_t n;
 	int64_t now = ns_now_ns();
 	int rc;
 
@@ -432,9 +458,8 @@ int ns_rename(struct ns *ns, uint64_t dir, const char *name, uint64_t newdir,
 		rc = -ENOTDIR;
 	else if (have_dst && src.kind != BMAP_DIR && dst.kind == BMAP_DIR)
 		rc = -EISDIR;
-	else if (have_dst && dst.kind == BMAP_DIR &&
-		 !(rc = bmap_dir_count(ns->bm, dst.ino, &n)) && n)
-		rc = -ENOTEMPTY;
+	else if (have_dst && dst.kind == BMAP_DIR)
+		rc = hidden_only(ns, dst.ino, &hk);     /* they go with it */
 	if (!rc && src.kind == BMAP_DIR) {
 		rc = is_ancestor(ns, src.ino, newdir, &loop);
 		if (!rc && loop)
@@ -446,7 +471,8 @@ int ns_rename(struct ns *ns, uint64_t dir, const char *name, uint64_t newdir,
 	rc = ns_txn_begin(ns);
 	if (rc)
 		goto out;
-	if (have_dst)
+	rc = hidden_unlink(ns, &hk);
+	if (!rc && have_dst)
 		rc = dst.kind == BMAP_DIR ? bmap_inode_delete(ns->bm, dst.ino) :
 					    bmap_inode_move(ns->bm, dst.ino, 0, "");
 	if (!rc)
@@ -463,6 +489,7 @@ int ns_rename(struct ns *ns, uint64_t dir, const char *name, uint64_t newdir,
 	}
 	if (have_dst && dst.kind != BMAP_DIR)
 		ns_volume_detached(ns, dst.ino);
+	hidden_detached(ns, &hk);
 	lock_mutex_lock(&ns->files_mu);
 	struct ns_file *f = ns_files_find(ns, src.ino);
 	if (f) {
@@ -473,6 +500,9 @@ int ns_rename(struct ns *ns, uint64_t dir, const char *name, uint64_t newdir,
 	lock_mutex_unlock(&ns->files_mu);
 out:
 	lock_mutex_unlock(&ns->db_mu);
+	free(hk.ino);
+	if (hk.n)
+		pthread_cond_signal(&ns->bg_cond);
 	return rc;
 }
 

@@ -12,8 +12,8 @@
 # and a stream of another base; send --resume refuses a token that is not
 # of its stream; the resumed stream is exactly the bytes that were missing
 # (plus a begin) and the result reads as the source's snapshot (cmp,
-# qemu-img compare).  A directory holding only a kept part can be removed;
-# --abort removes a kept part.  Mirror re-attach: both sides written after
+# qemu-img compare).  A directory holding only a kept part can be removed,
+# or replaced by mv; --abort removes a kept part.  Mirror re-attach: both sides written after
 # the split, receive --force makes the destination equal to the source's
 # new snapshot, moving the source's changed blocks only.  The receiving
 # daemon killed (SIGKILL) in the middle of a receive, after a checkpoint:
@@ -212,6 +212,12 @@ head -c $((M + 5000)) "$T/xa.vs" | "$VSNAPCTL" receive "$M2/d/x.img" 2>/dev/null
 [ "$(ls -A "$M2/d")" = .snapshots ] || fail "the kept part is listed in d: $(ls -A "$M2/d")"
 "$VSNAPCTL" receive --token "$M2/d/x.img" >/dev/null || fail "no part kept in d"
 rmdir "$M2/d" || fail "rmdir of a directory holding only a kept part"
+# ... and mv of a directory onto it
+mkdir "$M2/d" "$M2/e"
+head -c $((M + 5000)) "$T/xa.vs" | "$VSNAPCTL" receive "$M2/d/x.img" 2>/dev/null && fail "cut x.img@a received"
+mv -T "$M2/e" "$M2/d" || fail "mv onto a directory holding only a kept part"
+"$VSNAPCTL" receive --token "$M2/d/x.img" >/dev/null 2>&1 && fail "a part is kept after the mv"
+rmdir "$M2/d"
 mkdir "$M2/d"
 head -c $((M + 5000)) "$T/xa.vs" | "$VSNAPCTL" receive "$M2/d/x.img" 2>/dev/null && fail "cut x.img@a received"
 "$VSNAPCTL" receive --abort "$M2/d/x.img" >/dev/null || fail "receive --abort"
