@@ -27,7 +27,9 @@
 #define VSNAPFS_CTLMSG_H
 
 #include <stddef.h>
+#include <stdbool.h>
 #include <stdint.h>
+#include <string.h>
 
 #define CTL_MAGIC      0x54435356u      /* "VSCT" little-endian */
 #define CTL_VERSION    1
@@ -55,6 +57,13 @@ enum ctl_verb {
 /* The name every volume being received starts with (receive writes it, the
  * daemon's commit takes nothing else). */
 #define CTL_RECV_TMP_PREFIX ".vsnap-recv."
+
+/* Is name a volume being received (left out of directory listings and of
+ * vsnapctl list; reached by its name only)? */
+static inline bool ctl_recv_tmp_name(const char *name)
+{
+	return strncmp(name, CTL_RECV_TMP_PREFIX, sizeof(CTL_RECV_TMP_PREFIX) - 1) == 0;
+}
 
 struct ctl_msg {
 	uint16_t version, verb;

@@ -3,13 +3,25 @@
  * (the bytes are drawn in docs/on-disk-format.md, "Send stream").
  *
  * A stream is records: begin, then data and zero records in increasing
- * offset order, then end.  Every record carries an XXH3-64 of itself, and
- * end an XXH3-64 of the whole stream before it, the record count and the
- * data bytes.  The decoder hands out each record only after its checksum
- * and its place (order, bounds) were checked, and reports end only after
- * the stream's checksum matched and nothing follows; anything else is an
- * error with one line in msg.  So a caller that makes nothing visible
- * before STREAM_END never applies a damaged or truncated stream.
+ * offset order, then end.  Version 2 chains them: every record's XXH3-64 is
+ * seeded with the one of the record before it (begin's starts the chain),
+ * so a record verifies only where it stands in its own stream: a record
+ * dropped, repeated or taken from another stream fails at once, and the
+ * first K records a receiver verified are the first K of that stream and
+ * nothing else.  The chain value after K records (struct stream_pos) is
+ * what a resumed stream starts from: its begin names the stream (guids),
+ * the record count K, the offset and the chain value, and its records go
+ * on seeded with that value.  end carries the record count, the data bytes
+ * and the chain value.  Version 1 (read, and written on request for an
+ * older receiver) checksums each record alone and puts an XXH3-64 of every
+ * byte before end into end; it cannot be resumed.
+ *
+ * The decoder hands out each record only after its checksum and its place
+ * (order, bounds) were checked, and reports end only after the stream's
+ * end matched and nothing follows; anything else is an error with one line
+ * in msg.  So a caller that makes nothing visible before STREAM_END never
+ * applies a damaged or truncated stream, and a caller that keeps what it
+ * applied keeps a verified prefix.
  *
  * Errors:     0 / 1 or a negative errno: -EBADMSG a damaged or misordered
  *             stream, -ENODATA one that ends before its end record (cut:
@@ -27,7 +39,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define STREAM_VERSION      1
+#define STREAM_VERSION      2                   /* written; 1 is read too */
 #define STREAM_MAGIC        "VSNAPSTR"
 #define STREAM_GUID_BYTES   16
 #define STREAM_NAME_MAX     255
@@ -42,16 +54,27 @@ enum stream_type {
 };
 
 struct stream_begin {
-	uint32_t version;               /* STREAM_VERSION (set by the encoder) */
+	uint32_t version;               /* STREAM_VERSION; the encoder writes 1 if asked
+					 * (an older receiver), else 2 */
 	uint32_t block_size;            /* of the sending store */
 	uint64_t size;                  /* bytes of the sent file */
 	uint8_t guid[STREAM_GUID_BYTES];        /* the sent snapshot */
 	uint8_t base_guid[STREAM_GUID_BYTES];   /* all zero: a full stream */
 	int64_t created_ns;
 	uint64_t resume_off;            /* records cover [resume_off, size) */
+	uint64_t resume_rec;            /* version 2, resumed: records before this
+					 * stream's first, begin counted (0: not resumed) */
+	uint64_t resume_chain;          /* version 2, resumed: the chain value there */
 	char file[STREAM_NAME_MAX + 1]; /* volume name, snapshot name, base snapshot name */
 	char snap[STREAM_NAME_MAX + 1];
 	char base[STREAM_NAME_MAX + 1]; /* "" in a full stream */
+};
+
+/* Where a stream stands after some records (version 2): the records so far
+ * (begin counted), the end of the last one in the file, the chain value,
+ * and the data bytes of the records this handle saw. */
+struct stream_pos {
+	uint64_t rec, off, chain, data_bytes;
 };
 
 /* Is this a full stream (no base)? */
@@ -83,6 +106,8 @@ int stream_enc_raw(struct stream_enc *e, uint32_t type, uint32_t flags, const vo
 		   size_t len);
 /* Bytes written so far. */
 uint64_t stream_enc_bytes(const struct stream_enc *e);
+/* Where the stream stands after the records written so far. */
+void stream_enc_pos(const struct stream_enc *e, struct stream_pos *p);
 /* From now on compress data records with zstd at level (1..19; 0: off):
  * a record is written compressed (STREAM_DATA_ZSTD) only when that makes
  * it smaller.  -EINVAL for a level out of range, -ENOMEM. */
@@ -104,8 +129,16 @@ struct stream_rec {
 struct stream_dec;
 int stream_dec_new(stream_in_fn in, void *ctx, struct stream_dec **d);
 void stream_dec_free(struct stream_dec *d);             /* NULL is fine */
-/* The begin record (first call). */
+/* The begin record (first call).  A resumed stream (resume_rec != 0) needs
+ * stream_dec_continue before its records. */
 int stream_dec_begin(struct stream_dec *d, struct stream_begin *b);
+/* A resumed stream goes on from the part the caller kept (its position as
+ * stream_dec_pos gave it when it was applied): -ESTALE if the stream
+ * resumes at another record or offset; the records then verify only
+ * against kept->chain, so a stream whose sender went on from another chain
+ * value (another stream, a token of another receive) is refused at its
+ * first record.  begin's resume_chain is not trusted. */
+int stream_dec_continue(struct stream_dec *d, const struct stream_pos *kept);
 /* The next data or zero record: 1; or 0 once end has been verified and
  * the input has nothing after it. */
 int stream_dec_next(struct stream_dec *d, struct stream_rec *r);
@@ -113,5 +146,8 @@ int stream_dec_next(struct stream_dec *d, struct stream_rec *r);
 const char *stream_dec_msg(const struct stream_dec *d);
 /* Bytes read so far. */
 uint64_t stream_dec_bytes(const struct stream_dec *d);
+/* Where the stream stands after the last record handed out (or begin):
+ * a caller that applied every record so far may resume from here. */
+void stream_dec_pos(const struct stream_dec *d, struct stream_pos *p);
 
 #endif

@@ -44,6 +44,7 @@
 #include <stdio.h>
 
 #include "vsnapfs/bmap.h"
+#include "vsnapfs/stream.h"
 #include "vsnapfs/chunk.h"
 
 #define NONE            SIZE_MAX
@@ -386,7 +387,18 @@ struct recv_opts {
 	const char *path;               /* the volume in a mount */
 	bool force;                     /* --force */
 	bool resume;                    /* --resume */
+	bool token, abort;              /* --token, --abort: the kept parts in PATH's directory */
 };
+
+/* What a cut receive kept, as its temporary volume's name (after
+ * CTL_RECV_TMP_PREFIX) and its resume token say: GUID.BASE.K.OFF.CHAIN
+ * (docs/design.md, "Resume"). */
+struct recv_token {
+	uint8_t guid[STREAM_GUID_BYTES], base[STREAM_GUID_BYTES];     /* base all 0: full */
+	struct stream_pos pos;          /* rec, off, chain; data_bytes unused */
+};
+/* 0, or -EINVAL for text that is not a token. */
+int recv_token_parse(const char *s, struct recv_token *t);
 /* Opens the store behind path itself (path need not exist). */
 int cmd_receive(const struct recv_opts *o);
 

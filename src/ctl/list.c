@@ -42,6 +42,7 @@
 
 #include "ctl/ctl_int.h"
 #include "vsnapfs/emap.h"
+#include "vsnapfs/ctlmsg.h"
 
 enum {
 	COL_PATH, COL_TYPE, COL_SIZE, COL_REF, COL_ALLOC, COL_EXCL, COL_ORIGIN, COL_CREATED,
@@ -172,6 +173,14 @@ static int cmp_path(const void *a, const void *b, void *ctx)
 	return strcmp(f[*(const size_t *)a].path, f[*(const size_t *)b].path);
 }
 
+/* A volume being received: not listed, as the mount does not list it. */
+static bool hidden(const char *path)
+{
+	const char *name = strrchr(path, '/');
+
+	return name && ctl_recv_tmp_name(name + 1);
+}
+
 /* One file's row. */
 static int list_row(struct store *st, struct model *m, struct table *t, const struct file *f)
 {
@@ -234,7 +243,7 @@ static int list_run(struct store *st, const struct list_opts *o, const struct cm
 	for (size_t i = 0; i < m.nfiles && !rc; i++) {
 		const struct file *f = &m.files[i];
 
-		if (f->kind == BMAP_VOL && under(f->path, st->rel) &&
+		if (f->kind == BMAP_VOL && under(f->path, st->rel) && !hidden(f->path) &&
 		    (o->show & (f->snap ? SHOW_SNAPSHOTS : SHOW_VOLUMES)))
 			order[n++] = i;
 	}

@@ -3,6 +3,7 @@
  * and receive").
  *
  *   vsnapctl receive [--force] [--resume] PATH < STREAM
+ *   vsnapctl receive --token PATH | --abort PATH
  *
  * PATH is the volume in a mount: a full stream creates it with snapshot
  * FILE@NAME, an incremental one adds the next snapshot to it.  Nothing is
@@ -16,13 +17,21 @@
  * refused or failed receive deletes the temporary volume: PATH and its
  * snapshots are as before.
  *
- * Resume is disabled (2026-12-03): a cut stream's part was kept and
- * resumed, but nothing verified that part (a record dropped before the
- * cut, or a resume from another base, was accepted; a review found both).
- * A cut stream is refused like a damaged one, and "receive --resume" and
- * a stream that starts past 0 are refused with one line.  Partial volumes
- * (.vsnap-recv.GUID.X) an earlier version left are deleted by the next
- * receive of that stream.
+ * Resume (docs/design.md, "Resume"; stream version 2): the temporary volume
+ * is named after the stream's position it holds, .vsnap-recv.TOKEN, TOKEN
+ * being GUID.BASE.K.OFF.CHAIN: renamed to the position of the last record
+ * applied every RECV_CKPT_BYTES of stream (and RECV_CKPT_NS, so that a
+ * fast link pays at most one per second) and when the stream is cut, each
+ * time after an fsync, so the name never claims more than the volume
+ * holds.  A cut receive keeps it and prints the token for send --resume;
+ * receive --resume takes a resumed stream onto the kept part of its guid
+ * only if the base is the kept part's and the stream starts at its record
+ * and offset, and verifies the records against the kept chain value.  A
+ * --resume receive never deletes the kept part; a fresh receive of the
+ * stream starts over and deletes it.  --token prints the tokens of the
+ * kept parts in PATH's directory, --abort deletes them.  The temporary
+ * volumes are hidden from listings (the daemon's readdir); they are found
+ * here through the index.
  *
  * Refused, with one line and exit 1: a damaged, truncated or unknown
  * stream; a stream whose snapshot is here already; a full stream onto an
@@ -40,6 +49,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "ctl/ctl_int.h"
@@ -47,6 +57,10 @@
 #include "vsnapfs/stream.h"
 
 #define RECV_TMP_PREFIX CTL_RECV_TMP_PREFIX
+#define RECV_CKPT_BYTES (8ull << 20)    /* at least this much stream between two */
+#define RECV_CKPT_NS    1000000000ll    /* checkpoints, and at least this long: each
+					 * costs an fsync and a rename (two flushes) */
+#define TOKEN_MAX       140             /* GUID.BASE.K.OFF.CHAIN, NUL included */
 
 struct recv {
 	const struct recv_opts *o;
@@ -57,13 +71,24 @@ struct recv {
 	char dirpath[PATH_MAX];         /* PATH's directory, as given */
 	char name[BMAP_NAME_MAX + 1];   /* PATH's last component */
 	char tmp[PATH_MAX + 300];       /* the temporary volume's path */
-	char tmpname[64];
+	char tmpname[BMAP_NAME_MAX + 1];
 	uint64_t dir_ino;
 	uint64_t tmp_ino;               /* the temporary volume this receive wrote */
 	const struct file *base;        /* incremental: the base snapshot's file */
-	bool made_tmp;
+	bool made_tmp;                  /* this receive made it: deleted if refused */
+	bool keep;                      /* ... unless it holds a part worth resuming */
 	uint64_t applied;               /* every byte below it is in the temporary volume */
+	uint64_t ckpt_bytes;            /* stream bytes at the last checkpoint */
+	int64_t ckpt_ns;                /* CLOCK_MONOTONIC then */
 };
+
+static int64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
 
 __attribute__((format(printf, 2, 3)))
 static int refuse(struct recv *r, const char *fmt, ...)
@@ -134,6 +159,89 @@ out:
 	return rc;
 }
 
+/* ---- tokens and kept parts -------------------------------------------------- */
+
+static void token_format(const struct recv_token *t, char *out, size_t len)
+{
+	char g[2 * STREAM_GUID_BYTES + 1], b[2 * STREAM_GUID_BYTES + 1];
+
+	ctl_hex(t->guid, STREAM_GUID_BYTES, g);
+	ctl_hex(t->base, STREAM_GUID_BYTES, b);
+	snprintf(out, len, "%s.%s.%" PRIu64 ".%" PRIu64 ".%016" PRIx64, g, b, t->pos.rec,
+		 t->pos.off, t->pos.chain);
+}
+
+int recv_token_parse(const char *s, struct recv_token *t)
+{
+	char g[33], b[33], c[17], again[TOKEN_MAX];
+
+	memset(t, 0, sizeof(*t));
+	if (strlen(s) >= TOKEN_MAX ||
+	    sscanf(s, "%32[0-9a-f].%32[0-9a-f].%" SCNu64 ".%" SCNu64 ".%16[0-9a-f]", g, b,
+		   &t->pos.rec, &t->pos.off, c) != 5 ||
+	    ctl_unhex(g, t->guid, STREAM_GUID_BYTES) || ctl_unhex(b, t->base, STREAM_GUID_BYTES))
+		return -EINVAL;
+	t->pos.chain = strtoull(c, NULL, 16);
+	token_format(t, again, sizeof(again));
+	return t->pos.rec && !strcmp(again, s) ? 0 : -EINVAL;     /* one spelling only */
+}
+
+/* The name of f if it is a temporary volume in PATH's directory, else NULL. */
+static const char *tmp_in_dir(const struct recv *r, const struct file *f)
+{
+	size_t rl = strlen(r->st.rel);
+
+	if (f->snap || f->kind != BMAP_VOL || strncmp(f->path, r->st.rel, rl) ||
+	    f->path[rl] != '/' || strchr(f->path + rl + 1, '/') ||
+	    strncmp(f->path + rl + 1, RECV_TMP_PREFIX, strlen(RECV_TMP_PREFIX)))
+		return NULL;
+	return f->path + rl + 1;
+}
+
+/* The kept part of this stream (a temporary volume of its guid named
+ * after a position): 0 and its token, or -ENOENT. */
+static int recv_kept(const struct recv *r, struct recv_token *t)
+{
+	for (size_t i = 0; i < r->m.nfiles; i++) {
+		const char *n = tmp_in_dir(r, &r->m.files[i]);
+
+		if (n && !recv_token_parse(n + strlen(RECV_TMP_PREFIX), t) &&
+		    !memcmp(t->guid, r->sb.guid, STREAM_GUID_BYTES))
+			return 0;
+	}
+	return -ENOENT;
+}
+
+/* --token, --abort: the kept parts in PATH's directory. */
+static int recv_parts(struct recv *r)
+{
+	char path[PATH_MAX + 300];
+	size_t n = 0;
+	int rc = 0;
+
+	for (size_t i = 0; i < r->m.nfiles && !rc; i++) {
+		const char *name = tmp_in_dir(r, &r->m.files[i]);
+		struct recv_token t;
+
+		if (!name)
+			continue;
+		n++;
+		if (r->o->token) {
+			if (!recv_token_parse(name + strlen(RECV_TMP_PREFIX), &t))
+				printf("%s\n", name + strlen(RECV_TMP_PREFIX));
+			continue;
+		}
+		snprintf(path, sizeof(path), "%s/%s", r->dirpath, name);
+		if (unlink(path))
+			rc = -errno;
+		else
+			printf("removed %s (%" PRIu64 " bytes)\n", path, r->m.files[i].size);
+	}
+	if (!rc && !n)
+		rc = refuse(r, "no cut receive is kept in %s", r->dirpath);
+	return rc;
+}
+
 static int any_run(void *ctx, const struct bmap_run *run)
 {
 	*(bool *)ctx = true;
@@ -199,54 +307,115 @@ static int recv_check(struct recv *r)
 	return rc;
 }
 
-/* The partial volume a cut receive of this stream left: its path and
- * offset; -ENOENT if there is none. */
-static int recv_partial(struct recv *r, char *path, size_t len, uint64_t *at)
+static bool is_zero(const uint8_t *guid)
 {
-	size_t plen = strlen(r->tmpname);
-	struct dirent *de;
-	DIR *dir = opendir(r->dirpath);
-	int rc = -ENOENT;
+	static const uint8_t none[STREAM_GUID_BYTES];
 
-	if (!dir)
-		return -errno;
-	while ((de = readdir(dir))) {
-		char *end;
+	return !memcmp(guid, none, sizeof(none));
+}
 
-		if (strncmp(de->d_name, r->tmpname, plen) || de->d_name[plen] != '.')
-			continue;
-		errno = 0;
-		*at = strtoull(de->d_name + plen + 1, &end, 10);
-		if (errno || *end || end == de->d_name + plen + 1)
-			continue;
-		snprintf(path, len, "%s/%s", r->dirpath, de->d_name);
-		rc = 0;
-		break;
+/* The temporary volume's name and path for token t (NULL: the name it has
+ * while it is being made, which no resume takes). */
+static void tmp_name(struct recv *r, const struct recv_token *t)
+{
+	char tok[TOKEN_MAX], hex[2 * STREAM_GUID_BYTES + 1];
+
+	ctl_hex(r->sb.guid, STREAM_GUID_BYTES, hex);
+	if (t)
+		token_format(t, tok, sizeof(tok));
+	snprintf(r->tmpname, sizeof(r->tmpname), RECV_TMP_PREFIX "%s", t ? tok : hex);
+	snprintf(r->tmp, sizeof(r->tmp), "%s/%s", r->dirpath, r->tmpname);
+}
+
+/* Name the temporary volume after the position of the last record
+ * applied, once its data is synced: the name never claims more than the
+ * volume holds (a rename is one durable index transaction). */
+static int recv_ckpt(struct recv *r, struct stream_dec *d, int fd)
+{
+	char old[sizeof(r->tmp)];
+	struct recv_token t;
+
+	memcpy(t.guid, r->sb.guid, STREAM_GUID_BYTES);
+	memcpy(t.base, r->sb.base_guid, STREAM_GUID_BYTES);
+	stream_dec_pos(d, &t.pos);
+	r->ckpt_bytes = stream_dec_bytes(d);
+	r->ckpt_ns = now_ns();
+	snprintf(old, sizeof(old), "%s", r->tmp);
+	tmp_name(r, &t);
+	if (!strcmp(old, r->tmp))
+		return 0;
+	if (fsync(fd) || rename(old, r->tmp)) {
+		int rc = -errno;
+
+		snprintf(r->tmp, sizeof(r->tmp), "%s", old);
+		return rc;
 	}
-	closedir(dir);
-	return rc;
+	return 0;
+}
+
+/* --resume: the kept part of this stream, checked to be what the stream
+ * continues, opened.  Refusals leave it as it is. */
+static int recv_resume(struct recv *r, struct stream_dec *d, int *fd)
+{
+	struct recv_token t;
+	struct stat st;
+
+	if (r->sb.version < 2)
+		return refuse(r, "a stream of version %" PRIu32 " cannot be resumed: send the whole "
+			      "stream", r->sb.version);
+	if (!r->sb.resume_rec)
+		return refuse(r, "not a resumed stream: --resume takes what vsnapctl send --resume "
+			      "TOKEN writes (vsnapctl receive --token %s prints the token)", r->o->path);
+	if (recv_kept(r, &t))
+		return refuse(r, "no cut receive of %s@%s is kept in %s: nothing to resume (send the "
+			      "whole stream)", r->sb.file, r->sb.snap, r->dirpath);
+	if (memcmp(t.base, r->sb.base_guid, STREAM_GUID_BYTES)) {
+		char kb[2 * STREAM_GUID_BYTES + 1], sb[2 * STREAM_GUID_BYTES + 1];
+
+		ctl_hex(t.base, STREAM_GUID_BYTES, kb);
+		ctl_hex(r->sb.base_guid, STREAM_GUID_BYTES, sb);
+		return refuse(r, "the part kept is of the stream from base %.12s, this one is from "
+			      "%.12s: another base, not its continuation", is_zero(t.base) ? "none" : kb,
+			      stream_is_full(&r->sb) ? "none" : sb);
+	}
+	if (stream_dec_continue(d, &t.pos))
+		return refuse(r, "%s; the part kept is as it was", stream_dec_msg(d));
+	tmp_name(r, &t);
+	*fd = open(r->tmp, O_RDWR | O_CLOEXEC);
+	if (*fd < 0)
+		return -errno;
+	if (fstat(*fd, &st))
+		return -errno;
+	if ((uint64_t)st.st_size != r->sb.size)
+		return refuse(r, "the part kept, %s, is %jd bytes, the stream's file %" PRIu64 ": not "
+			      "its continuation", r->tmpname, (intmax_t)st.st_size, r->sb.size);
+	r->applied = t.pos.off;
+	return 0;
 }
 
 /* The temporary volume: empty, or a linked clone of the base, at the size. */
-static int recv_tmp(struct recv *r, int *fd)
+static int recv_tmp(struct recv *r, struct stream_dec *d, int *fd)
 {
-	char hex[2 * STREAM_GUID_BYTES + 1], base[PATH_MAX + 300], part[PATH_MAX + 300];
+	char base[PATH_MAX + 300];
 	int bfd = -1, rc = 0;
-	uint64_t done = 0, at;
+	uint64_t done = 0;
 
-	ctl_hex(r->sb.guid, STREAM_GUID_BYTES, hex);
-	snprintf(r->tmpname, sizeof(r->tmpname), RECV_TMP_PREFIX "%s", hex);
-	snprintf(r->tmp, sizeof(r->tmp), "%s/%s", r->dirpath, r->tmpname);
-	if (r->o->resume || r->sb.resume_off)
-		return refuse(r, "resuming a cut receive is disabled in this version (the part kept "
-			      "could not be verified against the stream it came from): send the whole "
-			      "stream again");
+	if (r->o->resume)
+		return 0;               /* recv_resume opened it */
+	if (r->sb.resume_rec || r->sb.resume_off)
+		return refuse(r, "a resumed stream (send --resume): receive it with receive --resume");
 	/* what an earlier receive of this stream left: start over */
-	if (unlink(r->tmp) && errno != ENOENT)
-		return -errno;
-	while (recv_partial(r, part, sizeof(part), &at) == 0)
-		if (unlink(part))
+	tmp_name(r, NULL);
+	for (size_t i = 0; i < r->m.nfiles; i++) {
+		const char *n = tmp_in_dir(r, &r->m.files[i]);
+		char path[PATH_MAX + 300];
+
+		if (!n || strncmp(n, r->tmpname, strlen(r->tmpname)))
+			continue;
+		snprintf(path, sizeof(path), "%s/%s", r->dirpath, n);
+		if (unlink(path) && errno != ENOENT)
 			return -errno;
+	}
 	*fd = open(r->tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
 	if (*fd < 0)
 		return -errno;
@@ -271,6 +440,9 @@ static int recv_tmp(struct recv *r, int *fd)
 		rc = -errno;
 	if (bfd >= 0)
 		close(bfd);
+	/* version 2: named after the position at begin, resumable from now on */
+	if (!rc && r->sb.version >= 2)
+		rc = recv_ckpt(r, d, *fd);
 	return rc;
 }
 
@@ -295,6 +467,27 @@ static int recv_record(int fd, const struct stream_rec *rec)
 	return 0;
 }
 
+/* A refused stream: keep the verified part (a cut, or anything in a
+ * --resume receive, of a version 2 stream) and say how to go on, or say
+ * that nothing was applied. */
+static int recv_stopped(struct recv *r, struct stream_dec *d, int fd, int rc)
+{
+	struct stream_pos p;
+	char msg[200];
+
+	snprintf(msg, sizeof(msg), "%s", stream_dec_msg(d));
+	if (r->sb.version < 2 || (rc != -ENODATA && !r->o->resume))
+		return refuse(r, "%s; nothing was applied", msg);
+	stream_dec_pos(d, &p);
+	rc = recv_ckpt(r, d, fd);
+	if (rc)
+		return rc;
+	r->keep = true;
+	return refuse(r, "%s; kept the first %" PRIu64 " records (the file up to byte %" PRIu64 "): "
+		      "vsnapctl send --resume %s ... | vsnapctl receive --resume %s", msg, p.rec,
+		      p.off, r->tmpname + strlen(RECV_TMP_PREFIX), r->o->path);
+}
+
 /* Every record into the temporary volume, then the stream's end checked. */
 static int recv_apply(struct recv *r, struct stream_dec *d, int fd)
 {
@@ -308,14 +501,21 @@ static int recv_apply(struct recv *r, struct stream_dec *d, int fd)
 		wrc = recv_record(fd, &rec);
 		if (!wrc)
 			r->applied = rec.off + rec.len;
+		if (!wrc && r->sb.version >= 2 &&
+		    stream_dec_bytes(d) - r->ckpt_bytes >= RECV_CKPT_BYTES &&
+		    now_ns() - r->ckpt_ns >= RECV_CKPT_NS)
+			wrc = recv_ckpt(r, d, fd);
 		pg.done = r->applied;
 		progress_show(&pg);
 	}
 	progress_end(&pg);
-	if (wrc)
+	if (wrc) {
+		/* the daemon gone, the disk full: what was checkpointed stays */
+		r->keep = r->sb.version >= 2;
 		return wrc;
+	}
 	if (rc < 0)
-		return refuse(r, "%s; nothing was applied", stream_dec_msg(d));
+		return recv_stopped(r, d, fd, rc);
 	return fsync(fd) ? -errno : 0;
 }
 
@@ -355,6 +555,12 @@ int cmd_receive(const struct recv_opts *o)
 	struct stream_dec *d = NULL;
 	int in = 0, fd = -1, rc;
 
+	if (o->token || o->abort) {
+		rc = recv_where(&r);
+		if (!rc)
+			rc = recv_parts(&r);
+		goto out;
+	}
 	if (isatty(in)) {
 		fprintf(stderr, "vsnapctl: receive: the stream comes on standard input (vsnapctl "
 			"receive PATH < STREAM)\n");
@@ -365,6 +571,9 @@ int cmd_receive(const struct recv_opts *o)
 		rc = refuse(&r, "%s", stream_dec_msg(d));
 	if (!rc)
 		rc = recv_where(&r);
+	/* --resume: first whether the stream continues the kept part */
+	if (!rc && o->resume)
+		rc = recv_resume(&r, d, &fd);
 	if (!rc) {
 		bool txn = bmap_snapshot_begin(r.st.bm) == 0;
 
@@ -373,7 +582,7 @@ int cmd_receive(const struct recv_opts *o)
 			bmap_snapshot_end(r.st.bm);
 	}
 	if (!rc)
-		rc = recv_tmp(&r, &fd);
+		rc = recv_tmp(&r, d, &fd);
 	if (!rc)
 		rc = recv_apply(&r, d, fd);
 	if (!rc) {
@@ -387,14 +596,17 @@ int cmd_receive(const struct recv_opts *o)
 		rc = -errno;
 	if (!rc)
 		rc = recv_commit(&r);
-	if (rc && r.made_tmp)
+	if (rc && r.made_tmp && !r.keep)
 		unlink(r.tmp);
 	if (!rc)
-		printf("received %s/%s@%s (%s stream, %" PRIu64 " bytes)\n", r.dirpath, r.name,
+		printf("received %s/%s@%s (%s stream%s, %" PRIu64 " bytes)\n", r.dirpath, r.name,
 		       r.sb.snap, stream_is_full(&r.sb) ? "full" : "incremental",
-		       stream_dec_bytes(d));
+		       r.sb.resume_rec ? ", resumed" : "", stream_dec_bytes(d));
 	else if (rc != -ECANCELED && rc != -ENODEV)
-		fprintf(stderr, "vsnapctl: receive: %s: %s\n", r.o->path, strerror(-rc));
+		fprintf(stderr, "vsnapctl: receive: %s: %s%s\n", r.o->path, strerror(-rc),
+			r.keep ? "; the part received up to its last checkpoint is kept (vsnapctl "
+			"receive --token prints its token)" : "");
+out:
 	stream_dec_free(d);
 	model_free(&r.m);
 	store_close(&r.st);
@@ -406,6 +618,8 @@ static int receive_main(int argc, char **argv)
 	static const struct option opts[] = {
 		{ "force", no_argument, NULL, 'F' },
 		{ "resume", no_argument, NULL, 'R' },
+		{ "token", no_argument, NULL, 'T' },
+		{ "abort", no_argument, NULL, 'A' },
 		{ 0 }
 	};
 	struct cli c = { .cmd = &receive_cmd, .longopts = opts, .min_args = 1, .max_args = 1,
@@ -417,23 +631,30 @@ static int receive_main(int argc, char **argv)
 		switch (ch) {
 		case 'F': ro.force = true; break;
 		case 'R': ro.resume = true; break;
+		case 'T': ro.token = true; break;
+		case 'A': ro.abort = true; break;
 		}
 	}
 	if (ch == CLI_STOP)
 		return c.exit;
+	if (ro.token + ro.abort + ro.resume + ro.force > 1 && (ro.token || ro.abort))
+		return cli_bad(&receive_cmd, "--token and --abort go alone");
 	ro.path = argv[optind];
 	return cmd_receive(&ro);
 }
 
 const struct cmd receive_cmd = {
 	.name = "receive",
-	.synopsis = "[--force] [--resume] PATH < STREAM",
+	.synopsis = "[--force] [--resume] PATH < STREAM | --token PATH | --abort PATH",
 	.summary = "apply a stream from stdin to volume PATH of a mount",
 	.help = "A full stream creates PATH and its snapshot, an incremental one adds the next.\n"
-		"A cut stream is refused (send it again).\n"
+		"A cut stream keeps what it verified and prints a TOKEN: go on with\n"
+		"vsnapctl send --resume TOKEN B | vsnapctl receive --resume PATH.\n"
 		"      --force                first revert PATH to the base snapshot if it was\n"
 		"                             written since\n"
-		"      --resume               disabled in this version\n"
+		"      --resume               take only the continuation of the part kept for PATH\n"
+		"      --token                print the tokens of the parts kept in PATH's directory\n"
+		"      --abort                remove the parts kept in PATH's directory\n"
 		"Exit status: 0 received, 1 the stream refused, 2 usage or I/O error.\n",
 	.common = CLI_JSON,
 	.run = receive_main,

@@ -17,8 +17,13 @@
  * can be.  The data is read through the mount, where
  * the daemon checks every block's checksum: a damaged block fails the send.
  *
- * --resume TOKEN (GUID:OFFSET; no receive takes such a stream in this version) sends
- * only what lies at or past OFFSET; the GUID must be B's.
+ * --resume TOKEN (what a cut receive printed, or receive --token: the
+ * stream's guids, the record count K and offset OFF it kept, its chain
+ * value) sends the records of the same stream after record K, chained on
+ * from that value (docs/design.md, "Resume").  B must be the token's
+ * snapshot; the base is the token's, found by its guid here (and --from, if
+ * given, must name it); the plan's first K - 1 records must end exactly at
+ * OFF, else the token is not of this stream.
  *
  * Exit status: 0 sent, 2 refused or failed (one line on stderr).
  */
@@ -44,17 +49,13 @@ struct snapfile {
 	uint64_t dir;                   /* the directory whose .snapshots holds it */
 };
 
-/* The snapshot file at arg: a file of a single-volume snapshot, with a guid. */
-static int snapfile_at(struct store *st, const struct model *m, const char *arg,
-		       struct snapfile *sf)
+/* What the stream says of snapshot file sf->f (arg: how to name it). */
+static int snapfile_of(struct store *st, const char *arg, struct snapfile *sf)
 {
 	struct bmap_snap s;
 	const char *at;
 	int rc;
 
-	sf->f = file_at(m, st->dir, arg, "send");
-	if (!sf->f)
-		return -EINVAL;
 	if (!sf->f->snap) {
 		fprintf(stderr, "vsnapctl: send: %s is a live volume: send sends snapshots (take one "
 			"with mkdir DIR/.snapshots/FILE@NAME)\n", arg);
@@ -78,6 +79,37 @@ static int snapfile_at(struct store *st, const struct model *m, const char *arg,
 		fprintf(stderr, "vsnapctl: send: snapshot %s has no id yet: mount %s once with this "
 			"version of vsnapfs, which gives every snapshot one\n", s.name, st->dir);
 	return rc;
+}
+
+/* The snapshot file at arg: a file of a single-volume snapshot, with a guid. */
+static int snapfile_at(struct store *st, const struct model *m, const char *arg,
+		       struct snapfile *sf)
+{
+	sf->f = file_at(m, st->dir, arg, "send");
+	return sf->f ? snapfile_of(st, arg, sf) : -EINVAL;
+}
+
+/* The snapshot file of the snapshot with guid g (a resume's base). */
+static int snapfile_by_guid(struct store *st, const struct model *m, const uint8_t *g,
+			    struct snapfile *sf)
+{
+	struct bmap_snap s;
+	int rc = bmap_snap_by_guid(st->bm, g, &s);
+
+	if (rc == -ENOENT) {
+		fprintf(stderr, "vsnapctl: send: --resume: the token's base snapshot is not in %s\n",
+			st->dir);
+		return -EINVAL;
+	}
+	for (size_t i = 0; !rc && i < m->nfiles && !sf->f; i++)
+		if (m->files[i].snap == s.id && m->files[i].kind == BMAP_VOL)
+			sf->f = &m->files[i];
+	if (!rc && !sf->f) {
+		fprintf(stderr, "vsnapctl: send: --resume: the token's base %s is not a snapshot of "
+			"one volume\n", s.name);
+		return -EINVAL;
+	}
+	return rc ? rc : snapfile_of(st, s.name, sf);
 }
 
 /* --from @NAME: the same file in snapshot FILE@NAME of the same directory. */
@@ -155,6 +187,25 @@ static bool from_resume(const struct bext *x, uint64_t resume, uint64_t *off, ui
 	*off = a;
 	*len = b > a ? b - a : 0;
 	return b > a;
+}
+
+/* Do the plan's records before record rec (begin is 1) end exactly at off?
+ * (A resume token's place: a token of another stream does not fit.) */
+static bool plan_fits(const struct plan *p, uint64_t rec, uint64_t off)
+{
+	uint64_t n = 1, end = 0;
+
+	for (size_t i = 0; i < p->n && n < rec; i++) {
+		uint64_t nrec = p->v[i].data ?
+			(p->v[i].len + STREAM_DATA_MAX - 1) / STREAM_DATA_MAX : 1;
+
+		if (n + nrec >= rec) {
+			end = p->v[i].off + (p->v[i].data ? (rec - n) * STREAM_DATA_MAX : p->v[i].len);
+			end = end > p->v[i].off + p->v[i].len ? p->v[i].off + p->v[i].len : end;
+		}
+		n += nrec;
+	}
+	return n >= rec && end == off;
 }
 
 /* The exact stream size of plan p from the resume offset on. */
@@ -256,10 +307,36 @@ static int send_runs(struct stream_enc *e, int fd, const struct plan *p,
 	return rc;
 }
 
+/* --resume: B must be the token's snapshot, and the base the token's (a
+ * full stream if it names none): found by its guid when --from is not
+ * given. */
+static int send_resume_base(struct store *st, const struct model *m, const struct send_opts *o,
+			    const struct recv_token *t, const struct snapfile *b,
+			    struct snapfile *a)
+{
+	static const uint8_t none[BMAP_GUID_BYTES];
+	bool full = !memcmp(t->base, none, sizeof(none));
+
+	if (memcmp(t->guid, b->guid, BMAP_GUID_BYTES)) {
+		fprintf(stderr, "vsnapctl: send: --resume: the token is for another snapshot than "
+			"%s\n", o->b);
+		return -EINVAL;
+	}
+	if (o->from && (full || memcmp(t->base, a->guid, BMAP_GUID_BYTES))) {
+		fprintf(stderr, "vsnapctl: send: --resume: the token is of a stream %s, not from "
+			"%s\n", full ? "without a base (full)" : "from another base", o->from);
+		return -EINVAL;
+	}
+	if (o->from || full)
+		return 0;
+	return snapfile_by_guid(st, m, t->base, a);
+}
+
 int cmd_send(struct store *st, const struct send_opts *o)
 {
 	struct model m = { 0 };
 	struct snapfile a = { 0 }, b = { 0 };
+	struct recv_token tok;
 	struct stream_begin sb = { .block_size = st->bs };
 	struct stream_enc *e = NULL;
 	struct plan p = { 0 };
@@ -268,6 +345,11 @@ int cmd_send(struct store *st, const struct send_opts *o)
 	int fd = -1, out = 1, rc;
 	bool txn = false;
 
+	if (o->resume && recv_token_parse(o->resume, &tok)) {
+		fprintf(stderr, "vsnapctl: send: --resume %s: not a token of receive (GUID.BASE.K.OFF."
+			"CHAIN; vsnapctl receive --token PATH prints it)\n", o->resume);
+		return 2;
+	}
 	rc = bmap_snapshot_begin(st->bm);
 	txn = !rc;
 	if (!rc)
@@ -282,8 +364,10 @@ int cmd_send(struct store *st, const struct send_opts *o)
 		fprintf(stderr, "vsnapctl: send: --from names the snapshot being sent\n");
 		rc = -EINVAL;
 	}
+	if (!rc && o->resume)
+		rc = send_resume_base(st, &m, o, &tok, &b, &a);
 	if (!rc)
-		rc = plan_runs(st, o->from ? &a : NULL, &b, &p);
+		rc = plan_runs(st, a.f ? &a : NULL, &b, &p);
 	if (txn)
 		bmap_snapshot_end(st->bm);
 	if (rc)
@@ -294,40 +378,28 @@ int cmd_send(struct store *st, const struct send_opts *o)
 	sb.created_ns = b.created_ns;
 	snprintf(sb.file, sizeof(sb.file), "%s", b.file);
 	snprintf(sb.snap, sizeof(sb.snap), "%s", b.name);
-	if (o->from) {
+	if (a.f) {
 		memcpy(sb.base_guid, a.guid, BMAP_GUID_BYTES);
 		snprintf(sb.base, sizeof(sb.base), "%s", a.name);
 	}
+	if (o->resume && !plan_fits(&p, tok.pos.rec, tok.pos.off)) {
+		fprintf(stderr, "vsnapctl: send: --resume: record %" PRIu64 " of this stream does not "
+			"end at byte %" PRIu64 ": the token is not of this stream\n", tok.pos.rec,
+			tok.pos.off);
+		rc = -EINVAL;
+		goto out;
+	}
 	if (o->resume) {
-		char g[2 * BMAP_GUID_BYTES + 1], *tok = NULL;
-		uint8_t want[BMAP_GUID_BYTES];
-		const char *colon = strchr(o->resume, ':');
-
-		if (!colon || colon - o->resume != 2 * BMAP_GUID_BYTES ||
-		    !(tok = strndup(o->resume, colon - o->resume)) ||
-		    ctl_unhex(tok, want, BMAP_GUID_BYTES) ||
-		    sscanf(colon + 1, "%" SCNu64, &sb.resume_off) != 1 || sb.resume_off > sb.size) {
-			fprintf(stderr, "vsnapctl: send: --resume %s: not a token of receive "
-				"(GUID:OFFSET)\n", o->resume);
-			free(tok);
-			rc = -EINVAL;
-			goto out;
-		}
-		free(tok);
-		if (memcmp(want, b.guid, BMAP_GUID_BYTES)) {
-			ctl_hex(b.guid, BMAP_GUID_BYTES, g);
-			fprintf(stderr, "vsnapctl: send: --resume: the token is for another snapshot "
-				"(%s is %s)\n", o->b, g);
-			rc = -EINVAL;
-			goto out;
-		}
+		sb.resume_rec = tok.pos.rec;
+		sb.resume_off = tok.pos.off;
+		sb.resume_chain = tok.pos.chain;
 	}
 	plan_size(&p, &sb);
 	if (o->dry || o->verbose) {
 		human(p.bytes, h, sizeof(h));
 		fprintf(o->dry ? stdout : stderr, "send %s@%s%s%s: %s%" PRIu64 " bytes (%s): %" PRIu64
 			" data bytes in %" PRIu64 " record(s), %" PRIu64 " zero range(s)\n", b.file,
-			b.name, o->from ? " from @" : " (full)", o->from ? a.name : "",
+			b.name, a.f ? " from @" : " (full)", a.f ? a.name : "",
 			o->compress ? "at most " : "", p.bytes, h,
 			p.data_bytes, p.ndata, p.nzero);
 	}
@@ -419,8 +491,8 @@ const struct cmd send_cmd = {
 		"  -c                         compress the data (zstd; the size printed is then an\n"
 		"                             upper bound)\n"
 		"      --from A               the changes since A (a path, or @NAME)\n"
-		"      --resume TOKEN         only what lies past TOKEN (no receive takes it in\n"
-		"                             this version)\n",
+		"      --resume TOKEN         only what lies past TOKEN, the place a cut receive\n"
+		"                             printed (--from is then optional)\n",
 	.common = CLI_JSON,
 	.run = send_main,
 };

@@ -28,6 +28,7 @@
 
 #include "ns/names.h"
 #include "ns/ns_int.h"
+#include "vsnapfs/ctlmsg.h"
 #include "vsnapfs/log.h"
 
 /* ---- attributes ------------------------------------------------------------ */
@@ -263,8 +264,55 @@ static int touch_dir(struct ns *ns, uint64_t dir, int64_t now)
 	return bmap_inode_update(ns->bm, &d);
 }
 
+/* The volumes being received in a directory (hidden: see ns_readdir); 1 if
+ * it holds anything else. */
+struct hidden_kids {
+	uint64_t *ino;
+	size_t n, cap;
+};
+
+static int hidden_kid(void *ctx, const struct bmap_inode *in)
+{
+	struct hidden_kids *h = ctx;
+
+	if (in->kind != BMAP_VOL || !ctl_recv_tmp_name(in->name))
+		return 1;
+	if (ARRAY_RESERVE(h->ino, h->cap, h->n, 8))
+		return -ENOMEM;
+	h->ino[h->n++] = in->ino;
+	return 0;
+}
+
+/* Is directory dir empty but for volumes being received (into h)?  0, or
+ * -ENOTEMPTY.  Assumes db_mu. */
+static int hidden_only(struct ns *ns, uint64_t dir, struct hidden_kids *h)
+{
+	int rc = bmap_dir_list(ns->bm, dir, 0, hidden_kid, h);
+
+	return rc == 1 ? -ENOTEMPTY : rc;
+}
+
+/* Take them out of the tree, as unlinked volumes.  Assumes db_mu, in the
+ * transaction that removes their directory. */
+static int hidden_unlink(struct ns *ns, const struct hidden_kids *h)
+{
+	int rc = 0;
+
+	for (size_t i = 0; i < h->n && !rc; i++)
+		rc = bmap_inode_move(ns->bm, h->ino[i], 0, "");
+	return rc;
+}
+
+/* After the commit: they are unlinked volumes now. */
+static void hidden_detached(struct ns *ns, const struct hidden_kids *h)
+{
+	for (size_t i = 0; i < h->n; i++)
+		ns_volume_detached(ns, h->ino[i]);
+}
+
 static int remove_entry(struct ns *ns, uint64_t dir, const char *name, bool want_dir)
 {
+	struct hidden_kids hk = { 0 };
 	struct bmap_inode in;
 	uint64_t n;
 	int rc;
@@ -303,20 +351,25 @@ static int remove_entry(struct ns *ns, uint64_t dir, const char *name, bool want
 		goto out;
 	}
 	if (want_dir) {
-		/* a directory with snapshots is not empty: D/.snapshots holds them */
-		rc = bmap_dir_count(ns->bm, in.ino, &n);
-		if (!rc && !n)
-			rc = bmap_snap_count(ns->bm, in.ino, &n);
+		/* a directory with snapshots is not empty: D/.snapshots holds them;
+		 * one that holds only volumes being received (which ls does not
+		 * show) is, and they go with it, as unlinked volumes */
+		rc = bmap_snap_count(ns->bm, in.ino, &n);
 		if (!rc && n)
 			rc = -ENOTEMPTY;
+		if (!rc)
+			rc = hidden_only(ns, in.ino, &hk);
 		if (rc)
 			goto out;
 	}
 	rc = ns_txn_begin(ns);
 	if (rc)
 		goto out;
+	rc = hidden_unlink(ns, &hk);
 	/* a volume keeps its inode, out of the tree (parent 0), until reaped */
-	rc = want_dir ? bmap_inode_delete(ns->bm, in.ino) : bmap_inode_move(ns->bm, in.ino, 0, "");
+	if (!rc)
+		rc = want_dir ? bmap_inode_delete(ns->bm, in.ino) :
+			bmap_inode_move(ns->bm, in.ino, 0, "");
 	if (!rc)
 		rc = touch_dir(ns, dir, ns_now_ns());
 	if (!rc)
@@ -325,9 +378,12 @@ static int remove_entry(struct ns *ns, uint64_t dir, const char *name, bool want
 		ns_txn_rollback(ns);
 	else if (!want_dir)
 		ns_volume_detached(ns, in.ino);
+	if (!rc)
+		hidden_detached(ns, &hk);
 out:
 	lock_mutex_unlock(&ns->db_mu);
-	if (!rc && !want_dir)
+	free(hk.ino);
+	if (!rc && (!want_dir || hk.n))
 		pthread_cond_signal(&ns->bg_cond);
 	return rc;
 }
@@ -364,9 +420,9 @@ static int is_ancestor(struct ns *ns, uint64_t anc, uint64_t dir, bool *out)
 int ns_rename(struct ns *ns, uint64_t dir, const char *name, uint64_t newdir,
 	      const char *newname, unsigned flags)
 {
+	struct hidden_kids hk = { 0 };
 	struct bmap_inode src, dst, d;
 	bool have_dst, loop;
-	uint64_t n;
 	int64_t now = ns_now_ns();
 	int rc;
 
@@ -407,9 +463,8 @@ int ns_rename(struct ns *ns, uint64_t dir, const char *name, uint64_t newdir,
 		rc = -ENOTDIR;
 	else if (have_dst && src.kind != BMAP_DIR && dst.kind == BMAP_DIR)
 		rc = -EISDIR;
-	else if (have_dst && dst.kind == BMAP_DIR &&
-		 !(rc = bmap_dir_count(ns->bm, dst.ino, &n)) && n)
-		rc = -ENOTEMPTY;
+	else if (have_dst && dst.kind == BMAP_DIR)
+		rc = hidden_only(ns, dst.ino, &hk);     /* they go with it */
 	if (!rc && src.kind == BMAP_DIR) {
 		rc = is_ancestor(ns, src.ino, newdir, &loop);
 		if (!rc && loop)
@@ -421,7 +476,8 @@ int ns_rename(struct ns *ns, uint64_t dir, const char *name, uint64_t newdir,
 	rc = ns_txn_begin(ns);
 	if (rc)
 		goto out;
-	if (have_dst)
+	rc = hidden_unlink(ns, &hk);
+	if (!rc && have_dst)
 		rc = dst.kind == BMAP_DIR ? bmap_inode_delete(ns->bm, dst.ino) :
 					    bmap_inode_move(ns->bm, dst.ino, 0, "");
 	if (!rc)
@@ -438,6 +494,7 @@ int ns_rename(struct ns *ns, uint64_t dir, const char *name, uint64_t newdir,
 	}
 	if (have_dst && dst.kind != BMAP_DIR)
 		ns_volume_detached(ns, dst.ino);
+	hidden_detached(ns, &hk);
 	lock_mutex_lock(&ns->files_mu);
 	struct ns_file *f = ns_files_find(ns, src.ino);
 	if (f) {
@@ -448,6 +505,9 @@ int ns_rename(struct ns *ns, uint64_t dir, const char *name, uint64_t newdir,
 	lock_mutex_unlock(&ns->files_mu);
 out:
 	lock_mutex_unlock(&ns->db_mu);
+	free(hk.ino);
+	if (hk.n)
+		pthread_cond_signal(&ns->bg_cond);
 	return rc;
 }
 
@@ -623,6 +683,9 @@ int ns_readdir(struct ns *ns, uint64_t dir, uint64_t after, ns_dirent_fn fn, voi
 	if (rc == 1 || rd.stopped)
 		rc = 0;
 	for (size_t i = 0; i < rd.n && !rc; i++) {
+		/* a volume being received is reached by its name only */
+		if (ctl_recv_tmp_name(rd.ents[i].name))
+			continue;
 		if (rd.snap)
 			ns_sinode_attr(ns, rd.snap, &rd.ents[i], &a);
 		else

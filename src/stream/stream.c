@@ -3,13 +3,21 @@
  * bytes in docs/on-disk-format.md, "Send stream").
  *
  * Every record goes through one buffer: header, payload, then the XXH3-64
- * of both, written (or checked) as one piece.  The stream's checksum is a
- * running XXH3-64 of every record before end, checksums included, so that
- * a record dropped, repeated or swapped whole (each still valid by itself)
- * is caught at end.  The decoder also refuses what a valid encoder never
+ * of both, written (or checked) as one piece.  In version 2 that checksum
+ * is seeded with the one of the record before (the chain; begin's seed is
+ * 0 and its checksum starts the chain), so each record checks both its
+ * bytes and its place: a record dropped, repeated or swapped whole fails
+ * at the next record, not only at end, and a verified prefix is a prefix
+ * of the stream that was sent.  end's chain field repeats the value it is
+ * seeded with.  A resumed stream's begin carries the position it goes on
+ * from (records, offset, chain value), and the encoder and the decoder
+ * start there.  Version 1 seeds every record with 0 and puts a running
+ * XXH3-64 of every record before end into end; it is read and, if asked,
+ * written.  The decoder also refuses what a valid encoder never
  * writes: records out of order or past the size, a second begin, bytes
  * after end.  Unknown record types without STREAM_FLAG_MUST are skipped by
- * their length, checksum checked, and count in end's record count.
+ * their length, checksum (and chain) checked, and count in end's record
+ * count.
  *
  * Compression (zstd, the only caller of ZSTD_*): a compressed data record
  * carries its offset, its length uncompressed and one zstd frame; the
@@ -34,7 +42,8 @@
 #include "vsnapfs/stream.h"
 
 #define HDR        16
-#define BEGIN_FIXED 80
+#define BEGIN_FIXED_V1 80
+#define BEGIN_FIXED 96                  /* version 2: resume_rec, resume_chain */
 
 static const uint8_t zero_guid[STREAM_GUID_BYTES];
 
@@ -43,9 +52,14 @@ bool stream_is_full(const struct stream_begin *b)
 	return !memcmp(b->base_guid, zero_guid, sizeof(zero_guid));
 }
 
+static size_t begin_fixed(uint32_t version)
+{
+	return version == 1 ? BEGIN_FIXED_V1 : BEGIN_FIXED;
+}
+
 uint64_t stream_begin_bytes(const struct stream_begin *b)
 {
-	return STREAM_REC_OVERHEAD + BEGIN_FIXED + strlen(b->file) + strlen(b->snap) +
+	return STREAM_REC_OVERHEAD + begin_fixed(b->version) + strlen(b->file) + strlen(b->snap) +
 	       strlen(b->base);
 }
 
@@ -58,8 +72,10 @@ uint64_t stream_end_bytes(void) { return STREAM_REC_OVERHEAD + 24; }
 struct stream_enc {
 	stream_out_fn out;
 	void *ctx;
-	struct cksum_stream *all;       /* every byte before end */
+	struct cksum_stream *all;       /* version 1: every byte before end */
 	uint8_t *buf;                   /* one record */
+	uint32_t version;
+	uint64_t chain;                 /* version 2: the last record's checksum */
 	uint64_t nrec, data_bytes, bytes;
 	uint64_t size, next_off;        /* the file's size; records start at or past next_off */
 	int state;                      /* 0 new, 1 begun, 2 ended */
@@ -119,22 +135,33 @@ uint64_t stream_enc_bytes(const struct stream_enc *e)
 	return e->bytes;
 }
 
+void stream_enc_pos(const struct stream_enc *e, struct stream_pos *p)
+{
+	*p = (struct stream_pos){ .rec = e->nrec, .off = e->next_off, .chain = e->chain,
+				  .data_bytes = e->data_bytes };
+}
+
 /* The record in e->buf + HDR (len payload bytes): header, checksum, out. */
 static int enc_emit(struct stream_enc *e, uint32_t type, uint32_t flags, size_t len)
 {
 	size_t n = HDR + len;
 	int rc;
 
+	uint64_t ck;
+
 	le32_put(e->buf, type);
 	le32_put(e->buf + 4, flags);
 	le64_put(e->buf + 8, len);
-	le64_put(e->buf + n, cksum_buf(e->buf, n));
+	ck = cksum_seeded(e->buf, n, e->version == 1 || type == STREAM_BEGIN ? 0 : e->chain);
+	le64_put(e->buf + n, ck);
 	n += 8;
 	rc = e->out(e->ctx, e->buf, n);
 	if (rc)
 		return rc;
-	if (type != STREAM_END)
+	if (type != STREAM_END && e->version == 1)
 		cksum_stream_add(e->all, e->buf, n);
+	if (type != STREAM_END)
+		e->chain = ck;
 	e->nrec++;
 	e->bytes += n;
 	return 0;
@@ -143,14 +170,18 @@ static int enc_emit(struct stream_enc *e, uint32_t type, uint32_t flags, size_t 
 int stream_enc_begin(struct stream_enc *e, const struct stream_begin *b)
 {
 	size_t lf = strlen(b->file), ls = strlen(b->snap), lb = strlen(b->base);
+	uint32_t version = b->version == 1 ? 1 : STREAM_VERSION;
+	size_t fixed = begin_fixed(version);
 	uint8_t *p = e->buf + HDR;
+	int rc;
 
 	if (e->state || !lf || !ls || lf > STREAM_NAME_MAX || ls > STREAM_NAME_MAX ||
-	    lb > STREAM_NAME_MAX || (lb == 0) != stream_is_full(b) || b->resume_off > b->size)
+	    lb > STREAM_NAME_MAX || (lb == 0) != stream_is_full(b) || b->resume_off > b->size ||
+	    (version == 1 && b->resume_rec) || (version == 2 && !b->resume_rec && b->resume_off))
 		return -EINVAL;
-	memset(p, 0, BEGIN_FIXED);
+	memset(p, 0, fixed);
 	memcpy(p, STREAM_MAGIC, 8);
-	le32_put(p + 8, STREAM_VERSION);
+	le32_put(p + 8, version);
 	le32_put(p + 12, b->block_size);
 	le64_put(p + 16, b->size);
 	memcpy(p + 24, b->guid, STREAM_GUID_BYTES);
@@ -163,13 +194,24 @@ int stream_enc_begin(struct stream_enc *e, const struct stream_begin *b)
 	p[75] = (uint8_t)(ls >> 8);
 	p[76] = (uint8_t)lb;
 	p[77] = (uint8_t)(lb >> 8);
-	memcpy(p + BEGIN_FIXED, b->file, lf);
-	memcpy(p + BEGIN_FIXED + lf, b->snap, ls);
-	memcpy(p + BEGIN_FIXED + lf + ls, b->base, lb);
+	if (version == 2) {
+		le64_put(p + 80, b->resume_rec);
+		le64_put(p + 88, b->resume_chain);
+	}
+	memcpy(p + fixed, b->file, lf);
+	memcpy(p + fixed + lf, b->snap, ls);
+	memcpy(p + fixed + lf + ls, b->base, lb);
 	e->state = 1;
+	e->version = version;
 	e->size = b->size;
 	e->next_off = b->resume_off;
-	return enc_emit(e, STREAM_BEGIN, STREAM_FLAG_MUST, BEGIN_FIXED + lf + ls + lb);
+	rc = enc_emit(e, STREAM_BEGIN, STREAM_FLAG_MUST, fixed + lf + ls + lb);
+	if (!rc && b->resume_rec) {
+		/* go on from where the resumed stream stands */
+		e->nrec = b->resume_rec;
+		e->chain = b->resume_chain;
+	}
+	return rc;
 }
 
 /* A data or zero record's range is in order and inside the file. */
@@ -233,7 +275,7 @@ int stream_enc_end(struct stream_enc *e)
 		return -EINVAL;
 	le64_put(e->buf + HDR, e->nrec);
 	le64_put(e->buf + HDR + 8, e->data_bytes);
-	le64_put(e->buf + HDR + 16, cksum_stream_value(e->all));
+	le64_put(e->buf + HDR + 16, e->version == 1 ? cksum_stream_value(e->all) : e->chain);
 	rc = enc_emit(e, STREAM_END, STREAM_FLAG_MUST, 24);
 	if (!rc)
 		e->state = 2;
@@ -245,12 +287,18 @@ int stream_enc_end(struct stream_enc *e)
 struct stream_dec {
 	stream_in_fn in;
 	void *ctx;
-	struct cksum_stream *all;
+	struct cksum_stream *all;       /* version 1: every byte before end */
 	uint8_t *buf;                   /* one record */
+	uint32_t version;               /* 0 until begin was read */
+	uint64_t chain;                 /* version 2: the last record's checksum */
 	uint64_t nrec, data_bytes, bytes;
 	uint64_t size, next_off;
-	int state;                      /* 0 new, 1 begun, 2 ended, -1 failed */
+	int state;                      /* 0 new, 1 begun, 2 ended, 3 resumed: waits for
+					 * stream_dec_continue, -1 failed */
 	int err;                        /* the error that failed it */
+	uint64_t first;                 /* byte of the first record after begin */
+	bool resumed;                   /* begin said so */
+	struct stream_pos good;         /* after the last record handed out or skipped */
 	ZSTD_DCtx *zd;                  /* made at the first compressed record */
 	uint8_t *zbuf;                  /* its data, decompressed */
 	char msg[160];
@@ -336,6 +384,18 @@ uint64_t stream_dec_bytes(const struct stream_dec *d)
 	return d->bytes;
 }
 
+void stream_dec_pos(const struct stream_dec *d, struct stream_pos *p)
+{
+	*p = d->good;
+}
+
+/* The records so far are sound: a caller may keep what they did. */
+static void dec_good(struct stream_dec *d)
+{
+	d->good = (struct stream_pos){ .rec = d->nrec, .off = d->next_off, .chain = d->chain,
+				       .data_bytes = d->data_bytes };
+}
+
 static int dec_fail(struct stream_dec *d, int rc, const char *fmt, ...)
 {
 	va_list ap;
@@ -369,7 +429,7 @@ static long dec_read(struct stream_dec *d, uint8_t *buf, size_t len)
 /* One record into d->buf: its type, flags and payload length. */
 static int dec_record(struct stream_dec *d, uint32_t *type, uint32_t *flags, uint64_t *len)
 {
-	uint64_t at = d->bytes;
+	uint64_t at = d->bytes, ck;
 	long n;
 
 	n = dec_read(d, d->buf, HDR);
@@ -390,9 +450,14 @@ static int dec_record(struct stream_dec *d, uint32_t *type, uint32_t *flags, uin
 	if ((uint64_t)n < *len + 8)
 		return dec_fail(d, -ENODATA, "the stream ends at byte %" PRIu64 " inside a record: "
 				"truncated", d->bytes);
-	if (le64_get(d->buf + HDR + *len) != cksum_buf(d->buf, HDR + *len))
+	ck = cksum_seeded(d->buf, HDR + *len, d->version == 2 ? d->chain : 0);
+	if (le64_get(d->buf + HDR + *len) != ck)
 		return dec_fail(d, -EBADMSG, "record at byte %" PRIu64 " fails its checksum: "
-				"damaged", at);
+				"%s", at, d->version < 2 ? "damaged" : at == d->first && d->resumed ?
+				"not the continuation of the part kept (another stream, or a token "
+				"of another receive)" : "damaged, or a record before it missing");
+	if (*type != STREAM_END)
+		d->chain = ck;
 	return 0;
 }
 
@@ -401,6 +466,7 @@ int stream_dec_begin(struct stream_dec *d, struct stream_begin *b)
 	uint32_t type, flags, lf, ls, lb;
 	uint64_t len;
 	const uint8_t *p = d->buf + HDR;
+	size_t fixed;
 	int rc;
 
 	if (d->state)
@@ -408,34 +474,66 @@ int stream_dec_begin(struct stream_dec *d, struct stream_begin *b)
 	rc = dec_record(d, &type, &flags, &len);
 	if (rc)
 		return rc;
-	if (type != STREAM_BEGIN || len < BEGIN_FIXED || memcmp(p, STREAM_MAGIC, 8))
+	if (type != STREAM_BEGIN || len < BEGIN_FIXED_V1 || memcmp(p, STREAM_MAGIC, 8))
 		return dec_fail(d, -EBADMSG, "not a vsnapfs send stream (no begin record)");
 	memset(b, 0, sizeof(*b));
 	b->version = le32_get(p + 8);
 	if (b->version > STREAM_VERSION)
 		return dec_fail(d, -EPROTO, "stream version %" PRIu32 ": this vsnapctl reads "
-				"version %d", b->version, STREAM_VERSION);
+				"versions 1 to %d", b->version, STREAM_VERSION);
+	fixed = begin_fixed(b->version);
+	if (b->version == 0 || len < fixed)
+		return dec_fail(d, -EBADMSG, "begin record inconsistent: damaged");
 	b->block_size = le32_get(p + 12);
 	b->size = le64_get(p + 16);
 	memcpy(b->guid, p + 24, STREAM_GUID_BYTES);
 	memcpy(b->base_guid, p + 40, STREAM_GUID_BYTES);
 	b->created_ns = (int64_t)le64_get(p + 56);
 	b->resume_off = le64_get(p + 64);
+	if (b->version >= 2) {
+		b->resume_rec = le64_get(p + 80);
+		b->resume_chain = le64_get(p + 88);
+	}
 	lf = p[72] | p[73] << 8;
 	ls = p[74] | p[75] << 8;
 	lb = p[76] | p[77] << 8;
 	if (!lf || !ls || lf > STREAM_NAME_MAX || ls > STREAM_NAME_MAX || lb > STREAM_NAME_MAX ||
-	    len != BEGIN_FIXED + lf + ls + lb || (lb == 0) != stream_is_full(b) ||
-	    b->resume_off > b->size || memchr(p + BEGIN_FIXED, 0, lf + ls + lb))
+	    len != fixed + lf + ls + lb || (lb == 0) != stream_is_full(b) ||
+	    b->resume_off > b->size || memchr(p + fixed, 0, lf + ls + lb) ||
+	    (b->version >= 2 && !b->resume_rec && b->resume_off))
 		return dec_fail(d, -EBADMSG, "begin record inconsistent: damaged");
-	memcpy(b->file, p + BEGIN_FIXED, lf);
-	memcpy(b->snap, p + BEGIN_FIXED + lf, ls);
-	memcpy(b->base, p + BEGIN_FIXED + lf + ls, lb);
-	cksum_stream_add(d->all, d->buf, HDR + len + 8);
+	memcpy(b->file, p + fixed, lf);
+	memcpy(b->snap, p + fixed + lf, ls);
+	memcpy(b->base, p + fixed + lf + ls, lb);
+	if (b->version == 1)
+		cksum_stream_add(d->all, d->buf, HDR + len + 8);
+	d->version = b->version;
 	d->nrec = 1;
+	d->first = d->bytes;
 	d->size = b->size;
 	d->next_off = b->resume_off;
 	d->state = 1;
+	dec_good(d);
+	if (b->resume_rec) {
+		/* records only after stream_dec_continue, from the kept chain */
+		d->nrec = b->resume_rec;
+		d->resumed = true;
+		d->state = 3;
+	}
+	return 0;
+}
+
+int stream_dec_continue(struct stream_dec *d, const struct stream_pos *kept)
+{
+	if (d->state != 3)
+		return dec_fail(d, -EINVAL, "not a resumed stream");
+	if (kept->rec != d->nrec || kept->off != d->next_off)
+		return dec_fail(d, -ESTALE, "the stream resumes at record %" PRIu64 " (byte %" PRIu64
+				"), the part kept ends at record %" PRIu64 " (byte %" PRIu64 "): "
+				"not its continuation", d->nrec, d->next_off, kept->rec, kept->off);
+	d->chain = kept->chain;
+	d->state = 1;
+	dec_good(d);
 	return 0;
 }
 
@@ -452,7 +550,8 @@ static int dec_end(struct stream_dec *d, uint64_t len)
 				" data bytes, the stream had %" PRIu64 " and %" PRIu64 ": records "
 				"missing or repeated", le64_get(p), le64_get(p + 8), d->nrec,
 				d->data_bytes);
-	if (le64_get(p + 16) != cksum_stream_value(d->all))
+	/* version 2: the end record verified against the chain already */
+	if (le64_get(p + 16) != (d->version == 1 ? cksum_stream_value(d->all) : d->chain))
 		return dec_fail(d, -EBADMSG, "the stream's checksum does not match: damaged");
 	if (dec_read(d, &extra, 1) != 0)
 		return dec_fail(d, -EBADMSG, "bytes after the end record: not one stream");
@@ -469,6 +568,9 @@ int stream_dec_next(struct stream_dec *d, struct stream_rec *r)
 
 		if (d->state == 2)
 			return 0;
+		if (d->state == 3)
+			return dec_fail(d, -EINVAL, "a resumed stream: the part it continues was not "
+					"given");
 		if (d->state != 1)
 			return dec_fail(d, -EINVAL, "no begin record read");
 		rc = dec_record(d, &type, &flags, &len);
@@ -476,7 +578,8 @@ int stream_dec_next(struct stream_dec *d, struct stream_rec *r)
 			return rc;
 		if (type == STREAM_END)
 			return dec_end(d, len);
-		cksum_stream_add(d->all, d->buf, HDR + len + 8);
+		if (d->version == 1)
+			cksum_stream_add(d->all, d->buf, HDR + len + 8);
 		d->nrec++;
 		if (type != STREAM_DATA && type != STREAM_ZERO && type != STREAM_DATA_ZSTD) {
 			if (type == STREAM_BEGIN)
@@ -484,6 +587,7 @@ int stream_dec_next(struct stream_dec *d, struct stream_rec *r)
 			if (flags & STREAM_FLAG_MUST)
 				return dec_fail(d, -EPROTO, "record type %" PRIu32 " that this "
 						"vsnapctl does not know", type);
+			dec_good(d);
 			continue;               /* skipped by its length */
 		}
 		if (type == STREAM_DATA ? len < 9 : type == STREAM_ZERO && len != 16)
@@ -500,6 +604,7 @@ int stream_dec_next(struct stream_dec *d, struct stream_rec *r)
 		d->next_off = off + n;
 		if (type != STREAM_ZERO)
 			d->data_bytes += n;
+		dec_good(d);
 		*r = (struct stream_rec){ .type = type == STREAM_ZERO ? STREAM_ZERO : STREAM_DATA,
 					  .off = off, .len = n,
 					  .data = type == STREAM_DATA ? d->buf + HDR + 8 :

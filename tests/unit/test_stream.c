@@ -4,7 +4,12 @@
  * record dropped or repeated, a higher version, an unknown record that may
  * not be skipped and bytes after the end are refused (the decoder never
  * reports a verified end for them); an unknown record that may be skipped
- * is; the encoder refuses records out of order.
+ * is; the encoder refuses records out of order.  The chain (version 2): a
+ * record dropped or taken from another stream fails at the next record,
+ * not at end; a stream resumed from a prefix's position continues it byte
+ * for byte and decodes to its end; a resumed stream from another position
+ * or chain value is refused at its first record; a version 1 stream is
+ * still read.
  */
 #include <criterion/criterion.h>
 #include <errno.h>
@@ -82,8 +87,9 @@ static void sample(struct mem *m, const struct stream_begin *b)
 	stream_enc_free(e);
 }
 
-/* Decode all of m: 0 if it ended verified, else the error. */
-static int decode_all(struct mem *m, int *nrec)
+/* Decode all of m (a resumed stream from kept): 0 if it ended verified,
+ * else the error. */
+static int decode_from(struct mem *m, const struct stream_pos *kept, int *nrec)
 {
 	struct stream_dec *d;
 	struct stream_begin b;
@@ -94,6 +100,8 @@ static int decode_all(struct mem *m, int *nrec)
 	*nrec = 0;
 	cr_assert_eq(stream_dec_new(mem_in, m, &d), 0);
 	rc = stream_dec_begin(d, &b);
+	if (!rc && kept)
+		rc = stream_dec_continue(d, kept);
 	while (!rc && (rc = stream_dec_next(d, &r)) == 1) {
 		(*nrec)++;
 		rc = 0;
@@ -102,6 +110,11 @@ static int decode_all(struct mem *m, int *nrec)
 		cr_assert_neq(stream_dec_msg(d)[0], 0, "a refusal says why");
 	stream_dec_free(d);
 	return rc;
+}
+
+static int decode_all(struct mem *m, int *nrec)
+{
+	return decode_from(m, NULL, nrec);
 }
 
 /* The next record of d is data: len bytes at off, as buf. */
@@ -198,7 +211,7 @@ static size_t record_starts(const struct mem *m, size_t *at, size_t max)
 	return k;
 }
 
-Test(stream, a_record_dropped_or_repeated_is_refused_at_the_end)
+Test(stream, a_record_dropped_or_repeated_is_refused_at_the_next_record)
 {
 	struct stream_begin b = incr_begin();
 	struct mem m = { 0 }, x = { 0 };
@@ -208,10 +221,12 @@ Test(stream, a_record_dropped_or_repeated_is_refused_at_the_end)
 	sample(&m, &b);
 	k = record_starts(&m, at, 8);
 	cr_assert_eq(k, 5);
-	/* drop the zero record (the third) */
+	/* drop the zero record (the third): the chain breaks at the fourth,
+	 * so only the record before the gap was handed out */
 	mem_out(&x, m.p, at[2]);
 	mem_out(&x, m.p + at[3], m.n - at[3]);
 	cr_assert_eq(decode_all(&x, &n), -EBADMSG);
+	cr_assert_eq(n, 1, "records handed out past a dropped one: %d", n);
 	/* repeat the last data record: out of order */
 	x.n = 0;
 	mem_out(&x, m.p, at[4]);
@@ -290,7 +305,7 @@ Test(stream, the_encoder_refuses_records_out_of_order_or_past_the_size)
 }
 
 /* A record valid by itself, taken from another stream of the same shape:
- * only the stream's checksum in end can tell. */
+ * the chain tells at once (version 1: only end's checksum could). */
 Test(stream, a_record_from_another_stream_is_refused)
 {
 	struct stream_begin b = incr_begin();
@@ -316,6 +331,8 @@ Test(stream, a_record_from_another_stream_is_refused)
 	cr_assert_eq(o.n - ot[1], at[2] - at[1]);
 	memcpy(m.p + at[1], o.p + ot[1], at[2] - at[1]);
 	cr_assert_eq(decode_all(&m, &n), -EBADMSG);
+	/* in its place it is valid (same begin, same seed); the next is not */
+	cr_assert_eq(n, 1, "records handed out past the foreign one: %d", n);
 	free(m.p);
 	free(o.p);
 }
@@ -394,11 +411,261 @@ Test(stream, a_compressed_record_whose_length_lies_is_refused)
 	cr_assert_eq(le32_get(m.p + at[1]), STREAM_DATA_ZSTD);
 	len = le64_get(m.p + at[1] + 8);
 	le32_put(m.p + at[1] + 16 + 8, 15u << 20);      /* raw length: 15 MiB */
-	le64_put(m.p + at[1] + 16 + len, cksum_buf(m.p + at[1], 16 + len));
+	le64_put(m.p + at[1] + 16 + len, cksum_seeded(m.p + at[1], 16 + len,
+						      le64_get(m.p + at[1] - 8)));
 	cr_assert_eq(stream_dec_new(mem_in, &m, &d), 0);
 	cr_assert_eq(stream_dec_begin(d, &o), 0);
 	cr_assert_eq(stream_dec_next(d, &r), -EBADMSG);
 	cr_assert(strstr(stream_dec_msg(d), "compressed record"), "%s", stream_dec_msg(d));
 	stream_dec_free(d);
 	free(m.p);
+}
+
+/* ---- the chain and resume ------------------------------------------------------ */
+
+/* The records of the sample after the first k-1 (k counts begin), written
+ * as a stream resumed from pos. */
+static void sample_resumed(struct mem *m, const struct stream_begin *b0,
+			   const struct stream_pos *pos, int k)
+{
+	struct stream_begin b = *b0;
+	struct stream_enc *e;
+
+	b.resume_rec = pos->rec;
+	b.resume_off = pos->off;
+	b.resume_chain = pos->chain;
+	cr_assert_eq(stream_enc_new(mem_out, m, &e), 0);
+	cr_assert_eq(stream_enc_begin(e, &b), 0);
+	if (k <= 1)
+		cr_assert_eq(stream_enc_data(e, 4096, data1, sizeof(data1)), 0);
+	if (k <= 2)
+		cr_assert_eq(stream_enc_zero(e, 16384, 65536), 0);
+	if (k <= 3)
+		cr_assert_eq(stream_enc_data(e, (1 << 20) - sizeof(data2), data2, sizeof(data2)), 0);
+	cr_assert_eq(stream_enc_end(e), 0);
+	stream_enc_free(e);
+}
+
+/* Decode the first k records of m (begin counted) and return the position. */
+static struct stream_pos prefix_pos(struct mem *m, int k)
+{
+	struct stream_dec *d;
+	struct stream_begin o;
+	struct stream_rec r;
+	struct stream_pos p;
+
+	m->pos = 0;
+	cr_assert_eq(stream_dec_new(mem_in, m, &d), 0);
+	cr_assert_eq(stream_dec_begin(d, &o), 0);
+	for (int i = 1; i < k; i++)
+		cr_assert_eq(stream_dec_next(d, &r), 1);
+	stream_dec_pos(d, &p);
+	stream_dec_free(d);
+	cr_assert_eq(p.rec, (uint64_t)k);
+	return p;
+}
+
+Test(stream, a_resumed_stream_continues_the_prefix_byte_for_byte)
+{
+	struct stream_begin b = incr_begin();
+	struct mem m = { 0 }, x = { 0 };
+	size_t at[8];
+	int n;
+
+	sample(&m, &b);
+	record_starts(&m, at, 8);
+	for (int k = 1; k <= 4; k++) {
+		struct stream_pos p = prefix_pos(&m, k);
+		size_t rb;
+
+		x.n = 0;
+		sample_resumed(&x, &b, &p, k);
+		rb = 24 + le64_get(x.p + 8);            /* the resumed begin */
+		cr_assert_eq(x.n - rb, m.n - at[k], "k=%d: the tail's length", k);
+		/* end differs: its data bytes are of the resumed part */
+		cr_assert_eq(memcmp(x.p + rb, m.p + at[k], at[4] - at[k]), 0,
+			     "k=%d: the resumed records are the original's, chain and all", k);
+		cr_assert_eq(decode_all(&x, &n), -EINVAL, "k=%d: no kept part given", k);
+		cr_assert_eq(decode_from(&x, &p, &n), 0, "k=%d", k);
+		cr_assert_eq(n, 4 - k, "k=%d: records of the resumed part", k);
+	}
+	free(m.p);
+	free(x.p);
+}
+
+Test(stream, a_resumed_stream_from_another_place_or_chain_is_refused_at_once)
+{
+	struct stream_begin b = incr_begin(), o;
+	struct mem m = { 0 }, x = { 0 };
+	struct stream_dec *d;
+	struct stream_rec r;
+	struct stream_pos p, q;
+	int n;
+
+	sample(&m, &b);
+	p = prefix_pos(&m, 2);
+	/* a chain value that is not this prefix's (a token of another receive) */
+	q = p;
+	q.chain ^= 1;
+	sample_resumed(&x, &b, &q, 2);
+	cr_assert_eq(stream_dec_new(mem_in, &x, &d), 0);
+	cr_assert_eq(stream_dec_begin(d, &o), 0);
+	cr_assert_eq(o.resume_rec, 2);
+	cr_assert_eq(o.resume_chain, q.chain);
+	cr_assert_eq(stream_dec_continue(d, &p), 0, "the place fits, the chain is checked next");
+	cr_assert_eq(stream_dec_next(d, &r), -EBADMSG, "the first record is not handed out");
+	cr_assert(strstr(stream_dec_msg(d), "not the continuation"), "%s", stream_dec_msg(d));
+	stream_dec_free(d);
+	/* the right chain value, but the stream of another base: its begin
+	 * starts another chain, so the prefix's value does not continue it */
+	x.n = 0;
+	memset(b.base_guid, 0xee, sizeof(b.base_guid));
+	sample(&x, &b);
+	q = prefix_pos(&x, 2);
+	cr_assert_neq(q.chain, p.chain, "two streams of other bases, one chain value");
+	/* the records of a stream resumed at a record that the prefix did not
+	 * reach (record 3 against a prefix of 2) do not verify either */
+	x.n = 0;
+	b = incr_begin();
+	q = prefix_pos(&m, 3);
+	sample_resumed(&x, &b, &q, 3);
+	cr_assert_eq(decode_from(&x, &p, &n), -ESTALE, "resumes at 3, kept 2");
+	/* and a stream resumed with the place faked to fit: the chain */
+	x.n = 0;
+	q.rec = p.rec;
+	q.off = p.off;
+	sample_resumed(&x, &b, &q, 3);
+	cr_assert_eq(decode_from(&x, &p, &n), -EBADMSG);
+	free(m.p);
+	free(x.p);
+}
+
+Test(stream, after_a_refusal_the_position_is_the_last_verified_record)
+{
+	struct stream_begin b = incr_begin(), o;
+	struct mem m = { 0 }, x = { 0 };
+	struct stream_dec *d;
+	struct stream_rec r;
+	struct stream_pos p, want;
+	size_t at[8];
+
+	sample(&m, &b);
+	record_starts(&m, at, 8);
+	want = prefix_pos(&m, 2);
+	/* record 3 dropped, then the stream cut inside record 4 */
+	mem_out(&x, m.p, at[2]);
+	mem_out(&x, m.p + at[3], 30);
+	cr_assert_eq(stream_dec_new(mem_in, &x, &d), 0);
+	cr_assert_eq(stream_dec_begin(d, &o), 0);
+	cr_assert_eq(stream_dec_next(d, &r), 1);
+	cr_assert_eq(stream_dec_next(d, &r), -ENODATA);
+	stream_dec_pos(d, &p);
+	cr_assert_eq(memcmp(&p, &want, sizeof(p)), 0, "the kept part ends where it was verified");
+	stream_dec_free(d);
+	/* the same with record 4 whole: the chain refuses it */
+	x.n = 0;
+	mem_out(&x, m.p, at[2]);
+	mem_out(&x, m.p + at[3], m.n - at[3]);
+	x.pos = 0;
+	cr_assert_eq(stream_dec_new(mem_in, &x, &d), 0);
+	cr_assert_eq(stream_dec_begin(d, &o), 0);
+	cr_assert_eq(stream_dec_next(d, &r), 1);
+	cr_assert_eq(stream_dec_next(d, &r), -EBADMSG);
+	stream_dec_pos(d, &p);
+	cr_assert_eq(memcmp(&p, &want, sizeof(p)), 0);
+	stream_dec_free(d);
+	/* a record sound by its chain but out of order (a sender's bug) is not
+	 * counted in the position either */
+	x.n = 0;
+	mem_out(&x, m.p, m.n);
+	le64_put(x.p + at[2] + 16, 0);                  /* the zero record at 0 */
+	le64_put(x.p + at[2] + 16 + 16, cksum_seeded(x.p + at[2], 16 + 16,
+						     le64_get(x.p + at[2] - 8)));
+	x.pos = 0;
+	cr_assert_eq(stream_dec_new(mem_in, &x, &d), 0);
+	cr_assert_eq(stream_dec_begin(d, &o), 0);
+	cr_assert_eq(stream_dec_next(d, &r), 1);
+	cr_assert_eq(stream_dec_next(d, &r), -EBADMSG);
+	cr_assert(strstr(stream_dec_msg(d), "out of order"), "%s", stream_dec_msg(d));
+	stream_dec_pos(d, &p);
+	cr_assert_eq(memcmp(&p, &want, sizeof(p)), 0);
+	stream_dec_free(d);
+	free(m.p);
+	free(x.p);
+}
+
+Test(stream, the_encoder_and_the_decoder_agree_on_the_position)
+{
+	struct stream_begin b = incr_begin(), o;
+	struct stream_enc *e;
+	struct stream_dec *d;
+	struct stream_rec r;
+	struct stream_pos pe[4], pd;
+	struct mem m = { 0 };
+
+	cr_assert_eq(stream_enc_new(mem_out, &m, &e), 0);
+	cr_assert_eq(stream_enc_begin(e, &b), 0);
+	stream_enc_pos(e, &pe[0]);
+	cr_assert_eq(stream_enc_data(e, 4096, data1, sizeof(data1)), 0);
+	stream_enc_pos(e, &pe[1]);
+	cr_assert_eq(stream_enc_zero(e, 16384, 65536), 0);
+	stream_enc_pos(e, &pe[2]);
+	cr_assert_eq(stream_enc_end(e), 0);
+	stream_enc_free(e);
+	cr_assert_eq(pe[1].rec, 2);
+	cr_assert_eq(pe[1].off, 4096 + sizeof(data1));
+	cr_assert_eq(pe[2].off, 16384 + 65536);
+	cr_assert_eq(pe[2].data_bytes, sizeof(data1));
+	cr_assert_eq(stream_dec_new(mem_in, &m, &d), 0);
+	cr_assert_eq(stream_dec_begin(d, &o), 0);
+	for (int i = 0; i < 3; i++) {
+		stream_dec_pos(d, &pd);
+		cr_assert_eq(memcmp(&pd, &pe[i], sizeof(pd)), 0, "record %d", i);
+		cr_assert_eq(stream_dec_next(d, &r), i < 2 ? 1 : 0);
+	}
+	stream_dec_free(d);
+	free(m.p);
+}
+
+Test(stream, a_version_1_stream_is_still_read)
+{
+	struct stream_begin b = incr_begin(), o;
+	struct mem m = { 0 }, x = { 0 };
+	struct stream_dec *d;
+	size_t at[8];
+	int n;
+
+	b.version = 1;
+	sample(&m, &b);
+	cr_assert_eq(decode_all(&m, &n), 0);
+	cr_assert_eq(n, 3);
+	m.pos = 0;
+	cr_assert_eq(stream_dec_new(mem_in, &m, &d), 0);
+	cr_assert_eq(stream_dec_begin(d, &o), 0);
+	cr_assert_eq(o.version, 1);
+	cr_assert_eq(o.resume_rec, 0);
+	stream_dec_free(d);
+	for (size_t i = 0; i < m.n; i++) {
+		m.p[i] ^= 0x80;
+		cr_assert_lt(decode_all(&m, &n), 0, "v1: byte %zu flipped was accepted", i);
+		m.p[i] ^= 0x80;
+	}
+	/* a dropped record: version 1 sees it at end only */
+	record_starts(&m, at, 8);
+	mem_out(&x, m.p, at[2]);
+	mem_out(&x, m.p + at[3], m.n - at[3]);
+	cr_assert_eq(decode_all(&x, &n), -EBADMSG);
+	cr_assert_eq(n, 2);
+	/* the encoder writes no resumed version 1 stream */
+	b.resume_rec = 2;
+	b.resume_off = 8192;
+	{
+		struct stream_enc *e;
+
+		cr_assert_eq(stream_enc_new(mem_out, &x, &e), 0);
+		cr_assert_eq(stream_enc_begin(e, &b), -EINVAL);
+		stream_enc_free(e);
+	}
+	free(m.p);
+	free(x.p);
 }
