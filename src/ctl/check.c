@@ -164,6 +164,54 @@ static void check_nodes(struct model *m, struct report *r)
 }
 
 /*
+ * A node's referenced-block count (table refblocks: st_blocks of a live
+ * volume, list's REFERENCED) against the blocks its chain shows with data
+ * below the largest size of the files naming it (bmap_node_data_blocks,
+ * O(extents of the chain)).  A node without a count (not counted yet) is
+ * not a problem: the daemon counts it.
+ */
+static int check_refs(struct store *st, struct model *m, size_t i, struct report *r)
+{
+	struct mnode *x = &m->nodes[i];
+	uint64_t have, shown, size = 0;
+	char buf[64];
+	int rc;
+
+	if (!x->nnames)
+		return 0;               /* nobody's: nothing shows its count */
+	/* a chain that loops or misses a parent is reported as such, and
+	 * cannot be counted */
+	for (size_t k = i, steps = 0; x->n.parent || k != i; steps++) {
+		if (steps > m->nnodes)
+			return 0;
+		if (m->nodes[k].n.parent == 0)
+			break;
+		if (m->nodes[k].parent == NONE)
+			return 0;
+		k = m->nodes[k].parent;
+	}
+	rc = bmap_refs_get(st->bm, x->n.id, &have);
+	if (rc)
+		return rc == -ENOENT ? 0 : rc;
+	for (size_t k = 0; k < x->nnames; k++) {
+		const struct file *f = &m->files[m->names[x->name0 + k]];
+
+		if (f->size > size)
+			size = f->size;
+	}
+	rc = bmap_node_data_blocks(st->bm, x->n.id, 0, (size + st->bs - 1) / st->bs, &shown);
+	if (rc == -EUCLEAN || rc == -ENOENT)
+		return 0;               /* a broken chain: reported as such */
+	if (rc)
+		return rc;
+	if (have != shown)
+		PROBLEM(r, "map node %" PRIu64 " (%s): its referenced-block count is %" PRIu64
+			", its chain shows %" PRIu64 " block(s) with data: its st_blocks is off, its "
+			"data are not", x->n.id, node_label(m, i, buf, sizeof(buf)), have, shown);
+	return 0;
+}
+
+/*
  * Each node's row count in the index (what st_blocks and list show) against
  * the rows the scan saw.  On a mounted store the two are read at different
  * moments, so a volume being written may differ here; the second run of a
@@ -186,6 +234,9 @@ static int check_counts(struct store *st, struct model *m, struct report *r)
 			PROBLEM(r, "map node %" PRIu64 " (%s): the index counts %" PRIu64 " block(s), "
 				"its rows are %" PRIu64 ": its st_blocks is off, its data are not", x->n.id,
 				node_label(m, i, buf, sizeof(buf)), n, x->scanned);
+		rc = check_refs(st, m, i, r);
+		if (rc)
+			return rc;
 	}
 	return 0;
 }
