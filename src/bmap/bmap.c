@@ -464,6 +464,7 @@ struct bmap {
 	int upgrading;                  /* user_version is BMAP_UV_UPGRADING_2_3 */
 	int upgraded_from;              /* the format bmap_upgrade_run upgraded, or 0 */
 	int walking;                    /* a walk's fn is running: no call may enter */
+	int has_refs;                   /* table refblocks seen (never dropped once made) */
 	/* node.nblocks changes of put/del/relocate not yet written: a flush
 	 * puts thousands of runs of one node, and one UPDATE of its count at
 	 * commit costs less than one per put.  Dropped at rollback. */
@@ -981,13 +982,19 @@ static int guids_ensure(struct bmap *b)
 	return rc;
 }
 
+/* 1 if the table and its trigger are there, 0 if not; remembered once seen,
+ * so that a getattr or a REFS record does not read the schema. */
 static int refs_present(struct bmap *b)
 {
 	sqlite3_int64 n;
-	int rc = oneoff_i64(b, "SELECT count(*) FROM sqlite_schema WHERE (type = 'table'"
-			    " AND name = 'refblocks') OR (type = 'trigger' AND name = 'refblocks_gone')",
-			    &n);
+	int rc;
 
+	if (b->has_refs)
+		return 1;
+	rc = oneoff_i64(b, "SELECT count(*) FROM sqlite_schema WHERE (type = 'table'"
+			" AND name = 'refblocks') OR (type = 'trigger' AND name = 'refblocks_gone')",
+			&n);
+	b->has_refs = !rc && n == 2;
 	return rc ? rc : n == 2;
 }
 

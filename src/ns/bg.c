@@ -15,6 +15,7 @@
  */
 #include <errno.h>
 #include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -283,20 +284,27 @@ static void spares_tick(struct ns *ns, uint64_t *appends, int64_t *seen_ns, int6
 /* ---- referenced blocks not counted yet ------------------------------------------ */
 
 #define REFS_BUDGET_NS  (50 * 1000000)           /* counting per tick, at most (about) */
-#define REFS_IDLE_NS    (30 * 1000000000LL)      /* a scan that found nothing: the next one */
+#define REFS_IDLE_NS    (30 * 1000000000LL)      /* a round that did nothing: the next one */
+#define REFS_WINDOW     (1ull << 20)             /* blocks of the index counted at a time */
+#define REFS_STEP_BLOCKS (1u << 16)              /* counted per vol_refs_count_step */
 
 struct refs_scan {
 	uint64_t after;                 /* nodes up to this one were looked at this round */
-	int64_t idle_until;             /* nothing to count: no scan before this */
+	int64_t idle_until;             /* ns_mono_ns: no round before this */
+	bool worked;                    /* this round counted something */
 	uint64_t counted;               /* nodes counted this round */
 	uint64_t total;                 /* in earlier rounds */
+	/* the node being counted from the index, a window per step, across
+	 * ticks (0: none) */
+	uint64_t node, nb, lo, sum, gen;
+	uint64_t *failed;               /* nodes whose count failed: not again this mount */
+	size_t nfailed, failed_cap;
 };
-
-#define REFS_STEP_BLOCKS (1u << 16)            /* counted per vol_refs_count_step */
 
 struct user_of {
 	uint64_t node;
 	struct ns_file *f;
+	char name[BMAP_NAME_MAX + 1];
 };
 
 static int node_user(struct ns_file *f, void *ctx)
@@ -306,38 +314,79 @@ static int node_user(struct ns_file *f, void *ctx)
 	if (ino_kind(f->ino) != INO_LIVE || f->in.node != u->node)
 		return 0;
 	u->f = f;
+	memcpy(u->name, f->in.name, sizeof(u->name));
 	return 1;
 }
 
 /* The live volume in the files table that uses node (its count changes
  * with it), with a reference the caller drops (ns_file_unref) if take,
- * else NULL; and files_gen.  Assumes db_mu. */
-static struct ns_file *user_of(struct ns *ns, uint64_t node, uint64_t *gen, bool take)
+ * else NULL; its name then, and files_gen.  Assumes db_mu. */
+static struct ns_file *user_of(struct ns *ns, struct user_of *u, uint64_t node, uint64_t *gen,
+			       bool take)
 {
-	struct user_of u = { .node = node };
-
+	*u = (struct user_of){ .node = node };
 	lock_mutex_lock(&ns->files_mu);
-	ns_files_foreach(ns, node_user, &u);
-	if (u.f && take)
-		u.f->refs++;
+	ns_files_foreach(ns, node_user, u);
+	if (u->f && take)
+		u->f->refs++;
 	*gen = ns->files_gen;
 	lock_mutex_unlock(&ns->files_mu);
-	return u.f;
+	return u->f;
+}
+
+static bool refs_failed(const struct refs_scan *rs, uint64_t node)
+{
+	for (size_t i = 0; i < rs->nfailed; i++)
+		if (rs->failed[i] == node)
+			return true;
+	return false;
+}
+
+/* A count that failed (a broken chain: check names it) is said once and
+ * not tried again until the next mount. */
+static void refs_fail(struct refs_scan *rs, uint64_t node, const char *what, int rc)
+{
+	vlog(LOG_WARNING, "counting the referenced blocks of %s: %s; its st_blocks shows its own "
+	     "blocks until the next mount", what, log_strerror(rc));
+	if (!ARRAY_RESERVE(rs->failed, rs->failed_cap, rs->nfailed, 8))
+		rs->failed[rs->nfailed++] = node;
 }
 
 /* Count a volume in use, a step at a time (each holds its I/O up for one
  * step) until it has its count or the deadline passes; its next flush
- * writes the count.  Assumes nothing held; f is referenced. */
-static void count_in_use(struct ns_file *f, int64_t deadline)
+ * writes the count.  Did it count anything?  Assumes nothing held; u->f
+ * is referenced. */
+static bool count_in_use(struct refs_scan *rs, struct user_of *u, int64_t deadline)
 {
-	bool done = false;
+	bool done = vol_refs_known(u->f->v), worked = !done;
 	int rc = 0;
 
-	while (!done && !rc && ns_now_ns() < deadline)
-		rc = vol_refs_count_step(f->v, REFS_STEP_BLOCKS, &done);
+	while (!done && !rc && ns_mono_ns() < deadline)
+		rc = vol_refs_count_step(u->f->v, REFS_STEP_BLOCKS, &done);
 	if (rc)
-		vlog(LOG_WARNING, "%s: counting its referenced blocks: %s", f->in.name,
-		     log_strerror(rc));
+		refs_fail(rs, u->node, u->name, rc);
+	return worked;
+}
+
+/* The node of rs, counted: written if nothing could have changed it. */
+static void refs_finish(struct ns *ns, struct refs_scan *rs)
+{
+	struct user_of u;
+	uint64_t gen, have;
+	int rc;
+
+	lock_mutex_lock(&ns->db_mu);
+	if (!user_of(ns, &u, rs->node, &gen, false) && gen == rs->gen &&
+	    bmap_refs_get(ns->bm, rs->node, &have) == -ENOENT && !ns_txn_begin(ns)) {
+		rc = bmap_refs_set(ns->bm, rs->node, rs->sum);
+		if (!rc)
+			rc = ns_txn_commit(ns);
+		if (rc)
+			ns_txn_rollback(ns);
+		rs->counted += !rc;
+	}
+	lock_mutex_unlock(&ns->db_mu);
+	rs->node = 0;
 }
 
 /*
@@ -345,38 +394,67 @@ static void count_in_use(struct ns_file *f, int64_t deadline)
  * (docs/design.md, "Referenced blocks"): those of a store made before the
  * count existed, those a crash recovery dropped blocks of, a partial
  * clone.  A node no live volume in the files table uses: from the index
- * alone (bmap_node_data_blocks, O(extents)) on the background thread's own
- * read connection, without db_mu, kept only if no volume was taken into
- * the table meanwhile (one could have changed the node and gone).  A node
- * such a volume uses: by its vol, a step at a time (vol_refs_count_step:
- * the index lags behind the vol, which knows by how much), written by its
- * next flush.  Assumes nothing held.
+ * alone (bmap_node_data_blocks) on the background thread's own read
+ * connection, without db_mu, a window of REFS_WINDOW blocks per step (so
+ * that a tick stays short and no read transaction lasts long, whatever
+ * the size), the node kept across ticks; the sum is written only if no
+ * volume was taken into the files table meanwhile (one could have changed
+ * the node and gone).  Between two windows only merges and GC change the
+ * index for such a node, and neither changes what it shows.  A node such a
+ * volume uses: by its vol, a step at a time (vol_refs_count_step: the
+ * index lags behind the vol, which knows by how much), written by its next
+ * flush.  Assumes nothing held.
  */
 static void refs_tick(struct ns *ns, struct refs_scan *rs, int64_t budget_ns)
 {
-	int64_t start = ns_now_ns();
+	int64_t start = ns_mono_ns();
 	int64_t deadline = budget_ns > INT64_MAX - start ? INT64_MAX : start + budget_ns;
 
 	if (ns->readonly || start < rs->idle_until)
 		return;
-	while (ns_now_ns() < deadline) {
-		uint64_t node, size, n, gen = 0, gen2, have;
-		struct ns_file *f = NULL;
+	while (ns_mono_ns() < deadline) {
+		uint64_t node, size, n, gen = 0;
+		struct user_of u;
 		int rc;
 
+		if (rs->node) {
+			uint64_t hi = rs->lo + REFS_WINDOW < rs->nb ? rs->lo + REFS_WINDOW : rs->nb;
+
+			rc = rs->lo < hi ? bmap_snapshot_begin(ns->bm_scan) : 0;
+			if (!rc && rs->lo < hi) {
+				rc = bmap_node_data_blocks(ns->bm_scan, rs->node, rs->lo, hi, &n);
+				bmap_snapshot_end(ns->bm_scan);
+				rs->sum += rc ? 0 : n;
+				rs->lo = hi;
+			}
+			if (rc) {
+				char what[48];
+
+				snprintf(what, sizeof(what), "map node %" PRIu64, rs->node);
+				refs_fail(rs, rs->node, what, rc);
+				rs->node = 0;
+			} else if (rs->lo >= rs->nb) {
+				refs_finish(ns, rs);
+			}
+			rs->worked = true;
+			continue;
+		}
 		lock_mutex_lock(&ns->db_mu);
 		rc = bmap_refs_missing(ns->bm, rs->after, &node, &size);
-		if (!rc)
-			f = user_of(ns, node, &gen, true);
+		if (!rc && !refs_failed(rs, node))
+			user_of(ns, &u, node, &gen, true);
+		else
+			u.f = NULL;
 		lock_mutex_unlock(&ns->db_mu);
 		if (rc == -ENOENT) {
 			if (rs->counted)
 				vlog(LOG_INFO, "counted the referenced blocks of %" PRIu64 " volume "
 				     "nodes", rs->counted);
-			/* a round found nothing to count, or skipped nodes in use */
-			if (!rs->after)
+			/* a round that did nothing: the rest waits */
+			if (!rs->worked)
 				rs->idle_until = start + REFS_IDLE_NS;
 			rs->after = 0;
+			rs->worked = false;
 			rs->total += rs->counted;
 			rs->counted = 0;
 			return;
@@ -384,34 +462,20 @@ static void refs_tick(struct ns *ns, struct refs_scan *rs, int64_t budget_ns)
 		if (rc < 0)
 			return;
 		rs->after = node;
-		if (f) {
+		if (refs_failed(rs, node))
+			continue;
+		if (u.f) {
 			/* its vol counts itself (the index lags behind it) */
-			count_in_use(f, deadline);
-			ns_file_unref(ns, f);
+			rs->worked |= count_in_use(rs, &u, deadline);
+			ns_file_unref(ns, u.f);
 			continue;
 		}
-		rc = bmap_snapshot_begin(ns->bm_scan);
-		if (!rc) {
-			rc = bmap_node_data_blocks(ns->bm_scan, node, 0,
-						   (size + ns->bs - 1) / ns->bs, &n);
-			bmap_snapshot_end(ns->bm_scan);
-		}
-		if (rc) {
-			vlog(LOG_WARNING, "counting the referenced blocks of node %" PRIu64 ": %s",
-			     node, log_strerror(rc));
-			continue;
-		}
-		lock_mutex_lock(&ns->db_mu);
-		if (!user_of(ns, node, &gen2, false) && gen2 == gen &&
-		    bmap_refs_get(ns->bm, node, &have) == -ENOENT && !ns_txn_begin(ns)) {
-			rc = bmap_refs_set(ns->bm, node, n);
-			if (!rc)
-				rc = ns_txn_commit(ns);
-			if (rc)
-				ns_txn_rollback(ns);
-			rs->counted += !rc;
-		}
-		lock_mutex_unlock(&ns->db_mu);
+		*rs = (struct refs_scan){ .after = rs->after, .idle_until = rs->idle_until,
+					  .worked = rs->worked, .counted = rs->counted,
+					  .total = rs->total, .node = node,
+					  .nb = (size + ns->bs - 1) / ns->bs, .gen = gen,
+					  .failed = rs->failed, .nfailed = rs->nfailed,
+					  .failed_cap = rs->failed_cap };
 	}
 }
 
@@ -420,6 +484,7 @@ uint64_t ns_refs_count_all(struct ns *ns)
 	struct refs_scan rs = { 0 };
 
 	refs_tick(ns, &rs, INT64_MAX);
+	free(rs.failed);
 	return rs.total + rs.counted;
 }
 
@@ -514,5 +579,6 @@ void *ns_bg_main(void *arg)
 		}
 	}
 	lock_mutex_unlock(&ns->bg_mu);
+	free(rs.failed);
 	return NULL;
 }

@@ -271,11 +271,17 @@ struct hidden_kids {
 	size_t n, cap;
 };
 
+/* A volume being received: listed nowhere, reached by its name only. */
+static bool recv_hidden(const struct bmap_inode *in)
+{
+	return in->kind == BMAP_VOL && ctl_recv_tmp_name(in->name);
+}
+
 static int hidden_kid(void *ctx, const struct bmap_inode *in)
 {
 	struct hidden_kids *h = ctx;
 
-	if (in->kind != BMAP_VOL || !ctl_recv_tmp_name(in->name))
+	if (!recv_hidden(in))
 		return 1;
 	if (ARRAY_RESERVE(h->ino, h->cap, h->n, 8))
 		return -ENOMEM;
@@ -290,6 +296,22 @@ static int hidden_only(struct ns *ns, uint64_t dir, struct hidden_kids *h)
 	int rc = bmap_dir_list(ns->bm, dir, 0, hidden_kid, h);
 
 	return rc == 1 ? -ENOTEMPTY : rc;
+}
+
+/*
+ * May directory dir go (rmdir, or a rename over it)?  Not while it has
+ * snapshots (D/.snapshots holds them: it is not empty); yes if it holds
+ * nothing but volumes being received, which ls does not show, and which go
+ * with it (into h) as unlinked volumes.  0, or -ENOTEMPTY.  Assumes db_mu.
+ */
+static int dir_removable(struct ns *ns, uint64_t dir, struct hidden_kids *h)
+{
+	uint64_t nsnap;
+	int rc = bmap_snap_count(ns->bm, dir, &nsnap);
+
+	if (!rc && nsnap)
+		rc = -ENOTEMPTY;
+	return rc ? rc : hidden_only(ns, dir, h);
 }
 
 /* Take them out of the tree, as unlinked volumes.  Assumes db_mu, in the
@@ -314,7 +336,6 @@ static int remove_entry(struct ns *ns, uint64_t dir, const char *name, bool want
 {
 	struct hidden_kids hk = { 0 };
 	struct bmap_inode in;
-	uint64_t n;
 	int rc;
 
 	if (ns->readonly || ino_kind(dir) == INO_SROOT || ino_kind(dir) == INO_SNAP)
@@ -351,14 +372,7 @@ static int remove_entry(struct ns *ns, uint64_t dir, const char *name, bool want
 		goto out;
 	}
 	if (want_dir) {
-		/* a directory with snapshots is not empty: D/.snapshots holds them;
-		 * one that holds only volumes being received (which ls does not
-		 * show) is, and they go with it, as unlinked volumes */
-		rc = bmap_snap_count(ns->bm, in.ino, &n);
-		if (!rc && n)
-			rc = -ENOTEMPTY;
-		if (!rc)
-			rc = hidden_only(ns, in.ino, &hk);
+		rc = dir_removable(ns, in.ino, &hk);
 		if (rc)
 			goto out;
 	}
@@ -464,7 +478,7 @@ int ns_rename(struct ns *ns, uint64_t dir, const char *name, uint64_t newdir,
 	else if (have_dst && src.kind != BMAP_DIR && dst.kind == BMAP_DIR)
 		rc = -EISDIR;
 	else if (have_dst && dst.kind == BMAP_DIR)
-		rc = hidden_only(ns, dst.ino, &hk);     /* they go with it */
+		rc = dir_removable(ns, dst.ino, &hk);   /* as rmdir of it */
 	if (!rc && src.kind == BMAP_DIR) {
 		rc = is_ancestor(ns, src.ino, newdir, &loop);
 		if (!rc && loop)
@@ -612,6 +626,8 @@ static int rd_collect(void *ctx, const struct bmap_inode *in)
 {
 	struct rd *rd = ctx;
 
+	if (recv_hidden(in))
+		return 0;       /* not gathered: hidden ones never fill a reply */
 	if (ARRAY_RESERVE(rd->ents, rd->cap, rd->n, 64))
 		return -ENOMEM;
 	rd->ents[rd->n++] = *in;
@@ -683,9 +699,6 @@ int ns_readdir(struct ns *ns, uint64_t dir, uint64_t after, ns_dirent_fn fn, voi
 	if (rc == 1 || rd.stopped)
 		rc = 0;
 	for (size_t i = 0; i < rd.n && !rc; i++) {
-		/* a volume being received is reached by its name only */
-		if (ctl_recv_tmp_name(rd.ents[i].name))
-			continue;
 		if (rd.snap)
 			ns_sinode_attr(ns, rd.snap, &rd.ents[i], &a);
 		else

@@ -213,6 +213,7 @@ struct ns {
 	struct ns_vstats *vstats[NS_STAT_BUCKETS];      /* (stats_mu) */
 	struct ns_vstats vstats_lost;   /* counters of volumes no entry could be made for */
 	int64_t started_ns;             /* constant after ns_open: when it was opened */
+	int64_t started_mono_ns;        /* constant after ns_open: the same, ns_mono_ns (uptime) */
 	/* The control channel (src/ns/ctlsrv.c). */
 	int ctl_fd;                     /* constant after ns_start: listening socket, -1 none */
 	int ctl_wake[2];                /* constant after ns_start: a byte stops the server */

@@ -330,7 +330,7 @@ void ns_ctl_iostat(struct ns *ns, const struct ctl_msg *req, struct ctl_msg *rep
 	last = after;
 	if (!rc) {
 		qsort(v, n, sizeof(*v), by_ino);
-		ctl_kv_add(rep, "uptime_ns", "%" PRId64, ns_now_ns() - ns->started_ns);
+		ctl_kv_add(rep, "uptime_ns", "%" PRId64, ns_mono_ns() - ns->started_mono_ns);
 	}
 	for (i = 0; i < n && !rc; i++) {
 		size_t mark = rep->len;

@@ -137,6 +137,7 @@ struct vol {
 					 * !refs_known: those below refs_upto */
 	bool refs_known;                /* (L) refs is the count (else the index had none) */
 	uint64_t refs_upto;             /* (L) !refs_known: counted so far (vol_refs_count_step) */
+	bool refs_unsaved;              /* (L) a count made here and not collected yet */
 	uint64_t *dirty;                /* (L) lblocks with VE_DIRTY, each once */
 	size_t ndirty, dirty_cap;       /* (L) */
 	uint64_t trunc_from;            /* (L) delete own rows >= this at flush */
@@ -1714,17 +1715,40 @@ static int gap_add(void *ctx, uint64_t lblock, uint64_t nblocks)
 	return 0;
 }
 
+static int data_run_add(void *ctx, const struct bmap_run *r)
+{
+	return r->data ? gap_add(ctx, r->lblock, r->nblocks) : 0;
+}
+
+/* Delta entries in [lo, hi).  Assumes v->lock. */
+static uint64_t delta_in(struct vol *v, uint64_t lo, uint64_t hi)
+{
+	uint64_t n = 0, key = lo;
+
+	while (vmap_next(v->delta, key, &key) && key < hi) {
+		n++;
+		key++;
+	}
+	return n;
+}
+
+#define SHOWN_WINDOW (1ull << 20)       /* blocks resolved at a time: memory bound */
+
 /*
  * The blocks of [from, below) that v shows with data from its ancestors:
  * below its inherit limit and any truncation not yet applied, without a
  * row of its own node and without a delta entry (referenced blocks a
- * truncate takes away).  O(the extents there).  Assumes the load lock,
- * v->lock for writing and index_begin().
+ * truncate takes away, or a count step counts).  A window at a time: the
+ * gaps of its own rows (bmap_node_shown), what the parent's chain shows
+ * there resolved once (bmap_node_content), the two walked together, the
+ * delta's entries in each overlap taken off.  O(extents of the chain in
+ * the range).  Assumes the load lock, v->lock for writing and
+ * index_begin().
  */
 static int inherited_data(struct vol *v, uint64_t from, uint64_t below, uint64_t *out)
 {
 	struct bmap *bm = load_bm(v);
-	struct gaps g = { 0 };
+	struct gaps g = { 0 }, d = { 0 };
 	struct bmap_node n;
 	int rc;
 
@@ -1734,24 +1758,27 @@ static int inherited_data(struct vol *v, uint64_t from, uint64_t below, uint64_t
 	if (!v->has_parent || from >= below)
 		return 0;
 	rc = bmap_node_get(bm, v->node, &n);
-	if (!rc)
-		rc = bmap_node_shown(bm, &n, from, below, gap_add, &g);
-	for (size_t i = 0; i < g.n && !rc; i++) {
-		uint64_t lo = g.v[i].lo, key = lo, cnt;
+	for (uint64_t w = from, wend; w < below && !rc; w = wend) {
+		wend = min_u64(below, w + SHOWN_WINDOW);
+		g.n = d.n = 0;
+		rc = bmap_node_shown(bm, &n, w, wend, gap_add, &g);
+		if (!rc && g.n)
+			rc = bmap_node_content(bm, n.parent, g.v[0].lo, g.v[g.n - 1].hi,
+					       data_run_add, &d);
+		for (size_t i = 0, j = 0; !rc && i < g.n && j < d.n;) {
+			uint64_t a = g.v[i].lo > d.v[j].lo ? g.v[i].lo : d.v[j].lo;
+			uint64_t b = min_u64(g.v[i].hi, d.v[j].hi);
 
-		/* the delta's entries decide their blocks: count between them */
-		while (!rc && lo < g.v[i].hi) {
-			uint64_t hi = vmap_next(v->delta, lo, &key) && key < g.v[i].hi ? key
-										      : g.v[i].hi;
-
-			if (lo < hi) {
-				rc = bmap_node_data_blocks(bm, n.parent, lo, hi, &cnt);
-				*out += cnt;
-			}
-			lo = hi + 1;
+			if (a < b)
+				*out += b - a - delta_in(v, a, b);
+			if (g.v[i].hi < d.v[j].hi)
+				i++;
+			else
+				j++;
 		}
 	}
 	free(g.v);
+	free(d.v);
 	return rc;
 }
 
@@ -1877,8 +1904,10 @@ int vol_refs_count_step(struct vol *v, uint64_t max_blocks, bool *done)
 			v->refs_upto = hi;
 		}
 	}
-	if (!rc && !v->refs_known && v->refs_upto >= end)
+	if (!rc && !v->refs_known && v->refs_upto >= end) {
 		v->refs_known = true;
+		v->refs_unsaved = true;         /* the next flush writes it, changes or not */
+	}
 	*done = v->refs_known;
 	lock_rw_unlock(&v->lock);
 	load_unlock(v);
@@ -1937,7 +1966,9 @@ static bool uncollected(const struct vol *v)
 
 bool vol_is_dirty(struct vol *v)
 {
-	return LOCKED_GET(v, uncollected(v));
+	/* a count made here is written like a change (but does not make a
+	 * snapshot or a clone wait: vol_switch_node, vol_attach) */
+	return LOCKED_GET(v, uncollected(v) || v->refs_unsaved);
 }
 
 /* ---- snapshots ---------------------------------------------------------- */
@@ -2196,6 +2227,7 @@ int vol_collect(struct vol *v, struct vol_batch *b)
 		v->trunc_from = NO_TRUNC;
 		v->inherit_changed = false;
 		v->size_changed = false;
+		v->refs_unsaved = false;
 	}
 	lock_rw_unlock(&v->lock);
 	/* in index order: the flush's upserts then walk the B-tree forwards,

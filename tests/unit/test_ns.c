@@ -1892,6 +1892,41 @@ Test(ns, referenced_blocks_missing_from_the_index_are_counted_from_the_chain)
 	open_store();
 	cr_assert_gt(ns_refs_count_all(g_ns), 0);
 	cr_assert_eq(blocks_of(ino), 10, "a volume not in use, counted from the chain");
+	close_store();
+
+	/* a volume open and never written: its count is written all the same */
+	forget_refs();
+	open_store();
+	f = open_file(ino, O_RDONLY);
+	ns_refs_count_all(g_ns);
+	cr_assert_eq(blocks_of(ino), 10, "a clean volume in use, counted by its vol");
+	ns_release(g_ns, f);
+	close_store();
+	open_store();
+	cr_assert_eq(bmap_refs_get(g_ns->bm, node_of(ino), &have), 0,
+		     "the count of a clean volume reached the index");
+	cr_assert_eq(have, 10);
+}
+
+/* A directory with snapshots is not empty: neither rmdir nor a rename over
+ * it may take it (its snapshots would be lost with it). */
+Test(ns, a_rename_over_a_directory_with_snapshots_is_refused)
+{
+	uint64_t a = make_dir(NS_ROOT_INO, "a"), b = make_dir(NS_ROOT_INO, "b");
+
+	(void)a;
+	make_vol(b, "x.img");
+	snap_take(b, "s1");
+	cr_assert_eq(ns_unlink(g_ns, b, "x.img"), 0);
+	cr_assert_eq(ns_rmdir(g_ns, NS_ROOT_INO, "b"), -ENOTEMPTY, "rmdir of b");
+	cr_assert_eq(ns_rename(g_ns, NS_ROOT_INO, "a", NS_ROOT_INO, "b", 0), -ENOTEMPTY,
+		     "a rename over b");
+	cr_assert_eq(lookup(lookup(b, ".snapshots"), "s1") != 0, true, "b's snapshot is there");
+	close_store();
+	open_store();
+	cr_assert_eq(lookup_rc(lookup(NS_ROOT_INO, "b"), ".snapshots"), 0);
+	cr_assert_eq(lookup_rc(lookup(lookup(NS_ROOT_INO, "b"), ".snapshots"), "s1"), 0,
+		     "b's snapshot after a reopen");
 }
 
 Test(ns, recovery_forgets_the_count_of_a_volume_whose_blocks_it_dropped)
