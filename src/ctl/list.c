@@ -51,7 +51,8 @@ enum {
 
 static const struct table_col list_cols[] = {
 	[COL_PATH] = { "PATH", "path", TT_TEXT, true, "the file's path in the mount", true },
-	[COL_TYPE] = { "TYPE", "type", TT_TEXT, true, "volume, or snapshot (a snapshot's file)" },
+	[COL_TYPE] = { "TYPE", "type", TT_TEXT, true,
+		       "volume; snapshot (a snapshot's file); dir-snapshot (its files' totals)" },
 	[COL_SIZE] = { "SIZE", "size_bytes", TT_BYTES, true, "its size" },
 	[COL_REF] = { "REFERENCED", "referenced_bytes", TT_BYTES, true,
 		      "every block it shows, own or shared (st_blocks of a volume)" },
@@ -166,11 +167,17 @@ static bool under(const char *path, const char *rel)
 	return !len || (!strncmp(path, rel, len) && (path[len] == '\0' || path[len] == '/'));
 }
 
-static int cmp_path(const void *a, const void *b, void *ctx)
-{
-	const struct file *f = ctx;
+/* A row of the listing: a file, or a directory snapshot (file NONE). */
+struct lrow {
+	const char *path;
+	size_t file;
+	const struct bmap_snap *snap;
+	char *own;                      /* path, if the row made it */
+};
 
-	return strcmp(f[*(const size_t *)a].path, f[*(const size_t *)b].path);
+static int cmp_path(const void *a, const void *b)
+{
+	return strcmp(((const struct lrow *)a)->path, ((const struct lrow *)b)->path);
 }
 
 /* A volume being received: not listed, as the mount does not list it. */
@@ -181,38 +188,108 @@ static bool hidden(const char *path)
 	return name && ctl_recv_tmp_name(name + 1);
 }
 
+/* A file's figures: blocks of its own layer, exclusive bytes, referenced
+ * blocks (*counted false: the daemon has not counted its node yet). */
+struct figures {
+	uint64_t nrows, excl, refs;
+	bool counted;
+};
+
+static int file_figures(struct store *st, struct model *m, const struct file *f,
+			struct figures *g)
+{
+	int rc = 0;
+
+	*g = (struct figures){ .counted = f->node == NONE };
+	if (f->node == NONE)
+		return 0;
+	rc = node_rows(st, &m->nodes[f->node], &g->nrows);
+	if (!rc)
+		rc = node_exclusive(st, m, f->node, &g->excl);
+	if (!rc) {
+		rc = bmap_refs_get(st->bm, f->node_id, &g->refs);
+		g->counted = rc == 0;
+		if (rc == -ENOENT)
+			rc = 0;         /* not counted yet: no value */
+	}
+	return rc;
+}
+
+static void figures_out(struct store *st, struct table *t, const struct figures *g)
+{
+	if (g->counted)
+		table_u64(t, COL_REF, g->refs * st->bs);
+	else
+		table_text(t, COL_REF, NULL);
+	table_u64(t, COL_ALLOC, g->nrows * st->bs);
+	table_u64(t, COL_EXCL, g->excl);
+}
+
+/*
+ * A directory snapshot's row: the totals of its files.  Deleting it (rmdir)
+ * releases every node its files name, so EXCLUSIVE, their sum, is what it
+ * frees: the dry run of that rmdir.
+ */
+static int dirsnap_row(struct store *st, struct model *m, struct table *t, const char *path,
+		       const struct bmap_snap *s)
+{
+	struct figures sum = { .counted = true }, g;
+	uint64_t size = 0;
+	int rc = 0;
+
+	for (size_t i = 0; i < m->nfiles && !rc; i++) {
+		const struct file *f = &m->files[i];
+
+		if (f->snap != s->id || f->kind != BMAP_VOL)
+			continue;
+		rc = file_figures(st, m, f, &g);
+		size += f->size;
+		sum.nrows += g.nrows;
+		sum.excl += g.excl;
+		sum.refs += g.refs;
+		sum.counted &= g.counted;
+	}
+	if (rc)
+		return rc;
+	table_row(t);
+	table_text(t, COL_PATH, path);
+	table_text(t, COL_TYPE, "dir-snapshot");
+	table_u64(t, COL_SIZE, size);
+	figures_out(st, t, &sum);
+	table_text(t, COL_ORIGIN, NULL);
+	table_time(t, COL_CREATED, s->created_ns);
+	table_text(t, COL_SNAPSHOT, s->name);
+	table_text(t, COL_NODE, NULL);
+	table_text(t, COL_INO, NULL);
+	return 0;
+}
+
+/* The path of live directory ino ("" for the root), or NULL if it is gone. */
+static const char *dir_path(const struct model *m, uint64_t ino)
+{
+	if (ino == BMAP_ROOT_INO)
+		return "";
+	for (size_t i = 0; i < m->nlive; i++)
+		if (m->files[i].ino == ino && m->files[i].kind == BMAP_DIR)
+			return m->files[i].path;
+	return NULL;
+}
+
 /* One file's row. */
 static int list_row(struct store *st, struct model *m, struct table *t, const struct file *f)
 {
 	const struct file *o = origin_of(m, f);
 	const struct bmap_snap *s = f->snap ? snap_of(m, f->snap) : NULL;
-	uint64_t nrows = 0, excl = 0, refs = 0;
-	bool counted = false;
-	int rc = 0;
+	struct figures g;
+	int rc = file_figures(st, m, f, &g);
 
-	if (f->node != NONE) {
-		rc = node_rows(st, &m->nodes[f->node], &nrows);
-		if (!rc)
-			rc = node_exclusive(st, m, f->node, &excl);
-		if (!rc) {
-			rc = bmap_refs_get(st->bm, f->node_id, &refs);
-			counted = rc == 0;
-			if (rc == -ENOENT)
-				rc = 0;         /* not counted yet: no value */
-		}
-		if (rc)
-			return rc;
-	}
+	if (rc)
+		return rc;
 	table_row(t);
 	table_text(t, COL_PATH, f->path);
 	table_text(t, COL_TYPE, f->snap ? "snapshot" : "volume");
 	table_u64(t, COL_SIZE, f->size);
-	if (counted)
-		table_u64(t, COL_REF, refs * st->bs);
-	else
-		table_text(t, COL_REF, NULL);
-	table_u64(t, COL_ALLOC, nrows * st->bs);
-	table_u64(t, COL_EXCL, excl);
+	figures_out(st, t, &g);
 	table_text(t, COL_ORIGIN, o ? o->path : NULL);
 	if (s)
 		table_time(t, COL_CREATED, s->created_ns);
@@ -228,7 +305,8 @@ static int list_run(struct store *st, const struct list_opts *o, const struct cm
 {
 	struct model m = { 0 };
 	struct table *t = NULL;
-	size_t *order = NULL, n = 0;
+	struct lrow *rows = NULL;
+	size_t n = 0;
 	bool txn;
 	int rc;
 
@@ -238,19 +316,35 @@ static int list_run(struct store *st, const struct list_opts *o, const struct cm
 	txn = !rc && bmap_snapshot_begin(st->bm) == 0;
 	if (!rc)
 		rc = model_load(st, &m, NULL);
-	if (!rc && !(order = malloc((m.nfiles + 1) * sizeof(*order))))
+	if (!rc && !(rows = calloc(m.nfiles + m.nsnaps + 1, sizeof(*rows))))
 		rc = -ENOMEM;
 	for (size_t i = 0; i < m.nfiles && !rc; i++) {
 		const struct file *f = &m.files[i];
 
 		if (f->kind == BMAP_VOL && under(f->path, st->rel) && !hidden(f->path) &&
 		    (o->show & (f->snap ? SHOW_SNAPSHOTS : SHOW_VOLUMES)))
-			order[n++] = i;
+			rows[n++] = (struct lrow){ .path = f->path, .file = i };
+	}
+	for (size_t i = 0; i < m.nsnaps && !rc && (o->show & SHOW_SNAPSHOTS); i++) {
+		const struct bmap_snap *s = &m.snaps[i];
+		const char *dir = dir_path(&m, s->dir);
+		char *path;
+
+		if (strchr(s->name, '@') || !dir)
+			continue;       /* a volume's snapshot: its file's row */
+		path = xasprintf("%s/.snapshots/%s", dir, s->name);
+		if (!path)
+			rc = -ENOMEM;
+		else if (under(path, st->rel))
+			rows[n++] = (struct lrow){ .path = path, .file = NONE, .snap = s, .own = path };
+		else
+			free(path);
 	}
 	if (!rc && n)
-		qsort_r(order, n, sizeof(*order), cmp_path, m.files);
+		qsort(rows, n, sizeof(*rows), cmp_path);
 	for (size_t i = 0; i < n && !rc; i++)
-		rc = list_row(st, &m, t, &m.files[order[i]]);
+		rc = rows[i].file == NONE ? dirsnap_row(st, &m, t, rows[i].path, rows[i].snap)
+					  : list_row(st, &m, t, &m.files[rows[i].file]);
 	if (txn)
 		bmap_snapshot_end(st->bm);
 	if (!rc)
@@ -259,7 +353,9 @@ static int list_run(struct store *st, const struct list_opts *o, const struct cm
 		fprintf(stderr, "vsnapctl: list: %s\n", strerror(-rc));
 out:
 	table_free(t);
-	free(order);
+	for (size_t i = 0; i < n; i++)
+		free(rows[i].own);
+	free(rows);
 	model_free(&m);
 	return rc ? 2 : 0;
 }

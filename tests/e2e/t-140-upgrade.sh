@@ -57,7 +57,8 @@ check_clean() {
 check_list() {
 	local s=$1 path size sum kind e
 	# one line a file: PATH TYPE SIZE ORIGIN ("-": none), separated by one space
-	ctl "$T/list.lines" list --raw -n -b -o path,type,size,origin "$2"
+	ctl "$T/list.all" list --raw -n -b -o path,type,size,origin "$2"
+	awk '$2 != "dir-snapshot"' "$T/list.all" >"$T/list.lines"   # the files only
 	cut -d' ' -f1 "$T/list.lines" | grep -v '^(unlinked' | sort >"$T/list.paths"
 	mf file "$s" | cut -d' ' -f1 | sort >"$T/mf.paths"
 	diff -u "$T/mf.paths" "$T/list.paths" || fail "$s: vsnapctl list of $2 shows other files than the manifest"

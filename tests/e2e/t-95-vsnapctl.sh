@@ -104,7 +104,12 @@ expect_entry /web/root.img volume $((8 * BS)) $((8 * BS)) $((8 * BS)) $((8 * BS)
 expect_entry /web/.snapshots/nightly/root.img snapshot $((8 * BS)) $((8 * BS)) $((8 * BS)) $((8 * BS)) null
 expect_entry /web/.snapshots/nightly/data.img snapshot 1048576 0 0 0 null
 expect_entry /web/data.img volume 1048576 0 0 0 null
-assert_eq "$(jq '.files | length' "$T/list.json")" 7 "entries of list --json"
+# a directory snapshot's row: its files' totals; exclusive is what its rmdir
+# frees (root.img's 8 blocks, all rewritten since)
+expect_entry /web/.snapshots/nightly dir-snapshot $((8 * BS + 1048576)) $((8 * BS)) $((8 * BS)) $((8 * BS)) null
+assert_eq "$(jq_list "$T/list.json" /web/.snapshots/nightly '"\(.snapshot) \(.node_id) \(.created_unix_s > 0)"')" \
+	"nightly null true" "snapshot, node and creation time of a directory snapshot's row"
+assert_eq "$(jq '.files | length' "$T/list.json")" 8 "entries of list --json"
 # every column, each key with its unit; a volume has no creation time
 assert_eq "$(jq -c '.files[0] | keys_unsorted' "$T/list.json")" \
 	'["path","type","size_bytes","referenced_bytes","allocated_bytes","exclusive_bytes","origin","created_unix_s","snapshot","node_id","ino"]' \
@@ -126,14 +131,15 @@ grep -qE "^/\.snapshots/vm1\.img@golden/vm1\.img +snapshot +64\.0K +64\.0K +64\.
 	"$T/list.txt" || fail "list: wrong line for the golden snapshot: $(cat "$T/list.txt")"
 # a path inside the mount lists what is below it
 ctl 0 "$T/list-web.txt" list "$MNT/web"
-assert_eq "$(tail -n +2 "$T/list-web.txt" | wc -l)" 4 "entries of list MNT/web"
+assert_eq "$(tail -n +2 "$T/list-web.txt" | wc -l)" 5 "entries of list MNT/web"
 grep -q '^/vm1\.img ' "$T/list-web.txt" && fail "list MNT/web shows /vm1.img: $(cat "$T/list-web.txt")"
 grep -q '^/web/\.snapshots/nightly/root\.img ' "$T/list-web.txt" ||
 	fail "list MNT/web misses the snapshot of web: $(cat "$T/list-web.txt")"
 
 # -t, -o, -n, -b, --raw
 ctl 0 "$T/l.txt" list -t snapshot -n -b --raw -o path,size,exclusive "$MNT"
-printf '%s\n' "$GOLDEN $((16 * BS)) $BS" "/web/.snapshots/nightly/data.img 1048576 0" \
+printf '%s\n' "$GOLDEN $((16 * BS)) $BS" "/web/.snapshots/nightly $((8 * BS + 1048576)) $((8 * BS))" \
+	"/web/.snapshots/nightly/data.img 1048576 0" \
 	"/web/.snapshots/nightly/root.img $((8 * BS)) $((8 * BS))" >"$T/l.want"
 diff -u "$T/l.want" "$T/l.txt" || fail "list -t snapshot -n -b --raw -o path,size,exclusive"
 ctl 0 "$T/l.txt" list --type=volume -o PATH "$MNT"
@@ -176,7 +182,7 @@ aligned() {
 	local l p=-1 s
 	while IFS= read -r l; do
 		if [ $p -lt 0 ]; then s=${l%%TYPE*}; p=${#s}; continue; fi
-		case "${l:$p}" in volume* | snapshot*) ;; *) return 1 ;; esac
+		case "${l:$p}" in volume* | snapshot* | dir-snapshot*) ;; *) return 1 ;; esac
 	done <"$1"
 }
 ctl 0 "$T/l.txt" list "$MNT"
