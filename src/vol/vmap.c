@@ -198,7 +198,12 @@ void vmap_del(struct vmap *m, uint64_t key)
 
 /* Smallest entry with key >= key in subtree n at level; base is the key
  * prefix of n. */
-static struct vmap_ent *next_in(struct inner *n, int level, uint64_t key, uint64_t *found)
+/* The first entry at or after key and below hi in n's subtree.  Children
+ * are in key order, so the walk stops at the first one starting at hi:
+ * a bounded lookup in an empty or sparse map costs its range, not a scan
+ * of the rest of every level. */
+static struct vmap_ent *next_in(struct inner *n, int level, uint64_t key, uint64_t hi,
+				uint64_t *found)
 {
 	int shift = LEAF_BITS + INNER_BITS * (LEVELS - 1 - level);
 
@@ -208,10 +213,12 @@ static struct vmap_ent *next_in(struct inner *n, int level, uint64_t key, uint64
 		uint64_t from = i == idx_at(key, level) ? key : sub_lo;
 		struct vmap_ent *e;
 
+		if (sub_lo >= hi)
+			return NULL;
 		if (!n->child[i])
 			continue;
 		if (level < LEVELS - 1) {
-			e = next_in(n->child[i], level + 1, from, found);
+			e = next_in(n->child[i], level + 1, from, hi, found);
 			if (e)
 				return e;
 		} else {
@@ -222,6 +229,8 @@ static struct vmap_ent *next_in(struct inner *n, int level, uint64_t key, uint64
 			if (rest) {
 				unsigned b = __builtin_ctzll(rest);
 
+				if ((sub_lo | b) >= hi)
+					return NULL;
 				*found = sub_lo | b;
 				return &l->ents[leaf_pos(l, b)];
 			}
@@ -232,7 +241,12 @@ static struct vmap_ent *next_in(struct inner *n, int level, uint64_t key, uint64
 
 struct vmap_ent *vmap_next(struct vmap *m, uint64_t key, uint64_t *found)
 {
-	if (key >> VMAP_KEY_BITS)
+	return vmap_next_below(m, key, UINT64_MAX, found);
+}
+
+struct vmap_ent *vmap_next_below(struct vmap *m, uint64_t key, uint64_t hi, uint64_t *found)
+{
+	if (key >> VMAP_KEY_BITS || key >= hi)
 		return NULL;
-	return next_in(&m->root, 0, key, found);
+	return next_in(&m->root, 0, key, hi, found);
 }

@@ -57,5 +57,8 @@ int vmap_put(struct vmap *m, uint64_t key, const struct vmap_ent *e);
 void vmap_del(struct vmap *m, uint64_t key);
 /* The entry with the smallest key >= key, or NULL; *found gets its key. */
 struct vmap_ent *vmap_next(struct vmap *m, uint64_t key, uint64_t *found);
+/* The same, only an entry below hi (NULL, *found untouched, if none): what
+ * a range's lookups use, so that an empty map costs nothing. */
+struct vmap_ent *vmap_next_below(struct vmap *m, uint64_t key, uint64_t hi, uint64_t *found);
 
 #endif

@@ -399,7 +399,7 @@ static size_t page_build(struct vol *v, struct pbuild *pb, struct emap_ext *ext)
 		if (k->set && (k->own ? lb >= v->trunc_pend : !may_inherit(v, lb)))
 			k->set = 0;
 	}
-	while ((e = vmap_next(v->delta, key, &key)) && key < pb->lo + PB) {
+	while ((e = vmap_next_below(v->delta, key, pb->lo + PB, &key))) {
 		struct pblk *k = &pb->b[key - pb->lo];
 
 		/* a pending delete reads as a gap, like the row it removes */
@@ -948,7 +948,7 @@ static void window_locs(struct vol *v, const struct pins *p, uint64_t first, uin
 							      .lblock = ext[j].lblock + b };
 			}
 	}
-	while ((e = vmap_next(v->delta, key, &key)) && key < end) {
+	while ((e = vmap_next_below(v->delta, key, end, &key))) {
 		uint64_t i = key - first;
 
 		has[i] = e->chunk != 0;
@@ -1187,7 +1187,7 @@ static int next_data(struct vol *v, uint64_t from, uint64_t end, uint64_t *out)
 		struct pins p;
 
 		lock_rw_rdlock(&v->lock);
-		while ((e = vmap_next(v->delta, key, &key)) && key < end && !e->chunk)
+		while ((e = vmap_next_below(v->delta, key, end, &key)) && !e->chunk)
 			key++;
 		if (e && key < end)
 			dc = key;
@@ -1376,7 +1376,7 @@ static int hole_round(struct vol *v, struct hscan *hs, uint64_t *pos, uint64_t e
 	inherit = v->has_parent ? v->inherit : 0;
 	hs->trunc_pend = v->trunc_pend;
 	*epoch = v->epoch;
-	while ((e = vmap_next(v->delta, key, &key)) && key < end) {
+	while ((e = vmap_next_below(v->delta, key, end, &key))) {
 		bool data = e->chunk != 0;      /* a tombstone or a pending delete: a hole */
 		struct hrun *last = hs->nd ? &hs->d[hs->nd - 1] : NULL;
 
@@ -1690,7 +1690,7 @@ static int index_blocks(struct vol *v, uint64_t from, uint64_t below, uint64_t *
 	assert(lock_held(&v->lock));
 	if (held)
 		*held = 0;
-	while (!rc && held && key < below && vmap_next(v->delta, key, &key) && key < below) {
+	while (!rc && held && key < below && vmap_next_below(v->delta, key, below, &key)) {
 		for (first = key; key < below && vmap_get(v->delta, key); key++)
 			;
 		rc = bmap_ext_blocks(bm, v->node, first, key, &n);
@@ -1725,7 +1725,7 @@ static uint64_t delta_in(struct vol *v, uint64_t lo, uint64_t hi)
 {
 	uint64_t n = 0, key = lo;
 
-	while (vmap_next(v->delta, key, &key) && key < hi) {
+	while (vmap_next_below(v->delta, key, hi, &key)) {
 		n++;
 		key++;
 	}
@@ -1875,7 +1875,7 @@ static int shown_data(struct vol *v, uint64_t lo, uint64_t hi, uint64_t *out)
 		rc = index_blocks(v, lo, below, &all, &held);
 	if (!rc)
 		rc = inherited_data(v, lo, hi, &anc);
-	while (!rc && (e = vmap_next(v->delta, key, &key)) && key < hi) {
+	while (!rc && (e = vmap_next_below(v->delta, key, hi, &key))) {
 		mine += e->chunk != 0;
 		key++;
 	}

@@ -133,3 +133,43 @@ Test(vmap, next_and_get_match_a_model_under_random_operations)
 	free(present);
 	free(val);
 }
+
+/* vmap_next_below is vmap_next cut at hi: the entry it finds, if below hi,
+ * else nothing (and the key it was given stays), over sparse and dense
+ * keys, bounds inside and across subtrees. */
+Test(vmap, next_below_is_next_cut_at_its_bound)
+{
+	struct vmap *m = vmap_new();
+	unsigned seed = 20261203;
+	uint64_t keys[64];
+
+	cr_assert_not_null(m);
+	for (int i = 0; i < 64; i++) {
+		/* some close together, some in far subtrees */
+		keys[i] = i % 2 ? (uint64_t)rand_r(&seed) % 4096 :
+				  ((uint64_t)rand_r(&seed) << 17 | (uint64_t)rand_r(&seed)) %
+					  (1ULL << 40);
+		cr_assert_eq(vmap_put(m, keys[i], &(struct vmap_ent){ .chunk = i + 1 }), 0);
+	}
+	for (int t = 0; t < 20000; t++) {
+		uint64_t key = (uint64_t)rand_r(&seed) % 5000, hi, f1 = 0, f2 = 777;
+		struct vmap_ent *e1, *e2;
+
+		if (t % 2)
+			key = ((uint64_t)rand_r(&seed) << 17 | (uint64_t)rand_r(&seed)) % (1ULL << 40);
+		hi = key + (uint64_t)rand_r(&seed) % (t % 3 ? 64 : 1ULL << 30);
+		e1 = vmap_next(m, key, &f1);
+		e2 = vmap_next_below(m, key, hi, &f2);
+		if (e1 && f1 < hi) {
+			cr_assert_eq(e2, e1, "key %llu hi %llu", (unsigned long long)key,
+				     (unsigned long long)hi);
+			cr_assert_eq(f2, f1);
+		} else {
+			cr_assert_null(e2, "key %llu hi %llu: found %llu", (unsigned long long)key,
+				       (unsigned long long)hi, (unsigned long long)f2);
+			cr_assert_eq(f2, 777, "the key is left as it was");
+		}
+	}
+	cr_assert_null(vmap_next_below(m, 5, 5, &(uint64_t){ 0 }), "an empty range");
+	vmap_free(m);
+}
