@@ -213,6 +213,9 @@ struct store {
  * daemon died), ... if arg cannot be resolved.
  */
 int store_resolve(const char *arg, char *dir, size_t dirlen, char *rel, size_t rellen);
+/* The same through mounts only (a store directory itself is -EMEDIUMTYPE):
+ * for what must go through the daemon's mount (receive). */
+int store_resolve_mount(const char *arg, char *dir, size_t dirlen, char *rel, size_t rellen);
 /* What a store_resolve() error means, in a few words. */
 const char *store_why(int rc);
 /* store_resolve(), and when it fails one line on stderr saying why

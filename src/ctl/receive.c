@@ -115,10 +115,16 @@ static long in_fd(void *ctx, void *buf, size_t len)
 	}
 }
 
-/* Where PATH is: its store, mount point, directory inode and name. */
+/*
+ * Where PATH is: its store, mount point, directory inode and name.  PATH's
+ * directory must be in a vsnapfs mount: a store's own directory resolves
+ * to the same store, but a temporary volume made there would be a file of
+ * the host next to index.sqlite, behind the daemon's back.
+ */
 static int recv_where(struct recv *r)
 {
-	char *a = strdup(r->o->path), *b = strdup(r->o->path), real[PATH_MAX];
+	char *a = strdup(r->o->path), *b = strdup(r->o->path), real[PATH_MAX], dir[PATH_MAX],
+	     rel[PATH_MAX];
 	const struct file *d;
 	size_t rl;
 	int rc = 0;
@@ -129,10 +135,24 @@ static int recv_where(struct recv *r)
 	}
 	snprintf(r->dirpath, sizeof(r->dirpath), "%s", dirname(a));
 	snprintf(r->name, sizeof(r->name), "%s", basename(b));
-	if (store_open(r->dirpath, false, &r->st)) {
+	rc = store_resolve_mount(r->dirpath, dir, sizeof(dir), rel, sizeof(rel));
+	if (rc == -EMEDIUMTYPE && !store_resolve(r->dirpath, dir, sizeof(dir), real, sizeof(real))) {
+		rc = refuse(r, "%s is not in a vsnapfs mount: receive writes through a mount of "
+			    "the store, not into its directory", r->dirpath);
+		goto out;
+	}
+	if (rc) {
+		fprintf(stderr, "vsnapctl: %s: %s\n", r->dirpath, store_why(rc));
+		rc = -ENODEV;
+		goto out;
+	}
+	/* the store directory itself: the mount's root may hold a volume
+	 * named index.sqlite */
+	if (store_open(dir, false, &r->st)) {
 		rc = -ENODEV;           /* said why */
 		goto out;
 	}
+	snprintf(r->st.rel, sizeof(r->st.rel), "%s", rel);
 	if (!r->st.in_use) {
 		rc = refuse(r, "%s is not mounted: receive writes through the mount", r->st.dir);
 		goto out;

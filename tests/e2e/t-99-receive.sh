@@ -4,7 +4,8 @@
 # being written meanwhile, no temporary volume listed): a flipped byte, a
 # stream for a base the destination lacks, a stream applied twice, a full
 # stream onto an existing volume, a destination written after the base, a
-# record dropped (refused at the next record: nothing kept).  Resume: a
+# record dropped (refused at the next record: nothing kept), a PATH in the
+# store's own directory instead of the mount.  Resume: a
 # cut stream (the sender killed half way) keeps its verified part, hidden
 # from ls -a and vsnapctl list, and prints the token receive --token
 # prints; receive --resume refuses, keeping the part as it was, a whole
@@ -78,6 +79,12 @@ dd if=/dev/urandom of="$M2/other.img" bs=1M count=4 status=none
 WRITER=$!
 vs_track_pid $WRITER
 
+# PATH in the store's own directory (it resolves to the same store): refused
+# in one line, nothing written there, before a stream that would apply
+rc=0; "$VSNAPCTL" receive "$S2/vm1.img" <"$T/mon.vs" >/dev/null 2>"$T/r.err" || rc=$?
+[ $rc -eq 1 ] && [ "$(wc -l <"$T/r.err")" -eq 1 ] && grep -q "is not in a vsnapfs mount" "$T/r.err" ||
+	fail "receive into the store directory: exit $rc: $(cat "$T/r.err")"
+ls -a "$S2" | grep -q 'vsnap-recv\|vm1.img' && fail "receive wrote into the store directory: $(ls -a "$S2")"
 "$VSNAPCTL" receive "$M2/vm1.img" <"$T/mon.vs" >/dev/null || fail "receive mon"
 refused "applied twice" "was received already" <"$T/mon.vs"
 "$VSNAPCTL" send "$(sf tue)" >"$T/tuefull.vs"
