@@ -118,6 +118,11 @@ int cli_store_main(const struct cmd *cmd, int argc, char **argv);
 char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* s as a JSON string, quotes included. */
 void json_str(FILE *f, const char *s);
+/* s for a message, with every byte the locale cannot print as a character
+ * (controls, a sequence that is not one, and '\\') as \xNN: for names that
+ * come from outside (a stream).  Cut to fit len (at least 6); returns out. */
+#define TEXT_ESC_MAX(n) (4 * (n) + 1)   /* out's bytes for a string of n bytes */
+const char *text_esc(const char *s, char *out, size_t len);
 /* bytes as "123", "4.0K", "1.5G". */
 void human(uint64_t bytes, char *out, size_t len);
 /* unix_s as strftime's fmt says in local time; "@SECONDS" if it cannot. */

@@ -9,8 +9,11 @@
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <wchar.h>
+#include <wctype.h>
 
 #include "ctl/ctl_int.h"
 
@@ -38,6 +41,30 @@ void json_str(FILE *f, const char *s)
 			putc(*s, f);
 	}
 	putc('"', f);
+}
+
+const char *text_esc(const char *s, char *out, size_t len)
+{
+	mbstate_t st = { 0 };
+	size_t o = 0;
+
+	while (*s && o + 5 < len) {
+		wchar_t wc;
+		size_t n = mbrtowc(&wc, s, MB_CUR_MAX, &st);
+
+		if (n == (size_t)-1 || n == (size_t)-2 || !iswprint((wint_t)wc) || *s == '\\') {
+			o += (size_t)snprintf(out + o, len - o, "\\x%02x", (unsigned char)*s++);
+			memset(&st, 0, sizeof(st));
+		} else if (o + n < len) {
+			memcpy(out + o, s, n);
+			o += n;
+			s += n;
+		} else {
+			break;
+		}
+	}
+	out[o] = '\0';
+	return out;
 }
 
 void human(uint64_t bytes, char *out, size_t len)

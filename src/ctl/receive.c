@@ -34,7 +34,9 @@
  * here through the index.
  *
  * Refused, with one line and exit 1: a damaged, truncated or unknown
- * stream; a stream whose snapshot is here already; a full stream onto an
+ * stream; names in it that the mount would not take (recv_names; every
+ * name from a stream is printed escaped, text_esc); PATH outside a mount;
+ * a stream whose snapshot is here already; a full stream onto an
  * existing volume; an incremental stream whose base snapshot is not here,
  * or whose volume was written after it (--force: the temporary clone of
  * the base is the revert, and it replaces the volume).  Exit 2: usage or
@@ -53,6 +55,7 @@
 #include <unistd.h>
 
 #include "ctl/ctl_int.h"
+#include "ns/names.h"                   /* the daemon's own name rules */
 #include "vsnapfs/ctlmsg.h"
 #include "vsnapfs/stream.h"
 
@@ -67,6 +70,9 @@ struct recv {
 	struct store st;
 	struct model m;
 	struct stream_begin sb;
+	/* the stream's names as messages show them (text_esc) */
+	char efile[TEXT_ESC_MAX(STREAM_NAME_MAX)], esnap[TEXT_ESC_MAX(STREAM_NAME_MAX)],
+	     ebase[TEXT_ESC_MAX(STREAM_NAME_MAX)];
 	char mnt[PATH_MAX];             /* the mount point */
 	char dirpath[PATH_MAX];         /* PATH's directory, as given */
 	char name[BMAP_NAME_MAX + 1];   /* PATH's last component */
@@ -262,6 +268,47 @@ static int recv_parts(struct recv *r)
 	return rc;
 }
 
+/* A snapshot's NAME (of FILE@NAME, no '@'), by the daemon's rule. */
+static bool snap_name_ok(const char *name)
+{
+	char *file = NULL;
+	bool ok = ns_snap_name_parse(name, &file) == 0 && !file;
+
+	free(file);
+	return ok;
+}
+
+/*
+ * The stream's names come from the sender, trusted by nothing: before
+ * anything is written they must be what the mount takes (ns/names.h, the
+ * daemon's rules): FILE a file name, NAME and BASE snapshot names, and the
+ * snapshot the commit makes, PATH's name @ NAME, whole.
+ */
+static int recv_names(struct recv *r)
+{
+	char full[2 * BMAP_NAME_MAX + 2], *file = NULL;
+	bool ok;
+
+	if (ns_name_check(r->sb.file))
+		return refuse(r, "the stream's file name '%s' is not a file name: a damaged or "
+			      "foreign stream", r->efile);
+	if (!snap_name_ok(r->sb.snap))
+		return refuse(r, "the stream's snapshot name '%s' is not a snapshot name (1-255 "
+			      "bytes of A-Z a-z 0-9 . _ - + : , not starting with '.'): a damaged or "
+			      "foreign stream", r->esnap);
+	if (!stream_is_full(&r->sb) && !snap_name_ok(r->sb.base))
+		return refuse(r, "the stream's base snapshot name '%s' is not a snapshot name: a "
+			      "damaged or foreign stream", r->ebase);
+	snprintf(full, sizeof(full), "%s@%s", r->name, r->sb.snap);
+	ok = !ns_name_check(r->name) && !ns_snap_name_parse(full, &file) && file &&
+	     !strcmp(file, r->name);
+	free(file);
+	if (!ok)
+		return refuse(r, "%s@%s is not a snapshot name the mount takes (at most %d bytes, "
+			      "%s a file name)", r->name, r->esnap, BMAP_NAME_MAX, r->name);
+	return 0;
+}
+
 static int any_run(void *ctx, const struct bmap_run *run)
 {
 	*(bool *)ctx = true;
@@ -282,8 +329,8 @@ static int recv_check(struct recv *r)
 		return refuse(r, "%s has no snapshot ids yet: mount it once with this version of "
 			      "vsnapfs", r->st.dir);
 	if (rc == 0)
-		return refuse(r, "snapshot %s@%s was received already (here it is %s)", r->sb.file,
-			      r->sb.snap, s.name);
+		return refuse(r, "snapshot %s@%s was received already (here it is %s)", r->efile,
+			      r->esnap, s.name);
 	if (rc != -ENOENT)
 		return rc;
 	snprintf(path, sizeof(path), "%s/%s", r->st.rel, r->name);
@@ -299,8 +346,8 @@ static int recv_check(struct recv *r)
 	rc = bmap_snap_by_guid(r->st.bm, r->sb.base_guid, &s);
 	if (rc == -ENOENT)
 		return refuse(r, "the stream applies to snapshot %s@%s, which is not in %s: wrong "
-			      "base (send --from a snapshot the destination has)", r->sb.file,
-			      r->sb.base, r->st.dir);
+			      "base (send --from a snapshot the destination has)", r->efile,
+			      r->ebase, r->st.dir);
 	if (rc)
 		return rc;
 	for (size_t i = 0; i < r->m.nfiles; i++)
@@ -388,7 +435,7 @@ static int recv_resume(struct recv *r, struct stream_dec *d, int *fd)
 			      "TOKEN writes (vsnapctl receive --token %s prints the token)", r->o->path);
 	if (recv_kept(r, &t))
 		return refuse(r, "no cut receive of %s@%s is kept in %s: nothing to resume (send the "
-			      "whole stream)", r->sb.file, r->sb.snap, r->dirpath);
+			      "whole stream)", r->efile, r->esnap, r->dirpath);
 	if (memcmp(t.base, r->sb.base_guid, STREAM_GUID_BYTES)) {
 		char kb[2 * STREAM_GUID_BYTES + 1], sb[2 * STREAM_GUID_BYTES + 1];
 
@@ -542,26 +589,27 @@ static int recv_apply(struct recv *r, struct stream_dec *d, int fd)
 static int recv_commit(struct recv *r)
 {
 	struct ctl_msg *q = malloc(sizeof(*q)), *a = malloc(sizeof(*a));
-	char hex[2 * STREAM_GUID_BYTES + 1];
+	char guid[2 * STREAM_GUID_BYTES + 1], base[2 * STREAM_GUID_BYTES + 1];
 	int rc = -ENOMEM;
 
 	if (q && a) {
+		ctl_hex(r->sb.guid, STREAM_GUID_BYTES, guid);
+		ctl_hex(r->sb.base_guid, STREAM_GUID_BYTES, base);
 		ctl_msg_init(q, CTL_RECV_COMMIT);
-		ctl_kv_add(q, "dir", "%" PRIu64, r->dir_ino);
-		ctl_kv_add(q, "tmp", "%s", r->tmpname);
-		ctl_kv_add(q, "tmp_ino", "%" PRIu64, r->tmp_ino);
-		ctl_kv_add(q, "name", "%s", r->name);
-		ctl_kv_add(q, "snap", "%s", r->sb.snap);
-		ctl_hex(r->sb.guid, STREAM_GUID_BYTES, hex);
-		ctl_kv_add(q, "guid", "%s", hex);
-		ctl_kv_add(q, "created_ns", "%" PRIu64, (uint64_t)r->sb.created_ns);
-		if (!stream_is_full(&r->sb)) {
-			ctl_hex(r->sb.base_guid, STREAM_GUID_BYTES, hex);
-			ctl_kv_add(q, "base_guid", "%s", hex);
-		}
-		ctl_kv_add(q, "force", "%d", r->o->force ? 1 : 0);
-		rc = chan_call(r->st.dir, q, a, false);
+		/* -E2BIG or -EINVAL (a newline): never a request that says less */
+		rc = ctl_kv_add(q, "dir", "%" PRIu64, r->dir_ino) ?:
+		     ctl_kv_add(q, "tmp", "%s", r->tmpname) ?:
+		     ctl_kv_add(q, "tmp_ino", "%" PRIu64, r->tmp_ino) ?:
+		     ctl_kv_add(q, "name", "%s", r->name) ?:
+		     ctl_kv_add(q, "snap", "%s", r->sb.snap) ?:
+		     ctl_kv_add(q, "guid", "%s", guid) ?:
+		     ctl_kv_add(q, "created_ns", "%" PRIu64, (uint64_t)r->sb.created_ns) ?:
+		     (stream_is_full(&r->sb) ? 0 : ctl_kv_add(q, "base_guid", "%s", base)) ?:
+		     ctl_kv_add(q, "force", "%d", r->o->force ? 1 : 0);
 		if (rc)
+			rc = refuse(r, "the commit request cannot hold %s@%s: %s", r->name, r->esnap,
+				    strerror(-rc));
+		else if (chan_call(r->st.dir, q, a, false))
 			rc = -ECANCELED;        /* chan_call said why */
 	}
 	free(q);
@@ -589,8 +637,14 @@ int cmd_receive(const struct recv_opts *o)
 	rc = stream_dec_new(in_fd, &in, &d);
 	if (!rc && stream_dec_begin(d, &r.sb))
 		rc = refuse(&r, "%s", stream_dec_msg(d));
-	if (!rc)
+	if (!rc) {
+		text_esc(r.sb.file, r.efile, sizeof(r.efile));
+		text_esc(r.sb.snap, r.esnap, sizeof(r.esnap));
+		text_esc(r.sb.base, r.ebase, sizeof(r.ebase));
 		rc = recv_where(&r);
+	}
+	if (!rc)
+		rc = recv_names(&r);
 	/* --resume: first whether the stream continues the kept part */
 	if (!rc && o->resume)
 		rc = recv_resume(&r, d, &fd);
@@ -620,7 +674,7 @@ int cmd_receive(const struct recv_opts *o)
 		unlink(r.tmp);
 	if (!rc)
 		printf("received %s/%s@%s (%s stream%s, %" PRIu64 " bytes)\n", r.dirpath, r.name,
-		       r.sb.snap, stream_is_full(&r.sb) ? "full" : "incremental",
+		       r.esnap, stream_is_full(&r.sb) ? "full" : "incremental",
 		       r.sb.resume_rec ? ", resumed" : "", stream_dec_bytes(d));
 	else if (rc != -ECANCELED && rc != -ENODEV)
 		fprintf(stderr, "vsnapctl: receive: %s: %s%s\n", r.o->path, strerror(-rc),

@@ -5,7 +5,8 @@
 # stream for a base the destination lacks, a stream applied twice, a full
 # stream onto an existing volume, a destination written after the base, a
 # record dropped (refused at the next record: nothing kept), a PATH in the
-# store's own directory instead of the mount.  Resume: a
+# store's own directory instead of the mount, names in the stream that the
+# mount would refuse (said escaped, in one line).  Resume: a
 # cut stream (the sender killed half way) keeps its verified part, hidden
 # from ls -a and vsnapctl list, and prints the token receive --token
 # prints; receive --resume refuses, keeping the part as it was, a whole
@@ -24,6 +25,7 @@
 . "$(dirname "$0")/lib.sh"
 
 [ -x "$VSNAPCTL" ] || fail "$VSNAPCTL not built"
+[ -x "$TOOLS/forgestream" ] || fail "$TOOLS/forgestream not built"
 
 M=$((1024 * 1024))
 S1=$T/s1 S2=$T/s2 M1=$T/m1 M2=$T/m2
@@ -96,6 +98,22 @@ for at in 100 $((n / 2)) $((n - 30)); do
 	printf '\x5a' | dd of="$T/bad.vs" bs=1 seek=$at conv=notrunc status=none
 	cmp -s "$T/bad.vs" "$T/tue.vs" || refused "byte $at flipped" "damaged" <"$T/bad.vs"
 done
+# names the mount would refuse, in a stream whose records verify: refused
+# before anything is written, in one line that names the problem, escaped
+forged() {  # forged WHAT TEXT FILE SNAP [BASE]
+	"$TOOLS/forgestream" "${@:3}" >"$T/forged.vs" || fail "forgestream ${*:3}"
+	refused "$1" "$2" <"$T/forged.vs"
+	grep -q '[[:cntrl:]]' "$T/r.err" && fail "$1: a control character printed: $(od -c "$T/r.err")"
+	true
+}
+forged "a file name with a /" "file name '../x.img' is not a file name" ../x.img s1
+forged "the file name .snapshots" "is not a file name" .snapshots s1
+forged "a snapshot name starting with ." "snapshot name '.s1' is not a snapshot name" vm1.img .s1
+forged "a snapshot name with an @" "is not a snapshot name" vm1.img a@b
+forged "a snapshot name with a newline and an escape" "'s\x0a\x1b[31m' is not a" vm1.img $'s\n\e[31m'
+forged "a base snapshot name with a /" "base snapshot name 'x/y'" vm1.img s2 x/y
+forged "PATH@NAME longer than 255 bytes" "is not a snapshot name the mount takes" vm1.img \
+	"$(printf 'n%.0s' $(seq 250))"
 
 same() {
 	cmp "$1" "$2" || fail "$3: $1 and $2 differ"
