@@ -238,7 +238,25 @@ static int recv_kept(const struct recv *r, struct recv_token *t)
 	return -ENOENT;
 }
 
-/* --token, --abort: the kept parts in PATH's directory. */
+/* Is s (a name after the prefix) one that a receive makes: a token, or,
+ * while it makes the volume (a version 1 stream, always), the guid alone? */
+static bool recv_made(const char *s, bool *token)
+{
+	uint8_t g[STREAM_GUID_BYTES];
+	char again[2 * STREAM_GUID_BYTES + 1];
+	struct recv_token t;
+
+	*token = !recv_token_parse(s, &t);
+	if (*token)
+		return true;
+	if (ctl_unhex(s, g, STREAM_GUID_BYTES))
+		return false;
+	ctl_hex(g, STREAM_GUID_BYTES, again);
+	return !strcmp(again, s);       /* one spelling only */
+}
+
+/* --token, --abort: the kept parts in PATH's directory, those a receive
+ * made only (another file whose name has the prefix is no part). */
 static int recv_parts(struct recv *r)
 {
 	char path[PATH_MAX + 300];
@@ -246,17 +264,19 @@ static int recv_parts(struct recv *r)
 	int rc = 0;
 
 	for (size_t i = 0; i < r->m.nfiles && !rc; i++) {
-		const char *name = tmp_in_dir(r, &r->m.files[i]);
-		struct recv_token t;
+		const char *name = tmp_in_dir(r, &r->m.files[i]), *s;
+		bool token;
 
-		if (!name)
+		if (!name || !recv_made(s = name + strlen(RECV_TMP_PREFIX), &token))
 			continue;
-		n++;
 		if (r->o->token) {
-			if (!recv_token_parse(name + strlen(RECV_TMP_PREFIX), &t))
-				printf("%s\n", name + strlen(RECV_TMP_PREFIX));
+			if (token) {
+				printf("%s\n", s);
+				n++;
+			}
 			continue;
 		}
+		n++;
 		snprintf(path, sizeof(path), "%s/%s", r->dirpath, name);
 		if (unlink(path))
 			rc = -errno;
@@ -476,8 +496,10 @@ static int recv_tmp(struct recv *r, struct stream_dec *d, int *fd)
 	for (size_t i = 0; i < r->m.nfiles; i++) {
 		const char *n = tmp_in_dir(r, &r->m.files[i]);
 		char path[PATH_MAX + 300];
+		bool token;
 
-		if (!n || strncmp(n, r->tmpname, strlen(r->tmpname)))
+		if (!n || strncmp(n, r->tmpname, strlen(r->tmpname)) ||
+		    !recv_made(n + strlen(RECV_TMP_PREFIX), &token))
 			continue;
 		snprintf(path, sizeof(path), "%s/%s", r->dirpath, n);
 		if (unlink(path) && errno != ENOENT)

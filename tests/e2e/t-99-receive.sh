@@ -15,7 +15,8 @@
 # of its stream; the resumed stream is exactly the bytes that were missing
 # (plus a begin) and the result reads as the source's snapshot (cmp,
 # qemu-img compare).  A directory holding only a kept part can be removed,
-# or replaced by mv; --abort removes a kept part.  Mirror re-attach: both sides written after
+# or replaced by mv; --abort removes a kept part, and neither --abort nor
+# --token takes another file whose name has the prefix.  Mirror re-attach: both sides written after
 # the split, receive --force makes the destination equal to the source's
 # new snapshot, moving the source's changed blocks only.  The receiving
 # daemon killed (SIGKILL) in the middle of a receive, after a checkpoint:
@@ -247,6 +248,17 @@ mkdir "$M2/d"
 head -c $((M + 5000)) "$T/xa.vs" | "$VSNAPCTL" receive "$M2/d/x.img" 2>/dev/null && fail "cut x.img@a received"
 "$VSNAPCTL" receive --abort "$M2/d/x.img" >/dev/null || fail "receive --abort"
 "$VSNAPCTL" receive --token "$M2/d/x.img" >/dev/null 2>&1 && fail "a part is kept after --abort"
+rmdir "$M2/d"
+# --token and --abort count and remove what a receive makes only: another
+# file whose name has the prefix is no part (exit 1, and it stays)
+mkdir "$M2/d"
+echo mine >"$M2/d/.vsnap-recv.mine"
+rc=0; "$VSNAPCTL" receive --token "$M2/d/x.img" >"$T/r.out" 2>&1 || rc=$?
+[ $rc -eq 1 ] || fail "--token with no part but .vsnap-recv.mine: exit $rc: $(cat "$T/r.out")"
+rc=0; "$VSNAPCTL" receive --abort "$M2/d/x.img" >"$T/r.out" 2>&1 || rc=$?
+[ $rc -eq 1 ] || fail "--abort with no part but .vsnap-recv.mine: exit $rc: $(cat "$T/r.out")"
+[ "$(cat "$M2/d/.vsnap-recv.mine")" = mine ] || fail "--abort removed a file that is no part"
+rm "$M2/d/.vsnap-recv.mine"
 rmdir "$M2/d"
 # written after @tue: refused, then the mirror re-attach
 wr "$M2/vm1.img" 12 2
