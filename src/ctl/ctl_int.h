@@ -105,6 +105,9 @@ struct cli {
  * said what is wrong (c->exit 2).  The shared options are handled here.
  */
 int cli_next(struct cli *c, int argc, char **argv);
+/* The word to name for getopt's '?' (before: optind before the call):
+ * "-x" in buf for a short option, else the word itself. */
+const char *cli_bad_word(char **argv, int before, char *buf, size_t len);
 /* "vsnapctl NAME: <what>; see vsnapctl NAME --help" on stderr; returns 2. */
 int cli_bad(const struct cmd *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* vsnapctl NAME --help. */

@@ -96,6 +96,12 @@ for cmd in status iostat metrics; do
 		"$VSNAPCTL" $cmd --bogus "$STORE"
 	assert_eq "$(wc -l <"$T/expect.err")" 1 "$cmd: an unknown option: one line"
 done
+# a bad short option inside a group is named, not the word before it
+expect_errno "vsnapctl iostat: unknown option '-x'; see vsnapctl iostat --help" \
+	"$VSNAPCTL" iostat --raw -xb "$STORE"
+expect_errno "vsnapctl iostat: unknown option '-x'; see vsnapctl iostat --help" \
+	"$VSNAPCTL" iostat "$STORE" -bx
+expect_errno "vsnapctl: unknown option '-x'; see vsnapctl --help" "$VSNAPCTL" --json -xh status
 # metrics prints the Prometheus format only: --json is refused, before the command too
 expect_errno "vsnapctl metrics: unknown option '--json'; see vsnapctl metrics --help" \
 	"$VSNAPCTL" --json metrics "$STORE"
