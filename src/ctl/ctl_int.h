@@ -235,7 +235,8 @@ int store_find(const char *arg, char *dir, size_t dirlen, char *rel, size_t rell
 int store_open(const char *arg, bool chunks, struct store *st);
 void store_close(struct store *st);
 /* Record a scrub's result in the store, for status: through the daemon
- * when mounted, else in the index under the store's lock. */
+ * when mounted, else in the index under the store's lock.  Says nothing:
+ * the caller's one line says why it failed. */
 int store_record_scrub(struct store *st, const struct bmap_scrub *r);
 
 /* ---- chan.c -------------------------------------------------------------------- */

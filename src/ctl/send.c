@@ -493,6 +493,5 @@ const struct cmd send_cmd = {
 		"      --from A               the changes since A (a path, or @NAME)\n"
 		"      --resume TOKEN         only what lies past TOKEN, the place a cut receive\n"
 		"                             printed (--from is then optional)\n",
-	.common = CLI_JSON,
 	.run = send_main,
 };

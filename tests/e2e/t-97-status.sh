@@ -6,7 +6,8 @@
 # unmounted, and a scrub of the unmounted store is recorded too (in the
 # index, under the store's lock).  Unmounted, status says so.  Bad input
 # gets one line naming the problem, in the shared command line's words;
-# metrics refuses --json, before the command too.
+# metrics, send and receive refuse --json, before the command too; a scrub
+# whose result cannot be recorded (read-only) says so in one line.
 . "$(dirname "$0")/lib.sh"
 
 STORE=$T/store
@@ -107,9 +108,20 @@ expect_errno "vsnapctl metrics: unknown option '--json'; see vsnapctl metrics --
 	"$VSNAPCTL" --json metrics "$STORE"
 expect_errno "vsnapctl metrics: unknown option '--json'; see vsnapctl metrics --help" \
 	"$VSNAPCTL" metrics --json "$STORE"
+# send and receive print no JSON: --json is refused as metrics refuses it
+expect_errno "vsnapctl send: unknown option '--json'; see vsnapctl send --help" \
+	"$VSNAPCTL" --json send "$MNT/x"
+expect_errno "vsnapctl receive: unknown option '--json'; see vsnapctl receive --help" \
+	"$VSNAPCTL" receive --json "$MNT/x"
 expect_errno "vsnapctl status: unexpected argument 'extra'; see vsnapctl status --help" \
 	"$VSNAPCTL" status "$STORE" extra
 expect_errno "vsnapctl iostat: INTERVAL is a whole number of seconds, at least 1, not '0'; see vsnapctl iostat --help" \
 	"$VSNAPCTL" iostat "$STORE" 0
 assert_eq "$(wc -l <"$T/expect.err")" 1 "iostat: a bad interval: one line"
+# a result that cannot be recorded (a read-only mount) is one warning line
+vs_mount "$STORE" "$MNT" -o ro
+"$VSNAPCTL" scrub "$MNT" >/dev/null 2>"$T/scrub3.err" || fail "scrub read-only: $(cat "$T/scrub3.err")"
+assert_eq "$(wc -l <"$T/scrub3.err")" 1 "scrub of a read-only mount: lines on stderr ($(tr '\n' '|' <"$T/scrub3.err"))"
+grep -q "scrub: the result is not recorded for status" "$T/scrub3.err" || fail "scrub read-only: $(cat "$T/scrub3.err")"
+vs_umount "$MNT"
 pass
