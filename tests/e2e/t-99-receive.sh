@@ -49,8 +49,9 @@ state() {
 	} 2>&1
 }
 
-# refused WHAT TEXT < STREAM: exit 1, one line holding TEXT, nothing changed
-# refused WHAT TEXT [OPTION...] < STREAM
+# refused WHAT TEXT [OPTION...] < STREAM: exit 1, one line holding TEXT,
+# nothing changed, and $KEPT parts being received left in the index (0
+# unless given: KEPT=1 where a refused --resume keeps the part it had)
 refused() {
 	local what=$1 text=$2 rc=0 before
 	before=$(state)
@@ -59,7 +60,7 @@ refused() {
 	assert_eq "$(wc -l <"$T/r.err")" 1 "$what: lines of the refusal ($(tr "\n" "|" <"$T/r.err"))"
 	grep -qF -- "$text" "$T/r.err" || fail "$what: $(cat "$T/r.err")"
 	[ "$(state)" = "$before" ] || fail "$what: the destination changed"
-	ls -a "$M2" | grep -q '^\.vsnap-recv' && fail "$what: a temporary volume was left"
+	assert_eq "$(vs_recv_parts "$S2" "$M2")" "${KEPT:-0}" "$what: volumes being received in the index"
 	note "$what: $(cat "$T/r.err")"
 }
 
@@ -172,7 +173,7 @@ note "cut: $(cat "$T/r.err")"
 tok=$("$VSNAPCTL" receive --token "$M2/vm1.img") || fail "receive --token after the cut"
 grep -qF -- "--resume $tok " "$T/r.err" || fail "the token of --token ($tok) is not the one printed"
 # the earlier failures of resume, each refused with the kept part as it was
-refused "receive --resume of a whole stream" "not a resumed stream" --resume <"$T/tue.vs"
+KEPT=1 refused "receive --resume of a whole stream" "not a resumed stream" --resume <"$T/tue.vs"
 still_kept() {
 	assert_eq "$("$VSNAPCTL" receive --token "$M2/vm1.img")" "$tok" "$1: the kept part"
 }
@@ -182,17 +183,17 @@ IFS=. read -r g_tue g_mon k off chain <<<"$tok"
 badchain=$(printf '%016x' $((0x$chain ^ 1)))
 "$VSNAPCTL" send --from @mon --resume "$g_tue.$g_mon.$k.$off.$badchain" "$(sf tue)" >"$T/bad.vs" ||
 	fail "send --resume with a forged chain value"
-refused "a token of another receive (its chain)" "not the continuation" --resume <"$T/bad.vs"
+KEPT=1 refused "a token of another receive (its chain)" "not the continuation" --resume <"$T/bad.vs"
 still_kept "a token of another receive (its chain)"
 # ... and another place
 "$VSNAPCTL" send --from @mon --resume "$g_tue.$g_mon.1.0.$chain" "$(sf tue)" >"$T/bad.vs" ||
 	fail "send --resume from record 1"
-refused "a token of another receive (its place)" "not its continuation" --resume <"$T/bad.vs"
+KEPT=1 refused "a token of another receive (its place)" "not its continuation" --resume <"$T/bad.vs"
 still_kept "a token of another receive (its place)"
 # a stream from another base: tue sent whole (no base) from record 1
 "$VSNAPCTL" send --resume "$g_tue.00000000000000000000000000000000.1.0.$chain" "$(sf tue)" \
 	>"$T/bad.vs" || fail "send --resume of the full stream"
-refused "a resumed stream of another base" "another base" --resume <"$T/bad.vs"
+KEPT=1 refused "a resumed stream of another base" "another base" --resume <"$T/bad.vs"
 still_kept "a resumed stream of another base"
 # the sender checks the token against the stream it makes
 "$VSNAPCTL" send --from @mon --resume "$g_tue.$g_mon.2.4096.$chain" "$(sf tue)" >/dev/null \
