@@ -147,6 +147,9 @@ void progress_bytes(struct progress *p, const char *what, uint64_t total);
 /* The same counted in blocks of block_bytes. */
 void progress_blocks(struct progress *p, const char *what, uint64_t total, uint32_t block_bytes);
 void progress_show(struct progress *p);
+/* CLOCK_MONOTONIC, for how long something took; CLOCK_REALTIME, for when. */
+int64_t mono_ns(void);
+int64_t wall_ns(void);
 /* Erase the line on a TTY, before printing something else. */
 void progress_clear(struct progress *p);
 /* Done: erased on a TTY; plain, a last line with the time taken. */
@@ -322,6 +325,9 @@ int node_rows(struct store *st, struct mnode *x, uint64_t *nrows);
 const char *node_label(const struct model *m, size_t x, char *buf, size_t len);
 /* The file whose path is path (as list shows it), or NULL. */
 const struct file *file_by_path(const struct model *m, const char *path);
+/* The first volume file of snapshot id snap (the one of a FILE@NAME
+ * snapshot), or NULL. */
+const struct file *file_of_snap(const struct model *m, uint64_t snap);
 /* The volume or snapshot file at arg (a path in a mount of the store dir),
  * or NULL after one line on stderr saying why (cmd: the command's name). */
 const struct file *file_at(const struct model *m, const char *dir, const char *arg,

@@ -92,12 +92,22 @@ void local_time(int64_t unix_s, const char *fmt, char *out, size_t len)
 		snprintf(out, len, "@%" PRId64, unix_s);
 }
 
-static int64_t mono_ns(void)
+static int64_t clock_ns(clockid_t clock)
 {
 	struct timespec ts;
 
-	clock_gettime(CLOCK_MONOTONIC, &ts);
+	clock_gettime(clock, &ts);
 	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+int64_t mono_ns(void)
+{
+	return clock_ns(CLOCK_MONOTONIC);
+}
+
+int64_t wall_ns(void)
+{
+	return clock_ns(CLOCK_REALTIME);
 }
 
 void progress_bytes(struct progress *p, const char *what, uint64_t total)

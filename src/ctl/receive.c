@@ -51,7 +51,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "ctl/ctl_int.h"
@@ -87,14 +86,6 @@ struct recv {
 	uint64_t ckpt_bytes;            /* stream bytes at the last checkpoint */
 	int64_t ckpt_ns;                /* CLOCK_MONOTONIC then */
 };
-
-static int64_t now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
 
 __attribute__((format(printf, 2, 3)))
 static int refuse(struct recv *r, const char *fmt, ...)
@@ -370,9 +361,7 @@ static int recv_check(struct recv *r)
 			      r->ebase, r->st.dir);
 	if (rc)
 		return rc;
-	for (size_t i = 0; i < r->m.nfiles; i++)
-		if (r->m.files[i].snap == s.id && r->m.files[i].kind == BMAP_VOL)
-			r->base = &r->m.files[i];
+	r->base = file_of_snap(&r->m, s.id);
 	if (!r->base || s.dir != r->dir_ino)
 		return refuse(r, "the base snapshot %s is not a snapshot of a volume in %s", s.name,
 			      r->dirpath);
@@ -392,13 +381,6 @@ static int recv_check(struct recv *r)
 		return refuse(r, "%s was written after snapshot %s; --force reverts it to that "
 			      "snapshot first (its later writes are lost)", r->o->path, s.name);
 	return rc;
-}
-
-static bool is_zero(const uint8_t *guid)
-{
-	static const uint8_t none[STREAM_GUID_BYTES];
-
-	return !memcmp(guid, none, sizeof(none));
 }
 
 /* The temporary volume's name and path for token t (NULL: the name it has
@@ -426,7 +408,7 @@ static int recv_ckpt(struct recv *r, struct stream_dec *d, int fd)
 	memcpy(t.base, r->sb.base_guid, STREAM_GUID_BYTES);
 	stream_dec_pos(d, &t.pos);
 	r->ckpt_bytes = stream_dec_bytes(d);
-	r->ckpt_ns = now_ns();
+	r->ckpt_ns = mono_ns();
 	snprintf(old, sizeof(old), "%s", r->tmp);
 	tmp_name(r, &t);
 	if (!strcmp(old, r->tmp))
@@ -462,7 +444,8 @@ static int recv_resume(struct recv *r, struct stream_dec *d, int *fd)
 		ctl_hex(t.base, STREAM_GUID_BYTES, kb);
 		ctl_hex(r->sb.base_guid, STREAM_GUID_BYTES, sb);
 		return refuse(r, "the part kept is of the stream from base %.12s, this one is from "
-			      "%.12s: another base, not its continuation", is_zero(t.base) ? "none" : kb,
+			      "%.12s: another base, not its continuation",
+			      stream_guid_is_zero(t.base) ? "none" : kb,
 			      stream_is_full(&r->sb) ? "none" : sb);
 	}
 	if (stream_dec_continue(d, &t.pos))
@@ -592,7 +575,7 @@ static int recv_apply(struct recv *r, struct stream_dec *d, int fd)
 			r->applied = rec.off + rec.len;
 		if (!wrc && r->sb.version >= 2 &&
 		    stream_dec_bytes(d) - r->ckpt_bytes >= RECV_CKPT_BYTES &&
-		    now_ns() - r->ckpt_ns >= RECV_CKPT_NS)
+		    mono_ns() - r->ckpt_ns >= RECV_CKPT_NS)
 			wrc = recv_ckpt(r, d, fd);
 		pg.done = r->applied;
 		progress_show(&pg);
