@@ -37,6 +37,9 @@ assert_eq "$(jget "$T/s.json" counts volumes)" 2 "volumes"
 assert_eq "$(jget "$T/s.json" counts directories)" 1 "directories"
 assert_eq "$(jget "$T/s.json" counts snapshots)" 2 "snapshots"
 assert_eq "$(jget "$T/s.json" sync failed)" false "the failed-sync state"
+# times are *_unix_s, as list's created_unix_s
+started=$(jget "$T/s.json" daemon started_unix_s || true)
+[ "${started%.*}" -gt 1700000000 ] 2>/dev/null || fail "daemon.started_unix_s: '$started'"
 data=$(jget "$T/s.json" space data_bytes)
 [ "$data" -ge $((4 * M)) ] || fail "data in chunk files: $data, under the 4 MiB written"
 
@@ -54,7 +57,7 @@ t0=$(date +%s)
 "$VSNAPCTL" gc "$MNT" >/dev/null 2>"$T/gc.err" || fail "gc: $(cat "$T/gc.err")"
 "$VSNAPCTL" status --json "$MNT" >"$T/s2.json" 2>&1 || fail "status after gc: $(cat "$T/s2.json")"
 [ "$(jget "$T/s2.json" gc passes)" -gt "$passes" ] || fail "gc passes did not grow: $(cat "$T/s2.json")"
-last=$(jget "$T/s2.json" gc last_unix_seconds)
+last=$(jget "$T/s2.json" gc last_unix_s)
 [ "${last%.*}" -ge "$t0" ] || fail "the last GC pass ($last) is older than vsnapctl gc ($t0)"
 [ -n "$(jget "$T/s2.json" gc last_garbage_bytes)" ] || fail "no garbage figure after a pass"
 
@@ -79,10 +82,10 @@ grep -q '^{"mounted":false,"clean":true,' "$T/u.json" || fail "status --json unm
 assert_eq "$(jget "$T/u.json" counts snapshots)" 2 "snapshots (unmounted)"
 
 # a scrub of the unmounted store is recorded as well, and its time is newer
-before=$(jget "$T/u.json" scrub last_unix_seconds)
+before=$(jget "$T/u.json" scrub last_unix_s)
 "$VSNAPCTL" scrub "$STORE" >/dev/null 2>"$T/scrub2.err" || fail "scrub unmounted: $(cat "$T/scrub2.err")"
 "$VSNAPCTL" status --json "$STORE" >"$T/u2.json"
-after=$(jget "$T/u2.json" scrub last_unix_seconds)
+after=$(jget "$T/u2.json" scrub last_unix_s)
 [ "$after" != "$before" ] || fail "the unmounted scrub was not recorded: $(cat "$T/u2.json")"
 assert_eq "$(jget "$T/u2.json" scrub last_blocks)" "$blocks" "the unmounted scrub's blocks"
 "$VSNAPCTL" check "$STORE" >"$T/check.out" 2>&1 || fail "check after the recorded scrub: $(cat "$T/check.out")"
