@@ -99,6 +99,13 @@ $(B)/tools/%: tests/tools/%.c tests/tools/rng.h
 	@mkdir -p $(@D)
 	$(CC) $(filter-out $(SAN),$(CFLAGS)) -o $@ $< -lpthread
 
+# forgestream writes send streams with the library's encoder (src/stream): it links
+# the library as the unit tests do, sanitizers included.
+$(B)/tools/forgestream: tests/tools/forgestream.c $(LIB)
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(LIB) $(LDLIBS) \
+		$(shell pkg-config --libs $(CTL_PKGS))
+
 # powercut is a FUSE server (the disk under t-130-powercut): it needs libfuse.
 $(B)/tools/powercut: tests/tools/powercut.c tests/tools/rng.h
 	@mkdir -p $(@D)

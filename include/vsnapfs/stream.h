@@ -79,6 +79,8 @@ struct stream_pos {
 
 /* Is this a full stream (no base)? */
 bool stream_is_full(const struct stream_begin *b);
+/* Is g (STREAM_GUID_BYTES) all zero, the id of no snapshot? */
+bool stream_guid_is_zero(const uint8_t *g);
 
 /* Bytes of each record on the wire: for the exact size before sending. */
 uint64_t stream_begin_bytes(const struct stream_begin *b);

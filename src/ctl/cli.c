@@ -84,13 +84,27 @@ static void cli_setup(struct cli *c)
 	opterr = 0;                     /* we say what is wrong */
 }
 
+const char *cli_bad_word(char **argv, int before, char *buf, size_t len)
+{
+	/* a short option inside a group (-xb) leaves optind on its word, so
+	 * argv[optind - 1] is the word before; a non-option that getopt
+	 * skipped to reach it never starts with "--" */
+	if (optopt > 0 && optopt < 0x100 && (optind == before || strncmp(argv[optind - 1], "--", 2))) {
+		snprintf(buf, len, "-%c", optopt);
+		return buf;
+	}
+	return argv[optind - 1];
+}
+
 int cli_next(struct cli *c, int argc, char **argv)
 {
-	int ch, nargs;
+	int ch, nargs, before;
+	const char *word;
+	char buf[8];
 
 	if (!c->ready)
 		cli_setup(c);
-	while ((ch = getopt_long(argc, argv, c->shorts, c->all, NULL)) != -1) {
+	while ((before = optind, ch = getopt_long(argc, argv, c->shorts, c->all, NULL)) != -1) {
 		switch (ch) {
 		case 'h':
 			cli_help(c->cmd, stdout);
@@ -113,14 +127,13 @@ int cli_next(struct cli *c, int argc, char **argv)
 			c->exit = cli_bad(c->cmd, "option '%s' needs a value", argv[optind - 1]);
 			return CLI_STOP;
 		case '?':
-			/* a long option's trouble: argv[optind - 1] is it */
-			if (strncmp(argv[optind - 1], "--", 2))
-				c->exit = cli_bad(c->cmd, "unknown option '-%c'", optopt);
-			else if (optopt && strchr(argv[optind - 1], '='))
+			/* a long option's trouble: the word is it */
+			word = cli_bad_word(argv, before, buf, sizeof(buf));
+			if (word != buf && optopt && strchr(word, '='))
 				c->exit = cli_bad(c->cmd, "option '%.*s' takes no value",
-						  (int)strcspn(argv[optind - 1], "="), argv[optind - 1]);
+						  (int)strcspn(word, "="), word);
 			else
-				c->exit = cli_bad(c->cmd, "unknown option '%s'", argv[optind - 1]);
+				c->exit = cli_bad(c->cmd, "unknown option '%s'", word);
 			return CLI_STOP;
 		default:
 			return ch;

@@ -105,6 +105,9 @@ struct cli {
  * said what is wrong (c->exit 2).  The shared options are handled here.
  */
 int cli_next(struct cli *c, int argc, char **argv);
+/* The word to name for getopt's '?' (before: optind before the call):
+ * "-x" in buf for a short option, else the word itself. */
+const char *cli_bad_word(char **argv, int before, char *buf, size_t len);
 /* "vsnapctl NAME: <what>; see vsnapctl NAME --help" on stderr; returns 2. */
 int cli_bad(const struct cmd *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* vsnapctl NAME --help. */
@@ -118,6 +121,11 @@ int cli_store_main(const struct cmd *cmd, int argc, char **argv);
 char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* s as a JSON string, quotes included. */
 void json_str(FILE *f, const char *s);
+/* s for a message, with every byte the locale cannot print as a character
+ * (controls, a sequence that is not one, and '\\') as \xNN: for names that
+ * come from outside (a stream).  Cut to fit len (at least 6); returns out. */
+#define TEXT_ESC_MAX(n) (4 * (n) + 1)   /* out's bytes for a string of n bytes */
+const char *text_esc(const char *s, char *out, size_t len);
 /* bytes as "123", "4.0K", "1.5G". */
 void human(uint64_t bytes, char *out, size_t len);
 /* unix_s as strftime's fmt says in local time; "@SECONDS" if it cannot. */
@@ -139,6 +147,9 @@ void progress_bytes(struct progress *p, const char *what, uint64_t total);
 /* The same counted in blocks of block_bytes. */
 void progress_blocks(struct progress *p, const char *what, uint64_t total, uint32_t block_bytes);
 void progress_show(struct progress *p);
+/* CLOCK_MONOTONIC, for how long something took; CLOCK_REALTIME, for when. */
+int64_t mono_ns(void);
+int64_t wall_ns(void);
 /* Erase the line on a TTY, before printing something else. */
 void progress_clear(struct progress *p);
 /* Done: erased on a TTY; plain, a last line with the time taken. */
@@ -213,6 +224,9 @@ struct store {
  * daemon died), ... if arg cannot be resolved.
  */
 int store_resolve(const char *arg, char *dir, size_t dirlen, char *rel, size_t rellen);
+/* The same through mounts only (a store directory itself is -EMEDIUMTYPE):
+ * for what must go through the daemon's mount (receive). */
+int store_resolve_mount(const char *arg, char *dir, size_t dirlen, char *rel, size_t rellen);
 /* What a store_resolve() error means, in a few words. */
 const char *store_why(int rc);
 /* store_resolve(), and when it fails one line on stderr saying why
@@ -224,7 +238,8 @@ int store_find(const char *arg, char *dir, size_t dirlen, char *rel, size_t rell
 int store_open(const char *arg, bool chunks, struct store *st);
 void store_close(struct store *st);
 /* Record a scrub's result in the store, for status: through the daemon
- * when mounted, else in the index under the store's lock. */
+ * when mounted, else in the index under the store's lock.  Says nothing:
+ * the caller's one line says why it failed. */
 int store_record_scrub(struct store *st, const struct bmap_scrub *r);
 
 /* ---- chan.c -------------------------------------------------------------------- */
@@ -310,6 +325,9 @@ int node_rows(struct store *st, struct mnode *x, uint64_t *nrows);
 const char *node_label(const struct model *m, size_t x, char *buf, size_t len);
 /* The file whose path is path (as list shows it), or NULL. */
 const struct file *file_by_path(const struct model *m, const char *path);
+/* The first volume file of snapshot id snap (the one of a FILE@NAME
+ * snapshot), or NULL. */
+const struct file *file_of_snap(const struct model *m, uint64_t snap);
 /* The volume or snapshot file at arg (a path in a mount of the store dir),
  * or NULL after one line on stderr saying why (cmd: the command's name). */
 const struct file *file_at(const struct model *m, const char *dir, const char *arg,

@@ -247,12 +247,12 @@ static void iostat_row(struct table *t, const struct rate *r)
 	table_double(t, COL_FP99, lat_p99(r, VIO_FSYNC));
 }
 
+/* null: none, or a p99 in the last bucket, which has no bound (JSON has
+ * no infinity, and a string is no number) */
 static void json_lat(const char *name, double v)
 {
-	if (v < 0)
+	if (v < 0 || isinf(v))
 		printf(",\"%s\":null", name);
-	else if (v > 1e300)
-		printf(",\"%s\":\"+Inf\"", name);
 	else
 		printf(",\"%s\":%.9g", name, v);
 }

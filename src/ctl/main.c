@@ -66,13 +66,14 @@ int main(int argc, char **argv)
 		{ 0 }
 	};
 	const struct cmd *cmd = NULL;
-	int ch, rc;
+	int ch, rc, before;
+	char buf[8];
 
 	/* the tables measure and escape names by the locale's character set;
 	 * numbers stay in the C locale's form */
 	setlocale(LC_CTYPE, "");
 	opterr = 0;
-	while ((ch = getopt_long(argc, argv, "+h", opts, NULL)) != -1) {
+	while ((before = optind, ch = getopt_long(argc, argv, "+h", opts, NULL)) != -1) {
 		switch (ch) {
 		case 'h':
 			usage();
@@ -85,7 +86,7 @@ int main(int argc, char **argv)
 			break;
 		default:
 			fprintf(stderr, "vsnapctl: unknown option '%s'; see vsnapctl --help\n",
-				argv[optind - 1]);
+				cli_bad_word(argv, before, buf, sizeof(buf)));
 			return 2;
 		}
 	}

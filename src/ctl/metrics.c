@@ -155,17 +155,20 @@ static void print_volumes(const struct vio_set *s, const char *store)
 					    "le", le, NULL };
 			uint64_t cum = 0;
 
-			/* bucket b holds [2^(b-1), 2^b) us; the last one, what is above */
+			/* bucket b holds [2^(b-1), 2^b) us; the last one, what is above.
+			 * +Inf and _count are the same sum: the daemon's counters are
+			 * read one by one, so ops + errors may be behind the histogram */
 			for (int b = 0; b < CTL_LAT_BUCKETS - 1; b++) {
 				cum += v->hist[op][b];
 				prom_double(le, sizeof(le), ldexp(1e-6, b));
 				prom_sample_u64(stdout, bucket, l, cum);
 			}
+			cum += v->hist[op][CTL_LAT_BUCKETS - 1];
 			snprintf(le, sizeof(le), "+Inf");
-			prom_sample_u64(stdout, bucket, l, v->ops[op] + v->errors[op]);
+			prom_sample_u64(stdout, bucket, l, cum);
 			l[6] = NULL;
 			prom_sample_double(stdout, sum, l, v->lat_ns[op] / 1e9);
-			prom_sample_u64(stdout, count, l, v->ops[op] + v->errors[op]);
+			prom_sample_u64(stdout, count, l, cum);
 		}
 	}
 }

@@ -356,6 +356,14 @@ const struct file *file_by_path(const struct model *m, const char *path)
 	return NULL;
 }
 
+const struct file *file_of_snap(const struct model *m, uint64_t snap)
+{
+	for (size_t i = 0; i < m->nfiles; i++)
+		if (m->files[i].snap == snap && m->files[i].kind == BMAP_VOL)
+			return &m->files[i];
+	return NULL;
+}
+
 /* The volume or snapshot file at arg, in the model of the store dir. */
 const struct file *file_at(const struct model *m, const char *dir, const char *arg,
 			   const char *cmd)

@@ -9,8 +9,11 @@
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <wchar.h>
+#include <wctype.h>
 
 #include "ctl/ctl_int.h"
 
@@ -40,6 +43,30 @@ void json_str(FILE *f, const char *s)
 	putc('"', f);
 }
 
+const char *text_esc(const char *s, char *out, size_t len)
+{
+	mbstate_t st = { 0 };
+	size_t o = 0;
+
+	while (*s && o + 5 < len) {
+		wchar_t wc;
+		size_t n = mbrtowc(&wc, s, MB_CUR_MAX, &st);
+
+		if (n == (size_t)-1 || n == (size_t)-2 || !iswprint((wint_t)wc) || *s == '\\') {
+			o += (size_t)snprintf(out + o, len - o, "\\x%02x", (unsigned char)*s++);
+			memset(&st, 0, sizeof(st));
+		} else if (o + n < len) {
+			memcpy(out + o, s, n);
+			o += n;
+			s += n;
+		} else {
+			break;
+		}
+	}
+	out[o] = '\0';
+	return out;
+}
+
 void human(uint64_t bytes, char *out, size_t len)
 {
 	const char *unit = "KMGTPE";
@@ -65,12 +92,22 @@ void local_time(int64_t unix_s, const char *fmt, char *out, size_t len)
 		snprintf(out, len, "@%" PRId64, unix_s);
 }
 
-static int64_t mono_ns(void)
+static int64_t clock_ns(clockid_t clock)
 {
 	struct timespec ts;
 
-	clock_gettime(CLOCK_MONOTONIC, &ts);
+	clock_gettime(clock, &ts);
 	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+int64_t mono_ns(void)
+{
+	return clock_ns(CLOCK_MONOTONIC);
+}
+
+int64_t wall_ns(void)
+{
+	return clock_ns(CLOCK_REALTIME);
 }
 
 void progress_bytes(struct progress *p, const char *what, uint64_t total)

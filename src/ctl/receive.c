@@ -34,7 +34,9 @@
  * here through the index.
  *
  * Refused, with one line and exit 1: a damaged, truncated or unknown
- * stream; a stream whose snapshot is here already; a full stream onto an
+ * stream; names in it that the mount would not take (recv_names; every
+ * name from a stream is printed escaped, text_esc); PATH outside a mount;
+ * a stream whose snapshot is here already; a full stream onto an
  * existing volume; an incremental stream whose base snapshot is not here,
  * or whose volume was written after it (--force: the temporary clone of
  * the base is the revert, and it replaces the volume).  Exit 2: usage or
@@ -49,10 +51,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "ctl/ctl_int.h"
+#include "ns/names.h"                   /* the daemon's own name rules */
 #include "vsnapfs/ctlmsg.h"
 #include "vsnapfs/stream.h"
 
@@ -67,6 +69,9 @@ struct recv {
 	struct store st;
 	struct model m;
 	struct stream_begin sb;
+	/* the stream's names as messages show them (text_esc) */
+	char efile[TEXT_ESC_MAX(STREAM_NAME_MAX)], esnap[TEXT_ESC_MAX(STREAM_NAME_MAX)],
+	     ebase[TEXT_ESC_MAX(STREAM_NAME_MAX)];
 	char mnt[PATH_MAX];             /* the mount point */
 	char dirpath[PATH_MAX];         /* PATH's directory, as given */
 	char name[BMAP_NAME_MAX + 1];   /* PATH's last component */
@@ -81,14 +86,6 @@ struct recv {
 	uint64_t ckpt_bytes;            /* stream bytes at the last checkpoint */
 	int64_t ckpt_ns;                /* CLOCK_MONOTONIC then */
 };
-
-static int64_t now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
 
 __attribute__((format(printf, 2, 3)))
 static int refuse(struct recv *r, const char *fmt, ...)
@@ -115,10 +112,16 @@ static long in_fd(void *ctx, void *buf, size_t len)
 	}
 }
 
-/* Where PATH is: its store, mount point, directory inode and name. */
+/*
+ * Where PATH is: its store, mount point, directory inode and name.  PATH's
+ * directory must be in a vsnapfs mount: a store's own directory resolves
+ * to the same store, but a temporary volume made there would be a file of
+ * the host next to index.sqlite, behind the daemon's back.
+ */
 static int recv_where(struct recv *r)
 {
-	char *a = strdup(r->o->path), *b = strdup(r->o->path), real[PATH_MAX];
+	char *a = strdup(r->o->path), *b = strdup(r->o->path), real[PATH_MAX], dir[PATH_MAX],
+	     rel[PATH_MAX];
 	const struct file *d;
 	size_t rl;
 	int rc = 0;
@@ -129,10 +132,24 @@ static int recv_where(struct recv *r)
 	}
 	snprintf(r->dirpath, sizeof(r->dirpath), "%s", dirname(a));
 	snprintf(r->name, sizeof(r->name), "%s", basename(b));
-	if (store_open(r->dirpath, false, &r->st)) {
+	rc = store_resolve_mount(r->dirpath, dir, sizeof(dir), rel, sizeof(rel));
+	if (rc == -EMEDIUMTYPE && !store_resolve(r->dirpath, dir, sizeof(dir), real, sizeof(real))) {
+		rc = refuse(r, "%s is not in a vsnapfs mount: receive writes through a mount of "
+			    "the store, not into its directory", r->dirpath);
+		goto out;
+	}
+	if (rc) {
+		fprintf(stderr, "vsnapctl: %s: %s\n", r->dirpath, store_why(rc));
+		rc = -ENODEV;
+		goto out;
+	}
+	/* the store directory itself: the mount's root may hold a volume
+	 * named index.sqlite */
+	if (store_open(dir, false, &r->st)) {
 		rc = -ENODEV;           /* said why */
 		goto out;
 	}
+	snprintf(r->st.rel, sizeof(r->st.rel), "%s", rel);
 	if (!r->st.in_use) {
 		rc = refuse(r, "%s is not mounted: receive writes through the mount", r->st.dir);
 		goto out;
@@ -212,7 +229,25 @@ static int recv_kept(const struct recv *r, struct recv_token *t)
 	return -ENOENT;
 }
 
-/* --token, --abort: the kept parts in PATH's directory. */
+/* Is s (a name after the prefix) one that a receive makes: a token, or,
+ * while it makes the volume (a version 1 stream, always), the guid alone? */
+static bool recv_made(const char *s, bool *token)
+{
+	uint8_t g[STREAM_GUID_BYTES];
+	char again[2 * STREAM_GUID_BYTES + 1];
+	struct recv_token t;
+
+	*token = !recv_token_parse(s, &t);
+	if (*token)
+		return true;
+	if (ctl_unhex(s, g, STREAM_GUID_BYTES))
+		return false;
+	ctl_hex(g, STREAM_GUID_BYTES, again);
+	return !strcmp(again, s);       /* one spelling only */
+}
+
+/* --token, --abort: the kept parts in PATH's directory, those a receive
+ * made only (another file whose name has the prefix is no part). */
 static int recv_parts(struct recv *r)
 {
 	char path[PATH_MAX + 300];
@@ -220,17 +255,19 @@ static int recv_parts(struct recv *r)
 	int rc = 0;
 
 	for (size_t i = 0; i < r->m.nfiles && !rc; i++) {
-		const char *name = tmp_in_dir(r, &r->m.files[i]);
-		struct recv_token t;
+		const char *name = tmp_in_dir(r, &r->m.files[i]), *s;
+		bool token;
 
-		if (!name)
+		if (!name || !recv_made(s = name + strlen(RECV_TMP_PREFIX), &token))
 			continue;
-		n++;
 		if (r->o->token) {
-			if (!recv_token_parse(name + strlen(RECV_TMP_PREFIX), &t))
-				printf("%s\n", name + strlen(RECV_TMP_PREFIX));
+			if (token) {
+				printf("%s\n", s);
+				n++;
+			}
 			continue;
 		}
+		n++;
 		snprintf(path, sizeof(path), "%s/%s", r->dirpath, name);
 		if (unlink(path))
 			rc = -errno;
@@ -240,6 +277,47 @@ static int recv_parts(struct recv *r)
 	if (!rc && !n)
 		rc = refuse(r, "no cut receive is kept in %s", r->dirpath);
 	return rc;
+}
+
+/* A snapshot's NAME (of FILE@NAME, no '@'), by the daemon's rule. */
+static bool snap_name_ok(const char *name)
+{
+	char *file = NULL;
+	bool ok = ns_snap_name_parse(name, &file) == 0 && !file;
+
+	free(file);
+	return ok;
+}
+
+/*
+ * The stream's names come from the sender, trusted by nothing: before
+ * anything is written they must be what the mount takes (ns/names.h, the
+ * daemon's rules): FILE a file name, NAME and BASE snapshot names, and the
+ * snapshot the commit makes, PATH's name @ NAME, whole.
+ */
+static int recv_names(struct recv *r)
+{
+	char full[2 * BMAP_NAME_MAX + 2], *file = NULL;
+	bool ok;
+
+	if (ns_name_check(r->sb.file))
+		return refuse(r, "the stream's file name '%s' is not a file name: a damaged or "
+			      "foreign stream", r->efile);
+	if (!snap_name_ok(r->sb.snap))
+		return refuse(r, "the stream's snapshot name '%s' is not a snapshot name (1-255 "
+			      "bytes of A-Z a-z 0-9 . _ - + : , not starting with '.'): a damaged or "
+			      "foreign stream", r->esnap);
+	if (!stream_is_full(&r->sb) && !snap_name_ok(r->sb.base))
+		return refuse(r, "the stream's base snapshot name '%s' is not a snapshot name: a "
+			      "damaged or foreign stream", r->ebase);
+	snprintf(full, sizeof(full), "%s@%s", r->name, r->sb.snap);
+	ok = !ns_name_check(r->name) && !ns_snap_name_parse(full, &file) && file &&
+	     !strcmp(file, r->name);
+	free(file);
+	if (!ok)
+		return refuse(r, "%s@%s is not a snapshot name the mount takes (at most %d bytes, "
+			      "%s a file name)", r->name, r->esnap, BMAP_NAME_MAX, r->name);
+	return 0;
 }
 
 static int any_run(void *ctx, const struct bmap_run *run)
@@ -262,8 +340,8 @@ static int recv_check(struct recv *r)
 		return refuse(r, "%s has no snapshot ids yet: mount it once with this version of "
 			      "vsnapfs", r->st.dir);
 	if (rc == 0)
-		return refuse(r, "snapshot %s@%s was received already (here it is %s)", r->sb.file,
-			      r->sb.snap, s.name);
+		return refuse(r, "snapshot %s@%s was received already (here it is %s)", r->efile,
+			      r->esnap, s.name);
 	if (rc != -ENOENT)
 		return rc;
 	snprintf(path, sizeof(path), "%s/%s", r->st.rel, r->name);
@@ -279,13 +357,11 @@ static int recv_check(struct recv *r)
 	rc = bmap_snap_by_guid(r->st.bm, r->sb.base_guid, &s);
 	if (rc == -ENOENT)
 		return refuse(r, "the stream applies to snapshot %s@%s, which is not in %s: wrong "
-			      "base (send --from a snapshot the destination has)", r->sb.file,
-			      r->sb.base, r->st.dir);
+			      "base (send --from a snapshot the destination has)", r->efile,
+			      r->ebase, r->st.dir);
 	if (rc)
 		return rc;
-	for (size_t i = 0; i < r->m.nfiles; i++)
-		if (r->m.files[i].snap == s.id && r->m.files[i].kind == BMAP_VOL)
-			r->base = &r->m.files[i];
+	r->base = file_of_snap(&r->m, s.id);
 	if (!r->base || s.dir != r->dir_ino)
 		return refuse(r, "the base snapshot %s is not a snapshot of a volume in %s", s.name,
 			      r->dirpath);
@@ -305,13 +381,6 @@ static int recv_check(struct recv *r)
 		return refuse(r, "%s was written after snapshot %s; --force reverts it to that "
 			      "snapshot first (its later writes are lost)", r->o->path, s.name);
 	return rc;
-}
-
-static bool is_zero(const uint8_t *guid)
-{
-	static const uint8_t none[STREAM_GUID_BYTES];
-
-	return !memcmp(guid, none, sizeof(none));
 }
 
 /* The temporary volume's name and path for token t (NULL: the name it has
@@ -339,7 +408,7 @@ static int recv_ckpt(struct recv *r, struct stream_dec *d, int fd)
 	memcpy(t.base, r->sb.base_guid, STREAM_GUID_BYTES);
 	stream_dec_pos(d, &t.pos);
 	r->ckpt_bytes = stream_dec_bytes(d);
-	r->ckpt_ns = now_ns();
+	r->ckpt_ns = mono_ns();
 	snprintf(old, sizeof(old), "%s", r->tmp);
 	tmp_name(r, &t);
 	if (!strcmp(old, r->tmp))
@@ -368,14 +437,15 @@ static int recv_resume(struct recv *r, struct stream_dec *d, int *fd)
 			      "TOKEN writes (vsnapctl receive --token %s prints the token)", r->o->path);
 	if (recv_kept(r, &t))
 		return refuse(r, "no cut receive of %s@%s is kept in %s: nothing to resume (send the "
-			      "whole stream)", r->sb.file, r->sb.snap, r->dirpath);
+			      "whole stream)", r->efile, r->esnap, r->dirpath);
 	if (memcmp(t.base, r->sb.base_guid, STREAM_GUID_BYTES)) {
 		char kb[2 * STREAM_GUID_BYTES + 1], sb[2 * STREAM_GUID_BYTES + 1];
 
 		ctl_hex(t.base, STREAM_GUID_BYTES, kb);
 		ctl_hex(r->sb.base_guid, STREAM_GUID_BYTES, sb);
 		return refuse(r, "the part kept is of the stream from base %.12s, this one is from "
-			      "%.12s: another base, not its continuation", is_zero(t.base) ? "none" : kb,
+			      "%.12s: another base, not its continuation",
+			      stream_guid_is_zero(t.base) ? "none" : kb,
 			      stream_is_full(&r->sb) ? "none" : sb);
 	}
 	if (stream_dec_continue(d, &t.pos))
@@ -409,8 +479,10 @@ static int recv_tmp(struct recv *r, struct stream_dec *d, int *fd)
 	for (size_t i = 0; i < r->m.nfiles; i++) {
 		const char *n = tmp_in_dir(r, &r->m.files[i]);
 		char path[PATH_MAX + 300];
+		bool token;
 
-		if (!n || strncmp(n, r->tmpname, strlen(r->tmpname)))
+		if (!n || strncmp(n, r->tmpname, strlen(r->tmpname)) ||
+		    !recv_made(n + strlen(RECV_TMP_PREFIX), &token))
 			continue;
 		snprintf(path, sizeof(path), "%s/%s", r->dirpath, n);
 		if (unlink(path) && errno != ENOENT)
@@ -503,7 +575,7 @@ static int recv_apply(struct recv *r, struct stream_dec *d, int fd)
 			r->applied = rec.off + rec.len;
 		if (!wrc && r->sb.version >= 2 &&
 		    stream_dec_bytes(d) - r->ckpt_bytes >= RECV_CKPT_BYTES &&
-		    now_ns() - r->ckpt_ns >= RECV_CKPT_NS)
+		    mono_ns() - r->ckpt_ns >= RECV_CKPT_NS)
 			wrc = recv_ckpt(r, d, fd);
 		pg.done = r->applied;
 		progress_show(&pg);
@@ -522,26 +594,27 @@ static int recv_apply(struct recv *r, struct stream_dec *d, int fd)
 static int recv_commit(struct recv *r)
 {
 	struct ctl_msg *q = malloc(sizeof(*q)), *a = malloc(sizeof(*a));
-	char hex[2 * STREAM_GUID_BYTES + 1];
+	char guid[2 * STREAM_GUID_BYTES + 1], base[2 * STREAM_GUID_BYTES + 1];
 	int rc = -ENOMEM;
 
 	if (q && a) {
+		ctl_hex(r->sb.guid, STREAM_GUID_BYTES, guid);
+		ctl_hex(r->sb.base_guid, STREAM_GUID_BYTES, base);
 		ctl_msg_init(q, CTL_RECV_COMMIT);
-		ctl_kv_add(q, "dir", "%" PRIu64, r->dir_ino);
-		ctl_kv_add(q, "tmp", "%s", r->tmpname);
-		ctl_kv_add(q, "tmp_ino", "%" PRIu64, r->tmp_ino);
-		ctl_kv_add(q, "name", "%s", r->name);
-		ctl_kv_add(q, "snap", "%s", r->sb.snap);
-		ctl_hex(r->sb.guid, STREAM_GUID_BYTES, hex);
-		ctl_kv_add(q, "guid", "%s", hex);
-		ctl_kv_add(q, "created_ns", "%" PRIu64, (uint64_t)r->sb.created_ns);
-		if (!stream_is_full(&r->sb)) {
-			ctl_hex(r->sb.base_guid, STREAM_GUID_BYTES, hex);
-			ctl_kv_add(q, "base_guid", "%s", hex);
-		}
-		ctl_kv_add(q, "force", "%d", r->o->force ? 1 : 0);
-		rc = chan_call(r->st.dir, q, a, false);
+		/* -E2BIG or -EINVAL (a newline): never a request that says less */
+		rc = ctl_kv_add(q, "dir", "%" PRIu64, r->dir_ino) ?:
+		     ctl_kv_add(q, "tmp", "%s", r->tmpname) ?:
+		     ctl_kv_add(q, "tmp_ino", "%" PRIu64, r->tmp_ino) ?:
+		     ctl_kv_add(q, "name", "%s", r->name) ?:
+		     ctl_kv_add(q, "snap", "%s", r->sb.snap) ?:
+		     ctl_kv_add(q, "guid", "%s", guid) ?:
+		     ctl_kv_add(q, "created_ns", "%" PRIu64, (uint64_t)r->sb.created_ns) ?:
+		     (stream_is_full(&r->sb) ? 0 : ctl_kv_add(q, "base_guid", "%s", base)) ?:
+		     ctl_kv_add(q, "force", "%d", r->o->force ? 1 : 0);
 		if (rc)
+			rc = refuse(r, "the commit request cannot hold %s@%s: %s", r->name, r->esnap,
+				    strerror(-rc));
+		else if (chan_call(r->st.dir, q, a, false))
 			rc = -ECANCELED;        /* chan_call said why */
 	}
 	free(q);
@@ -569,8 +642,14 @@ int cmd_receive(const struct recv_opts *o)
 	rc = stream_dec_new(in_fd, &in, &d);
 	if (!rc && stream_dec_begin(d, &r.sb))
 		rc = refuse(&r, "%s", stream_dec_msg(d));
-	if (!rc)
+	if (!rc) {
+		text_esc(r.sb.file, r.efile, sizeof(r.efile));
+		text_esc(r.sb.snap, r.esnap, sizeof(r.esnap));
+		text_esc(r.sb.base, r.ebase, sizeof(r.ebase));
 		rc = recv_where(&r);
+	}
+	if (!rc)
+		rc = recv_names(&r);
 	/* --resume: first whether the stream continues the kept part */
 	if (!rc && o->resume)
 		rc = recv_resume(&r, d, &fd);
@@ -600,7 +679,7 @@ int cmd_receive(const struct recv_opts *o)
 		unlink(r.tmp);
 	if (!rc)
 		printf("received %s/%s@%s (%s stream%s, %" PRIu64 " bytes)\n", r.dirpath, r.name,
-		       r.sb.snap, stream_is_full(&r.sb) ? "full" : "incremental",
+		       r.esnap, stream_is_full(&r.sb) ? "full" : "incremental",
 		       r.sb.resume_rec ? ", resumed" : "", stream_dec_bytes(d));
 	else if (rc != -ECANCELED && rc != -ENODEV)
 		fprintf(stderr, "vsnapctl: receive: %s: %s%s\n", r.o->path, strerror(-rc),
@@ -656,6 +735,5 @@ const struct cmd receive_cmd = {
 		"      --token                print the tokens of the parts kept in PATH's directory\n"
 		"      --abort                remove the parts kept in PATH's directory\n"
 		"Exit status: 0 received, 1 the stream refused, 2 usage or I/O error.\n",
-	.common = CLI_JSON,
 	.run = receive_main,
 };

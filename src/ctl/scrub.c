@@ -11,7 +11,6 @@
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "ctl/ctl_int.h"
 
@@ -189,21 +188,13 @@ static int scrub_run(struct scrub *s, const struct rowref *v, uint32_t n)
 	return rc;
 }
 
-static int64_t now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
 static int scrub_run_all(struct store *st)
 {
 	struct model m = { 0 };
 	struct rowset rs = { .max = rows_per_pass() };
 	struct scrub s = { .st = st, .m = &m };
 	uint64_t lo = 0;
-	int64_t start = now_ns();
+	int64_t start = mono_ns();              /* a duration: not moved by clock steps */
 	int rc;
 
 	s.run_max = SCRUB_RUN_BYTES / st->bs ? SCRUB_RUN_BYTES / st->bs : 1;
@@ -236,10 +227,10 @@ static int scrub_run_all(struct store *st)
 	} while (!rc && lo != UINT64_MAX);
 	progress_end(&s.pg);
 	if (!rc) {
-		struct bmap_scrub r = { .at_ns = now_ns(), .blocks = s.blocks, .damaged = s.bad };
+		struct bmap_scrub r = { .at_ns = wall_ns(), .duration_ns = mono_ns() - start,
+					.blocks = s.blocks, .damaged = s.bad };
 		int wrc;
 
-		r.duration_ns = r.at_ns - start;
 		wrc = store_record_scrub(st, &r);
 		if (wrc)
 			fprintf(stderr, "vsnapctl: scrub: the result is not recorded for status: %s\n",

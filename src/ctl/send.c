@@ -101,9 +101,8 @@ static int snapfile_by_guid(struct store *st, const struct model *m, const uint8
 			st->dir);
 		return -EINVAL;
 	}
-	for (size_t i = 0; !rc && i < m->nfiles && !sf->f; i++)
-		if (m->files[i].snap == s.id && m->files[i].kind == BMAP_VOL)
-			sf->f = &m->files[i];
+	if (!rc)
+		sf->f = file_of_snap(m, s.id);
 	if (!rc && !sf->f) {
 		fprintf(stderr, "vsnapctl: send: --resume: the token's base %s is not a snapshot of "
 			"one volume\n", s.name);
@@ -314,8 +313,7 @@ static int send_resume_base(struct store *st, const struct model *m, const struc
 			    const struct recv_token *t, const struct snapfile *b,
 			    struct snapfile *a)
 {
-	static const uint8_t none[BMAP_GUID_BYTES];
-	bool full = !memcmp(t->base, none, sizeof(none));
+	bool full = stream_guid_is_zero(t->base);
 
 	if (memcmp(t->guid, b->guid, BMAP_GUID_BYTES)) {
 		fprintf(stderr, "vsnapctl: send: --resume: the token is for another snapshot than "
@@ -493,6 +491,5 @@ const struct cmd send_cmd = {
 		"      --from A               the changes since A (a path, or @NAME)\n"
 		"      --resume TOKEN         only what lies past TOKEN, the place a cut receive\n"
 		"                             printed (--from is then optional)\n",
-	.common = CLI_JSON,
 	.run = send_main,
 };

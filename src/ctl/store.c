@@ -26,24 +26,15 @@
 #include "vsnapfs/ctlmsg.h"
 #include "vsnapfs/storedir.h"
 
-int store_resolve(const char *arg, char *out, size_t outlen, char *rel, size_t rellen)
+/* The vsnapfs mount that holds real (a resolved path): its store into out,
+ * real's path below the mount point into rel; -EMEDIUMTYPE if none. */
+static int mount_lookup(const char *real, char *out, size_t outlen, char *rel, size_t rellen)
 {
-	char real[PATH_MAX], probe[PATH_MAX + 16];
 	size_t best = 0, prefix = strlen(STOREDIR_FSNAME_PREFIX);
 	struct mntent *me;
 	FILE *mf;
 	int rc = -EMEDIUMTYPE;
 
-	if (!realpath(arg, real))
-		return -errno;
-	snprintf(probe, sizeof(probe), "%s/" STOREDIR_INDEX, real);
-	if (access(probe, F_OK) == 0) {
-		snprintf(out, outlen, "%s", real);
-		rel[0] = '\0';
-		return 0;
-	}
-	if (errno == EACCES)
-		return -EACCES;         /* a directory we may not look into */
 	mf = setmntent("/proc/self/mounts", "r");
 	if (!mf)
 		return -errno;
@@ -64,6 +55,30 @@ int store_resolve(const char *arg, char *out, size_t outlen, char *rel, size_t r
 	}
 	endmntent(mf);
 	return rc;
+}
+
+int store_resolve(const char *arg, char *out, size_t outlen, char *rel, size_t rellen)
+{
+	char real[PATH_MAX], probe[PATH_MAX + 16];
+
+	if (!realpath(arg, real))
+		return -errno;
+	snprintf(probe, sizeof(probe), "%s/" STOREDIR_INDEX, real);
+	if (access(probe, F_OK) == 0) {
+		snprintf(out, outlen, "%s", real);
+		rel[0] = '\0';
+		return 0;
+	}
+	if (errno == EACCES)
+		return -EACCES;         /* a directory we may not look into */
+	return mount_lookup(real, out, outlen, rel, rellen);
+}
+
+int store_resolve_mount(const char *arg, char *dir, size_t dirlen, char *rel, size_t rellen)
+{
+	char real[PATH_MAX];
+
+	return realpath(arg, real) ? mount_lookup(real, dir, dirlen, rel, rellen) : -errno;
 }
 
 const char *store_why(int rc)
@@ -232,7 +247,7 @@ int store_record_scrub(struct store *st, const struct bmap_scrub *r)
 	ctl_kv_add(m, "duration_ns", "%" PRId64, r->duration_ns);
 	ctl_kv_add(m, "blocks", "%" PRIu64, r->blocks);
 	ctl_kv_add(m, "damaged_blocks", "%" PRIu64, r->damaged);
-	rc = chan_call(st->dir, m, m, false);
+	rc = chan_call(st->dir, m, m, true);    /* the caller's one line says why */
 	free(m);
 	return rc;
 }

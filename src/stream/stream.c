@@ -47,9 +47,14 @@
 
 static const uint8_t zero_guid[STREAM_GUID_BYTES];
 
+bool stream_guid_is_zero(const uint8_t *g)
+{
+	return !memcmp(g, zero_guid, sizeof(zero_guid));
+}
+
 bool stream_is_full(const struct stream_begin *b)
 {
-	return !memcmp(b->base_guid, zero_guid, sizeof(zero_guid));
+	return stream_guid_is_zero(b->base_guid);
 }
 
 static size_t begin_fixed(uint32_t version)

@@ -16,7 +16,7 @@
 #   vs_track_pid PID, vs_wait_pid PID SECS   other background processes
 #   vs_track_fuse MNT PID          a FUSE mount served by a test tool
 #   fail MSG, pass, skip MSG, note MSG, assert_eq, assert_df_same, expect_errno,
-#   with_deadline
+#   with_deadline, vs_recv_parts STORE MNT (volumes being received, from the index)
 #   chunk_data_off FILE where slot 0 of a chunk file starts (its header's
 #                       version: 1, at 4096; 2, at data_off)
 #
@@ -96,6 +96,15 @@ assert_df_same() {
 	done
 	(((mnt_free) - (host) < (16 << 20) && (host) - (mnt_free) < (16 << 20))) ||
 		fail "$what: df of the mount shows $((mnt_free)) bytes free, the host $((host))"
+}
+
+# vs_recv_parts STORE MNT: how many volumes being received (.vsnap-recv.*)
+# the index of STORE, mounted at MNT, holds.  readdir hides them, so ls
+# cannot tell; vsnapctl list first has the daemon write its log to the index.
+vs_recv_parts() {
+	"$VSNAPCTL" list "$2" >/dev/null || fail "vsnapctl list $2"
+	sqlite3 "$1/index.sqlite" "SELECT count(*) FROM inode WHERE parent <> 0 AND
+		substr(CAST(name AS TEXT), 1, 12) = '.vsnap-recv.'"
 }
 
 # assert_eq ACTUAL EXPECTED WHAT

@@ -70,10 +70,10 @@ refuse() {
 expect 1 "list tree check scrub diff gc send receive status iostat metrics" vsnapctl ""
 assert_eq "$(complete_at 1 vsnapctl sc)" "scrub" "vsnapctl sc<TAB>"
 expect 1 "--json --help --version" vsnapctl --
-expect 2 "-n -v -c --from --resume --json --help" vsnapctl send -
-refuse 2 "--force" vsnapctl send -
+expect 2 "-n -v -c --from --resume --help" vsnapctl send -
+refuse 2 "--force --json" vsnapctl send -
 assert_eq "$(complete_at 2 vsnapctl receive --f)" "--force" "vsnapctl receive --f<TAB>"
-refuse 2 "-n --from" vsnapctl receive -
+refuse 2 "-n --from --json" vsnapctl receive -
 # status, iostat, metrics: their options, those of the shared command line
 # (vsnapctl is the build's, so what their --help lists counts too)
 expect 2 "--json --help" vsnapctl status -

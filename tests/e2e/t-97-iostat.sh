@@ -5,7 +5,9 @@
 # 16 direct reads, the same.  The metrics parse line by line as the
 # Prometheus text format (HELP and TYPE before each family's samples, names,
 # escaped labels, values), and a volume whose name holds a quote and a
-# backslash is labelled with both escaped.  A renamed volume shows under its
+# backslash is labelled with both escaped; a latency histogram is cumulative,
+# +Inf its last bucket and _count equal to it.
+# A renamed volume shows under its
 # new name, a deleted one goes, a snapshot file read through the mount
 # shows under its path.  The table takes list's -o (any case), -n, --raw
 # and -b, and a column it does not have is one line.  Unmounted, iostat
@@ -101,6 +103,25 @@ function bad(why) { printf "line %d: %s: %s\n", NR, why, $0; err = 1; exit 1 }
 }
 END { if (!err && samples < 50) { print "only " samples " samples"; exit 1 } }
 ' "$T/m.prom" >"$T/awk.out" 2>&1 || fail "metrics not in the Prometheus text format: $(cat "$T/awk.out")"
+
+# a histogram is cumulative: every bucket at least the one before, +Inf
+# the last, _count equal to +Inf (the daemon's counters are read one by
+# one: only a race could break it before, so this checks what is printed)
+hist_ok() {
+	awk '
+	function bad(why) { printf "line %d: %s: %s\n", NR, why, $0; exit 1 }
+	/^vsnapfs_volume_latency_seconds_bucket\{/ {
+		k = $0; sub(/,le="[^"]*"\} [0-9]+$/, "", k)
+		if (k == prev && $NF + 0 < last) bad("a bucket below the one before")
+		prev = k; last = $NF + 0
+		if ($0 ~ /le="\+Inf"/) inf[substr(k, index(k, "{") + 1)] = last
+	}
+	/^vsnapfs_volume_latency_seconds_count\{/ {
+		k = $0; sub(/\} [0-9]+$/, "", k); k = substr(k, index(k, "{") + 1)
+		if (!(k in inf) || inf[k] != $NF + 0) bad("_count is not the +Inf bucket")
+	}' "$1"
+}
+hist_ok "$T/m.prom" >"$T/awk.out" || fail "metrics' histograms: $(cat "$T/awk.out")"
 
 # renamed, deleted, a snapshot's file
 mkdir "$MNT/.snapshots/s1"

@@ -6,7 +6,8 @@
 # unmounted, and a scrub of the unmounted store is recorded too (in the
 # index, under the store's lock).  Unmounted, status says so.  Bad input
 # gets one line naming the problem, in the shared command line's words;
-# metrics refuses --json, before the command too.
+# metrics, send and receive refuse --json, before the command too; a scrub
+# whose result cannot be recorded (read-only) says so in one line.
 . "$(dirname "$0")/lib.sh"
 
 STORE=$T/store
@@ -36,6 +37,9 @@ assert_eq "$(jget "$T/s.json" counts volumes)" 2 "volumes"
 assert_eq "$(jget "$T/s.json" counts directories)" 1 "directories"
 assert_eq "$(jget "$T/s.json" counts snapshots)" 2 "snapshots"
 assert_eq "$(jget "$T/s.json" sync failed)" false "the failed-sync state"
+# times are *_unix_s, as list's created_unix_s
+started=$(jget "$T/s.json" daemon started_unix_s || true)
+[ "${started%.*}" -gt 1700000000 ] 2>/dev/null || fail "daemon.started_unix_s: '$started'"
 data=$(jget "$T/s.json" space data_bytes)
 [ "$data" -ge $((4 * M)) ] || fail "data in chunk files: $data, under the 4 MiB written"
 
@@ -53,7 +57,7 @@ t0=$(date +%s)
 "$VSNAPCTL" gc "$MNT" >/dev/null 2>"$T/gc.err" || fail "gc: $(cat "$T/gc.err")"
 "$VSNAPCTL" status --json "$MNT" >"$T/s2.json" 2>&1 || fail "status after gc: $(cat "$T/s2.json")"
 [ "$(jget "$T/s2.json" gc passes)" -gt "$passes" ] || fail "gc passes did not grow: $(cat "$T/s2.json")"
-last=$(jget "$T/s2.json" gc last_unix_seconds)
+last=$(jget "$T/s2.json" gc last_unix_s)
 [ "${last%.*}" -ge "$t0" ] || fail "the last GC pass ($last) is older than vsnapctl gc ($t0)"
 [ -n "$(jget "$T/s2.json" gc last_garbage_bytes)" ] || fail "no garbage figure after a pass"
 
@@ -78,10 +82,10 @@ grep -q '^{"mounted":false,"clean":true,' "$T/u.json" || fail "status --json unm
 assert_eq "$(jget "$T/u.json" counts snapshots)" 2 "snapshots (unmounted)"
 
 # a scrub of the unmounted store is recorded as well, and its time is newer
-before=$(jget "$T/u.json" scrub last_unix_seconds)
+before=$(jget "$T/u.json" scrub last_unix_s)
 "$VSNAPCTL" scrub "$STORE" >/dev/null 2>"$T/scrub2.err" || fail "scrub unmounted: $(cat "$T/scrub2.err")"
 "$VSNAPCTL" status --json "$STORE" >"$T/u2.json"
-after=$(jget "$T/u2.json" scrub last_unix_seconds)
+after=$(jget "$T/u2.json" scrub last_unix_s)
 [ "$after" != "$before" ] || fail "the unmounted scrub was not recorded: $(cat "$T/u2.json")"
 assert_eq "$(jget "$T/u2.json" scrub last_blocks)" "$blocks" "the unmounted scrub's blocks"
 "$VSNAPCTL" check "$STORE" >"$T/check.out" 2>&1 || fail "check after the recorded scrub: $(cat "$T/check.out")"
@@ -96,14 +100,31 @@ for cmd in status iostat metrics; do
 		"$VSNAPCTL" $cmd --bogus "$STORE"
 	assert_eq "$(wc -l <"$T/expect.err")" 1 "$cmd: an unknown option: one line"
 done
+# a bad short option inside a group is named, not the word before it
+expect_errno "vsnapctl iostat: unknown option '-x'; see vsnapctl iostat --help" \
+	"$VSNAPCTL" iostat --raw -xb "$STORE"
+expect_errno "vsnapctl iostat: unknown option '-x'; see vsnapctl iostat --help" \
+	"$VSNAPCTL" iostat "$STORE" -bx
+expect_errno "vsnapctl: unknown option '-x'; see vsnapctl --help" "$VSNAPCTL" --json -xh status
 # metrics prints the Prometheus format only: --json is refused, before the command too
 expect_errno "vsnapctl metrics: unknown option '--json'; see vsnapctl metrics --help" \
 	"$VSNAPCTL" --json metrics "$STORE"
 expect_errno "vsnapctl metrics: unknown option '--json'; see vsnapctl metrics --help" \
 	"$VSNAPCTL" metrics --json "$STORE"
+# send and receive print no JSON: --json is refused as metrics refuses it
+expect_errno "vsnapctl send: unknown option '--json'; see vsnapctl send --help" \
+	"$VSNAPCTL" --json send "$MNT/x"
+expect_errno "vsnapctl receive: unknown option '--json'; see vsnapctl receive --help" \
+	"$VSNAPCTL" receive --json "$MNT/x"
 expect_errno "vsnapctl status: unexpected argument 'extra'; see vsnapctl status --help" \
 	"$VSNAPCTL" status "$STORE" extra
 expect_errno "vsnapctl iostat: INTERVAL is a whole number of seconds, at least 1, not '0'; see vsnapctl iostat --help" \
 	"$VSNAPCTL" iostat "$STORE" 0
 assert_eq "$(wc -l <"$T/expect.err")" 1 "iostat: a bad interval: one line"
+# a result that cannot be recorded (a read-only mount) is one warning line
+vs_mount "$STORE" "$MNT" -o ro
+"$VSNAPCTL" scrub "$MNT" >/dev/null 2>"$T/scrub3.err" || fail "scrub read-only: $(cat "$T/scrub3.err")"
+assert_eq "$(wc -l <"$T/scrub3.err")" 1 "scrub of a read-only mount: lines on stderr ($(tr '\n' '|' <"$T/scrub3.err"))"
+grep -q "scrub: the result is not recorded for status" "$T/scrub3.err" || fail "scrub read-only: $(cat "$T/scrub3.err")"
+vs_umount "$MNT"
 pass

@@ -4,7 +4,9 @@
 # being written meanwhile, no temporary volume listed): a flipped byte, a
 # stream for a base the destination lacks, a stream applied twice, a full
 # stream onto an existing volume, a destination written after the base, a
-# record dropped (refused at the next record: nothing kept).  Resume: a
+# record dropped (refused at the next record: nothing kept), a PATH in the
+# store's own directory instead of the mount, names in the stream that the
+# mount would refuse (said escaped, in one line).  Resume: a
 # cut stream (the sender killed half way) keeps its verified part, hidden
 # from ls -a and vsnapctl list, and prints the token receive --token
 # prints; receive --resume refuses, keeping the part as it was, a whole
@@ -13,7 +15,8 @@
 # of its stream; the resumed stream is exactly the bytes that were missing
 # (plus a begin) and the result reads as the source's snapshot (cmp,
 # qemu-img compare).  A directory holding only a kept part can be removed,
-# or replaced by mv; --abort removes a kept part.  Mirror re-attach: both sides written after
+# or replaced by mv; --abort removes a kept part, and neither --abort nor
+# --token takes another file whose name has the prefix.  Mirror re-attach: both sides written after
 # the split, receive --force makes the destination equal to the source's
 # new snapshot, moving the source's changed blocks only.  The receiving
 # daemon killed (SIGKILL) in the middle of a receive, after a checkpoint:
@@ -23,6 +26,7 @@
 . "$(dirname "$0")/lib.sh"
 
 [ -x "$VSNAPCTL" ] || fail "$VSNAPCTL not built"
+[ -x "$TOOLS/forgestream" ] || fail "$TOOLS/forgestream not built"
 
 M=$((1024 * 1024))
 S1=$T/s1 S2=$T/s2 M1=$T/m1 M2=$T/m2
@@ -45,8 +49,9 @@ state() {
 	} 2>&1
 }
 
-# refused WHAT TEXT < STREAM: exit 1, one line holding TEXT, nothing changed
-# refused WHAT TEXT [OPTION...] < STREAM
+# refused WHAT TEXT [OPTION...] < STREAM: exit 1, one line holding TEXT,
+# nothing changed, and $KEPT parts being received left in the index (0
+# unless given: KEPT=1 where a refused --resume keeps the part it had)
 refused() {
 	local what=$1 text=$2 rc=0 before
 	before=$(state)
@@ -55,7 +60,7 @@ refused() {
 	assert_eq "$(wc -l <"$T/r.err")" 1 "$what: lines of the refusal ($(tr "\n" "|" <"$T/r.err"))"
 	grep -qF -- "$text" "$T/r.err" || fail "$what: $(cat "$T/r.err")"
 	[ "$(state)" = "$before" ] || fail "$what: the destination changed"
-	ls -a "$M2" | grep -q '^\.vsnap-recv' && fail "$what: a temporary volume was left"
+	assert_eq "$(vs_recv_parts "$S2" "$M2")" "${KEPT:-0}" "$what: volumes being received in the index"
 	note "$what: $(cat "$T/r.err")"
 }
 
@@ -78,6 +83,12 @@ dd if=/dev/urandom of="$M2/other.img" bs=1M count=4 status=none
 WRITER=$!
 vs_track_pid $WRITER
 
+# PATH in the store's own directory (it resolves to the same store): refused
+# in one line, nothing written there, before a stream that would apply
+rc=0; "$VSNAPCTL" receive "$S2/vm1.img" <"$T/mon.vs" >/dev/null 2>"$T/r.err" || rc=$?
+[ $rc -eq 1 ] && [ "$(wc -l <"$T/r.err")" -eq 1 ] && grep -q "is not in a vsnapfs mount" "$T/r.err" ||
+	fail "receive into the store directory: exit $rc: $(cat "$T/r.err")"
+ls -a "$S2" | grep -q 'vsnap-recv\|vm1.img' && fail "receive wrote into the store directory: $(ls -a "$S2")"
 "$VSNAPCTL" receive "$M2/vm1.img" <"$T/mon.vs" >/dev/null || fail "receive mon"
 refused "applied twice" "was received already" <"$T/mon.vs"
 "$VSNAPCTL" send "$(sf tue)" >"$T/tuefull.vs"
@@ -89,6 +100,22 @@ for at in 100 $((n / 2)) $((n - 30)); do
 	printf '\x5a' | dd of="$T/bad.vs" bs=1 seek=$at conv=notrunc status=none
 	cmp -s "$T/bad.vs" "$T/tue.vs" || refused "byte $at flipped" "damaged" <"$T/bad.vs"
 done
+# names the mount would refuse, in a stream whose records verify: refused
+# before anything is written, in one line that names the problem, escaped
+forged() {  # forged WHAT TEXT FILE SNAP [BASE]
+	"$TOOLS/forgestream" "${@:3}" >"$T/forged.vs" || fail "forgestream ${*:3}"
+	refused "$1" "$2" <"$T/forged.vs"
+	grep -q '[[:cntrl:]]' "$T/r.err" && fail "$1: a control character printed: $(od -c "$T/r.err")"
+	true
+}
+forged "a file name with a /" "file name '../x.img' is not a file name" ../x.img s1
+forged "the file name .snapshots" "is not a file name" .snapshots s1
+forged "a snapshot name starting with ." "snapshot name '.s1' is not a snapshot name" vm1.img .s1
+forged "a snapshot name with an @" "is not a snapshot name" vm1.img a@b
+forged "a snapshot name with a newline and an escape" "'s\x0a\x1b[31m' is not a" vm1.img $'s\n\e[31m'
+forged "a base snapshot name with a /" "base snapshot name 'x/y'" vm1.img s2 x/y
+forged "PATH@NAME longer than 255 bytes" "is not a snapshot name the mount takes" vm1.img \
+	"$(printf 'n%.0s' $(seq 250))"
 
 same() {
 	cmp "$1" "$2" || fail "$3: $1 and $2 differ"
@@ -146,7 +173,7 @@ note "cut: $(cat "$T/r.err")"
 tok=$("$VSNAPCTL" receive --token "$M2/vm1.img") || fail "receive --token after the cut"
 grep -qF -- "--resume $tok " "$T/r.err" || fail "the token of --token ($tok) is not the one printed"
 # the earlier failures of resume, each refused with the kept part as it was
-refused "receive --resume of a whole stream" "not a resumed stream" --resume <"$T/tue.vs"
+KEPT=1 refused "receive --resume of a whole stream" "not a resumed stream" --resume <"$T/tue.vs"
 still_kept() {
 	assert_eq "$("$VSNAPCTL" receive --token "$M2/vm1.img")" "$tok" "$1: the kept part"
 }
@@ -156,17 +183,17 @@ IFS=. read -r g_tue g_mon k off chain <<<"$tok"
 badchain=$(printf '%016x' $((0x$chain ^ 1)))
 "$VSNAPCTL" send --from @mon --resume "$g_tue.$g_mon.$k.$off.$badchain" "$(sf tue)" >"$T/bad.vs" ||
 	fail "send --resume with a forged chain value"
-refused "a token of another receive (its chain)" "not the continuation" --resume <"$T/bad.vs"
+KEPT=1 refused "a token of another receive (its chain)" "not the continuation" --resume <"$T/bad.vs"
 still_kept "a token of another receive (its chain)"
 # ... and another place
 "$VSNAPCTL" send --from @mon --resume "$g_tue.$g_mon.1.0.$chain" "$(sf tue)" >"$T/bad.vs" ||
 	fail "send --resume from record 1"
-refused "a token of another receive (its place)" "not its continuation" --resume <"$T/bad.vs"
+KEPT=1 refused "a token of another receive (its place)" "not its continuation" --resume <"$T/bad.vs"
 still_kept "a token of another receive (its place)"
 # a stream from another base: tue sent whole (no base) from record 1
 "$VSNAPCTL" send --resume "$g_tue.00000000000000000000000000000000.1.0.$chain" "$(sf tue)" \
 	>"$T/bad.vs" || fail "send --resume of the full stream"
-refused "a resumed stream of another base" "another base" --resume <"$T/bad.vs"
+KEPT=1 refused "a resumed stream of another base" "another base" --resume <"$T/bad.vs"
 still_kept "a resumed stream of another base"
 # the sender checks the token against the stream it makes
 "$VSNAPCTL" send --from @mon --resume "$g_tue.$g_mon.2.4096.$chain" "$(sf tue)" >/dev/null \
@@ -222,6 +249,17 @@ mkdir "$M2/d"
 head -c $((M + 5000)) "$T/xa.vs" | "$VSNAPCTL" receive "$M2/d/x.img" 2>/dev/null && fail "cut x.img@a received"
 "$VSNAPCTL" receive --abort "$M2/d/x.img" >/dev/null || fail "receive --abort"
 "$VSNAPCTL" receive --token "$M2/d/x.img" >/dev/null 2>&1 && fail "a part is kept after --abort"
+rmdir "$M2/d"
+# --token and --abort count and remove what a receive makes only: another
+# file whose name has the prefix is no part (exit 1, and it stays)
+mkdir "$M2/d"
+echo mine >"$M2/d/.vsnap-recv.mine"
+rc=0; "$VSNAPCTL" receive --token "$M2/d/x.img" >"$T/r.out" 2>&1 || rc=$?
+[ $rc -eq 1 ] || fail "--token with no part but .vsnap-recv.mine: exit $rc: $(cat "$T/r.out")"
+rc=0; "$VSNAPCTL" receive --abort "$M2/d/x.img" >"$T/r.out" 2>&1 || rc=$?
+[ $rc -eq 1 ] || fail "--abort with no part but .vsnap-recv.mine: exit $rc: $(cat "$T/r.out")"
+[ "$(cat "$M2/d/.vsnap-recv.mine")" = mine ] || fail "--abort removed a file that is no part"
+rm "$M2/d/.vsnap-recv.mine"
 rmdir "$M2/d"
 # written after @tue: refused, then the mirror re-attach
 wr "$M2/vm1.img" 12 2
