@@ -735,5 +735,6 @@ const struct cmd receive_cmd = {
 		"      --token                print the tokens of the parts kept in PATH's directory\n"
 		"      --abort                remove the parts kept in PATH's directory\n"
 		"Exit status: 0 received, 1 the stream refused, 2 usage or I/O error.\n",
+	.common = CLI_PROGRESS,
 	.run = receive_main,
 };

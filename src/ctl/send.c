@@ -491,5 +491,6 @@ const struct cmd send_cmd = {
 		"      --from A               the changes since A (a path, or @NAME)\n"
 		"      --resume TOKEN         only what lies past TOKEN, the place a cut receive\n"
 		"                             printed (--from is then optional)\n",
+	.common = CLI_PROGRESS,
 	.run = send_main,
 };

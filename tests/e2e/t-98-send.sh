@@ -88,11 +88,22 @@ dd if="$T/text" of="$M1/vm1.img" bs=1M seek=1 conv=notrunc,fsync status=none
 mkdir "$M1/.snapshots/vm1.img@s6"
 "$VSNAPCTL" send -n --from @s5 "$(echo "$M1"/.snapshots/vm1.img@s6/vm1.img)" >"$T/dry" || fail "send -n s6"
 plain=$(sed -n 's/.*: \([0-9]*\) bytes .*/\1/p' "$T/dry")
-"$VSNAPCTL" send -c --from @s5 "$M1/.snapshots/vm1.img@s6/vm1.img" >"$T/s6.vs" || fail "send -c s6"
+"$VSNAPCTL" send -c --progress=plain --from @s5 "$M1/.snapshots/vm1.img@s6/vm1.img" >"$T/s6.vs" \
+	2>"$T/send.err" || fail "send -c s6: $(cat "$T/send.err")"
+# --progress=plain: lines of its own, no redraw, the last one "done"
+plain_progress() {
+	grep -q $'\r' "$2" && fail "$1 --progress=plain redraws: $(cat -A "$2")"
+	grep -vqE "^$1: " "$2" && fail "$1 --progress=plain: other lines: $(cat "$2")"
+	tail -n 1 "$2" | grep -qE "^$1: done, [0-9.]+[KMGTPE]? in [0-9]+:[0-9]{2}, [0-9.]+[KMGTPE]?/s$" ||
+		fail "$1 --progress=plain: no done line: $(cat "$2")"
+}
+plain_progress send "$T/send.err"
 z=$(stat -c %s "$T/s6.vs")
 note "s6: $z bytes compressed, $plain plain"
 [ "$z" -lt $((plain / 10)) ] || fail "send -c: $z bytes for $plain plain"
-"$VSNAPCTL" receive "$M2/vm1.img" <"$T/s6.vs" >/dev/null || fail "receive s6"
+"$VSNAPCTL" receive --progress=plain "$M2/vm1.img" <"$T/s6.vs" >/dev/null 2>"$T/recv.err" ||
+	fail "receive s6: $(cat "$T/recv.err")"
+plain_progress receive "$T/recv.err"
 same "$M1/.snapshots/vm1.img@s6/vm1.img" "$M2/.snapshots/vm1.img@s6/vm1.img" "s6 snapshot"
 same "$M1/vm1.img" "$M2/vm1.img" "s6 volume"
 assert_eq "$(vs_recv_parts "$S2" "$M2")" 0 "volumes being received left in the index"
