@@ -229,6 +229,8 @@ has_pattern "$SNAP/disk.img" || fail "the snapshot does not hold the data writte
 # block it references, so Allocation after a snapshot is the written size
 # (before that change it was 0: only blocks written since the snapshot).
 assert_vol disk.img $((384 * MiB)) $((8 * MiB)) "after mkdir $SNAP"
+v vol-info --pool vsnap disk.img
+note "vol-info disk.img after the snapshot: $(grep -E '^(Capacity|Allocation):' "$T/v.out" | tr -s ' ' | tr '\n' ';')"
 v pool-refresh vsnap
 assert_eq "$(vols)" ".snapshots disk.img pre.img " "volumes after the snapshot"
 
