@@ -212,6 +212,9 @@ struct ns {
 	struct lock_mutex stats_mu;
 	struct ns_vstats *vstats[NS_STAT_BUCKETS];      /* (stats_mu) */
 	struct ns_vstats vstats_lost;   /* counters of volumes no entry could be made for */
+	size_t nvstats;                 /* (stats_mu) entries in vstats */
+	size_t vstats_prune_at;         /* (stats_mu) entries at which ns_vstats_get prunes */
+	size_t vstats_prune_min;        /* constant after ns_open (tests lower it): no prune below */
 	int64_t started_ns;             /* constant after ns_open: when it was opened */
 	int64_t started_mono_ns;        /* constant after ns_open: the same, ns_mono_ns (uptime) */
 	/* The control channel (src/ns/ctlsrv.c). */
@@ -403,6 +406,7 @@ int ns_gc_request(struct ns *ns, struct ns_gc_stats *st);
 
 /* stats.c: the counters of ino (made if need be, users raised; the store's
  * vstats_lost when out of memory), and the drop of a user.  Take stats_mu. */
+#define NS_VSTATS_PRUNE_MIN 4096        /* entries below which the table is not pruned */
 struct ns_vstats *ns_vstats_get(struct ns *ns, uint64_t ino);
 void ns_vstats_put(struct ns_vstats *s);
 /* At close: free every entry. */

@@ -35,10 +35,19 @@
 
 /* ---- the table ------------------------------------------------------------------ */
 
+static void prune_gone(struct ns *ns);
+
 struct ns_vstats *ns_vstats_get(struct ns *ns, uint64_t ino)
 {
 	struct ns_vstats **b = &ns->vstats[ino % NS_STAT_BUCKETS], *s;
+	bool prune;
 
+	lock_mutex_lock(&ns->stats_mu);
+	prune = ns->nvstats >= (ns->vstats_prune_at > ns->vstats_prune_min ? ns->vstats_prune_at
+									     : ns->vstats_prune_min);
+	lock_mutex_unlock(&ns->stats_mu);
+	if (prune)
+		prune_gone(ns);
 	lock_mutex_lock(&ns->stats_mu);
 	for (s = *b; s && s->ino != ino; s = s->next)
 		;
@@ -46,6 +55,7 @@ struct ns_vstats *ns_vstats_get(struct ns *ns, uint64_t ino)
 		s->ino = ino;
 		s->next = *b;
 		*b = s;
+		ns->nvstats++;
 	}
 	if (!s)
 		s = &ns->vstats_lost;
@@ -265,8 +275,40 @@ static void forget(struct ns *ns, struct ns_vstats *s)
 			pp = &(*pp)->next;
 		*pp = s->next;
 		free(s);
+		ns->nvstats--;
 	}
 	lock_mutex_unlock(&ns->stats_mu);
+}
+
+/*
+ * Forget the entries of inodes that are gone and that no file points at,
+ * as an iostat report does, when the table has grown past twice what the
+ * last look left: a daemon that opens new inodes all the time (the files
+ * of nightly snapshots, each a new inode) keeps entries for the inodes
+ * that exist, whether or not anybody asks for a report.  Assumes db_mu
+ * (ns_open_file), so that nobody opens these inodes meanwhile.
+ */
+static void prune_gone(struct ns *ns)
+{
+	struct vcopy *v = NULL;
+	size_t n = 0, cap = 0;
+	char *path = malloc(PATH_MAX);
+
+	assert(lock_held(&ns->db_mu));
+	lock_mutex_lock(&ns->stats_mu);
+	for (unsigned b = 0; b < NS_STAT_BUCKETS && path; b++)
+		for (struct ns_vstats *s = ns->vstats[b]; s; s = s->next)
+			if (!atomic_load(&s->users) && !ARRAY_RESERVE(v, cap, n, 64))
+				v[n++] = (struct vcopy){ s, s->ino, 0 };
+	lock_mutex_unlock(&ns->stats_mu);
+	for (size_t i = 0; i < n; i++)
+		if (ino_path(ns, v[i].ino, path, PATH_MAX) == -ENOENT)
+			forget(ns, v[i].s);
+	lock_mutex_lock(&ns->stats_mu);
+	ns->vstats_prune_at = 2 * ns->nvstats;
+	lock_mutex_unlock(&ns->stats_mu);
+	free(v);
+	free(path);
 }
 
 /* "a,b,c" of one kind's figures: ops, bytes, errors, latency sum. */

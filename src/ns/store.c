@@ -351,6 +351,7 @@ int ns_open(const char *dir, const struct ns_opts *opts, struct ns **out, bool *
 	lock_mutex_init(&ns->stats_mu, LOCK_NS_STATS, "ns.stats_mu");
 	ns->started_ns = ns_now_ns();
 	ns->started_mono_ns = ns_mono_ns();
+	ns->vstats_prune_min = NS_VSTATS_PRUNE_MIN;
 	pthread_cond_init(&ns->bg_cond, NULL);
 	pthread_cond_init(&ns->gc_cond, NULL);
 	ns->ctl_fd = -1;

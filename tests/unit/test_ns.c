@@ -1908,6 +1908,26 @@ Test(ns, referenced_blocks_missing_from_the_index_are_counted_from_the_chain)
 	cr_assert_eq(have, 10);
 }
 
+/* The I/O counters of deleted volumes do not pile up when nobody asks for
+ * an iostat report: the table is pruned when it has doubled. */
+Test(ns, counters_of_deleted_volumes_are_pruned_without_a_report)
+{
+	char name[32];
+
+	g_ns->vstats_prune_min = 8;
+	for (int i = 0; i < 200; i++) {
+		uint64_t ino;
+
+		snprintf(name, sizeof(name), "v%d.img", i);
+		ino = make_vol(NS_ROOT_INO, name);
+		ns_release(g_ns, open_file(ino, O_RDWR));
+		cr_assert_eq(ns_unlink(g_ns, NS_ROOT_INO, name), 0);
+	}
+	lock_mutex_lock(&g_ns->stats_mu);
+	cr_assert_leq(g_ns->nvstats, 16, "%zu entries for 200 deleted volumes", g_ns->nvstats);
+	lock_mutex_unlock(&g_ns->stats_mu);
+}
+
 /* A directory with snapshots is not empty: neither rmdir nor a rename over
  * it may take it (its snapshots would be lost with it). */
 Test(ns, a_rename_over_a_directory_with_snapshots_is_refused)
