@@ -28,6 +28,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -723,6 +724,26 @@ static int recv_check_tree(struct ns *ns, const struct ns_recv *r, const struct 
 	return rc;
 }
 
+/* The path of inode ino below the tree l lists (its parents are in l, up
+ * to one that is not), for a message: "sub/d.img". */
+static void tree_rel(const struct bmap_inodes *l, uint64_t ino, char *out, size_t len)
+{
+	char tmp[PATH_MAX];
+
+	out[0] = '\0';
+	for (size_t depth = 0; depth <= l->n; depth++) {
+		size_t i = 0;
+
+		while (i < l->n && l->v[i].ino != ino)
+			i++;
+		if (i == l->n)
+			return;
+		snprintf(tmp, sizeof(tmp), "%s%s%s", l->v[i].name, out[0] ? "/" : "", out);
+		snprintf(out, len, "%s", tmp);
+		ino = l->v[i].parent;
+	}
+}
+
 /*
  * Take the destination's entries out of the tree, in the transaction:
  * volumes unlinked (released in the background, as by rm), directories
@@ -745,8 +766,11 @@ static int tree_detach(struct ns *ns, const struct ns_recv *r, const struct bmap
 		}
 		rc = bmap_snap_count(ns->bm, in->ino, &nsnap);
 		if (!rc && nsnap) {
+			char rel[PATH_MAX];
+
+			tree_rel(l, in->ino, rel, sizeof(rel));
 			snprintf(msg, msglen, "%s/%s has snapshots of its own: delete them first, or "
-				 "receive elsewhere", r->name, in->name);
+				 "receive elsewhere", r->name, rel);
 			rc = -ENOTEMPTY;
 		}
 	}
@@ -797,8 +821,10 @@ static int tree_hold(struct ns *ns, const struct ns_recv *r, const struct bmap_i
 		if (in_dst->v[i].kind != BMAP_VOL || !(f = ns_files_find(ns, in_dst->v[i].ino)))
 			continue;
 		if (f->opens) {
-			snprintf(msg, msglen, "%s/%s is open: stop what uses it first", r->name,
-				 in_dst->v[i].name);
+			char rel[PATH_MAX];
+
+			tree_rel(in_dst, in_dst->v[i].ino, rel, sizeof(rel));
+			snprintf(msg, msglen, "%s/%s is open: stop what uses it first", r->name, rel);
 			return -EBUSY;
 		}
 		rc = ns_hold(ns, hs, f);
@@ -840,12 +866,27 @@ static int recv_commit_tree(struct ns *ns, const struct ns_recv *r, char *msg, s
 	if (rc && rc != -ENOENT)
 		goto unlock;
 	rc = 0;
-	if (have_dst && (!r->incremental || dst.kind != BMAP_DIR)) {
+	if (have_dst && !r->incremental) {
 		snprintf(msg, msglen, "%s exists: a full stream creates a new directory", r->name);
 		rc = -EEXIST;
+	} else if (have_dst && dst.kind != BMAP_DIR) {
+		snprintf(msg, msglen, "%s is not a directory: the stream is of a directory", r->name);
+		rc = -ENOTDIR;
 	} else if (!have_dst && r->incremental) {
 		snprintf(msg, msglen, "%s does not exist: receive the full stream first", r->name);
 		rc = -ENOENT;
+	}
+	if (!rc && have_dst) {
+		/* its entries move out and its inode goes: its snapshots would
+		 * be left without their directory */
+		uint64_t nsnap = 0;
+
+		rc = bmap_snap_count(ns->bm, tmp.ino, &nsnap);
+		if (!rc && nsnap) {
+			snprintf(msg, msglen, "the received directory %s has snapshots: delete them "
+				 "first", r->tmp);
+			rc = -ENOTEMPTY;
+		}
 	}
 	if (!rc && r->incremental) {
 		rc = bmap_snap_by_guid(ns->bm, r->base_guid, &base);
@@ -879,7 +920,16 @@ static int recv_commit_tree(struct ns *ns, const struct ns_recv *r, char *msg, s
 	rc = freeze_begin(ns, &hs);
 	if (rc)
 		goto thaw;
-	if (have_dst && !r->force)
+	if (have_dst) {
+		/* again, as the transaction sees it: the held volumes' changes
+		 * and the log's applied (sizes; the entries are the same, under
+		 * db_mu all along) */
+		in_dst.n = 0;
+		rc = bmap_subtree(ns->bm, dst.ino, bmap_inodes_add, &in_dst);
+		if (!rc)
+			rc = in_dst.rc;
+	}
+	if (!rc && have_dst && !r->force)
 		rc = recv_check_tree(ns, r, &base, &in_dst, msg, msglen);
 	if (!have_dst) {
 		/* a full stream: the received directory itself becomes it */

@@ -1196,6 +1196,50 @@ Test(ns, receive_commit_of_a_tree_replaces_the_entries_and_snapshots_in_one_step
 	expect_after_reopen("copy/.snapshots/mon/a.img", 9000, 87, "a full tree's snapshot");
 }
 
+/*
+ * What a review found in the directory commit: the destination's sizes
+ * are checked as the transaction sees them (a volume grown after the base,
+ * closed, its change not yet in the index, is a change); a received
+ * directory with snapshots of its own is not deleted under them; a message
+ * names the nested entry it is about.
+ */
+Test(ns, receive_commit_of_a_tree_sees_late_changes_and_keeps_snapshots_whole)
+{
+	uint64_t web = make_dir(NS_ROOT_INO, "web"), sub = make_dir(web, "sub");
+	uint64_t disk = make_vol(sub, "d.img"), tmp;
+	struct ns_file *f = open_file(disk, O_RDWR), *t;
+	struct ns_recv r = { .dir = NS_ROOT_INO, .tmp = ".vsnap-recv.i", .name = "web",
+			     .snap = "tue", .incremental = true, .created_ns = 9, .tree = true };
+	char msg[256];
+
+	put_pattern(f, 8192, 0, 1);
+	ns_release(g_ns, f);
+	snap_take(web, "mon");
+	guid_of(web, "mon", r.base_guid);
+	memset(r.guid, 0x94, sizeof(r.guid));
+	tmp = make_dir(NS_ROOT_INO, ".vsnap-recv.i");
+	r.tmp_ino = tmp;
+	t = clone_into("web/.snapshots/mon/sub/d.img", tmp, "d.img");
+	ns_release(g_ns, t);
+
+	f = open_file(disk, O_RDWR);
+	cr_assert_eq(ns_recv_commit(g_ns, &r, msg, sizeof(msg)), -EBUSY, "open: %s", msg);
+	cr_assert(strstr(msg, "web/sub/d.img is open"), "%s", msg);
+	put_pattern(f, 65536, 1 << 20, 2);      /* grows it; closed, not flushed */
+	ns_release(g_ns, f);
+	cr_assert_eq(ns_recv_commit(g_ns, &r, msg, sizeof(msg)), -ESTALE, "grown: %s", msg);
+	cr_assert_eq(size_of(lookup(lookup(web, "sub"), "d.img")), (1 << 20) + 65536);
+
+	r.force = true;
+	snap_take(tmp, "x");
+	cr_assert_eq(ns_recv_commit(g_ns, &r, msg, sizeof(msg)), -ENOTEMPTY, "tmp: %s", msg);
+	cr_assert(strstr(msg, "has snapshots"), "%s", msg);
+	cr_assert_eq(lookup(NS_ROOT_INO, ".vsnap-recv.i"), tmp);
+	cr_assert_eq(ns_snap_delete(g_ns, tmp, "x"), 0);
+	cr_assert_eq(ns_recv_commit(g_ns, &r, msg, sizeof(msg)), 0, "forced: %s", msg);
+	expect_listing(web, ".snapshots d.img");
+}
+
 Test(ns, directory_snapshot_freezes_every_volume_below_it_at_one_instant)
 {
 	uint64_t d = make_dir(NS_ROOT_INO, "web"), sub = make_dir(d, "data");
