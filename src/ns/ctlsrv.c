@@ -67,12 +67,14 @@ static void reply_err(struct ctl_msg *rep, int rc, const char *msg)
 
 /* receive's commit: keys dir, tmp, tmp_ino (the volume the receive wrote),
  * name, snap, guid, created_ns, and for an incremental stream base_guid
- * (force=1 to replace a destination written after the base). */
+ * (force=1 to replace a destination written after the base); tree=1 for a
+ * directory stream (tmp is the directory the receive wrote, snap the name
+ * of the snapshot of dir/name). */
 static void recv_commit(struct ns *ns, const struct ctl_msg *req, struct ctl_msg *rep)
 {
 	char tmp[BMAP_NAME_MAX + 1], name[BMAP_NAME_MAX + 1], snap[BMAP_NAME_MAX + 1], msg[400];
 	struct ns_recv r = { .tmp = tmp, .name = name, .snap = snap };
-	uint64_t force = 0, created = 0;
+	uint64_t force = 0, created = 0, tree = 0;
 	int rc;
 
 	rc = ctl_kv_u64(req, "dir", &r.dir);
@@ -90,6 +92,8 @@ static void recv_commit(struct ns *ns, const struct ctl_msg *req, struct ctl_msg
 		rc = ctl_kv_u64(req, "created_ns", &created);
 	if (!rc && ctl_kv_u64(req, "force", &force) == -EINVAL)
 		rc = -EINVAL;
+	if (!rc && ctl_kv_u64(req, "tree", &tree) == -EINVAL)
+		rc = -EINVAL;
 	if (!rc) {
 		rc = ctl_kv_hex(req, "base_guid", r.base_guid, sizeof(r.base_guid));
 		r.incremental = rc == 0;
@@ -100,6 +104,7 @@ static void recv_commit(struct ns *ns, const struct ctl_msg *req, struct ctl_msg
 		return;
 	}
 	r.force = force != 0;
+	r.tree = tree != 0;
 	r.created_ns = (int64_t)created;
 	rc = ns_recv_commit(ns, &r, msg, sizeof(msg));
 	if (rc)

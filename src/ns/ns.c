@@ -251,7 +251,7 @@ int ns_create(struct ns *ns, uint64_t dir, const char *name, uint32_t mode, uint
 }
 
 /* Stamp a directory's mtime/ctime; assumes db_mu. */
-static int touch_dir(struct ns *ns, uint64_t dir, int64_t now)
+int ns_touch_dir(struct ns *ns, uint64_t dir, int64_t now)
 {
 	struct bmap_inode d;
 	int rc;
@@ -385,7 +385,7 @@ static int remove_entry(struct ns *ns, uint64_t dir, const char *name, bool want
 		rc = want_dir ? bmap_inode_delete(ns->bm, in.ino) :
 			bmap_inode_move(ns->bm, in.ino, 0, "");
 	if (!rc)
-		rc = touch_dir(ns, dir, ns_now_ns());
+		rc = ns_touch_dir(ns, dir, ns_now_ns());
 	if (!rc)
 		rc = ns_txn_commit(ns);
 	if (rc)
@@ -497,9 +497,9 @@ int ns_rename(struct ns *ns, uint64_t dir, const char *name, uint64_t newdir,
 	if (!rc)
 		rc = bmap_inode_move(ns->bm, src.ino, newdir, newname);
 	if (!rc)
-		rc = touch_dir(ns, dir, now);
+		rc = ns_touch_dir(ns, dir, now);
 	if (!rc && newdir != dir)
-		rc = touch_dir(ns, newdir, now);
+		rc = ns_touch_dir(ns, newdir, now);
 	if (!rc)
 		rc = ns_txn_commit(ns);
 	if (rc) {

@@ -320,6 +320,9 @@ void ns_sroot_attr(struct ns *ns, const struct bmap_snap *s, const struct bmap_i
 void ns_sinode_attr(struct ns *ns, uint64_t snap, const struct bmap_inode *in,
 		    struct ns_attr *out);
 
+/* ns.c: stamp a directory's mtime and ctime (its entries changed); assumes db_mu. */
+int ns_touch_dir(struct ns *ns, uint64_t dir, int64_t now);
+
 /* snap.c */
 int ns_snap_create(struct ns *ns, uint64_t dir, const char *name, struct ns_attr *out);
 int ns_snap_delete(struct ns *ns, uint64_t dir, const char *name);
@@ -335,6 +338,15 @@ int ns_snap_rename(struct ns *ns, uint64_t dir, const char *name, const char *ne
  * onto an existing volume), -ENOENT (the base snapshot, or the volume of
  * an incremental stream, is missing), -ESTALE (written after the base),
  * -EBUSY (the destination is open).  Takes flush_mu, db_mu, the gates.
+ *
+ * With tree set, the same for a directory (docs/design.md, "Directory
+ * streams: the commit"): a full stream renames directory dir/tmp to
+ * dir/name; an incremental one replaces the entries of directory dir/name
+ * by tmp's (its volumes unlinked, its directories deleted; tmp goes) after
+ * checking that dir/name still shows the base snapshot exactly unless
+ * force; then snapshot dir/name/.snapshots/snap is taken with the guid.
+ * Also refused: -EBUSY (a volume below dir/name is open), -ENOTEMPTY (a
+ * directory below dir/name has snapshots of its own).
  */
 struct ns_recv {
 	uint64_t dir;                   /* live directory */
@@ -345,6 +357,8 @@ struct ns_recv {
 	uint8_t base_guid[BMAP_GUID_BYTES];     /* incremental: the base snapshot */
 	bool force;                     /* replace a destination written after the base */
 	int64_t created_ns;             /* the snapshot's, as the sender had it */
+	bool tree;                      /* a directory stream: tmp is a directory, and
+					 * snap names a snapshot of dir/name (NAME) */
 };
 int ns_recv_commit(struct ns *ns, const struct ns_recv *r, char *msg, size_t msglen);
 

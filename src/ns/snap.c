@@ -28,6 +28,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -164,6 +165,22 @@ static int freeze_inodes(struct ns *ns, uint64_t snap, struct bmap_inodes *l, st
 	return rc;
 }
 
+/* Insert snapshot s with guid (NULL: a new one) and freeze the inodes l
+ * into it (freeze_inodes).  Assumes db_mu and an open transaction. */
+static int snap_insert_frozen(struct ns *ns, struct bmap_snap *s, const uint8_t *guid,
+			      struct bmap_inodes *l, struct holdset *hs, struct switched *sw)
+{
+	int rc = bmap_snap_insert(ns->bm, s);
+
+	if (!rc && s->id >= 1ULL << INO_BITS_SNAPID)
+		rc = -EOVERFLOW;
+	if (!rc)
+		rc = bmap_snap_guid_set(ns->bm, s->id, guid);
+	if (!rc)
+		rc = freeze_inodes(ns, s->id, l, hs, sw);
+	return rc;
+}
+
 int ns_snap_create(struct ns *ns, uint64_t dir, const char *name, struct ns_attr *out)
 {
 	struct bmap_inodes l = { 0 };
@@ -217,13 +234,7 @@ int ns_snap_create(struct ns *ns, uint64_t dir, const char *name, struct ns_attr
 	rc = freeze_begin(ns, &hs);
 	if (!rc) {
 		s.created_ns = ns_now_ns();
-		rc = bmap_snap_insert(ns->bm, &s);
-		if (!rc && s.id >= 1ULL << INO_BITS_SNAPID)
-			rc = -EOVERFLOW;
-		if (!rc)
-			rc = bmap_snap_guid_set(ns->bm, s.id, NULL);
-		if (!rc)
-			rc = freeze_inodes(ns, s.id, &l, &hs, sw);
+		rc = snap_insert_frozen(ns, &s, NULL, &l, &hs, sw);
 		if (!rc)
 			rc = ns_txn_commit(ns);
 		if (rc)
@@ -428,13 +439,75 @@ static int recv_check_dest(struct ns *ns, const struct ns_recv *r, const struct 
 	return rc;
 }
 
+/*
+ * The checks every commit makes first: r->dir is a directory and r->tmp in
+ * it is still what the receive wrote (a volume, or a directory for a tree;
+ * the same inode).  Assumes db_mu.
+ */
+static int recv_tmp_find(struct ns *ns, const struct ns_recv *r, struct bmap_inode *tmp,
+			 char *msg, size_t msglen)
+{
+	const char *what = r->tree ? "directory" : "volume";
+	struct bmap_inode d;
+	int rc;
+
+	assert(lock_held(&ns->db_mu));
+	if (!ctl_recv_tmp_name(r->tmp) || strcmp(r->tmp, r->name) == 0) {
+		snprintf(msg, msglen, "%s is not a %s being received", r->tmp, what);
+		return -EINVAL;
+	}
+	rc = bmap_inode_get(ns->bm, r->dir, &d);
+	if (!rc && d.kind != BMAP_DIR)
+		rc = -ENOTDIR;
+	if (!rc)
+		rc = bmap_inode_lookup(ns->bm, r->dir, r->tmp, tmp);
+	if (!rc && tmp->kind != (r->tree ? BMAP_DIR : BMAP_VOL))
+		rc = -EINVAL;
+	if (rc) {
+		snprintf(msg, msglen, "the received %s %s is gone", what, r->tmp);
+		return rc;
+	}
+	if (tmp->ino != r->tmp_ino) {
+		/* another receive of the same stream started over meanwhile:
+		 * this one's was deleted, and what has the name now is that
+		 * receive's, not complete */
+		snprintf(msg, msglen, "the received %s %s was replaced meanwhile (another receive "
+			 "of this stream?): nothing was applied", what, r->tmp);
+		return -ESTALE;
+	}
+	return 0;
+}
+
+/* Neither the stream's guid nor the name sname in sdir/.snapshots is taken.
+ * Assumes db_mu. */
+static int recv_snap_free(struct ns *ns, const struct ns_recv *r, uint64_t sdir, const char *sname,
+			  char *msg, size_t msglen)
+{
+	struct bmap_snap other;
+	int rc = bmap_snap_by_guid(ns->bm, r->guid, &other);
+
+	if (!rc) {
+		snprintf(msg, msglen, "this snapshot was received already (it is %s)", other.name);
+		return -EEXIST;
+	}
+	if (rc != -ENOENT)
+		return rc;
+	if (bmap_snap_lookup(ns->bm, sdir, sname, &other) == 0) {
+		snprintf(msg, msglen, "snapshot %s exists already", sname);
+		return -EEXIST;
+	}
+	return 0;
+}
+
+static int recv_commit_tree(struct ns *ns, const struct ns_recv *r, char *msg, size_t msglen);
+
 int ns_recv_commit(struct ns *ns, const struct ns_recv *r, char *msg, size_t msglen)
 {
 	struct holdset hs = { 0 };
 	struct switched sw = { 0 };
 	struct bmap_inodes l = { 0 };
 	struct bmap_snap s = { .dir = r->dir, .created_ns = r->created_ns };
-	struct bmap_inode d, tmp, dst;
+	struct bmap_inode tmp, dst;
 	struct ns_file *fd = NULL;
 	char *file = NULL;
 	bool have_dst = false;
@@ -443,6 +516,8 @@ int ns_recv_commit(struct ns *ns, const struct ns_recv *r, char *msg, size_t msg
 	msg[0] = '\0';
 	if (ns->readonly)
 		return -EROFS;
+	if (r->tree)
+		return recv_commit_tree(ns, r, msg, msglen);
 	if (snprintf(s.name, sizeof(s.name), "%s@%s", r->name, r->snap) >= (int)sizeof(s.name))
 		return -ENAMETOOLONG;
 	rc = ns_snap_name_parse(s.name, &file);
@@ -457,51 +532,14 @@ int ns_recv_commit(struct ns *ns, const struct ns_recv *r, char *msg, size_t msg
 		snprintf(msg, msglen, "bad volume or snapshot name %s", s.name);
 		return rc;
 	}
-	if (strncmp(r->tmp, CTL_RECV_TMP_PREFIX, strlen(CTL_RECV_TMP_PREFIX)) != 0 ||
-	    strcmp(r->tmp, r->name) == 0) {
-		snprintf(msg, msglen, "%s is not a volume being received", r->tmp);
-		return -EINVAL;
-	}
-
 	lock_mutex_lock(&ns->flush_mu);
 	lock_mutex_lock(&ns->db_mu);
-	rc = bmap_inode_get(ns->bm, r->dir, &d);
-	if (!rc && d.kind != BMAP_DIR)
-		rc = -ENOTDIR;
-	if (!rc)
-		rc = bmap_inode_lookup(ns->bm, r->dir, r->tmp, &tmp);
-	if (!rc && tmp.kind != BMAP_VOL)
-		rc = -EINVAL;
-	if (rc) {
-		snprintf(msg, msglen, "the received volume %s is gone", r->tmp);
+	rc = recv_tmp_find(ns, r, &tmp, msg, msglen);
+	if (rc)
 		goto unlock;
-	}
-	if (tmp.ino != r->tmp_ino) {
-		/* another receive of the same stream started over meanwhile:
-		 * this one's volume was deleted, and what has the name now
-		 * is that receive's, not complete */
-		snprintf(msg, msglen, "the received volume %s was replaced meanwhile (another receive "
-			 "of this stream?): nothing was applied", r->tmp);
-		rc = -ESTALE;
+	rc = recv_snap_free(ns, r, r->dir, s.name, msg, msglen);
+	if (rc)
 		goto unlock;
-	}
-	{
-		struct bmap_snap other;
-
-		rc = bmap_snap_by_guid(ns->bm, r->guid, &other);
-		if (!rc) {
-			snprintf(msg, msglen, "this snapshot was received already (it is %s)", other.name);
-			rc = -EEXIST;
-			goto unlock;
-		}
-		if (rc != -ENOENT)
-			goto unlock;
-		if (bmap_snap_lookup(ns->bm, r->dir, s.name, &other) == 0) {
-			snprintf(msg, msglen, "snapshot %s exists already", s.name);
-			rc = -EEXIST;
-			goto unlock;
-		}
-	}
 	rc = bmap_inode_lookup(ns->bm, r->dir, r->name, &dst);
 	have_dst = rc == 0;
 	if (rc && rc != -ENOENT)
@@ -551,17 +589,12 @@ int ns_recv_commit(struct ns *ns, const struct ns_recv *r, char *msg, size_t msg
 		snprintf(l.v[0].name, sizeof(l.v[0].name), "%s", r->name);
 		if (h)
 			snprintf(h->in.name, sizeof(h->in.name), "%s", r->name);
-		rc = bmap_snap_insert(ns->bm, &s);
 	}
-	if (!rc && s.id >= 1ULL << INO_BITS_SNAPID)
-		rc = -EOVERFLOW;
-	if (!rc)
-		rc = bmap_snap_guid_set(ns->bm, s.id, r->guid);
 	if (!rc) {
 		/* freeze_inodes fills sw for a held tmp only: at most one entry */
 		struct switched sws[2] = { { 0 } };
 
-		rc = freeze_inodes(ns, s.id, &l, &hs, sws);
+		rc = snap_insert_frozen(ns, &s, r->guid, &l, &hs, sws);
 		for (size_t i = 0; i < hs.n; i++)
 			if (sws[i].h)
 				sw = sws[i];
@@ -614,6 +647,355 @@ unlock:
 		ns->inval(ns->inval_ctx, r->dir, r->name);
 		ns->inval(ns->inval_ctx, ino_ctl(r->dir), s.name);
 	}
+	if (rc && !msg[0])
+		snprintf(msg, msglen, "%s", strerror(-rc));
+	return rc;
+}
+
+/* ---- receive's commit of a directory ------------------------------------------ */
+
+static int cmp_ino(const void *a, const void *b)
+{
+	uint64_t x = ((const struct bmap_inode *)a)->ino, y = ((const struct bmap_inode *)b)->ino;
+
+	return x < y ? -1 : x > y;
+}
+
+/* Does one entry of the live tree show what its frozen copy showed: place,
+ * name, kind, mode, size and data?  Assumes db_mu. */
+static int entry_same(struct ns *ns, const struct bmap_inode *was, const struct bmap_inode *is,
+		      bool *same)
+{
+	bool differs = false;
+	int rc = 0;
+
+	*same = was->ino == is->ino && was->parent == is->parent && was->kind == is->kind &&
+		was->mode == is->mode && !strcmp(was->name, is->name) &&
+		(is->kind != BMAP_VOL || was->size == is->size);
+	if (!*same || is->kind != BMAP_VOL)
+		return 0;
+	rc = bmap_node_diff(ns->bm, was->node, is->node, is->size / ns->bs + 1, diff_any, &differs);
+	if (rc == 1 || rc == -EXDEV) {
+		rc = 0;
+		differs = true;
+	}
+	*same = !differs;
+	return rc;
+}
+
+/*
+ * Does the tree below the destination (live) still show the base snapshot
+ * exactly?  The snapshot kept the inodes' numbers,
+ * so the two lists pair up by ino.  0, or -ESTALE with msg.  Assumes db_mu,
+ * in the transaction (the held volumes' changes applied).
+ */
+static int recv_check_tree(struct ns *ns, const struct ns_recv *r, const struct bmap_snap *base,
+			   const struct bmap_inodes *live, char *msg, size_t msglen)
+{
+	struct bmap_inodes was = { 0 };
+	struct bmap_inode *is = NULL;
+	bool same = true;
+	int rc;
+
+	assert(lock_held(&ns->db_mu));
+	rc = bmap_sinode_all(ns->bm, base->id, bmap_inodes_add, &was);      /* ino order */
+	if (!rc)
+		rc = was.rc;
+	if (!rc && was.n != live->n)
+		same = false;
+	if (!rc && same && live->n) {
+		if (!(is = malloc(live->n * sizeof(*is))))
+			rc = -ENOMEM;
+		else {
+			memcpy(is, live->v, live->n * sizeof(*is));
+			qsort(is, live->n, sizeof(*is), cmp_ino);
+		}
+	}
+	for (size_t i = 0; !rc && same && i < live->n; i++)
+		rc = entry_same(ns, &was.v[i], &is[i], &same);
+	free(is);
+	free(was.v);
+	if (!rc && !same) {
+		snprintf(msg, msglen, "%s was written after snapshot %s; receive --force replaces it "
+			 "by the received snapshot anyway (its later changes are lost)", r->name,
+			 base->name);
+		rc = -ESTALE;
+	}
+	return rc;
+}
+
+/* The path of inode ino below the tree l lists (its parents are in l, up
+ * to one that is not), for a message: "sub/d.img". */
+static void tree_rel(const struct bmap_inodes *l, uint64_t ino, char *out, size_t len)
+{
+	char tmp[PATH_MAX];
+
+	out[0] = '\0';
+	for (size_t depth = 0; depth <= l->n; depth++) {
+		size_t i = 0;
+
+		while (i < l->n && l->v[i].ino != ino)
+			i++;
+		if (i == l->n)
+			return;
+		snprintf(tmp, sizeof(tmp), "%s%s%s", l->v[i].name, out[0] ? "/" : "", out);
+		snprintf(out, len, "%s", tmp);
+		ino = l->v[i].parent;
+	}
+}
+
+/*
+ * Take the destination's entries out of the tree, in the transaction:
+ * volumes unlinked (released in the background, as by rm), directories
+ * deleted.  A directory with snapshots of its own stops it (-ENOTEMPTY: its
+ * snapshots would lose their directory).  Assumes db_mu.
+ */
+static int tree_detach(struct ns *ns, const struct ns_recv *r, const struct bmap_inodes *l,
+		       char *msg, size_t msglen)
+{
+	int rc = 0;
+
+	assert(lock_held(&ns->db_mu));
+	for (size_t i = 0; i < l->n && !rc; i++) {
+		const struct bmap_inode *in = &l->v[i];
+		uint64_t nsnap = 0;
+
+		if (in->kind == BMAP_VOL) {
+			rc = bmap_inode_move(ns->bm, in->ino, 0, "");
+			continue;
+		}
+		rc = bmap_snap_count(ns->bm, in->ino, &nsnap);
+		if (!rc && nsnap) {
+			char rel[PATH_MAX];
+
+			tree_rel(l, in->ino, rel, sizeof(rel));
+			snprintf(msg, msglen, "%s/%s has snapshots of its own: delete them first, or "
+				 "receive elsewhere", r->name, rel);
+			rc = -ENOTEMPTY;
+		}
+	}
+	/* directories last, deepest first (l has parents before children) */
+	for (size_t i = l->n; i-- > 0 && !rc;)
+		if (l->v[i].kind == BMAP_DIR)
+			rc = bmap_inode_delete(ns->bm, l->v[i].ino);
+	return rc;
+}
+
+/* Move the children of directory from into directory to, in the
+ * transaction; a held volume's row to write moves with it.  Assumes db_mu. */
+static int tree_move_kids(struct ns *ns, uint64_t from, uint64_t to, struct holdset *hs)
+{
+	struct bmap_inodes kids = { 0 };
+	int rc = bmap_dir_list(ns->bm, from, 0, bmap_inodes_add, &kids);
+
+	if (!rc)
+		rc = kids.rc;
+	for (size_t i = 0; i < kids.n && !rc; i++) {
+		struct held *h = held_find(hs, kids.v[i].ino);
+
+		rc = bmap_inode_move(ns->bm, kids.v[i].ino, to, kids.v[i].name);
+		if (h)
+			h->in.parent = to;
+	}
+	free(kids.v);
+	return rc;
+}
+
+/*
+ * Which volumes to hold: those below tmp that are open (vsnapctl closed
+ * them, but the kernel's release may still be on its way), and every one
+ * below the destination the daemon knows, provided none is open: they are
+ * about to be unlinked.  Assumes files_mu.
+ */
+static int tree_hold(struct ns *ns, const struct ns_recv *r, const struct bmap_inodes *in_tmp,
+		     const struct bmap_inodes *in_dst, struct holdset *hs, char *msg, size_t msglen)
+{
+	int rc = 0;
+
+	for (size_t i = 0; i < in_tmp->n && !rc; i++)
+		if (in_tmp->v[i].kind == BMAP_VOL)
+			rc = hold_if_open(ns, hs, in_tmp->v[i].ino);
+	for (size_t i = 0; i < in_dst->n && !rc; i++) {
+		struct ns_file *f;
+
+		if (in_dst->v[i].kind != BMAP_VOL || !(f = ns_files_find(ns, in_dst->v[i].ino)))
+			continue;
+		if (f->opens) {
+			char rel[PATH_MAX];
+
+			tree_rel(in_dst, in_dst->v[i].ino, rel, sizeof(rel));
+			snprintf(msg, msglen, "%s/%s is open: stop what uses it first", r->name, rel);
+			return -EBUSY;
+		}
+		rc = ns_hold(ns, hs, f);
+	}
+	return rc;
+}
+
+/* The directory-stream commit of ns_recv_commit (see ns_int.h). */
+static int recv_commit_tree(struct ns *ns, const struct ns_recv *r, char *msg, size_t msglen)
+{
+	struct bmap_inodes in_tmp = { 0 }, in_dst = { 0 }, l = { 0 };
+	struct bmap_snap s = { .created_ns = r->created_ns }, base;
+	struct bmap_inode tmp, dst;
+	struct holdset hs = { 0 };
+	struct switched *sw = NULL;
+	bool have_dst = false;
+	char *file = NULL;
+	int rc;
+
+	rc = ns_snap_name_parse(r->snap, &file);
+	if (!rc && file)
+		rc = -EINVAL;           /* a directory's snapshot is NAME, not FILE@NAME */
+	free(file);
+	if (!rc)
+		rc = ns_name_check(r->name);
+	if (rc) {
+		snprintf(msg, msglen, "bad directory or snapshot name %s, %s", r->name, r->snap);
+		return rc;
+	}
+	snprintf(s.name, sizeof(s.name), "%s", r->snap);
+
+	lock_mutex_lock(&ns->flush_mu);
+	lock_mutex_lock(&ns->db_mu);
+	rc = recv_tmp_find(ns, r, &tmp, msg, msglen);
+	if (rc)
+		goto unlock;
+	rc = bmap_inode_lookup(ns->bm, r->dir, r->name, &dst);
+	have_dst = rc == 0;
+	if (rc && rc != -ENOENT)
+		goto unlock;
+	rc = 0;
+	if (have_dst && !r->incremental) {
+		snprintf(msg, msglen, "%s exists: a full stream creates a new directory", r->name);
+		rc = -EEXIST;
+	} else if (have_dst && dst.kind != BMAP_DIR) {
+		snprintf(msg, msglen, "%s is not a directory: the stream is of a directory", r->name);
+		rc = -ENOTDIR;
+	} else if (!have_dst && r->incremental) {
+		snprintf(msg, msglen, "%s does not exist: receive the full stream first", r->name);
+		rc = -ENOENT;
+	}
+	if (!rc && have_dst) {
+		/* its entries move out and its inode goes: its snapshots would
+		 * be left without their directory */
+		uint64_t nsnap = 0;
+
+		rc = bmap_snap_count(ns->bm, tmp.ino, &nsnap);
+		if (!rc && nsnap) {
+			snprintf(msg, msglen, "the received directory %s has snapshots: delete them "
+				 "first", r->tmp);
+			rc = -ENOTEMPTY;
+		}
+	}
+	if (!rc && r->incremental) {
+		rc = bmap_snap_by_guid(ns->bm, r->base_guid, &base);
+		if (!rc && (base.dir != dst.ino || strchr(base.name, '@')))
+			rc = -ENOENT;
+		if (rc == -ENOENT)
+			snprintf(msg, msglen, "the base snapshot of the stream is not a snapshot of %s "
+				 "in this store", r->name);
+	}
+	if (!rc)
+		rc = recv_snap_free(ns, r, have_dst ? dst.ino : tmp.ino, s.name, msg, msglen);
+	if (!rc)
+		rc = bmap_subtree(ns->bm, tmp.ino, bmap_inodes_add, &in_tmp);
+	if (!rc)
+		rc = in_tmp.rc;
+	if (!rc && have_dst)
+		rc = bmap_subtree(ns->bm, dst.ino, bmap_inodes_add, &in_dst);
+	if (!rc)
+		rc = in_dst.rc;
+	if (rc)
+		goto unlock;
+
+	lock_mutex_lock(&ns->files_mu);
+	rc = tree_hold(ns, r, &in_tmp, &in_dst, &hs, msg, msglen);
+	lock_mutex_unlock(&ns->files_mu);
+	if (!rc && hs.n && !(sw = calloc(hs.n, sizeof(*sw))))
+		rc = -ENOMEM;   /* one per held volume, as ns_snap_create */
+	if (rc)
+		goto unlock;
+
+	rc = freeze_begin(ns, &hs);
+	if (rc)
+		goto thaw;
+	if (have_dst) {
+		/* again, as the transaction sees it: the held volumes' changes
+		 * and the log's applied (sizes; the entries are the same, under
+		 * db_mu all along) */
+		in_dst.n = 0;
+		rc = bmap_subtree(ns->bm, dst.ino, bmap_inodes_add, &in_dst);
+		if (!rc)
+			rc = in_dst.rc;
+	}
+	if (!rc && have_dst && !r->force)
+		rc = recv_check_tree(ns, r, &base, &in_dst, msg, msglen);
+	if (!have_dst) {
+		/* a full stream: the received directory itself becomes it */
+		if (!rc)
+			rc = bmap_inode_move(ns->bm, tmp.ino, r->dir, r->name);
+		dst = tmp;
+	} else {
+		if (!rc)
+			rc = tree_detach(ns, r, &in_dst, msg, msglen);
+		if (!rc)
+			rc = tree_move_kids(ns, tmp.ino, dst.ino, &hs);
+		if (!rc)
+			rc = bmap_inode_delete(ns->bm, tmp.ino);
+	}
+	if (!rc)        /* the directory whose entries changed */
+		rc = ns_touch_dir(ns, have_dst ? dst.ino : r->dir, ns_now_ns());
+	s.dir = dst.ino;
+	if (!rc)
+		rc = bmap_subtree(ns->bm, dst.ino, bmap_inodes_add, &l);
+	if (!rc)
+		rc = l.rc;
+	if (!rc)
+		rc = snap_insert_frozen(ns, &s, r->guid, &l, &hs, sw);
+	if (!rc)
+		rc = ns_txn_commit(ns);
+	if (rc)
+		ns_txn_rollback(ns);
+thaw:
+	for (size_t i = 0; i < hs.n; i++) {
+		struct ns_file *f = hs.h[i].f;
+
+		/* cannot fail: the gate is closed and everything collected */
+		if (!rc && sw[i].h && vol_switch_node(f->v, sw[i].node, sw[i].inherit))
+			vlog(LOG_CRIT, "receive %s: switching a volume failed", s.name);
+		lock_mutex_lock(&ns->files_mu);
+		if (!rc)
+			f->in.parent = hs.h[i].in.parent;       /* moved into dst, or not */
+		f->in.node = !rc && sw[i].h ? sw[i].node : vol_node(f->v);
+		lock_mutex_unlock(&ns->files_mu);
+	}
+	hold_thaw(ns, &hs, rc);
+	for (size_t i = 0; !rc && have_dst && i < in_dst.n; i++)
+		if (in_dst.v[i].kind == BMAP_VOL)
+			ns_volume_detached(ns, in_dst.v[i].ino);
+unlock:
+	lock_mutex_unlock(&ns->db_mu);
+	lock_mutex_unlock(&ns->flush_mu);
+	hold_release(ns, &hs);
+	if (!rc && have_dst)
+		pthread_cond_signal(&ns->bg_cond);      /* the old volumes' nodes to release */
+	if (!rc && ns->inval) {
+		/* the kernel saw none of it: the names that changed */
+		ns->inval(ns->inval_ctx, r->dir, r->tmp);
+		ns->inval(ns->inval_ctx, r->dir, r->name);
+		for (size_t i = 0; have_dst && i < in_dst.n; i++)
+			if (in_dst.v[i].parent == dst.ino)
+				ns->inval(ns->inval_ctx, dst.ino, in_dst.v[i].name);
+		for (size_t i = 0; have_dst && i < in_tmp.n; i++)
+			if (in_tmp.v[i].parent == tmp.ino)
+				ns->inval(ns->inval_ctx, dst.ino, in_tmp.v[i].name);
+		ns->inval(ns->inval_ctx, ino_ctl(dst.ino), s.name);
+	}
+	free(sw);
+	free(l.v);
+	free(in_tmp.v);
+	free(in_dst.v);
 	if (rc && !msg[0])
 		snprintf(msg, msglen, "%s", strerror(-rc));
 	return rc;
