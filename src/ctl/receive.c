@@ -6,7 +6,10 @@
  *   vsnapctl receive --token PATH | --abort PATH
  *
  * PATH is the volume in a mount: a full stream creates it with snapshot
- * FILE@NAME, an incremental one adds the next snapshot to it.  Nothing is
+ * FILE@NAME, an incremental one adds the next snapshot to it.  A
+ * directory stream (version 3) makes or updates the directory PATH:
+ * recvtree.c does its steps, on a temporary directory, with this file's
+ * names, tokens, checkpoints and commit (recv_int.h).  Nothing is
  * written behind the daemon's back: the data goes through the mount into a
  * hidden temporary volume next to PATH (.vsnap-recv.GUID: empty for a full
  * stream, a linked clone of the base snapshot for an incremental one), each
@@ -40,7 +43,11 @@
  * existing volume; an incremental stream whose base snapshot is not here,
  * or whose volume was written after it (--force: the temporary clone of
  * the base is the revert, and it replaces the volume).  Exit 2: usage or
- * I/O errors.
+ * I/O errors.  A stream received whole whose commit the daemon refuses for
+ * a cause that can be fixed (-EBUSY: the destination open; -ESTALE: written
+ * after the base; -ENOTEMPTY: snapshots below a directory) is kept, named
+ * at its place before end: send --resume then writes begin and end only,
+ * and receive --resume commits it (recv_commit_refused).
  */
 #include <dirent.h>
 #include <errno.h>
@@ -785,8 +792,9 @@ static int receive_main(int argc, char **argv)
 const struct cmd receive_cmd = {
 	.name = "receive",
 	.synopsis = "[--force] [--resume] PATH < STREAM | --token PATH | --abort PATH",
-	.summary = "apply a stream from stdin to volume PATH of a mount",
+	.summary = "apply a stream from stdin to volume (or directory) PATH of a mount",
 	.help = "A full stream creates PATH and its snapshot, an incremental one adds the next.\n"
+		"PATH is a volume, or for a directory stream a directory.\n"
 		"A cut stream keeps what it verified and prints a TOKEN: go on with\n"
 		"vsnapctl send --resume TOKEN B | vsnapctl receive --resume PATH.\n"
 		"      --force                first revert PATH to the base snapshot if it was\n"

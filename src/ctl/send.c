@@ -7,7 +7,9 @@
  *
  * B (and A) are files of single-volume snapshots in a mount:
  * MNT/D/.snapshots/FILE@NAME/FILE; A may be written @NAME, a snapshot of
- * the same file.  What is sent comes from the index alone, in one read
+ * the same file.  A B that is a directory is a directory snapshot,
+ * MNT/D/.snapshots/NAME: sendtree.c sends it (a directory stream), with
+ * this file's plans and writer (plan_runs, send_runs, send_write).  What is sent comes from the index alone, in one read
  * transaction: a full stream holds B's data runs (bmap_node_content), an
  * incremental one the runs where A and B differ (bmap_node_diff: data, or
  * zeros where B reads zeros), the extents that vsnapctl diff prints.  So
@@ -499,7 +501,8 @@ const struct cmd send_cmd = {
 	.name = "send",
 	.synopsis = "[-n] [-v] [-c] [--from A] [--resume TOKEN] B",
 	.summary = "write a stream of a snapshot to stdout, full or incremental",
-	.help = "B is a snapshot file in a mount (DIR/.snapshots/FILE@NAME/FILE).\n"
+	.help = "B is a snapshot file in a mount (DIR/.snapshots/FILE@NAME/FILE), or a snapshot\n"
+		"of a whole directory (DIR/.snapshots/NAME): a directory stream.\n"
 		"  -n                         print the exact size of the stream only\n"
 		"  -v                         print the size first\n"
 		"  -c                         compress the data (zstd; the size printed is then an\n"
