@@ -669,9 +669,14 @@ static int recv_commit(struct recv *r)
 static void recv_commit_refused(struct recv *r, struct stream_dec *d)
 {
 	int rc = r->commit_rc;
+	struct stat st;
 
 	if (r->sb.version < 2 || (rc != -EBUSY && rc != -ESTALE && rc != -ENOTEMPTY) ||
 	    (!r->made_tmp && !r->o->resume))
+		return;
+	/* -ESTALE may also be another receive of the stream that started
+	 * over: what has the name is then not this one's */
+	if (lstat(r->tmp, &st) || (uint64_t)st.st_ino != r->tmp_ino)
 		return;
 	if (recv_ckpt(r, d, -1))
 		return;                 /* the part goes: nothing claims it */
