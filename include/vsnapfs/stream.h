@@ -39,7 +39,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define STREAM_VERSION      2                   /* written; 1 is read too */
+#define STREAM_VERSION      2                   /* written for a volume; 1 is read too */
+#define STREAM_VERSION_TREE 3                   /* a directory stream: an older reader
+						 * refuses it by its version */
 #define STREAM_MAGIC        "VSNAPSTR"
 #define STREAM_GUID_BYTES   16
 #define STREAM_NAME_MAX     255
@@ -47,25 +49,37 @@
 #define STREAM_PAYLOAD_MAX  ((16u << 20) + 64)  /* payload a decoder accepts */
 #define STREAM_REC_OVERHEAD 24                  /* header + checksum of every record */
 #define STREAM_FLAG_MUST    1u                  /* unknown: refuse, not skip */
+#define STREAM_PATH_MAX     4095                /* bytes of a file record's path */
 
 enum stream_type {
 	STREAM_BEGIN = 1, STREAM_DATA = 2, STREAM_ZERO = 3, STREAM_END = 4,
 	STREAM_DATA_ZSTD = 5,           /* data, one zstd frame (stream_enc_compress) */
+	STREAM_FILE = 6,                /* directory streams: the entry the records after it
+					 * are of */
 };
+
+/* What a stream sends (begin's kind). */
+enum stream_kind { STREAM_KIND_VOLUME = 0, STREAM_KIND_DIR = 1 };
 
 struct stream_begin {
 	uint32_t version;               /* STREAM_VERSION; the encoder writes 1 if asked
 					 * (an older receiver), else 2 */
 	uint32_t block_size;            /* of the sending store */
-	uint64_t size;                  /* bytes of the sent file */
+	uint32_t kind;                  /* enum stream_kind; a directory stream is version 3 */
+	uint64_t size;                  /* bytes of the sent file (a directory: of all its
+					 * volumes, informative) */
 	uint8_t guid[STREAM_GUID_BYTES];        /* the sent snapshot */
 	uint8_t base_guid[STREAM_GUID_BYTES];   /* all zero: a full stream */
 	int64_t created_ns;
-	uint64_t resume_off;            /* records cover [resume_off, size) */
+	uint64_t resume_off;            /* records cover [resume_off, size) (a directory:
+					 * of file resume_file, then the files after it) */
+	uint64_t resume_file;           /* directory, resumed: file records before this
+					 * stream's first (0: none) */
 	uint64_t resume_rec;            /* version 2, resumed: records before this
 					 * stream's first, begin counted (0: not resumed) */
 	uint64_t resume_chain;          /* version 2, resumed: the chain value there */
-	char file[STREAM_NAME_MAX + 1]; /* volume name, snapshot name, base snapshot name */
+	char file[STREAM_NAME_MAX + 1]; /* volume name, snapshot name, base snapshot name
+					 * (a directory: its name, and NAMEs of its snapshots) */
 	char snap[STREAM_NAME_MAX + 1];
 	char base[STREAM_NAME_MAX + 1]; /* "" in a full stream */
 };
@@ -75,7 +89,41 @@ struct stream_begin {
  * and the data bytes of the records this handle saw. */
 struct stream_pos {
 	uint64_t rec, off, chain, data_bytes;
+	uint64_t file;                  /* directory streams: file records so far; off is
+					 * then in the last one's file */
 };
+
+/*
+ * A file record (directory streams): one entry of the directory, by its
+ * path below it.  The removes come first, deepest first (paths strictly
+ * decreasing in stream_path_cmp order), then every entry of the sent
+ * snapshot in pre-order (strictly increasing; a directory before what is
+ * in it), each volume's data and zero records after its file record,
+ * offsets from 0, increasing, below its size.
+ */
+enum stream_file_kind { STREAM_FILE_DIR = 1, STREAM_FILE_VOL = 2, STREAM_FILE_REMOVE = 3 };
+#define STREAM_FILE_BASE  1u            /* apply onto the base's entry at this path (a
+					 * volume: the records are the diff); without it
+					 * the entry starts empty, after whatever is at the
+					 * path was removed */
+#define STREAM_FILE_CONT  2u            /* a resumed stream's first record: the file it
+					 * goes on in, restated (checked against the kept
+					 * chain, neither counted nor chained) */
+
+struct stream_file {
+	uint32_t kind;                  /* enum stream_file_kind */
+	uint32_t flags;                 /* STREAM_FILE_* */
+	uint32_t mode;                  /* permission bits (07777) */
+	uint64_t size;                  /* volumes: bytes; else 0 */
+	int64_t mtime_ns;
+	char path[STREAM_PATH_MAX + 1]; /* "a/b": no empty, "." or ".." component */
+};
+
+/* Order of paths in a directory stream: component by component, each by
+ * its bytes (so "a/b" < "a.b": pre-order of names sorted by strcmp). */
+int stream_path_cmp(const char *a, const char *b);
+/* Is p a path a file record may carry (see struct stream_file)? */
+bool stream_path_ok(const char *p);
 
 /* Is this a full stream (no base)? */
 bool stream_is_full(const struct stream_begin *b);
@@ -88,6 +136,7 @@ uint64_t stream_data_bytes(uint64_t len);       /* len: data bytes of one record
 						 * compressed: compressed ones are smaller) */
 uint64_t stream_zero_bytes(void);
 uint64_t stream_end_bytes(void);
+uint64_t stream_file_bytes(const char *path);
 
 /* ---- encoder ------------------------------------------------------------- */
 
@@ -103,6 +152,9 @@ int stream_enc_begin(struct stream_enc *e, const struct stream_begin *b);
 int stream_enc_data(struct stream_enc *e, uint64_t off, const void *buf, size_t len);
 int stream_enc_zero(struct stream_enc *e, uint64_t off, uint64_t len);
 int stream_enc_end(struct stream_enc *e);
+/* Directory streams: a file record, in the order above (CONT: only first
+ * after a resumed begin with resume_file, and then required). */
+int stream_enc_file(struct stream_enc *e, const struct stream_file *f);
 /* A record of a type this version does not know (tests: skipping). */
 int stream_enc_raw(struct stream_enc *e, uint32_t type, uint32_t flags, const void *payload,
 		   size_t len);
@@ -123,9 +175,10 @@ typedef long (*stream_in_fn)(void *ctx, void *buf, size_t len);
 
 struct stream_rec {
 	uint32_t type;                  /* STREAM_DATA (compressed or not: decompressed
-					 * and checked here) or STREAM_ZERO */
+					 * and checked here), STREAM_ZERO or STREAM_FILE */
 	uint64_t off, len;              /* bytes of the file */
 	const uint8_t *data;            /* STREAM_DATA: len bytes */
+	const struct stream_file *file; /* STREAM_FILE: its order checked */
 };
 
 struct stream_dec;
@@ -141,7 +194,7 @@ int stream_dec_begin(struct stream_dec *d, struct stream_begin *b);
  * value (another stream, a token of another receive) is refused at its
  * first record.  begin's resume_chain is not trusted. */
 int stream_dec_continue(struct stream_dec *d, const struct stream_pos *kept);
-/* The next data or zero record: 1; or 0 once end has been verified and
+/* The next data, zero or file record: 1; or 0 once end has been verified and
  * the input has nothing after it. */
 int stream_dec_next(struct stream_dec *d, struct stream_rec *r);
 /* Why the last call failed: one line. */

@@ -20,7 +20,9 @@
  *   iostat.c   vsnapctl iostat; the daemon's per-volume counters
  *   metrics.c  vsnapctl metrics (Prometheus text format)
  *   send.c     vsnapctl send
+ *   sendtree.c vsnapctl send of a directory snapshot (a directory stream)
  *   receive.c  vsnapctl receive
+ *   recvtree.c vsnapctl receive of a directory stream
  *
  * Access.  The index is opened read-only (SQLite WAL lets us read while the
  * daemon writes; every bmap call sees the last committed state) and chunk
@@ -401,6 +403,58 @@ struct send_opts {
 };
 int cmd_send(struct store *st, const struct send_opts *o);
 
+/* send.c, for sendtree.c: what to send of one volume. */
+struct bext {                           /* a byte extent of the file: data, or zeros */
+	uint64_t off, len;
+	bool data;
+};
+
+struct plan {
+	struct bext *v;                 /* in order, disjoint */
+	size_t n, cap;
+	uint32_t bs;
+	uint64_t lo, hi;                /* bytes the runs being added are cut to */
+	bool data_only;                 /* drop zero runs (a full stream, a tail) */
+	uint64_t bytes, data_bytes, ndata, nzero;
+};
+
+/* The extents of B against A (A NULL: a full stream's), from the index. */
+int plan_runs(struct store *st, const struct file *a, const struct file *b, struct plan *p);
+/* Add the bytes and records of the plan's records from offset resume on. */
+void plan_size(struct plan *p, uint64_t resume);
+/* Records of the whole plan. */
+uint64_t plan_nrec(const struct plan *p);
+/* Do the plan's records, after before records of the stream, end exactly
+ * at off with the stream's record rec? */
+bool plan_fits(const struct plan *p, uint64_t before, uint64_t rec, uint64_t off);
+/* The plan's records from offset resume on, the data read from fd. */
+int send_runs(struct stream_enc *e, int fd, const struct plan *p, uint64_t resume,
+	      struct progress *pg);
+/* The stream to stdout: begin sb, body's records, end; planned bytes
+ * exactly (at most, compressed).  0, or -ECANCELED after one line. */
+int send_write(const struct send_opts *o, const struct stream_begin *sb, uint64_t planned,
+	       int (*body)(void *ctx, struct stream_enc *e, struct progress *pg), void *ctx);
+/* sendtree.c: B is a directory snapshot (MNT/D/.snapshots/NAME). */
+int send_tree(struct store *st, const struct send_opts *o);
+
+struct tent {                           /* an entry of a snapshot's tree */
+	char *path;                     /* below the directory: "a/b" */
+	struct bmap_inode in;           /* as the snapshot froze it */
+};
+
+struct stree {                          /* a directory snapshot's tree */
+	struct bmap_snap s;
+	uint8_t guid[BMAP_GUID_BYTES];
+	struct tent *v;                 /* in stream order (stream_path_cmp) */
+	size_t n;
+};
+
+/* Snapshot t->s's entries with their paths, from the index (one line and
+ * -ECANCELED for a tree that does not hang together). */
+int stree_load(struct store *st, struct stree *t);
+void stree_free(struct stree *t);
+const struct tent *stree_find(const struct stree *t, const char *path);
+
 struct recv_opts {
 	const char *path;               /* the volume in a mount */
 	bool force;                     /* --force */
@@ -413,7 +467,9 @@ struct recv_opts {
  * (docs/design.md, "Resume"). */
 struct recv_token {
 	uint8_t guid[STREAM_GUID_BYTES], base[STREAM_GUID_BYTES];     /* base all 0: full */
-	struct stream_pos pos;          /* rec, off, chain; data_bytes unused */
+	struct stream_pos pos;          /* rec, off, chain, file; data_bytes unused */
+	bool dir;                       /* of a directory stream: GUID.BASE.K.OFF.CHAIN.F,
+					 * F the file records kept */
 };
 /* 0, or -EINVAL for text that is not a token. */
 int recv_token_parse(const char *s, struct recv_token *t);

@@ -180,12 +180,16 @@ static int cmp_path(const void *a, const void *b)
 	return strcmp(((const struct lrow *)a)->path, ((const struct lrow *)b)->path);
 }
 
-/* A volume being received: not listed, as the mount does not list it. */
+/* What is being received: a temporary volume (the mount does not list
+ * it), or anything in a directory stream's temporary directory (the
+ * mount lists it, a dot name: what ls -a shows, not a file of the store's
+ * yet). */
 static bool hidden(const char *path)
 {
-	const char *name = strrchr(path, '/');
-
-	return name && ctl_recv_tmp_name(name + 1);
+	for (const char *c = strchr(path, '/'); c; c = strchr(c + 1, '/'))
+		if (ctl_recv_tmp_name(c + 1))
+			return true;
+	return false;
 }
 
 /* A file's figures: blocks of its own layer, exclusive bytes, referenced
@@ -335,7 +339,7 @@ static int list_run(struct store *st, const struct list_opts *o, const struct cm
 		path = xasprintf("%s/.snapshots/%s", dir, s->name);
 		if (!path)
 			rc = -ENOMEM;
-		else if (under(path, st->rel))
+		else if (under(path, st->rel) && !hidden(path))
 			rows[n++] = (struct lrow){ .path = path, .file = NONE, .snap = s, .own = path };
 		else
 			free(path);

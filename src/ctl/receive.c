@@ -6,7 +6,10 @@
  *   vsnapctl receive --token PATH | --abort PATH
  *
  * PATH is the volume in a mount: a full stream creates it with snapshot
- * FILE@NAME, an incremental one adds the next snapshot to it.  Nothing is
+ * FILE@NAME, an incremental one adds the next snapshot to it.  A
+ * directory stream (version 3) makes or updates the directory PATH:
+ * recvtree.c does its steps, on a temporary directory, with this file's
+ * names, tokens, checkpoints and commit (recv_int.h).  Nothing is
  * written behind the daemon's back: the data goes through the mount into a
  * hidden temporary volume next to PATH (.vsnap-recv.GUID: empty for a full
  * stream, a linked clone of the base snapshot for an incremental one), each
@@ -40,11 +43,16 @@
  * existing volume; an incremental stream whose base snapshot is not here,
  * or whose volume was written after it (--force: the temporary clone of
  * the base is the revert, and it replaces the volume).  Exit 2: usage or
- * I/O errors.
+ * I/O errors.  A stream received whole whose commit the daemon refuses for
+ * a cause that can be fixed (-EBUSY: the destination open; -ESTALE: written
+ * after the base; -ENOTEMPTY: snapshots below a directory) is kept, named
+ * at its place before end: send --resume then writes begin and end only,
+ * and receive --resume commits it (recv_commit_refused).
  */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <inttypes.h>
 #include <libgen.h>
 #include <stdarg.h>
@@ -54,41 +62,12 @@
 #include <unistd.h>
 
 #include "ctl/ctl_int.h"
+#include "ctl/recv_int.h"
 #include "ns/names.h"                   /* the daemon's own name rules */
 #include "vsnapfs/ctlmsg.h"
 #include "vsnapfs/stream.h"
 
-#define RECV_TMP_PREFIX CTL_RECV_TMP_PREFIX
-#define RECV_CKPT_BYTES (8ull << 20)    /* at least this much stream between two */
-#define RECV_CKPT_NS    1000000000ll    /* checkpoints, and at least this long: each
-					 * costs an fsync and a rename (two flushes) */
-#define TOKEN_MAX       140             /* GUID.BASE.K.OFF.CHAIN, NUL included */
-
-struct recv {
-	const struct recv_opts *o;
-	struct store st;
-	struct model m;
-	struct stream_begin sb;
-	/* the stream's names as messages show them (text_esc) */
-	char efile[TEXT_ESC_MAX(STREAM_NAME_MAX)], esnap[TEXT_ESC_MAX(STREAM_NAME_MAX)],
-	     ebase[TEXT_ESC_MAX(STREAM_NAME_MAX)];
-	char mnt[PATH_MAX];             /* the mount point */
-	char dirpath[PATH_MAX];         /* PATH's directory, as given */
-	char name[BMAP_NAME_MAX + 1];   /* PATH's last component */
-	char tmp[PATH_MAX + 300];       /* the temporary volume's path */
-	char tmpname[BMAP_NAME_MAX + 1];
-	uint64_t dir_ino;
-	uint64_t tmp_ino;               /* the temporary volume this receive wrote */
-	const struct file *base;        /* incremental: the base snapshot's file */
-	bool made_tmp;                  /* this receive made it: deleted if refused */
-	bool keep;                      /* ... unless it holds a part worth resuming */
-	uint64_t applied;               /* every byte below it is in the temporary volume */
-	uint64_t ckpt_bytes;            /* stream bytes at the last checkpoint */
-	int64_t ckpt_ns;                /* CLOCK_MONOTONIC then */
-};
-
-__attribute__((format(printf, 2, 3)))
-static int refuse(struct recv *r, const char *fmt, ...)
+int refuse(struct recv *r, const char *fmt, ...)
 {
 	va_list ap;
 
@@ -118,7 +97,7 @@ static long in_fd(void *ctx, void *buf, size_t len)
  * to the same store, but a temporary volume made there would be a file of
  * the host next to index.sqlite, behind the daemon's back.
  */
-static int recv_where(struct recv *r)
+int recv_where(struct recv *r)
 {
 	char *a = strdup(r->o->path), *b = strdup(r->o->path), real[PATH_MAX], dir[PATH_MAX],
 	     rel[PATH_MAX];
@@ -186,29 +165,34 @@ static void token_format(const struct recv_token *t, char *out, size_t len)
 	ctl_hex(t->base, STREAM_GUID_BYTES, b);
 	snprintf(out, len, "%s.%s.%" PRIu64 ".%" PRIu64 ".%016" PRIx64, g, b, t->pos.rec,
 		 t->pos.off, t->pos.chain);
+	if (t->dir)
+		snprintf(out + strlen(out), len - strlen(out), ".%" PRIu64, t->pos.file);
 }
 
 int recv_token_parse(const char *s, struct recv_token *t)
 {
 	char g[33], b[33], c[17], again[TOKEN_MAX];
+	int n;
 
 	memset(t, 0, sizeof(*t));
 	if (strlen(s) >= TOKEN_MAX ||
-	    sscanf(s, "%32[0-9a-f].%32[0-9a-f].%" SCNu64 ".%" SCNu64 ".%16[0-9a-f]", g, b,
-		   &t->pos.rec, &t->pos.off, c) != 5 ||
+	    (n = sscanf(s, "%32[0-9a-f].%32[0-9a-f].%" SCNu64 ".%" SCNu64 ".%16[0-9a-f].%" SCNu64,
+			g, b, &t->pos.rec, &t->pos.off, c, &t->pos.file)) < 5 ||
 	    ctl_unhex(g, t->guid, STREAM_GUID_BYTES) || ctl_unhex(b, t->base, STREAM_GUID_BYTES))
 		return -EINVAL;
 	t->pos.chain = strtoull(c, NULL, 16);
+	t->dir = n == 6;
 	token_format(t, again, sizeof(again));
 	return t->pos.rec && !strcmp(again, s) ? 0 : -EINVAL;     /* one spelling only */
 }
 
 /* The name of f if it is a temporary volume in PATH's directory, else NULL. */
-static const char *tmp_in_dir(const struct recv *r, const struct file *f)
+const char *tmp_in_dir(const struct recv *r, const struct file *f)
 {
 	size_t rl = strlen(r->st.rel);
 
-	if (f->snap || f->kind != BMAP_VOL || strncmp(f->path, r->st.rel, rl) ||
+	if (f->snap || (f->kind != BMAP_VOL && f->kind != BMAP_DIR) ||
+	    strncmp(f->path, r->st.rel, rl) ||
 	    f->path[rl] != '/' || strchr(f->path + rl + 1, '/') ||
 	    strncmp(f->path + rl + 1, RECV_TMP_PREFIX, strlen(RECV_TMP_PREFIX)))
 		return NULL;
@@ -217,12 +201,13 @@ static const char *tmp_in_dir(const struct recv *r, const struct file *f)
 
 /* The kept part of this stream (a temporary volume of its guid named
  * after a position): 0 and its token, or -ENOENT. */
-static int recv_kept(const struct recv *r, struct recv_token *t)
+int recv_kept(const struct recv *r, struct recv_token *t)
 {
 	for (size_t i = 0; i < r->m.nfiles; i++) {
 		const char *n = tmp_in_dir(r, &r->m.files[i]);
 
-		if (n && !recv_token_parse(n + strlen(RECV_TMP_PREFIX), t) &&
+		if (n && !recv_token_parse(n + strlen(RECV_TMP_PREFIX), t) && t->dir == r->tree &&
+		    (r->m.files[i].kind == BMAP_DIR) == r->tree &&
 		    !memcmp(t->guid, r->sb.guid, STREAM_GUID_BYTES))
 			return 0;
 	}
@@ -231,7 +216,7 @@ static int recv_kept(const struct recv *r, struct recv_token *t)
 
 /* Is s (a name after the prefix) one that a receive makes: a token, or,
  * while it makes the volume (a version 1 stream, always), the guid alone? */
-static bool recv_made(const char *s, bool *token)
+bool recv_made(const char *s, bool *token)
 {
 	uint8_t g[STREAM_GUID_BYTES];
 	char again[2 * STREAM_GUID_BYTES + 1];
@@ -269,9 +254,13 @@ static int recv_parts(struct recv *r)
 		}
 		n++;
 		snprintf(path, sizeof(path), "%s/%s", r->dirpath, name);
-		if (unlink(path))
+		if (r->m.files[i].kind == BMAP_DIR)
+			rc = recv_rm_rf(path);  /* a directory stream's part */
+		else if (unlink(path))
 			rc = -errno;
-		else
+		if (!rc && r->m.files[i].kind == BMAP_DIR)
+			printf("removed %s (a directory stream's part)\n", path);
+		else if (!rc)
 			printf("removed %s (%" PRIu64 " bytes)\n", path, r->m.files[i].size);
 	}
 	if (!rc && !n)
@@ -280,7 +269,7 @@ static int recv_parts(struct recv *r)
 }
 
 /* A snapshot's NAME (of FILE@NAME, no '@'), by the daemon's rule. */
-static bool snap_name_ok(const char *name)
+bool snap_name_ok(const char *name)
 {
 	char *file = NULL;
 	bool ok = ns_snap_name_parse(name, &file) == 0 && !file;
@@ -320,10 +309,24 @@ static int recv_names(struct recv *r)
 	return 0;
 }
 
-static int any_run(void *ctx, const struct bmap_run *run)
+int recv_any_run(void *ctx, const struct bmap_run *run)
 {
 	*(bool *)ctx = true;
 	return 1;                       /* one is enough */
+}
+
+int recv_check_guid(struct recv *r)
+{
+	struct bmap_snap s;
+	int rc = bmap_snap_by_guid(r->st.bm, r->sb.guid, &s);
+
+	if (rc == -ENOSYS)
+		return refuse(r, "%s has no snapshot ids yet: mount it once with this version of "
+			      "vsnapfs", r->st.dir);
+	if (rc == 0)
+		return refuse(r, "snapshot %s%s%s was received already (here it is %s)", r->efile,
+			      r->tree ? "/.snapshots/" : "@", r->esnap, s.name);
+	return rc == -ENOENT ? 0 : rc;
 }
 
 /* The checks against the destination index (read-only): see the top. */
@@ -333,16 +336,9 @@ static int recv_check(struct recv *r)
 	struct bmap_snap s;
 	const struct file *dst;
 	bool differs = false;
-	int rc;
+	int rc = recv_check_guid(r);
 
-	rc = bmap_snap_by_guid(r->st.bm, r->sb.guid, &s);
-	if (rc == -ENOSYS)
-		return refuse(r, "%s has no snapshot ids yet: mount it once with this version of "
-			      "vsnapfs", r->st.dir);
-	if (rc == 0)
-		return refuse(r, "snapshot %s@%s was received already (here it is %s)", r->efile,
-			      r->esnap, s.name);
-	if (rc != -ENOENT)
+	if (rc)
 		return rc;
 	snprintf(path, sizeof(path), "%s/%s", r->st.rel, r->name);
 	dst = file_by_path(&r->m, path);
@@ -371,7 +367,7 @@ static int recv_check(struct recv *r)
 		return 0;
 	if (dst->size == r->base->size) {
 		rc = bmap_node_diff(r->st.bm, r->base->node_id, dst->node_id,
-				    dst->size / r->st.bs + 1, any_run, &differs);
+				    dst->size / r->st.bs + 1, recv_any_run, &differs);
 		if (rc == 1 || rc == -EXDEV) {
 			differs = true;
 			rc = 0;
@@ -385,7 +381,7 @@ static int recv_check(struct recv *r)
 
 /* The temporary volume's name and path for token t (NULL: the name it has
  * while it is being made, which no resume takes). */
-static void tmp_name(struct recv *r, const struct recv_token *t)
+void tmp_name(struct recv *r, const struct recv_token *t)
 {
 	char tok[TOKEN_MAX], hex[2 * STREAM_GUID_BYTES + 1];
 
@@ -399,13 +395,14 @@ static void tmp_name(struct recv *r, const struct recv_token *t)
 /* Name the temporary volume after the position of the last record
  * applied, once its data is synced: the name never claims more than the
  * volume holds (a rename is one durable index transaction). */
-static int recv_ckpt(struct recv *r, struct stream_dec *d, int fd)
+int recv_ckpt(struct recv *r, struct stream_dec *d, int fd)
 {
 	char old[sizeof(r->tmp)];
 	struct recv_token t;
 
 	memcpy(t.guid, r->sb.guid, STREAM_GUID_BYTES);
 	memcpy(t.base, r->sb.base_guid, STREAM_GUID_BYTES);
+	t.dir = r->tree;
 	stream_dec_pos(d, &t.pos);
 	r->ckpt_bytes = stream_dec_bytes(d);
 	r->ckpt_ns = mono_ns();
@@ -413,7 +410,7 @@ static int recv_ckpt(struct recv *r, struct stream_dec *d, int fd)
 	tmp_name(r, &t);
 	if (!strcmp(old, r->tmp))
 		return 0;
-	if (fsync(fd) || rename(old, r->tmp)) {
+	if ((fd >= 0 && fsync(fd)) || rename(old, r->tmp)) {
 		int rc = -errno;
 
 		snprintf(r->tmp, sizeof(r->tmp), "%s", old);
@@ -424,10 +421,9 @@ static int recv_ckpt(struct recv *r, struct stream_dec *d, int fd)
 
 /* --resume: the kept part of this stream, checked to be what the stream
  * continues, opened.  Refusals leave it as it is. */
-static int recv_resume(struct recv *r, struct stream_dec *d, int *fd)
+int recv_resume_part(struct recv *r, struct stream_dec *d, struct recv_token *tp)
 {
 	struct recv_token t;
-	struct stat st;
 
 	if (r->sb.version < 2)
 		return refuse(r, "a stream of version %" PRIu32 " cannot be resumed: send the whole "
@@ -436,8 +432,9 @@ static int recv_resume(struct recv *r, struct stream_dec *d, int *fd)
 		return refuse(r, "not a resumed stream: --resume takes what vsnapctl send --resume "
 			      "TOKEN writes (vsnapctl receive --token %s prints the token)", r->o->path);
 	if (recv_kept(r, &t))
-		return refuse(r, "no cut receive of %s@%s is kept in %s: nothing to resume (send the "
-			      "whole stream)", r->efile, r->esnap, r->dirpath);
+		return refuse(r, "no cut receive of %s%s%s is kept in %s: nothing to resume (send the "
+			      "whole stream)", r->efile, r->tree ? "/.snapshots/" : "@", r->esnap,
+			      r->dirpath);
 	if (memcmp(t.base, r->sb.base_guid, STREAM_GUID_BYTES)) {
 		char kb[2 * STREAM_GUID_BYTES + 1], sb[2 * STREAM_GUID_BYTES + 1];
 
@@ -451,6 +448,18 @@ static int recv_resume(struct recv *r, struct stream_dec *d, int *fd)
 	if (stream_dec_continue(d, &t.pos))
 		return refuse(r, "%s; the part kept is as it was", stream_dec_msg(d));
 	tmp_name(r, &t);
+	*tp = t;
+	return 0;
+}
+
+static int recv_resume(struct recv *r, struct stream_dec *d, int *fd)
+{
+	struct recv_token t;
+	struct stat st;
+	int rc = recv_resume_part(r, d, &t);
+
+	if (rc)
+		return rc;
 	*fd = open(r->tmp, O_RDWR | O_CLOEXEC);
 	if (*fd < 0)
 		return -errno;
@@ -463,12 +472,48 @@ static int recv_resume(struct recv *r, struct stream_dec *d, int *fd)
 	return 0;
 }
 
+int recv_clone(const char *src, int fd, uint64_t size)
+{
+	uint64_t done = 0;
+	int rc = 0, sfd = open(src, O_RDONLY | O_CLOEXEC);
+
+	if (sfd < 0)
+		return -errno;
+	/* a linked clone: no data is copied (ns_copy_range) */
+	while (!rc && done < size) {
+		loff_t in = (loff_t)done, out = (loff_t)done;
+		ssize_t n = copy_file_range(sfd, &in, fd, &out, size - done, 0);
+
+		if (n <= 0)
+			rc = n < 0 ? -errno : -EIO;
+		else
+			done += (uint64_t)n;
+	}
+	close(sfd);
+	return rc;
+}
+
+static int rm_one(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+	return remove(path) && errno != ENOENT ? -errno : 0;
+}
+
+int recv_rm_rf(const char *path)
+{
+	struct stat sb;
+
+	if (lstat(path, &sb))
+		return errno == ENOENT ? 0 : -errno;
+	if (!S_ISDIR(sb.st_mode))
+		return unlink(path) && errno != ENOENT ? -errno : 0;
+	return nftw(path, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+}
+
 /* The temporary volume: empty, or a linked clone of the base, at the size. */
 static int recv_tmp(struct recv *r, struct stream_dec *d, int *fd)
 {
 	char base[PATH_MAX + 300];
-	int bfd = -1, rc = 0;
-	uint64_t done = 0;
+	int rc = 0;
 
 	if (r->o->resume)
 		return 0;               /* recv_resume opened it */
@@ -494,24 +539,10 @@ static int recv_tmp(struct recv *r, struct stream_dec *d, int *fd)
 	r->made_tmp = true;
 	if (r->base) {
 		snprintf(base, sizeof(base), "%s%s", r->mnt, r->base->path);
-		bfd = open(base, O_RDONLY | O_CLOEXEC);
-		if (bfd < 0)
-			rc = -errno;
-		/* a linked clone: no data is copied (ns_copy_range) */
-		while (!rc && done < r->base->size) {
-			loff_t in = done, out = done;
-			ssize_t n = copy_file_range(bfd, &in, *fd, &out, r->base->size - done, 0);
-
-			if (n <= 0)
-				rc = n < 0 ? -errno : -EIO;
-			else
-				done += n;
-		}
+		rc = recv_clone(base, *fd, r->base->size);
 	}
 	if (!rc && ftruncate(*fd, (off_t)r->sb.size))
 		rc = -errno;
-	if (bfd >= 0)
-		close(bfd);
 	/* version 2: named after the position at begin, resumable from now on */
 	if (!rc && r->sb.version >= 2)
 		rc = recv_ckpt(r, d, *fd);
@@ -519,7 +550,7 @@ static int recv_tmp(struct recv *r, struct stream_dec *d, int *fd)
 }
 
 /* One record into the temporary volume. */
-static int recv_record(int fd, const struct stream_rec *rec)
+int recv_record(int fd, const struct stream_rec *rec)
 {
 	const uint8_t *p = rec->data;
 	uint64_t off = rec->off, len = rec->len;
@@ -542,7 +573,7 @@ static int recv_record(int fd, const struct stream_rec *rec)
 /* A refused stream: keep the verified part (a cut, or anything in a
  * --resume receive, of a version 2 stream) and say how to go on, or say
  * that nothing was applied. */
-static int recv_stopped(struct recv *r, struct stream_dec *d, int fd, int rc)
+int recv_stopped(struct recv *r, struct stream_dec *d, int fd, int rc)
 {
 	struct stream_pos p;
 	char msg[200];
@@ -555,6 +586,11 @@ static int recv_stopped(struct recv *r, struct stream_dec *d, int fd, int rc)
 	if (rc)
 		return rc;
 	r->keep = true;
+	if (r->tree)
+		return refuse(r, "%s; kept the first %" PRIu64 " records (%" PRIu64 " files, the last "
+			      "up to byte %" PRIu64 "): vsnapctl send --resume %s ... | vsnapctl "
+			      "receive --resume %s", msg, p.rec, p.file, p.off,
+			      r->tmpname + strlen(RECV_TMP_PREFIX), r->o->path);
 	return refuse(r, "%s; kept the first %" PRIu64 " records (the file up to byte %" PRIu64 "): "
 		      "vsnapctl send --resume %s ... | vsnapctl receive --resume %s", msg, p.rec,
 		      p.off, r->tmpname + strlen(RECV_TMP_PREFIX), r->o->path);
@@ -610,16 +646,45 @@ static int recv_commit(struct recv *r)
 		     ctl_kv_add(q, "guid", "%s", guid) ?:
 		     ctl_kv_add(q, "created_ns", "%" PRIu64, (uint64_t)r->sb.created_ns) ?:
 		     (stream_is_full(&r->sb) ? 0 : ctl_kv_add(q, "base_guid", "%s", base)) ?:
-		     ctl_kv_add(q, "force", "%d", r->o->force ? 1 : 0);
+		     ctl_kv_add(q, "force", "%d", r->o->force ? 1 : 0) ?:
+		     (r->tree ? ctl_kv_add(q, "tree", "1") : 0);
 		if (rc)
 			rc = refuse(r, "the commit request cannot hold %s@%s: %s", r->name, r->esnap,
 				    strerror(-rc));
-		else if (chan_call(r->st.dir, q, a, false))
+		else if ((r->commit_rc = chan_call(r->st.dir, q, a, false)))
 			rc = -ECANCELED;        /* chan_call said why */
 	}
 	free(q);
 	free(a);
 	return rc;
+}
+
+/*
+ * The daemon refused the commit of a stream received whole and synced,
+ * for a cause that can be fixed (a volume open, the destination written
+ * after the base, snapshots below it): keep the part, named at the
+ * position before end, so that send --resume (begin and end only) and
+ * receive --resume commit it without sending the data again.
+ */
+static void recv_commit_refused(struct recv *r, struct stream_dec *d)
+{
+	int rc = r->commit_rc;
+	struct stat st;
+
+	if (r->sb.version < 2 || (rc != -EBUSY && rc != -ESTALE && rc != -ENOTEMPTY) ||
+	    (!r->made_tmp && !r->o->resume))
+		return;
+	/* -ESTALE may also be another receive of the stream that started
+	 * over: what has the name is then not this one's */
+	if (lstat(r->tmp, &st) || (uint64_t)st.st_ino != r->tmp_ino)
+		return;
+	if (recv_ckpt(r, d, -1))
+		return;                 /* the part goes: nothing claims it */
+	r->keep = true;
+	fprintf(stderr, "vsnapctl: receive: the stream is kept whole: once that is fixed, vsnapctl "
+		"send --resume %s ... | vsnapctl receive --resume%s %s commits it without sending "
+		"the data again\n", r->tmpname + strlen(RECV_TMP_PREFIX),
+		rc == -ESTALE ? " --force" : "", r->o->path);
 }
 
 int cmd_receive(const struct recv_opts *o)
@@ -643,41 +708,48 @@ int cmd_receive(const struct recv_opts *o)
 	if (!rc && stream_dec_begin(d, &r.sb))
 		rc = refuse(&r, "%s", stream_dec_msg(d));
 	if (!rc) {
+		r.tree = r.sb.kind == STREAM_KIND_DIR;
 		text_esc(r.sb.file, r.efile, sizeof(r.efile));
 		text_esc(r.sb.snap, r.esnap, sizeof(r.esnap));
 		text_esc(r.sb.base, r.ebase, sizeof(r.ebase));
 		rc = recv_where(&r);
 	}
 	if (!rc)
-		rc = recv_names(&r);
+		rc = r.tree ? rtree_names(&r) : recv_names(&r);
 	/* --resume: first whether the stream continues the kept part */
 	if (!rc && o->resume)
-		rc = recv_resume(&r, d, &fd);
+		rc = r.tree ? rtree_resume(&r, d) : recv_resume(&r, d, &fd);
 	if (!rc) {
 		bool txn = bmap_snapshot_begin(r.st.bm) == 0;
 
-		rc = recv_check(&r);
+		rc = r.tree ? rtree_check(&r) : recv_check(&r);
 		if (txn)
 			bmap_snapshot_end(r.st.bm);
 	}
 	if (!rc)
-		rc = recv_tmp(&r, d, &fd);
+		rc = r.tree ? rtree_tmp(&r, d) : recv_tmp(&r, d, &fd);
 	if (!rc)
-		rc = recv_apply(&r, d, fd);
+		rc = r.tree ? rtree_apply(&r, d) : recv_apply(&r, d, fd);
 	if (!rc) {
 		struct stat sb;
 
-		/* the commit takes this volume only if the name still is it */
-		rc = fstat(fd, &sb) ? -errno : 0;
+		/* the commit takes the temporary only if the name still is it */
+		rc = (r.tree ? stat(r.tmp, &sb) : fstat(fd, &sb)) ? -errno : 0;
 		r.tmp_ino = (uint64_t)sb.st_ino;
 	}
 	if (fd >= 0 && close(fd) && !rc)
 		rc = -errno;
 	if (!rc)
 		rc = recv_commit(&r);
+	if (rc == -ECANCELED && r.commit_rc)
+		recv_commit_refused(&r, d);
 	if (rc && r.made_tmp && !r.keep)
-		unlink(r.tmp);
-	if (!rc)
+		r.tree ? recv_rm_rf(r.tmp) : unlink(r.tmp);
+	if (!rc && r.tree)
+		printf("received %s/%s/.snapshots/%s (%s directory stream%s, %" PRIu64 " bytes)\n",
+		       r.dirpath, r.name, r.esnap, stream_is_full(&r.sb) ? "full" : "incremental",
+		       r.sb.resume_rec ? ", resumed" : "", stream_dec_bytes(d));
+	else if (!rc)
 		printf("received %s/%s@%s (%s stream%s, %" PRIu64 " bytes)\n", r.dirpath, r.name,
 		       r.esnap, stream_is_full(&r.sb) ? "full" : "incremental",
 		       r.sb.resume_rec ? ", resumed" : "", stream_dec_bytes(d));
@@ -725,8 +797,9 @@ static int receive_main(int argc, char **argv)
 const struct cmd receive_cmd = {
 	.name = "receive",
 	.synopsis = "[--force] [--resume] PATH < STREAM | --token PATH | --abort PATH",
-	.summary = "apply a stream from stdin to volume PATH of a mount",
+	.summary = "apply a stream from stdin to volume (or directory) PATH of a mount",
 	.help = "A full stream creates PATH and its snapshot, an incremental one adds the next.\n"
+		"PATH is a volume, or for a directory stream a directory.\n"
 		"A cut stream keeps what it verified and prints a TOKEN: go on with\n"
 		"vsnapctl send --resume TOKEN B | vsnapctl receive --resume PATH.\n"
 		"      --force                first revert PATH to the base snapshot if it was\n"

@@ -7,7 +7,9 @@
  *
  * B (and A) are files of single-volume snapshots in a mount:
  * MNT/D/.snapshots/FILE@NAME/FILE; A may be written @NAME, a snapshot of
- * the same file.  What is sent comes from the index alone, in one read
+ * the same file.  A B that is a directory is a directory snapshot,
+ * MNT/D/.snapshots/NAME: sendtree.c sends it (a directory stream), with
+ * this file's plans and writer (plan_runs, send_runs, send_write).  What is sent comes from the index alone, in one read
  * transaction: a full stream holds B's data runs (bmap_node_content), an
  * incremental one the runs where A and B differ (bmap_node_diff: data, or
  * zeros where B reads zeros), the extents that vsnapctl diff prints.  So
@@ -32,6 +34,7 @@
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "ctl/ctl_int.h"
@@ -147,21 +150,6 @@ static int out_fd(void *ctx, const void *buf, size_t len)
 	return 0;
 }
 
-/* A byte extent of the file to send: data, or zeros. */
-struct bext {
-	uint64_t off, len;
-	bool data;
-};
-
-struct plan {
-	struct bext *v;                 /* in order, disjoint */
-	size_t n, cap;
-	uint32_t bs;
-	uint64_t lo, hi;                /* bytes the runs being added are cut to */
-	bool data_only;                 /* drop zero runs (a full stream, a tail) */
-	uint64_t bytes, data_bytes, ndata, nzero;
-};
-
 /* bmap_run callback: the run in bytes, cut to [lo, hi). */
 static int plan_add(void *ctx, const struct bmap_run *r)
 {
@@ -188,11 +176,9 @@ static bool from_resume(const struct bext *x, uint64_t resume, uint64_t *off, ui
 	return b > a;
 }
 
-/* Do the plan's records before record rec (begin is 1) end exactly at off?
- * (A resume token's place: a token of another stream does not fit.) */
-static bool plan_fits(const struct plan *p, uint64_t rec, uint64_t off)
+bool plan_fits(const struct plan *p, uint64_t before, uint64_t rec, uint64_t off)
 {
-	uint64_t n = 1, end = 0;
+	uint64_t n = before, end = 0;
 
 	for (size_t i = 0; i < p->n && n < rec; i++) {
 		uint64_t nrec = p->v[i].data ?
@@ -207,14 +193,22 @@ static bool plan_fits(const struct plan *p, uint64_t rec, uint64_t off)
 	return n >= rec && end == off;
 }
 
-/* The exact stream size of plan p from the resume offset on. */
-static void plan_size(struct plan *p, const struct stream_begin *b)
+uint64_t plan_nrec(const struct plan *p)
 {
-	p->bytes = stream_begin_bytes(b) + stream_end_bytes();
+	uint64_t n = 0;
+
+	for (size_t i = 0; i < p->n; i++)
+		n += p->v[i].data ? (p->v[i].len + STREAM_DATA_MAX - 1) / STREAM_DATA_MAX : 1;
+	return n;
+}
+
+/* The exact bytes of plan p's records from offset resume on. */
+void plan_size(struct plan *p, uint64_t resume)
+{
 	for (size_t i = 0; i < p->n; i++) {
 		uint64_t off, len;
 
-		if (!from_resume(&p->v[i], b->resume_off, &off, &len))
+		if (!from_resume(&p->v[i], resume, &off, &len))
 			continue;
 		if (p->v[i].data) {
 			uint64_t nrec = (len + STREAM_DATA_MAX - 1) / STREAM_DATA_MAX;
@@ -236,8 +230,7 @@ static void plan_size(struct plan *p, const struct stream_begin *b)
  * reads zeros), and past it B's data runs (the receiver reads zeros there
  * already), as vsnapctl diff cuts them.
  */
-static int plan_runs(struct store *st, const struct snapfile *a, const struct snapfile *b,
-		     struct plan *p)
+int plan_runs(struct store *st, const struct file *a, const struct file *b, struct plan *p)
 {
 	uint64_t bs = st->bs, lo, nb;
 	int rc;
@@ -246,33 +239,32 @@ static int plan_runs(struct store *st, const struct snapfile *a, const struct sn
 	p->data_only = true;
 	if (!a) {
 		p->lo = 0;
-		p->hi = b->f->size;
-		return bmap_node_content(st->bm, b->f->node_id, 0, (b->f->size + bs - 1) / bs,
+		p->hi = b->size;
+		return bmap_node_content(st->bm, b->node_id, 0, (b->size + bs - 1) / bs,
 					 plan_add, p);
 	}
-	lo = a->f->size < b->f->size ? a->f->size : b->f->size;
-	nb = ((a->f->size > b->f->size ? a->f->size : b->f->size) + bs - 1) / bs;
+	lo = a->size < b->size ? a->size : b->size;
+	nb = ((a->size > b->size ? a->size : b->size) + bs - 1) / bs;
 	p->lo = 0;
 	p->hi = lo;
 	p->data_only = false;
-	rc = bmap_node_diff(st->bm, a->f->node_id, b->f->node_id, nb, plan_add, p);
+	rc = bmap_node_diff(st->bm, a->node_id, b->node_id, nb, plan_add, p);
 	if (rc == -EXDEV) {
 		fprintf(stderr, "vsnapctl: send: %s and %s are not of one lineage: no incremental "
-			"stream between them\n", a->f->path, b->f->path);
+			"stream between them\n", a->path, b->path);
 		return rc;
 	}
-	if (rc || b->f->size <= lo)
+	if (rc || b->size <= lo)
 		return rc;
 	p->lo = lo;
-	p->hi = b->f->size;
+	p->hi = b->size;
 	p->data_only = true;
-	return bmap_node_content(st->bm, b->f->node_id, lo / bs, (b->f->size + bs - 1) / bs,
+	return bmap_node_content(st->bm, b->node_id, lo / bs, (b->size + bs - 1) / bs,
 				 plan_add, p);
 }
 
-/* Send the planned extents, reading B through the mount. */
-static int send_runs(struct stream_enc *e, int fd, const struct plan *p,
-		     const struct stream_begin *b, struct progress *pg)
+int send_runs(struct stream_enc *e, int fd, const struct plan *p, uint64_t resume,
+	      struct progress *pg)
 {
 	uint8_t *buf = malloc(STREAM_DATA_MAX);
 	int rc = buf ? 0 : -ENOMEM;
@@ -280,7 +272,7 @@ static int send_runs(struct stream_enc *e, int fd, const struct plan *p,
 	for (size_t i = 0; i < p->n && !rc; i++) {
 		uint64_t off, len;
 
-		if (!from_resume(&p->v[i], b->resume_off, &off, &len))
+		if (!from_resume(&p->v[i], resume, &off, &len))
 			continue;
 		if (!p->v[i].data) {
 			rc = stream_enc_zero(e, off, len);
@@ -330,19 +322,70 @@ static int send_resume_base(struct store *st, const struct model *m, const struc
 	return snapfile_by_guid(st, m, t->base, a);
 }
 
+int send_write(const struct send_opts *o, const struct stream_begin *sb, uint64_t planned,
+	       int (*body)(void *ctx, struct stream_enc *e, struct progress *pg), void *ctx)
+{
+	struct stream_enc *e = NULL;
+	struct progress pg;
+	int out = 1, rc;
+
+	if (isatty(out)) {
+		fprintf(stderr, "vsnapctl: send: refusing to write a stream to a terminal: redirect "
+			"it to a file or a pipe\n");
+		return -ECANCELED;
+	}
+	rc = stream_enc_new(out_fd, &out, &e);
+	if (!rc && o->compress)
+		rc = stream_enc_compress(e, 3);
+	if (!rc)
+		rc = stream_enc_begin(e, sb);
+	progress_bytes(&pg, "send", planned);
+	if (!rc)
+		rc = body(ctx, e, &pg);
+	if (!rc)
+		rc = stream_enc_end(e);
+	progress_end(&pg);
+	if (!rc && (o->compress ? stream_enc_bytes(e) > planned : stream_enc_bytes(e) != planned)) {
+		fprintf(stderr, "vsnapctl: send: wrote %" PRIu64 " bytes, planned %" PRIu64 "\n",
+			stream_enc_bytes(e), planned);
+		rc = -EIO;
+	}
+	if (rc && rc != -ECANCELED)
+		fprintf(stderr, "vsnapctl: send: %s\n", rc == -EPIPE ? "the receiving end closed the "
+			"stream" : rc == -EIO ? "reading the snapshot failed (a damaged block? see "
+			"the daemon's log, vsnapctl scrub)" : strerror(-rc));
+	stream_enc_free(e);
+	return rc ? -ECANCELED : 0;     /* said why */
+}
+
+struct vol_runs {                       /* send_write's body for one volume */
+	int fd;
+	const struct plan *p;
+	uint64_t resume;
+};
+
+static int vol_body(void *ctx, struct stream_enc *e, struct progress *pg)
+{
+	const struct vol_runs *v = ctx;
+
+	return send_runs(e, v->fd, v->p, v->resume, pg);
+}
+
 int cmd_send(struct store *st, const struct send_opts *o)
 {
 	struct model m = { 0 };
 	struct snapfile a = { 0 }, b = { 0 };
 	struct recv_token tok;
 	struct stream_begin sb = { .block_size = st->bs };
-	struct stream_enc *e = NULL;
 	struct plan p = { 0 };
-	struct progress pg;
+	struct vol_runs vr;
 	char *apath = NULL, h[16];
-	int fd = -1, out = 1, rc;
+	int fd = -1, rc;
 	bool txn = false;
+	struct stat sst;
 
+	if (!stat(o->b, &sst) && S_ISDIR(sst.st_mode))
+		return send_tree(st, o);        /* a directory snapshot */
 	if (o->resume && recv_token_parse(o->resume, &tok)) {
 		fprintf(stderr, "vsnapctl: send: --resume %s: not a token of receive (GUID.BASE.K.OFF."
 			"CHAIN; vsnapctl receive --token PATH prints it)\n", o->resume);
@@ -365,7 +408,7 @@ int cmd_send(struct store *st, const struct send_opts *o)
 	if (!rc && o->resume)
 		rc = send_resume_base(st, &m, o, &tok, &b, &a);
 	if (!rc)
-		rc = plan_runs(st, a.f ? &a : NULL, &b, &p);
+		rc = plan_runs(st, a.f, b.f, &p);
 	if (txn)
 		bmap_snapshot_end(st->bm);
 	if (rc)
@@ -380,7 +423,7 @@ int cmd_send(struct store *st, const struct send_opts *o)
 		memcpy(sb.base_guid, a.guid, BMAP_GUID_BYTES);
 		snprintf(sb.base, sizeof(sb.base), "%s", a.name);
 	}
-	if (o->resume && !plan_fits(&p, tok.pos.rec, tok.pos.off)) {
+	if (o->resume && (tok.dir || !plan_fits(&p, 1, tok.pos.rec, tok.pos.off))) {
 		fprintf(stderr, "vsnapctl: send: --resume: record %" PRIu64 " of this stream does not "
 			"end at byte %" PRIu64 ": the token is not of this stream\n", tok.pos.rec,
 			tok.pos.off);
@@ -392,7 +435,8 @@ int cmd_send(struct store *st, const struct send_opts *o)
 		sb.resume_off = tok.pos.off;
 		sb.resume_chain = tok.pos.chain;
 	}
-	plan_size(&p, &sb);
+	p.bytes = stream_begin_bytes(&sb) + stream_end_bytes();
+	plan_size(&p, sb.resume_off);
 	if (o->dry || o->verbose) {
 		human(p.bytes, h, sizeof(h));
 		fprintf(o->dry ? stdout : stderr, "send %s@%s%s%s: %s%" PRIu64 " bytes (%s): %" PRIu64
@@ -403,44 +447,18 @@ int cmd_send(struct store *st, const struct send_opts *o)
 	}
 	if (o->dry)
 		goto out;
-	if (isatty(out)) {
-		fprintf(stderr, "vsnapctl: send: refusing to write a stream to a terminal: redirect "
-			"it to a file or a pipe\n");
-		rc = -EINVAL;
-		goto out;
-	}
 	fd = open(o->b, O_RDONLY | O_CLOEXEC);
 	if (fd < 0) {
 		rc = -errno;
 		fprintf(stderr, "vsnapctl: send: %s: %s\n", o->b, strerror(-rc));
 		goto out;
 	}
-	rc = stream_enc_new(out_fd, &out, &e);
-	if (!rc && o->compress)
-		rc = stream_enc_compress(e, 3);
-	if (!rc)
-		rc = stream_enc_begin(e, &sb);
-	progress_bytes(&pg, "send", p.bytes);
-	if (!rc)
-		rc = send_runs(e, fd, &p, &sb, &pg);
-	if (!rc)
-		rc = stream_enc_end(e);
-	progress_end(&pg);
-	if (!rc && (o->compress ? stream_enc_bytes(e) > p.bytes : stream_enc_bytes(e) != p.bytes)) {
-		fprintf(stderr, "vsnapctl: send: wrote %" PRIu64 " bytes, planned %" PRIu64 "\n",
-			stream_enc_bytes(e), p.bytes);
-		rc = -EIO;
-	}
-	if (rc)
-		fprintf(stderr, "vsnapctl: send: %s\n", rc == -EPIPE ? "the receiving end closed the "
-			"stream" : rc == -EIO ? "reading the snapshot failed (a damaged block? see "
-			"the daemon's log, vsnapctl scrub)" : strerror(-rc));
-	rc = rc ? -ECANCELED : 0;       /* said why */
+	vr = (struct vol_runs){ .fd = fd, .p = &p, .resume = sb.resume_off };
+	rc = send_write(o, &sb, p.bytes, vol_body, &vr);
 out:
 	if (rc && rc != -EINVAL && rc != -EXDEV && rc != -ECANCELED && rc != -ENOSYS &&
 	    rc != -ENOENT)
 		fprintf(stderr, "vsnapctl: send: %s\n", strerror(-rc));
-	stream_enc_free(e);
 	if (fd >= 0)
 		close(fd);
 	free(apath);
@@ -483,7 +501,8 @@ const struct cmd send_cmd = {
 	.name = "send",
 	.synopsis = "[-n] [-v] [-c] [--from A] [--resume TOKEN] B",
 	.summary = "write a stream of a snapshot to stdout, full or incremental",
-	.help = "B is a snapshot file in a mount (DIR/.snapshots/FILE@NAME/FILE).\n"
+	.help = "B is a snapshot file in a mount (DIR/.snapshots/FILE@NAME/FILE), or a snapshot\n"
+		"of a whole directory (DIR/.snapshots/NAME): a directory stream.\n"
 		"  -n                         print the exact size of the stream only\n"
 		"  -v                         print the size first\n"
 		"  -c                         compress the data (zstd; the size printed is then an\n"

@@ -13,7 +13,15 @@
  * from (records, offset, chain value), and the encoder and the decoder
  * start there.  Version 1 seeds every record with 0 and puts a running
  * XXH3-64 of every record before end into end; it is read and, if asked,
- * written.  The decoder also refuses what a valid encoder never
+ * written.  Version 3 is a directory stream: begin carries the kind and
+ * the file records before a resumed stream's first; file records name the
+ * entry the data and zero records after them are of (offsets restart at
+ * each), in the order of struct stream_file, which the encoder and the
+ * decoder check alike (tree_place).  A resumed directory stream restates
+ * the file it goes on in (STREAM_FILE_CONT) as its first record, checked
+ * against the kept chain but not chained or counted, so a stream's record
+ * numbers and chain do not depend on how often it was resumed.  An older
+ * reader refuses version 3 by its number.  The decoder also refuses what a valid encoder never
  * writes: records out of order or past the size, a second begin, bytes
  * after end.  Unknown record types without STREAM_FLAG_MUST are skipped by
  * their length, checksum (and chain) checked, and count in end's record
@@ -44,6 +52,8 @@
 #define HDR        16
 #define BEGIN_FIXED_V1 80
 #define BEGIN_FIXED 96                  /* version 2: resume_rec, resume_chain */
+#define BEGIN_FIXED_TREE 112            /* version 3: kind, resume_file */
+#define FILE_FIXED 40                   /* a file record before its path */
 
 static const uint8_t zero_guid[STREAM_GUID_BYTES];
 
@@ -59,18 +69,134 @@ bool stream_is_full(const struct stream_begin *b)
 
 static size_t begin_fixed(uint32_t version)
 {
-	return version == 1 ? BEGIN_FIXED_V1 : BEGIN_FIXED;
+	return version == 1 ? BEGIN_FIXED_V1 : version == 2 ? BEGIN_FIXED : BEGIN_FIXED_TREE;
+}
+
+static uint32_t begin_version(const struct stream_begin *b)
+{
+	return b->kind == STREAM_KIND_DIR ? STREAM_VERSION_TREE : b->version == 1 ? 1 :
+	       STREAM_VERSION;
+}
+
+int stream_path_cmp(const char *a, const char *b)
+{
+	for (;; a++, b++) {
+		/* '/' ends a component: below every byte of a name */
+		unsigned x = *a == '/' ? 1 : *a ? (unsigned char)*a + 1u : 0;
+		unsigned y = *b == '/' ? 1 : *b ? (unsigned char)*b + 1u : 0;
+
+		if (x != y)
+			return x < y ? -1 : 1;
+		if (!x)
+			return 0;
+	}
+}
+
+bool stream_path_ok(const char *p)
+{
+	size_t n = strlen(p);
+
+	if (!n || n > STREAM_PATH_MAX)
+		return false;
+	for (const char *c = p;;) {
+		const char *e = strchr(c, '/');
+		size_t l = e ? (size_t)(e - c) : strlen(c);
+
+		if (!l || (l == 1 && c[0] == '.') || (l == 2 && c[0] == '.' && c[1] == '.'))
+			return false;
+		if (!e)
+			return true;
+		c = e + 1;
+	}
+}
+
+/*
+ * The order of a directory stream's file records (stream.h): the state
+ * the encoder and the decoder both keep.  dirs holds the open directories
+ * of the pre-order walk, outermost first, as prefixes of one path.
+ */
+struct tree_ord {
+	bool on;                        /* a directory stream */
+	bool entries;                   /* an entry came: no remove after it */
+	bool want_cont;                 /* resumed inside: the first record restates */
+	uint32_t kind;                  /* the current file's, 0 none */
+	char last[STREAM_PATH_MAX + 1]; /* the last path ("" none) */
+	char dirs[STREAM_PATH_MAX + 1];
+	uint16_t lens[STREAM_PATH_MAX / 2 + 2];
+	size_t ndirs;
+};
+
+static void tree_push(struct tree_ord *t, const char *path, size_t len)
+{
+	memcpy(t->dirs, path, len);
+	t->dirs[len] = '\0';
+	t->lens[t->ndirs++] = (uint16_t)len;
+}
+
+/* Is f's place right after the records so far?  NULL, or why not. */
+static const char *tree_place(struct tree_ord *t, const struct stream_file *f)
+{
+	bool cont = f->flags & STREAM_FILE_CONT;
+	const char *slash;
+	size_t parent, len = strlen(f->path);
+
+	if (!t->on)
+		return "a file record in the stream of one volume";
+	if (f->kind < STREAM_FILE_DIR || f->kind > STREAM_FILE_REMOVE ||
+	    (f->flags & ~(STREAM_FILE_BASE | STREAM_FILE_CONT)) || (f->mode & ~07777u) ||
+	    (f->kind != STREAM_FILE_VOL && f->size) ||
+	    (f->kind == STREAM_FILE_REMOVE && (f->flags & STREAM_FILE_BASE)))
+		return "a file record inconsistent";
+	if (!stream_path_ok(f->path))
+		return "a path that is not below the directory (empty, '.' or '..' component)";
+	if (cont != t->want_cont)
+		return cont ? "a restated file record that is not a resumed stream's first" :
+		       "a resumed stream that does not restate the file it goes on in";
+	t->want_cont = false;
+	if (cont) {
+		/* where the kept part stands: its directories are open */
+		t->ndirs = 0;
+		for (slash = f->path; (slash = strchr(slash, '/')); slash++)
+			tree_push(t, f->path, (size_t)(slash - f->path));
+		t->entries = f->kind != STREAM_FILE_REMOVE;
+	} else if (f->kind == STREAM_FILE_REMOVE) {
+		if (t->entries)
+			return "a remove after the entries";
+		if (t->last[0] && stream_path_cmp(f->path, t->last) >= 0)
+			return "removes out of order (deepest first)";
+	} else {
+		if (t->entries && stream_path_cmp(f->path, t->last) <= 0)
+			return "entries out of order";
+		while (t->ndirs && !(len > t->lens[t->ndirs - 1] &&
+				     !memcmp(f->path, t->dirs, t->lens[t->ndirs - 1]) &&
+				     f->path[t->lens[t->ndirs - 1]] == '/'))
+			t->ndirs--;
+		slash = strrchr(f->path, '/');
+		parent = slash ? (size_t)(slash - f->path) : 0;
+		if (parent != (t->ndirs ? t->lens[t->ndirs - 1] : 0))
+			return "an entry whose directory did not come before it";
+		t->entries = true;
+	}
+	if (f->kind == STREAM_FILE_DIR)
+		tree_push(t, f->path, len);
+	memcpy(t->last, f->path, len + 1);
+	t->kind = f->kind;
+	return NULL;
 }
 
 uint64_t stream_begin_bytes(const struct stream_begin *b)
 {
-	return STREAM_REC_OVERHEAD + begin_fixed(b->version) + strlen(b->file) + strlen(b->snap) +
+	return STREAM_REC_OVERHEAD + begin_fixed(begin_version(b)) + strlen(b->file) + strlen(b->snap) +
 	       strlen(b->base);
 }
 
 uint64_t stream_data_bytes(uint64_t len) { return STREAM_REC_OVERHEAD + 8 + len; }
 uint64_t stream_zero_bytes(void) { return STREAM_REC_OVERHEAD + 16; }
 uint64_t stream_end_bytes(void) { return STREAM_REC_OVERHEAD + 24; }
+uint64_t stream_file_bytes(const char *path)
+{
+	return STREAM_REC_OVERHEAD + FILE_FIXED + strlen(path);
+}
 
 /* ---- encoder ------------------------------------------------------------- */
 
@@ -83,6 +209,9 @@ struct stream_enc {
 	uint64_t chain;                 /* version 2: the last record's checksum */
 	uint64_t nrec, data_bytes, bytes;
 	uint64_t size, next_off;        /* the file's size; records start at or past next_off */
+	uint64_t file;                  /* file records so far */
+	struct tree_ord tree;
+	bool restate;                   /* the record being written is a CONT file record */
 	int state;                      /* 0 new, 1 begun, 2 ended */
 	int zlevel;                     /* 0: no compression */
 	ZSTD_CCtx *zc;
@@ -143,7 +272,7 @@ uint64_t stream_enc_bytes(const struct stream_enc *e)
 void stream_enc_pos(const struct stream_enc *e, struct stream_pos *p)
 {
 	*p = (struct stream_pos){ .rec = e->nrec, .off = e->next_off, .chain = e->chain,
-				  .data_bytes = e->data_bytes };
+				  .data_bytes = e->data_bytes, .file = e->file };
 }
 
 /* The record in e->buf + HDR (len payload bytes): header, checksum, out. */
@@ -163,26 +292,31 @@ static int enc_emit(struct stream_enc *e, uint32_t type, uint32_t flags, size_t 
 	rc = e->out(e->ctx, e->buf, n);
 	if (rc)
 		return rc;
+	e->bytes += n;
+	if (e->restate)
+		return 0;               /* neither chained nor counted */
 	if (type != STREAM_END && e->version == 1)
 		cksum_stream_add(e->all, e->buf, n);
 	if (type != STREAM_END)
 		e->chain = ck;
 	e->nrec++;
-	e->bytes += n;
 	return 0;
 }
 
 int stream_enc_begin(struct stream_enc *e, const struct stream_begin *b)
 {
 	size_t lf = strlen(b->file), ls = strlen(b->snap), lb = strlen(b->base);
-	uint32_t version = b->version == 1 ? 1 : STREAM_VERSION;
+	uint32_t version = begin_version(b);
 	size_t fixed = begin_fixed(version);
 	uint8_t *p = e->buf + HDR;
+	bool tree = version == STREAM_VERSION_TREE;
 	int rc;
 
 	if (e->state || !lf || !ls || lf > STREAM_NAME_MAX || ls > STREAM_NAME_MAX ||
-	    lb > STREAM_NAME_MAX || (lb == 0) != stream_is_full(b) || b->resume_off > b->size ||
-	    (version == 1 && b->resume_rec) || (version == 2 && !b->resume_rec && b->resume_off))
+	    lb > STREAM_NAME_MAX || (lb == 0) != stream_is_full(b) ||
+	    (!tree && b->resume_off > b->size) || b->kind > STREAM_KIND_DIR ||
+	    (version == 1 && b->resume_rec) || (version >= 2 && !b->resume_rec && b->resume_off) ||
+	    (!tree && b->resume_file) || (tree && (b->resume_file ? !b->resume_rec : b->resume_off)))
 		return -EINVAL;
 	memset(p, 0, fixed);
 	memcpy(p, STREAM_MAGIC, 8);
@@ -199,9 +333,13 @@ int stream_enc_begin(struct stream_enc *e, const struct stream_begin *b)
 	p[75] = (uint8_t)(ls >> 8);
 	p[76] = (uint8_t)lb;
 	p[77] = (uint8_t)(lb >> 8);
-	if (version == 2) {
+	if (version >= 2) {
 		le64_put(p + 80, b->resume_rec);
 		le64_put(p + 88, b->resume_chain);
+	}
+	if (tree) {
+		le32_put(p + 96, b->kind);
+		le64_put(p + 104, b->resume_file);
 	}
 	memcpy(p + fixed, b->file, lf);
 	memcpy(p + fixed + lf, b->snap, ls);
@@ -210,6 +348,11 @@ int stream_enc_begin(struct stream_enc *e, const struct stream_begin *b)
 	e->version = version;
 	e->size = b->size;
 	e->next_off = b->resume_off;
+	e->tree.on = tree;
+	e->tree.want_cont = b->resume_file != 0;
+	e->file = b->resume_file;
+	if (tree)
+		e->size = 0;            /* no file yet */
 	rc = enc_emit(e, STREAM_BEGIN, STREAM_FLAG_MUST, fixed + lf + ls + lb);
 	if (!rc && b->resume_rec) {
 		/* go on from where the resumed stream stands */
@@ -222,7 +365,8 @@ int stream_enc_begin(struct stream_enc *e, const struct stream_begin *b)
 /* A data or zero record's range is in order and inside the file. */
 static int enc_place(struct stream_enc *e, uint64_t off, uint64_t len)
 {
-	if (e->state != 1 || !len || off < e->next_off || off > e->size || len > e->size - off)
+	if (e->state != 1 || !len || off < e->next_off || off > e->size || len > e->size - off ||
+	    (e->tree.on && e->tree.kind != STREAM_FILE_VOL))
 		return -EINVAL;
 	e->next_off = off + len;
 	return 0;
@@ -263,6 +407,42 @@ int stream_enc_zero(struct stream_enc *e, uint64_t off, uint64_t len)
 	return enc_emit(e, STREAM_ZERO, STREAM_FLAG_MUST, 16);
 }
 
+/* A file record's payload into buf: its length. */
+static size_t file_put(uint8_t *p, const struct stream_file *f)
+{
+	size_t len = strlen(f->path);
+
+	le32_put(p, f->kind);
+	le32_put(p + 4, f->flags);
+	le32_put(p + 8, f->mode);
+	le32_put(p + 12, (uint32_t)len);
+	le64_put(p + 16, f->size);
+	le64_put(p + 24, (uint64_t)f->mtime_ns);
+	le64_put(p + 32, 0);
+	memcpy(p + FILE_FIXED, f->path, len);
+	return FILE_FIXED + len;
+}
+
+int stream_enc_file(struct stream_enc *e, const struct stream_file *f)
+{
+	bool cont = f->flags & STREAM_FILE_CONT;
+	int rc;
+
+	if (e->state != 1 || strnlen(f->path, STREAM_PATH_MAX + 1) > STREAM_PATH_MAX ||
+	    (cont && e->next_off > (f->kind == STREAM_FILE_VOL ? f->size : 0)) ||
+	    tree_place(&e->tree, f))
+		return -EINVAL;
+	e->size = f->size;
+	if (!cont) {
+		e->next_off = 0;
+		e->file++;
+	}
+	e->restate = cont;
+	rc = enc_emit(e, STREAM_FILE, STREAM_FLAG_MUST, file_put(e->buf + HDR, f));
+	e->restate = false;
+	return rc;
+}
+
 int stream_enc_raw(struct stream_enc *e, uint32_t type, uint32_t flags, const void *payload,
 		   size_t len)
 {
@@ -297,7 +477,10 @@ struct stream_dec {
 	uint32_t version;               /* 0 until begin was read */
 	uint64_t chain;                 /* version 2: the last record's checksum */
 	uint64_t nrec, data_bytes, bytes;
-	uint64_t size, next_off;
+	uint64_t size, next_off;        /* a directory stream: of the current file */
+	uint64_t file, resume_file;     /* file records so far; begin's */
+	struct tree_ord tree;
+	struct stream_file f;           /* the last file record */
 	int state;                      /* 0 new, 1 begun, 2 ended, 3 resumed: waits for
 					 * stream_dec_continue, -1 failed */
 	int err;                        /* the error that failed it */
@@ -398,7 +581,7 @@ void stream_dec_pos(const struct stream_dec *d, struct stream_pos *p)
 static void dec_good(struct stream_dec *d)
 {
 	d->good = (struct stream_pos){ .rec = d->nrec, .off = d->next_off, .chain = d->chain,
-				       .data_bytes = d->data_bytes };
+				       .data_bytes = d->data_bytes, .file = d->file };
 }
 
 static int dec_fail(struct stream_dec *d, int rc, const char *fmt, ...)
@@ -455,7 +638,7 @@ static int dec_record(struct stream_dec *d, uint32_t *type, uint32_t *flags, uin
 	if ((uint64_t)n < *len + 8)
 		return dec_fail(d, -ENODATA, "the stream ends at byte %" PRIu64 " inside a record: "
 				"truncated", d->bytes);
-	ck = cksum_seeded(d->buf, HDR + *len, d->version == 2 ? d->chain : 0);
+	ck = cksum_seeded(d->buf, HDR + *len, d->version >= 2 ? d->chain : 0);
 	if (le64_get(d->buf + HDR + *len) != ck)
 		return dec_fail(d, -EBADMSG, "record at byte %" PRIu64 " fails its checksum: "
 				"%s", at, d->version < 2 ? "damaged" : at == d->first && d->resumed ?
@@ -483,9 +666,9 @@ int stream_dec_begin(struct stream_dec *d, struct stream_begin *b)
 		return dec_fail(d, -EBADMSG, "not a vsnapfs send stream (no begin record)");
 	memset(b, 0, sizeof(*b));
 	b->version = le32_get(p + 8);
-	if (b->version > STREAM_VERSION)
+	if (b->version > STREAM_VERSION_TREE)
 		return dec_fail(d, -EPROTO, "stream version %" PRIu32 ": this vsnapctl reads "
-				"versions 1 to %d", b->version, STREAM_VERSION);
+				"versions 1 to %d", b->version, STREAM_VERSION_TREE);
 	fixed = begin_fixed(b->version);
 	if (b->version == 0 || len < fixed)
 		return dec_fail(d, -EBADMSG, "begin record inconsistent: damaged");
@@ -499,13 +682,23 @@ int stream_dec_begin(struct stream_dec *d, struct stream_begin *b)
 		b->resume_rec = le64_get(p + 80);
 		b->resume_chain = le64_get(p + 88);
 	}
+	if (b->version == STREAM_VERSION_TREE) {
+		b->kind = le32_get(p + 96);
+		b->resume_file = le64_get(p + 104);
+		if (b->kind > STREAM_KIND_DIR)
+			return dec_fail(d, -EPROTO, "a stream of kind %" PRIu32 ": this vsnapctl "
+					"knows volumes and directories", b->kind);
+	}
 	lf = p[72] | p[73] << 8;
 	ls = p[74] | p[75] << 8;
 	lb = p[76] | p[77] << 8;
 	if (!lf || !ls || lf > STREAM_NAME_MAX || ls > STREAM_NAME_MAX || lb > STREAM_NAME_MAX ||
 	    len != fixed + lf + ls + lb || (lb == 0) != stream_is_full(b) ||
-	    b->resume_off > b->size || memchr(p + fixed, 0, lf + ls + lb) ||
-	    (b->version >= 2 && !b->resume_rec && b->resume_off))
+	    (b->kind != STREAM_KIND_DIR && b->resume_off > b->size) ||
+	    memchr(p + fixed, 0, lf + ls + lb) ||
+	    (b->version >= 2 && !b->resume_rec && b->resume_off) ||
+	    (b->kind != STREAM_KIND_DIR && b->resume_file) ||
+	    (b->kind == STREAM_KIND_DIR && (b->resume_file ? !b->resume_rec : b->resume_off)))
 		return dec_fail(d, -EBADMSG, "begin record inconsistent: damaged");
 	memcpy(b->file, p + fixed, lf);
 	memcpy(b->snap, p + fixed + lf, ls);
@@ -517,6 +710,11 @@ int stream_dec_begin(struct stream_dec *d, struct stream_begin *b)
 	d->first = d->bytes;
 	d->size = b->size;
 	d->next_off = b->resume_off;
+	d->tree.on = b->kind == STREAM_KIND_DIR;
+	d->tree.want_cont = b->resume_file != 0;
+	d->file = d->resume_file = b->resume_file;
+	if (d->tree.on)
+		d->size = 0;            /* no file yet */
 	d->state = 1;
 	dec_good(d);
 	if (b->resume_rec) {
@@ -532,10 +730,11 @@ int stream_dec_continue(struct stream_dec *d, const struct stream_pos *kept)
 {
 	if (d->state != 3)
 		return dec_fail(d, -EINVAL, "not a resumed stream");
-	if (kept->rec != d->nrec || kept->off != d->next_off)
+	if (kept->rec != d->nrec || kept->off != d->next_off || kept->file != d->file)
 		return dec_fail(d, -ESTALE, "the stream resumes at record %" PRIu64 " (byte %" PRIu64
-				"), the part kept ends at record %" PRIu64 " (byte %" PRIu64 "): "
-				"not its continuation", d->nrec, d->next_off, kept->rec, kept->off);
+				" of file %" PRIu64 "), the part kept ends at record %" PRIu64
+				" (byte %" PRIu64 " of file %" PRIu64 "): not its continuation",
+				d->nrec, d->next_off, d->file, kept->rec, kept->off, kept->file);
 	d->chain = kept->chain;
 	d->state = 1;
 	dec_good(d);
@@ -564,11 +763,56 @@ static int dec_end(struct stream_dec *d, uint64_t len)
 	return 0;
 }
 
+/* A file record of len payload bytes (chain: the value before it): its
+ * fields and place checked, handed out. */
+static int dec_file(struct stream_dec *d, uint64_t len, uint64_t chain, struct stream_rec *r)
+{
+	const uint8_t *p = d->buf + HDR;
+	struct stream_file *f = &d->f;
+	const char *why;
+	uint64_t plen = len >= FILE_FIXED ? le32_get(p + 12) : 0;
+	bool cont;
+
+	if (len < FILE_FIXED + 1 || plen != len - FILE_FIXED || plen > STREAM_PATH_MAX ||
+	    memchr(p + FILE_FIXED, 0, plen))
+		return dec_fail(d, -EBADMSG, "file record of %" PRIu64 " bytes inconsistent: "
+				"damaged", len);
+	f->kind = le32_get(p);
+	f->flags = le32_get(p + 4);
+	f->mode = le32_get(p + 8);
+	f->size = le64_get(p + 16);
+	f->mtime_ns = (int64_t)le64_get(p + 24);
+	memcpy(f->path, p + FILE_FIXED, plen);
+	f->path[plen] = '\0';
+	cont = f->flags & STREAM_FILE_CONT;
+	if (cont) {
+		/* restated: checked against the kept chain, which goes on as it was */
+		d->chain = chain;
+		if (d->next_off > (f->kind == STREAM_FILE_VOL ? f->size : 0))
+			return dec_fail(d, -EBADMSG, "the restated file %s is %" PRIu64 " bytes, the "
+					"stream resumes at byte %" PRIu64 ": damaged", f->kind ==
+					STREAM_FILE_VOL ? "volume" : "entry", f->size, d->next_off);
+	}
+	why = tree_place(&d->tree, f);
+	if (why)
+		return dec_fail(d, -EBADMSG, "file record %" PRIu64 ": %s: damaged or forged",
+				d->file + !cont, why);
+	d->size = f->size;
+	if (!cont) {
+		d->nrec++;
+		d->file++;
+		d->next_off = 0;
+	}
+	dec_good(d);
+	*r = (struct stream_rec){ .type = STREAM_FILE, .file = f };
+	return 1;
+}
+
 int stream_dec_next(struct stream_dec *d, struct stream_rec *r)
 {
 	for (;;) {
 		uint32_t type, flags;
-		uint64_t len, off, n;
+		uint64_t len, off, n, chain = d->chain;
 		int rc;
 
 		if (d->state == 2)
@@ -581,8 +825,13 @@ int stream_dec_next(struct stream_dec *d, struct stream_rec *r)
 		rc = dec_record(d, &type, &flags, &len);
 		if (rc)
 			return rc;
+		if (type == STREAM_END && d->tree.want_cont)
+			return dec_fail(d, -EBADMSG, "a resumed stream that does not restate the file "
+					"it goes on in: damaged");
 		if (type == STREAM_END)
 			return dec_end(d, len);
+		if (type == STREAM_FILE)
+			return dec_file(d, len, chain, r);
 		if (d->version == 1)
 			cksum_stream_add(d->all, d->buf, HDR + len + 8);
 		d->nrec++;
@@ -595,6 +844,10 @@ int stream_dec_next(struct stream_dec *d, struct stream_rec *r)
 			dec_good(d);
 			continue;               /* skipped by its length */
 		}
+		if (d->tree.on && d->tree.kind != STREAM_FILE_VOL)
+			return dec_fail(d, -EBADMSG, "a data or zero record %s: damaged",
+					d->tree.want_cont ? "before the restated file of a resumed "
+					"stream" : "that follows no volume's file record");
 		if (type == STREAM_DATA ? len < 9 : type == STREAM_ZERO && len != 16)
 			return dec_fail(d, -EBADMSG, "record of type %" PRIu32 " with %" PRIu64
 					" bytes: damaged", type, len);

@@ -13,6 +13,7 @@
  */
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -281,7 +282,7 @@ Test(stream, a_higher_version_is_eproto)
 
 	sample(&m, &b);
 	/* version is at payload byte 8; then fix the record's checksum */
-	le32_put(m.p + 16 + 8, STREAM_VERSION + 1);
+	le32_put(m.p + 16 + 8, STREAM_VERSION_TREE + 1);
 	le64_put(m.p + 16 + le64_get(m.p + 8), cksum_buf(m.p, 16 + le64_get(m.p + 8)));
 	cr_assert_eq(decode_all(&m, &n), -EPROTO);
 	free(m.p);
@@ -665,6 +666,294 @@ Test(stream, a_version_1_stream_is_still_read)
 		cr_assert_eq(stream_enc_new(mem_out, &x, &e), 0);
 		cr_assert_eq(stream_enc_begin(e, &b), -EINVAL);
 		stream_enc_free(e);
+	}
+	free(m.p);
+	free(x.p);
+}
+
+/* ---- directory streams (version 3, file records) ---------------------------------- */
+
+static struct stream_begin dir_begin(void)
+{
+	struct stream_begin b = incr_begin();
+
+	b.kind = STREAM_KIND_DIR;
+	b.size = 0;
+	strcpy(b.file, "web");
+	return b;
+}
+
+/* data1 and data2 as sample() fills them. */
+static void fill_data(void)
+{
+	struct stream_begin b = incr_begin();
+	struct mem m = { 0 };
+
+	sample(&m, &b);
+	free(m.p);
+}
+
+static struct stream_file sfile(uint32_t kind, uint32_t flags, uint64_t size, const char *path)
+{
+	struct stream_file f = { .kind = kind, .flags = flags, .mode = 0640, .size = size,
+				 .mtime_ns = 1234567890123 };
+
+	snprintf(f.path, sizeof(f.path), "%s", path);
+	return f;
+}
+
+/* The sample directory stream's records after begin, in order: a file
+ * record (path set), or data (len) or zero at off of the file before. */
+static const struct drec {
+	uint32_t kind, flags;
+	uint64_t size;
+	const char *path;
+	uint64_t off, len;
+	bool zero;
+} drecs[] = {
+	{ STREAM_FILE_REMOVE, 0, 0, "z/y", 0, 0, false },                    /* deepest first */
+	{ STREAM_FILE_REMOVE, 0, 0, "z", 0, 0, false },
+	{ STREAM_FILE_DIR, STREAM_FILE_BASE, 0, "a", 0, 0, false },
+	{ STREAM_FILE_VOL, STREAM_FILE_BASE, 8192, "a/v.img", 0, 0, false },
+	{ 0, 0, 0, NULL, 0, 4096, false },
+	{ 0, 0, 0, NULL, 4096, 4096, true },
+	{ STREAM_FILE_VOL, 0, 333, "a.b", 0, 0, false },                     /* "a/..." < "a.b" */
+	{ 0, 0, 0, NULL, 0, 333, false },
+	{ STREAM_FILE_DIR, 0, 0, "b", 0, 0, false },
+};
+#define NDRECS (sizeof(drecs) / sizeof(drecs[0]))
+
+static int drec_put(struct stream_enc *e, size_t i, uint32_t more)
+{
+	const struct drec *x = &drecs[i];
+	struct stream_file f;
+
+	if (x->path) {
+		f = sfile(x->kind, x->flags | more, x->size, x->path);
+		return stream_enc_file(e, &f);
+	}
+	if (x->zero)
+		return stream_enc_zero(e, x->off, x->len);
+	return stream_enc_data(e, x->off, x->len == 333 ? data2 : data1, x->len);
+}
+
+/* The sample directory stream, or (pos) the stream resumed after its
+ * first pos->rec records: the file they end in restated, then the rest. */
+static void dir_sample(struct mem *m, const struct stream_begin *b0, const struct stream_pos *pos)
+{
+	struct stream_begin b = *b0;
+	struct stream_enc *e;
+	size_t from = pos ? pos->rec - 1 : 0;
+
+	fill_data();
+	if (pos) {
+		b.resume_rec = pos->rec;
+		b.resume_off = pos->off;
+		b.resume_chain = pos->chain;
+		b.resume_file = pos->file;
+	}
+	cr_assert_eq(stream_enc_new(mem_out, m, &e), 0);
+	cr_assert_eq(stream_enc_begin(e, &b), 0);
+	for (size_t i = from; pos && pos->file && i-- > 0;) {
+		if (drecs[i].path) {
+			cr_assert_eq(drec_put(e, i, STREAM_FILE_CONT), 0, "the restated %s",
+				     drecs[i].path);
+			break;
+		}
+	}
+	for (size_t i = from; i < NDRECS; i++)
+		cr_assert_eq(drec_put(e, i, 0), 0, "record %zu", i);
+	cr_assert_eq(stream_enc_end(e), 0);
+	cr_assert_eq(stream_enc_bytes(e), m->n);
+	stream_enc_free(e);
+}
+
+Test(stream, a_directory_stream_decodes_to_its_file_records_and_their_data)
+{
+	struct stream_begin b = dir_begin(), o;
+	struct mem m = { 0 };
+	struct stream_dec *d;
+	struct stream_rec r;
+	uint64_t bytes = 0;
+
+	dir_sample(&m, &b, NULL);
+	bytes = stream_begin_bytes(&b) + stream_end_bytes();
+	for (size_t i = 0; i < NDRECS; i++)
+		bytes += drecs[i].path ? stream_file_bytes(drecs[i].path) : drecs[i].zero ?
+			 stream_zero_bytes() : stream_data_bytes(drecs[i].len);
+	cr_assert_eq(m.n, bytes, "the exact size is known before sending");
+	cr_assert_eq(le32_get(m.p + 16 + 8), STREAM_VERSION_TREE, "an older reader refuses it");
+	cr_assert_eq(stream_dec_new(mem_in, &m, &d), 0);
+	cr_assert_eq(stream_dec_begin(d, &o), 0);
+	cr_assert_eq(o.kind, STREAM_KIND_DIR);
+	cr_assert_str_eq(o.file, "web");
+	for (size_t i = 0; i < NDRECS; i++) {
+		cr_assert_eq(stream_dec_next(d, &r), 1, "record %zu: %s", i, stream_dec_msg(d));
+		if (drecs[i].path) {
+			cr_assert_eq(r.type, STREAM_FILE);
+			cr_assert_str_eq(r.file->path, drecs[i].path);
+			cr_assert_eq(r.file->kind, drecs[i].kind);
+			cr_assert_eq(r.file->flags, drecs[i].flags);
+			cr_assert_eq(r.file->size, drecs[i].size);
+			cr_assert_eq(r.file->mode, 0640);
+			cr_assert_eq(r.file->mtime_ns, 1234567890123);
+		} else {
+			cr_assert_eq(r.type, drecs[i].zero ? STREAM_ZERO : STREAM_DATA);
+			cr_assert_eq(r.off, drecs[i].off);
+			cr_assert_eq(r.len, drecs[i].len);
+		}
+	}
+	cr_assert_eq(stream_dec_next(d, &r), 0, "%s", stream_dec_msg(d));
+	stream_dec_free(d);
+	free(m.p);
+}
+
+Test(stream, every_flipped_byte_of_a_directory_stream_is_refused)
+{
+	struct stream_begin b = dir_begin();
+	struct mem m = { 0 };
+	int n;
+
+	dir_sample(&m, &b, NULL);
+	for (size_t i = 0; i < m.n; i++) {
+		m.p[i] ^= 0x10;
+		cr_assert_lt(decode_all(&m, &n), 0, "byte %zu flipped", i);
+		m.p[i] ^= 0x10;
+	}
+	cr_assert_eq(decode_all(&m, &n), 0);
+	free(m.p);
+}
+
+/* A directory stream of begin, the file records of paths (kinds: 'd'
+ * directory, 'v' empty volume, 'r' remove),
+ * written raw (the encoder would refuse it): decode_all's answer. */
+static int raw_tree(const char *kinds, const char *const *paths, int *n)
+{
+	struct stream_begin b = dir_begin();
+	struct mem m = { 0 };
+	struct stream_enc *e;
+	uint8_t rec[40 + STREAM_PATH_MAX];
+	int rc;
+
+	fill_data();
+	cr_assert_eq(stream_enc_new(mem_out, &m, &e), 0);
+	cr_assert_eq(stream_enc_begin(e, &b), 0);
+	for (size_t i = 0; kinds[i]; i++) {
+		size_t l = strlen(paths[i]);
+
+		memset(rec, 0, 40);
+		le32_put(rec, kinds[i] == 'd' ? STREAM_FILE_DIR : kinds[i] == 'v' ? STREAM_FILE_VOL :
+			 STREAM_FILE_REMOVE);
+		le32_put(rec + 12, (uint32_t)l);
+		memcpy(rec + 40, paths[i], l);
+		cr_assert_eq(stream_enc_raw(e, STREAM_FILE, STREAM_FLAG_MUST, rec, 40 + l), 0);
+	}
+	cr_assert_eq(stream_enc_end(e), 0);
+	stream_enc_free(e);
+	rc = decode_all(&m, n);
+	free(m.p);
+	return rc;
+}
+
+Test(stream, the_decoder_checks_the_order_of_file_records)
+{
+	int n;
+
+	cr_assert_eq(raw_tree("rrdvd", (const char *[]){ "z/y", "z", "a", "a/v", "b" }, &n), 0,
+		     "the raw writer writes what the encoder does");
+	cr_assert_eq(n, 5);
+	cr_assert_eq(raw_tree("dd", (const char *[]){ "b", "a" }, &n), -EBADMSG, "entries out of order");
+	cr_assert_eq(raw_tree("dd", (const char *[]){ "a", "a" }, &n), -EBADMSG, "an entry twice");
+	cr_assert_eq(raw_tree("v", (const char *[]){ "x/v" }, &n), -EBADMSG,
+		     "an entry before its directory");
+	cr_assert_eq(raw_tree("vv", (const char *[]){ "x", "x/v" }, &n), -EBADMSG,
+		     "an entry in a volume");
+	cr_assert_eq(raw_tree("dvdv", (const char *[]){ "a", "a/v", "b", "a/w" }, &n), -EBADMSG,
+		     "back into a directory left");
+	cr_assert_eq(raw_tree("dr", (const char *[]){ "a", "z" }, &n), -EBADMSG,
+		     "a remove after the entries");
+	cr_assert_eq(raw_tree("rr", (const char *[]){ "z", "z/y" }, &n), -EBADMSG,
+		     "removes not deepest first");
+}
+
+Test(stream, the_decoder_refuses_paths_that_leave_the_directory)
+{
+	static const char *const bad[] = { "..", "a/../b", "../a", ".", "a/.", "/a", "a/",
+					   "a//b" };
+	int n;
+
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		cr_assert_not(stream_path_ok(bad[i]), "%s", bad[i]);
+		cr_assert_eq(raw_tree("d", (const char *[]){ bad[i] }, &n), -EBADMSG, "%s", bad[i]);
+	}
+	cr_assert(stream_path_ok("a/..b/.c"));
+	cr_assert_eq(raw_tree("d", (const char *[]){ "" }, &n), -EBADMSG, "an empty path");
+}
+
+Test(stream, the_encoder_refuses_file_records_out_of_order_or_data_outside_a_volume)
+{
+	struct stream_begin b = dir_begin(), v = incr_begin();
+	struct stream_file f;
+	struct mem m = { 0 };
+	struct stream_enc *e;
+
+	cr_assert_eq(stream_enc_new(mem_out, &m, &e), 0);
+	cr_assert_eq(stream_enc_begin(e, &b), 0);
+	cr_assert_eq(stream_enc_zero(e, 0, 4096), -EINVAL, "data before any file record");
+	f = sfile(STREAM_FILE_DIR, 0, 0, "a/../b");
+	cr_assert_eq(stream_enc_file(e, &f), -EINVAL, "a path with ..");
+	f = sfile(STREAM_FILE_DIR, 0, 0, "x/y");
+	cr_assert_eq(stream_enc_file(e, &f), -EINVAL, "an entry before its directory");
+	f = sfile(STREAM_FILE_DIR, STREAM_FILE_CONT, 0, "x");
+	cr_assert_eq(stream_enc_file(e, &f), -EINVAL, "a restated file in a whole stream");
+	f = sfile(STREAM_FILE_DIR, 0, 0, "b");
+	cr_assert_eq(stream_enc_file(e, &f), 0);
+	cr_assert_eq(stream_enc_zero(e, 0, 4096), -EINVAL, "data in a directory's record");
+	f = sfile(STREAM_FILE_VOL, 0, 8192, "b/v");
+	cr_assert_eq(stream_enc_file(e, &f), 0);
+	cr_assert_eq(stream_enc_zero(e, 4096, 8192), -EINVAL, "past the file's size");
+	cr_assert_eq(stream_enc_zero(e, 4096, 4096), 0);
+	cr_assert_eq(stream_enc_zero(e, 0, 4096), -EINVAL, "back in the file");
+	f = sfile(STREAM_FILE_REMOVE, 0, 0, "a");
+	cr_assert_eq(stream_enc_file(e, &f), -EINVAL, "a remove after the entries");
+	f = sfile(STREAM_FILE_DIR, 0, 0, "a");
+	cr_assert_eq(stream_enc_file(e, &f), -EINVAL, "an entry out of order");
+	stream_enc_free(e);
+	m.n = 0;
+	cr_assert_eq(stream_enc_new(mem_out, &m, &e), 0);
+	cr_assert_eq(stream_enc_begin(e, &v), 0);
+	f = sfile(STREAM_FILE_DIR, 0, 0, "a");
+	cr_assert_eq(stream_enc_file(e, &f), -EINVAL, "a file record in a volume's stream");
+	stream_enc_free(e);
+	free(m.p);
+}
+
+Test(stream, a_resumed_directory_stream_restates_its_file_and_decodes_to_the_end)
+{
+	struct stream_begin b = dir_begin();
+	struct mem m = { 0 }, x = { 0 };
+	int n;
+
+	dir_sample(&m, &b, NULL);
+	for (int k = 1; k <= (int)NDRECS + 1; k++) {
+		struct stream_pos p = prefix_pos(&m, k);
+		size_t files = 0;
+
+		for (int i = 0; i < k - 1; i++)
+			files += drecs[i].path != NULL;
+		cr_assert_eq(p.file, files, "k=%d: the file records kept", k);
+		x.n = 0;
+		dir_sample(&x, &b, &p);
+		cr_assert_eq(decode_from(&x, &p, &n), 0, "k=%d", k);
+		cr_assert_eq(n, (int)NDRECS + 1 - k + (files ? 1 : 0),
+			     "k=%d: the records after the kept part, and the restated file", k);
+		p.chain ^= 1;
+		cr_assert_eq(decode_from(&x, &p, &n), -EBADMSG, "k=%d: another chain value", k);
+		p.chain ^= 1;
+		if (files) {
+			p.file--;
+			cr_assert_eq(decode_from(&x, &p, &n), -ESTALE, "k=%d: another file", k);
+		}
 	}
 	free(m.p);
 	free(x.p);
