@@ -13,11 +13,13 @@
  *
  * To be a fair ceiling it negotiates what vsnapfs negotiates (src/fs/fs.c,
  * src/main.c): max_write 1 MiB, max_readahead 1 MiB, no writeback cache,
- * no atomic O_TRUNC, parallel direct writes when the kernel offers them,
+ * no atomic O_TRUNC, O_DIRECT opens direct_io with parallel direct writes,
  * 16 worker threads with one cloned /dev/fuse fd each, attribute and entry
  * timeouts of 1 s, default_permissions, and buffered I/O on the backing
  * file (vsnapfs's chunk files are buffered too; a client's O_DIRECT still
- * bypasses the page cache of the FUSE mount).
+ * bypasses the page cache of the FUSE mount).  PT_PARALLEL_DIRECT_WRITES=0
+ * in the environment replies to an O_DIRECT open as to any other (no
+ * FOPEN_ flags), for an A/B of that flag.
  *
  * THREADS: the callbacks share only the backing fd, which pread/pwrite
  * use without a lock; nothing else is mutable after start-up.
@@ -27,11 +29,13 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <fuse_lowlevel.h>
+#include <linux/fuse.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #define PT_NAME         "disk"
@@ -41,6 +45,7 @@
 #define PT_THREADS      16
 
 static int backing_fd = -1;     /* const after main() opened it */
+static int parallel_dio = 1;    /* const after main(): PT_PARALLEL_DIRECT_WRITES */
 
 static int pt_stat(fuse_ino_t ino, struct stat *st)
 {
@@ -65,10 +70,6 @@ static void pt_init(void *userdata, struct fuse_conn_info *conn)
 	conn->max_write = PT_MAX_WRITE;
 	conn->max_readahead = PT_MAX_WRITE;
 	conn->want &= ~(FUSE_CAP_WRITEBACK_CACHE | FUSE_CAP_ATOMIC_O_TRUNC);
-#ifdef FUSE_CAP_PARALLEL_DIRECT_WRITES
-	if (conn->capable & FUSE_CAP_PARALLEL_DIRECT_WRITES)
-		conn->want |= FUSE_CAP_PARALLEL_DIRECT_WRITES;
-#endif
 }
 
 static void pt_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
@@ -134,7 +135,22 @@ static void pt_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	}
 	fi->fh = 0;
 	fi->keep_cache = 0;
-	fi->direct_io = 0;      /* as vsnapfs: O_DIRECT opens are direct anyway */
+	fi->direct_io = 0;
+	/* As vsnapfs (reply_opened in src/fs/fs.c): an O_DIRECT open gets
+	 * FOPEN_DIRECT_IO | FOPEN_PARALLEL_DIRECT_WRITES, written by hand
+	 * because libfuse 3.14 has no fuse_file_info bit for the second.
+	 * PT_PARALLEL_DIRECT_WRITES=0 in the environment turns that off, for
+	 * an A/B (tests/bench/direct-writers.sh). */
+	if (parallel_dio && (fi->flags & O_DIRECT)) {
+		struct fuse_open_out o = {
+			.fh = fi->fh,
+			.open_flags = FOPEN_DIRECT_IO | FOPEN_PARALLEL_DIRECT_WRITES,
+		};
+		struct iovec iov = { .iov_base = &o, .iov_len = sizeof(o) };
+
+		fuse_reply_iov(req, &iov, 1);
+		return;
+	}
 	fuse_reply_open(req, fi);
 }
 
@@ -265,6 +281,8 @@ int main(int argc, char *argv[])
 		fprintf(stderr, "usage: %s BACKING_FILE MOUNTPOINT [-o FUSE_OPTS]\n", argv[0]);
 		return 2;
 	}
+	if (getenv("PT_PARALLEL_DIRECT_WRITES") && !strcmp(getenv("PT_PARALLEL_DIRECT_WRITES"), "0"))
+		parallel_dio = 0;
 	backing_fd = open(argv[1], O_RDWR | O_CLOEXEC);
 	if (backing_fd < 0) {
 		fprintf(stderr, "passthrough: %s: %s\n", argv[1], strerror(errno));
