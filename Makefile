@@ -4,6 +4,7 @@
 #   make check      install missing Debian packages (as root), build, run every test
 #   make asan       the same tests with AddressSanitizer + UBSan (in build-asan/)
 #   make tsan       the daemon under ThreadSanitizer, driven by the e2e tests
+#   make valgrind   the daemon under Valgrind memcheck, driven by e2e tests
 #   make torture    the crash torture with 1000 SIGKILL cycles (TORTURE_CYCLES=N)
 #   make fuzz       libFuzzer on the name parsers (FUZZ_SECONDS=60)
 #   make bench      benchmark (see docs/performance.md)
@@ -158,6 +159,19 @@ tsan:
 	@TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" VS_TIME_SCALE=$${VS_TIME_SCALE:-3} \
 		tests/e2e/run-all.sh build-tsan
 
+# The daemon under Valgrind's memcheck (tests/valgrind/vsnapfs), driven by
+# end-to-end tests: a memory error or a leak makes the daemon exit 99, which
+# fails the test (vs_umount).  VALGRIND_TESTS: which (a name fragment each).
+VALGRIND_TESTS ?= t-10-basic t-20-qemu t-40-randio t-75-gc t-80-snapshots t-81-referenced \
+	t-96-diff t-97-status t-98-send t-99-receive t-99-dirstream
+valgrind: all $(TOOL_BIN)
+	@command -v valgrind >/dev/null || { echo "make valgrind: apt-get install valgrind" >&2; exit 1; }
+	@mkdir -p $(B)/valgrind
+	@set -e; for t in $(VALGRIND_TESTS); do \
+		VSNAPFS_REAL=$(CURDIR)/$(B)/vsnapfs VSNAPFS=$(CURDIR)/tests/valgrind/vsnapfs \
+		VG_LOGDIR=$(CURDIR)/$(B)/valgrind VS_TIME_SCALE=$${VS_TIME_SCALE:-10} \
+		tests/e2e/run-all.sh $(B) $$t; done
+
 bench: all
 	@tests/bench/run.sh $(B)
 
@@ -194,7 +208,7 @@ uninstall:
 clean:
 	rm -rf build build-asan build-tsan build-fuzz
 
-.PHONY: all deps unit e2e check asan tsan torture fuzz bench demo install uninstall clean FORCE
+.PHONY: all deps unit e2e check asan tsan valgrind torture fuzz bench demo install uninstall clean FORCE
 .SECONDARY:
 
 -include $(LIB_OBJ:.o=.d) $(CTL_SRC:%.c=$(B)/%.d) $(B)/src/main.d

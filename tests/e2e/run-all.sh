@@ -17,7 +17,7 @@ fi
 here=$(cd "$(dirname "$0")" && pwd)
 B=$(cd "$1" && pwd) || { echo "run-all: no build dir $1" >&2; exit 2; }
 pattern=${2:-}
-export B VSNAPFS=$B/vsnapfs VSNAPCTL=$B/vsnapctl TOOLS=$B/tools
+export B VSNAPFS=${VSNAPFS:-$B/vsnapfs} VSNAPCTL=$B/vsnapctl TOOLS=$B/tools
 # every daemon and vsnapctl of the tests checks its lock order (vsnapfs/lock.h)
 export VSNAPFS_LOCK_CHECK=${VSNAPFS_LOCK_CHECK:-1}
 
