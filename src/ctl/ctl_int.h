@@ -251,6 +251,9 @@ struct ctl_msg;
  * negative errno of the channel, or the daemon's status.  Unless quiet,
  * says why on stderr (the daemon's msg= line for a refusal). */
 int chan_call(const char *dir, struct ctl_msg *req, struct ctl_msg *rep, bool quiet);
+/* The line chan_call prints for its result rc (unless quiet), tail
+ * appended: a caller that called it quiet says more on the same line. */
+void chan_report(const char *dir, int rc, const struct ctl_msg *rep, const char *tail);
 /* chan_call() of a request of verb with no fields; m gets the reply. */
 int chan_ask(const char *dir, uint16_t verb, struct ctl_msg *m, bool quiet);
 

@@ -246,6 +246,24 @@ static struct file as_file(const struct tent *t)
 			      .node_id = t->in.node, .kind = t->in.kind };
 }
 
+static int first_run(void *ctx, const struct bmap_run *run)
+{
+	*(bool *)ctx = true;
+	return 1;                       /* one is enough */
+}
+
+/* Do the nodes of a and b have a common ancestor (bmap_node_diff can
+ * answer, not -EXDEV)?  A volume replaced by an unrelated one has none. */
+static bool tree_related(struct tsend *ts, const struct tent *a, const struct tent *b)
+{
+	bool any = false;
+	uint64_t nb = ((a->in.size > b->in.size ? a->in.size : b->in.size) + ts->st->bs - 1) /
+		      ts->st->bs;
+
+	return bmap_node_diff(ts->st->bm, a->in.node, b->in.node, nb, first_run, &any) !=
+	       -EXDEV;
+}
+
 /* The file records and their plans: see the top. */
 static int tree_plan(struct tsend *ts)
 {
@@ -277,7 +295,11 @@ static int tree_plan(struct tsend *ts)
 			rc = -ENOMEM;
 			break;
 		}
-		if (up && a && a->in.ino == b->in.ino && a->in.kind == b->in.kind) {
+		/* a directory by path and kind; a volume also by lineage (the
+		 * diff A -> B applies to the receiver's copy of A whatever its
+		 * inode: a replica's inodes are not the source's) */
+		if (up && a && a->in.kind == b->in.kind && (b->in.kind != BMAP_VOL ||
+							    tree_related(ts, a, b))) {
 			r->flags = STREAM_FILE_BASE;
 			based[i] = true;
 		}
@@ -304,7 +326,44 @@ static void srec_file(const struct srec *r, bool cont, struct stream_file *f)
 	f->mode = r->kind == STREAM_FILE_REMOVE ? 0 : r->t->in.mode & 07777;
 	f->size = r->kind == STREAM_FILE_VOL ? r->t->in.size : 0;
 	f->mtime_ns = r->kind == STREAM_FILE_REMOVE ? 0 : r->t->in.mtime_ns;
+	f->uid = r->kind == STREAM_FILE_REMOVE ? 0 : r->t->in.uid;
+	f->gid = r->kind == STREAM_FILE_REMOVE ? 0 : r->t->in.gid;
 	snprintf(f->path, sizeof(f->path), "%s", r->t->path);
+}
+
+/* A resumed stream's first records: the directories above the file it
+ * goes on in (r), outermost first, then r, each restated (CONT): the
+ * receiver gets the mode, owner and time of every directory open at that
+ * place.  A remove is restated alone.  Sizes (e NULL) or sends. */
+static int tree_restate(struct tsend *ts, struct stream_enc *e, size_t first, struct plan *total,
+			struct stream_file *f)
+{
+	const struct srec *r = &ts->r[first];
+	size_t *up = NULL, nup = 0;
+	int rc = 0;
+
+	if (r->kind != STREAM_FILE_REMOVE && !(up = calloc(strlen(r->t->path) + 1, sizeof(*up))))
+		return -ENOMEM;
+	/* its directories come before it in pre-order, nearest last */
+	for (size_t j = first, l = strlen(r->t->path); up && j-- > 0;) {
+		const char *p = ts->r[j].t->path;
+		size_t pl = strlen(p);
+
+		if (ts->r[j].kind == STREAM_FILE_DIR && pl < l && !strncmp(p, r->t->path, pl) &&
+		    r->t->path[pl] == '/') {
+			up[nup++] = j;
+			l = pl;
+		}
+	}
+	for (size_t k = nup + 1; k-- > 0 && !rc;) {
+		srec_file(k ? &ts->r[up[k - 1]] : r, true, f);
+		if (!e)
+			total->bytes += stream_file_bytes(f->path);
+		else
+			rc = stream_enc_file(e, f);
+	}
+	free(up);
+	return rc;
 }
 
 /* The records from begin's resume place on: sizes (e NULL) or sends. */
@@ -322,9 +381,12 @@ static int tree_records(struct tsend *ts, struct stream_enc *e, const struct str
 		char *path;
 		int fd;
 
-		srec_file(r, cont, f);
+		if (cont)
+			rc = tree_restate(ts, e, i, total, f);
+		else
+			srec_file(r, false, f);
 		if (!e) {
-			total->bytes += stream_file_bytes(f->path);
+			total->bytes += cont ? 0 : stream_file_bytes(f->path);
 			plan_size(&r->p, from);
 			total->bytes += r->p.bytes;
 			total->data_bytes += r->p.data_bytes;
@@ -332,7 +394,8 @@ static int tree_records(struct tsend *ts, struct stream_enc *e, const struct str
 			total->nzero += r->p.nzero;
 			continue;
 		}
-		rc = stream_enc_file(e, f);
+		if (!rc && !cont)
+			rc = stream_enc_file(e, f);
 		if (rc || !r->p.n)
 			continue;
 		path = xasprintf("%s/%s", ts->bpath, r->t->path);
@@ -377,6 +440,8 @@ int send_tree(struct store *st, const struct send_opts *o)
 	struct stream_begin sb = { .block_size = st->bs, .kind = STREAM_KIND_DIR };
 	struct recv_token tok;
 	struct plan total = { 0 };
+	struct bmap_inode din;          /* D itself: its mode and owner (live: a
+					 * snapshot does not keep D's own) */
 	char h[16];
 	int rc;
 	bool txn;
@@ -406,6 +471,8 @@ int send_tree(struct store *st, const struct send_opts *o)
 		rc = tree_resume_base(&ts, &tok);
 	if (!rc)
 		rc = stree_load(st, &ts.b);
+	if (!rc)
+		rc = bmap_inode_get(st->bm, ts.b.s.dir, &din);
 	if (!rc && ts.a.s.id)
 		rc = stree_load(st, &ts.a);
 	if (!rc)
@@ -418,6 +485,9 @@ int send_tree(struct store *st, const struct send_opts *o)
 	for (size_t i = 0; i < ts.b.n; i++)
 		sb.size += ts.b.v[i].in.kind == BMAP_VOL ? ts.b.v[i].in.size : 0;
 	memcpy(sb.guid, ts.b.guid, BMAP_GUID_BYTES);
+	sb.dmode = din.mode & 07777;
+	sb.duid = din.uid;
+	sb.dgid = din.gid;
 	sb.created_ns = ts.b.s.created_ns;
 	snprintf(sb.file, sizeof(sb.file), "%s", ts.dname);
 	snprintf(sb.snap, sizeof(sb.snap), "%s", ts.b.s.name);
