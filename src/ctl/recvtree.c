@@ -18,11 +18,15 @@
  * mount takes (ns_name_check) before anything is done with it.  A volume
  * is fsynced when the next file record comes (and the current one before
  * every checkpoint), so the temporary directory's name, the position of
- * the last record applied, never claims more than is synced.  Modes and
- * times: a volume's when it is done; a directory's when the pre-order
- * leaves it (it is made u+rwx until then, so that what is in it can be
- * made), so a directory above the place a resumed stream goes on from
- * keeps u+rwx and the receive's time (the stream does not restate it).  The commit is
+ * the last record applied, never claims more than is synced.  Owners (root
+ * only), modes and times: a volume's when it is done; a directory's when
+ * the pre-order leaves it (it is made u+rwx until then, so that what is in
+ * it can be made).  A resumed stream restates the directories above the
+ * place it goes on from, so they get theirs too; and it applies again the
+ * records after the kept place, whatever was applied past it: every step
+ * is idempotent from there (a BASE or restated entry is made u+rw / u+rwx
+ * first, for a receiving user that is not root).  D's owner and mode are
+ * set after the commit (rtree_done).  The commit is
  * receive.c's request with tree=1: the daemon makes the directory D (full)
  * or moves its entries into D (incremental) and takes the snapshot.
  */

@@ -11,9 +11,11 @@
  * read.  The stream: begin (version 3, kind directory, D's name and the
  * snapshot NAMEs), a remove for every path of A that B lacks (deepest
  * first), then every entry of B in pre-order, each volume followed by its
- * records.  An entry at the same path with the same inode number and kind
- * in A and B, below a parent sent the same way, is BASE: its records are
- * the diff of its two nodes (bmap_node_diff, as for one volume); any
+ * records.  An entry at the same path with the same kind in A and B,
+ * below a parent sent the same way, and for a volume with a node that has
+ * a common ancestor with A's (not the inode number: a replica's differ),
+ * is BASE: its records are the diff of its two nodes (bmap_node_diff, as
+ * for one volume); any
  * other entry starts empty on the receiving side (which first removes
  * what is at its path) and its records are its content.  Data is read
  * through the mount from B's snapshot view, where the daemon checks every
@@ -21,7 +23,9 @@
  *
  * --resume TOKEN (GUID.BASE.K.OFF.CHAIN.F): the records after record K,
  * which must be the one that ends at OFF in the F-th file record's file;
- * that file record is restated first (STREAM_FILE_CONT).
+ * the directories above that file and its record are restated first
+ * (STREAM_FILE_CONT).  begin carries D's own mode and owner (the live D:
+ * a snapshot does not keep them).
  */
 #include <errno.h>
 #include <fcntl.h>
