@@ -421,7 +421,9 @@ struct plan {
 	uint64_t bytes, data_bytes, ndata, nzero;
 };
 
-/* The extents of B against A (A NULL: a full stream's), from the index. */
+/* The extents of B against A (A NULL: a full stream's), from the index;
+ * -EXDEV (nothing said) if A and B have no common ancestor.  After an
+ * error p->v is the caller's to free (and p to zero before another try). */
 int plan_runs(struct store *st, const struct file *a, const struct file *b, struct plan *p);
 /* Add the bytes and records of the plan's records from offset resume on. */
 void plan_size(struct plan *p, uint64_t resume);

@@ -250,24 +250,6 @@ static struct file as_file(const struct tent *t)
 			      .node_id = t->in.node, .kind = t->in.kind };
 }
 
-static int first_run(void *ctx, const struct bmap_run *run)
-{
-	*(bool *)ctx = true;
-	return 1;                       /* one is enough */
-}
-
-/* Do the nodes of a and b have a common ancestor (bmap_node_diff can
- * answer, not -EXDEV)?  A volume replaced by an unrelated one has none. */
-static bool tree_related(struct tsend *ts, const struct tent *a, const struct tent *b)
-{
-	bool any = false;
-	uint64_t nb = ((a->in.size > b->in.size ? a->in.size : b->in.size) + ts->st->bs - 1) /
-		      ts->st->bs;
-
-	return bmap_node_diff(ts->st->bm, a->in.node, b->in.node, nb, first_run, &any) !=
-	       -EXDEV;
-}
-
 /* The file records and their plans: see the top. */
 static int tree_plan(struct tsend *ts)
 {
@@ -299,20 +281,29 @@ static int tree_plan(struct tsend *ts)
 			rc = -ENOMEM;
 			break;
 		}
-		/* a directory by path and kind; a volume also by lineage (the
-		 * diff A -> B applies to the receiver's copy of A whatever its
-		 * inode: a replica's inodes are not the source's) */
-		if (up && a && a->in.kind == b->in.kind && (b->in.kind != BMAP_VOL ||
-							    tree_related(ts, a, b))) {
+		/* by path and kind; a volume also by lineage, its node and A's
+		 * with a common ancestor (the diff A -> B applies to the
+		 * receiver's copy of A whatever its inode: a replica's inodes
+		 * are not the source's) */
+		if (up && a && a->in.kind == b->in.kind) {
 			r->flags = STREAM_FILE_BASE;
 			based[i] = true;
 		}
 		if (b->in.kind != BMAP_VOL)
 			continue;
 		fb = as_file(b);
-		if (r->flags & STREAM_FILE_BASE)
+		if (r->flags & STREAM_FILE_BASE) {
 			fa = as_file(a);
-		rc = plan_runs(ts->st, r->flags & STREAM_FILE_BASE ? &fa : NULL, &fb, &r->p);
+			rc = plan_runs(ts->st, &fa, &fb, &r->p);
+			if (rc != -EXDEV)
+				continue;
+			/* a volume replaced by an unrelated one: whole */
+			free(r->p.v);
+			r->p = (struct plan){ 0 };
+			r->flags = 0;
+			based[i] = false;
+		}
+		rc = plan_runs(ts->st, NULL, &fb, &r->p);
 	}
 	for (size_t i = 0; i < ts->nr; i++) {
 		ts->r[i].before = before;
