@@ -2,7 +2,8 @@
 # Directory streams carry every entry's owner, mode and time, and D's own
 # owner and mode: a 0700 VM directory, files owned 1234:2345, directories
 # that tighten 0755 -> 0750 -> 0700 between snapshots read the same on the
-# replica (owners: when vsnapctl is root, as here).  A stream cut inside a
+# replica (owners: when vsnapctl is root, as here), and D's mode changed
+# later (0700 -> 0750) is set on D by the incremental receive.  A stream cut inside a
 # volume below those directories and resumed gives what an uninterrupted
 # receive gives: the resumed stream restates the directories above the
 # place it goes on at, so their modes and times are the stream's, not the
@@ -45,6 +46,7 @@ mkdir "$W/.snapshots/s2"
 
 "$VSNAPCTL" send "$W/.snapshots/s1" | "$VSNAPCTL" receive "$D" >/dev/null || fail "receive s1"
 same s1
+chmod 0750 "$W"                         # D's own mode, set after the commit
 "$VSNAPCTL" send --from @s1 "$W/.snapshots/s2" >"$T/s2.vs" || fail "send s2"
 n=$(stat -c %s "$T/s2.vs")
 rc=0
