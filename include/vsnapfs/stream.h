@@ -78,6 +78,8 @@ struct stream_begin {
 	uint64_t resume_rec;            /* version 2, resumed: records before this
 					 * stream's first, begin counted (0: not resumed) */
 	uint64_t resume_chain;          /* version 2, resumed: the chain value there */
+	uint32_t dmode, duid, dgid;     /* a directory: its own permission bits (07777)
+					 * and owner; else 0 */
 	char file[STREAM_NAME_MAX + 1]; /* volume name, snapshot name, base snapshot name
 					 * (a directory: its name, and NAMEs of its snapshots) */
 	char snap[STREAM_NAME_MAX + 1];
@@ -106,14 +108,17 @@ enum stream_file_kind { STREAM_FILE_DIR = 1, STREAM_FILE_VOL = 2, STREAM_FILE_RE
 					 * volume: the records are the diff); without it
 					 * the entry starts empty, after whatever is at the
 					 * path was removed */
-#define STREAM_FILE_CONT  2u            /* a resumed stream's first record: the file it
-					 * goes on in, restated (checked against the kept
-					 * chain, neither counted nor chained) */
+#define STREAM_FILE_CONT  2u            /* a resumed stream's first records: the
+					 * directories from the top down to the file it
+					 * goes on in, and that file, restated (checked
+					 * against the kept chain, neither counted nor
+					 * chained); a remove is restated alone */
 
 struct stream_file {
 	uint32_t kind;                  /* enum stream_file_kind */
 	uint32_t flags;                 /* STREAM_FILE_* */
 	uint32_t mode;                  /* permission bits (07777) */
+	uint32_t uid, gid;              /* owner */
 	uint64_t size;                  /* volumes: bytes; else 0 */
 	int64_t mtime_ns;
 	char path[STREAM_PATH_MAX + 1]; /* "a/b": no empty, "." or ".." component */

@@ -251,6 +251,9 @@ struct ctl_msg;
  * negative errno of the channel, or the daemon's status.  Unless quiet,
  * says why on stderr (the daemon's msg= line for a refusal). */
 int chan_call(const char *dir, struct ctl_msg *req, struct ctl_msg *rep, bool quiet);
+/* The line chan_call prints for its result rc (unless quiet), tail
+ * appended: a caller that called it quiet says more on the same line. */
+void chan_report(const char *dir, int rc, const struct ctl_msg *rep, const char *tail);
 /* chan_call() of a request of verb with no fields; m gets the reply. */
 int chan_ask(const char *dir, uint16_t verb, struct ctl_msg *m, bool quiet);
 
@@ -418,7 +421,9 @@ struct plan {
 	uint64_t bytes, data_bytes, ndata, nzero;
 };
 
-/* The extents of B against A (A NULL: a full stream's), from the index. */
+/* The extents of B against A (A NULL: a full stream's), from the index;
+ * -EXDEV (nothing said) if A and B have no common ancestor.  After an
+ * error p->v is the caller's to free (and p to zero before another try). */
 int plan_runs(struct store *st, const struct file *a, const struct file *b, struct plan *p);
 /* Add the bytes and records of the plan's records from offset resume on. */
 void plan_size(struct plan *p, uint64_t resume);

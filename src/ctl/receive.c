@@ -495,18 +495,40 @@ int recv_clone(const char *src, int fd, uint64_t size)
 
 static int rm_one(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
 {
-	return remove(path) && errno != ENOENT ? -errno : 0;
+	return remove(path) && errno != ENOENT ? errno : 0;
+}
+
+/* A directory the receiving user may not empty (its mode set read-only by
+ * the stream, and not root): made u+rwx, it is removed next. */
+static int rm_open(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+	return flag == FTW_D && (sb->st_mode & 0700) != 0700 &&
+	       chmod(path, (sb->st_mode & 07777) | 0700) ? errno : 0;
+}
+
+/* nftw with fn returning 0 or a positive errno: 0 or a negative errno. */
+static int walk(const char *path, __nftw_func_t fn, int flags)
+{
+	int rc = nftw(path, fn, 16, flags | FTW_PHYS);
+
+	return rc > 0 ? -rc : rc < 0 ? -errno : 0;
 }
 
 int recv_rm_rf(const char *path)
 {
 	struct stat sb;
+	int rc;
 
+	/* gone, or a component of it no longer a directory (a resumed
+	 * stream replays a remove below what became a volume): not there */
 	if (lstat(path, &sb))
-		return errno == ENOENT ? 0 : -errno;
+		return errno == ENOENT || errno == ENOTDIR ? 0 : -errno;
 	if (!S_ISDIR(sb.st_mode))
 		return unlink(path) && errno != ENOENT ? -errno : 0;
-	return nftw(path, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+	rc = walk(path, rm_one, FTW_DEPTH);
+	if (rc == -EACCES)
+		rc = walk(path, rm_open, 0) ?: walk(path, rm_one, FTW_DEPTH);
+	return rc;
 }
 
 /* The temporary volume: empty, or a linked clone of the base, at the size. */
@@ -629,7 +651,7 @@ static int recv_apply(struct recv *r, struct stream_dec *d, int fd)
 
 static int recv_commit(struct recv *r)
 {
-	struct ctl_msg *q = malloc(sizeof(*q)), *a = malloc(sizeof(*a));
+	struct ctl_msg *q = malloc(sizeof(*q)), *a = r->reply = malloc(sizeof(*a));
 	char guid[2 * STREAM_GUID_BYTES + 1], base[2 * STREAM_GUID_BYTES + 1];
 	int rc = -ENOMEM;
 
@@ -651,11 +673,10 @@ static int recv_commit(struct recv *r)
 		if (rc)
 			rc = refuse(r, "the commit request cannot hold %s@%s: %s", r->name, r->esnap,
 				    strerror(-rc));
-		else if ((r->commit_rc = chan_call(r->st.dir, q, a, false)))
-			rc = -ECANCELED;        /* chan_call said why */
+		else if ((r->commit_rc = chan_call(r->st.dir, q, a, true)))
+			rc = -ECANCELED;        /* said in one line by recv_commit_refused */
 	}
 	free(q);
-	free(a);
 	return rc;
 }
 
@@ -669,22 +690,27 @@ static int recv_commit(struct recv *r)
 static void recv_commit_refused(struct recv *r, struct stream_dec *d)
 {
 	int rc = r->commit_rc;
+	char tail[TOKEN_MAX + PATH_MAX + 200];
 	struct stat st;
 
+	tail[0] = '\0';
 	if (r->sb.version < 2 || (rc != -EBUSY && rc != -ESTALE && rc != -ENOTEMPTY) ||
 	    (!r->made_tmp && !r->o->resume))
-		return;
+		goto say;
 	/* -ESTALE may also be another receive of the stream that started
 	 * over: what has the name is then not this one's */
 	if (lstat(r->tmp, &st) || (uint64_t)st.st_ino != r->tmp_ino)
-		return;
+		goto say;
 	if (recv_ckpt(r, d, -1))
-		return;                 /* the part goes: nothing claims it */
+		goto say;               /* the part goes: nothing claims it */
 	r->keep = true;
-	fprintf(stderr, "vsnapctl: receive: the stream is kept whole: once that is fixed, vsnapctl "
-		"send --resume %s ... | vsnapctl receive --resume%s %s commits it without sending "
-		"the data again\n", r->tmpname + strlen(RECV_TMP_PREFIX),
-		rc == -ESTALE ? " --force" : "", r->o->path);
+	snprintf(tail, sizeof(tail), "; the stream is kept whole: once that is fixed, vsnapctl "
+		 "send --resume %s ... | vsnapctl receive --resume%s %s commits it without sending "
+		 "the data again", r->tmpname + strlen(RECV_TMP_PREFIX),
+		 rc == -ESTALE || r->o->force ? " --force" : "", r->o->path);
+say:
+	/* the daemon's reason and what is kept: one line */
+	chan_report(r->st.dir, rc, r->reply, tail);
 }
 
 int cmd_receive(const struct recv_opts *o)
@@ -741,6 +767,8 @@ int cmd_receive(const struct recv_opts *o)
 		rc = -errno;
 	if (!rc)
 		rc = recv_commit(&r);
+	if (!rc && r.tree)
+		rc = rtree_done(&r);    /* the temporary is gone: no removal below */
 	if (rc == -ECANCELED && r.commit_rc)
 		recv_commit_refused(&r, d);
 	if (rc && r.made_tmp && !r.keep)
@@ -753,12 +781,13 @@ int cmd_receive(const struct recv_opts *o)
 		printf("received %s/%s@%s (%s stream%s, %" PRIu64 " bytes)\n", r.dirpath, r.name,
 		       r.esnap, stream_is_full(&r.sb) ? "full" : "incremental",
 		       r.sb.resume_rec ? ", resumed" : "", stream_dec_bytes(d));
-	else if (rc != -ECANCELED && rc != -ENODEV)
+	else if (rc != -ECANCELED && rc != -ENODEV && !r.said)
 		fprintf(stderr, "vsnapctl: receive: %s: %s%s\n", r.o->path, strerror(-rc),
 			r.keep ? "; the part received up to its last checkpoint is kept (vsnapctl "
 			"receive --token prints its token)" : "");
 out:
 	stream_dec_free(d);
+	free(r.reply);
 	model_free(&r.m);
 	store_close(&r.st);
 	return rc == -ECANCELED ? 1 : rc ? 2 : 0;

@@ -41,6 +41,8 @@ struct recv {
 	int64_t ckpt_ns;                /* CLOCK_MONOTONIC then */
 	bool tree;                      /* a directory stream: the temporary is a directory */
 	int commit_rc;                  /* the daemon's answer to the commit, if refused */
+	struct ctl_msg *reply;          /* ... and its reply (said once, recv_commit_refused) */
+	bool said;                      /* an error was said with its entry's path */
 	struct bmap_snap bsnap;         /* tree, incremental: the base snapshot */
 };
 
@@ -86,5 +88,7 @@ int rtree_check(struct recv *r);
 int rtree_resume(struct recv *r, struct stream_dec *d);
 int rtree_tmp(struct recv *r, struct stream_dec *d);
 int rtree_apply(struct recv *r, struct stream_dec *d);
+/* After the commit: D's owner (root only) and mode, as the stream says. */
+int rtree_done(struct recv *r);
 
 #endif

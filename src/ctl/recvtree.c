@@ -18,11 +18,15 @@
  * mount takes (ns_name_check) before anything is done with it.  A volume
  * is fsynced when the next file record comes (and the current one before
  * every checkpoint), so the temporary directory's name, the position of
- * the last record applied, never claims more than is synced.  Modes and
- * times: a volume's when it is done; a directory's when the pre-order
- * leaves it (it is made u+rwx until then, so that what is in it can be
- * made), so a directory above the place a resumed stream goes on from
- * keeps u+rwx and the receive's time (the stream does not restate it).  The commit is
+ * the last record applied, never claims more than is synced.  Owners (root
+ * only), modes and times: a volume's when it is done; a directory's when
+ * the pre-order leaves it (it is made u+rwx until then, so that what is in
+ * it can be made).  A resumed stream restates the directories above the
+ * place it goes on from, so they get theirs too; and it applies again the
+ * records after the kept place, whatever was applied past it: every step
+ * is idempotent from there (a BASE or restated entry is made u+rw / u+rwx
+ * first, for a receiving user that is not root).  D's owner and mode are
+ * set after the commit (rtree_done).  The commit is
  * receive.c's request with tree=1: the daemon makes the directory D (full)
  * or moves its entries into D (incremental) and takes the snapshot.
  */
@@ -37,6 +41,13 @@
 #include "ctl/recv_int.h"
 #include "ns/names.h"                   /* the daemon's own name rules */
 #include "vsnapfs/array.h"
+
+/* Are owners set as the stream says?  Only by root: anyone else gets
+ * EPERM for another owner, and the entries stay the receiving user's. */
+static bool owner_set(void)
+{
+	return geteuid() == 0;
+}
 
 int rtree_names(struct recv *r)
 {
@@ -202,7 +213,9 @@ int rtree_tmp(struct recv *r, struct stream_dec *d)
 		snprintf(path, sizeof(path), "%s/%s", r->dirpath, n);
 		rc = recv_rm_rf(path);
 	}
-	if (!rc && mkdir(r->tmp, 0755))
+	/* D's own mode (with u+rwx, to fill it): a full stream's temporary
+	 * becomes D */
+	if (!rc && mkdir(r->tmp, (r->sb.dmode & 07777) | 0700))
 		rc = -errno;
 	if (rc)
 		return rc;
@@ -213,17 +226,19 @@ int rtree_tmp(struct recv *r, struct stream_dec *d)
 	return rc ? rc : recv_ckpt(r, d, -1);
 }
 
-struct tdir {                           /* a directory's mode and time, set at the end */
+struct tdir {                           /* a directory's owner, mode and time, set at
+					 * the end */
 	char *path;
-	uint32_t mode;
+	uint32_t mode, uid, gid;
 	int64_t mtime_ns;
 };
 
 struct tapply {
 	struct recv *r;
 	int fd;                         /* the volume being written, -1 none */
-	uint32_t mode;                  /* its mode and time, set when it is done */
+	uint32_t mode, uid, gid;        /* its owner, mode and time, set when it is done */
 	int64_t mtime_ns;
+	const char *cur;                /* the path of the current file record */
 	struct tdir *dirs;
 	size_t ndirs, dcap;
 };
@@ -235,7 +250,8 @@ static void ts_of(int64_t ns, struct timespec ts[2])
 	ts[1].tv_nsec = ns % 1000000000;
 }
 
-/* The volume being written is done: its mode and time, synced, closed. */
+/* The volume being written is done: its owner, mode and time, synced,
+ * closed. */
 static int vol_done(struct tapply *a)
 {
 	struct timespec ts[2];
@@ -244,7 +260,9 @@ static int vol_done(struct tapply *a)
 	if (a->fd < 0)
 		return 0;
 	ts_of(a->mtime_ns, ts);
-	if (fchmod(a->fd, a->mode) || futimens(a->fd, ts) || fsync(a->fd))
+	/* the owner first: a chown clears the set-id bits */
+	if ((owner_set() && fchown(a->fd, a->uid, a->gid)) || fchmod(a->fd, a->mode) ||
+	    futimens(a->fd, ts) || fsync(a->fd))
 		rc = -errno;
 	if (close(a->fd) && !rc)
 		rc = -errno;
@@ -266,7 +284,8 @@ static int dirs_done(struct tapply *a, const char *path)
 		if (path && !strncmp(path, t->path, l) && path[l] == '/')
 			break;
 		ts_of(t->mtime_ns, ts);
-		if (!rc && (chmod(t->path, t->mode & 07777) || utimensat(AT_FDCWD, t->path, ts, 0)))
+		if (!rc && ((owner_set() && chown(t->path, t->uid, t->gid)) ||
+			    chmod(t->path, t->mode & 07777) || utimensat(AT_FDCWD, t->path, ts, 0)))
 			rc = -errno;
 		free(t->path);
 		a->ndirs--;
@@ -314,6 +333,15 @@ static int apply_file(struct tapply *a, const struct stream_file *f)
 		rc = refuse(r, "the stream's %s '%s' is not in the part received or the base: a "
 			    "stream of another base", f->kind == STREAM_FILE_DIR ? "directory" :
 			    "volume", text_esc(f->path, esc, sizeof(esc)));
+	/* the receiver's user may write into what the walk has open (a
+	 * replayed or restated entry may have had its final mode set already,
+	 * as may the base's); the final modes come when the walk leaves it */
+	if (!rc && (base || cont) && f->kind != STREAM_FILE_REMOVE) {
+		mode_t u = S_ISDIR(st.st_mode) ? 0700 : 0600;
+
+		if ((st.st_mode & u) != u && chmod(path, (st.st_mode & 07777) | u))
+			rc = -errno;
+	}
 	if (!rc && f->kind == STREAM_FILE_DIR) {
 		if (!base && !cont && mkdir(path, (f->mode & 07777) | 0700))
 			rc = -errno;
@@ -321,6 +349,7 @@ static int apply_file(struct tapply *a, const struct stream_file *f)
 			rc = -ENOMEM;
 		if (!rc) {
 			a->dirs[a->ndirs++] = (struct tdir){ .path = path, .mode = f->mode,
+							     .uid = f->uid, .gid = f->gid,
 							     .mtime_ns = f->mtime_ns };
 			path = NULL;
 		}
@@ -330,6 +359,8 @@ static int apply_file(struct tapply *a, const struct stream_file *f)
 		if (a->fd < 0 || (!cont && ftruncate(a->fd, (off_t)f->size)))
 			rc = -errno;
 		a->mode = f->mode;
+		a->uid = f->uid;
+		a->gid = f->gid;
 		a->mtime_ns = f->mtime_ns;
 	}
 	free(path);
@@ -346,6 +377,7 @@ int rtree_apply(struct recv *r, struct stream_dec *d)
 	progress_bytes(&pg, "receive", r->sb.size);
 	while (!wrc && (rc = stream_dec_next(d, &rec)) == 1) {
 		if (rec.type == STREAM_FILE) {
+			a.cur = rec.file->path;
 			wrc = apply_file(&a, rec.file);
 		} else {
 			wrc = recv_record(a.fd, &rec);
@@ -360,9 +392,16 @@ int rtree_apply(struct recv *r, struct stream_dec *d)
 	if (wrc == -ECANCELED) {
 		rc = wrc;               /* a bad path: refused, said so */
 	} else if (wrc) {
-		/* the daemon gone, the disk full: what was checkpointed stays */
+		char esc[TEXT_ESC_MAX(200)];
+
+		/* the daemon gone, the disk full, a name too long: what was
+		 * checkpointed stays; the message names the entry */
 		r->keep = true;
+		r->said = true;
 		rc = wrc;
+		fprintf(stderr, "vsnapctl: receive: %s/%s: %s; the part received up to its last "
+			"checkpoint is kept (vsnapctl receive --token prints its token)\n",
+			r->o->path, a.cur ? text_esc(a.cur, esc, sizeof(esc)) : "", strerror(-wrc));
 	} else if (rc < 0) {
 		rc = recv_stopped(r, d, a.fd, rc);
 	} else {
@@ -375,5 +414,23 @@ int rtree_apply(struct recv *r, struct stream_dec *d)
 	for (size_t i = 0; i < a.ndirs; i++)
 		free(a.dirs[i].path);
 	free(a.dirs);
+	return rc;
+}
+
+int rtree_done(struct recv *r)
+{
+	int rc = 0;
+
+	/* D keeps its inode through the commit (and a full stream's
+	 * temporary is D): its owner and mode are set on it, through the
+	 * mount, once committed */
+	if ((owner_set() && chown(r->o->path, r->sb.duid, r->sb.dgid)) ||
+	    chmod(r->o->path, r->sb.dmode & 07777)) {
+		rc = -errno;
+		r->said = true;
+		fprintf(stderr, "vsnapctl: receive: %s: received, but its owner and mode (%u:%u "
+			"%04o) could not be set: %s\n", r->o->path, r->sb.duid, r->sb.dgid,
+			r->sb.dmode, strerror(-rc));
+	}
 	return rc;
 }

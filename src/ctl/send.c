@@ -249,11 +249,6 @@ int plan_runs(struct store *st, const struct file *a, const struct file *b, stru
 	p->hi = lo;
 	p->data_only = false;
 	rc = bmap_node_diff(st->bm, a->node_id, b->node_id, nb, plan_add, p);
-	if (rc == -EXDEV) {
-		fprintf(stderr, "vsnapctl: send: %s and %s are not of one lineage: no incremental "
-			"stream between them\n", a->path, b->path);
-		return rc;
-	}
 	if (rc || b->size <= lo)
 		return rc;
 	p->lo = lo;
@@ -409,6 +404,9 @@ int cmd_send(struct store *st, const struct send_opts *o)
 		rc = send_resume_base(st, &m, o, &tok, &b, &a);
 	if (!rc)
 		rc = plan_runs(st, a.f, b.f, &p);
+	if (rc == -EXDEV)
+		fprintf(stderr, "vsnapctl: send: %s and %s are not of one lineage: no incremental "
+			"stream between them\n", a.f->path, b.f->path);
 	if (txn)
 		bmap_snapshot_end(st->bm);
 	if (rc)

@@ -11,9 +11,11 @@
  * read.  The stream: begin (version 3, kind directory, D's name and the
  * snapshot NAMEs), a remove for every path of A that B lacks (deepest
  * first), then every entry of B in pre-order, each volume followed by its
- * records.  An entry at the same path with the same inode number and kind
- * in A and B, below a parent sent the same way, is BASE: its records are
- * the diff of its two nodes (bmap_node_diff, as for one volume); any
+ * records.  An entry at the same path with the same kind in A and B,
+ * below a parent sent the same way, and for a volume with a node that has
+ * a common ancestor with A's (not the inode number: a replica's differ),
+ * is BASE: its records are the diff of its two nodes (bmap_node_diff, as
+ * for one volume); any
  * other entry starts empty on the receiving side (which first removes
  * what is at its path) and its records are its content.  Data is read
  * through the mount from B's snapshot view, where the daemon checks every
@@ -21,7 +23,9 @@
  *
  * --resume TOKEN (GUID.BASE.K.OFF.CHAIN.F): the records after record K,
  * which must be the one that ends at OFF in the F-th file record's file;
- * that file record is restated first (STREAM_FILE_CONT).
+ * the directories above that file and its record are restated first
+ * (STREAM_FILE_CONT).  begin carries D's own mode and owner (the live D:
+ * a snapshot does not keep them).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -277,16 +281,29 @@ static int tree_plan(struct tsend *ts)
 			rc = -ENOMEM;
 			break;
 		}
-		if (up && a && a->in.ino == b->in.ino && a->in.kind == b->in.kind) {
+		/* by path and kind; a volume also by lineage, its node and A's
+		 * with a common ancestor (the diff A -> B applies to the
+		 * receiver's copy of A whatever its inode: a replica's inodes
+		 * are not the source's) */
+		if (up && a && a->in.kind == b->in.kind) {
 			r->flags = STREAM_FILE_BASE;
 			based[i] = true;
 		}
 		if (b->in.kind != BMAP_VOL)
 			continue;
 		fb = as_file(b);
-		if (r->flags & STREAM_FILE_BASE)
+		if (r->flags & STREAM_FILE_BASE) {
 			fa = as_file(a);
-		rc = plan_runs(ts->st, r->flags & STREAM_FILE_BASE ? &fa : NULL, &fb, &r->p);
+			rc = plan_runs(ts->st, &fa, &fb, &r->p);
+			if (rc != -EXDEV)
+				continue;
+			/* a volume replaced by an unrelated one: whole */
+			free(r->p.v);
+			r->p = (struct plan){ 0 };
+			r->flags = 0;
+			based[i] = false;
+		}
+		rc = plan_runs(ts->st, NULL, &fb, &r->p);
 	}
 	for (size_t i = 0; i < ts->nr; i++) {
 		ts->r[i].before = before;
@@ -304,7 +321,44 @@ static void srec_file(const struct srec *r, bool cont, struct stream_file *f)
 	f->mode = r->kind == STREAM_FILE_REMOVE ? 0 : r->t->in.mode & 07777;
 	f->size = r->kind == STREAM_FILE_VOL ? r->t->in.size : 0;
 	f->mtime_ns = r->kind == STREAM_FILE_REMOVE ? 0 : r->t->in.mtime_ns;
+	f->uid = r->kind == STREAM_FILE_REMOVE ? 0 : r->t->in.uid;
+	f->gid = r->kind == STREAM_FILE_REMOVE ? 0 : r->t->in.gid;
 	snprintf(f->path, sizeof(f->path), "%s", r->t->path);
+}
+
+/* A resumed stream's first records: the directories above the file it
+ * goes on in (r), outermost first, then r, each restated (CONT): the
+ * receiver gets the mode, owner and time of every directory open at that
+ * place.  A remove is restated alone.  Sizes (e NULL) or sends. */
+static int tree_restate(struct tsend *ts, struct stream_enc *e, size_t first, struct plan *total,
+			struct stream_file *f)
+{
+	const struct srec *r = &ts->r[first];
+	size_t *up = NULL, nup = 0;
+	int rc = 0;
+
+	if (r->kind != STREAM_FILE_REMOVE && !(up = calloc(strlen(r->t->path) + 1, sizeof(*up))))
+		return -ENOMEM;
+	/* its directories come before it in pre-order, nearest last */
+	for (size_t j = first, l = strlen(r->t->path); up && j-- > 0;) {
+		const char *p = ts->r[j].t->path;
+		size_t pl = strlen(p);
+
+		if (ts->r[j].kind == STREAM_FILE_DIR && pl < l && !strncmp(p, r->t->path, pl) &&
+		    r->t->path[pl] == '/') {
+			up[nup++] = j;
+			l = pl;
+		}
+	}
+	for (size_t k = nup + 1; k-- > 0 && !rc;) {
+		srec_file(k ? &ts->r[up[k - 1]] : r, true, f);
+		if (!e)
+			total->bytes += stream_file_bytes(f->path);
+		else
+			rc = stream_enc_file(e, f);
+	}
+	free(up);
+	return rc;
 }
 
 /* The records from begin's resume place on: sizes (e NULL) or sends. */
@@ -322,9 +376,12 @@ static int tree_records(struct tsend *ts, struct stream_enc *e, const struct str
 		char *path;
 		int fd;
 
-		srec_file(r, cont, f);
+		if (cont)
+			rc = tree_restate(ts, e, i, total, f);
+		else
+			srec_file(r, false, f);
 		if (!e) {
-			total->bytes += stream_file_bytes(f->path);
+			total->bytes += cont ? 0 : stream_file_bytes(f->path);
 			plan_size(&r->p, from);
 			total->bytes += r->p.bytes;
 			total->data_bytes += r->p.data_bytes;
@@ -332,7 +389,8 @@ static int tree_records(struct tsend *ts, struct stream_enc *e, const struct str
 			total->nzero += r->p.nzero;
 			continue;
 		}
-		rc = stream_enc_file(e, f);
+		if (!rc && !cont)
+			rc = stream_enc_file(e, f);
 		if (rc || !r->p.n)
 			continue;
 		path = xasprintf("%s/%s", ts->bpath, r->t->path);
@@ -377,6 +435,8 @@ int send_tree(struct store *st, const struct send_opts *o)
 	struct stream_begin sb = { .block_size = st->bs, .kind = STREAM_KIND_DIR };
 	struct recv_token tok;
 	struct plan total = { 0 };
+	struct bmap_inode din;          /* D itself: its mode and owner (live: a
+					 * snapshot does not keep D's own) */
 	char h[16];
 	int rc;
 	bool txn;
@@ -406,6 +466,8 @@ int send_tree(struct store *st, const struct send_opts *o)
 		rc = tree_resume_base(&ts, &tok);
 	if (!rc)
 		rc = stree_load(st, &ts.b);
+	if (!rc)
+		rc = bmap_inode_get(st->bm, ts.b.s.dir, &din);
 	if (!rc && ts.a.s.id)
 		rc = stree_load(st, &ts.a);
 	if (!rc)
@@ -418,6 +480,9 @@ int send_tree(struct store *st, const struct send_opts *o)
 	for (size_t i = 0; i < ts.b.n; i++)
 		sb.size += ts.b.v[i].in.kind == BMAP_VOL ? ts.b.v[i].in.size : 0;
 	memcpy(sb.guid, ts.b.guid, BMAP_GUID_BYTES);
+	sb.dmode = din.mode & 07777;
+	sb.duid = din.uid;
+	sb.dgid = din.gid;
 	sb.created_ns = ts.b.s.created_ns;
 	snprintf(sb.file, sizeof(sb.file), "%s", ts.dname);
 	snprintf(sb.snap, sizeof(sb.snap), "%s", ts.b.s.name);

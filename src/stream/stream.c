@@ -52,7 +52,8 @@
 #define HDR        16
 #define BEGIN_FIXED_V1 80
 #define BEGIN_FIXED 96                  /* version 2: resume_rec, resume_chain */
-#define BEGIN_FIXED_TREE 112            /* version 3: kind, resume_file */
+#define BEGIN_FIXED_TREE 128            /* version 3: kind, D's mode, resume_file, D's
+					 * uid and gid, 8 spare */
 #define FILE_FIXED 40                   /* a file record before its path */
 
 static const uint8_t zero_guid[STREAM_GUID_BYTES];
@@ -118,7 +119,9 @@ bool stream_path_ok(const char *p)
 struct tree_ord {
 	bool on;                        /* a directory stream */
 	bool entries;                   /* an entry came: no remove after it */
-	bool want_cont;                 /* resumed inside: the first record restates */
+	bool want_cont;                 /* resumed: the next record must restate (CONT) */
+	bool may_cont;                  /* the last was a restated directory: another
+					 * restated entry in it may follow */
 	uint32_t kind;                  /* the current file's, 0 none */
 	char last[STREAM_PATH_MAX + 1]; /* the last path ("" none) */
 	char dirs[STREAM_PATH_MAX + 1];
@@ -133,8 +136,13 @@ static void tree_push(struct tree_ord *t, const char *path, size_t len)
 	t->lens[t->ndirs++] = (uint16_t)len;
 }
 
-/* Is f's place right after the records so far?  NULL, or why not. */
-static const char *tree_place(struct tree_ord *t, const struct stream_file *f)
+/* Is f's place right after the records so far (off: where the records
+ * of the current file stand)?  NULL, or why not.  A resumed stream
+ * restates, not counted, the chain of directories from the top down to
+ * the file it goes on in, then that file (STREAM_FILE_CONT each; a remove
+ * alone): so the receiver has the attributes of every directory open at
+ * that place. */
+static const char *tree_place(struct tree_ord *t, const struct stream_file *f, uint64_t off)
 {
 	bool cont = f->flags & STREAM_FILE_CONT;
 	const char *slash;
@@ -149,30 +157,43 @@ static const char *tree_place(struct tree_ord *t, const struct stream_file *f)
 		return "a file record inconsistent";
 	if (!stream_path_ok(f->path))
 		return "a path that is not below the directory (empty, '.' or '..' component)";
-	if (cont != t->want_cont)
-		return cont ? "a restated file record that is not a resumed stream's first" :
-		       "a resumed stream that does not restate the file it goes on in";
-	t->want_cont = false;
+	slash = strrchr(f->path, '/');
+	parent = slash ? (size_t)(slash - f->path) : 0;
 	if (cont) {
-		/* where the kept part stands: its directories are open */
-		t->ndirs = 0;
-		for (slash = f->path; (slash = strchr(slash, '/')); slash++)
-			tree_push(t, f->path, (size_t)(slash - f->path));
+		bool first = !t->may_cont;
+
+		if (!t->want_cont && !t->may_cont)
+			return "a restated file record that is not at a resumed stream's start";
+		if (first)
+			t->ndirs = 0;
+		if (f->kind == STREAM_FILE_REMOVE ? !first || off :
+		    parent != (t->ndirs ? t->lens[t->ndirs - 1] : 0) ||
+		    (parent && memcmp(f->path, t->dirs, parent)))
+			return f->kind == STREAM_FILE_REMOVE ? "a restated remove inside a restated "
+			       "directory or inside a file" : "a restated entry whose directory was "
+			       "not restated before it";
+		if (f->kind == STREAM_FILE_VOL && off > f->size)
+			return "a restated volume smaller than the place the stream resumes at";
+		/* inside a file: the chain must go down to a volume */
+		t->want_cont = off && f->kind == STREAM_FILE_DIR;
+		t->may_cont = f->kind == STREAM_FILE_DIR;
 		t->entries = f->kind != STREAM_FILE_REMOVE;
+	} else if (t->want_cont) {
+		return "a resumed stream that does not restate the file it goes on in";
 	} else if (f->kind == STREAM_FILE_REMOVE) {
+		t->may_cont = false;
 		if (t->entries)
 			return "a remove after the entries";
 		if (t->last[0] && stream_path_cmp(f->path, t->last) >= 0)
 			return "removes out of order (deepest first)";
 	} else {
+		t->may_cont = false;
 		if (t->entries && stream_path_cmp(f->path, t->last) <= 0)
 			return "entries out of order";
 		while (t->ndirs && !(len > t->lens[t->ndirs - 1] &&
 				     !memcmp(f->path, t->dirs, t->lens[t->ndirs - 1]) &&
 				     f->path[t->lens[t->ndirs - 1]] == '/'))
 			t->ndirs--;
-		slash = strrchr(f->path, '/');
-		parent = slash ? (size_t)(slash - f->path) : 0;
 		if (parent != (t->ndirs ? t->lens[t->ndirs - 1] : 0))
 			return "an entry whose directory did not come before it";
 		t->entries = true;
@@ -316,7 +337,8 @@ int stream_enc_begin(struct stream_enc *e, const struct stream_begin *b)
 	    lb > STREAM_NAME_MAX || (lb == 0) != stream_is_full(b) ||
 	    (!tree && b->resume_off > b->size) || b->kind > STREAM_KIND_DIR ||
 	    (version == 1 && b->resume_rec) || (version >= 2 && !b->resume_rec && b->resume_off) ||
-	    (!tree && b->resume_file) || (tree && (b->resume_file ? !b->resume_rec : b->resume_off)))
+	    (!tree && b->resume_file) || (tree && (b->resume_file ? !b->resume_rec : b->resume_off)) ||
+	    (b->dmode & ~07777u) || (!tree && (b->dmode || b->duid || b->dgid)))
 		return -EINVAL;
 	memset(p, 0, fixed);
 	memcpy(p, STREAM_MAGIC, 8);
@@ -339,7 +361,10 @@ int stream_enc_begin(struct stream_enc *e, const struct stream_begin *b)
 	}
 	if (tree) {
 		le32_put(p + 96, b->kind);
+		le32_put(p + 100, b->dmode);
 		le64_put(p + 104, b->resume_file);
+		le32_put(p + 112, b->duid);
+		le32_put(p + 116, b->dgid);
 	}
 	memcpy(p + fixed, b->file, lf);
 	memcpy(p + fixed + lf, b->snap, ls);
@@ -418,7 +443,8 @@ static size_t file_put(uint8_t *p, const struct stream_file *f)
 	le32_put(p + 12, (uint32_t)len);
 	le64_put(p + 16, f->size);
 	le64_put(p + 24, (uint64_t)f->mtime_ns);
-	le64_put(p + 32, 0);
+	le32_put(p + 32, f->uid);
+	le32_put(p + 36, f->gid);
 	memcpy(p + FILE_FIXED, f->path, len);
 	return FILE_FIXED + len;
 }
@@ -429,8 +455,7 @@ int stream_enc_file(struct stream_enc *e, const struct stream_file *f)
 	int rc;
 
 	if (e->state != 1 || strnlen(f->path, STREAM_PATH_MAX + 1) > STREAM_PATH_MAX ||
-	    (cont && e->next_off > (f->kind == STREAM_FILE_VOL ? f->size : 0)) ||
-	    tree_place(&e->tree, f))
+	    tree_place(&e->tree, f, e->next_off))
 		return -EINVAL;
 	e->size = f->size;
 	if (!cont) {
@@ -684,7 +709,10 @@ int stream_dec_begin(struct stream_dec *d, struct stream_begin *b)
 	}
 	if (b->version == STREAM_VERSION_TREE) {
 		b->kind = le32_get(p + 96);
+		b->dmode = le32_get(p + 100);
 		b->resume_file = le64_get(p + 104);
+		b->duid = le32_get(p + 112);
+		b->dgid = le32_get(p + 116);
 		if (b->kind > STREAM_KIND_DIR)
 			return dec_fail(d, -EPROTO, "a stream of kind %" PRIu32 ": this vsnapctl "
 					"knows volumes and directories", b->kind);
@@ -697,7 +725,7 @@ int stream_dec_begin(struct stream_dec *d, struct stream_begin *b)
 	    (b->kind != STREAM_KIND_DIR && b->resume_off > b->size) ||
 	    memchr(p + fixed, 0, lf + ls + lb) ||
 	    (b->version >= 2 && !b->resume_rec && b->resume_off) ||
-	    (b->kind != STREAM_KIND_DIR && b->resume_file) ||
+	    (b->kind != STREAM_KIND_DIR && b->resume_file) || (b->dmode & ~07777u) ||
 	    (b->kind == STREAM_KIND_DIR && (b->resume_file ? !b->resume_rec : b->resume_off)))
 		return dec_fail(d, -EBADMSG, "begin record inconsistent: damaged");
 	memcpy(b->file, p + fixed, lf);
@@ -782,18 +810,16 @@ static int dec_file(struct stream_dec *d, uint64_t len, uint64_t chain, struct s
 	f->mode = le32_get(p + 8);
 	f->size = le64_get(p + 16);
 	f->mtime_ns = (int64_t)le64_get(p + 24);
+	f->uid = le32_get(p + 32);
+	f->gid = le32_get(p + 36);
 	memcpy(f->path, p + FILE_FIXED, plen);
 	f->path[plen] = '\0';
 	cont = f->flags & STREAM_FILE_CONT;
 	if (cont) {
 		/* restated: checked against the kept chain, which goes on as it was */
 		d->chain = chain;
-		if (d->next_off > (f->kind == STREAM_FILE_VOL ? f->size : 0))
-			return dec_fail(d, -EBADMSG, "the restated file %s is %" PRIu64 " bytes, the "
-					"stream resumes at byte %" PRIu64 ": damaged", f->kind ==
-					STREAM_FILE_VOL ? "volume" : "entry", f->size, d->next_off);
 	}
-	why = tree_place(&d->tree, f);
+	why = tree_place(&d->tree, f, d->next_off);
 	if (why)
 		return dec_fail(d, -EBADMSG, "file record %" PRIu64 ": %s: damaged or forged",
 				d->file + !cont, why);

@@ -679,6 +679,9 @@ static struct stream_begin dir_begin(void)
 
 	b.kind = STREAM_KIND_DIR;
 	b.size = 0;
+	b.dmode = 0700;
+	b.duid = 1234;
+	b.dgid = 2345;
 	strcpy(b.file, "web");
 	return b;
 }
@@ -696,7 +699,7 @@ static void fill_data(void)
 static struct stream_file sfile(uint32_t kind, uint32_t flags, uint64_t size, const char *path)
 {
 	struct stream_file f = { .kind = kind, .flags = flags, .mode = 0640, .size = size,
-				 .mtime_ns = 1234567890123 };
+				 .mtime_ns = 1234567890123, .uid = 1234, .gid = 2345 };
 
 	snprintf(f.path, sizeof(f.path), "%s", path);
 	return f;
@@ -737,13 +740,45 @@ static int drec_put(struct stream_enc *e, size_t i, uint32_t more)
 	return stream_enc_data(e, x->off, x->len == 333 ? data2 : data1, x->len);
 }
 
+/* The records a stream resumed after the first from records restates:
+ * the file record they end in and its directories, outermost first (a
+ * remove alone); their indexes into idx, their count. */
+static size_t dir_restated(size_t from, size_t idx[NDRECS])
+{
+	size_t n = 0, f = from, l;
+
+	while (f > 0 && !drecs[f - 1].path)
+		f--;
+	if (!f--)
+		return 0;
+	idx[n++] = f;
+	l = strlen(drecs[f].path);
+	for (size_t j = f; drecs[f].kind != STREAM_FILE_REMOVE && j-- > 0;) {
+		if (drecs[j].path && drecs[j].kind == STREAM_FILE_DIR &&
+		    strlen(drecs[j].path) < l && !strncmp(drecs[j].path, drecs[f].path,
+							   strlen(drecs[j].path)) &&
+		    drecs[f].path[strlen(drecs[j].path)] == '/') {
+			idx[n++] = j;
+			l = strlen(drecs[j].path);
+		}
+	}
+	for (size_t i = 0; i < n / 2; i++) {
+		size_t t = idx[i];
+
+		idx[i] = idx[n - 1 - i];
+		idx[n - 1 - i] = t;
+	}
+	return n;
+}
+
 /* The sample directory stream, or (pos) the stream resumed after its
- * first pos->rec records: the file they end in restated, then the rest. */
+ * first pos->rec records: the file they end in and its directories
+ * restated, then the rest. */
 static void dir_sample(struct mem *m, const struct stream_begin *b0, const struct stream_pos *pos)
 {
 	struct stream_begin b = *b0;
 	struct stream_enc *e;
-	size_t from = pos ? pos->rec - 1 : 0;
+	size_t from = pos ? pos->rec - 1 : 0, idx[NDRECS], n = 0;
 
 	fill_data();
 	if (pos) {
@@ -751,16 +786,16 @@ static void dir_sample(struct mem *m, const struct stream_begin *b0, const struc
 		b.resume_off = pos->off;
 		b.resume_chain = pos->chain;
 		b.resume_file = pos->file;
+		n = dir_restated(from, idx);
 	}
 	cr_assert_eq(stream_enc_new(mem_out, m, &e), 0);
 	cr_assert_eq(stream_enc_begin(e, &b), 0);
-	for (size_t i = from; pos && pos->file && i-- > 0;) {
-		if (drecs[i].path) {
-			cr_assert_eq(drec_put(e, i, STREAM_FILE_CONT), 0, "the restated %s",
-				     drecs[i].path);
-			break;
-		}
-	}
+	if (n > 1)
+		cr_assert_eq(drec_put(e, idx[n - 1], STREAM_FILE_CONT), -EINVAL,
+			     "%s restated without its directories", drecs[idx[n - 1]].path);
+	for (size_t i = 0; i < n; i++)
+		cr_assert_eq(drec_put(e, idx[i], STREAM_FILE_CONT), 0, "the restated %s",
+			     drecs[idx[i]].path);
 	for (size_t i = from; i < NDRECS; i++)
 		cr_assert_eq(drec_put(e, i, 0), 0, "record %zu", i);
 	cr_assert_eq(stream_enc_end(e), 0);
@@ -787,6 +822,9 @@ Test(stream, a_directory_stream_decodes_to_its_file_records_and_their_data)
 	cr_assert_eq(stream_dec_begin(d, &o), 0);
 	cr_assert_eq(o.kind, STREAM_KIND_DIR);
 	cr_assert_str_eq(o.file, "web");
+	cr_assert_eq(o.dmode, 0700, "the directory's own mode and owner are carried");
+	cr_assert_eq(o.duid, 1234);
+	cr_assert_eq(o.dgid, 2345);
 	for (size_t i = 0; i < NDRECS; i++) {
 		cr_assert_eq(stream_dec_next(d, &r), 1, "record %zu: %s", i, stream_dec_msg(d));
 		if (drecs[i].path) {
@@ -797,6 +835,8 @@ Test(stream, a_directory_stream_decodes_to_its_file_records_and_their_data)
 			cr_assert_eq(r.file->size, drecs[i].size);
 			cr_assert_eq(r.file->mode, 0640);
 			cr_assert_eq(r.file->mtime_ns, 1234567890123);
+			cr_assert_eq(r.file->uid, 1234, "the owner is carried");
+			cr_assert_eq(r.file->gid, 2345);
 		} else {
 			cr_assert_eq(r.type, drecs[i].zero ? STREAM_ZERO : STREAM_DATA);
 			cr_assert_eq(r.off, drecs[i].off);
@@ -937,7 +977,7 @@ Test(stream, a_resumed_directory_stream_restates_its_file_and_decodes_to_the_end
 	dir_sample(&m, &b, NULL);
 	for (int k = 1; k <= (int)NDRECS + 1; k++) {
 		struct stream_pos p = prefix_pos(&m, k);
-		size_t files = 0;
+		size_t files = 0, idx[NDRECS], up = dir_restated((size_t)k - 1, idx);
 
 		for (int i = 0; i < k - 1; i++)
 			files += drecs[i].path != NULL;
@@ -945,8 +985,28 @@ Test(stream, a_resumed_directory_stream_restates_its_file_and_decodes_to_the_end
 		x.n = 0;
 		dir_sample(&x, &b, &p);
 		cr_assert_eq(decode_from(&x, &p, &n), 0, "k=%d", k);
-		cr_assert_eq(n, (int)NDRECS + 1 - k + (files ? 1 : 0),
-			     "k=%d: the records after the kept part, and the restated file", k);
+		cr_assert_eq(n, (int)NDRECS + 1 - k + (int)up,
+			     "k=%d: the records after the kept part, and the restated file and its "
+			     "directories", k);
+		if (up > 1) {
+			/* the outermost restated directory cut out (each restated
+			 * record checks against the kept chain alone): refused,
+			 * its mode would be missing */
+			struct stream_begin rb = b;
+			struct mem y = { 0 };
+			uint64_t at, len;
+
+			rb.resume_rec = p.rec;
+			rb.resume_off = p.off;
+			rb.resume_file = p.file;
+			at = stream_begin_bytes(&rb);
+			len = stream_file_bytes(drecs[idx[0]].path);
+			mem_out(&y, x.p, at);
+			mem_out(&y, x.p + at + len, x.n - at - len);
+			cr_assert_eq(decode_from(&y, &p, &n), -EBADMSG,
+				     "k=%d: a directory above the file not restated", k);
+			free(y.p);
+		}
 		p.chain ^= 1;
 		cr_assert_eq(decode_from(&x, &p, &n), -EBADMSG, "k=%d: another chain value", k);
 		p.chain ^= 1;
