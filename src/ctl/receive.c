@@ -498,11 +498,11 @@ static int rm_one(const char *path, const struct stat *sb, int flag, struct FTW 
 	return remove(path) && errno != ENOENT ? errno : 0;
 }
 
-/* A directory the receiving user may not empty (its mode set read-only by
- * the stream, and not root): made u+rwx, it is removed next. */
+/* A directory the receiving user may not empty or not even list (its mode
+ * set by the stream, and not root): made u+rwx, it is removed next. */
 static int rm_open(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
 {
-	return flag == FTW_D && (sb->st_mode & 0700) != 0700 &&
+	return (flag == FTW_D || flag == FTW_DNR) && (sb->st_mode & 0700) != 0700 &&
 	       chmod(path, (sb->st_mode & 07777) | 0700) ? errno : 0;
 }
 
@@ -526,8 +526,15 @@ int recv_rm_rf(const char *path)
 	if (!S_ISDIR(sb.st_mode))
 		return unlink(path) && errno != ENOENT ? -errno : 0;
 	rc = walk(path, rm_one, FTW_DEPTH);
-	if (rc == -EACCES)
-		rc = walk(path, rm_open, 0) ?: walk(path, rm_one, FTW_DEPTH);
+	/* a directory it could not list (FTW_DNR) is left not empty: each
+	 * pass of rm_open opens one more level of unlistable ones */
+	for (int pass = 0; pass < 64 && (rc == -EACCES || rc == -ENOTEMPTY); pass++) {
+		int orc = walk(path, rm_open, 0);
+
+		if (orc)
+			return orc;
+		rc = walk(path, rm_one, FTW_DEPTH);
+	}
 	return rc;
 }
 

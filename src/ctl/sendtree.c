@@ -112,10 +112,18 @@ int stree_load(struct store *st, struct stree *t)
 	if (!rc)
 		qsort(l.v, l.n, sizeof(*l.v), cmp_ino);
 	for (size_t i = 0; i < l.n && !rc; i++) {
-		if (!tpath(&l, memo, i, t->s.dir, 0)) {
+		const char *p = tpath(&l, memo, i, t->s.dir, 0);
+
+		if (!p) {
 			fprintf(stderr, "vsnapctl: send: snapshot %s: its entry %s (inode %" PRIu64
 				") hangs from no directory of it: run vsnapctl check\n", t->s.name,
 				l.v[i].name, l.v[i].ino);
+			rc = -ECANCELED;
+		} else if (strlen(p) > STREAM_PATH_MAX) {
+			/* a file record would cut it short: another entry's path */
+			fprintf(stderr, "vsnapctl: send: snapshot %s: the path of its entry %s (inode %"
+				PRIu64 ") is %zu bytes, more than a stream carries (%d)\n", t->s.name,
+				l.v[i].name, l.v[i].ino, strlen(p), STREAM_PATH_MAX);
 			rc = -ECANCELED;
 		}
 	}

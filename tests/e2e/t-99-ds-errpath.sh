@@ -3,7 +3,8 @@
 # not only PATH: a tree whose paths fit below the source's directory but
 # not below the receiver's temporary directory (.vsnap-recv.TOKEN is
 # longer than the source's D) fails with "PATH/ENTRY...: File name too
-# long", in one line, exit 2, and the destination is not made.
+# long", in one line, exit 2, and the destination is not made.  A path
+# longer than a stream carries is refused by send, naming the entry.
 . "$(dirname "$0")/lib.sh"
 
 [ -x "$VSNAPCTL" ] || fail "$VSNAPCTL not built"
@@ -28,4 +29,16 @@ grep -q "^vsnapctl: receive: $D/1n.*: File name too long" "$T/r.err" ||
 	fail "the entry is not named: $(cat "$T/r.err")"
 [ -e "$D" ] && fail "$D was made"
 note "$(cut -c 1-160 "$T/r.err")..."
+
+# A path longer than a file record carries (4095 bytes) is refused by
+# send, naming the entry, never cut short into another entry's path
+(cd "$W" && for i in $(seq 16); do cd "$i$n" || exit 1; done && touch "$(printf 'v%.0s' $(seq 250))") ||
+	fail "the long entry"
+mkdir "$W/.snapshots/s2"
+rc=0
+"$VSNAPCTL" send "$W/.snapshots/s2" >"$T/s2.vs" 2>"$T/s.err" || rc=$?
+[ $rc -ne 0 ] || fail "send of a path of $((16 * 251 + 250)) bytes succeeded"
+grep -q "^vsnapctl: send: snapshot s2: the path of its entry vvv.* is [0-9]* bytes, more than a stream carries (4095)" \
+	"$T/s.err" || fail "not the reason: $(cat "$T/s.err")"
+assert_eq "$(wc -l <"$T/s.err")" 1 "send's lines ($(cat "$T/s.err"))"
 pass
