@@ -23,7 +23,8 @@ BEGIN {
 	desc["fsyncwrite"] = "random write, 4 KiB, QD1, fdatasync after every write"
 	# numerator / denominator pairs, vsnapfs first, then context
 	nr = split("vsnapfs/raw vsnapfs/fuse-passthrough vsnapfs/qsd-qcow2 " \
-		   "vsnapfs-depth64/vsnapfs vsnapfs-depth64/qsd-chain32 " \
+		   "vsnapfs-depth64/vsnapfs vsnapfs-depth64/vsnapfs-snap1 vsnapfs-snap1/vsnapfs " \
+		   "vsnapfs-depth64/qsd-chain32 " \
 		   "fuse-passthrough/raw qsd-chain32/qsd-qcow2", R, " ")
 	title["startup"] = "Setup and start-up, per target"
 	title["host"] = "The host file system alone (no FUSE): new pages and blocks against written ones"

@@ -13,6 +13,8 @@
 #   qsd-chain32       the same, top of a 32-deep chain, each layer owning a
 #                     different random 1/32 of the disk
 #   vsnapfs           a volume in a fresh store
+#   vsnapfs-snap1     the same, with one snapshot taken after it was written
+#                     (depth64's control: what the jobs overwrite stays held)
 #   vsnapfs-depth64   a volume with 64 snapshots in its history, each
 #                     generation having written a different random 1/64
 #
@@ -76,7 +78,7 @@ GIB=$((1 << 30))
 DISK=$((DISK_GIB * GIB))
 UNIT=65536                      # granularity of the layers' random pieces
 JOBS=(seqread seqwrite randread randwrite fsyncwrite)
-TARGETS=(raw fuse-passthrough qsd-qcow2 qsd-chain32 vsnapfs vsnapfs-depth64)
+TARGETS=(raw fuse-passthrough qsd-qcow2 qsd-chain32 vsnapfs vsnapfs-snap1 vsnapfs-depth64)
 SECTIONS=("${TARGETS[@]}" ops memory scale)
 # A selection (BENCH_TARGETS, BENCH_JOBS) runs less; the report still has a
 # row or column for everything, "–" where nothing ran, so that its tables
@@ -833,26 +835,39 @@ fi
 # shellcheck disable=SC2086
 vs() { start "$1" vsnapfs "$3" "$VSNAPFS" -f $VS_OPTS "${@:4}" "$2" "$3"; }
 
-if want vsnapfs; then
-	log "vsnapfs: fresh store, writing the $DISK_GIB GiB volume"
-	mkdir -p "$W/vs/mnt"
+# vs_flat TARGET KEY [SNAPSHOT]: TARGET is a fresh store's volume, written
+# whole, then (with SNAPSHOT) a snapshot of it named SNAPSHOT, so that what
+# the jobs overwrite stays held, as it is at depth 64; remounted, then the
+# jobs.
+vs_flat() {
+	local target=$1 key=$2 d=$W/$2 t0
+	log "$target: fresh store, writing the $DISK_GIB GiB volume${3:+, then snapshot $3}"
+	mkdir -p "$d/mnt"
 	t0=$(now_ms)
-	vs vs1 "$W/vs/store" "$W/vs/mnt"
-	truncate -s "$DISK" "$W/vs/mnt/vol"
-	fill "$W/vs/mnt/vol" "$DISK"
-	stop vs1                        # remount: the jobs start from a clean daemon
-	warm "$W"/vs/store/chunks/*
-	vs vs1 "$W/vs/store" "$W/vs/mnt"
-	kv startup vsnapfs "setup, s" "$(((($(now_ms) - t0) + 500) / 1000))"
-	kv startup vsnapfs "mount, ms" "$MOUNT_MS"
-	first_read vsnapfs "$W/vs/mnt/vol"
-	exec {HOLD}<"$W/vs/mnt/vol"
-	bench vsnapfs "$W/vs/mnt/vol" vs1
+	vs "$key" "$d/store" "$d/mnt"
+	truncate -s "$DISK" "$d/mnt/vol"
+	fill "$d/mnt/vol" "$DISK"
+	if [ -n "${3:-}" ] && ! mkdir "$d/mnt/.snapshots/$3"; then
+		problem "$target: mkdir .snapshots/$3 failed; measured without it"
+	fi
+	stop "$key"                     # remount: the jobs start from a clean daemon
+	warm "$d"/store/chunks/*
+	vs "$key" "$d/store" "$d/mnt"
+	kv startup "$target" "setup, s" "$(((($(now_ms) - t0) + 500) / 1000))"
+	kv startup "$target" "mount, ms" "$MOUNT_MS"
+	first_read "$target" "$d/mnt/vol"
+	exec {HOLD}<"$d/mnt/vol"
+	bench "$target" "$d/mnt/vol" "$key"
 	exec {HOLD}<&-
 	HOLD=
-	daemon_done vs1 startup vsnapfs
-	rm -rf "$W/vs"
-fi
+	daemon_done "$key" startup "$target"
+	rm -rf "$d"
+}
+
+if want vsnapfs; then vs_flat vsnapfs vs1; fi
+# The control of depth64: the same retention (nothing the jobs overwrite is
+# freed, so no chunk file is collected and reused) without the depth.
+if want vsnapfs-snap1; then vs_flat vsnapfs-snap1 s1 vol@held; fi
 
 if want vsnapfs-depth64; then
 	log "vsnapfs-depth64: 64 generations of 1/64 of the disk, a snapshot after each"
