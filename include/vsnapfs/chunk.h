@@ -295,6 +295,28 @@ uint64_t chunk_spare_bytes(struct chunk_store *cs);
 int chunk_spares_limit(struct chunk_store *cs, uint32_t limit);
 
 /*
+ * Spares written ahead (see "Spares written ahead" in src/chunk/chunk.c).
+ * True when one may be written now: spares are kept (a limit above 0), none
+ * is waiting or being kept, and the active chunk got none yet and is at
+ * least half used (or the chunk before it got one).  Whether the store's
+ * writes call for one is the caller's to judge.
+ */
+bool chunk_spare_wanted(struct chunk_store *cs);
+
+/*
+ * Write a spare ahead, filled with zeros and synced, if chunk_spare_wanted()
+ * still says so: 1 when one was added, 0 when none was wanted (or the limit
+ * fell, stop(ctx) said to stop, or a sync failed, meanwhile), or a negative errno (nothing
+ * is left behind either way).  Slow (a chunk file's worth of writes and an
+ * fdatasync): call it from a background thread, with no lock held; stop is
+ * asked between writes of a MiB.
+ */
+int chunk_spare_prepare(struct chunk_store *cs, bool (*stop)(void *ctx), void *ctx);
+
+/* How many spares chunk_spare_prepare() has added so far. */
+uint64_t chunk_spares_prepared(struct chunk_store *cs);
+
+/*
  * Keep up to bytes of slot-table pages in memory, so that a read does not
  * pread its blocks' entries (see "The entry cache" in src/chunk/chunk.c).
  * Call at most once, right after chunk_store_open(); without it (or with

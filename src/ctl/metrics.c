@@ -44,6 +44,8 @@ static const struct gauge {
 	{ "space.chunk_files", "vsnapfs_chunk_files", "gauge", "Chunk files.", 1 },
 	{ "space.spare_bytes", "vsnapfs_spare_bytes", "gauge",
 	  "Spare chunk files kept for reuse while writes stream in.", 1 },
+	{ "space.spares_prepared", "vsnapfs_spares_prepared_total", "counter",
+	  "Spare chunk files written ahead for a store that syncs often.", 1 },
 	{ "space.index_bytes", "vsnapfs_index_bytes", "gauge",
 	  "The index (index.sqlite and its WAL).", 1 },
 	{ "space.reserve_bytes", "vsnapfs_reserve_bytes", "gauge",

@@ -11,13 +11,15 @@
  * and so do the passes that follow one that found work; this keeps a big
  * store's collector to a fraction of one CPU.  It also gives the spare
  * chunk files back once nothing has been appended for NS_SPARE_IDLE_MS
- * (spares_tick).
+ * (spares_tick), and writes the next chunk file ahead for a store that
+ * syncs often (chunk_spare_prepare).
  */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/statvfs.h>
 #include <time.h>
 
 #include "ns/ns_int.h"
@@ -254,27 +256,92 @@ int ns_gc_request(struct ns *ns, struct ns_gc_stats *st)
 	return rc;
 }
 
+/* What spares_tick saw at its last look. */
+struct spare_watch {
+	uint64_t appends;               /* chunk_append_count() */
+	int64_t appends_ns;             /* when that last moved */
+	uint64_t fsyncs, written;       /* ns->fsyncs, ns->written */
+	int64_t at_ns;                  /* when these were read */
+};
+
+/* Room on the host for a spare written ahead, well above the space reserve
+ * (a spare holds space that the host counts as used until it is filled). */
+static bool prepare_room(struct ns *ns)
+{
+	uint64_t file = CHUNK_FILE_MAX_BYTES(ns->bs);
+	struct statvfs st;
+
+	return statvfs(ns->dir, &st) == 0 &&
+	       (uint64_t)st.f_bavail * st.f_frsize >= (uint64_t)ns->space_reserve + 4 * file;
+}
+
+static bool bg_stopping(void *ctx)
+{
+	struct ns *ns = ctx;
+	bool stop;
+
+	lock_mutex_lock(&ns->bg_mu);
+	stop = ns->bg_stop;
+	lock_mutex_unlock(&ns->bg_mu);
+	return stop;
+}
+
+/*
+ * Do the guests sync after small writes?  Over the last dt_ns: at least
+ * SPARE_PREP_FSYNCS_S fsyncs a second, with less than SPARE_PREP_BYTES
+ * written per fsync.  The background flush's own syncs are not fsyncs: a
+ * store that is written slowly but never fsynced pays no commit that a
+ * spare would save.
+ */
+bool ns_small_synced_writes(uint64_t fsyncs, uint64_t written, int64_t dt_ns)
+{
+	return dt_ns > 0 && fsyncs >= SPARE_PREP_FSYNCS_S &&
+	       (double)fsyncs * 1e9 / (double)dt_ns >= SPARE_PREP_FSYNCS_S &&
+	       written < fsyncs * SPARE_PREP_BYTES;
+}
+
+/* ns_small_synced_writes() since the last look. */
+static bool small_synced_writes(struct ns *ns, struct spare_watch *sw, int64_t now)
+{
+	uint64_t fsyncs = atomic_load(&ns->fsyncs), written = atomic_load(&ns->written);
+	bool small = ns_small_synced_writes(fsyncs - sw->fsyncs, written - sw->written,
+					    now - sw->at_ns);
+
+	sw->fsyncs = fsyncs;
+	sw->written = written;
+	sw->at_ns = now;
+	return small;
+}
+
 /*
  * Spare chunk files (docs/design.md) make a stream of writes cheaper, but
  * hold host space that nothing else can use, and that a deletion was meant
  * to give back.  So they are kept only while writes come in: once no
  * append has been seen for NS_SPARE_IDLE_MS, every spare is unlinked and a
- * removed chunk file is unlinked at once, until appends start again.
- * *appends and *seen_ns: the append count and when it last moved.
+ * removed chunk file is unlinked at once, until appends start again.  A
+ * store whose guests sync after small writes also gets the next chunk file
+ * written ahead (chunk_spare_prepare).
  */
-static void spares_tick(struct ns *ns, uint64_t *appends, int64_t *seen_ns, int64_t now)
+static void spares_tick(struct ns *ns, struct spare_watch *sw, int64_t now)
 {
 	uint64_t n = chunk_append_count(ns->cs);
+	bool small;
 	int rc;
 
-	if (n != *appends) {
-		*appends = n;
-		*seen_ns = now;
+	if (n != sw->appends) {
+		sw->appends = n;
+		sw->appends_ns = now;
 	}
-	rc = chunk_spares_limit(ns->cs, now - *seen_ns < (int64_t)NS_SPARE_IDLE_MS * 1000000 ?
+	rc = chunk_spares_limit(ns->cs, now - sw->appends_ns < (int64_t)NS_SPARE_IDLE_MS * 1000000 ?
 				ns->spare_max : 0);
 	if (rc)
 		vlog(LOG_WARNING, "giving back spare chunk files: %s", log_strerror(rc));
+	small = small_synced_writes(ns, sw, now);
+	if (small && chunk_spare_wanted(ns->cs) && prepare_room(ns)) {
+		rc = chunk_spare_prepare(ns->cs, bg_stopping, ns);
+		if (rc < 0)
+			vlog(LOG_WARNING, "writing a spare chunk file ahead: %s", log_strerror(rc));
+	}
 }
 
 /* How long to wait for: flush_ms, but spares are given back
@@ -500,8 +567,7 @@ void *ns_bg_main(void *arg)
 	struct ns *ns = arg;
 	int64_t last_gc = 0, gc_ns = 0;     /* start and scan time of the last pass */
 	uint64_t gc_chunk = 0;              /* next chunk id at its start */
-	uint64_t appends = 0;               /* spares_tick's */
-	int64_t appends_ns = ns_now_ns();
+	struct spare_watch sw = { .appends_ns = ns_now_ns(), .at_ns = ns_now_ns() };
 	bool more = false;                  /* it did work: there may be more */
 	uint64_t gc_answered = 0;           /* the last ns->gc_req answered */
 	int64_t last_flush = ns_now_ns();
@@ -532,7 +598,7 @@ void *ns_bg_main(void *arg)
 
 		now = ns_now_ns();
 		if (!woken && now - last_flush < (int64_t)ns->flush_ms * 1000000) {
-			spares_tick(ns, &appends, &appends_ns, now);
+			spares_tick(ns, &sw, now);
 			wait_ms = next_wait_ms(ns);
 			lock_mutex_lock(&ns->bg_mu);
 			continue;               /* only the spares were due */
@@ -544,7 +610,7 @@ void *ns_bg_main(void *arg)
 		ns_reap_all(ns);
 		refs_tick(ns, &rs, REFS_BUDGET_NS);
 		now = ns_now_ns();
-		spares_tick(ns, &appends, &appends_ns, now);
+		spares_tick(ns, &sw, now);
 		/* no GC in a poisoned store: nothing may be moved (chunk_sync) */
 		if (!chunk_poisoned(ns->cs) &&
 		    (atomic_load(&ns->gc_wanted) || asked != gc_answered ||

@@ -84,8 +84,10 @@ ssize_t ns_write(struct ns *ns, struct ns_file *f, const void *buf, size_t len, 
 	n = vol_write(f->v, buf, len, off);
 	ns_change_end(ns, e);
 	ns_io_count(f->st, NS_IO_WRITE, n, t0);
-	if (n > 0)
+	if (n > 0) {
 		atomic_store(&f->wtime_ns, ns_now_ns());
+		atomic_fetch_add_explicit(&ns->written, (uint64_t)n, memory_order_relaxed);
+	}
 	return n;
 }
 
@@ -136,8 +138,10 @@ int ns_lseek(struct ns *ns, struct ns_file *f, uint64_t off, int whence, uint64_
 int ns_fsync(struct ns *ns, struct ns_file *f)
 {
 	int64_t t0 = ns_mono_ns();
-	int rc = ns_flush(ns);
+	int rc;
 
+	atomic_fetch_add_explicit(&ns->fsyncs, 1, memory_order_relaxed);
+	rc = ns_flush(ns);
 	ns_io_count(f->st, NS_IO_FSYNC, rc, t0);
 	return rc;
 }

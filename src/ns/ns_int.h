@@ -184,6 +184,8 @@ struct ns {
 	_Atomic int64_t space_when_ns;  /* time of the last statvfs */
 	int64_t space_reserve;          /* constant after ns_open */
 	atomic_bool gc_wanted;
+	atomic_uint_fast64_t fsyncs;    /* fsyncs asked by clients (spares_tick) */
+	atomic_uint_fast64_t written;   /* data bytes written by clients (spares_tick) */
 
 	ns_inval_fn inval;              /* constant after ns_start: see ns_set_inval */
 	void *inval_ctx;
@@ -407,6 +409,15 @@ int ns_may_change(struct ns *ns, uint64_t ino);
 
 /* bg.c */
 void *ns_bg_main(void *arg);
+
+/* Spares written ahead (src/ns/bg.c): fsyncs and bytes written by clients
+ * over dt_ns that call for one -- at least SPARE_PREP_FSYNCS_S fsyncs a
+ * second, less than SPARE_PREP_BYTES written per fsync (a spare's zeros
+ * then write at most a few times the bytes of the journal commits they
+ * save; design.md, "Spares written ahead"). */
+#define SPARE_PREP_FSYNCS_S 16u
+#define SPARE_PREP_BYTES    (64u << 10)
+bool ns_small_synced_writes(uint64_t fsyncs, uint64_t written, int64_t dt_ns);
 /* Delete the queued unlinked volumes, then release the queued nodes. */
 int ns_reap_all(struct ns *ns);
 

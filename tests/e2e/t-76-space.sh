@@ -5,7 +5,8 @@
 # deleted data within 30 s, and so does the host's df of the store's file
 # system.  Spare chunk files (kept for reuse while writes stream in) stay
 # within their bound, are given back once writes stop, and count as used in
-# the mount's df.
+# the mount's df.  A spare written ahead for small synced writes keeps to
+# the same bound and is given back the same way.
 #
 # The store gets an ext4 of its own on a loop device, so that df moves only
 # with what this test does.  It is sparse and 16 GiB large: below 4 GiB the
@@ -95,6 +96,37 @@ fallocate -p -o 0 -l $((896 * MiB)) "$MNT/vm4.img"
 freed "PUNCH_HOLE of 896 MiB" $((896 * MiB)) "$du0" "$df0"
 cmp -s -i $((896 * MiB)) "$T/data" "$MNT/vm4.img" || fail "data after the punched range differs"
 cmp -s -n $((896 * MiB)) /dev/zero "$MNT/vm4.img" || fail "the punched range does not read as zeros"
+
+# 4. Small writes, each synced, over data a snapshot holds (so nothing is
+#    collected and no removed chunk file becomes a spare): the next chunk
+#    file is written ahead as a spare, within the bound, and given back once
+#    the writes stop.
+prepared() { "$VSNAPCTL" metrics "$MNT" | awk '$1 ~ /^vsnapfs_spares_prepared_total/ { print $2 }'; }
+mkdir "$MNT/.snapshots/vm4.img@held"
+p0=$(prepared)
+[ -n "$p0" ] || fail "vsnapctl metrics has no vsnapfs_spares_prepared_total"
+# parts 1-3 wrote big runs with one fsync each: nothing was written ahead
+((p0 == 0)) || fail "$p0 spare(s) written ahead for writes of 1 MiB with one fsync"
+t0=$SECONDS                     # what parts 1-3 kept is given back first
+while (($(nspares) > 0)) && ((SECONDS - t0 < 30 * VS_TIME_SCALE)); do sleep 0.5; done
+maxn=0 t0=$SECONDS
+dd if="$T/data" of="$MNT/vm4.img" bs=16k count=8000 oflag=dsync conv=notrunc status=none &
+ddpid=$!
+while kill -0 $ddpid 2>/dev/null; do
+	n=$(nspares)
+	((n > maxn)) && maxn=$n
+	sleep 0.2
+done
+wait $ddpid || fail "dd oflag=dsync into vm4.img failed"
+p1=$(prepared)
+note "8000 writes of 16 KiB, each synced, in $((SECONDS - t0)) s: $((p1 - p0)) spare(s)" \
+     "written ahead, at most $maxn spare chunk file(s) seen"
+((p1 > p0)) || fail "no spare chunk file was written ahead for 8000 synced 16 KiB writes"
+((maxn <= SPARE_MAX)) || fail "$maxn spare chunk files, more than $SPARE_MAX"
+t0=$SECONDS
+while (($(nspares) > 0)) && ((SECONDS - t0 < 30 * VS_TIME_SCALE)); do sleep 0.5; done
+(($(nspares) == 0)) || fail "$(nspares) spare chunk files still kept 30 s after the writes stopped"
+cmp -s -n $((8000 * 16384)) "$T/data" "$MNT/vm4.img" || fail "vm4.img differs from what dd wrote"
 
 vs_umount "$MNT"
 "$VSNAPCTL" check "$STORE" >/dev/null || fail "vsnapctl check not clean"

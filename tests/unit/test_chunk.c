@@ -894,6 +894,25 @@ static struct chunk_loc fill_until(struct chunk_store *cs, uint64_t upto, uint64
 	return last;
 }
 
+/* Fill chunks until chunk id is the active one, append block seed to it,
+ * and check that chunk id is the file of inode ino, the only spare there
+ * was. */
+static struct chunk_loc next_chunk_from(struct chunk_store *cs, uint32_t bs, uint64_t id, ino_t ino,
+					const char *spare_dir, uint64_t seed)
+{
+	char path[256];
+	struct chunk_loc c;
+
+	fill_until(cs, id, seed * 1000);
+	c = append_one(cs, bs, seed);
+	cr_assert_eq(c.chunk_id, id);
+	chunk_path(path, sizeof(path), id);
+	cr_assert_eq(file_ino(path), ino, "chunk %" PRIu64 " was not made from the spare", id);
+	cr_assert_eq(count_spares(spare_dir), 0);
+	cr_assert_eq(chunk_spare_bytes(cs), 0);
+	return c;
+}
+
 Test(chunk, a_removed_chunk_becomes_a_spare_and_the_next_chunk_reuses_its_file)
 {
 	const uint32_t bs = MiB;
@@ -923,13 +942,7 @@ Test(chunk, a_removed_chunk_becomes_a_spare_and_the_next_chunk_reuses_its_file)
 	cr_assert_eq(chunk_spare_bytes(cs), CHUNK_FILE_MAX_BYTES(bs));
 
 	/* the next chunk is that file, with its own id and header */
-	fill_until(cs, 3, 1000);
-	c = append_one(cs, bs, 9);
-	cr_assert_eq(c.chunk_id, 3);
-	chunk_path(path, sizeof(path), 3);
-	cr_assert_eq(file_ino(path), ino1, "chunk 3 was not made from the spare");
-	cr_assert_eq(count_spares(spare_dir), 0);
-	cr_assert_eq(chunk_spare_bytes(cs), 0);
+	c = next_chunk_from(cs, bs, 3, ino1, spare_dir, 9);
 	cr_assert_eq(chunk_sync(cs), 0);
 	assert_reads(cs, bs, &c, 9);            /* also checks the header names id 3 */
 	assert_reads(cs, bs, &b, 7);
@@ -940,6 +953,91 @@ Test(chunk, a_removed_chunk_becomes_a_spare_and_the_next_chunk_reuses_its_file)
 	cs = open_store(bs, 0);
 	assert_reads(cs, bs, &c, 9);
 	free(back);
+	chunk_store_close(cs);
+}
+
+static bool stop_now(void *ctx)
+{
+	int *calls = ctx;
+
+	return ++*calls > 3;            /* after three MiB of zeros */
+}
+
+Test(chunk, the_next_chunk_is_written_ahead_once_the_active_one_is_half_used)
+{
+	const uint32_t bs = 64 << 10;           /* 1024 slots a chunk */
+	const uint32_t half = CHUNK_NSLOTS(bs) / 2;
+	char spare_dir[256], path[512];
+	struct chunk_store *cs = open_store(bs, 0);
+	struct chunk_loc c;
+	struct stat st;
+	int calls = 0;
+	ino_t ino;
+
+	snprintf(spare_dir, sizeof(spare_dir), "%s/spare", g_tmp);
+	cr_assert_eq(chunk_spares_enable(cs, spare_dir, 2), 0);
+	cr_assert_not(chunk_spare_wanted(cs), "no chunk yet");
+	for (uint32_t i = 0; i + 1 < half; i++)
+		append_one(cs, bs, 100 + i);
+	cr_assert_not(chunk_spare_wanted(cs), "the active chunk is not half used");
+	cr_assert_eq(chunk_spare_prepare(cs, NULL, NULL), 0);
+	append_one(cs, bs, 99);
+	cr_assert(chunk_spare_wanted(cs));
+	cr_assert_eq(chunk_spares_limit(cs, 0), 0);
+	cr_assert_not(chunk_spare_wanted(cs), "no spare is kept under a limit of 0");
+	cr_assert_eq(chunk_spares_limit(cs, 2), 0);
+
+	/* stopped half-way: nothing added, nothing left behind, and not
+	 * again for this chunk */
+	cr_assert_eq(chunk_spare_prepare(cs, stop_now, &calls), 0);
+	cr_assert_eq(count_spares(spare_dir), 0);
+	cr_assert_eq(chunk_spare_bytes(cs), 0);
+	cr_assert_not(chunk_spare_wanted(cs), "one was started for this chunk already");
+
+	/* the next chunk, half used: one is written ahead, whole and synced */
+	fill_until(cs, 2, 5000);
+	cr_assert_not(chunk_spare_wanted(cs), "chunk 1 got none kept: chunk 2 waits for half");
+	for (uint32_t i = 0; i < half; i++)
+		append_one(cs, bs, 200 + i);
+	cr_assert(chunk_spare_wanted(cs));
+	cr_assert_eq(chunk_spare_prepare(cs, stop_now, &(int){ -1000 }), 1);
+	cr_assert_eq(chunk_spares_prepared(cs), 1);
+	cr_assert_eq(count_spares(spare_dir), 1);
+	cr_assert_eq(chunk_spare_bytes(cs), CHUNK_FILE_MAX_BYTES(bs));
+	snprintf(path, sizeof(path), "%s/%016" PRIx64 ".spare", spare_dir, (uint64_t)2);
+	cr_assert_eq(stat(path, &st), 0, "%s: %s", path, strerror(errno));
+	cr_assert_eq((uint64_t)st.st_size, CHUNK_FILE_MAX_BYTES(bs));
+	/* written, not sparse or merely reserved: overwriting it allocates nothing */
+	cr_assert_geq((uint64_t)st.st_blocks * 512, CHUNK_FILE_MAX_BYTES(bs));
+	ino = st.st_ino;
+	cr_assert_not(chunk_spare_wanted(cs), "one is waiting");
+	/* given back (writes paused) and wanted again: not for this chunk */
+	cr_assert_eq(chunk_spares_limit(cs, 0), 0);
+	cr_assert_eq(count_spares(spare_dir), 0);
+	cr_assert_eq(chunk_spares_limit(cs, 2), 0);
+	cr_assert_not(chunk_spare_wanted(cs), "a spare was written ahead for this chunk already");
+	cr_assert_eq(chunk_spare_prepare(cs, NULL, NULL), 0);
+	cr_assert_eq(chunk_spares_prepared(cs), 1);
+	/* the chunk after it does want one at once: it got one before */
+	fill_until(cs, 3, 30000);
+	cr_assert(chunk_spare_wanted(cs), "a chunk after one that got a spare");
+	cr_assert_eq(chunk_spare_prepare(cs, NULL, NULL), 1);
+	snprintf(path, sizeof(path), "%s/%016" PRIx64 ".spare", spare_dir, (uint64_t)3);
+	cr_assert_eq(stat(path, &st), 0, "%s: %s", path, strerror(errno));
+	ino = st.st_ino;
+
+	/* the next chunk is made from it and reads back what it is given;
+	 * closing the store cuts the zeros it never used */
+	c = next_chunk_from(cs, bs, 4, ino, spare_dir, 77);
+	cr_assert_eq(chunk_sync(cs), 0);
+	assert_reads(cs, bs, &c, 77);
+	chunk_store_close(cs);
+	chunk_path(path, sizeof(path), 4);
+	cr_assert_eq(stat(path, &st), 0);
+	cr_assert_eq((uint64_t)st.st_size, CHUNK_DATA_OFF(bs) + (uint64_t)(c.slot + 1) * bs,
+		     "chunk 4 keeps %" PRIu64 " bytes", (uint64_t)st.st_size);
+	cs = open_store(bs, 0);
+	assert_reads(cs, bs, &c, 77);
 	chunk_store_close(cs);
 }
 

@@ -3294,3 +3294,24 @@ Test(ns64k, model_random_operations_match_a_plain_model_64k_blocks)
 {
 	model_run(65536, 16 * 65536, 1500);
 }
+
+Test(ns, a_spare_is_written_ahead_only_for_frequent_fsyncs_of_small_writes)
+{
+	const int64_t s = 1000000000;
+
+	/* a guest database: 3,000 fsyncs a second, 4 KiB each */
+	cr_assert(ns_small_synced_writes(3000, 3000 * 4096ull, s));
+	/* 1 MiB per fsync: a commit per MiB costs little */
+	cr_assert_not(ns_small_synced_writes(300, 300ull << 20, s));
+	/* at the bounds */
+	cr_assert(ns_small_synced_writes(SPARE_PREP_FSYNCS_S, 0, s));
+	cr_assert_not(ns_small_synced_writes(SPARE_PREP_FSYNCS_S - 1, 0, s));
+	cr_assert(ns_small_synced_writes(100, 100ull * SPARE_PREP_BYTES - 1, s));
+	cr_assert_not(ns_small_synced_writes(100, 100ull * SPARE_PREP_BYTES, s),
+		      "big runs between fsyncs: the journal commit is paid per run");
+	/* written without fsyncs (the background flush's syncs are not fsyncs) */
+	cr_assert_not(ns_small_synced_writes(0, 1 << 20, s));
+	/* rare fsyncs over a long look: a file system committing every 5 s */
+	cr_assert_not(ns_small_synced_writes(20, 20 * 4096ull, 30 * s));
+	cr_assert_not(ns_small_synced_writes(100, 0, 0));
+}
