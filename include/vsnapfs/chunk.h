@@ -305,11 +305,11 @@ bool chunk_spare_wanted(struct chunk_store *cs);
 
 /*
  * Write a spare ahead, filled with zeros and synced, if chunk_spare_wanted()
- * still says so: 1 when one was added, 0 when none was wanted (or the limit
- * fell, stop(ctx) said to stop, or a sync failed, meanwhile), or a negative errno (nothing
- * is left behind either way).  Slow (a chunk file's worth of writes and an
- * fdatasync): call it from a background thread, with no lock held; stop is
- * asked between writes of a MiB.
+ * still says so: 1 when one was added; 0 when none was wanted, or the limit
+ * fell, stop(ctx) said to stop or a sync failed meanwhile; or a negative
+ * errno.  Nothing is left behind but an added spare.  Slow (a chunk file's
+ * worth of writes and an fdatasync): call it from a background thread, with
+ * no lock held; stop is asked between writes of a MiB.
  */
 int chunk_spare_prepare(struct chunk_store *cs, bool (*stop)(void *ctx), void *ctx);
 

@@ -1256,7 +1256,7 @@ uint64_t chunk_spares_prepared(struct chunk_store *cs)
  * Spares written ahead.  An fdatasync after appending to a new file also
  * commits the host file system's journal (the file's new size and blocks);
  * after overwriting blocks the file already has, it does not: on ext4 here
- * 4 KiB writes + fdatasync ran 1.6-2x as fast into a file written before
+ * 4 KiB writes + fdatasync ran 1.5-2x as fast into a file written before
  * as appended to a new one, and fallocate() alone did not help (its
  * unwritten extents are converted at the sync).  A store whose guests sync
  * after small writes pays that commit at every sync when no removed chunk

@@ -987,8 +987,8 @@ Test(chunk, the_next_chunk_is_written_ahead_once_the_active_one_is_half_used)
 	cr_assert_not(chunk_spare_wanted(cs), "no spare is kept under a limit of 0");
 	cr_assert_eq(chunk_spares_limit(cs, 2), 0);
 
-	/* stopped half-way: nothing added, nothing left behind, and not
-	 * again for this chunk */
+	/* stopped after three MiB: nothing added, nothing left behind, and
+	 * not again for this chunk */
 	cr_assert_eq(chunk_spare_prepare(cs, stop_now, &calls), 0);
 	cr_assert_eq(count_spares(spare_dir), 0);
 	cr_assert_eq(chunk_spare_bytes(cs), 0);
