@@ -136,7 +136,8 @@ int vol_switch_node(struct vol *v, uint64_t node, uint64_t inherit);
  *   load_mu  serializes the users of load (or of bm when load is NULL), or
  *            NULL.  Ranked after vol.gate and before vol.lock: a change
  *            loads pages holding its gate, and a vol takes its own lock
- *            under it to insert a page.  Reads are short: one page.
+ *            under it to insert a page.  Reads are short: one page, or
+ *            up to 16 for a sequential reader (map read-ahead).
  *   loaded   for tests, or NULL: called with no lock held after a page was
  *            read from the index and before it is checked and inserted.
  *   loaded_held  the same for a page read holding the load lock and the

@@ -32,7 +32,10 @@
  * So memory is the delta (bounded by the flush interval) plus the pages,
  * which the store-wide cache keeps under -o map_cache.  Nothing is loaded
  * at open: a page is read from the index when a request first touches it
- * (page_load), whatever the size of the volume.
+ * (page_load), whatever the size of the volume.  A miss at the page right
+ * after the last ones loaded (a sequential reader) reads twice as many
+ * pages, up to LOAD_AHEAD, in one walk of the chain (map read-ahead): a
+ * node's rows for all of them in one query; those not resident go in.
  *
  * INVARIANTS
  *  P1. A resident page equals "index + delta" for its blocks: every change
@@ -102,6 +105,7 @@
 /* page loads that lose a race (P2) before the pages are built holding
  * v->lock (lock_pages_held), which needs no more */
 #define LOAD_TRIES 4
+#define LOAD_AHEAD 16                   /* most pages one page_load reads (map read-ahead) */
 
 static atomic_uint_fast64_t next_view = 1;      /* view ids: one per vol, never reused */
 
@@ -122,6 +126,8 @@ struct vol {
 	struct mcache *mc;              /* ix->mc, or own_mc; set before use */
 	struct mcache *own_mc;          /* without vol_set_index: a cache of its own */
 	struct lock_mutex own_load_mu;  /* without a load_mu: serializes loads from bm */
+	uint64_t ra_next;               /* (load lock) the page after the last ones page_load read */
+	unsigned ra_pages;              /* (load lock) how many it read then */
 
 	struct lock_rw lock;
 	char label[LABEL_MAX];          /* (L) */
@@ -272,8 +278,6 @@ static void index_end(struct vol *v)
 /* One page being built from the index: a block each, then packed. */
 struct pbuild {
 	uint64_t lo;                    /* first block of the page */
-	uint64_t below;                 /* clip: blocks at or past it are not wanted */
-	bool own;                       /* extents of the node itself, else an ancestor's */
 	uint32_t nset;                  /* blocks decided: at PB, the ancestors further up are not read */
 	struct pblk {
 		uint64_t chunk;
@@ -282,22 +286,60 @@ struct pbuild {
 	} b[PB];
 };
 
+/* Pages pb[0..n) of consecutive page numbers, read together: each node of
+ * the chain in one query over those of them that may still change. */
+struct page_read {
+	struct bmap *bm;
+	struct pbuild *pb;
+	unsigned first, last;           /* pages [first, last) may still change */
+	uint64_t below;                 /* clip: blocks at or past it are not wanted */
+	bool own;                       /* extents of the node itself, else an ancestor's */
+};
+
 static int pbuild_ext(void *ctx, const struct bmap_ext *x)
 {
-	struct pbuild *pb = ctx;
+	struct page_read *pr = ctx;
+	uint64_t lo = pr->pb[0].lo;
 
-	for (uint32_t i = 0; i < x->nblocks && x->lblock + i < pb->below; i++) {
-		struct pblk *k = &pb->b[x->lblock + i - pb->lo];
+	for (uint32_t i = 0; i < x->nblocks && x->lblock + i < pr->below; i++) {
+		uint64_t at = x->lblock + i - lo;
+		struct pbuild *pb = &pr->pb[at >> PSHIFT];
+		struct pblk *k = &pb->b[at & (PB - 1)];
 
 		if (k->set)
 			continue;       /* a nearer node decided this block */
 		k->set = 1;
-		pb->nset++;
-		k->own = pb->own;
+		k->own = pr->own;
 		k->chunk = x->chunk;
 		k->slot = x->chunk ? x->slot + i : 0;
+		pb->nset++;
 	}
 	return 0;
+}
+
+/* Whether nodes whose inherit limit is at most limit may still decide a
+ * block of pb: one below limit that no nearer node decided. */
+static bool page_open(const struct pbuild *pb, uint64_t limit)
+{
+	if (pb->nset == PB || pb->lo >= limit)
+		return false;
+	if (pb->lo + PB <= limit)
+		return true;
+	for (uint64_t b = pb->lo; b < limit; b++)
+		if (!pb->b[b - pb->lo].set)
+			return true;
+	return false;
+}
+
+/* Drop from [first, last) the pages at its ends that nodes limited to
+ * limit cannot change; true when none is left. */
+static bool pages_done(struct page_read *pr, uint64_t limit)
+{
+	while (pr->first < pr->last && !page_open(&pr->pb[pr->first], limit))
+		pr->first++;
+	while (pr->last > pr->first && !page_open(&pr->pb[pr->last - 1], limit))
+		pr->last--;
+	return pr->first == pr->last;
 }
 
 /* The chain of node as the index says now, nearest first: fn(ctx, id,
@@ -333,43 +375,43 @@ static int chain_walk(struct bmap *bm, uint64_t node, uint64_t inherit, struct b
 	return rc;
 }
 
-struct page_read {
-	struct bmap *bm;
-	struct pbuild *pb;
-};
-
+/* One node of the chain (limits only fall going up it): its rows over the
+ * pages that may still change.  Stops the walk once none may: every block
+ * decided by a nearer node (pages the volume rewrote whole: what the
+ * ancestors hold there is hidden) or past the limit. */
 static int page_read_node(void *ctx, uint64_t id, uint64_t limit, bool own)
 {
 	struct page_read *pr = ctx;
-	uint64_t hi = min_u64(pr->pb->lo + PB, limit);
-
+	uint64_t lo;
 	int rc;
 
-	pr->pb->own = own;
-	pr->pb->below = hi;
-	rc = hi > pr->pb->lo ? bmap_ext_range(pr->bm, id, pr->pb->lo, hi, pbuild_ext, pr->pb) : 0;
-	/* every block decided (a page the volume rewrote whole): what the
-	 * ancestors hold there is hidden, so they are not read */
-	return rc ? rc : pr->pb->nset == PB;
+	if (pages_done(pr, limit))
+		return 1;
+	lo = pr->pb[pr->first].lo;
+	pr->own = own;
+	pr->below = min_u64(pr->pb[pr->last - 1].lo + PB, limit);
+	rc = bmap_ext_range(pr->bm, id, lo, pr->below, pbuild_ext, pr);
+	return rc ? rc : pages_done(pr, limit);
 }
 
 /*
- * Step 2 of mcache.h's loading protocol: page pageno of node, into pb, from the
- * index as one read transaction sees it (a merge moving rows between two
- * nodes of the chain meanwhile is seen before or after, not half).
- * Inherited blocks are clipped by the limits this read saw, so what it
- * shows is right whatever a merge did after it; the tags (own or
- * inherited) may not be, which vol_merged handles by
+ * Step 2 of mcache.h's loading protocol: pages pageno .. pageno + n - 1 of
+ * node, into pb[0..n), from the index as one read transaction sees it (a
+ * merge moving rows between two nodes of the chain meanwhile is seen
+ * before or after, not half).  Inherited blocks are clipped by the limits
+ * this read saw, so what it shows is right whatever a merge did after it;
+ * the tags (own or inherited) may not be, which vol_merged handles by
  * moving v->epoch.  Assumes the load lock.
  */
 static int page_read(struct vol *v, uint64_t node, uint64_t inherit, uint64_t pageno,
-		     struct pbuild *pb)
+		     struct pbuild *pb, unsigned n)
 {
-	struct page_read pr = { .bm = load_bm(v), .pb = pb };
+	struct page_read pr = { .bm = load_bm(v), .pb = pb, .last = n };
 	int rc;
 
-	memset(pb, 0, sizeof(*pb));
-	pb->lo = pageno << PSHIFT;
+	memset(pb, 0, n * sizeof(*pb));
+	for (unsigned i = 0; i < n; i++)
+		pb[i].lo = (pageno + i) << PSHIFT;
 	rc = index_begin(v);
 	if (!rc) {
 		rc = chain_walk(pr.bm, node, inherit, NULL, page_read_node, &pr);
@@ -451,21 +493,45 @@ static void log_load_error(struct vol *v, uint64_t pageno, int rc)
 }
 
 /*
+ * How many pages a miss at pageno reads (map read-ahead): twice as many as
+ * the last load when it read the pages just before (a sequential reader),
+ * up to LOAD_AHEAD; else one.  Never past the page holding the last block
+ * of size bytes.  Assumes the load lock.
+ */
+static unsigned load_ahead(struct vol *v, uint64_t pageno, uint64_t size)
+{
+	uint64_t pages = (nblocks_of(v, size) + PB - 1) >> PSHIFT;
+	uint64_t n = pageno == v->ra_next && v->ra_pages ? 2 * (uint64_t)v->ra_pages : 1;
+
+	if (n > LOAD_AHEAD)
+		n = LOAD_AHEAD;
+	if (pageno + n > pages)
+		n = pages > pageno ? pages - pageno : 1;
+	v->ra_next = pageno + n;
+	v->ra_pages = (unsigned)n;
+	return (unsigned)n;
+}
+
+/*
  * The page pageno of v, pinned (mcache.h's loading protocol, P2), read
- * from the index with no vol lock held.  Call with no vol lock held.
- * -EAGAIN after LOAD_TRIES lost races: the caller then builds its pages
- * holding the locks (lock_pages_held), which needs no more tries.
+ * from the index with no vol lock held, with the pages load_ahead() adds
+ * after it that are not resident.  Call with no vol lock held.  -EAGAIN
+ * after LOAD_TRIES lost races: the caller then builds its pages holding
+ * the locks (lock_pages_held), which needs no more tries.  A page read
+ * ahead that the cache refuses is let go: only pageno must get in.
  */
 static int page_load(struct vol *v, uint64_t pageno, const struct mcache_page **out)
 {
-	struct pbuild *pb = malloc(sizeof(*pb));
+	struct pbuild *pb = malloc(LOAD_AHEAD * sizeof(*pb));
 	struct emap_ext *ext = malloc(PB * sizeof(*ext));
+	struct mcache_ticket t[LOAD_AHEAD];
+	bool want[LOAD_AHEAD];
 	int rc = pb && ext ? -EAGAIN : -ENOMEM;
 
 	*out = NULL;
 	for (int tries = 0; rc == -EAGAIN && tries < LOAD_TRIES; tries++) {
-		struct mcache_ticket t;
-		uint64_t node, inherit, epoch, pruned;
+		uint64_t node, inherit, epoch, pruned, size;
+		unsigned n;
 
 		*out = mcache_get(v->mc, v->view, pageno, NULL);
 		if (*out) {
@@ -476,7 +542,7 @@ static int page_load(struct vol *v, uint64_t pageno, const struct mcache_page **
 		/* the ticket once the load lock is ours: what was invalidated
 		 * while other loads held it does not make this one stale (and
 		 * one of them may have loaded this page) */
-		*out = mcache_get(v->mc, v->view, pageno, &t);
+		*out = mcache_get(v->mc, v->view, pageno, &t[0]);
 		if (*out) {
 			load_unlock(v);
 			rc = 0;
@@ -487,8 +553,17 @@ static int page_load(struct vol *v, uint64_t pageno, const struct mcache_page **
 		inherit = v->has_parent ? v->inherit : 0;
 		epoch = v->epoch;
 		pruned = v->pruned;
+		size = v->size;
 		lock_rw_unlock(&v->lock);
-		rc = page_read(v, node, inherit, pageno, pb);
+		n = tries ? 1 : load_ahead(v, pageno, size);
+		want[0] = true;
+		for (unsigned i = 1; i < n; i++) {
+			const struct mcache_page *pg = mcache_get(v->mc, v->view, pageno + i, &t[i]);
+
+			want[i] = !pg;
+			mcache_put(v->mc, pg);
+		}
+		rc = page_read(v, node, inherit, pageno, pb, n);
 		load_unlock(v);
 		if (rc) {
 			if (epoch_moved(v, epoch)) {
@@ -512,7 +587,14 @@ static int page_load(struct vol *v, uint64_t pageno, const struct mcache_page **
 			 * would drop them (vol_merged moves the epoch
 			 * instead).  Only a truncate lowers it meanwhile, and
 			 * its blocks must go (P3). */
-			rc = mcache_load_end(v->mc, &t, ext, page_build(v, pb, ext), out);
+			rc = mcache_load_end(v->mc, &t[0], ext, page_build(v, &pb[0], ext), out);
+			for (unsigned i = 1; !rc && i < n; i++) {
+				const struct mcache_page *pg = NULL;
+
+				if (want[i] &&
+				    !mcache_load_end(v->mc, &t[i], ext, page_build(v, &pb[i], ext), &pg))
+					mcache_put(v->mc, pg);
+			}
 		}
 		lock_rw_unlock(&v->lock);
 		if (rc && rc != -EAGAIN)
@@ -609,7 +691,7 @@ static int lock_pages_held(struct vol *v, uint64_t pfirst, uint64_t plast, struc
 		size_t n = 0;
 
 		if (!pg) {
-			rc = page_read(v, v->node, v->has_parent ? v->inherit : 0, pn, pb);
+			rc = page_read(v, v->node, v->has_parent ? v->inherit : 0, pn, pb, 1);
 			if (!rc && v->ix && v->ix->loaded_held)
 				v->ix->loaded_held(v->ix->ctx);
 			if (!rc) {

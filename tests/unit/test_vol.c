@@ -1101,6 +1101,299 @@ Test(vol, opening_reads_no_page_and_a_read_loads_its_page_once)
 	ld_close(&h);
 }
 
+/* Block 0 of page p, and block 1 of every third page in a child: what
+ * the child shows at those two blocks of page p. */
+static void ra_expect(uint64_t p, uint8_t *b0, uint8_t *b1)
+{
+	*b0 = (uint8_t)('a' + p % 26);
+	*b1 = p % 3 == 0 ? 'z' : 0;
+}
+
+static void ra_read_page(struct vol *v, uint64_t p)
+{
+	uint8_t out[2 * 4096], b0, b1;
+
+	ra_expect(p, &b0, &b1);
+	cr_assert_eq(vol_read(v, out, sizeof(out), p * MCACHE_PAGE_BLOCKS * 4096),
+		     (ssize_t)sizeof(out));
+	for (int i = 0; i < (int)sizeof(out); i++)
+		cr_assert_eq(out[i], i < 4096 ? b0 : b1, "page %" PRIu64 " byte %d", p, i);
+}
+
+/*
+ * Map read-ahead: a sequential reader's misses read 1, 2, 4, 8, then 16
+ * pages at a time (two nodes of a chain each), so the 64 pages of a
+ * volume take 8 index reads; misses out of sequence read one page each.
+ */
+Test(vol, sequential_misses_read_pages_ahead_and_others_one_page)
+{
+	const uint64_t pages = 64, size = pages * MCACHE_PAGE_BLOCKS * 4096;
+	uint64_t root = new_node(0, 0), child;
+	struct ld h = { 0 };
+	struct vol *v;
+
+	for (uint64_t p = 0; p < pages; p++)
+		fill_node(root, (uint8_t)('a' + p % 26), p * MCACHE_PAGE_BLOCKS, 1);
+	child = new_node(root, pages * MCACHE_PAGE_BLOCKS);
+	for (uint64_t p = 0; p < pages; p += 3)
+		fill_node(child, 'z', p * MCACHE_PAGE_BLOCKS + 1, 1);
+
+	h.node = child;
+	v = ld_vol(&h, size);
+	for (uint64_t p = 0; p < pages; p++)
+		ra_read_page(v, p);
+	cr_assert_eq(h.calls, 8, "64 pages read in order took %d index reads, not 8", h.calls);
+	for (uint64_t p = 0; p < pages; p++)
+		ra_read_page(v, p);
+	cr_assert_eq(h.calls, 8, "a page read ahead was loaded again");
+	ld_close(&h);
+
+	h = (struct ld){ .node = child };
+	v = ld_vol(&h, size);
+	for (uint64_t p = 0; p < pages; p += 2)
+		ra_read_page(v, p);
+	cr_assert_eq(h.calls, 32, "every other page: %d index reads, not 32", h.calls);
+	ld_close(&h);
+}
+
+/* ---- read-ahead against single page loads ---- */
+
+#define RX_PAGES 40
+#define RX_NB    ((uint64_t)RX_PAGES * MCACHE_PAGE_BLOCKS)
+#define RX_SIZE  (RX_NB * 4096)
+#define RX_PAGE  (MCACHE_PAGE_BLOCKS * 4096)
+
+/* Write blocks [first, first + n) of node, each a random byte (or zeros,
+ * which become tombstones or holes), and commit. */
+static void rx_node_write(uint64_t node, uint64_t first, uint64_t n, bool zero, unsigned *seed)
+{
+	uint8_t *data = malloc(n * 4096);
+	struct vol *v;
+
+	cr_assert_not_null(data);
+	for (uint64_t b = 0; b < n; b++)
+		memset(data + b * 4096, zero ? 0 : 1 + rand_r(seed) % 255, 4096);
+	cr_assert_eq(vol_open(cs, bm, node, RX_SIZE, false, "t", &v), 0);
+	cr_assert_eq(vol_write(v, data, n * 4096, first * 4096), (ssize_t)(n * 4096));
+	flush(v);
+	vol_close(v);
+	free(data);
+}
+
+static void rx_random_runs(uint64_t node, int runs, unsigned *seed)
+{
+	for (int i = 0; i < runs; i++) {
+		uint64_t first = rand_r(seed) % RX_NB, n = 1 + rand_r(seed) % 700;
+
+		rx_node_write(node, first, first + n > RX_NB ? RX_NB - first : n,
+			      rand_r(seed) % 5 == 0, seed);
+	}
+}
+
+/* A chain of three nodes: runs across pages, whole pages rewritten,
+ * tombstones, inherit limits inside pages.  Returns the top node. */
+static uint64_t rx_chain(unsigned seed)
+{
+	uint64_t root = new_node(0, 0), c1, c2;
+
+	rx_random_runs(root, 40, &seed);
+	rx_node_write(root, 0, RX_NB, false, &seed);
+	rx_random_runs(root, 20, &seed);
+	c1 = new_node(root, 20 * MCACHE_PAGE_BLOCKS + 100);
+	rx_node_write(c1, 2 * MCACHE_PAGE_BLOCKS, 5 * MCACHE_PAGE_BLOCKS, false, &seed);
+	rx_node_write(c1, 9 * MCACHE_PAGE_BLOCKS + 3, 2 * MCACHE_PAGE_BLOCKS, true, &seed);
+	rx_random_runs(c1, 25, &seed);
+	c2 = new_node(c1, 30 * MCACHE_PAGE_BLOCKS + 7);
+	rx_node_write(c2, 4 * MCACHE_PAGE_BLOCKS, MCACHE_PAGE_BLOCKS, false, &seed);
+	rx_node_write(c2, 12 * MCACHE_PAGE_BLOCKS, 3 * MCACHE_PAGE_BLOCKS - 5, false, &seed);
+	rx_random_runs(c2, 25, &seed);
+	return c2;
+}
+
+static void rx_read_seq(struct vol *v, uint8_t *out, size_t step)
+{
+	for (uint64_t off = 0; off < RX_SIZE; off += step) {
+		size_t len = off + step > RX_SIZE ? RX_SIZE - off : step;
+
+		cr_assert_eq(vol_read(v, out + off, len, off), (ssize_t)len);
+	}
+}
+
+/* Last page first: every miss reads one page. */
+static void rx_read_backwards(struct vol *v, uint8_t *out)
+{
+	for (uint64_t p = RX_PAGES; p-- > 0;)
+		cr_assert_eq(vol_read(v, out + p * RX_PAGE, RX_PAGE, p * RX_PAGE), (ssize_t)RX_PAGE);
+}
+
+static void rx_cmp(const uint8_t *a, const uint8_t *b, const char *what)
+{
+	for (uint64_t i = 0; i < RX_SIZE; i += 4096)
+		cr_assert_eq(memcmp(a + i, b + i, 4096), 0, "%s: block %" PRIu64 " differs", what,
+			     i / 4096);
+}
+
+/* What pages read ahead show is what one page at a time shows, for reads
+ * of a page, of 64 KiB and of 3 blocks (which cross pages). */
+Test(vol, pages_read_ahead_show_what_single_page_loads_show)
+{
+	uint8_t *a = malloc(RX_SIZE), *b = malloc(RX_SIZE);
+	const size_t steps[] = { RX_PAGE, 64 * 1024, 3 * 4096 };
+
+	cr_assert(a && b);
+	for (unsigned seed = 1; seed <= 3; seed++) {
+		uint64_t top = rx_chain(seed * 7919);
+		struct ld h = { .node = top };
+		struct vol *v = ld_vol(&h, RX_SIZE);
+
+		rx_read_backwards(v, b);
+		cr_assert_eq(h.calls, RX_PAGES);
+		ld_close(&h);
+		for (int k = 0; k < 3; k++) {
+			h = (struct ld){ .node = top };
+			v = ld_vol(&h, RX_SIZE);
+			memset(a, 0xee, RX_SIZE);
+			rx_read_seq(v, a, steps[k]);
+			cr_assert_lt(h.calls, RX_PAGES / 2, "seed %u: %d loads", seed, h.calls);
+			rx_cmp(a, b, "read ahead");
+			ld_close(&h);
+		}
+	}
+	free(a);
+	free(b);
+}
+
+/* A load read ahead racing a change of the vol (the hook runs between the
+ * index read and the inserts, at the 4th load). */
+struct rx {
+	struct ld h;
+	uint64_t parent;
+	int calls, action;
+	bool busy;
+	uint8_t *model;
+};
+
+static void rx_write(struct rx *x, uint64_t first, uint64_t n, int c)
+{
+	uint8_t *data = malloc(n * 4096);
+
+	cr_assert_not_null(data);
+	memset(data, c, n * 4096);
+	cr_assert_eq(vol_write(x->h.v, data, n * 4096, first * 4096), (ssize_t)(n * 4096));
+	memcpy(x->model + first * 4096, data, n * 4096);
+	free(data);
+}
+
+static void rx_evict(struct rx *x)
+{
+	mcache_set_limit(x->h.mc, 0);
+	mcache_set_limit(x->h.mc, MCACHE_DEFAULT_BYTES);
+}
+
+/* Truncate at block at, then grow back: what was past it reads as zeros. */
+static void rx_trunc(struct rx *x, uint64_t at)
+{
+	cr_assert_eq(vol_truncate(x->h.v, at * 4096), 0);
+	cr_assert_eq(vol_truncate(x->h.v, RX_SIZE), 0);
+	memset(x->model + at * 4096, 0, RX_SIZE - at * 4096);
+}
+
+static void rx_loaded(void *ctx)
+{
+	struct rx *x = ctx;
+	const uint64_t pb = MCACHE_PAGE_BLOCKS;
+
+	if (x->busy || x->calls++ != 3)
+		return;
+	x->busy = true;
+	switch (x->action) {
+	case 1:         /* writes into pages being read ahead, then eviction */
+		rx_write(x, 9 * pb + 7, 3, 'W');
+		rx_write(x, 11 * pb - 2, 5, 'X');
+		rx_evict(x);
+		break;
+	case 2:         /* a commit */
+		rx_write(x, 9 * pb + 7, 3, 'W');
+		rx_evict(x);
+		flush(x->h.v);
+		break;
+	case 3:         /* GC's drop */
+		ld_stale(&x->h);
+		break;
+	case 4:         /* a truncate inside the batch */
+		rx_trunc(x, 10 * pb + 100);
+		break;
+	case 5:         /* a snapshot */
+		vol_gate_close(x->h.v);
+		flush(x->h.v);
+		cr_assert_eq(vol_switch_node(x->h.v, new_node(x->h.node, RX_NB), RX_NB), 0);
+		vol_gate_open(x->h.v);
+		break;
+	case 6:         /* the parent merged into the top node */
+		merge_into(x->parent, x->h.node, x->h.v);
+		break;
+	case 7:         /* a truncate and a write past it, then eviction */
+		rx_trunc(x, 9 * pb + 100);
+		rx_write(x, 11 * pb - 2, 5, 'Y');
+		rx_evict(x);
+		break;
+	}
+	x->busy = false;
+}
+
+/* With writes pending in pages not resident, or a truncation, and each
+ * of those races: the pages read ahead overlay the delta (P1).  Building
+ * them without it, or stopping the walk early, fails this. */
+Test(vol, pages_read_ahead_overlay_the_delta_whatever_races_the_load)
+{
+	uint8_t *a = malloc(RX_SIZE), *b = malloc(RX_SIZE);
+	const uint64_t pb = MCACHE_PAGE_BLOCKS;
+
+	cr_assert(a && b);
+	for (int action = 0; action <= 7; action++) {
+		for (int pre = 0; pre < 3; pre++) {
+			uint64_t top = rx_chain(4242 + action);
+			struct rx x = { .h = { .node = top }, .action = action, .model = b };
+			struct bmap_node n;
+			struct vol *v;
+
+			cr_assert_eq(bmap_node_get(bm, top, &n), 0);
+			x.parent = n.parent;
+			v = ld_vol(&x.h, RX_SIZE);
+			rx_read_backwards(v, b);
+			ld_close(&x.h);
+
+			x.h = (struct ld){ .node = top };
+			v = ld_vol(&x.h, RX_SIZE);
+			if (pre == 1) {         /* writes pending in pages not resident */
+				rx_write(&x, 2 * pb + 5, 1, 'A');
+				rx_write(&x, 3 * pb - 1, 2, 0);
+				rx_write(&x, 8 * pb + 250, 20, 'B');
+				rx_write(&x, 16 * pb, 1, 0);
+				rx_evict(&x);
+			} else if (pre == 2) {  /* a truncation pending */
+				rx_trunc(&x, 7 * pb + 3);
+				rx_write(&x, 9 * pb + 1, 1, 'C');
+				rx_evict(&x);
+			}
+			x.h.ix.loaded = rx_loaded;
+			x.h.ix.ctx = &x;
+			memset(a, 0xee, RX_SIZE);
+			rx_read_seq(v, a, 64 * 1024);
+			rx_cmp(a, b, "read ahead while racing");
+			rx_read_seq(v, a, RX_PAGE);
+			rx_cmp(a, b, "from the cache");
+			flush(v);
+			rx_evict(&x);
+			rx_read_seq(v, a, RX_PAGE);
+			rx_cmp(a, b, "committed and loaded again");
+			ld_close(&x.h);
+		}
+	}
+	free(a);
+	free(b);
+}
+
 /* Without the ticket check at insert, the page would point into the
  * removed chunk and the read would fail with EIO. */
 Test(vol, blocks_moved_while_a_page_loads_are_read_from_their_new_place)
