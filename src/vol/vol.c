@@ -32,10 +32,11 @@
  * So memory is the delta (bounded by the flush interval) plus the pages,
  * which the store-wide cache keeps under -o map_cache.  Nothing is loaded
  * at open: a page is read from the index when a request first touches it
- * (page_load), whatever the size of the volume.  A miss at the page right
- * after the last ones loaded (a sequential reader) reads twice as many
- * pages, up to LOAD_AHEAD, in one walk of the chain (map read-ahead): a
- * node's rows for all of them in one query; those not resident go in.
+ * (page_load), whatever the size of the volume.  A miss within LOAD_AHEAD
+ * pages past the last batch read (a sequential reader) reads twice what
+ * that batch wanted, up to LOAD_AHEAD and short of the next page resident,
+ * in one walk of the chain (map read-ahead, load_ahead): a node's rows for
+ * all of them in one query.
  *
  * INVARIANTS
  *  P1. A resident page equals "index + delta" for its blocks: every change
@@ -126,8 +127,12 @@ struct vol {
 	struct mcache *mc;              /* ix->mc, or own_mc; set before use */
 	struct mcache *own_mc;          /* without vol_set_index: a cache of its own */
 	struct lock_mutex own_load_mu;  /* without a load_mu: serializes loads from bm */
-	uint64_t ra_next;               /* (load lock) the page after the last ones page_load read */
-	unsigned ra_pages;              /* (load lock) how many it read then */
+	/* map read-ahead (load_ahead): the last batch of pages a load read,
+	 * [ra_first, ra_end), and how many it wanted (0: none to go on from) */
+	uint64_t ra_first, ra_end;      /* (load lock) */
+	unsigned ra_pages;              /* (load lock) */
+	uint64_t ra_batch;              /* (load lock) batches recorded, the last one's number */
+	uint64_t ra_inserted;           /* (L) the last batch whose insert section has run */
 
 	struct lock_rw lock;
 	char label[LABEL_MAX];          /* (L) */
@@ -492,30 +497,65 @@ static void log_load_error(struct vol *v, uint64_t pageno, int rc)
 	     (pageno << PSHIFT) << v->bshift, log_strerror(rc));
 }
 
+/* What a miss is to read-ahead, against the last batch [ra_first, ra_end). */
+enum ra_kind {
+	RA_NEW,                         /* far from it: one page, and a new start */
+	RA_FORWARD,                     /* within LOAD_AHEAD pages past its end: twice as many */
+	RA_FILL,                        /* within LOAD_AHEAD pages before it: a gap a reader with
+					 * several requests in flight left; one page */
+	RA_AGAIN,                       /* inside it: read and evicted already; one page, and
+					 * read-ahead starts again from one */
+};
+
 /*
- * How many pages a miss at pageno reads (map read-ahead): twice as many as
- * the last load when it read the pages just before (a sequential reader),
- * up to LOAD_AHEAD; else one.  Never past the page holding the last block
+ * How many pages a miss at pageno reads (map read-ahead), and what kind of
+ * miss it is: 2, 4, 8, then LOAD_AHEAD pages for the misses of a sequential
+ * reader, one for any other.  Never past the page holding the last block
  * of size bytes.  Assumes the load lock.
  */
-static unsigned load_ahead(struct vol *v, uint64_t pageno, uint64_t size)
+static unsigned load_ahead(struct vol *v, uint64_t pageno, uint64_t size, uint64_t inserted,
+			   enum ra_kind *kind)
 {
-	uint64_t pages = (nblocks_of(v, size) + PB - 1) >> PSHIFT;
-	uint64_t n = pageno == v->ra_next && v->ra_pages ? 2 * (uint64_t)v->ra_pages : 1;
+	uint64_t pages = (nblocks_of(v, size) + PB - 1) >> PSHIFT, n = 1;
 
+	*kind = RA_NEW;
+	if (v->ra_pages && pageno >= v->ra_end && pageno < v->ra_end + LOAD_AHEAD) {
+		*kind = RA_FORWARD;
+		n = 2 * (uint64_t)v->ra_pages;
+	} else if (v->ra_pages && pageno >= v->ra_first && pageno < v->ra_end) {
+		/* still being inserted: a request in flight, not eviction */
+		*kind = inserted >= v->ra_batch ? RA_AGAIN : RA_FILL;
+	} else if (v->ra_pages && pageno < v->ra_first && pageno + LOAD_AHEAD >= v->ra_first) {
+		*kind = RA_FILL;
+	}
 	if (n > LOAD_AHEAD)
 		n = LOAD_AHEAD;
 	if (pageno + n > pages)
 		n = pages > pageno ? pages - pageno : 1;
-	v->ra_next = pageno + n;
-	v->ra_pages = (unsigned)n;
 	return (unsigned)n;
+}
+
+/* A load of kind read pages [pageno, pageno + got) of the want that
+ * load_ahead() gave (fewer when a page after them was resident). */
+static void load_ahead_done(struct vol *v, uint64_t pageno, unsigned want, unsigned got,
+			    enum ra_kind kind)
+{
+	if (kind == RA_FILL)
+		return;                 /* the reader goes on past the last batch */
+	if (kind == RA_AGAIN) {
+		v->ra_pages = 0;        /* the cache keeps less than read-ahead reads */
+		return;
+	}
+	v->ra_first = pageno;
+	v->ra_end = pageno + got;
+	v->ra_batch++;
+	v->ra_pages = want;
 }
 
 /*
  * The page pageno of v, pinned (mcache.h's loading protocol, P2), read
  * from the index with no vol lock held, with the pages load_ahead() adds
- * after it that are not resident.  Call with no vol lock held.  -EAGAIN
+ * after it up to the next one resident.  Call with no vol lock held.  -EAGAIN
  * after LOAD_TRIES lost races: the caller then builds its pages holding
  * the locks (lock_pages_held), which needs no more tries.  A page read
  * ahead that the cache refuses is let go: only pageno must get in.
@@ -525,13 +565,13 @@ static int page_load(struct vol *v, uint64_t pageno, const struct mcache_page **
 	struct pbuild *pb = malloc(LOAD_AHEAD * sizeof(*pb));
 	struct emap_ext *ext = malloc(PB * sizeof(*ext));
 	struct mcache_ticket t[LOAD_AHEAD];
-	bool want[LOAD_AHEAD];
 	int rc = pb && ext ? -EAGAIN : -ENOMEM;
 
 	*out = NULL;
 	for (int tries = 0; rc == -EAGAIN && tries < LOAD_TRIES; tries++) {
-		uint64_t node, inherit, epoch, pruned, size;
-		unsigned n;
+		uint64_t node, inherit, epoch, pruned, size, inserted, batch = 0;
+		enum ra_kind kind = RA_NEW;
+		unsigned n, want;
 
 		*out = mcache_get(v->mc, v->view, pageno, NULL);
 		if (*out) {
@@ -554,15 +594,21 @@ static int page_load(struct vol *v, uint64_t pageno, const struct mcache_page **
 		epoch = v->epoch;
 		pruned = v->pruned;
 		size = v->size;
+		inserted = v->ra_inserted;
 		lock_rw_unlock(&v->lock);
-		n = tries ? 1 : load_ahead(v, pageno, size);
-		want[0] = true;
+		want = n = tries ? 1 : load_ahead(v, pageno, size, inserted, &kind);
 		for (unsigned i = 1; i < n; i++) {
 			const struct mcache_page *pg = mcache_get(v->mc, v->view, pageno + i, &t[i]);
 
-			want[i] = !pg;
-			mcache_put(v->mc, pg);
+			if (pg) {       /* read up to the next page resident */
+				mcache_put(v->mc, pg);
+				n = i;
+			}
 		}
+		if (!tries)
+			load_ahead_done(v, pageno, want, n, kind);
+		if (!tries && (kind == RA_NEW || kind == RA_FORWARD))
+			batch = v->ra_batch;    /* this load's: its insert section marks it */
 		rc = page_read(v, node, inherit, pageno, pb, n);
 		load_unlock(v);
 		if (rc) {
@@ -576,6 +622,8 @@ static int page_load(struct vol *v, uint64_t pageno, const struct mcache_page **
 		if (v->ix && v->ix->loaded)
 			v->ix->loaded(v->ix->ctx);
 		lock_rw_wrlock(&v->lock);
+		if (v->ra_inserted < batch)
+			v->ra_inserted = batch;
 		if (v->epoch != epoch || v->pruned != pruned) {
 			/* P2: the read may miss what the delta lost, or (a
 			 * merge) tag as inherited rows that are now own */
@@ -591,8 +639,7 @@ static int page_load(struct vol *v, uint64_t pageno, const struct mcache_page **
 			for (unsigned i = 1; !rc && i < n; i++) {
 				const struct mcache_page *pg = NULL;
 
-				if (want[i] &&
-				    !mcache_load_end(v->mc, &t[i], ext, page_build(v, &pb[i], ext), &pg))
+				if (!mcache_load_end(v->mc, &t[i], ext, page_build(v, &pb[i], ext), &pg))
 					mcache_put(v->mc, pg);
 			}
 		}

@@ -967,7 +967,7 @@ static void ld_loaded(void *ctx)
 {
 	struct ld *h = ctx;
 
-	cr_assert_eq(pthread_mutex_trylock(&ld_load_mu.m), 0, "the hook runs under load_mu");
+	cr_assert_eq(pthread_mutex_trylock(&ld_load_mu.m), 0, "the hook runs without load_mu");
 	pthread_mutex_unlock(&ld_load_mu.m);
 	if (h->move && h->calls == 0)
 		ld_move_blocks(h->mc, h->node);
@@ -1120,10 +1120,32 @@ static void ra_read_page(struct vol *v, uint64_t p)
 		cr_assert_eq(out[i], i < 4096 ? b0 : b1, "page %" PRIu64 " byte %d", p, i);
 }
 
+/* A second request in flight: the hook reads the page after the one being
+ * read, between a load's index read and its inserts. */
+static struct vol *ra_fly_v;
+static uint64_t ra_fly_cur;
+static bool ra_fly_busy;
+static int ra_fly_calls;
+
+static void ra_fly_loaded(void *ctx)
+{
+	(void)ctx;
+	ra_fly_calls++;
+	if (ra_fly_busy || ra_fly_cur + 1 >= 64)
+		return;
+	ra_fly_busy = true;
+	ra_read_page(ra_fly_v, ra_fly_cur + 1);
+	ra_fly_busy = false;
+}
+
 /*
  * Map read-ahead: a sequential reader's misses read 1, 2, 4, 8, then 16
  * pages at a time (two nodes of a chain each), so the 64 pages of a
- * volume take 8 index reads; misses out of sequence read one page each.
+ * volume take 8 index reads, also when the reader skips pages (a miss
+ * just before the last batch reads one page and the reader goes on);
+ * misses farther away read one page each; a request in flight does not
+ * stop the ramp, and under a cache too small to keep what is read ahead
+ * the loads do not multiply.
  */
 Test(vol, sequential_misses_read_pages_ahead_and_others_one_page)
 {
@@ -1148,11 +1170,62 @@ Test(vol, sequential_misses_read_pages_ahead_and_others_one_page)
 	cr_assert_eq(h.calls, 8, "a page read ahead was loaded again");
 	ld_close(&h);
 
+	/* every other page, and pairs out of order: 1, 2, 4, 8, 16, 16, 16 */
 	h = (struct ld){ .node = child };
 	v = ld_vol(&h, size);
 	for (uint64_t p = 0; p < pages; p += 2)
 		ra_read_page(v, p);
-	cr_assert_eq(h.calls, 32, "every other page: %d index reads, not 32", h.calls);
+	cr_assert_eq(h.calls, 7, "every other page: %d index reads, not 7", h.calls);
+	ld_close(&h);
+	h = (struct ld){ .node = child };
+	v = ld_vol(&h, size);
+	for (uint64_t p = 0; p < pages; p += 2) {
+		ra_read_page(v, p + 1);
+		ra_read_page(v, p);
+	}
+	cr_assert_eq(h.calls, 9, "pairs out of order: %d index reads, not 9", h.calls);
+	ld_close(&h);
+
+	/* a second request in flight: while a load is between its index read
+	 * and its inserts, the next page is read (8 loads, and at most one
+	 * more per batch for the page in flight) */
+	h = (struct ld){ .node = child };
+	v = ld_vol(&h, size);
+	h.ix.loaded = ra_fly_loaded;
+	ra_fly_v = v;
+	ra_fly_calls = 0;
+	for (ra_fly_cur = 0; ra_fly_cur < pages; ra_fly_cur++)
+		ra_read_page(v, ra_fly_cur);
+	cr_assert_leq(ra_fly_calls, 16, "a request in flight: %d index reads", ra_fly_calls);
+	ld_close(&h);
+
+	/* a cache that keeps two or three pages: a page read ahead may be
+	 * gone when the reader gets there, and read-ahead then starts again
+	 * from one page; two passes of 64 KiB reads */
+	h = (struct ld){ .node = child };
+	v = ld_vol_limit(&h, size, 2048);
+	uint8_t *buf = malloc(65536);
+	struct mcache_stats st;
+
+	cr_assert_not_null(buf);
+	for (int pass = 0; pass < 2; pass++)
+		for (uint64_t off = 0; off < size; off += 65536)
+			cr_assert_eq(vol_read(v, buf, 65536, off), 65536);
+	mcache_stats(h.mc, &st);
+	cr_assert_leq(st.loads, 4 * pages, "a cache of 2 KiB: %" PRIu64
+		      " pages inserted in two passes over %" PRIu64 " pages", st.loads, pages);
+	free(buf);
+	ld_close(&h);
+
+	/* 20 pages apart, more than LOAD_AHEAD (16) from the last load's end:
+	 * 0, 20, 40, 60, 3, 23, 43, 63, 6, ... one page each */
+	h = (struct ld){ .node = child };
+	v = ld_vol(&h, size);
+	int n = 0;
+	for (uint64_t o = 0; o < 20; o += 3)
+		for (uint64_t p = o; p < pages; p += 20, n++)
+			ra_read_page(v, p);
+	cr_assert_eq(h.calls, n, "pages far apart: %d index reads, not %d", h.calls, n);
 	ld_close(&h);
 }
 
@@ -1210,10 +1283,14 @@ static uint64_t rx_chain(unsigned seed)
 	return c2;
 }
 
+static uint64_t rx_pos;         /* where rx_read_seq is reading */
+
 static void rx_read_seq(struct vol *v, uint8_t *out, size_t step)
 {
 	for (uint64_t off = 0; off < RX_SIZE; off += step) {
 		size_t len = off + step > RX_SIZE ? RX_SIZE - off : step;
+
+		rx_pos = off;
 
 		cr_assert_eq(vol_read(v, out + off, len, off), (ssize_t)len);
 	}
@@ -1229,8 +1306,8 @@ static void rx_read_backwards(struct vol *v, uint8_t *out)
 static void rx_cmp(const uint8_t *a, const uint8_t *b, const char *what)
 {
 	for (uint64_t i = 0; i < RX_SIZE; i += 4096)
-		cr_assert_eq(memcmp(a + i, b + i, 4096), 0, "%s: block %" PRIu64 " differs", what,
-			     i / 4096);
+		cr_assert_eq(memcmp(a + i, b + i, 4096), 0, "%s: block %" PRIu64 " differs (%#x, not %#x)",
+			     what, i / 4096, a[i], b[i]);
 }
 
 /* What pages read ahead show is what one page at a time shows, for reads
@@ -1298,22 +1375,25 @@ static void rx_trunc(struct rx *x, uint64_t at)
 	memset(x->model + at * 4096, 0, RX_SIZE - at * 4096);
 }
 
+/* The changes go into the pages the load being raced reads, which start
+ * at the page the reader is in (p): those it has not read yet. */
 static void rx_loaded(void *ctx)
 {
 	struct rx *x = ctx;
-	const uint64_t pb = MCACHE_PAGE_BLOCKS;
+	const uint64_t pb = MCACHE_PAGE_BLOCKS, p = rx_pos / RX_PAGE;
 
 	if (x->busy || x->calls++ != 3)
 		return;
+	cr_assert_lt(p + 5, RX_PAGES);
 	x->busy = true;
 	switch (x->action) {
 	case 1:         /* writes into pages being read ahead, then eviction */
-		rx_write(x, 9 * pb + 7, 3, 'W');
-		rx_write(x, 11 * pb - 2, 5, 'X');
+		rx_write(x, (p + 2) * pb + 7, 3, 'W');
+		rx_write(x, (p + 4) * pb - 2, 5, 'X');
 		rx_evict(x);
 		break;
 	case 2:         /* a commit */
-		rx_write(x, 9 * pb + 7, 3, 'W');
+		rx_write(x, (p + 2) * pb + 7, 3, 'W');
 		rx_evict(x);
 		flush(x->h.v);
 		break;
@@ -1321,7 +1401,7 @@ static void rx_loaded(void *ctx)
 		ld_stale(&x->h);
 		break;
 	case 4:         /* a truncate inside the batch */
-		rx_trunc(x, 10 * pb + 100);
+		rx_trunc(x, (p + 3) * pb + 100);
 		break;
 	case 5:         /* a snapshot */
 		vol_gate_close(x->h.v);
@@ -1333,8 +1413,8 @@ static void rx_loaded(void *ctx)
 		merge_into(x->parent, x->h.node, x->h.v);
 		break;
 	case 7:         /* a truncate and a write past it, then eviction */
-		rx_trunc(x, 9 * pb + 100);
-		rx_write(x, 11 * pb - 2, 5, 'Y');
+		rx_trunc(x, (p + 2) * pb + 100);
+		rx_write(x, (p + 4) * pb - 2, 5, 'Y');
 		rx_evict(x);
 		break;
 	}
@@ -1348,6 +1428,7 @@ Test(vol, pages_read_ahead_overlay_the_delta_whatever_races_the_load)
 {
 	uint8_t *a = malloc(RX_SIZE), *b = malloc(RX_SIZE);
 	const uint64_t pb = MCACHE_PAGE_BLOCKS;
+	char what[80];
 
 	cr_assert(a && b);
 	for (int action = 0; action <= 7; action++) {
@@ -1380,13 +1461,21 @@ Test(vol, pages_read_ahead_overlay_the_delta_whatever_races_the_load)
 			x.h.ix.ctx = &x;
 			memset(a, 0xee, RX_SIZE);
 			rx_read_seq(v, a, 64 * 1024);
-			rx_cmp(a, b, "read ahead while racing");
+			snprintf(what, sizeof(what), "action %d, pre %d: read ahead while racing",
+				 action, pre);
+			rx_cmp(a, b, what);
 			rx_read_seq(v, a, RX_PAGE);
-			rx_cmp(a, b, "from the cache");
+			snprintf(what, sizeof(what), "action %d, pre %d: from the cache", action, pre);
+			rx_cmp(a, b, what);
 			flush(v);
+			rx_read_seq(v, a, RX_PAGE);
+			snprintf(what, sizeof(what), "action %d, pre %d: committed, from the cache",
+				 action, pre);
+			rx_cmp(a, b, what);
 			rx_evict(&x);
 			rx_read_seq(v, a, RX_PAGE);
-			rx_cmp(a, b, "committed and loaded again");
+			snprintf(what, sizeof(what), "action %d, pre %d: loaded again", action, pre);
+			rx_cmp(a, b, what);
 			ld_close(&x.h);
 		}
 	}
