@@ -501,10 +501,11 @@ static void log_load_error(struct vol *v, uint64_t pageno, int rc)
 enum ra_kind {
 	RA_NEW,                         /* far from it: one page, and a new start */
 	RA_FORWARD,                     /* within LOAD_AHEAD pages past its end: twice as many */
-	RA_FILL,                        /* within LOAD_AHEAD pages before it: a gap a reader with
-					 * several requests in flight left; one page */
-	RA_AGAIN,                       /* inside it: read and evicted already; one page, and
-					 * read-ahead starts again from one */
+	RA_FILL,                        /* within LOAD_AHEAD pages before it, or inside it before
+					 * its insert: a request in flight (several requests miss
+					 * out of order); one page, the state unchanged */
+	RA_AGAIN,                       /* inside it once inserted: evicted already; one page,
+					 * and read-ahead starts again from one */
 };
 
 /*
@@ -523,7 +524,8 @@ static unsigned load_ahead(struct vol *v, uint64_t pageno, uint64_t size, uint64
 		*kind = RA_FORWARD;
 		n = 2 * (uint64_t)v->ra_pages;
 	} else if (v->ra_pages && pageno >= v->ra_first && pageno < v->ra_end) {
-		/* still being inserted: a request in flight, not eviction */
+		/* before the batch's insert section ran: a request in
+		 * flight waited for the load lock, nothing was evicted */
 		*kind = inserted >= v->ra_batch ? RA_AGAIN : RA_FILL;
 	} else if (v->ra_pages && pageno < v->ra_first && pageno + LOAD_AHEAD >= v->ra_first) {
 		*kind = RA_FILL;
