@@ -537,21 +537,23 @@ static unsigned load_ahead(struct vol *v, uint64_t pageno, uint64_t size, uint64
 	return (unsigned)n;
 }
 
-/* A load of kind read pages [pageno, pageno + got) of the want that
- * load_ahead() gave (fewer when a page after them was resident). */
-static void load_ahead_done(struct vol *v, uint64_t pageno, unsigned want, unsigned got,
-			    enum ra_kind kind)
+/* A load of kind reads pages [pageno, pageno + got) of the want that
+ * load_ahead() gave (fewer when a page after them was resident).  Returns
+ * the number of the batch it records, which its insert section marks in
+ * ra_inserted, or 0 when it records none. */
+static uint64_t load_ahead_done(struct vol *v, uint64_t pageno, unsigned want, unsigned got,
+				enum ra_kind kind)
 {
 	if (kind == RA_FILL)
-		return;                 /* the reader goes on past the last batch */
+		return 0;               /* the reader goes on past the last batch */
 	if (kind == RA_AGAIN) {
 		v->ra_pages = 0;        /* the cache keeps less than read-ahead reads */
-		return;
+		return 0;
 	}
 	v->ra_first = pageno;
 	v->ra_end = pageno + got;
-	v->ra_batch++;
 	v->ra_pages = want;
+	return ++v->ra_batch;
 }
 
 /*
@@ -608,9 +610,7 @@ static int page_load(struct vol *v, uint64_t pageno, const struct mcache_page **
 			}
 		}
 		if (!tries)
-			load_ahead_done(v, pageno, want, n, kind);
-		if (!tries && (kind == RA_NEW || kind == RA_FORWARD))
-			batch = v->ra_batch;    /* this load's: its insert section marks it */
+			batch = load_ahead_done(v, pageno, want, n, kind);
 		rc = page_read(v, node, inherit, pageno, pb, n);
 		load_unlock(v);
 		if (rc) {
