@@ -18,8 +18,9 @@
 #   vsnapfs-depth64   a volume with 64 snapshots in its history, each
 #                     generation having written a different random 1/64
 #
-# then snapshot/clone/rmdir times, the daemon's memory on a 1 TiB volume,
-# the index size per GiB written, and the scale figures of issue 13 (index
+# then randread slices of vsnapfs and the pass-through alternated (both
+# mounted at once: ratios free of the machine's drift), snapshot/clone/rmdir
+# times, the daemon's memory on a 1 TiB volume, the index size per GiB written, and the scale figures of issue 13 (index
 # per GiB, first read after mount, memory against volume size and history).
 # Results: stdout, and
 # BUILD_DIR/bench/{results.md,results.json,chart.png,logs/}.
@@ -38,8 +39,10 @@
 #                        a tmpfs would be the "disk")
 #   BENCH_KEEP=1         keep the temp dir (several GiB) for inspection
 #   BENCH_TARGETS=...    run only these targets (space-separated; also
-#                        "ops", "memory" and "scale", the sections after
-#                        them)
+#                        "pairs", "ops", "memory" and "scale", the sections
+#                        after them)
+#   BENCH_PAIRS=8        pairs: randread slices of vsnapfs and of the
+#   BENCH_PAIRS_S=5      pass-through, alternated; how many, how long
 #   BENCH_JOBS=...       run only these fio jobs (space-separated)
 #   BENCH_VSNAPFS_OPTS=  extra arguments of every vsnapfs mount, e.g.
 #                        "-o spare_chunks=16" (the results say which)
@@ -79,7 +82,7 @@ DISK=$((DISK_GIB * GIB))
 UNIT=65536                      # granularity of the layers' random pieces
 JOBS=(seqread seqwrite randread randwrite fsyncwrite)
 TARGETS=(raw fuse-passthrough qsd-qcow2 qsd-chain32 vsnapfs vsnapfs-snap1 vsnapfs-depth64)
-SECTIONS=("${TARGETS[@]}" ops memory scale)
+SECTIONS=("${TARGETS[@]}" pairs ops memory scale)
 # A selection (BENCH_TARGETS, BENCH_JOBS) runs less; the report still has a
 # row or column for everything, "–" where nothing ran, so that its tables
 # keep their shape.
@@ -91,7 +94,8 @@ want_job() { [[ $SEL_JOBS == *" $1 "* ]]; }
 log() { printf '[bench %4ss] %s\n' "$(($(date +%s) - T_START))" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
-for v in RT DISK_GIB BIG_GIB SCATTER_GIB BENCH_SCALE_SEQ_GIB BENCH_SCALE_RAND_GIB; do
+for v in RT DISK_GIB BIG_GIB SCATTER_GIB BENCH_SCALE_SEQ_GIB BENCH_SCALE_RAND_GIB BENCH_PAIRS \
+	BENCH_PAIRS_S; do
 	[[ ${!v:-1} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer, not '${!v}'"
 done
 [[ ${BENCH_SCALE_SIZES:-1} =~ ^\ *[1-9][0-9]*(\ +[1-9][0-9]*)*\ *$ ]] ||
@@ -894,6 +898,86 @@ if want vsnapfs-depth64; then
 	HOLD=
 	daemon_done d64 startup vsnapfs-depth64
 	rm -rf "$W/d64"
+fi
+
+# ============================================================================
+# randread pairs: vsnapfs and the pass-through mounted side by side
+# ============================================================================
+
+# The randread rows above measure each target for RT seconds, minutes
+# apart.  On this shared machine the CPU time every process spends per read
+# drifts by a third over minutes (fio's own as much as the daemons'), and a
+# ratio of two such rows carries that drift.  Here a fresh vsnapfs volume
+# and a fresh plain file under the pass-through, written alike, are mounted
+# at once, and short randread slices alternate between them (ABBA: odd pairs
+# vsnapfs first, even pairs the pass-through first), so that each pair's
+# ratio has both sides measured seconds apart.  Per slice: IOPS, the
+# daemon's CPU per read and fio's; the median pair is the figure.
+
+# pair_slice FILE NAME: one randread slice of FILE, served by daemon NAME;
+# sets PAIR_IOPS, PAIR_DCPU (the daemon's µs of CPU per read) and
+# PAIR_FCPU (fio's), or returns 1.
+pair_slice() {
+	local pid=${D_PID[$2]} c0 c1 out=$W/json/pair.json
+	c0=$(cpu_ticks "$pid") || return 1
+	fg -o "$out.stderr" timeout -k 10 $((PAIRS_S + 120)) fio --name=pair --filename="$1" \
+		--size="$DISK" --ioengine=libaio --direct=1 --time_based --runtime="$PAIRS_S" \
+		--rw=randread --bs=4k --iodepth=16 --output-format=json --output="$out" || return 1
+	c1=$(cpu_ticks "$pid") || return 1
+	read -r PAIR_IOPS PAIR_DCPU PAIR_FCPU < <(jq -r --argjson d $((c1 - c0)) --argjson t "$CLK_TCK" '
+		.jobs[0] as $j | ($j.read.total_ios) as $n |
+		[ ($j.read.iops | floor), ($d / $t * 1e6 / $n * 100 | round / 100),
+		  (($j.usr_cpu + $j.sys_cpu) / 100 * $j.job_runtime / 1000 * 1e6 / $n * 100 | round / 100) ]
+		| @tsv' "$out")
+}
+
+PAIRS_N=${BENCH_PAIRS:-8}
+PAIRS_S=${BENCH_PAIRS_S:-5}
+if want pairs; then
+	log "randread pairs: a fresh vsnapfs volume and a plain file, $PAIRS_N pairs of $PAIRS_S s"
+	mkdir -p "$W/pairs/vs" "$W/pairs/pt"
+	truncate -s "$DISK" "$W/pairs/disk.raw"
+	fill "$W/pairs/disk.raw" "$DISK"
+	vs pvs "$W/pairs/store" "$W/pairs/vs"
+	truncate -s "$DISK" "$W/pairs/vs/vol"
+	fill "$W/pairs/vs/vol" "$DISK"
+	stop pvs
+	warm "$W/pairs/disk.raw" "$W"/pairs/store/chunks/*
+	vs pvs "$W/pairs/store" "$W/pairs/vs"
+	start ppt passthrough "$W/pairs/pt" "$PT" "$W/pairs/disk.raw" "$W/pairs/pt"
+	exec {HOLD}<"$W/pairs/vs/vol"
+	settle pairs
+	ratios=()
+	for ((i = 1; i <= PAIRS_N; i++)); do
+		order="vsnapfs fuse-passthrough"
+		[ $((i % 2)) -eq 0 ] && order="fuse-passthrough vsnapfs"
+		for t in $order; do
+			if [ "$t" = vsnapfs ]; then
+				pair_slice "$W/pairs/vs/vol" pvs || break 2
+			else
+				pair_slice "$W/pairs/pt/disk" ppt || break 2
+			fi
+			kv pairs "pair $i" "$t IOPS" "$PAIR_IOPS"
+			kv pairs "pair $i" "$t: daemon CPU per read, µs" "$PAIR_DCPU"
+			kv pairs "pair $i" "$t: fio CPU per read, µs" "$PAIR_FCPU"
+			[ "$t" = vsnapfs ] && vs_iops=$PAIR_IOPS || pt_iops=$PAIR_IOPS
+		done
+		r=$(awk -v a="$vs_iops" -v b="$pt_iops" 'BEGIN { printf "%.2f", a / b }')
+		kv pairs "pair $i" "vsnapfs / fuse-passthrough" "$r"
+		ratios+=("$r")
+	done
+	if [ ${#ratios[@]} -eq "$PAIRS_N" ]; then
+		read -r lo med hi < <(printf '%s\n' "${ratios[@]}" | sort -g |
+			awk '{ a[NR] = $1 } END { printf "%s %.2f %s\n", a[1], (a[int((NR + 1) / 2)] + a[int(NR / 2) + 1]) / 2, a[NR] }')
+		kv pairs "median (lowest, highest)" "vsnapfs / fuse-passthrough" "$med ($lo, $hi)"
+	else
+		problem "randread pairs: fio or a daemon failed in pair $((${#ratios[@]} + 1)) (see logs/)"
+	fi
+	exec {HOLD}<&-
+	HOLD=
+	daemon_done pvs startup "randread pairs: vsnapfs"
+	daemon_done ppt startup "randread pairs: fuse-passthrough"
+	rm -rf "$W/pairs"
 fi
 
 # ============================================================================
