@@ -1112,7 +1112,9 @@ static int read_failed(struct vol *v, uint64_t first, uint32_t at, const struct 
  * in turn when they are not cached.  So each run is first read only if it
  * is all in the page cache (chunk_read_cached: what a cached run costs is
  * its read alone); the runs that would wait are then asked for together
- * (chunk_prefetch), and read.
+ * (chunk_prefetch), and read.  A window that is one run (a random 4 KiB
+ * read) is read at once: it has nothing to wait beside, and the probe's
+ * preadv2 costs more than a pread.
  */
 static int read_window(struct vol *v, uint64_t first, uint32_t n, uint32_t lo, size_t len,
 		       uint8_t *dst, bool last_try)
@@ -1152,7 +1154,10 @@ static int read_window(struct vol *v, uint64_t first, uint32_t n, uint32_t lo, s
 			run = run_at(locs, has, i, n);
 			while (((uint64_t)(i + run) << v->bshift) > lo + len)
 				run--;
-			rc = chunk_read_cached(v->cs, &locs[i], run, d, &bad);
+			if (i == 0 && run == n)         /* the whole window */
+				rc = chunk_read(v->cs, &locs[i], run, d, &bad);
+			else
+				rc = chunk_read_cached(v->cs, &locs[i], run, d, &bad);
 			if (rc == -EAGAIN) {
 				wait[nwait].i = i;
 				wait[nwait++].run = run;

@@ -29,7 +29,7 @@ BEGIN {
 	title["startup"] = "Setup and start-up, per target"
 	title["host"] = "The host file system alone (no FUSE): new pages and blocks against written ones"
 	title["index"] = "Index (SQLite) size after unmount"
-	title["pairs"] = "randread pairs: vsnapfs and fuse-passthrough mounted side by side, 4 KiB QD16 slices alternated (ABBA)"
+	title["pairs"] = "randread pairs: vsnapfs, fuse-passthrough and qsd-qcow2 mounted side by side, 4 KiB QD16 slices in turn"
 	title["ops"] = "Snapshot, linked clone and delete on vsnapfs (wall time of the command)"
 	title["memory"] = "vsnapfs daemon memory"
 	title["scale"] = "Scale (issue 13): index, first read and memory, the figures of the issue's table"

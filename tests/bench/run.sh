@@ -18,7 +18,7 @@
 #   vsnapfs-depth64   a volume with 64 snapshots in its history, each
 #                     generation having written a different random 1/64
 #
-# then randread slices of vsnapfs and the pass-through alternated (both
+# then randread slices of vsnapfs, the pass-through and qcow2 in turn (all
 # mounted at once: ratios free of the machine's drift), snapshot/clone/rmdir
 # times, the daemon's memory on a 1 TiB volume, the index size per GiB written, and the scale figures of issue 13 (index
 # per GiB, first read after mount, memory against volume size and history).
@@ -41,8 +41,8 @@
 #   BENCH_TARGETS=...    run only these targets (space-separated; also
 #                        "pairs", "ops", "memory" and "scale", the sections
 #                        after them)
-#   BENCH_PAIRS=8        pairs: randread slices of vsnapfs and of the
-#   BENCH_PAIRS_S=5      pass-through, alternated; how many, how long
+#   BENCH_PAIRS=8        pairs: rounds of randread slices of vsnapfs, the
+#   BENCH_PAIRS_S=5      pass-through and qcow2; how many, how long
 #   BENCH_JOBS=...       run only these fio jobs (space-separated)
 #   BENCH_VSNAPFS_OPTS=  extra arguments of every vsnapfs mount, e.g.
 #                        "-o spare_chunks=16" (the results say which)
@@ -901,18 +901,19 @@ if want vsnapfs-depth64; then
 fi
 
 # ============================================================================
-# randread pairs: vsnapfs and the pass-through mounted side by side
+# randread pairs: vsnapfs, the pass-through and qcow2 mounted side by side
 # ============================================================================
 
 # The randread rows above measure each target for RT seconds, minutes
 # apart.  On this shared machine the CPU time every process spends per read
 # drifts by a third over minutes (fio's own as much as the daemons'), and a
-# ratio of two such rows carries that drift.  Here a fresh vsnapfs volume
-# and a fresh plain file under the pass-through, written alike, are mounted
-# at once, and short randread slices alternate between them (ABBA: odd pairs
-# vsnapfs first, even pairs the pass-through first), so that each pair's
-# ratio has both sides measured seconds apart.  Per slice: IOPS, the
-# daemon's CPU per read and fio's; the median pair is the figure.
+# ratio of two such rows carries that drift.  Here a fresh vsnapfs volume,
+# a fresh plain file under the pass-through and a qcow2 overlay over a base
+# converted from that file (as the qsd-qcow2 target), written alike, are
+# mounted at once, and short randread slices go round them (odd rounds
+# vsnapfs first, even rounds last), so that each round's ratios have every
+# side measured seconds apart.  Per slice: IOPS, the daemon's CPU per read
+# and fio's; the median round is the figure.
 
 # pair_slice FILE NAME: one randread slice of FILE, served by daemon NAME;
 # sets PAIR_IOPS, PAIR_DCPU (the daemon's µs of CPU per read) and
@@ -931,52 +932,66 @@ pair_slice() {
 		| @tsv' "$out")
 }
 
+# pairs_median COL VALUE...: the median of the VALUEs (and the lowest and
+# highest) as the last row of the pairs table.
+pairs_median() {
+	local col=$1 lo med hi
+	shift
+	read -r lo med hi < <(printf '%s\n' "$@" | sort -g |
+		awk '{ a[NR] = $1 } END { printf "%s %.2f %s\n", a[1], (a[int((NR + 1) / 2)] + a[int(NR / 2) + 1]) / 2, a[NR] }')
+	kv pairs "median (lowest, highest)" "$col" "$med ($lo, $hi)"
+}
+
 PAIRS_N=${BENCH_PAIRS:-8}
 PAIRS_S=${BENCH_PAIRS_S:-5}
 if want pairs; then
-	log "randread pairs: a fresh vsnapfs volume and a plain file, $PAIRS_N pairs of $PAIRS_S s"
-	mkdir -p "$W/pairs/vs" "$W/pairs/pt"
+	log "randread pairs: fresh vsnapfs volume, plain file, qcow2; $PAIRS_N rounds of $PAIRS_S s each"
+	mkdir -p "$W/pairs/vs" "$W/pairs/pt" "$W/pairs/qcow2"
 	truncate -s "$DISK" "$W/pairs/disk.raw"
 	fill "$W/pairs/disk.raw" "$DISK"
+	fg qemu-img convert -f raw -O qcow2 "$W/pairs/disk.raw" "$W/pairs/qcow2/base.qcow2"
+	qemu-img create -q -f qcow2 -b "$W/pairs/qcow2/base.qcow2" -F qcow2 "$W/pairs/qcow2/top.qcow2"
 	vs pvs "$W/pairs/store" "$W/pairs/vs"
 	truncate -s "$DISK" "$W/pairs/vs/vol"
 	fill "$W/pairs/vs/vol" "$DISK"
 	stop pvs
-	warm "$W/pairs/disk.raw" "$W"/pairs/store/chunks/*
+	warm "$W/pairs/disk.raw" "$W/pairs/qcow2/base.qcow2" "$W"/pairs/store/chunks/*
 	vs pvs "$W/pairs/store" "$W/pairs/vs"
 	start ppt passthrough "$W/pairs/pt" "$PT" "$W/pairs/disk.raw" "$W/pairs/pt"
+	qsd pqsd "$W/pairs/qcow2" top.qcow2
 	exec {HOLD}<"$W/pairs/vs/vol"
+	declare -A P_FILE=([vsnapfs]=$W/pairs/vs/vol [fuse-passthrough]=$W/pairs/pt/disk
+			   [qsd-qcow2]=$W/pairs/qcow2/disk)
+	declare -A P_NAME=([vsnapfs]=pvs [fuse-passthrough]=ppt [qsd-qcow2]=pqsd)
+	declare -A P_IOPS=()
+	r_pt=() r_qsd=()
 	settle pairs
-	ratios=()
 	for ((i = 1; i <= PAIRS_N; i++)); do
-		order="vsnapfs fuse-passthrough"
-		[ $((i % 2)) -eq 0 ] && order="fuse-passthrough vsnapfs"
+		order="vsnapfs fuse-passthrough qsd-qcow2"
+		[ $((i % 2)) -eq 0 ] && order="qsd-qcow2 fuse-passthrough vsnapfs"
 		for t in $order; do
-			if [ "$t" = vsnapfs ]; then
-				pair_slice "$W/pairs/vs/vol" pvs || break 2
-			else
-				pair_slice "$W/pairs/pt/disk" ppt || break 2
-			fi
-			kv pairs "pair $i" "$t IOPS" "$PAIR_IOPS"
-			kv pairs "pair $i" "$t: daemon CPU per read, µs" "$PAIR_DCPU"
-			kv pairs "pair $i" "$t: fio CPU per read, µs" "$PAIR_FCPU"
-			[ "$t" = vsnapfs ] && vs_iops=$PAIR_IOPS || pt_iops=$PAIR_IOPS
+			pair_slice "${P_FILE[$t]}" "${P_NAME[$t]}" || break 2
+			kv pairs "round $i" "$t IOPS" "$PAIR_IOPS"
+			kv pairs "round $i" "$t: daemon CPU per read, µs" "$PAIR_DCPU"
+			kv pairs "round $i" "$t: fio CPU per read, µs" "$PAIR_FCPU"
+			P_IOPS[$t]=$PAIR_IOPS
 		done
-		r=$(awk -v a="$vs_iops" -v b="$pt_iops" 'BEGIN { printf "%.2f", a / b }')
-		kv pairs "pair $i" "vsnapfs / fuse-passthrough" "$r"
-		ratios+=("$r")
+		r_pt+=("$(awk -v a="${P_IOPS[vsnapfs]}" -v b="${P_IOPS[fuse-passthrough]}" 'BEGIN { printf "%.2f", a / b }')")
+		r_qsd+=("$(awk -v a="${P_IOPS[vsnapfs]}" -v b="${P_IOPS[qsd-qcow2]}" 'BEGIN { printf "%.2f", a / b }')")
+		kv pairs "round $i" "vsnapfs / fuse-passthrough" "${r_pt[-1]}"
+		kv pairs "round $i" "vsnapfs / qsd-qcow2" "${r_qsd[-1]}"
 	done
-	if [ ${#ratios[@]} -eq "$PAIRS_N" ]; then
-		read -r lo med hi < <(printf '%s\n' "${ratios[@]}" | sort -g |
-			awk '{ a[NR] = $1 } END { printf "%s %.2f %s\n", a[1], (a[int((NR + 1) / 2)] + a[int(NR / 2) + 1]) / 2, a[NR] }')
-		kv pairs "median (lowest, highest)" "vsnapfs / fuse-passthrough" "$med ($lo, $hi)"
+	if [ ${#r_pt[@]} -eq "$PAIRS_N" ]; then
+		pairs_median "vsnapfs / fuse-passthrough" "${r_pt[@]}"
+		pairs_median "vsnapfs / qsd-qcow2" "${r_qsd[@]}"
 	else
-		problem "randread pairs: fio or a daemon failed in pair $((${#ratios[@]} + 1)) (see logs/)"
+		problem "randread pairs: fio or a daemon failed in round $((${#r_pt[@]} + 1)) (see logs/)"
 	fi
 	exec {HOLD}<&-
 	HOLD=
 	daemon_done pvs startup "randread pairs: vsnapfs"
 	daemon_done ppt startup "randread pairs: fuse-passthrough"
+	daemon_done pqsd startup "randread pairs: qsd-qcow2"
 	rm -rf "$W/pairs"
 fi
 
