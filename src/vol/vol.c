@@ -1112,9 +1112,9 @@ static int read_failed(struct vol *v, uint64_t first, uint32_t at, const struct 
  * in turn when they are not cached.  So each run is first read only if it
  * is all in the page cache (chunk_read_cached: what a cached run costs is
  * its read alone); the runs that would wait are then asked for together
- * (chunk_prefetch), and read.  A window that is one run (a random 4 KiB
- * read) is read at once: it has nothing to wait beside, and the probe's
- * preadv2 costs more than a pread.
+ * (chunk_prefetch), and read.  A window that is one run of whole blocks
+ * (a random read of a block) is read at once: it has nothing to wait
+ * beside, and the probe's preadv2 costs more than a pread.
  */
 static int read_window(struct vol *v, uint64_t first, uint32_t n, uint32_t lo, size_t len,
 		       uint8_t *dst, bool last_try)

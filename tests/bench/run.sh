@@ -18,15 +18,15 @@
 #   vsnapfs-depth64   a volume with 64 snapshots in its history, each
 #                     generation having written a different random 1/64
 #
-# then randread slices of vsnapfs, the pass-through and qcow2 in turn (all
-# mounted at once: ratios free of the machine's drift), snapshot/clone/rmdir
+# then randread and fsyncwrite slices of vsnapfs, the pass-through and qcow2
+# in turn (all mounted at once: ratios free of the machine's drift), snapshot/clone/rmdir
 # times, the daemon's memory on a 1 TiB volume, the index size per GiB written, and the scale figures of issue 13 (index
 # per GiB, first read after mount, memory against volume size and history).
 # Results: stdout, and
 # BUILD_DIR/bench/{results.md,results.json,chart.png,logs/}.
 #
 # Environment:
-#   BENCH_RUNTIME=15     seconds per fio job (the full run: 11-12 min)
+#   BENCH_RUNTIME=15     seconds per fio job (the full run: about 24 min)
 #   BENCH_DISK_GIB=4     disk size; ratios are only comparable at 4
 #   BENCH_BIG_GIB=8      the larger volume of the snapshot timings
 #   BENCH_SCATTER_GIB=4  data written at random over the 1 TiB volume
@@ -41,8 +41,9 @@
 #   BENCH_TARGETS=...    run only these targets (space-separated; also
 #                        "pairs", "ops", "memory" and "scale", the sections
 #                        after them)
-#   BENCH_PAIRS=8        pairs: rounds of randread slices of vsnapfs, the
-#   BENCH_PAIRS_S=5      pass-through and qcow2; how many, how long
+#   BENCH_PAIRS=8        pairs: rounds of job slices on vsnapfs, the
+#   BENCH_PAIRS_S=5      pass-through and qcow2 mounted at once; how many,
+#   BENCH_PAIRS_JOBS="randread fsyncwrite"  how long, which jobs
 #   BENCH_JOBS=...       run only these fio jobs (space-separated)
 #   BENCH_VSNAPFS_OPTS=  extra arguments of every vsnapfs mount, e.g.
 #                        "-o spare_chunks=16" (the results say which)
@@ -901,51 +902,99 @@ if want vsnapfs-depth64; then
 fi
 
 # ============================================================================
-# randread pairs: vsnapfs, the pass-through and qcow2 mounted side by side
+# pairs: vsnapfs, the pass-through and qcow2 mounted side by side
 # ============================================================================
 
-# The randread rows above measure each target for RT seconds, minutes
-# apart.  On this shared machine the CPU time every process spends per read
-# drifts by a third over minutes (fio's own as much as the daemons'), and a
-# ratio of two such rows carries that drift.  Here a fresh vsnapfs volume,
-# a fresh plain file under the pass-through and a qcow2 overlay over a base
-# converted from that file (as the qsd-qcow2 target), written alike, are
-# mounted at once, and short randread slices go round them (odd rounds
-# vsnapfs first, even rounds last), so that each round's ratios have every
-# side measured seconds apart.  Per slice: IOPS, the daemon's CPU per read
-# and fio's; the median round is the figure.
+# The job rows above measure each target for RT seconds, minutes apart.  On
+# this shared machine the CPU time every process spends per I/O drifts by a
+# third over minutes (fio's own as much as the daemons'), and whatever else
+# runs meanwhile lands on one target only; a ratio of two rows carries
+# both.  Here a fresh vsnapfs volume, a fresh plain file under the
+# pass-through and a qcow2 overlay over a base converted from that file (as
+# the qsd-qcow2 target), written alike, are mounted at once, and short
+# slices of a job go round them (odd rounds vsnapfs first, even rounds
+# last), so that each round's ratios have every side measured seconds
+# apart: randread, then fsyncwrite (BENCH_PAIRS_JOBS).  Per slice: IOPS,
+# the daemon's CPU per I/O and fio's; the median round is the figure.
+# After a write slice, as after a job, the host's dirty pages are written
+# back and the daemon's background work (GC) is waited for, so that it does
+# not land on the next side's slice.
 
-# pair_slice FILE NAME: one randread slice of FILE, served by daemon NAME;
-# sets PAIR_IOPS, PAIR_DCPU (the daemon's µs of CPU per read) and
-# PAIR_FCPU (fio's), or returns 1.
+# pair_slice JOB TARGET FILE NAME: one slice of JOB on FILE, served by
+# daemon NAME; sets PAIR_IOPS, PAIR_DCPU (the daemon's µs of CPU per I/O)
+# and PAIR_FCPU (fio's), or records the problem and returns 1.
 pair_slice() {
-	local pid=${D_PID[$2]} c0 c1 out=$W/json/pair.json
-	c0=$(cpu_ticks "$pid") || return 1
-	fg -o "$out.stderr" timeout -k 10 $((PAIRS_S + 120)) fio --name=pair --filename="$1" \
-		--size="$DISK" --ioengine=libaio --direct=1 --time_based --runtime="$PAIRS_S" \
-		--rw=randread --bs=4k --iodepth=16 --output-format=json --output="$out" || return 1
-	c1=$(cpu_ticks "$pid") || return 1
-	read -r PAIR_IOPS PAIR_DCPU PAIR_FCPU < <(jq -r --argjson d $((c1 - c0)) --argjson t "$CLK_TCK" '
-		.jobs[0] as $j | ($j.read.total_ios) as $n |
-		[ ($j.read.iops | floor), ($d / $t * 1e6 / $n * 100 | round / 100),
+	local pid=${D_PID[$4]} c0 c1 out=$W/json/pair.json dir=write
+	[ "$1" = randread ] && dir=read
+	# shellcheck disable=SC2046
+	if ! c0=$(cpu_ticks "$pid") || ! fg -o "$out.stderr" timeout -k 10 $((PAIRS_S + 120)) \
+		fio --name=pair --filename="$3" --size="$DISK" --ioengine=libaio --direct=1 \
+		--time_based --runtime="$PAIRS_S" --fallocate=none $(job_args "$1") \
+		--output-format=json --output="$out" || ! c1=$(cpu_ticks "$pid"); then
+		problem "pairs: $1 on $2: fio or the daemon (pid $pid) failed: $(tail -n 3 "$out.stderr" 2>/dev/null | tr '\n' ' ')"
+		return 1
+	fi
+	if ! read -r PAIR_IOPS PAIR_DCPU PAIR_FCPU < <(jq -r --arg d "$dir" \
+		--argjson c $((c1 - c0)) --argjson t "$CLK_TCK" '
+		.jobs[0] as $j | ($j[$d].total_ios) as $n | select($n > 0) |
+		[ ($j[$d].iops | floor), ($c / $t * 1e6 / $n * 100 | round / 100),
 		  (($j.usr_cpu + $j.sys_cpu) / 100 * $j.job_runtime / 1000 * 1e6 / $n * 100 | round / 100) ]
-		| @tsv' "$out")
+		| @tsv' "$out") || [ "$PAIR_IOPS" -eq 0 ]; then
+		problem "pairs: $1 on $2: fio did no I/O"
+		return 1
+	fi
+	if [ "$dir" = write ]; then
+		fg sync -f "$W"
+		idle_after "$pid"
+	fi
 }
 
-# pairs_median COL VALUE...: the median of the VALUEs (and the lowest and
-# highest) as the last row of the pairs table.
+# pairs_median TABLE COL VALUE...: the median of the VALUEs (and the lowest
+# and highest) as the last row of TABLE.
 pairs_median() {
-	local col=$1 lo med hi
-	shift
+	local table=$1 col=$2 lo med hi
+	shift 2
 	read -r lo med hi < <(printf '%s\n' "$@" | sort -g |
 		awk '{ a[NR] = $1 } END { printf "%s %.2f %s\n", a[1], (a[int((NR + 1) / 2)] + a[int(NR / 2) + 1]) / 2, a[NR] }')
-	kv pairs "median (lowest, highest)" "$col" "$med ($lo, $hi)"
+	kv "$table" "median (lowest, highest)" "$col" "$med ($lo, $hi)"
+}
+
+# pairs_job JOB: round 0 (not kept: it warms map pages and slot entries),
+# then PAIRS_N rounds of JOB, into table pairs-JOB.  Returns 1 on a failure.
+pairs_job() {
+	local job=$1 tb=pairs-$1 i t order
+	local -A iops=()
+	local r_pt=() r_qsd=()
+	log "pairs: $job, $PAIRS_N rounds of $PAIRS_S s per side"
+	for ((i = 0; i <= PAIRS_N; i++)); do
+		order="vsnapfs fuse-passthrough qsd-qcow2"
+		[ $((i % 2)) -eq 0 ] && order="qsd-qcow2 fuse-passthrough vsnapfs"
+		for t in $order; do
+			pair_slice "$job" "$t" "${P_FILE[$t]}" "${P_NAME[$t]}" || return 1
+			[ "$i" -gt 0 ] || continue
+			kv "$tb" "round $i" "$t IOPS" "$PAIR_IOPS"
+			kv "$tb" "round $i" "$t: daemon CPU per I/O, µs" "$PAIR_DCPU"
+			kv "$tb" "round $i" "$t: fio CPU per I/O, µs" "$PAIR_FCPU"
+			iops[$t]=$PAIR_IOPS
+		done
+		[ "$i" -gt 0 ] || continue
+		r_pt+=("$(awk -v a="${iops[vsnapfs]}" -v b="${iops[fuse-passthrough]}" 'BEGIN { printf "%.2f", a / b }')")
+		r_qsd+=("$(awk -v a="${iops[vsnapfs]}" -v b="${iops[qsd-qcow2]}" 'BEGIN { printf "%.2f", a / b }')")
+		kv "$tb" "round $i" "vsnapfs / fuse-passthrough" "${r_pt[-1]}"
+		kv "$tb" "round $i" "vsnapfs / qsd-qcow2" "${r_qsd[-1]}"
+	done
+	pairs_median "$tb" "vsnapfs / fuse-passthrough" "${r_pt[@]}"
+	pairs_median "$tb" "vsnapfs / qsd-qcow2" "${r_qsd[@]}"
 }
 
 PAIRS_N=${BENCH_PAIRS:-8}
 PAIRS_S=${BENCH_PAIRS_S:-5}
+PAIRS_JOBS=${BENCH_PAIRS_JOBS:-randread fsyncwrite}
+for j in $PAIRS_JOBS; do
+	[[ " ${JOBS[*]} " == *" $j "* ]] || die "BENCH_PAIRS_JOBS: unknown '$j' (one of: ${JOBS[*]})"
+done
 if want pairs; then
-	log "randread pairs: fresh vsnapfs volume, plain file, qcow2; $PAIRS_N rounds of $PAIRS_S s each"
+	log "pairs: fresh vsnapfs volume, plain file, qcow2 overlay; jobs: $PAIRS_JOBS"
 	mkdir -p "$W/pairs/vs" "$W/pairs/pt" "$W/pairs/qcow2"
 	truncate -s "$DISK" "$W/pairs/disk.raw"
 	fill "$W/pairs/disk.raw" "$DISK"
@@ -959,39 +1008,25 @@ if want pairs; then
 	vs pvs "$W/pairs/store" "$W/pairs/vs"
 	start ppt passthrough "$W/pairs/pt" "$PT" "$W/pairs/disk.raw" "$W/pairs/pt"
 	qsd pqsd "$W/pairs/qcow2" top.qcow2
-	exec {HOLD}<"$W/pairs/vs/vol"
+	# the overlay written whole too, as the qsd-qcow2 target's is by its
+	# seqwrite before its fsyncwrite: no side's writes allocate
+	fill "$W/pairs/qcow2/disk" "$DISK"
 	declare -A P_FILE=([vsnapfs]=$W/pairs/vs/vol [fuse-passthrough]=$W/pairs/pt/disk
 			   [qsd-qcow2]=$W/pairs/qcow2/disk)
 	declare -A P_NAME=([vsnapfs]=pvs [fuse-passthrough]=ppt [qsd-qcow2]=pqsd)
-	declare -A P_IOPS=()
-	r_pt=() r_qsd=()
-	settle pairs
-	for ((i = 1; i <= PAIRS_N; i++)); do
-		order="vsnapfs fuse-passthrough qsd-qcow2"
-		[ $((i % 2)) -eq 0 ] && order="qsd-qcow2 fuse-passthrough vsnapfs"
-		for t in $order; do
-			pair_slice "${P_FILE[$t]}" "${P_NAME[$t]}" || break 2
-			kv pairs "round $i" "$t IOPS" "$PAIR_IOPS"
-			kv pairs "round $i" "$t: daemon CPU per read, µs" "$PAIR_DCPU"
-			kv pairs "round $i" "$t: fio CPU per read, µs" "$PAIR_FCPU"
-			P_IOPS[$t]=$PAIR_IOPS
-		done
-		r_pt+=("$(awk -v a="${P_IOPS[vsnapfs]}" -v b="${P_IOPS[fuse-passthrough]}" 'BEGIN { printf "%.2f", a / b }')")
-		r_qsd+=("$(awk -v a="${P_IOPS[vsnapfs]}" -v b="${P_IOPS[qsd-qcow2]}" 'BEGIN { printf "%.2f", a / b }')")
-		kv pairs "round $i" "vsnapfs / fuse-passthrough" "${r_pt[-1]}"
-		kv pairs "round $i" "vsnapfs / qsd-qcow2" "${r_qsd[-1]}"
+	for t in "${!P_FILE[@]}"; do     # held open, as by a running VM
+		exec {h}<"${P_FILE[$t]}"
+		HOLDS+=("$h")
 	done
-	if [ ${#r_pt[@]} -eq "$PAIRS_N" ]; then
-		pairs_median "vsnapfs / fuse-passthrough" "${r_pt[@]}"
-		pairs_median "vsnapfs / qsd-qcow2" "${r_qsd[@]}"
-	else
-		problem "randread pairs: fio or a daemon failed in round $((${#r_pt[@]} + 1)) (see logs/)"
-	fi
-	exec {HOLD}<&-
-	HOLD=
-	daemon_done pvs startup "randread pairs: vsnapfs"
-	daemon_done ppt startup "randread pairs: fuse-passthrough"
-	daemon_done pqsd startup "randread pairs: qsd-qcow2"
+	settle pairs
+	for j in $PAIRS_JOBS; do
+		pairs_job "$j" || break
+	done
+	for h in "${HOLDS[@]}"; do exec {h}<&-; done
+	HOLDS=()
+	daemon_done pvs startup "pairs: vsnapfs"
+	daemon_done ppt startup "pairs: fuse-passthrough"
+	daemon_done pqsd startup "pairs: qsd-qcow2"
 	rm -rf "$W/pairs"
 fi
 
