@@ -44,6 +44,8 @@
 #   BENCH_PAIRS=8        pairs: rounds of job slices on vsnapfs, the
 #   BENCH_PAIRS_S=5      pass-through and qcow2 mounted at once; how many,
 #   BENCH_PAIRS_JOBS="randread fsyncwrite"  how long, which jobs
+#   BENCH_OPS_REPS=5     ops: snapshot/clone/rm/rmdir cycles per size (the
+#                        table gives each command's median and range)
 #   BENCH_JOBS=...       run only these fio jobs (space-separated)
 #   BENCH_VSNAPFS_OPTS=  extra arguments of every vsnapfs mount, e.g.
 #                        "-o spare_chunks=16" (the results say which)
@@ -96,7 +98,7 @@ log() { printf '[bench %4ss] %s\n' "$(($(date +%s) - T_START))" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
 for v in RT DISK_GIB BIG_GIB SCATTER_GIB BENCH_SCALE_SEQ_GIB BENCH_SCALE_RAND_GIB BENCH_PAIRS \
-	BENCH_PAIRS_S; do
+	BENCH_PAIRS_S BENCH_OPS_REPS; do
 	[[ ${!v:-1} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer, not '${!v}'"
 done
 [[ ${BENCH_SCALE_SIZES:-1} =~ ^\ *[1-9][0-9]*(\ +[1-9][0-9]*)*\ *$ ]] ||
@@ -1034,21 +1036,34 @@ fi
 # snapshot, clone and rmdir times; index size
 # ============================================================================
 
-# timed TABLE ROW COL CMD...: run CMD (120 s at most), record its time in ms.
-timed() {
-	local t0 rc=0 table=$1 row=$2 col=$3
-	shift 3
+chunks_mib() { du -sm "$1/chunks" | cut -f1; }
+
+# op_ms CMD...: run CMD (120 s at most); OP_MS is its time in ms, or the
+# problem is recorded and 1 returned.
+OPS_REPS=${BENCH_OPS_REPS:-5}
+op_ms() {
+	local t0 rc=0
 	t0=$(now_ms)
 	fg timeout -k 5 120 "$@" || rc=$?
-	if [ $rc -ne 0 ]; then
-		problem "snapshot ops: '$*' failed (status $rc)"
-		kv "$table" "$row" "$col" failed
-		return 0
-	fi
-	kv "$table" "$row" "$col" "$(($(now_ms) - t0))"
+	OP_MS=$(($(now_ms) - t0))
+	[ $rc -eq 0 ] && return 0
+	problem "snapshot ops: '$*' failed (status $rc)"
+	return 1
 }
 
-chunks_mib() { du -sm "$1/chunks" | cut -f1; }
+# ops_kv ROW COL MS...: the median of the MS (with the lowest and highest)
+# into the ops table; "failed" when a cycle failed before it.
+ops_kv() {
+	local row=$1 col=$2
+	shift 2
+	if [ $# -lt "$OPS_REPS" ]; then
+		kv ops "$row" "$col" failed
+		return 0
+	fi
+	kv ops "$row" "$col" "$(printf '%s\n' "$@" | sort -n | awk '{ a[NR] = $1 }
+		END { m = NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2
+		      printf "%g (%d–%d)", m, a[1], a[NR] }')"
+}
 
 # map_load_stall COL VOLUME SIDE: time the first 4 KiB read of VOLUME (it
 # loads the volume's block map: O(its blocks)) while a VM on the volume
@@ -1107,16 +1122,30 @@ if want ops; then
 		exec {HOLD}<"$M/v$s"        # the volume is in use, as by a running VM
 		kv ops "open the volume, ms" "$col" "$(($(now_ms) - t0))"
 		map_load_stall "$col" "$M/v$s" "$M/side"
-		timed ops "mkdir .snapshots/v@s, ms" "$col" mkdir "$M/.snapshots/v$s@s"
-		c0=$(chunks_mib "$W/ops/store")
-		timed ops "cp snapshot to clone (linked), ms" "$col" cp "$M/.snapshots/v$s@s/v$s" "$M/c$s"
-		grown=$(($(chunks_mib "$W/ops/store") - c0))
-		kv ops "store growth from the cp, MiB" "$col" "$grown"
+		# OPS_REPS cycles; each op's median (and range): one run of a
+		# command of a few ms is mostly the host's fsync latency
+		t_mk=() t_cp=() t_rm=() t_rd=() grown=0
+		for ((r = 0; r < OPS_REPS; r++)); do
+			op_ms mkdir "$M/.snapshots/v$s@s" || break
+			t_mk+=("$OP_MS")
+			c0=$(chunks_mib "$W/ops/store")
+			op_ms cp "$M/.snapshots/v$s@s/v$s" "$M/c$s" || break
+			t_cp+=("$OP_MS")
+			g=$(($(chunks_mib "$W/ops/store") - c0))
+			[ "$g" -le "$grown" ] || grown=$g
+			op_ms rm "$M/c$s" || break
+			t_rm+=("$OP_MS")
+			op_ms rmdir "$M/.snapshots/v$s@s" || break
+			t_rd+=("$OP_MS")
+		done
+		ops_kv "mkdir .snapshots/v@s, ms" "$col" "${t_mk[@]}"
+		ops_kv "cp snapshot to clone (linked), ms" "$col" "${t_cp[@]}"
+		kv ops "store growth from the cp, MiB (most of the cycles)" "$col" "$grown"
 		if [ "$grown" -gt $((s * 1024 / 100 + 8)) ]; then
 			problem "snapshot ops: cp of a $s GiB snapshot grew the store by $grown MiB: a full copy, not a linked clone"
 		fi
-		timed ops "rm clone, ms" "$col" rm "$M/c$s"
-		timed ops "rmdir snapshot (merge into the volume), ms" "$col" rmdir "$M/.snapshots/v$s@s"
+		ops_kv "rm clone, ms" "$col" "${t_rm[@]}"
+		ops_kv "rmdir snapshot (merge into the volume), ms" "$col" "${t_rd[@]}"
 		exec {HOLD}<&-
 		HOLD=
 		log "snapshot ops: $s GiB done"
