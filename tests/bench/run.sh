@@ -115,6 +115,10 @@ done
 for j in $SEL_JOBS; do
 	[[ " ${JOBS[*]} " == *" $j "* ]] || die "BENCH_JOBS: unknown '$j' (one of: ${JOBS[*]})"
 done
+PAIRS_JOBS=${BENCH_PAIRS_JOBS:-randread fsyncwrite}
+for j in $PAIRS_JOBS; do
+	[[ " ${JOBS[*]} " == *" $j "* ]] || die "BENCH_PAIRS_JOBS: unknown '$j' (one of: ${JOBS[*]})"
+done
 
 # ---- packages ----------------------------------------------------------------
 
@@ -924,10 +928,13 @@ fi
 
 # pair_slice JOB TARGET FILE NAME: one slice of JOB on FILE, served by
 # daemon NAME; sets PAIR_IOPS, PAIR_DCPU (the daemon's µs of CPU per I/O)
-# and PAIR_FCPU (fio's), or records the problem and returns 1.
+# and PAIR_FCPU (fio's), after a write slice PAIR_BG (the daemon's CPU
+# until idle, s: its GC, as in a job row's "daemon CPU after"; "-" for
+# reads), or records the problem and returns 1.
 pair_slice() {
 	local pid=${D_PID[$4]} c0 c1 out=$W/json/pair.json dir=write
-	[ "$1" = randread ] && dir=read
+	case $1 in *read) dir=read ;; esac
+	: >"$out.stderr"
 	# shellcheck disable=SC2046
 	if ! c0=$(cpu_ticks "$pid") || ! fg -o "$out.stderr" timeout -k 10 $((PAIRS_S + 120)) \
 		fio --name=pair --filename="$3" --size="$DISK" --ioengine=libaio --direct=1 \
@@ -945,9 +952,11 @@ pair_slice() {
 		problem "pairs: $1 on $2: fio did no I/O"
 		return 1
 	fi
+	PAIR_BG=-
 	if [ "$dir" = write ]; then
 		fg sync -f "$W"
 		idle_after "$pid"
+		PAIR_BG=$BG_CPU
 	fi
 }
 
@@ -977,6 +986,8 @@ pairs_job() {
 			kv "$tb" "round $i" "$t IOPS" "$PAIR_IOPS"
 			kv "$tb" "round $i" "$t: daemon CPU per I/O, µs" "$PAIR_DCPU"
 			kv "$tb" "round $i" "$t: fio CPU per I/O, µs" "$PAIR_FCPU"
+			[ "$PAIR_BG" = - ] ||
+				kv "$tb" "round $i" "$t: daemon CPU after the slice, until idle, s" "$PAIR_BG"
 			iops[$t]=$PAIR_IOPS
 		done
 		[ "$i" -gt 0 ] || continue
@@ -991,10 +1002,6 @@ pairs_job() {
 
 PAIRS_N=${BENCH_PAIRS:-8}
 PAIRS_S=${BENCH_PAIRS_S:-5}
-PAIRS_JOBS=${BENCH_PAIRS_JOBS:-randread fsyncwrite}
-for j in $PAIRS_JOBS; do
-	[[ " ${JOBS[*]} " == *" $j "* ]] || die "BENCH_PAIRS_JOBS: unknown '$j' (one of: ${JOBS[*]})"
-done
 if want pairs; then
 	log "pairs: fresh vsnapfs volume, plain file, qcow2 overlay; jobs: $PAIRS_JOBS"
 	mkdir -p "$W/pairs/vs" "$W/pairs/pt" "$W/pairs/qcow2"
@@ -1022,7 +1029,7 @@ if want pairs; then
 	done
 	settle pairs
 	for j in $PAIRS_JOBS; do
-		pairs_job "$j" || break
+		pairs_job "$j" || { problem "pairs: jobs not run after that: $j and any after it"; break; }
 	done
 	for h in "${HOLDS[@]}"; do exec {h}<&-; done
 	HOLDS=()
@@ -1036,7 +1043,8 @@ fi
 # snapshot, clone and rmdir times; index size
 # ============================================================================
 
-chunks_mib() { du -sm "$1/chunks" | cut -f1; }
+# (the daemon removes chunk files in the background: du may see one go)
+chunks_mib() { { du -sm "$1/chunks" 2>/dev/null || true; } | cut -f1; }
 
 # op_ms CMD...: run CMD (120 s at most); OP_MS is its time in ms, or the
 # problem is recorded and 1 returned.
@@ -1052,11 +1060,12 @@ op_ms() {
 }
 
 # ops_kv ROW COL MS...: the median of the MS (with the lowest and highest)
-# into the ops table; "failed" when a cycle failed before it.
+# into the ops table; "failed" when none ran (a failed cycle is a problem
+# already, and the cycles before it count).
 ops_kv() {
 	local row=$1 col=$2
 	shift 2
-	if [ $# -lt "$OPS_REPS" ]; then
+	if [ $# -eq 0 ]; then
 		kv ops "$row" "$col" failed
 		return 0
 	fi
@@ -1131,8 +1140,10 @@ if want ops; then
 			c0=$(chunks_mib "$W/ops/store")
 			op_ms cp "$M/.snapshots/v$s@s/v$s" "$M/c$s" || break
 			t_cp+=("$OP_MS")
-			g=$(($(chunks_mib "$W/ops/store") - c0))
-			[ "$g" -le "$grown" ] || grown=$g
+			c1=$(chunks_mib "$W/ops/store")
+			if [ -n "$c0" ] && [ -n "$c1" ] && [ $((c1 - c0)) -gt "$grown" ]; then
+				grown=$((c1 - c0))
+			fi
 			op_ms rm "$M/c$s" || break
 			t_rm+=("$OP_MS")
 			op_ms rmdir "$M/.snapshots/v$s@s" || break
@@ -1140,7 +1151,11 @@ if want ops; then
 		done
 		ops_kv "mkdir .snapshots/v@s, ms" "$col" "${t_mk[@]}"
 		ops_kv "cp snapshot to clone (linked), ms" "$col" "${t_cp[@]}"
-		kv ops "store growth from the cp, MiB (most of the cycles)" "$col" "$grown"
+		if [ ${#t_cp[@]} -gt 0 ]; then
+			kv ops "store growth from the cp, MiB (largest over the cycles)" "$col" "$grown"
+		else
+			kv ops "store growth from the cp, MiB (largest over the cycles)" "$col" failed
+		fi
 		if [ "$grown" -gt $((s * 1024 / 100 + 8)) ]; then
 			problem "snapshot ops: cp of a $s GiB snapshot grew the store by $grown MiB: a full copy, not a linked clone"
 		fi
