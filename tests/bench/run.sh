@@ -960,14 +960,20 @@ pair_slice() {
 	fi
 }
 
-# pairs_median TABLE COL VALUE...: the median of the VALUEs (and the lowest
+# median_range NUMBER...: "MEDIAN LOWEST HIGHEST" (the median of an even
+# count is the mean of the middle two).
+median_range() {
+	printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 }
+		END { print (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2), a[1], a[NR] }'
+}
+
+# pairs_median TABLE COL RATIO...: the median of the RATIOs (and the lowest
 # and highest) as the last row of TABLE.
 pairs_median() {
 	local table=$1 col=$2 lo med hi
 	shift 2
-	read -r lo med hi < <(printf '%s\n' "$@" | sort -g |
-		awk '{ a[NR] = $1 } END { printf "%s %.2f %s\n", a[1], (a[int((NR + 1) / 2)] + a[int(NR / 2) + 1]) / 2, a[NR] }')
-	kv "$table" "median (lowest, highest)" "$col" "$med ($lo, $hi)"
+	read -r med lo hi < <(median_range "$@")
+	kv "$table" "median (lowest, highest)" "$col" "$(printf '%.2f' "$med") ($lo, $hi)"
 }
 
 # pairs_job JOB: round 0 (not kept: it warms map pages and slot entries),
@@ -1063,15 +1069,14 @@ op_ms() {
 # into the ops table; "failed" when none ran (a failed cycle is a problem
 # already, and the cycles before it count).
 ops_kv() {
-	local row=$1 col=$2
+	local row=$1 col=$2 med lo hi
 	shift 2
 	if [ $# -eq 0 ]; then
 		kv ops "$row" "$col" failed
 		return 0
 	fi
-	kv ops "$row" "$col" "$(printf '%s\n' "$@" | sort -n | awk '{ a[NR] = $1 }
-		END { m = NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2
-		      printf "%g (%d–%d)", m, a[1], a[NR] }')"
+	read -r med lo hi < <(median_range "$@")
+	kv ops "$row" "$col" "$med ($lo–$hi)"
 }
 
 # map_load_stall COL VOLUME SIDE: time the first 4 KiB read of VOLUME (it
