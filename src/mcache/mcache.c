@@ -7,10 +7,11 @@
  * chunk), sorted.  A view record (one per view with at least one page)
  * holds the view's generation, the sequence number of its last
  * invalidation and the list of its pages.  Pages are never edited in
- * place: an update builds a copy (expand the page into one entry per block,
- * apply the edit, pack the runs again: O(256), simple, and the same packing
- * a load uses) and swaps it in.  That is what lets mcache_page_find() run
- * without a lock on a pinned page.
+ * place: an update builds a copy (the extents in front of the edit, the
+ * edit, the extents behind it, each merged into the one before when it
+ * continues it: O(extents), and the same extents as a load's packing of
+ * the page block by block) and swaps it in.  That is what lets
+ * mcache_page_find() run without a lock on a pinned page.
  *
  * Invariants (mcache_check() asserts each one):
  *   M1  every page in the table is in its bucket once, in its view's list,
@@ -432,19 +433,6 @@ static unsigned pack(const struct blk *b, struct ent *e)
 	return n;
 }
 
-static void unpack(const struct mcache_page *pg, bool keep_own, struct blk *b)
-{
-	memset(b, 0, PB * sizeof(*b));
-	for (unsigned k = 0; k < pg->n; k++) {
-		const struct ent *e = &pg->e[k];
-
-		for (unsigned i = 0; i <= e->len_m1; i++)
-			b[e->off + i] = (struct blk){ .chunk = e->chunk,
-						      .slot = e->chunk ? e->slot + i : 0, .mapped = 1,
-						      .own = keep_own && (e->flags & ENT_OWN) };
-	}
-}
-
 /* Map blocks [lo, hi) of the page (offsets) as e says, or unmap them. */
 static void blk_apply(struct blk *b, unsigned lo, unsigned hi, const struct emap_ext *e,
 		      uint64_t first)
@@ -459,11 +447,10 @@ static void blk_apply(struct blk *b, unsigned lo, unsigned hi, const struct emap
 	}
 }
 
-/* A new unlinked, unpinned page of the runs of b.  NULL when out of memory. */
-static struct mcache_page *page_new(const struct blk *b, uint64_t pageno)
+/* A new unlinked, unpinned page of the n packed extents e.  NULL when out
+ * of memory. */
+static struct mcache_page *page_of(const struct ent *e, unsigned n, uint64_t pageno)
 {
-	struct ent e[PB];
-	unsigned n = pack(b, e);
 	struct mcache_page *pg = xmalloc(sizeof(*pg) + n * sizeof(struct ent));
 
 	if (!pg)
@@ -483,6 +470,14 @@ static struct mcache_page *page_new(const struct blk *b, uint64_t pageno)
 			pg->max_chunk = e[k].chunk;
 	}
 	return pg;
+}
+
+/* A new unlinked, unpinned page of the runs of b.  NULL when out of memory. */
+static struct mcache_page *page_new(const struct blk *b, uint64_t pageno)
+{
+	struct ent e[PB];
+
+	return page_of(e, pack(b, e), pageno);
 }
 
 static bool ext_valid(const struct emap_ext *e)
@@ -722,6 +717,62 @@ uint64_t mcache_page_no(const struct mcache_page *pg)
 
 /* --- write-through ------------------------------------------------------- */
 
+/* Append x to out[0, *n), merged into the last extent when it continues
+ * it (pack()'s rule: adjacent, same chunk and flags, consecutive slots). */
+static void ent_push(struct ent *out, unsigned *n, struct ent x)
+{
+	struct ent *l = *n ? &out[*n - 1] : NULL;
+
+	if (l && l->off + l->len_m1 + 1u == x.off && l->flags == x.flags && l->chunk == x.chunk &&
+	    (l->chunk == 0 || x.slot == l->slot + l->len_m1 + 1u)) {
+		l->len_m1 = (uint8_t)(l->len_m1 + x.len_m1 + 1u);
+		return;
+	}
+	out[(*n)++] = x;
+}
+
+/* Push the parts of old's extents inside blocks [from, to) (offsets in the
+ * page) onto out[0, *n); keep_own false clears their own bits. */
+static void push_clipped(const struct mcache_page *old, bool keep_own, unsigned from,
+			 unsigned to, struct ent *out, unsigned *n)
+{
+	for (unsigned k = 0; k < old->n; k++) {
+		struct ent x = old->e[k];
+		unsigned s = x.off > from ? x.off : from;
+		unsigned t = x.off + x.len_m1 + 1u < to ? x.off + x.len_m1 + 1u : to;
+
+		if (s >= t)
+			continue;
+		if (x.chunk)
+			x.slot += s - x.off;
+		x.off = (uint8_t)s;
+		x.len_m1 = (uint8_t)(t - s - 1);
+		if (!keep_own)
+			x.flags &= (uint8_t)~ENT_OWN;
+		ent_push(out, n, x);
+	}
+}
+
+/* The extents of old with blocks [lo, hi) (offsets in the page) mapped as
+ * e says, or unmapped when e is NULL, into out (room for PB); their count.
+ * The same extents as pack() of unpack() and blk_apply(), in O(extents)
+ * rather than through the PB blocks: every write edits a page this way. */
+static unsigned splice(const struct mcache_page *old, bool keep_own, unsigned lo, unsigned hi,
+		       const struct emap_ext *e, uint64_t base, struct ent *out)
+{
+	unsigned n = 0;
+
+	push_clipped(old, keep_own, 0, lo, out, &n);
+	if (e)
+		ent_push(out, &n, (struct ent){
+			.off = (uint8_t)lo, .len_m1 = (uint8_t)(hi - lo - 1),
+			.flags = e->tag == MCACHE_OWN ? ENT_OWN : 0,
+			.slot = e->chunk ? e->slot + (uint32_t)(base + lo - e->lblock) : 0,
+			.chunk = e->chunk });
+	push_clipped(old, keep_own, hi, PB, out, &n);
+	return n;
+}
+
 /* Replace resident page old with a copy where [lo, hi) (absolute, inside
  * the page) is mapped as e says, or unmapped when e is NULL. */
 static void page_edit(struct mcache *mc, struct mcache_page *old, uint64_t lo, uint64_t hi,
@@ -731,12 +782,12 @@ static void page_edit(struct mcache *mc, struct mcache_page *old, uint64_t lo, u
 	struct view *v = old->view;
 	unsigned gen = atomic_load_explicit(&v->gen, memory_order_relaxed);
 	struct mcache_page *pg;
-	struct blk b[PB];
-
+	struct ent x[PB];
 	/* a page of an older generation: its own extents are inherited now */
-	unpack(old, old->gen == gen, b);
-	blk_apply(b, (unsigned)(lo - base), (unsigned)(hi - base), e, base);
-	if (!(pg = page_new(b, old->pageno))) {
+	unsigned n = splice(old, old->gen == gen, (unsigned)(lo - base), (unsigned)(hi - base),
+			    e, base, x);
+
+	if (!(pg = page_of(x, n, old->pageno))) {
 		/* no copy, so no page: the next load rebuilds it */
 		page_drop(mc, old);
 		mc->st.dropped++;
