@@ -405,6 +405,24 @@ static void evict(struct mcache *mc)
 
 /* --- packing ----------------------------------------------------------------- */
 
+/* The first extent of pg that ends after block off (an offset in the
+ * page), or pg->n: extents are sorted and disjoint, so their ends are
+ * sorted too. */
+static unsigned ext_ending_after(const struct mcache_page *pg, unsigned off)
+{
+	unsigned a = 0, z = pg->n;
+
+	while (a < z) {
+		unsigned m = (a + z) / 2;
+
+		if (pg->e[m].off + pg->e[m].len_m1 < off)
+			a = m + 1;
+		else
+			z = m;
+	}
+	return a;
+}
+
 static bool blk_continues(const struct blk *a, const struct blk *b)
 {
 	return b->mapped && b->own == a->own && b->chunk == a->chunk &&
@@ -668,7 +686,7 @@ size_t mcache_page_find(const struct mcache_page *pg, uint64_t lo, uint64_t hi,
 {
 	uint64_t base = pg->pageno << MCACHE_PAGE_SHIFT;
 	bool current = pg->gen == atomic_load_explicit(&pg->view->gen, memory_order_relaxed);
-	unsigned olo, ohi, a = 0, z = pg->n;
+	unsigned olo, ohi;
 	size_t count = 0;
 
 	if (lo < base)
@@ -679,17 +697,7 @@ size_t mcache_page_find(const struct mcache_page *pg, uint64_t lo, uint64_t hi,
 		return 0;
 	olo = (unsigned)(lo - base);
 	ohi = (unsigned)(hi - base);
-	/* the first extent ending after olo: extents are sorted and disjoint,
-	 * so their ends are sorted too */
-	while (a < z) {
-		unsigned m = (a + z) / 2;
-
-		if (pg->e[m].off + pg->e[m].len_m1 < olo)
-			a = m + 1;
-		else
-			z = m;
-	}
-	for (unsigned k = a; k < pg->n && pg->e[k].off < ohi; k++, count++) {
+	for (unsigned k = ext_ending_after(pg, olo); k < pg->n && pg->e[k].off < ohi; k++, count++) {
 		const struct ent *e = &pg->e[k];
 		unsigned s = e->off > olo ? e->off : olo;
 		unsigned t = e->off + e->len_m1 + 1u < ohi ? e->off + e->len_m1 + 1u : ohi;
@@ -731,12 +739,13 @@ static void ent_push(struct ent *out, unsigned *n, struct ent x)
 	out[(*n)++] = x;
 }
 
-/* Push the parts of old's extents inside blocks [from, to) (offsets in the
- * page) onto out[0, *n); keep_own false clears their own bits. */
-static void push_clipped(const struct mcache_page *old, bool keep_own, unsigned from,
-			 unsigned to, struct ent *out, unsigned *n)
+/* Push the parts of extents [k0, k1) of old inside blocks [from, to)
+ * (offsets in the page) onto out[0, *n); keep_own false clears their own
+ * bits. */
+static void push_clipped(const struct mcache_page *old, unsigned k0, unsigned k1, bool keep_own,
+			 unsigned from, unsigned to, struct ent *out, unsigned *n)
 {
-	for (unsigned k = 0; k < old->n; k++) {
+	for (unsigned k = k0; k < k1; k++) {
 		struct ent x = old->e[k];
 		unsigned s = x.off > from ? x.off : from;
 		unsigned t = x.off + x.len_m1 + 1u < to ? x.off + x.len_m1 + 1u : to;
@@ -755,22 +764,38 @@ static void push_clipped(const struct mcache_page *old, bool keep_own, unsigned 
 
 /* The extents of old with blocks [lo, hi) (offsets in the page) mapped as
  * e says, or unmapped when e is NULL, into out (room for PB); their count.
- * The same extents as pack() of unpack() and blk_apply(), in O(extents)
- * rather than through the PB blocks: every write edits a page this way. */
+ * The same extents as pack() of the page expanded block by block with the
+ * edit applied, without going through the PB blocks: every write edits a
+ * page this way.  keep_own false (a page of an older generation) clears
+ * every own bit, which may make any two neighbours mergeable: each extent
+ * is pushed.  Otherwise the old extents are maximal (M2), so only the
+ * edit's neighbours can merge, and those in front of and behind the ones
+ * the edit touches are copied as they are. */
 static unsigned splice(const struct mcache_page *old, bool keep_own, unsigned lo, unsigned hi,
 		       const struct emap_ext *e, uint64_t base, struct ent *out)
 {
-	unsigned n = 0;
+	const unsigned on = old->n;
+	unsigned n = 0, i = 0, j = on;
 
-	push_clipped(old, keep_own, 0, lo, out, &n);
+	if (keep_own) {
+		/* [0, i) end at or before lo; j is the first ending behind hi */
+		i = ext_ending_after(old, lo);
+		j = ext_ending_after(old, hi);
+		memcpy(out, old->e, i * sizeof(*out));
+		n = i;
+		if (j < on)
+			j++;
+	}
+	push_clipped(old, i, j, keep_own, 0, lo, out, &n);
 	if (e)
 		ent_push(out, &n, (struct ent){
 			.off = (uint8_t)lo, .len_m1 = (uint8_t)(hi - lo - 1),
 			.flags = e->tag == MCACHE_OWN ? ENT_OWN : 0,
 			.slot = e->chunk ? e->slot + (uint32_t)(base + lo - e->lblock) : 0,
 			.chunk = e->chunk });
-	push_clipped(old, keep_own, hi, PB, out, &n);
-	return n;
+	push_clipped(old, i, j, keep_own, hi, PB, out, &n);
+	memcpy(out + n, old->e + j, (on - j) * sizeof(*out));
+	return n + (on - j);
 }
 
 /* Replace resident page old with a copy where [lo, hi) (absolute, inside
