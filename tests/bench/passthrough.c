@@ -46,6 +46,7 @@
 
 static int backing_fd = -1;     /* const after main() opened it */
 static int parallel_dio = 1;    /* const after main(): PT_PARALLEL_DIRECT_WRITES */
+static const char *null_buf;    /* const after main(): PT_NULL's zeros, or NULL */
 
 static int pt_stat(fuse_ino_t ino, struct stat *st)
 {
@@ -160,6 +161,10 @@ static void pt_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	void *buf = NULL;
 	ssize_t n;
 
+	if (null_buf) {
+		fuse_reply_buf(req, null_buf, size < PT_MAX_WRITE ? size : PT_MAX_WRITE);
+		return;
+	}
 	/* Page-aligned, like vsnapfs's read buffer. */
 	if (posix_memalign(&buf, 4096, size ? size : 1)) {
 		fuse_reply_err(req, ENOMEM);
@@ -176,7 +181,7 @@ static void pt_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 static void pt_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size,
 		     off_t off, struct fuse_file_info *fi)
 {
-	size_t done = 0;
+	size_t done = null_buf ? size : 0;
 
 	while (done < size) {
 		ssize_t n = pwrite(backing_fd, buf + done, size - done, off + (off_t)done);
@@ -207,7 +212,7 @@ static void pt_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 
 static void pt_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
 {
-	int rc = datasync ? fdatasync(backing_fd) : fsync(backing_fd);
+	int rc = null_buf ? 0 : datasync ? fdatasync(backing_fd) : fsync(backing_fd);
 
 	fuse_reply_err(req, rc < 0 ? errno : 0);
 }
@@ -283,6 +288,11 @@ int main(int argc, char *argv[])
 	}
 	if (getenv("PT_PARALLEL_DIRECT_WRITES") && !strcmp(getenv("PT_PARALLEL_DIRECT_WRITES"), "0"))
 		parallel_dio = 0;
+	if (getenv("PT_NULL") && !strcmp(getenv("PT_NULL"), "1") &&
+	    !(null_buf = calloc(1, PT_MAX_WRITE))) {
+		fprintf(stderr, "passthrough: out of memory\n");
+		return 1;
+	}
 	backing_fd = open(argv[1], O_RDWR | O_CLOEXEC);
 	if (backing_fd < 0) {
 		fprintf(stderr, "passthrough: %s: %s\n", argv[1], strerror(errno));
@@ -319,5 +329,6 @@ out_session:
 out:
 	fuse_opt_free_args(&args);
 	close(backing_fd);
+	free((void *)null_buf);
 	return status;
 }

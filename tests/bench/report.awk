@@ -29,8 +29,8 @@ BEGIN {
 	title["startup"] = "Setup and start-up, per target"
 	title["host"] = "The host file system alone (no FUSE): new pages and blocks against written ones"
 	title["index"] = "Index (SQLite) size after unmount"
-	title["pairs-randread"] = "Pairs, randread: vsnapfs, fuse-passthrough and qsd-qcow2 mounted side by side, slices in turn"
-	title["pairs-fsyncwrite"] = "Pairs, fsyncwrite: vsnapfs, fuse-passthrough and qsd-qcow2 mounted side by side, slices in turn"
+	for (j in desc)
+		title["pairs-" j] = "Pairs, " j ": vsnapfs, fuse-passthrough, qsd-qcow2 and fuse-null mounted side by side, slices in turn"
 	title["ops"] = "Snapshot, linked clone and delete on vsnapfs (wall time of the command)"
 	title["memory"] = "vsnapfs daemon memory"
 	title["scale"] = "Scale (issue 13): index, first read and memory, the figures of the issue's table"

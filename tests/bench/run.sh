@@ -42,8 +42,8 @@
 #                        "pairs", "ops", "memory" and "scale", the sections
 #                        after them)
 #   BENCH_PAIRS=8        pairs: rounds of job slices on vsnapfs, the
-#   BENCH_PAIRS_S=5      pass-through and qcow2 mounted at once; how many,
-#   BENCH_PAIRS_JOBS="randread fsyncwrite"  how long, which jobs
+#   BENCH_PAIRS_S=5      pass-through, qcow2 and fuse-null mounted at once;
+#   BENCH_PAIRS_JOBS="randread randwrite fsyncwrite"  how many, how long, which jobs
 #   BENCH_OPS_REPS=5     ops: snapshot/clone/rm/rmdir cycles per size (the
 #                        table gives each command's median and range)
 #   BENCH_JOBS=...       run only these fio jobs (space-separated)
@@ -115,7 +115,7 @@ done
 for j in $SEL_JOBS; do
 	[[ " ${JOBS[*]} " == *" $j "* ]] || die "BENCH_JOBS: unknown '$j' (one of: ${JOBS[*]})"
 done
-PAIRS_JOBS=${BENCH_PAIRS_JOBS:-randread fsyncwrite}
+PAIRS_JOBS=${BENCH_PAIRS_JOBS:-randread randwrite fsyncwrite}
 for j in $PAIRS_JOBS; do
 	[[ " ${JOBS[*]} " == *" $j "* ]] || die "BENCH_PAIRS_JOBS: unknown '$j' (one of: ${JOBS[*]})"
 done
@@ -920,8 +920,13 @@ fi
 # the qsd-qcow2 target), written alike, are mounted at once, and short
 # slices of a job go round them (odd rounds vsnapfs first, even rounds
 # last), so that each round's ratios have every side measured seconds
-# apart: randread, then fsyncwrite (BENCH_PAIRS_JOBS).  Per slice: IOPS,
-# the daemon's CPU per I/O and fio's; the median round is the figure.
+# apart: randread, randwrite, then fsyncwrite (BENCH_PAIRS_JOBS).  Per
+# slice: IOPS, the daemon's CPU per I/O and fio's; the median round is the
+# figure.  A fourth side, fuse-null (the pass-through with PT_NULL=1: no
+# system call behind a request), is the floor of FUSE on this machine:
+# vsnapfs / fuse-null says how much of what any FUSE daemon could serve
+# vsnapfs serves, fuse-null / qsd-qcow2 the highest ratio against qcow2
+# that any FUSE daemon could reach here.
 # After a write slice, as after a job, the host's dirty pages are written
 # back and the daemon's background work (GC) is waited for, so that it does
 # not land on the next side's slice.
@@ -967,6 +972,11 @@ median_range() {
 		END { print (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2), a[1], a[NR] }'
 }
 
+# ratio A B: A / B, two decimals.
+ratio() {
+	awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'
+}
+
 # pairs_median TABLE COL RATIO...: the median of the RATIOs (and the lowest
 # and highest) as the last row of TABLE.
 pairs_median() {
@@ -981,11 +991,11 @@ pairs_median() {
 pairs_job() {
 	local job=$1 tb=pairs-$1 i t order
 	local -A iops=()
-	local r_pt=() r_qsd=()
+	local r_pt=() r_qsd=() r_null=() r_nq=()
 	log "pairs: $job, $PAIRS_N rounds of $PAIRS_S s per side"
 	for ((i = 0; i <= PAIRS_N; i++)); do
-		order="vsnapfs fuse-passthrough qsd-qcow2"
-		[ $((i % 2)) -eq 0 ] && order="qsd-qcow2 fuse-passthrough vsnapfs"
+		order="vsnapfs fuse-passthrough qsd-qcow2 fuse-null"
+		[ $((i % 2)) -eq 0 ] && order="fuse-null qsd-qcow2 fuse-passthrough vsnapfs"
 		for t in $order; do
 			pair_slice "$job" "$t" "${P_FILE[$t]}" "${P_NAME[$t]}" || return 1
 			[ "$i" -gt 0 ] || continue
@@ -997,20 +1007,26 @@ pairs_job() {
 			iops[$t]=$PAIR_IOPS
 		done
 		[ "$i" -gt 0 ] || continue
-		r_pt+=("$(awk -v a="${iops[vsnapfs]}" -v b="${iops[fuse-passthrough]}" 'BEGIN { printf "%.2f", a / b }')")
-		r_qsd+=("$(awk -v a="${iops[vsnapfs]}" -v b="${iops[qsd-qcow2]}" 'BEGIN { printf "%.2f", a / b }')")
+		r_pt+=("$(ratio "${iops[vsnapfs]}" "${iops[fuse-passthrough]}")")
+		r_qsd+=("$(ratio "${iops[vsnapfs]}" "${iops[qsd-qcow2]}")")
+		r_null+=("$(ratio "${iops[vsnapfs]}" "${iops[fuse-null]}")")
+		r_nq+=("$(ratio "${iops[fuse-null]}" "${iops[qsd-qcow2]}")")
 		kv "$tb" "round $i" "vsnapfs / fuse-passthrough" "${r_pt[-1]}"
 		kv "$tb" "round $i" "vsnapfs / qsd-qcow2" "${r_qsd[-1]}"
+		kv "$tb" "round $i" "vsnapfs / fuse-null" "${r_null[-1]}"
+		kv "$tb" "round $i" "fuse-null / qsd-qcow2" "${r_nq[-1]}"
 	done
 	pairs_median "$tb" "vsnapfs / fuse-passthrough" "${r_pt[@]}"
 	pairs_median "$tb" "vsnapfs / qsd-qcow2" "${r_qsd[@]}"
+	pairs_median "$tb" "vsnapfs / fuse-null" "${r_null[@]}"
+	pairs_median "$tb" "fuse-null / qsd-qcow2" "${r_nq[@]}"
 }
 
 PAIRS_N=${BENCH_PAIRS:-8}
 PAIRS_S=${BENCH_PAIRS_S:-5}
 if want pairs; then
-	log "pairs: fresh vsnapfs volume, plain file, qcow2 overlay; jobs: $PAIRS_JOBS"
-	mkdir -p "$W/pairs/vs" "$W/pairs/pt" "$W/pairs/qcow2"
+	log "pairs: fresh vsnapfs volume, plain file, qcow2 overlay, FUSE null; jobs: $PAIRS_JOBS"
+	mkdir -p "$W/pairs/vs" "$W/pairs/pt" "$W/pairs/qcow2" "$W/pairs/null"
 	truncate -s "$DISK" "$W/pairs/disk.raw"
 	fill "$W/pairs/disk.raw" "$DISK"
 	fg qemu-img convert -f raw -O qcow2 "$W/pairs/disk.raw" "$W/pairs/qcow2/base.qcow2"
@@ -1022,13 +1038,16 @@ if want pairs; then
 	warm "$W/pairs/disk.raw" "$W/pairs/qcow2/base.qcow2" "$W"/pairs/store/chunks/*
 	vs pvs "$W/pairs/store" "$W/pairs/vs"
 	start ppt passthrough "$W/pairs/pt" "$PT" "$W/pairs/disk.raw" "$W/pairs/pt"
+	# the floor: the same daemon with nothing behind a request (its file's
+	# size comes from disk.raw, which it never reads or writes)
+	start pnull passthrough "$W/pairs/null" env PT_NULL=1 "$PT" "$W/pairs/disk.raw" "$W/pairs/null"
 	qsd pqsd "$W/pairs/qcow2" top.qcow2
 	# the overlay written whole too, as the qsd-qcow2 target's is by its
 	# seqwrite before its fsyncwrite: no side's writes allocate
 	fill "$W/pairs/qcow2/disk" "$DISK"
 	declare -A P_FILE=([vsnapfs]=$W/pairs/vs/vol [fuse-passthrough]=$W/pairs/pt/disk
-			   [qsd-qcow2]=$W/pairs/qcow2/disk)
-	declare -A P_NAME=([vsnapfs]=pvs [fuse-passthrough]=ppt [qsd-qcow2]=pqsd)
+			   [qsd-qcow2]=$W/pairs/qcow2/disk [fuse-null]=$W/pairs/null/disk)
+	declare -A P_NAME=([vsnapfs]=pvs [fuse-passthrough]=ppt [qsd-qcow2]=pqsd [fuse-null]=pnull)
 	for t in "${!P_FILE[@]}"; do     # held open, as by a running VM
 		exec {h}<"${P_FILE[$t]}"
 		HOLDS+=("$h")
@@ -1042,6 +1061,7 @@ if want pairs; then
 	daemon_done pvs startup "pairs: vsnapfs"
 	daemon_done ppt startup "pairs: fuse-passthrough"
 	daemon_done pqsd startup "pairs: qsd-qcow2"
+	daemon_done pnull startup "pairs: fuse-null"
 	rm -rf "$W/pairs"
 fi
 
@@ -1484,11 +1504,19 @@ for f in "$W"/logs/*.log; do
 done >"$W/daemon-warnings"
 while IFS= read -r l; do problem "daemon log: $l"; done <"$W/daemon-warnings"
 
+PR_ORDER=/sys/module/page_reporting/parameters/page_reporting_order
 ELAPSED=$(($(date +%s) - T_START))
 DATE=$(date -u '+%Y-%m-%d %H:%M UTC')
 printf '%s\n' "${PROBLEMS[@]}" | sed '/^$/d' >"$W/problems"
 HOST="$(nproc) CPUs, $(awk '/MemTotal/ { printf "%.0f GiB RAM", $2 / 1048576 }' /proc/meminfo)"
 HOST="$HOST, kernel $(uname -r), $(stat -f -c %T "$W") on $(df --output=source "$W" | tail -n 1)"
+# A virtual machine whose balloon reports free pages hands them back to the
+# hypervisor: a page taken again (a new page-cache page of a chunk file)
+# faults on the host at its first write (docs/performance.md, "New
+# page-cache pages in this VM").  An order above 10 reports nothing.
+if [ -r "$PR_ORDER" ] && compgen -G "/sys/bus/virtio/drivers/virtio_balloon/virtio*" >/dev/null; then
+	HOST="$HOST, free page reporting (virtio-balloon) order $(cat "$PR_ORDER")"
+fi
 
 awk -v date="$DATE" -v elapsed="$ELAPSED" -v rt="$RT" -v disk="$DISK_GIB" -v host="$HOST" \
     -v build="$BUILD" \
