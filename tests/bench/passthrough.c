@@ -21,8 +21,16 @@
  * in the environment replies to an O_DIRECT open as to any other (no
  * FOPEN_ flags), for an A/B of that flag.
  *
+ * PT_NULL=1 in the environment makes it the floor instead of the ceiling
+ * (the bench's fuse-null side of pairs): a read replies zeros from one
+ * buffer zeroed at start-up (short at the size the file had then), a
+ * write replies "done" and fsync "synced", without a system call.  What
+ * is left is libfuse's loop and the kernel's FUSE round trip, which every
+ * FUSE daemon pays.  (A truncate still truncates the backing file.)
+ *
  * THREADS: the callbacks share only the backing fd, which pread/pwrite
- * use without a lock; nothing else is mutable after start-up.
+ * use without a lock; nothing else is mutable after start-up (the null
+ * buffer and size are set once, before the loop starts).
  */
 #define FUSE_USE_VERSION 314
 #define _GNU_SOURCE
@@ -47,6 +55,7 @@
 static int backing_fd = -1;     /* const after main() opened it */
 static int parallel_dio = 1;    /* const after main(): PT_PARALLEL_DIRECT_WRITES */
 static const char *null_buf;    /* const after main(): PT_NULL's zeros, or NULL */
+static off_t null_size;         /* const after main(): the backing file's size then */
 
 static int pt_stat(fuse_ino_t ino, struct stat *st)
 {
@@ -162,6 +171,10 @@ static void pt_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	ssize_t n;
 
 	if (null_buf) {
+		off_t left = off < null_size ? null_size - off : 0;
+
+		if ((off_t)size > left)
+			size = (size_t)left;
 		fuse_reply_buf(req, null_buf, size < PT_MAX_WRITE ? size : PT_MAX_WRITE);
 		return;
 	}
@@ -297,6 +310,16 @@ int main(int argc, char *argv[])
 	if (backing_fd < 0) {
 		fprintf(stderr, "passthrough: %s: %s\n", argv[1], strerror(errno));
 		return 1;
+	}
+	if (null_buf) {
+		struct stat st;
+
+		if (fstat(backing_fd, &st) < 0) {
+			fprintf(stderr, "passthrough: %s: %s\n", argv[1], strerror(errno));
+			close(backing_fd);
+			return 1;
+		}
+		null_size = st.st_size;
 	}
 	if (fuse_opt_add_arg(&args, argv[0]) ||
 	    fuse_opt_add_arg(&args, "-ofsname=bench-passthrough,subtype=passthrough,"

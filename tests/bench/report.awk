@@ -30,7 +30,7 @@ BEGIN {
 	title["host"] = "The host file system alone (no FUSE): new pages and blocks against written ones"
 	title["index"] = "Index (SQLite) size after unmount"
 	for (j in desc)
-		title["pairs-" j] = "Pairs, " j ": vsnapfs, fuse-passthrough, qsd-qcow2 and fuse-null mounted side by side, slices in turn"
+		title["pairs-" j] = "Pairs, " j ": vsnapfs, fuse-passthrough, qsd-qcow2, fuse-null and raw side by side, slices in turn"
 	title["ops"] = "Snapshot, linked clone and delete on vsnapfs (wall time of the command)"
 	title["memory"] = "vsnapfs daemon memory"
 	title["scale"] = "Scale (issue 13): index, first read and memory, the figures of the issue's table"

@@ -306,7 +306,10 @@ KV_TSV=$W/kv.tsv        # table row column value
 kv() { printf '%s\t%s\t%s\t%s\n' "$@" >>"$KV_TSV"; }
 
 avail_gib() { echo $(($(df -B1 --output=avail "$W" | tail -n 1) / GIB)); }
-NEED=$((DISK_GIB * 5))
+# the pairs hold the most at once: the plain file, raw's own, the qcow2
+# base and its overlay written whole, the vsnapfs store (and its garbage
+# until GC), each DISK
+NEED=$((DISK_GIB * 7))
 [ "$(avail_gib)" -ge "$NEED" ] ||
 	die "$W: $(avail_gib) GiB free; the bench needs $NEED GiB (BENCH_DISK_GIB=$DISK_GIB)"
 log "work dir $W ($(stat -f -c %T "$W"), $(avail_gib) GiB free); $RT s per job," \
@@ -926,26 +929,34 @@ fi
 # system call behind a request), is the floor of FUSE on this machine:
 # vsnapfs / fuse-null says how much of what any FUSE daemon could serve
 # vsnapfs serves, fuse-null / qsd-qcow2 the highest ratio against qcow2
-# that any FUSE daemon could reach here.
+# that any FUSE daemon could reach here.  A fifth, raw, is fio on a plain
+# file of its own with O_DIRECT, no FUSE: the device's side of each job.
+# For fsyncwrite it is what one durable 4 KiB write costs on this host at
+# all, and raw / qsd-qcow2 the highest ratio against qcow2 that a daemon
+# whose writes each cost one device write could reach; for the other jobs
+# it is no bound (raw uses the device, the FUSE sides the page cache).
 # After a write slice, as after a job, the host's dirty pages are written
 # back and the daemon's background work (GC) is waited for, so that it does
 # not land on the next side's slice.
 
 # pair_slice JOB TARGET FILE NAME: one slice of JOB on FILE, served by
-# daemon NAME; sets PAIR_IOPS, PAIR_DCPU (the daemon's µs of CPU per I/O)
+# daemon NAME (empty: no daemon, PAIR_DCPU is "-"); sets PAIR_IOPS, PAIR_DCPU (the daemon's µs of CPU per I/O)
 # and PAIR_FCPU (fio's), after a write slice PAIR_BG (the daemon's CPU
 # until idle, s: its GC, as in a job row's "daemon CPU after"; "-" for
 # reads), or records the problem and returns 1.
 pair_slice() {
-	local pid=${D_PID[$4]} c0 c1 out=$W/json/pair.json dir=write
+	local pid= c0=0 c1=0 out=$W/json/pair.json dir=write
+	[ -z "$4" ] || pid=${D_PID[$4]}
 	case $1 in *read) dir=read ;; esac
 	: >"$out.stderr"
 	# shellcheck disable=SC2046
-	if ! c0=$(cpu_ticks "$pid") || ! fg -o "$out.stderr" timeout -k 10 $((PAIRS_S + 120)) \
+	if { [ -n "$pid" ] && ! c0=$(cpu_ticks "$pid"); } ||
+		! fg -o "$out.stderr" timeout -k 10 $((PAIRS_S + 120)) \
 		fio --name=pair --filename="$3" --size="$DISK" --ioengine=libaio --direct=1 \
 		--time_based --runtime="$PAIRS_S" --fallocate=none $(job_args "$1") \
-		--output-format=json --output="$out" || ! c1=$(cpu_ticks "$pid"); then
-		problem "pairs: $1 on $2: fio or the daemon (pid $pid) failed: $(tail -n 3 "$out.stderr" 2>/dev/null | tr '\n' ' ')"
+		--output-format=json --output="$out" ||
+		{ [ -n "$pid" ] && ! c1=$(cpu_ticks "$pid"); }; then
+		problem "pairs: $1 on $2: fio or the daemon (pid ${pid:-none}) failed: $(tail -n 3 "$out.stderr" 2>/dev/null | tr '\n' ' ')"
 		return 1
 	fi
 	if ! read -r PAIR_IOPS PAIR_DCPU PAIR_FCPU < <(jq -r --arg d "$dir" \
@@ -957,6 +968,7 @@ pair_slice() {
 		problem "pairs: $1 on $2: fio did no I/O"
 		return 1
 	fi
+	[ -n "$pid" ] || PAIR_DCPU=-     # raw: no daemon
 	PAIR_BG=-
 	if [ "$dir" = write ]; then
 		fg sync -f "$W"
@@ -991,16 +1003,17 @@ pairs_median() {
 pairs_job() {
 	local job=$1 tb=pairs-$1 i t order
 	local -A iops=()
-	local r_pt=() r_qsd=() r_null=() r_nq=()
+	local r_pt=() r_qsd=() r_null=() r_nq=() r_rq=()
 	log "pairs: $job, $PAIRS_N rounds of $PAIRS_S s per side"
 	for ((i = 0; i <= PAIRS_N; i++)); do
-		order="vsnapfs fuse-passthrough qsd-qcow2 fuse-null"
-		[ $((i % 2)) -eq 0 ] && order="fuse-null qsd-qcow2 fuse-passthrough vsnapfs"
+		order="vsnapfs fuse-passthrough qsd-qcow2 fuse-null raw"
+		[ $((i % 2)) -eq 0 ] && order="raw fuse-null qsd-qcow2 fuse-passthrough vsnapfs"
 		for t in $order; do
 			pair_slice "$job" "$t" "${P_FILE[$t]}" "${P_NAME[$t]}" || return 1
 			[ "$i" -gt 0 ] || continue
 			kv "$tb" "round $i" "$t IOPS" "$PAIR_IOPS"
-			kv "$tb" "round $i" "$t: daemon CPU per I/O, µs" "$PAIR_DCPU"
+			[ "$PAIR_DCPU" = - ] ||
+				kv "$tb" "round $i" "$t: daemon CPU per I/O, µs" "$PAIR_DCPU"
 			kv "$tb" "round $i" "$t: fio CPU per I/O, µs" "$PAIR_FCPU"
 			[ "$PAIR_BG" = - ] ||
 				kv "$tb" "round $i" "$t: daemon CPU after the slice, until idle, s" "$PAIR_BG"
@@ -1011,24 +1024,30 @@ pairs_job() {
 		r_qsd+=("$(ratio "${iops[vsnapfs]}" "${iops[qsd-qcow2]}")")
 		r_null+=("$(ratio "${iops[vsnapfs]}" "${iops[fuse-null]}")")
 		r_nq+=("$(ratio "${iops[fuse-null]}" "${iops[qsd-qcow2]}")")
+		r_rq+=("$(ratio "${iops[raw]}" "${iops[qsd-qcow2]}")")
 		kv "$tb" "round $i" "vsnapfs / fuse-passthrough" "${r_pt[-1]}"
 		kv "$tb" "round $i" "vsnapfs / qsd-qcow2" "${r_qsd[-1]}"
 		kv "$tb" "round $i" "vsnapfs / fuse-null" "${r_null[-1]}"
 		kv "$tb" "round $i" "fuse-null / qsd-qcow2" "${r_nq[-1]}"
+		kv "$tb" "round $i" "raw / qsd-qcow2" "${r_rq[-1]}"
 	done
 	pairs_median "$tb" "vsnapfs / fuse-passthrough" "${r_pt[@]}"
 	pairs_median "$tb" "vsnapfs / qsd-qcow2" "${r_qsd[@]}"
 	pairs_median "$tb" "vsnapfs / fuse-null" "${r_null[@]}"
 	pairs_median "$tb" "fuse-null / qsd-qcow2" "${r_nq[@]}"
+	pairs_median "$tb" "raw / qsd-qcow2" "${r_rq[@]}"
 }
 
 PAIRS_N=${BENCH_PAIRS:-8}
 PAIRS_S=${BENCH_PAIRS_S:-5}
 if want pairs; then
-	log "pairs: fresh vsnapfs volume, plain file, qcow2 overlay, FUSE null; jobs: $PAIRS_JOBS"
+	log "pairs: fresh vsnapfs volume, plain file, qcow2 overlay, FUSE null, raw; jobs: $PAIRS_JOBS"
 	mkdir -p "$W/pairs/vs" "$W/pairs/pt" "$W/pairs/qcow2" "$W/pairs/null"
-	truncate -s "$DISK" "$W/pairs/disk.raw"
+	truncate -s "$DISK" "$W/pairs/disk.raw" "$W/pairs/raw.img"
 	fill "$W/pairs/disk.raw" "$DISK"
+	# raw's own file: its O_DIRECT writes would drop the pass-through's
+	# cached pages of disk.raw
+	fill "$W/pairs/raw.img" "$DISK"
 	fg qemu-img convert -f raw -O qcow2 "$W/pairs/disk.raw" "$W/pairs/qcow2/base.qcow2"
 	qemu-img create -q -f qcow2 -b "$W/pairs/qcow2/base.qcow2" -F qcow2 "$W/pairs/qcow2/top.qcow2"
 	vs pvs "$W/pairs/store" "$W/pairs/vs"
@@ -1039,15 +1058,17 @@ if want pairs; then
 	vs pvs "$W/pairs/store" "$W/pairs/vs"
 	start ppt passthrough "$W/pairs/pt" "$PT" "$W/pairs/disk.raw" "$W/pairs/pt"
 	# the floor: the same daemon with nothing behind a request (its file's
-	# size comes from disk.raw, which it never reads or writes)
+	# size comes from disk.raw, which it neither reads nor writes)
 	start pnull passthrough "$W/pairs/null" env PT_NULL=1 "$PT" "$W/pairs/disk.raw" "$W/pairs/null"
 	qsd pqsd "$W/pairs/qcow2" top.qcow2
 	# the overlay written whole too, as the qsd-qcow2 target's is by its
 	# seqwrite before its fsyncwrite: no side's writes allocate
 	fill "$W/pairs/qcow2/disk" "$DISK"
 	declare -A P_FILE=([vsnapfs]=$W/pairs/vs/vol [fuse-passthrough]=$W/pairs/pt/disk
-			   [qsd-qcow2]=$W/pairs/qcow2/disk [fuse-null]=$W/pairs/null/disk)
-	declare -A P_NAME=([vsnapfs]=pvs [fuse-passthrough]=ppt [qsd-qcow2]=pqsd [fuse-null]=pnull)
+			   [qsd-qcow2]=$W/pairs/qcow2/disk [fuse-null]=$W/pairs/null/disk
+			   [raw]=$W/pairs/raw.img)
+	declare -A P_NAME=([vsnapfs]=pvs [fuse-passthrough]=ppt [qsd-qcow2]=pqsd [fuse-null]=pnull
+			   [raw]=)
 	for t in "${!P_FILE[@]}"; do     # held open, as by a running VM
 		exec {h}<"${P_FILE[$t]}"
 		HOLDS+=("$h")
@@ -1514,9 +1535,13 @@ HOST="$HOST, kernel $(uname -r), $(stat -f -c %T "$W") on $(df --output=source "
 # hypervisor: a page taken again (a new page-cache page of a chunk file)
 # faults on the host at its first write (docs/performance.md, "New
 # page-cache pages in this VM").  An order above 10 reports nothing.
-if [ -r "$PR_ORDER" ] && compgen -G "/sys/bus/virtio/drivers/virtio_balloon/virtio*" >/dev/null; then
+# VIRTIO_BALLOON_F_REPORTING is feature bit 5 (the features file lists
+# bits from 0, one character each).
+for b in /sys/bus/virtio/drivers/virtio_balloon/virtio*/features; do
+	[ -r "$PR_ORDER" ] && [ -r "$b" ] && [ "$(cut -c6 "$b")" = 1 ] || continue
 	HOST="$HOST, free page reporting (virtio-balloon) order $(cat "$PR_ORDER")"
-fi
+	break
+done
 
 awk -v date="$DATE" -v elapsed="$ELAPSED" -v rt="$RT" -v disk="$DISK_GIB" -v host="$HOST" \
     -v build="$BUILD" \

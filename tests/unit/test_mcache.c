@@ -794,18 +794,21 @@ static void model_write(struct model *md, unsigned vi, uint64_t *rng)
 	struct mview *v = &md->v[vi];
 	uint64_t lo = rng_next(rng) % MB, n = 1 + rng_next(rng) % (rng_next(rng) % 4 ? 8 : 600);
 	unsigned what = rng_next(rng) % 10;
+	/* a fifth of the writes map blocks as inherited (the cache takes
+	 * either; the splice of a page edit must keep both apart) */
+	bool own = rng_next(rng) % 5 != 0;
 	struct emap_ext e;
 
 	if (lo + n > MB)
 		n = MB - lo;
-	e = X(lo, (uint32_t)n, what < 6 ? 1 + rng_next(rng) % 6 : 0, 0, OWN);
+	e = X(lo, (uint32_t)n, what < 6 ? 1 + rng_next(rng) % 6 : 0, 0, own ? OWN : 0);
 	if (e.chunk)
 		e.slot = (uint32_t)(rng_next(rng) % 1000);
 	for (uint64_t i = 0; i < n; i++) {
 		struct mb *d = &v->delta[lo + i];
 
 		if (what < 9)
-			*d = (struct mb){ .kind = e.chunk ? 2 : 1, .chunk = e.chunk, .own = 1,
+			*d = (struct mb){ .kind = e.chunk ? 2 : 1, .chunk = e.chunk, .own = own,
 					  .slot = e.chunk ? e.slot + (uint32_t)i : 0, .in_delta = 1 };
 		else
 			*d = (struct mb){ .in_delta = 1 };      /* a delete: a gap */
