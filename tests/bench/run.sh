@@ -42,8 +42,9 @@
 #                        "pairs", "ops", "memory" and "scale", the sections
 #                        after them)
 #   BENCH_PAIRS=8        pairs: rounds of job slices on vsnapfs, the
-#   BENCH_PAIRS_S=5      pass-through, qcow2 and fuse-null mounted at once;
-#   BENCH_PAIRS_JOBS="randread randwrite fsyncwrite"  how many, how long, which jobs
+#   BENCH_PAIRS_S=5      pass-through, qcow2, fuse-null (mounted at once)
+#   BENCH_PAIRS_JOBS="randread randwrite fsyncwrite"  and raw: how many,
+#                        how long, which jobs
 #   BENCH_OPS_REPS=5     ops: snapshot/clone/rm/rmdir cycles per size (the
 #                        table gives each command's median and range)
 #   BENCH_JOBS=...       run only these fio jobs (space-separated)
@@ -940,8 +941,8 @@ fi
 # not land on the next side's slice.
 
 # pair_slice JOB TARGET FILE NAME: one slice of JOB on FILE, served by
-# daemon NAME (empty: no daemon, PAIR_DCPU is "-"); sets PAIR_IOPS, PAIR_DCPU (the daemon's µs of CPU per I/O)
-# and PAIR_FCPU (fio's), after a write slice PAIR_BG (the daemon's CPU
+# daemon NAME (empty: none, and PAIR_DCPU is "-"); sets PAIR_IOPS,
+# PAIR_DCPU (the daemon's µs of CPU per I/O) and PAIR_FCPU (fio's), after a write slice PAIR_BG (the daemon's CPU
 # until idle, s: its GC, as in a job row's "daemon CPU after"; "-" for
 # reads), or records the problem and returns 1.
 pair_slice() {
