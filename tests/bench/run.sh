@@ -942,9 +942,10 @@ fi
 
 # pair_slice JOB TARGET FILE NAME: one slice of JOB on FILE, served by
 # daemon NAME (empty: none, and PAIR_DCPU is "-"); sets PAIR_IOPS,
-# PAIR_DCPU (the daemon's µs of CPU per I/O) and PAIR_FCPU (fio's), after a write slice PAIR_BG (the daemon's CPU
-# until idle, s: its GC, as in a job row's "daemon CPU after"; "-" for
-# reads), or records the problem and returns 1.
+# PAIR_DCPU (the daemon's µs of CPU per I/O) and PAIR_FCPU (fio's), after
+# a write slice PAIR_BG (the daemon's CPU until idle, s: its GC, as in a
+# job row's "daemon CPU after"; "-" for reads), or records the problem and
+# returns 1.
 pair_slice() {
 	local pid= c0=0 c1=0 out=$W/json/pair.json dir=write
 	[ -z "$4" ] || pid=${D_PID[$4]}
