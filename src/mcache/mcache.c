@@ -423,10 +423,19 @@ static unsigned ext_ending_after(const struct mcache_page *pg, unsigned off)
 	return a;
 }
 
-static bool blk_continues(const struct blk *a, const struct blk *b)
+/* Append x to out[0, *n), merged into the last extent when it continues
+ * it: adjacent, same chunk and flags, consecutive slots (tombstones: slot
+ * 0 throughout).  The one rule for packing a load and splicing an edit. */
+static void ent_push(struct ent *out, unsigned *n, struct ent x)
 {
-	return b->mapped && b->own == a->own && b->chunk == a->chunk &&
-	       (a->chunk == 0 || b->slot == a->slot + 1);
+	struct ent *l = *n ? &out[*n - 1] : NULL;
+
+	if (l && l->off + l->len_m1 + 1u == x.off && l->flags == x.flags && l->chunk == x.chunk &&
+	    (l->chunk == 0 || x.slot == l->slot + l->len_m1 + 1u)) {
+		l->len_m1 = (uint8_t)(l->len_m1 + x.len_m1 + 1u);
+		return;
+	}
+	out[(*n)++] = x;
 }
 
 /* The runs of b[0..PB) as packed extents into e (room for PB); their count. */
@@ -434,20 +443,11 @@ static unsigned pack(const struct blk *b, struct ent *e)
 {
 	unsigned n = 0;
 
-	for (unsigned i = 0; i < PB;) {
-		unsigned j = i + 1;
-
-		if (!b[i].mapped) {
-			i++;
-			continue;
-		}
-		while (j < PB && blk_continues(&b[j - 1], &b[j]))
-			j++;
-		e[n++] = (struct ent){ .off = (uint8_t)i, .len_m1 = (uint8_t)(j - i - 1),
-				       .flags = b[i].own ? ENT_OWN : 0,
-				       .slot = b[i].chunk ? b[i].slot : 0, .chunk = b[i].chunk };
-		i = j;
-	}
+	for (unsigned i = 0; i < PB; i++)
+		if (b[i].mapped)
+			ent_push(e, &n, (struct ent){ .off = (uint8_t)i, .flags = b[i].own ? ENT_OWN : 0,
+						      .slot = b[i].chunk ? b[i].slot : 0,
+						      .chunk = b[i].chunk });
 	return n;
 }
 
@@ -724,20 +724,6 @@ uint64_t mcache_page_no(const struct mcache_page *pg)
 }
 
 /* --- write-through ------------------------------------------------------- */
-
-/* Append x to out[0, *n), merged into the last extent when it continues
- * it (pack()'s rule: adjacent, same chunk and flags, consecutive slots). */
-static void ent_push(struct ent *out, unsigned *n, struct ent x)
-{
-	struct ent *l = *n ? &out[*n - 1] : NULL;
-
-	if (l && l->off + l->len_m1 + 1u == x.off && l->flags == x.flags && l->chunk == x.chunk &&
-	    (l->chunk == 0 || x.slot == l->slot + l->len_m1 + 1u)) {
-		l->len_m1 = (uint8_t)(l->len_m1 + x.len_m1 + 1u);
-		return;
-	}
-	out[(*n)++] = x;
-}
 
 /* Push the parts of extents [k0, k1) of old inside blocks [from, to)
  * (offsets in the page) onto out[0, *n); keep_own false clears their own

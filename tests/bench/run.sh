@@ -18,15 +18,16 @@
 #   vsnapfs-depth64   a volume with 64 snapshots in its history, each
 #                     generation having written a different random 1/64
 #
-# then randread and fsyncwrite slices of vsnapfs, the pass-through and qcow2
-# in turn (all mounted at once: ratios free of the machine's drift), snapshot/clone/rmdir
+# then randread, randwrite and fsyncwrite slices of vsnapfs, the
+# pass-through, qcow2, FUSE with nothing behind it and the device in turn
+# (all at once: ratios free of the machine's drift), snapshot/clone/rmdir
 # times, the daemon's memory on a 1 TiB volume, the index size per GiB written, and the scale figures of issue 13 (index
 # per GiB, first read after mount, memory against volume size and history).
 # Results: stdout, and
 # BUILD_DIR/bench/{results.md,results.json,chart.png,logs/}.
 #
 # Environment:
-#   BENCH_RUNTIME=15     seconds per fio job (the full run: about 24 min)
+#   BENCH_RUNTIME=15     seconds per fio job (the full run: about 37 min)
 #   BENCH_DISK_GIB=4     disk size; ratios are only comparable at 4
 #   BENCH_BIG_GIB=8      the larger volume of the snapshot timings
 #   BENCH_SCATTER_GIB=4  data written at random over the 1 TiB volume
@@ -912,7 +913,7 @@ if want vsnapfs-depth64; then
 fi
 
 # ============================================================================
-# pairs: vsnapfs, the pass-through and qcow2 mounted side by side
+# pairs: vsnapfs, the pass-through, qcow2, fuse-null and raw side by side
 # ============================================================================
 
 # The job rows above measure each target for RT seconds, minutes apart.  On
@@ -1003,9 +1004,9 @@ pairs_median() {
 # pairs_job JOB: round 0 (not kept: it warms map pages and slot entries),
 # then PAIRS_N rounds of JOB, into table pairs-JOB.  Returns 1 on a failure.
 pairs_job() {
-	local job=$1 tb=pairs-$1 i t order
+	local job=$1 tb=pairs-$1 i t r v order
 	local -A iops=()
-	local r_pt=() r_qsd=() r_null=() r_nq=() r_rq=()
+	local -A rs=()          # ratio -> its value in each round
 	log "pairs: $job, $PAIRS_N rounds of $PAIRS_S s per side"
 	for ((i = 0; i <= PAIRS_N; i++)); do
 		order="vsnapfs fuse-passthrough qsd-qcow2 fuse-null raw"
@@ -1022,25 +1023,21 @@ pairs_job() {
 			iops[$t]=$PAIR_IOPS
 		done
 		[ "$i" -gt 0 ] || continue
-		r_pt+=("$(ratio "${iops[vsnapfs]}" "${iops[fuse-passthrough]}")")
-		r_qsd+=("$(ratio "${iops[vsnapfs]}" "${iops[qsd-qcow2]}")")
-		r_null+=("$(ratio "${iops[vsnapfs]}" "${iops[fuse-null]}")")
-		r_nq+=("$(ratio "${iops[fuse-null]}" "${iops[qsd-qcow2]}")")
-		r_rq+=("$(ratio "${iops[raw]}" "${iops[qsd-qcow2]}")")
-		kv "$tb" "round $i" "vsnapfs / fuse-passthrough" "${r_pt[-1]}"
-		kv "$tb" "round $i" "vsnapfs / qsd-qcow2" "${r_qsd[-1]}"
-		kv "$tb" "round $i" "vsnapfs / fuse-null" "${r_null[-1]}"
-		kv "$tb" "round $i" "fuse-null / qsd-qcow2" "${r_nq[-1]}"
-		kv "$tb" "round $i" "raw / qsd-qcow2" "${r_rq[-1]}"
+		for r in $PAIR_RATIOS; do
+			v=$(ratio "${iops[${r%/*}]}" "${iops[${r#*/}]}")
+			rs[$r]+=" $v"
+			kv "$tb" "round $i" "${r%/*} / ${r#*/}" "$v"
+		done
 	done
-	pairs_median "$tb" "vsnapfs / fuse-passthrough" "${r_pt[@]}"
-	pairs_median "$tb" "vsnapfs / qsd-qcow2" "${r_qsd[@]}"
-	pairs_median "$tb" "vsnapfs / fuse-null" "${r_null[@]}"
-	pairs_median "$tb" "fuse-null / qsd-qcow2" "${r_nq[@]}"
-	pairs_median "$tb" "raw / qsd-qcow2" "${r_rq[@]}"
+	for r in $PAIR_RATIOS; do
+		# shellcheck disable=SC2086
+		pairs_median "$tb" "${r%/*} / ${r#*/}" ${rs[$r]}
+	done
 }
 
 PAIRS_N=${BENCH_PAIRS:-8}
+PAIR_RATIOS="vsnapfs/fuse-passthrough vsnapfs/qsd-qcow2 vsnapfs/fuse-null fuse-null/qsd-qcow2
+	     raw/qsd-qcow2"
 PAIRS_S=${BENCH_PAIRS_S:-5}
 if want pairs; then
 	log "pairs: fresh vsnapfs volume, plain file, qcow2 overlay, FUSE null, raw; jobs: $PAIRS_JOBS"
@@ -1199,11 +1196,8 @@ if want ops; then
 		done
 		ops_kv "mkdir .snapshots/v@s, ms" "$col" "${t_mk[@]}"
 		ops_kv "cp snapshot to clone (linked), ms" "$col" "${t_cp[@]}"
-		if [ ${#t_cp[@]} -gt 0 ]; then
-			kv ops "store growth from the cp, MiB (largest over the cycles)" "$col" "$grown"
-		else
-			kv ops "store growth from the cp, MiB (largest over the cycles)" "$col" failed
-		fi
+		[ ${#t_cp[@]} -gt 0 ] || grown=failed
+		kv ops "store growth from the cp, MiB (largest over the cycles)" "$col" "$grown"
 		if [ "$grown" -gt $((s * 1024 / 100 + 8)) ]; then
 			problem "snapshot ops: cp of a $s GiB snapshot grew the store by $grown MiB: a full copy, not a linked clone"
 		fi
@@ -1535,8 +1529,8 @@ HOST="$(nproc) CPUs, $(awk '/MemTotal/ { printf "%.0f GiB RAM", $2 / 1048576 }' 
 HOST="$HOST, kernel $(uname -r), $(stat -f -c %T "$W") on $(df --output=source "$W" | tail -n 1)"
 # A virtual machine whose balloon reports free pages hands them back to the
 # hypervisor: a page taken again (a new page-cache page of a chunk file)
-# faults on the host at its first write (docs/performance.md, "New
-# page-cache pages in this VM").  An order above 10 reports nothing.
+# faults on the host at its first write (docs/performance.md, "Random
+# writes: the FUSE floor, ...").  An order above 10 reports nothing.
 # VIRTIO_BALLOON_F_REPORTING is feature bit 5 (the features file lists
 # bits from 0, one character each).
 for b in /sys/bus/virtio/drivers/virtio_balloon/virtio*/features; do
