@@ -297,15 +297,17 @@ int chunk_spares_limit(struct chunk_store *cs, uint32_t limit);
 /*
  * Spares written ahead (see "Spares written ahead" in src/chunk/chunk.c).
  * True when one may be written now: spares are kept (a limit above 0), none
- * is waiting or being kept, and the active chunk got none yet and is at
- * least half used (or the chunk before it got one).  Whether the store's
+ * is waiting or being kept, and the active chunk got none yet and was
+ * appended to a new file, or is at least half used.  Whether the store's
  * writes call for one is the caller's to judge.
  */
 bool chunk_spare_wanted(struct chunk_store *cs);
 
 /*
  * Write a spare ahead, filled with zeros and synced, if chunk_spare_wanted()
- * still says so: 1 when one was added; 0 when none was wanted, or the limit
+ * still says so, and make the next chunk from it at once if the active chunk
+ * it was written for was appended to a new file and still is the active one:
+ * 1 when one was added; 0 when none was wanted, or the limit
  * fell, stop(ctx) said to stop or a sync failed meanwhile; or a negative
  * errno.  Nothing is left behind but an added spare.  Slow (a chunk file's
  * worth of writes and an fdatasync): call it from a background thread, with

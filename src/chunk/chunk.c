@@ -168,6 +168,7 @@ struct chunk_w {                        /* a chunk this store has written */
 	uint32_t nused;                 /* mu: slots handed out, <= nslots */
 	uint32_t refs;                  /* mu: appends writing + syncs syncing */
 	bool dirty;                     /* mu: written since its last good sync */
+	bool from_spare;                /* const: made from a spare, not appended to a new file */
 };
 
 struct chunk_rfd {                      /* one entry of the read cache */
@@ -252,8 +253,6 @@ struct chunk_store {
 	uint64_t spare_bytes;           /* mu: sum of the spares' sizes */
 	uint64_t spares_prepared;       /* mu: added by chunk_spare_prepare() */
 	uint64_t prepared_for;          /* mu: the active chunk a spare was last written ahead for */
-	uint64_t kept_for;              /* mu: ... and the last one for which it was kept */
-	uint64_t last_active;           /* mu: the chunk active before this one; 0: none */
 
 	struct lock_mutex side_mu;      /* sidecar writes: the fields down to fault */
 	struct side_w *sides;           /* side_mu: sorted by id; open or dirty */
@@ -691,6 +690,7 @@ static int chunk_w_create_locked(struct chunk_store *cs)
 	cs->next_id = id + 1;
 
 	fd = spare_take_locked(cs, name);
+	w->from_spare = fd >= 0;
 	if (fd < 0)
 		fd = openat(cs->dirfd, name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
 	if (fd < 0) {
@@ -708,7 +708,6 @@ static int chunk_w_create_locked(struct chunk_store *cs)
 	w->next = cs->writers;
 	cs->writers = w;
 	old = cs->active;
-	cs->last_active = old ? old->id : 0;
 	cs->active = w;
 	cs->dir_dirty = true;
 	if (old)
@@ -1266,11 +1265,14 @@ uint64_t chunk_spares_prepared(struct chunk_store *cs)
  * chunk_w_create_locked takes like any other.  Its zeros are never read: a
  * zero entry is not a DATA, RELOC or LOG entry.  At most one per active
  * chunk, so that a spare given back when writes pause is not written again
- * and again; and only once that is half used, unless the chunk before got
- * one too (a chunk that fills faster than the background thread looks
- * would otherwise never get one).  Spares' bounds hold: one is written only
- * under the limit, so only while writes come in, and it is given back with
- * the others when they stop.
+ * and again.  For an active chunk made from a spare, once that is half
+ * used: the spare waits for it to fill.  For one appended to a new file
+ * (the first after an open or a pause, or one that filled before the last
+ * spare was ready), at once, and the active chunk is then left for it
+ * (switch_to_spare_locked): each of its syncs pays the commit, however
+ * many slots it has left.  Spares' bounds hold: one is written only under
+ * the limit, so only while writes come in, and it is given back with the
+ * others when they stop.
  */
 static bool spare_wanted_locked(struct chunk_store *cs)
 {
@@ -1279,8 +1281,28 @@ static bool spare_wanted_locked(struct chunk_store *cs)
 	assert(lock_held(&cs->mu));
 	return cs->spare_dirfd >= 0 && !atomic_load(&cs->poisoned) &&
 	       cs->nspares + cs->spare_pending == 0 && cs->spare_limit > 0 &&
-	       a && cs->prepared_for != a->id &&
-	       (a->nused >= cs->nslots / 2 || (cs->last_active && cs->kept_for == cs->last_active));
+	       a && cs->prepared_for != a->id && (!a->from_spare || a->nused >= cs->nslots / 2);
+}
+
+/*
+ * The spare just written ahead for chunk for_id: if that is still the
+ * active chunk and was appended to a new file, make the next chunk from
+ * the spare now.  The old chunk is left as a full one is: appends that hold
+ * slots in it finish, its file is as long as what they wrote, and the log's
+ * next batch starts in the new chunk.  A failure leaves the old one active.
+ */
+static void switch_to_spare_locked(struct chunk_store *cs, uint64_t for_id)
+{
+	int rc;
+
+	assert(lock_held(&cs->mu));
+	if (!cs->active || cs->active->id != for_id || cs->active->from_spare ||
+	    atomic_load(&cs->poisoned))
+		return;
+	rc = chunk_w_create_locked(cs);
+	if (rc)
+		vlog(LOG_WARNING, "chunk %016" PRIx64 ": cannot leave it for the spare written "
+		     "ahead: %s", for_id, strerror(-rc));
 }
 
 bool chunk_spare_wanted(struct chunk_store *cs)
@@ -1346,8 +1368,8 @@ int chunk_spare_prepare(struct chunk_store *cs, bool (*stop)(void *ctx), void *c
 		cs->spares[cs->nspares++] = sp;
 		cs->spare_bytes += sp.bytes;
 		cs->spares_prepared++;
-		cs->kept_for = for_id;
 		kept = true;
+		switch_to_spare_locked(cs, for_id);
 	}
 	lock_mutex_unlock(&cs->mu);
 	if (!kept && fd >= 0 && unlinkat(cs->spare_dirfd, name, 0) != 0 && errno != ENOENT)

@@ -963,53 +963,79 @@ static bool stop_now(void *ctx)
 	return ++*calls > 3;            /* after three MiB of zeros */
 }
 
-Test(chunk, the_next_chunk_is_written_ahead_once_the_active_one_is_half_used)
+/* Chunk file id is "bytes" long. */
+static void chunk_file_is(uint64_t id, uint64_t bytes)
+{
+	char path[256];
+	struct stat st;
+
+	chunk_path(path, sizeof(path), id);
+	cr_assert_eq(stat(path, &st), 0, "%s: %s", path, strerror(errno));
+	cr_assert_eq((uint64_t)st.st_size, bytes, "chunk %" PRIu64 " has %" PRIu64 " bytes",
+		     id, (uint64_t)st.st_size);
+}
+
+Test(chunk, a_spare_is_written_ahead_at_once_for_an_appended_chunk_and_at_half_for_one_made_from_a_spare)
 {
 	const uint32_t bs = 64 << 10;           /* 1024 slots a chunk */
 	const uint32_t half = CHUNK_NSLOTS(bs) / 2;
 	char spare_dir[256], path[512];
 	struct chunk_store *cs = open_store(bs, 0);
-	struct chunk_loc c;
+	struct chunk_loc a, b, c;
 	struct stat st;
 	int calls = 0;
-	ino_t ino;
 
 	snprintf(spare_dir, sizeof(spare_dir), "%s/spare", g_tmp);
 	cr_assert_eq(chunk_spares_enable(cs, spare_dir, 2), 0);
 	cr_assert_not(chunk_spare_wanted(cs), "no chunk yet");
-	for (uint32_t i = 0; i + 1 < half; i++)
-		append_one(cs, bs, 100 + i);
-	cr_assert_not(chunk_spare_wanted(cs), "the active chunk is not half used");
-	cr_assert_eq(chunk_spare_prepare(cs, NULL, NULL), 0);
-	append_one(cs, bs, 99);
-	cr_assert(chunk_spare_wanted(cs));
+	a = append_one(cs, bs, 99);
+	cr_assert_eq(a.chunk_id, 1);
+	cr_assert(chunk_spare_wanted(cs), "chunk 1 was appended to a new file");
 	cr_assert_eq(chunk_spares_limit(cs, 0), 0);
 	cr_assert_not(chunk_spare_wanted(cs), "no spare is kept under a limit of 0");
 	cr_assert_eq(chunk_spares_limit(cs, 2), 0);
 
-	/* stopped after three MiB: nothing added, nothing left behind, and
-	 * not again for this chunk */
+	/* stopped after three MiB: nothing added, nothing left behind, chunk
+	 * 1 still active, and not again for this chunk */
 	cr_assert_eq(chunk_spare_prepare(cs, stop_now, &calls), 0);
 	cr_assert_eq(count_spares(spare_dir), 0);
 	cr_assert_eq(chunk_spare_bytes(cs), 0);
 	cr_assert_not(chunk_spare_wanted(cs), "one was started for this chunk already");
+	cr_assert_eq(append_one(cs, bs, 98).chunk_id, 1);
 
-	/* the next chunk, half used: one is written ahead, whole and synced */
+	/* chunk 2, appended too: one is written ahead, whole and synced, and
+	 * chunk 2 is left for it at once */
 	fill_until(cs, 2, 5000);
-	cr_assert_not(chunk_spare_wanted(cs), "chunk 1 got none kept: chunk 2 waits for half");
-	for (uint32_t i = 0; i < half; i++)
-		append_one(cs, bs, 200 + i);
+	b = append_one(cs, bs, 5555);
+	cr_assert_eq(b.chunk_id, 2);
 	cr_assert(chunk_spare_wanted(cs));
 	cr_assert_eq(chunk_spare_prepare(cs, stop_now, &(int){ -1000 }), 1);
 	cr_assert_eq(chunk_spares_prepared(cs), 1);
-	cr_assert_eq(count_spares(spare_dir), 1);
-	cr_assert_eq(chunk_spare_bytes(cs), CHUNK_FILE_MAX_BYTES(bs));
-	snprintf(path, sizeof(path), "%s/%016" PRIx64 ".spare", spare_dir, (uint64_t)2);
-	cr_assert_eq(stat(path, &st), 0, "%s: %s", path, strerror(errno));
-	cr_assert_eq((uint64_t)st.st_size, CHUNK_FILE_MAX_BYTES(bs));
+	cr_assert_eq(count_spares(spare_dir), 0, "taken by chunk 3");
+	cr_assert_eq(chunk_spare_bytes(cs), 0);
+	chunk_file_is(3, CHUNK_FILE_MAX_BYTES(bs));
 	/* written, not sparse or merely reserved: overwriting it allocates nothing */
+	chunk_path(path, sizeof(path), 3);
+	cr_assert_eq(stat(path, &st), 0);
 	cr_assert_geq((uint64_t)st.st_blocks * 512, CHUNK_FILE_MAX_BYTES(bs));
-	ino = st.st_ino;
+	c = append_one(cs, bs, 77);
+	cr_assert_eq(c.chunk_id, 3, "the next append goes to the spare");
+	chunk_file_is(2, CHUNK_DATA_OFF(bs) + (uint64_t)(b.slot + 1) * bs);
+	cr_assert_eq(chunk_sync(cs), 0);
+	assert_reads(cs, bs, &a, 99);
+	assert_reads(cs, bs, &b, 5555);
+	assert_reads(cs, bs, &c, 77);
+
+	/* chunk 3 was made from a spare: the next waits for it to be half used */
+	cr_assert_not(chunk_spare_wanted(cs), "chunk 3 is not half used");
+	cr_assert_eq(chunk_spare_prepare(cs, NULL, NULL), 0);
+	for (uint32_t i = c.slot + 1; i < half; i++)
+		append_one(cs, bs, 200 + i);
+	cr_assert(chunk_spare_wanted(cs));
+	cr_assert_eq(chunk_spare_prepare(cs, NULL, NULL), 1);
+	cr_assert_eq(chunk_spares_prepared(cs), 2);
+	cr_assert_eq(count_spares(spare_dir), 1, "it waits for chunk 3 to fill");
+	cr_assert_eq(append_one(cs, bs, 76).chunk_id, 3);
 	cr_assert_not(chunk_spare_wanted(cs), "one is waiting");
 	/* given back (writes paused) and wanted again: not for this chunk */
 	cr_assert_eq(chunk_spares_limit(cs, 0), 0);
@@ -1017,27 +1043,22 @@ Test(chunk, the_next_chunk_is_written_ahead_once_the_active_one_is_half_used)
 	cr_assert_eq(chunk_spares_limit(cs, 2), 0);
 	cr_assert_not(chunk_spare_wanted(cs), "a spare was written ahead for this chunk already");
 	cr_assert_eq(chunk_spare_prepare(cs, NULL, NULL), 0);
-	cr_assert_eq(chunk_spares_prepared(cs), 1);
-	/* the chunk after it does want one at once: it got one before */
-	fill_until(cs, 3, 30000);
-	cr_assert(chunk_spare_wanted(cs), "a chunk after one that got a spare");
-	cr_assert_eq(chunk_spare_prepare(cs, NULL, NULL), 1);
-	snprintf(path, sizeof(path), "%s/%016" PRIx64 ".spare", spare_dir, (uint64_t)3);
-	cr_assert_eq(stat(path, &st), 0, "%s: %s", path, strerror(errno));
-	ino = st.st_ino;
+	cr_assert_eq(chunk_spares_prepared(cs), 2);
 
-	/* the next chunk is made from it and reads back what it is given;
-	 * closing the store cuts the zeros it never used */
-	c = next_chunk_from(cs, bs, 4, ino, spare_dir, 77);
+	/* chunk 4, appended: one at once, and chunk 5 is made from it; closing
+	 * the store cuts the zeros it never used */
+	fill_until(cs, 4, 30000);
+	cr_assert(chunk_spare_wanted(cs), "chunk 4 was appended to a new file");
+	cr_assert_eq(chunk_spare_prepare(cs, NULL, NULL), 1);
+	c = append_one(cs, bs, 75);
+	cr_assert_eq(c.chunk_id, 5);
 	cr_assert_eq(chunk_sync(cs), 0);
-	assert_reads(cs, bs, &c, 77);
+	assert_reads(cs, bs, &c, 75);
 	chunk_store_close(cs);
-	chunk_path(path, sizeof(path), 4);
-	cr_assert_eq(stat(path, &st), 0);
-	cr_assert_eq((uint64_t)st.st_size, CHUNK_DATA_OFF(bs) + (uint64_t)(c.slot + 1) * bs,
-		     "chunk 4 keeps %" PRIu64 " bytes", (uint64_t)st.st_size);
+	chunk_file_is(5, CHUNK_DATA_OFF(bs) + (uint64_t)(c.slot + 1) * bs);
 	cs = open_store(bs, 0);
-	assert_reads(cs, bs, &c, 77);
+	assert_reads(cs, bs, &c, 75);
+	assert_reads(cs, bs, &b, 5555);
 	chunk_store_close(cs);
 }
 
