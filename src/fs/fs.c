@@ -53,6 +53,7 @@
 #include "vsnapfs/fs.h"
 #include "vsnapfs/log.h"
 #include "vsnapfs/ns.h"
+#include "vsnapfs/tbuf.h"
 
 /* How long the kernel may trust an entry or attributes without asking.
  * Every change goes through this mount, and the kernel updates its cache
@@ -501,64 +502,10 @@ static void fs_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 	reply_opened(req, f, fi, &a);
 }
 
-/*
- * The buffer a read is served from: one per worker thread, kept while the
- * thread lives and freed when it ends (libfuse ends idle workers).  A fresh
- * 1 MiB allocation per read was an mmap that the kernel faulted in, zeroed
- * and unmapped every time: a fifth of the daemon's CPU on sequential reads
- * (docs/performance.md, "Read buffers").  Page-aligned, so that a layer
- * below may use it for O_DIRECT.  The reply copies it before the next
- * request of the thread is read.
- */
-struct rbuf {
-	void *p;
-	size_t len;
-};
-
-static pthread_key_t rbuf_key;
-static pthread_once_t rbuf_once = PTHREAD_ONCE_INIT;
-static int rbuf_key_rc;
-
-static void rbuf_free(void *x)
-{
-	struct rbuf *b = x;
-
-	free(b->p);
-	free(b);
-}
-
-static void rbuf_init(void)
-{
-	rbuf_key_rc = pthread_key_create(&rbuf_key, rbuf_free);
-}
-
-/* This thread's read buffer, at least size bytes; NULL if out of memory. */
-static void *rbuf_get(size_t size)
-{
-	struct rbuf *b;
-	void *p;
-
-	if (pthread_once(&rbuf_once, rbuf_init) || rbuf_key_rc)
-		return NULL;
-	b = pthread_getspecific(rbuf_key);
-	if (!b) {
-		if (!(b = calloc(1, sizeof(*b))))
-			return NULL;
-		if (pthread_setspecific(rbuf_key, b)) {
-			free(b);
-			return NULL;
-		}
-	}
-	if (b->len < size) {
-		if (posix_memalign(&p, 4096, size) != 0)
-			return NULL;
-		free(b->p);
-		b->p = p;
-		b->len = size;
-	}
-	return b->p;
-}
-
+/* A read is served from this thread's TBUF_READ buffer (vsnapfs/tbuf.h):
+ * a fresh 1 MiB allocation per read was a fifth of the daemon's CPU on
+ * sequential reads (docs/performance.md, "Read buffers").  The reply copies
+ * it before the next request of the thread is read. */
 static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		    struct fuse_file_info *fi)
 {
@@ -570,7 +517,7 @@ static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		return;
 	}
 	/* the kernel bounds size by max_read/max_pages (1 MiB) */
-	if (size && !(buf = rbuf_get(size))) {
+	if (size && !(buf = tbuf_get(TBUF_READ, size))) {
 		reply_fail(req, -ENOMEM, "read", ino);
 		return;
 	}

@@ -1,0 +1,28 @@
+/*
+ * tbuf: page-aligned scratch buffers, one per thread and use, kept while
+ * the thread lives and freed when it ends (libfuse ends idle workers).
+ *
+ * For buffers a thread needs for every request and gives back before its
+ * next one: a fresh 1 MiB allocation each time is an mmap that the kernel
+ * faults in, zeroes and unmaps (docs/performance.md, "Read buffers").
+ * Page-aligned, so that O_DIRECT may read into or write from them.
+ *
+ * Errors:     NULL when out of memory (the thread's old buffer stays).
+ * Threads:    any; a buffer belongs to the thread that got it.
+ */
+#ifndef VSNAPFS_TBUF_H
+#define VSNAPFS_TBUF_H
+
+#include <stddef.h>
+
+enum tbuf_use {
+	TBUF_READ,              /* src/fs: the data of a read reply */
+	TBUF_DIRECT,            /* src/chunk: a write's copy for O_DIRECT */
+	TBUF_USES
+};
+
+/* This thread's buffer for use, at least size bytes (its old contents are
+ * not kept when it grows). */
+void *tbuf_get(enum tbuf_use use, size_t size);
+
+#endif
