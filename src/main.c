@@ -57,6 +57,7 @@
 #define THREADS_MAX             1024u
 #define FLUSH_MS_MAX            3600000u        /* an hour */
 #define MAP_CACHE_MIN           (1u << 20)
+#define DIRECT_WRITES_MAX       (1ull << 30)
 
 struct cmdline {
 	const char *store;      /* as given; argv's */
@@ -70,7 +71,7 @@ struct cmdline {
 
 enum {
 	KEY_BLOCK_SIZE, KEY_FLUSH_MS, KEY_GC_INTERVAL, KEY_SPARE_CHUNKS, KEY_THREADS,
-	KEY_MAP_CACHE, KEY_DEFRAG, KEY_NOCREATE,
+	KEY_MAP_CACHE, KEY_DEFRAG, KEY_NOCREATE, KEY_DIRECT_WRITES,
 	KEY_FOREGROUND, KEY_DEBUG, KEY_SINGLE, KEY_HELP, KEY_VERSION,
 	KEY_RO, KEY_OURS,
 };
@@ -81,6 +82,7 @@ static const struct fuse_opt opt_spec[] = {
 	FUSE_OPT_KEY("gc_interval=", KEY_GC_INTERVAL),
 	FUSE_OPT_KEY("spare_chunks=", KEY_SPARE_CHUNKS),
 	FUSE_OPT_KEY("map_cache=", KEY_MAP_CACHE),
+	FUSE_OPT_KEY("direct_writes=", KEY_DIRECT_WRITES),
 	FUSE_OPT_KEY("defrag", KEY_DEFRAG),
 	FUSE_OPT_KEY("nocreate", KEY_NOCREATE),
 	FUSE_OPT_KEY("threads=", KEY_THREADS),
@@ -145,6 +147,9 @@ static void help(void)
 	       "                           reuse while writes stream in, given back after\n"
 	       "                           %u s without writes; at most 1/64 of the file\n"
 	       "                           system (default %u; 0: none)\n"
+	       "    -o direct_writes=SIZE  write runs of at least SIZE bytes around the\n"
+	       "                           host's page cache (O_DIRECT), in bytes or with\n"
+	       "                           a k/K, m/M or g/G suffix (default %zuK; 0: never)\n"
 	       "    -o threads=N           at most N FUSE worker threads (default %u);\n"
 	       "                           max_threads=N is the same\n"
 	       "    -o nocreate            refuse to create a new store: a missing or\n"
@@ -156,7 +161,8 @@ static void help(void)
 	       "FUSE options (passed through):\n",
 	       CHUNK_BLOCK_MIN >> 10, CHUNK_BLOCK_MAX >> 20, NS_DEFAULT_BLOCK_SIZE,
 	       NS_DEFAULT_FLUSH_MS, MCACHE_DEFAULT_BYTES >> 20, NS_DEFAULT_GC_INTERVAL_S, NS_GC_AFTER_BYTES >> 20,
-	       NS_SPARE_IDLE_MS / 1000, NS_DEFAULT_SPARE_CHUNKS, THREADS_DEFAULT);
+	       NS_SPARE_IDLE_MS / 1000, NS_DEFAULT_SPARE_CHUNKS, (size_t)NS_DEFAULT_DIRECT_WRITES >> 10,
+	       THREADS_DEFAULT);
 	fflush(stdout);
 	fuse_lowlevel_help();
 }
@@ -255,6 +261,14 @@ static int opt_proc(void *data, const char *arg, int key, struct fuse_args *outa
 			cl->bad = true;
 		} else {
 			cl->ns.map_cache_bytes = (size_t)size;
+		}
+		return 0;
+	case KEY_DIRECT_WRITES:
+		if (parse_size(val, &size) < 0 || size > DIRECT_WRITES_MAX) {
+			fprintf(stderr, PROG ": direct_writes=%s: must be 0 to 1G\n", val);
+			cl->bad = true;
+		} else {
+			cl->ns.direct_write_bytes = (size_t)size;
 		}
 		return 0;
 	case KEY_THREADS:
@@ -473,7 +487,8 @@ int main(int argc, char *argv[])
 	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
 	struct cmdline cl = {
 		.threads = THREADS_DEFAULT,
-		.ns = { .spare_chunks = NS_DEFAULT_SPARE_CHUNKS },
+		.ns = { .spare_chunks = NS_DEFAULT_SPARE_CHUNKS,
+			.direct_write_bytes = NS_DEFAULT_DIRECT_WRITES },
 	};
 	struct fuse_loop_config *loop_cfg = NULL;
 	struct fuse_session *se = NULL;

@@ -326,6 +326,17 @@ uint64_t chunk_spares_prepared(struct chunk_store *cs);
  */
 void chunk_entry_cache_limit(struct chunk_store *cs, size_t bytes);
 
+/*
+ * Write every run of at least min_bytes (one chunk_append()'s blocks in one
+ * chunk) with O_DIRECT, around the host's page cache (see "Direct writes" in
+ * src/chunk/chunk.c); 0, the default, never.  Only where the host file
+ * system takes it.  Call at most once, right after chunk_store_open().
+ */
+void chunk_direct_writes(struct chunk_store *cs, size_t min_bytes);
+
+/* Bytes written with O_DIRECT so far. */
+uint64_t chunk_direct_bytes(struct chunk_store *cs);
+
 /* Bytes the entry cache holds now. */
 size_t chunk_entry_cache_bytes(struct chunk_store *cs);
 
@@ -339,6 +350,7 @@ uint64_t chunk_append_count(struct chunk_store *cs);
  * CHUNK_FAULT_* values.
  */
 enum { CHUNK_FAULT_APPEND = 0, CHUNK_FAULT_READ = 1, CHUNK_FAULT_SYNC = 2, CHUNK_FAULT_LOG = 3,
+       CHUNK_FAULT_DIRECT = 4,          /* a direct write, as if the host refused it */
        CHUNK_FAULT_NOPS };
 void chunk_fault_set(struct chunk_store *cs, int op, uint32_t after, int err);
 

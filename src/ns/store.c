@@ -453,6 +453,7 @@ int ns_open(const char *dir, const struct ns_opts *opts, struct ns **out, bool *
 	 * of map_cache on top of it (vsnapfs.8) */
 	chunk_entry_cache_limit(ns->cs, (opts->map_cache_bytes ? opts->map_cache_bytes
 							       : MCACHE_DEFAULT_BYTES) / 8);
+	chunk_direct_writes(ns->cs, opts->direct_write_bytes);
 	if (!ns->readonly) {
 		snprintf(path, sizeof(path), "%s/" STOREDIR_SPARE, ns->dir);
 		ns->spare_max = spare_max(ns, opts->spare_chunks);

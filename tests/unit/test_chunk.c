@@ -1747,3 +1747,86 @@ Test(chunk, read_cached_says_eagain_for_a_run_not_in_the_page_cache)
 	free(buf);
 	chunk_store_close(cs);
 }
+
+/* Append n blocks seeded seed0 + i, for volume blocks lblock0 + i, in one
+ * call, from a buffer 80 bytes past an allocation (where FUSE hands a
+ * write's data); their locs go to locs. */
+static void append_run(struct chunk_store *cs, uint32_t bs, uint32_t n, uint64_t seed0,
+		       struct chunk_loc *locs)
+{
+	uint8_t *raw = malloc((size_t)n * bs + 80);
+	int rc;
+
+	fill_blocks(raw + 80, bs, n, seed0);
+	for (uint32_t i = 0; i < n; i++)
+		locs[i] = (struct chunk_loc){ .lblock = seed0 + i };
+	rc = chunk_append(cs, raw + 80, n, CHUNK_KIND_DATA, locs);
+	free(raw);
+	cr_assert_eq(rc, 0, "chunk_append of %u blocks: %d", n, rc);
+}
+
+static void assert_run_reads(struct chunk_store *cs, uint32_t bs, uint32_t n, uint64_t seed0,
+			     const struct chunk_loc *locs)
+{
+	for (uint32_t i = 0; i < n; i++)
+		assert_reads(cs, bs, &locs[i], seed0 + i);
+}
+
+Test(chunk, runs_of_at_least_direct_min_go_around_the_page_cache_and_read_back)
+{
+	const uint32_t bs = 4096, big = 300, small = 8;   /* 1.17 MiB: a MiB piece and a rest */
+	struct chunk_loc a[300], b[8], c[300], d[300];
+	struct chunk_store *cs = open_store(bs, 0);
+
+	chunk_direct_writes(cs, 256 << 10);
+	append_run(cs, bs, big, 1000, a);
+	cr_assert_eq(chunk_direct_bytes(cs), (uint64_t)big * bs);
+	append_run(cs, bs, small, 2000, b);
+	cr_assert_eq(chunk_direct_bytes(cs), (uint64_t)big * bs, "32 KiB stays buffered");
+	cr_assert_eq(b[0].chunk_id, a[0].chunk_id);
+	cr_assert_eq(b[0].slot, a[big - 1].slot + 1);
+	assert_run_reads(cs, bs, big, 1000, a);
+	assert_run_reads(cs, bs, small, 2000, b);
+
+	/* a host that refuses a direct write (here the run's second piece):
+	 * the rest of the run and every later one buffered, nothing lost */
+	chunk_fault_set(cs, CHUNK_FAULT_DIRECT, 1, EINVAL);
+	append_run(cs, bs, big, 3000, c);
+	chunk_fault_set(cs, CHUNK_FAULT_DIRECT, 0, 0);
+	cr_assert_eq(chunk_direct_bytes(cs), (uint64_t)(big + 256) * bs);
+	append_run(cs, bs, big, 4000, d);
+	cr_assert_eq(chunk_direct_bytes(cs), (uint64_t)(big + 256) * bs);
+	assert_run_reads(cs, bs, big, 3000, c);
+	assert_run_reads(cs, bs, big, 4000, d);
+
+	cr_assert_eq(chunk_sync(cs), 0);
+	chunk_store_close(cs);
+	cs = open_store(bs, 0);
+	assert_run_reads(cs, bs, big, 1000, a);
+	assert_run_reads(cs, bs, small, 2000, b);
+	assert_run_reads(cs, bs, big, 3000, c);
+	assert_run_reads(cs, bs, big, 4000, d);
+	chunk_store_close(cs);
+}
+
+Test(chunk, a_failed_direct_write_fails_the_append)
+{
+	const uint32_t bs = 4096, big = 64;
+	struct chunk_store *cs = open_store(bs, 0);
+	uint8_t *buf = malloc((size_t)big * bs);
+	struct chunk_loc locs[64];
+
+	chunk_direct_writes(cs, 256 << 10);
+	fill_blocks(buf, bs, big, 1);
+	for (uint32_t i = 0; i < big; i++)
+		locs[i] = (struct chunk_loc){ .lblock = i };
+	chunk_fault_set(cs, CHUNK_FAULT_DIRECT, 0, EIO);
+	cr_assert_eq(chunk_append(cs, buf, big, CHUNK_KIND_DATA, locs), -EIO);
+	cr_assert_eq(locs[0].chunk_id, 0, "a failed append hands out no loc");
+	chunk_fault_set(cs, CHUNK_FAULT_DIRECT, 0, 0);
+	cr_assert_eq(chunk_append(cs, buf, big, CHUNK_KIND_DATA, locs), 0);
+	cr_assert_eq(chunk_direct_bytes(cs), (uint64_t)big * bs, "direct again after an EIO");
+	assert_run_reads(cs, bs, big, 1, locs);
+	free(buf);
+	chunk_store_close(cs);
+}
