@@ -306,7 +306,7 @@ bool chunk_spare_wanted(struct chunk_store *cs);
 /*
  * Write a spare ahead, filled with zeros and synced, if chunk_spare_wanted()
  * still says so, and make the next chunk from it at once if the active chunk
- * it was written for was appended to a new file and still is the active one:
+ * was appended to a new file (chunk_spare_switch()):
  * 1 when one was added; 0 when none was wanted, or the limit
  * fell, stop(ctx) said to stop or a sync failed meanwhile; or a negative
  * errno.  Nothing is left behind but an added spare.  Slow (a chunk file's
@@ -314,6 +314,13 @@ bool chunk_spare_wanted(struct chunk_store *cs);
  * no lock held; stop is asked between writes of a MiB.
  */
 int chunk_spare_prepare(struct chunk_store *cs, bool (*stop)(void *ctx), void *ctx);
+
+/*
+ * If a spare waits and the active chunk was appended to a new file, make
+ * the next chunk from the spare now (chunk_spare_prepare() does it too).
+ * For a store whose guests sync after small writes.
+ */
+void chunk_spare_switch(struct chunk_store *cs);
 
 /* How many spares chunk_spare_prepare() has added so far. */
 uint64_t chunk_spares_prepared(struct chunk_store *cs);

@@ -461,8 +461,15 @@ const char *chunk_bad_str(const struct chunk_bad *bad, uint64_t want_lblock, cha
 	return buf;
 }
 
-/* Write all of buf.  0, -ENOSPC when the file system (or quota) is full,
- * else -EIO.  A short write is retried so the kernel tells us why. */
+/* What a failed write tells the caller: -ENOSPC when the file system (or
+ * quota) is full, else -EIO. */
+static int write_err(int err)
+{
+	return (err == ENOSPC || err == EDQUOT) ? -ENOSPC : -EIO;
+}
+
+/* Write all of buf.  0 or write_err().  A short write is retried so the
+ * kernel tells us why. */
 static int pwrite_full(int fd, const void *buf, size_t len, off_t off)
 {
 	const uint8_t *p = buf;
@@ -475,7 +482,7 @@ static int pwrite_full(int fd, const void *buf, size_t len, off_t off)
 
 			if (err == EINTR)
 				continue;
-			return (err == ENOSPC || err == EDQUOT) ? -ENOSPC : -EIO;
+			return write_err(err);
 		}
 		if (n == 0)
 			return -EIO;
@@ -647,10 +654,11 @@ static void chunk_w_put_locked(struct chunk_store *cs, struct chunk_w *w)
  * fd, or -1 (errno set) when there is no spare, the rename failed or the
  * open did; the caller then creates the file.  A spare whose rename failed
  * is forgotten (it stays in the spare directory until the next open adopts
- * it); one that was renamed but could not be opened is deleted.  Assumes mu
- * is held.
+ * it); one that was renamed but could not be opened is deleted.  *bytes:
+ * the spare's size.  With direct writes on, its cached pages are dropped
+ * (see "Direct writes").  Assumes mu is held.
  */
-static int spare_take_locked(struct chunk_store *cs, const char *name)
+static int spare_take_locked(struct chunk_store *cs, const char *name, uint64_t *bytes)
 {
 	char sname[CHUNK_NAME_LEN + 1];
 	struct chunk_spare sp;
@@ -663,6 +671,7 @@ static int spare_take_locked(struct chunk_store *cs, const char *name)
 	}
 	sp = cs->spares[--cs->nspares];
 	cs->spare_bytes -= sp.bytes;
+	*bytes = sp.bytes;
 	spare_name(sname, sp.seq);
 	if (renameat2(cs->spare_dirfd, sname, cs->dirfd, name, RENAME_NOREPLACE) != 0) {
 		vlog(LOG_WARNING, "spare chunk file %s: cannot reuse it: %s", sname,
@@ -689,33 +698,76 @@ static int spare_take_locked(struct chunk_store *cs, const char *name)
  * to a new place, so through the cache each one takes a new page (its
  * allocation, its copy, its dirty accounting, its writeback later) that is
  * seldom read again; the guest caches what it reads itself.  Buffered, 1
- * MiB sequential writes ran at 376-905 MiB/s and cost 1.1-2.6 ms of daemon
- * CPU per MiB here; direct, 1.4-1.6 GiB/s and 0.33 ms (docs/performance.md,
- * "Sequential writes around the page cache").  Smaller runs stay buffered: a
- * 4 KiB O_DIRECT write would wait for the device.
+ * MiB sequential writes into a fresh volume ran at 539-873 MiB/s and cost
+ * 1.2-1.8 ms of daemon CPU per MiB here; direct, 1,191-1,348 MiB/s and
+ * 0.34-0.39 ms (docs/performance.md, "Sequential writes around the page
+ * cache").  Smaller runs stay buffered: a 4 KiB O_DIRECT write would wait
+ * for the device.
  *
- * What does not change: the entries and the log stay buffered (other pages:
- * slots are page-aligned, and a block is a whole number of pages), and
- * chunk_sync() still fdatasyncs the chunk, which
- * flushes the device's cache and commits an appended file's allocation; so
- * durability is what it was.  Reads keep going through the read cache's
- * buffered fds: the kernel drops the cached pages of a range it writes
- * directly, after the write, and a slot is read only once its append has
- * returned.  The data goes through this thread's page-aligned TBUF_DIRECT
- * buffer (FUSE hands a write's data at an offset that is not), a MiB at a
- * time.  A file system that refuses O_DIRECT at open gets buffered writes
- * for that chunk; one that fails a direct write with EINVAL (alignment it
- * does not accept) gets them from then on, with one notice in the log.
+ * What does not change: the entries and the log stay buffered (other
+ * pages: slots are page-aligned, and a block is a whole number of pages),
+ * and chunk_sync() still fdatasyncs the chunk, which flushes the device's
+ * cache and commits an appended file's allocation; so durability is what
+ * it was.  Reads keep going through the read cache's buffered fds: the
+ * kernel drops the cached pages of a range it writes directly, after the
+ * write, and a slot is read only once its append has returned.  The data
+ * goes through this thread's page-aligned TBUF_DIRECT buffer (FUSE hands a
+ * write's data at an offset that is not), a MiB at a time.  A file system
+ * that refuses O_DIRECT, at the open or at a write (EINVAL: alignment it
+ * does not take), gets buffered writes from then on, with one notice in
+ * the log.
+ *
+ * Direct and buffered writes of one file must not meet in one page-cache
+ * folio: the kernel drops the cached folios of a range after writing it
+ * directly, and one that a buffered write dirtied meanwhile cannot be
+ * dropped, which the kernel reports as EIO at the next fdatasync (its
+ * "page cache invalidation failure"): the store would be poisoned.  Slots
+ * are whole pages and a buffered write's folios stay inside the range it
+ * writes, but read-ahead and a spare's zeros (written a MiB at a time) make
+ * large folios that span slots.  So, with direct writes on, the read
+ * cache's fds read no more than they are asked (POSIX_FADV_RANDOM: the
+ * guest reads ahead itself), a spare's cached pages are dropped when it
+ * becomes a chunk (POSIX_FADV_DONTNEED: they are clean, it was synced), and
+ * direct writes are off where the page size does not divide the slots'
+ * offsets.
  */
 #define DIRECT_PIECE (1u << 20)
 static_assert(CHUNK_BLOCK_MIN % 4096 == 0 && DIRECT_PIECE % CHUNK_BLOCK_MAX == 0,
 	      "a direct write's pieces are whole pages and whole blocks");
 
-static int direct_open(struct chunk_store *cs, const char *name)
+/* Direct writes are off from now on, said once. */
+static void direct_refused(struct chunk_store *cs, uint64_t id, int err)
 {
+	if (!atomic_exchange(&cs->direct_failed, true))
+		vlog(LOG_NOTICE, "chunk %016" PRIx64 ": the host refused a direct write (%s): "
+		     "writing through its page cache from now on", id, strerror(err));
+}
+
+static int direct_open(struct chunk_store *cs, uint64_t id, const char *name)
+{
+	int fd;
+
 	if (!cs->direct_min || atomic_load(&cs->direct_failed))
 		return -1;
-	return openat(cs->dirfd, name, O_WRONLY | O_DIRECT | O_CLOEXEC);
+	fd = openat(cs->dirfd, name, O_WRONLY | O_DIRECT | O_CLOEXEC);
+	if (fd < 0 && (errno == EINVAL || errno == EOPNOTSUPP))
+		direct_refused(cs, id, errno);
+	return fd;       /* any other failure: buffered writes for this chunk */
+}
+
+/* One piece, written directly: 0, -EINVAL when the host refuses it, or
+ * write_err(). */
+static int pwrite_direct(int fd, const void *buf, size_t len, off_t off)
+{
+	ssize_t n;
+
+	do
+		n = pwrite(fd, buf, len, off);
+	while (n < 0 && errno == EINTR);
+	if (n < 0)
+		return errno == EINVAL ? -EINVAL : write_err(errno);
+	/* short: write the rest, and the kernel says why if it fails again */
+	return (size_t)n == len ? 0 : pwrite_full(fd, (const uint8_t *)buf + n, len - (size_t)n, off + n);
 }
 
 /* Write len bytes of payload at off of w: directly if they are a run long
@@ -737,12 +789,9 @@ static int write_payload(struct chunk_store *cs, const struct chunk_w *w, const 
 			memcpy(b, src + done, n);
 			rc = chunk_fault_hit(cs, CHUNK_FAULT_DIRECT);
 			if (!rc)
-				rc = pwrite_full(w->dfd, b, n, off + (off_t)done);
+				rc = pwrite_direct(w->dfd, b, n, off + (off_t)done);
 			if (rc == -EINVAL) {
-				if (!atomic_exchange(&cs->direct_failed, true))
-					vlog(LOG_NOTICE, "chunk %016" PRIx64 ": the host refused a "
-					     "direct write (%s): writing through its page cache "
-					     "from now on", w->id, strerror(EINVAL));
+				direct_refused(cs, w->id, EINVAL);
 				break;
 			}
 			if (rc)
@@ -756,6 +805,10 @@ static int write_payload(struct chunk_store *cs, const struct chunk_w *w, const 
 
 void chunk_direct_writes(struct chunk_store *cs, size_t min_bytes)
 {
+	long page = sysconf(_SC_PAGESIZE);
+
+	if (page <= 0 || cs->data_off % (uint64_t)page || cs->block_size % (uint64_t)page)
+		min_bytes = 0;          /* slots would share pages */
 	cs->direct_min = min_bytes;
 }
 
@@ -770,7 +823,7 @@ static int chunk_w_create_locked(struct chunk_store *cs)
 	uint8_t hdr[CHUNK_HEADER_BYTES];
 	char name[CHUNK_NAME_LEN + 1];
 	struct chunk_w *w, *old;
-	uint64_t id = cs->next_id;
+	uint64_t id = cs->next_id, spare_bytes = 0;
 	int fd, rc;
 
 	assert(lock_held(&cs->mu));
@@ -784,8 +837,11 @@ static int chunk_w_create_locked(struct chunk_store *cs)
 	/* Spent whatever happens next: a file may now exist under this id. */
 	cs->next_id = id + 1;
 
-	fd = spare_take_locked(cs, name);
-	w->from_spare = fd >= 0;
+	fd = spare_take_locked(cs, name, &spare_bytes);
+	/* a small one (a chunk left early, then removed) grows like a new file */
+	w->from_spare = fd >= 0 && spare_bytes >= CHUNK_FILE_MAX_BYTES(cs->block_size);
+	if (fd >= 0 && cs->direct_min)
+		(void)posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
 	if (fd < 0)
 		fd = openat(cs->dirfd, name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
 	if (fd < 0) {
@@ -799,7 +855,7 @@ static int chunk_w_create_locked(struct chunk_store *cs)
 
 	w->id = id;
 	w->fd = fd;
-	w->dfd = direct_open(cs, name);
+	w->dfd = direct_open(cs, id, name);
 	w->dirty = true;                /* the header needs syncing too */
 	w->next = cs->writers;
 	cs->writers = w;
@@ -982,6 +1038,8 @@ static int chunk_open_ro(struct chunk_store *cs, uint64_t id, struct chunk_rfd *
 		fd = openat(cs->dirfd, name, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return -errno;
+	if (cs->direct_min)             /* no read-ahead: see "Direct writes" */
+		(void)posix_fadvise(fd, 0, 0, POSIX_FADV_RANDOM);
 	n = pread_full(fd, hdr, sizeof(hdr), 0);
 	if (n < 0) {
 		close(fd);
@@ -1380,24 +1438,34 @@ static bool spare_wanted_locked(struct chunk_store *cs)
 }
 
 /*
- * The spare just written ahead for chunk for_id: if that is still the
- * active chunk and was appended to a new file, make the next chunk from
- * the spare now.  The old chunk is left as a full one is: appends that hold
- * slots in it finish, its file is as long as what they wrote, and the log's
- * next batch starts in the new chunk.  A failure leaves the old one active.
+ * A spare waits and the active chunk was appended to a new file (the one
+ * the spare was written for, or one that filled meanwhile): make the next
+ * chunk from the spare now.  The old chunk is left as a full one is:
+ * appends that hold slots in it finish, its file is as long as what they
+ * wrote, and the log's next batch starts in the new chunk.  A failure
+ * leaves the old one active.
  */
-static void switch_to_spare_locked(struct chunk_store *cs, uint64_t for_id)
+static void switch_to_spare_locked(struct chunk_store *cs)
 {
+	uint64_t id;
 	int rc;
 
 	assert(lock_held(&cs->mu));
-	if (!cs->active || cs->active->id != for_id || cs->active->from_spare ||
+	if (!cs->active || cs->active->from_spare || cs->nspares == 0 ||
 	    atomic_load(&cs->poisoned))
 		return;
+	id = cs->active->id;
 	rc = chunk_w_create_locked(cs);
 	if (rc)
-		vlog(LOG_WARNING, "chunk %016" PRIx64 ": cannot leave it for the spare written "
-		     "ahead: %s", for_id, strerror(-rc));
+		vlog(LOG_WARNING, "chunk %016" PRIx64 ": cannot leave it for a spare: %s", id,
+		     strerror(-rc));
+}
+
+void chunk_spare_switch(struct chunk_store *cs)
+{
+	lock_mutex_lock(&cs->mu);
+	switch_to_spare_locked(cs);
+	lock_mutex_unlock(&cs->mu);
 }
 
 bool chunk_spare_wanted(struct chunk_store *cs)
@@ -1418,7 +1486,6 @@ int chunk_spare_prepare(struct chunk_store *cs, bool (*stop)(void *ctx), void *c
 	char name[CHUNK_NAME_LEN + 1];
 	struct chunk_spare sp;
 	bool kept = false;
-	uint64_t for_id;
 	int fd, rc = 0;
 
 	lock_mutex_lock(&cs->mu);
@@ -1427,7 +1494,7 @@ int chunk_spare_prepare(struct chunk_store *cs, bool (*stop)(void *ctx), void *c
 		return 0;
 	}
 	cs->spare_pending++;            /* holds the place, as a removal does */
-	cs->prepared_for = for_id = cs->active->id;
+	cs->prepared_for = cs->active->id;
 	sp = (struct chunk_spare){ .seq = cs->spare_seq++, .bytes = size };
 	lock_mutex_unlock(&cs->mu);
 
@@ -1464,7 +1531,7 @@ int chunk_spare_prepare(struct chunk_store *cs, bool (*stop)(void *ctx), void *c
 		cs->spare_bytes += sp.bytes;
 		cs->spares_prepared++;
 		kept = true;
-		switch_to_spare_locked(cs, for_id);
+		switch_to_spare_locked(cs);
 	}
 	lock_mutex_unlock(&cs->mu);
 	if (!kept && fd >= 0 && unlinkat(cs->spare_dirfd, name, 0) != 0 && errno != ENOENT)

@@ -337,6 +337,8 @@ static void spares_tick(struct ns *ns, struct spare_watch *sw, int64_t now)
 	if (rc)
 		vlog(LOG_WARNING, "giving back spare chunk files: %s", log_strerror(rc));
 	small = small_synced_writes(ns, sw, now);
+	if (small)
+		chunk_spare_switch(ns->cs);     /* one waits: a removed chunk, or written for the last */
 	if (small && chunk_spare_wanted(ns->cs) && prepare_room(ns)) {
 		rc = chunk_spare_prepare(ns->cs, bg_stopping, ns);
 		if (rc < 0)

@@ -56,6 +56,10 @@ S0=$SEED S1=$((SEED + 1))          # crashwriter seeds of vol0 and vol1
 # the page cache (crashwriter writes runs of 1..8): both paths, into the same
 # chunk files, under every cut.
 VS_OPTS=(-o direct_writes=8K)
+DIRECT=0                           # bytes written directly, summed over the cycles
+direct_bytes() {
+	"$VSNAPCTL" metrics "$MNT" | awk '$1 ~ /^vsnapfs_direct_write_bytes_total/ { print $2 }'
+}
 
 sleep_ms() { sleep "$(($1 / 1000)).$(printf %03d $(($1 % 1000)))"; }
 
@@ -207,6 +211,8 @@ for ((c = 1; c <= CYCLES; c++)); do
 		cat "$T/w0.$c.log" "$T/w1.$c.log"
 		fail "cycle $c: a writer exited (status $VS_STATUS) before the power cut"
 	done
+	d=$(direct_bytes)
+	DIRECT=$((DIRECT + ${d:-0}))
 	: >"$T/cut.$c"
 	kill -USR1 $PCPID                   # POWER CUT
 	vs_kill9 "$MNT"
@@ -251,6 +257,8 @@ for ((c = 1; c <= CYCLES; c++)); do
 	vs_mount "$STORE" "$MNT" "${VS_OPTS[@]}"
 done
 secs=$((SECONDS - start))
+[ "$DIRECT" -gt 0 ] || fail "no block was written with O_DIRECT before any cut (vsnapfs_direct_write_bytes_total)"
+note "written with O_DIRECT before the cuts: $DIRECT bytes"
 
 # the end: a clean shutdown must leave nothing unsynced in the disk's cache
 vs_umount "$MNT"
