@@ -83,7 +83,8 @@
  * Locks (ranks and order: vsnapfs/lock.h): sync_mu before mu; fd_lock is
  * never held together with another lock of this file; side_mu (sidecar
  * writes) is a leaf, taken alone.  Slow I/O runs with no mutex held; the exception is creating a chunk
- * file (an open and one 4 KiB write per 64 MiB of data), done under mu so
+ * file (an open, one 4 KiB write and, from a spare with direct writes on,
+ * dropping its cached pages, per 64 MiB of data), done under mu so
  * that appenders queued behind a full chunk wait for one new chunk instead of
  * racing to create several.
  */
@@ -724,12 +725,15 @@ static int spare_take_locked(struct chunk_store *cs, const char *name, uint64_t 
  * "page cache invalidation failure"): the store would be poisoned.  Slots
  * are whole pages and a buffered write's folios stay inside the range it
  * writes, but read-ahead and a spare's zeros (written a MiB at a time) make
- * large folios that span slots.  So, with direct writes on, the read
- * cache's fds read no more than they are asked (POSIX_FADV_RANDOM: the
- * guest reads ahead itself), a spare's cached pages are dropped when it
- * becomes a chunk (POSIX_FADV_DONTNEED: they are clean, it was synced), and
- * direct writes are off where the page size does not divide the slots'
- * offsets.
+ * large folios that span slots.  So the read cache's fds read no more
+ * than they are asked (POSIX_FADV_RANDOM, in the daemon and in vsnapctl's
+ * own processes, which may read a mounted store: the guest reads ahead
+ * itself), with direct writes on a spare's cached pages are dropped when it
+ * becomes a chunk (POSIX_FADV_DONTNEED under mu: they are clean, it was
+ * synced), and direct writes are off where the page size does not divide
+ * the slots' offsets.  A program outside vsnapfs that reads a mounted
+ * store's chunk files with read-ahead (a copy of the store's directory)
+ * can still make such a folio: back up with vsnapctl send, or unmounted.
  */
 #define DIRECT_PIECE (1u << 20)
 static_assert(CHUNK_BLOCK_MIN % 4096 == 0 && DIRECT_PIECE % CHUNK_BLOCK_MAX == 0,
@@ -739,7 +743,7 @@ static_assert(CHUNK_BLOCK_MIN % 4096 == 0 && DIRECT_PIECE % CHUNK_BLOCK_MAX == 0
 static void direct_refused(struct chunk_store *cs, uint64_t id, int err)
 {
 	if (!atomic_exchange(&cs->direct_failed, true))
-		vlog(LOG_NOTICE, "chunk %016" PRIx64 ": the host refused a direct write (%s): "
+		vlog(LOG_NOTICE, "chunk %016" PRIx64 ": the host refused O_DIRECT (%s): "
 		     "writing through its page cache from now on", id, strerror(err));
 }
 
@@ -756,14 +760,18 @@ static int direct_open(struct chunk_store *cs, uint64_t id, const char *name)
 }
 
 /* One piece, written directly: 0, -EINVAL when the host refuses it, or
- * write_err(). */
-static int pwrite_direct(int fd, const void *buf, size_t len, off_t off)
+ * write_err().  CHUNK_FAULT_DIRECT fails the pwrite itself, with its
+ * errno. */
+static int pwrite_direct(struct chunk_store *cs, int fd, const void *buf, size_t len, off_t off)
 {
 	ssize_t n;
+	int fault;
 
-	do
-		n = pwrite(fd, buf, len, off);
-	while (n < 0 && errno == EINTR);
+	do {
+		fault = chunk_fault_hit(cs, CHUNK_FAULT_DIRECT);
+		errno = -fault;
+		n = fault ? -1 : pwrite(fd, buf, len, off);
+	} while (n < 0 && errno == EINTR);
 	if (n < 0)
 		return errno == EINVAL ? -EINVAL : write_err(errno);
 	/* short: write the rest, and the kernel says why if it fails again */
@@ -787,9 +795,7 @@ static int write_payload(struct chunk_store *cs, const struct chunk_w *w, const 
 			if (!b)
 				break;
 			memcpy(b, src + done, n);
-			rc = chunk_fault_hit(cs, CHUNK_FAULT_DIRECT);
-			if (!rc)
-				rc = pwrite_direct(w->dfd, b, n, off + (off_t)done);
+			rc = pwrite_direct(cs, w->dfd, b, n, off + (off_t)done);
 			if (rc == -EINVAL) {
 				direct_refused(cs, w->id, EINVAL);
 				break;
@@ -1038,8 +1044,8 @@ static int chunk_open_ro(struct chunk_store *cs, uint64_t id, struct chunk_rfd *
 		fd = openat(cs->dirfd, name, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return -errno;
-	if (cs->direct_min)             /* no read-ahead: see "Direct writes" */
-		(void)posix_fadvise(fd, 0, 0, POSIX_FADV_RANDOM);
+	/* no read-ahead, in any process: see "Direct writes" */
+	(void)posix_fadvise(fd, 0, 0, POSIX_FADV_RANDOM);
 	n = pread_full(fd, hdr, sizeof(hdr), 0);
 	if (n < 0) {
 		close(fd);
@@ -1451,7 +1457,9 @@ static void switch_to_spare_locked(struct chunk_store *cs)
 	int rc;
 
 	assert(lock_held(&cs->mu));
+	/* a small spare would be left again at the next look */
 	if (!cs->active || cs->active->from_spare || cs->nspares == 0 ||
+	    cs->spares[cs->nspares - 1].bytes < CHUNK_FILE_MAX_BYTES(cs->block_size) ||
 	    atomic_load(&cs->poisoned))
 		return;
 	id = cs->active->id;

@@ -523,9 +523,9 @@ idle_after() {
 	BG_CPU=$(awk -v d=$((b - c0)) -v t="$CLK_TCK" 'BEGIN { printf "%.2f", d / t }')
 }
 
-# bench TARGET FILE [DAEMON [BACKING]]: the five jobs on FILE; BACKING (a
-# file, or a directory of them) is read into the page cache before each read
-# job.  Around each job:
+# bench TARGET FILE [DAEMON [BACKING]]: the five jobs on FILE; the files
+# matching the pattern BACKING (the target's own data files, not its mount)
+# are read into the page cache before each read job.  Around each job:
 # DAEMON's CPU time from /proc/PID/stat, the whole host's busy time from
 # /proc/stat, the kernel threads' (writeback and journal work, much of it
 # caused by the target), and the lines DAEMON logged meanwhile.  What
@@ -533,6 +533,7 @@ idle_after() {
 # the noise of a shared machine.
 bench() {
 	local target=$1 file=$2 name=${3:-} backing=${4:-} pid= log= job out c0 c1 h0 h1 t0 t1 l0 cpu dir rc wb
+	local -a files
 	local mb iops p99 sp99 ios rts fio_cpu other kth r0 r1 devr
 	if [ -n "$name" ]; then
 		pid=${D_PID[$name]}
@@ -554,7 +555,10 @@ bench() {
 		# the last job cached.  docs/performance.md says what a read
 		# after direct writes costs.
 		if [ -n "$backing" ] && [[ $job == *read ]]; then
-			if [ -d "$backing" ]; then warm "$backing"/*; else warm "$backing"; fi
+			# GC may remove a chunk file meanwhile: what is left is warm
+			mapfile -t files < <(compgen -G "$backing")
+			[ ${#files[@]} -eq 0 ] || cat -- "${files[@]}" >/dev/null 2>&1 || true
+			fg sync -f "$W"
 		fi
 		log "$target: $job (${RT} s)"
 		c0=0
@@ -809,7 +813,7 @@ if want qsd-qcow2; then
 	kv startup qsd-qcow2 "mount, ms" "$MOUNT_MS"
 	first_read qsd-qcow2 "$W/qcow2/disk"
 	exec {HOLD}<"$W/qcow2/disk"
-	bench qsd-qcow2 "$W/qcow2/disk" qsd1 "$W/qcow2"
+	bench qsd-qcow2 "$W/qcow2/disk" qsd1 "$W/qcow2/*.qcow2"
 	exec {HOLD}<&-
 	HOLD=
 	daemon_done qsd1 startup qsd-qcow2
@@ -846,7 +850,7 @@ if want qsd-chain32; then
 	kv startup qsd-chain32 "mount, ms" "$MOUNT_MS"
 	first_read qsd-chain32 "$W/chain/disk"
 	exec {HOLD}<"$W/chain/disk"
-	bench qsd-chain32 "$W/chain/disk" qsd32 "$W/chain"
+	bench qsd-chain32 "$W/chain/disk" qsd32 "$W/chain/l*.qcow2"
 	exec {HOLD}<&-
 	HOLD=
 	daemon_done qsd32 startup qsd-chain32
@@ -884,7 +888,7 @@ vs_flat() {
 	kv startup "$target" "mount, ms" "$MOUNT_MS"
 	first_read "$target" "$d/mnt/vol"
 	exec {HOLD}<"$d/mnt/vol"
-	bench "$target" "$d/mnt/vol" "$key" "$d/store/chunks"
+	bench "$target" "$d/mnt/vol" "$key" "$d/store/chunks/*"
 	exec {HOLD}<&-
 	HOLD=
 	daemon_done "$key" startup "$target"
@@ -916,7 +920,7 @@ if want vsnapfs-depth64; then
 	kv startup vsnapfs-depth64 "mount, ms" "$MOUNT_MS"
 	first_read vsnapfs-depth64 "$V"
 	exec {HOLD}<"$V"
-	bench vsnapfs-depth64 "$V" d64 "$W/d64/store/chunks"
+	bench vsnapfs-depth64 "$V" d64 "$W/d64/store/chunks/*"
 	exec {HOLD}<&-
 	HOLD=
 	daemon_done d64 startup vsnapfs-depth64

@@ -211,7 +211,7 @@ for ((c = 1; c <= CYCLES; c++)); do
 		cat "$T/w0.$c.log" "$T/w1.$c.log"
 		fail "cycle $c: a writer exited (status $VS_STATUS) before the power cut"
 	done
-	d=$(direct_bytes)
+	d=$(direct_bytes || true)       # none read: the check after the cycles says so
 	DIRECT=$((DIRECT + ${d:-0}))
 	: >"$T/cut.$c"
 	kill -USR1 $PCPID                   # POWER CUT
@@ -257,7 +257,9 @@ for ((c = 1; c <= CYCLES; c++)); do
 	vs_mount "$STORE" "$MNT" "${VS_OPTS[@]}"
 done
 secs=$((SECONDS - start))
-[ "$DIRECT" -gt 0 ] || fail "no block was written with O_DIRECT before any cut (vsnapfs_direct_write_bytes_total)"
+# (direct writes are off on hosts with pages over 4 KiB: slots share pages)
+[ "$DIRECT" -gt 0 ] || [ "$(getconf PAGESIZE)" -gt 4096 ] ||
+	fail "no block was written with O_DIRECT before any cut (vsnapfs_direct_write_bytes_total)"
 note "written with O_DIRECT before the cuts: $DIRECT bytes"
 
 # the end: a clean shutdown must leave nothing unsynced in the disk's cache

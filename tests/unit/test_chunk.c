@@ -1932,7 +1932,7 @@ Test(chunk, a_chunk_appended_while_its_predecessors_spare_was_written_is_left_fo
 	chunk_store_close(cs);
 }
 
-Test(chunk, a_chunk_made_from_a_small_spare_wants_one_at_once)
+Test(chunk, a_chunk_made_from_a_small_spare_wants_one_at_once_and_no_small_spare_replaces_it)
 {
 	const uint32_t bs = 64 << 10;
 	char spare_dir[256];
@@ -1944,13 +1944,22 @@ Test(chunk, a_chunk_made_from_a_small_spare_wants_one_at_once)
 	fill_until(cs, 2, 100);
 	cr_assert_eq(append_one(cs, bs, 2).chunk_id, 2);
 	cr_assert_eq(chunk_sync(cs), 0);
-	chunk_store_close(cs);                  /* chunk 2 cut to two slots */
+	chunk_store_close(cs);                  /* chunk 2: a new file, two slots long */
+	cs = open_store(bs, 0);
+	cr_assert_eq(append_one(cs, bs, 3).chunk_id, 3);
+	cr_assert_eq(chunk_sync(cs), 0);
+	chunk_store_close(cs);                  /* chunk 3: one slot */
 	cs = open_store(bs, 0);
 	cr_assert_eq(chunk_spares_enable(cs, spare_dir, 2), 0);
 	cr_assert_eq(chunk_remove(cs, 2), 0);   /* a small spare */
 	cr_assert_eq(count_spares(spare_dir), 1);
-	cr_assert_eq(append_one(cs, bs, 3).chunk_id, 3);
-	chunk_file_is(3, CHUNK_DATA_OFF(bs) + 2 * (uint64_t)bs);      /* the spare's size */
-	cr_assert(chunk_spare_wanted(cs), "chunk 3 grows past its spare's end");
+	cr_assert_eq(append_one(cs, bs, 4).chunk_id, 4);
+	chunk_file_is(4, CHUNK_DATA_OFF(bs) + 2 * (uint64_t)bs);      /* the spare's size */
+	cr_assert(chunk_spare_wanted(cs), "chunk 4 grows past its spare's end");
+	/* another small spare waits: chunk 4 is not left for it */
+	cr_assert_eq(chunk_remove(cs, 3), 0);
+	cr_assert_eq(count_spares(spare_dir), 1);
+	chunk_spare_switch(cs);
+	cr_assert_eq(append_one(cs, bs, 5).chunk_id, 4);
 	chunk_store_close(cs);
 }
