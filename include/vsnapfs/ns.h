@@ -66,7 +66,7 @@ struct ns_opts {
 #define NS_MAX_SPARE_CHUNKS       1024u
 #define NS_SPARE_IDLE_MS          5000u         /* no appends this long: spares are given back */
 #define NS_DEFRAG_MIN_EXTS        64u           /* -o defrag: extents per 256 blocks (16 KiB average) */
-#define NS_DEFAULT_DIRECT_WRITES  (256u << 10)  /* -o direct_writes */
+#define NS_DEFAULT_DIRECT_WRITES  0u            /* -o direct_writes: off (docs/design.md) */
 
 struct ns_attr {
 	uint64_t ino;

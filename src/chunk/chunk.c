@@ -246,6 +246,7 @@ struct chunk_store {
 	size_t ent_max;                 /* const after chunk_entry_cache_limit(): bytes */
 	atomic_size_t ent_bytes;        /* held by the entry cache's pages */
 	size_t direct_min;              /* const after chunk_direct_writes(): bytes; 0: never */
+	bool direct_known;              /* const: chunk_direct_writes() was called (the daemon) */
 	atomic_bool direct_failed;      /* an O_DIRECT write failed with EINVAL: no more */
 	atomic_uint_fast64_t direct_bytes;      /* written with O_DIRECT */
 
@@ -726,9 +727,9 @@ static int spare_take_locked(struct chunk_store *cs, const char *name, uint64_t 
  * are whole pages and a buffered write's folios stay inside the range it
  * writes, but read-ahead and a spare's zeros (written a MiB at a time) make
  * large folios that span slots.  So the read cache's fds read no more
- * than they are asked (POSIX_FADV_RANDOM, in the daemon and in vsnapctl's
- * own processes, which may read a mounted store: the guest reads ahead
- * itself), with direct writes on a spare's cached pages are dropped when it
+ * than they are asked (POSIX_FADV_RANDOM) in a daemon with direct writes on
+ * and in every process that did not say (vsnapctl's, which may read a
+ * mounted store); with direct writes on a spare's cached pages are dropped when it
  * becomes a chunk (POSIX_FADV_DONTNEED under mu: they are clean, it was
  * synced), and direct writes are off where the page size does not divide
  * the slots' offsets.  A program outside vsnapfs that reads a mounted
@@ -816,6 +817,7 @@ void chunk_direct_writes(struct chunk_store *cs, size_t min_bytes)
 	if (page <= 0 || cs->data_off % (uint64_t)page || cs->block_size % (uint64_t)page)
 		min_bytes = 0;          /* slots would share pages */
 	cs->direct_min = min_bytes;
+	cs->direct_known = true;
 }
 
 uint64_t chunk_direct_bytes(struct chunk_store *cs)
@@ -1044,8 +1046,9 @@ static int chunk_open_ro(struct chunk_store *cs, uint64_t id, struct chunk_rfd *
 		fd = openat(cs->dirfd, name, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return -errno;
-	/* no read-ahead, in any process: see "Direct writes" */
-	(void)posix_fadvise(fd, 0, 0, POSIX_FADV_RANDOM);
+	/* no read-ahead where direct writes may happen: see "Direct writes" */
+	if (cs->direct_min || !cs->direct_known)
+		(void)posix_fadvise(fd, 0, 0, POSIX_FADV_RANDOM);
 	n = pread_full(fd, hdr, sizeof(hdr), 0);
 	if (n < 0) {
 		close(fd);
