@@ -49,8 +49,8 @@ struct ns_opts {
 	 * docs/design.md, D5 point 4); 0, the default: it does not. */
 	uint32_t defrag_min_exts;
 	/* Runs of at least this many bytes are written around the host's
-	 * page cache (-o direct_writes; chunk_direct_writes()); 0: none.  Not
-	 * "0: the default": a caller starts from NS_DEFAULT_DIRECT_WRITES. */
+	 * page cache (-o direct_writes; chunk_direct_writes()); 0, the
+	 * default (NS_DEFAULT_DIRECT_WRITES): none. */
 	size_t direct_write_bytes;
 	bool readonly;
 	/* Refuse (-ENOENT) instead of creating a store in a missing or empty

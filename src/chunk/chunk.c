@@ -170,7 +170,7 @@ struct chunk_w {                        /* a chunk this store has written */
 	uint32_t nused;                 /* mu: slots handed out, <= nslots */
 	uint32_t refs;                  /* mu: appends writing + syncs syncing */
 	bool dirty;                     /* mu: written since its last good sync */
-	bool from_spare;                /* const: made from a spare, not appended to a new file */
+	bool from_spare;                /* const: made from a whole spare (spare_whole), not appended to */
 	int dfd;                        /* const; O_WRONLY | O_DIRECT, or -1: see "Direct writes" */
 };
 
@@ -651,6 +651,14 @@ static void chunk_w_put_locked(struct chunk_store *cs, struct chunk_w *w)
 	chunk_w_reap_locked(cs, w);
 }
 
+/* A spare as long as a full chunk file: one made from it never grows the
+ * file.  A smaller one (a chunk left early, then removed) grows like a new
+ * file, so it does not count as written ahead. */
+static bool spare_whole(const struct chunk_store *cs, uint64_t bytes)
+{
+	return bytes >= CHUNK_FILE_MAX_BYTES(cs->block_size);
+}
+
 /*
  * Turn the newest spare into chunk file "name" and open it for writing: its
  * fd, or -1 (errno set) when there is no spare, the rename failed or the
@@ -846,8 +854,7 @@ static int chunk_w_create_locked(struct chunk_store *cs)
 	cs->next_id = id + 1;
 
 	fd = spare_take_locked(cs, name, &spare_bytes);
-	/* a small one (a chunk left early, then removed) grows like a new file */
-	w->from_spare = fd >= 0 && spare_bytes >= CHUNK_FILE_MAX_BYTES(cs->block_size);
+	w->from_spare = fd >= 0 && spare_whole(cs, spare_bytes);
 	if (fd >= 0 && cs->direct_min)
 		(void)posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
 	if (fd < 0)
@@ -1462,8 +1469,7 @@ static void switch_to_spare_locked(struct chunk_store *cs)
 	assert(lock_held(&cs->mu));
 	/* a small spare would be left again at the next look */
 	if (!cs->active || cs->active->from_spare || cs->nspares == 0 ||
-	    cs->spares[cs->nspares - 1].bytes < CHUNK_FILE_MAX_BYTES(cs->block_size) ||
-	    atomic_load(&cs->poisoned))
+	    !spare_whole(cs, cs->spares[cs->nspares - 1].bytes) || atomic_load(&cs->poisoned))
 		return;
 	id = cs->active->id;
 	rc = chunk_w_create_locked(cs);
