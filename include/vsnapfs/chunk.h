@@ -338,8 +338,9 @@ void chunk_entry_cache_limit(struct chunk_store *cs, size_t bytes);
  * chunk) with O_DIRECT, around the host's page cache (see "Direct writes" in
  * src/chunk/chunk.c); 0, never.  Only where the host file system takes it.
  * Call at most once, right after chunk_store_open().  With min_bytes above
- * 0, and in a store that never calls this (another process may be writing
- * directly), chunk files are read without the host's read-ahead.
+ * 0, a chunk this store may still write is read without the host's
+ * read-ahead; in a store that never calls this (another process may be
+ * writing directly), every chunk is.
  */
 void chunk_direct_writes(struct chunk_store *cs, size_t min_bytes);
 

@@ -49,8 +49,8 @@ struct ns_opts {
 	 * docs/design.md, D5 point 4); 0, the default: it does not. */
 	uint32_t defrag_min_exts;
 	/* Runs of at least this many bytes are written around the host's
-	 * page cache (-o direct_writes; chunk_direct_writes()); 0, the
-	 * default (NS_DEFAULT_DIRECT_WRITES): none. */
+	 * page cache (-o direct_writes; chunk_direct_writes()); 0: none.
+	 * Default NS_DEFAULT_DIRECT_WRITES. */
 	size_t direct_write_bytes;
 	bool readonly;
 	/* Refuse (-ENOENT) instead of creating a store in a missing or empty
@@ -66,7 +66,7 @@ struct ns_opts {
 #define NS_MAX_SPARE_CHUNKS       1024u
 #define NS_SPARE_IDLE_MS          5000u         /* no appends this long: spares are given back */
 #define NS_DEFRAG_MIN_EXTS        64u           /* -o defrag: extents per 256 blocks (16 KiB average) */
-#define NS_DEFAULT_DIRECT_WRITES  0u            /* -o direct_writes: off (docs/design.md) */
+#define NS_DEFAULT_DIRECT_WRITES  (256u << 10) /* -o direct_writes (docs/design.md) */
 
 struct ns_attr {
 	uint64_t ino;

@@ -101,6 +101,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
@@ -180,6 +181,7 @@ struct chunk_rfd {                      /* one entry of the read cache */
 	int sfd;                        /* version 1: its sidecar, O_RDONLY; -1: none */
 	uint8_t version;                /* of the header; 0 when bad */
 	bool bad;                       /* header failed validation: -EIO for good */
+	bool no_ra;                     /* fd_lock: POSIX_FADV_RANDOM, see "Direct writes" */
 	struct ent_pages *ents;         /* version 2: its slot table's cached pages; or NULL */
 };
 
@@ -230,6 +232,8 @@ struct chunk_store {
 	struct chunk_w *writers;        /* mu: active, dirty or pinned chunks */
 	struct chunk_w *active;         /* mu: takes new slots; NULL before the first append */
 	uint64_t next_id;               /* mu: id of the next chunk to create */
+	atomic_uint_fast64_t sealed_below;      /* written under mu: no write reaches a
+						 * chunk below it again (sealed_update_locked) */
 	uint64_t nappends;              /* mu: chunk_append() calls that took slots */
 	uint64_t log_chunk;             /* mu: chunk of the current log slot; 0: none */
 	uint32_t log_slot;              /* mu: the current log slot */
@@ -628,6 +632,24 @@ static void chunk_w_free(struct chunk_w *w)
 	free(w);
 }
 
+/*
+ * The chunks no write will reach again: those below the oldest writer (ids
+ * grow, and only a writer is written to; a chunk file that becomes a spare
+ * is written again only under a new id, after chunk_remove() closed its read
+ * fds).  Call after every change of cs->writers or cs->next_id.  Assumes mu
+ * is held.
+ */
+static void sealed_update_locked(struct chunk_store *cs)
+{
+	uint64_t below = cs->next_id;
+
+	assert(lock_held(&cs->mu));
+	for (const struct chunk_w *w = cs->writers; w; w = w->next)
+		if (w->id < below)
+			below = w->id;
+	atomic_store(&cs->sealed_below, below);
+}
+
 /* Free w if nothing needs it any more.  Assumes mu is held. */
 static void chunk_w_reap_locked(struct chunk_store *cs, struct chunk_w *w)
 {
@@ -640,6 +662,7 @@ static void chunk_w_reap_locked(struct chunk_store *cs, struct chunk_w *w)
 		assert(*pp);
 	*pp = w->next;
 	chunk_w_free(w);
+	sealed_update_locked(cs);
 }
 
 /* Drop a pin taken under mu.  Assumes mu is held. */
@@ -735,9 +758,14 @@ static int spare_take_locked(struct chunk_store *cs, const char *name, uint64_t 
  * are whole pages and a buffered write's folios stay inside the range it
  * writes, but read-ahead and a spare's zeros (written a MiB at a time) make
  * large folios that span slots.  So the read cache's fds read no more
- * than they are asked (POSIX_FADV_RANDOM) in a daemon with direct writes on
- * and in every process that did not say (vsnapctl's, which may read a
- * mounted store); with direct writes on a spare's cached pages are dropped when it
+ * than they are asked (POSIX_FADV_RANDOM) while a direct write may still
+ * come: in a daemon with direct writes on, until the chunk is sealed (below
+ * every writer: sealed_update_locked), then they read ahead as any file
+ * does, so that a cold sequential read of all but the newest chunks keeps
+ * the host's read-ahead (without it, 2-4x slower: docs/performance.md,
+ * "Cold reads without read-ahead"); and always in a process that did not
+ * say (vsnapctl's, which may read a mounted store and cannot know its
+ * writers).  With direct writes on a spare's cached pages are dropped when it
  * becomes a chunk (POSIX_FADV_DONTNEED under mu: they are clean, it was
  * synced), and direct writes are off where the page size does not divide
  * the slots' offsets.  A program outside vsnapfs that reads a mounted
@@ -818,6 +846,33 @@ static int write_payload(struct chunk_store *cs, const struct chunk_w *w, const 
 	return done == len ? 0 : pwrite_full(w->fd, src + done, len - done, off + (off_t)done);
 }
 
+/*
+ * Does fd's file still have pages in the host's page cache?  A spare's
+ * clean pages are dropped before it becomes a chunk that takes direct
+ * writes, but POSIX_FADV_DONTNEED skips what it cannot drop at once (a
+ * folio still being read ahead, one mapped by another process); such a
+ * chunk is written through the page cache only.  cachestat(2) (Linux
+ * 6.5) says; where the kernel lacks it the drop is trusted.  Debian 12's
+ * headers predate it: 451 is its number in the kernel's common table
+ * (every architecture but alpha).
+ */
+#if !defined(SYS_cachestat) && !defined(__alpha__)
+#define SYS_cachestat 451
+#endif
+static bool pages_left(int fd)
+{
+#ifdef SYS_cachestat
+	struct { uint64_t off, len; } range = { 0, 0 };          /* 0: to the end */
+	struct { uint64_t nr_cache, nr_dirty, nr_writeback, nr_evicted, nr_recently_evicted; } st;
+
+	if (syscall(SYS_cachestat, fd, &range, &st, 0) == 0)
+		return st.nr_cache > 0;
+#else
+	(void)fd;
+#endif
+	return false;
+}
+
 void chunk_direct_writes(struct chunk_store *cs, size_t min_bytes)
 {
 	long page = sysconf(_SC_PAGESIZE);
@@ -840,6 +895,7 @@ static int chunk_w_create_locked(struct chunk_store *cs)
 	char name[CHUNK_NAME_LEN + 1];
 	struct chunk_w *w, *old;
 	uint64_t id = cs->next_id, spare_bytes = 0;
+	bool buffered_only = false;
 	int fd, rc;
 
 	assert(lock_held(&cs->mu));
@@ -855,8 +911,10 @@ static int chunk_w_create_locked(struct chunk_store *cs)
 
 	fd = spare_take_locked(cs, name, &spare_bytes);
 	w->from_spare = fd >= 0 && spare_whole(cs, spare_bytes);
-	if (fd >= 0 && cs->direct_min)
+	if (fd >= 0 && cs->direct_min) {
 		(void)posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+		buffered_only = pages_left(fd);
+	}
 	if (fd < 0)
 		fd = openat(cs->dirfd, name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
 	if (fd < 0) {
@@ -870,10 +928,11 @@ static int chunk_w_create_locked(struct chunk_store *cs)
 
 	w->id = id;
 	w->fd = fd;
-	w->dfd = direct_open(cs, id, name);
+	w->dfd = buffered_only ? -1 : direct_open(cs, id, name);
 	w->dirty = true;                /* the header needs syncing too */
 	w->next = cs->writers;
 	cs->writers = w;
+	sealed_update_locked(cs);
 	old = cs->active;
 	cs->active = w;
 	cs->dir_dirty = true;
@@ -1037,6 +1096,14 @@ static int side_open_ro(struct chunk_store *cs, uint64_t id, int *sfdp)
  * the headers.  0 with *e filled; 1 if a header is bad (e->bad: remember,
  * do not retry); or a negative errno that may be transient (-ENOENT,
  * -EMFILE, -EIO on a failed read). */
+/* May chunk id's read fd read ahead?  Not where a direct write may still
+ * come (see "Direct writes"): in a daemon that writes directly, while the
+ * chunk is not sealed; in a process that did not say (vsnapctl), never. */
+static bool read_ahead_safe(struct chunk_store *cs, uint64_t id)
+{
+	return cs->direct_known && (!cs->direct_min || id < atomic_load(&cs->sealed_below));
+}
+
 static int chunk_open_ro(struct chunk_store *cs, uint64_t id, struct chunk_rfd *e)
 {
 	uint8_t hdr[CHUNK_HEADER_BYTES];
@@ -1054,7 +1121,8 @@ static int chunk_open_ro(struct chunk_store *cs, uint64_t id, struct chunk_rfd *
 	if (fd < 0)
 		return -errno;
 	/* no read-ahead where direct writes may happen: see "Direct writes" */
-	if (cs->direct_min || !cs->direct_known)
+	e->no_ra = !read_ahead_safe(cs, id);
+	if (e->no_ra)
 		(void)posix_fadvise(fd, 0, 0, POSIX_FADV_RANDOM);
 	n = pread_full(fd, hdr, sizeof(hdr), 0);
 	if (n < 0) {
@@ -1086,6 +1154,22 @@ static int chunk_open_ro(struct chunk_store *cs, uint64_t id, struct chunk_rfd *
 	return 0;
 }
 
+/* Chunk id was sealed since its read fd was opened: read ahead from now on
+ * (see "Direct writes"). */
+static void rfd_read_ahead(struct chunk_store *cs, uint64_t id)
+{
+	struct chunk_rfd *e;
+
+	lock_rw_wrlock(&cs->fd_lock);
+	e = rfd_find(cs, id);
+	if (e && e->no_ra) {
+		if (e->fd >= 0)
+			(void)posix_fadvise(e->fd, 0, 0, POSIX_FADV_NORMAL);
+		e->no_ra = false;
+	}
+	lock_rw_unlock(&cs->fd_lock);
+}
+
 /*
  * Find (opening it on first use) the read fds of chunk id, copied to *out.
  * On 0, fd_lock is held shared and the caller releases it after its pread.
@@ -1104,12 +1188,16 @@ static int chunk_rfd_acquire(struct chunk_store *cs, uint64_t id, struct chunk_r
 
 		lock_rw_rdlock(&cs->fd_lock);
 		e = rfd_find(cs, id);
-		if (e && !e->bad) {
+		if (e && !e->bad && !(e->no_ra && read_ahead_safe(cs, id))) {
 			*out = *e;
 			return 0;
 		}
 		gen = cs->rfd_gen;
 		lock_rw_unlock(&cs->fd_lock);
+		if (e && !e->bad) {
+			rfd_read_ahead(cs, id);
+			continue;
+		}
 		if (e)
 			return -EIO;
 
@@ -1219,6 +1307,7 @@ int chunk_store_open(const char *dir, uint32_t block_size, uint64_t min_next_id,
 	if (nids > 0 && ids[nids - 1] >= cs->next_id)
 		cs->next_id = ids[nids - 1] + 1;
 	cs->first_own_id = cs->next_id ? cs->next_id : UINT64_MAX;
+	atomic_store(&cs->sealed_below, cs->next_id);
 	free(ids);
 
 	lock_mutex_init(&cs->sync_mu, LOCK_CHUNK_SYNC, "chunk.sync_mu");
@@ -2663,6 +2752,21 @@ static int spare_keep(struct chunk_store *cs, const char *name, struct chunk_spa
 	return 0;
 }
 
+/* A removed chunk just kept as spare seq was maybe read ahead: drop its
+ * cached pages now, before it can be taken (see "Direct writes"). */
+static void spare_drop_pages(struct chunk_store *cs, uint64_t seq)
+{
+	char sname[CHUNK_NAME_LEN + 1];
+	int fd;
+
+	spare_name(sname, seq);
+	fd = openat(cs->spare_dirfd, sname, O_RDONLY | O_CLOEXEC);
+	if (fd >= 0) {
+		(void)posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+		close(fd);
+	}
+}
+
 /*
  * -EBUSY also for a sealed chunk that an append is still writing or a sync
  * is still syncing: closing its fd under them would be a use after close.
@@ -2692,6 +2796,7 @@ int chunk_remove(struct chunk_store *cs, uint64_t chunk_id)
 		} else {
 			w = *pp;
 			*pp = w->next;
+			sealed_update_locked(cs);
 		}
 	}
 	/* A place among the spares is taken now, as mu and fd_lock are never
@@ -2733,6 +2838,8 @@ int chunk_remove(struct chunk_store *cs, uint64_t chunk_id)
 	if (keep) {
 		bool over;
 
+		if (sp.bytes && cs->direct_min)
+			spare_drop_pages(cs, sp.seq);
 		lock_mutex_lock(&cs->mu);
 		cs->spare_pending--;
 		/* chunk_spares_limit() may have lowered the limit meanwhile */

@@ -20,6 +20,7 @@
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -1961,5 +1962,189 @@ Test(chunk, a_chunk_made_from_a_small_spare_wants_one_at_once_and_no_small_spare
 	cr_assert_eq(count_spares(spare_dir), 1);
 	chunk_spare_switch(cs);
 	cr_assert_eq(append_one(cs, bs, 5).chunk_id, 4);
+	chunk_store_close(cs);
+}
+
+/* Pages of [off, off + len) of a file that are in the page cache (read or
+ * being read). */
+static size_t pages_cached(const char *path, off_t off, size_t len)
+{
+	long pg = sysconf(_SC_PAGESIZE);
+	size_t n = len / (size_t)pg, hits = 0;
+	unsigned char *vec = calloc(n, 1);
+	int fd = open(path, O_RDONLY);
+	void *map;
+
+	cr_assert_not_null(vec);
+	cr_assert_geq(fd, 0);
+	map = mmap(NULL, len, PROT_READ, MAP_SHARED, fd, off);
+	cr_assert_neq(map, MAP_FAILED);
+	cr_assert_eq(mincore(map, len, vec), 0);
+	for (size_t i = 0; i < n; i++)
+		hits += vec[i] & 1;
+	munmap(map, len);
+	close(fd);
+	free(vec);
+	return hits;
+}
+
+/* Drop a chunk file's cached pages, read n blocks of a run one after the
+ * other, and say whether the host read anything beyond them (ahead). */
+static bool reads_ahead(struct chunk_store *cs, uint32_t bs, const struct chunk_loc *locs,
+			uint32_t n, uint64_t seed0)
+{
+	const struct chunk_loc *end = &locs[n];
+	char path[256];
+	int fd;
+
+	chunk_path(path, sizeof(path), locs[0].chunk_id);
+	fd = open(path, O_RDONLY);
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED), 0);
+	close(fd);
+	assert_run_reads(cs, bs, n, seed0, locs);
+	return pages_cached(path, (off_t)(CHUNK_DATA_OFF(bs) + (uint64_t)end->slot * bs),
+			    (size_t)4 * bs) > 0;
+}
+
+/* Does the test directory's file system read ahead of sequential reads,
+ * and drop clean pages when asked?  (tmpfs keeps every page.) */
+static bool host_reads_ahead(void)
+{
+	const size_t len = 4 * MiB;
+	char path[256];
+	char *buf = calloc(1, len);
+	bool ahead;
+	int fd;
+
+	snprintf(path, sizeof(path), "%s/ra-probe", g_tmp);
+	fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(pwrite(fd, buf, len, 0), (ssize_t)len);
+	cr_assert_eq(fsync(fd), 0);
+	cr_assert_eq(posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED), 0);
+	ahead = pages_cached(path, 0, len) == 0;
+	for (size_t off = 0; ahead && off < MiB; off += 64 << 10)
+		cr_assert_eq(pread(fd, buf, 64 << 10, (off_t)off), 64 << 10);
+	ahead = ahead && pages_cached(path, MiB, len - MiB) > 0;
+	close(fd);
+	unlink(path);
+	free(buf);
+	return ahead;
+}
+
+Test(chunk, a_chunk_is_read_ahead_once_sealed_never_while_a_direct_write_may_reach_it)
+{
+	const uint32_t bs = 64 << 10, n = 48;
+	long page = sysconf(_SC_PAGESIZE);
+	struct chunk_loc a[48];
+	struct chunk_store *cs = open_store(bs, 0);
+	bool host = host_reads_ahead();
+
+	chunk_direct_writes(cs, 256 << 10);
+	append_run(cs, bs, n, 100, a);
+	cr_assert_eq(a[0].chunk_id, 1);
+	cr_assert_eq(chunk_sync(cs), 0);
+	if (host && page == 4096)
+		cr_assert_not(reads_ahead(cs, bs, a, 16, 100), "the active chunk was read ahead");
+	/* chunk 1 sealed: chunk 2 active, chunk 1 synced, no append in it */
+	fill_until(cs, 2, 1000);
+	cr_assert_eq(chunk_sync(cs), 0);
+	cr_assert_eq(reads_ahead(cs, bs, a + 16, 16, 116), host,
+		     "a sealed chunk's open read fd reads ahead");
+	chunk_store_close(cs);
+
+	/* opened sealed */
+	cs = open_store(bs, 0);
+	chunk_direct_writes(cs, 256 << 10);
+	cr_assert_eq(reads_ahead(cs, bs, a, 16, 100), host, "a sealed chunk reads ahead");
+	chunk_store_close(cs);
+
+	/* a process that did not say whether it writes directly (vsnapctl's)
+	 * never reads ahead: the daemon may be writing */
+	cs = open_store(bs, 0);
+	if (host)
+		cr_assert_not(reads_ahead(cs, bs, a, 16, 100), "vsnapctl's reader read ahead");
+	assert_run_reads(cs, bs, n, 100, a);
+	chunk_store_close(cs);
+}
+
+/* Can this kernel say how much of a file is cached (cachestat, Linux 6.5)? */
+static bool kernel_has_cachestat(void)
+{
+	struct { uint64_t off, len; } range = { 0, 0 };
+	uint64_t st[5];
+	int fd = open(g_tmp, O_RDONLY | O_DIRECTORY);
+	long rc;
+
+	cr_assert_geq(fd, 0);
+	rc = syscall(451, fd, &range, st, 0);
+	close(fd);
+	return rc == 0 || errno != ENOSYS;
+}
+
+/* Remove chunk id (sealed), kept as the only spare; its path. */
+static void remove_into_spare(struct chunk_store *cs, uint64_t id, const char *spare_dir,
+			      char *path, size_t len)
+{
+	cr_assert_eq(chunk_remove(cs, id), 0);
+	cr_assert_eq(count_spares(spare_dir), 1);
+	for (uint64_t seq = 1; seq < 64; seq++) {
+		snprintf(path, len, "%s/%016" PRIx64 ".spare", spare_dir, seq);
+		if (access(path, F_OK) == 0)
+			return;
+	}
+	cr_assert_fail("no spare file");
+}
+
+Test(chunk, a_spare_whose_pages_cannot_be_dropped_becomes_a_chunk_written_through_the_page_cache)
+{
+	const uint32_t bs = 64 << 10, n = 16;
+	long page = sysconf(_SC_PAGESIZE);
+	char spare_dir[256], path[512];
+	struct chunk_loc a[16], b[16];
+	struct chunk_store *cs = open_store(bs, 0);
+	uint64_t direct;
+	void *map;
+	int fd;
+
+	if (!direct_expected(bs)) {
+		chunk_store_close(cs);
+		return;                 /* no direct writes here: nothing to guard */
+	}
+	snprintf(spare_dir, sizeof(spare_dir), "%s/spare", g_tmp);
+	cr_assert_eq(chunk_spares_enable(cs, spare_dir, 1), 0);
+	chunk_direct_writes(cs, 256 << 10);
+	fill_until(cs, 2, 100);
+	cr_assert_eq(chunk_sync(cs), 0);
+
+	/* a page of the spare mapped by another reader: no drop can take it */
+	remove_into_spare(cs, 1, spare_dir, path, sizeof(path));
+	fd = open(path, O_RDONLY);
+	cr_assert_geq(fd, 0);
+	map = mmap(NULL, (size_t)page, PROT_READ, MAP_SHARED, fd, (off_t)CHUNK_DATA_OFF(bs));
+	cr_assert_neq(map, MAP_FAILED);
+	(void)*(volatile uint8_t *)map;         /* faulted in: cached and mapped */
+	fill_until(cs, 3, 2000);                /* chunk 3: the spare */
+	direct = chunk_direct_bytes(cs);
+	append_run(cs, bs, n, 3000, a);
+	cr_assert_eq(a[0].chunk_id, 3);
+	if (kernel_has_cachestat())
+		cr_assert_eq(chunk_direct_bytes(cs), direct, "a run went directly into a chunk "
+			     "whose file has cached pages");
+	munmap(map, (size_t)page);
+	close(fd);
+	assert_run_reads(cs, bs, n, 3000, a);
+
+	/* nothing mapped: the next spare's chunk takes direct writes */
+	cr_assert_eq(chunk_sync(cs), 0);
+	remove_into_spare(cs, 2, spare_dir, path, sizeof(path));
+	fill_until(cs, 4, 4000);
+	direct = chunk_direct_bytes(cs);
+	append_run(cs, bs, n, 5000, b);
+	cr_assert_eq(b[0].chunk_id, 4);
+	cr_assert_eq(chunk_direct_bytes(cs), direct + (uint64_t)n * bs);
+	assert_run_reads(cs, bs, n, 5000, b);
+	assert_run_reads(cs, bs, n, 3000, a);
 	chunk_store_close(cs);
 }
