@@ -149,7 +149,7 @@ static void help(void)
 	       "                           system (default %u; 0: none)\n"
 	       "    -o direct_writes=SIZE  write runs of at least SIZE bytes around the\n"
 	       "                           host's page cache (O_DIRECT), in bytes or with\n"
-	       "                           a k/K, m/M or g/G suffix (default %zu; 0:\n"
+	       "                           a k/K, m/M or g/G suffix (default %zuK; 0:\n"
 	       "                           never)\n"
 	       "    -o threads=N           at most N FUSE worker threads (default %u);\n"
 	       "                           max_threads=N is the same\n"
@@ -162,7 +162,7 @@ static void help(void)
 	       "FUSE options (passed through):\n",
 	       CHUNK_BLOCK_MIN >> 10, CHUNK_BLOCK_MAX >> 20, NS_DEFAULT_BLOCK_SIZE,
 	       NS_DEFAULT_FLUSH_MS, MCACHE_DEFAULT_BYTES >> 20, NS_DEFAULT_GC_INTERVAL_S, NS_GC_AFTER_BYTES >> 20,
-	       NS_SPARE_IDLE_MS / 1000, NS_DEFAULT_SPARE_CHUNKS, (size_t)NS_DEFAULT_DIRECT_WRITES,
+	       NS_SPARE_IDLE_MS / 1000, NS_DEFAULT_SPARE_CHUNKS, (size_t)NS_DEFAULT_DIRECT_WRITES >> 10,
 	       THREADS_DEFAULT);
 	fflush(stdout);
 	fuse_lowlevel_help();

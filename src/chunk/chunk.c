@@ -84,7 +84,8 @@
  * never held together with another lock of this file; side_mu (sidecar
  * writes) is a leaf, taken alone.  Slow I/O runs with no mutex held; the exception is creating a chunk
  * file (an open, one 4 KiB write and, from a spare with direct writes on,
- * dropping its cached pages, per 64 MiB of data), done under mu so
+ * dropping its cached pages and asking cachestat whether any are left, per
+ * 64 MiB of data), done under mu so
  * that appenders queued behind a full chunk wait for one new chunk instead of
  * racing to create several.
  */
@@ -251,6 +252,7 @@ struct chunk_store {
 	atomic_size_t ent_bytes;        /* held by the entry cache's pages */
 	size_t direct_min;              /* const after chunk_direct_writes(): bytes; 0: never */
 	bool direct_known;              /* const: chunk_direct_writes() was called (the daemon) */
+	bool cachestat_ok;              /* const after chunk_direct_writes(): pages_left() works */
 	atomic_bool direct_failed;      /* an O_DIRECT write failed with EINVAL: no more */
 	atomic_uint_fast64_t direct_bytes;      /* written with O_DIRECT */
 
@@ -688,8 +690,7 @@ static bool spare_whole(const struct chunk_store *cs, uint64_t bytes)
  * open did; the caller then creates the file.  A spare whose rename failed
  * is forgotten (it stays in the spare directory until the next open adopts
  * it); one that was renamed but could not be opened is deleted.  *bytes:
- * the spare's size.  With direct writes on, its cached pages are dropped
- * (see "Direct writes").  Assumes mu is held.
+ * the spare's size.  Assumes mu is held.
  */
 static int spare_take_locked(struct chunk_store *cs, const char *name, uint64_t *bytes)
 {
@@ -765,10 +766,11 @@ static int spare_take_locked(struct chunk_store *cs, const char *name, uint64_t 
  * the host's read-ahead (without it, 2-4x slower: docs/performance.md,
  * "Cold reads without read-ahead"); and always in a process that did not
  * say (vsnapctl's, which may read a mounted store and cannot know its
- * writers).  With direct writes on a spare's cached pages are dropped when it
- * becomes a chunk (POSIX_FADV_DONTNEED under mu: they are clean, it was
- * synced), and direct writes are off where the page size does not divide
- * the slots' offsets.  A program outside vsnapfs that reads a mounted
+ * writers).  A sealed chunk's file may become a spare, and so a chunk
+ * again: with direct writes on, its cached pages are dropped when it is
+ * kept (spare_drop_pages) and again when it becomes a chunk, which takes no
+ * direct writes if any page is left (pages_left).  Direct writes are off
+ * where the page size does not divide the slots' offsets.  A program outside vsnapfs that reads a mounted
  * store's chunk files with read-ahead (a copy of the store's directory)
  * can still make such a folio: back up with vsnapctl send, or unmounted.
  */
@@ -847,40 +849,58 @@ static int write_payload(struct chunk_store *cs, const struct chunk_w *w, const 
 }
 
 /*
- * Does fd's file still have pages in the host's page cache?  A spare's
+ * How many of fd's file's pages are in the host's page cache.  A spare's
  * clean pages are dropped before it becomes a chunk that takes direct
  * writes, but POSIX_FADV_DONTNEED skips what it cannot drop at once (a
  * folio still being read ahead, one mapped by another process); such a
- * chunk is written through the page cache only.  cachestat(2) (Linux
- * 6.5) says; where the kernel lacks it the drop is trusted.  Debian 12's
- * headers predate it: 451 is its number in the kernel's common table
- * (every architecture but alpha).
+ * chunk is written through the page cache only (pages_left).  cachestat(2)
+ * (Linux 6.5) says; where the kernel lacks it (-ENOSYS, probed by
+ * chunk_direct_writes) no chunk is read ahead while direct writes are on,
+ * as before sealed chunks were, and the drop is trusted.  Debian 12's
+ * headers predate it: 451 is its number in the kernel's common table (an
+ * architecture that numbers it otherwise, alpha or MIPS, gets -ENOSYS or
+ * another error, which counts as lacking it).
  */
-#if !defined(SYS_cachestat) && !defined(__alpha__)
+#if !defined(SYS_cachestat) && !defined(__alpha__) && !defined(__mips__)
 #define SYS_cachestat 451
 #endif
-static bool pages_left(int fd)
+static int cachestat_pages(int fd, uint64_t *pages)
 {
 #ifdef SYS_cachestat
 	struct { uint64_t off, len; } range = { 0, 0 };          /* 0: to the end */
 	struct { uint64_t nr_cache, nr_dirty, nr_writeback, nr_evicted, nr_recently_evicted; } st;
 
-	if (syscall(SYS_cachestat, fd, &range, &st, 0) == 0)
-		return st.nr_cache > 0;
+	if (syscall(SYS_cachestat, fd, &range, &st, 0) != 0)
+		return -errno;
+	*pages = st.nr_cache;
+	return 0;
 #else
 	(void)fd;
+	(void)pages;
+	return -ENOSYS;
 #endif
-	return false;
+}
+
+/* Does fd's file still have pages cached?  An error says yes: no direct
+ * writes into it. */
+static bool pages_left(int fd)
+{
+	uint64_t pages = 0;
+
+	return cachestat_pages(fd, &pages) != 0 || pages > 0;
 }
 
 void chunk_direct_writes(struct chunk_store *cs, size_t min_bytes)
 {
 	long page = sysconf(_SC_PAGESIZE);
 
+	uint64_t pages;
+
 	if (page <= 0 || cs->data_off % (uint64_t)page || cs->block_size % (uint64_t)page)
 		min_bytes = 0;          /* slots would share pages */
 	cs->direct_min = min_bytes;
 	cs->direct_known = true;
+	cs->cachestat_ok = cachestat_pages(cs->dirfd, &pages) == 0;
 }
 
 uint64_t chunk_direct_bytes(struct chunk_store *cs)
@@ -913,7 +933,9 @@ static int chunk_w_create_locked(struct chunk_store *cs)
 	w->from_spare = fd >= 0 && spare_whole(cs, spare_bytes);
 	if (fd >= 0 && cs->direct_min) {
 		(void)posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
-		buffered_only = pages_left(fd);
+		/* without cachestat no chunk is read ahead while direct
+		 * writes are on (read_ahead_safe), and the drop is trusted */
+		buffered_only = cs->cachestat_ok && pages_left(fd);
 	}
 	if (fd < 0)
 		fd = openat(cs->dirfd, name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
@@ -932,9 +954,9 @@ static int chunk_w_create_locked(struct chunk_store *cs)
 	w->dirty = true;                /* the header needs syncing too */
 	w->next = cs->writers;
 	cs->writers = w;
-	sealed_update_locked(cs);
 	old = cs->active;
 	cs->active = w;
+	sealed_update_locked(cs);
 	cs->dir_dirty = true;
 	if (old)
 		chunk_w_reap_locked(cs, old);
@@ -1092,18 +1114,21 @@ static int side_open_ro(struct chunk_store *cs, uint64_t id, int *sfdp)
 	return 0;
 }
 
+/* May chunk id's read fd read ahead, once it is in the read cache?  Not
+ * where a direct write may still come (see "Direct writes"): in a daemon
+ * that writes directly, while the chunk is not sealed, and always where the
+ * kernel cannot say whether a spare's pages were all dropped (pages_left);
+ * in a process that did not say (vsnapctl), never. */
+static bool read_ahead_safe(struct chunk_store *cs, uint64_t id)
+{
+	return cs->direct_known &&
+	       (!cs->direct_min || (cs->cachestat_ok && id < atomic_load(&cs->sealed_below)));
+}
+
 /* Open a chunk (and the sidecar of a version-1 chunk) for reading and check
  * the headers.  0 with *e filled; 1 if a header is bad (e->bad: remember,
  * do not retry); or a negative errno that may be transient (-ENOENT,
  * -EMFILE, -EIO on a failed read). */
-/* May chunk id's read fd read ahead?  Not where a direct write may still
- * come (see "Direct writes"): in a daemon that writes directly, while the
- * chunk is not sealed; in a process that did not say (vsnapctl), never. */
-static bool read_ahead_safe(struct chunk_store *cs, uint64_t id)
-{
-	return cs->direct_known && (!cs->direct_min || id < atomic_load(&cs->sealed_below));
-}
-
 static int chunk_open_ro(struct chunk_store *cs, uint64_t id, struct chunk_rfd *e)
 {
 	uint8_t hdr[CHUNK_HEADER_BYTES];
@@ -1120,8 +1145,10 @@ static int chunk_open_ro(struct chunk_store *cs, uint64_t id, struct chunk_rfd *
 		fd = openat(cs->dirfd, name, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return -errno;
-	/* no read-ahead where direct writes may happen: see "Direct writes" */
-	e->no_ra = !read_ahead_safe(cs, id);
+	/* No read-ahead where direct writes may happen (see "Direct writes"),
+	 * and none before the fd is in the read cache: until then a
+	 * chunk_remove() may make its file a spare, and then a chunk. */
+	e->no_ra = cs->direct_min || !cs->direct_known;
 	if (e->no_ra)
 		(void)posix_fadvise(fd, 0, 0, POSIX_FADV_RANDOM);
 	n = pread_full(fd, hdr, sizeof(hdr), 0);
@@ -1154,8 +1181,9 @@ static int chunk_open_ro(struct chunk_store *cs, uint64_t id, struct chunk_rfd *
 	return 0;
 }
 
-/* Chunk id was sealed since its read fd was opened: read ahead from now on
- * (see "Direct writes"). */
+/* Chunk id is sealed, and its read fd is in the read cache (so that a
+ * chunk_remove(), which renames its file, closes the fd first under
+ * fd_lock): read ahead from now on (see "Direct writes"). */
 static void rfd_read_ahead(struct chunk_store *cs, uint64_t id)
 {
 	struct chunk_rfd *e;
@@ -2680,6 +2708,8 @@ static unsigned chunk_layout_version(struct chunk_store *cs, uint64_t id, const 
 		return version;
 	fd = openat(cs->dirfd, name, O_RDONLY | O_CLOEXEC);
 	if (fd >= 0) {
+		/* GC may make the file a spare meanwhile: see "Direct writes" */
+		(void)posix_fadvise(fd, 0, 0, POSIX_FADV_RANDOM);
 		if (pread_full(fd, v, sizeof(v), HDR_OFF_VERSION) == (ssize_t)sizeof(v) &&
 		    le32_get(v) == CHUNK_VERSION_1)
 			version = CHUNK_VERSION_1;

@@ -17,6 +17,7 @@ BEGIN {
 	nt = split(targets, T, " ")
 	nj = split(jobs, J, " ")
 	desc["seqread"] = "sequential read, 1 MiB, QD1"
+	desc["coldread"] = "sequential read, 1 MiB, QD1, one pass after the host dropped its caches"
 	desc["seqwrite"] = "sequential write, 1 MiB, QD1"
 	desc["randread"] = "random read, 4 KiB, QD16"
 	desc["randwrite"] = "random write, 4 KiB, QD16"

@@ -85,7 +85,7 @@ VS_OPTS=${BENCH_VSNAPFS_OPTS:-}
 GIB=$((1 << 30))
 DISK=$((DISK_GIB * GIB))
 UNIT=65536                      # granularity of the layers' random pieces
-JOBS=(seqread seqwrite randread randwrite fsyncwrite)
+JOBS=(seqread coldread seqwrite randread randwrite fsyncwrite)
 TARGETS=(raw fuse-passthrough qsd-qcow2 qsd-chain32 vsnapfs vsnapfs-snap1 vsnapfs-depth64)
 SECTIONS=("${TARGETS[@]}" pairs ops memory scale)
 # A selection (BENCH_TARGETS, BENCH_JOBS) runs less; the report still has a
@@ -119,8 +119,14 @@ for j in $SEL_JOBS; do
 done
 PAIRS_JOBS=${BENCH_PAIRS_JOBS:-randread randwrite fsyncwrite}
 for j in $PAIRS_JOBS; do
-	[[ " ${JOBS[*]} " == *" $j "* ]] || die "BENCH_PAIRS_JOBS: unknown '$j' (one of: ${JOBS[*]})"
+	[[ " ${JOBS[*]} " == *" $j "* && $j != coldread ]] ||
+		die "BENCH_PAIRS_JOBS: unknown '$j' (one of: ${JOBS[*]/coldread})"
 done
+# coldread drops the host's caches: root only (else its row says "–")
+if want_job coldread && ! [ -w /proc/sys/vm/drop_caches ]; then
+	log "coldread: not run, /proc/sys/vm/drop_caches is not writable (run as root)"
+	SEL_JOBS=${SEL_JOBS/ coldread / }
+fi
 
 # ---- packages ----------------------------------------------------------------
 
@@ -445,6 +451,8 @@ first_read() {
 job_args() {
 	case $1 in
 	seqread) echo "--rw=read --bs=1m --iodepth=1" ;;
+	# one pass over the disk after the host's caches were dropped (bench)
+	coldread) echo "--rw=read --bs=1m --iodepth=1 --time_based=0" ;;
 	seqwrite) echo "--rw=write --bs=1m --iodepth=1" ;;
 	randread) echo "--rw=randread --bs=4k --iodepth=16" ;;
 	randwrite) echo "--rw=randwrite --bs=4k --iodepth=16" ;;
@@ -554,7 +562,14 @@ bench() {
 		# direct_writes), and a read job compares read paths, not what
 		# the last job cached.  docs/performance.md says what a read
 		# after direct writes costs.
-		if [ -n "$backing" ] && [[ $job == *read ]]; then
+		# coldread starts from none of it: a guest's first read of its
+		# disk after the host's cache lost it (a boot, a backup), with
+		# the host's read-ahead (or without: a vsnapfs chunk that direct
+		# writes may still reach, docs/design.md "Direct writes").
+		if [ "$job" = coldread ]; then
+			fg sync -f "$W"
+			echo 3 >/proc/sys/vm/drop_caches
+		elif [ -n "$backing" ] && [[ $job == *read ]]; then
 			# GC may remove a chunk file meanwhile: what is left is warm
 			mapfile -t files < <(compgen -G "$backing")
 			[ ${#files[@]} -eq 0 ] || cat -- "${files[@]}" >/dev/null 2>&1 || true
@@ -1589,7 +1604,7 @@ jq -n --arg date "$DATE" --argjson elapsed "$ELAPSED" --argjson rt "$RT" \
 
 # chart.png: MB/s of the sequential jobs, IOPS of the random ones, log scale.
 awk -F'\t' -v targets="${TARGETS[*]}" -v jobs="${JOBS[*]}" '
-	$3 == "ok" { v[$1, $2] = ($2 ~ /^seq/) ? $4 : $5 }
+	$3 == "ok" { v[$1, $2] = ($2 ~ /^(seq|cold)/) ? $4 : $5 }
 	END {
 		nt = split(targets, t, " "); nj = split(jobs, j, " ")
 		printf "job"; for (i = 1; i <= nt; i++) printf "\t%s", t[i]; print ""
@@ -1599,8 +1614,8 @@ awk -F'\t' -v targets="${TARGETS[*]}" -v jobs="${JOBS[*]}" '
 			print ""
 		}
 	}' "$JOBS_TSV" >"$OUT/chart.dat"
-head -n 3 "$OUT/chart.dat" >"$W/seq.dat"
-{ head -n 1 "$OUT/chart.dat"; tail -n +4 "$OUT/chart.dat"; } >"$W/rand.dat"
+awk 'NR == 1 || $1 ~ /^(seq|cold)/' "$OUT/chart.dat" >"$W/seq.dat"
+awk 'NR == 1 || $1 !~ /^(seq|cold)/' "$OUT/chart.dat" >"$W/rand.dat"
 # Bar k of 6 in a cluster sits at x + (k - 2.5) / 7 (cluster gap 1); the
 # value is printed above each bar.
 # A selection can leave a whole column empty, which gnuplot refuses to plot.
@@ -1620,9 +1635,9 @@ set key outside bottom center horizontal
 set xtics scale 0
 array C[6] = ["#9e9e9e", "#4d4d4d", "#9ecae1", "#2171b5", "#fdae6b", "#d94801"]
 set multiplot layout 1,2 title "vsnapfs bench, ${DATE}: ${DISK_GIB} GiB disk, ${RT} s per job, log scale, higher is better"
-set title "sequential 1 MiB, QD1"
+set title "sequential 1 MiB, QD1 (coldread: after the host dropped its caches)"
 set ylabel "MB/s"
-set xrange [-0.55:1.55]
+set xrange [-0.55:2.55]
 set yrange [10:20000]
 plot for [i=2:7] "$W/seq.dat" using i:xtic(1) title columnheader(i) lc rgb C[i-1], \
      for [i=2:7] "$W/seq.dat" using (\$0 + (i - 4.5) / 7.0):i:(sprintf("%.0f", column(i))) \
