@@ -344,6 +344,15 @@ void chunk_entry_cache_limit(struct chunk_store *cs, size_t bytes);
  */
 void chunk_direct_writes(struct chunk_store *cs, size_t min_bytes);
 
+/*
+ * Read runs with O_DIRECT, around the host's page cache, where the caller's
+ * buffer, the length and the offset are 4 KiB-aligned and the host allows
+ * it (see "Direct reads" in src/chunk/chunk.c): for a reader that reads
+ * each block once (vsnapctl scrub).  Call at most once, right after
+ * chunk_store_open().
+ */
+void chunk_direct_reads(struct chunk_store *cs);
+
 /* Bytes written with O_DIRECT so far. */
 uint64_t chunk_direct_bytes(struct chunk_store *cs);
 

@@ -180,6 +180,7 @@ struct chunk_rfd {                      /* one entry of the read cache */
 	uint64_t id;                    /* first: id_lower_bound */
 	int fd;                         /* O_RDONLY; -1 when bad */
 	int sfd;                        /* version 1: its sidecar, O_RDONLY; -1: none */
+	int dfd;                        /* O_RDONLY | O_DIRECT (chunk_direct_reads); -1: none */
 	uint8_t version;                /* of the header; 0 when bad */
 	bool bad;                       /* header failed validation: -EIO for good */
 	bool no_ra;                     /* fd_lock: POSIX_FADV_RANDOM, see "Direct writes" */
@@ -253,6 +254,8 @@ struct chunk_store {
 	size_t direct_min;              /* const after chunk_direct_writes(): bytes; 0: never */
 	bool direct_known;              /* const: chunk_direct_writes() was called (the daemon) */
 	bool cachestat_ok;              /* const after chunk_direct_writes(): pages_left() works */
+	bool direct_reads;              /* const after chunk_direct_reads() */
+	atomic_bool direct_reads_failed;        /* an O_DIRECT read failed with EINVAL: no more */
 	atomic_bool direct_failed;      /* an O_DIRECT write failed with EINVAL: no more */
 	atomic_uint_fast64_t direct_bytes;      /* written with O_DIRECT */
 
@@ -1034,6 +1037,8 @@ static void rfd_delete(struct chunk_store *cs, size_t i)
 	}
 	if (cs->rfds[i].sfd >= 0)
 		close(cs->rfds[i].sfd);
+	if (cs->rfds[i].dfd >= 0)
+		close(cs->rfds[i].dfd);
 	ent_pages_free(cs, cs->rfds[i].ents);
 	memmove(&cs->rfds[i], &cs->rfds[i + 1], (cs->nrfds - i - 1) * sizeof(cs->rfds[0]));
 	cs->nrfds--;
@@ -1125,6 +1130,38 @@ static bool read_ahead_safe(struct chunk_store *cs, uint64_t id)
 	       (!cs->direct_min || (cs->cachestat_ok && id < atomic_load(&cs->sealed_below)));
 }
 
+/*
+ * Direct reads (chunk_direct_reads: vsnapctl scrub).  A reader that reads
+ * every block of a store once gains nothing from the host's page cache and
+ * costs it plenty: each MiB read through it takes new pages and pushes out
+ * what the VMs' reads keep there.  So its runs are read through a second fd
+ * of the chunk opened with O_DIRECT, into its own page-aligned buffer; the
+ * entries (small, unaligned) and anything unaligned still go through the
+ * read fd.  A direct read makes no page-cache folio, so it cannot meet a
+ * direct write in one either; the kernel writes back a dirty range before
+ * reading it directly.  A host that refuses O_DIRECT (EINVAL) gets buffered
+ * reads from then on.  Each cached entry then holds two fds, so the read
+ * cache holds half as many.
+ */
+#define DIRECT_READ_ALIGN 4096u
+
+static int open_direct_ro(struct chunk_store *cs, const char *name)
+{
+	int fd = openat(cs->dirfd, name, O_RDONLY | O_DIRECT | O_CLOEXEC | O_NOATIME);
+
+	if (fd < 0 && errno == EPERM)
+		fd = openat(cs->dirfd, name, O_RDONLY | O_DIRECT | O_CLOEXEC);
+	if (fd < 0 && (errno == EINVAL || errno == EOPNOTSUPP))
+		atomic_store(&cs->direct_reads_failed, true);
+	return fd;              /* any other failure: buffered reads of this chunk */
+}
+
+void chunk_direct_reads(struct chunk_store *cs)
+{
+	cs->direct_reads = true;
+	cs->rfd_open_max = cs->rfd_open_max / 2 > RFD_OPEN_MIN ? cs->rfd_open_max / 2 : RFD_OPEN_MIN;
+}
+
 /* Open a chunk (and the sidecar of a version-1 chunk) for reading and check
  * the headers.  0 with *e filled; 1 if a header is bad (e->bad: remember,
  * do not retry); or a negative errno that may be transient (-ENOENT,
@@ -1136,7 +1173,7 @@ static int chunk_open_ro(struct chunk_store *cs, uint64_t id, struct chunk_rfd *
 	ssize_t n;
 	int fd, rc;
 
-	*e = (struct chunk_rfd){ .id = id, .fd = -1, .sfd = -1, .bad = true };
+	*e = (struct chunk_rfd){ .id = id, .fd = -1, .sfd = -1, .dfd = -1, .bad = true };
 	chunk_name(name, id);
 	/* no access-time update per read (a profile showed it); only the
 	 * file's owner (or CAP_FOWNER) may ask */
@@ -1176,6 +1213,8 @@ static int chunk_open_ro(struct chunk_store *cs, uint64_t id, struct chunk_rfd *
 		if (e->ents)
 			e->ents->n = npages;
 	}
+	if (cs->direct_reads && !atomic_load(&cs->direct_reads_failed))
+		e->dfd = open_direct_ro(cs, name);
 	e->fd = fd;
 	e->bad = false;
 	return 0;
@@ -1244,6 +1283,8 @@ static int chunk_rfd_acquire(struct chunk_store *cs, uint64_t id, struct chunk_r
 				close(ne.fd);
 			if (ne.sfd >= 0)
 				close(ne.sfd);
+			if (ne.dfd >= 0)
+				close(ne.dfd);
 			free(ne.ents);
 		}
 		if (rc < 0 && rc != -EAGAIN)
@@ -1392,6 +1433,8 @@ void chunk_store_close(struct chunk_store *cs)
 			close(cs->rfds[i].fd);
 		if (cs->rfds[i].sfd >= 0)
 			close(cs->rfds[i].sfd);
+		if (cs->rfds[i].dfd >= 0)
+			close(cs->rfds[i].dfd);
 		ent_pages_free(cs, cs->rfds[i].ents);
 	}
 	free(cs->rfds);
@@ -2155,6 +2198,32 @@ static ssize_t payload_pread(int fd, void *buf, size_t len, off_t off, bool nowa
 	return (size_t)n < len ? -EAGAIN : n;   /* a part only: the rest is not cached */
 }
 
+/* The payload of a run: directly (see "Direct reads") where the buffer,
+ * length and offset allow, and the rest (a short read at the end of the
+ * file) or all of it (a refusal) through the page cache. */
+static ssize_t payload_read(struct chunk_store *cs, const struct chunk_rfd *e, void *buf,
+			    size_t len, off_t off, bool nowait)
+{
+	ssize_t n = 0, m;
+
+	if (e->dfd >= 0 && !nowait && !atomic_load(&cs->direct_reads_failed) &&
+	    ((uintptr_t)buf | len | (uint64_t)off) % DIRECT_READ_ALIGN == 0) {
+		do
+			n = pread(e->dfd, buf, len, off);
+		while (n < 0 && errno == EINTR);
+		if (n < 0 && errno != EINVAL)
+			return -EIO;
+		if (n < 0) {
+			atomic_store(&cs->direct_reads_failed, true);
+			n = 0;
+		}
+		if ((size_t)n == len)
+			return n;
+	}
+	m = payload_pread(e->fd, (uint8_t *)buf + n, len - (size_t)n, off + n, nowait);
+	return m < 0 ? m : n + m;
+}
+
 static int read_run(struct chunk_store *cs, const struct chunk_loc *locs, uint32_t nblocks,
 		    void *buf, struct chunk_bad *bad, bool nowait);
 
@@ -2206,7 +2275,7 @@ static int read_run(struct chunk_store *cs, const struct chunk_loc *locs, uint32
 	if (rc)
 		goto out;
 	ents_prefetch(&e, slot);
-	n = payload_pread(e.fd, p, nblocks * bs, slot_off(cs, e.version, slot), nowait);
+	n = payload_read(cs, &e, p, nblocks * bs, slot_off(cs, e.version, slot), nowait);
 	if (n == -EAGAIN) {
 		lock_rw_unlock(&cs->fd_lock);
 		rc = -EAGAIN;

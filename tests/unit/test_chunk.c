@@ -2168,3 +2168,53 @@ Test(chunk, a_spare_whose_pages_cannot_be_dropped_becomes_a_chunk_written_throug
 	assert_run_reads(cs, bs, n, 3000, a);
 	chunk_store_close(cs);
 }
+
+/* Read n blocks of a run from locs into buf (any alignment) and check them. */
+static void assert_run_into(struct chunk_store *cs, uint32_t bs, uint32_t n, uint64_t seed0,
+			    const struct chunk_loc *locs, uint8_t *buf)
+{
+	cr_assert_eq(chunk_read(cs, locs, n, buf, NULL), 0);
+	for (uint32_t i = 0; i < n; i++)
+		cr_assert(block_is(buf + (size_t)i * bs, bs, seed0 + i), "block %u", i);
+}
+
+Test(chunk, direct_reads_go_around_the_page_cache_and_still_verify_every_block)
+{
+	const uint32_t bs = 4096, n = 64;
+	struct chunk_loc a[64];
+	struct chunk_store *cs = open_store(bs, 0);
+	struct chunk_bad bad;
+	uint8_t *buf = NULL;
+	off_t data;
+	char path[256];
+	bool direct = direct_expected(bs);
+	int fd;
+
+	chunk_direct_reads(cs);
+	append_run(cs, bs, n, 500, a);          /* buffered: no direct writes asked */
+	cr_assert_eq(chunk_sync(cs), 0);
+	chunk_path(path, sizeof(path), a[0].chunk_id);
+	data = (off_t)(CHUNK_DATA_OFF(bs) + (uint64_t)a[0].slot * bs);
+	fd = open(path, O_RDONLY);
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED), 0);
+	close(fd);
+	cr_assert_eq(posix_memalign((void **)&buf, 4096, (size_t)(n + 1) * bs), 0);
+
+	/* an aligned buffer: read directly, nothing left in the page cache */
+	assert_run_into(cs, bs, n, 500, a, buf);
+	if (direct)
+		cr_assert_eq(pages_cached(path, data, (size_t)n * bs), 0,
+			     "a direct read left pages in the page cache");
+	/* an unaligned one: through the page cache, as before */
+	assert_run_into(cs, bs, n, 500, a, buf + 512);
+	cr_assert_gt(pages_cached(path, data, (size_t)n * bs), 0);
+
+	/* a damaged block is still found, read directly (the flip is a
+	 * buffered write: written back before the direct read) */
+	flip_byte(a[0].chunk_id, data + 20 * bs + 100);
+	cr_assert_eq(chunk_read(cs, a, n, buf, &bad), -EBADMSG);
+	cr_assert_eq(bad.index, 20);
+	free(buf);
+	chunk_store_close(cs);
+}
