@@ -370,6 +370,7 @@ uint64_t chunk_append_count(struct chunk_store *cs);
  */
 enum { CHUNK_FAULT_APPEND = 0, CHUNK_FAULT_READ = 1, CHUNK_FAULT_SYNC = 2, CHUNK_FAULT_LOG = 3,
        CHUNK_FAULT_DIRECT = 4,          /* a direct write, as if the host refused it */
+       CHUNK_FAULT_DIRECT_READ = 5,     /* a direct read (chunk_direct_reads), the same */
        CHUNK_FAULT_NOPS };
 void chunk_fault_set(struct chunk_store *cs, int op, uint32_t after, int err);
 

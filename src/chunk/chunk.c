@@ -226,7 +226,8 @@ struct chunk_store {
 	uint32_t nslots;                /* const: CHUNK_NSLOTS(block_size) */
 	uint64_t data_off;              /* const: CHUNK_DATA_OFF(block_size) */
 	uint64_t first_own_id;          /* const: ids from here were made by this store */
-	size_t rfd_open_max;            /* const: read cache size that triggers eviction */
+	size_t rfd_open_max;            /* const after chunk_direct_reads(): read cache size
+					 * that triggers eviction */
 
 	struct lock_mutex sync_mu;      /* one chunk_sync() at a time */
 
@@ -255,7 +256,7 @@ struct chunk_store {
 	bool direct_known;              /* const: chunk_direct_writes() was called (the daemon) */
 	bool cachestat_ok;              /* const after chunk_direct_writes(): pages_left() works */
 	bool direct_reads;              /* const after chunk_direct_reads() */
-	atomic_bool direct_reads_failed;        /* an O_DIRECT read failed with EINVAL: no more */
+	atomic_bool direct_reads_failed;        /* O_DIRECT refused (open or read): no more */
 	atomic_bool direct_failed;      /* an O_DIRECT write failed with EINVAL: no more */
 	atomic_uint_fast64_t direct_bytes;      /* written with O_DIRECT */
 
@@ -1139,20 +1140,31 @@ static bool read_ahead_safe(struct chunk_store *cs, uint64_t id)
  * entries (small, unaligned) and anything unaligned still go through the
  * read fd.  A direct read makes no page-cache folio, so it cannot meet a
  * direct write in one either; the kernel writes back a dirty range before
- * reading it directly.  A host that refuses O_DIRECT (EINVAL) gets buffered
- * reads from then on.  Each cached entry then holds two fds, so the read
- * cache holds half as many.
+ * reading it directly.  A host that refuses O_DIRECT (EINVAL, at the open
+ * or a read) gets buffered reads from then on, with one notice.  Each
+ * cached entry may hold two fds, so the read cache holds half as many.
+ * Reading around the cache also means reading the device: a scrub verifies
+ * what the device holds, not a cached copy, and a warm store is scrubbed
+ * no faster than a cold one.
  */
 #define DIRECT_READ_ALIGN 4096u
 
-static int open_direct_ro(struct chunk_store *cs, const char *name)
+/* Direct reads are off from now on, said once. */
+static void direct_reads_refused(struct chunk_store *cs, uint64_t id)
+{
+	if (!atomic_exchange(&cs->direct_reads_failed, true))
+		vlog(LOG_NOTICE, "chunk %016" PRIx64 ": the host refused an O_DIRECT read: "
+		     "reading through its page cache from now on", id);
+}
+
+static int open_direct_ro(struct chunk_store *cs, uint64_t id, const char *name)
 {
 	int fd = openat(cs->dirfd, name, O_RDONLY | O_DIRECT | O_CLOEXEC | O_NOATIME);
 
 	if (fd < 0 && errno == EPERM)
 		fd = openat(cs->dirfd, name, O_RDONLY | O_DIRECT | O_CLOEXEC);
 	if (fd < 0 && (errno == EINVAL || errno == EOPNOTSUPP))
-		atomic_store(&cs->direct_reads_failed, true);
+		direct_reads_refused(cs, id);
 	return fd;              /* any other failure: buffered reads of this chunk */
 }
 
@@ -1214,7 +1226,7 @@ static int chunk_open_ro(struct chunk_store *cs, uint64_t id, struct chunk_rfd *
 			e->ents->n = npages;
 	}
 	if (cs->direct_reads && !atomic_load(&cs->direct_reads_failed))
-		e->dfd = open_direct_ro(cs, name);
+		e->dfd = open_direct_ro(cs, id, name);
 	e->fd = fd;
 	e->bad = false;
 	return 0;
@@ -2208,13 +2220,17 @@ static ssize_t payload_read(struct chunk_store *cs, const struct chunk_rfd *e, v
 
 	if (e->dfd >= 0 && !nowait && !atomic_load(&cs->direct_reads_failed) &&
 	    ((uintptr_t)buf | len | (uint64_t)off) % DIRECT_READ_ALIGN == 0) {
-		do
-			n = pread(e->dfd, buf, len, off);
-		while (n < 0 && errno == EINTR);
+		int fault;
+
+		do {
+			fault = chunk_fault_hit(cs, CHUNK_FAULT_DIRECT_READ);
+			errno = -fault;
+			n = fault ? -1 : pread(e->dfd, buf, len, off);
+		} while (n < 0 && errno == EINTR);
 		if (n < 0 && errno != EINVAL)
 			return -EIO;
 		if (n < 0) {
-			atomic_store(&cs->direct_reads_failed, true);
+			direct_reads_refused(cs, e->id);
 			n = 0;
 		}
 		if ((size_t)n == len)
