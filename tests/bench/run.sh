@@ -122,11 +122,6 @@ for j in $PAIRS_JOBS; do
 	[[ " ${JOBS[*]} " == *" $j "* && $j != coldread ]] ||
 		die "BENCH_PAIRS_JOBS: unknown '$j' (one of: ${JOBS[*]/coldread})"
 done
-# coldread drops the host's caches: root only (else its row says "–")
-if want_job coldread && ! [ -w /proc/sys/vm/drop_caches ]; then
-	log "coldread: not run, /proc/sys/vm/drop_caches is not writable (run as root)"
-	SEL_JOBS=${SEL_JOBS/ coldread / }
-fi
 
 # ---- packages ----------------------------------------------------------------
 
@@ -451,7 +446,7 @@ first_read() {
 job_args() {
 	case $1 in
 	seqread) echo "--rw=read --bs=1m --iodepth=1" ;;
-	# one pass over the disk after the host's caches were dropped (bench)
+	# one pass over the disk after the target's files left the page cache
 	coldread) echo "--rw=read --bs=1m --iodepth=1 --time_based=0" ;;
 	seqwrite) echo "--rw=write --bs=1m --iodepth=1" ;;
 	randread) echo "--rw=randread --bs=4k --iodepth=16" ;;
@@ -531,9 +526,35 @@ idle_after() {
 	BG_CPU=$(awk -v d=$((b - c0)) -v t="$CLK_TCK" 'BEGIN { printf "%.2f", d / t }')
 }
 
-# bench TARGET FILE [DAEMON [BACKING]]: the five jobs on FILE; the files
-# matching the pattern BACKING (the target's own data files, not its mount)
-# are read into the page cache before each read job.  Around each job:
+# warm_backing GLOBS: read the files matching GLOBS (space-separated
+# patterns) into the page cache.  GC may remove a chunk file meanwhile: what
+# is left is warm.
+warm_backing() {
+	local pat
+	local -a files=()
+	for pat in $1; do
+		mapfile -t -O "${#files[@]}" files < <(compgen -G "$pat" || true)
+	done
+	[ ${#files[@]} -eq 0 ] || cat -- "${files[@]}" >/dev/null 2>&1 || true
+	fg sync -f "$W"
+}
+
+# drop_backing GLOBS: write back and drop the page cache of the files
+# matching GLOBS (raw has none: it reads with O_DIRECT).
+drop_backing() {
+	local pat f
+	fg sync -f "$W"
+	for pat in $1; do
+		while IFS= read -r f; do
+			dd if="$f" iflag=nocache count=0 status=none 2>/dev/null || true
+		done < <(compgen -G "$pat" || true)
+	done
+}
+
+# bench TARGET FILE [DAEMON [BACKING]]: the jobs on FILE; the files matching
+# the patterns BACKING (space-separated: the target's own data files, not its
+# mount) are read into the page cache before each read job but coldread, and
+# after coldread.  Around each job:
 # DAEMON's CPU time from /proc/PID/stat, the whole host's busy time from
 # /proc/stat, the kernel threads' (writeback and journal work, much of it
 # caused by the target), and the lines DAEMON logged meanwhile.  What
@@ -541,7 +562,6 @@ idle_after() {
 # the noise of a shared machine.
 bench() {
 	local target=$1 file=$2 name=${3:-} backing=${4:-} pid= log= job out c0 c1 h0 h1 t0 t1 l0 cpu dir rc wb
-	local -a files
 	local mb iops p99 sp99 ios rts fio_cpu other kth r0 r1 devr
 	if [ -n "$name" ]; then
 		pid=${D_PID[$name]}
@@ -565,15 +585,15 @@ bench() {
 		# coldread starts from none of it: a guest's first read of its
 		# disk after the host's cache lost it (a boot, a backup), with
 		# the host's read-ahead (or without: a vsnapfs chunk that direct
-		# writes may still reach, docs/design.md "Direct writes").
+		# writes may still reach, docs/design.md "Direct writes").  Only
+		# the target's own files are dropped: dropping the whole page
+		# cache hands gigabytes back to this VM's host (free page
+		# reporting), and every write into a new page after it, in the
+		# jobs that follow, would fault there.
 		if [ "$job" = coldread ]; then
-			fg sync -f "$W"
-			echo 3 >/proc/sys/vm/drop_caches
+			drop_backing "$backing"
 		elif [ -n "$backing" ] && [[ $job == *read ]]; then
-			# GC may remove a chunk file meanwhile: what is left is warm
-			mapfile -t files < <(compgen -G "$backing")
-			[ ${#files[@]} -eq 0 ] || cat -- "${files[@]}" >/dev/null 2>&1 || true
-			fg sync -f "$W"
+			warm_backing "$backing"
 		fi
 		log "$target: $job (${RT} s)"
 		c0=0
@@ -613,6 +633,11 @@ bench() {
 		fg sync -f "$W"
 		wb=$(awk -v ms=$(($(now_ms) - wb)) 'BEGIN { printf "%.1f", ms / 1000 }')
 		idle_after "$pid"
+		# the jobs after coldread start as the set-up left them: the
+		# backing files (vsnapfs: its index too) in the page cache
+		if [ "$job" = coldread ] && [ -n "$backing" ]; then
+			warm_backing "$backing"
+		fi
 		if [ $rc -ne 0 ]; then
 			problem "$target/$job: fio failed (status $rc): $(tail -n 3 "$out.stderr" | tr '\n' ' ')"
 			printf '%s\t%s\tfailed\n' "$target" "$job" >>"$JOBS_TSV"
@@ -903,7 +928,7 @@ vs_flat() {
 	kv startup "$target" "mount, ms" "$MOUNT_MS"
 	first_read "$target" "$d/mnt/vol"
 	exec {HOLD}<"$d/mnt/vol"
-	bench "$target" "$d/mnt/vol" "$key" "$d/store/chunks/*"
+	bench "$target" "$d/mnt/vol" "$key" "$d/store/chunks/* $d/store/index.sqlite*"
 	exec {HOLD}<&-
 	HOLD=
 	daemon_done "$key" startup "$target"
@@ -935,7 +960,7 @@ if want vsnapfs-depth64; then
 	kv startup vsnapfs-depth64 "mount, ms" "$MOUNT_MS"
 	first_read vsnapfs-depth64 "$V"
 	exec {HOLD}<"$V"
-	bench vsnapfs-depth64 "$V" d64 "$W/d64/store/chunks/*"
+	bench vsnapfs-depth64 "$V" d64 "$W/d64/store/chunks/* $W/d64/store/index.sqlite*"
 	exec {HOLD}<&-
 	HOLD=
 	daemon_done d64 startup vsnapfs-depth64
