@@ -774,9 +774,10 @@ static int spare_take_locked(struct chunk_store *cs, const char *name, uint64_t 
  * again: with direct writes on, its cached pages are dropped when it is
  * kept (spare_drop_pages) and again when it becomes a chunk, which takes no
  * direct writes if any page is left (pages_left).  Direct writes are off
- * where the page size does not divide the slots' offsets.  A program outside vsnapfs that reads a mounted
- * store's chunk files with read-ahead (a copy of the store's directory)
- * can still make such a folio: back up with vsnapctl send, or unmounted.
+ * where the page size does not divide the slots' offsets.  A program
+ * outside vsnapfs that reads a mounted store's chunk files with read-ahead
+ * (a copy of the store's directory) can still make such a folio: back up
+ * with vsnapctl send, or unmounted.
  */
 #define DIRECT_PIECE (1u << 20)
 static_assert(CHUNK_BLOCK_MIN % 4096 == 0 && DIRECT_PIECE % CHUNK_BLOCK_MAX == 0,
