@@ -783,12 +783,13 @@ static int spare_take_locked(struct chunk_store *cs, const char *name, uint64_t 
 static_assert(CHUNK_BLOCK_MIN % 4096 == 0 && DIRECT_PIECE % CHUNK_BLOCK_MAX == 0,
 	      "a direct write's pieces are whole pages and whole blocks");
 
-/* Direct writes are off from now on, said once. */
-static void direct_refused(struct chunk_store *cs, uint64_t id, int err)
+/* Direct writes (failed: &cs->direct_failed) or reads (&cs->direct_reads_failed)
+ * are off from now on, said once. */
+static void direct_refused(atomic_bool *failed, uint64_t id, const char *what, int err)
 {
-	if (!atomic_exchange(&cs->direct_failed, true))
+	if (!atomic_exchange(failed, true))
 		vlog(LOG_NOTICE, "chunk %016" PRIx64 ": the host refused O_DIRECT (%s): "
-		     "writing through its page cache from now on", id, strerror(err));
+		     "%s through its page cache from now on", id, strerror(err), what);
 }
 
 static int direct_open(struct chunk_store *cs, uint64_t id, const char *name)
@@ -799,7 +800,7 @@ static int direct_open(struct chunk_store *cs, uint64_t id, const char *name)
 		return -1;
 	fd = openat(cs->dirfd, name, O_WRONLY | O_DIRECT | O_CLOEXEC);
 	if (fd < 0 && (errno == EINVAL || errno == EOPNOTSUPP))
-		direct_refused(cs, id, errno);
+		direct_refused(&cs->direct_failed, id, "writing", errno);
 	return fd;       /* any other failure: buffered writes for this chunk */
 }
 
@@ -841,7 +842,7 @@ static int write_payload(struct chunk_store *cs, const struct chunk_w *w, const 
 			memcpy(b, src + done, n);
 			rc = pwrite_direct(cs, w->dfd, b, n, off + (off_t)done);
 			if (rc == -EINVAL) {
-				direct_refused(cs, w->id, EINVAL);
+				direct_refused(&cs->direct_failed, w->id, "writing", EINVAL);
 				break;
 			}
 			if (rc)
@@ -898,7 +899,6 @@ static bool pages_left(int fd)
 void chunk_direct_writes(struct chunk_store *cs, size_t min_bytes)
 {
 	long page = sysconf(_SC_PAGESIZE);
-
 	uint64_t pages;
 
 	if (page <= 0 || cs->data_off % (uint64_t)page || cs->block_size % (uint64_t)page)
@@ -1150,22 +1150,24 @@ static bool read_ahead_safe(struct chunk_store *cs, uint64_t id)
  */
 #define DIRECT_READ_ALIGN 4096u
 
-/* Direct reads are off from now on, said once. */
-static void direct_reads_refused(struct chunk_store *cs, uint64_t id)
+/* Open chunk file name for reading, with flags added to O_RDONLY |
+ * O_CLOEXEC, and without access-time updates (a profile showed them) where
+ * we may ask: only the file's owner (or CAP_FOWNER) may. */
+static int open_ro(struct chunk_store *cs, const char *name, int flags)
 {
-	if (!atomic_exchange(&cs->direct_reads_failed, true))
-		vlog(LOG_NOTICE, "chunk %016" PRIx64 ": the host refused an O_DIRECT read: "
-		     "reading through its page cache from now on", id);
+	int fd = openat(cs->dirfd, name, O_RDONLY | O_CLOEXEC | O_NOATIME | flags);
+
+	if (fd < 0 && errno == EPERM)
+		fd = openat(cs->dirfd, name, O_RDONLY | O_CLOEXEC | flags);
+	return fd;
 }
 
 static int open_direct_ro(struct chunk_store *cs, uint64_t id, const char *name)
 {
-	int fd = openat(cs->dirfd, name, O_RDONLY | O_DIRECT | O_CLOEXEC | O_NOATIME);
+	int fd = open_ro(cs, name, O_DIRECT);
 
-	if (fd < 0 && errno == EPERM)
-		fd = openat(cs->dirfd, name, O_RDONLY | O_DIRECT | O_CLOEXEC);
 	if (fd < 0 && (errno == EINVAL || errno == EOPNOTSUPP))
-		direct_reads_refused(cs, id);
+		direct_refused(&cs->direct_reads_failed, id, "reading", errno);
 	return fd;              /* any other failure: buffered reads of this chunk */
 }
 
@@ -1188,11 +1190,7 @@ static int chunk_open_ro(struct chunk_store *cs, uint64_t id, struct chunk_rfd *
 
 	*e = (struct chunk_rfd){ .id = id, .fd = -1, .sfd = -1, .dfd = -1, .bad = true };
 	chunk_name(name, id);
-	/* no access-time update per read (a profile showed it); only the
-	 * file's owner (or CAP_FOWNER) may ask */
-	fd = openat(cs->dirfd, name, O_RDONLY | O_CLOEXEC | O_NOATIME);
-	if (fd < 0 && errno == EPERM)
-		fd = openat(cs->dirfd, name, O_RDONLY | O_CLOEXEC);
+	fd = open_ro(cs, name, 0);
 	if (fd < 0)
 		return -errno;
 	/* No read-ahead where direct writes may happen (see "Direct writes"),
@@ -2231,7 +2229,7 @@ static ssize_t payload_read(struct chunk_store *cs, const struct chunk_rfd *e, v
 		if (n < 0 && errno != EINVAL)
 			return -EIO;
 		if (n < 0) {
-			direct_reads_refused(cs, e->id);
+			direct_refused(&cs->direct_reads_failed, e->id, "reading", EINVAL);
 			n = 0;
 		}
 		if ((size_t)n == len)

@@ -526,29 +526,32 @@ idle_after() {
 	BG_CPU=$(awk -v d=$((b - c0)) -v t="$CLK_TCK" 'BEGIN { printf "%.2f", d / t }')
 }
 
-# warm_backing GLOBS: read the files matching GLOBS (space-separated
-# patterns) into the page cache.  GC may remove a chunk file meanwhile: what
-# is left is warm.
-warm_backing() {
+# backing_files GLOBS: the files matching GLOBS (space-separated patterns),
+# one per line.
+backing_files() {
 	local pat
-	local -a files=()
 	for pat in $1; do
-		mapfile -t -O "${#files[@]}" files < <(compgen -G "$pat" || true)
+		compgen -G "$pat" || true
 	done
+}
+
+# warm_backing GLOBS: read those files into the page cache.  GC may remove
+# a chunk file meanwhile: what is left is warm.
+warm_backing() {
+	local -a files
+	mapfile -t files < <(backing_files "$1")
 	[ ${#files[@]} -eq 0 ] || cat -- "${files[@]}" >/dev/null 2>&1 || true
 	fg sync -f "$W"
 }
 
-# drop_backing GLOBS: write back and drop the page cache of the files
-# matching GLOBS (raw has none: it reads with O_DIRECT).
+# drop_backing GLOBS: write back and drop the page cache of those files
+# (raw has none: it reads with O_DIRECT).
 drop_backing() {
-	local pat f
+	local f
 	fg sync -f "$W"
-	for pat in $1; do
-		while IFS= read -r f; do
-			dd if="$f" iflag=nocache count=0 status=none 2>/dev/null || true
-		done < <(compgen -G "$pat" || true)
-	done
+	while IFS= read -r f; do
+		dd if="$f" iflag=nocache count=0 status=none 2>/dev/null || true
+	done < <(backing_files "$1")
 }
 
 # bench TARGET FILE [DAEMON [BACKING]]: the jobs on FILE; the files matching
