@@ -83,9 +83,9 @@
  * Locks (ranks and order: vsnapfs/lock.h): sync_mu before mu; fd_lock is
  * never held together with another lock of this file; side_mu (sidecar
  * writes) is a leaf, taken alone.  Slow I/O runs with no mutex held; the exception is creating a chunk
- * file (an open, one 4 KiB write and, from a spare with direct writes on,
- * dropping its cached pages and asking cachestat whether any are left, per
- * 64 MiB of data), done under mu so
+ * file (an open, one 4 KiB write and, from a spare, a write of its zeroed
+ * slot table and, with direct writes on, dropping its cached pages and
+ * asking cachestat whether any are left, per 64 MiB of data), done under mu so
  * that appenders queued behind a full chunk wait for one new chunk instead of
  * racing to create several.
  */
@@ -913,6 +913,12 @@ uint64_t chunk_direct_bytes(struct chunk_store *cs)
 	return atomic_load(&cs->direct_bytes);
 }
 
+/* Zeros for a spare written ahead and a taken spare's table: .bss, never
+ * written (not const, or it would take a MiB of the binary). */
+static uint8_t zeros[1u << 20];
+static_assert(CHUNK_DATA_OFF(CHUNK_BLOCK_MIN) - CHUNK_HEADER_BYTES <= sizeof(zeros),
+	      "a slot table is zeroed in one write");
+
 /* Create the next chunk file and make it active.  Assumes mu is held. */
 static int chunk_w_create_locked(struct chunk_store *cs)
 {
@@ -920,7 +926,7 @@ static int chunk_w_create_locked(struct chunk_store *cs)
 	char name[CHUNK_NAME_LEN + 1];
 	struct chunk_w *w, *old;
 	uint64_t id = cs->next_id, spare_bytes = 0;
-	bool buffered_only = false;
+	bool spare, buffered_only = false;
 	int fd, rc;
 
 	assert(lock_held(&cs->mu));
@@ -935,8 +941,9 @@ static int chunk_w_create_locked(struct chunk_store *cs)
 	cs->next_id = id + 1;
 
 	fd = spare_take_locked(cs, name, &spare_bytes);
-	w->from_spare = fd >= 0 && spare_whole(cs, spare_bytes);
-	if (fd >= 0 && cs->direct_min) {
+	spare = fd >= 0;
+	w->from_spare = spare && spare_whole(cs, spare_bytes);
+	if (spare && cs->direct_min) {
 		(void)posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
 		/* without cachestat no chunk is read ahead while direct
 		 * writes are on (read_ahead_safe), and the drop is trusted */
@@ -950,6 +957,13 @@ static int chunk_w_create_locked(struct chunk_store *cs)
 	}
 	chunk_hdr_encode(hdr, cs->block_size, id);
 	rc = pwrite_full(fd, hdr, sizeof(hdr), 0);
+	/* A spare's table holds its old entries, on disk and maybe no longer
+	 * in the page cache: each append's entries would then start with a
+	 * read of the page they begin in (a device read per MiB written, on
+	 * the write's path).  Zeros, in one write, make every table page
+	 * whole in the cache, and leave no stale entry to read. */
+	if (!rc && spare)
+		rc = pwrite_full(fd, zeros, cs->data_off - CHUNK_HEADER_BYTES, TABLE_OFF);
 	if (rc)
 		goto fail_unlink;
 
@@ -1668,8 +1682,6 @@ bool chunk_spare_wanted(struct chunk_store *cs)
 
 int chunk_spare_prepare(struct chunk_store *cs, bool (*stop)(void *ctx), void *ctx)
 {
-	static uint8_t zeros[1u << 20];         /* .bss, never written: not const, or it
-						 * would take a MiB of the binary */
 	uint64_t size = CHUNK_FILE_MAX_BYTES(cs->block_size);
 	char name[CHUNK_NAME_LEN + 1];
 	struct chunk_spare sp;

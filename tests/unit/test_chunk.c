@@ -1368,7 +1368,7 @@ Test(chunk, fault_table_stale_slot_of_a_reused_spare_fails_because_of_the_seed)
 	char spare_dir[256], path[256];
 	struct chunk_store *cs = open_store(bs, 0);
 	struct chunk_loc old[2] = { { .lblock = 30 }, { .lblock = 31 } }, b, stale;
-	uint8_t *buf = malloc(2 * bs), ent[16];
+	uint8_t *buf = malloc(2 * bs), ent[16], a_ent[16];
 
 	fill_blocks(buf, bs, 2, 300);
 	cr_assert_eq(chunk_append(cs, buf, 2, CHUNK_KIND_DATA, old), 0);
@@ -1380,19 +1380,27 @@ Test(chunk, fault_table_stale_slot_of_a_reused_spare_fails_because_of_the_seed)
 	cs = open_store(bs, 0);
 	snprintf(spare_dir, sizeof(spare_dir), "%s/spare", g_tmp);
 	cr_assert_eq(chunk_spares_enable(cs, spare_dir, 1), 0);
+	entry_io(old[0].chunk_id, 1, a_ent, false);
+	cr_assert_eq(a_ent[14], CHUNK_KIND_DATA);
+	cr_assert_eq(le48(a_ent + 8), 31);
+	cr_assert_eq(le64(a_ent), old[1].cksum);
 	cr_assert_eq(chunk_remove(cs, old[0].chunk_id), 0);
 	b = append_one(cs, bs, 400);            /* chunk B, made from A's file */
 	chunk_path(path, sizeof(path), b.chunk_id);
 	cr_assert_eq(file_ino(path), ino, "chunk B is not A's file");
 	cr_assert_eq(b.slot, 0);
 
-	/* slot 1 of B: A's bytes, entry and payload agreeing with each other */
+	/* B's table was zeroed when B was made: slot 1 has no entry */
 	entry_io(b.chunk_id, 1, ent, false);
-	cr_assert_eq(ent[14], CHUNK_KIND_DATA);
-	cr_assert_eq(le48(ent + 8), 31);
-	cr_assert_eq(le64(ent), old[1].cksum);
+	for (int i = 0; i < 16; i++)
+		cr_assert_eq(ent[i], 0, "byte %d of slot 1's entry is %u", i, ent[i]);
 	stale = (struct chunk_loc){ .chunk_id = b.chunk_id, .slot = 1, .lblock = 31,
 				    .cksum = old[1].cksum };
+	assert_bad(cs, &stale, CHUNK_BAD_UNWRITTEN, "A's slot under a zeroed entry");
+
+	/* the zeros' write lost (a crash before the sync): slot 1 of B holds
+	 * A's bytes, entry and payload agreeing with each other */
+	entry_io(b.chunk_id, 1, a_ent, true);
 	assert_bad(cs, &stale, CHUNK_BAD_CKSUM, "stale slot, the old checksum");
 	stale.cksum = cksum_seeded(buf + bs, bs, cksum_slot_seed(b.chunk_id, 1, 31));
 	assert_bad(cs, &stale, CHUNK_BAD_CKSUM, "stale slot, the checksum B would have");
