@@ -5,8 +5,12 @@
  */
 #include <pthread.h>
 #include <stdlib.h>
+#include <sys/mman.h>
 
 #include "vsnapfs/tbuf.h"
+
+#define TBUF_HUGE_MIN (1u << 20)        /* see tbuf.h */
+#define TBUF_HUGE     (2u << 20)        /* x86-64's and arm64's (4 KiB pages) PMD size */
 
 struct tbufs {
 	struct {
@@ -50,8 +54,13 @@ void *tbuf_get(enum tbuf_use use, size_t size)
 		}
 	}
 	if (t->b[use].len < size) {
-		if (posix_memalign(&p, 4096, size) != 0)
+		size_t align = size >= TBUF_HUGE_MIN ? TBUF_HUGE : 4096;
+
+		size = (size + align - 1) & ~(align - 1);
+		if (posix_memalign(&p, align, size) != 0)
 			return NULL;
+		if (align == TBUF_HUGE)
+			(void)madvise(p, size, MADV_HUGEPAGE);  /* a wish: THP may be off */
 		free(t->b[use].p);
 		t->b[use].p = p;
 		t->b[use].len = size;

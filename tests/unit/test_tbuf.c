@@ -1,0 +1,63 @@
+/*
+ * Unit tests of the per-thread scratch buffers (src/util/tbuf.c): aligned
+ * as O_DIRECT and the huge-page rule need, kept while a thread lives,
+ * grown on demand, and a thread's own.
+ */
+#include <criterion/criterion.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "vsnapfs/tbuf.h"
+
+#define MiB (1u << 20)
+
+Test(tbuf, a_small_buffer_is_page_aligned_kept_and_grown_on_demand)
+{
+	uint8_t *a = tbuf_get(TBUF_READ, 4096), *b, *c;
+
+	cr_assert(a);
+	cr_assert_eq((uintptr_t)a % 4096, 0);
+	memset(a, 0xa5, 4096);
+	b = tbuf_get(TBUF_READ, 100);           /* smaller: the same buffer */
+	cr_assert_eq(b, a);
+	cr_assert_eq(b[4095], 0xa5, "the contents are kept while it does not grow");
+	c = tbuf_get(TBUF_READ, 64 * 1024);
+	cr_assert(c);
+	cr_assert_eq((uintptr_t)c % 4096, 0);
+	memset(c, 0, 64 * 1024);
+}
+
+Test(tbuf, a_buffer_of_a_mib_or_more_is_2mib_aligned_and_whole)
+{
+	uint8_t *a = tbuf_get(TBUF_DIRECT, MiB), *b;
+
+	cr_assert(a);
+	cr_assert_eq((uintptr_t)a % (2 * MiB), 0, "%p", (void *)a);
+	memset(a, 1, 2 * MiB);                  /* rounded up to a whole huge page */
+	b = tbuf_get(TBUF_DIRECT, 2 * MiB);     /* fits: not reallocated */
+	cr_assert_eq(b, a);
+	b = tbuf_get(TBUF_DIRECT, 3 * MiB);
+	cr_assert(b);
+	cr_assert_eq((uintptr_t)b % (2 * MiB), 0);
+	memset(b, 2, 4 * MiB);
+}
+
+static void *other_thread(void *arg)
+{
+	(void)arg;
+	return tbuf_get(TBUF_DIRECT, MiB);
+}
+
+Test(tbuf, each_thread_has_its_own_buffer)
+{
+	uint8_t *mine = tbuf_get(TBUF_DIRECT, MiB);
+	pthread_t t;
+	void *theirs;
+
+	cr_assert_eq(pthread_create(&t, NULL, other_thread, NULL), 0);
+	cr_assert_eq(pthread_join(t, &theirs), 0);
+	cr_assert(mine);
+	cr_assert(theirs);
+	cr_assert_neq(theirs, (void *)mine);
+}
