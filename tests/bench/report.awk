@@ -25,6 +25,7 @@ BEGIN {
 	# numerator / denominator pairs, vsnapfs first, then context
 	nr = split("vsnapfs/raw vsnapfs/fuse-passthrough vsnapfs/qsd-qcow2 " \
 		   "vsnapfs-depth64/vsnapfs vsnapfs-depth64/vsnapfs-snap1 vsnapfs-snap1/vsnapfs " \
+		   "vsnapfs-depth64/vsnapfs-frag64 vsnapfs-frag64/vsnapfs-snap1 " \
 		   "vsnapfs-depth64/qsd-chain32 " \
 		   "fuse-passthrough/raw qsd-chain32/qsd-qcow2", R, " ")
 	title["startup"] = "Setup and start-up, per target"

@@ -17,6 +17,9 @@
 #                     (depth64's control: what the jobs overwrite stays held)
 #   vsnapfs-depth64   a volume with 64 snapshots in its history, each
 #                     generation having written a different random 1/64
+#   vsnapfs-frag64    depth64's control for depth alone: the same 64
+#                     generations (the same 64 KiB pieces, so the same
+#                     fragments), one snapshot after the last
 #
 # then randread, randwrite and fsyncwrite slices of vsnapfs, the
 # pass-through, qcow2, FUSE with nothing behind it and the device in turn
@@ -86,7 +89,7 @@ GIB=$((1 << 30))
 DISK=$((DISK_GIB * GIB))
 UNIT=65536                      # granularity of the layers' random pieces
 JOBS=(seqread coldread seqwrite randread randwrite fsyncwrite)
-TARGETS=(raw fuse-passthrough qsd-qcow2 qsd-chain32 vsnapfs vsnapfs-snap1 vsnapfs-depth64)
+TARGETS=(raw fuse-passthrough qsd-qcow2 qsd-chain32 vsnapfs vsnapfs-snap1 vsnapfs-frag64 vsnapfs-depth64)
 SECTIONS=("${TARGETS[@]}" pairs ops memory scale)
 # A selection (BENCH_TARGETS, BENCH_JOBS) runs less; the report still has a
 # row or column for everything, "–" where nothing ran, so that its tables
@@ -405,11 +408,18 @@ rss_mib() {   # rss_mib PID FIELD (VmHWM, VmRSS)
 	awk -v f="$2:" '$1 == f { printf "%.1f", $2 / 1024 }' "/proc/$1/status"
 }
 
-# warm FILE...: read the backing files once, buffered, so that every FUSE
-# target starts with its data in the host page cache, as right after a fill;
-# then write back whatever the set-up left dirty (qemu-img convert does not
-# sync), so that no target's jobs pay for its own or a previous set-up.
+# warm FILE...: drop the backing files from the host page cache and read
+# them once, buffered, so that every FUSE target starts with its data in
+# the host page cache, put there the same way: by reading, in the large
+# folios read-ahead makes, whether its set-up wrote through the page cache
+# in small pieces (depth64's 64 KiB, qemu-io's clusters) or around it
+# (docs/performance.md, "Depth against fragments"); then write back
+# whatever the set-up left dirty (qemu-img convert does not sync), so that
+# no target's jobs pay for its own or a previous set-up.
 warm() {
+	local f
+	fg sync -f "$W"
+	for f in "$@"; do dd if="$f" iflag=nocache count=0 status=none 2>/dev/null || true; done
 	fg -q cat "$@"
 	fg sync -f "$W"
 }
@@ -708,12 +718,13 @@ iologs() {
 	} END { for (o in seen) print f " close" > o }' "$1"
 }
 
-# generations WHAT DIR VOLUME N: replay the iologs DIR/gen.0 .. gen.N-1
+# generations WHAT DIR VOLUME N [last]: replay the iologs DIR/gen.0 .. gen.N-1
 # (O_DIRECT, QD16), each followed by `mkdir .snapshots/NAME@gG` in the
-# volume's directory; VOLUME is held open meanwhile, as by a running VM.
-# GENS is how many generations got their snapshot.
+# volume's directory (with "last", only the last one); VOLUME is held open
+# meanwhile, as by a running VM.  GENS is how many generations were written
+# (and, without "last", got their snapshot).
 generations() {
-	local what=$1 dir=$2 vol=$3 n=$4 g
+	local what=$1 dir=$2 vol=$3 n=$4 only_last=${5:-} g
 	exec {HOLD}<"$vol"
 	for ((GENS = 0, g = 1; g <= n; g++)); do
 		if ! fg -q fio --name="gen$g" --read_iolog="$dir/gen.$((g - 1))" \
@@ -721,7 +732,8 @@ generations() {
 			problem "$what: the writes of generation $g failed; measured with $((g - 1)) snapshots"
 			break
 		fi
-		if ! mkdir "$(dirname "$vol")/.snapshots/$(basename "$vol")@g$g"; then
+		if { [ -z "$only_last" ] || [ "$g" -eq "$n" ]; } &&
+			! mkdir "$(dirname "$vol")/.snapshots/$(basename "$vol")@g$g"; then
 			problem "$what: mkdir .snapshots/$(basename "$vol")@g$g failed; measured with $((g - 1)) snapshots"
 			break
 		fi
@@ -943,32 +955,44 @@ if want vsnapfs; then vs_flat vsnapfs vs1; fi
 # freed, so no chunk file is collected and reused) without the depth.
 if want vsnapfs-snap1; then vs_flat vsnapfs-snap1 s1 vol@held; fi
 
-if want vsnapfs-depth64; then
-	log "vsnapfs-depth64: 64 generations of 1/64 of the disk, a snapshot after each"
-	mkdir -p "$W/d64/mnt" "$W/d64/log"
+# vs_layers TARGET KEY [last]: TARGET is a fresh store's volume written by
+# 64 generations of 1/64 of the disk each, in 64 KiB pieces, with a
+# snapshot after each generation (depth64) or, with "last", only after the
+# last one (frag64: the same pieces in the same order, so the same
+# fragments and the same retention, without the depth); remounted, then
+# the jobs.
+vs_layers() {
+	local target=$1 key=$2 last=${3:-} d=$W/$2 want_snaps=64 t0 nsnap v
+	log "$target: 64 generations of 1/64 of the disk, a snapshot after ${last:-each}"
+	mkdir -p "$d/mnt" "$d/log"
 	t0=$(now_ms)
-	layout 64 64 "$W/d64/layout"
-	V=$W/d64/mnt/vol
-	iologs "$W/d64/layout" "$W/d64/log" "$V" "$UNIT"
-	vs d64 "$W/d64/store" "$W/d64/mnt"
-	truncate -s "$DISK" "$V"
-	generations vsnapfs-depth64 "$W/d64/log" "$V" 64
-	nsnap=$(find "$W/d64/mnt/.snapshots" -mindepth 1 -maxdepth 1 -name 'vol@g*' | wc -l)
-	[ "$nsnap" -eq 64 ] || problem "vsnapfs-depth64: $nsnap snapshots listed, not 64"
-	stop d64
-	index_kv "64 generations of 1/64 of $DISK_GIB GiB, 64 snapshots" "$W/d64/store" "$DISK_GIB"
-	warm "$W"/d64/store/chunks/*
-	vs d64 "$W/d64/store" "$W/d64/mnt"
-	kv startup vsnapfs-depth64 "setup, s" "$(((($(now_ms) - t0) + 500) / 1000))"
-	kv startup vsnapfs-depth64 "mount, ms" "$MOUNT_MS"
-	first_read vsnapfs-depth64 "$V"
-	exec {HOLD}<"$V"
-	bench vsnapfs-depth64 "$V" d64 "$W/d64/store/chunks/* $W/d64/store/index.sqlite*"
+	layout 64 64 "$d/layout"
+	v=$d/mnt/vol
+	iologs "$d/layout" "$d/log" "$v" "$UNIT"
+	vs "$key" "$d/store" "$d/mnt"
+	truncate -s "$DISK" "$v"
+	generations "$target" "$d/log" "$v" 64 $last
+	[ -z "$last" ] || want_snaps=1
+	nsnap=$(find "$d/mnt/.snapshots" -mindepth 1 -maxdepth 1 -name 'vol@g*' | wc -l)
+	[ "$nsnap" -eq "$want_snaps" ] || problem "$target: $nsnap snapshots listed, not $want_snaps"
+	stop "$key"
+	[ -n "$last" ] ||
+		index_kv "64 generations of 1/64 of $DISK_GIB GiB, 64 snapshots" "$d/store" "$DISK_GIB"
+	warm "$d"/store/chunks/*
+	vs "$key" "$d/store" "$d/mnt"
+	kv startup "$target" "setup, s" "$(((($(now_ms) - t0) + 500) / 1000))"
+	kv startup "$target" "mount, ms" "$MOUNT_MS"
+	first_read "$target" "$v"
+	exec {HOLD}<"$v"
+	bench "$target" "$v" "$key" "$d/store/chunks/* $d/store/index.sqlite*"
 	exec {HOLD}<&-
 	HOLD=
-	daemon_done d64 startup vsnapfs-depth64
-	rm -rf "$W/d64"
-fi
+	daemon_done "$key" startup "$target"
+	rm -rf "$d"
+}
+
+if want vsnapfs-frag64; then vs_layers vsnapfs-frag64 f64 last; fi
+if want vsnapfs-depth64; then vs_layers vsnapfs-depth64 d64; fi
 
 # ============================================================================
 # pairs: vsnapfs, the pass-through, qcow2, fuse-null and raw side by side
@@ -1644,7 +1668,7 @@ awk -F'\t' -v targets="${TARGETS[*]}" -v jobs="${JOBS[*]}" '
 	}' "$JOBS_TSV" >"$OUT/chart.dat"
 awk 'NR == 1 || $1 ~ /^(seq|cold)/' "$OUT/chart.dat" >"$W/seq.dat"
 awk 'NR == 1 || $1 !~ /^(seq|cold)/' "$OUT/chart.dat" >"$W/rand.dat"
-# Bar k of 6 in a cluster sits at x + (k - 2.5) / 7 (cluster gap 1); the
+# Bar k of 8 in a cluster sits at x + (k - 3.5) / 9 (cluster gap 1); the
 # value is printed above each bar.
 # A selection can leave a whole column empty, which gnuplot refuses to plot.
 gnuplot <<EOF || log "chart.png: gnuplot failed (with BENCH_TARGETS/BENCH_JOBS: an empty column)"
@@ -1661,21 +1685,21 @@ set format y "%.0f"
 set grid ytics
 set key outside bottom center horizontal
 set xtics scale 0
-array C[6] = ["#9e9e9e", "#4d4d4d", "#9ecae1", "#2171b5", "#fdae6b", "#d94801"]
+array C[8] = ["#9e9e9e", "#4d4d4d", "#9ecae1", "#2171b5", "#fdae6b", "#d94801", "#a1d99b", "#238b45"]
 set multiplot layout 1,2 title "vsnapfs bench, ${DATE}: ${DISK_GIB} GiB disk, ${RT} s per job, log scale, higher is better"
 set title "sequential 1 MiB, QD1 (coldread: after the host dropped its caches)"
 set ylabel "MB/s"
 set xrange [-0.55:2.55]
 set yrange [10:20000]
-plot for [i=2:7] "$W/seq.dat" using i:xtic(1) title columnheader(i) lc rgb C[i-1], \
-     for [i=2:7] "$W/seq.dat" using (\$0 + (i - 4.5) / 7.0):i:(sprintf("%.0f", column(i))) \
+plot for [i=2:9] "$W/seq.dat" using i:xtic(1) title columnheader(i) lc rgb C[i-1], \
+     for [i=2:9] "$W/seq.dat" using (\$0 + (i - 5.5) / 9.0):i:(sprintf("%.0f", column(i))) \
 	 every ::1 with labels rotate by 90 left offset 0,0.4 font ",8" notitle
 set title "random 4 KiB, QD16 (fsyncwrite: QD1, fdatasync after each)"
 set ylabel "IOPS"
 set xrange [-0.55:2.55]
 set yrange [100:1000000]
-plot for [i=2:7] "$W/rand.dat" using i:xtic(1) title columnheader(i) lc rgb C[i-1], \
-     for [i=2:7] "$W/rand.dat" using (\$0 + (i - 4.5) / 7.0):i:(sprintf("%.0f", column(i))) \
+plot for [i=2:9] "$W/rand.dat" using i:xtic(1) title columnheader(i) lc rgb C[i-1], \
+     for [i=2:9] "$W/rand.dat" using (\$0 + (i - 5.5) / 9.0):i:(sprintf("%.0f", column(i))) \
 	 every ::1 with labels rotate by 90 left offset 0,0.4 font ",8" notitle
 unset multiplot
 EOF
