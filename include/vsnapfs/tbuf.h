@@ -6,8 +6,9 @@
  * next one: a fresh 1 MiB allocation each time is an mmap that the kernel
  * faults in, zeroes and unmaps (docs/performance.md, "Read buffers").
  * Page-aligned, so that O_DIRECT may read into or write from them.  One
- * of 1 MiB or more is 2 MiB-aligned, rounded up to 2 MiB and asked to be
- * a transparent huge page (MADV_HUGEPAGE; the host may say no): the
+ * of 1 MiB or more (in whole pages) is its own mapping, 2 MiB-aligned,
+ * rounded up to 2 MiB and asked to be a transparent huge page
+ * (MADV_HUGEPAGE; the host may say no): the
  * kernel then pins it as one folio, not 256 pages, for an O_DIRECT write
  * or a FUSE reply, and a 1 MiB O_DIRECT write from it is one segment, not
  * more than a device takes in one request (virtio-blk's 254 here):

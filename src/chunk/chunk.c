@@ -961,9 +961,14 @@ static int chunk_w_create_locked(struct chunk_store *cs)
 	 * in the page cache: each append's entries would then start with a
 	 * read of the page they begin in (a device read per MiB written, on
 	 * the write's path).  Zeros, in one write, make every table page
-	 * whole in the cache, and leave no stale entry to read. */
-	if (!rc && spare)
+	 * whole in the cache, and leave no stale entry to read.  Their
+	 * writeback starts now (best effort), not at the chunk's first sync,
+	 * whose caller would wait for all of them. */
+	if (!rc && spare) {
 		rc = pwrite_full(fd, zeros, cs->data_off - CHUNK_HEADER_BYTES, TABLE_OFF);
+		if (!rc)
+			(void)sync_file_range(fd, 0, (off_t)cs->data_off, SYNC_FILE_RANGE_WRITE);
+	}
 	if (rc)
 		goto fail_unlink;
 

@@ -4,8 +4,11 @@
  * the thread ends.
  */
 #include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include "vsnapfs/tbuf.h"
 
@@ -16,6 +19,7 @@ struct tbufs {
 	struct {
 		void *p;
 		size_t len;
+		bool huge;              /* p is its own mapping (huge_alloc) */
 	} b[TBUF_USES];
 };
 
@@ -23,12 +27,45 @@ static pthread_key_t tbuf_key;
 static pthread_once_t tbuf_once = PTHREAD_ONCE_INIT;
 static int tbuf_key_rc;
 
+/*
+ * A buffer of at least TBUF_HUGE_MIN bytes is its own mapping, TBUF_HUGE-
+ * aligned and a whole number of TBUF_HUGE: mapped a huge page longer and
+ * trimmed.  Not posix_memalign: glibc would serve it from an arena once its
+ * mmap threshold has risen past it (it does when a mapped block is freed),
+ * and MADV_HUGEPAGE would then outlive the buffer on arena memory.
+ */
+static void *huge_alloc(size_t len)
+{
+	long pg = sysconf(_SC_PAGESIZE);
+	size_t page = pg > 0 && pg < TBUF_HUGE ? (size_t)pg : 4096, extra = TBUF_HUGE - page, head;
+	uint8_t *m = mmap(NULL, len + extra, PROT_READ | PROT_WRITE,
+			  MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+	if (m == MAP_FAILED)
+		return NULL;
+	head = (TBUF_HUGE - (uintptr_t)m % TBUF_HUGE) % TBUF_HUGE;
+	if (head)
+		munmap(m, head);
+	if (extra - head)
+		munmap(m + head + len, extra - head);
+	(void)madvise(m + head, len, MADV_HUGEPAGE);    /* a wish: THP may be off */
+	return m + head;
+}
+
+static void buf_free(void *p, size_t len, bool huge)
+{
+	if (huge)
+		munmap(p, len);
+	else
+		free(p);
+}
+
 static void tbufs_free(void *x)
 {
 	struct tbufs *t = x;
 
 	for (int i = 0; i < TBUF_USES; i++)
-		free(t->b[i].p);
+		buf_free(t->b[i].p, t->b[i].len, t->b[i].huge);
 	free(t);
 }
 
@@ -54,16 +91,24 @@ void *tbuf_get(enum tbuf_use use, size_t size)
 		}
 	}
 	if (t->b[use].len < size) {
-		size_t align = size >= TBUF_HUGE_MIN ? TBUF_HUGE : 4096;
+		bool huge;
 
-		size = (size + align - 1) & ~(align - 1);
-		if (posix_memalign(&p, align, size) != 0)
+		if (size > SIZE_MAX / 2)
 			return NULL;
-		if (align == TBUF_HUGE)
-			(void)madvise(p, size, MADV_HUGEPAGE);  /* a wish: THP may be off */
-		free(t->b[use].p);
+		size = (size + 4095) & ~(size_t)4095;
+		huge = size >= TBUF_HUGE_MIN;   /* so every buffer this long is huge */
+		if (huge) {
+			size = (size + TBUF_HUGE - 1) & ~((size_t)TBUF_HUGE - 1);
+			p = huge_alloc(size);
+		} else if (posix_memalign(&p, 4096, size) != 0) {
+			p = NULL;
+		}
+		if (!p)
+			return NULL;
+		buf_free(t->b[use].p, t->b[use].len, t->b[use].huge);
 		t->b[use].p = p;
 		t->b[use].len = size;
+		t->b[use].huge = huge;
 	}
 	return t->b[use].p;
 }

@@ -729,12 +729,12 @@ generations() {
 	for ((GENS = 0, g = 1; g <= n; g++)); do
 		if ! fg -q fio --name="gen$g" --read_iolog="$dir/gen.$((g - 1))" \
 			--replay_no_stall=1 --ioengine=libaio --iodepth=16 --direct=1 --output-format=terse; then
-			problem "$what: the writes of generation $g failed; measured with $((g - 1)) snapshots"
+			problem "$what: the writes of generation $g failed; measured after $((g - 1)) generations"
 			break
 		fi
 		if { [ -z "$only_last" ] || [ "$g" -eq "$n" ]; } &&
 			! mkdir "$(dirname "$vol")/.snapshots/$(basename "$vol")@g$g"; then
-			problem "$what: mkdir .snapshots/$(basename "$vol")@g$g failed; measured with $((g - 1)) snapshots"
+			problem "$what: mkdir .snapshots/$(basename "$vol")@g$g failed; measured after $((g - 1)) generations"
 			break
 		fi
 		GENS=$g
@@ -971,7 +971,7 @@ vs_layers() {
 	iologs "$d/layout" "$d/log" "$v" "$UNIT"
 	vs "$key" "$d/store" "$d/mnt"
 	truncate -s "$DISK" "$v"
-	generations "$target" "$d/log" "$v" 64 $last
+	generations "$target" "$d/log" "$v" 64 ${last:+"$last"}
 	[ -z "$last" ] || want_snaps=1
 	nsnap=$(find "$d/mnt/.snapshots" -mindepth 1 -maxdepth 1 -name 'vol@g*' | wc -l)
 	[ "$nsnap" -eq "$want_snaps" ] || problem "$target: $nsnap snapshots listed, not $want_snaps"

@@ -1380,6 +1380,8 @@ Test(chunk, fault_table_stale_slot_of_a_reused_spare_fails_because_of_the_seed)
 	cs = open_store(bs, 0);
 	snprintf(spare_dir, sizeof(spare_dir), "%s/spare", g_tmp);
 	cr_assert_eq(chunk_spares_enable(cs, spare_dir, 1), 0);
+	memset(ent, 0xa5, sizeof(ent));         /* A's last entry: a table written to its end */
+	entry_io(old[0].chunk_id, CHUNK_NSLOTS(bs) - 1, ent, true);
 	entry_io(old[0].chunk_id, 1, a_ent, false);
 	cr_assert_eq(a_ent[14], CHUNK_KIND_DATA);
 	cr_assert_eq(le48(a_ent + 8), 31);
@@ -1390,10 +1392,14 @@ Test(chunk, fault_table_stale_slot_of_a_reused_spare_fails_because_of_the_seed)
 	cr_assert_eq(file_ino(path), ino, "chunk B is not A's file");
 	cr_assert_eq(b.slot, 0);
 
-	/* B's table was zeroed when B was made: slot 1 has no entry */
+	/* B's table was zeroed when B was made, to its end: slot 1 and the
+	 * last slot have no entry */
 	entry_io(b.chunk_id, 1, ent, false);
 	for (int i = 0; i < 16; i++)
 		cr_assert_eq(ent[i], 0, "byte %d of slot 1's entry is %u", i, ent[i]);
+	entry_io(b.chunk_id, CHUNK_NSLOTS(bs) - 1, ent, false);
+	for (int i = 0; i < 16; i++)
+		cr_assert_eq(ent[i], 0, "byte %d of the last slot's entry is %u", i, ent[i]);
 	stale = (struct chunk_loc){ .chunk_id = b.chunk_id, .slot = 1, .lblock = 31,
 				    .cksum = old[1].cksum };
 	assert_bad(cs, &stale, CHUNK_BAD_UNWRITTEN, "A's slot under a zeroed entry");
@@ -2180,6 +2186,9 @@ Test(chunk, a_spare_whose_pages_cannot_be_dropped_becomes_a_chunk_written_throug
 	append_run(cs, bs, n, 5000, b);
 	cr_assert_eq(b[0].chunk_id, 4);
 	cr_assert_eq(chunk_direct_bytes(cs), direct + (uint64_t)n * bs);
+	/* a direct write that met a folio of the zeroed table (buffered)
+	 * would fail the sync: the kernel could not drop that folio */
+	cr_assert_eq(chunk_sync(cs), 0);
 	assert_run_reads(cs, bs, n, 5000, b);
 	assert_run_reads(cs, bs, n, 3000, a);
 	chunk_store_close(cs);

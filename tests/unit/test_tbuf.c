@@ -5,8 +5,11 @@
  */
 #include <criterion/criterion.h>
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "vsnapfs/tbuf.h"
 
@@ -41,6 +44,56 @@ Test(tbuf, a_buffer_of_a_mib_or_more_is_2mib_aligned_and_whole)
 	cr_assert(b);
 	cr_assert_eq((uintptr_t)b % (2 * MiB), 0);
 	memset(b, 2, 4 * MiB);
+}
+
+/* The VmFlags line of the mapping of /proc/self/smaps that holds p. */
+static bool vmflags_of(const void *p, char *flags, size_t len)
+{
+	FILE *f = fopen("/proc/self/smaps", "r");
+	char line[512];
+	bool in = false, found = false;
+
+	cr_assert(f);
+	while (!found && fgets(line, sizeof(line), f)) {
+		unsigned long lo, hi;
+
+		if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2)
+			in = (uintptr_t)p >= lo && (uintptr_t)p < hi;
+		else if (in && strncmp(line, "VmFlags:", 8) == 0) {
+			strncpy(flags, line + 8, len - 1);
+			flags[len - 1] = '\0';
+			found = true;
+		}
+	}
+	fclose(f);
+	return found;
+}
+
+Test(tbuf, a_buffer_of_a_mib_or_more_is_asked_to_be_a_huge_page)
+{
+	uint8_t *a = tbuf_get(TBUF_DIRECT, MiB);
+	char flags[512];
+
+	if (access("/sys/kernel/mm/transparent_hugepage", F_OK) != 0)
+		return;                 /* a kernel without THP: madvise says no */
+	cr_assert(a);
+	cr_assert(vmflags_of(a, flags, sizeof(flags)));
+	cr_assert(strstr(flags, " hg"), "VmFlags:%s", flags);
+}
+
+Test(tbuf, a_buffer_grown_from_small_to_huge_and_on_is_freed_the_way_it_was_made)
+{
+	uint8_t *a = tbuf_get(TBUF_READ, 8192), *b, *c;
+
+	cr_assert(a);
+	memset(a, 3, 8192);
+	b = tbuf_get(TBUF_READ, MiB - 100);     /* a page short of a MiB: huge too */
+	cr_assert(b);
+	cr_assert_eq((uintptr_t)b % (2 * MiB), 0);
+	memset(b, 3, 2 * MiB);
+	c = tbuf_get(TBUF_READ, 3 * MiB);       /* huger: the huge one unmapped */
+	cr_assert(c);
+	memset(c, 4, 4 * MiB);
 }
 
 static void *other_thread(void *arg)
