@@ -8,11 +8,11 @@
  * Page-aligned, so that O_DIRECT may read into or write from them.  One
  * of 1 MiB or more (in whole pages) is its own mapping, 2 MiB-aligned,
  * rounded up to 2 MiB and asked to be a transparent huge page
- * (MADV_HUGEPAGE; the host may say no): the
- * kernel then pins it as one folio, not 256 pages, for an O_DIRECT write
- * or a FUSE reply, and a 1 MiB O_DIRECT write from it is one segment, not
- * more than a device takes in one request (virtio-blk's 254 here):
- * docs/performance.md, "Huge-page buffers".
+ * (MADV_HUGEPAGE; the host may say no): the kernel then pins it as one
+ * folio, not 256 pages, for an O_DIRECT write or a FUSE reply, and a 1 MiB
+ * O_DIRECT write from it is one segment, not more than a device takes in
+ * one request (virtio-blk's 254 here): docs/performance.md, "Huge-page
+ * buffers".
  *
  * Errors:     NULL when out of memory (the thread's old buffer stays).
  * Threads:    any; a buffer belongs to the thread that got it.
