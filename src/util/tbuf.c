@@ -44,6 +44,8 @@ static void *huge_alloc(size_t len)
 	if (m == MAP_FAILED)
 		return NULL;
 	head = (TBUF_HUGE - (uintptr_t)m % TBUF_HUGE) % TBUF_HUGE;
+	/* a trim that fails (the map count at its limit) only leaves
+	 * address space mapped that nothing touches */
 	if (head)
 		munmap(m, head);
 	if (extra - head)

@@ -4,6 +4,8 @@
  * grown on demand, and a thread's own.
  */
 #include <criterion/criterion.h>
+#include <errno.h>
+#include <sys/mman.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -31,6 +33,16 @@ Test(tbuf, a_small_buffer_is_page_aligned_kept_and_grown_on_demand)
 	memset(c, 0, 64 * 1024);
 }
 
+/* Every page of [p, p + len) is mapped: mincore says ENOMEM otherwise. */
+static void assert_mapped(void *p, size_t len)
+{
+	unsigned char vec[4 * MiB / 4096];
+
+	cr_assert_leq(len / 4096, sizeof(vec));
+	cr_assert_eq(mincore(p, len, vec), 0, "a page of the buffer is not mapped: %s",
+		     strerror(errno));
+}
+
 Test(tbuf, a_buffer_of_a_mib_or_more_is_2mib_aligned_and_whole)
 {
 	uint8_t *a = tbuf_get(TBUF_DIRECT, MiB), *b;
@@ -38,11 +50,13 @@ Test(tbuf, a_buffer_of_a_mib_or_more_is_2mib_aligned_and_whole)
 	cr_assert(a);
 	cr_assert_eq((uintptr_t)a % (2 * MiB), 0, "%p", (void *)a);
 	memset(a, 1, 2 * MiB);                  /* rounded up to a whole huge page */
+	assert_mapped(a, 2 * MiB);
 	b = tbuf_get(TBUF_DIRECT, 2 * MiB);     /* fits: not reallocated */
 	cr_assert_eq(b, a);
 	b = tbuf_get(TBUF_DIRECT, 3 * MiB);
 	cr_assert(b);
 	cr_assert_eq((uintptr_t)b % (2 * MiB), 0);
+	assert_mapped(b, 4 * MiB);
 	memset(b, 2, 4 * MiB);
 }
 
@@ -87,7 +101,7 @@ Test(tbuf, a_buffer_grown_from_small_to_huge_and_on_is_freed_the_way_it_was_made
 
 	cr_assert(a);
 	memset(a, 3, 8192);
-	b = tbuf_get(TBUF_READ, MiB - 100);     /* a page short of a MiB: huge too */
+	b = tbuf_get(TBUF_READ, MiB - 100);     /* a MiB once rounded to pages: huge too */
 	cr_assert(b);
 	cr_assert_eq((uintptr_t)b % (2 * MiB), 0);
 	memset(b, 3, 2 * MiB);
