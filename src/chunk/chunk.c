@@ -82,12 +82,13 @@
  *
  * Locks (ranks and order: vsnapfs/lock.h): sync_mu before mu; fd_lock is
  * never held together with another lock of this file; side_mu (sidecar
- * writes) is a leaf, taken alone.  Slow I/O runs with no mutex held; the exception is creating a chunk
- * file (an open, one 4 KiB write and, from a spare, a write of its zeroed
- * slot table and, with direct writes on, dropping its cached pages and
- * asking cachestat whether any are left, per 64 MiB of data), done under mu so
- * that appenders queued behind a full chunk wait for one new chunk instead of
- * racing to create several.
+ * writes) is a leaf, taken alone.  Slow I/O runs with no mutex held; the
+ * exception is creating a chunk file, once per 64 MiB of data: an open, a
+ * 4 KiB header write and, from a spare, a write of its zeroed slot table
+ * with the start of its writeback and, with direct writes on, dropping its
+ * cached pages and asking cachestat whether any are left.  It is done
+ * under mu so that appenders queued behind a full chunk wait for one new
+ * chunk instead of racing to create several.
  */
 #include <assert.h>
 #include <dirent.h>

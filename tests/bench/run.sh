@@ -417,11 +417,16 @@ rss_mib() {   # rss_mib PID FIELD (VmHWM, VmRSS)
 # whatever the set-up left dirty (qemu-img convert does not sync), so that
 # no target's jobs pay for its own or a previous set-up.
 warm() {
+	drop_files "$@"
+	fg -q cat "$@"
+	fg sync -f "$W"
+}
+
+# drop_files FILE...: write back and drop the page cache of those files.
+drop_files() {
 	local f
 	fg sync -f "$W"
 	for f in "$@"; do dd if="$f" iflag=nocache count=0 status=none 2>/dev/null || true; done
-	fg -q cat "$@"
-	fg sync -f "$W"
 }
 
 # fill FILE SIZE: write FILE sequentially, 1 MiB O_DIRECT at QD8.
@@ -557,11 +562,9 @@ warm_backing() {
 # drop_backing GLOBS: write back and drop the page cache of those files
 # (raw has none: it reads with O_DIRECT).
 drop_backing() {
-	local f
-	fg sync -f "$W"
-	while IFS= read -r f; do
-		dd if="$f" iflag=nocache count=0 status=none 2>/dev/null || true
-	done < <(backing_files "$1")
+	local -a files
+	mapfile -t files < <(backing_files "$1")
+	drop_files "${files[@]}"
 }
 
 # bench TARGET FILE [DAEMON [BACKING]]: the jobs on FILE; the files matching
