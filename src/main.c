@@ -58,6 +58,7 @@
 #define FLUSH_MS_MAX            3600000u        /* an hour */
 #define MAP_CACHE_MIN           (1u << 20)
 #define DIRECT_WRITES_MAX       (1ull << 30)
+#define WRITE_BEHIND_MAX        (64ull << 20)
 
 struct cmdline {
 	const char *store;      /* as given; argv's */
@@ -71,7 +72,7 @@ struct cmdline {
 
 enum {
 	KEY_BLOCK_SIZE, KEY_FLUSH_MS, KEY_GC_INTERVAL, KEY_SPARE_CHUNKS, KEY_THREADS,
-	KEY_MAP_CACHE, KEY_DEFRAG, KEY_NOCREATE, KEY_DIRECT_WRITES,
+	KEY_MAP_CACHE, KEY_DEFRAG, KEY_NOCREATE, KEY_DIRECT_WRITES, KEY_WRITE_BEHIND,
 	KEY_FOREGROUND, KEY_DEBUG, KEY_SINGLE, KEY_HELP, KEY_VERSION,
 	KEY_RO, KEY_OURS,
 };
@@ -83,6 +84,7 @@ static const struct fuse_opt opt_spec[] = {
 	FUSE_OPT_KEY("spare_chunks=", KEY_SPARE_CHUNKS),
 	FUSE_OPT_KEY("map_cache=", KEY_MAP_CACHE),
 	FUSE_OPT_KEY("direct_writes=", KEY_DIRECT_WRITES),
+	FUSE_OPT_KEY("write_behind=", KEY_WRITE_BEHIND),
 	FUSE_OPT_KEY("defrag", KEY_DEFRAG),
 	FUSE_OPT_KEY("nocreate", KEY_NOCREATE),
 	FUSE_OPT_KEY("threads=", KEY_THREADS),
@@ -151,6 +153,10 @@ static void help(void)
 	       "                           host's page cache (O_DIRECT), in bytes or with\n"
 	       "                           a k/K, m/M or g/G suffix (default %zuK; 0:\n"
 	       "                           never)\n"
+	       "    -o write_behind=SIZE   let up to SIZE bytes of those writes go to the\n"
+	       "                           device after the write returns (an fsync waits\n"
+	       "                           for them; ext4 and XFS stores only; default\n"
+	       "                           %zuM, at most 64M; 0: never)\n"
 	       "    -o threads=N           at most N FUSE worker threads (default %u);\n"
 	       "                           max_threads=N is the same\n"
 	       "    -o nocreate            refuse to create a new store: a missing or\n"
@@ -163,6 +169,7 @@ static void help(void)
 	       CHUNK_BLOCK_MIN >> 10, CHUNK_BLOCK_MAX >> 20, NS_DEFAULT_BLOCK_SIZE,
 	       NS_DEFAULT_FLUSH_MS, MCACHE_DEFAULT_BYTES >> 20, NS_DEFAULT_GC_INTERVAL_S, NS_GC_AFTER_BYTES >> 20,
 	       NS_SPARE_IDLE_MS / 1000, NS_DEFAULT_SPARE_CHUNKS, (size_t)NS_DEFAULT_DIRECT_WRITES >> 10,
+	       (size_t)NS_DEFAULT_WRITE_BEHIND >> 20,
 	       THREADS_DEFAULT);
 	fflush(stdout);
 	fuse_lowlevel_help();
@@ -270,6 +277,14 @@ static int opt_proc(void *data, const char *arg, int key, struct fuse_args *outa
 			cl->bad = true;
 		} else {
 			cl->ns.direct_write_bytes = (size_t)size;
+		}
+		return 0;
+	case KEY_WRITE_BEHIND:
+		if (parse_size(val, &size) < 0 || size > WRITE_BEHIND_MAX) {
+			fprintf(stderr, PROG ": write_behind=%s: must be 0 to 64M\n", val);
+			cl->bad = true;
+		} else {
+			cl->ns.write_behind_bytes = (size_t)size;
 		}
 		return 0;
 	case KEY_THREADS:
@@ -489,7 +504,8 @@ int main(int argc, char *argv[])
 	struct cmdline cl = {
 		.threads = THREADS_DEFAULT,
 		.ns = { .spare_chunks = NS_DEFAULT_SPARE_CHUNKS,
-			.direct_write_bytes = NS_DEFAULT_DIRECT_WRITES },
+			.direct_write_bytes = NS_DEFAULT_DIRECT_WRITES,
+			.write_behind_bytes = NS_DEFAULT_WRITE_BEHIND },
 	};
 	struct fuse_loop_config *loop_cfg = NULL;
 	struct fuse_session *se = NULL;

@@ -345,6 +345,19 @@ void chunk_entry_cache_limit(struct chunk_store *cs, size_t bytes);
 void chunk_direct_writes(struct chunk_store *cs, size_t min_bytes);
 
 /*
+ * Write-behind (see "Write-behind" in src/chunk/chunk.c): a run of DATA
+ * blocks that chunk_direct_writes() sends around the page cache is copied
+ * into a ring of bytes / 1 MiB jobs (rounded up, at most 64) and written by
+ * a thread of the store; chunk_append() then returns before the device has
+ * it.  Reads of its slots wait for it, chunk_sync() covers it, and a failed
+ * one poisons the store (the caller keeps room for it: docs/design.md).
+ * Call once, after chunk_direct_writes() and before the first append;
+ * bytes 0 or direct writes off: nothing.  0, -EBUSY (called twice),
+ * -ENOMEM, or pthread_create's error; the store then writes as before.
+ */
+int chunk_write_behind(struct chunk_store *cs, size_t bytes);
+
+/*
  * Read runs with O_DIRECT, around the host's page cache, where the caller's
  * buffer, the length and the offset are 4 KiB-aligned and the host allows
  * it (see "Direct reads" in src/chunk/chunk.c): for a reader that reads
@@ -353,8 +366,9 @@ void chunk_direct_writes(struct chunk_store *cs, size_t min_bytes);
  */
 void chunk_direct_reads(struct chunk_store *cs);
 
-/* Bytes written with O_DIRECT so far. */
+/* Bytes written with O_DIRECT so far; of those, written behind. */
 uint64_t chunk_direct_bytes(struct chunk_store *cs);
+uint64_t chunk_write_behind_bytes(struct chunk_store *cs);
 
 /* Bytes the entry cache holds now. */
 size_t chunk_entry_cache_bytes(struct chunk_store *cs);
@@ -371,6 +385,7 @@ uint64_t chunk_append_count(struct chunk_store *cs);
 enum { CHUNK_FAULT_APPEND = 0, CHUNK_FAULT_READ = 1, CHUNK_FAULT_SYNC = 2, CHUNK_FAULT_LOG = 3,
        CHUNK_FAULT_DIRECT = 4,          /* a direct write, as if the host refused it */
        CHUNK_FAULT_DIRECT_READ = 5,     /* a direct read (chunk_direct_reads), the same */
+       CHUNK_FAULT_WB_HOLD = 6,         /* the write-behind thread waits while it fires */
        CHUNK_FAULT_NOPS };
 void chunk_fault_set(struct chunk_store *cs, int op, uint32_t after, int err);
 

@@ -31,13 +31,16 @@
  *   10    chunk.fd_lock        the read-only chunk fd cache
  *   11    chunk.side_mu        sidecar writes: their fd cache and buffered
  *                              run (a leaf)
- *   12    ns.log_mu            the log queue: batches synced and not yet in
+ *   12    chunk.wb_mu          the write-behind ring; waited on by appends,
+ *                              reads and syncs, maybe under volume locks
+ *                              (a leaf)
+ *   13    ns.log_mu            the log queue: batches synced and not yet in
  *                              the index, and those waiting to be settled
  *                              (a leaf)
- *   13    ns.seq_mu            flush sequence numbers (a leaf)
- *   14    ns.bg_mu             the background thread's wake-up and the GC
+ *   14    ns.seq_mu            flush sequence numbers (a leaf)
+ *   15    ns.bg_mu             the background thread's wake-up and the GC
  *                              requests of the control channel (a leaf)
- *   15    ns.stats_mu          the table of per-volume I/O counters: taken
+ *   16    ns.stats_mu          the table of per-volume I/O counters: taken
  *                              when a volume is opened and by the control
  *                              channel's reports, never on the I/O path
  *                              (the counters are atomics; a leaf)
@@ -81,6 +84,7 @@ enum lock_rank {
 	LOCK_CHUNK,
 	LOCK_CHUNK_FD,
 	LOCK_CHUNK_SIDE,
+	LOCK_CHUNK_WB,
 	LOCK_NS_LOG,
 	LOCK_NS_SEQ,
 	LOCK_NS_BG,
@@ -117,6 +121,8 @@ void lock_mutex_init(struct lock_mutex *mu, enum lock_rank rank, const char *nam
 void lock_mutex_destroy(struct lock_mutex *mu);
 void lock_mutex_lock(struct lock_mutex *mu);
 void lock_mutex_unlock(struct lock_mutex *mu);
+/* pthread_cond_wait on mu. */
+void lock_cond_wait(pthread_cond_t *cond, struct lock_mutex *mu);
 /* pthread_cond_timedwait on mu: 0 or ETIMEDOUT. */
 int lock_cond_timedwait(pthread_cond_t *cond, struct lock_mutex *mu, const struct timespec *abs);
 

@@ -52,6 +52,11 @@ struct ns_opts {
 	 * page cache (-o direct_writes; chunk_direct_writes()); 0: none.
 	 * Default NS_DEFAULT_DIRECT_WRITES. */
 	size_t direct_write_bytes;
+	/* Bytes of those writes that may still be on their way to the device
+	 * when the write returns (-o write_behind; chunk_write_behind()), on a
+	 * store whose file system is ext4 or XFS; 0: none.  Default
+	 * NS_DEFAULT_WRITE_BEHIND. */
+	size_t write_behind_bytes;
 	bool readonly;
 	/* Refuse (-ENOENT) instead of creating a store in a missing or empty
 	 * dir (-o nocreate: a typo in fstab or a unit must fail). */
@@ -67,6 +72,7 @@ struct ns_opts {
 #define NS_SPARE_IDLE_MS          5000u         /* no appends this long: spares are given back */
 #define NS_DEFRAG_MIN_EXTS        64u           /* -o defrag: extents per 256 blocks (16 KiB average) */
 #define NS_DEFAULT_DIRECT_WRITES  (256u << 10) /* -o direct_writes (docs/design.md) */
+#define NS_DEFAULT_WRITE_BEHIND   (4u << 20)   /* -o write_behind (docs/design.md) */
 
 struct ns_attr {
 	uint64_t ino;

@@ -34,4 +34,10 @@ enum tbuf_use {
  * not kept when it grows). */
 void *tbuf_get(enum tbuf_use use, size_t size);
 
+/* A buffer of its own (not per thread): size rounded up to a whole 2 MiB,
+ * 2 MiB-aligned and asked to be a huge page, as above; NULL when out of
+ * memory.  Free it with tbuf_huge_free() and the same size. */
+void *tbuf_huge_alloc(size_t size);
+void tbuf_huge_free(void *p, size_t size);
+
 #endif

@@ -33,10 +33,12 @@
  *    written by an earlier process (maybe with a torn tail) is never touched.
  *  - A slot goes to exactly one append: nused only grows, under mu.
  *  - A writer is marked dirty only after its pwrite returned, and the mark
- *    is set under mu before chunk_append() returns.  chunk_sync() clears
- *    marks under mu and fdatasyncs afterwards, so a sync that starts after an
- *    append returned either sees the mark or runs after a sync that cleared
- *    it -- and sync_mu makes us wait for that one to finish.
+ *    is set under mu before chunk_append() returns -- or, for a piece
+ *    written behind, before the writer thread moves wb_done, which
+ *    chunk_sync() waits for first.  chunk_sync() clears marks under mu and
+ *    fdatasyncs afterwards, so a sync that starts after an append returned
+ *    either sees the mark or runs after a sync that cleared it -- and
+ *    sync_mu makes us wait for that one to finish.
  *  - A writer (struct chunk_w and its O_RDWR fd) lives while it is active,
  *    dirty, or pinned (refs: appends writing into it, syncs syncing it).
  *    pwrite and fdatasync run without mu on a pinned writer, so its fd can
@@ -82,7 +84,8 @@
  *
  * Locks (ranks and order: vsnapfs/lock.h): sync_mu before mu; fd_lock is
  * never held together with another lock of this file; side_mu (sidecar
- * writes) is a leaf, taken alone.  Slow I/O runs with no mutex held; the
+ * writes) and wb_mu (write-behind) are leaves, taken alone or, wb_mu, under
+ * sync_mu.  Slow I/O runs with no mutex held; the
  * exception is creating a chunk file, once per 64 MiB of data: an open, a
  * 4 KiB header write and, from a spare, a write of its zeroed slot table
  * with the start of its writeback and, with direct writes on, dropping its
@@ -157,6 +160,13 @@
 #define CHUNK_NAME_LEN       (CHUNK_NAME_HEX + sizeof(CHUNK_NAME_SUFFIX) - 1)
 #define SPARE_NAME_SUFFIX    ".spare"   /* as long as CHUNK_NAME_SUFFIX */
 #define SIDE_NAME_SUFFIX     ".slots"   /* as long as CHUNK_NAME_SUFFIX */
+
+/* A direct write's piece: what one copy into an aligned buffer, one
+ * pwrite and one job of the write-behind ring hold. */
+#define DIRECT_PIECE (1u << 20)
+
+/* Write-behind jobs, at most (-o write_behind: 64 MiB). */
+#define WB_JOBS_MAX 64u
 
 /* Entries read on the stack by chunk_read; longer runs allocate. */
 #define READ_ENTS_STACK      256u
@@ -260,6 +270,7 @@ struct chunk_store {
 	atomic_bool direct_reads_failed;        /* O_DIRECT refused (open or read): no more */
 	atomic_bool direct_failed;      /* an O_DIRECT write failed with EINVAL: no more */
 	atomic_uint_fast64_t direct_bytes;      /* written with O_DIRECT */
+	atomic_uint_fast64_t wb_bytes;  /* of those, written behind (chunk_write_behind) */
 
 	int spare_dirfd;                /* const after chunk_spares_enable(); -1: no spares */
 	uint32_t spare_max;             /* const after chunk_spares_enable() */
@@ -283,6 +294,16 @@ struct chunk_store {
 	bool side_dir_dirty;            /* side_mu: a sidecar was created */
 	bool side_poisoned;             /* side_mu: a sidecar sync failed */
 
+	struct lock_mutex wb_mu;        /* write-behind: the fields down to wb_stop */
+	pthread_cond_t wb_cv;           /* wb_mu: a job queued or done, or stop */
+	struct wb_job *wb_jobs;         /* const after chunk_write_behind(): the ring */
+	uint32_t wb_n;                  /* const after chunk_write_behind(): its jobs; 0: off */
+	uint64_t wb_queued;             /* wb_mu: sequence number of the last job reserved */
+	uint64_t wb_done;               /* wb_mu: the last job written; all below it too */
+	bool wb_stop;                   /* wb_mu: the writer thread is to end */
+	atomic_uint wb_busy;            /* jobs reserved and not done (readers' fast path) */
+	pthread_t wb_thread;            /* const after chunk_write_behind() */
+
 	struct chunk_fault fault[CHUNK_FAULT_NOPS];
 	atomic_bool poisoned;           /* a sync failed: see "A failed sync" above */
 };
@@ -290,6 +311,15 @@ struct chunk_store {
 struct chunk_spare {                    /* a removed chunk file kept for reuse */
 	uint64_t seq;                   /* its name: %016llx.spare */
 	uint64_t bytes;                 /* its size */
+};
+
+struct wb_job {                         /* one piece written behind (see "Write-behind") */
+	uint64_t seq;                   /* wb_mu: the job it holds; ready once set */
+	struct chunk_w *w;              /* pinned until written */
+	uint8_t *buf;                   /* const: DIRECT_PIECE bytes, a huge page */
+	size_t len;                     /* of the payload */
+	uint32_t slot, nblocks;         /* the slots it fills */
+	uint8_t ents[DIRECT_PIECE / CHUNK_BLOCK_MIN * CHUNK_ENTRY_BYTES];
 };
 
 struct chunk_run {                      /* part of one append that lands in one chunk */
@@ -749,7 +779,8 @@ static int spare_take_locked(struct chunk_store *cs, const char *name, uint64_t 
  * cache and commits an appended file's allocation; so durability is what
  * it was.  Reads keep going through the read cache's buffered fds: the
  * kernel drops the cached pages of a range it writes directly, after the
- * write, and a slot is read only once its append has returned.  The data
+ * write, and a slot is read only once its append has returned (and, if it
+ * went behind, once it is written: wb_wait).  The data
  * goes through this thread's page-aligned TBUF_DIRECT buffer (FUSE hands a
  * write's data at an offset that is not), a MiB at a time.  A file system
  * that refuses O_DIRECT, at the open or at a write (EINVAL: alignment it
@@ -780,7 +811,6 @@ static int spare_take_locked(struct chunk_store *cs, const char *name, uint64_t 
  * (a copy of the store's directory) can still make such a folio: back up
  * with vsnapctl send, or unmounted.
  */
-#define DIRECT_PIECE (1u << 20)
 static_assert(CHUNK_BLOCK_MIN % 4096 == 0 && DIRECT_PIECE % CHUNK_BLOCK_MAX == 0,
 	      "a direct write's pieces are whole pages and whole blocks");
 
@@ -856,6 +886,239 @@ static int write_payload(struct chunk_store *cs, const struct chunk_w *w, const 
 }
 
 /*
+ * Write-behind (docs/design.md, "Write-behind").  A direct write returns
+ * when the device has the data; at QD1 the caller's CPU and the device
+ * would take turns.  So a piece of a run of DATA blocks that would be
+ * written directly is copied into a job of a ring and written by the
+ * store's writer thread, and chunk_append() returns without waiting for
+ * the device.  (GC's RELOC runs are written by GC itself: a move may have
+ * to fail for space, and must be able to fail cleanly.)
+ *
+ * Jobs are written in the order of their sequence numbers, so every job
+ * up to wb_done is written.  A reader of a job's slots waits for it
+ * (wb_wait), chunk_sync() waits for every job queued before it started
+ * (wb_drain) and only then looks for dirty chunks, which the writer marks
+ * before it moves wb_done.  The entries are written after the payload, as
+ * in the caller's path, so a slot whose payload did not land has no entry
+ * and reads EIO.  A job that fails poisons the store: its write had
+ * returned, so only the next sync can say it was lost.  Back-pressure: an
+ * append waits while the ring is full, so no writer gets more than the
+ * ring ahead of the device.
+ */
+static bool wb_takes(const struct chunk_store *cs, const struct chunk_w *w, size_t len,
+		     enum chunk_kind kind)
+{
+	return cs->wb_n && kind == CHUNK_KIND_DATA && w->dfd >= 0 && len >= cs->direct_min &&
+	       !atomic_load(&cs->direct_failed);
+}
+
+static struct wb_job *wb_job(struct chunk_store *cs, uint64_t seq)
+{
+	return &cs->wb_jobs[seq % cs->wb_n];
+}
+
+/* Queue run's payload (src) and its entries (ents), a job per piece. */
+static void wb_queue(struct chunk_store *cs, const struct chunk_run *run, const uint8_t *src,
+		     const uint8_t *ents)
+{
+	const size_t bs = cs->block_size, len = (size_t)run->nblocks * bs;
+
+	for (size_t done = 0; done < len;) {
+		size_t n = len - done < DIRECT_PIECE ? len - done : DIRECT_PIECE;
+		uint32_t first = (uint32_t)(done / bs);
+		struct wb_job *j;
+		uint64_t seq;
+
+		lock_mutex_lock(&cs->mu);
+		run->w->refs++;                 /* the job's pin: the writer drops it */
+		lock_mutex_unlock(&cs->mu);
+
+		lock_mutex_lock(&cs->wb_mu);
+		seq = ++cs->wb_queued;
+		atomic_fetch_add(&cs->wb_busy, 1);
+		while (cs->wb_done + cs->wb_n < seq)   /* the ring is full */
+			lock_cond_wait(&cs->wb_cv, &cs->wb_mu);
+		lock_mutex_unlock(&cs->wb_mu);
+
+		/* Ours until its seq is set: the writer is done with the job it
+		 * held, and nobody looks at a job whose seq is not pending. */
+		j = wb_job(cs, seq);
+		j->w = run->w;
+		j->len = n;
+		j->slot = run->slot + first;
+		j->nblocks = (uint32_t)(n / bs);
+		memcpy(j->buf, src + done, n);
+		memcpy(j->ents, ents + (size_t)first * CHUNK_ENTRY_BYTES,
+		       (size_t)j->nblocks * CHUNK_ENTRY_BYTES);
+
+		lock_mutex_lock(&cs->wb_mu);
+		j->seq = seq;
+		pthread_cond_broadcast(&cs->wb_cv);
+		lock_mutex_unlock(&cs->wb_mu);
+		done += n;
+	}
+}
+
+/* Write job j's payload, then its entries.  A failure poisons the store. */
+static int wb_write(struct chunk_store *cs, const struct wb_job *j)
+{
+	off_t off = slot_off(cs, CHUNK_VERSION, j->slot);
+	int rc = pwrite_direct(cs, j->w->dfd, j->buf, j->len, off);
+
+	if (rc == -EINVAL) {
+		direct_refused(&cs->direct_failed, j->w->id, "writing", EINVAL);
+		rc = pwrite_full(j->w->fd, j->buf, j->len, off);
+	} else if (rc == 0) {
+		atomic_fetch_add(&cs->direct_bytes, j->len);
+		atomic_fetch_add(&cs->wb_bytes, j->len);
+	}
+	if (rc == 0)
+		rc = pwrite_full(j->w->fd, j->ents, (size_t)j->nblocks * CHUNK_ENTRY_BYTES,
+				 entry_off(j->slot));
+	if (rc && !atomic_exchange(&cs->poisoned, true))
+		vlog_at(LOG_CRIT, &(struct log_where){ .chunk = j->w->id, .has_chunk = true },
+			"chunk %016" PRIx64 ": a write that had returned failed (%s): writes since "
+			"the last successful fsync may be lost. No more writes are accepted and every "
+			"fsync fails; reads go on. Unmount and mount again to go back to the last "
+			"durable state", j->w->id, log_strerror(rc));
+	return rc;
+}
+
+static void *wb_main(void *arg)
+{
+	struct chunk_store *cs = arg;
+
+	lock_mutex_lock(&cs->wb_mu);
+	for (;;) {
+		uint64_t seq = cs->wb_done + 1;
+		struct wb_job *j = wb_job(cs, seq);
+		int rc;
+
+		if (j->seq != seq) {
+			if (cs->wb_stop && cs->wb_queued == cs->wb_done)
+				break;
+			lock_cond_wait(&cs->wb_cv, &cs->wb_mu);
+			continue;
+		}
+		lock_mutex_unlock(&cs->wb_mu);
+
+		while (chunk_fault_hit(cs, CHUNK_FAULT_WB_HOLD))   /* tests: hold the job */
+			usleep(1000);
+		rc = wb_write(cs, j);
+		lock_mutex_lock(&cs->mu);
+		if (rc == 0)
+			j->w->dirty = true;
+		chunk_w_put_locked(cs, j->w);
+		lock_mutex_unlock(&cs->mu);
+
+		lock_mutex_lock(&cs->wb_mu);
+		cs->wb_done = seq;
+		atomic_fetch_sub(&cs->wb_busy, 1);
+		pthread_cond_broadcast(&cs->wb_cv);
+	}
+	lock_mutex_unlock(&cs->wb_mu);
+	return NULL;
+}
+
+/* Wait until no job still has to write a slot of [slot, slot + n) of chunk
+ * id; nowait: -EAGAIN instead of waiting. */
+static int wb_wait(struct chunk_store *cs, uint64_t id, uint32_t slot, uint32_t n, bool nowait)
+{
+	int rc = 0;
+
+	if (atomic_load(&cs->wb_busy) == 0)
+		return 0;
+	lock_mutex_lock(&cs->wb_mu);
+	for (;;) {
+		bool pending = false;
+
+		for (uint64_t seq = cs->wb_done + 1; seq <= cs->wb_queued && !pending; seq++) {
+			const struct wb_job *j = wb_job(cs, seq);
+
+			pending = j->seq == seq && j->w->id == id && j->slot < slot + n &&
+				  slot < j->slot + j->nblocks;
+		}
+		if (!pending)
+			break;
+		if (nowait) {
+			rc = -EAGAIN;
+			break;
+		}
+		lock_cond_wait(&cs->wb_cv, &cs->wb_mu);
+	}
+	lock_mutex_unlock(&cs->wb_mu);
+	return rc;
+}
+
+/* Wait until every job queued so far is written. */
+static void wb_drain(struct chunk_store *cs)
+{
+	uint64_t target;
+
+	if (atomic_load(&cs->wb_busy) == 0)
+		return;
+	lock_mutex_lock(&cs->wb_mu);
+	target = cs->wb_queued;
+	while (cs->wb_done < target)
+		lock_cond_wait(&cs->wb_cv, &cs->wb_mu);
+	lock_mutex_unlock(&cs->wb_mu);
+}
+
+static void wb_free(struct chunk_store *cs, uint32_t n)
+{
+	for (uint32_t i = 0; i < n; i++)
+		tbuf_huge_free(cs->wb_jobs[i].buf, DIRECT_PIECE);
+	free(cs->wb_jobs);
+	cs->wb_jobs = NULL;
+	cs->wb_n = 0;
+}
+
+int chunk_write_behind(struct chunk_store *cs, size_t bytes)
+{
+	uint32_t n;
+	int rc;
+
+	if (cs->wb_n)
+		return -EBUSY;
+	if (bytes == 0 || !cs->direct_min)
+		return 0;
+	n = bytes / DIRECT_PIECE + (bytes % DIRECT_PIECE != 0);
+	if (n > WB_JOBS_MAX)
+		n = WB_JOBS_MAX;
+	cs->wb_jobs = calloc(n, sizeof(*cs->wb_jobs));
+	if (!cs->wb_jobs)
+		return -ENOMEM;
+	cs->wb_n = n;
+	for (uint32_t i = 0; i < n; i++) {
+		cs->wb_jobs[i].buf = tbuf_huge_alloc(DIRECT_PIECE);
+		if (!cs->wb_jobs[i].buf) {
+			wb_free(cs, i);
+			return -ENOMEM;
+		}
+	}
+	rc = pthread_create(&cs->wb_thread, NULL, wb_main, cs);
+	if (rc) {
+		wb_free(cs, n);
+		return -rc;
+	}
+	(void)pthread_setname_np(cs->wb_thread, "vsnapfs-wb");   /* for top and perf */
+	return 0;
+}
+
+/* End the writer thread once every job is written. */
+static void wb_stop(struct chunk_store *cs)
+{
+	if (!cs->wb_n)
+		return;
+	lock_mutex_lock(&cs->wb_mu);
+	cs->wb_stop = true;
+	pthread_cond_broadcast(&cs->wb_cv);
+	lock_mutex_unlock(&cs->wb_mu);
+	pthread_join(cs->wb_thread, NULL);
+	wb_free(cs, cs->wb_n);
+}
+
+/*
  * How many of fd's file's pages are in the host's page cache.  A spare's
  * clean pages are dropped before it becomes a chunk that takes direct
  * writes, but POSIX_FADV_DONTNEED skips what it cannot drop at once (a
@@ -912,6 +1175,11 @@ void chunk_direct_writes(struct chunk_store *cs, size_t min_bytes)
 uint64_t chunk_direct_bytes(struct chunk_store *cs)
 {
 	return atomic_load(&cs->direct_bytes);
+}
+
+uint64_t chunk_write_behind_bytes(struct chunk_store *cs)
+{
+	return atomic_load(&cs->wb_bytes);
 }
 
 /* Zeros for a spare written ahead and a taken spare's table: .bss, never
@@ -1416,6 +1684,8 @@ int chunk_store_open(const char *dir, uint32_t block_size, uint64_t min_next_id,
 	 * and first opens; prefer the writer. */
 	lock_rw_init(&cs->fd_lock, LOCK_CHUNK_FD, "chunk.fd_lock", true);
 	lock_mutex_init(&cs->side_mu, LOCK_CHUNK_SIDE, "chunk.side_mu");
+	lock_mutex_init(&cs->wb_mu, LOCK_CHUNK_WB, "chunk.wb_mu");
+	pthread_cond_init(&cs->wb_cv, NULL);
 
 	*out = cs;
 	return 0;
@@ -1450,6 +1720,7 @@ void chunk_store_close(struct chunk_store *cs)
 {
 	if (!cs)
 		return;
+	wb_stop(cs);
 	if (cs->active && !atomic_load(&cs->poisoned))
 		trim_active(cs);
 	while (cs->writers) {
@@ -1477,6 +1748,8 @@ void chunk_store_close(struct chunk_store *cs)
 		close(cs->spare_dirfd);
 	free(cs->spares);
 	close(cs->dirfd);
+	pthread_cond_destroy(&cs->wb_cv);
+	lock_mutex_destroy(&cs->wb_mu);
 	lock_mutex_destroy(&cs->side_mu);
 	lock_rw_destroy(&cs->fd_lock);
 	lock_mutex_destroy(&cs->mu);
@@ -1877,6 +2150,10 @@ int chunk_append(struct chunk_store *cs, const void *buf, uint32_t nblocks,
 			l->cksum = cksum_seeded(p + (size_t)(run->first + i) * bs, bs, seed);
 			entry_encode(ents + (size_t)i * CHUNK_ENTRY_BYTES, l->cksum, l->lblock,
 				     (uint8_t)kind);
+		}
+		if (wb_takes(cs, run->w, (size_t)run->nblocks * bs, kind)) {
+			wb_queue(cs, run, p + (size_t)run->first * bs, ents);
+			continue;
 		}
 		rc = write_payload(cs, run->w, p + run->first * bs, run->nblocks * bs,
 				   slot_off(cs, CHUNK_VERSION, run->slot));
@@ -2297,6 +2574,8 @@ static int read_run(struct chunk_store *cs, const struct chunk_loc *locs, uint32
 			return -EINVAL;
 
 	rc = chunk_fault_hit(cs, CHUNK_FAULT_READ);
+	if (!rc)
+		rc = wb_wait(cs, id, slot, nblocks, nowait);
 	if (rc)
 		return rc;
 	if (nblocks > READ_ENTS_STACK) {
@@ -2358,6 +2637,7 @@ int chunk_entries_read(struct chunk_store *cs, uint64_t chunk_id, uint32_t first
 		return 0;
 	if (chunk_id == 0 || (uint64_t)first_slot + n > cs->nslots)
 		return -EINVAL;
+	(void)wb_wait(cs, chunk_id, first_slot, n, false);
 	ents = malloc((size_t)n * CHUNK_ENTRY_BYTES);
 	if (!ents)
 		return -ENOMEM;
@@ -2389,6 +2669,7 @@ void chunk_prefetch(struct chunk_store *cs, const struct chunk_loc *loc, uint32_
 	struct chunk_rfd e;
 
 	if (nblocks == 0 || loc->chunk_id == 0 || (uint64_t)loc->slot + nblocks > cs->nslots ||
+	    wb_wait(cs, loc->chunk_id, loc->slot, nblocks, true) != 0 ||
 	    chunk_rfd_acquire(cs, loc->chunk_id, &e) != 0)
 		return;                 /* only a hint: chunk_read reports errors */
 	(void)posix_fadvise(e.fd, slot_off(cs, e.version, loc->slot),
@@ -2417,6 +2698,7 @@ int chunk_sync(struct chunk_store *cs)
 	int rc, failed;
 
 	lock_mutex_lock(&cs->sync_mu);
+	wb_drain(cs);   /* before the dirty marks: the writer sets them */
 	if (atomic_load(&cs->poisoned)) {
 		rc = -EIO;
 		goto out;

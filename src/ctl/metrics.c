@@ -48,6 +48,8 @@ static const struct gauge {
 	  "Spare chunk files written ahead for a store that syncs often.", 1 },
 	{ "store.direct_write_bytes", "vsnapfs_direct_write_bytes_total", "counter",
 	  "Block data written to chunk files with O_DIRECT, around the host's page cache.", 1 },
+	{ "store.write_behind_bytes", "vsnapfs_write_behind_bytes_total", "counter",
+	  "Of those, written after the guest's write had returned (-o write_behind).", 1 },
 	{ "space.index_bytes", "vsnapfs_index_bytes", "gauge",
 	  "The index (index.sqlite and its WAL).", 1 },
 	{ "space.reserve_bytes", "vsnapfs_reserve_bytes", "gauge",

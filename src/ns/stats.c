@@ -151,6 +151,7 @@ void ns_ctl_status(struct ns *ns, struct ctl_msg *rep)
 	ctl_kv_add(rep, "space.spare_bytes", "%" PRIu64, chunk_spare_bytes(ns->cs));
 	ctl_kv_add(rep, "space.spares_prepared", "%" PRIu64, chunk_spares_prepared(ns->cs));
 	ctl_kv_add(rep, "store.direct_write_bytes", "%" PRIu64, chunk_direct_bytes(ns->cs));
+	ctl_kv_add(rep, "store.write_behind_bytes", "%" PRIu64, chunk_write_behind_bytes(ns->cs));
 	ctl_kv_add(rep, "space.index_bytes", "%" PRIu64, file_bytes(ns->dir_fd, STOREDIR_INDEX) +
 		   file_bytes(ns->dir_fd, STOREDIR_INDEX "-wal"));
 	ctl_kv_add(rep, "space.reserve_bytes", "%" PRId64, ns->space_reserve);

@@ -19,10 +19,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/magic.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <sys/statvfs.h>
+#include <sys/vfs.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -320,6 +322,31 @@ static uint32_t spare_max(const struct ns *ns, uint32_t want)
 	return n < want ? (uint32_t)n : want;
 }
 
+/*
+ * Write-behind (docs/design.md) only on ext4 and XFS, where a write that
+ * space_ok() admitted (src/ns/io.c: the reserve stays free) gets its
+ * blocks.  A copy-on-write file system (btrfs, ZFS) allocates at every
+ * overwrite, of spares and of its own metadata, and a write that fails
+ * after it returned can only fail the next fsync and poison the store.
+ * Anything else writes as before.
+ */
+static void write_behind(struct ns *ns, const char *chunk_dir, size_t bytes)
+{
+	struct statfs sf;
+	int rc;
+
+	if (bytes == 0)
+		return;
+	if (statfs(chunk_dir, &sf) != 0 ||
+	    (sf.f_type != EXT4_SUPER_MAGIC && sf.f_type != XFS_SUPER_MAGIC)) {
+		vlog(LOG_INFO, "write-behind off: the store is not on ext4 or XFS");
+		return;
+	}
+	rc = chunk_write_behind(ns->cs, bytes);
+	if (rc)
+		vlog(LOG_WARNING, "write-behind off: %s", strerror(-rc));
+}
+
 int ns_open(const char *dir, const struct ns_opts *opts, struct ns **out, bool *created,
 	    char *msg, size_t msglen)
 {
@@ -454,6 +481,8 @@ int ns_open(const char *dir, const struct ns_opts *opts, struct ns **out, bool *
 	chunk_entry_cache_limit(ns->cs, (opts->map_cache_bytes ? opts->map_cache_bytes
 							       : MCACHE_DEFAULT_BYTES) / 8);
 	chunk_direct_writes(ns->cs, opts->direct_write_bytes);
+	if (!ns->readonly)
+		write_behind(ns, path, opts->write_behind_bytes);
 	if (!ns->readonly) {
 		snprintf(path, sizeof(path), "%s/" STOREDIR_SPARE, ns->dir);
 		ns->spare_max = spare_max(ns, opts->spare_chunks);

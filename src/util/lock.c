@@ -41,6 +41,8 @@ static const struct {
 	[LOCK_CHUNK]      = { "chunk.mu", false },
 	[LOCK_CHUNK_FD]   = { "chunk.fd_lock", false },
 	[LOCK_CHUNK_SIDE] = { "chunk.side_mu", false },
+	[LOCK_CHUNK_WB]   = { "chunk.wb_mu", false },
+	[LOCK_NS_LOG]     = { "ns.log_mu", false },
 	[LOCK_NS_SEQ]     = { "ns.seq_mu", false },
 	[LOCK_NS_BG]      = { "ns.bg_mu", false },
 	[LOCK_NS_STATS]   = { "ns.stats_mu", false },
@@ -194,6 +196,18 @@ void lock_mutex_unlock(struct lock_mutex *mu)
 		note_release(mu->rank, mu->name);
 	}
 	must(pthread_mutex_unlock(&mu->m), "unlocking", mu->name);
+}
+
+void lock_cond_wait(pthread_cond_t *cond, struct lock_mutex *mu)
+{
+	bool check = lock_check_enabled();
+
+	/* as lock_cond_timedwait */
+	if (check)
+		atomic_store(&mu->owner, 0);
+	must(pthread_cond_wait(cond, &mu->m), "waiting on", mu->name);
+	if (check)
+		atomic_store(&mu->owner, self());
 }
 
 int lock_cond_timedwait(pthread_cond_t *cond, struct lock_mutex *mu, const struct timespec *abs)

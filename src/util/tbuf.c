@@ -62,6 +62,22 @@ static void buf_free(void *p, size_t len, bool huge)
 		free(p);
 }
 
+static size_t huge_len(size_t size)
+{
+	return (size + TBUF_HUGE - 1) & ~((size_t)TBUF_HUGE - 1);
+}
+
+void *tbuf_huge_alloc(size_t size)
+{
+	return size && size <= SIZE_MAX / 2 ? huge_alloc(huge_len(size)) : NULL;
+}
+
+void tbuf_huge_free(void *p, size_t size)
+{
+	if (p)
+		munmap(p, huge_len(size));
+}
+
 static void tbufs_free(void *x)
 {
 	struct tbufs *t = x;
@@ -100,7 +116,7 @@ void *tbuf_get(enum tbuf_use use, size_t size)
 		size = (size + 4095) & ~(size_t)4095;
 		huge = size >= TBUF_HUGE_MIN;   /* so every buffer this long is huge */
 		if (huge) {
-			size = (size + TBUF_HUGE - 1) & ~((size_t)TBUF_HUGE - 1);
+			size = huge_len(size);
 			p = huge_alloc(size);
 		} else if (posix_memalign(&p, 4096, size) != 0) {
 			p = NULL;

@@ -14,6 +14,7 @@
 #include <ftw.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -2266,6 +2267,163 @@ Test(chunk, direct_reads_go_around_the_page_cache_and_still_verify_every_block)
 	chunk_fault_set(cs, CHUNK_FAULT_DIRECT_READ, 0, EIO);
 	assert_run_into(cs, bs, 40, 500, a, buf);
 	chunk_fault_set(cs, CHUNK_FAULT_DIRECT_READ, 0, 0);
+	free(buf);
+	chunk_store_close(cs);
+}
+
+/* ---- write-behind --------------------------------------------------------- */
+
+struct wb_call {                        /* a chunk_read, chunk_sync or append in a thread */
+	struct chunk_store *cs;
+	enum { WB_READ, WB_SYNC, WB_APPEND } op;
+	struct chunk_loc *locs;
+	uint32_t n, bs;
+	uint64_t seed0;
+	int rc;
+	atomic_bool done;
+};
+
+static void *wb_call_main(void *arg)
+{
+	struct wb_call *c = arg;
+	uint8_t *buf = malloc((size_t)c->n * c->bs);
+
+	if (c->op == WB_READ) {
+		c->rc = chunk_read(c->cs, c->locs, c->n, buf, NULL);
+		for (uint32_t i = 0; c->rc == 0 && i < c->n; i++)
+			if (!block_is(buf + (size_t)i * c->bs, c->bs, c->seed0 + i))
+				c->rc = 1;      /* not the bytes written */
+	} else if (c->op == WB_SYNC) {
+		c->rc = chunk_sync(c->cs);
+	} else {
+		fill_blocks(buf, c->bs, c->n, c->seed0);
+		for (uint32_t i = 0; i < c->n; i++)
+			c->locs[i] = (struct chunk_loc){ .lblock = c->seed0 + i };
+		c->rc = chunk_append(c->cs, buf, c->n, CHUNK_KIND_DATA, c->locs);
+	}
+	free(buf);
+	atomic_store(&c->done, true);
+	return NULL;
+}
+
+/* Start c in a thread; after 100 ms it must still be waiting. */
+static pthread_t wb_call_blocked(struct wb_call *c, const char *what)
+{
+	pthread_t t;
+
+	atomic_init(&c->done, false);
+	cr_assert_eq(pthread_create(&t, NULL, wb_call_main, c), 0);
+	usleep(100 * 1000);
+	cr_assert(!atomic_load(&c->done), "%s returned while the job was held", what);
+	return t;
+}
+
+Test(chunk, write_behind_returns_first_and_reads_and_syncs_wait_for_the_job)
+{
+	const uint32_t bs = 4096, big = 300;     /* a MiB piece and a 176 KiB one */
+	struct chunk_loc a[300], r[300];
+	struct chunk_store *cs = open_store(bs, 0);
+	uint8_t *buf = malloc((size_t)big * bs);
+	struct wb_call rd = { .cs = cs, .op = WB_READ, .locs = a, .n = big, .bs = bs, .seed0 = 1000 };
+	struct wb_call sy = { .cs = cs, .op = WB_SYNC };
+	pthread_t trd, tsy;
+
+	chunk_direct_writes(cs, 256 << 10);
+	cr_assert_eq(chunk_write_behind(cs, 4 << 20), 0);
+	cr_assert_eq(chunk_write_behind(cs, 4 << 20), -EBUSY);
+	if (!direct_expected(bs)) {
+		append_run(cs, bs, big, 1000, a);       /* buffered, and all there */
+		assert_run_reads(cs, bs, big, 1000, a);
+		free(buf);
+		chunk_store_close(cs);
+		return;
+	}
+	chunk_fault_set(cs, CHUNK_FAULT_WB_HOLD, 0, EAGAIN);
+	append_run(cs, bs, big, 1000, a);
+	cr_assert_eq(chunk_direct_bytes(cs), 0, "the append returned before its write");
+	cr_assert_eq(chunk_read_cached(cs, a, big, buf, NULL), -EAGAIN,
+		     "a read that may not wait misses");
+	cr_assert_eq(chunk_read_cached(cs, &a[big - 1], 1, buf, NULL), -EAGAIN,
+		     "the second piece is queued too");
+	trd = wb_call_blocked(&rd, "a read of its slots");
+	tsy = wb_call_blocked(&sy, "chunk_sync");
+
+	/* GC's moves are not written behind: they must be able to fail */
+	for (uint32_t i = 0; i < 64; i++)
+		r[i] = (struct chunk_loc){ .lblock = 5000 + i };
+	fill_blocks(buf, bs, 64, 5000);
+	cr_assert_eq(chunk_append(cs, buf, 64, CHUNK_KIND_RELOC, r), 0);
+	cr_assert_eq(chunk_direct_bytes(cs), 64u * bs, "a RELOC run is written at once");
+
+	chunk_fault_set(cs, CHUNK_FAULT_WB_HOLD, 0, 0);
+	pthread_join(trd, NULL);
+	pthread_join(tsy, NULL);
+	cr_assert_eq(rd.rc, 0, "the read after the job: %d", rd.rc);
+	cr_assert_eq(sy.rc, 0);
+	cr_assert_eq(chunk_direct_bytes(cs), (uint64_t)(big + 64) * bs);
+	cr_assert_eq(chunk_read_cached(cs, a, 1, buf, NULL) == -EAGAIN, false);
+	chunk_store_close(cs);
+
+	cs = open_store(bs, 0);
+	assert_run_reads(cs, bs, big, 1000, a);
+	chunk_store_close(cs);
+	free(buf);
+}
+
+Test(chunk, a_full_write_behind_ring_holds_the_append_back)
+{
+	const uint32_t bs = 4096, big = 512;     /* two pieces, a ring of one */
+	struct chunk_loc a[512];
+	struct chunk_store *cs = open_store(bs, 0);
+	struct wb_call ap = { .cs = cs, .op = WB_APPEND, .locs = a, .n = big, .bs = bs, .seed0 = 7 };
+	pthread_t t;
+
+	chunk_direct_writes(cs, 256 << 10);
+	cr_assert_eq(chunk_write_behind(cs, 1), 0);
+	if (!direct_expected(bs)) {
+		chunk_store_close(cs);
+		return;
+	}
+	chunk_fault_set(cs, CHUNK_FAULT_WB_HOLD, 0, EAGAIN);
+	t = wb_call_blocked(&ap, "an append of two pieces into a ring of one");
+	chunk_fault_set(cs, CHUNK_FAULT_WB_HOLD, 0, 0);
+	pthread_join(t, NULL);
+	cr_assert_eq(ap.rc, 0);
+	cr_assert_eq(chunk_sync(cs), 0);
+	cr_assert_eq(chunk_direct_bytes(cs), (uint64_t)big * bs);
+	assert_run_reads(cs, bs, big, 7, a);
+	chunk_store_close(cs);
+}
+
+Test(chunk, a_failed_write_behind_fails_the_next_sync_and_its_blocks_read_eio)
+{
+	const uint32_t bs = 4096, big = 64;
+	struct chunk_loc a[64], b[64];
+	struct chunk_store *cs = open_store(bs, 0);
+	uint8_t *buf = malloc((size_t)big * bs);
+	int rc;
+
+	chunk_direct_writes(cs, 256 << 10);
+	cr_assert_eq(chunk_write_behind(cs, 4 << 20), 0);
+	if (!direct_expected(bs)) {
+		free(buf);
+		chunk_store_close(cs);
+		return;
+	}
+	chunk_fault_set(cs, CHUNK_FAULT_DIRECT, 0, EIO);
+	append_run(cs, bs, big, 100, a);        /* returns: the write is behind */
+	cr_assert_eq(chunk_sync(cs), -EIO);
+	chunk_fault_set(cs, CHUNK_FAULT_DIRECT, 0, 0);
+	cr_assert(chunk_poisoned(cs), "a lost write that had returned poisons the store");
+	cr_assert_eq(chunk_sync(cs), -EIO);
+	for (uint32_t i = 0; i < big; i++)
+		b[i] = (struct chunk_loc){ .lblock = 100 + i };
+	fill_blocks(buf, bs, big, 100);
+	cr_assert_eq(chunk_append(cs, buf, big, CHUNK_KIND_DATA, b), -EIO);
+	for (uint32_t i = 0; i < big; i++) {
+		rc = chunk_read(cs, &a[i], 1, buf, NULL);
+		cr_assert(rc == -EIO || rc == -EBADMSG, "block %u of the lost write: %d", i, rc);
+	}
 	free(buf);
 	chunk_store_close(cs);
 }
