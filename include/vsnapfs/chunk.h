@@ -135,6 +135,11 @@ void chunk_store_close(struct chunk_store *cs);
  */
 int chunk_append(struct chunk_store *cs, const void *buf, uint32_t nblocks,
 		 enum chunk_kind kind, struct chunk_loc *locs);
+/* The same, never written behind (chunk_write_behind): for an append that
+ * must be able to fail at once, such as the read-modify-write of a partial
+ * block that a hole punch or a truncate makes without a space check. */
+int chunk_append_now(struct chunk_store *cs, const void *buf, uint32_t nblocks,
+		     enum chunk_kind kind, struct chunk_loc *locs);
 
 /*
  * Read nblocks blocks stored in consecutive slots of one chunk, starting at
@@ -366,9 +371,12 @@ int chunk_write_behind(struct chunk_store *cs, size_t bytes);
  */
 void chunk_direct_reads(struct chunk_store *cs);
 
-/* Bytes written with O_DIRECT so far; of those, written behind. */
+/* Bytes written with O_DIRECT so far; of those, written behind; at most
+ * how many bytes are queued behind and not written yet (for a caller that
+ * counts free space: they hold no blocks yet). */
 uint64_t chunk_direct_bytes(struct chunk_store *cs);
 uint64_t chunk_write_behind_bytes(struct chunk_store *cs);
+uint64_t chunk_write_behind_pending(struct chunk_store *cs);
 
 /* Bytes the entry cache holds now. */
 size_t chunk_entry_cache_bytes(struct chunk_store *cs);

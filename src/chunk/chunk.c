@@ -35,7 +35,8 @@
  *  - A writer is marked dirty only after its pwrite returned, and the mark
  *    is set under mu before chunk_append() returns -- or, for a piece
  *    written behind, before the writer thread moves wb_done, which
- *    chunk_sync() waits for first.  chunk_sync() clears marks under mu and
+ *    chunk_sync() waits for first (chunk_append() marks such a writer too,
+ *    before the piece is written: harmless, the sync drains first).  chunk_sync() clears marks under mu and
  *    fdatasyncs afterwards, so a sync that starts after an append returned
  *    either sees the mark or runs after a sync that cleared it -- and
  *    sync_mu makes us wait for that one to finish.
@@ -297,6 +298,7 @@ struct chunk_store {
 	struct lock_mutex wb_mu;        /* write-behind: the fields down to wb_stop */
 	pthread_cond_t wb_cv;           /* wb_mu: a job queued or done, or stop */
 	struct wb_job *wb_jobs;         /* const after chunk_write_behind(): the ring */
+	uint8_t *wb_bufs;               /* const after chunk_write_behind(): its buffers */
 	uint32_t wb_n;                  /* const after chunk_write_behind(): its jobs; 0: off */
 	uint64_t wb_queued;             /* wb_mu: sequence number of the last job reserved */
 	uint64_t wb_done;               /* wb_mu: the last job written; all below it too */
@@ -315,8 +317,9 @@ struct chunk_spare {                    /* a removed chunk file kept for reuse *
 
 struct wb_job {                         /* one piece written behind (see "Write-behind") */
 	uint64_t seq;                   /* wb_mu: the job it holds; ready once set */
+	uint64_t id;                    /* w's: wb_wait may look after w is unpinned */
 	struct chunk_w *w;              /* pinned until written */
-	uint8_t *buf;                   /* const: DIRECT_PIECE bytes, a huge page */
+	uint8_t *buf;                   /* const: DIRECT_PIECE bytes of wb_bufs */
 	size_t len;                     /* of the payload */
 	uint32_t slot, nblocks;         /* the slots it fills */
 	uint8_t ents[DIRECT_PIECE / CHUNK_BLOCK_MIN * CHUNK_ENTRY_BYTES];
@@ -943,6 +946,7 @@ static void wb_queue(struct chunk_store *cs, const struct chunk_run *run, const 
 		/* Ours until its seq is set: the writer is done with the job it
 		 * held, and nobody looks at a job whose seq is not pending. */
 		j = wb_job(cs, seq);
+		j->id = run->w->id;
 		j->w = run->w;
 		j->len = n;
 		j->slot = run->slot + first;
@@ -963,7 +967,8 @@ static void wb_queue(struct chunk_store *cs, const struct chunk_run *run, const 
 static int wb_write(struct chunk_store *cs, const struct wb_job *j)
 {
 	off_t off = slot_off(cs, CHUNK_VERSION, j->slot);
-	int rc = pwrite_direct(cs, j->w->dfd, j->buf, j->len, off);
+	int rc = atomic_load(&cs->direct_failed) ? -EINVAL
+						 : pwrite_direct(cs, j->w->dfd, j->buf, j->len, off);
 
 	if (rc == -EINVAL) {
 		direct_refused(&cs->direct_failed, j->w->id, "writing", EINVAL);
@@ -1035,7 +1040,7 @@ static int wb_wait(struct chunk_store *cs, uint64_t id, uint32_t slot, uint32_t 
 		for (uint64_t seq = cs->wb_done + 1; seq <= cs->wb_queued && !pending; seq++) {
 			const struct wb_job *j = wb_job(cs, seq);
 
-			pending = j->seq == seq && j->w->id == id && j->slot < slot + n &&
+			pending = j->seq == seq && j->id == id && j->slot < slot + n &&
 				  slot < j->slot + j->nblocks;
 		}
 		if (!pending)
@@ -1064,11 +1069,11 @@ static void wb_drain(struct chunk_store *cs)
 	lock_mutex_unlock(&cs->wb_mu);
 }
 
-static void wb_free(struct chunk_store *cs, uint32_t n)
+static void wb_free(struct chunk_store *cs)
 {
-	for (uint32_t i = 0; i < n; i++)
-		tbuf_huge_free(cs->wb_jobs[i].buf, DIRECT_PIECE);
+	tbuf_huge_free(cs->wb_bufs, (size_t)cs->wb_n * DIRECT_PIECE);
 	free(cs->wb_jobs);
+	cs->wb_bufs = NULL;
 	cs->wb_jobs = NULL;
 	cs->wb_n = 0;
 }
@@ -1085,20 +1090,19 @@ int chunk_write_behind(struct chunk_store *cs, size_t bytes)
 	n = bytes / DIRECT_PIECE + (bytes % DIRECT_PIECE != 0);
 	if (n > WB_JOBS_MAX)
 		n = WB_JOBS_MAX;
-	cs->wb_jobs = calloc(n, sizeof(*cs->wb_jobs));
-	if (!cs->wb_jobs)
-		return -ENOMEM;
+	/* one mapping: two pieces to a huge page, each still one segment */
 	cs->wb_n = n;
-	for (uint32_t i = 0; i < n; i++) {
-		cs->wb_jobs[i].buf = tbuf_huge_alloc(DIRECT_PIECE);
-		if (!cs->wb_jobs[i].buf) {
-			wb_free(cs, i);
-			return -ENOMEM;
-		}
+	cs->wb_jobs = calloc(n, sizeof(*cs->wb_jobs));
+	cs->wb_bufs = tbuf_huge_alloc((size_t)n * DIRECT_PIECE);
+	if (!cs->wb_jobs || !cs->wb_bufs) {
+		wb_free(cs);
+		return -ENOMEM;
 	}
+	for (uint32_t i = 0; i < n; i++)
+		cs->wb_jobs[i].buf = cs->wb_bufs + (size_t)i * DIRECT_PIECE;
 	rc = pthread_create(&cs->wb_thread, NULL, wb_main, cs);
 	if (rc) {
-		wb_free(cs, n);
+		wb_free(cs);
 		return -rc;
 	}
 	(void)pthread_setname_np(cs->wb_thread, "vsnapfs-wb");   /* for top and perf */
@@ -1115,7 +1119,7 @@ static void wb_stop(struct chunk_store *cs)
 	pthread_cond_broadcast(&cs->wb_cv);
 	lock_mutex_unlock(&cs->wb_mu);
 	pthread_join(cs->wb_thread, NULL);
-	wb_free(cs, cs->wb_n);
+	wb_free(cs);
 }
 
 /*
@@ -1180,6 +1184,11 @@ uint64_t chunk_direct_bytes(struct chunk_store *cs)
 uint64_t chunk_write_behind_bytes(struct chunk_store *cs)
 {
 	return atomic_load(&cs->wb_bytes);
+}
+
+uint64_t chunk_write_behind_pending(struct chunk_store *cs)
+{
+	return (uint64_t)atomic_load(&cs->wb_busy) * DIRECT_PIECE;
 }
 
 /* Zeros for a spare written ahead and a taken spare's table: .bss, never
@@ -2072,8 +2081,23 @@ int chunk_spares_limit(struct chunk_store *cs, uint32_t limit)
  * lblock), so a crash that keeps one and loses the other reads EIO, never
  * wrong bytes, and the index never points at either before that sync.
  */
+static int append(struct chunk_store *cs, const void *buf, uint32_t nblocks,
+		  enum chunk_kind kind, struct chunk_loc *locs, bool may_behind);
+
 int chunk_append(struct chunk_store *cs, const void *buf, uint32_t nblocks,
 		 enum chunk_kind kind, struct chunk_loc *locs)
+{
+	return append(cs, buf, nblocks, kind, locs, true);
+}
+
+int chunk_append_now(struct chunk_store *cs, const void *buf, uint32_t nblocks,
+		     enum chunk_kind kind, struct chunk_loc *locs)
+{
+	return append(cs, buf, nblocks, kind, locs, false);
+}
+
+static int append(struct chunk_store *cs, const void *buf, uint32_t nblocks,
+		  enum chunk_kind kind, struct chunk_loc *locs, bool may_behind)
 {
 	const uint8_t *p = buf;
 	const size_t bs = cs->block_size;
@@ -2151,7 +2175,7 @@ int chunk_append(struct chunk_store *cs, const void *buf, uint32_t nblocks,
 			entry_encode(ents + (size_t)i * CHUNK_ENTRY_BYTES, l->cksum, l->lblock,
 				     (uint8_t)kind);
 		}
-		if (wb_takes(cs, run->w, (size_t)run->nblocks * bs, kind)) {
+		if (may_behind && wb_takes(cs, run->w, (size_t)run->nblocks * bs, kind)) {
 			wb_queue(cs, run, p + (size_t)run->first * bs, ents);
 			continue;
 		}

@@ -48,11 +48,13 @@ static bool space_ok(struct ns *ns, size_t len)
 		struct statvfs st;
 
 		if (statvfs(ns->dir, &st) == 0) {
+			/* what is queued behind (docs/design.md, "Write-behind")
+			 * was admitted and holds no blocks yet: still used */
+			used = (int64_t)chunk_write_behind_pending(ns->cs);
 			atomic_store(&ns->space_free, (int64_t)(st.f_bavail * st.f_frsize +
 								chunk_spare_bytes(ns->cs)));
-			atomic_store(&ns->space_used, 0);
+			atomic_store(&ns->space_used, used);
 			atomic_store(&ns->space_when_ns, now);
-			used = 0;
 		}
 	}
 	return atomic_load(&ns->space_free) - used > ns->space_reserve;

@@ -2275,7 +2275,7 @@ Test(chunk, direct_reads_go_around_the_page_cache_and_still_verify_every_block)
 
 struct wb_call {                        /* a chunk_read, chunk_sync or append in a thread */
 	struct chunk_store *cs;
-	enum { WB_READ, WB_SYNC, WB_APPEND } op;
+	enum { WB_READ, WB_SYNC, WB_APPEND, WB_ENTRIES, WB_CLOSE } op;
 	struct chunk_loc *locs;
 	uint32_t n, bs;
 	uint64_t seed0;
@@ -2295,6 +2295,17 @@ static void *wb_call_main(void *arg)
 				c->rc = 1;      /* not the bytes written */
 	} else if (c->op == WB_SYNC) {
 		c->rc = chunk_sync(c->cs);
+	} else if (c->op == WB_ENTRIES) {
+		struct chunk_entry *e = calloc(c->n, sizeof(*e));
+
+		c->rc = chunk_entries_read(c->cs, c->locs[0].chunk_id, c->locs[0].slot, c->n, e);
+		for (uint32_t i = 0; c->rc == 0 && i < c->n; i++)
+			if (e[i].kind != CHUNK_KIND_DATA || e[i].cksum != c->locs[i].cksum)
+				c->rc = 1;      /* not the entry written */
+		free(e);
+	} else if (c->op == WB_CLOSE) {
+		chunk_store_close(c->cs);
+		c->rc = 0;
 	} else {
 		fill_blocks(buf, c->bs, c->n, c->seed0);
 		for (uint32_t i = 0; i < c->n; i++)
@@ -2321,16 +2332,16 @@ static pthread_t wb_call_blocked(struct wb_call *c, const char *what)
 Test(chunk, write_behind_returns_first_and_reads_and_syncs_wait_for_the_job)
 {
 	const uint32_t bs = 4096, big = 300;     /* a MiB piece and a 176 KiB one */
-	struct chunk_loc a[300], r[300];
+	struct chunk_loc a[300], r[300], z[8];
 	struct chunk_store *cs = open_store(bs, 0);
 	uint8_t *buf = malloc((size_t)big * bs);
 	struct wb_call rd = { .cs = cs, .op = WB_READ, .locs = a, .n = big, .bs = bs, .seed0 = 1000 };
+	struct wb_call en = { .cs = cs, .op = WB_ENTRIES, .locs = a, .n = big, .bs = bs };
 	struct wb_call sy = { .cs = cs, .op = WB_SYNC };
-	pthread_t trd, tsy;
+	pthread_t trd, ten, tsy;
 
 	chunk_direct_writes(cs, 256 << 10);
 	cr_assert_eq(chunk_write_behind(cs, 4 << 20), 0);
-	cr_assert_eq(chunk_write_behind(cs, 4 << 20), -EBUSY);
 	if (!direct_expected(bs)) {
 		append_run(cs, bs, big, 1000, a);       /* buffered, and all there */
 		assert_run_reads(cs, bs, big, 1000, a);
@@ -2338,14 +2349,21 @@ Test(chunk, write_behind_returns_first_and_reads_and_syncs_wait_for_the_job)
 		chunk_store_close(cs);
 		return;
 	}
+	cr_assert_eq(chunk_write_behind(cs, 4 << 20), -EBUSY);
 	chunk_fault_set(cs, CHUNK_FAULT_WB_HOLD, 0, EAGAIN);
 	append_run(cs, bs, big, 1000, a);
 	cr_assert_eq(chunk_direct_bytes(cs), 0, "the append returned before its write");
+	cr_assert_eq(chunk_write_behind_pending(cs), 2u << 20, "two pieces queued");
+	/* 32 KiB after them, buffered: the file now holds the held slots
+	 * (zeros), so a read that did not wait would find them */
+	append_run(cs, bs, 8, 3000, z);
+	cr_assert_eq(z[0].slot, a[big - 1].slot + 1);
 	cr_assert_eq(chunk_read_cached(cs, a, big, buf, NULL), -EAGAIN,
 		     "a read that may not wait misses");
 	cr_assert_eq(chunk_read_cached(cs, &a[big - 1], 1, buf, NULL), -EAGAIN,
 		     "the second piece is queued too");
 	trd = wb_call_blocked(&rd, "a read of its slots");
+	ten = wb_call_blocked(&en, "a read of its entries");
 	tsy = wb_call_blocked(&sy, "chunk_sync");
 
 	/* GC's moves are not written behind: they must be able to fail */
@@ -2357,9 +2375,13 @@ Test(chunk, write_behind_returns_first_and_reads_and_syncs_wait_for_the_job)
 
 	chunk_fault_set(cs, CHUNK_FAULT_WB_HOLD, 0, 0);
 	pthread_join(trd, NULL);
+	pthread_join(ten, NULL);
 	pthread_join(tsy, NULL);
 	cr_assert_eq(rd.rc, 0, "the read after the job: %d", rd.rc);
+	cr_assert_eq(en.rc, 0, "the entries after the job: %d", en.rc);
 	cr_assert_eq(sy.rc, 0);
+	cr_assert_eq(chunk_write_behind_pending(cs), 0);
+	assert_run_reads(cs, bs, 8, 3000, z);
 	cr_assert_eq(chunk_direct_bytes(cs), (uint64_t)(big + 64) * bs);
 	cr_assert_eq(chunk_read_cached(cs, a, 1, buf, NULL) == -EAGAIN, false);
 	chunk_store_close(cs);
@@ -2392,6 +2414,19 @@ Test(chunk, a_full_write_behind_ring_holds_the_append_back)
 	cr_assert_eq(chunk_sync(cs), 0);
 	cr_assert_eq(chunk_direct_bytes(cs), (uint64_t)big * bs);
 	assert_run_reads(cs, bs, big, 7, a);
+
+	/* a close waits for what is queued */
+	chunk_fault_set(cs, CHUNK_FAULT_WB_HOLD, 0, EAGAIN);
+	append_run(cs, bs, 256, 20000, a);
+	{
+		struct wb_call cl = { .cs = cs, .op = WB_CLOSE };
+
+		t = wb_call_blocked(&cl, "chunk_store_close");
+		chunk_fault_set(cs, CHUNK_FAULT_WB_HOLD, 0, 0);
+		pthread_join(t, NULL);
+	}
+	cs = open_store(bs, 0);
+	assert_run_reads(cs, bs, 256, 20000, a);
 	chunk_store_close(cs);
 }
 
