@@ -36,10 +36,11 @@
  *    is set under mu before chunk_append() returns -- or, for a piece
  *    written behind, before the writer thread moves wb_done, which
  *    chunk_sync() waits for first (chunk_append() marks such a writer too,
- *    before the piece is written: harmless, the sync drains first).  chunk_sync() clears marks under mu and
- *    fdatasyncs afterwards, so a sync that starts after an append returned
- *    either sees the mark or runs after a sync that cleared it -- and
- *    sync_mu makes us wait for that one to finish.
+ *    before the piece is written: harmless, the sync drains first).
+ *    chunk_sync() clears marks under mu and fdatasyncs afterwards, so a
+ *    sync that starts after an append returned either sees the mark or
+ *    runs after a sync that cleared it -- and sync_mu makes us wait for
+ *    that one to finish.
  *  - A writer (struct chunk_w and its O_RDWR fd) lives while it is active,
  *    dirty, or pinned (refs: appends writing into it, syncs syncing it).
  *    pwrite and fdatasync run without mu on a pinned writer, so its fd can
@@ -656,8 +657,12 @@ void chunk_fault_set(struct chunk_store *cs, int op, uint32_t after, int err)
 	if (op < 0 || op >= CHUNK_FAULT_NOPS)
 		return;
 	f = &cs->fault[op];
-	/* Off first, so no call counts against a half-written setting. */
+	/* Off first, so no call counts against a half-written setting; and
+	 * off is only that store, so that a test may switch a fault off while
+	 * another thread closes the store it lets go on (WB_HOLD). */
 	atomic_store_explicit(&f->err, 0, memory_order_release);
+	if (err == 0)
+		return;
 	atomic_store_explicit(&f->left, (long long)after, memory_order_relaxed);
 	atomic_store_explicit(&f->err, err < 0 ? -err : err, memory_order_release);
 }

@@ -47,14 +47,18 @@ static bool space_ok(struct ns *ns, size_t len)
 	if (used > (8 << 20) || now - atomic_load(&ns->space_when_ns) > 100000000) {
 		struct statvfs st;
 
+		/* What is queued behind (docs/design.md, "Write-behind") was
+		 * admitted and holds no blocks yet: not free.  Read before the
+		 * file system's count, so that a piece written in between is
+		 * counted twice rather than not at all. */
+		int64_t queued = (int64_t)chunk_write_behind_pending(ns->cs);
+
 		if (statvfs(ns->dir, &st) == 0) {
-			/* what is queued behind (docs/design.md, "Write-behind")
-			 * was admitted and holds no blocks yet: still used */
-			used = (int64_t)chunk_write_behind_pending(ns->cs);
 			atomic_store(&ns->space_free, (int64_t)(st.f_bavail * st.f_frsize +
-								chunk_spare_bytes(ns->cs)));
-			atomic_store(&ns->space_used, used);
+								chunk_spare_bytes(ns->cs)) - queued);
+			atomic_store(&ns->space_used, 0);
 			atomic_store(&ns->space_when_ns, now);
+			used = 0;
 		}
 	}
 	return atomic_load(&ns->space_free) - used > ns->space_reserve;

@@ -1612,8 +1612,9 @@ static int rmw_block(struct vol *v, uint64_t lblock, uint32_t boff, const void *
 		else
 			memset(blk + boff, 0, n);
 		if (!is_zero(blk, v->bs)) {
-			/* a punch or truncate makes it with no space check:
-			 * it must be able to fail now, not behind */
+			/* never written behind: a punch or truncate makes
+			 * it with no space check, so it must be able to fail
+			 * now (a partial write's goes the same way) */
 			rc = chunk_append_now(v->cs, blk, 1, CHUNK_KIND_DATA, &nl);
 			if (rc)
 				break;

@@ -50,14 +50,16 @@ ctl_check() {
 
 # mount with options that vary per cycle: a background flusher too slow to
 # hide an fsync that returns early, one that races everything, GC every
-# second (it then runs during the next writer, and is killed with it)
+# second (it then runs during the next writer, and is killed with it); and
+# in two of them runs of 64 KiB or more written directly and behind
+# (docs/design.md, "Write-behind"), so that a kill finds them queued
 mount_cycle() {
 	local c=$1
 	case $((c % 4)) in
 	0) vs_mount "$STORE" "$MNT" -o flush_ms=60000 ;;
-	1) vs_mount "$STORE" "$MNT" ;;
+	1) vs_mount "$STORE" "$MNT" -o direct_writes=64K ;;
 	2) vs_mount "$STORE" "$MNT" -o flush_ms=60000,gc_interval=1 ;;
-	3) vs_mount "$STORE" "$MNT" -o flush_ms=7,gc_interval=1 ;;
+	3) vs_mount "$STORE" "$MNT" -o flush_ms=7,gc_interval=1,direct_writes=64K ;;
 	esac
 }
 

@@ -2273,7 +2273,7 @@ Test(chunk, direct_reads_go_around_the_page_cache_and_still_verify_every_block)
 
 /* ---- write-behind --------------------------------------------------------- */
 
-struct wb_call {                        /* a chunk_read, chunk_sync or append in a thread */
+struct wb_call {                        /* a call that may wait for the ring, in a thread */
 	struct chunk_store *cs;
 	enum { WB_READ, WB_SYNC, WB_APPEND, WB_ENTRIES, WB_CLOSE } op;
 	struct chunk_loc *locs;
@@ -2332,7 +2332,7 @@ static pthread_t wb_call_blocked(struct wb_call *c, const char *what)
 Test(chunk, write_behind_returns_first_and_reads_and_syncs_wait_for_the_job)
 {
 	const uint32_t bs = 4096, big = 300;     /* a MiB piece and a 176 KiB one */
-	struct chunk_loc a[300], r[300], z[8];
+	struct chunk_loc a[300], r[300], z[8], c[512];
 	struct chunk_store *cs = open_store(bs, 0);
 	uint8_t *buf = malloc((size_t)big * bs);
 	struct wb_call rd = { .cs = cs, .op = WB_READ, .locs = a, .n = big, .bs = bs, .seed0 = 1000 };
@@ -2357,6 +2357,7 @@ Test(chunk, write_behind_returns_first_and_reads_and_syncs_wait_for_the_job)
 	/* 32 KiB after them, buffered: the file now holds the held slots
 	 * (zeros), so a read that did not wait would find them */
 	append_run(cs, bs, 8, 3000, z);
+	cr_assert_eq(z[0].chunk_id, a[big - 1].chunk_id);
 	cr_assert_eq(z[0].slot, a[big - 1].slot + 1);
 	cr_assert_eq(chunk_read_cached(cs, a, big, buf, NULL), -EAGAIN,
 		     "a read that may not wait misses");
@@ -2384,10 +2385,21 @@ Test(chunk, write_behind_returns_first_and_reads_and_syncs_wait_for_the_job)
 	assert_run_reads(cs, bs, 8, 3000, z);
 	cr_assert_eq(chunk_direct_bytes(cs), (uint64_t)(big + 64) * bs);
 	cr_assert_eq(chunk_read_cached(cs, a, 1, buf, NULL) == -EAGAIN, false);
-	chunk_store_close(cs);
+
+	/* a close writes what is queued: two pieces, one held, one behind it */
+	chunk_fault_set(cs, CHUNK_FAULT_WB_HOLD, 0, EAGAIN);
+	append_run(cs, bs, 512, 20000, c);
+	{
+		struct wb_call cl = { .cs = cs, .op = WB_CLOSE };
+		pthread_t t = wb_call_blocked(&cl, "chunk_store_close");
+
+		chunk_fault_set(cs, CHUNK_FAULT_WB_HOLD, 0, 0);
+		pthread_join(t, NULL);
+	}
 
 	cs = open_store(bs, 0);
 	assert_run_reads(cs, bs, big, 1000, a);
+	assert_run_reads(cs, bs, 512, 20000, c);
 	chunk_store_close(cs);
 	free(buf);
 }
@@ -2414,19 +2426,6 @@ Test(chunk, a_full_write_behind_ring_holds_the_append_back)
 	cr_assert_eq(chunk_sync(cs), 0);
 	cr_assert_eq(chunk_direct_bytes(cs), (uint64_t)big * bs);
 	assert_run_reads(cs, bs, big, 7, a);
-
-	/* a close waits for what is queued */
-	chunk_fault_set(cs, CHUNK_FAULT_WB_HOLD, 0, EAGAIN);
-	append_run(cs, bs, 256, 20000, a);
-	{
-		struct wb_call cl = { .cs = cs, .op = WB_CLOSE };
-
-		t = wb_call_blocked(&cl, "chunk_store_close");
-		chunk_fault_set(cs, CHUNK_FAULT_WB_HOLD, 0, 0);
-		pthread_join(t, NULL);
-	}
-	cs = open_store(bs, 0);
-	assert_run_reads(cs, bs, 256, 20000, a);
 	chunk_store_close(cs);
 }
 
