@@ -234,12 +234,14 @@ static void log_bad_block(struct vol *v, uint64_t lblock, const struct chunk_loc
 	copy_label(v, label);
 	if (rc == -EBADMSG)
 		chunk_bad_str(bad, lblock, why, sizeof(why));
+	else    /* which error: a short read, a bad header, the device's */
+		snprintf(why, sizeof(why), " (%s)", strerror(-rc));
 	vlog_at(LOG_ERR, &(struct log_where){ .volume = label, .offset = lblock << v->bshift,
 		.has_offset = true, .chunk = loc->chunk_id, .slot = loc->slot, .has_chunk = true },
 	     "%s: offset %" PRIu64 ": block in chunk %016" PRIx64 " slot %u %s%s",
 	     label, lblock << v->bshift, loc->chunk_id, loc->slot,
 	     rc == -EBADMSG ? "fails verification: " : rc == -ENOENT ? "is in a missing chunk file" :
-	     "cannot be read", rc == -EBADMSG ? why : "");
+	     "cannot be read", rc != -ENOENT ? why : "");
 }
 
 /* ---- reading the index -------------------------------------------------- */

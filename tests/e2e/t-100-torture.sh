@@ -57,9 +57,9 @@ mount_cycle() {
 	local c=$1
 	case $((c % 4)) in
 	0) vs_mount "$STORE" "$MNT" -o flush_ms=60000 ;;
-	1) vs_mount "$STORE" "$MNT" -o direct_writes=64K ;;
+	1) vs_mount "$STORE" "$MNT" -o direct_writes=64K,write_behind=4M ;;
 	2) vs_mount "$STORE" "$MNT" -o flush_ms=60000,gc_interval=1 ;;
-	3) vs_mount "$STORE" "$MNT" -o flush_ms=7,gc_interval=1,direct_writes=64K ;;
+	3) vs_mount "$STORE" "$MNT" -o flush_ms=7,gc_interval=1,direct_writes=64K,write_behind=4M ;;
 	esac
 }
 

@@ -55,8 +55,8 @@ S0=$SEED S1=$((SEED + 1))          # crashwriter seeds of vol0 and vol1
 # Runs of two blocks or more are written with O_DIRECT, single blocks through
 # the page cache (crashwriter writes runs of 1..8): both paths, into the same
 # chunk files, under every cut; and the direct ones go behind (write_behind,
-# on by default on ext4): their writes return before the device has them.
-VS_OPTS=(-o direct_writes=8K)
+# on ext4): their writes return before the device has them.
+VS_OPTS=(-o direct_writes=8K,write_behind=4M)
 DIRECT=0                           # bytes written directly, summed over the cycles
 BEHIND=0                           # of those, written behind
 direct_bytes() {                   # "DIRECT BEHIND"

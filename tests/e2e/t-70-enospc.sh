@@ -18,7 +18,7 @@ vs_blkmount "$LOOPDEV" "$SMALL"
 STORE=$SMALL/store
 avail() { df -B1 --output=avail "$SMALL" | tail -n 1 | tr -d ' '; }
 
-vs_mount "$STORE" "$MNT"
+vs_mount "$STORE" "$MNT" -o write_behind=4M    # its 1 MiB writes go behind: the reserve must hold
 pid=$(vs_pid "$MNT")
 
 # data written (and fsynced) before the file system fills
