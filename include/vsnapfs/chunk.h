@@ -397,4 +397,14 @@ enum { CHUNK_FAULT_APPEND = 0, CHUNK_FAULT_READ = 1, CHUNK_FAULT_SYNC = 2, CHUNK
        CHUNK_FAULT_NOPS };
 void chunk_fault_set(struct chunk_store *cs, int op, uint32_t after, int err);
 
+/*
+ * For tests: fn(cs, arg) runs in a reader of the read cache of fds each
+ * time it has let the cache's lock go after a look that found no usable
+ * entry (a first open, a chunk switched to read-ahead), before it acts on
+ * what it found; fn may read other chunks of cs meanwhile.  Set it before
+ * the store is shared between threads; NULL turns it off.
+ */
+void chunk_test_unlocked(struct chunk_store *cs, void (*fn)(struct chunk_store *, void *),
+			 void *arg);
+
 #endif

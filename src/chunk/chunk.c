@@ -308,6 +308,8 @@ struct chunk_store {
 	pthread_t wb_thread;            /* const after chunk_write_behind() */
 
 	struct chunk_fault fault[CHUNK_FAULT_NOPS];
+	void (*test_unlocked)(struct chunk_store *, void *);     /* chunk_test_unlocked() */
+	void *test_unlocked_arg;
 	atomic_bool poisoned;           /* a sync failed: see "A failed sync" above */
 };
 
@@ -648,6 +650,13 @@ static int chunk_fault_hit(struct chunk_store *cs, int op)
 	if (atomic_fetch_sub_explicit(&f->left, 1, memory_order_relaxed) > 0)
 		return 0;
 	return -err;
+}
+
+void chunk_test_unlocked(struct chunk_store *cs, void (*fn)(struct chunk_store *, void *),
+			 void *arg)
+{
+	cs->test_unlocked = fn;
+	cs->test_unlocked_arg = arg;
 }
 
 void chunk_fault_set(struct chunk_store *cs, int op, uint32_t after, int err)
@@ -1564,6 +1573,7 @@ static int chunk_rfd_acquire(struct chunk_store *cs, uint64_t id, struct chunk_r
 	for (;;) {
 		struct chunk_rfd *e, ne;
 		uint64_t gen;
+		bool cached, bad;
 		int rc;
 
 		lock_rw_rdlock(&cs->fd_lock);
@@ -1572,13 +1582,19 @@ static int chunk_rfd_acquire(struct chunk_store *cs, uint64_t id, struct chunk_r
 			*out = *e;
 			return 0;
 		}
+		/* e points into cs->rfds, which an insert may move (realloc) or
+		 * shift once the lock is let go: keep what it said, not e */
+		cached = e != NULL;
+		bad = e && e->bad;
 		gen = cs->rfd_gen;
 		lock_rw_unlock(&cs->fd_lock);
-		if (e && !e->bad) {
+		if (cs->test_unlocked)
+			cs->test_unlocked(cs, cs->test_unlocked_arg);
+		if (cached && !bad) {
 			rfd_read_ahead(cs, id);
 			continue;
 		}
-		if (e)
+		if (cached)
 			return -EIO;
 
 		rc = chunk_open_ro(cs, id, &ne);

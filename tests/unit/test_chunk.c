@@ -2126,6 +2126,74 @@ static bool kernel_has_cachestat(void)
 	return rc == 0;
 }
 
+/* While a first reader of chunk 61 has let the read cache's lock go
+ * (chunk_test_unlocked), it reads chunk 60, whose header is bad, and
+ * chunks 62-100: the array of fds shifts under it (60 takes 61's place)
+ * and grows (moves). */
+#define RACE_CHUNKS 100
+struct rfd_race {
+	const struct chunk_loc *locs;   /* one block per chunk, from seed = index */
+	uint32_t bs;
+	int calls, bad_rc, rc;
+	bool busy;
+};
+
+static void rfd_race_move(struct chunk_store *cs, void *arg)
+{
+	struct rfd_race *r = arg;
+	void *buf;
+
+	/* the first call is chunk 61's first look (not cached yet), the
+	 * second its switch to read-ahead, with its entry found */
+	if (++r->calls != 2)
+		return;         /* and the reads below pass here too */
+	r->busy = true;
+	buf = malloc(r->bs);
+	cr_assert_not_null(buf);
+	r->bad_rc = chunk_read(cs, &r->locs[59], 1, buf, NULL);
+	for (uint32_t i = 61; i < RACE_CHUNKS && r->rc == 0; i++)
+		r->rc = chunk_read(cs, &r->locs[i], 1, buf, NULL);
+	free(buf);
+}
+
+Test(chunk, a_first_read_survives_the_read_cache_moving_while_it_does_not_hold_the_lock)
+{
+	const uint32_t bs = 4096;
+	struct chunk_loc locs[RACE_CHUNKS];
+	struct rfd_race r = { .locs = locs, .bs = bs };
+	struct chunk_store *cs;
+	/* the window is the switch of a sealed chunk to read-ahead, which
+	 * needs cachestat (Linux 6.5); without it there is none to cross */
+	bool window = kernel_has_cachestat();
+
+	/* a chunk per store opened: one block each, all sealed below */
+	for (uint32_t i = 0; i < RACE_CHUNKS; i++) {
+		cs = open_store(bs, 0);
+		locs[i] = append_one(cs, bs, i);
+		cr_assert_eq(locs[i].chunk_id, i + 1);
+		cr_assert_eq(chunk_sync(cs), 0);
+		chunk_store_close(cs);
+	}
+	flip_byte(60, 0);               /* chunk 60's header */
+	cs = open_store(bs, 0);
+	chunk_direct_writes(cs, 256 << 10);
+	for (uint32_t i = 0; i < 59; i++)
+		assert_reads(cs, bs, &locs[i], i);
+	chunk_test_unlocked(cs, rfd_race_move, &r);
+	assert_reads(cs, bs, &locs[60], 60);
+	chunk_test_unlocked(cs, NULL, NULL);
+	if (window)
+		cr_assert(r.busy, "the window was crossed (%d calls)", r.calls);
+	if (r.busy) {
+		cr_assert_eq(r.bad_rc, -EIO, "chunk 60's bad header: %d", r.bad_rc);
+		cr_assert_eq(r.rc, 0, "a read inside the window: %d", r.rc);
+	}
+	for (uint32_t i = 0; i < RACE_CHUNKS; i++)
+		if (i != 59)
+			assert_reads(cs, bs, &locs[i], i);
+	chunk_store_close(cs);
+}
+
 /* Remove chunk id (sealed), kept as the only spare; its path. */
 static void remove_into_spare(struct chunk_store *cs, uint64_t id, const char *spare_dir,
 			      char *path, size_t len)
