@@ -308,8 +308,8 @@ struct chunk_store {
 	pthread_t wb_thread;            /* const after chunk_write_behind() */
 
 	struct chunk_fault fault[CHUNK_FAULT_NOPS];
-	void (*test_unlocked)(struct chunk_store *, void *);     /* chunk_test_unlocked() */
-	void *test_unlocked_arg;
+	chunk_test_fn *test_fn;         /* chunk_test_hook() */
+	void *test_arg;
 	atomic_bool poisoned;           /* a sync failed: see "A failed sync" above */
 };
 
@@ -652,11 +652,17 @@ static int chunk_fault_hit(struct chunk_store *cs, int op)
 	return -err;
 }
 
-void chunk_test_unlocked(struct chunk_store *cs, void (*fn)(struct chunk_store *, void *),
-			 void *arg)
+void chunk_test_hook(struct chunk_store *cs, chunk_test_fn *fn, void *arg)
 {
-	cs->test_unlocked = fn;
-	cs->test_unlocked_arg = arg;
+	cs->test_fn = fn;
+	cs->test_arg = arg;
+}
+
+static void test_point(struct chunk_store *cs, enum chunk_test_point at, uint64_t id,
+		       uint32_t slot)
+{
+	if (cs->test_fn)
+		cs->test_fn(cs, at, id, slot, cs->test_arg);
 }
 
 void chunk_fault_set(struct chunk_store *cs, int op, uint32_t after, int err)
@@ -1023,6 +1029,7 @@ static void *wb_main(void *arg)
 
 		while (chunk_fault_hit(cs, CHUNK_FAULT_WB_HOLD))   /* tests: hold the job */
 			usleep(1000);
+		test_point(cs, CHUNK_TEST_WB_WRITE, j->id, j->slot);
 		rc = wb_write(cs, j);
 		lock_mutex_lock(&cs->mu);
 		if (rc == 0)
@@ -1588,8 +1595,7 @@ static int chunk_rfd_acquire(struct chunk_store *cs, uint64_t id, struct chunk_r
 		bad = e && e->bad;
 		gen = cs->rfd_gen;
 		lock_rw_unlock(&cs->fd_lock);
-		if (cs->test_unlocked)
-			cs->test_unlocked(cs, cs->test_unlocked_arg);
+		test_point(cs, CHUNK_TEST_RFD_UNLOCKED, id, 0);
 		if (cached && !bad) {
 			rfd_read_ahead(cs, id);
 			continue;
@@ -2138,6 +2144,7 @@ static int append(struct chunk_store *cs, const void *buf, uint32_t nblocks,
 			return -EINVAL;
 	if (atomic_load(&cs->poisoned))
 		return -EIO;
+	test_point(cs, CHUNK_TEST_APPEND, 0, nblocks);
 	if (max_runs > ARRAY_SIZE(stack_runs)) {
 		runs = calloc(max_runs, sizeof(*runs));
 		if (!runs)
@@ -2307,12 +2314,12 @@ int chunk_log_append(struct chunk_store *cs, void *buf, size_t len,
 		w->dirty = true;
 	else if (cs->log_chunk == w->id)
 		cs->log_chunk = 0;      /* the next batch starts new slots */
+	if (!rc)
+		*chunk_id = w->id;      /* not after the put: a sync may then free w */
 	chunk_w_put_locked(cs, w);
 	lock_mutex_unlock(&cs->mu);
 	free(ents);
 	free(pad);
-	if (!rc)
-		*chunk_id = w->id;
 	return rc;
 }
 

@@ -545,7 +545,15 @@ int ns_setattr(struct ns *ns, uint64_t ino, const struct ns_attr *a, int which,
 			rc = ns_open_file(ns, ino, O_WRONLY, &f);
 		if (rc)
 			return rc;
-		rc = a->size == 0 ? ns_truncate_zero(ns, f) : vol_truncate(f->v, a->size);
+		if (a->size == 0) {
+			rc = ns_truncate_zero(ns, f);
+		} else {
+			/* a cut inside a block rewrites it: an append GC waits for */
+			int e = ns_change_begin(ns);
+
+			rc = vol_truncate(f->v, a->size);
+			ns_change_end(ns, e);
+		}
 		if (!rc)
 			atomic_store(&f->wtime_ns, now);
 	}

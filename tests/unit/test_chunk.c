@@ -2127,7 +2127,7 @@ static bool kernel_has_cachestat(void)
 }
 
 /* While a first reader of chunk 61 has let the read cache's lock go
- * (chunk_test_unlocked), it reads chunk 60, whose header is bad, and
+ * (chunk_test_hook), it reads chunk 60, whose header is bad, and
  * chunks 62-100: the array of fds shifts under it (60 takes 61's place)
  * and grows (moves). */
 #define RACE_CHUNKS 100
@@ -2138,10 +2138,16 @@ struct rfd_race {
 	bool busy;
 };
 
-static void rfd_race_move(struct chunk_store *cs, void *arg)
+static void rfd_race_move(struct chunk_store *cs, enum chunk_test_point at, uint64_t id,
+			  uint32_t slot, void *arg)
 {
 	struct rfd_race *r = arg;
 	void *buf;
+
+	(void)id;
+	(void)slot;
+	if (at != CHUNK_TEST_RFD_UNLOCKED)
+		return;
 
 	/* the first call is chunk 61's first look (not cached yet), the
 	 * second its switch to read-ahead, with its entry found */
@@ -2179,9 +2185,9 @@ Test(chunk, a_first_read_survives_the_read_cache_moving_while_it_does_not_hold_t
 	chunk_direct_writes(cs, 256 << 10);
 	for (uint32_t i = 0; i < 59; i++)
 		assert_reads(cs, bs, &locs[i], i);
-	chunk_test_unlocked(cs, rfd_race_move, &r);
+	chunk_test_hook(cs, rfd_race_move, &r);
 	assert_reads(cs, bs, &locs[60], 60);
-	chunk_test_unlocked(cs, NULL, NULL);
+	chunk_test_hook(cs, NULL, NULL);
 	if (window)
 		cr_assert(r.busy, "the window was crossed (%d calls)", r.calls);
 	if (r.busy) {

@@ -584,6 +584,49 @@ Test(ns, holes_punched_and_truncates_read_as_zeros_and_seek_skips_them)
 	ns_release(g_ns, f);
 }
 
+/* Appends seen, and how many of them had a change in flight that GC's
+ * barrier waits for (ns_change_begin). */
+struct append_seen {
+	int appends, counted;
+};
+
+static void append_seen_fn(struct chunk_store *cs, enum chunk_test_point at, uint64_t id,
+			   uint32_t nblocks, void *arg)
+{
+	struct append_seen *s = arg;
+
+	(void)cs;
+	(void)id;
+	(void)nblocks;
+	if (at != CHUNK_TEST_APPEND)
+		return;
+	s->appends++;
+	s->counted += atomic_load(&g_ns->inflight[0]) + atomic_load(&g_ns->inflight[1]) > 0;
+}
+
+Test(ns, every_data_append_is_a_change_gc_waits_for_a_cut_inside_a_block_too)
+{
+	uint64_t ino = make_vol(NS_ROOT_INO, "v.img");
+	struct ns_file *f = open_file(ino, O_RDWR);
+	struct ns_attr a = { .size = 3 * 4096 + 100 };
+	struct append_seen seen = { 0 };
+
+	put_pattern(f, 8 * 4096, 0, 7);
+	chunk_test_hook(test_cs(g_ns), append_seen_fn, &seen);
+	put_pattern(f, 4096, 4096, 8);                          /* a write */
+	cr_assert_eq(ns_fallocate(g_ns, f, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+				  5 * 4096 + 10, 100), 0);      /* rewrites block 5 */
+	cr_assert_eq(ns_setattr(g_ns, ino, &a, NS_SET_SIZE, &a), 0);    /* rewrites block 3 */
+	chunk_test_hook(test_cs(g_ns), NULL, NULL);
+	cr_assert_eq(seen.appends, 3, "a write, a punch and a cut each append a block");
+	cr_assert_eq(seen.counted, 3, "appends outside a change GC waits for: %d",
+		     seen.appends - seen.counted);
+	expect_pattern(f, 4096, 4096, 8, "written");
+	expect_pattern(f, 100, 3 * 4096, 7, "the cut block's kept part");
+	cr_assert_eq(size_of(ino), 3 * 4096 + 100);
+	ns_release(g_ns, f);
+}
+
 Test(ns, fsynced_writes_survive_close_and_reopen_of_the_store)
 {
 	uint64_t d = make_dir(NS_ROOT_INO, "vm");
