@@ -155,8 +155,8 @@ static void help(void)
 	       "                           never)\n"
 	       "    -o write_behind=SIZE   let up to SIZE bytes of those writes go to the\n"
 	       "                           device after the write returns (an fsync waits\n"
-	       "                           for them; ext4 and XFS stores only; at most\n"
-	       "                           64M, e.g. 4M; default %zu: never)\n"
+	       "                           for them; ext4 and XFS stores only; default\n"
+	       "                           %zuM, at most 64M; 0: never)\n"
 	       "    -o threads=N           at most N FUSE worker threads (default %u);\n"
 	       "                           max_threads=N is the same\n"
 	       "    -o nocreate            refuse to create a new store: a missing or\n"
@@ -169,7 +169,7 @@ static void help(void)
 	       CHUNK_BLOCK_MIN >> 10, CHUNK_BLOCK_MAX >> 20, NS_DEFAULT_BLOCK_SIZE,
 	       NS_DEFAULT_FLUSH_MS, MCACHE_DEFAULT_BYTES >> 20, NS_DEFAULT_GC_INTERVAL_S, NS_GC_AFTER_BYTES >> 20,
 	       NS_SPARE_IDLE_MS / 1000, NS_DEFAULT_SPARE_CHUNKS, (size_t)NS_DEFAULT_DIRECT_WRITES >> 10,
-	       (size_t)NS_DEFAULT_WRITE_BEHIND,
+	       (size_t)NS_DEFAULT_WRITE_BEHIND >> 20,
 	       THREADS_DEFAULT);
 	fflush(stdout);
 	fuse_lowlevel_help();

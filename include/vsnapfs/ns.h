@@ -72,9 +72,7 @@ struct ns_opts {
 #define NS_SPARE_IDLE_MS          5000u         /* no appends this long: spares are given back */
 #define NS_DEFRAG_MIN_EXTS        64u           /* -o defrag: extents per 256 blocks (16 KiB average) */
 #define NS_DEFAULT_DIRECT_WRITES  (256u << 10) /* -o direct_writes (docs/design.md) */
-/* -o write_behind: off by default until a read error seen once with it on is
- * explained (docs/design.md, "Write-behind"); 4M is the size measured. */
-#define NS_DEFAULT_WRITE_BEHIND   0u
+#define NS_DEFAULT_WRITE_BEHIND   (4u << 20)   /* -o write_behind (docs/design.md) */
 
 struct ns_attr {
 	uint64_t ino;

@@ -52,13 +52,14 @@ ctl_check() {
 # hide an fsync that returns early, one that races everything, GC every
 # second (it then runs during the next writer, and is killed with it); and
 # in two of them runs of 64 KiB or more written directly and behind
-# (docs/design.md, "Write-behind"), so that a kill finds them queued
+# (docs/design.md, "Write-behind"), so that a kill finds them queued, in
+# one none written behind
 mount_cycle() {
 	local c=$1
 	case $((c % 4)) in
 	0) vs_mount "$STORE" "$MNT" -o flush_ms=60000 ;;
 	1) vs_mount "$STORE" "$MNT" -o direct_writes=64K,write_behind=4M ;;
-	2) vs_mount "$STORE" "$MNT" -o flush_ms=60000,gc_interval=1 ;;
+	2) vs_mount "$STORE" "$MNT" -o flush_ms=60000,gc_interval=1,write_behind=0 ;;
 	3) vs_mount "$STORE" "$MNT" -o flush_ms=7,gc_interval=1,direct_writes=64K,write_behind=4M ;;
 	esac
 }
