@@ -398,21 +398,19 @@ enum { CHUNK_FAULT_APPEND = 0, CHUNK_FAULT_READ = 1, CHUNK_FAULT_SYNC = 2, CHUNK
 void chunk_fault_set(struct chunk_store *cs, int op, uint32_t after, int err);
 
 /*
- * For tests: fn(cs, at, chunk_id, slot, arg) runs at these points, in the
+ * For tests: fn(cs, at, chunk_id, n, arg) runs at these points, in the
  * thread that reaches them, with no lock of the store held:
  *  - CHUNK_TEST_RFD_UNLOCKED: a reader of the read cache of fds has let the
  *    cache's lock go after a look that found no usable entry for chunk_id (a
  *    first open, a chunk switched to read-ahead), before it acts on what it
- *    found; fn may read other chunks meanwhile;
- *  - CHUNK_TEST_WB_WRITE: a write-behind thread is about to write the job
- *    that starts at (chunk_id, slot); fn may hold it there;
- *  - CHUNK_TEST_APPEND: a data append of "slot" blocks is about to take its
- *    slots (chunk_id 0).
+ *    found; fn may read other chunks meanwhile (n is 0);
+ *  - CHUNK_TEST_APPEND: an append of n blocks is about to take its slots
+ *    (chunk_id 0).
  * Set it before the store is shared between threads; NULL turns it off.
  */
-enum chunk_test_point { CHUNK_TEST_RFD_UNLOCKED, CHUNK_TEST_WB_WRITE, CHUNK_TEST_APPEND };
+enum chunk_test_point { CHUNK_TEST_RFD_UNLOCKED, CHUNK_TEST_APPEND };
 typedef void chunk_test_fn(struct chunk_store *cs, enum chunk_test_point at, uint64_t chunk_id,
-			   uint32_t slot, void *arg);
+			   uint32_t n, void *arg);
 void chunk_test_hook(struct chunk_store *cs, chunk_test_fn *fn, void *arg);
 
 #endif

@@ -658,11 +658,10 @@ void chunk_test_hook(struct chunk_store *cs, chunk_test_fn *fn, void *arg)
 	cs->test_arg = arg;
 }
 
-static void test_point(struct chunk_store *cs, enum chunk_test_point at, uint64_t id,
-		       uint32_t slot)
+static void test_point(struct chunk_store *cs, enum chunk_test_point at, uint64_t id, uint32_t n)
 {
 	if (cs->test_fn)
-		cs->test_fn(cs, at, id, slot, cs->test_arg);
+		cs->test_fn(cs, at, id, n, cs->test_arg);
 }
 
 void chunk_fault_set(struct chunk_store *cs, int op, uint32_t after, int err)
@@ -1029,7 +1028,6 @@ static void *wb_main(void *arg)
 
 		while (chunk_fault_hit(cs, CHUNK_FAULT_WB_HOLD))   /* tests: hold the job */
 			usleep(1000);
-		test_point(cs, CHUNK_TEST_WB_WRITE, j->id, j->slot);
 		rc = wb_write(cs, j);
 		lock_mutex_lock(&cs->mu);
 		if (rc == 0)

@@ -2139,13 +2139,13 @@ struct rfd_race {
 };
 
 static void rfd_race_move(struct chunk_store *cs, enum chunk_test_point at, uint64_t id,
-			  uint32_t slot, void *arg)
+			  uint32_t n, void *arg)
 {
 	struct rfd_race *r = arg;
 	void *buf;
 
 	(void)id;
-	(void)slot;
+	(void)n;
 	if (at != CHUNK_TEST_RFD_UNLOCKED)
 		return;
 
@@ -2169,8 +2169,9 @@ Test(chunk, a_first_read_survives_the_read_cache_moving_while_it_does_not_hold_t
 	struct rfd_race r = { .locs = locs, .bs = bs };
 	struct chunk_store *cs;
 	/* the window is the switch of a sealed chunk to read-ahead, which
-	 * needs cachestat (Linux 6.5); without it there is none to cross */
-	bool window = kernel_has_cachestat();
+	 * needs cachestat (Linux 6.5) and direct writes (4 KiB pages);
+	 * without them there is none to cross */
+	bool window = kernel_has_cachestat() && sysconf(_SC_PAGESIZE) == 4096;
 
 	/* a chunk per store opened: one block each, all sealed below */
 	for (uint32_t i = 0; i < RACE_CHUNKS; i++) {

@@ -118,6 +118,12 @@ static struct chunk_store *test_cs(struct ns *ns)
 	return ns->cs;
 }
 
+/* Changes in flight that GC's barrier waits for (ns_change_begin). */
+static int test_changes_in_flight(struct ns *ns)
+{
+	return atomic_load(&ns->inflight[0]) + atomic_load(&ns->inflight[1]);
+}
+
 /* ---- the store ---------------------------------------------------------------- */
 
 static char g_tmp[256];
@@ -601,7 +607,7 @@ static void append_seen_fn(struct chunk_store *cs, enum chunk_test_point at, uin
 	if (at != CHUNK_TEST_APPEND)
 		return;
 	s->appends++;
-	s->counted += atomic_load(&g_ns->inflight[0]) + atomic_load(&g_ns->inflight[1]) > 0;
+	s->counted += test_changes_in_flight(g_ns) > 0;
 }
 
 Test(ns, every_data_append_is_a_change_gc_waits_for_a_cut_inside_a_block_too)
