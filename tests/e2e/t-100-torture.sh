@@ -50,10 +50,10 @@ ctl_check() {
 
 # mount with options that vary per cycle: a background flusher too slow to
 # hide an fsync that returns early, one that races everything, GC every
-# second (it then runs during the next writer, and is killed with it); and
-# in two of them runs of 64 KiB or more written directly and behind
-# (docs/design.md, "Write-behind"), so that a kill finds them queued, in
-# one none written behind
+# second (it then runs during the next writer, and is killed with it).
+# Write-behind (docs/design.md): in two cycles runs of 64 KiB or more go
+# behind, so that a kill finds them queued; in one the default (256 KiB
+# runs); in one none goes behind
 mount_cycle() {
 	local c=$1
 	case $((c % 4)) in
